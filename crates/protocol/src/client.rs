@@ -1,0 +1,480 @@
+//! Frames sent by clients: `{"type":"...","id":"r1", ...fields}`.
+//!
+//! [`ClientFrame::parse`] is the only way the edge reads a client frame. It parses in two
+//! steps (JSON object first, then the request named by `type`) so that every failure maps to
+//! the protocol's answer: malformed JSON, a missing or unknown `type`, or invalid fields all
+//! give `bad_request`, with the frame's `id` when it could be read.
+
+use crate::error::ErrorCode;
+use crate::model::{Attachment, ConversationKind, SetPresenceStatus, TypingState};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A client frame: an optional request id and the request.
+///
+/// Frames with an `id` get exactly one reply (`ok` or `error`); frames without are
+/// fire-and-forget and their errors are sent with `"id":null`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ClientFrame {
+    /// The request id echoed in the reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The request; its `type` field names the variant.
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// Every request a client can send, tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type")]
+pub enum Request {
+    /// Replay durable events with seq > `after_seq`, then reply `{"last_seq"}`.
+    #[serde(rename = "sync")]
+    Sync {
+        /// The last seq the client processed (0 replays everything retained).
+        #[serde(default)]
+        after_seq: u64,
+    },
+    /// Acknowledge every durable event up to `seq` for this session (no id, no reply).
+    #[serde(rename = "ack")]
+    Ack {
+        /// The highest seq processed.
+        seq: u64,
+    },
+    /// Create a conversation (a direct one is returned if it already exists).
+    #[serde(rename = "conversation.create")]
+    ConversationCreate {
+        /// Direct or group.
+        kind: ConversationKind,
+        /// The other members' user ids (naming the creator too is harmless).
+        members: Vec<String>,
+        /// Optional title.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        title: Option<String>,
+        /// Whether the conversation expires 24 hours after its last message.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ephemeral: Option<bool>,
+    },
+    /// List the caller's conversations with `last_message` and `unread`.
+    #[serde(rename = "conversation.list")]
+    ConversationList {},
+    /// Get one conversation.
+    #[serde(rename = "conversation.get")]
+    ConversationGet {
+        /// Conversation id.
+        conversation: String,
+    },
+    /// Add a member (group creator only).
+    #[serde(rename = "conversation.add")]
+    ConversationAdd {
+        /// Conversation id.
+        conversation: String,
+        /// The user to add.
+        user: String,
+    },
+    /// Remove a member (group creator only).
+    #[serde(rename = "conversation.remove")]
+    ConversationRemove {
+        /// Conversation id.
+        conversation: String,
+        /// The user to remove.
+        user: String,
+    },
+    /// Leave a conversation.
+    #[serde(rename = "conversation.leave")]
+    ConversationLeave {
+        /// Conversation id.
+        conversation: String,
+    },
+    /// Send a message; idempotent on (sender, `client_msg_id`).
+    #[serde(rename = "message.send")]
+    MessageSend {
+        /// Conversation id.
+        conversation: String,
+        /// The sender's idempotency key.
+        client_msg_id: String,
+        /// The text.
+        text: String,
+        /// Attached media.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attachments: Option<Vec<Attachment>>,
+    },
+    /// Page through a conversation's messages, newest first.
+    #[serde(rename = "message.history")]
+    MessageHistory {
+        /// Conversation id.
+        conversation: String,
+        /// Only messages older than this message id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<String>,
+        /// At most this many (≤ 100, default 50).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    /// Full-text search over the caller's conversations, best first.
+    #[serde(rename = "message.search")]
+    MessageSearch {
+        /// The query.
+        query: String,
+        /// Restrict to one conversation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conversation: Option<String>,
+    },
+    /// Mark a message read (sends `receipt.read`).
+    #[serde(rename = "message.read")]
+    MessageRead {
+        /// Conversation id.
+        conversation: String,
+        /// The message read.
+        message: String,
+    },
+    /// Typing start/stop (no id).
+    #[serde(rename = "typing")]
+    Typing {
+        /// Conversation id.
+        conversation: String,
+        /// Start or stop.
+        state: TypingState,
+    },
+    /// Set the caller's presence status.
+    #[serde(rename = "presence.set")]
+    PresenceSet {
+        /// Online, away or invisible.
+        status: SetPresenceStatus,
+    },
+    /// Watch users' presence; the reply carries their current presence.
+    #[serde(rename = "presence.watch")]
+    PresenceWatch {
+        /// User ids.
+        users: Vec<String>,
+    },
+    /// Stop watching users' presence.
+    #[serde(rename = "presence.unwatch")]
+    PresenceUnwatch {
+        /// User ids.
+        users: Vec<String>,
+    },
+    /// Block a user.
+    #[serde(rename = "block.add")]
+    BlockAdd {
+        /// User id.
+        user: String,
+    },
+    /// Unblock a user.
+    #[serde(rename = "block.remove")]
+    BlockRemove {
+        /// User id.
+        user: String,
+    },
+    /// List blocked users.
+    #[serde(rename = "block.list")]
+    BlockList {},
+    /// Create a post.
+    #[serde(rename = "post.create")]
+    PostCreate {
+        /// The text.
+        text: String,
+        /// Attached media.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attachments: Option<Vec<Attachment>>,
+    },
+    /// Delete a post (author only).
+    #[serde(rename = "post.delete")]
+    PostDelete {
+        /// Post id.
+        post: String,
+    },
+    /// Comment on a post.
+    #[serde(rename = "comment.create")]
+    CommentCreate {
+        /// Post id.
+        post: String,
+        /// The text.
+        text: String,
+    },
+    /// Like a post (idempotent).
+    #[serde(rename = "post.like")]
+    PostLike {
+        /// Post id.
+        post: String,
+    },
+    /// Unlike a post (idempotent).
+    #[serde(rename = "post.unlike")]
+    PostUnlike {
+        /// Post id.
+        post: String,
+    },
+    /// Follow a user.
+    #[serde(rename = "follow")]
+    Follow {
+        /// User id.
+        user: String,
+    },
+    /// Unfollow a user.
+    #[serde(rename = "unfollow")]
+    Unfollow {
+        /// User id.
+        user: String,
+    },
+    /// Read the caller's precomputed timeline.
+    #[serde(rename = "timeline.get")]
+    TimelineGet {
+        /// Only posts older than this post id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<String>,
+        /// At most this many (≤ 100, default 50).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    /// Watch posts' engagement (at most 50 per session).
+    #[serde(rename = "post.watch")]
+    PostWatch {
+        /// Post ids.
+        posts: Vec<String>,
+    },
+    /// Stop watching posts' engagement.
+    #[serde(rename = "post.unwatch")]
+    PostUnwatch {
+        /// Post ids.
+        posts: Vec<String>,
+    },
+    /// The caller is writing a comment (no id).
+    #[serde(rename = "comment.typing")]
+    CommentTyping {
+        /// Post id.
+        post: String,
+        /// Words typed so far.
+        words: u32,
+    },
+}
+
+impl Request {
+    /// Every request `type`, as on the wire.
+    pub const TYPES: &'static [&'static str] = &[
+        "sync",
+        "ack",
+        "conversation.create",
+        "conversation.list",
+        "conversation.get",
+        "conversation.add",
+        "conversation.remove",
+        "conversation.leave",
+        "message.send",
+        "message.history",
+        "message.search",
+        "message.read",
+        "typing",
+        "presence.set",
+        "presence.watch",
+        "presence.unwatch",
+        "block.add",
+        "block.remove",
+        "block.list",
+        "post.create",
+        "post.delete",
+        "comment.create",
+        "post.like",
+        "post.unlike",
+        "follow",
+        "unfollow",
+        "timeline.get",
+        "post.watch",
+        "post.unwatch",
+        "comment.typing",
+    ];
+
+    /// This request's `type` as on the wire.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Request::Sync { .. } => "sync",
+            Request::Ack { .. } => "ack",
+            Request::ConversationCreate { .. } => "conversation.create",
+            Request::ConversationList {} => "conversation.list",
+            Request::ConversationGet { .. } => "conversation.get",
+            Request::ConversationAdd { .. } => "conversation.add",
+            Request::ConversationRemove { .. } => "conversation.remove",
+            Request::ConversationLeave { .. } => "conversation.leave",
+            Request::MessageSend { .. } => "message.send",
+            Request::MessageHistory { .. } => "message.history",
+            Request::MessageSearch { .. } => "message.search",
+            Request::MessageRead { .. } => "message.read",
+            Request::Typing { .. } => "typing",
+            Request::PresenceSet { .. } => "presence.set",
+            Request::PresenceWatch { .. } => "presence.watch",
+            Request::PresenceUnwatch { .. } => "presence.unwatch",
+            Request::BlockAdd { .. } => "block.add",
+            Request::BlockRemove { .. } => "block.remove",
+            Request::BlockList {} => "block.list",
+            Request::PostCreate { .. } => "post.create",
+            Request::PostDelete { .. } => "post.delete",
+            Request::CommentCreate { .. } => "comment.create",
+            Request::PostLike { .. } => "post.like",
+            Request::PostUnlike { .. } => "post.unlike",
+            Request::Follow { .. } => "follow",
+            Request::Unfollow { .. } => "unfollow",
+            Request::TimelineGet { .. } => "timeline.get",
+            Request::PostWatch { .. } => "post.watch",
+            Request::PostUnwatch { .. } => "post.unwatch",
+            Request::CommentTyping { .. } => "comment.typing",
+        }
+    }
+}
+
+/// Why a client frame could not be read. Always answered with [`FrameError::code`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct FrameError {
+    /// The frame's `id`, when it could be read (the error reply carries it).
+    pub id: Option<String>,
+    /// The protocol error code (always `bad_request` from the parser).
+    pub code: ErrorCode,
+    /// A message for the client author.
+    pub message: String,
+}
+
+impl FrameError {
+    fn bad(id: Option<String>, message: impl Into<String>) -> Self {
+        FrameError {
+            id,
+            code: ErrorCode::BadRequest,
+            message: message.into(),
+        }
+    }
+}
+
+impl ClientFrame {
+    /// Parse one client frame (one JSON object) from text.
+    pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| FrameError::bad(None, format!("malformed json: {e}")))?;
+        Self::from_value(value)
+    }
+
+    /// Parse one client frame from an already decoded JSON value.
+    pub fn from_value(value: Value) -> Result<ClientFrame, FrameError> {
+        let Value::Object(mut map) = value else {
+            return Err(FrameError::bad(None, "a frame must be a json object"));
+        };
+        let id = match map.remove("id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(_) => return Err(FrameError::bad(None, "`id` must be a string")),
+        };
+        let ty = match map.get("type") {
+            Some(Value::String(s)) => s.clone(),
+            Some(_) => return Err(FrameError::bad(id, "`type` must be a string")),
+            None => return Err(FrameError::bad(id, "missing `type`")),
+        };
+        if !Request::TYPES.contains(&ty.as_str()) {
+            return Err(FrameError::bad(id, format!("unknown type `{ty}`")));
+        }
+        match serde_json::from_value::<Request>(Value::Object(map)) {
+            Ok(request) => Ok(ClientFrame { id, request }),
+            Err(e) => Err(FrameError::bad(id, format!("invalid `{ty}`: {e}"))),
+        }
+    }
+
+    /// Serialize to the compact wire form.
+    pub fn to_json(&self) -> String {
+        // Serializing plain data with string keys cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Every example request of PROTOCOL.md parses, names its type, and serializes back to
+    /// the same JSON.
+    #[test]
+    fn protocol_examples_round_trip() {
+        let examples = [
+            json!({"type":"sync","id":"r2","after_seq":37}),
+            json!({"type":"ack","seq":42}),
+            json!({"type":"conversation.create","id":"r1","kind":"group","members":["u2","u3"],"title":"t","ephemeral":true}),
+            json!({"type":"conversation.create","id":"r1","kind":"direct","members":["u2"]}),
+            json!({"type":"conversation.list","id":"r1"}),
+            json!({"type":"conversation.get","id":"r1","conversation":"c1"}),
+            json!({"type":"conversation.add","id":"r1","conversation":"c1","user":"u4"}),
+            json!({"type":"conversation.remove","id":"r1","conversation":"c1","user":"u4"}),
+            json!({"type":"conversation.leave","id":"r1","conversation":"c1"}),
+            json!({"type":"message.send","id":"r1","conversation":"c1","client_msg_id":"m1","text":"hi"}),
+            json!({"type":"message.send","id":"r1","conversation":"c1","client_msg_id":"m1","text":"hi","attachments":[{"media":"md1"}]}),
+            json!({"type":"message.history","id":"r1","conversation":"c1","before":"m9","limit":20}),
+            json!({"type":"message.search","id":"r1","query":"hello","conversation":"c1"}),
+            json!({"type":"message.read","id":"r1","conversation":"c1","message":"m1"}),
+            json!({"type":"typing","conversation":"c1","state":"start"}),
+            json!({"type":"presence.set","id":"r1","status":"invisible"}),
+            json!({"type":"presence.watch","id":"r1","users":["u2"]}),
+            json!({"type":"presence.unwatch","id":"r1","users":["u2"]}),
+            json!({"type":"block.add","id":"r1","user":"u2"}),
+            json!({"type":"block.remove","id":"r1","user":"u2"}),
+            json!({"type":"block.list","id":"r1"}),
+            json!({"type":"post.create","id":"r1","text":"hello world"}),
+            json!({"type":"post.delete","id":"r1","post":"p1"}),
+            json!({"type":"comment.create","id":"r1","post":"p1","text":"nice"}),
+            json!({"type":"post.like","id":"r1","post":"p1"}),
+            json!({"type":"post.unlike","id":"r1","post":"p1"}),
+            json!({"type":"follow","id":"r1","user":"u2"}),
+            json!({"type":"unfollow","id":"r1","user":"u2"}),
+            json!({"type":"timeline.get","id":"r1","before":"p9","limit":10}),
+            json!({"type":"post.watch","id":"r1","posts":["p1","p2"]}),
+            json!({"type":"post.unwatch","id":"r1","posts":["p1"]}),
+            json!({"type":"comment.typing","post":"p1","words":12}),
+        ];
+        let mut seen = std::collections::BTreeSet::new();
+        for example in examples {
+            let frame = ClientFrame::parse(&example.to_string()).expect("example parses");
+            assert_eq!(
+                frame.request.type_name(),
+                example["type"].as_str().expect("type")
+            );
+            seen.insert(frame.request.type_name());
+            let back: Value = serde_json::from_str(&frame.to_json()).expect("json");
+            assert_eq!(back, example);
+        }
+        let all: std::collections::BTreeSet<_> = Request::TYPES.iter().copied().collect();
+        assert_eq!(seen, all, "every request type has an example");
+    }
+
+    #[test]
+    fn bad_frames_are_bad_request_with_id_when_readable() {
+        let e = ClientFrame::parse("{not json").expect_err("malformed");
+        assert_eq!((e.code, e.id.as_deref()), (ErrorCode::BadRequest, None));
+        assert!(e.message.starts_with("malformed json"));
+
+        let e = ClientFrame::parse("[1,2]").expect_err("not an object");
+        assert_eq!(e.code, ErrorCode::BadRequest);
+
+        let e = ClientFrame::parse(r#"{"type":"nope","id":"r7"}"#).expect_err("unknown");
+        assert_eq!(e.id.as_deref(), Some("r7"));
+        assert_eq!(e.message, "unknown type `nope`");
+
+        let e = ClientFrame::parse(r#"{"id":"r8"}"#).expect_err("missing type");
+        assert_eq!(
+            (e.id.as_deref(), e.message.as_str()),
+            (Some("r8"), "missing `type`")
+        );
+
+        let e = ClientFrame::parse(r#"{"type":"message.send","id":"r9","conversation":"c"}"#)
+            .expect_err("missing fields");
+        assert_eq!(e.id.as_deref(), Some("r9"));
+        assert!(e.message.contains("client_msg_id"), "{}", e.message);
+
+        let e = ClientFrame::parse(r#"{"type":"comment.typing","post":"p","words":-3}"#)
+            .expect_err("negative words");
+        assert_eq!(e.code, ErrorCode::BadRequest);
+
+        let e = ClientFrame::parse(r#"{"type":"sync","id":5}"#).expect_err("numeric id");
+        assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_sync_defaults_to_zero() {
+        let f = ClientFrame::parse(r#"{"type":"sync","id":"a","future_field":1}"#).expect("ok");
+        assert_eq!(f.request, Request::Sync { after_seq: 0 });
+    }
+}

@@ -1,0 +1,32 @@
+//! The hubbub client protocol, version 1, as Rust types.
+//!
+//! This crate is the single source of truth for every frame a client sends, every reply and
+//! pushed event the server sends, and the bodies of the HTTP API (`../shared/PROTOCOL.md`).
+//! The edge parses with it, services build replies with it, tests speak it, and the JSON
+//! Schema in `docs/schema/` is generated from it (`hubbub schema`).
+//!
+//! # Layout
+//! - [`model`]: the shared objects (`C` conversation, `M` message, `P` presence, `T` post ...).
+//! - [`client`]: [`ClientFrame`] and [`Request`], one variant per request `type`, and
+//!   [`ClientFrame::parse`], which turns any text frame into a request or a protocol error.
+//! - [`server`]: [`ServerFrame`] (hello, ok, error, pushed events) and the reply `data` types.
+//! - [`http`]: request and response bodies of `/v1/auth/*`, `/v1/users/*`, `/v1/media`.
+//! - [`error`]: [`ErrorCode`], the protocol's error codes and their HTTP statuses.
+//! - [`schema`]: generation of the JSON Schema documents.
+//!
+//! This crate knows nothing of transports, storage or queues: it is pure data and parsing.
+
+pub mod client;
+pub mod error;
+pub mod http;
+pub mod model;
+pub mod schema;
+pub mod server;
+
+pub use client::{ClientFrame, FrameError, Request};
+pub use error::ErrorCode;
+pub use model::*;
+pub use server::{ReplyData, ServerFrame};
+
+/// The protocol version this crate implements.
+pub const PROTOCOL_VERSION: u32 = 1;

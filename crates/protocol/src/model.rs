@@ -1,0 +1,201 @@
+//! The objects that frames carry, named as in PROTOCOL.md: `C` ([`Conversation`]), `M`
+//! ([`Message`]), `P` ([`Presence`]), `T` ([`Post`]), and their parts.
+//!
+//! Ids are opaque strings and timestamps are milliseconds since the Unix epoch.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A user as others see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct UserRef {
+    /// The user's id.
+    pub id: String,
+    /// The user's handle.
+    pub handle: String,
+}
+
+/// A reference to uploaded media, as used in `attachments`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Attachment {
+    /// The media id returned by `POST /v1/media`.
+    pub media: String,
+}
+
+/// Direct (two people) or group conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversationKind {
+    /// Between exactly two users, unique per pair.
+    Direct,
+    /// Any number of members up to the group limit.
+    Group,
+}
+
+impl ConversationKind {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConversationKind::Direct => "direct",
+            ConversationKind::Group => "group",
+        }
+    }
+}
+
+/// `C`: a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Conversation {
+    /// Conversation id.
+    pub id: String,
+    /// Direct or group.
+    pub kind: ConversationKind,
+    /// Title, if any.
+    pub title: Option<String>,
+    /// Member user ids, the creator included.
+    pub members: Vec<String>,
+    /// The creator's user id.
+    pub created_by: String,
+    /// Creation time.
+    pub created_ts: i64,
+    /// Whether the conversation expires 24 hours after its last message.
+    pub ephemeral: bool,
+}
+
+/// `C` with the caller's `last_message` and `unread`, as listed by `conversation.list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ConversationSummary {
+    /// The conversation.
+    #[serde(flatten)]
+    pub conversation: Conversation,
+    /// The newest message, or null.
+    pub last_message: Option<Message>,
+    /// Messages from others after the caller's last `message.read`.
+    pub unread: u64,
+}
+
+/// `M`: a chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Message {
+    /// Message id.
+    pub id: String,
+    /// Conversation id.
+    pub conversation: String,
+    /// Sender's user id.
+    pub sender: String,
+    /// The sender's idempotency key.
+    pub client_msg_id: String,
+    /// The text.
+    pub text: String,
+    /// Attached media.
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
+    /// Time the server accepted it.
+    pub ts: i64,
+}
+
+/// A presence status as reported to watchers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceStatus {
+    /// At least one session open, status online.
+    Online,
+    /// At least one session open, status away.
+    Away,
+    /// No session open, or invisible.
+    Offline,
+}
+
+/// A presence status a user may set for themself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SetPresenceStatus {
+    /// Seen as online.
+    Online,
+    /// Seen as away.
+    Away,
+    /// Seen as offline by everyone.
+    Invisible,
+}
+
+/// `P`: a user's presence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Presence {
+    /// The user id.
+    pub user: String,
+    /// Online, away or offline.
+    pub status: PresenceStatus,
+    /// When the user was last seen online (null if never).
+    pub last_seen_ts: Option<i64>,
+}
+
+/// Typing state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TypingState {
+    /// Started (lapses after 6 s without renewal).
+    Start,
+    /// Stopped.
+    Stop,
+}
+
+/// `T`: a feed post.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Post {
+    /// Post id.
+    pub id: String,
+    /// Author's user id.
+    pub author: String,
+    /// The text.
+    pub text: String,
+    /// Attached media.
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
+    /// Creation time.
+    pub ts: i64,
+    /// Like count.
+    pub likes: u64,
+    /// Comment count.
+    pub comments: u64,
+}
+
+/// A comment on a post.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Comment {
+    /// Comment id.
+    pub id: String,
+    /// The post commented on.
+    pub post: String,
+    /// Author's user id.
+    pub author: String,
+    /// The text.
+    pub text: String,
+    /// Creation time.
+    pub ts: i64,
+}
+
+/// The kind of a `notification` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationKind {
+    /// Someone liked your post.
+    Like,
+    /// Someone commented on your post.
+    Comment,
+    /// Someone followed you.
+    Follow,
+    /// Someone mentioned you.
+    Mention,
+    /// A message from the system.
+    System,
+}
+
+/// One entry of an engagement event's `top` list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TopWriter {
+    /// The writer's user id.
+    pub user: String,
+    /// The writer's handle.
+    pub handle: String,
+    /// Words typed so far.
+    pub words: u32,
+}

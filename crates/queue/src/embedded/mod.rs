@@ -1,0 +1,454 @@
+//! The embedded queue and log: durable in one SQLite file, one writer thread, group commit.
+//!
+//! # Storage
+//! One SQLite database (WAL journal, `synchronous=FULL`, `application_id` 0x48756262 "Hubb"),
+//! by default `<data-dir>/hubbub.db`, shared with the store so a service can write its state
+//! and its outgoing messages in one transaction. Tables (see `schema_v1.sql`):
+//! - `q_messages`: one row per message of every queue. A DLQ is the queue `<name>.dlq`.
+//! - `q_dedupe`: dedupe ids seen within the window, with the id of the first message.
+//! - `q_counters`: per queue, messages expired past their TTL and moved to the DLQ.
+//! - `log_meta`, `log_entries`, `log_groups`: logs, their entries, consumer groups.
+//! - `hubbub_components`: the schema version of each component sharing the file.
+//!
+//! # A message's state
+//! Two columns say where a message is; there is no separate state machine to get out of step:
+//! - `visible_ms <= now`: can be received (ready, or its lease lapsed).
+//! - `visible_ms > now` and `token` set: in flight until `visible_ms`.
+//! - `visible_ms > now` and `token` NULL: delayed (send delay or nack delay).
+//! - `visible_ms = i64::MAX`: waits behind an earlier message with the same key. When the
+//!   key's head leaves (ack, expiry, DLQ), the next one gets `visible_ms = ready_ms`.
+//!
+//! Receiving takes rows in `(visible_ms, id)` order, drops those past their TTL (counted),
+//! moves those received `max_receives` times to the DLQ (counted), and leases the rest: new
+//! random `token`, `visible_ms = now + visibility`, `receive_count + 1`. A receipt is
+//! `<id>.<token hex>`; it is valid while the token matches and the lease has not lapsed.
+//!
+//! # Durability and recovery
+//! Every operation runs in the writer thread inside a transaction that is committed (and
+//! fsynced, `synchronous=FULL`) before its caller is answered. After `kill -9` SQLite rolls
+//! back any uncommitted transaction on the next open, so: a send that returned is there; an
+//! ack that returned is gone for good; a lease is only a time in a row, so an unacked message
+//! becomes receivable again when its visibility ends, restart or not. Nothing is kept in
+//! memory that recovery would need.
+//!
+//! # Bad files
+//! Opening a file that is not SQLite, or a SQLite file of another application, or one written
+//! by a newer schema, fails with [`QueueError::Corrupt`] naming the file. A full disk (or the
+//! `max_db_bytes` cap) fails the operation with [`QueueError::DiskFull`] and rolls it back.
+
+mod ops;
+mod writer;
+
+use crate::types::*;
+use crate::{Clock, Log, Queue, QueueError, ReceiptError, SystemClock};
+use async_trait::async_trait;
+use ops::map_sql;
+use rusqlite::{Connection, OptionalExtension};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, mpsc};
+use std::time::Duration;
+use writer::{Ctx, Job, Reply, Shared};
+
+/// The `application_id` of hubbub database files ("Hubb").
+pub const APPLICATION_ID: i32 = 0x4875_6262;
+/// The queue component's schema version in this build.
+const SCHEMA_VERSION: i64 = 1;
+/// How long a long poll sleeps at most before looking again (for visibility lapses).
+const MAX_POLL_SLEEP: Duration = Duration::from_millis(250);
+
+/// Settings of the embedded backend.
+#[derive(Debug, Clone)]
+pub struct EmbeddedConfig {
+    /// Largest message body accepted (default 256 KiB).
+    pub max_body_bytes: usize,
+    /// Settings of queues that were not declared.
+    pub default_queue: QueueConfig,
+    /// How long a dedupe id is remembered (default 5 minutes).
+    pub dedupe_window: Duration,
+    /// Cap on the database size; past it writes fail with `DiskFull` (default: none).
+    pub max_db_bytes: Option<u64>,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        EmbeddedConfig {
+            max_body_bytes: 256 * 1024,
+            default_queue: QueueConfig::default(),
+            dedupe_window: Duration::from_secs(300),
+            max_db_bytes: None,
+        }
+    }
+}
+
+/// The embedded [`Queue`] and [`Log`] backend. Cheap to clone; all clones share one writer.
+#[derive(Clone, Debug)]
+pub struct EmbeddedQueue {
+    jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+    max_body_bytes: usize,
+}
+
+impl EmbeddedQueue {
+    /// Open (or create) the database file at `path` with the system clock.
+    pub fn open(path: impl AsRef<Path>, config: EmbeddedConfig) -> Result<Self, QueueError> {
+        Self::open_with_clock(path, config, Arc::new(SystemClock))
+    }
+
+    /// Open (or create) the database file at `path` with the given clock.
+    pub fn open_with_clock(
+        path: impl AsRef<Path>,
+        config: EmbeddedConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, QueueError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = open_database(&path, &config)?;
+        let shared = Arc::new(Shared {
+            path,
+            clock,
+            notifiers: Default::default(),
+            queue_configs: RwLock::new(HashMap::new()),
+            default_queue: config.default_queue,
+            dedupe_window: config.dedupe_window,
+        });
+        let (tx, rx) = mpsc::channel();
+        let thread_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("hubbub-queue-writer".into())
+            .spawn(move || writer::run(conn, rx, thread_shared))
+            .map_err(|e| QueueError::Storage(format!("cannot start the writer thread: {e}")))?;
+        Ok(EmbeddedQueue {
+            jobs: tx,
+            shared,
+            max_body_bytes: config.max_body_bytes,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Run `f` in the writer thread, inside a transaction; answer once it is committed.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Ctx<'_>) -> Result<T, QueueError> + Send + 'static,
+    ) -> Result<T, QueueError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |ctx: &mut Ctx<'_>| -> Reply {
+            let result = ctx.atomically(f);
+            Box::new(move |commit| {
+                let _ = tx.send(match commit {
+                    Ok(()) => result,
+                    Err(e) => Err(e.to_queue_error()),
+                });
+            })
+        });
+        self.jobs.send(job).map_err(|_| QueueError::Closed)?;
+        rx.await.map_err(|_| QueueError::Closed)?
+    }
+}
+
+fn open_database(path: &PathBuf, config: &EmbeddedConfig) -> Result<Connection, QueueError> {
+    let storage = |e: rusqlite::Error| map_sql(path, e);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            QueueError::Storage(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    let conn = Connection::open(path).map_err(storage)?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(storage)?;
+    // The first read of the header: fails with NotADatabase for a foreign or damaged file.
+    let app_id: i32 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(storage)?;
+    let objects: i64 = conn
+        .query_row("SELECT COUNT(*) FROM sqlite_schema", [], |r| r.get(0))
+        .map_err(storage)?;
+    if app_id != APPLICATION_ID && (app_id != 0 || objects > 0) {
+        return Err(QueueError::Corrupt {
+            path: path.clone(),
+            reason: format!(
+                "a SQLite database of another application (application_id {app_id:#x}); \
+                 point hubbub at its own data directory"
+            ),
+        });
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA cache_size = -65536;
+         PRAGMA application_id = {APPLICATION_ID};"
+    ))
+    .map_err(storage)?;
+    if let Some(max) = config.max_db_bytes {
+        let page: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(storage)?;
+        let pages = (max / page.max(512) as u64).max(1);
+        let _: i64 = conn
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                r.get(0)
+            })
+            .map_err(storage)?;
+    }
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS hubbub_components (
+            component TEXT PRIMARY KEY, version INTEGER NOT NULL) WITHOUT ROWID",
+    )
+    .map_err(storage)?;
+    let version: Option<i64> = conn
+        .query_row(
+            "SELECT version FROM hubbub_components WHERE component = 'queue'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(storage)?;
+    match version {
+        None => {
+            let tx = conn.unchecked_transaction().map_err(storage)?;
+            tx.execute_batch(include_str!("schema_v1.sql"))
+                .map_err(storage)?;
+            tx.execute(
+                "INSERT INTO hubbub_components (component, version) VALUES ('queue', ?1)",
+                [SCHEMA_VERSION],
+            )
+            .map_err(storage)?;
+            tx.commit().map_err(storage)?;
+        }
+        Some(SCHEMA_VERSION) => {}
+        Some(v) => {
+            return Err(QueueError::Corrupt {
+                path: path.clone(),
+                reason: format!(
+                    "written by a newer hubbub (queue schema {v}, this build knows {SCHEMA_VERSION})"
+                ),
+            });
+        }
+    }
+    Ok(conn)
+}
+
+fn check_max(max: usize) -> Result<(), QueueError> {
+    if (1..=MAX_RECEIVE_BATCH).contains(&max) {
+        Ok(())
+    } else {
+        Err(QueueError::InvalidArgument(format!(
+            "max must be 1..={MAX_RECEIVE_BATCH}, got {max}"
+        )))
+    }
+}
+
+#[async_trait]
+impl Queue for EmbeddedQueue {
+    async fn declare(&self, queue: &str, config: QueueConfig) -> Result<(), QueueError> {
+        validate_name(queue)?;
+        if config.max_receives == 0 {
+            return Err(QueueError::InvalidArgument(
+                "max_receives must be at least 1".into(),
+            ));
+        }
+        let mut map = self
+            .shared
+            .queue_configs
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        map.insert(queue.to_owned(), config);
+        Ok(())
+    }
+
+    async fn send_batch(
+        &self,
+        queue: &str,
+        messages: Vec<Outgoing>,
+    ) -> Result<Vec<SendOutcome>, QueueError> {
+        validate_name(queue)?;
+        for m in &messages {
+            if m.body.len() > self.max_body_bytes {
+                return Err(QueueError::TooLarge {
+                    size: m.body.len(),
+                    limit: self.max_body_bytes,
+                });
+            }
+            if let Some(key) = &m.opts.key {
+                validate_name(key)
+                    .map_err(|_| QueueError::InvalidArgument(format!("invalid key {key:?}")))?;
+            }
+        }
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let queue = queue.to_owned();
+        self.run(move |ctx| ops::send_batch(ctx, &queue, messages))
+            .await
+    }
+
+    async fn receive(
+        &self,
+        queue: &str,
+        opts: ReceiveOptions,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        validate_name(queue)?;
+        check_max(opts.max)?;
+        let deadline = tokio::time::Instant::now() + opts.wait;
+        let notify = self.shared.notifiers.get(queue);
+        loop {
+            // Register for wake-ups before looking, so a send between the look and the wait
+            // is not missed.
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let q = queue.to_owned();
+            let (found, next_visible) = self
+                .run(move |ctx| ops::receive(ctx, &q, opts.max, opts.visibility))
+                .await?;
+            let now = tokio::time::Instant::now();
+            if !found.is_empty() || now >= deadline {
+                return Ok(found);
+            }
+            let mut sleep = (deadline - now).min(MAX_POLL_SLEEP);
+            if let Some(at) = next_visible {
+                let until = (at - self.shared.clock.now_ms()).max(1) as u64;
+                sleep = sleep.min(Duration::from_millis(until));
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    async fn ack_batch(
+        &self,
+        queue: &str,
+        receipts: &[Receipt],
+    ) -> Result<Vec<Result<(), ReceiptError>>, QueueError> {
+        validate_name(queue)?;
+        let queue = queue.to_owned();
+        let receipts = receipts.to_vec();
+        self.run(move |ctx| ops::ack_batch(ctx, &queue, &receipts))
+            .await
+    }
+
+    async fn extend(
+        &self,
+        queue: &str,
+        receipt: &Receipt,
+        visibility: Duration,
+    ) -> Result<(), QueueError> {
+        validate_name(queue)?;
+        let (queue, receipt) = (queue.to_owned(), receipt.clone());
+        self.run(move |ctx| ops::set_visibility(ctx, &queue, &receipt, visibility, false))
+            .await
+    }
+
+    async fn nack(
+        &self,
+        queue: &str,
+        receipt: &Receipt,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        validate_name(queue)?;
+        let (queue, receipt) = (queue.to_owned(), receipt.clone());
+        self.run(move |ctx| ops::set_visibility(ctx, &queue, &receipt, delay, true))
+            .await
+    }
+
+    async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
+        validate_name(queue)?;
+        let queue = queue.to_owned();
+        self.run(move |ctx| ops::stats(ctx, &queue)).await
+    }
+
+    async fn dlq_list(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        validate_name(queue)?;
+        check_max(max)?;
+        let queue = queue.to_owned();
+        self.run(move |ctx| ops::dlq_list(ctx, &queue, max)).await
+    }
+
+    async fn redrive(&self, queue: &str, max: usize) -> Result<usize, QueueError> {
+        validate_name(queue)?;
+        check_max(max)?;
+        let queue = queue.to_owned();
+        self.run(move |ctx| ops::redrive(ctx, &queue, max)).await
+    }
+}
+
+#[async_trait]
+impl Log for EmbeddedQueue {
+    async fn append(&self, log: &str, bodies: Vec<Vec<u8>>) -> Result<Vec<u64>, QueueError> {
+        validate_name(log)?;
+        if let Some(b) = bodies.iter().find(|b| b.len() > self.max_body_bytes) {
+            return Err(QueueError::TooLarge {
+                size: b.len(),
+                limit: self.max_body_bytes,
+            });
+        }
+        let log = log.to_owned();
+        self.run(move |ctx| ops::log_append(ctx, &log, bodies))
+            .await
+    }
+
+    async fn read(&self, log: &str, from: u64, max: usize) -> Result<Vec<LogEntry>, QueueError> {
+        validate_name(log)?;
+        check_max(max)?;
+        let log = log.to_owned();
+        self.run(move |ctx| ops::log_read(ctx, &log, from, max))
+            .await
+    }
+
+    async fn create_group(
+        &self,
+        log: &str,
+        group: &str,
+        start: StartAt,
+    ) -> Result<u64, QueueError> {
+        validate_name(log)?;
+        validate_name(group)?;
+        let (log, group) = (log.to_owned(), group.to_owned());
+        self.run(move |ctx| ops::create_group(ctx, &log, &group, start))
+            .await
+    }
+
+    async fn group_read(
+        &self,
+        log: &str,
+        group: &str,
+        max: usize,
+    ) -> Result<Vec<LogEntry>, QueueError> {
+        validate_name(log)?;
+        validate_name(group)?;
+        check_max(max)?;
+        let (log, group) = (log.to_owned(), group.to_owned());
+        self.run(move |ctx| ops::group_read(ctx, &log, &group, max))
+            .await
+    }
+
+    async fn commit(&self, log: &str, group: &str, next: u64) -> Result<(), QueueError> {
+        validate_name(log)?;
+        validate_name(group)?;
+        let (log, group) = (log.to_owned(), group.to_owned());
+        self.run(move |ctx| ops::commit(ctx, &log, &group, next))
+            .await
+    }
+
+    async fn apply_retention(&self, log: &str, retention: Retention) -> Result<u64, QueueError> {
+        validate_name(log)?;
+        let log = log.to_owned();
+        self.run(move |ctx| ops::apply_retention(ctx, &log, retention))
+            .await
+    }
+
+    async fn log_stats(&self, log: &str) -> Result<LogStats, QueueError> {
+        validate_name(log)?;
+        let log = log.to_owned();
+        self.run(move |ctx| ops::log_stats(ctx, &log)).await
+    }
+}
