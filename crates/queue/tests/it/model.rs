@@ -1,1 +1,335 @@
-//! placeholder
+//! Property test: the embedded queue against a simple in-memory model.
+//!
+//! The same random sequence of send, receive, ack, nack, stats and clock advance drives both;
+//! every answer must match (which messages come out, in what order, with what receive count;
+//! every ack's verdict; every stats counter). The model is the queue contract written as
+//! plainly as possible: a vector scanned in full at each step.
+
+use hubbub_queue::*;
+use proptest::prelude::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+const MAX_RECEIVES: u32 = 3;
+const WAITING: i64 = i64::MAX;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Send {
+        key: Option<u8>,
+        delay_s: u64,
+        ttl_s: Option<u64>,
+    },
+    Receive {
+        max: usize,
+        vis_s: u64,
+    },
+    Ack {
+        pick: usize,
+    },
+    Nack {
+        pick: usize,
+        delay_s: u64,
+    },
+    Stats,
+    Advance {
+        secs: u64,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (prop::option::weighted(0.6, 0u8..3), prop_oneof![3 => Just(0u64), 1 => 1u64..4],
+              prop::option::weighted(0.2, 1u64..20))
+            .prop_map(|(key, delay_s, ttl_s)| Op::Send { key, delay_s, ttl_s }),
+        4 => (1usize..5, 1u64..10).prop_map(|(max, vis_s)| Op::Receive { max, vis_s }),
+        3 => any::<usize>().prop_map(|pick| Op::Ack { pick }),
+        1 => (any::<usize>(), 0u64..4).prop_map(|(pick, delay_s)| Op::Nack { pick, delay_s }),
+        1 => Just(Op::Stats),
+        2 => (0u64..12).prop_map(|secs| Op::Advance { secs }),
+    ]
+}
+
+#[derive(Debug, Clone)]
+struct MMsg {
+    id: u64,
+    body: String,
+    key: Option<u8>,
+    ready: i64,
+    visible: i64,
+    expires: Option<i64>,
+    count: u32,
+    token: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Model {
+    now: i64,
+    next_id: u64,
+    next_token: u64,
+    msgs: Vec<MMsg>,
+    dlq: u64,
+    expired: u64,
+    dead: u64,
+}
+
+impl Model {
+    fn promote(&mut self, key: Option<u8>) {
+        let Some(k) = key else { return };
+        if let Some(head) = self
+            .msgs
+            .iter_mut()
+            .filter(|m| m.key == Some(k))
+            .min_by_key(|m| m.id)
+        {
+            if head.visible == WAITING {
+                head.visible = head.ready;
+            }
+        }
+    }
+    fn remove(&mut self, id: u64) -> MMsg {
+        let i = self.msgs.iter().position(|m| m.id == id).expect("present");
+        self.msgs.remove(i)
+    }
+    fn send(&mut self, body: String, key: Option<u8>, delay_s: u64, ttl_s: Option<u64>) {
+        let ready = self.now + delay_s as i64 * 1000;
+        let waiting = key.is_some() && self.msgs.iter().any(|m| m.key == key);
+        self.next_id += 1;
+        self.msgs.push(MMsg {
+            id: self.next_id,
+            body,
+            key,
+            ready,
+            visible: if waiting { WAITING } else { ready },
+            expires: ttl_s.map(|t| self.now + t as i64 * 1000),
+            count: 0,
+            token: None,
+        });
+    }
+    fn receive(&mut self, max: usize, vis_s: u64) -> Vec<(String, u32, u64)> {
+        let mut out = Vec::new();
+        for _ in 0..4 {
+            let want = max - out.len();
+            let mut cands: Vec<MMsg> = self
+                .msgs
+                .iter()
+                .filter(|m| m.visible <= self.now)
+                .cloned()
+                .collect();
+            cands.sort_by_key(|m| (m.visible, m.id));
+            cands.truncate(want);
+            if cands.is_empty() {
+                break;
+            }
+            let mut dropped = false;
+            for c in cands {
+                if c.expires.is_some_and(|e| e <= self.now) {
+                    self.remove(c.id);
+                    self.expired += 1;
+                    self.promote(c.key);
+                    dropped = true;
+                } else if c.count >= MAX_RECEIVES {
+                    self.remove(c.id);
+                    self.dlq += 1;
+                    self.dead += 1;
+                    self.promote(c.key);
+                    dropped = true;
+                } else {
+                    self.next_token += 1;
+                    let token = self.next_token;
+                    let now = self.now;
+                    let m = self
+                        .msgs
+                        .iter_mut()
+                        .find(|m| m.id == c.id)
+                        .expect("present");
+                    m.visible = now + vis_s as i64 * 1000;
+                    m.token = Some(token);
+                    m.count += 1;
+                    out.push((m.body.clone(), m.count, token));
+                }
+            }
+            if out.len() >= max || !dropped {
+                break;
+            }
+        }
+        out
+    }
+    fn leased(&self, id: u64, token: u64) -> Result<(), ReceiptError> {
+        match self.msgs.iter().find(|m| m.id == id) {
+            Some(m) if m.token.is_some() => {
+                if m.token == Some(token) && m.visible > self.now {
+                    Ok(())
+                } else {
+                    Err(ReceiptError::Expired)
+                }
+            }
+            _ => Err(ReceiptError::Unknown),
+        }
+    }
+    fn ack(&mut self, id: u64, token: u64) -> Result<(), ReceiptError> {
+        self.leased(id, token)?;
+        let m = self.remove(id);
+        self.promote(m.key);
+        Ok(())
+    }
+    fn nack(&mut self, id: u64, token: u64, delay_s: u64) -> Result<(), ReceiptError> {
+        self.leased(id, token)?;
+        let now = self.now;
+        let m = self.msgs.iter_mut().find(|m| m.id == id).expect("present");
+        m.visible = now + delay_s as i64 * 1000;
+        m.token = None;
+        Ok(())
+    }
+    fn stats(&mut self) -> (u64, u64, u64, u64, u64, u64, u64) {
+        let now = self.now;
+        let expired: Vec<u64> = self
+            .msgs
+            .iter()
+            .filter(|m| m.expires.is_some_and(|e| e <= now) && m.visible <= now)
+            .map(|m| m.id)
+            .collect();
+        for id in expired {
+            let m = self.remove(id);
+            self.expired += 1;
+            self.promote(m.key);
+        }
+        let c = |f: &dyn Fn(&MMsg) -> bool| self.msgs.iter().filter(|m| f(m)).count() as u64;
+        (
+            c(&|m| m.visible <= now),
+            c(&|m| m.visible > now && m.visible < WAITING && m.token.is_some()),
+            c(&|m| m.visible > now && m.visible < WAITING && m.token.is_none()),
+            c(&|m| m.visible == WAITING),
+            self.dlq,
+            self.expired,
+            self.dead,
+        )
+    }
+}
+
+fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async move {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = ManualClock::new(1_000_000);
+        let config = EmbeddedConfig {
+            default_queue: QueueConfig {
+                max_receives: MAX_RECEIVES,
+            },
+            ..Default::default()
+        };
+        let q = EmbeddedQueue::open_with_clock(
+            dir.path().join("q.db"),
+            config,
+            Arc::new(clock.clone()),
+        )
+        .expect("open");
+        let mut model = Model {
+            now: 1_000_000,
+            ..Default::default()
+        };
+        // Every receipt issued so far: the real one and the model's (message id, token).
+        let mut receipts: Vec<(Receipt, u64, u64)> = Vec::new();
+        let mut n = 0;
+        for op in ops {
+            match op {
+                Op::Send {
+                    key,
+                    delay_s,
+                    ttl_s,
+                } => {
+                    n += 1;
+                    let body = format!("m{n}");
+                    let mut opts = SendOptions::default().delay(Duration::from_secs(delay_s));
+                    if let Some(k) = key {
+                        opts = opts.key(format!("k{k}"));
+                    }
+                    if let Some(t) = ttl_s {
+                        opts = opts.ttl(Duration::from_secs(t));
+                    }
+                    q.send("q", body.clone().into_bytes(), opts)
+                        .await
+                        .expect("send");
+                    model.send(body, key, delay_s, ttl_s);
+                }
+                Op::Receive { max, vis_s } => {
+                    let opts = ReceiveOptions {
+                        max,
+                        wait: Duration::ZERO,
+                        visibility: Duration::from_secs(vis_s),
+                    };
+                    let real = q.receive("q", opts).await.expect("receive");
+                    let expected = model.receive(max, vis_s);
+                    let got: Vec<(String, u32)> = real
+                        .iter()
+                        .map(|d| {
+                            (
+                                String::from_utf8_lossy(&d.body).into_owned(),
+                                d.receive_count,
+                            )
+                        })
+                        .collect();
+                    let want: Vec<(String, u32)> =
+                        expected.iter().map(|(b, c, _)| (b.clone(), *c)).collect();
+                    prop_assert_eq!(got, want);
+                    for (d, (_, _, token)) in real.iter().zip(expected) {
+                        let id: u64 = d.id.parse().expect("numeric id");
+                        receipts.push((d.receipt.clone(), id, token));
+                    }
+                }
+                Op::Ack { pick } if !receipts.is_empty() => {
+                    let (r, id, token) = receipts[pick % receipts.len()].clone();
+                    let real = q.ack("q", &r).await;
+                    let expected = model.ack(id, token);
+                    let real = match real {
+                        Ok(()) => Ok(()),
+                        Err(QueueError::Receipt(e)) => Err(e),
+                        Err(e) => panic!("ack failed: {e}"),
+                    };
+                    prop_assert_eq!(real, expected);
+                }
+                Op::Nack { pick, delay_s } if !receipts.is_empty() => {
+                    let (r, id, token) = receipts[pick % receipts.len()].clone();
+                    let real = q.nack("q", &r, Duration::from_secs(delay_s)).await;
+                    let expected = model.nack(id, token, delay_s);
+                    let real = match real {
+                        Ok(()) => Ok(()),
+                        Err(QueueError::Receipt(e)) => Err(e),
+                        Err(e) => panic!("nack failed: {e}"),
+                    };
+                    prop_assert_eq!(real, expected);
+                }
+                Op::Ack { .. } | Op::Nack { .. } => {}
+                Op::Stats => {
+                    let s = q.stats("q").await.expect("stats");
+                    let real = (
+                        s.visible,
+                        s.in_flight,
+                        s.delayed,
+                        s.waiting_on_key,
+                        s.dlq_depth,
+                        s.expired_total,
+                        s.dead_lettered_total,
+                    );
+                    prop_assert_eq!(real, model.stats());
+                }
+                Op::Advance { secs } => {
+                    clock.advance(Duration::from_secs(secs));
+                    model.now += secs as i64 * 1000;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #[test]
+    fn embedded_queue_matches_model(ops in prop::collection::vec(op(), 1..60)) {
+        run(ops)?;
+    }
+}
