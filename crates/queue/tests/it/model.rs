@@ -81,10 +81,9 @@ impl Model {
             .iter_mut()
             .filter(|m| m.key == Some(k))
             .min_by_key(|m| m.id)
+            && head.visible == WAITING
         {
-            if head.visible == WAITING {
-                head.visible = head.ready;
-            }
+            head.visible = head.ready;
         }
     }
     fn remove(&mut self, id: u64) -> MMsg {

@@ -1,0 +1,27 @@
+//! `hubbub bench ...`: the benchmarks behind the performance targets of DESIGN.md.
+//!
+//! Each prints human-readable figures, or with `--json` one JSON object on stdout, and is run
+//! by hand; results are recorded in `docs/benchmarks.md`. Nothing here is a test.
+
+mod queue;
+
+use clap::Subcommand;
+
+/// The benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum Bench {
+    /// Durable queue throughput (batched send, receive, ack) and single-send latency.
+    Queue(queue::QueueBenchArgs),
+}
+
+/// Run one benchmark.
+pub async fn run(which: Bench) -> anyhow::Result<()> {
+    match which {
+        Bench::Queue(args) => queue::run(args).await,
+    }
+}
+
+/// Milliseconds of a histogram value recorded in microseconds.
+pub(crate) fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
