@@ -21,7 +21,7 @@ mod error;
 pub mod types;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use embedded::{EmbeddedConfig, EmbeddedQueue};
+pub use embedded::{EmbeddedConfig, EmbeddedQueue, Outbox, TransactError};
 pub use error::{QueueError, ReceiptError};
 pub use types::*;
 

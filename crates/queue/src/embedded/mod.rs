@@ -149,6 +149,88 @@ impl EmbeddedQueue {
     }
 }
 
+/// What a [`EmbeddedQueue::transact`] closure may enqueue, in the same transaction as its own
+/// writes (a transactional outbox).
+pub struct Outbox<'a, 'c> {
+    ctx: &'a mut Ctx<'c>,
+    max_body_bytes: usize,
+}
+
+impl Outbox<'_, '_> {
+    /// Send messages to a queue; they become visible only if the whole transaction commits.
+    pub fn send(
+        &mut self,
+        queue: &str,
+        messages: Vec<Outgoing>,
+    ) -> Result<Vec<SendOutcome>, QueueError> {
+        validate_name(queue)?;
+        if let Some(m) = messages.iter().find(|m| m.body.len() > self.max_body_bytes) {
+            return Err(QueueError::TooLarge {
+                size: m.body.len(),
+                limit: self.max_body_bytes,
+            });
+        }
+        ops::send_batch(self.ctx, queue, messages)
+    }
+
+    /// Append entries to a log, in the same transaction.
+    pub fn append(&mut self, log: &str, bodies: Vec<Vec<u8>>) -> Result<Vec<u64>, QueueError> {
+        validate_name(log)?;
+        ops::log_append(self.ctx, log, bodies)
+    }
+}
+
+/// Why a [`EmbeddedQueue::transact`] failed: the caller's own error, or the queue's.
+#[derive(Debug, thiserror::Error)]
+pub enum TransactError<E> {
+    /// The closure returned an error; nothing it wrote or sent was kept.
+    #[error(transparent)]
+    Caller(E),
+    /// The queue failed (including the commit); nothing was kept.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+impl EmbeddedQueue {
+    /// Run `f` in the writer thread, in one transaction with everything it sends through the
+    /// [`Outbox`]: the caller's rows and its outgoing messages commit together, or not at all.
+    /// This is how a service on the embedded backend writes state and events atomically.
+    /// `f` must be quick: every other queue operation waits behind it.
+    pub async fn transact<T, E>(
+        &self,
+        f: impl FnOnce(&Connection, &mut Outbox<'_, '_>) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, TransactError<E>>
+    where
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let max_body_bytes = self.max_body_bytes;
+        // The caller's error must roll its savepoint back, so the job fails with a queue error
+        // and the caller's own error travels back beside it, in this slot.
+        let slot: Arc<std::sync::Mutex<Option<E>>> = Arc::new(std::sync::Mutex::new(None));
+        let job_slot = slot.clone();
+        let result = self
+            .run(move |ctx| {
+                let conn = ctx.conn;
+                let mut outbox = Outbox {
+                    ctx,
+                    max_body_bytes,
+                };
+                f(conn, &mut outbox).map_err(|e| {
+                    *job_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    QueueError::InvalidArgument("transaction aborted by its caller".into())
+                })
+            })
+            .await;
+        let caller_err = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match (result, caller_err) {
+            (_, Some(e)) => Err(TransactError::Caller(e)),
+            (Ok(v), None) => Ok(v),
+            (Err(e), None) => Err(TransactError::Queue(e)),
+        }
+    }
+}
+
 fn open_database(path: &PathBuf, config: &EmbeddedConfig) -> Result<Connection, QueueError> {
     let storage = |e: rusqlite::Error| map_sql(path, e);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

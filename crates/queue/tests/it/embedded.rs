@@ -217,3 +217,82 @@ async fn concurrent_senders_share_commits_and_all_land() {
     }
     assert_eq!(q.stats("q").await.expect("stats").visible, 800);
 }
+
+/// A service's own rows and its outgoing messages commit together, or not at all.
+#[tokio::test]
+async fn transact_is_a_transactional_outbox() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q =
+        EmbeddedQueue::open(dir.path().join("hubbub.db"), EmbeddedConfig::default()).expect("open");
+    q.transact(|conn, _| conn.execute_batch("CREATE TABLE notes (t TEXT NOT NULL)"))
+        .await
+        .expect("create table");
+    q.transact(|conn, outbox| {
+        conn.execute("INSERT INTO notes VALUES ('kept')", [])?;
+        outbox
+            .send("events", vec![Outgoing::new("note kept")])
+            .expect("send");
+        outbox
+            .append("archive", vec![b"note kept".to_vec()])
+            .expect("append");
+        Ok::<_, rusqlite::Error>(())
+    })
+    .await
+    .expect("commit");
+    // A failing closure keeps neither its rows nor its messages.
+    let err = q
+        .transact(|conn, outbox| {
+            conn.execute("INSERT INTO notes VALUES ('dropped')", [])?;
+            outbox
+                .send("events", vec![Outgoing::new("note dropped")])
+                .expect("send");
+            conn.execute("INSERT INTO no_such_table VALUES (1)", [])?;
+            Ok::<_, rusqlite::Error>(())
+        })
+        .await
+        .expect_err("fails");
+    assert!(matches!(err, TransactError::Caller(_)), "{err:?}");
+    // A queue error inside (an oversized body) also keeps nothing.
+    let err = q
+        .transact(|conn, outbox| {
+            conn.execute("INSERT INTO notes VALUES ('dropped too')", [])
+                .expect("insert");
+            outbox
+                .send("events", vec![Outgoing::new(vec![0u8; 300 * 1024])])
+                .map(|_| ())
+        })
+        .await
+        .expect_err("too large");
+    assert!(
+        matches!(err, TransactError::Caller(QueueError::TooLarge { .. })),
+        "{err:?}"
+    );
+
+    let notes: Vec<String> = q
+        .transact(|conn, _| {
+            let mut stmt = conn.prepare("SELECT t FROM notes")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<Result<Vec<String>, _>>()
+        })
+        .await
+        .expect("read");
+    assert_eq!(notes, ["kept"]);
+    let got = q
+        .receive(
+            "events",
+            ReceiveOptions {
+                max: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("r");
+    assert_eq!(
+        got.iter().map(|m| m.body.as_slice()).collect::<Vec<_>>(),
+        [&b"note kept"[..]]
+    );
+    assert_eq!(
+        Log::read(&q, "archive", 0, 10).await.expect("read").len(),
+        1
+    );
+}
