@@ -1,12 +1,9 @@
-//! The `hubbub` binary: server roles, the CLI client, and the benchmarks.
-//!
-//! Subcommands are added role by role; each lives in its own module and this file only
-//! parses the command line and dispatches.
-
-mod bench;
+//! The `hubbub` command: parses the command line and runs a role, a client command or a
+//! benchmark from the library.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use hubbub::config::Config;
 use std::path::PathBuf;
 
 /// hubbub: a self-hostable real-time backend for chat and social apps.
@@ -17,8 +14,106 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Debug, clap::Args)]
+struct ServerArgs {
+    /// A TOML config file (see hubbub.example.toml).
+    #[arg(long, env = "HUBBUB_CONFIG")]
+    config: Option<PathBuf>,
+    /// The listen address (setting `listen`).
+    #[arg(long)]
+    listen: Option<String>,
+    /// The data directory (setting `data_dir`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        let file = match &self.config {
+            Some(p) => Some(
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            ),
+            None => None,
+        };
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let mut flags = Vec::new();
+        if let Some(l) = &self.listen {
+            flags.push(("listen", l.clone()));
+        }
+        if let Some(d) = &self.data_dir {
+            flags.push(("data_dir", d.display().to_string()));
+        }
+        Ok(Config::load(file.as_deref(), &env, &flags)?)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct ClientArgs {
+    /// The server's base URL.
+    #[arg(long, env = "HUBBUB_SERVER", default_value = "http://127.0.0.1:7700")]
+    server: String,
+    /// The profile file (tokens, last seq).
+    #[arg(long, env = "HUBBUB_PROFILE")]
+    profile: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    fn profile(&self) -> PathBuf {
+        self.profile
+            .clone()
+            .unwrap_or_else(hubbub::cli::default_profile)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run every role in this process on the embedded backends.
+    Serve(ServerArgs),
+    /// Print the effective configuration (defaults, file, environment, flags).
+    Config(ServerArgs),
+    /// Add a new token signing key and make it current (restart the server to use it).
+    RotateKeys {
+        /// The data directory.
+        #[arg(long, default_value = "hubbub-data")]
+        data_dir: PathBuf,
+    },
+    /// Create an account and save its tokens in the profile.
+    Signup {
+        /// The handle (3-32 characters of a-z, 0-9, _).
+        handle: String,
+        /// The password (or set HUBBUB_PASSWORD).
+        #[arg(long, env = "HUBBUB_PASSWORD", hide_env_values = true)]
+        password: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Log in and save the tokens in the profile.
+    Login {
+        /// The handle.
+        handle: String,
+        /// The password (or set HUBBUB_PASSWORD).
+        #[arg(long, env = "HUBBUB_PASSWORD", hide_env_values = true)]
+        password: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Send a message to a conversation id, or to @handle (a direct conversation).
+    Send {
+        /// A conversation id, or @handle.
+        target: String,
+        /// The text.
+        text: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print events as JSON lines, resuming from the last seq seen.
+    Listen {
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Write the JSON Schema of the client protocol into a directory.
     Schema {
         /// Where to write the schema files.
@@ -28,20 +123,77 @@ enum Command {
     /// Run a benchmark and print its figures.
     Bench {
         #[command(subcommand)]
-        which: bench::Bench,
+        which: hubbub::bench::Bench,
     },
 }
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_env("HUBBUB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
+        Command::Serve(args) => {
+            let config = args.load()?;
+            rt.block_on(async move {
+                let running = hubbub::serve::start(config).await?;
+                println!("hubbub listening on http://{}", running.addr);
+                let cancel = running.cancel.clone();
+                tokio::spawn(async move {
+                    shutdown_signal().await;
+                    tracing::info!("shutting down");
+                    cancel.cancel();
+                });
+                running.wait().await;
+                anyhow::Ok(())
+            })
+        }
+        Command::Config(args) => {
+            print!("{}", args.load()?.to_toml());
+            Ok(())
+        }
+        Command::RotateKeys { data_dir } => {
+            let kid = hubbub_edge::auth::rotate_keys(&data_dir.join("keys.json"))?;
+            println!("new signing key {kid}; older keys still verify tokens until they expire");
+            Ok(())
+        }
+        Command::Signup {
+            handle,
+            password,
+            client,
+        } => rt.block_on(hubbub::cli::authenticate(
+            &client.server,
+            &client.profile(),
+            &handle,
+            &password,
+            true,
+        )),
+        Command::Login {
+            handle,
+            password,
+            client,
+        } => rt.block_on(hubbub::cli::authenticate(
+            &client.server,
+            &client.profile(),
+            &handle,
+            &password,
+            false,
+        )),
+        Command::Send {
+            target,
+            text,
+            client,
+        } => rt.block_on(hubbub::cli::send(&client.profile(), &target, &text)),
+        Command::Listen { count, client } => {
+            rt.block_on(hubbub::cli::listen(&client.profile(), count))
+        }
         Command::Schema { out } => {
             hubbub_protocol::schema::write_all(&out)
                 .with_context(|| format!("writing the schema to {}", out.display()))?;
@@ -52,11 +204,30 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Bench { which } => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(bench::run(which))
+        Command::Bench { which } => rt.block_on(hubbub::bench::run(which)),
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
         }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
     }
 }

@@ -12,6 +12,9 @@
 //! - [`server`]: [`ServerFrame`] (hello, ok, error, pushed events) and the reply `data` types.
 //! - [`http`]: request and response bodies of `/v1/auth/*`, `/v1/users/*`, `/v1/media`.
 //! - [`error`]: [`ErrorCode`], the protocol's error codes and their HTTP statuses.
+//! - [`internal`]: envelopes between roles (edge → services, services → edges); never sent
+//!   to clients.
+//! - [`limits`]: the size and rate limits, with their defaults.
 //! - [`schema`]: generation of the JSON Schema documents.
 //!
 //! This crate knows nothing of transports, storage or queues: it is pure data and parsing.
@@ -19,6 +22,8 @@
 pub mod client;
 pub mod error;
 pub mod http;
+pub mod internal;
+pub mod limits;
 pub mod model;
 pub mod schema;
 pub mod server;

@@ -143,6 +143,23 @@ impl ServerFrame {
         }
     }
 
+    /// This frame's `type` as on the wire.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ServerFrame::Hello { .. } => "hello",
+            ServerFrame::Ok { .. } => "ok",
+            ServerFrame::Error { .. } => "error",
+            ServerFrame::MessageNew { .. } => "message.new",
+            ServerFrame::ConversationUpdated { .. } => "conversation.updated",
+            ServerFrame::ReceiptRead { .. } => "receipt.read",
+            ServerFrame::Notification { .. } => "notification",
+            ServerFrame::Typing { .. } => "typing",
+            ServerFrame::Presence(_) => "presence",
+            ServerFrame::Timeline { .. } => "timeline",
+            ServerFrame::Engagement { .. } => "engagement",
+        }
+    }
+
     /// Serialize to the compact wire form.
     pub fn to_json(&self) -> String {
         // Plain data with string keys: serialization cannot fail.
@@ -262,7 +279,7 @@ mod tests {
             "retry_after_ms":50}),
         );
         let m = round_trip(json!({"type":"message.new","seq":7,"message":msg()}));
-        assert_eq!(m.seq(), Some(7));
+        assert_eq!((m.seq(), m.type_name()), (Some(7), "message.new"));
         round_trip(json!({"type":"conversation.updated","seq":8,"conversation":conv()}));
         round_trip(
             json!({"type":"receipt.read","seq":9,"conversation":"c1","user":"u2",

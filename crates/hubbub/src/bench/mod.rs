@@ -3,6 +3,7 @@
 //! Each prints human-readable figures, or with `--json` one JSON object on stdout, and is run
 //! by hand; results are recorded in `docs/benchmarks.md`. Nothing here is a test.
 
+mod chat;
 mod queue;
 
 use clap::Subcommand;
@@ -12,12 +13,15 @@ use clap::Subcommand;
 pub enum Bench {
     /// Durable queue throughput (batched send, receive, ack) and single-send latency.
     Queue(queue::QueueBenchArgs),
+    /// Chat fan-out: groups of online members, a send rate, send-to-deliver latency.
+    Chat(chat::ChatBenchArgs),
 }
 
 /// Run one benchmark.
 pub async fn run(which: Bench) -> anyhow::Result<()> {
     match which {
         Bench::Queue(args) => queue::run(args).await,
+        Bench::Chat(args) => chat::run(args).await,
     }
 }
 

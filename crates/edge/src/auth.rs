@@ -1,0 +1,462 @@
+//! Authentication: passwords (argon2id), access tokens (JWT, HS256, with a key id so signing
+//! keys can rotate), single-use refresh tokens (stored as SHA-256 hashes), and app tokens
+//! signed by the app's own backend (bring your own auth).
+//!
+//! Signing keys live in `<data-dir>/keys.json` (mode 0600), created on first start. Rotating
+//! adds a key and makes it current; older keys keep verifying tokens until they expire.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use hubbub_protocol::UserRef;
+use hubbub_store::{Store, StoreError};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+const ISSUER: &str = "hubbub";
+
+/// Auth settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Access token lifetime, seconds (900).
+    pub access_ttl_s: u64,
+    /// Refresh token lifetime, seconds (30 days).
+    pub refresh_ttl_s: u64,
+    /// HS256 secret of the app's own backend, for app tokens.
+    pub app_hmac_secret: Option<String>,
+    /// PEM public key (RS256 or ES256) of the app's own backend, for app tokens.
+    pub app_public_key: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            access_ttl_s: 900,
+            refresh_ttl_s: 30 * 24 * 3600,
+            app_hmac_secret: None,
+            app_public_key: None,
+        }
+    }
+}
+
+/// Why authentication failed or could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Missing, bad or expired credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Invalid input (handle, password).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The key file could not be read or written.
+    #[error("key file {path}: {reason}")]
+    Keys {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct KeyFile {
+    current: String,
+    keys: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    handle: Option<String>,
+    exp: u64,
+    #[serde(default)]
+    iat: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+}
+
+/// Tokens issued to a user.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// JWT access token.
+    pub access_token: String,
+    /// Refresh token (only its hash is stored).
+    pub refresh_token: String,
+    /// Access token lifetime in seconds.
+    pub expires_in: u64,
+}
+
+fn random_hex(bytes: usize) -> Result<String, AuthError> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).map_err(|e| AuthError::Keys {
+        path: "random".into(),
+        reason: e.to_string(),
+    })?;
+    Ok(hex::encode(buf))
+}
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Load the key file, creating it with one fresh key if missing.
+fn load_or_create_keys(path: &Path) -> Result<KeyFile, AuthError> {
+    let err = |reason: String| AuthError::Keys {
+        path: path.display().to_string(),
+        reason,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let keys: KeyFile = serde_json::from_str(&text)
+                .map_err(|e| err(format!("not a hubbub key file: {e}")))?;
+            if !keys.keys.contains_key(&keys.current) {
+                return Err(err(format!(
+                    "current key {:?} is not in the file",
+                    keys.current
+                )));
+            }
+            Ok(keys)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let kid = format!("k{}", &random_hex(4)?);
+            let keys = KeyFile {
+                current: kid.clone(),
+                keys: BTreeMap::from([(kid, random_hex(32)?)]),
+            };
+            write_keys(path, &keys)?;
+            Ok(keys)
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+fn write_keys(path: &Path, keys: &KeyFile) -> Result<(), AuthError> {
+    let err = |reason: String| AuthError::Keys {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = serde_json::to_string_pretty(keys).map_err(|e| err(e.to_string()))?;
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp).map_err(|e| err(e.to_string()))?;
+        f.write_all(text.as_bytes())
+            .map_err(|e| err(e.to_string()))?;
+        f.sync_all().map_err(|e| err(e.to_string()))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+}
+
+/// Add a new signing key to the key file and make it current; returns its id.
+pub fn rotate_keys(path: &Path) -> Result<String, AuthError> {
+    let mut keys = load_or_create_keys(path)?;
+    let kid = format!("k{}", &random_hex(4)?);
+    keys.keys.insert(kid.clone(), random_hex(32)?);
+    keys.current = kid.clone();
+    write_keys(path, &keys)?;
+    Ok(kid)
+}
+
+/// Whether an app token's `sub` is 1–64 characters of `[A-Za-z0-9_.-]`.
+fn valid_app_sub(sub: &str) -> bool {
+    (1..=64).contains(&sub.len())
+        && sub
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+enum AppKey {
+    Hmac(DecodingKey),
+    Public(DecodingKey, Algorithm),
+}
+
+/// Issues and checks credentials.
+pub struct Auth {
+    store: Arc<dyn Store>,
+    config: AuthConfig,
+    current: (String, EncodingKey),
+    verify: BTreeMap<String, DecodingKey>,
+    app: Option<AppKey>,
+    /// A real argon2 hash, checked against when a handle does not exist, so a wrong handle
+    /// takes as long as a wrong password.
+    dummy_hash: String,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("kid", &self.current.0)
+            .finish()
+    }
+}
+
+impl Auth {
+    /// Auth with keys from `key_file` (created if missing).
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: AuthConfig,
+        key_file: &Path,
+    ) -> Result<Self, AuthError> {
+        let keys = load_or_create_keys(key_file)?;
+        let secret = keys.keys.get(&keys.current).cloned().unwrap_or_default();
+        let verify = keys
+            .keys
+            .iter()
+            .map(|(kid, s)| (kid.clone(), DecodingKey::from_secret(s.as_bytes())))
+            .collect();
+        let app = match (&config.app_hmac_secret, &config.app_public_key) {
+            (Some(secret), _) => Some(AppKey::Hmac(DecodingKey::from_secret(secret.as_bytes()))),
+            (None, Some(pem)) => {
+                let bad = |e: jsonwebtoken::errors::Error| AuthError::Keys {
+                    path: "auth.app_public_key".into(),
+                    reason: e.to_string(),
+                };
+                Some(match DecodingKey::from_rsa_pem(pem.as_bytes()) {
+                    Ok(k) => AppKey::Public(k, Algorithm::RS256),
+                    Err(_) => AppKey::Public(
+                        DecodingKey::from_ec_pem(pem.as_bytes()).map_err(bad)?,
+                        Algorithm::ES256,
+                    ),
+                })
+            }
+            (None, None) => None,
+        };
+        let dummy_hash = hash_password("not a real password")?;
+        Ok(Auth {
+            store,
+            current: (
+                keys.current.clone(),
+                EncodingKey::from_secret(secret.as_bytes()),
+            ),
+            verify,
+            app,
+            config,
+            dummy_hash,
+        })
+    }
+
+    /// Issue an access token and a refresh token for a user.
+    pub async fn issue(&self, user: &UserRef) -> Result<Issued, AuthError> {
+        let now = now_s();
+        let claims = Claims {
+            sub: user.id.clone(),
+            handle: Some(user.handle.clone()),
+            exp: now + self.config.access_ttl_s,
+            iat: now,
+            iss: Some(ISSUER.into()),
+        };
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(self.current.0.clone());
+        let access_token =
+            jsonwebtoken::encode(&header, &claims, &self.current.1).map_err(|e| {
+                AuthError::Keys {
+                    path: "jwt".into(),
+                    reason: e.to_string(),
+                }
+            })?;
+        let refresh_token = random_hex(32)?;
+        let expires_ms = ((now + self.config.refresh_ttl_s) * 1000) as i64;
+        self.store
+            .put_refresh_token(&sha256_hex(&refresh_token), &user.id, expires_ms)
+            .await?;
+        Ok(Issued {
+            access_token,
+            refresh_token,
+            expires_in: self.config.access_ttl_s,
+        })
+    }
+
+    /// Sign up: validate, hash, create.
+    pub async fn signup(
+        &self,
+        handle: &str,
+        password: &str,
+        email: Option<&str>,
+    ) -> Result<UserRef, AuthError> {
+        if !hubbub_store::sqlite::valid_handle(handle) {
+            return Err(AuthError::BadRequest(
+                "handle must be 3-32 characters of [a-z0-9_]".into(),
+            ));
+        }
+        if password.chars().count() < 8 || password.len() > 1024 {
+            return Err(AuthError::BadRequest(
+                "password must be 8 to 1024 characters".into(),
+            ));
+        }
+        if let Some(email) = email
+            && (email.len() > 254 || !email.contains('@'))
+        {
+            return Err(AuthError::BadRequest("email is not valid".into()));
+        }
+        let password = password.to_owned();
+        let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+            .await
+            .map_err(|e| AuthError::Keys {
+                path: "hash task".into(),
+                reason: e.to_string(),
+            })??;
+        Ok(self.store.create_user(handle, &hash, email).await?)
+    }
+
+    /// Log in: the same `Unauthorized` whether the handle exists or not.
+    pub async fn login(&self, handle: &str, password: &str) -> Result<UserRef, AuthError> {
+        let creds = self.store.credentials(handle).await?;
+        let (user, hash) = match creds {
+            Some(c) => (
+                Some(c.user),
+                c.password_hash.unwrap_or_else(|| self.dummy_hash.clone()),
+            ),
+            None => (None, self.dummy_hash.clone()),
+        };
+        let password = password.to_owned();
+        let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+            .await
+            .unwrap_or(false);
+        match user {
+            Some(u) if ok => Ok(u),
+            _ => Err(AuthError::Unauthorized("wrong handle or password".into())),
+        }
+    }
+
+    /// Use up a refresh token; its user, if it was valid.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<UserRef, AuthError> {
+        let bad = || AuthError::Unauthorized("refresh token is used, expired or unknown".into());
+        let user = self
+            .store
+            .take_refresh_token(&sha256_hex(refresh_token))
+            .await?
+            .ok_or_else(bad)?;
+        self.store.user(&user).await?.ok_or_else(bad)
+    }
+
+    /// Check an access token (ours, or an app token when an app key is configured).
+    pub async fn authenticate(&self, token: &str) -> Result<UserRef, AuthError> {
+        let bad = |why: &str| AuthError::Unauthorized(format!("invalid token: {why}"));
+        let header = jsonwebtoken::decode_header(token).map_err(|_| bad("not a JWT"))?;
+        if let Some(key) = header.kid.as_deref().and_then(|kid| self.verify.get(kid)) {
+            let mut v = Validation::new(Algorithm::HS256);
+            v.set_issuer(&[ISSUER]);
+            if let Ok(data) = jsonwebtoken::decode::<Claims>(token, key, &v) {
+                let c = data.claims;
+                return match c.handle {
+                    Some(handle) => Ok(UserRef { id: c.sub, handle }),
+                    None => self
+                        .store
+                        .user(&c.sub)
+                        .await?
+                        .ok_or_else(|| bad("unknown user")),
+                };
+            }
+        }
+        let Some(app) = &self.app else {
+            return Err(bad("bad signature or expired"));
+        };
+        let (key, alg) = match app {
+            AppKey::Hmac(k) => (k, Algorithm::HS256),
+            AppKey::Public(k, alg) => (k, *alg),
+        };
+        let mut v = Validation::new(alg);
+        v.set_required_spec_claims(&["exp", "sub"]);
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key, &v).map_err(|e| bad(&e.to_string()))?;
+        let c = data.claims;
+        if !valid_app_sub(&c.sub) {
+            return Err(bad("sub must be 1-64 characters of [A-Za-z0-9_.-]"));
+        }
+        Ok(self.store.ensure_user(&c.sub, c.handle.as_deref()).await?)
+    }
+}
+
+fn hash_password(password: &str) -> Result<String, AuthError> {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| AuthError::Keys {
+        path: "random".into(),
+        reason: e.to_string(),
+    })?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| AuthError::Keys {
+        path: "salt".into(),
+        reason: e.to_string(),
+    })?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AuthError::Keys {
+            path: "argon2".into(),
+            reason: e.to_string(),
+        })
+}
+
+fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|h| {
+            argon2::Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_hash_and_verify() {
+        let h = hash_password("correct horse").expect("hash");
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse", &h));
+        assert!(!verify_password("wrong horse", &h));
+        assert!(!verify_password("x", "not a hash"));
+    }
+
+    #[test]
+    fn key_file_is_created_rotated_and_checked() {
+        let dir = std::env::temp_dir().join(format!("hubbub-keys-{}", random_hex(4).expect("r")));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("keys.json");
+        let first = load_or_create_keys(&path).expect("create");
+        assert_eq!(
+            load_or_create_keys(&path).expect("reload").current,
+            first.current
+        );
+        let kid = rotate_keys(&path).expect("rotate");
+        let after = load_or_create_keys(&path).expect("reload");
+        assert_eq!(
+            (after.current.as_str(), after.keys.len()),
+            (kid.as_str(), 2)
+        );
+        std::fs::write(&path, "garbage").expect("write");
+        let e = load_or_create_keys(&path).expect_err("garbage");
+        assert!(e.to_string().contains("keys.json"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn app_subs() {
+        assert!(valid_app_sub("user-42.a_b"));
+        assert!(!valid_app_sub(""));
+        assert!(!valid_app_sub("a b"));
+        assert!(!valid_app_sub(&"x".repeat(65)));
+    }
+}

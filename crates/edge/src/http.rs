@@ -1,0 +1,194 @@
+//! The HTTP side of the edge: auth endpoints, user lookup, health, readiness, metrics.
+//! Every error body is `{"error":{"code","message"}}` with the protocol's status.
+
+// Handlers return axum responses as errors: the idiom of the framework, and cold paths.
+#![allow(clippy::result_large_err)]
+
+use crate::Inner;
+use crate::auth::AuthError;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hubbub_protocol::http::{AuthResponse, HttpError, LoginRequest, RefreshRequest, SignupRequest};
+use hubbub_protocol::{ErrorCode, UserRef};
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub(crate) fn routes(inner: Arc<Inner>) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/auth/signup", post(signup))
+        .route("/v1/auth/login", post(login))
+        .route("/v1/auth/refresh", post(refresh))
+        .route("/v1/users/{handle}", get(user))
+        .route("/v1/ws", get(crate::ws::upgrade))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error(ErrorCode::NotFound, "no such endpoint") })
+        .with_state(inner)
+}
+
+/// A protocol error response.
+pub(crate) fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+    let status =
+        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(HttpError::new(code, message))).into_response()
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        match self {
+            AuthError::Unauthorized(m) => error(ErrorCode::Unauthorized, m),
+            AuthError::BadRequest(m) => error(ErrorCode::BadRequest, m),
+            AuthError::Store(e) => {
+                let code = e.code();
+                if code == ErrorCode::Internal {
+                    tracing::error!(error = %e, "auth: store failure");
+                    error(code, "internal error")
+                } else {
+                    error(code, e.to_string())
+                }
+            }
+            AuthError::Keys { .. } => {
+                tracing::error!(error = %self, "auth: key failure");
+                error(ErrorCode::Internal, "internal error")
+            }
+        }
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
+    serde_json::from_slice(body)
+        .map_err(|e| error(ErrorCode::BadRequest, format!("invalid body: {e}")))
+}
+
+/// The access token of a request: `Authorization: Bearer T` or `?access_token=T`.
+pub(crate) fn token<'a>(
+    headers: &'a HeaderMap,
+    query: &'a HashMap<String, String>,
+) -> Option<&'a str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .or_else(|| query.get("access_token").map(String::as_str))
+}
+
+pub(crate) async fn authenticate(
+    inner: &Inner,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<UserRef, Response> {
+    let Some(t) = token(headers, query) else {
+        return Err(error(ErrorCode::Unauthorized, "missing access token"));
+    };
+    inner
+        .auth
+        .authenticate(t)
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+async fn issue(inner: &Inner, user: UserRef, status: StatusCode) -> Response {
+    match inner.auth.issue(&user).await {
+        Ok(t) => (
+            status,
+            axum::Json(AuthResponse {
+                user,
+                access_token: t.access_token,
+                refresh_token: t.refresh_token,
+                expires_in: t.expires_in,
+            }),
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn signup(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    let req: SignupRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match inner
+        .auth
+        .signup(&req.handle, &req.password, req.email.as_deref())
+        .await
+    {
+        Ok(user) => issue(&inner, user, StatusCode::CREATED).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn login(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    let req: LoginRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match inner.auth.login(&req.handle, &req.password).await {
+        Ok(user) => issue(&inner, user, StatusCode::OK).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn refresh(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    let req: RefreshRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match inner.auth.refresh(&req.refresh_token).await {
+        Ok(user) => issue(&inner, user, StatusCode::OK).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn user(
+    State(inner): State<Arc<Inner>>,
+    Path(handle): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(resp) = authenticate(&inner, &headers, &query).await {
+        return resp;
+    }
+    match inner.deps.store.user_by_handle(&handle).await {
+        Ok(Some(u)) => axum::Json(u).into_response(),
+        Ok(None) => error(ErrorCode::NotFound, format!("no user {handle}")),
+        Err(e) => AuthError::Store(e).into_response(),
+    }
+}
+
+async fn ready(State(inner): State<Arc<Inner>>) -> Response {
+    let store = inner.deps.store.last_seq("readiness-probe").await;
+    let queue = inner.deps.queue.stats(hubbub_queue_main()).await;
+    match (store, queue, inner.cancel.is_cancelled()) {
+        (Ok(_), Ok(_), false) => (StatusCode::OK, "ready").into_response(),
+        (s, q, stopping) => {
+            let why = if stopping {
+                "shutting down".to_owned()
+            } else {
+                format!("store: {:?}; queue: {:?}", s.err(), q.err())
+            };
+            (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
+        }
+    }
+}
+
+fn hubbub_queue_main() -> &'static str {
+    crate::ws::MAIN_QUEUE
+}
+
+async fn metrics(State(inner): State<Arc<Inner>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        inner.deps.metrics.render(),
+    )
+        .into_response()
+}

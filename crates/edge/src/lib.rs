@@ -1,0 +1,237 @@
+//! The edge role: holds client connections and speaks the client protocol.
+//!
+//! # Layout
+//! - [`auth`]: passwords, access and refresh tokens, app tokens.
+//! - `http`: the HTTP API (`/v1/auth/*`, `/v1/users/{handle}`), `/healthz`, `/readyz`,
+//!   `/metrics`; every error is the protocol's `{"error":{"code","message"}}`.
+//! - `ws`: `/v1/ws`, one task per connection: parse, rate-limit, answer reads from the store,
+//!   put writes on the `main` queue, and write replies and events to the socket in seq order.
+//! - [`Edge`]: ties them together, plus the dispatcher that takes batches handed to this edge
+//!   (replies, events) and routes them to connections.
+//!
+//! # How a reply finds its way back
+//! A write is put on `main` as an [`Envelope`](hubbub_protocol::internal::Envelope) naming
+//! this edge and the session. The service that handles it hands `ToEdge::Reply` to the edge
+//! named in the envelope (through the [`EdgeLink`](hubbub_registry::EdgeLink)); the
+//! dispatcher passes it to the session's connection task, which writes it if the request is
+//! still pending. A request with no reply within `request_timeout` is answered `internal`
+//! (outcome unknown; retrying with the same `client_msg_id` is safe), so every request with
+//! an id gets exactly one reply.
+//!
+//! The edge knows no service logic: it reads the store for `sync` and simple reads, and
+//! forwards everything else.
+
+pub mod auth;
+mod http;
+mod ws;
+
+use auth::{Auth, AuthConfig};
+use hubbub_protocol::internal::ToEdge;
+use hubbub_protocol::limits::Limits;
+use hubbub_queue::Queue;
+use hubbub_registry::Registry;
+use hubbub_store::Store;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use metrics_exporter_prometheus::PrometheusHandle;
+
+/// Settings of an edge.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// This edge's id (unique among running edges).
+    pub edge_id: String,
+    /// Protocol limits.
+    pub limits: Limits,
+    /// Auth settings.
+    pub auth: AuthConfig,
+    /// The signing key file.
+    pub key_file: PathBuf,
+    /// A request with no reply after this long is answered `internal`.
+    pub request_timeout: Duration,
+    /// Ping interval; a connection silent for three intervals is closed.
+    pub ping_interval: Duration,
+}
+
+/// What an edge needs from the rest of the system.
+#[derive(Clone)]
+pub struct EdgeDeps {
+    /// The store (reads, auth).
+    pub store: Arc<dyn Store>,
+    /// The queues (`main`).
+    pub queue: Arc<dyn Queue>,
+    /// The session registry.
+    pub registry: Arc<dyn Registry>,
+    /// Prometheus rendering of the process's metrics.
+    pub metrics: PrometheusHandle,
+}
+
+/// What the connection tasks receive from the dispatcher.
+#[derive(Debug)]
+pub(crate) enum Out {
+    Reply(hubbub_protocol::ServerFrame),
+    Events(Vec<hubbub_protocol::ServerFrame>, Option<i64>),
+}
+
+pub(crate) struct SessionHandle {
+    user: String,
+    tx: mpsc::Sender<Out>,
+    /// Cancelled to cut off a slow reader (close code 1013).
+    kick: CancellationToken,
+}
+
+#[derive(Default)]
+pub(crate) struct Sessions {
+    by_id: HashMap<String, SessionHandle>,
+    by_user: HashMap<String, HashSet<String>>,
+}
+
+pub(crate) struct Inner {
+    config: EdgeConfig,
+    deps: EdgeDeps,
+    auth: Auth,
+    sessions: Mutex<Sessions>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Inner {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add_session(&self, session: &str, handle: SessionHandle) {
+        let mut s = self.sessions();
+        s.by_user
+            .entry(handle.user.clone())
+            .or_default()
+            .insert(session.to_owned());
+        s.by_id.insert(session.to_owned(), handle);
+        metrics::gauge!("hubbub_connections").set(s.by_id.len() as f64);
+    }
+
+    fn remove_session(&self, session: &str) {
+        let mut s = self.sessions();
+        if let Some(h) = s.by_id.remove(session)
+            && let Some(set) = s.by_user.get_mut(&h.user)
+        {
+            set.remove(session);
+            if set.is_empty() {
+                s.by_user.remove(&h.user);
+            }
+        }
+        metrics::gauge!("hubbub_connections").set(s.by_id.len() as f64);
+    }
+
+    /// Hand an item to a session without waiting; a full buffer cuts the session off.
+    fn offer(handle: &SessionHandle, out: Out) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = handle.tx.try_send(out) {
+            metrics::counter!("hubbub_slow_consumers_total").increment(1);
+            handle.kick.cancel();
+        }
+    }
+
+    fn dispatch(&self, batch: Vec<ToEdge>) {
+        let sessions = self.sessions();
+        for item in batch {
+            match item {
+                ToEdge::Reply { session, frame } => {
+                    if let Some(h) = sessions.by_id.get(&session) {
+                        Self::offer(h, Out::Reply(frame));
+                    }
+                }
+                ToEdge::Events {
+                    user,
+                    frames,
+                    origin_ms,
+                } => {
+                    if let Some(ids) = sessions.by_user.get(&user) {
+                        for id in ids {
+                            if let Some(h) = sessions.by_id.get(id) {
+                                Self::offer(h, Out::Events(frames.clone(), origin_ms));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A running edge.
+#[derive(Clone)]
+pub struct Edge {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Edge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Edge")
+            .field("edge_id", &self.inner.config.edge_id)
+            .finish()
+    }
+}
+
+impl Edge {
+    /// An edge; `inbox` carries the batches services hand to it.
+    pub fn new(
+        config: EdgeConfig,
+        deps: EdgeDeps,
+        mut inbox: mpsc::UnboundedReceiver<Vec<ToEdge>>,
+        cancel: CancellationToken,
+    ) -> Result<Self, auth::AuthError> {
+        let auth = Auth::new(deps.store.clone(), config.auth.clone(), &config.key_file)?;
+        let inner = Arc::new(Inner {
+            config,
+            deps,
+            auth,
+            sessions: Mutex::new(Sessions::default()),
+            cancel: cancel.clone(),
+            tracker: TaskTracker::new(),
+        });
+        let dispatcher = inner.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    batch = inbox.recv() => match batch {
+                        Some(batch) => dispatcher.dispatch(batch),
+                        None => break,
+                    },
+                    _ = dispatcher.cancel.cancelled() => break,
+                }
+            }
+        });
+        Ok(Edge { inner })
+    }
+
+    /// The HTTP and WebSocket application.
+    pub fn app(&self) -> axum::Router {
+        http::routes(self.inner.clone())
+    }
+
+    /// Serve on a bound listener until cancelled, then close every socket with 1001 and
+    /// wait for the connection tasks to finish.
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        let cancel = self.inner.cancel.clone();
+        let app = self
+            .app()
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await?;
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+        Ok(())
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> usize {
+        self.inner.sessions().by_id.len()
+    }
+}

@@ -1,0 +1,625 @@
+//! `/v1/ws`: one task per connection.
+//!
+//! The task owns the socket and the session's delivery state, so there is no locking on the
+//! hot path. It selects over: frames from the client; replies and events handed to the
+//! session by the dispatcher (a bounded channel: a reader too slow to keep up is cut off with
+//! 1013 and resumes with `sync`); a ping timer; a one-second tick that answers requests whose
+//! reply is overdue; shutdown (close 1001).
+//!
+//! # Exactly once, in order
+//! The session is registered before `last_seq` is read for `hello`, so every event committed
+//! after that read is pushed live, and `next_seq = last_seq + 1`. A pushed durable event with
+//! `seq < next_seq` was already written (dropped); `seq == next_seq` is written; a larger seq
+//! means events were missed (a service's push lost or reordered), so the gap is read from the
+//! store first. `sync` replays from the store and moves `next_seq` past what it replayed.
+
+use crate::http::{authenticate, error};
+use crate::{Inner, Out, SessionHandle};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use hubbub_protocol::internal::Envelope;
+use hubbub_protocol::{ClientFrame, ErrorCode, ReplyData, Request, ServerFrame, UserRef};
+use hubbub_queue::SendOptions;
+use hubbub_store::StoreError;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The queue edges put requests on.
+pub(crate) const MAIN_QUEUE: &str = "main";
+const REPLAY_PAGE: usize = 512;
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_FRAMES_PER_WRITE: usize = 256;
+
+pub(crate) async fn upgrade(
+    State(inner): State<Arc<Inner>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let user = match authenticate(&inner, &headers, &query).await {
+        Ok(u) => u,
+        Err(resp) => return resp,
+    };
+    if inner.cancel.is_cancelled() {
+        return error(ErrorCode::Unavailable, "server shutting down");
+    }
+    // Frames over the protocol limit get `too_large` and the connection stays; frames over
+    // this hard cap are refused by the WebSocket layer itself (close 1009).
+    let hard_cap = (inner.config.limits.max_frame_bytes * 4).max(256 * 1024);
+    let tracker = inner.tracker.clone();
+    ws.max_message_size(hard_cap)
+        .max_frame_size(hard_cap)
+        .on_upgrade(move |socket| tracker.track_future(run(inner, user, socket)))
+}
+
+/// Why the loop ends.
+enum Flow {
+    Continue,
+    Close(u16, &'static str),
+    Gone,
+}
+
+struct TokenBucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        TokenBucket {
+            tokens: burst as f64,
+            rate: rate.max(1) as f64,
+            burst: burst.max(1) as f64,
+            last: Instant::now(),
+        }
+    }
+    /// Take a token, or say how long until one is there.
+    fn take(&mut self) -> Result<(), u64> {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err((((1.0 - self.tokens) / self.rate) * 1000.0).ceil() as u64)
+        }
+    }
+}
+
+struct Conn {
+    inner: Arc<Inner>,
+    user: UserRef,
+    session: String,
+    socket: WebSocket,
+    next_seq: u64,
+    acked: u64,
+    pending: HashMap<String, Instant>,
+    bucket: TokenBucket,
+    window: (Instant, u32),
+    last_heard: Instant,
+}
+
+async fn run(inner: Arc<Inner>, user: UserRef, socket: WebSocket) {
+    let session = match hubbub_store::sqlite::new_id("s") {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let (tx, rx) = mpsc::channel(inner.config.limits.max_outgoing_frames.max(16));
+    let kick = CancellationToken::new();
+    inner.add_session(
+        &session,
+        SessionHandle {
+            user: user.id.clone(),
+            tx,
+            kick: kick.clone(),
+        },
+    );
+    let limits = &inner.config.limits;
+    let mut conn = Conn {
+        bucket: TokenBucket::new(limits.frames_per_s, limits.burst),
+        inner: inner.clone(),
+        user,
+        session: session.clone(),
+        socket,
+        next_seq: 1,
+        acked: 0,
+        pending: HashMap::new(),
+        window: (Instant::now(), 0),
+        last_heard: Instant::now(),
+    };
+    let flow = conn.start(rx, kick).await;
+    if let Flow::Close(code, reason) = flow {
+        conn.close(code, reason).await;
+    }
+    inner.remove_session(&session);
+    if let Err(e) = inner
+        .deps
+        .registry
+        .unregister(&conn.user.id, &session)
+        .await
+    {
+        tracing::warn!(error = %e, "unregister failed");
+    }
+}
+
+impl Conn {
+    async fn start(&mut self, mut rx: mpsc::Receiver<Out>, kick: CancellationToken) -> Flow {
+        let edge = self.inner.config.edge_id.clone();
+        if let Err(e) = self
+            .inner
+            .deps
+            .registry
+            .register(&self.user.id, &self.session, &edge)
+            .await
+        {
+            tracing::warn!(error = %e, "register failed");
+            return Flow::Close(1011, "session registry unavailable");
+        }
+        let last_seq = match self.inner.deps.store.last_seq(&self.user.id).await {
+            Ok(s) => s,
+            Err(_) => return Flow::Close(1011, "storage unavailable"),
+        };
+        self.next_seq = last_seq + 1;
+        let hello = ServerFrame::Hello {
+            user: self.user.clone(),
+            session: self.session.clone(),
+            last_seq,
+            server_ts: now_ms(),
+        };
+        if !self.write_frames(&[hello]).await {
+            return Flow::Gone;
+        }
+        let ping_every = self.inner.config.ping_interval;
+        let mut ping = tokio::time::interval(ping_every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let cancel = self.inner.cancel.clone();
+        loop {
+            let flow = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Flow::Close(1001, "server shutting down"),
+                _ = kick.cancelled() => Flow::Close(1013, "too slow: reconnect and sync"),
+                msg = self.socket.recv() => self.on_message(msg).await,
+                out = rx.recv() => match out {
+                    Some(out) => {
+                        let mut batch = vec![out];
+                        while batch.len() < MAX_FRAMES_PER_WRITE {
+                            match rx.try_recv() {
+                                Ok(o) => batch.push(o),
+                                Err(_) => break,
+                            }
+                        }
+                        self.on_outgoing(batch).await
+                    }
+                    None => Flow::Gone,
+                },
+                _ = ping.tick() => {
+                    if self.last_heard.elapsed() > ping_every * 3 {
+                        Flow::Close(1001, "idle timeout")
+                    } else if self.socket.send(Message::Ping(Default::default())).await.is_err() {
+                        Flow::Gone
+                    } else {
+                        Flow::Continue
+                    }
+                }
+                _ = tick.tick() => self.expire_pending().await,
+            };
+            match flow {
+                Flow::Continue => {}
+                other => return other,
+            }
+        }
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ =
+            tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Close(Some(frame)))).await;
+    }
+
+    /// Write frames as one text frame, newline-separated.
+    async fn write_frames(&mut self, frames: &[ServerFrame]) -> bool {
+        if frames.is_empty() {
+            return true;
+        }
+        let mut text = String::with_capacity(frames.len() * 128);
+        for (i, f) in frames.iter().enumerate() {
+            if i > 0 {
+                text.push('\n');
+            }
+            text.push_str(&f.to_json());
+            metrics::counter!("hubbub_frames_out_total", "type" => f.type_name()).increment(1);
+        }
+        matches!(
+            tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(text.into()))).await,
+            Ok(Ok(()))
+        )
+    }
+
+    async fn on_message(&mut self, msg: Option<Result<Message, axum::Error>>) -> Flow {
+        self.last_heard = Instant::now();
+        let msg = match msg {
+            None => return Flow::Gone,
+            Some(Err(e)) => {
+                let text = e.to_string();
+                return if text.contains("too long")
+                    || text.contains("Space limit")
+                    || text.contains("capacity")
+                {
+                    Flow::Close(1009, "frame too large")
+                } else {
+                    Flow::Gone
+                };
+            }
+            Some(Ok(m)) => m,
+        };
+        match msg {
+            Message::Text(text) => {
+                if text.len() > self.inner.config.limits.max_frame_bytes {
+                    if let Some(flow) = self.count_frame() {
+                        return flow;
+                    }
+                    let limit = self.inner.config.limits.max_frame_bytes;
+                    let e = ServerFrame::error(
+                        None,
+                        ErrorCode::TooLarge,
+                        format!("frame is over {limit} bytes"),
+                    );
+                    return self.written(&[e]).await;
+                }
+                for line in text.split('\n').filter(|l| !l.trim().is_empty()) {
+                    match self.on_line(line).await {
+                        Flow::Continue => {}
+                        other => return other,
+                    }
+                }
+                Flow::Continue
+            }
+            Message::Binary(_) => {
+                if let Some(flow) = self.count_frame() {
+                    return flow;
+                }
+                let e = ServerFrame::error(
+                    None,
+                    ErrorCode::BadRequest,
+                    "binary frames are not supported; send JSON text",
+                );
+                self.written(&[e]).await
+            }
+            Message::Close(_) => Flow::Gone,
+            Message::Ping(_) | Message::Pong(_) => Flow::Continue,
+        }
+    }
+
+    async fn written(&mut self, frames: &[ServerFrame]) -> Flow {
+        if self.write_frames(frames).await {
+            Flow::Continue
+        } else {
+            Flow::Gone
+        }
+    }
+
+    /// Count a frame in the current second; far over the limit closes the connection (1008).
+    fn count_frame(&mut self) -> Option<Flow> {
+        let now = Instant::now();
+        if now.duration_since(self.window.0) >= Duration::from_secs(1) {
+            self.window = (now, 0);
+        }
+        self.window.1 += 1;
+        let max = self
+            .inner
+            .config
+            .limits
+            .frames_per_s
+            .saturating_mul(5)
+            .max(1);
+        (self.window.1 > max).then_some(Flow::Close(1008, "too many frames"))
+    }
+
+    async fn on_line(&mut self, line: &str) -> Flow {
+        let parsed = ClientFrame::parse(line);
+        let is_ack = matches!(
+            &parsed,
+            Ok(ClientFrame {
+                request: Request::Ack { .. },
+                ..
+            })
+        );
+        if !is_ack {
+            if let Some(flow) = self.count_frame() {
+                return flow;
+            }
+            if let Err(retry_after_ms) = self.bucket.take() {
+                let silent = matches!(
+                    &parsed,
+                    Ok(ClientFrame {
+                        request: Request::Typing { .. } | Request::CommentTyping { .. },
+                        ..
+                    })
+                );
+                if silent {
+                    return Flow::Continue;
+                }
+                let id = match &parsed {
+                    Ok(f) => f.id.clone(),
+                    Err(e) => e.id.clone(),
+                };
+                metrics::counter!("hubbub_rate_limited_total").increment(1);
+                let e = ServerFrame::Error {
+                    id,
+                    code: ErrorCode::RateLimited,
+                    message: "over the rate limit; this frame was not processed".into(),
+                    retry_after_ms: Some(retry_after_ms),
+                };
+                return self.written(&[e]).await;
+            }
+        }
+        let frame = match parsed {
+            Ok(f) => f,
+            Err(e) => {
+                metrics::counter!("hubbub_frames_in_total", "type" => "invalid").increment(1);
+                return self
+                    .written(&[ServerFrame::error(e.id, e.code, e.message)])
+                    .await;
+            }
+        };
+        metrics::counter!("hubbub_frames_in_total", "type" => frame.request.type_name())
+            .increment(1);
+        self.on_request(frame).await
+    }
+
+    async fn reply(&mut self, id: Option<String>, result: Result<ReplyData, StoreError>) -> Flow {
+        let frame = match (id, result) {
+            (Some(id), Ok(data)) => ServerFrame::Ok { id, data },
+            (None, Ok(_)) => return Flow::Continue,
+            (id, Err(e)) => {
+                let code = e.code();
+                let message = if code == ErrorCode::Internal {
+                    tracing::error!(error = %e, "edge read failed");
+                    "internal error".to_owned()
+                } else {
+                    e.to_string()
+                };
+                ServerFrame::error(id, code, message)
+            }
+        };
+        self.written(&[frame]).await
+    }
+
+    async fn on_request(&mut self, frame: ClientFrame) -> Flow {
+        let store = self.inner.deps.store.clone();
+        let user = self.user.id.clone();
+        match frame.request {
+            Request::Ack { seq } => {
+                if seq > self.acked {
+                    self.acked = seq;
+                    tokio::spawn(async move {
+                        if let Err(e) = store.ack(&user, seq).await {
+                            tracing::debug!(error = %e, "ack not recorded");
+                        }
+                    });
+                }
+                Flow::Continue
+            }
+            Request::Sync { after_seq } => self.sync(frame.id, after_seq).await,
+            Request::ConversationList {} => {
+                let r = store
+                    .conversations(&user)
+                    .await
+                    .map(|conversations| ReplyData::Conversations { conversations });
+                self.reply(frame.id, r).await
+            }
+            Request::ConversationGet { conversation } => {
+                let r = store
+                    .conversation(&user, &conversation)
+                    .await
+                    .map(|conversation| ReplyData::Conversation { conversation });
+                self.reply(frame.id, r).await
+            }
+            Request::MessageHistory {
+                conversation,
+                before,
+                limit,
+            } => {
+                let limit = limit.unwrap_or(50).clamp(1, 100) as usize;
+                let r = store
+                    .history(&user, &conversation, before.as_deref(), limit)
+                    .await
+                    .map(|(messages, more)| ReplyData::History { messages, more });
+                self.reply(frame.id, r).await
+            }
+            request => self.forward(frame.id, request).await,
+        }
+    }
+
+    /// Put a write on the `main` queue; the reply comes back through the dispatcher.
+    async fn forward(&mut self, id: Option<String>, request: Request) -> Flow {
+        let envelope_id = match hubbub_store::sqlite::new_id("e") {
+            Ok(e) => e,
+            Err(e) => return self.reply(id, Err(e)).await,
+        };
+        let envelope = Envelope {
+            envelope_id,
+            user: self.user.id.clone(),
+            session: self.session.clone(),
+            edge: self.inner.config.edge_id.clone(),
+            request_id: id.clone(),
+            accepted_ms: now_ms(),
+            request,
+        };
+        let body = match serde_json::to_vec(&envelope) {
+            Ok(b) => b,
+            Err(e) => {
+                return self
+                    .reply(id, Err(StoreError::Internal(e.to_string())))
+                    .await;
+            }
+        };
+        match self
+            .inner
+            .deps
+            .queue
+            .send(MAIN_QUEUE, body, SendOptions::default())
+            .await
+        {
+            Ok(_) => {
+                if let Some(id) = id {
+                    self.pending
+                        .insert(id, Instant::now() + self.inner.config.request_timeout);
+                }
+                Flow::Continue
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not accept a request");
+                let e = ServerFrame::error(
+                    id,
+                    ErrorCode::Unavailable,
+                    "could not accept the request; nothing was accepted, retry later",
+                );
+                self.written(&[e]).await
+            }
+        }
+    }
+
+    async fn expire_pending(&mut self) -> Flow {
+        let now = Instant::now();
+        let overdue: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, d)| **d <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if overdue.is_empty() {
+            return Flow::Continue;
+        }
+        let frames: Vec<ServerFrame> = overdue
+            .into_iter()
+            .map(|id| {
+                self.pending.remove(&id);
+                ServerFrame::error(Some(id), ErrorCode::Internal, "no reply in time; the outcome is unknown, retrying with the same client_msg_id is safe")
+            })
+            .collect();
+        self.written(&frames).await
+    }
+
+    async fn sync(&mut self, id: Option<String>, after_seq: u64) -> Flow {
+        let store = self.inner.deps.store.clone();
+        let mut cursor = after_seq;
+        let mut truncated = None;
+        loop {
+            let replay = match store.events_after(&self.user.id, cursor, REPLAY_PAGE).await {
+                Ok(r) => r,
+                Err(e) => return self.reply(id, Err(e)).await,
+            };
+            if truncated.is_none() {
+                truncated = Some(replay.truncated);
+                cursor = cursor.min(replay.last_seq);
+            }
+            let page = replay.frames.len();
+            if let Some(last) = replay.frames.last().and_then(ServerFrame::seq) {
+                cursor = last;
+            }
+            if !self.write_frames(&replay.frames).await {
+                return Flow::Gone;
+            }
+            if page < REPLAY_PAGE {
+                // Events gone to retention cannot be replayed; the client reloads state.
+                cursor = cursor.max(replay.last_seq);
+                break;
+            }
+        }
+        self.next_seq = cursor + 1;
+        let data = ReplyData::Sync {
+            last_seq: cursor,
+            truncated: truncated.unwrap_or(false),
+        };
+        self.reply(id, Ok(data)).await
+    }
+
+    async fn on_outgoing(&mut self, batch: Vec<Out>) -> Flow {
+        let mut frames = Vec::new();
+        for out in batch {
+            match out {
+                Out::Reply(frame) => {
+                    let id = match &frame {
+                        ServerFrame::Ok { id, .. } => Some(id.clone()),
+                        ServerFrame::Error { id, .. } => id.clone(),
+                        _ => None,
+                    };
+                    match id {
+                        // Already answered (timed out): drop the late reply.
+                        Some(id) if self.pending.remove(&id).is_none() => {}
+                        _ => frames.push(frame),
+                    }
+                }
+                Out::Events(events, origin_ms) => {
+                    for frame in events {
+                        match frame.seq() {
+                            None => frames.push(frame),
+                            Some(seq) if seq < self.next_seq => {}
+                            Some(seq) if seq == self.next_seq => {
+                                self.next_seq += 1;
+                                frames.push(frame);
+                            }
+                            Some(seq) => {
+                                // Missed events: read them (this one included) from the store.
+                                let missing = seq - self.next_seq + 1;
+                                let replay = self
+                                    .inner
+                                    .deps
+                                    .store
+                                    .events_after(
+                                        &self.user.id,
+                                        self.next_seq - 1,
+                                        missing as usize,
+                                    )
+                                    .await;
+                                match replay {
+                                    Ok(r) => {
+                                        for f in r.frames {
+                                            if let Some(s) = f.seq() {
+                                                self.next_seq = self.next_seq.max(s + 1);
+                                            }
+                                            frames.push(f);
+                                        }
+                                    }
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "gap fill failed; client catches up on sync")
+                                    }
+                                }
+                                if self.next_seq <= seq {
+                                    self.next_seq = seq + 1;
+                                    frames.push(frame);
+                                }
+                            }
+                        }
+                    }
+                    if let Some(origin) = origin_ms {
+                        let ms = (now_ms() - origin).max(0) as f64;
+                        metrics::histogram!("hubbub_delivery_latency_seconds").record(ms / 1000.0);
+                    }
+                }
+            }
+        }
+        self.written(&frames).await
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

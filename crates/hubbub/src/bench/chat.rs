@@ -1,0 +1,264 @@
+//! `hubbub bench chat`: G groups of M online members; S sends per second for D seconds,
+//! spread over the members; every member's socket records when each `message.new` arrives.
+//! Latency is send (the frame handed to the socket) → delivery (the event read by a
+//! member), over real WebSockets on loopback, every member counted (the sender too).
+//!
+//! Without `--server`, a server is started in this process on a temporary data directory,
+//! with the per-connection rate limit raised so the load generator is not throttled.
+
+use super::ms;
+use crate::client::Client;
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use hubbub_protocol::{ClientFrame, ConversationKind, ReplyData, Request, ServerFrame};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex as AsyncMutex;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Options of `hubbub bench chat`.
+#[derive(Debug, clap::Args)]
+pub struct ChatBenchArgs {
+    /// Groups.
+    #[arg(long, default_value_t = 1)]
+    groups: usize,
+    /// Online members per group (the creator included).
+    #[arg(long, default_value_t = 100)]
+    members: usize,
+    /// Sends per second, over all groups.
+    #[arg(long, default_value_t = 2000)]
+    rate: u64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// A running server to load (default: start one in this process).
+    #[arg(long)]
+    server: Option<String>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    groups: usize,
+    members: usize,
+    rate: u64,
+    duration_s: u64,
+    sends: u64,
+    acked_sends: u64,
+    deliveries: u64,
+    expected_deliveries: u64,
+    deliveries_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+type Sink = futures_util::stream::SplitSink<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    Message,
+>;
+
+/// Run the benchmark.
+pub async fn run(args: ChatBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.groups >= 1 && args.members >= 2 && args.rate >= 1 && args.duration >= 1);
+    let tmp = std::env::temp_dir().join(format!("hubbub-bench-chat-{}", std::process::id()));
+    let mut local = None;
+    let base = match &args.server {
+        Some(s) => s.clone(),
+        None => {
+            let mut config = crate::config::Config {
+                data_dir: tmp.clone(),
+                listen: "127.0.0.1:0".parse()?,
+                ..Default::default()
+            };
+            config.limits.frames_per_s = 100_000;
+            config.limits.burst = 100_000;
+            config.server.chat_workers = 4;
+            let running = crate::serve::start(config).await?;
+            let base = format!("http://{}", running.addr);
+            local = Some(running);
+            base
+        }
+    };
+    let client = Client::new(&base);
+    let run_id = std::process::id();
+    let epoch = Instant::now();
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let deliveries = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(AtomicU64::new(0));
+
+    // Users, sockets and groups.
+    let mut groups: Vec<(String, Vec<Arc<AsyncMutex<Sink>>>)> = Vec::new();
+    let mut readers = Vec::new();
+    for g in 0..args.groups {
+        let mut tokens = Vec::new();
+        let mut ids = Vec::new();
+        for m in 0..args.members {
+            let handle = format!("b{run_id}g{g}m{m}");
+            let auth = client
+                .signup(&handle, "bench-password")
+                .await
+                .with_context(|| format!("signing up {handle}"))?;
+            ids.push(auth.user.id);
+            tokens.push(auth.access_token);
+        }
+        let (mut creator, _) = client.connect(&tokens[0]).await?;
+        let reply = creator
+            .request(Request::ConversationCreate {
+                kind: ConversationKind::Group,
+                members: ids[1..].to_vec(),
+                title: Some(format!("bench {g}")),
+                ephemeral: None,
+            })
+            .await?;
+        let conversation = match reply {
+            ServerFrame::Ok {
+                data: ReplyData::Conversation { conversation },
+                ..
+            } => conversation.id,
+            other => bail!("creating the group failed: {other:?}"),
+        };
+        creator.close().await;
+        let mut sinks = Vec::new();
+        for token in &tokens {
+            let url = format!(
+                "{}/v1/ws?access_token={token}",
+                base.replacen("http", "ws", 1)
+            );
+            let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+            let (sink, mut stream) = ws.split();
+            sinks.push(Arc::new(AsyncMutex::new(sink)));
+            let (hist, deliveries, acked) = (hist.clone(), deliveries.clone(), acked.clone());
+            readers.push(tokio::spawn(async move {
+                let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+                while let Some(Ok(msg)) = stream.next().await {
+                    let Message::Text(text) = msg else { continue };
+                    let now = epoch.elapsed().as_micros() as u64;
+                    for line in text.split('\n') {
+                        match serde_json::from_str::<ServerFrame>(line) {
+                            Ok(ServerFrame::MessageNew { message, .. }) => {
+                                if let Some(sent) = message
+                                    .text
+                                    .strip_prefix("bench ")
+                                    .and_then(|t| t.parse::<u64>().ok())
+                                {
+                                    deliveries.fetch_add(1, Ordering::Relaxed);
+                                    if let Some(h) = local.as_mut() {
+                                        let _ = h.record(now.saturating_sub(sent).max(1));
+                                    }
+                                }
+                            }
+                            Ok(ServerFrame::Ok {
+                                data: ReplyData::Message { .. },
+                                ..
+                            }) => {
+                                acked.fetch_add(1, Ordering::Relaxed);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                if let (Some(h), Ok(mut all)) = (local, hist.lock()) {
+                    let _ = all.add(h);
+                }
+            }));
+        }
+        groups.push((conversation, sinks));
+    }
+    // Let the sockets settle (hello, initial frames) before the clock starts.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let start = Instant::now();
+    let total = args.rate * args.duration;
+    let mut sent = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    while sent < total {
+        tick.tick().await;
+        let due = ((start.elapsed().as_secs_f64() * args.rate as f64) as u64).min(total);
+        while sent < due {
+            let (conversation, sinks) = &groups[(sent as usize) % groups.len()];
+            let sink = sinks[(sent as usize / groups.len()) % sinks.len()].clone();
+            let frame = ClientFrame {
+                id: Some(format!("s{sent}")),
+                request: Request::MessageSend {
+                    conversation: conversation.clone(),
+                    client_msg_id: format!("bench-{run_id}-{sent}"),
+                    text: format!("bench {}", epoch.elapsed().as_micros()),
+                    attachments: None,
+                },
+            };
+            let text = frame.to_json();
+            tokio::spawn(async move {
+                let _ = sink.lock().await.send(Message::Text(text.into())).await;
+            });
+            sent += 1;
+        }
+    }
+    let send_time = start.elapsed().as_secs_f64();
+    let expected = sent * args.members as u64;
+    // Wait for the tail, at most 10 s.
+    let drain = Instant::now();
+    while deliveries.load(Ordering::Relaxed) < expected && drain.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delivered = deliveries.load(Ordering::Relaxed);
+    let elapsed = start.elapsed().as_secs_f64().max(send_time);
+    for (_, sinks) in &groups {
+        for s in sinks {
+            let _ = s.lock().await.close().await;
+        }
+    }
+    for r in readers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
+    }
+    let h = hist
+        .lock()
+        .map_err(|_| anyhow::anyhow!("histogram lock"))?
+        .clone();
+    let report = Report {
+        groups: args.groups,
+        members: args.members,
+        rate: args.rate,
+        duration_s: args.duration,
+        sends: sent,
+        acked_sends: acked.load(Ordering::Relaxed),
+        deliveries: delivered,
+        expected_deliveries: expected,
+        deliveries_per_s: delivered as f64 / elapsed,
+        p50_ms: ms(h.value_at_quantile(0.5)),
+        p99_ms: ms(h.value_at_quantile(0.99)),
+        max_ms: ms(h.max()),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "chat: {} groups x {} members, {} sends/s for {} s: {} sends ({} acked), {}/{} deliveries, {:.0} deliveries/s",
+            report.groups,
+            report.members,
+            report.rate,
+            report.duration_s,
+            report.sends,
+            report.acked_sends,
+            report.deliveries,
+            report.expected_deliveries,
+            report.deliveries_per_s
+        );
+        println!(
+            "chat: send -> deliver latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            report.p50_ms, report.p99_ms, report.max_ms
+        );
+    }
+    if let Some(running) = local {
+        running.shutdown().await;
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    Ok(())
+}

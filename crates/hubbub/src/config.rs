@@ -1,0 +1,256 @@
+//! The server's configuration: one typed struct, layered from defaults, then a TOML file,
+//! then `HUBBUB_*` environment variables, then command-line flags.
+//!
+//! [`Config::load`] is a pure function of those four sources (tests never touch the process
+//! environment). Environment variables name a setting by its path, sections joined by a
+//! double underscore: `HUBBUB_LISTEN`, `HUBBUB_DATA_DIR`, `HUBBUB_LIMITS__FRAMES_PER_S`,
+//! `HUBBUB_AUTH__APP_HMAC_SECRET`. Unknown settings are errors, so a typo never passes
+//! silently. `hubbub.example.toml` at the repository root lists every setting with its
+//! default; a test checks that it parses to exactly the defaults.
+
+use hubbub_edge::auth::AuthConfig;
+use hubbub_protocol::limits::Limits;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Environment variables that are not settings.
+const NOT_SETTINGS: &[&str] = &[
+    "HUBBUB_LOG",
+    "HUBBUB_CONFIG",
+    "HUBBUB_SERVER",
+    "HUBBUB_PROFILE",
+    "HUBBUB_PASSWORD",
+];
+
+/// Everything `hubbub serve` can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the database (`hubbub.db`) and the signing keys (`keys.json`) live.
+    pub data_dir: PathBuf,
+    /// The public listener: WebSocket, HTTP API, health and metrics.
+    pub listen: SocketAddr,
+    /// Protocol limits.
+    pub limits: Limits,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// The durable queue.
+    pub queue: QueueSettings,
+    /// Roles and timings.
+    pub server: ServerSettings,
+}
+
+/// Queue settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueSettings {
+    /// Largest message body.
+    pub max_body_bytes: usize,
+    /// Deliveries before a message moves to its dead-letter queue.
+    pub max_receives: u32,
+    /// How long a dedupe id is remembered, seconds.
+    pub dedupe_window_s: u64,
+}
+
+/// Roles and timings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Router loops.
+    pub routers: usize,
+    /// Chat service loops.
+    pub chat_workers: usize,
+    /// A request with no reply after this long is answered `internal`, milliseconds.
+    pub request_timeout_ms: u64,
+    /// WebSocket ping interval, seconds; three silent intervals close the connection.
+    pub ping_interval_s: u64,
+    /// Durable events older than this are pruned (sync then reports `truncated`), days.
+    pub event_retention_days: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("hubbub-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            limits: Limits::default(),
+            auth: AuthConfig::default(),
+            queue: QueueSettings::default(),
+            server: ServerSettings::default(),
+        }
+    }
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            max_body_bytes: 256 * 1024,
+            max_receives: 5,
+            dedupe_window_s: 300,
+        }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            routers: 1,
+            chat_workers: 2,
+            request_timeout_ms: 10_000,
+            ping_interval_s: 20,
+            event_retention_days: 7,
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file does not parse.
+    #[error("config file: {0}")]
+    File(String),
+    /// A value has the wrong type, or a setting does not exist.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Set `path` in `root` to `raw`, typed like the value already there (text when absent).
+fn set_path(
+    root: &mut toml::Table,
+    path: &[String],
+    raw: &str,
+    source: &str,
+) -> Result<(), ConfigError> {
+    let Some((last, parents)) = path.split_last() else {
+        return Err(ConfigError::Invalid(format!(
+            "{source}: empty setting name"
+        )));
+    };
+    let mut table = root;
+    for p in parents {
+        let entry = table
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::Invalid(format!("{source}: {p} is not a section")))?;
+    }
+    let bad = |ty: &str| ConfigError::Invalid(format!("{source}: {raw:?} is not a {ty}"));
+    let value = match table.get(last) {
+        Some(toml::Value::Integer(_)) => {
+            toml::Value::Integer(raw.parse().map_err(|_| bad("whole number"))?)
+        }
+        Some(toml::Value::Float(_)) => toml::Value::Float(raw.parse().map_err(|_| bad("number"))?),
+        Some(toml::Value::Boolean(_)) => {
+            toml::Value::Boolean(raw.parse().map_err(|_| bad("boolean"))?)
+        }
+        _ => toml::Value::String(raw.to_owned()),
+    };
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (TOML text), then `env` (`HUBBUB_*` pairs), then `flags`
+    /// (setting path → value, e.g. `("listen", "0.0.0.0:7700")`).
+    pub fn load(
+        file: Option<&str>,
+        env: &[(String, String)],
+        flags: &[(&str, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut root = toml::Table::try_from(Config::default())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(text) = file {
+            let table: toml::Table = text
+                .parse()
+                .map_err(|e: toml::de::Error| ConfigError::File(e.to_string()))?;
+            merge(&mut root, table);
+        }
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("HUBBUB_") else {
+                continue;
+            };
+            if NOT_SETTINGS.contains(&name.as_str()) {
+                continue;
+            }
+            let path: Vec<String> = rest
+                .to_ascii_lowercase()
+                .split("__")
+                .map(str::to_owned)
+                .collect();
+            set_path(&mut root, &path, value, name)?;
+        }
+        for (path, value) in flags {
+            let path: Vec<String> = path.split('.').map(str::to_owned).collect();
+            set_path(&mut root, &path, value, "flag")?;
+        }
+        toml::Value::Table(root)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))
+    }
+
+    /// The configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        let file = "listen = \"127.0.0.1:9000\"\n[limits]\nframes_per_s = 30\nburst = 60\n";
+        let env = vec![
+            ("HUBBUB_LIMITS__FRAMES_PER_S".to_owned(), "40".to_owned()),
+            (
+                "HUBBUB_AUTH__APP_HMAC_SECRET".to_owned(),
+                "s3cret".to_owned(),
+            ),
+            ("HUBBUB_LOG".to_owned(), "debug".to_owned()),
+            ("PATH".to_owned(), "/bin".to_owned()),
+        ];
+        let flags = [("listen", "127.0.0.1:9100".to_owned())];
+        let c = Config::load(Some(file), &env, &flags).expect("load");
+        assert_eq!(c.listen.port(), 9100, "flags beat the file");
+        assert_eq!(c.limits.frames_per_s, 40, "env beats the file");
+        assert_eq!(c.limits.burst, 60, "the file beats defaults");
+        assert_eq!(c.auth.app_hmac_secret.as_deref(), Some("s3cret"));
+        assert_eq!(c.limits.max_text_chars, 4000, "defaults stay");
+    }
+
+    #[test]
+    fn mistakes_are_errors() {
+        let e = Config::load(Some("lisen = \"x\""), &[], &[]).expect_err("typo in file");
+        assert!(e.to_string().contains("lisen"), "{e}");
+        let env = vec![("HUBBUB_LIMITS__FRAMES_PER_S".to_owned(), "many".to_owned())];
+        let e = Config::load(None, &env, &[]).expect_err("not a number");
+        assert!(e.to_string().contains("HUBBUB_LIMITS__FRAMES_PER_S"), "{e}");
+        let env = vec![("HUBBUB_NO_SUCH_THING".to_owned(), "1".to_owned())];
+        assert!(Config::load(None, &env, &[]).is_err());
+        assert!(Config::load(Some("listen = 5"), &[], &[]).is_err());
+        assert!(Config::load(Some("[limits"), &[], &[]).is_err());
+    }
+
+    #[test]
+    fn the_example_file_is_the_defaults() {
+        let text = include_str!("../../../hubbub.example.toml");
+        assert_eq!(
+            Config::load(Some(text), &[], &[]).expect("example parses"),
+            Config::default()
+        );
+    }
+}

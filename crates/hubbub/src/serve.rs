@@ -1,0 +1,209 @@
+//! `hubbub serve`: every role in one process on the embedded backends.
+//!
+//! One SQLite file holds the queues, the logs and the store; the registry and the edge link
+//! are in-process. The edge, the router loops, the chat service loops and the scheduler run
+//! as tasks sharing one [`CancellationToken`]: on shutdown the edge stops accepting and
+//! closes every socket with 1001, the loops finish the batch in hand, and [`Running::wait`]
+//! returns when all of them have.
+
+use crate::config::Config;
+use anyhow::Context;
+use hubbub_edge::{Edge, EdgeConfig, EdgeDeps, PrometheusHandle};
+use hubbub_queue::{EmbeddedConfig, EmbeddedQueue, Queue, QueueConfig};
+use hubbub_registry::{Delivery, LocalEdges, LocalRegistry};
+use hubbub_router::{MAIN_QUEUE, Router, RoutingTable};
+use hubbub_services::chat::{CHAT_QUEUE, CHAT_TYPES, ChatService};
+use hubbub_store::{SqliteStore, Store};
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The metric names this server exports (docs/protocol.md lists them; a test checks them).
+pub const METRICS: &[&str] = &[
+    "hubbub_connections",
+    "hubbub_frames_in_total",
+    "hubbub_frames_out_total",
+    "hubbub_delivery_latency_seconds",
+    "hubbub_queue_visible",
+    "hubbub_queue_in_flight",
+    "hubbub_queue_dlq_depth",
+    "hubbub_queue_oldest_age_seconds",
+    "hubbub_chat_handled_total",
+];
+
+/// The process-wide Prometheus recorder (installed once; servers in one process share it).
+pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let buckets = [
+        0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    ];
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("hubbub_delivery_latency_seconds".into()),
+            &buckets,
+        )?
+        .build_recorder();
+    let handle = recorder.handle();
+    // Only the first server of the process installs it; later ones reuse the handle.
+    if metrics::set_global_recorder(recorder).is_ok() {
+        let _ = HANDLE.set(handle);
+    }
+    HANDLE.get().cloned().context("metrics recorder")
+}
+
+/// A started server.
+pub struct Running {
+    /// The address the listener is bound to.
+    pub addr: SocketAddr,
+    /// Cancel to shut down.
+    pub cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Running {
+    /// Ask the server to stop and wait until every task has finished.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.wait().await;
+    }
+
+    /// Wait until the server has stopped (after `cancel`).
+    pub async fn wait(self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// Open the data directory and start every role; the listener is bound before this returns.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let queue = EmbeddedQueue::open(
+        config.data_dir.join("hubbub.db"),
+        EmbeddedConfig {
+            max_body_bytes: config.queue.max_body_bytes,
+            default_queue: QueueConfig {
+                max_receives: config.queue.max_receives.max(1),
+            },
+            dedupe_window: Duration::from_secs(config.queue.dedupe_window_s),
+            max_db_bytes: None,
+        },
+    )?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(queue.clone()).await?);
+    let queue_dyn: Arc<dyn Queue> = Arc::new(queue.clone());
+    let registry = Arc::new(LocalRegistry::default());
+    let edges = Arc::new(LocalEdges::default());
+    let edge_id = hubbub_store::sqlite::new_id("edge-")?;
+    let inbox = edges.attach(&edge_id);
+    let delivery = Delivery::new(registry.clone(), edges.clone());
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    let edge = Edge::new(
+        EdgeConfig {
+            edge_id,
+            limits: config.limits.clone(),
+            auth: config.auth.clone(),
+            key_file: config.data_dir.join("keys.json"),
+            request_timeout: Duration::from_millis(config.server.request_timeout_ms.max(1)),
+            ping_interval: Duration::from_secs(config.server.ping_interval_s.max(1)),
+        },
+        EdgeDeps {
+            store: store.clone(),
+            queue: queue_dyn.clone(),
+            registry,
+            metrics: metrics_handle()?,
+        },
+        inbox,
+        cancel.clone(),
+    )?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+
+    let table = RoutingTable::new().route(CHAT_TYPES, CHAT_QUEUE);
+    for _ in 0..config.server.routers.max(1) {
+        let router = Router::new(
+            queue_dyn.clone(),
+            Arc::new(queue.clone()),
+            table.clone(),
+            delivery.clone(),
+        );
+        tracker.spawn(router.run(cancel.clone()));
+    }
+    for _ in 0..config.server.chat_workers.max(1) {
+        let chat = ChatService::new(
+            store.clone(),
+            queue_dyn.clone(),
+            delivery.clone(),
+            config.limits.clone(),
+        );
+        tracker.spawn(chat.run(cancel.clone()));
+    }
+    tracker.spawn(scheduler(
+        store,
+        queue_dyn,
+        config.server.event_retention_days,
+        cancel.clone(),
+    ));
+    let serve_cancel = cancel.clone();
+    tracker.spawn(async move {
+        if let Err(e) = edge.serve(listener).await {
+            tracing::error!(error = %e, "edge stopped");
+            serve_cancel.cancel();
+        }
+    });
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "hubbub serving");
+    Ok(Running {
+        addr,
+        cancel,
+        tracker,
+    })
+}
+
+/// Periodic jobs: queue gauges every 5 s, event retention every hour.
+async fn scheduler(
+    store: Arc<dyn Store>,
+    queue: Arc<dyn Queue>,
+    retention_days: u64,
+    cancel: CancellationToken,
+) {
+    let mut gauges = tokio::time::interval(Duration::from_secs(5));
+    let mut prune = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = gauges.tick() => {
+                for q in [MAIN_QUEUE, CHAT_QUEUE] {
+                    if let Ok(s) = queue.stats(q).await {
+                        metrics::gauge!("hubbub_queue_visible", "queue" => q).set(s.visible as f64);
+                        metrics::gauge!("hubbub_queue_in_flight", "queue" => q).set(s.in_flight as f64);
+                        metrics::gauge!("hubbub_queue_dlq_depth", "queue" => q).set(s.dlq_depth as f64);
+                        metrics::gauge!("hubbub_queue_oldest_age_seconds", "queue" => q).set(s.oldest_age_ms as f64 / 1000.0);
+                    }
+                }
+            }
+            _ = prune.tick() => {
+                let cutoff = now_ms() - (retention_days as i64) * 24 * 3600 * 1000;
+                match store.prune_events(cutoff).await {
+                    Ok(n) if n > 0 => tracing::info!(pruned = n, "old events pruned"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "event pruning failed"),
+                }
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,272 @@
+//! Where each user's sessions are, and how events reach them.
+//!
+//! - [`Registry`]: user → sessions, each with the id of the edge holding its socket. Edges
+//!   register a session when its socket opens and unregister it when it closes. The
+//!   in-process [`LocalRegistry`] serves `hubbub serve`; a Redis one (with heartbeat TTLs so a
+//!   dead edge's sessions expire) comes with the scale-out backends.
+//! - [`EdgeLink`]: hands a batch of [`ToEdge`] items to one edge. [`LocalEdges`] is the
+//!   in-process channel; the distributed one is a batched HTTP POST to the edge's internal
+//!   address.
+//! - [`Delivery`]: what services use: "deliver these frames to these users" becomes one batch
+//!   per edge holding any of their sessions, plus replies to the session that asked.
+//!
+//! This crate knows nothing of storage or of what the frames mean.
+
+use async_trait::async_trait;
+use hubbub_protocol::ServerFrame;
+use hubbub_protocol::internal::ToEdge;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use tokio::sync::mpsc;
+
+/// Why a registry or edge link operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry's backend cannot be reached.
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+    /// No edge with this id is reachable (it shut down or died).
+    #[error("edge {0} is gone")]
+    EdgeGone(String),
+}
+
+/// One session of a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The session id.
+    pub session: String,
+    /// The edge holding its socket.
+    pub edge: String,
+}
+
+/// user → sessions → edges.
+#[async_trait]
+pub trait Registry: Send + Sync {
+    /// A session opened on `edge`.
+    async fn register(&self, user: &str, session: &str, edge: &str) -> Result<(), RegistryError>;
+    /// A session closed.
+    async fn unregister(&self, user: &str, session: &str) -> Result<(), RegistryError>;
+    /// Every open session of a user.
+    async fn sessions(&self, user: &str) -> Result<Vec<SessionInfo>, RegistryError>;
+}
+
+/// The in-process registry.
+#[derive(Debug, Default)]
+pub struct LocalRegistry {
+    users: RwLock<HashMap<String, BTreeMap<String, String>>>,
+}
+
+#[async_trait]
+impl Registry for LocalRegistry {
+    async fn register(&self, user: &str, session: &str, edge: &str) -> Result<(), RegistryError> {
+        let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
+        users
+            .entry(user.to_owned())
+            .or_default()
+            .insert(session.to_owned(), edge.to_owned());
+        Ok(())
+    }
+
+    async fn unregister(&self, user: &str, session: &str) -> Result<(), RegistryError> {
+        let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(sessions) = users.get_mut(user) {
+            sessions.remove(session);
+            if sessions.is_empty() {
+                users.remove(user);
+            }
+        }
+        Ok(())
+    }
+
+    async fn sessions(&self, user: &str) -> Result<Vec<SessionInfo>, RegistryError> {
+        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+        Ok(users
+            .get(user)
+            .map(|s| {
+                s.iter()
+                    .map(|(session, edge)| SessionInfo {
+                        session: session.clone(),
+                        edge: edge.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+/// Hands batches to edges.
+#[async_trait]
+pub trait EdgeLink: Send + Sync {
+    /// Deliver a batch to one edge.
+    async fn deliver(&self, edge: &str, batch: Vec<ToEdge>) -> Result<(), RegistryError>;
+}
+
+/// In-process edges: each edge of this process registers the sending half of its inbox.
+#[derive(Debug, Default)]
+pub struct LocalEdges {
+    edges: RwLock<HashMap<String, mpsc::UnboundedSender<Vec<ToEdge>>>>,
+}
+
+impl LocalEdges {
+    /// Attach an edge; it reads its batches from the returned receiver.
+    pub fn attach(&self, edge: &str) -> mpsc::UnboundedReceiver<Vec<ToEdge>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.edges
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(edge.to_owned(), tx);
+        rx
+    }
+
+    /// Detach an edge (it shut down).
+    pub fn detach(&self, edge: &str) {
+        self.edges
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(edge);
+    }
+}
+
+#[async_trait]
+impl EdgeLink for LocalEdges {
+    async fn deliver(&self, edge: &str, batch: Vec<ToEdge>) -> Result<(), RegistryError> {
+        let edges = self.edges.read().unwrap_or_else(|p| p.into_inner());
+        let tx = edges
+            .get(edge)
+            .ok_or_else(|| RegistryError::EdgeGone(edge.to_owned()))?;
+        tx.send(batch)
+            .map_err(|_| RegistryError::EdgeGone(edge.to_owned()))
+    }
+}
+
+/// What services use to push frames: registry lookups plus one batch per edge.
+#[derive(Clone)]
+pub struct Delivery {
+    registry: Arc<dyn Registry>,
+    link: Arc<dyn EdgeLink>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Delivery")
+    }
+}
+
+impl Delivery {
+    /// Delivery through this registry and link.
+    pub fn new(registry: Arc<dyn Registry>, link: Arc<dyn EdgeLink>) -> Self {
+        Delivery { registry, link }
+    }
+
+    /// The registry behind it.
+    pub fn registry(&self) -> &Arc<dyn Registry> {
+        &self.registry
+    }
+
+    /// Push frames to users (every session of each) and replies to sessions, one batch per
+    /// edge. Best effort: a user who misses a durable event gets it on `sync`; failures are
+    /// logged, never returned, so a dead edge cannot fail the write that produced the event.
+    pub async fn push(
+        &self,
+        frames: Vec<(String, ServerFrame)>,
+        replies: Vec<(String, String, ServerFrame)>,
+        origin_ms: Option<i64>,
+    ) {
+        let mut per_edge: HashMap<String, Vec<ToEdge>> = HashMap::new();
+        for (edge, session, frame) in replies {
+            per_edge
+                .entry(edge)
+                .or_default()
+                .push(ToEdge::Reply { session, frame });
+        }
+        // Group frames by user, keeping their order.
+        let mut by_user: Vec<(String, Vec<ServerFrame>)> = Vec::new();
+        for (user, frame) in frames {
+            match by_user.iter_mut().find(|(u, _)| *u == user) {
+                Some((_, list)) => list.push(frame),
+                None => by_user.push((user, vec![frame])),
+            }
+        }
+        for (user, frames) in by_user {
+            let sessions = match self.registry.sessions(&user).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(%user, error = %e, "registry lookup failed; events wait for sync");
+                    continue;
+                }
+            };
+            let mut edges: Vec<&str> = sessions.iter().map(|s| s.edge.as_str()).collect();
+            edges.sort_unstable();
+            edges.dedup();
+            for edge in edges {
+                per_edge
+                    .entry(edge.to_owned())
+                    .or_default()
+                    .push(ToEdge::Events {
+                        user: user.clone(),
+                        frames: frames.clone(),
+                        origin_ms,
+                    });
+            }
+        }
+        for (edge, batch) in per_edge {
+            if let Err(e) = self.link.deliver(&edge, batch).await {
+                tracing::debug!(%edge, error = %e, "edge delivery failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hubbub_protocol::TypingState;
+
+    fn typing(user: &str) -> ServerFrame {
+        ServerFrame::Typing {
+            conversation: "c".into(),
+            user: user.into(),
+            state: TypingState::Start,
+        }
+    }
+
+    #[tokio::test]
+    async fn push_batches_per_edge_and_skips_offline_users() {
+        let registry = Arc::new(LocalRegistry::default());
+        let edges = Arc::new(LocalEdges::default());
+        let mut e1 = edges.attach("e1");
+        let mut e2 = edges.attach("e2");
+        registry.register("alice", "s1", "e1").await.expect("reg");
+        registry.register("alice", "s2", "e2").await.expect("reg");
+        registry.register("bob", "s3", "e1").await.expect("reg");
+        let delivery = Delivery::new(registry.clone(), edges.clone());
+        delivery
+            .push(
+                vec![
+                    ("alice".into(), typing("x")),
+                    ("bob".into(), typing("y")),
+                    ("carol".into(), typing("z")),
+                ],
+                vec![(
+                    "e2".into(),
+                    "s2".into(),
+                    ServerFrame::error(
+                        Some("r".into()),
+                        hubbub_protocol::ErrorCode::Forbidden,
+                        "no",
+                    ),
+                )],
+                None,
+            )
+            .await;
+        let b1 = e1.recv().await.expect("e1 batch");
+        assert_eq!(b1.len(), 2, "alice and bob on e1 in one batch");
+        let b2 = e2.recv().await.expect("e2 batch");
+        assert!(matches!(b2[0], ToEdge::Reply { .. }));
+        assert!(matches!(&b2[1], ToEdge::Events { user, .. } if user == "alice"));
+        registry.unregister("alice", "s1").await.expect("unreg");
+        assert_eq!(registry.sessions("alice").await.expect("sessions").len(), 1);
+        edges.detach("e2");
+        assert!(edges.deliver("e2", vec![]).await.is_err());
+    }
+}

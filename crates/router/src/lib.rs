@@ -1,0 +1,178 @@
+//! The router role: takes envelopes from the `main` queue and forwards each to the queue(s)
+//! of the service(s) that handle its request type, appending every one to the `archive` log.
+//!
+//! Forwarding is at-least-once and idempotent: each forwarded copy carries the dedupe id
+//! `main:<message id>`, so a router that dies after forwarding and before acking forwards
+//! again harmlessly. Copies are keyed by user, so one user's requests reach a service in the
+//! order the edge accepted them. A request type with no route is answered `bad_request` and
+//! dropped (counted), never left to loop.
+//!
+//! The router knows queue names and request types, nothing of what services do.
+
+use hubbub_protocol::internal::Envelope;
+use hubbub_protocol::{ErrorCode, ServerFrame};
+use hubbub_queue::{Log, Outgoing, Queue, ReceiveOptions, SendOptions};
+use hubbub_registry::Delivery;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The queue every edge writes to.
+pub const MAIN_QUEUE: &str = "main";
+/// The log every routed envelope is appended to.
+pub const ARCHIVE_LOG: &str = "archive";
+
+/// Request type → target queues.
+#[derive(Debug, Clone, Default)]
+pub struct RoutingTable {
+    routes: HashMap<&'static str, Vec<&'static str>>,
+}
+
+impl RoutingTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Send requests of `types` to `queue` too (fan-out: a type may go to several queues).
+    pub fn route(mut self, types: &[&'static str], queue: &'static str) -> Self {
+        for t in types {
+            self.routes.entry(t).or_default().push(queue);
+        }
+        self
+    }
+
+    /// The queues for a request type (empty: no service handles it).
+    pub fn targets(&self, request_type: &str) -> &[&'static str] {
+        self.routes
+            .get(request_type)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+}
+
+/// The router: one loop; run several for more throughput.
+pub struct Router {
+    queue: Arc<dyn Queue>,
+    log: Arc<dyn Log>,
+    table: RoutingTable,
+    delivery: Delivery,
+    batch: usize,
+}
+
+impl Router {
+    /// A router over these backends.
+    pub fn new(
+        queue: Arc<dyn Queue>,
+        log: Arc<dyn Log>,
+        table: RoutingTable,
+        delivery: Delivery,
+    ) -> Self {
+        Router {
+            queue,
+            log,
+            table,
+            delivery,
+            batch: 256,
+        }
+    }
+
+    /// Route until cancelled; in-flight work finishes first.
+    pub async fn run(self, cancel: CancellationToken) {
+        let opts = ReceiveOptions {
+            max: self.batch,
+            wait: Duration::from_millis(500),
+            visibility: Duration::from_secs(30),
+        };
+        while !cancel.is_cancelled() {
+            let got = tokio::select! {
+                got = self.queue.receive(MAIN_QUEUE, opts) => got,
+                _ = cancel.cancelled() => break,
+            };
+            let deliveries = match got {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "router: receive failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            if deliveries.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.forward(&deliveries).await {
+                // Not acked: the batch comes back after its visibility timeout.
+                tracing::warn!(error = %e, "router: forwarding failed; will retry");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            let receipts: Vec<_> = deliveries.iter().map(|d| d.receipt.clone()).collect();
+            if let Err(e) = self.queue.ack_batch(MAIN_QUEUE, &receipts).await {
+                tracing::warn!(error = %e, "router: ack failed; the batch will be forwarded again (deduped)");
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        deliveries: &[hubbub_queue::Delivery],
+    ) -> Result<(), hubbub_queue::QueueError> {
+        self.log
+            .append(
+                ARCHIVE_LOG,
+                deliveries.iter().map(|d| d.body.clone()).collect(),
+            )
+            .await?;
+        let mut per_queue: HashMap<&'static str, Vec<Outgoing>> = HashMap::new();
+        let mut unroutable = Vec::new();
+        for d in deliveries {
+            let envelope: Envelope = match serde_json::from_slice(&d.body) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(id = %d.id, error = %e, "router: undecodable envelope dropped");
+                    metrics::counter!("hubbub_router_dropped_total").increment(1);
+                    continue;
+                }
+            };
+            let targets = self.table.targets(envelope.request.type_name());
+            if targets.is_empty() {
+                unroutable.push(envelope);
+                continue;
+            }
+            for q in targets {
+                per_queue.entry(q).or_default().push(Outgoing {
+                    body: d.body.clone(),
+                    opts: SendOptions::default()
+                        .dedupe(format!("main:{}", d.id))
+                        .key(envelope.user.clone()),
+                });
+            }
+        }
+        for (q, msgs) in per_queue {
+            self.queue.send_batch(q, msgs).await?;
+        }
+        if !unroutable.is_empty() {
+            let replies = unroutable
+                .into_iter()
+                .filter_map(|e| {
+                    let ty = e.request.type_name();
+                    metrics::counter!("hubbub_router_unroutable_total").increment(1);
+                    e.request_id.map(|id| {
+                        (
+                            e.edge,
+                            e.session,
+                            ServerFrame::error(
+                                Some(id),
+                                ErrorCode::BadRequest,
+                                format!("`{ty}` is not available on this server"),
+                            ),
+                        )
+                    })
+                })
+                .collect();
+            self.delivery.push(Vec::new(), replies, None).await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,264 @@
+//! The chat service: `conversation.create/add/remove/leave`, `message.send`, `message.read`.
+//!
+//! Reads (`conversation.list/get`, `message.history`, `sync`) are served by the edge straight
+//! from the store; only writes come through the `chat` queue. Each write is one store
+//! transaction that also appends the resulting events to every recipient's inbox; then the
+//! events are pushed live, the reply goes to the asking session, and the envelope is acked.
+//! A crash anywhere before the ack redelivers the envelope; every handler is idempotent
+//! (`client_msg_id`; the conversation id derived from the envelope id; no-op membership
+//! changes), so a redelivery changes nothing and only repeats the reply.
+
+use crate::{Failure, reply_frame};
+use futures_util::future::join_all;
+use hubbub_protocol::internal::Envelope;
+use hubbub_protocol::limits::Limits;
+use hubbub_protocol::{ErrorCode, ReplyData, Request};
+use hubbub_queue::{Queue, ReceiveOptions};
+use hubbub_registry::Delivery;
+use hubbub_store::{NewConversation, NewMessage, Store, Written};
+use sha2::Digest;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The chat service's queue.
+pub const CHAT_QUEUE: &str = "chat";
+
+/// Request types the chat service handles (the router's table uses it).
+pub const CHAT_TYPES: &[&str] = &[
+    "conversation.create",
+    "conversation.add",
+    "conversation.remove",
+    "conversation.leave",
+    "message.send",
+    "message.read",
+];
+
+const MAX_ATTACHMENTS: usize = 10;
+const MAX_TITLE_CHARS: usize = 256;
+const MAX_CLIENT_MSG_ID: usize = 128;
+
+/// The chat service.
+#[derive(Clone)]
+pub struct ChatService {
+    store: Arc<dyn Store>,
+    queue: Arc<dyn Queue>,
+    delivery: Delivery,
+    limits: Limits,
+}
+
+impl ChatService {
+    /// A chat service over these backends.
+    pub fn new(
+        store: Arc<dyn Store>,
+        queue: Arc<dyn Queue>,
+        delivery: Delivery,
+        limits: Limits,
+    ) -> Self {
+        ChatService {
+            store,
+            queue,
+            delivery,
+            limits,
+        }
+    }
+
+    /// Take work from the `chat` queue until cancelled.
+    pub async fn run(self, cancel: CancellationToken) {
+        let opts = ReceiveOptions {
+            max: 64,
+            wait: Duration::from_millis(500),
+            visibility: Duration::from_secs(30),
+        };
+        while !cancel.is_cancelled() {
+            let got = tokio::select! {
+                got = self.queue.receive(CHAT_QUEUE, opts) => got,
+                _ = cancel.cancelled() => break,
+            };
+            let deliveries = match got {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "chat: receive failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            // Messages sharing a key (a user) are never in one batch together, so the batch
+            // can be handled concurrently without reordering anyone's requests.
+            let handled = join_all(deliveries.iter().map(|d| self.handle_body(&d.body))).await;
+            let receipts: Vec<_> = deliveries
+                .iter()
+                .zip(handled)
+                .filter(|(_, ok)| *ok)
+                .map(|(d, _)| d.receipt.clone())
+                .collect();
+            if let Err(e) = self.queue.ack_batch(CHAT_QUEUE, &receipts).await {
+                tracing::warn!(error = %e, "chat: ack failed; the envelopes will be handled again");
+            }
+        }
+    }
+
+    /// Handle one envelope; false when it should be retried (storage unavailable).
+    async fn handle_body(&self, body: &[u8]) -> bool {
+        let envelope: Envelope = match serde_json::from_slice(body) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "chat: undecodable envelope dropped");
+                return true;
+            }
+        };
+        let outcome = self.handle(&envelope).await;
+        let (data, events) = match outcome {
+            Ok(Written { value, events }) => (Ok(value), events),
+            Err(f) if f.code == ErrorCode::Unavailable => {
+                // Nothing was written; leave it in the queue to be retried.
+                tracing::warn!(message = %f.message, "chat: storage unavailable; will retry");
+                return false;
+            }
+            Err(f) => (Err(f), Vec::new()),
+        };
+        metrics::counter!("hubbub_chat_handled_total", "type" => envelope.request.type_name())
+            .increment(1);
+        let replies = reply_frame(&envelope, data)
+            .map(|frame| vec![(envelope.edge.clone(), envelope.session.clone(), frame)])
+            .unwrap_or_default();
+        let frames = events.into_iter().map(|e| (e.user, e.frame)).collect();
+        self.delivery
+            .push(frames, replies, Some(envelope.accepted_ms))
+            .await;
+        true
+    }
+
+    async fn handle(&self, e: &Envelope) -> Result<Written<ReplyData>, Failure> {
+        let user = e.user.as_str();
+        let empty = |w: Written<()>| Written {
+            value: ReplyData::Empty {},
+            events: w.events,
+        };
+        match &e.request {
+            Request::ConversationCreate {
+                kind,
+                members,
+                title,
+                ephemeral,
+            } => {
+                if title
+                    .as_ref()
+                    .is_some_and(|t| t.chars().count() > MAX_TITLE_CHARS)
+                {
+                    return Err(Failure::new(
+                        ErrorCode::TooLarge,
+                        format!("title is over {MAX_TITLE_CHARS} characters"),
+                    ));
+                }
+                if members.len() > self.limits.max_group_members {
+                    return Err(Failure::new(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "a group has at most {} members",
+                            self.limits.max_group_members
+                        ),
+                    ));
+                }
+                let w = self
+                    .store
+                    .create_conversation(NewConversation {
+                        id: conversation_id(&e.envelope_id),
+                        creator: user.to_owned(),
+                        kind: *kind,
+                        members: members.clone(),
+                        title: title.clone(),
+                        ephemeral: ephemeral.unwrap_or(false),
+                        max_members: self.limits.max_group_members,
+                    })
+                    .await?;
+                Ok(Written {
+                    value: ReplyData::Conversation {
+                        conversation: w.value,
+                    },
+                    events: w.events,
+                })
+            }
+            Request::ConversationAdd {
+                conversation,
+                user: other,
+            } => Ok(empty(
+                self.store
+                    .add_member(user, conversation, other, self.limits.max_group_members)
+                    .await?,
+            )),
+            Request::ConversationRemove {
+                conversation,
+                user: other,
+            } => Ok(empty(
+                self.store.remove_member(user, conversation, other).await?,
+            )),
+            Request::ConversationLeave { conversation } => {
+                Ok(empty(self.store.leave(user, conversation).await?))
+            }
+            Request::MessageSend {
+                conversation,
+                client_msg_id,
+                text,
+                attachments,
+            } => {
+                if client_msg_id.is_empty() || client_msg_id.len() > MAX_CLIENT_MSG_ID {
+                    return Err(Failure::new(
+                        ErrorCode::BadRequest,
+                        format!("client_msg_id must be 1 to {MAX_CLIENT_MSG_ID} bytes"),
+                    ));
+                }
+                if text.chars().count() > self.limits.max_text_chars {
+                    return Err(Failure::new(
+                        ErrorCode::TooLarge,
+                        format!("text is over {} characters", self.limits.max_text_chars),
+                    ));
+                }
+                let attachments = attachments.clone().unwrap_or_default();
+                if attachments.len() > MAX_ATTACHMENTS {
+                    return Err(Failure::new(
+                        ErrorCode::TooLarge,
+                        format!("at most {MAX_ATTACHMENTS} attachments"),
+                    ));
+                }
+                if text.trim().is_empty() && attachments.is_empty() {
+                    return Err(Failure::new(
+                        ErrorCode::BadRequest,
+                        "a message needs text or an attachment",
+                    ));
+                }
+                let w = self
+                    .store
+                    .send_message(NewMessage {
+                        sender: user.to_owned(),
+                        conversation: conversation.clone(),
+                        client_msg_id: client_msg_id.clone(),
+                        text: text.clone(),
+                        attachments,
+                    })
+                    .await?;
+                Ok(Written {
+                    value: ReplyData::Message { message: w.value },
+                    events: w.events,
+                })
+            }
+            Request::MessageRead {
+                conversation,
+                message,
+            } => Ok(empty(
+                self.store.mark_read(user, conversation, message).await?,
+            )),
+            other => Err(Failure::new(
+                ErrorCode::BadRequest,
+                format!("`{}` is not a chat request", other.type_name()),
+            )),
+        }
+    }
+}
+
+/// The id of the conversation an envelope creates: derived from the envelope id, so a
+/// redelivered `conversation.create` finds the conversation it already made.
+fn conversation_id(envelope_id: &str) -> String {
+    let digest = sha2::Sha256::digest(envelope_id.as_bytes());
+    format!("c{}", hex::encode(&digest[..8]))
+}

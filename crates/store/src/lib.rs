@@ -1,0 +1,253 @@
+//! hubbub's durable state: users and credentials, conversations and members, messages, and
+//! each user's inbox of durable events numbered by `seq`.
+//!
+//! # Layout
+//! - [`Store`]: the trait services and the edge use. Its write methods are whole use cases
+//!   (check membership, write, append the resulting events to every recipient's inbox) done
+//!   in one transaction, so a crash never leaves a message without its events or the reverse.
+//! - [`sqlite`]: the embedded implementation, in the same SQLite file as the embedded queue.
+//!   Its writes go through the queue's writer thread ([`hubbub_queue::EmbeddedQueue::transact`])
+//!   so they share its group commit; reads use a pool of read-only connections.
+//! - [`StoreError`]: one variant per protocol error code it can cause.
+//!
+//! This crate knows nothing of sockets, queues' routing or who is online: it stores facts and
+//! returns the events a write produced; delivering them is the caller's job.
+
+pub mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use hubbub_protocol::{
+    Attachment, Conversation, ConversationKind, ConversationSummary, ErrorCode, Message,
+    ServerFrame, UserRef,
+};
+
+/// Why a store operation failed; each variant is one protocol error code.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Invalid input.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The named object does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// Conflicts with existing state (a taken handle).
+    #[error("{0}")]
+    Conflict(String),
+    /// Over a limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// Storage is down or full; nothing was written.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else; the outcome is unknown.
+    #[error("storage error: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// The protocol error code of this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StoreError::BadRequest(_) => ErrorCode::BadRequest,
+            StoreError::Forbidden(_) => ErrorCode::Forbidden,
+            StoreError::NotFound(_) => ErrorCode::NotFound,
+            StoreError::Conflict(_) => ErrorCode::Conflict,
+            StoreError::TooLarge(_) => ErrorCode::TooLarge,
+            StoreError::Unavailable(_) => ErrorCode::Unavailable,
+            StoreError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+/// A durable event appended to a user's inbox: deliver `frame` to every session of `user`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// The recipient.
+    pub user: String,
+    /// The frame, with its `seq` set.
+    pub frame: ServerFrame,
+}
+
+impl Event {
+    /// The event's seq.
+    pub fn seq(&self) -> u64 {
+        self.frame.seq().unwrap_or(0)
+    }
+}
+
+/// What a write produced: its result and the events to deliver.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written<T> {
+    /// The result (the conversation, the message ...).
+    pub value: T,
+    /// Events appended to inboxes, in seq order per user.
+    pub events: Vec<Event>,
+}
+
+/// A user with the secret needed to log in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user.
+    pub user: UserRef,
+    /// The argon2id hash, if the user has a password.
+    pub password_hash: Option<String>,
+}
+
+/// Parameters of `conversation.create`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewConversation {
+    /// The id a group gets (chosen by the caller, so a retried create finds the first one;
+    /// a direct conversation that already exists keeps its own id).
+    pub id: String,
+    /// The creator.
+    pub creator: String,
+    /// Direct or group.
+    pub kind: ConversationKind,
+    /// Other members (the creator may be named too).
+    pub members: Vec<String>,
+    /// Title.
+    pub title: Option<String>,
+    /// Ephemeral.
+    pub ephemeral: bool,
+    /// Most members allowed, the creator included.
+    pub max_members: usize,
+}
+
+/// Parameters of `message.send`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// The sender.
+    pub sender: String,
+    /// The conversation.
+    pub conversation: String,
+    /// The sender's idempotency key.
+    pub client_msg_id: String,
+    /// The text.
+    pub text: String,
+    /// Attachments.
+    pub attachments: Vec<Attachment>,
+}
+
+/// A `sync` replay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replay {
+    /// Events with seq > `after_seq`, in order (at most the requested number).
+    pub frames: Vec<ServerFrame>,
+    /// The user's latest seq.
+    pub last_seq: u64,
+    /// Events the client needed are gone (older than the retention window).
+    pub truncated: bool,
+}
+
+/// The durable state hubbub keeps.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Create a user with a password hash. A taken handle is `Conflict`.
+    async fn create_user(
+        &self,
+        handle: &str,
+        password_hash: &str,
+        email: Option<&str>,
+    ) -> Result<UserRef, StoreError>;
+
+    /// The user with this exact id, creating it if missing (app tokens). The handle is
+    /// `handle_hint` when valid and free, else generated.
+    async fn ensure_user(&self, id: &str, handle_hint: Option<&str>)
+    -> Result<UserRef, StoreError>;
+
+    /// A user and their password hash, by handle.
+    async fn credentials(&self, handle: &str) -> Result<Option<Credentials>, StoreError>;
+
+    /// A user by id.
+    async fn user(&self, id: &str) -> Result<Option<UserRef>, StoreError>;
+
+    /// A user by handle.
+    async fn user_by_handle(&self, handle: &str) -> Result<Option<UserRef>, StoreError>;
+
+    /// Remember a refresh token (by its hash) until `expires_ms`.
+    async fn put_refresh_token(
+        &self,
+        token_hash: &str,
+        user: &str,
+        expires_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Use up a refresh token: its user if it was valid, and it is valid no more.
+    async fn take_refresh_token(&self, token_hash: &str) -> Result<Option<String>, StoreError>;
+
+    /// `conversation.create`; a direct conversation that exists, or a group whose id exists
+    /// (a retried create), is returned with no events.
+    async fn create_conversation(
+        &self,
+        new: NewConversation,
+    ) -> Result<Written<Conversation>, StoreError>;
+
+    /// `conversation.get` (members only).
+    async fn conversation(&self, caller: &str, id: &str) -> Result<Conversation, StoreError>;
+
+    /// `conversation.list`: the caller's conversations, most recent activity first.
+    async fn conversations(&self, caller: &str) -> Result<Vec<ConversationSummary>, StoreError>;
+
+    /// `conversation.add` (group creator only; adding a member is a no-op).
+    async fn add_member(
+        &self,
+        caller: &str,
+        conversation: &str,
+        user: &str,
+        max_members: usize,
+    ) -> Result<Written<()>, StoreError>;
+
+    /// `conversation.remove` (group creator only; removing a non-member is a no-op).
+    async fn remove_member(
+        &self,
+        caller: &str,
+        conversation: &str,
+        user: &str,
+    ) -> Result<Written<()>, StoreError>;
+
+    /// `conversation.leave`.
+    async fn leave(&self, caller: &str, conversation: &str) -> Result<Written<()>, StoreError>;
+
+    /// `message.send`, idempotent on (sender, client_msg_id): a repeat returns the first
+    /// message and no events.
+    async fn send_message(&self, new: NewMessage) -> Result<Written<Message>, StoreError>;
+
+    /// `message.history`: newest first, before a message id; and whether older ones remain.
+    async fn history(
+        &self,
+        caller: &str,
+        conversation: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Message>, bool), StoreError>;
+
+    /// `message.read`: moves the caller's read marker forward and tells the others.
+    async fn mark_read(
+        &self,
+        caller: &str,
+        conversation: &str,
+        message: &str,
+    ) -> Result<Written<()>, StoreError>;
+
+    /// The user's latest seq.
+    async fn last_seq(&self, user: &str) -> Result<u64, StoreError>;
+
+    /// Durable events with seq > `after_seq`, at most `limit`.
+    async fn events_after(
+        &self,
+        user: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Replay, StoreError>;
+
+    /// Record that a device of the user processed everything up to `seq`.
+    async fn ack(&self, user: &str, seq: u64) -> Result<(), StoreError>;
+
+    /// Delete inbox events older than `before_ms`; returns how many.
+    async fn prune_events(&self, before_ms: i64) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,57 @@
+-- hubbub store, schema version 1. Shares the database file with the queue (hubbub.db).
+CREATE TABLE users (
+    id            TEXT    PRIMARY KEY,
+    handle        TEXT    NOT NULL UNIQUE,
+    password_hash TEXT,                      -- argon2id PHC string; NULL for app-token users
+    email         TEXT,
+    created_ms    INTEGER NOT NULL,
+    last_seq      INTEGER NOT NULL DEFAULT 0, -- the user's latest durable event
+    acked_seq     INTEGER NOT NULL DEFAULT 0  -- highest seq any device acknowledged
+) WITHOUT ROWID;
+
+CREATE TABLE refresh_tokens (
+    token_hash TEXT    PRIMARY KEY,          -- sha256 of the token, hex; the token is never stored
+    user_id    TEXT    NOT NULL,
+    expires_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX refresh_tokens_expiry ON refresh_tokens (expires_ms);
+
+CREATE TABLE conversations (
+    id         TEXT    PRIMARY KEY,
+    kind       TEXT    NOT NULL,             -- 'direct' | 'group'
+    title      TEXT,
+    created_by TEXT    NOT NULL,
+    created_ms INTEGER NOT NULL,
+    ephemeral  INTEGER NOT NULL DEFAULT 0,
+    direct_key TEXT    UNIQUE                -- 'a|b' (sorted user ids) for direct conversations
+) WITHOUT ROWID;
+
+CREATE TABLE members (
+    conversation_id TEXT    NOT NULL,
+    user_id         TEXT    NOT NULL,
+    joined_ms       INTEGER NOT NULL,
+    read_message    INTEGER NOT NULL DEFAULT 0, -- id of the last message this member read
+    PRIMARY KEY (conversation_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX members_by_user ON members (user_id, conversation_id);
+
+CREATE TABLE messages (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation_id TEXT    NOT NULL,
+    sender          TEXT    NOT NULL,
+    client_msg_id   TEXT    NOT NULL,
+    text            TEXT    NOT NULL,
+    attachments     TEXT    NOT NULL DEFAULT '[]', -- JSON array of {"media": id}
+    ts              INTEGER NOT NULL,
+    UNIQUE (sender, client_msg_id)
+);
+CREATE INDEX messages_by_conversation ON messages (conversation_id, id);
+
+CREATE TABLE inbox (
+    user_id TEXT    NOT NULL,
+    seq     INTEGER NOT NULL,
+    ts      INTEGER NOT NULL,
+    frame   TEXT    NOT NULL,                -- the pushed frame as JSON, seq included
+    PRIMARY KEY (user_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX inbox_by_time ON inbox (ts);
