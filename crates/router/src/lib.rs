@@ -155,20 +155,15 @@ impl Router {
         if !unroutable.is_empty() {
             let replies = unroutable
                 .into_iter()
-                .filter_map(|e| {
+                .map(|e| {
                     let ty = e.request.type_name();
                     metrics::counter!("hubbub_router_unroutable_total").increment(1);
-                    e.request_id.map(|id| {
-                        (
-                            e.edge,
-                            e.session,
-                            ServerFrame::error(
-                                Some(id),
-                                ErrorCode::BadRequest,
-                                format!("`{ty}` is not available on this server"),
-                            ),
-                        )
-                    })
+                    let message = format!("`{ty}` is not available on this server");
+                    (
+                        e.edge,
+                        e.session,
+                        ServerFrame::error(e.request_id, ErrorCode::BadRequest, message),
+                    )
                 })
                 .collect();
             self.delivery.push(Vec::new(), replies, None).await;

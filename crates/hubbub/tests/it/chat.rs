@@ -1,0 +1,421 @@
+//! Chat over the real protocol: conversations, messages, receipts, history, sync.
+
+use crate::support::*;
+use hubbub_protocol::{ConversationKind, ReplyData, Request, ServerFrame};
+
+fn send(conversation: &str, key: &str, text: &str) -> Request {
+    Request::MessageSend {
+        conversation: conversation.into(),
+        client_msg_id: key.into(),
+        text: text.into(),
+        attachments: None,
+    }
+}
+
+fn group(members: Vec<String>) -> Request {
+    Request::ConversationCreate {
+        kind: ConversationKind::Group,
+        members,
+        title: Some("team".into()),
+        ephemeral: None,
+    }
+}
+
+fn is_message(text: &'static str) -> impl Fn(&ServerFrame) -> bool {
+    move |f| matches!(f, ServerFrame::MessageNew { message, .. } if message.text == text)
+}
+
+#[tokio::test]
+async fn group_chat_reaches_every_session_exactly_once() {
+    let s = server().await;
+    let (alice, at) = s.user("alice").await;
+    let (bob, bt) = s.user("bob").await;
+    let (carol, ct) = s.user("carol").await;
+    let (mut a1, _) = s.connect(&at).await;
+    let (mut a2, _) = s.connect(&at).await; // alice's second device
+    let (mut b, _) = s.connect(&bt).await;
+
+    let ReplyData::Conversation { conversation: c } =
+        ok(&mut a1, group(vec![bob.id.clone(), alice.id.clone()])).await
+    else {
+        panic!()
+    };
+    assert_eq!(c.kind, ConversationKind::Group);
+    assert_eq!(c.created_by, alice.id);
+    let mut members = c.members.clone();
+    members.sort();
+    let mut expected = vec![alice.id.clone(), bob.id.clone()];
+    expected.sort();
+    assert_eq!(
+        members, expected,
+        "the creator is a member; naming them is harmless"
+    );
+    let created = until(&mut b, "conversation.updated", |f| {
+        matches!(f, ServerFrame::ConversationUpdated { .. })
+    })
+    .await;
+    assert_eq!(created.seq(), Some(1));
+
+    let ReplyData::Message { message: m } = ok(&mut a1, send(&c.id, "k1", "hello")).await else {
+        panic!()
+    };
+    assert_eq!(
+        (m.sender.as_str(), m.client_msg_id.as_str(), m.text.as_str()),
+        (alice.id.as_str(), "k1", "hello")
+    );
+    for sock in [&mut a1, &mut a2, &mut b] {
+        let f = until(sock, "message.new", is_message("hello")).await;
+        let ServerFrame::MessageNew { message, .. } = f else {
+            panic!()
+        };
+        assert_eq!(message, m);
+    }
+    // Idempotent: the same client_msg_id returns the first message and delivers nothing.
+    let ReplyData::Message { message: again } =
+        ok(&mut a1, send(&c.id, "k1", "hello again?")).await
+    else {
+        panic!()
+    };
+    assert_eq!(again, m);
+    ok(&mut a1, send(&c.id, "k2", "second")).await;
+    let f = until(&mut b, "second", is_message("second")).await;
+    let seq_second = f.seq().expect("seq");
+
+    // Carol is not a member: every read and write is forbidden.
+    let (mut cs, _) = s.connect(&ct).await;
+    err(&mut cs, send(&c.id, "c1", "let me in"), "forbidden").await;
+    err(
+        &mut cs,
+        Request::ConversationGet {
+            conversation: c.id.clone(),
+        },
+        "forbidden",
+    )
+    .await;
+    err(
+        &mut cs,
+        Request::MessageHistory {
+            conversation: c.id.clone(),
+            before: None,
+            limit: None,
+        },
+        "forbidden",
+    )
+    .await;
+    err(
+        &mut cs,
+        Request::MessageRead {
+            conversation: c.id.clone(),
+            message: m.id.clone(),
+        },
+        "forbidden",
+    )
+    .await;
+    err(
+        &mut cs,
+        Request::ConversationGet {
+            conversation: "c-nope".into(),
+        },
+        "not_found",
+    )
+    .await;
+    err(&mut cs, send("c-nope", "c2", "x"), "not_found").await;
+    // Only the creator adds and removes.
+    err(
+        &mut b,
+        Request::ConversationAdd {
+            conversation: c.id.clone(),
+            user: carol.id.clone(),
+        },
+        "forbidden",
+    )
+    .await;
+    ok(
+        &mut a1,
+        Request::ConversationAdd {
+            conversation: c.id.clone(),
+            user: carol.id.clone(),
+        },
+    )
+    .await;
+    ok(
+        &mut a1,
+        Request::ConversationAdd {
+            conversation: c.id.clone(),
+            user: carol.id.clone(),
+        },
+    )
+    .await; // no-op
+    let f = until(&mut cs, "added", |f| {
+        matches!(f, ServerFrame::ConversationUpdated { .. })
+    })
+    .await;
+    let ServerFrame::ConversationUpdated { conversation, .. } = f else {
+        panic!()
+    };
+    assert!(conversation.members.contains(&carol.id));
+    ok(&mut cs, send(&c.id, "c3", "hi all")).await;
+    until(&mut b, "carol's message", is_message("hi all")).await;
+
+    // Bob's history, newest first, paginated.
+    let ReplyData::History { messages, more } = ok(
+        &mut b,
+        Request::MessageHistory {
+            conversation: c.id.clone(),
+            before: None,
+            limit: Some(2),
+        },
+    )
+    .await
+    else {
+        panic!()
+    };
+    assert_eq!(
+        messages.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+        ["hi all", "second"]
+    );
+    assert!(more);
+    let ReplyData::History { messages, more } = ok(
+        &mut b,
+        Request::MessageHistory {
+            conversation: c.id.clone(),
+            before: Some(messages[1].id.clone()),
+            limit: Some(2),
+        },
+    )
+    .await
+    else {
+        panic!()
+    };
+    assert_eq!(
+        messages.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+        ["hello"]
+    );
+    assert!(!more);
+
+    // Unread counts, reads, receipts.
+    let ReplyData::Conversations { conversations } = ok(&mut b, Request::ConversationList {}).await
+    else {
+        panic!()
+    };
+    assert_eq!(conversations.len(), 1);
+    assert_eq!(conversations[0].unread, 3);
+    assert_eq!(
+        conversations[0]
+            .last_message
+            .as_ref()
+            .map(|m| m.text.as_str()),
+        Some("hi all")
+    );
+    ok(
+        &mut b,
+        Request::MessageRead {
+            conversation: c.id.clone(),
+            message: m.id.clone(),
+        },
+    )
+    .await;
+    let r = until(&mut a2, "receipt", |f| {
+        matches!(f, ServerFrame::ReceiptRead { .. })
+    })
+    .await;
+    let ServerFrame::ReceiptRead { user, message, .. } = r else {
+        panic!()
+    };
+    assert_eq!((user, message), (bob.id.clone(), m.id.clone()));
+    let ReplyData::Conversations { conversations } = ok(&mut b, Request::ConversationList {}).await
+    else {
+        panic!()
+    };
+    assert_eq!(conversations[0].unread, 2);
+    err(
+        &mut b,
+        Request::MessageRead {
+            conversation: c.id.clone(),
+            message: "999999".into(),
+        },
+        "not_found",
+    )
+    .await;
+
+    // Remove and leave.
+    ok(
+        &mut a1,
+        Request::ConversationRemove {
+            conversation: c.id.clone(),
+            user: carol.id.clone(),
+        },
+    )
+    .await;
+    err(&mut cs, send(&c.id, "c4", "still here?"), "forbidden").await;
+    ok(
+        &mut b,
+        Request::ConversationLeave {
+            conversation: c.id.clone(),
+        },
+    )
+    .await;
+    err(
+        &mut b,
+        Request::ConversationGet {
+            conversation: c.id.clone(),
+        },
+        "forbidden",
+    )
+    .await;
+
+    // Every event bob ever got, by sync from 0: seqs 1..=n with no gap and no repeat, and
+    // each message exactly once.
+    let events = all_events(&s, &bt).await;
+    let seqs: Vec<u64> = events.iter().filter_map(ServerFrame::seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    assert!(seqs.contains(&seq_second));
+    let texts: Vec<String> = events
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::MessageNew { message, .. } => Some(message.text.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, ["hello", "second", "hi all"]);
+}
+
+#[tokio::test]
+async fn direct_conversations_are_unique_per_pair() {
+    let s = server().await;
+    let (alice, at) = s.user("alice").await;
+    let (bob, bt) = s.user("bob").await;
+    let (mut a, _) = s.connect(&at).await;
+    let (mut b, _) = s.connect(&bt).await;
+    let direct = |u: &str| Request::ConversationCreate {
+        kind: ConversationKind::Direct,
+        members: vec![u.into()],
+        title: None,
+        ephemeral: None,
+    };
+    let ReplyData::Conversation { conversation: c1 } = ok(&mut a, direct(&bob.id)).await else {
+        panic!()
+    };
+    let ReplyData::Conversation { conversation: c2 } = ok(&mut b, direct(&alice.id)).await else {
+        panic!()
+    };
+    assert_eq!(c1.id, c2.id);
+    err(&mut a, direct("u-nobody"), "not_found").await;
+    err(
+        &mut a,
+        Request::ConversationCreate {
+            kind: ConversationKind::Direct,
+            members: vec![],
+            title: None,
+            ephemeral: None,
+        },
+        "bad_request",
+    )
+    .await;
+    err(&mut a, direct(&alice.id), "bad_request").await;
+}
+
+#[tokio::test]
+async fn group_size_and_text_limits() {
+    let s = server_with(|c| {
+        c.limits.max_group_members = 3;
+        c.limits.max_text_chars = 10;
+    })
+    .await;
+    let mut ids = Vec::new();
+    let mut token = String::new();
+    for h in ["ann", "ben", "cat", "dan"] {
+        let (u, t) = s.user(h).await;
+        ids.push(u.id);
+        token = t;
+    }
+    let (mut d, _) = s.connect(&token).await;
+    err(&mut d, group(ids[..3].to_vec()), "too_large").await;
+    let ReplyData::Conversation { conversation: c } = ok(&mut d, group(ids[..2].to_vec())).await
+    else {
+        panic!()
+    };
+    err(
+        &mut d,
+        Request::ConversationAdd {
+            conversation: c.id.clone(),
+            user: ids[2].clone(),
+        },
+        "too_large",
+    )
+    .await;
+    err(
+        &mut d,
+        send(&c.id, "k", "much too long for the limit"),
+        "too_large",
+    )
+    .await;
+    err(&mut d, send(&c.id, "k", "   "), "bad_request").await;
+    err(&mut d, send(&c.id, "", "hi"), "bad_request").await;
+    ok(&mut d, send(&c.id, "k", "short")).await;
+}
+
+#[tokio::test]
+async fn reconnect_and_sync_resumes_without_gaps_or_repeats() {
+    let s = server().await;
+    let (_alice, at) = s.user("alice").await;
+    let (bob, bt) = s.user("bob").await;
+    let (mut a, _) = s.connect(&at).await;
+    let ReplyData::Conversation { conversation: c } = ok(&mut a, group(vec![bob.id.clone()])).await
+    else {
+        panic!()
+    };
+    // Bob is offline while three messages arrive.
+    for (k, t) in [("1", "one"), ("2", "two"), ("3", "three")] {
+        ok(&mut a, send(&c.id, k, t)).await;
+    }
+    let (mut b, last_seq) = s.connect(&bt).await;
+    assert_eq!(last_seq, 4, "hello names the latest seq");
+    // Bob processed up to seq 2 on an earlier connection: sync after 2.
+    b.send_text(r#"{"type":"sync","id":"s","after_seq":2}"#)
+        .await
+        .expect("send");
+    let mut got = Vec::new();
+    loop {
+        match next(&mut b).await {
+            ServerFrame::Ok {
+                id,
+                data:
+                    ReplyData::Sync {
+                        last_seq,
+                        truncated,
+                    },
+            } if id == "s" => {
+                assert_eq!((last_seq, truncated), (4, false));
+                break;
+            }
+            f => got.extend(f.seq()),
+        }
+    }
+    assert_eq!(got, [3, 4]);
+    // Live events continue after the replay, with the next seq.
+    ok(&mut a, send(&c.id, "4", "four")).await;
+    let f = until(&mut b, "four", is_message("four")).await;
+    assert_eq!(f.seq(), Some(5));
+    b.send_text(r#"{"type":"ack","seq":5}"#).await.expect("ack");
+    // A sync from beyond the end replays nothing and reports the latest seq.
+    b.send_text(r#"{"type":"sync","id":"t","after_seq":99}"#)
+        .await
+        .expect("send");
+    let f = until(
+        &mut b,
+        "sync reply",
+        |f| matches!(f, ServerFrame::Ok { id, .. } if id == "t"),
+    )
+    .await;
+    assert!(
+        matches!(
+            f,
+            ServerFrame::Ok {
+                data: ReplyData::Sync { last_seq: 5, .. },
+                ..
+            }
+        ),
+        "{f:?}"
+    );
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real server started in-process on 127.0.0.1:0, spoken to over real
+//! HTTP and WebSockets. One binary for all of them (one link step).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod auth;
+mod bad_input;
+mod chat;
+mod crash;
+mod lifecycle;
+mod support;

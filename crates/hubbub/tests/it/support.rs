@@ -1,0 +1,152 @@
+//! Starting a server and talking to it.
+
+use hubbub::client::{Client, Socket};
+use hubbub::config::Config;
+use hubbub::serve::Running;
+use hubbub_protocol::{ReplyData, Request, ServerFrame, UserRef};
+use std::time::Duration;
+
+/// Guard against a hang; never a timing assertion.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub running: Option<Running>,
+    pub base: String,
+    pub _dir: tempfile::TempDir,
+    pub config: Config,
+}
+
+pub async fn server() -> TestServer {
+    server_with(|_| {}).await
+}
+
+pub async fn server_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config {
+        data_dir: dir.path().join("data"),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        ..Default::default()
+    };
+    adjust(&mut config);
+    let running = hubbub::serve::start(config.clone())
+        .await
+        .expect("server starts");
+    let base = format!("http://{}", running.addr);
+    TestServer {
+        running: Some(running),
+        base,
+        _dir: dir,
+        config,
+    }
+}
+
+impl TestServer {
+    pub fn client(&self) -> Client {
+        Client::new(&self.base)
+    }
+
+    /// Sign up a user; returns the user and an access token.
+    pub async fn user(&self, handle: &str) -> (UserRef, String) {
+        let auth = self
+            .client()
+            .signup(handle, "password123")
+            .await
+            .expect("signup");
+        (auth.user, auth.access_token)
+    }
+
+    pub async fn connect(&self, token: &str) -> (Socket, u64) {
+        let (socket, hello) = self.client().connect(token).await.expect("connect");
+        let ServerFrame::Hello { last_seq, .. } = hello else {
+            panic!("no hello")
+        };
+        (socket, last_seq)
+    }
+
+    /// Stop the server (graceful) and start it again on the same data directory and port.
+    pub async fn restart(&mut self) {
+        let running = self.running.take().expect("running");
+        let addr = running.addr;
+        running.shutdown().await;
+        let mut config = self.config.clone();
+        config.listen = addr;
+        let running = hubbub::serve::start(config).await.expect("restart");
+        self.running = Some(running);
+    }
+}
+
+/// The next frame, within PATIENCE.
+pub async fn next(socket: &mut Socket) -> ServerFrame {
+    tokio::time::timeout(PATIENCE, socket.next_frame())
+        .await
+        .expect("a frame in time")
+        .expect("read")
+        .expect("open")
+}
+
+/// Read frames until one matches; returns it (skipping others).
+pub async fn until(
+    socket: &mut Socket,
+    what: &str,
+    pred: impl Fn(&ServerFrame) -> bool,
+) -> ServerFrame {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let f = tokio::time::timeout_at(deadline, socket.next_frame())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+            .expect("read")
+            .unwrap_or_else(|| panic!("closed while waiting for {what}"));
+        if pred(&f) {
+            return f;
+        }
+    }
+}
+
+/// A request that must succeed; returns its data.
+pub async fn ok(socket: &mut Socket, request: Request) -> ReplyData {
+    match tokio::time::timeout(PATIENCE, socket.request(request))
+        .await
+        .expect("reply in time")
+        .expect("request")
+    {
+        ServerFrame::Ok { data, .. } => data,
+        other => panic!("expected ok, got {other:?}"),
+    }
+}
+
+/// A request that must fail with `code`; returns the message.
+pub async fn err(socket: &mut Socket, request: Request, code: &str) -> String {
+    match tokio::time::timeout(PATIENCE, socket.request(request))
+        .await
+        .expect("reply in time")
+        .expect("request")
+    {
+        ServerFrame::Error {
+            code: c, message, ..
+        } => {
+            assert_eq!(c.as_str(), code, "{message}");
+            message
+        }
+        other => panic!("expected {code}, got {other:?}"),
+    }
+}
+
+/// Every durable event of a user from seq 1, read with sync on a fresh connection.
+pub async fn all_events(server: &TestServer, token: &str) -> Vec<ServerFrame> {
+    let (mut s, _) = server.connect(token).await;
+    s.send_text(r#"{"type":"sync","id":"all","after_seq":0}"#)
+        .await
+        .expect("send");
+    let mut events = Vec::new();
+    loop {
+        let f = next(&mut s).await;
+        match f {
+            ServerFrame::Ok { ref id, .. } if id == "all" => break,
+            f if f.seq().is_some() => events.push(f),
+            _ => {}
+        }
+    }
+    s.close().await;
+    events
+}
