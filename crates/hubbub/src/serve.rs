@@ -63,6 +63,32 @@ pub struct Running {
     /// Cancel to shut down.
     pub cancel: CancellationToken,
     tracker: TaskTracker,
+    /// The data directory's lock, held while the server runs.
+    _lock: std::fs::File,
+}
+
+/// Take the data directory's lock: one process per data directory, so that at startup every
+/// lease in the queue belongs to a dead process and can be released.
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("hubbub.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            anyhow::bail!(
+                "another hubbub process is using the data directory {}",
+                dir.display()
+            )
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
 }
 
 impl Running {
@@ -83,6 +109,7 @@ impl Running {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let lock = lock_data_dir(&config.data_dir)?;
     let queue = EmbeddedQueue::open(
         config.data_dir.join("hubbub.db"),
         EmbeddedConfig {
@@ -94,6 +121,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             max_db_bytes: None,
         },
     )?;
+    // Whatever was in flight belonged to a previous run of this server, now gone.
+    let released = queue.release_all_leases().await?;
+    if released > 0 {
+        tracing::info!(released, "released the leases of the previous run");
+    }
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(queue.clone()).await?);
     let queue_dyn: Arc<dyn Queue> = Arc::new(queue.clone());
     let registry = Arc::new(LocalRegistry::default());
@@ -164,6 +196,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         addr,
         cancel,
         tracker,
+        _lock: lock,
     })
 }
 

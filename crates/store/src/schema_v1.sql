@@ -47,11 +47,15 @@ CREATE TABLE messages (
 );
 CREATE INDEX messages_by_conversation ON messages (conversation_id, id);
 
+-- One row per durable event per recipient. A `message.new` event only points at its message
+-- (the frame is rebuilt on replay): a message to a 1,000-member group writes 1,000 small
+-- rows, not 1,000 copies of the message. Every other event stores its frame as JSON.
 CREATE TABLE inbox (
-    user_id TEXT    NOT NULL,
-    seq     INTEGER NOT NULL,
-    ts      INTEGER NOT NULL,
-    frame   TEXT    NOT NULL,                -- the pushed frame as JSON, seq included
+    user_id    TEXT    NOT NULL,
+    seq        INTEGER NOT NULL,
+    ts         INTEGER NOT NULL,
+    message_id INTEGER,                      -- set for message.new
+    frame      TEXT,                         -- the frame as JSON (seq included) otherwise
     PRIMARY KEY (user_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX inbox_by_time ON inbox (ts);

@@ -235,6 +235,21 @@ fn member_view(conn: &Connection, caller: &str, id: &str) -> Result<Conversation
     Ok(c)
 }
 
+/// Fail unless the conversation exists and `caller` is in it (two index lookups).
+fn check_member(conn: &Connection, caller: &str, id: &str) -> Result<(), StoreError> {
+    let (exists, member): (bool, bool) = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM conversations WHERE id = ?1),
+                    EXISTS (SELECT 1 FROM members WHERE conversation_id = ?1 AND user_id = ?2)",
+        )?
+        .query_row(params![id, caller], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    match (exists, member) {
+        (false, _) => Err(StoreError::NotFound(format!("no conversation {id}"))),
+        (true, false) => Err(StoreError::Forbidden("not a member".into())),
+        (true, true) => Ok(()),
+    }
+}
+
 /// Append one durable event to `user`'s inbox under their next seq.
 fn append_event(
     conn: &Connection,
@@ -255,6 +270,43 @@ fn append_event(
         user: user.to_owned(),
         frame,
     })
+}
+
+/// `message.new` to every member of the message's conversation: one statement takes the next
+/// seq of every member, one more writes their inbox rows (pointing at the message).
+fn fan_out_message(
+    conn: &Connection,
+    message: &Message,
+    now: i64,
+) -> Result<Vec<Event>, StoreError> {
+    let id: i64 = message
+        .id
+        .parse()
+        .map_err(|_| StoreError::Internal("message id".into()))?;
+    let seqs: Vec<(String, i64)> = conn
+        .prepare_cached(
+            "UPDATE users SET last_seq = last_seq + 1
+             WHERE id IN (SELECT user_id FROM members WHERE conversation_id = ?1)
+             RETURNING id, last_seq",
+        )?
+        .query_map([&message.conversation], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    conn.prepare_cached(
+        "INSERT INTO inbox (user_id, seq, ts, message_id)
+         SELECT u.id, u.last_seq, ?2, ?3 FROM members m JOIN users u ON u.id = m.user_id
+         WHERE m.conversation_id = ?1",
+    )?
+    .execute(params![message.conversation, now, id])?;
+    Ok(seqs
+        .into_iter()
+        .map(|(user, seq)| Event {
+            user,
+            frame: ServerFrame::MessageNew {
+                seq: seq as u64,
+                message: message.clone(),
+            },
+        })
+        .collect())
 }
 
 /// `conversation.updated` to each of `users`.
@@ -719,7 +771,7 @@ impl Store for SqliteStore {
             if let Some(row) = existing {
                 return Ok(Written { value: to_message(row)?, events: Vec::new() });
             }
-            let c = member_view(conn, &new.sender, &new.conversation)?;
+            check_member(conn, &new.sender, &new.conversation)?;
             conn.prepare_cached(
                 "INSERT INTO messages (conversation_id, sender, client_msg_id, text, attachments, ts)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -734,16 +786,7 @@ impl Store for SqliteStore {
                 attachments: new.attachments,
                 ts: now,
             };
-            let events = c
-                .members
-                .iter()
-                .map(|u| {
-                    append_event(conn, u, now, |seq| ServerFrame::MessageNew {
-                        seq,
-                        message: message.clone(),
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let events = fan_out_message(conn, &message, now)?;
             Ok(Written { value: message, events })
         })
         .await
@@ -858,16 +901,46 @@ impl Store for SqliteStore {
                 .prepare_cached("SELECT MIN(seq) FROM inbox WHERE user_id = ?1")?
                 .query_row([&user], |r| r.get(0))?;
             let truncated = last_seq > after && first.is_none_or(|f| f > after + 1);
-            let frames = conn
+            let rows: Vec<(
+                i64,
+                Option<String>,
+                Option<(i64, String, String, String, String, String, i64)>,
+            )> = conn
                 .prepare_cached(
-                    "SELECT frame FROM inbox WHERE user_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                    "SELECT i.seq, i.frame, m.id, m.conversation_id, m.sender, m.client_msg_id,
+                            m.text, m.attachments, m.ts
+                     FROM inbox i LEFT JOIN messages m ON m.id = i.message_id
+                     WHERE i.user_id = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3",
                 )?
                 .query_map(params![user, after, limit as i64], |r| {
-                    r.get::<_, String>(0)
+                    let message = match r.get::<_, Option<i64>>(2)? {
+                        Some(id) => Some((
+                            id,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                            r.get(6)?,
+                            r.get(7)?,
+                            r.get(8)?,
+                        )),
+                        None => None,
+                    };
+                    Ok((r.get(0)?, r.get(1)?, message))
                 })?
-                .map(|json| {
-                    let json = json?;
-                    serde_json::from_str::<ServerFrame>(&json).map_err(json_err)
+                .collect::<Result<_, _>>()?;
+            let frames = rows
+                .into_iter()
+                .map(|(seq, frame, message)| match (frame, message) {
+                    (_, Some(m)) => Ok(ServerFrame::MessageNew {
+                        seq: seq as u64,
+                        message: to_message(m)?,
+                    }),
+                    (Some(json), None) => {
+                        serde_json::from_str::<ServerFrame>(&json).map_err(json_err)
+                    }
+                    (None, None) => Err(StoreError::Internal(format!(
+                        "inbox event {seq} lost its message"
+                    ))),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Replay {

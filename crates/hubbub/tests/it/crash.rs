@@ -171,9 +171,10 @@ async fn kill_9_during_traffic_loses_and_repeats_nothing() {
             text: key.clone(),
             attachments: None,
         };
+        let reply = s.request(req).await.expect("retry");
         assert!(
-            matches!(s.request(req).await.expect("retry"), ServerFrame::Ok { .. }),
-            "retrying {key}"
+            matches!(reply, ServerFrame::Ok { .. }),
+            "retrying {key}: {reply:?}"
         );
         s.close().await;
     }

@@ -130,3 +130,15 @@ async fn shutdown_closes_sockets_with_1001() {
         .expect("shutdown finishes")
         .expect("join");
 }
+
+#[tokio::test]
+async fn one_server_per_data_directory() {
+    let s = server().await;
+    let mut config = s.config.clone();
+    config.listen = "127.0.0.1:0".parse().expect("addr");
+    let e = hubbub::serve::start(config)
+        .await
+        .err()
+        .expect("second server refused");
+    assert!(e.to_string().contains("another hubbub process"), "{e}");
+}

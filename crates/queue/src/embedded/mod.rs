@@ -129,6 +129,29 @@ impl EmbeddedQueue {
         &self.shared.path
     }
 
+    /// Make every in-flight message receivable now; returns how many were in flight.
+    ///
+    /// Only for a process that knows it is the sole user of the file (it holds the data
+    /// directory's lock): after a crash, the leases of the dead process would otherwise hold
+    /// their messages, and every later message with the same key, until their visibility
+    /// timeouts end. Receive counts are kept, so a message that crashes its consumer every
+    /// time still reaches the dead-letter queue.
+    pub async fn release_all_leases(&self) -> Result<u64, QueueError> {
+        self.run(|ctx| {
+            let now = ctx.now();
+            let released = ctx
+                .conn
+                .prepare_cached(
+                    "UPDATE q_messages SET visible_ms = ?1, token = NULL
+                     WHERE token IS NOT NULL AND visible_ms > ?1 AND visible_ms < ?2",
+                )
+                .and_then(|mut s| s.execute(rusqlite::params![now, ops::WAITING_ON_KEY]))
+                .map_err(|e| ctx.sql_err(e))?;
+            Ok(released as u64)
+        })
+        .await
+    }
+
     /// Run `f` in the writer thread, inside a transaction; answer once it is committed.
     async fn run<T: Send + 'static>(
         &self,

@@ -296,3 +296,61 @@ async fn transact_is_a_transactional_outbox() {
         1
     );
 }
+
+/// After a crash, the sole owner of the file releases the dead process's leases at once,
+/// keeping receive counts; per-key order holds.
+#[tokio::test]
+async fn release_all_leases_after_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hubbub.db");
+    let q = EmbeddedQueue::open(&path, EmbeddedConfig::default()).expect("open");
+    for (body, key) in [("a1", "a"), ("a2", "a"), ("free", "z")] {
+        q.send(
+            "q",
+            body.as_bytes().to_vec(),
+            SendOptions::default().key(key),
+        )
+        .await
+        .expect("send");
+    }
+    q.send(
+        "q",
+        b"later".to_vec(),
+        SendOptions::default().delay(Duration::from_secs(3600)),
+    )
+    .await
+    .expect("send");
+    let opts = ReceiveOptions {
+        max: 10,
+        visibility: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    assert_eq!(
+        q.receive("q", opts).await.expect("receive").len(),
+        2,
+        "a1 and free leased"
+    );
+    drop(q);
+    let q = EmbeddedQueue::open(&path, EmbeddedConfig::default()).expect("reopen");
+    assert!(
+        q.receive("q", opts).await.expect("receive").is_empty(),
+        "still leased"
+    );
+    assert_eq!(q.release_all_leases().await.expect("release"), 2);
+    let again = q.receive("q", opts).await.expect("receive");
+    let mut names: Vec<_> = again
+        .iter()
+        .map(|m| {
+            (
+                String::from_utf8_lossy(&m.body).into_owned(),
+                m.receive_count,
+            )
+        })
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [("a1".to_owned(), 2), ("free".to_owned(), 2)],
+        "delayed and key-waiting ones untouched"
+    );
+}
