@@ -98,7 +98,7 @@ impl Client {
             tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)?;
         req.headers_mut()
             .insert("authorization", format!("Bearer {token}").parse()?);
-        let (ws, _) = tokio_tungstenite::connect_async(req)
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true)
             .await
             .context("opening the WebSocket")?;
         let mut socket = Socket {

@@ -56,6 +56,8 @@ pub const APPLICATION_ID: i32 = 0x4875_6262;
 const SCHEMA_VERSION: i64 = 1;
 /// How long a long poll sleeps at most before looking again (for visibility lapses).
 const MAX_POLL_SLEEP: Duration = Duration::from_millis(250);
+/// How often the checkpoint thread copies the WAL back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(1000);
 
 /// Settings of the embedded backend.
 #[derive(Debug, Clone)]
@@ -117,6 +119,12 @@ impl EmbeddedQueue {
             .name("hubbub-queue-writer".into())
             .spawn(move || writer::run(conn, rx, thread_shared))
             .map_err(|e| QueueError::Storage(format!("cannot start the writer thread: {e}")))?;
+        let checkpoint_conn = Connection::open(&shared.path).map_err(|e| map_sql(&shared.path, e))?;
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("hubbub-queue-checkpoint".into())
+            .spawn(move || checkpointer(checkpoint_conn, weak))
+            .map_err(|e| QueueError::Storage(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(EmbeddedQueue {
             jobs: tx,
             shared,
@@ -288,6 +296,7 @@ fn open_database(path: &PathBuf, config: &EmbeddedConfig) -> Result<Connection, 
          PRAGMA synchronous = FULL;
          PRAGMA temp_store = MEMORY;
          PRAGMA cache_size = -65536;
+         PRAGMA wal_autocheckpoint = 0;
          PRAGMA application_id = {APPLICATION_ID};"
     ))
     .map_err(storage)?;
@@ -338,6 +347,25 @@ fn open_database(path: &PathBuf, config: &EmbeddedConfig) -> Result<Connection, 
         }
     }
     Ok(conn)
+}
+
+/// Copy committed WAL pages back into the database file, off the writer thread.
+///
+/// The writer connection has automatic checkpoints turned off: done there, each one would stall
+/// every commit behind it while pages are copied and the database file is fsynced. Passive
+/// checkpoints never block the writer; when one has copied everything, the next commit starts
+/// the WAL over from its beginning, so it does not grow without bound. The thread ends when
+/// the queue is dropped.
+fn checkpointer(conn: Connection, shared: std::sync::Weak<Shared>) {
+    if let Err(e) = conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 1000;") {
+        tracing::warn!(error = %e, "checkpoint connection setup failed");
+    }
+    while shared.upgrade().is_some() {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "checkpoint skipped");
+        }
+    }
 }
 
 fn check_max(max: usize) -> Result<(), QueueError> {
