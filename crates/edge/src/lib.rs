@@ -224,11 +224,12 @@ impl Edge {
             .into_make_service_with_connect_info::<SocketAddr>();
         // Pushes are small writes: without TCP_NODELAY, Nagle's algorithm meeting the
         // client's delayed ACKs holds some of them back ~40 ms.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY not set");
-            }
-        });
+        let listener =
+            axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY not set");
+                }
+            });
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { cancel.cancelled().await })
             .await?;

@@ -33,6 +33,8 @@ use tokio_util::sync::CancellationToken;
 pub(crate) const MAIN_QUEUE: &str = "main";
 const REPLAY_PAGE: usize = 512;
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// A close frame is a courtesy: a peer that cannot take it within this long is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_FRAMES_PER_WRITE: usize = 256;
 
 pub(crate) async fn upgrade(
@@ -106,6 +108,10 @@ struct Conn {
     bucket: TokenBucket,
     window: (Instant, u32),
     last_heard: Instant,
+    /// Cancelled by the dispatcher when this session's buffer is full (a slow reader).
+    kick: CancellationToken,
+    /// Set when a write was abandoned because of the kick.
+    kicked: bool,
 }
 
 async fn run(inner: Arc<Inner>, user: UserRef, socket: WebSocket) {
@@ -135,10 +141,14 @@ async fn run(inner: Arc<Inner>, user: UserRef, socket: WebSocket) {
         pending: HashMap::new(),
         window: (Instant::now(), 0),
         last_heard: Instant::now(),
+        kick: kick.clone(),
+        kicked: false,
     };
     let flow = conn.start(rx, kick).await;
-    if let Flow::Close(code, reason) = flow {
-        conn.close(code, reason).await;
+    match flow {
+        Flow::Close(code, reason) => conn.close(code, reason).await,
+        Flow::Gone if conn.kicked => conn.close(1013, "too slow: reconnect and sync").await,
+        _ => {}
     }
     inner.remove_session(&session);
     if let Err(e) = inner
@@ -188,7 +198,9 @@ impl Conn {
                 biased;
                 _ = cancel.cancelled() => Flow::Close(1001, "server shutting down"),
                 _ = kick.cancelled() => Flow::Close(1013, "too slow: reconnect and sync"),
-                msg = self.socket.recv() => self.on_message(msg).await,
+                // Outgoing first: a client that never stops sending must not starve its own
+                // events (and be cut off as slow for it); its input waits instead, and TCP
+                // pushes back on it.
                 out = rx.recv() => match out {
                     Some(out) => {
                         let mut batch = vec![out];
@@ -202,6 +214,7 @@ impl Conn {
                     }
                     None => Flow::Gone,
                 },
+                msg = self.socket.recv() => self.on_message(msg).await,
                 _ = ping.tick() => {
                     if self.last_heard.elapsed() > ping_every * 3 {
                         Flow::Close(1001, "idle timeout")
@@ -225,8 +238,8 @@ impl Conn {
             code,
             reason: reason.into(),
         };
-        let _ =
-            tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Close(Some(frame)))).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.send(Message::Close(Some(frame))))
+            .await;
     }
 
     /// Write frames as one text frame, newline-separated.
@@ -242,10 +255,18 @@ impl Conn {
             text.push_str(&f.to_json());
             metrics::counter!("hubbub_frames_out_total", "type" => f.type_name()).increment(1);
         }
-        matches!(
-            tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(text.into()))).await,
-            Ok(Ok(()))
-        )
+        // A reader too slow to take this write gets cut off as soon as its buffer fills, not
+        // after the send timeout.
+        let kick = self.kick.clone();
+        tokio::select! {
+            sent = tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(text.into()))) => {
+                matches!(sent, Ok(Ok(())))
+            }
+            _ = kick.cancelled() => {
+                self.kicked = true;
+                false
+            }
+        }
     }
 
     async fn on_message(&mut self, msg: Option<Result<Message, axum::Error>>) -> Flow {

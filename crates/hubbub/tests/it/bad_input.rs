@@ -210,3 +210,126 @@ async fn requests_nothing_routes_are_answered_not_lost() {
     .await;
     assert!(msg.contains("post.create"), "{msg}");
 }
+
+/// A client that stops reading is cut off with 1013 once its outgoing buffer is full; the
+/// server never buffers for it without bound, and other members are unaffected.
+#[tokio::test]
+async fn a_slow_reader_is_cut_off_with_1013() {
+    let s = server_with(|c| {
+        c.limits.max_outgoing_frames = 256;
+        c.limits.frames_per_s = 100_000;
+        c.limits.burst = 100_000;
+    })
+    .await;
+    let (slow, slow_token) = s.user("sloth").await;
+    let (_, fast_token) = s.user("hare").await;
+    let (mut fast, _) = s.connect(&fast_token).await;
+    let reply = fast
+        .request(Request::ConversationCreate {
+            kind: hubbub_protocol::ConversationKind::Group,
+            members: vec![slow.id.clone()],
+            title: None,
+            ephemeral: None,
+        })
+        .await
+        .expect("create");
+    let ServerFrame::Ok {
+        data: hubbub_protocol::ReplyData::Conversation { conversation },
+        ..
+    } = reply
+    else {
+        panic!("{reply:?}")
+    };
+    // The slow client: a tiny receive buffer, and it never reads.
+    let addr: std::net::SocketAddr = s.base.trim_start_matches("http://").parse().expect("addr");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let stream = socket.connect(addr).await.expect("tcp");
+    let url = format!("ws://{addr}/v1/ws?access_token={slow_token}");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .expect("upgrade");
+    // Megabytes of events for it: 3,000 messages of 4,000 characters, sent in batches of 12
+    // (under the 64 KiB frame limit) by a sender that reads its own events as they come.
+    let (batches, per_batch) = (250, 12);
+    let text = "z".repeat(4000);
+    let url = format!(
+        "{}/v1/ws?access_token={fast_token}",
+        s.base.replacen("http", "ws", 1)
+    );
+    let (sender, _) = tokio_tungstenite::connect_async(url).await.expect("sender");
+    let (mut sink, mut stream) = sender.split();
+    let reader = tokio::spawn(async move {
+        let mut seen = 0;
+        while seen < batches * per_batch {
+            match tokio::time::timeout(PATIENCE, stream.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    seen += t
+                        .lines()
+                        .filter(|l| l.starts_with(r#"{"type":"message.new""#))
+                        .count();
+                }
+                Ok(Some(Ok(_))) => {}
+                other => panic!("sender's stream ended after {seen} events: {other:?}"),
+            }
+        }
+    });
+    for batch in 0..batches {
+        let frames: Vec<String> = (0..per_batch)
+            .map(|i| {
+                hubbub_protocol::ClientFrame {
+                    id: None,
+                    request: Request::MessageSend {
+                        conversation: conversation.id.clone(),
+                        client_msg_id: format!("flood-{batch}-{i}"),
+                        text: text.clone(),
+                        attachments: None,
+                    },
+                }
+                .to_json()
+            })
+            .collect();
+        sink.send(Message::Text(frames.join("\n").into()))
+            .await
+            .expect("send");
+    }
+    // When the sender has all its own messages back, every push was attempted.
+    reader.await.expect("sender saw all its messages");
+    // Now read what the slow client was sent: its buffered events, then the end.
+    let mut code = None;
+    let deadline = tokio::time::Instant::now() + PATIENCE * 3;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("the server cut it off in time")
+        {
+            Some(Ok(Message::Close(f))) => {
+                code = f.map(|f| f.code);
+                break;
+            }
+            Some(Ok(_)) => {}
+            None | Some(Err(_)) => break,
+        }
+    }
+    // The close frame is a courtesy the full socket may not take; the cut-off is the point.
+    assert!(code.is_none() || code == Some(CloseCode::Again), "{code:?}");
+    // The server still serves everyone else (the first `fast` session, never read during the
+    // flood, was rightly cut off too; a new one works).
+    drop(fast);
+    let (mut again, _) = s.connect(&fast_token).await;
+    let reply = again
+        .request(Request::ConversationList {})
+        .await
+        .expect("still served");
+    assert!(matches!(reply, ServerFrame::Ok { .. }));
+    let metrics = reqwest::get(format!("{}/metrics", s.base))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("hubbub_slow_consumers_total"),
+        "the cut-off is counted"
+    );
+}

@@ -119,7 +119,8 @@ impl EmbeddedQueue {
             .name("hubbub-queue-writer".into())
             .spawn(move || writer::run(conn, rx, thread_shared))
             .map_err(|e| QueueError::Storage(format!("cannot start the writer thread: {e}")))?;
-        let checkpoint_conn = Connection::open(&shared.path).map_err(|e| map_sql(&shared.path, e))?;
+        let checkpoint_conn =
+            Connection::open(&shared.path).map_err(|e| map_sql(&shared.path, e))?;
         let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()
             .name("hubbub-queue-checkpoint".into())
