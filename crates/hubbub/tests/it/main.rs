@@ -5,6 +5,7 @@
 mod auth;
 mod bad_input;
 mod chat;
+mod cli;
 mod crash;
 mod lifecycle;
 mod support;
