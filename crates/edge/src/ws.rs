@@ -195,12 +195,10 @@ impl Conn {
         let cancel = self.inner.cancel.clone();
         loop {
             let flow = tokio::select! {
-                biased;
+                // Unbiased: among ready branches one is picked at random, so neither a client
+                // that never stops sending nor a flood of events starves the other direction.
                 _ = cancel.cancelled() => Flow::Close(1001, "server shutting down"),
                 _ = kick.cancelled() => Flow::Close(1013, "too slow: reconnect and sync"),
-                // Outgoing first: a client that never stops sending must not starve its own
-                // events (and be cut off as slow for it); its input waits instead, and TCP
-                // pushes back on it.
                 out = rx.recv() => match out {
                     Some(out) => {
                         let mut batch = vec![out];
