@@ -32,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 /// The queue edges put requests on.
 pub(crate) const MAIN_QUEUE: &str = "main";
 const REPLAY_PAGE: usize = 512;
+/// Most messages one `message.search` returns.
+const SEARCH_LIMIT: usize = 50;
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// A close frame is a courtesy: a peer that cannot take it within this long is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -151,6 +153,11 @@ async fn run(inner: Arc<Inner>, user: UserRef, socket: WebSocket) {
         _ => {}
     }
     inner.remove_session(&session);
+    inner
+        .deps
+        .signals
+        .session_closed(&conn.user.id, &inner.config.edge_id, &session)
+        .await;
     if let Err(e) = inner
         .deps
         .registry
@@ -174,6 +181,11 @@ impl Conn {
             tracing::warn!(error = %e, "register failed");
             return Flow::Close(1011, "session registry unavailable");
         }
+        self.inner
+            .deps
+            .signals
+            .session_opened(&self.user.id, &edge, &self.session)
+            .await;
         let last_seq = match self.inner.deps.store.last_seq(&self.user.id).await {
             Ok(s) => s,
             Err(_) => return Flow::Close(1011, "storage unavailable"),
@@ -417,6 +429,20 @@ impl Conn {
         self.written(&[frame]).await
     }
 
+    async fn signal_reply(
+        &mut self,
+        id: Option<String>,
+        result: Result<ReplyData, hubbub_registry::SignalError>,
+    ) -> Flow {
+        match result {
+            Ok(data) => self.reply(id, Ok(data)).await,
+            Err(e) => {
+                self.written(&[ServerFrame::error(id, e.code, e.message)])
+                    .await
+            }
+        }
+    }
+
     async fn on_request(&mut self, frame: ClientFrame) -> Flow {
         let store = self.inner.deps.store.clone();
         let user = self.user.id.clone();
@@ -458,6 +484,61 @@ impl Conn {
                     .await
                     .map(|(messages, more)| ReplyData::History { messages, more });
                 self.reply(frame.id, r).await
+            }
+            Request::BlockList {} => {
+                let r = store
+                    .blocks(&user)
+                    .await
+                    .map(|users| ReplyData::Users { users });
+                self.reply(frame.id, r).await
+            }
+            Request::MessageSearch {
+                query,
+                conversation,
+            } => {
+                let r = store
+                    .search(&user, &query, conversation.as_deref(), SEARCH_LIMIT)
+                    .await
+                    .map(|messages| ReplyData::Search { messages });
+                self.reply(frame.id, r).await
+            }
+            // The ephemeral path: presence and typing never touch a queue or a disk.
+            Request::Typing {
+                conversation,
+                state,
+            } => {
+                let r = self
+                    .inner
+                    .deps
+                    .signals
+                    .typing(&user, &conversation, state)
+                    .await;
+                self.signal_reply(frame.id, r.map(|()| ReplyData::Empty {}))
+                    .await
+            }
+            Request::PresenceSet { status } => {
+                self.inner.deps.signals.set_status(&user, status).await;
+                self.reply(frame.id, Ok(ReplyData::Empty {})).await
+            }
+            Request::PresenceWatch { users } => {
+                let edge = self.inner.config.edge_id.clone();
+                let r = self
+                    .inner
+                    .deps
+                    .signals
+                    .watch(&edge, &self.session, &users)
+                    .await;
+                self.signal_reply(frame.id, r.map(|presence| ReplyData::Presence { presence }))
+                    .await
+            }
+            Request::PresenceUnwatch { users } => {
+                let edge = self.inner.config.edge_id.clone();
+                self.inner
+                    .deps
+                    .signals
+                    .unwatch(&edge, &self.session, &users)
+                    .await;
+                self.reply(frame.id, Ok(ReplyData::Empty {})).await
             }
             request => self.forward(frame.id, request).await,
         }

@@ -13,6 +13,7 @@ use hubbub_queue::{EmbeddedConfig, EmbeddedQueue, Queue, QueueConfig};
 use hubbub_registry::{Delivery, LocalEdges, LocalRegistry};
 use hubbub_router::{MAIN_QUEUE, Router, RoutingTable};
 use hubbub_services::chat::{CHAT_QUEUE, CHAT_TYPES, ChatService};
+use hubbub_services::signals::SignalService;
 use hubbub_store::{SqliteStore, Store};
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -135,6 +136,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let delivery = Delivery::new(registry.clone(), edges.clone());
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let signals = SignalService::new(store.clone(), delivery.clone());
+    tracker.spawn(signals.clone().run_lapses(cancel.clone()));
 
     let edge = Edge::new(
         EdgeConfig {
@@ -149,6 +152,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             store: store.clone(),
             queue: queue_dyn.clone(),
             registry,
+            signals: Arc::new(signals),
             metrics: metrics_handle()?,
         },
         inbox,

@@ -31,7 +31,8 @@ pub struct Envelope {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ToEdge {
-    /// The reply to one request of one session.
+    /// A frame for one session: the reply to one of its requests, or an event only it asked
+    /// for (presence of a user it watches).
     Reply {
         /// The session.
         session: String,

@@ -8,13 +8,16 @@
 //!   in-process channel; the distributed one is a batched HTTP POST to the edge's internal
 //!   address.
 //! - [`Delivery`]: what services use: "deliver these frames to these users" becomes one batch
-//!   per edge holding any of their sessions, plus replies to the session that asked.
+//!   per edge holding any of their sessions, plus frames for single sessions (replies, and
+//!   presence events for a watcher).
+//! - [`Signals`]: the ephemeral path (presence, typing) as the edge sees it: in memory, never
+//!   on disk or on a durable queue. Implemented by the services crate.
 //!
 //! This crate knows nothing of storage or of what the frames mean.
 
 use async_trait::async_trait;
-use hubbub_protocol::ServerFrame;
 use hubbub_protocol::internal::ToEdge;
+use hubbub_protocol::{ErrorCode, Presence, ServerFrame, SetPresenceStatus, TypingState};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
@@ -48,6 +51,44 @@ pub trait Registry: Send + Sync {
     async fn unregister(&self, user: &str, session: &str) -> Result<(), RegistryError>;
     /// Every open session of a user.
     async fn sessions(&self, user: &str) -> Result<Vec<SessionInfo>, RegistryError>;
+}
+
+/// A refused signal: its protocol code and message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SignalError {
+    /// The protocol code.
+    pub code: ErrorCode,
+    /// For the client.
+    pub message: String,
+}
+
+/// The ephemeral path: presence and typing. Losing a signal is harmless; none waits for a disk.
+#[async_trait]
+pub trait Signals: Send + Sync {
+    /// A session of `user` opened on `edge`.
+    async fn session_opened(&self, user: &str, edge: &str, session: &str);
+    /// A session closed (its watches end with it).
+    async fn session_closed(&self, user: &str, edge: &str, session: &str);
+    /// `presence.set`.
+    async fn set_status(&self, user: &str, status: SetPresenceStatus);
+    /// `presence.watch`: the session gets `presence` events for these users from now on;
+    /// returns their presence now.
+    async fn watch(
+        &self,
+        edge: &str,
+        session: &str,
+        users: &[String],
+    ) -> Result<Vec<Presence>, SignalError>;
+    /// `presence.unwatch`.
+    async fn unwatch(&self, edge: &str, session: &str, users: &[String]);
+    /// `typing` in a conversation.
+    async fn typing(
+        &self,
+        user: &str,
+        conversation: &str,
+        state: TypingState,
+    ) -> Result<(), SignalError>;
 }
 
 /// The in-process registry.
@@ -163,8 +204,8 @@ impl Delivery {
         &self.registry
     }
 
-    /// Push frames to users (every session of each) and replies to sessions, one batch per
-    /// edge. Best effort: a user who misses a durable event gets it on `sync`; failures are
+    /// Push frames to users (every session of each) and frames to single sessions (`(edge,
+    /// session, frame)`: replies, presence events), one batch per edge. Best effort: a user who misses a durable event gets it on `sync`; failures are
     /// logged, never returned, so a dead edge cannot fail the write that produced the event.
     pub async fn push(
         &self,

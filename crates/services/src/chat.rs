@@ -32,6 +32,8 @@ pub const CHAT_TYPES: &[&str] = &[
     "conversation.leave",
     "message.send",
     "message.read",
+    "block.add",
+    "block.remove",
 ];
 
 const MAX_ATTACHMENTS: usize = 10;
@@ -248,6 +250,20 @@ impl ChatService {
             } => Ok(empty(
                 self.store.mark_read(user, conversation, message).await?,
             )),
+            Request::BlockAdd { user: other } => {
+                self.store.block(user, other).await?;
+                Ok(Written {
+                    value: ReplyData::Empty {},
+                    events: Vec::new(),
+                })
+            }
+            Request::BlockRemove { user: other } => {
+                self.store.unblock(user, other).await?;
+                Ok(Written {
+                    value: ReplyData::Empty {},
+                    events: Vec::new(),
+                })
+            }
             other => Err(Failure::new(
                 ErrorCode::BadRequest,
                 format!("`{}` is not a chat request", other.type_name()),

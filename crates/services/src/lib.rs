@@ -2,11 +2,13 @@
 //! them (pull), does its work through the store, pushes the resulting events to the edges
 //! holding the recipients' sessions, replies to the session that asked, and only then acks.
 //!
-//! - [`chat`]: conversations, messages, read receipts (`chat` queue).
+//! - [`chat`]: conversations, messages, read receipts, blocks (`chat` queue).
+//! - [`signals`]: presence and typing, in memory (the ephemeral path, no queue).
 //!
 //! Services never call one another; they share nothing but the store and the queues.
 
 pub mod chat;
+pub mod signals;
 
 use hubbub_protocol::internal::Envelope;
 use hubbub_protocol::{ErrorCode, ReplyData, ServerFrame};

@@ -234,6 +234,34 @@ pub trait Store: Send + Sync {
         message: &str,
     ) -> Result<Written<()>, StoreError>;
 
+    /// `block.add`: `caller` no longer receives `user`'s messages or typing, and `user` cannot
+    /// open a direct conversation with `caller`. Idempotent.
+    async fn block(&self, caller: &str, user: &str) -> Result<(), StoreError>;
+
+    /// `block.remove`. Idempotent.
+    async fn unblock(&self, caller: &str, user: &str) -> Result<(), StoreError>;
+
+    /// `block.list`: the users `caller` blocks.
+    async fn blocks(&self, caller: &str) -> Result<Vec<String>, StoreError>;
+
+    /// `message.search`: full-text search over the conversations `caller` is in now (or one of
+    /// them), best match first, without messages from users `caller` blocks.
+    async fn search(
+        &self,
+        caller: &str,
+        query: &str,
+        conversation: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError>;
+
+    /// Who should see `sender`'s typing in a conversation: the other members, less those who
+    /// block `sender`. `Forbidden` if `sender` is not a member.
+    async fn typing_recipients(
+        &self,
+        sender: &str,
+        conversation: &str,
+    ) -> Result<Vec<String>, StoreError>;
+
     /// The user's latest seq.
     async fn last_seq(&self, user: &str) -> Result<u64, StoreError>;
 

@@ -59,3 +59,22 @@ CREATE TABLE inbox (
     PRIMARY KEY (user_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX inbox_by_time ON inbox (ts);
+
+CREATE TABLE blocks (
+    blocker    TEXT    NOT NULL,
+    blocked    TEXT    NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (blocker, blocked)
+) WITHOUT ROWID;
+
+-- Full-text search over message text, kept in step with `messages` by triggers (so a search
+-- sees a message as soon as its send is committed).
+CREATE VIRTUAL TABLE messages_fts USING fts5 (
+    text, content = 'messages', content_rowid = 'id', tokenize = 'unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO messages_fts (rowid, text) VALUES (new.id, new.text);
+END;
+CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, text) VALUES ('delete', old.id, old.text);
+END;

@@ -272,8 +272,9 @@ fn append_event(
     })
 }
 
-/// `message.new` to every member of the message's conversation: one statement takes the next
-/// seq of every member, one more writes their inbox rows (pointing at the message).
+/// `message.new` to every member of the message's conversation except those who block the
+/// sender (the message is still stored for the others): one statement takes the next seq of
+/// every recipient, one more writes their inbox rows (pointing at the message).
 fn fan_out_message(
     conn: &Connection,
     message: &Message,
@@ -287,16 +288,20 @@ fn fan_out_message(
         .prepare_cached(
             "UPDATE users SET last_seq = last_seq + 1
              WHERE id IN (SELECT user_id FROM members WHERE conversation_id = ?1)
+               AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = users.id AND blocked = ?2)
              RETURNING id, last_seq",
         )?
-        .query_map([&message.conversation], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map([&message.conversation, &message.sender], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
         .collect::<Result<_, _>>()?;
     conn.prepare_cached(
         "INSERT INTO inbox (user_id, seq, ts, message_id)
          SELECT u.id, u.last_seq, ?2, ?3 FROM members m JOIN users u ON u.id = m.user_id
-         WHERE m.conversation_id = ?1",
+         WHERE m.conversation_id = ?1
+           AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = m.user_id AND blocked = ?4)",
     )?
-    .execute(params![message.conversation, now, id])?;
+    .execute(params![message.conversation, now, id, message.sender])?;
     Ok(seqs
         .into_iter()
         .map(|(user, seq)| Event {
@@ -361,6 +366,31 @@ fn to_message(
         attachments: serde_json::from_str(&attachments).map_err(json_err)?,
         ts,
     })
+}
+
+/// The longest search query accepted, in characters.
+pub const MAX_QUERY_CHARS: usize = 256;
+
+/// Turn a user's search text into an FTS5 query: every word must appear (each word quoted,
+/// so FTS5 operators and punctuation in the text are searched for, never interpreted).
+fn fts_query(text: &str) -> Result<String, StoreError> {
+    if text.chars().count() > MAX_QUERY_CHARS {
+        return Err(StoreError::TooLarge(format!(
+            "a query is at most {MAX_QUERY_CHARS} characters"
+        )));
+    }
+    let words: Vec<String> = text
+        .split_whitespace()
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()))
+        .filter(|w| !w.is_empty())
+        .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+        .collect();
+    if words.is_empty() {
+        return Err(StoreError::BadRequest(
+            "the query has no words to search for".into(),
+        ));
+    }
+    Ok(words.join(" "))
 }
 
 const MESSAGE_COLUMNS: &str = "id, conversation_id, sender, client_msg_id, text, attachments, ts";
@@ -554,6 +584,12 @@ impl Store for SqliteStore {
                             "a direct conversation has exactly one other member".into(),
                         ));
                     };
+                    let blocked = conn
+                        .prepare_cached("SELECT 1 FROM blocks WHERE blocker = ?1 AND blocked = ?2")?
+                        .exists(params![other, new.creator])?;
+                    if blocked {
+                        return Err(StoreError::Forbidden("this user does not accept direct conversations from you".into()));
+                    }
                     let mut pair = [new.creator.clone(), other.clone()];
                     pair.sort();
                     let key = pair.join("|");
@@ -632,16 +668,18 @@ impl Store for SqliteStore {
                 let last = conn
                     .prepare_cached(&format!(
                         "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1
+                         AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = ?2 AND blocked = sender)
                          ORDER BY id DESC LIMIT 1"
                     ))?
-                    .query_row([&id], row_to_message)
+                    .query_row([&id, &caller], row_to_message)
                     .optional()?
                     .map(to_message)
                     .transpose()?;
                 let unread: i64 = conn
                     .prepare_cached(
                         "SELECT COUNT(*) FROM messages WHERE conversation_id = ?1 AND id > ?2
-                         AND sender != ?3",
+                         AND sender != ?3
+                         AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = ?3 AND blocked = sender)",
                     )?
                     .query_row(params![id, read, caller], |r| r.get(0))?;
                 out.push(ConversationSummary {
@@ -809,9 +847,13 @@ impl Store for SqliteStore {
             let mut rows = conn
                 .prepare_cached(&format!(
                     "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND id < ?2
+                     AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = ?4 AND blocked = sender)
                      ORDER BY id DESC LIMIT ?3"
                 ))?
-                .query_map(params![id, before, limit as i64 + 1], row_to_message)?
+                .query_map(
+                    params![id, before, limit as i64 + 1, caller],
+                    row_to_message,
+                )?
                 .collect::<Result<Vec<_>, _>>()?;
             let more = rows.len() > limit;
             rows.truncate(limit);
@@ -867,6 +909,99 @@ impl Store for SqliteStore {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Written { value: (), events })
+        })
+        .await
+    }
+
+    async fn block(&self, caller: &str, user: &str) -> Result<(), StoreError> {
+        if caller == user {
+            return Err(StoreError::BadRequest("you cannot block yourself".into()));
+        }
+        let (caller, user, now) = (caller.to_owned(), user.to_owned(), self.now());
+        self.write(move |conn| {
+            if !user_exists(conn, &user)? {
+                return Err(StoreError::NotFound(format!("no user {user}")));
+            }
+            conn.prepare_cached(
+                "INSERT OR IGNORE INTO blocks (blocker, blocked, created_ms) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![caller, user, now])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn unblock(&self, caller: &str, user: &str) -> Result<(), StoreError> {
+        let (caller, user) = (caller.to_owned(), user.to_owned());
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM blocks WHERE blocker = ?1 AND blocked = ?2")?
+                .execute(params![caller, user])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn blocks(&self, caller: &str) -> Result<Vec<String>, StoreError> {
+        let caller = caller.to_owned();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT blocked FROM blocks WHERE blocker = ?1 ORDER BY created_ms, blocked",
+                )?
+                .query_map([caller], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?)
+        })
+        .await
+    }
+
+    async fn search(
+        &self,
+        caller: &str,
+        query: &str,
+        conversation: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let fts = fts_query(query)?;
+        let (caller, conversation) = (caller.to_owned(), conversation.map(str::to_owned));
+        self.read(move |conn| {
+            if let Some(c) = &conversation {
+                check_member(conn, &caller, c)?;
+            }
+            let rows = conn
+                .prepare_cached(
+                    "SELECT m.id, m.conversation_id, m.sender, m.client_msg_id, m.text,
+                            m.attachments, m.ts
+                     FROM messages_fts f
+                     JOIN messages m ON m.id = f.rowid
+                     JOIN members mb ON mb.conversation_id = m.conversation_id AND mb.user_id = ?2
+                     WHERE messages_fts MATCH ?1
+                       AND (?3 IS NULL OR m.conversation_id = ?3)
+                       AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = ?2 AND blocked = m.sender)
+                     ORDER BY bm25(messages_fts), m.id DESC
+                     LIMIT ?4",
+                )?
+                .query_map(params![fts, caller, conversation, limit as i64], row_to_message)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(to_message).collect()
+        })
+        .await
+    }
+
+    async fn typing_recipients(
+        &self,
+        sender: &str,
+        conversation: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let (sender, id) = (sender.to_owned(), conversation.to_owned());
+        self.read(move |conn| {
+            check_member(conn, &sender, &id)?;
+            Ok(conn
+                .prepare_cached(
+                    "SELECT user_id FROM members WHERE conversation_id = ?1 AND user_id != ?2
+                     AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = user_id AND blocked = ?2)",
+                )?
+                .query_map(params![id, sender], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?)
         })
         .await
     }

@@ -8,4 +8,5 @@ mod chat;
 mod cli;
 mod crash;
 mod lifecycle;
+mod signals;
 mod support;
