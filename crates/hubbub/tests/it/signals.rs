@@ -79,7 +79,7 @@ async fn blocks_hide_messages_typing_and_direct_conversations() {
     let ReplyData::Users { users } = ok(&mut b, Request::BlockList {}).await else {
         panic!()
     };
-    assert_eq!(users, [alice.id.clone()]);
+    assert_eq!(users, std::slice::from_ref(&alice.id));
 
     // Alice's message and typing reach carol, not bob; carol's message reaches both.
     a.send(Request::Typing {
