@@ -67,6 +67,8 @@ pub struct ServerSettings {
     pub ping_interval_s: u64,
     /// Durable events older than this are pruned (sync then reports `truncated`), days.
     pub event_retention_days: u64,
+    /// Ephemeral conversations are deleted this long after their last message, seconds.
+    pub ephemeral_ttl_s: u64,
 }
 
 impl Default for Config {
@@ -100,6 +102,7 @@ impl Default for ServerSettings {
             request_timeout_ms: 10_000,
             ping_interval_s: 20,
             event_retention_days: 7,
+            ephemeral_ttl_s: 24 * 3600,
         }
     }
 }

@@ -185,7 +185,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tracker.spawn(scheduler(
         store,
         queue_dyn,
-        config.server.event_retention_days,
+        delivery.clone(),
+        config.server.clone(),
         cancel.clone(),
     ));
     let serve_cancel = cancel.clone();
@@ -204,15 +205,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
 }
 
-/// Periodic jobs: queue gauges every 5 s, event retention every hour.
+/// Periodic jobs: queue gauges every 5 s, expiry of ephemeral conversations (every minute,
+/// or faster for short TTLs), event retention every hour.
 async fn scheduler(
     store: Arc<dyn Store>,
     queue: Arc<dyn Queue>,
-    retention_days: u64,
+    delivery: Delivery,
+    settings: crate::config::ServerSettings,
     cancel: CancellationToken,
 ) {
     let mut gauges = tokio::time::interval(Duration::from_secs(5));
     let mut prune = tokio::time::interval(Duration::from_secs(3600));
+    let sweep_every = Duration::from_secs((settings.ephemeral_ttl_s / 2).clamp(1, 60));
+    let mut ephemeral = tokio::time::interval(sweep_every);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -226,8 +231,21 @@ async fn scheduler(
                     }
                 }
             }
+            _ = ephemeral.tick() => {
+                let cutoff = now_ms() - (settings.ephemeral_ttl_s as i64) * 1000;
+                match store.expire_ephemeral(cutoff).await {
+                    Ok(w) if !w.value.is_empty() => {
+                        tracing::info!(expired = w.value.len(), "ephemeral conversations expired");
+                        metrics::counter!("hubbub_ephemeral_expired_total").increment(w.value.len() as u64);
+                        let frames = w.events.into_iter().map(|e| (e.user, e.frame)).collect();
+                        delivery.push(frames, Vec::new(), None).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "ephemeral expiry failed"),
+                }
+            }
             _ = prune.tick() => {
-                let cutoff = now_ms() - (retention_days as i64) * 24 * 3600 * 1000;
+                let cutoff = now_ms() - (settings.event_retention_days as i64) * 24 * 3600 * 1000;
                 match store.prune_events(cutoff).await {
                     Ok(n) if n > 0 => tracing::info!(pruned = n, "old events pruned"),
                     Ok(_) => {}

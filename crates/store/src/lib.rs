@@ -262,6 +262,12 @@ pub trait Store: Send + Sync {
         conversation: &str,
     ) -> Result<Vec<String>, StoreError>;
 
+    /// Delete ephemeral conversations whose last message (or creation, if none) is older than
+    /// `before_ms`, with their messages. Each member gets `conversation.updated` with the
+    /// conversation as it was but no members (it no longer exists for anyone). Returns the
+    /// deleted conversations and the events.
+    async fn expire_ephemeral(&self, before_ms: i64) -> Result<Written<Vec<String>>, StoreError>;
+
     /// The user's latest seq.
     async fn last_seq(&self, user: &str) -> Result<u64, StoreError>;
 

@@ -1006,6 +1006,43 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn expire_ephemeral(&self, before_ms: i64) -> Result<Written<Vec<String>>, StoreError> {
+        let now = self.now();
+        self.write(move |conn| {
+            let ids: Vec<String> = conn
+                .prepare_cached(
+                    "SELECT c.id FROM conversations c WHERE c.ephemeral = 1
+                     AND COALESCE((SELECT MAX(ts) FROM messages m WHERE m.conversation_id = c.id),
+                                  c.created_ms) < ?1
+                     LIMIT 1000",
+                )?
+                .query_map([before_ms], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut events = Vec::new();
+            for id in &ids {
+                let Some(mut c) = load_conversation(conn, id)? else {
+                    continue;
+                };
+                let members = std::mem::take(&mut c.members);
+                events.extend(conversation_events(conn, &members, &c, now)?);
+                // Their message events go too: a replay skips what no longer exists.
+                conn.prepare_cached(
+                    "DELETE FROM inbox WHERE message_id IN
+                       (SELECT id FROM messages WHERE conversation_id = ?1)",
+                )?
+                .execute([id])?;
+                conn.prepare_cached("DELETE FROM messages WHERE conversation_id = ?1")?
+                    .execute([id])?;
+                conn.prepare_cached("DELETE FROM members WHERE conversation_id = ?1")?
+                    .execute([id])?;
+                conn.prepare_cached("DELETE FROM conversations WHERE id = ?1")?
+                    .execute([id])?;
+            }
+            Ok(Written { value: ids, events })
+        })
+        .await
+    }
+
     async fn last_seq(&self, user: &str) -> Result<u64, StoreError> {
         let user = user.to_owned();
         self.read(move |conn| {

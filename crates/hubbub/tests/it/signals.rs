@@ -403,3 +403,68 @@ async fn presence_follows_sessions_and_status() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn ephemeral_conversations_expire_after_their_last_message() {
+    let s = server_with(|c| c.server.ephemeral_ttl_s = 1).await;
+    let (_, at) = s.user("alice").await;
+    let (bob, bt) = s.user("bob").await;
+    let (mut a, _) = s.connect(&at).await;
+    let (mut b, _) = s.connect(&bt).await;
+    let create = Request::ConversationCreate {
+        kind: ConversationKind::Group,
+        members: vec![bob.id.clone()],
+        title: None,
+        ephemeral: Some(true),
+    };
+    let ReplyData::Conversation { conversation: e } = ok(&mut a, create).await else {
+        panic!()
+    };
+    assert!(e.ephemeral);
+    let ReplyData::Conversation { conversation: kept } =
+        ok(&mut a, group(vec![bob.id.clone()])).await
+    else {
+        panic!()
+    };
+    ok(&mut a, send(&e.id, "e1", "this will vanish")).await;
+    ok(&mut a, send(&kept.id, "k1", "this will vanish not")).await;
+    // Within a couple of seconds the scheduler expires it: members are told, it is gone.
+    let gone = until(&mut b, "expiry", |f| matches!(f, ServerFrame::ConversationUpdated { conversation, .. } if conversation.id == e.id && conversation.members.is_empty())).await;
+    assert!(gone.seq().is_some());
+    err(
+        &mut b,
+        Request::MessageHistory {
+            conversation: e.id.clone(),
+            before: None,
+            limit: None,
+        },
+        "not_found",
+    )
+    .await;
+    err(&mut a, send(&e.id, "e2", "too late"), "not_found").await;
+    let ReplyData::Search { messages } = ok(
+        &mut b,
+        Request::MessageSearch {
+            query: "vanish".into(),
+            conversation: None,
+        },
+    )
+    .await
+    else {
+        panic!()
+    };
+    assert_eq!(
+        messages.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+        ["this will vanish not"]
+    );
+    let ReplyData::Conversations { conversations } = ok(&mut b, Request::ConversationList {}).await
+    else {
+        panic!()
+    };
+    assert_eq!(conversations.len(), 1);
+    // A replay from the start skips the deleted message and still works.
+    let events = all_events(&s, &bt).await;
+    assert!(events.iter().all(
+        |f| !matches!(f, ServerFrame::MessageNew { message, .. } if message.conversation == e.id)
+    ));
+}
