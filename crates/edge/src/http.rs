@@ -23,6 +23,8 @@ pub(crate) fn routes(inner: Arc<Inner>) -> axum::Router {
         .route("/v1/auth/login", post(login))
         .route("/v1/auth/refresh", post(refresh))
         .route("/v1/users/{handle}", get(user))
+        .route("/v1/media", post(upload))
+        .route("/v1/media/{id}", get(download))
         .route("/v1/ws", get(crate::ws::upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -161,6 +163,100 @@ async fn user(
     match inner.deps.store.user_by_handle(&handle).await {
         Ok(Some(u)) => axum::Json(u).into_response(),
         Ok(None) => error(ErrorCode::NotFound, format!("no user {handle}")),
+        Err(e) => AuthError::Store(e).into_response(),
+    }
+}
+
+const MEDIA_TYPES: &[&str] = &["image/", "video/", "audio/"];
+
+async fn upload(
+    State(inner): State<Arc<Inner>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let user = match authenticate(&inner, &headers, &query).await {
+        Ok(u) => u,
+        Err(resp) => return resp,
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .trim();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if !MEDIA_TYPES
+        .iter()
+        .any(|p| essence.starts_with(p) && essence.len() > p.len())
+        || essence.len() > 100
+    {
+        return error(
+            ErrorCode::BadRequest,
+            "Content-Type must be image/*, video/* or audio/*",
+        );
+    }
+    let limit = inner.config.limits.max_media_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = || {
+        error(
+            ErrorCode::TooLarge,
+            format!("media is at most {limit} bytes"),
+        )
+    };
+    if declared.is_some_and(|n| n > limit) {
+        return too_large();
+    }
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => return too_large(),
+    };
+    if bytes.is_empty() {
+        return error(ErrorCode::BadRequest, "the body is empty");
+    }
+    match inner
+        .deps
+        .media
+        .put(&user.id, &essence, bytes.to_vec())
+        .await
+    {
+        Ok(m) => (
+            StatusCode::CREATED,
+            axum::Json(hubbub_protocol::http::MediaResponse {
+                media: hubbub_protocol::http::Media {
+                    url: format!("/v1/media/{}", m.id),
+                    id: m.id,
+                    content_type: m.content_type,
+                    size: m.size,
+                },
+            }),
+        )
+            .into_response(),
+        Err(e) => AuthError::Store(e).into_response(),
+    }
+}
+
+async fn download(
+    State(inner): State<Arc<Inner>>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(resp) = authenticate(&inner, &headers, &query).await {
+        return resp;
+    }
+    match inner.deps.media.get(&id).await {
+        Ok(Some((info, bytes))) => {
+            ([(header::CONTENT_TYPE, info.content_type)], bytes).into_response()
+        }
+        Ok(None) => error(ErrorCode::NotFound, format!("no media {id}")),
         Err(e) => AuthError::Store(e).into_response(),
     }
 }

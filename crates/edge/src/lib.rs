@@ -68,6 +68,8 @@ pub struct EdgeDeps {
     pub queue: Arc<dyn Queue>,
     /// The session registry.
     pub registry: Arc<dyn Registry>,
+    /// Uploaded media.
+    pub media: Arc<dyn hubbub_store::MediaStore>,
     /// Presence and typing (the ephemeral path).
     pub signals: Arc<dyn hubbub_registry::Signals>,
     /// Prometheus rendering of the process's metrics.

@@ -14,7 +14,7 @@ use hubbub_registry::{Delivery, LocalEdges, LocalRegistry};
 use hubbub_router::{MAIN_QUEUE, Router, RoutingTable};
 use hubbub_services::chat::{CHAT_QUEUE, CHAT_TYPES, ChatService};
 use hubbub_services::signals::SignalService;
-use hubbub_store::{SqliteStore, Store};
+use hubbub_store::{LocalMedia, MediaStore, SqliteStore, Store};
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -127,7 +127,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if released > 0 {
         tracing::info!(released, "released the leases of the previous run");
     }
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(queue.clone()).await?);
+    let sqlite = SqliteStore::open(queue.clone()).await?;
+    let media: Arc<dyn MediaStore> = Arc::new(LocalMedia::new(
+        config.data_dir.join("media"),
+        sqlite.clone(),
+    )?);
+    let store: Arc<dyn Store> = Arc::new(sqlite);
     let queue_dyn: Arc<dyn Queue> = Arc::new(queue.clone());
     let registry = Arc::new(LocalRegistry::default());
     let edges = Arc::new(LocalEdges::default());
@@ -152,6 +157,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             store: store.clone(),
             queue: queue_dyn.clone(),
             registry,
+            media: media.clone(),
             signals: Arc::new(signals),
             metrics: metrics_handle()?,
         },
@@ -176,6 +182,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     for _ in 0..config.server.chat_workers.max(1) {
         let chat = ChatService::new(
             store.clone(),
+            media.clone(),
             queue_dyn.clone(),
             delivery.clone(),
             config.limits.clone(),

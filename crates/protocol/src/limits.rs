@@ -19,6 +19,8 @@ pub struct Limits {
     /// Frames sent to a connection not yet written to its socket before it is cut off
     /// with close code 1013 (a slow reader).
     pub max_outgoing_frames: usize,
+    /// Largest media upload, in bytes (10 MiB).
+    pub max_media_bytes: usize,
 }
 
 impl Default for Limits {
@@ -30,6 +32,7 @@ impl Default for Limits {
             frames_per_s: 20,
             burst: 50,
             max_outgoing_frames: 4096,
+            max_media_bytes: 10 * 1024 * 1024,
         }
     }
 }

@@ -44,6 +44,7 @@ const MAX_CLIENT_MSG_ID: usize = 128;
 #[derive(Clone)]
 pub struct ChatService {
     store: Arc<dyn Store>,
+    media: Arc<dyn hubbub_store::MediaStore>,
     queue: Arc<dyn Queue>,
     delivery: Delivery,
     limits: Limits,
@@ -53,12 +54,14 @@ impl ChatService {
     /// A chat service over these backends.
     pub fn new(
         store: Arc<dyn Store>,
+        media: Arc<dyn hubbub_store::MediaStore>,
         queue: Arc<dyn Queue>,
         delivery: Delivery,
         limits: Limits,
     ) -> Self {
         ChatService {
             store,
+            media,
             queue,
             delivery,
             limits,
@@ -228,6 +231,11 @@ impl ChatService {
                         ErrorCode::BadRequest,
                         "a message needs text or an attachment",
                     ));
+                }
+                let ids: Vec<String> = attachments.iter().map(|a| a.media.clone()).collect();
+                let missing = self.media.missing(&ids).await?;
+                if let Some(id) = missing.first() {
+                    return Err(Failure::new(ErrorCode::NotFound, format!("no media {id}")));
                 }
                 let w = self
                     .store

@@ -8,13 +8,16 @@
 //! - [`sqlite`]: the embedded implementation, in the same SQLite file as the embedded queue.
 //!   Its writes go through the queue's writer thread ([`hubbub_queue::EmbeddedQueue::transact`])
 //!   so they share its group commit; reads use a pool of read-only connections.
+//! - [`media`]: uploaded media ([`MediaStore`]; bytes in a directory, metadata in the store).
 //! - [`StoreError`]: one variant per protocol error code it can cause.
 //!
 //! This crate knows nothing of sockets, queues' routing or who is online: it stores facts and
 //! returns the events a write produced; delivering them is the caller's job.
 
+pub mod media;
 pub mod sqlite;
 
+pub use media::{LocalMedia, MediaInfo, MediaStore};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;

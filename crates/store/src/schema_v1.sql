@@ -78,3 +78,11 @@ END;
 CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
     INSERT INTO messages_fts (messages_fts, rowid, text) VALUES ('delete', old.id, old.text);
 END;
+
+CREATE TABLE media (
+    id           TEXT    PRIMARY KEY,
+    owner        TEXT    NOT NULL,
+    content_type TEXT    NOT NULL,
+    size         INTEGER NOT NULL,
+    created_ms   INTEGER NOT NULL
+) WITHOUT ROWID;

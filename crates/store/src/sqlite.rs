@@ -153,6 +153,22 @@ impl SqliteStore {
         self.clock.now_ms()
     }
 
+    /// Run a write in the store's transaction path (for other stores sharing the file).
+    pub(crate) async fn write_with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.write(f).await
+    }
+
+    /// Run a read on the store's read pool.
+    pub(crate) async fn read_with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.read(f).await
+    }
+
     async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,

@@ -8,5 +8,6 @@ mod chat;
 mod cli;
 mod crash;
 mod lifecycle;
+mod media;
 mod signals;
 mod support;
