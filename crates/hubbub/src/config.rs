@@ -39,6 +39,8 @@ pub struct Config {
     pub queue: QueueSettings,
     /// Roles and timings.
     pub server: ServerSettings,
+    /// Push notifications for events no device acknowledged in time.
+    pub notify: hubbub_services::notify::NotifyConfig,
 }
 
 /// Queue settings.
@@ -80,6 +82,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             queue: QueueSettings::default(),
             server: ServerSettings::default(),
+            notify: Default::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ use hubbub_queue::{EmbeddedConfig, EmbeddedQueue, Queue, QueueConfig};
 use hubbub_registry::{Delivery, LocalEdges, LocalRegistry};
 use hubbub_router::{MAIN_QUEUE, Router, RoutingTable};
 use hubbub_services::chat::{CHAT_QUEUE, CHAT_TYPES, ChatService};
+use hubbub_services::notify::{NOTIFY_QUEUE, Notifier, PushProvider, Webhook};
 use hubbub_services::signals::SignalService;
 use hubbub_store::{LocalMedia, MediaStore, SqliteStore, Store};
 use std::net::SocketAddr;
@@ -187,7 +188,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             delivery.clone(),
             config.limits.clone(),
         );
+        let chat = match &config.notify.webhook {
+            Some(_) => chat.with_notify(config.notify.clone()),
+            None => chat,
+        };
         tracker.spawn(chat.run(cancel.clone()));
+    }
+    if let Some(webhook) = &config.notify.webhook {
+        let provider =
+            Webhook::new(webhook.clone()).map_err(|e| anyhow::anyhow!("notify.webhook: {e}"))?;
+        let providers: Vec<(Arc<dyn PushProvider>, u32, u32)> =
+            vec![(Arc::new(provider), webhook.rate_per_s, webhook.burst)];
+        let notifier = Notifier::new(
+            store.clone(),
+            queue_dyn.clone(),
+            providers,
+            config.notify.clone(),
+        );
+        tracker.spawn(notifier.run(cancel.clone()));
     }
     tracker.spawn(scheduler(
         store,
@@ -229,7 +247,7 @@ async fn scheduler(
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = gauges.tick() => {
-                for q in [MAIN_QUEUE, CHAT_QUEUE] {
+                for q in [MAIN_QUEUE, CHAT_QUEUE, NOTIFY_QUEUE] {
                     if let Ok(s) = queue.stats(q).await {
                         metrics::gauge!("hubbub_queue_visible", "queue" => q).set(s.visible as f64);
                         metrics::gauge!("hubbub_queue_in_flight", "queue" => q).set(s.in_flight as f64);

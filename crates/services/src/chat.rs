@@ -48,6 +48,8 @@ pub struct ChatService {
     queue: Arc<dyn Queue>,
     delivery: Delivery,
     limits: Limits,
+    /// Set when a push provider is configured: events then also feed the notify queue.
+    notify: Option<crate::notify::NotifyConfig>,
 }
 
 impl ChatService {
@@ -65,7 +67,14 @@ impl ChatService {
             queue,
             delivery,
             limits,
+            notify: None,
         }
+    }
+
+    /// Also turn unacknowledged events into push notifications (see [`crate::notify`]).
+    pub fn with_notify(mut self, config: crate::notify::NotifyConfig) -> Self {
+        self.notify = Some(config);
+        self
     }
 
     /// Take work from the `chat` queue until cancelled.
@@ -127,7 +136,23 @@ impl ChatService {
         let replies = reply_frame(&envelope, data)
             .map(|frame| vec![(envelope.edge.clone(), envelope.session.clone(), frame)])
             .unwrap_or_default();
-        let frames = events.into_iter().map(|e| (e.user, e.frame)).collect();
+        let frames: Vec<_> = events.into_iter().map(|e| (e.user, e.frame)).collect();
+        if let Some(config) = &self.notify
+            && !frames.is_empty()
+        {
+            // Best effort: the events are committed either way and stay in the inboxes.
+            let enqueued = crate::notify::enqueue(
+                &*self.queue,
+                config,
+                &envelope.envelope_id,
+                &envelope.user,
+                &frames,
+            )
+            .await;
+            if let Err(e) = enqueued {
+                tracing::warn!(error = %e, "chat: notify job not enqueued");
+            }
+        }
         self.delivery
             .push(frames, replies, Some(envelope.accepted_ms))
             .await;

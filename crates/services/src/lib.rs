@@ -4,10 +4,13 @@
 //!
 //! - [`chat`]: conversations, messages, read receipts, blocks (`chat` queue).
 //! - [`signals`]: presence and typing, in memory (the ephemeral path, no queue).
+//! - [`notify`]: push notifications for events no device acknowledged in time (`notify`
+//!   queue, webhook provider).
 //!
 //! Services never call one another; they share nothing but the store and the queues.
 
 pub mod chat;
+pub mod notify;
 pub mod signals;
 
 use hubbub_protocol::internal::Envelope;

@@ -282,6 +282,9 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> Result<Replay, StoreError>;
 
+    /// The highest seq any device of the user acknowledged.
+    async fn acked_seq(&self, user: &str) -> Result<u64, StoreError>;
+
     /// Record that a device of the user processed everything up to `seq`.
     async fn ack(&self, user: &str, seq: u64) -> Result<(), StoreError>;
 

@@ -1140,6 +1140,18 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn acked_seq(&self, user: &str) -> Result<u64, StoreError> {
+        let user = user.to_owned();
+        self.read(move |conn| {
+            let seq: Option<i64> = conn
+                .prepare_cached("SELECT acked_seq FROM users WHERE id = ?1")?
+                .query_row([user], |r| r.get(0))
+                .optional()?;
+            Ok(seq.unwrap_or(0) as u64)
+        })
+        .await
+    }
+
     async fn ack(&self, user: &str, seq: u64) -> Result<(), StoreError> {
         let (user, seq) = (user.to_owned(), seq.min(i64::MAX as u64) as i64);
         self.write(move |conn| {

@@ -9,5 +9,6 @@ mod cli;
 mod crash;
 mod lifecycle;
 mod media;
+mod notify;
 mod signals;
 mod support;

@@ -114,18 +114,22 @@ impl EmbeddedQueue {
             dedupe_window: config.dedupe_window,
         });
         let (tx, rx) = mpsc::channel();
+        // Dropped when the writer has closed its connection: tells the checkpointer to stop.
+        let (writer_done, writer_gone) = mpsc::channel::<()>();
+        let checkpoint_conn =
+            Connection::open(&shared.path).map_err(|e| map_sql(&shared.path, e))?;
+        std::thread::Builder::new()
+            .name("hubbub-queue-checkpoint".into())
+            .spawn(move || checkpointer(checkpoint_conn, writer_gone))
+            .map_err(|e| QueueError::Storage(format!("cannot start the checkpoint thread: {e}")))?;
         let thread_shared = shared.clone();
         std::thread::Builder::new()
             .name("hubbub-queue-writer".into())
-            .spawn(move || writer::run(conn, rx, thread_shared))
+            .spawn(move || {
+                writer::run(conn, rx, thread_shared);
+                drop(writer_done);
+            })
             .map_err(|e| QueueError::Storage(format!("cannot start the writer thread: {e}")))?;
-        let checkpoint_conn =
-            Connection::open(&shared.path).map_err(|e| map_sql(&shared.path, e))?;
-        let weak = Arc::downgrade(&shared);
-        std::thread::Builder::new()
-            .name("hubbub-queue-checkpoint".into())
-            .spawn(move || checkpointer(checkpoint_conn, weak))
-            .map_err(|e| QueueError::Storage(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(EmbeddedQueue {
             jobs: tx,
             shared,
@@ -355,14 +359,15 @@ fn open_database(path: &PathBuf, config: &EmbeddedConfig) -> Result<Connection, 
 /// The writer connection has automatic checkpoints turned off: done there, each one would stall
 /// every commit behind it while pages are copied and the database file is fsynced. Passive
 /// checkpoints never block the writer; when one has copied everything, the next commit starts
-/// the WAL over from its beginning, so it does not grow without bound. The thread ends when
-/// the queue is dropped.
-fn checkpointer(conn: Connection, shared: std::sync::Weak<Shared>) {
+/// the WAL over from its beginning, so it does not grow without bound. The thread ends as soon
+/// as the writer has closed; closing last, its connection folds the WAL into the database file
+/// and removes it, as SQLite does for the last connection.
+fn checkpointer(conn: Connection, writer_gone: mpsc::Receiver<()>) {
     if let Err(e) = conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 1000;") {
         tracing::warn!(error = %e, "checkpoint connection setup failed");
     }
-    while shared.upgrade().is_some() {
-        std::thread::sleep(CHECKPOINT_EVERY);
+    // Until the writer is gone (or says so), checkpoint every interval.
+    while let Err(mpsc::RecvTimeoutError::Timeout) = writer_gone.recv_timeout(CHECKPOINT_EVERY) {
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::debug!(error = %e, "checkpoint skipped");
         }

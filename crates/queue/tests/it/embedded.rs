@@ -135,13 +135,24 @@ fn a_foreign_file_is_refused_by_name() {
     assert!(e.to_string().contains("other.db"), "{e}");
 }
 
+/// Wait (bounded) until the last connection closed: SQLite then removes the WAL file.
+fn wait_closed(path: &std::path::Path) {
+    let wal = path.with_extension("db-wal");
+    for _ in 0..200 {
+        if !wal.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{} still open", path.display());
+}
+
 #[test]
 fn a_damaged_header_is_refused_by_name() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("hubbub.db");
     drop(EmbeddedQueue::open(&path, EmbeddedConfig::default()).expect("create"));
-    // Give the writer thread a moment to close; then overwrite the SQLite magic header.
-    std::thread::sleep(Duration::from_millis(50));
+    wait_closed(&path);
     let mut bytes = std::fs::read(&path).expect("read");
     bytes[..16].copy_from_slice(b"garbage garbage!");
     std::fs::write(&path, bytes).expect("write");
@@ -176,7 +187,7 @@ async fn a_full_disk_fails_the_send_and_keeps_what_was_there() {
     // A receive leases rows, which is a write too; whatever fails, fails whole. After a
     // restart with room to spare, exactly the accepted messages are there, intact.
     drop(q);
-    std::thread::sleep(Duration::from_millis(50));
+    wait_closed(&path);
     let q = EmbeddedQueue::open(&path, EmbeddedConfig::default()).expect("reopen");
     assert_eq!(q.stats("q").await.expect("stats").visible, accepted as u64);
     let got = q

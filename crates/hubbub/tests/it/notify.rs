@@ -1,0 +1,298 @@
+//! Push notifications through a real webhook receiver that fails, then recovers.
+
+use crate::support::*;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use hubbub_protocol::{ConversationKind, ReplyData, Request, ServerFrame};
+use hubbub_services::notify::{Notification, WebhookConfig, signature};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Default)]
+struct Receiver {
+    /// Every request: (user, seq, answered status).
+    requests: Vec<(String, u64, u16)>,
+    /// Answer the first this many with 500.
+    fail_first: usize,
+    /// Users whose notifications are refused for good (400).
+    refuse: Vec<String>,
+    /// Hang this long before answering.
+    hang: Duration,
+}
+
+async fn receive(
+    State(r): State<Arc<Mutex<Receiver>>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    let ts = headers["x-hubbub-timestamp"]
+        .to_str()
+        .expect("ts")
+        .to_owned();
+    assert_eq!(
+        headers["x-hubbub-signature"].to_str().expect("sig"),
+        signature("webhook-secret", &ts, &body),
+        "signed"
+    );
+    let n: Notification = serde_json::from_slice(&body).expect("notification json");
+    assert_eq!(n.event.seq(), Some(n.seq));
+    let hang = r.lock().expect("lock").hang;
+    tokio::time::sleep(hang).await;
+    let mut r = r.lock().expect("lock");
+    let status = if r.requests.len() < r.fail_first {
+        500
+    } else if r.refuse.contains(&n.user) {
+        400
+    } else {
+        200
+    };
+    r.requests.push((n.user, n.seq, status));
+    StatusCode::from_u16(status).expect("status")
+}
+
+async fn receiver(state: Receiver) -> (String, Arc<Mutex<Receiver>>) {
+    let state = Arc::new(Mutex::new(state));
+    let app = axum::Router::new()
+        .route("/push", axum::routing::post(receive))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/push", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, state)
+}
+
+fn notified(r: &Arc<Mutex<Receiver>>) -> Vec<(String, u64)> {
+    let r = r.lock().expect("lock");
+    let mut ok: Vec<_> = r
+        .requests
+        .iter()
+        .filter(|(_, _, s)| *s == 200)
+        .map(|(u, s, _)| (u.clone(), *s))
+        .collect();
+    ok.sort();
+    ok
+}
+
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    for _ in 0..300 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn direct(user: &str) -> Request {
+    Request::ConversationCreate {
+        kind: ConversationKind::Direct,
+        members: vec![user.into()],
+        title: None,
+        ephemeral: None,
+    }
+}
+
+#[tokio::test]
+async fn unacked_events_are_pushed_once_after_failures_and_acked_ones_never() {
+    let (url, rx) = receiver(Receiver {
+        fail_first: 3,
+        ..Default::default()
+    })
+    .await;
+    let s = server_with(|c| {
+        c.notify.delay_s = 1;
+        c.notify.backoff_ms = 50;
+        c.notify.webhook = Some(WebhookConfig {
+            url,
+            secret: "webhook-secret".into(),
+            rate_per_s: 100,
+            burst: 100,
+            timeout_ms: 2000,
+        });
+    })
+    .await;
+    let (alice, at) = s.user("alice").await;
+    let (bob, _) = s.user("bob").await;
+    let (carol, ct) = s.user("carol").await;
+    let (mut a, _) = s.connect(&at).await;
+    // Bob is offline: his two events (the new conversation, the message) must be pushed.
+    let ReplyData::Conversation { conversation: ab } = ok(&mut a, direct(&bob.id)).await else {
+        panic!()
+    };
+    ok(
+        &mut a,
+        Request::MessageSend {
+            conversation: ab.id,
+            client_msg_id: "m1".into(),
+            text: "ping".into(),
+            attachments: None,
+        },
+    )
+    .await;
+    eventually("bob's two notifications", || notified(&rx).len() >= 2).await;
+    // Carol is online and acks at once: nothing is pushed for her.
+    let (mut c, _) = s.connect(&ct).await;
+    let ReplyData::Conversation { conversation: ac } = ok(&mut a, direct(&carol.id)).await else {
+        panic!()
+    };
+    ok(
+        &mut a,
+        Request::MessageSend {
+            conversation: ac.id,
+            client_msg_id: "m2".into(),
+            text: "hi carol".into(),
+            attachments: None,
+        },
+    )
+    .await;
+    let f = until(&mut c, "message", |f| {
+        matches!(f, ServerFrame::MessageNew { .. })
+    })
+    .await;
+    c.send(Request::Ack {
+        seq: f.seq().expect("seq"),
+    })
+    .await
+    .expect("ack");
+    // A later marker: a second offline user; once theirs arrives, carol's job (due earlier)
+    // has been handled.
+    let (dave, _) = s.user("dave").await;
+    ok(&mut a, direct(&dave.id)).await;
+    eventually("dave's notification", || {
+        notified(&rx).iter().any(|(u, _)| *u == dave.id)
+    })
+    .await;
+
+    let got = notified(&rx);
+    assert_eq!(
+        got,
+        {
+            let mut want = vec![
+                (bob.id.clone(), 1),
+                (bob.id.clone(), 2),
+                (dave.id.clone(), 1),
+            ];
+            want.sort();
+            want
+        },
+        "each unacked event exactly once; nothing for the sender, nothing acked"
+    );
+    let requests = rx.lock().expect("lock").requests.len();
+    assert!(
+        requests >= 6,
+        "three failures were retried ({requests} requests)"
+    );
+    assert!(!got.iter().any(|(u, _)| *u == alice.id || *u == carol.id));
+}
+
+#[tokio::test]
+async fn a_hanging_provider_never_blocks_chat_and_its_jobs_dead_letter() {
+    let (url, _rx) = receiver(Receiver {
+        hang: Duration::from_secs(3),
+        ..Default::default()
+    })
+    .await;
+    let s = server_with(|c| {
+        c.notify.delay_s = 0;
+        c.notify.backoff_ms = 50;
+        c.notify.max_attempts = 2;
+        c.notify.webhook = Some(WebhookConfig {
+            url,
+            secret: "webhook-secret".into(),
+            rate_per_s: 100,
+            burst: 100,
+            timeout_ms: 200,
+        });
+    })
+    .await;
+    let (_, at) = s.user("alice").await;
+    let (bob, bt) = s.user("bob").await;
+    let (mut a, _) = s.connect(&at).await;
+    let ReplyData::Conversation { conversation } = ok(&mut a, direct(&bob.id)).await else {
+        panic!()
+    };
+    // Bob connects later, so there are notifications to send (and time out) meanwhile.
+    for i in 0..5 {
+        ok(
+            &mut a,
+            Request::MessageSend {
+                conversation: conversation.id.clone(),
+                client_msg_id: format!("h{i}"),
+                text: format!("while hanging {i}"),
+                attachments: None,
+            },
+        )
+        .await;
+    }
+    let (mut b, _) = s.connect(&bt).await;
+    ok(
+        &mut a,
+        Request::MessageSend {
+            conversation: conversation.id.clone(),
+            client_msg_id: "live".into(),
+            text: "live one".into(),
+            attachments: None,
+        },
+    )
+    .await;
+    until(
+        &mut b,
+        "live delivery",
+        |f| matches!(f, ServerFrame::MessageNew { message, .. } if message.text == "live one"),
+    )
+    .await;
+    // The timed-out notifications were retried, then dead-lettered (max_attempts = 2).
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .sum()
+    };
+    let base = s.base.clone();
+    let mut dead = 0.0;
+    for _ in 0..300 {
+        let text = reqwest::get(format!("{base}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        dead = metric(&text, "hubbub_notify_dead_lettered_total");
+        if dead >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(dead >= 1.0, "timed-out notifications end in notify.dlq");
+}
+
+#[tokio::test]
+async fn a_refused_notification_goes_to_the_dead_letter_queue_at_once() {
+    let (url, rx) = receiver(Receiver::default()).await;
+    let s = server_with(|c| {
+        c.notify.delay_s = 0;
+        c.notify.webhook = Some(WebhookConfig {
+            url,
+            secret: "webhook-secret".into(),
+            rate_per_s: 100,
+            burst: 100,
+            timeout_ms: 2000,
+        });
+    })
+    .await;
+    let (_, at) = s.user("alice").await;
+    let (bob, _) = s.user("bob").await;
+    rx.lock().expect("lock").refuse.push(bob.id.clone());
+    let (mut a, _) = s.connect(&at).await;
+    ok(&mut a, direct(&bob.id)).await;
+    eventually("the refused request", || {
+        !rx.lock().expect("lock").requests.is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = rx.lock().expect("lock");
+    assert_eq!(r.requests.len(), 1, "a permanent refusal is not retried");
+    assert_eq!(r.requests[0].2, 400);
+}
