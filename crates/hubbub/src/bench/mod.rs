@@ -4,7 +4,9 @@
 //! by hand; results are recorded in `docs/benchmarks.md`. Nothing here is a test.
 
 mod chat;
+mod presence;
 mod queue;
+mod search;
 
 use clap::Subcommand;
 
@@ -15,6 +17,10 @@ pub enum Bench {
     Queue(queue::QueueBenchArgs),
     /// Chat fan-out: groups of online members, a send rate, send-to-deliver latency.
     Chat(chat::ChatBenchArgs),
+    /// Presence fan-out: one user's status change to N watching sockets.
+    Presence(presence::PresenceBenchArgs),
+    /// Full-text search latency over a large message store.
+    Search(search::SearchBenchArgs),
 }
 
 /// Run one benchmark.
@@ -22,6 +28,8 @@ pub async fn run(which: Bench) -> anyhow::Result<()> {
     match which {
         Bench::Queue(args) => queue::run(args).await,
         Bench::Chat(args) => chat::run(args).await,
+        Bench::Presence(args) => presence::run(args).await,
+        Bench::Search(args) => search::run(args).await,
     }
 }
 
