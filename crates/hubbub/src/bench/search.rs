@@ -159,7 +159,7 @@ pub async fn run(args: SearchBenchArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("loading: {e}"))?;
             next = end;
-            if !args.json && next % 200_000 == 0 {
+            if !args.json && next.is_multiple_of(200_000) {
                 eprintln!("loaded {next} messages");
             }
         }
