@@ -57,6 +57,8 @@ pub struct EdgeConfig {
     pub request_timeout: Duration,
     /// Ping interval; a connection silent for three intervals is closed.
     pub ping_interval: Duration,
+    /// How often this edge tells the signals service it is alive.
+    pub heartbeat_interval: Duration,
 }
 
 /// What an edge needs from the rest of the system.
@@ -198,6 +200,20 @@ impl Edge {
             sessions: Mutex::new(Sessions::default()),
             cancel: cancel.clone(),
             tracker: TaskTracker::new(),
+        });
+        let beat = inner.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(
+                beat.config
+                    .heartbeat_interval
+                    .max(Duration::from_millis(100)),
+            );
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => beat.deps.signals.heartbeat(&beat.config.edge_id).await,
+                    _ = beat.cancel.cancelled() => break,
+                }
+            }
         });
         let dispatcher = inner.clone();
         tokio::spawn(async move {

@@ -71,6 +71,9 @@ pub struct ServerSettings {
     pub event_retention_days: u64,
     /// Ephemeral conversations are deleted this long after their last message, seconds.
     pub ephemeral_ttl_s: u64,
+    /// An edge sends a heartbeat every third of this; an edge silent this long loses its
+    /// sessions (its users go offline), seconds.
+    pub edge_ttl_s: u64,
 }
 
 impl Default for Config {
@@ -106,6 +109,7 @@ impl Default for ServerSettings {
             ping_interval_s: 20,
             event_retention_days: 7,
             ephemeral_ttl_s: 24 * 3600,
+            edge_ttl_s: 30,
         }
     }
 }

@@ -142,7 +142,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let delivery = Delivery::new(registry.clone(), edges.clone());
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let signals = SignalService::new(store.clone(), delivery.clone());
+    let edge_ttl = Duration::from_secs(config.server.edge_ttl_s.max(1));
+    let signals = SignalService::new(store.clone(), delivery.clone(), edge_ttl);
     tracker.spawn(signals.clone().run_lapses(cancel.clone()));
 
     let edge = Edge::new(
@@ -153,6 +154,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             key_file: config.data_dir.join("keys.json"),
             request_timeout: Duration::from_millis(config.server.request_timeout_ms.max(1)),
             ping_interval: Duration::from_secs(config.server.ping_interval_s.max(1)),
+            heartbeat_interval: edge_ttl / 3,
         },
         EdgeDeps {
             store: store.clone(),

@@ -89,6 +89,9 @@ pub trait Signals: Send + Sync {
         conversation: &str,
         state: TypingState,
     ) -> Result<(), SignalError>;
+    /// The edge is alive; an edge not heard from within the TTL loses its sessions (a
+    /// crashed edge's users go offline).
+    async fn heartbeat(&self, edge: &str);
 }
 
 /// The in-process registry.

@@ -1,7 +1,8 @@
 //! The ephemeral path: presence and typing, in memory (DESIGN.md principle 5). Nothing here
 //! touches a disk or a durable queue; losing a signal is harmless.
 //!
-//! Presence: a user is online while any session of theirs is open, with the status they set
+//! Presence: a user is online while any session of theirs is open (on an edge that keeps
+//! sending heartbeats: a crashed edge's sessions age out after the edge TTL), with the status they set
 //! (`online`, `away`; `invisible` shows as `offline` to everyone). Watchers (sessions) get a
 //! `presence` event when what they would see changes: the first session opens, the last one
 //! closes, or the visible status changes. `last_seen_ts` is when the user was last visible
@@ -47,6 +48,8 @@ struct Typing {
 
 #[derive(Debug, Default)]
 struct State {
+    /// When each edge last said it was alive.
+    edges: HashMap<String, Instant>,
     users: HashMap<String, UserPresence>,
     watchers: HashMap<String, HashSet<SessionKey>>,
     watching: HashMap<SessionKey, HashSet<String>>,
@@ -96,6 +99,7 @@ impl State {
 #[derive(Clone)]
 pub struct SignalService {
     state: Arc<Mutex<State>>,
+    edge_ttl: Duration,
     store: Arc<dyn Store>,
     delivery: Delivery,
 }
@@ -115,11 +119,44 @@ fn now_ms() -> i64 {
 
 impl SignalService {
     /// A signal service; run [`SignalService::run_lapses`] beside it.
-    pub fn new(store: Arc<dyn Store>, delivery: Delivery) -> Self {
+    /// Sessions of an edge that sends no heartbeat for `edge_ttl` are dropped.
+    pub fn new(store: Arc<dyn Store>, delivery: Delivery, edge_ttl: Duration) -> Self {
         SignalService {
             state: Arc::new(Mutex::new(State::default())),
+            edge_ttl,
             store,
             delivery,
+        }
+    }
+
+    /// Drop the sessions of edges silent past the TTL, as if each had closed.
+    async fn expire_edges(&self) {
+        let now = Instant::now();
+        let dead: Vec<(String, String, String)> = {
+            let mut st = self.state();
+            let gone: Vec<String> = st
+                .edges
+                .iter()
+                .filter(|(_, t)| now.duration_since(**t) > self.edge_ttl)
+                .map(|(e, _)| e.clone())
+                .collect();
+            for e in &gone {
+                st.edges.remove(e);
+            }
+            st.users
+                .iter()
+                .flat_map(|(user, p)| {
+                    p.sessions
+                        .iter()
+                        .filter(|(edge, _)| gone.contains(edge))
+                        .map(|(edge, session)| (user.clone(), edge.clone(), session.clone()))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        for (user, edge, session) in dead {
+            tracing::warn!(%edge, %user, "edge silent past its TTL: its session is dropped");
+            self.session_closed(&user, &edge, &session).await;
         }
     }
 
@@ -135,6 +172,7 @@ impl SignalService {
                 _ = cancel.cancelled() => break,
                 _ = tick.tick() => {}
             }
+            self.expire_edges().await;
             let now = Instant::now();
             let lapsed: Vec<((String, String), Typing)> = {
                 let mut st = self.state();
@@ -190,6 +228,7 @@ impl Signals for SignalService {
     async fn session_opened(&self, user: &str, edge: &str, session: &str) {
         let (before, after) = {
             let mut st = self.state();
+            st.edges.entry(edge.to_owned()).or_insert_with(Instant::now);
             let before = st.visible(user);
             let p = st.users.entry(user.to_owned()).or_insert(UserPresence {
                 sessions: HashSet::new(),
@@ -298,6 +337,10 @@ impl Signals for SignalService {
         }
     }
 
+    async fn heartbeat(&self, edge: &str) {
+        self.state().edges.insert(edge.to_owned(), Instant::now());
+    }
+
     async fn typing(
         &self,
         user: &str,
@@ -346,5 +389,73 @@ impl Signals for SignalService {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hubbub_protocol::internal::ToEdge;
+    use hubbub_queue::{EmbeddedConfig, EmbeddedQueue};
+    use hubbub_registry::{LocalEdges, LocalRegistry};
+
+    /// A user whose edge stops sending heartbeats (it crashed) goes offline for watchers.
+    #[tokio::test]
+    async fn a_silent_edge_s_sessions_age_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let queue = EmbeddedQueue::open(dir.path().join("hubbub.db"), EmbeddedConfig::default())
+            .expect("queue");
+        let store: Arc<dyn Store> =
+            Arc::new(hubbub_store::SqliteStore::open(queue).await.expect("store"));
+        let edges = Arc::new(LocalEdges::default());
+        let mut watcher_inbox = edges.attach("live-edge");
+        let delivery = Delivery::new(Arc::new(LocalRegistry::default()), edges.clone());
+        let signals = SignalService::new(store, delivery, Duration::from_millis(300));
+        let cancel = CancellationToken::new();
+        tokio::spawn(signals.clone().run_lapses(cancel.clone()));
+        // The live edge keeps beating; the other one never does after opening a session.
+        let beating = signals.clone();
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                beating.heartbeat("live-edge").await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        signals
+            .session_opened("watcher", "live-edge", "s-watch")
+            .await;
+        let now = signals
+            .watch("live-edge", "s-watch", &["target".to_owned()])
+            .await
+            .expect("watch");
+        assert_eq!(now[0].status, PresenceStatus::Offline);
+        signals
+            .session_opened("target", "dead-edge", "s-target")
+            .await;
+        let mut seen = Vec::new();
+        while seen.last() != Some(&PresenceStatus::Offline) {
+            let batch = tokio::time::timeout(Duration::from_secs(10), watcher_inbox.recv())
+                .await
+                .expect("in time")
+                .expect("open");
+            for item in batch {
+                if let ToEdge::Reply {
+                    frame: ServerFrame::Presence(p),
+                    ..
+                } = item
+                {
+                    seen.push(p.status);
+                }
+            }
+        }
+        assert_eq!(seen, [PresenceStatus::Online, PresenceStatus::Offline]);
+        // The watcher, on a live edge, is still online.
+        let w = signals
+            .watch("live-edge", "s-watch", &["watcher".to_owned()])
+            .await
+            .expect("watch");
+        assert_eq!(w[0].status, PresenceStatus::Online);
+        cancel.cancel();
     }
 }
