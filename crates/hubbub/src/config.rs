@@ -5,7 +5,8 @@
 //! environment). Environment variables name a setting by its path, sections joined by a
 //! double underscore: `HUBBUB_LISTEN`, `HUBBUB_DATA_DIR`, `HUBBUB_LIMITS__FRAMES_PER_S`,
 //! `HUBBUB_AUTH__APP_HMAC_SECRET`. Unknown settings are errors, so a typo never passes
-//! silently. `hubbub.example.toml` at the repository root lists every setting with its
+//! silently; only `HUBBUB_LOG`, `HUBBUB_CONFIG`, the CLI's `HUBBUB_SERVER`, `HUBBUB_PROFILE`,
+//! `HUBBUB_PASSWORD`, and anything under `HUBBUB_TEST_` are not settings. `hubbub.example.toml` at the repository root lists every setting with its
 //! default; a test checks that it parses to exactly the defaults.
 
 use hubbub_edge::auth::AuthConfig;
@@ -13,6 +14,9 @@ use hubbub_protocol::limits::Limits;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+
+/// Environment variables with this prefix belong to test harnesses, not to the server.
+const TEST_PREFIX: &str = "HUBBUB_TEST_";
 
 /// Environment variables that are not settings.
 const NOT_SETTINGS: &[&str] = &[
@@ -41,6 +45,38 @@ pub struct Config {
     pub server: ServerSettings,
     /// Push notifications for events no device acknowledged in time.
     pub notify: hubbub_services::notify::NotifyConfig,
+    /// Where uploaded media is kept.
+    pub media: MediaSettings,
+}
+
+/// Where uploaded media is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaSettings {
+    /// `local` (the `media` folder of the data directory) or `s3` (needs the `s3` feature).
+    pub backend: MediaBackend,
+    /// The bucket, for `backend = "s3"`.
+    pub s3: Option<hubbub_store::S3Config>,
+}
+
+/// A media backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaBackend {
+    /// A directory.
+    #[default]
+    Local,
+    /// An S3-compatible bucket.
+    S3,
+}
+
+impl Default for MediaSettings {
+    fn default() -> Self {
+        MediaSettings {
+            backend: MediaBackend::Local,
+            s3: None,
+        }
+    }
 }
 
 /// Queue settings.
@@ -86,6 +122,7 @@ impl Default for Config {
             queue: QueueSettings::default(),
             server: ServerSettings::default(),
             notify: Default::default(),
+            media: MediaSettings::default(),
         }
     }
 }
@@ -192,7 +229,7 @@ impl Config {
             let Some(rest) = name.strip_prefix("HUBBUB_") else {
                 continue;
             };
-            if NOT_SETTINGS.contains(&name.as_str()) {
+            if NOT_SETTINGS.contains(&name.as_str()) || name.starts_with(TEST_PREFIX) {
                 continue;
             }
             let path: Vec<String> = rest
@@ -231,6 +268,10 @@ mod tests {
                 "s3cret".to_owned(),
             ),
             ("HUBBUB_LOG".to_owned(), "debug".to_owned()),
+            (
+                "HUBBUB_TEST_S3_ENDPOINT".to_owned(),
+                "http://127.0.0.1:1".to_owned(),
+            ),
             ("PATH".to_owned(), "/bin".to_owned()),
         ];
         let flags = [("listen", "127.0.0.1:9100".to_owned())];

@@ -129,10 +129,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tracing::info!(released, "released the leases of the previous run");
     }
     let sqlite = SqliteStore::open(queue.clone()).await?;
-    let media: Arc<dyn MediaStore> = Arc::new(LocalMedia::new(
-        config.data_dir.join("media"),
-        sqlite.clone(),
-    )?);
+    let media = media_store(&config, sqlite.clone())?;
     let store: Arc<dyn Store> = Arc::new(sqlite);
     let queue_dyn: Arc<dyn Queue> = Arc::new(queue.clone());
     let registry = Arc::new(LocalRegistry::default());
@@ -230,6 +227,30 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tracker,
         _lock: lock,
     })
+}
+
+/// The media store the configuration names.
+fn media_store(config: &Config, sqlite: SqliteStore) -> anyhow::Result<Arc<dyn MediaStore>> {
+    use crate::config::MediaBackend;
+    match config.media.backend {
+        MediaBackend::Local => Ok(Arc::new(LocalMedia::new(
+            config.data_dir.join("media"),
+            sqlite,
+        )?)),
+        #[cfg(feature = "s3")]
+        MediaBackend::S3 => {
+            let s3 = config
+                .media
+                .s3
+                .as_ref()
+                .context("media.backend = \"s3\" needs a [media.s3] section")?;
+            Ok(Arc::new(hubbub_store::media::s3::ObjectMedia::s3(
+                s3, sqlite,
+            )?))
+        }
+        #[cfg(not(feature = "s3"))]
+        MediaBackend::S3 => anyhow::bail!("this build has no S3 support: build with --features s3"),
+    }
 }
 
 /// Periodic jobs: queue gauges every 5 s, expiry of ephemeral conversations (every minute,

@@ -17,7 +17,7 @@
 pub mod media;
 pub mod sqlite;
 
-pub use media::{LocalMedia, MediaInfo, MediaStore};
+pub use media::{LocalMedia, MediaInfo, MediaStore, S3Config};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;

@@ -1,9 +1,10 @@
 //! Uploaded media: a [`MediaStore`] trait and the local-directory implementation.
 //!
 //! Bytes live in `<data-dir>/media/<id>` (written to a temporary file, fsynced, renamed, so a
-//! crash never leaves a half file under a real id); the metadata row (owner, content type,
-//! size) is written after the bytes, in the store's database, so a media id that exists
-//! always has its bytes. An S3-compatible implementation of the same trait is future work.
+//! crash never leaves a half file under a real id), or, with the `s3` feature, in any
+//! S3-compatible bucket ([`s3::ObjectMedia`]). Either way the metadata row (owner, content
+//! type, size) is written after the bytes, in the store's database, so a media id that exists
+//! always has its bytes, and attachment checks never leave the database.
 
 use crate::StoreError;
 use crate::sqlite::{SqliteStore, new_id};
@@ -64,6 +65,60 @@ fn io(e: std::io::Error) -> StoreError {
     }
 }
 
+/// The metadata rows, shared by every media store.
+async fn insert_meta(store: &SqliteStore, info: MediaInfo) -> Result<(), StoreError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    store
+        .write_with(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO media (id, owner, content_type, size, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![info.id, info.owner, info.content_type, info.size as i64, now])?;
+            Ok(())
+        })
+        .await
+}
+
+async fn meta(store: &SqliteStore, id: &str) -> Result<Option<MediaInfo>, StoreError> {
+    let key = id.to_owned();
+    store
+        .read_with(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT id, owner, content_type, size FROM media WHERE id = ?1")?
+                .query_row([key], |r| {
+                    Ok(MediaInfo {
+                        id: r.get(0)?,
+                        owner: r.get(1)?,
+                        content_type: r.get(2)?,
+                        size: r.get::<_, i64>(3)? as u64,
+                    })
+                })
+                .optional()?)
+        })
+        .await
+}
+
+async fn missing_meta(store: &SqliteStore, ids: &[String]) -> Result<Vec<String>, StoreError> {
+    let ids = ids.to_vec();
+    store
+        .read_with(move |conn| {
+            let mut missing = Vec::new();
+            for id in ids {
+                if !conn
+                    .prepare_cached("SELECT 1 FROM media WHERE id = ?1")?
+                    .exists([&id])?
+                {
+                    missing.push(id);
+                }
+            }
+            Ok(missing)
+        })
+        .await
+}
+
 #[async_trait]
 impl MediaStore for LocalMedia {
     async fn put(
@@ -93,61 +148,130 @@ impl MediaStore for LocalMedia {
         })
         .await
         .map_err(|e| StoreError::Internal(e.to_string()))??;
-        let row = info.clone();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        self.store
-            .write_with(move |conn| {
-                conn.prepare_cached("INSERT INTO media (id, owner, content_type, size, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)")?
-                    .execute(params![row.id, row.owner, row.content_type, row.size as i64, now])?;
-                Ok(())
-            })
-            .await?;
+        insert_meta(&self.store, info.clone()).await?;
         Ok(info)
     }
 
     async fn get(&self, id: &str) -> Result<Option<(MediaInfo, Vec<u8>)>, StoreError> {
-        let key = id.to_owned();
-        let info = self
-            .store
-            .read_with(move |conn| {
-                Ok(conn
-                    .prepare_cached(
-                        "SELECT id, owner, content_type, size FROM media WHERE id = ?1",
-                    )?
-                    .query_row([key], |r| {
-                        Ok(MediaInfo {
-                            id: r.get(0)?,
-                            owner: r.get(1)?,
-                            content_type: r.get(2)?,
-                            size: r.get::<_, i64>(3)? as u64,
-                        })
-                    })
-                    .optional()?)
-            })
-            .await?;
-        let Some(info) = info else { return Ok(None) };
+        let Some(info) = meta(&self.store, id).await? else {
+            return Ok(None);
+        };
         let bytes = tokio::fs::read(self.dir.join(&info.id)).await.map_err(io)?;
         Ok(Some((info, bytes)))
     }
 
     async fn missing(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
-        let ids = ids.to_vec();
-        self.store
-            .read_with(move |conn| {
-                let mut missing = Vec::new();
-                for id in ids {
-                    if !conn
-                        .prepare_cached("SELECT 1 FROM media WHERE id = ?1")?
-                        .exists([&id])?
-                    {
-                        missing.push(id);
-                    }
-                }
-                Ok(missing)
+        missing_meta(&self.store, ids).await
+    }
+}
+
+/// Where an S3-compatible media store is (the `[media.s3]` settings).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// The endpoint, e.g. `https://s3.eu-west-1.amazonaws.com` or `http://127.0.0.1:9000`.
+    pub endpoint: String,
+    /// The bucket (it must exist).
+    pub bucket: String,
+    /// The region (any value for most S3-compatible servers).
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+    /// Allow a plain-HTTP endpoint (for a server on a private network or loopback).
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+#[cfg(feature = "s3")]
+pub mod s3 {
+    //! Media in any S3-compatible bucket, through the `object_store` crate.
+
+    use super::*;
+    use object_store::path::Path;
+    use object_store::{ObjectStore, ObjectStoreExt};
+    use std::sync::Arc;
+
+    /// Media bytes in an object store, metadata in the SQLite store.
+    #[derive(Debug, Clone)]
+    pub struct ObjectMedia {
+        objects: Arc<dyn ObjectStore>,
+        store: SqliteStore,
+    }
+
+    fn object_err(e: object_store::Error) -> StoreError {
+        match e {
+            object_store::Error::NotFound { .. } => {
+                StoreError::Internal(format!("media bytes missing: {e}"))
+            }
+            other => StoreError::Unavailable(format!("object store: {other}")),
+        }
+    }
+
+    impl ObjectMedia {
+        /// Media in the S3-compatible bucket of `config`.
+        pub fn s3(config: &S3Config, store: SqliteStore) -> Result<Self, StoreError> {
+            let objects = object_store::aws::AmazonS3Builder::new()
+                .with_endpoint(&config.endpoint)
+                .with_bucket_name(&config.bucket)
+                .with_region(&config.region)
+                .with_access_key_id(&config.access_key_id)
+                .with_secret_access_key(&config.secret_access_key)
+                .with_allow_http(config.allow_http)
+                .with_virtual_hosted_style_request(false)
+                .build()
+                .map_err(|e| StoreError::Internal(format!("media.s3: {e}")))?;
+            Ok(ObjectMedia {
+                objects: Arc::new(objects),
+                store,
             })
-            .await
+        }
+    }
+
+    #[async_trait]
+    impl MediaStore for ObjectMedia {
+        async fn put(
+            &self,
+            owner: &str,
+            content_type: &str,
+            bytes: Vec<u8>,
+        ) -> Result<MediaInfo, StoreError> {
+            let id = new_id("md")?;
+            let info = MediaInfo {
+                id: id.clone(),
+                owner: owner.to_owned(),
+                content_type: content_type.to_owned(),
+                size: bytes.len() as u64,
+            };
+            self.objects
+                .put(&Path::from(id.as_str()), bytes.into())
+                .await
+                .map_err(object_err)?;
+            insert_meta(&self.store, info.clone()).await?;
+            Ok(info)
+        }
+
+        async fn get(&self, id: &str) -> Result<Option<(MediaInfo, Vec<u8>)>, StoreError> {
+            let Some(info) = meta(&self.store, id).await? else {
+                return Ok(None);
+            };
+            let got = self
+                .objects
+                .get(&Path::from(info.id.as_str()))
+                .await
+                .map_err(object_err)?;
+            let bytes = got.bytes().await.map_err(object_err)?;
+            Ok(Some((info, bytes.to_vec())))
+        }
+
+        async fn missing(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+            missing_meta(&self.store, ids).await
+        }
     }
 }

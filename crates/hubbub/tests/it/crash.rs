@@ -18,6 +18,12 @@ fn free_port() -> u16 {
 }
 
 fn spawn_server(dir: &std::path::Path, port: u16) -> Child {
+    // The server's log goes to a file beside its data, shown if it does not come up.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .expect("log");
     Command::new(env!("CARGO_BIN_EXE_hubbub"))
         .args([
             "serve",
@@ -30,22 +36,29 @@ fn spawn_server(dir: &std::path::Path, port: u16) -> Child {
         .env("HUBBUB_LIMITS__BURST", "10000")
         .env("HUBBUB_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("spawn hubbub serve")
 }
 
-async fn wait_ready(base: &str) {
+/// Wait until the server answers /readyz (bounded: a minute, for a loaded two-core machine
+/// replaying a large WAL); if it does not, say why.
+async fn wait_ready(base: &str, child: &mut Child, dir: &std::path::Path) {
     let http = reqwest::Client::new();
-    for _ in 0..200 {
+    for _ in 0..600 {
         if let Ok(r) = http.get(format!("{base}/readyz")).send().await
             && r.status() == 200
         {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+            panic!("the server exited ({status}) before it was ready:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("server did not become ready");
+    let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+    panic!("server did not become ready within a minute:\n{log}");
 }
 
 #[derive(Default)]
@@ -93,7 +106,7 @@ async fn kill_9_during_traffic_loses_and_repeats_nothing() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut child = spawn_server(dir.path(), port);
-    wait_ready(&base).await;
+    wait_ready(&base, &mut child, dir.path()).await;
     let client = Client::new(&base);
     let mut tokens = HashMap::new();
     let mut ids = Vec::new();
@@ -149,7 +162,7 @@ async fn kill_9_during_traffic_loses_and_repeats_nothing() {
             let _ = tokio::time::timeout(PATIENCE, s).await;
         }
         child = spawn_server(dir.path(), port);
-        wait_ready(&base).await;
+        wait_ready(&base, &mut child, dir.path()).await;
     }
 
     // Outcome unknown: send again with the same client_msg_id.

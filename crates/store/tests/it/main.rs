@@ -1,0 +1,4 @@
+//! Integration tests of the store crate, in one binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod media;
