@@ -169,6 +169,19 @@ impl SqliteStore {
         self.read(f).await
     }
 
+    /// One of a user's counters (0 for an unknown user).
+    async fn user_counter(&self, user: &str, sql: &'static str) -> Result<u64, StoreError> {
+        let user = user.to_owned();
+        self.read(move |conn| {
+            let value: Option<i64> = conn
+                .prepare_cached(sql)?
+                .query_row([user], |r| r.get(0))
+                .optional()?;
+            Ok(value.unwrap_or(0) as u64)
+        })
+        .await
+    }
+
     async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -1060,15 +1073,8 @@ impl Store for SqliteStore {
     }
 
     async fn last_seq(&self, user: &str) -> Result<u64, StoreError> {
-        let user = user.to_owned();
-        self.read(move |conn| {
-            let seq: Option<i64> = conn
-                .prepare_cached("SELECT last_seq FROM users WHERE id = ?1")?
-                .query_row([user], |r| r.get(0))
-                .optional()?;
-            Ok(seq.unwrap_or(0) as u64)
-        })
-        .await
+        self.user_counter(user, "SELECT last_seq FROM users WHERE id = ?1")
+            .await
     }
 
     async fn events_after(
@@ -1141,15 +1147,8 @@ impl Store for SqliteStore {
     }
 
     async fn acked_seq(&self, user: &str) -> Result<u64, StoreError> {
-        let user = user.to_owned();
-        self.read(move |conn| {
-            let seq: Option<i64> = conn
-                .prepare_cached("SELECT acked_seq FROM users WHERE id = ?1")?
-                .query_row([user], |r| r.get(0))
-                .optional()?;
-            Ok(seq.unwrap_or(0) as u64)
-        })
-        .await
+        self.user_counter(user, "SELECT acked_seq FROM users WHERE id = ?1")
+            .await
     }
 
     async fn ack(&self, user: &str, seq: u64) -> Result<(), StoreError> {
