@@ -18,6 +18,8 @@ struct Receiver {
     refuse: Vec<String>,
     /// Hang this long before answering.
     hang: Duration,
+    /// Woken after every request, for tests waiting on one.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 async fn receive(
@@ -47,6 +49,7 @@ async fn receive(
         200
     };
     r.requests.push((n.user, n.seq, status));
+    r.changed.notify_waiters();
     StatusCode::from_u16(status).expect("status")
 }
 
@@ -75,14 +78,21 @@ fn notified(r: &Arc<Mutex<Receiver>>) -> Vec<(String, u64)> {
     ok
 }
 
-async fn eventually(what: &str, check: impl Fn() -> bool) {
-    for _ in 0..300 {
+/// Wait (bounded) until `check` holds, re-checking after each request the receiver gets.
+async fn eventually(rx: &Arc<Mutex<Receiver>>, what: &str, check: impl Fn() -> bool) {
+    let changed = rx.lock().expect("lock").changed.clone();
+    let deadline = tokio::time::Instant::now() + PATIENCE * 3;
+    loop {
+        let notified = changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
         if check() {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            panic!("timed out waiting for {what}");
+        }
     }
-    panic!("timed out waiting for {what}");
 }
 
 fn direct(user: &str) -> Request {
@@ -131,7 +141,7 @@ async fn unacked_events_are_pushed_once_after_failures_and_acked_ones_never() {
         },
     )
     .await;
-    eventually("bob's two notifications", || notified(&rx).len() >= 2).await;
+    eventually(&rx, "bob's two notifications", || notified(&rx).len() >= 2).await;
     // Carol is online and acks at once: nothing is pushed for her.
     let (mut c, _) = s.connect(&ct).await;
     let ReplyData::Conversation { conversation: ac } = ok(&mut a, direct(&carol.id)).await else {
@@ -160,7 +170,7 @@ async fn unacked_events_are_pushed_once_after_failures_and_acked_ones_never() {
     // has been handled.
     let (dave, _) = s.user("dave").await;
     ok(&mut a, direct(&dave.id)).await;
-    eventually("dave's notification", || {
+    eventually(&rx, "dave's notification", || {
         notified(&rx).iter().any(|(u, _)| *u == dave.id)
     })
     .await;
@@ -287,7 +297,7 @@ async fn a_refused_notification_goes_to_the_dead_letter_queue_at_once() {
     rx.lock().expect("lock").refuse.push(bob.id.clone());
     let (mut a, _) = s.connect(&at).await;
     ok(&mut a, direct(&bob.id)).await;
-    eventually("the refused request", || {
+    eventually(&rx, "the refused request", || {
         !rx.lock().expect("lock").requests.is_empty()
     })
     .await;
