@@ -92,6 +92,16 @@ pub struct Written<T> {
     pub events: Vec<Event>,
 }
 
+impl<T> Written<T> {
+    /// A result that produced no events (a no-op, or a repeat of an idempotent write).
+    pub fn nothing(value: T) -> Self {
+        Written {
+            value,
+            events: Vec::new(),
+        }
+    }
+}
+
 /// A user with the secret needed to log in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credentials {

@@ -264,6 +264,22 @@ fn member_view(conn: &Connection, caller: &str, id: &str) -> Result<Conversation
     Ok(c)
 }
 
+/// The group, if `caller` created it (only the creator adds and removes members).
+fn creator_view(
+    conn: &Connection,
+    caller: &str,
+    id: &str,
+    action: &str,
+) -> Result<Conversation, StoreError> {
+    let c = member_view(conn, caller, id)?;
+    if c.kind == ConversationKind::Direct || c.created_by != caller {
+        return Err(StoreError::Forbidden(format!(
+            "only the creator of a group may {action} members"
+        )));
+    }
+    Ok(c)
+}
+
 /// Fail unless the conversation exists and `caller` is in it (two index lookups).
 fn check_member(conn: &Connection, caller: &str, id: &str) -> Result<(), StoreError> {
     let (exists, member): (bool, bool) = conn
@@ -743,20 +759,12 @@ impl Store for SqliteStore {
             self.now(),
         );
         self.write(move |conn| {
-            let c = member_view(conn, &caller, &id)?;
-            if c.kind == ConversationKind::Direct || c.created_by != caller {
-                return Err(StoreError::Forbidden(
-                    "only the creator of a group may add members".into(),
-                ));
-            }
+            let c = creator_view(conn, &caller, &id, "add")?;
             if !user_exists(conn, &user)? {
                 return Err(StoreError::NotFound(format!("no user {user}")));
             }
             if c.members.contains(&user) {
-                return Ok(Written {
-                    value: (),
-                    events: Vec::new(),
-                });
+                return Ok(Written::nothing(()));
             }
             if c.members.len() + 1 > max_members {
                 return Err(StoreError::TooLarge(format!(
@@ -784,17 +792,9 @@ impl Store for SqliteStore {
             self.now(),
         );
         self.write(move |conn| {
-            let c = member_view(conn, &caller, &id)?;
-            if c.kind == ConversationKind::Direct || c.created_by != caller {
-                return Err(StoreError::Forbidden(
-                    "only the creator of a group may remove members".into(),
-                ));
-            }
+            let c = creator_view(conn, &caller, &id, "remove")?;
             if !c.members.contains(&user) {
-                return Ok(Written {
-                    value: (),
-                    events: Vec::new(),
-                });
+                return Ok(Written::nothing(()));
             }
             conn.prepare_cached("DELETE FROM members WHERE conversation_id = ?1 AND user_id = ?2")?
                 .execute(params![id, user])?;
