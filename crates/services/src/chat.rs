@@ -285,17 +285,11 @@ impl ChatService {
             )),
             Request::BlockAdd { user: other } => {
                 self.store.block(user, other).await?;
-                Ok(Written {
-                    value: ReplyData::Empty {},
-                    events: Vec::new(),
-                })
+                Ok(Written::nothing(ReplyData::Empty {}))
             }
             Request::BlockRemove { user: other } => {
                 self.store.unblock(user, other).await?;
-                Ok(Written {
-                    value: ReplyData::Empty {},
-                    events: Vec::new(),
-                })
+                Ok(Written::nothing(ReplyData::Empty {}))
             }
             other => Err(Failure::new(
                 ErrorCode::BadRequest,

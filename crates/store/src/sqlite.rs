@@ -606,7 +606,7 @@ impl Store for SqliteStore {
                 if existing.created_by != new.creator {
                     return Err(StoreError::Conflict(format!("conversation {id} exists")));
                 }
-                return Ok(Written { value: existing, events: Vec::new() });
+                return Ok(Written::nothing(existing));
             }
             if !user_exists(conn, &new.creator)? {
                 return Err(StoreError::NotFound(format!("no user {}", new.creator)));
@@ -649,7 +649,7 @@ impl Store for SqliteStore {
                         let missing: Vec<String> =
                             pair.iter().filter(|u| !before.members.contains(u)).cloned().collect();
                         if missing.is_empty() {
-                            return Ok(Written { value: before, events: Vec::new() });
+                            return Ok(Written::nothing(before));
                         }
                         for u in &missing {
                             add_member_row(conn, &existing, u, now)?;
