@@ -264,6 +264,18 @@ fn member_view(conn: &Connection, caller: &str, id: &str) -> Result<Conversation
     Ok(c)
 }
 
+/// Take `user` out of a conversation; the remaining members and `user` get the conversation
+/// as it is now.
+fn depart(conn: &Connection, id: &str, user: String, now: i64) -> Result<Vec<Event>, StoreError> {
+    conn.prepare_cached("DELETE FROM members WHERE conversation_id = ?1 AND user_id = ?2")?
+        .execute(params![id, user])?;
+    let after = load_conversation(conn, id)?
+        .ok_or_else(|| StoreError::Internal("conversation vanished".into()))?;
+    let mut told = after.members.clone();
+    told.push(user);
+    conversation_events(conn, &told, &after, now)
+}
+
 /// The group, if `caller` created it (only the creator adds and removes members).
 fn creator_view(
     conn: &Connection,
@@ -796,14 +808,7 @@ impl Store for SqliteStore {
             if !c.members.contains(&user) {
                 return Ok(Written::nothing(()));
             }
-            conn.prepare_cached("DELETE FROM members WHERE conversation_id = ?1 AND user_id = ?2")?
-                .execute(params![id, user])?;
-            let after = load_conversation(conn, &id)?
-                .ok_or_else(|| StoreError::Internal("conversation vanished".into()))?;
-            // The removed user learns it too.
-            let mut told = after.members.clone();
-            told.push(user);
-            let events = conversation_events(conn, &told, &after, now)?;
+            let events = depart(conn, &id, user, now)?;
             Ok(Written { value: (), events })
         })
         .await
@@ -813,13 +818,7 @@ impl Store for SqliteStore {
         let (caller, id, now) = (caller.to_owned(), conversation.to_owned(), self.now());
         self.write(move |conn| {
             member_view(conn, &caller, &id)?;
-            conn.prepare_cached("DELETE FROM members WHERE conversation_id = ?1 AND user_id = ?2")?
-                .execute(params![id, caller])?;
-            let after = load_conversation(conn, &id)?
-                .ok_or_else(|| StoreError::Internal("conversation vanished".into()))?;
-            let mut told = after.members.clone();
-            told.push(caller);
-            let events = conversation_events(conn, &told, &after, now)?;
+            let events = depart(conn, &id, caller, now)?;
             Ok(Written { value: (), events })
         })
         .await

@@ -3,24 +3,6 @@
 use crate::support::*;
 use hubbub_protocol::{ConversationKind, ReplyData, Request, ServerFrame};
 
-fn send(conversation: &str, key: &str, text: &str) -> Request {
-    Request::MessageSend {
-        conversation: conversation.into(),
-        client_msg_id: key.into(),
-        text: text.into(),
-        attachments: None,
-    }
-}
-
-fn group(members: Vec<String>) -> Request {
-    Request::ConversationCreate {
-        kind: ConversationKind::Group,
-        members,
-        title: Some("team".into()),
-        ephemeral: None,
-    }
-}
-
 fn is_message(text: &'static str) -> impl Fn(&ServerFrame) -> bool {
     move |f| matches!(f, ServerFrame::MessageNew { message, .. } if message.text == text)
 }

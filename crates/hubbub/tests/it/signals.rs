@@ -6,24 +6,6 @@ use hubbub_protocol::{
     TypingState,
 };
 
-fn send(conversation: &str, key: &str, text: &str) -> Request {
-    Request::MessageSend {
-        conversation: conversation.into(),
-        client_msg_id: key.into(),
-        text: text.into(),
-        attachments: None,
-    }
-}
-
-fn group(members: Vec<String>) -> Request {
-    Request::ConversationCreate {
-        kind: ConversationKind::Group,
-        members,
-        title: None,
-        ephemeral: None,
-    }
-}
-
 fn text_of(f: &ServerFrame) -> Option<&str> {
     match f {
         ServerFrame::MessageNew { message, .. } => Some(message.text.as_str()),

@@ -3,7 +3,7 @@
 use hubbub::client::{Client, Socket};
 use hubbub::config::Config;
 use hubbub::serve::Running;
-use hubbub_protocol::{ReplyData, Request, ServerFrame, UserRef};
+use hubbub_protocol::{ConversationKind, ReplyData, Request, ServerFrame, UserRef};
 use std::time::Duration;
 
 /// Guard against a hang; never a timing assertion.
@@ -149,4 +149,24 @@ pub async fn all_events(server: &TestServer, token: &str) -> Vec<ServerFrame> {
     }
     s.close().await;
     events
+}
+
+/// `message.send` with no attachments.
+pub fn send(conversation: &str, key: &str, text: &str) -> Request {
+    Request::MessageSend {
+        conversation: conversation.into(),
+        client_msg_id: key.into(),
+        text: text.into(),
+        attachments: None,
+    }
+}
+
+/// `conversation.create` of a group with these other members.
+pub fn group(members: Vec<String>) -> Request {
+    Request::ConversationCreate {
+        kind: ConversationKind::Group,
+        members,
+        title: Some("team".into()),
+        ephemeral: None,
+    }
 }
