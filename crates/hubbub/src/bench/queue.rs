@@ -68,6 +68,27 @@ struct Report {
 }
 
 impl Report {
+    fn new(
+        backend: &str,
+        args: &QueueBenchArgs,
+        messages: u64,
+        msgs_per_s: f64,
+        hist: &Histogram<u64>,
+    ) -> Self {
+        Report {
+            backend: backend.to_owned(),
+            messages,
+            batch: args.batch,
+            producers: args.producers,
+            consumers: args.consumers,
+            msgs_per_s,
+            senders: args.senders,
+            send_p50_ms: ms(hist.value_at_quantile(0.5)),
+            send_p99_ms: ms(hist.value_at_quantile(0.99)),
+            send_max_ms: ms(hist.max()),
+        }
+    }
+
     fn print(&self, json: bool) -> anyhow::Result<()> {
         if json {
             println!("{}", serde_json::to_string(self)?);
@@ -102,19 +123,7 @@ pub async fn run(args: QueueBenchArgs) -> anyhow::Result<()> {
     let q: Arc<dyn Queue> = Arc::new(q);
     let msgs_per_s = throughput(&q, &args).await?;
     let hist = latency(&q, &args).await?;
-    let report = Report {
-        backend: "embedded".into(),
-        messages: args.messages,
-        batch: args.batch,
-        producers: args.producers,
-        consumers: args.consumers,
-        msgs_per_s,
-        senders: args.senders,
-        send_p50_ms: ms(hist.value_at_quantile(0.5)),
-        send_p99_ms: ms(hist.value_at_quantile(0.99)),
-        send_max_ms: ms(hist.max()),
-    };
-    report.print(args.json)?;
+    Report::new("embedded", &args, args.messages, msgs_per_s, &hist).print(args.json)?;
     drop(q);
     let _ = std::fs::remove_dir_all(&tmp);
     if let Some(url) = &args.redis_url {
@@ -195,6 +204,13 @@ async fn latency(q: &Arc<dyn Queue>, args: &QueueBenchArgs) -> anyhow::Result<Hi
             anyhow::Ok(h)
         });
     }
+    merge(tasks).await
+}
+
+/// One histogram from every latency task's.
+async fn merge(
+    mut tasks: tokio::task::JoinSet<anyhow::Result<Histogram<u64>>>,
+) -> anyhow::Result<Histogram<u64>> {
     let mut all = Histogram::<u64>::new(3)?;
     while let Some(h) = tasks.join_next().await {
         all.add(h??)?;
@@ -334,26 +350,12 @@ mod redis_streams {
                 anyhow::Ok(h)
             });
         }
-        let mut hist = Histogram::<u64>::new(3)?;
-        while let Some(h) = lat.join_next().await {
-            hist.add(h??)?;
-        }
+        let hist = merge(lat).await?;
         let _: () = redis::cmd("DEL")
             .arg(&stream)
             .arg(format!("{stream}-latency"))
             .query_async(&mut conn)
             .await?;
-        Ok(Report {
-            backend: "redis-streams".into(),
-            messages: total,
-            batch: args.batch,
-            producers: args.producers,
-            consumers: args.consumers,
-            msgs_per_s,
-            senders: args.senders,
-            send_p50_ms: ms(hist.value_at_quantile(0.5)),
-            send_p99_ms: ms(hist.value_at_quantile(0.99)),
-            send_max_ms: ms(hist.max()),
-        })
+        Ok(Report::new("redis-streams", args, total, msgs_per_s, &hist))
     }
 }
