@@ -48,4 +48,10 @@ pub enum ToEdge {
         /// When the originating request was accepted by its edge, for latency metrics.
         origin_ms: Option<i64>,
     },
+    /// `engagement` frames for every session of this edge watching their posts (the edge
+    /// subscribed to those posts; it knows which of its sessions watch which).
+    Engagement {
+        /// `engagement` frames, at most one per post.
+        frames: Vec<ServerFrame>,
+    },
 }

@@ -13,11 +13,16 @@
 //! - [`Signals`]: the ephemeral path (presence, typing) as the edge sees it: in memory, never
 //!   on disk or on a durable queue. Implemented by the services crate.
 //!
+//! - [`Timelines`], [`Engagement`]: the feed's reads and the engagement path as the edge sees
+//!   them. Implemented by the services crate.
+//!
 //! This crate knows nothing of storage or of what the frames mean.
 
 use async_trait::async_trait;
 use hubbub_protocol::internal::ToEdge;
-use hubbub_protocol::{ErrorCode, Presence, ServerFrame, SetPresenceStatus, TypingState};
+use hubbub_protocol::{
+    ErrorCode, Post, Presence, ServerFrame, SetPresenceStatus, TypingState, UserRef,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
@@ -63,6 +68,16 @@ pub struct SignalError {
     pub message: String,
 }
 
+impl SignalError {
+    /// An error with this code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        SignalError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
 /// The ephemeral path: presence and typing. Losing a signal is harmless; none waits for a disk.
 #[async_trait]
 pub trait Signals: Send + Sync {
@@ -92,6 +107,45 @@ pub trait Signals: Send + Sync {
     /// The edge is alive; an edge not heard from within the TTL loses its sessions (a
     /// crashed edge's users go offline).
     async fn heartbeat(&self, edge: &str);
+}
+
+/// Timeline reads as the edge sees them: `timeline.get` and the push after `hello`.
+/// Implemented by the feed service (it reads the precomputed timeline and applies fixups).
+#[async_trait]
+pub trait Timelines: Send + Sync {
+    /// The user's timeline: up to `limit` posts after `before` (a post id) and when the
+    /// timeline was precomputed.
+    async fn timeline(
+        &self,
+        user: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Post>, i64), SignalError>;
+
+    /// A session of `user` opened: note the user as active (the scheduler precomputes
+    /// timelines for active users) and return the first page of the timeline.
+    async fn welcome(&self, user: &str) -> Result<(Vec<Post>, i64), SignalError>;
+}
+
+/// Engagement ("who is writing a comment") as the edge sees it: the ephemeral path, never a
+/// disk on the way of a `comment.typing`. Implemented by the engagement service.
+///
+/// Subscriptions are per edge and per post, and they are leases: an edge renews all of its
+/// posts every heartbeat, so a restarted engagement worker has them back within one
+/// heartbeat, and a dead edge's lapse without anyone telling the worker.
+#[async_trait]
+pub trait Engagement: Send + Sync {
+    /// Edge `edge` has sessions watching these posts; `not_found` names a post that does not
+    /// exist (then nothing is subscribed).
+    async fn subscribe(&self, edge: &str, posts: &[String]) -> Result<(), SignalError>;
+    /// No session of `edge` watches these posts any more.
+    async fn unsubscribe(&self, edge: &str, posts: &[String]);
+    /// Renew the edge's subscriptions (every post some session of it watches).
+    async fn renew(&self, edge: &str, posts: &[String]);
+    /// `comment.typing`.
+    async fn typing(&self, user: &UserRef, post: &str, words: u32) -> Result<(), SignalError>;
+    /// A post changed: a comment was added (its new count), or it was deleted (`None`).
+    async fn post_changed(&self, post: &str, comments: Option<u64>);
 }
 
 /// The in-process registry.
@@ -205,6 +259,11 @@ impl Delivery {
     /// The registry behind it.
     pub fn registry(&self) -> &Arc<dyn Registry> {
         &self.registry
+    }
+
+    /// The link to the edges behind it.
+    pub fn link(&self) -> &Arc<dyn EdgeLink> {
+        &self.link
     }
 
     /// Push frames to users (every session of each) and frames to single sessions (`(edge,

@@ -8,17 +8,15 @@
 //! (`client_msg_id`; the conversation id derived from the envelope id; no-op membership
 //! changes), so a redelivery changes nothing and only repeats the reply.
 
-use crate::{Failure, reply_frame};
-use futures_util::future::join_all;
+use crate::Failure;
 use hubbub_protocol::internal::Envelope;
 use hubbub_protocol::limits::Limits;
 use hubbub_protocol::{ErrorCode, ReplyData, Request};
-use hubbub_queue::{Queue, ReceiveOptions};
+use hubbub_queue::Queue;
 use hubbub_registry::Delivery;
 use hubbub_store::{NewConversation, NewMessage, Store, Written};
 use sha2::Digest;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The chat service's queue.
@@ -79,86 +77,19 @@ impl ChatService {
 
     /// Take work from the `chat` queue until cancelled.
     pub async fn run(self, cancel: CancellationToken) {
-        let opts = ReceiveOptions {
-            max: 64,
-            wait: Duration::from_millis(500),
-            visibility: Duration::from_secs(30),
+        let worker = crate::Worker {
+            queue: self.queue.clone(),
+            delivery: self.delivery.clone(),
+            notify: self.notify.clone(),
+            name: CHAT_QUEUE,
+            metric: "hubbub_chat_handled_total",
         };
-        while !cancel.is_cancelled() {
-            let got = tokio::select! {
-                got = self.queue.receive(CHAT_QUEUE, opts) => got,
-                _ = cancel.cancelled() => break,
-            };
-            let deliveries = match got {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(error = %e, "chat: receive failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
-            // Messages sharing a key (a user) are never in one batch together, so the batch
-            // can be handled concurrently without reordering anyone's requests.
-            let handled = join_all(deliveries.iter().map(|d| self.handle_body(&d.body))).await;
-            let receipts: Vec<_> = deliveries
-                .iter()
-                .zip(handled)
-                .filter(|(_, ok)| *ok)
-                .map(|(d, _)| d.receipt.clone())
-                .collect();
-            if let Err(e) = self.queue.ack_batch(CHAT_QUEUE, &receipts).await {
-                tracing::warn!(error = %e, "chat: ack failed; the envelopes will be handled again");
-            }
-        }
+        worker.run(&self, cancel).await
     }
+}
 
-    /// Handle one envelope; false when it should be retried (storage unavailable).
-    async fn handle_body(&self, body: &[u8]) -> bool {
-        let envelope: Envelope = match serde_json::from_slice(body) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(error = %e, "chat: undecodable envelope dropped");
-                return true;
-            }
-        };
-        let outcome = self.handle(&envelope).await;
-        let (data, events) = match outcome {
-            Ok(Written { value, events }) => (Ok(value), events),
-            Err(f) if f.code == ErrorCode::Unavailable => {
-                // Nothing was written; leave it in the queue to be retried.
-                tracing::warn!(message = %f.message, "chat: storage unavailable; will retry");
-                return false;
-            }
-            Err(f) => (Err(f), Vec::new()),
-        };
-        metrics::counter!("hubbub_chat_handled_total", "type" => envelope.request.type_name())
-            .increment(1);
-        let replies = reply_frame(&envelope, data)
-            .map(|frame| vec![(envelope.edge.clone(), envelope.session.clone(), frame)])
-            .unwrap_or_default();
-        let frames: Vec<_> = events.into_iter().map(|e| (e.user, e.frame)).collect();
-        if let Some(config) = &self.notify
-            && !frames.is_empty()
-        {
-            // Best effort: the events are committed either way and stay in the inboxes.
-            let enqueued = crate::notify::enqueue(
-                &*self.queue,
-                config,
-                &envelope.envelope_id,
-                &envelope.user,
-                &frames,
-            )
-            .await;
-            if let Err(e) = enqueued {
-                tracing::warn!(error = %e, "chat: notify job not enqueued");
-            }
-        }
-        self.delivery
-            .push(frames, replies, Some(envelope.accepted_ms))
-            .await;
-        true
-    }
-
+#[async_trait::async_trait]
+impl crate::Handler for ChatService {
     async fn handle(&self, e: &Envelope) -> Result<Written<ReplyData>, Failure> {
         let user = e.user.as_str();
         let empty = |w: Written<()>| Written {
@@ -302,6 +233,11 @@ impl ChatService {
 /// The id of the conversation an envelope creates: derived from the envelope id, so a
 /// redelivered `conversation.create` finds the conversation it already made.
 fn conversation_id(envelope_id: &str) -> String {
+    derived_id("c", envelope_id)
+}
+
+/// An id derived from an envelope id: a redelivered envelope makes the same object again.
+pub(crate) fn derived_id(prefix: &str, envelope_id: &str) -> String {
     let digest = sha2::Sha256::digest(envelope_id.as_bytes());
-    format!("c{}", hex::encode(&digest[..8]))
+    format!("{prefix}{}", hex::encode(&digest[..8]))
 }

@@ -4,18 +4,31 @@
 //!
 //! - [`chat`]: conversations, messages, read receipts, blocks (`chat` queue).
 //! - [`signals`]: presence and typing, in memory (the ephemeral path, no queue).
+//! - [`feed`]: posts, comments, likes, follows (`feed` queue).
+//! - [`timeline`]: precomputed timelines: the timeline computer and personalization
+//!   (`precompute`, `personalize` queues), the cache, and the fetch with fixups.
+//! - [`engagement`]: who is writing a comment, per post, in memory (the ephemeral path).
 //! - [`notify`]: push notifications for events no device acknowledged in time (`notify`
 //!   queue, webhook provider).
 //!
 //! Services never call one another; they share nothing but the store and the queues.
 
 pub mod chat;
+pub mod engagement;
+pub mod feed;
 pub mod notify;
 pub mod signals;
+pub mod timeline;
 
+use futures_util::future::join_all;
 use hubbub_protocol::internal::Envelope;
 use hubbub_protocol::{ErrorCode, ReplyData, ServerFrame};
-use hubbub_store::StoreError;
+use hubbub_queue::{Queue, ReceiveOptions};
+use hubbub_registry::Delivery;
+use hubbub_store::{StoreError, Written};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// A handler's failure, answered to the client with its protocol code.
 #[derive(Debug)]
@@ -61,4 +74,105 @@ pub fn reply_frame(
         Ok(data) => ServerFrame::Ok { id, data },
         Err(f) => ServerFrame::error(Some(id), f.code, f.message),
     })
+}
+
+/// A service's handling of one envelope: one store transaction, its reply and its events.
+#[async_trait::async_trait]
+pub(crate) trait Handler: Send + Sync {
+    /// Handle the request. `Unavailable` leaves the envelope in the queue to be retried.
+    async fn handle(&self, envelope: &Envelope) -> Result<Written<ReplyData>, Failure>;
+}
+
+/// The loop every envelope-driven service runs: pull a batch when there is capacity, handle
+/// it, push the events, reply, and only then ack.
+pub(crate) struct Worker {
+    pub queue: Arc<dyn Queue>,
+    pub delivery: Delivery,
+    /// Set when a push provider is configured: events then also feed the notify queue.
+    pub notify: Option<notify::NotifyConfig>,
+    /// The service's queue.
+    pub name: &'static str,
+    /// The counter of handled envelopes.
+    pub metric: &'static str,
+}
+
+impl Worker {
+    pub(crate) async fn run<H: Handler>(&self, handler: &H, cancel: CancellationToken) {
+        let opts = ReceiveOptions {
+            max: 64,
+            wait: Duration::from_millis(500),
+            visibility: Duration::from_secs(30),
+        };
+        while !cancel.is_cancelled() {
+            let got = tokio::select! {
+                got = self.queue.receive(self.name, opts) => got,
+                _ = cancel.cancelled() => break,
+            };
+            let deliveries = match got {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, queue = self.name, "receive failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            // Messages sharing a key (a user) are never in one batch together, so the batch
+            // can be handled concurrently without reordering anyone's requests.
+            let handled = join_all(deliveries.iter().map(|d| self.handle_body(handler, &d.body))).await;
+            let receipts: Vec<_> = deliveries
+                .iter()
+                .zip(handled)
+                .filter(|(_, ok)| *ok)
+                .map(|(d, _)| d.receipt.clone())
+                .collect();
+            if let Err(e) = self.queue.ack_batch(self.name, &receipts).await {
+                tracing::warn!(error = %e, queue = self.name, "ack failed; the envelopes will be handled again");
+            }
+        }
+    }
+
+    /// Handle one envelope; false when it should be retried (storage unavailable).
+    async fn handle_body<H: Handler>(&self, handler: &H, body: &[u8]) -> bool {
+        let envelope: Envelope = match serde_json::from_slice(body) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, queue = self.name, "undecodable envelope dropped");
+                return true;
+            }
+        };
+        let (data, events) = match handler.handle(&envelope).await {
+            Ok(Written { value, events }) => (Ok(value), events),
+            Err(f) if f.code == ErrorCode::Unavailable => {
+                // Nothing was written; leave it in the queue to be retried.
+                tracing::warn!(message = %f.message, queue = self.name, "storage unavailable; will retry");
+                return false;
+            }
+            Err(f) => (Err(f), Vec::new()),
+        };
+        metrics::counter!(self.metric, "type" => envelope.request.type_name()).increment(1);
+        let replies = reply_frame(&envelope, data)
+            .map(|frame| vec![(envelope.edge.clone(), envelope.session.clone(), frame)])
+            .unwrap_or_default();
+        let frames: Vec<_> = events.into_iter().map(|e| (e.user, e.frame)).collect();
+        if let Some(config) = &self.notify
+            && !frames.is_empty()
+        {
+            // Best effort: the events are committed either way and stay in the inboxes.
+            let enqueued = notify::enqueue(
+                &*self.queue,
+                config,
+                &envelope.envelope_id,
+                &envelope.user,
+                &frames,
+            )
+            .await;
+            if let Err(e) = enqueued {
+                tracing::warn!(error = %e, "notify job not enqueued");
+            }
+        }
+        self.delivery
+            .push(frames, replies, Some(envelope.accepted_ms))
+            .await;
+        true
+    }
 }

@@ -8,15 +8,18 @@
 //! - [`sqlite`]: the embedded implementation, in the same SQLite file as the embedded queue.
 //!   Its writes go through the queue's writer thread ([`hubbub_queue::EmbeddedQueue::transact`])
 //!   so they share its group commit; reads use a pool of read-only connections.
+//! - [`feed`]: posts, comments, likes, follows ([`FeedStore`]).
 //! - [`media`]: uploaded media ([`MediaStore`]; bytes in a directory, metadata in the store).
 //! - [`StoreError`]: one variant per protocol error code it can cause.
 //!
 //! This crate knows nothing of sockets, queues' routing or who is online: it stores facts and
 //! returns the events a write produced; delivering them is the caller's job.
 
+pub mod feed;
 pub mod media;
 pub mod sqlite;
 
+pub use feed::{FeedStore, NewComment, NewPost, StoredPost};
 pub use media::{LocalMedia, MediaInfo, MediaStore, S3Config};
 pub use sqlite::SqliteStore;
 

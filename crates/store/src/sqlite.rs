@@ -15,7 +15,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-const SCHEMA_VERSION: i64 = 1;
+/// Version 1: chat; version 2: the feed.
+const SCHEMA_VERSION: i64 = 2;
 /// Read connections kept open for reuse.
 const MAX_IDLE_READERS: usize = 8;
 
@@ -42,7 +43,7 @@ impl From<QueueError> for StoreError {
     }
 }
 
-fn json_err(e: serde_json::Error) -> StoreError {
+pub(crate) fn json_err(e: serde_json::Error) -> StoreError {
     StoreError::Internal(format!("json: {e}"))
 }
 
@@ -132,8 +133,17 @@ impl SqliteStore {
                 match version {
                     None => {
                         conn.execute_batch(include_str!("schema_v1.sql"))?;
+                        conn.execute_batch(include_str!("schema_v2.sql"))?;
                         conn.execute(
                             "INSERT INTO hubbub_components (component, version) VALUES ('store', ?1)",
+                            [SCHEMA_VERSION],
+                        )?;
+                        Ok(())
+                    }
+                    Some(1) => {
+                        conn.execute_batch(include_str!("schema_v2.sql"))?;
+                        conn.execute(
+                            "UPDATE hubbub_components SET version = ?1 WHERE component = 'store'",
                             [SCHEMA_VERSION],
                         )?;
                         Ok(())
@@ -149,7 +159,7 @@ impl SqliteStore {
         Ok(store)
     }
 
-    fn now(&self) -> i64 {
+    pub(crate) fn now(&self) -> i64 {
         self.clock.now_ms()
     }
 
@@ -308,7 +318,7 @@ fn check_member(conn: &Connection, caller: &str, id: &str) -> Result<(), StoreEr
 }
 
 /// Append one durable event to `user`'s inbox under their next seq.
-fn append_event(
+pub(crate) fn append_event(
     conn: &Connection,
     user: &str,
     now: i64,
