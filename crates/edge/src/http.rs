@@ -26,6 +26,7 @@ pub(crate) fn routes(inner: Arc<Inner>) -> axum::Router {
         .route("/v1/media", post(upload))
         .route("/v1/media/{id}", get(download))
         .route("/v1/ws", get(crate::ws::upgrade))
+        .route("/v1/sse", get(crate::sse::stream))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))

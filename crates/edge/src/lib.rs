@@ -4,6 +4,7 @@
 //! - [`auth`]: passwords, access and refresh tokens, app tokens.
 //! - `http`: the HTTP API (`/v1/auth/*`, `/v1/users/{handle}`), `/healthz`, `/readyz`,
 //!   `/metrics`; every error is the protocol's `{"error":{"code","message"}}`.
+//! - `sse`: `/v1/sse`, engagement events over server-sent events.
 //! - `ws`: `/v1/ws`, one task per connection: parse, rate-limit, answer reads from the store,
 //!   put writes on the `main` queue, and write replies and events to the socket in seq order.
 //! - [`Edge`]: ties them together, plus the dispatcher that takes batches handed to this edge
@@ -23,6 +24,7 @@
 
 pub mod auth;
 mod http;
+mod sse;
 mod ws;
 
 use auth::{Auth, AuthConfig};
@@ -74,6 +76,10 @@ pub struct EdgeDeps {
     pub media: Arc<dyn hubbub_store::MediaStore>,
     /// Presence and typing (the ephemeral path).
     pub signals: Arc<dyn hubbub_registry::Signals>,
+    /// Precomputed timelines (`timeline.get`, the push after `hello`).
+    pub timelines: Arc<dyn hubbub_registry::Timelines>,
+    /// Who is writing a comment (`post.watch`, `comment.typing`).
+    pub engagement: Arc<dyn hubbub_registry::Engagement>,
     /// Prometheus rendering of the process's metrics.
     pub metrics: PrometheusHandle,
 }
@@ -83,6 +89,8 @@ pub struct EdgeDeps {
 pub(crate) enum Out {
     Reply(hubbub_protocol::ServerFrame),
     Events(Vec<hubbub_protocol::ServerFrame>, Option<i64>),
+    /// Ephemeral frames serialized once and shared by every session that gets them.
+    Shared(Vec<Arc<str>>),
 }
 
 pub(crate) struct SessionHandle {
@@ -90,13 +98,33 @@ pub(crate) struct SessionHandle {
     tx: mpsc::Sender<Out>,
     /// Cancelled to cut off a slow reader (close code 1013).
     kick: CancellationToken,
+    /// Posts whose engagement this session watches.
+    posts: HashSet<String>,
+}
+
+impl SessionHandle {
+    pub(crate) fn new(user: String, tx: mpsc::Sender<Out>, kick: CancellationToken) -> Self {
+        SessionHandle {
+            user,
+            tx,
+            kick,
+            posts: HashSet::new(),
+        }
+    }
 }
 
 #[derive(Default)]
 pub(crate) struct Sessions {
     by_id: HashMap<String, SessionHandle>,
     by_user: HashMap<String, HashSet<String>>,
+    /// post → sessions of this edge watching it.
+    watching: HashMap<String, HashSet<String>>,
+    /// The latest engagement frame of each watched post, for a session that starts watching.
+    last: HashMap<String, Arc<str>>,
 }
+
+/// Why a session may not watch more posts.
+pub(crate) struct TooManyPosts;
 
 pub(crate) struct Inner {
     config: EdgeConfig,
@@ -122,17 +150,94 @@ impl Inner {
         metrics::gauge!("hubbub_connections").set(s.by_id.len() as f64);
     }
 
-    fn remove_session(&self, session: &str) {
+    /// Remove a session; returns the posts no session of this edge watches any more.
+    fn remove_session(&self, session: &str) -> Vec<String> {
         let mut s = self.sessions();
-        if let Some(h) = s.by_id.remove(session)
-            && let Some(set) = s.by_user.get_mut(&h.user)
-        {
-            set.remove(session);
-            if set.is_empty() {
-                s.by_user.remove(&h.user);
+        let mut unwatched = Vec::new();
+        if let Some(h) = s.by_id.remove(session) {
+            if let Some(set) = s.by_user.get_mut(&h.user) {
+                set.remove(session);
+                if set.is_empty() {
+                    s.by_user.remove(&h.user);
+                }
             }
+            unwatched = Self::unwatch_locked(&mut s, session, h.posts.iter());
         }
         metrics::gauge!("hubbub_connections").set(s.by_id.len() as f64);
+        unwatched
+    }
+
+    /// A session watches more posts (at most `max` in all). Returns the latest engagement
+    /// frames this edge has for them.
+    fn watch_posts(
+        &self,
+        session: &str,
+        posts: &[String],
+        max: usize,
+    ) -> Result<Vec<Arc<str>>, TooManyPosts> {
+        let mut s = self.sessions();
+        let Some(h) = s.by_id.get_mut(session) else {
+            return Ok(Vec::new());
+        };
+        let new = posts.iter().filter(|p| !h.posts.contains(*p)).count();
+        if h.posts.len() + new > max {
+            return Err(TooManyPosts);
+        }
+        h.posts.extend(posts.iter().cloned());
+        for p in posts {
+            s.watching
+                .entry(p.clone())
+                .or_default()
+                .insert(session.to_owned());
+        }
+        Ok(posts
+            .iter()
+            .filter_map(|p| s.last.get(p).cloned())
+            .collect())
+    }
+
+    /// Whether a session could watch these posts too.
+    fn can_watch(&self, session: &str, posts: &[String], max: usize) -> bool {
+        let s = self.sessions();
+        s.by_id.get(session).is_none_or(|h| {
+            let new = posts.iter().filter(|p| !h.posts.contains(*p)).count();
+            h.posts.len() + new <= max
+        })
+    }
+
+    /// A session stops watching posts; returns those no session of this edge watches now.
+    fn unwatch_posts(&self, session: &str, posts: &[String]) -> Vec<String> {
+        let mut s = self.sessions();
+        if let Some(h) = s.by_id.get_mut(session) {
+            for p in posts {
+                h.posts.remove(p);
+            }
+        }
+        Self::unwatch_locked(&mut s, session, posts.iter())
+    }
+
+    fn unwatch_locked<'a>(
+        s: &mut Sessions,
+        session: &str,
+        posts: impl Iterator<Item = &'a String>,
+    ) -> Vec<String> {
+        let mut gone = Vec::new();
+        for p in posts {
+            if let Some(set) = s.watching.get_mut(p) {
+                set.remove(session);
+                if set.is_empty() {
+                    s.watching.remove(p);
+                    s.last.remove(p);
+                    gone.push(p.clone());
+                }
+            }
+        }
+        gone
+    }
+
+    /// Every post some session of this edge watches.
+    fn watched_posts(&self) -> Vec<String> {
+        self.sessions().watching.keys().cloned().collect()
     }
 
     /// Hand an item to a session without waiting; a full buffer cuts the session off.
@@ -144,7 +249,7 @@ impl Inner {
     }
 
     fn dispatch(&self, batch: Vec<ToEdge>) {
-        let sessions = self.sessions();
+        let mut sessions = self.sessions();
         for item in batch {
             match item {
                 ToEdge::Reply { session, frame } => {
@@ -165,6 +270,34 @@ impl Inner {
                         }
                     }
                 }
+                ToEdge::Engagement { frames } => Self::dispatch_engagement(&mut sessions, frames),
+            }
+        }
+    }
+
+    /// Each frame is serialized once; each watching session gets its posts' frames as one
+    /// write.
+    fn dispatch_engagement(sessions: &mut Sessions, frames: Vec<hubbub_protocol::ServerFrame>) {
+        let mut per_session: HashMap<String, Vec<Arc<str>>> = HashMap::new();
+        for frame in frames {
+            let hubbub_protocol::ServerFrame::Engagement { post, .. } = &frame else {
+                continue;
+            };
+            let Some(watchers) = sessions.watching.get(post) else {
+                continue;
+            };
+            let json: Arc<str> = frame.to_json().into();
+            for id in watchers {
+                per_session
+                    .entry(id.clone())
+                    .or_default()
+                    .push(json.clone());
+            }
+            sessions.last.insert(post.clone(), json);
+        }
+        for (id, list) in per_session {
+            if let Some(h) = sessions.by_id.get(&id) {
+                Self::offer(h, Out::Shared(list));
             }
         }
     }
@@ -210,7 +343,15 @@ impl Edge {
             );
             loop {
                 tokio::select! {
-                    _ = tick.tick() => beat.deps.signals.heartbeat(&beat.config.edge_id).await,
+                    _ = tick.tick() => {
+                        beat.deps.signals.heartbeat(&beat.config.edge_id).await;
+                        // Subscriptions are leases: renewing them every beat is also how a
+                        // restarted engagement service learns them again.
+                        let posts = beat.watched_posts();
+                        if !posts.is_empty() {
+                            beat.deps.engagement.renew(&beat.config.edge_id, &posts).await;
+                        }
+                    }
                     _ = beat.cancel.cancelled() => break,
                 }
             }

@@ -38,6 +38,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// A close frame is a courtesy: a peer that cannot take it within this long is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_FRAMES_PER_WRITE: usize = 256;
+/// Most posts one session watches (PROTOCOL.md).
+pub(crate) const MAX_WATCHED_POSTS: usize = 50;
 
 pub(crate) async fn upgrade(
     State(inner): State<Arc<Inner>>,
@@ -125,11 +127,7 @@ async fn run(inner: Arc<Inner>, user: UserRef, socket: WebSocket) {
     let kick = CancellationToken::new();
     inner.add_session(
         &session,
-        SessionHandle {
-            user: user.id.clone(),
-            tx,
-            kick: kick.clone(),
-        },
+        SessionHandle::new(user.id.clone(), tx, kick.clone()),
     );
     let limits = &inner.config.limits;
     let mut conn = Conn {
@@ -152,7 +150,14 @@ async fn run(inner: Arc<Inner>, user: UserRef, socket: WebSocket) {
         Flow::Gone if conn.kicked => conn.close(1013, "too slow: reconnect and sync").await,
         _ => {}
     }
-    inner.remove_session(&session);
+    let unwatched = inner.remove_session(&session);
+    if !unwatched.is_empty() {
+        inner
+            .deps
+            .engagement
+            .unsubscribe(&inner.config.edge_id, &unwatched)
+            .await;
+    }
     inner
         .deps
         .signals
@@ -199,6 +204,17 @@ impl Conn {
         };
         if !self.write_frames(&[hello]).await {
             return Flow::Gone;
+        }
+        // The precomputed timeline follows `hello` unasked. It is ephemeral: a user whose
+        // timeline cannot be read now still gets a working session.
+        match self.inner.deps.timelines.welcome(&self.user.id).await {
+            Ok((items, computed_ts)) => {
+                let timeline = ServerFrame::Timeline { items, computed_ts };
+                if !self.write_frames(&[timeline]).await {
+                    return Flow::Gone;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "no timeline pushed after hello"),
         }
         let ping_every = self.inner.config.ping_interval;
         let mut ping = tokio::time::interval(ping_every);
@@ -254,16 +270,39 @@ impl Conn {
 
     /// Write frames as one text frame, newline-separated.
     async fn write_frames(&mut self, frames: &[ServerFrame]) -> bool {
-        if frames.is_empty() {
+        self.write_mixed(frames, &[]).await
+    }
+
+    async fn write_raw(&mut self, frames: &[ServerFrame], shared: &[Arc<str>]) -> Flow {
+        if self.write_mixed(frames, shared).await {
+            Flow::Continue
+        } else {
+            Flow::Gone
+        }
+    }
+
+    /// Write frames and already-serialized (shared, ephemeral) frames as one text frame.
+    async fn write_mixed(&mut self, frames: &[ServerFrame], shared: &[Arc<str>]) -> bool {
+        if frames.is_empty() && shared.is_empty() {
             return true;
         }
-        let mut text = String::with_capacity(frames.len() * 128);
-        for (i, f) in frames.iter().enumerate() {
-            if i > 0 {
+        let mut text = String::with_capacity(frames.len() * 128 + shared.len() * 256);
+        for f in frames {
+            if !text.is_empty() {
                 text.push('\n');
             }
             text.push_str(&f.to_json());
             metrics::counter!("hubbub_frames_out_total", "type" => f.type_name()).increment(1);
+        }
+        for raw in shared {
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(raw);
+        }
+        if !shared.is_empty() {
+            metrics::counter!("hubbub_frames_out_total", "type" => "engagement")
+                .increment(shared.len() as u64);
         }
         // A reader too slow to take this write gets cut off as soon as its buffer fills, not
         // after the send timeout.
@@ -540,7 +579,81 @@ impl Conn {
                     .await;
                 self.reply(frame.id, Ok(ReplyData::Empty {})).await
             }
+            Request::TimelineGet { before, limit } => {
+                let limit = limit.unwrap_or(50).clamp(1, 100) as usize;
+                let r = self
+                    .inner
+                    .deps
+                    .timelines
+                    .timeline(&user, before.as_deref(), limit)
+                    .await
+                    .map(|(items, computed_ts)| ReplyData::Timeline { items, computed_ts });
+                self.signal_reply(frame.id, r).await
+            }
+            Request::PostWatch { posts } => self.watch_posts(frame.id, posts).await,
+            Request::PostUnwatch { posts } => {
+                let edge = self.inner.config.edge_id.clone();
+                let gone = self.inner.unwatch_posts(&self.session, &posts);
+                if !gone.is_empty() {
+                    self.inner.deps.engagement.unsubscribe(&edge, &gone).await;
+                }
+                self.reply(frame.id, Ok(ReplyData::Empty {})).await
+            }
+            Request::CommentTyping { post, words } => {
+                let r = self
+                    .inner
+                    .deps
+                    .engagement
+                    .typing(&self.user, &post, words)
+                    .await;
+                self.signal_reply(frame.id, r.map(|()| ReplyData::Empty {}))
+                    .await
+            }
             request => self.forward(frame.id, request).await,
+        }
+    }
+
+    /// `post.watch`: at most [`MAX_WATCHED_POSTS`] per session; an unknown post refuses the
+    /// whole request. The edge's latest frame of each post follows the `ok`.
+    async fn watch_posts(&mut self, id: Option<String>, mut posts: Vec<String>) -> Flow {
+        posts.sort_unstable();
+        posts.dedup();
+        if !self
+            .inner
+            .can_watch(&self.session, &posts, MAX_WATCHED_POSTS)
+        {
+            let e = ServerFrame::error(
+                id,
+                ErrorCode::TooLarge,
+                format!("a session watches at most {MAX_WATCHED_POSTS} posts"),
+            );
+            return self.written(&[e]).await;
+        }
+        let edge = self.inner.config.edge_id.clone();
+        if let Err(e) = self.inner.deps.engagement.subscribe(&edge, &posts).await {
+            return self
+                .written(&[ServerFrame::error(id, e.code, e.message)])
+                .await;
+        }
+        match self
+            .inner
+            .watch_posts(&self.session, &posts, MAX_WATCHED_POSTS)
+        {
+            Ok(latest) => {
+                if let Flow::Gone = self.reply(id, Ok(ReplyData::Empty {})).await {
+                    return Flow::Gone;
+                }
+                self.write_raw(&[], &latest).await
+            }
+            // Another watch raced this one to the limit (not possible from one connection).
+            Err(crate::TooManyPosts) => {
+                let e = ServerFrame::error(
+                    id,
+                    ErrorCode::TooLarge,
+                    format!("a session watches at most {MAX_WATCHED_POSTS} posts"),
+                );
+                self.written(&[e]).await
+            }
         }
     }
 
@@ -650,8 +763,10 @@ impl Conn {
 
     async fn on_outgoing(&mut self, batch: Vec<Out>) -> Flow {
         let mut frames = Vec::new();
+        let mut shared = Vec::new();
         for out in batch {
             match out {
+                Out::Shared(list) => shared.extend(list),
                 Out::Reply(frame) => {
                     let id = match &frame {
                         ServerFrame::Ok { id, .. } => Some(id.clone()),
@@ -713,7 +828,7 @@ impl Conn {
                 }
             }
         }
-        self.written(&frames).await
+        self.write_raw(&frames, &shared).await
     }
 }
 

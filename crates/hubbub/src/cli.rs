@@ -190,7 +190,9 @@ pub async fn listen(path: &Path, count: Option<u64>) -> anyhow::Result<()> {
                 eprintln!("note: events older than the retention window are gone; reload state");
                 continue;
             }
-            ServerFrame::Ok { .. } | ServerFrame::Hello { .. } => continue,
+            ServerFrame::Ok { .. } | ServerFrame::Hello { .. } | ServerFrame::Timeline { .. } => {
+                continue;
+            }
             _ => {}
         }
         println!("{}", frame.to_json());

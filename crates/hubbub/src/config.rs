@@ -47,6 +47,64 @@ pub struct Config {
     pub notify: hubbub_services::notify::NotifyConfig,
     /// Where uploaded media is kept.
     pub media: MediaSettings,
+    /// The feed and its precomputed timelines.
+    pub feed: FeedSettings,
+    /// Who is writing a comment.
+    pub engagement: EngagementSettings,
+}
+
+/// The feed and its precomputed timelines.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedSettings {
+    /// Feed service loops.
+    pub workers: usize,
+    /// Timeline computer and personalization loops (each).
+    pub timeline_workers: usize,
+    /// The scheduler recomputes the timeline of every recently active user this often,
+    /// seconds.
+    pub precompute_interval_s: u64,
+    /// A user who opened a session within this is recently active, seconds.
+    pub active_window_s: u64,
+    /// Changes to one user's timeline within this share one recomputation, milliseconds.
+    pub precompute_dedupe_ms: u64,
+    /// Most posts a precomputed timeline keeps.
+    pub timeline_len: usize,
+}
+
+impl Default for FeedSettings {
+    fn default() -> Self {
+        FeedSettings {
+            workers: 1,
+            timeline_workers: 1,
+            precompute_interval_s: 300,
+            active_window_s: 7 * 24 * 3600,
+            precompute_dedupe_ms: 2000,
+            timeline_len: 500,
+        }
+    }
+}
+
+/// Who is writing a comment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngagementSettings {
+    /// The sliding window of writers, seconds.
+    pub window_s: u32,
+    /// How many writers `top` lists.
+    pub top_n: usize,
+    /// Partitions (tasks), each owning a share of the posts.
+    pub partitions: usize,
+}
+
+impl Default for EngagementSettings {
+    fn default() -> Self {
+        EngagementSettings {
+            window_s: 300,
+            top_n: 10,
+            partitions: 2,
+        }
+    }
 }
 
 /// Where uploaded media is kept.
@@ -123,6 +181,8 @@ impl Default for Config {
             server: ServerSettings::default(),
             notify: Default::default(),
             media: MediaSettings::default(),
+            feed: FeedSettings::default(),
+            engagement: EngagementSettings::default(),
         }
     }
 }

@@ -13,9 +13,15 @@ use hubbub_queue::{EmbeddedConfig, EmbeddedQueue, Queue, QueueConfig};
 use hubbub_registry::{Delivery, LocalEdges, LocalRegistry};
 use hubbub_router::{MAIN_QUEUE, Router, RoutingTable};
 use hubbub_services::chat::{CHAT_QUEUE, CHAT_TYPES, ChatService};
+use hubbub_services::engagement::{EngagementConfig, EngagementService};
+use hubbub_services::feed::{FEED_QUEUE, FEED_TYPES, FeedService};
 use hubbub_services::notify::{NOTIFY_QUEUE, Notifier, PushProvider, Webhook};
 use hubbub_services::signals::SignalService;
-use hubbub_store::{LocalMedia, MediaStore, SqliteStore, Store};
+use hubbub_services::timeline::{
+    LocalTimelineCache, PERSONALIZE_QUEUE, PRECOMPUTE_QUEUE, Personalizer, RecencyEngagement,
+    Timeline, TimelineComputer, TimelineConfig, TimelineReader,
+};
+use hubbub_store::{FeedStore, LocalMedia, MediaStore, SqliteStore, Store};
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -33,6 +39,11 @@ pub const METRICS: &[&str] = &[
     "hubbub_queue_dlq_depth",
     "hubbub_queue_oldest_age_seconds",
     "hubbub_chat_handled_total",
+    "hubbub_feed_handled_total",
+    "hubbub_timeline_computed_total",
+    "hubbub_timeline_misses_total",
+    "hubbub_engagement_published_total",
+    "hubbub_engagement_dropped_total",
 ];
 
 /// The process-wide Prometheus recorder (installed once; servers in one process share it).
@@ -130,6 +141,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     let sqlite = SqliteStore::open(queue.clone()).await?;
     let media = media_store(&config, sqlite.clone())?;
+    let feed_store: Arc<dyn FeedStore> = Arc::new(sqlite.clone());
     let store: Arc<dyn Store> = Arc::new(sqlite);
     let queue_dyn: Arc<dyn Queue> = Arc::new(queue.clone());
     let registry = Arc::new(LocalRegistry::default());
@@ -142,6 +154,26 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let edge_ttl = Duration::from_secs(config.server.edge_ttl_s.max(1));
     let signals = SignalService::new(store.clone(), delivery.clone(), edge_ttl);
     tracker.spawn(signals.clone().run_lapses(cancel.clone()));
+    let engagement = EngagementService::start(
+        feed_store.clone(),
+        edges.clone(),
+        EngagementConfig {
+            window_s: config.engagement.window_s.max(1),
+            top_n: config.engagement.top_n,
+            partitions: config.engagement.partitions.max(1),
+            subscription_ttl: edge_ttl,
+            max_words: config.limits.max_text_chars as u32,
+        },
+        cancel.clone(),
+    );
+    let timeline = Timeline::new(
+        feed_store.clone(),
+        Arc::new(LocalTimelineCache::default()),
+        Arc::new(RecencyEngagement::default()),
+        TimelineConfig {
+            len: config.feed.timeline_len.max(1),
+        },
+    );
 
     let edge = Edge::new(
         EdgeConfig {
@@ -159,6 +191,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             registry,
             media: media.clone(),
             signals: Arc::new(signals),
+            timelines: Arc::new(TimelineReader::new(timeline.clone())),
+            engagement: Arc::new(engagement.clone()),
             metrics: metrics_handle()?,
         },
         inbox,
@@ -169,7 +203,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr()?;
 
-    let table = RoutingTable::new().route(CHAT_TYPES, CHAT_QUEUE);
+    let table = RoutingTable::new()
+        .route(CHAT_TYPES, CHAT_QUEUE)
+        .route(FEED_TYPES, FEED_QUEUE);
     for _ in 0..config.server.routers.max(1) {
         let router = Router::new(
             queue_dyn.clone(),
@@ -193,6 +229,35 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         };
         tracker.spawn(chat.run(cancel.clone()));
     }
+    let precompute_window = Duration::from_millis(config.feed.precompute_dedupe_ms.max(1));
+    for _ in 0..config.feed.workers.max(1) {
+        let feed = FeedService::new(
+            feed_store.clone(),
+            media.clone(),
+            queue_dyn.clone(),
+            delivery.clone(),
+            config.limits.clone(),
+            precompute_window,
+        )
+        .with_engagement(Arc::new(engagement.clone()));
+        let feed = match &config.notify.webhook {
+            Some(_) => feed.with_notify(config.notify.clone()),
+            None => feed,
+        };
+        tracker.spawn(feed.run(cancel.clone()));
+    }
+    for _ in 0..config.feed.timeline_workers.max(1) {
+        tracker.spawn(TimelineComputer::run(
+            timeline.clone(),
+            queue_dyn.clone(),
+            cancel.clone(),
+        ));
+        tracker.spawn(Personalizer::run(
+            timeline.clone(),
+            queue_dyn.clone(),
+            cancel.clone(),
+        ));
+    }
     if let Some(webhook) = &config.notify.webhook {
         let provider =
             Webhook::new(webhook.clone()).map_err(|e| anyhow::anyhow!("notify.webhook: {e}"))?;
@@ -207,10 +272,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tracker.spawn(notifier.run(cancel.clone()));
     }
     tracker.spawn(scheduler(
-        store,
-        queue_dyn,
-        delivery.clone(),
+        Scheduled {
+            store,
+            feed: feed_store,
+            queue: queue_dyn,
+            delivery: delivery.clone(),
+        },
         config.server.clone(),
+        config.feed.clone(),
         cancel.clone(),
     ));
     let serve_cancel = cancel.clone();
@@ -253,15 +322,32 @@ fn media_store(config: &Config, sqlite: SqliteStore) -> anyhow::Result<Arc<dyn M
     }
 }
 
-/// Periodic jobs: queue gauges every 5 s, expiry of ephemeral conversations (every minute,
-/// or faster for short TTLs), event retention every hour.
-async fn scheduler(
+/// What the scheduler works on.
+struct Scheduled {
     store: Arc<dyn Store>,
+    feed: Arc<dyn FeedStore>,
     queue: Arc<dyn Queue>,
     delivery: Delivery,
+}
+
+/// Periodic jobs: queue gauges every 5 s, expiry of ephemeral conversations (every minute,
+/// or faster for short TTLs), event retention every hour, and the precompute trigger: every
+/// `precompute_interval_s`, each recently active user's id on the `precompute` queue.
+async fn scheduler(
+    on: Scheduled,
     settings: crate::config::ServerSettings,
+    feed: crate::config::FeedSettings,
     cancel: CancellationToken,
 ) {
+    let Scheduled {
+        store,
+        feed: feed_store,
+        queue,
+        delivery,
+    } = on;
+    let mut precompute =
+        tokio::time::interval(Duration::from_secs(feed.precompute_interval_s.max(1)));
+    let dedupe = Duration::from_millis(feed.precompute_dedupe_ms.max(1));
     let mut gauges = tokio::time::interval(Duration::from_secs(5));
     let mut prune = tokio::time::interval(Duration::from_secs(3600));
     let sweep_every = Duration::from_secs((settings.ephemeral_ttl_s / 2).clamp(1, 60));
@@ -270,7 +356,7 @@ async fn scheduler(
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = gauges.tick() => {
-                for q in [MAIN_QUEUE, CHAT_QUEUE, NOTIFY_QUEUE] {
+                for q in [MAIN_QUEUE, CHAT_QUEUE, FEED_QUEUE, PRECOMPUTE_QUEUE, PERSONALIZE_QUEUE, NOTIFY_QUEUE] {
                     if let Ok(s) = queue.stats(q).await {
                         metrics::gauge!("hubbub_queue_visible", "queue" => q).set(s.visible as f64);
                         metrics::gauge!("hubbub_queue_in_flight", "queue" => q).set(s.in_flight as f64);
@@ -290,6 +376,21 @@ async fn scheduler(
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "ephemeral expiry failed"),
+                }
+            }
+            _ = precompute.tick() => {
+                let since = now_ms() - (feed.active_window_s as i64) * 1000;
+                let users = match feed_store.active_users(since).await {
+                    Ok(u) => u,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "active users not read; no precompute this round");
+                        continue;
+                    }
+                };
+                if let Err(e) = hubbub_services::timeline::request_precompute(&*queue, &users, dedupe).await {
+                    tracing::warn!(error = %e, "precompute not requested");
+                } else if !users.is_empty() {
+                    tracing::debug!(users = users.len(), "timelines to precompute");
                 }
             }
             _ = prune.tick() => {

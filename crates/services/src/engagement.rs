@@ -649,7 +649,11 @@ mod tests {
         assert_eq!((writers, comments), (5, 7));
         assert_eq!(
             top,
-            vec![("user5".into(), 50), ("user4".into(), 40), ("user3".into(), 30)]
+            vec![
+                ("user5".into(), 50),
+                ("user4".into(), 40),
+                ("user3".into(), 30)
+            ]
         );
         // A change within the second waits for the second to pass.
         agg.typing("p", &user(1), 99, 1100);

@@ -118,7 +118,12 @@ impl Worker {
             };
             // Messages sharing a key (a user) are never in one batch together, so the batch
             // can be handled concurrently without reordering anyone's requests.
-            let handled = join_all(deliveries.iter().map(|d| self.handle_body(handler, &d.body))).await;
+            let handled = join_all(
+                deliveries
+                    .iter()
+                    .map(|d| self.handle_body(handler, &d.body)),
+            )
+            .await;
             let receipts: Vec<_> = deliveries
                 .iter()
                 .zip(handled)

@@ -5,7 +5,8 @@
 //!    `precompute` queue: the scheduler, for every recently active user, every
 //!    `precompute_interval_s`; the feed service, when a followee posts or deletes a post and
 //!    when the user follows or unfollows someone. [`request_precompute`] deduplicates per
-//!    user within a short window, so a burst of posts costs one computation.
+//!    user within a short window (and runs at its end), so a burst of posts costs one
+//!    computation that sees them all.
 //! 2. The **timeline computer** ([`TimelineComputer`]) takes it, gathers the newest posts of
 //!    the user's followees (and the user's own) into a chronological list, stores it in the
 //!    [`TimelineCache`] with the store's post watermark, and forwards the user to the
@@ -103,8 +104,11 @@ pub trait TimelineCache: Send + Sync {
         timeline: Arc<CachedTimeline>,
     ) -> Result<(), CacheError>;
     /// A user's list, if computed.
-    async fn get(&self, user: &str, stage: Stage)
-    -> Result<Option<Arc<CachedTimeline>>, CacheError>;
+    async fn get(
+        &self,
+        user: &str,
+        stage: Stage,
+    ) -> Result<Option<Arc<CachedTimeline>>, CacheError>;
 }
 
 /// The in-process cache.
@@ -182,14 +186,19 @@ impl Ranker for RecencyEngagement {
     }
 }
 
-/// Put users on the `precompute` queue, once per user per `window` (a burst of changes
-/// costs one computation).
+/// Put users on the `precompute` queue, once per user per `window`: time is cut into
+/// windows, the first change of a window enqueues the user with a delay to the window's end
+/// and later ones are deduplicated, so a burst of changes costs one computation that runs
+/// after all of them (at most one window late).
 pub async fn request_precompute(
     queue: &dyn Queue,
     users: &[String],
     window: Duration,
 ) -> Result<(), hubbub_queue::QueueError> {
-    let bucket = now_ms() / (window.as_millis().max(1) as i64);
+    let window_ms = window.as_millis().max(1) as i64;
+    let now = now_ms();
+    let bucket = now / window_ms;
+    let delay = Duration::from_millis(((bucket + 1) * window_ms - now).max(0) as u64);
     for chunk in users.chunks(500) {
         let batch = chunk
             .iter()
@@ -197,6 +206,7 @@ pub async fn request_precompute(
                 body: u.as_bytes().to_vec(),
                 opts: SendOptions::default()
                     .dedupe(format!("precompute:{u}:{bucket}"))
+                    .delay(delay)
                     .key(u.clone()),
             })
             .collect();
@@ -399,7 +409,12 @@ enum Step {
     Personalize,
 }
 
-async fn run_stage(timeline: Timeline, queue: Arc<dyn Queue>, step: Step, cancel: CancellationToken) {
+async fn run_stage(
+    timeline: Timeline,
+    queue: Arc<dyn Queue>,
+    step: Step,
+    cancel: CancellationToken,
+) {
     let from = match step {
         Step::Compute => PRECOMPUTE_QUEUE,
         Step::Personalize => PERSONALIZE_QUEUE,

@@ -231,7 +231,9 @@ impl FeedStore for SqliteStore {
             let post = existing_post(conn, &new.post)?;
             let existing: Option<(String, String, String, i64)> = conn
                 .prepare_cached("SELECT post, author, text, ts FROM comments WHERE id = ?1")?
-                .query_row([&new.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .query_row([&new.id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
                 .optional()?;
             if let Some((post_id, author, text, ts)) = existing {
                 let comment = Comment {

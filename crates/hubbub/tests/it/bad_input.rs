@@ -19,6 +19,8 @@ async fn raw(s: &TestServer, token: &str) -> Raw {
         .expect("connect");
     let hello = next_raw(&mut ws).await;
     assert!(matches!(hello, Some(ServerFrame::Hello { .. })));
+    let timeline = next_raw(&mut ws).await;
+    assert!(matches!(timeline, Some(ServerFrame::Timeline { .. })));
     ws
 }
 
@@ -162,9 +164,11 @@ async fn rate_limits_answer_then_close_a_flood() {
     assert_eq!((oks, limited), (5, vec![Some("q5".to_owned())]));
     let typing = r#"{"type":"typing","conversation":"c","state":"start"}"#;
     ws.send(Message::Text(typing.into())).await.expect("send");
-    // More than five times the limit within a second closes the connection with 1008.
-    let flood = (0..30)
-        .map(|i| format!("{{\"type\":\"sync\",\"id\":\"f{i}\",\"after_seq\":0}}"))
+    // More than five times the limit within a second closes the connection with 1008. The
+    // flood's frames are cheap to refuse (no store read), so even a loaded machine handles
+    // more than 25 of them within one second.
+    let flood = (0..60)
+        .map(|i| format!("{{\"type\":\"no.such.type\",\"id\":\"f{i}\"}}"))
         .collect::<Vec<_>>()
         .join("\n");
     ws.send(Message::Text(flood.into())).await.expect("send");
@@ -190,25 +194,6 @@ async fn rate_limits_answer_then_close_a_flood() {
         }
     }
     assert_eq!(code, Some(CloseCode::Policy));
-}
-
-#[tokio::test]
-async fn requests_nothing_routes_are_answered_not_lost() {
-    let s = server().await;
-    let (_, token) = s.user("early").await;
-    let (mut sock, _) = s.connect(&token).await;
-    // Feed requests are part of the protocol but their service is not in this build yet:
-    // the router answers instead of dropping them silently.
-    let msg = err(
-        &mut sock,
-        Request::PostCreate {
-            text: "hi".into(),
-            attachments: None,
-        },
-        "bad_request",
-    )
-    .await;
-    assert!(msg.contains("post.create"), "{msg}");
 }
 
 /// A client that stops reading is cut off with 1013 once its outgoing buffer is full; the

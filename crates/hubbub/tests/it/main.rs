@@ -7,6 +7,8 @@ mod bad_input;
 mod chat;
 mod cli;
 mod crash;
+mod engagement;
+mod feed;
 mod lifecycle;
 mod media;
 mod notify;

@@ -60,6 +60,13 @@ impl TestServer {
         let ServerFrame::Hello { last_seq, .. } = hello else {
             panic!("no hello")
         };
+        // The precomputed timeline is pushed right after hello.
+        let mut socket = socket;
+        let timeline = next(&mut socket).await;
+        assert!(
+            matches!(timeline, ServerFrame::Timeline { .. }),
+            "expected the timeline after hello, got {timeline:?}"
+        );
         (socket, last_seq)
     }
 

@@ -1,0 +1,397 @@
+//! The feed over the real protocol: posts, likes, comments, follows, notifications, and the
+//! precomputed timeline with its real-time fixups.
+
+use crate::support::*;
+use hubbub_protocol::{NotificationKind, Post, ReplyData, Request, ServerFrame};
+
+async fn post(sock: &mut hubbub::client::Socket, text: &str) -> Post {
+    match ok(
+        sock,
+        Request::PostCreate {
+            text: text.into(),
+            attachments: None,
+        },
+    )
+    .await
+    {
+        ReplyData::Post { post } => post,
+        other => panic!("not a post: {other:?}"),
+    }
+}
+
+async fn timeline(
+    sock: &mut hubbub::client::Socket,
+    before: Option<&str>,
+    limit: Option<u32>,
+) -> Vec<String> {
+    match ok(
+        sock,
+        Request::TimelineGet {
+            before: before.map(str::to_owned),
+            limit,
+        },
+    )
+    .await
+    {
+        ReplyData::Timeline { items, .. } => items.into_iter().map(|p| p.id).collect(),
+        other => panic!("not a timeline: {other:?}"),
+    }
+}
+
+async fn likes(sock: &mut hubbub::client::Socket, request: Request) -> u64 {
+    match ok(sock, request).await {
+        ReplyData::Likes { likes } => likes,
+        other => panic!("not likes: {other:?}"),
+    }
+}
+
+fn notification(f: &ServerFrame) -> Option<(NotificationKind, serde_json::Value)> {
+    match f {
+        ServerFrame::Notification { kind, data, .. } => Some((*kind, data.clone())),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn posts_likes_comments_follows_and_their_notifications() {
+    let s = server().await;
+    let (alice, at) = s.user("alice").await;
+    let (bob, bt) = s.user("bob").await;
+    let (mut a, _) = s.connect(&at).await;
+    let (mut b, _) = s.connect(&bt).await;
+
+    ok(
+        &mut b,
+        Request::Follow {
+            user: alice.id.clone(),
+        },
+    )
+    .await;
+    let f = until(&mut a, "follow notification", |f| notification(f).is_some()).await;
+    assert_eq!(
+        notification(&f),
+        Some((
+            NotificationKind::Follow,
+            serde_json::json!({"user": bob.id})
+        ))
+    );
+    // Following again is a no-op: no second notification (checked by the seqs below).
+    ok(
+        &mut b,
+        Request::Follow {
+            user: alice.id.clone(),
+        },
+    )
+    .await;
+
+    let p = post(&mut a, "hello feed").await;
+    assert_eq!(
+        (p.author.as_str(), p.likes, p.comments),
+        (alice.id.as_str(), 0, 0)
+    );
+    let like = || Request::PostLike { post: p.id.clone() };
+    assert_eq!(likes(&mut b, like()).await, 1);
+    assert_eq!(likes(&mut b, like()).await, 1, "likes are idempotent");
+    let f = until(&mut a, "like notification", |f| notification(f).is_some()).await;
+    assert_eq!(notification(&f).map(|n| n.0), Some(NotificationKind::Like));
+    assert_eq!(f.seq(), Some(2), "one follow, one like: no duplicates");
+
+    let comment = match ok(
+        &mut b,
+        Request::CommentCreate {
+            post: p.id.clone(),
+            text: "nice".into(),
+        },
+    )
+    .await
+    {
+        ReplyData::Comment { comment } => comment,
+        other => panic!("not a comment: {other:?}"),
+    };
+    assert_eq!(
+        (comment.post.as_str(), comment.author.as_str()),
+        (p.id.as_str(), bob.id.as_str())
+    );
+    let f = until(&mut a, "comment notification", |f| {
+        notification(f).is_some()
+    })
+    .await;
+    let (kind, data) = notification(&f).expect("notification");
+    assert_eq!(kind, NotificationKind::Comment);
+    assert_eq!(data["comment"]["text"], "nice");
+
+    let unlike = || Request::PostUnlike { post: p.id.clone() };
+    assert_eq!(likes(&mut b, unlike()).await, 0);
+    assert_eq!(likes(&mut b, unlike()).await, 0, "unlike is idempotent");
+    // The author's own like notifies no one.
+    assert_eq!(
+        likes(&mut a, Request::PostLike { post: p.id.clone() }).await,
+        1
+    );
+
+    // Errors: someone else's post, unknown posts and users, yourself, empty comments.
+    err(
+        &mut b,
+        Request::PostDelete { post: p.id.clone() },
+        "forbidden",
+    )
+    .await;
+    err(
+        &mut b,
+        Request::PostLike {
+            post: "nope".into(),
+        },
+        "not_found",
+    )
+    .await;
+    err(
+        &mut b,
+        Request::CommentCreate {
+            post: "nope".into(),
+            text: "x".into(),
+        },
+        "not_found",
+    )
+    .await;
+    err(
+        &mut b,
+        Request::CommentCreate {
+            post: p.id.clone(),
+            text: "  ".into(),
+        },
+        "bad_request",
+    )
+    .await;
+    err(
+        &mut b,
+        Request::Follow {
+            user: bob.id.clone(),
+        },
+        "bad_request",
+    )
+    .await;
+    err(
+        &mut b,
+        Request::Follow {
+            user: "ghost".into(),
+        },
+        "not_found",
+    )
+    .await;
+    err(
+        &mut a,
+        Request::PostCreate {
+            text: "x".repeat(4001),
+            attachments: None,
+        },
+        "too_large",
+    )
+    .await;
+    ok(&mut a, Request::PostDelete { post: p.id.clone() }).await;
+    err(
+        &mut a,
+        Request::PostDelete { post: p.id.clone() },
+        "not_found",
+    )
+    .await;
+
+    // Every notification is durable: a sync shows them once each, in order.
+    let events = all_events(&s, &at).await;
+    let kinds: Vec<_> = events
+        .iter()
+        .filter_map(notification)
+        .map(|n| n.0)
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            NotificationKind::Follow,
+            NotificationKind::Like,
+            NotificationKind::Comment
+        ]
+    );
+    ok(
+        &mut b,
+        Request::Unfollow {
+            user: alice.id.clone(),
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_timeline_is_pushed_after_hello_and_fixed_up_in_real_time() {
+    let s = server_with(|c| c.feed.precompute_dedupe_ms = 100).await;
+    let (alice, at) = s.user("alice").await;
+    let (carol, ct) = s.user("carol").await;
+    let (_, bt) = s.user("bob").await;
+    let (mut a, _) = s.connect(&at).await;
+    let (mut c, _) = s.connect(&ct).await;
+    let (mut b, _) = s.connect(&bt).await;
+    let mut posts = Vec::new();
+    for i in 0..3 {
+        posts.push(post(&mut a, &format!("alice {i}")).await.id);
+        posts.push(post(&mut c, &format!("carol {i}")).await.id);
+    }
+    ok(
+        &mut b,
+        Request::Follow {
+            user: alice.id.clone(),
+        },
+    )
+    .await;
+    ok(
+        &mut b,
+        Request::Follow {
+            user: carol.id.clone(),
+        },
+    )
+    .await;
+
+    // Whether or not the precompute has run yet, the timeline has every post (what is newer
+    // than the precompute is added at fetch time), newest first when nobody engaged.
+    let mut newest_first = posts.clone();
+    newest_first.reverse();
+    let items = timeline(&mut b, None, None).await;
+    assert_eq!(items, newest_first);
+
+    // A new post shows at once; a deleted one is gone at once.
+    let fresh = post(&mut a, "fresh").await.id;
+    let items = timeline(&mut b, None, None).await;
+    assert_eq!(items[0], fresh);
+    ok(
+        &mut a,
+        Request::PostDelete {
+            post: posts[0].clone(),
+        },
+    )
+    .await;
+    let items = timeline(&mut b, None, None).await;
+    assert!(!items.contains(&posts[0]), "deleted posts are removed");
+    assert_eq!(items.len(), 6);
+
+    // Pages: `before` continues after a post; an unknown `before` is not_found.
+    let first = timeline(&mut b, None, Some(2)).await;
+    let second = timeline(&mut b, Some(&first[1]), Some(2)).await;
+    assert_eq!([first.clone(), second].concat(), items[..4].to_vec());
+    err(
+        &mut b,
+        Request::TimelineGet {
+            before: Some("nope".into()),
+            limit: None,
+        },
+        "not_found",
+    )
+    .await;
+
+    // A new session gets the timeline unasked, right after hello; its posts are current.
+    let (sock, hello) = s.client().connect(&bt).await.expect("connect");
+    assert!(matches!(hello, ServerFrame::Hello { .. }));
+    let mut sock = sock;
+    match next(&mut sock).await {
+        ServerFrame::Timeline {
+            items: pushed,
+            computed_ts,
+        } => {
+            assert!(computed_ts > 0);
+            let ids: Vec<_> = pushed.iter().map(|p| p.id.clone()).collect();
+            assert_eq!(ids, items);
+        }
+        other => panic!("expected the timeline, got {other:?}"),
+    }
+
+    // Unfollowing takes carol's posts out once the timeline is recomputed (at once here:
+    // the unfollow requests it).
+    ok(
+        &mut b,
+        Request::Unfollow {
+            user: carol.id.clone(),
+        },
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let items = timeline(&mut b, None, None).await;
+        if items.len() == 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "carol's posts stayed: {items:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // The user's first fetch was a miss, and it was counted.
+    let metrics = reqwest::get(format!("{}/metrics", s.base))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("hubbub_timeline_misses_total"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("hubbub_timeline_computed_total"));
+}
+
+#[tokio::test]
+async fn likes_and_comments_lift_a_post_in_the_ranked_timeline() {
+    let s = server_with(|c| c.feed.precompute_dedupe_ms = 100).await;
+    let (alice, at) = s.user("alice").await;
+    let (_, bt) = s.user("bob").await;
+    let (mut a, _) = s.connect(&at).await;
+    let (mut b, _) = s.connect(&bt).await;
+    ok(
+        &mut b,
+        Request::Follow {
+            user: alice.id.clone(),
+        },
+    )
+    .await;
+    let old = post(&mut a, "old but loved").await.id;
+    let new = post(&mut a, "new and quiet").await.id;
+    for i in 0..3 {
+        let (_, t) = s.user(&format!("fan{i}")).await;
+        let (mut f, _) = s.connect(&t).await;
+        ok(&mut f, Request::PostLike { post: old.clone() }).await;
+        ok(
+            &mut f,
+            Request::CommentCreate {
+                post: old.clone(),
+                text: "yes".into(),
+            },
+        )
+        .await;
+    }
+    // Counts are read at precompute time: a like of the new post, then a follow change,
+    // request a recomputation that sees them all.
+    ok(&mut a, Request::PostLike { post: new.clone() }).await;
+    ok(
+        &mut b,
+        Request::Unfollow {
+            user: alice.id.clone(),
+        },
+    )
+    .await;
+    ok(
+        &mut b,
+        Request::Follow {
+            user: alice.id.clone(),
+        },
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let items = timeline(&mut b, None, None).await;
+        if items == vec![old.clone(), new.clone()] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reranked: {items:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
