@@ -75,6 +75,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Cancel to shut down.
     pub cancel: CancellationToken,
+    /// The embedded queue (and store file), for tools that load data in bulk (benchmarks).
+    pub queue: EmbeddedQueue,
     tracker: TaskTracker,
     /// The data directory's lock, held while the server runs.
     _lock: std::fs::File,
@@ -293,6 +295,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     Ok(Running {
         addr,
         cancel,
+        queue: queue.clone(),
         tracker,
         _lock: lock,
     })

@@ -7,6 +7,7 @@ mod chat;
 mod presence;
 mod queue;
 mod search;
+mod timeline;
 
 use clap::Subcommand;
 
@@ -21,6 +22,8 @@ pub enum Bench {
     Presence(presence::PresenceBenchArgs),
     /// Full-text search latency over a large message store.
     Search(search::SearchBenchArgs),
+    /// Timeline fetch latency: a user following 10 accounts against one following 10,000.
+    Timeline(timeline::TimelineBenchArgs),
 }
 
 /// Run one benchmark.
@@ -30,10 +33,26 @@ pub async fn run(which: Bench) -> anyhow::Result<()> {
         Bench::Chat(args) => chat::run(args).await,
         Bench::Presence(args) => presence::run(args).await,
         Bench::Search(args) => search::run(args).await,
+        Bench::Timeline(args) => timeline::run(args).await,
     }
 }
 
 /// Milliseconds of a histogram value recorded in microseconds.
 pub(crate) fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
+}
+
+/// An app token (HS256 with `secret`) for user `sub`, valid for an hour: bench users need
+/// no signup (no password hashing in the setup).
+pub(crate) fn token(secret: &str, sub: &str) -> anyhow::Result<String> {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 3600;
+    let claims = serde_json::json!({"sub": sub, "exp": exp});
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )?)
 }

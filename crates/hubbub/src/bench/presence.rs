@@ -6,7 +6,7 @@
 //! arrives. Reported: per-watcher latency (p50/p99/max) and the time until every watcher had
 //! the event (p50/max over rounds). Server and watchers share this process and its cores.
 
-use super::ms;
+use super::{ms, token};
 use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
@@ -38,19 +38,6 @@ struct Report {
     max_ms: f64,
     all_watchers_p50_ms: f64,
     all_watchers_max_ms: f64,
-}
-
-fn token(secret: &str, sub: &str) -> anyhow::Result<String> {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs()
-        + 3600;
-    let claims = serde_json::json!({"sub": sub, "exp": exp});
-    Ok(jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )?)
 }
 
 /// Run the benchmark.
