@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// How often a partition expires and publishes.
-pub const TICK: Duration = Duration::from_millis(100);
+pub const TICK: Duration = Duration::from_millis(25);
 /// At most one event per post per this long.
 const PUBLISH_EVERY_MS: i64 = 1000;
 /// How long a partition remembers that a post does not exist.

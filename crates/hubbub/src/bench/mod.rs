@@ -4,6 +4,7 @@
 //! by hand; results are recorded in `docs/benchmarks.md`. Nothing here is a test.
 
 mod chat;
+mod engagement;
 mod presence;
 mod queue;
 mod search;
@@ -20,6 +21,8 @@ pub enum Bench {
     Chat(chat::ChatBenchArgs),
     /// Presence fan-out: one user's status change to N watching sockets.
     Presence(presence::PresenceBenchArgs),
+    /// Engagement fan-out: N sockets watching posts while writers type comments.
+    Engagement(engagement::EngagementBenchArgs),
     /// Full-text search latency over a large message store.
     Search(search::SearchBenchArgs),
     /// Timeline fetch latency: a user following 10 accounts against one following 10,000.
@@ -32,6 +35,7 @@ pub async fn run(which: Bench) -> anyhow::Result<()> {
         Bench::Queue(args) => queue::run(args).await,
         Bench::Chat(args) => chat::run(args).await,
         Bench::Presence(args) => presence::run(args).await,
+        Bench::Engagement(args) => engagement::run(args).await,
         Bench::Search(args) => search::run(args).await,
         Bench::Timeline(args) => timeline::run(args).await,
     }
