@@ -171,3 +171,96 @@ impl Router {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hubbub_protocol::Request;
+    use hubbub_protocol::internal::ToEdge;
+    use hubbub_queue::{EmbeddedConfig, EmbeddedQueue};
+    use hubbub_registry::{LocalEdges, LocalRegistry};
+
+    fn envelope(id: &str, request: Request) -> Vec<u8> {
+        let e = Envelope {
+            envelope_id: id.into(),
+            user: "u1".into(),
+            session: "s1".into(),
+            edge: "e1".into(),
+            request_id: Some(id.into()),
+            accepted_ms: 0,
+            request,
+        };
+        serde_json::to_vec(&e).expect("json")
+    }
+
+    #[tokio::test]
+    async fn routes_by_type_archives_and_answers_what_has_no_route() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let queue =
+            EmbeddedQueue::open(dir.path().join("q.db"), EmbeddedConfig::default()).expect("queue");
+        let edges = Arc::new(LocalEdges::default());
+        let mut e1 = edges.attach("e1");
+        let delivery = Delivery::new(Arc::new(LocalRegistry::default()), edges.clone());
+        let table = RoutingTable::new().route(&["block.list"], "chat");
+        let q: Arc<dyn Queue> = Arc::new(queue.clone());
+        for (id, request) in [
+            ("r1", Request::BlockList {}),
+            (
+                "r2",
+                Request::TimelineGet {
+                    before: None,
+                    limit: None,
+                },
+            ),
+        ] {
+            q.send(MAIN_QUEUE, envelope(id, request), SendOptions::default())
+                .await
+                .expect("send");
+        }
+        let cancel = CancellationToken::new();
+        let router = Router::new(q.clone(), Arc::new(queue.clone()), table, delivery);
+        let task = tokio::spawn(router.run(cancel.clone()));
+        // The unroutable one is answered, not dropped.
+        let batch = tokio::time::timeout(Duration::from_secs(10), e1.recv())
+            .await
+            .expect("in time")
+            .expect("open");
+        match batch.as_slice() {
+            [
+                ToEdge::Reply {
+                    session,
+                    frame:
+                        ServerFrame::Error {
+                            id, code, message, ..
+                        },
+                },
+            ] => {
+                assert_eq!(
+                    (session.as_str(), id.as_deref(), *code),
+                    ("s1", Some("r2"), ErrorCode::BadRequest)
+                );
+                assert!(message.contains("timeline.get"), "{message}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // The routable one is on its queue; both are in the archive.
+        let got = q
+            .receive(
+                "chat",
+                ReceiveOptions {
+                    max: 10,
+                    wait: Duration::from_secs(5),
+                    visibility: Duration::from_secs(30),
+                },
+            )
+            .await
+            .expect("receive");
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            queue.read(ARCHIVE_LOG, 0, 10).await.expect("archive").len(),
+            2
+        );
+        cancel.cancel();
+        task.await.expect("router stops");
+    }
+}
