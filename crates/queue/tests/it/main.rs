@@ -4,3 +4,4 @@
 mod crash;
 mod embedded;
 mod model;
+mod redis;

@@ -1,0 +1,90 @@
+-- Helpers shared by every queue script (prepended to each). A queue `Q` lives under the
+-- prefix `p` = "<namespace>:q:Q":
+--   p:seq         counter of message ids          p:lease   counter of lease tokens
+--   p:m:<id>      hash: b body, k key ('' none), c receive count, f first enqueued ms,
+--                 e expiry ms (0 none), v visible-at from the send's delay, l lease token,
+--                 lu lease until, dc deliveries before dead-lettering (DLQ only)
+--   p:vis         zset id -> visible-at: schedulable messages (no key, or their key's head)
+--   p:inflight    zset id -> lease until
+--   p:all         zset id -> first enqueued ms (every message, for the oldest age)
+--   p:kh          hash key -> id of the key's head (the one message of the key that may be
+--                 visible or in flight)
+--   p:k:<key>     list of the key's waiting messages, in send order
+--   p:dd:<id>     dedupe id -> message id, expiring with the dedupe window
+--   p:st          hash: waiting, expired, dead (counters)
+--   p:cfg         hash: maxr (max receives, set by declare)
+-- Time is the Redis server's clock (TIME), so every client agrees.
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function remove_msg(p, id)
+  redis.call('DEL', p .. ':m:' .. id)
+  redis.call('ZREM', p .. ':all', id)
+  redis.call('ZREM', p .. ':vis', id)
+  redis.call('ZREM', p .. ':inflight', id)
+end
+
+-- The head of `key` left: the next waiting message of the key becomes its head.
+local function release_key(p, key, now)
+  if key == nil or key == '' then return end
+  local nxt = redis.call('LPOP', p .. ':k:' .. key)
+  if nxt then
+    redis.call('HINCRBY', p .. ':st', 'waiting', -1)
+    redis.call('HSET', p .. ':kh', key, nxt)
+    local v = tonumber(redis.call('HGET', p .. ':m:' .. nxt, 'v') or '0')
+    if v < now then v = now end
+    redis.call('ZADD', p .. ':vis', v, nxt)
+  else
+    redis.call('HDEL', p .. ':kh', key)
+  end
+end
+
+-- Enqueue a new message (send and redrive).
+local function enqueue(p, body, key, delay, exp, first, now)
+  local id = string.format('%016d', redis.call('INCR', p .. ':seq'))
+  redis.call('HSET', p .. ':m:' .. id, 'b', body, 'k', key, 'c', 0, 'f', first, 'e', exp,
+    'v', now + delay, 'l', 0, 'lu', 0)
+  redis.call('ZADD', p .. ':all', first, id)
+  if key ~= '' and redis.call('HEXISTS', p .. ':kh', key) == 1 then
+    redis.call('RPUSH', p .. ':k:' .. key, id)
+    redis.call('HINCRBY', p .. ':st', 'waiting', 1)
+  else
+    if key ~= '' then redis.call('HSET', p .. ':kh', key, id) end
+    redis.call('ZADD', p .. ':vis', now + delay, id)
+  end
+  return id
+end
+
+-- Move a message to the dead-letter queue under prefix `d`.
+local function dead_letter(p, d, id, now)
+  local m = p .. ':m:' .. id
+  local f = redis.call('HMGET', m, 'b', 'k', 'c', 'f')
+  local did = string.format('%016d', redis.call('INCR', d .. ':seq'))
+  redis.call('HSET', d .. ':m:' .. did, 'b', f[1], 'k', '', 'ok', f[2], 'c', 0, 'dc', f[3],
+    'f', f[4], 'e', 0, 'v', now, 'l', 0, 'lu', 0)
+  redis.call('ZADD', d .. ':vis', now, did)
+  redis.call('ZADD', d .. ':all', tonumber(f[4]), did)
+  redis.call('HINCRBY', p .. ':st', 'dead', 1)
+  remove_msg(p, id)
+  release_key(p, f[2], now)
+end
+
+local function max_receives(p, default)
+  local v = redis.call('HGET', p .. ':cfg', 'maxr')
+  if v then return tonumber(v) end
+  return default
+end
+
+-- Check a receipt: 0 valid, 1 unknown (no such message), 2 expired (redelivered, nacked,
+-- or its lease lapsed).
+local function check(p, id, tok, now)
+  local m = p .. ':m:' .. id
+  if redis.call('EXISTS', m) == 0 then return 1 end
+  local f = redis.call('HMGET', m, 'l', 'lu')
+  if f[1] ~= tok then return 2 end
+  if tonumber(f[2]) <= now then return 2 end
+  return 0
+end
