@@ -9,6 +9,7 @@
 //!   Its writes go through the queue's writer thread ([`hubbub_queue::EmbeddedQueue::transact`])
 //!   so they share its group commit; reads use a pool of read-only connections.
 //! - [`feed`]: posts, comments, likes, follows ([`FeedStore`]).
+//! - [`postgres`]: the distributed implementation ([`PgStore`]) for roles running apart.
 //! - [`media`]: uploaded media ([`MediaStore`]; bytes in a directory, metadata in the store).
 //! - [`StoreError`]: one variant per protocol error code it can cause.
 //!
@@ -17,10 +18,12 @@
 
 pub mod feed;
 pub mod media;
+pub mod postgres;
 pub mod sqlite;
 
 pub use feed::{FeedStore, NewComment, NewPost, StoredPost};
 pub use media::{LocalMedia, MediaInfo, MediaStore, S3Config};
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;

@@ -1,4 +1,5 @@
 //! Integration tests of the store crate, in one binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod conformance;
 mod media;

@@ -1,0 +1,657 @@
+//! The store's conformance suite: the behaviour every [`Store`] and [`FeedStore`] must show,
+//! written once and run against SQLite (a temporary directory) and PostgreSQL (a fresh
+//! database per test on the server `scripts/test` starts, `HUBBUB_TEST_POSTGRES_URL`).
+
+use hubbub_protocol::{Attachment, ConversationKind, NotificationKind, ServerFrame};
+use hubbub_queue::{EmbeddedConfig, EmbeddedQueue};
+use hubbub_store::*;
+use std::sync::Arc;
+
+pub struct Env {
+    pub store: Arc<dyn Store>,
+    pub feed: Arc<dyn FeedStore>,
+    pub _guard: Box<dyn std::any::Any + Send>,
+}
+
+pub async fn sqlite_env() -> Env {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = EmbeddedQueue::open(dir.path().join("hubbub.db"), EmbeddedConfig::default())
+        .expect("queue");
+    let s = SqliteStore::open(queue).await.expect("store");
+    Env {
+        store: Arc::new(s.clone()),
+        feed: Arc::new(s),
+        _guard: Box::new(dir),
+    }
+}
+
+pub fn postgres_url() -> String {
+    std::env::var("HUBBUB_TEST_POSTGRES_URL")
+        .expect("HUBBUB_TEST_POSTGRES_URL is not set: run scripts/test, which starts PostgreSQL")
+}
+
+/// A fresh database on the test server.
+pub async fn fresh_database() -> String {
+    let url = postgres_url();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to postgres");
+    tokio::spawn(conn);
+    let name = format!("hbt_{:016x}", fastrand::u64(..));
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create database");
+    match url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => panic!("bad postgres url {url}"),
+    }
+}
+
+pub async fn postgres_env() -> Env {
+    let s = PgStore::connect(&fresh_database().await, 8)
+        .await
+        .expect("pg store");
+    Env {
+        store: Arc::new(s.clone()),
+        feed: Arc::new(s),
+        _guard: Box::new(()),
+    }
+}
+
+macro_rules! store_conformance {
+    ($make:expr) => {
+        store_conformance!(@each $make; users_and_tokens, conversations_and_membership,
+            messages_are_idempotent_and_fan_out, reads_and_unread, blocks_hide_and_refuse,
+            search_finds_words_of_member_conversations, replay_and_retention,
+            ephemeral_conversations_expire, feed_posts_likes_comments_follows,
+            timelines_read_candidates_and_what_is_new);
+    };
+    (@each $make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let env = $make.await;
+                crate::conformance::$name(&env).await;
+            }
+        )*
+    };
+}
+pub(crate) use store_conformance;
+
+async fn user(env: &Env, handle: &str) -> String {
+    env.store
+        .create_user(handle, "hash", None)
+        .await
+        .expect("user")
+        .id
+}
+
+fn group(id: &str, creator: &str, members: &[&str]) -> NewConversation {
+    NewConversation {
+        id: id.into(),
+        creator: creator.into(),
+        kind: ConversationKind::Group,
+        members: members.iter().map(|m| (*m).to_owned()).collect(),
+        title: Some("g".into()),
+        ephemeral: false,
+        max_members: 3,
+    }
+}
+
+fn send(sender: &str, conversation: &str, key: &str, text: &str) -> NewMessage {
+    NewMessage {
+        sender: sender.into(),
+        conversation: conversation.into(),
+        client_msg_id: key.into(),
+        text: text.into(),
+        attachments: vec![Attachment { media: "m1".into() }],
+    }
+}
+
+fn seqs(events: &[Event], user: &str) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|e| e.user == user)
+        .map(Event::seq)
+        .collect()
+}
+
+pub async fn users_and_tokens(env: &Env) {
+    let s = &env.store;
+    let a = s
+        .create_user("alice", "h1", Some("a@x.io"))
+        .await
+        .expect("create");
+    let e = s.create_user("alice", "h2", None).await.expect_err("taken");
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+    let c = s.credentials("alice").await.expect("read").expect("exists");
+    assert_eq!(
+        (c.user.id.as_str(), c.password_hash.as_deref()),
+        (a.id.as_str(), Some("h1"))
+    );
+    assert!(s.credentials("nobody").await.expect("read").is_none());
+    assert_eq!(s.user(&a.id).await.expect("read"), Some(a.clone()));
+    let app = s.ensure_user("ext-1", Some("bob")).await.expect("ensure");
+    assert_eq!((app.id.as_str(), app.handle.as_str()), ("ext-1", "bob"));
+    assert_eq!(
+        s.ensure_user("ext-1", Some("other")).await.expect("again"),
+        app
+    );
+    let taken = s.ensure_user("ext-2", Some("alice")).await.expect("ensure");
+    assert_ne!(taken.handle, "alice", "a taken handle is not reused");
+    s.put_refresh_token("t1", &a.id, i64::MAX)
+        .await
+        .expect("put");
+    assert_eq!(
+        s.take_refresh_token("t1").await.expect("take"),
+        Some(a.id.clone())
+    );
+    assert_eq!(
+        s.take_refresh_token("t1").await.expect("take"),
+        None,
+        "single use"
+    );
+    s.put_refresh_token("t2", &a.id, 1).await.expect("put");
+    assert_eq!(
+        s.take_refresh_token("t2").await.expect("take"),
+        None,
+        "expired"
+    );
+}
+
+pub async fn conversations_and_membership(env: &Env) {
+    let s = &env.store;
+    let (a, b, c, d) = (
+        user(env, "alice").await,
+        user(env, "bob").await,
+        user(env, "carol").await,
+        user(env, "dave").await,
+    );
+    let w = s
+        .create_conversation(group("g1", &a, &[&b]))
+        .await
+        .expect("create");
+    assert_eq!(w.value.members.len(), 2);
+    assert_eq!(
+        (seqs(&w.events, &a), seqs(&w.events, &b)),
+        (vec![1], vec![1])
+    );
+    let again = s
+        .create_conversation(group("g1", &a, &[&b]))
+        .await
+        .expect("retry");
+    assert!(again.events.is_empty(), "a retried create changes nothing");
+    let e = s
+        .create_conversation(group("g2", &a, &[&b, &c, &d]))
+        .await
+        .expect_err("too big");
+    assert!(matches!(e, StoreError::TooLarge(_)), "{e:?}");
+    let e = s
+        .create_conversation(group("g3", &a, &["ghost"]))
+        .await
+        .expect_err("unknown");
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+    let e = s
+        .add_member(&b, "g1", &c, 3)
+        .await
+        .expect_err("not creator");
+    assert!(matches!(e, StoreError::Forbidden(_)), "{e:?}");
+    let w = s.add_member(&a, "g1", &c, 3).await.expect("add");
+    assert_eq!(w.events.len(), 3, "every member hears of it");
+    assert!(
+        s.add_member(&a, "g1", &c, 3)
+            .await
+            .expect("again")
+            .events
+            .is_empty()
+    );
+    let e = s.add_member(&a, "g1", &d, 3).await.expect_err("full");
+    assert!(matches!(e, StoreError::TooLarge(_)), "{e:?}");
+    let w = s.remove_member(&a, "g1", &c).await.expect("remove");
+    assert_eq!(w.events.len(), 3, "the removed member hears of it too");
+    assert!(
+        s.remove_member(&a, "g1", &c)
+            .await
+            .expect("no-op")
+            .events
+            .is_empty()
+    );
+    let e = s.conversation(&c, "g1").await.expect_err("gone");
+    assert!(matches!(e, StoreError::Forbidden(_)), "{e:?}");
+    s.leave(&b, "g1").await.expect("leave");
+    assert_eq!(
+        s.conversation(&a, "g1").await.expect("get").members,
+        vec![a.clone()]
+    );
+    let e = s.conversation(&a, "nope").await.expect_err("unknown");
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+    // Direct conversations are unique per pair.
+    let direct = |id: &str, from: &str, to: &str| NewConversation {
+        kind: ConversationKind::Direct,
+        ..group(id, from, &[to])
+    };
+    let d1 = s
+        .create_conversation(direct("d1", &a, &b))
+        .await
+        .expect("direct");
+    let d2 = s
+        .create_conversation(direct("d2", &b, &a))
+        .await
+        .expect("direct again");
+    assert_eq!(d1.value.id, d2.value.id);
+    assert!(d2.events.is_empty());
+    let e = s
+        .create_conversation(direct("d3", &a, &a))
+        .await
+        .expect_err("self");
+    assert!(matches!(e, StoreError::BadRequest(_)), "{e:?}");
+}
+
+pub async fn messages_are_idempotent_and_fan_out(env: &Env) {
+    let s = &env.store;
+    let (a, b) = (user(env, "alice").await, user(env, "bob").await);
+    s.create_conversation(group("g", &a, &[&b]))
+        .await
+        .expect("create");
+    let w = s
+        .send_message(send(&a, "g", "k1", "hello"))
+        .await
+        .expect("send");
+    assert_eq!(
+        (seqs(&w.events, &a), seqs(&w.events, &b)),
+        (vec![2], vec![2])
+    );
+    assert_eq!(w.value.attachments.len(), 1);
+    let again = s
+        .send_message(send(&a, "g", "k1", "hello?"))
+        .await
+        .expect("repeat");
+    assert_eq!(again.value, w.value, "the first message is returned");
+    assert!(again.events.is_empty());
+    for i in 0..5 {
+        s.send_message(send(&b, "g", &format!("b{i}"), &format!("m{i}")))
+            .await
+            .expect("send");
+    }
+    let (page, more) = s.history(&a, "g", None, 4).await.expect("history");
+    assert_eq!(
+        page.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+        ["m4", "m3", "m2", "m1"]
+    );
+    assert!(more);
+    let (rest, more) = s
+        .history(&a, "g", Some(&page[3].id), 10)
+        .await
+        .expect("history");
+    assert_eq!(
+        rest.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+        ["m0", "hello"]
+    );
+    assert!(!more);
+    let outsider = user(env, "eve").await;
+    let e = s
+        .send_message(send(&outsider, "g", "x", "hi"))
+        .await
+        .expect_err("outsider");
+    assert!(matches!(e, StoreError::Forbidden(_)), "{e:?}");
+    let e = s
+        .history(&outsider, "g", None, 10)
+        .await
+        .expect_err("outsider");
+    assert!(matches!(e, StoreError::Forbidden(_)), "{e:?}");
+    assert_eq!(s.last_seq(&a).await.expect("seq"), 7);
+}
+
+pub async fn reads_and_unread(env: &Env) {
+    let s = &env.store;
+    let (a, b) = (user(env, "alice").await, user(env, "bob").await);
+    s.create_conversation(group("g", &a, &[&b]))
+        .await
+        .expect("create");
+    let m1 = s
+        .send_message(send(&a, "g", "1", "one"))
+        .await
+        .expect("send")
+        .value;
+    let m2 = s
+        .send_message(send(&a, "g", "2", "two"))
+        .await
+        .expect("send")
+        .value;
+    let list = s.conversations(&b).await.expect("list");
+    assert_eq!(
+        (
+            list[0].unread,
+            list[0].last_message.as_ref().map(|m| m.id.clone())
+        ),
+        (2, Some(m2.id.clone()))
+    );
+    let w = s.mark_read(&b, "g", &m1.id).await.expect("read");
+    assert_eq!(w.events.len(), 2, "every member, the reader included");
+    assert!(matches!(
+        &w.events[0].frame,
+        ServerFrame::ReceiptRead { .. }
+    ));
+    assert_eq!(s.conversations(&b).await.expect("list")[0].unread, 1);
+    assert!(
+        s.mark_read(&b, "g", &m1.id)
+            .await
+            .expect("again")
+            .events
+            .is_empty()
+    );
+    let e = s
+        .mark_read(&b, "g", "999999")
+        .await
+        .expect_err("no such message");
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+}
+
+pub async fn blocks_hide_and_refuse(env: &Env) {
+    let s = &env.store;
+    let (a, b, c) = (
+        user(env, "alice").await,
+        user(env, "bob").await,
+        user(env, "carol").await,
+    );
+    s.create_conversation(group("g", &a, &[&b, &c]))
+        .await
+        .expect("create");
+    s.block(&b, &a).await.expect("block");
+    s.block(&b, &a).await.expect("idempotent");
+    assert_eq!(s.blocks(&b).await.expect("list"), vec![a.clone()]);
+    let w = s
+        .send_message(send(&a, "g", "1", "hi"))
+        .await
+        .expect("send");
+    assert!(seqs(&w.events, &b).is_empty(), "no event for the blocker");
+    assert_eq!(seqs(&w.events, &c).len(), 1);
+    assert!(
+        s.history(&b, "g", None, 10)
+            .await
+            .expect("history")
+            .0
+            .is_empty()
+    );
+    assert_eq!(
+        s.typing_recipients(&a, "g").await.expect("typing"),
+        vec![c.clone()]
+    );
+    let e = s
+        .create_conversation(NewConversation {
+            kind: ConversationKind::Direct,
+            ..group("d", &a, &[&b])
+        })
+        .await
+        .expect_err("blocked");
+    assert!(matches!(e, StoreError::Forbidden(_)), "{e:?}");
+    let e = s.block(&a, &a).await.expect_err("self");
+    assert!(matches!(e, StoreError::BadRequest(_)), "{e:?}");
+    s.unblock(&b, &a).await.expect("unblock");
+    assert!(s.blocks(&b).await.expect("list").is_empty());
+}
+
+pub async fn search_finds_words_of_member_conversations(env: &Env) {
+    let s = &env.store;
+    let (a, b, c) = (
+        user(env, "alice").await,
+        user(env, "bob").await,
+        user(env, "carol").await,
+    );
+    s.create_conversation(group("g1", &a, &[&b]))
+        .await
+        .expect("create");
+    s.create_conversation(group("g2", &c, &[]))
+        .await
+        .expect("create");
+    s.send_message(send(&a, "g1", "1", "the quick brown fox"))
+        .await
+        .expect("send");
+    s.send_message(send(&b, "g1", "2", "lazy dogs sleep"))
+        .await
+        .expect("send");
+    s.send_message(send(&c, "g2", "3", "a quick note"))
+        .await
+        .expect("send");
+    let found = s.search(&a, "quick", None, 10).await.expect("search");
+    assert_eq!(
+        found.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+        ["the quick brown fox"]
+    );
+    assert_eq!(
+        s.search(&a, "quick fox", Some("g1"), 10)
+            .await
+            .expect("search")
+            .len(),
+        1
+    );
+    assert!(
+        s.search(&a, "quick cat", None, 10)
+            .await
+            .expect("search")
+            .is_empty()
+    );
+    let e = s.search(&a, "  !! ", None, 10).await.expect_err("no words");
+    assert!(matches!(e, StoreError::BadRequest(_)), "{e:?}");
+    let e = s
+        .search(&a, "quick", Some("g2"), 10)
+        .await
+        .expect_err("not a member");
+    assert!(matches!(e, StoreError::Forbidden(_)), "{e:?}");
+    // Operators in the text are searched for, never interpreted.
+    assert!(s.search(&a, "fox OR \"dogs\" -(x)", None, 10).await.is_ok());
+}
+
+pub async fn replay_and_retention(env: &Env) {
+    let s = &env.store;
+    let (a, b) = (user(env, "alice").await, user(env, "bob").await);
+    s.create_conversation(group("g", &a, &[&b]))
+        .await
+        .expect("create");
+    s.send_message(send(&a, "g", "1", "one"))
+        .await
+        .expect("send");
+    s.send_message(send(&a, "g", "2", "two"))
+        .await
+        .expect("send");
+    let r = s.events_after(&b, 0, 100).await.expect("replay");
+    assert_eq!(
+        r.frames
+            .iter()
+            .filter_map(ServerFrame::seq)
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!((r.last_seq, r.truncated), (3, false));
+    let r = s.events_after(&b, 1, 1).await.expect("replay");
+    assert_eq!(
+        r.frames
+            .iter()
+            .filter_map(ServerFrame::seq)
+            .collect::<Vec<_>>(),
+        [2]
+    );
+    s.ack(&b, 2).await.expect("ack");
+    s.ack(&b, 1).await.expect("ack backwards");
+    s.ack(&b, 99).await.expect("ack past the end");
+    assert_eq!(
+        s.acked_seq(&b).await.expect("acked"),
+        3,
+        "clamped, never backwards"
+    );
+    assert_eq!(s.prune_events(i64::MAX).await.expect("prune"), 6);
+    let r = s.events_after(&b, 0, 100).await.expect("replay");
+    assert!(r.frames.is_empty() && r.truncated && r.last_seq == 3);
+    assert!(!s.events_after(&b, 3, 100).await.expect("replay").truncated);
+}
+
+pub async fn ephemeral_conversations_expire(env: &Env) {
+    let s = &env.store;
+    let (a, b) = (user(env, "alice").await, user(env, "bob").await);
+    s.create_conversation(NewConversation {
+        ephemeral: true,
+        ..group("e", &a, &[&b])
+    })
+    .await
+    .expect("create");
+    s.create_conversation(group("keep", &a, &[&b]))
+        .await
+        .expect("create");
+    s.send_message(send(&a, "e", "1", "gone soon"))
+        .await
+        .expect("send");
+    let w = s.expire_ephemeral(i64::MAX).await.expect("expire");
+    assert_eq!(w.value, vec!["e".to_owned()]);
+    assert_eq!(w.events.len(), 2);
+    assert!(
+        matches!(&w.events[0].frame, ServerFrame::ConversationUpdated { conversation, .. } if conversation.members.is_empty())
+    );
+    let e = s.conversation(&a, "e").await.expect_err("deleted");
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+    assert!(
+        s.expire_ephemeral(i64::MAX)
+            .await
+            .expect("again")
+            .value
+            .is_empty()
+    );
+}
+
+fn notification_kind(e: &Event) -> Option<NotificationKind> {
+    match &e.frame {
+        ServerFrame::Notification { kind, .. } => Some(*kind),
+        _ => None,
+    }
+}
+
+pub async fn feed_posts_likes_comments_follows(env: &Env) {
+    let (s, f) = (&env.store, &env.feed);
+    let (a, b) = (user(env, "alice").await, user(env, "bob").await);
+    let new = |id: &str| NewPost {
+        id: id.into(),
+        author: a.clone(),
+        text: "post".into(),
+        attachments: vec![],
+    };
+    let p = f.create_post(new("p1")).await.expect("post");
+    assert_eq!(
+        f.create_post(new("p1")).await.expect("retry"),
+        p,
+        "idempotent on id"
+    );
+    let w = f.like(&b, "p1").await.expect("like");
+    assert_eq!(w.value, 1);
+    assert_eq!(
+        w.events
+            .iter()
+            .filter_map(notification_kind)
+            .collect::<Vec<_>>(),
+        [NotificationKind::Like]
+    );
+    let w = f.like(&b, "p1").await.expect("again");
+    assert_eq!((w.value, w.events.len()), (1, 0));
+    assert!(
+        f.like(&a, "p1").await.expect("own").events.is_empty(),
+        "no self-notification"
+    );
+    assert_eq!(f.unlike(&b, "p1").await.expect("unlike"), 1);
+    assert_eq!(f.unlike(&b, "p1").await.expect("again"), 1);
+    let comment = |id: &str| NewComment {
+        id: id.into(),
+        post: "p1".into(),
+        author: b.clone(),
+        text: "nice".into(),
+    };
+    let w = f.create_comment(comment("k1")).await.expect("comment");
+    assert_eq!(w.value.1, 1);
+    assert_eq!(
+        w.events
+            .iter()
+            .filter_map(notification_kind)
+            .collect::<Vec<_>>(),
+        [NotificationKind::Comment]
+    );
+    let w = f.create_comment(comment("k1")).await.expect("retry");
+    assert_eq!((w.value.1, w.events.len()), (1, 0));
+    assert_eq!(f.comment_count("p1").await.expect("count"), Some(1));
+    let w = f.follow(&b, &a).await.expect("follow");
+    assert_eq!(
+        w.events
+            .iter()
+            .filter_map(notification_kind)
+            .collect::<Vec<_>>(),
+        [NotificationKind::Follow]
+    );
+    assert!(f.follow(&b, &a).await.expect("again").events.is_empty());
+    assert_eq!(f.followers(&a).await.expect("followers"), vec![b.clone()]);
+    assert_eq!(f.followee_count(&b).await.expect("count"), 1);
+    let e = f.follow(&b, &b).await.expect_err("self");
+    assert!(matches!(e, StoreError::BadRequest(_)), "{e:?}");
+    let e = f.follow(&b, "ghost").await.expect_err("unknown");
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+    let e = f.delete_post(&b, "p1").await.expect_err("not the author");
+    assert!(matches!(e, StoreError::Forbidden(_)), "{e:?}");
+    f.delete_post(&a, "p1").await.expect("delete");
+    assert_eq!(f.comment_count("p1").await.expect("count"), None);
+    let e = f.like(&b, "p1").await.expect_err("deleted");
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+    // Notifications are durable inbox events of the author, in order.
+    let r = s.events_after(&a, 0, 100).await.expect("replay");
+    assert_eq!(r.frames.len(), 3);
+    f.unfollow(&b, &a).await.expect("unfollow");
+    assert!(f.followers(&a).await.expect("followers").is_empty());
+}
+
+pub async fn timelines_read_candidates_and_what_is_new(env: &Env) {
+    let f = &env.feed;
+    let (a, b, c) = (
+        user(env, "alice").await,
+        user(env, "bob").await,
+        user(env, "carol").await,
+    );
+    let post = |id: &str, author: &str| NewPost {
+        id: id.into(),
+        author: author.into(),
+        text: id.into(),
+        attachments: vec![],
+    };
+    f.create_post(post("a1", &a)).await.expect("post");
+    f.create_post(post("c1", &c)).await.expect("post");
+    f.create_post(post("b1", &b)).await.expect("post");
+    f.follow(&b, &a).await.expect("follow");
+    let (cands, watermark) = f.timeline_candidates(&b, 10).await.expect("candidates");
+    assert_eq!(
+        cands.iter().map(|p| p.post.id.as_str()).collect::<Vec<_>>(),
+        ["b1", "a1"],
+        "followees and own, newest first"
+    );
+    assert!(watermark >= cands[0].seq);
+    f.create_post(post("a2", &a)).await.expect("post");
+    f.create_post(post("c2", &c)).await.expect("post");
+    let fresh = f.posts_since(&b, watermark, 10).await.expect("since");
+    assert_eq!(
+        fresh.iter().map(|p| p.post.id.as_str()).collect::<Vec<_>>(),
+        ["a2"]
+    );
+    let got = f
+        .posts(&["a2".into(), "gone".into(), "a1".into()])
+        .await
+        .expect("posts");
+    assert_eq!(
+        got.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        ["a2", "a1"],
+        "in the order asked, missing ones left out"
+    );
+    f.touch_active(&b).await.expect("touch");
+    assert_eq!(f.active_users(0).await.expect("active"), vec![b.clone()]);
+    assert!(f.active_users(i64::MAX).await.expect("active").is_empty());
+}
+
+mod sqlite {
+    super::store_conformance!(super::sqlite_env());
+}
+
+mod postgres {
+    super::store_conformance!(super::postgres_env());
+}
