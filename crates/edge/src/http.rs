@@ -263,7 +263,7 @@ async fn download(
 }
 
 async fn ready(State(inner): State<Arc<Inner>>) -> Response {
-    let store = inner.deps.store.last_seq("readiness-probe").await;
+    let store = inner.deps.store.ping().await;
     let queue = inner.deps.queue.stats(hubbub_queue_main()).await;
     match (store, queue, inner.cancel.is_cancelled()) {
         (Ok(_), Ok(_), false) => (StatusCode::OK, "ready").into_response(),

@@ -44,6 +44,9 @@ use tokio_util::task::TaskTracker;
 
 pub use metrics_exporter_prometheus::PrometheusHandle;
 
+/// How often the edge probes the store (its gate on writes).
+const STORE_PROBE_EVERY: Duration = Duration::from_millis(500);
+
 /// Settings of an edge.
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
@@ -133,6 +136,9 @@ pub(crate) struct Inner {
     sessions: Mutex<Sessions>,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    /// Whether the store answered its last probe: writes are refused with `unavailable`
+    /// while it does not (they would wait in the queue with no outcome to tell).
+    store_ok: std::sync::atomic::AtomicBool,
 }
 
 impl Inner {
@@ -333,6 +339,27 @@ impl Edge {
             sessions: Mutex::new(Sessions::default()),
             cancel: cancel.clone(),
             tracker: TaskTracker::new(),
+            store_ok: std::sync::atomic::AtomicBool::new(true),
+        });
+        let probe = inner.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(STORE_PROBE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let ok = matches!(
+                            tokio::time::timeout(STORE_PROBE_EVERY * 4, probe.deps.store.ping()).await,
+                            Ok(Ok(()))
+                        );
+                        let was = probe.store_ok.swap(ok, std::sync::atomic::Ordering::Relaxed);
+                        if was != ok {
+                            tracing::warn!(store_ok = ok, "store availability changed");
+                        }
+                    }
+                    _ = probe.cancel.cancelled() => break,
+                }
+            }
         });
         let beat = inner.clone();
         tokio::spawn(async move {

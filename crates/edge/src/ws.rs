@@ -659,6 +659,18 @@ impl Conn {
 
     /// Put a write on the `main` queue; the reply comes back through the dispatcher.
     async fn forward(&mut self, id: Option<String>, request: Request) -> Flow {
+        if !self
+            .inner
+            .store_ok
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let e = ServerFrame::error(
+                id,
+                ErrorCode::Unavailable,
+                "storage is unavailable; nothing was accepted, retry later",
+            );
+            return self.written(&[e]).await;
+        }
         let envelope_id = match hubbub_store::sqlite::new_id("e") {
             Ok(e) => e,
             Err(e) => return self.reply(id, Err(e)).await,

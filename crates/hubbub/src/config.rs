@@ -51,6 +51,43 @@ pub struct Config {
     pub feed: FeedSettings,
     /// Who is writing a comment.
     pub engagement: EngagementSettings,
+    /// Running roles apart (`hubbub edge`, `router`, `worker`, `scheduler`).
+    pub cluster: ClusterSettings,
+}
+
+/// Running roles apart: the shared backends and the edges' internal listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// Redis: queues, logs, the session registry, the timeline cache.
+    pub redis_url: Option<String>,
+    /// PostgreSQL: the store.
+    pub postgres_url: Option<String>,
+    /// Connections per process to PostgreSQL.
+    pub postgres_max_connections: usize,
+    /// Every Redis key starts with this (several deployments can share a server).
+    pub namespace: String,
+    /// An edge's internal listener: services hand it batches of events here.
+    pub internal_listen: SocketAddr,
+    /// The address other roles use to reach this edge's internal listener (default: the
+    /// address `internal_listen` is bound to).
+    pub internal_advertise: Option<String>,
+    /// The secret every internal request carries (required to run roles apart).
+    pub internal_secret: Option<String>,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            redis_url: None,
+            postgres_url: None,
+            postgres_max_connections: 16,
+            namespace: "hubbub".into(),
+            internal_listen: SocketAddr::from(([127, 0, 0, 1], 7701)),
+            internal_advertise: None,
+            internal_secret: None,
+        }
+    }
 }
 
 /// The feed and its precomputed timelines.
@@ -183,6 +220,7 @@ impl Default for Config {
             media: MediaSettings::default(),
             feed: FeedSettings::default(),
             engagement: EngagementSettings::default(),
+            cluster: ClusterSettings::default(),
         }
     }
 }

@@ -6,4 +6,5 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod roles;
 pub mod serve;

@@ -27,8 +27,44 @@ struct ServerArgs {
     data_dir: Option<PathBuf>,
 }
 
+/// Options of the roles that run apart.
+#[derive(Debug, clap::Args)]
+struct RoleArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Redis URL (setting `cluster.redis_url`).
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// PostgreSQL URL (setting `cluster.postgres_url`).
+    #[arg(long)]
+    postgres_url: Option<String>,
+    /// An edge's internal listener (setting `cluster.internal_listen`).
+    #[arg(long)]
+    internal_listen: Option<String>,
+}
+
+impl RoleArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut extra = Vec::new();
+        if let Some(u) = &self.redis_url {
+            extra.push(("cluster.redis_url", u.clone()));
+        }
+        if let Some(u) = &self.postgres_url {
+            extra.push(("cluster.postgres_url", u.clone()));
+        }
+        if let Some(a) = &self.internal_listen {
+            extra.push(("cluster.internal_listen", a.clone()));
+        }
+        self.server.load_with(extra)
+    }
+}
+
 impl ServerArgs {
     fn load(&self) -> anyhow::Result<Config> {
+        self.load_with(Vec::new())
+    }
+
+    fn load_with(&self, extra: Vec<(&'static str, String)>) -> anyhow::Result<Config> {
         let file = match &self.config {
             Some(p) => Some(
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
@@ -43,6 +79,7 @@ impl ServerArgs {
         if let Some(d) = &self.data_dir {
             flags.push(("data_dir", d.display().to_string()));
         }
+        flags.extend(extra);
         Ok(Config::load(file.as_deref(), &env, &flags)?)
     }
 }
@@ -69,6 +106,20 @@ impl ClientArgs {
 enum Command {
     /// Run every role in this process on the embedded backends.
     Serve(ServerArgs),
+    /// Run the edge role apart (client connections) on Redis and PostgreSQL.
+    Edge(RoleArgs),
+    /// Run the router role apart (`main` to the service queues).
+    Router(RoleArgs),
+    /// Run services apart: --services chat,feed,timeline,notify.
+    Worker {
+        /// Comma-separated services: chat, feed, timeline, notify.
+        #[arg(long, default_value = "chat,feed,timeline")]
+        services: String,
+        #[command(flatten)]
+        args: RoleArgs,
+    },
+    /// Run the scheduler role apart (periodic jobs).
+    Scheduler(RoleArgs),
     /// Print the effective configuration (defaults, file, environment, flags).
     Config(ServerArgs),
     /// Add a new token signing key and make it current (restart the server to use it).
@@ -155,6 +206,17 @@ fn main() -> anyhow::Result<()> {
                 anyhow::Ok(())
             })
         }
+        Command::Edge(args) => run_role(&rt, hubbub::roles::Role::Edge, args.load()?),
+        Command::Router(args) => run_role(&rt, hubbub::roles::Role::Router, args.load()?),
+        Command::Scheduler(args) => run_role(&rt, hubbub::roles::Role::Scheduler, args.load()?),
+        Command::Worker { services, args } => {
+            let services = services
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+            run_role(&rt, hubbub::roles::Role::Worker(services), args.load()?)
+        }
         Command::Config(args) => {
             print!("{}", args.load()?.to_toml());
             Ok(())
@@ -206,6 +268,32 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench { which } => rt.block_on(hubbub::bench::run(which)),
     }
+}
+
+/// Run one role until Ctrl-C or SIGTERM.
+fn run_role(
+    rt: &tokio::runtime::Runtime,
+    role: hubbub::roles::Role,
+    config: Config,
+) -> anyhow::Result<()> {
+    rt.block_on(async move {
+        let running = hubbub::roles::start(role.clone(), config).await?;
+        match running.internal_addr {
+            Some(internal) => println!(
+                "hubbub {role:?} listening on http://{} (internal http://{internal})",
+                running.addr
+            ),
+            None => println!("hubbub {role:?} health on http://{}", running.addr),
+        }
+        let cancel = running.cancel.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            cancel.cancel();
+        });
+        running.wait().await;
+        anyhow::Ok(())
+    })
 }
 
 /// Ctrl-C or SIGTERM.

@@ -302,7 +302,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 }
 
 /// The media store the configuration names.
-fn media_store(config: &Config, sqlite: SqliteStore) -> anyhow::Result<Arc<dyn MediaStore>> {
+pub(crate) fn media_store(
+    config: &Config,
+    sqlite: impl hubbub_store::MediaMeta + Clone + 'static,
+) -> anyhow::Result<Arc<dyn MediaStore>> {
     use crate::config::MediaBackend;
     match config.media.backend {
         MediaBackend::Local => Ok(Arc::new(LocalMedia::new(
@@ -326,17 +329,17 @@ fn media_store(config: &Config, sqlite: SqliteStore) -> anyhow::Result<Arc<dyn M
 }
 
 /// What the scheduler works on.
-struct Scheduled {
-    store: Arc<dyn Store>,
-    feed: Arc<dyn FeedStore>,
-    queue: Arc<dyn Queue>,
-    delivery: Delivery,
+pub(crate) struct Scheduled {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) feed: Arc<dyn FeedStore>,
+    pub(crate) queue: Arc<dyn Queue>,
+    pub(crate) delivery: Delivery,
 }
 
 /// Periodic jobs: queue gauges every 5 s, expiry of ephemeral conversations (every minute,
 /// or faster for short TTLs), event retention every hour, and the precompute trigger: every
 /// `precompute_interval_s`, each recently active user's id on the `precompute` queue.
-async fn scheduler(
+pub(crate) async fn scheduler(
     on: Scheduled,
     settings: crate::config::ServerSettings,
     feed: crate::config::FeedSettings,

@@ -13,10 +13,13 @@
 //! - [`Signals`]: the ephemeral path (presence, typing) as the edge sees it: in memory, never
 //!   on disk or on a durable queue. Implemented by the services crate.
 //!
+//! - [`distributed`]: the Redis registry and the HTTP edge link, for roles running apart.
 //! - [`Timelines`], [`Engagement`]: the feed's reads and the engagement path as the edge sees
 //!   them. Implemented by the services crate.
 //!
 //! This crate knows nothing of storage or of what the frames mean.
+
+pub mod distributed;
 
 use async_trait::async_trait;
 use hubbub_protocol::internal::ToEdge;

@@ -41,7 +41,7 @@ pub const DEFAULT_TIMELINE_LEN: usize = 500;
 const FRESH_LIMIT: usize = 100;
 
 /// One post of a cached timeline: what ranking needs, and the id to read it back by.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TimelineEntry {
     /// Post id.
     pub id: String,
@@ -68,7 +68,7 @@ impl From<&StoredPost> for TimelineEntry {
 }
 
 /// A timeline as stored in the cache.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CachedTimeline {
     /// Posts, in timeline order.
     pub entries: Vec<TimelineEntry>,
@@ -143,6 +143,73 @@ impl TimelineCache for LocalTimelineCache {
             .unwrap_or_else(|p| p.into_inner())
             .get(&(user.to_owned(), stage))
             .cloned())
+    }
+}
+
+/// The cache in Redis (roles running apart): one JSON value per user and stage, expiring
+/// after `ttl` (the scheduler recomputes active users' timelines well before).
+#[derive(Clone)]
+pub struct RedisTimelineCache {
+    conn: redis::aio::ConnectionManager,
+    namespace: String,
+    ttl: Duration,
+}
+
+impl RedisTimelineCache {
+    /// A cache on this connection, keys under `namespace`.
+    pub fn new(conn: redis::aio::ConnectionManager, namespace: &str, ttl: Duration) -> Self {
+        RedisTimelineCache {
+            conn,
+            namespace: namespace.to_owned(),
+            ttl,
+        }
+    }
+
+    fn key(&self, user: &str, stage: Stage) -> String {
+        let s = match stage {
+            Stage::Chronological => "c",
+            Stage::Ranked => "r",
+        };
+        format!("{}:tl:{s}:{user}", self.namespace)
+    }
+}
+
+#[async_trait]
+impl TimelineCache for RedisTimelineCache {
+    async fn put(
+        &self,
+        user: &str,
+        stage: Stage,
+        timeline: Arc<CachedTimeline>,
+    ) -> Result<(), CacheError> {
+        use redis::AsyncCommands;
+        let json = serde_json::to_string(&*timeline).map_err(|e| CacheError(e.to_string()))?;
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .pset_ex(
+                self.key(user, stage),
+                json,
+                self.ttl.as_millis().max(1) as u64,
+            )
+            .await
+            .map_err(|e| CacheError(e.to_string()))?;
+        Ok(())
+    }
+
+    async fn get(
+        &self,
+        user: &str,
+        stage: Stage,
+    ) -> Result<Option<Arc<CachedTimeline>>, CacheError> {
+        use redis::AsyncCommands;
+        let mut conn = self.conn.clone();
+        let json: Option<String> = conn
+            .get(self.key(user, stage))
+            .await
+            .map_err(|e| CacheError(e.to_string()))?;
+        json.map(|j| serde_json::from_str(&j).map(Arc::new))
+            .transpose()
+            .map_err(|e| CacheError(e.to_string()))
     }
 }
 

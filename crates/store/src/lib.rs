@@ -22,7 +22,7 @@ pub mod postgres;
 pub mod sqlite;
 
 pub use feed::{FeedStore, NewComment, NewPost, StoredPost};
-pub use media::{LocalMedia, MediaInfo, MediaStore, S3Config};
+pub use media::{LocalMedia, MediaInfo, MediaMeta, MediaStore, S3Config};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -306,4 +306,9 @@ pub trait Store: Send + Sync {
 
     /// Delete inbox events older than `before_ms`; returns how many.
     async fn prune_events(&self, before_ms: i64) -> Result<u64, StoreError>;
+
+    /// Whether the store answers now (readiness, and the edge's gate on writes).
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.last_seq("health-probe").await.map(|_| ())
+    }
 }

@@ -3,14 +3,16 @@
 //! Bytes live in `<data-dir>/media/<id>` (written to a temporary file, fsynced, renamed, so a
 //! crash never leaves a half file under a real id), or, with the `s3` feature, in any
 //! S3-compatible bucket ([`s3::ObjectMedia`]). Either way the metadata row (owner, content
-//! type, size) is written after the bytes, in the store's database, so a media id that exists
-//! always has its bytes, and attachment checks never leave the database.
+//! type, size) is written after the bytes, in the store's database ([`MediaMeta`]: SQLite or
+//! PostgreSQL), so a media id that exists always has its bytes, and attachment checks never
+//! leave the database.
 
 use crate::StoreError;
 use crate::sqlite::{SqliteStore, new_id};
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// What is known of a stored medium.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,19 +43,41 @@ pub trait MediaStore: Send + Sync {
     async fn missing(&self, ids: &[String]) -> Result<Vec<String>, StoreError>;
 }
 
-/// Media in a local directory, metadata in the SQLite store.
-#[derive(Debug, Clone)]
+/// Where media metadata rows live: the store's database.
+#[async_trait]
+pub trait MediaMeta: Send + Sync {
+    /// Record a stored medium.
+    async fn insert_media(&self, info: &MediaInfo) -> Result<(), StoreError>;
+    /// A medium's metadata.
+    async fn media(&self, id: &str) -> Result<Option<MediaInfo>, StoreError>;
+    /// Which of these ids do not exist.
+    async fn missing_media(&self, ids: &[String]) -> Result<Vec<String>, StoreError>;
+}
+
+/// Media in a local directory, metadata in the store.
+#[derive(Clone)]
 pub struct LocalMedia {
     dir: PathBuf,
-    store: SqliteStore,
+    store: Arc<dyn MediaMeta>,
+}
+
+impl std::fmt::Debug for LocalMedia {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalMedia")
+            .field("dir", &self.dir)
+            .finish()
+    }
 }
 
 impl LocalMedia {
-    /// Media under `dir` (created if missing).
-    pub fn new(dir: PathBuf, store: SqliteStore) -> Result<Self, StoreError> {
+    /// Media under `dir` (created if missing), metadata in `store`.
+    pub fn new(dir: PathBuf, store: impl MediaMeta + 'static) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| StoreError::Internal(format!("creating {}: {e}", dir.display())))?;
-        Ok(LocalMedia { dir, store })
+        Ok(LocalMedia {
+            dir,
+            store: Arc::new(store),
+        })
     }
 }
 
@@ -65,14 +89,12 @@ fn io(e: std::io::Error) -> StoreError {
     }
 }
 
-/// The metadata rows, shared by every media store.
-async fn insert_meta(store: &SqliteStore, info: MediaInfo) -> Result<(), StoreError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    store
-        .write_with(move |conn| {
+#[async_trait]
+impl MediaMeta for SqliteStore {
+    async fn insert_media(&self, info: &MediaInfo) -> Result<(), StoreError> {
+        let info = info.clone();
+        let now = self.now();
+        self.write_with(move |conn| {
             conn.prepare_cached(
                 "INSERT INTO media (id, owner, content_type, size, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
@@ -80,12 +102,11 @@ async fn insert_meta(store: &SqliteStore, info: MediaInfo) -> Result<(), StoreEr
             Ok(())
         })
         .await
-}
+    }
 
-async fn meta(store: &SqliteStore, id: &str) -> Result<Option<MediaInfo>, StoreError> {
-    let key = id.to_owned();
-    store
-        .read_with(move |conn| {
+    async fn media(&self, id: &str) -> Result<Option<MediaInfo>, StoreError> {
+        let key = id.to_owned();
+        self.read_with(move |conn| {
             Ok(conn
                 .prepare_cached("SELECT id, owner, content_type, size FROM media WHERE id = ?1")?
                 .query_row([key], |r| {
@@ -99,12 +120,11 @@ async fn meta(store: &SqliteStore, id: &str) -> Result<Option<MediaInfo>, StoreE
                 .optional()?)
         })
         .await
-}
+    }
 
-async fn missing_meta(store: &SqliteStore, ids: &[String]) -> Result<Vec<String>, StoreError> {
-    let ids = ids.to_vec();
-    store
-        .read_with(move |conn| {
+    async fn missing_media(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let ids = ids.to_vec();
+        self.read_with(move |conn| {
             let mut missing = Vec::new();
             for id in ids {
                 if !conn
@@ -117,6 +137,7 @@ async fn missing_meta(store: &SqliteStore, ids: &[String]) -> Result<Vec<String>
             Ok(missing)
         })
         .await
+    }
 }
 
 #[async_trait]
@@ -148,12 +169,12 @@ impl MediaStore for LocalMedia {
         })
         .await
         .map_err(|e| StoreError::Internal(e.to_string()))??;
-        insert_meta(&self.store, info.clone()).await?;
+        self.store.insert_media(&info).await?;
         Ok(info)
     }
 
     async fn get(&self, id: &str) -> Result<Option<(MediaInfo, Vec<u8>)>, StoreError> {
-        let Some(info) = meta(&self.store, id).await? else {
+        let Some(info) = self.store.media(id).await? else {
             return Ok(None);
         };
         let bytes = tokio::fs::read(self.dir.join(&info.id)).await.map_err(io)?;
@@ -161,7 +182,7 @@ impl MediaStore for LocalMedia {
     }
 
     async fn missing(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
-        missing_meta(&self.store, ids).await
+        self.store.missing_media(ids).await
     }
 }
 
@@ -198,11 +219,17 @@ pub mod s3 {
     use object_store::{ObjectStore, ObjectStoreExt};
     use std::sync::Arc;
 
-    /// Media bytes in an object store, metadata in the SQLite store.
-    #[derive(Debug, Clone)]
+    /// Media bytes in an object store, metadata in the store.
+    #[derive(Clone)]
     pub struct ObjectMedia {
         objects: Arc<dyn ObjectStore>,
-        store: SqliteStore,
+        store: Arc<dyn MediaMeta>,
+    }
+
+    impl std::fmt::Debug for ObjectMedia {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("ObjectMedia")
+        }
     }
 
     fn object_err(e: object_store::Error) -> StoreError {
@@ -216,7 +243,7 @@ pub mod s3 {
 
     impl ObjectMedia {
         /// Media in the S3-compatible bucket of `config`.
-        pub fn s3(config: &S3Config, store: SqliteStore) -> Result<Self, StoreError> {
+        pub fn s3(config: &S3Config, store: impl MediaMeta + 'static) -> Result<Self, StoreError> {
             let objects = object_store::aws::AmazonS3Builder::new()
                 .with_endpoint(&config.endpoint)
                 .with_bucket_name(&config.bucket)
@@ -229,7 +256,7 @@ pub mod s3 {
                 .map_err(|e| StoreError::Internal(format!("media.s3: {e}")))?;
             Ok(ObjectMedia {
                 objects: Arc::new(objects),
-                store,
+                store: Arc::new(store),
             })
         }
     }
@@ -253,12 +280,12 @@ pub mod s3 {
                 .put(&Path::from(id.as_str()), bytes.into())
                 .await
                 .map_err(object_err)?;
-            insert_meta(&self.store, info.clone()).await?;
+            self.store.insert_media(&info).await?;
             Ok(info)
         }
 
         async fn get(&self, id: &str) -> Result<Option<(MediaInfo, Vec<u8>)>, StoreError> {
-            let Some(info) = meta(&self.store, id).await? else {
+            let Some(info) = self.store.media(id).await? else {
                 return Ok(None);
             };
             let got = self
@@ -271,7 +298,7 @@ pub mod s3 {
         }
 
         async fn missing(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
-            missing_meta(&self.store, ids).await
+            self.store.missing_media(ids).await
         }
     }
 }

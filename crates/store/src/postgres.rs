@@ -388,15 +388,11 @@ impl PgStore {
             }
         })
     }
+}
 
-    /// Whether the database answers (readiness).
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        one(&client, "SELECT 1", &[]).await.map(|_| ())
-    }
-
-    /// Record uploaded media's metadata.
-    pub async fn insert_media(&self, info: &MediaInfo) -> Result<(), StoreError> {
+#[async_trait]
+impl crate::media::MediaMeta for PgStore {
+    async fn insert_media(&self, info: &MediaInfo) -> Result<(), StoreError> {
         let client = self.pool.get().await.map_err(pool_err)?;
         let size = info.size as i64;
         exec(
@@ -409,8 +405,7 @@ impl PgStore {
         .map(|_| ())
     }
 
-    /// Media metadata by id.
-    pub async fn media(&self, id: &str) -> Result<Option<MediaInfo>, StoreError> {
+    async fn media(&self, id: &str) -> Result<Option<MediaInfo>, StoreError> {
         let client = self.pool.get().await.map_err(pool_err)?;
         Ok(opt(
             &client,
@@ -426,8 +421,7 @@ impl PgStore {
         }))
     }
 
-    /// Which of these media ids do not exist.
-    pub async fn missing_media(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+    async fn missing_media(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -1218,6 +1212,11 @@ impl Store for PgStore {
     async fn prune_events(&self, before_ms: i64) -> Result<u64, StoreError> {
         let client = self.pool.get().await.map_err(pool_err)?;
         exec(&client, "DELETE FROM inbox WHERE ts < $1", &[&before_ms]).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        one(&client, "SELECT 1", &[]).await.map(|_| ())
     }
 }
 

@@ -1,0 +1,464 @@
+//! Roles apart: `hubbub edge`, `hubbub router`, `hubbub worker --services ...` and
+//! `hubbub scheduler`, on Redis (queues, logs, the session registry, the timeline cache) and
+//! PostgreSQL (the store). Any number of each may run at once.
+//!
+//! - **edge**: the public listener (WebSocket, SSE, HTTP API) and an internal listener
+//!   (`cluster.internal_listen`) where services `POST` batches of events for its sessions,
+//!   authenticated by `cluster.internal_secret`. Its heartbeat keeps its address in the
+//!   registry; when it dies, its sessions expire with it (`server.edge_ttl_s`). Presence,
+//!   typing and engagement run inside each edge (see the limits in ARCHITECTURE.md).
+//! - **router**: `main` → service queues and the `archive` log.
+//! - **worker**: the services named by `--services` (`chat`, `feed`, `timeline`, `notify`).
+//! - **scheduler**: the periodic jobs (queue gauges, ephemeral expiry, event retention, the
+//!   precompute trigger). Several schedulers only repeat idempotent work.
+//!
+//! Every role also serves `/healthz`, `/readyz` and `/metrics` (on `listen` for roles other
+//! than the edge, which serves them on its public listener).
+
+use crate::config::Config;
+use crate::serve::{Scheduled, metrics_handle};
+use anyhow::Context;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use hubbub_edge::{Edge, EdgeConfig, EdgeDeps};
+use hubbub_protocol::internal::ToEdge;
+use hubbub_queue::{Queue, QueueConfig, RedisConfig, RedisQueue};
+use hubbub_registry::Delivery;
+use hubbub_registry::distributed::{DELIVER_PATH, HttpEdges, RedisRegistry, SECRET_HEADER};
+use hubbub_router::{MAIN_QUEUE, Router, RoutingTable};
+use hubbub_services::chat::{CHAT_QUEUE, CHAT_TYPES, ChatService};
+use hubbub_services::engagement::{EngagementConfig, EngagementService};
+use hubbub_services::feed::{FEED_QUEUE, FEED_TYPES, FeedService};
+use hubbub_services::notify::{Notifier, PushProvider, Webhook};
+use hubbub_services::signals::SignalService;
+use hubbub_services::timeline::{
+    Personalizer, RecencyEngagement, RedisTimelineCache, Timeline, TimelineComputer,
+    TimelineConfig, TimelineReader,
+};
+use hubbub_store::{FeedStore, PgStore, Store};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A role to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Client connections.
+    Edge,
+    /// `main` → service queues.
+    Router,
+    /// These services.
+    Worker(Vec<String>),
+    /// Periodic jobs.
+    Scheduler,
+}
+
+/// The services a worker can run.
+pub const SERVICES: &[&str] = &["chat", "feed", "timeline", "notify"];
+
+/// A started role.
+pub struct RoleRunning {
+    /// The public (edge) or health (other roles) listener's address.
+    pub addr: SocketAddr,
+    /// The edge's internal listener, for an edge.
+    pub internal_addr: Option<SocketAddr>,
+    /// Cancel to stop.
+    pub cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl RoleRunning {
+    /// Wait until stopped (after `cancel`).
+    pub async fn wait(self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// What every role shares: the backends.
+struct Backends {
+    queue: RedisQueue,
+    store: PgStore,
+    registry: RedisRegistry,
+    link: Arc<HttpEdges>,
+    delivery: Delivery,
+    timeline: Timeline,
+}
+
+async fn backends(config: &Config) -> anyhow::Result<Backends> {
+    let c = &config.cluster;
+    let redis_url = c
+        .redis_url
+        .clone()
+        .context("roles apart need cluster.redis_url (--redis-url)")?;
+    let pg_url = c
+        .postgres_url
+        .clone()
+        .context("roles apart need cluster.postgres_url (--postgres-url)")?;
+    let secret = c
+        .internal_secret
+        .clone()
+        .context("roles apart need cluster.internal_secret (HUBBUB_CLUSTER__INTERNAL_SECRET)")?;
+    let queue = RedisQueue::connect(RedisConfig {
+        url: redis_url,
+        namespace: c.namespace.clone(),
+        max_body_bytes: config.queue.max_body_bytes,
+        default_queue: QueueConfig {
+            max_receives: config.queue.max_receives.max(1),
+        },
+        dedupe_window: Duration::from_secs(config.queue.dedupe_window_s.max(1)),
+        timeout: Duration::from_secs(2),
+    })?;
+    let store = PgStore::connect(&pg_url, c.postgres_max_connections)
+        .await
+        .context("connecting to PostgreSQL")?;
+    let registry = RedisRegistry::new(queue.connection(), &c.namespace);
+    let link = Arc::new(HttpEdges::new(registry.clone(), &secret)?);
+    let delivery = Delivery::new(Arc::new(registry.clone()), link.clone());
+    let cache = RedisTimelineCache::new(
+        queue.connection(),
+        &c.namespace,
+        Duration::from_secs(config.feed.active_window_s.max(3600)),
+    );
+    let timeline = Timeline::new(
+        Arc::new(store.clone()),
+        Arc::new(cache),
+        Arc::new(RecencyEngagement::default()),
+        TimelineConfig {
+            len: config.feed.timeline_len.max(1),
+        },
+    );
+    Ok(Backends {
+        queue,
+        store,
+        registry,
+        link,
+        delivery,
+        timeline,
+    })
+}
+
+/// `/healthz`, `/readyz` (the store and the queue answer) and `/metrics`, for roles other
+/// than the edge.
+fn health_app(store: PgStore, queue: RedisQueue) -> anyhow::Result<axum::Router> {
+    let metrics = metrics_handle()?;
+    Ok(axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let (store, queue) = (store.clone(), queue.clone());
+                async move {
+                    let s = store.ping().await;
+                    let q = queue.stats(MAIN_QUEUE).await;
+                    match (s, q) {
+                        (Ok(()), Ok(_)) => (StatusCode::OK, "ready".to_owned()),
+                        (s, q) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("store: {:?}; queue: {:?}", s.err(), q.err()),
+                        ),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = metrics.clone();
+                async move { m.render() }
+            }),
+        ))
+}
+
+async fn serve_app(
+    tracker: &TaskTracker,
+    app: axum::Router,
+    addr: SocketAddr,
+    cancel: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    let bound = listener.local_addr()?;
+    tracker.spawn(async move {
+        let shutdown = cancel.clone();
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+        {
+            tracing::error!(error = %e, "listener stopped");
+            cancel.cancel();
+        }
+    });
+    Ok(bound)
+}
+
+/// Start a role; listeners are bound before this returns.
+pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
+    let b = backends(&config).await?;
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let queue: Arc<dyn Queue> = Arc::new(b.queue.clone());
+    let store: Arc<dyn Store> = Arc::new(b.store.clone());
+    let feed: Arc<dyn FeedStore> = Arc::new(b.store.clone());
+    let media = crate::serve::media_store(&config, b.store.clone())?;
+    let edge_ttl = Duration::from_secs(config.server.edge_ttl_s.max(1));
+    let mut internal_addr = None;
+    let addr = match &role {
+        Role::Edge => {
+            let edge_id = hubbub_store::sqlite::new_id("edge-")?;
+            let (tx, inbox) = mpsc::unbounded_channel::<Vec<ToEdge>>();
+            let secret = config.cluster.internal_secret.clone().unwrap_or_default();
+            let internal = axum::Router::new().route(
+                DELIVER_PATH,
+                axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                    let (tx, secret) = (tx.clone(), secret.clone());
+                    async move { deliver(&headers, &body, &secret, &tx) }
+                }),
+            );
+            let bound = serve_app(
+                &tracker,
+                internal,
+                config.cluster.internal_listen,
+                cancel.clone(),
+            )
+            .await?;
+            internal_addr = Some(bound);
+            let advertise = config
+                .cluster
+                .internal_advertise
+                .clone()
+                .unwrap_or_else(|| bound.to_string());
+            b.registry
+                .edge_alive(&edge_id, &advertise, edge_ttl)
+                .await
+                .context("registering the edge in Redis")?;
+            let beat = (b.registry.clone(), edge_id.clone(), cancel.clone());
+            tracker.spawn(async move {
+                let (registry, edge, cancel) = beat;
+                let mut tick = tokio::time::interval(edge_ttl / 3);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            if let Err(e) = registry.edge_alive(&edge, &advertise, edge_ttl).await {
+                                tracing::warn!(error = %e, "edge heartbeat not recorded");
+                            }
+                        }
+                        _ = cancel.cancelled() => {
+                            let _ = registry.edge_gone(&edge).await;
+                            break;
+                        }
+                    }
+                }
+            });
+            let signals = SignalService::new(store.clone(), b.delivery.clone(), edge_ttl);
+            tracker.spawn(signals.clone().run_lapses(cancel.clone()));
+            let engagement = EngagementService::start(
+                feed.clone(),
+                b.link.clone(),
+                EngagementConfig {
+                    window_s: config.engagement.window_s.max(1),
+                    top_n: config.engagement.top_n,
+                    partitions: config.engagement.partitions.max(1),
+                    subscription_ttl: edge_ttl,
+                    max_words: config.limits.max_text_chars as u32,
+                },
+                cancel.clone(),
+            );
+            std::fs::create_dir_all(&config.data_dir).with_context(|| {
+                format!("creating the data directory {}", config.data_dir.display())
+            })?;
+            let edge = Edge::new(
+                EdgeConfig {
+                    edge_id,
+                    limits: config.limits.clone(),
+                    auth: config.auth.clone(),
+                    key_file: config.data_dir.join("keys.json"),
+                    request_timeout: Duration::from_millis(config.server.request_timeout_ms.max(1)),
+                    ping_interval: Duration::from_secs(config.server.ping_interval_s.max(1)),
+                    heartbeat_interval: edge_ttl / 3,
+                },
+                EdgeDeps {
+                    store: store.clone(),
+                    queue: queue.clone(),
+                    registry: Arc::new(b.registry.clone()),
+                    media: media.clone(),
+                    signals: Arc::new(signals),
+                    timelines: Arc::new(TimelineReader::new(b.timeline.clone())),
+                    engagement: Arc::new(engagement),
+                    metrics: metrics_handle()?,
+                },
+                inbox,
+                cancel.clone(),
+            )?;
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("listening on {}", config.listen))?;
+            let addr = listener.local_addr()?;
+            let stop = cancel.clone();
+            tracker.spawn(async move {
+                if let Err(e) = edge.serve(listener).await {
+                    tracing::error!(error = %e, "edge stopped");
+                    stop.cancel();
+                }
+            });
+            addr
+        }
+        other => {
+            match other {
+                Role::Router => {
+                    let table = RoutingTable::new()
+                        .route(CHAT_TYPES, CHAT_QUEUE)
+                        .route(FEED_TYPES, FEED_QUEUE);
+                    for _ in 0..config.server.routers.max(1) {
+                        let router = Router::new(
+                            queue.clone(),
+                            Arc::new(b.queue.clone()),
+                            table.clone(),
+                            b.delivery.clone(),
+                        );
+                        tracker.spawn(router.run(cancel.clone()));
+                    }
+                }
+                Role::Worker(services) => {
+                    for s in services {
+                        start_service(s, &config, &b, &tracker, &cancel, &media)?;
+                    }
+                }
+                Role::Scheduler => {
+                    tracker.spawn(crate::serve::scheduler(
+                        Scheduled {
+                            store: store.clone(),
+                            feed: feed.clone(),
+                            queue: queue.clone(),
+                            delivery: b.delivery.clone(),
+                        },
+                        config.server.clone(),
+                        config.feed.clone(),
+                        cancel.clone(),
+                    ));
+                }
+                Role::Edge => {}
+            }
+            let app = health_app(b.store.clone(), b.queue.clone())?;
+            serve_app(&tracker, app, config.listen, cancel.clone()).await?
+        }
+    };
+    tracing::info!(?role, %addr, "hubbub role running");
+    Ok(RoleRunning {
+        addr,
+        internal_addr,
+        cancel,
+        tracker,
+    })
+}
+
+/// The edge's internal endpoint: a batch from a service.
+fn deliver(
+    headers: &HeaderMap,
+    body: &[u8],
+    secret: &str,
+    tx: &mpsc::UnboundedSender<Vec<ToEdge>>,
+) -> axum::response::Response {
+    let given = headers
+        .get(SECRET_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if secret.is_empty() || !constant_time_eq(given.as_bytes(), secret.as_bytes()) {
+        return (StatusCode::UNAUTHORIZED, "bad internal secret").into_response();
+    }
+    let batch: Vec<ToEdge> = match serde_json::from_slice(body) {
+        Ok(b) => b,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("bad batch: {e}")).into_response(),
+    };
+    if tx.send(batch).is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "edge shutting down").into_response();
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn start_service(
+    name: &str,
+    config: &Config,
+    b: &Backends,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+    media: &Arc<dyn hubbub_store::MediaStore>,
+) -> anyhow::Result<()> {
+    let queue: Arc<dyn Queue> = Arc::new(b.queue.clone());
+    let store: Arc<dyn Store> = Arc::new(b.store.clone());
+    let feed: Arc<dyn FeedStore> = Arc::new(b.store.clone());
+    match name {
+        "chat" => {
+            for _ in 0..config.server.chat_workers.max(1) {
+                let chat = ChatService::new(
+                    store.clone(),
+                    media.clone(),
+                    queue.clone(),
+                    b.delivery.clone(),
+                    config.limits.clone(),
+                );
+                let chat = match &config.notify.webhook {
+                    Some(_) => chat.with_notify(config.notify.clone()),
+                    None => chat,
+                };
+                tracker.spawn(chat.run(cancel.clone()));
+            }
+        }
+        "feed" => {
+            for _ in 0..config.feed.workers.max(1) {
+                let f = FeedService::new(
+                    feed.clone(),
+                    media.clone(),
+                    queue.clone(),
+                    b.delivery.clone(),
+                    config.limits.clone(),
+                    Duration::from_millis(config.feed.precompute_dedupe_ms.max(1)),
+                );
+                let f = match &config.notify.webhook {
+                    Some(_) => f.with_notify(config.notify.clone()),
+                    None => f,
+                };
+                tracker.spawn(f.run(cancel.clone()));
+            }
+        }
+        "timeline" => {
+            for _ in 0..config.feed.timeline_workers.max(1) {
+                tracker.spawn(TimelineComputer::run(
+                    b.timeline.clone(),
+                    queue.clone(),
+                    cancel.clone(),
+                ));
+                tracker.spawn(Personalizer::run(
+                    b.timeline.clone(),
+                    queue.clone(),
+                    cancel.clone(),
+                ));
+            }
+        }
+        "notify" => {
+            let Some(webhook) = &config.notify.webhook else {
+                anyhow::bail!("the notify service needs [notify.webhook]");
+            };
+            let provider = Webhook::new(webhook.clone())
+                .map_err(|e| anyhow::anyhow!("notify.webhook: {e}"))?;
+            let providers: Vec<(Arc<dyn PushProvider>, u32, u32)> =
+                vec![(Arc::new(provider), webhook.rate_per_s, webhook.burst)];
+            let notifier = Notifier::new(store, queue, providers, config.notify.clone());
+            tracker.spawn(notifier.run(cancel.clone()));
+        }
+        other => anyhow::bail!(
+            "unknown service {other:?}: choose among {}",
+            SERVICES.join(", ")
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! The registry and the edge link when roles run apart: sessions in Redis, batches to edges
+//! over HTTP.
+//!
+//! - [`RedisRegistry`]: a hash per user (session → edge id), and one key per live edge
+//!   holding its internal address with a TTL that the edge's heartbeat renews. A session
+//!   whose edge key has expired belongs to a dead edge: lookups skip it (and drop it), so a
+//!   crashed edge's sessions vanish within one TTL without anyone cleaning up after it.
+//! - [`HttpEdges`]: hands a batch to an edge with one `POST /internal/v1/deliver` to the
+//!   address the registry holds for it, authenticated by a shared secret
+//!   (`x-hubbub-secret`). An edge that is gone or does not answer is `EdgeGone`.
+
+use crate::{EdgeLink, Registry, RegistryError, SessionInfo};
+use async_trait::async_trait;
+use hubbub_protocol::internal::ToEdge;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::Duration;
+
+/// The header carrying the shared secret on internal requests.
+pub const SECRET_HEADER: &str = "x-hubbub-secret";
+/// The path edges accept batches on.
+pub const DELIVER_PATH: &str = "/internal/v1/deliver";
+
+fn unavailable(e: redis::RedisError) -> RegistryError {
+    RegistryError::Unavailable(e.to_string())
+}
+
+/// Sessions and live edges in Redis.
+#[derive(Clone)]
+pub struct RedisRegistry {
+    conn: ConnectionManager,
+    namespace: String,
+}
+
+impl std::fmt::Debug for RedisRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisRegistry")
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+impl RedisRegistry {
+    /// A registry on this connection, keys under `namespace`.
+    pub fn new(conn: ConnectionManager, namespace: &str) -> Self {
+        RedisRegistry {
+            conn,
+            namespace: namespace.to_owned(),
+        }
+    }
+
+    fn user_key(&self, user: &str) -> String {
+        format!("{}:reg:u:{user}", self.namespace)
+    }
+
+    fn edge_key(&self, edge: &str) -> String {
+        format!("{}:reg:e:{edge}", self.namespace)
+    }
+
+    /// The edge is alive at `address` for the next `ttl` (its heartbeat).
+    pub async fn edge_alive(
+        &self,
+        edge: &str,
+        address: &str,
+        ttl: Duration,
+    ) -> Result<(), RegistryError> {
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .pset_ex(self.edge_key(edge), address, ttl.as_millis().max(1) as u64)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// The edge is shutting down: its sessions go with it at once.
+    pub async fn edge_gone(&self, edge: &str) -> Result<(), RegistryError> {
+        let mut conn = self.conn.clone();
+        let _: () = conn.del(self.edge_key(edge)).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// The internal address of a live edge.
+    pub async fn edge_address(&self, edge: &str) -> Result<Option<String>, RegistryError> {
+        let mut conn = self.conn.clone();
+        conn.get(self.edge_key(edge)).await.map_err(unavailable)
+    }
+}
+
+#[async_trait]
+impl Registry for RedisRegistry {
+    async fn register(&self, user: &str, session: &str, edge: &str) -> Result<(), RegistryError> {
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .hset(self.user_key(user), session, edge)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn unregister(&self, user: &str, session: &str) -> Result<(), RegistryError> {
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .hdel(self.user_key(user), session)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn sessions(&self, user: &str) -> Result<Vec<SessionInfo>, RegistryError> {
+        let mut conn = self.conn.clone();
+        let all: HashMap<String, String> = conn
+            .hgetall(self.user_key(user))
+            .await
+            .map_err(unavailable)?;
+        if all.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut edges: Vec<&String> = all.values().collect();
+        edges.sort_unstable();
+        edges.dedup();
+        let keys: Vec<String> = edges.iter().map(|e| self.edge_key(e)).collect();
+        let alive: Vec<Option<String>> = conn.mget(&keys).await.map_err(unavailable)?;
+        let live: Vec<&String> = edges
+            .iter()
+            .zip(alive)
+            .filter(|(_, a)| a.is_some())
+            .map(|(e, _)| *e)
+            .collect();
+        let mut out = Vec::new();
+        let mut dead = Vec::new();
+        for (session, edge) in &all {
+            if live.contains(&edge) {
+                out.push(SessionInfo {
+                    session: session.clone(),
+                    edge: edge.clone(),
+                });
+            } else {
+                dead.push(session.clone());
+            }
+        }
+        if !dead.is_empty() {
+            // A dead edge's sessions: forget them (best effort).
+            let _: Result<(), _> = conn.hdel(self.user_key(user), dead).await;
+        }
+        out.sort_by(|a, b| a.session.cmp(&b.session));
+        Ok(out)
+    }
+}
+
+/// Batches to edges over HTTP.
+pub struct HttpEdges {
+    registry: RedisRegistry,
+    client: reqwest::Client,
+    secret: String,
+    addresses: RwLock<HashMap<String, String>>,
+}
+
+impl std::fmt::Debug for HttpEdges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpEdges")
+    }
+}
+
+impl HttpEdges {
+    /// A link that finds edges in `registry` and authenticates with `secret`.
+    pub fn new(registry: RedisRegistry, secret: &str) -> Result<Self, RegistryError> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+        Ok(HttpEdges {
+            registry,
+            client,
+            secret: secret.to_owned(),
+            addresses: RwLock::new(HashMap::new()),
+        })
+    }
+
+    async fn address(&self, edge: &str, fresh: bool) -> Result<String, RegistryError> {
+        if !fresh
+            && let Some(a) = self
+                .addresses
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(edge)
+        {
+            return Ok(a.clone());
+        }
+        let a = self
+            .registry
+            .edge_address(edge)
+            .await?
+            .ok_or_else(|| RegistryError::EdgeGone(edge.to_owned()))?;
+        self.addresses
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(edge.to_owned(), a.clone());
+        Ok(a)
+    }
+
+    async fn post(&self, address: &str, body: &[u8]) -> Result<(), RegistryError> {
+        let resp = self
+            .client
+            .post(format!("http://{address}{DELIVER_PATH}"))
+            .header(SECRET_HEADER, &self.secret)
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(RegistryError::Unavailable(format!(
+                "edge answered {}",
+                resp.status()
+            )))
+        }
+    }
+}
+
+#[async_trait]
+impl EdgeLink for HttpEdges {
+    async fn deliver(&self, edge: &str, batch: Vec<ToEdge>) -> Result<(), RegistryError> {
+        let body = serde_json::to_vec(&batch)
+            .map_err(|e| RegistryError::Unavailable(format!("encoding a batch: {e}")))?;
+        let address = self.address(edge, false).await?;
+        if self.post(&address, &body).await.is_ok() {
+            return Ok(());
+        }
+        // The edge may have restarted elsewhere: look it up again, once.
+        let fresh = self.address(edge, true).await?;
+        self.post(&fresh, &body)
+            .await
+            .map_err(|_| RegistryError::EdgeGone(edge.to_owned()))
+    }
+}
