@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod chat;
 mod cli;
+mod cluster;
 mod crash;
 mod engagement;
 mod feed;

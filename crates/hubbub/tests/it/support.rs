@@ -177,3 +177,22 @@ pub fn group(members: Vec<String>) -> Request {
         ephemeral: None,
     }
 }
+
+/// A fresh database on the PostgreSQL server `scripts/test` starts.
+pub async fn fresh_database() -> String {
+    let url = std::env::var("HUBBUB_TEST_POSTGRES_URL")
+        .expect("HUBBUB_TEST_POSTGRES_URL is not set: run scripts/test, which starts PostgreSQL");
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to postgres");
+    tokio::spawn(conn);
+    let name = format!("hbt_{:016x}", fastrand::u64(..));
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create database");
+    match url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => panic!("bad postgres url {url}"),
+    }
+}

@@ -1,0 +1,451 @@
+//! Roles apart, surviving kill -9: two edges, one router, two workers (real `hubbub`
+//! processes) on the Redis and PostgreSQL servers `scripts/test` starts. Clients on both
+//! edges chat in two groups while one worker, then one edge, then the router are killed with
+//! SIGKILL and restarted after a pause. Afterwards every message that got `ok` is stored
+//! exactly once and reached every member exactly once across `sync`; the clients of the
+//! killed edge reconnect to the other one and resume with no gap and no duplicate.
+
+use crate::support::PATIENCE;
+use hubbub::client::{Client, Socket};
+use hubbub_protocol::{ConversationKind, ReplyData, Request, ServerFrame};
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+const SECRET: &str = "cluster-test-secret";
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    redis: String,
+    postgres: String,
+    namespace: String,
+}
+
+impl Cluster {
+    fn spawn(&self, name: &str, args: &[&str]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .expect("log");
+        Command::new(env!("CARGO_BIN_EXE_hubbub"))
+            .args(args)
+            .args(["--redis-url", &self.redis, "--postgres-url", &self.postgres])
+            .arg("--data-dir")
+            .arg(self.dir.path().join("edge-data"))
+            .env("HUBBUB_CLUSTER__INTERNAL_SECRET", SECRET)
+            .env("HUBBUB_CLUSTER__NAMESPACE", &self.namespace)
+            .env("HUBBUB_SERVER__EDGE_TTL_S", "3")
+            .env("HUBBUB_LIMITS__FRAMES_PER_S", "10000")
+            .env("HUBBUB_LIMITS__BURST", "10000")
+            .env("HUBBUB_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn hubbub")
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Start a role and wait until its /readyz answers 200.
+    async fn start(&self, name: &str, args: &[&str], port: u16) -> Child {
+        let mut child = self.spawn(name, args);
+        let http = reqwest::Client::new();
+        for _ in 0..600 {
+            if let Ok(r) = http
+                .get(format!("http://127.0.0.1:{port}/readyz"))
+                .send()
+                .await
+                && r.status() == 200
+            {
+                return child;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{name} exited ({status}):\n{}", self.log(name));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{name} not ready within a minute:\n{}", self.log(name));
+    }
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn kill9(child: &mut Child) {
+    // SIGKILL: no shutdown code runs.
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    acked: Vec<(String, String)>,
+    reconnects: u32,
+    duplicates: u32,
+    gaps: u32,
+    live_messages: usize,
+}
+
+struct Seen {
+    last: u64,
+}
+
+impl Seen {
+    fn process(&mut self, f: &ServerFrame, stats: &mut Stats) {
+        let Some(seq) = f.seq() else { return };
+        if seq <= self.last {
+            stats.duplicates += 1;
+        } else {
+            if seq > self.last + 1 {
+                stats.gaps += 1;
+            }
+            self.last = seq;
+            if matches!(f, ServerFrame::MessageNew { .. }) {
+                stats.live_messages += 1;
+            }
+        }
+    }
+}
+
+async fn drain(socket: &mut Socket, seen: &mut Seen, stats: &mut Stats) -> bool {
+    loop {
+        match tokio::time::timeout(Duration::ZERO, socket.next_frame()).await {
+            Ok(Ok(Some(f))) => seen.process(&f, stats),
+            Ok(Ok(None)) | Ok(Err(_)) => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Connect to the first edge that accepts, starting with `edges[first]`, and sync from the
+/// last seq processed.
+async fn reconnect(
+    edges: &[String],
+    first: usize,
+    token: &str,
+    seen: &mut Seen,
+    stats: &mut Stats,
+) -> Socket {
+    let deadline = tokio::time::Instant::now() + PATIENCE * 3;
+    let mut i = first;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no edge accepted a connection"
+        );
+        let base = &edges[i % edges.len()];
+        i += 1;
+        let Ok(Ok((mut socket, _))) =
+            tokio::time::timeout(PATIENCE, Client::new(base).connect(token)).await
+        else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let sync = Request::Sync {
+            after_seq: seen.last,
+        };
+        match tokio::time::timeout(PATIENCE, socket.request(sync)).await {
+            Ok(Ok(ServerFrame::Ok { .. })) if drain(&mut socket, seen, stats).await => {
+                return socket;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// One user: send to its groups in turn until `stop`, each message until it gets `ok`
+/// (a lost connection or an unknown outcome is retried with the same client_msg_id,
+/// reconnecting to whichever edge is up), and count what arrives.
+async fn client(
+    name: String,
+    token: String,
+    groups: Vec<String>,
+    edges: Vec<String>,
+    home: usize,
+    stop: Arc<AtomicBool>,
+) -> Stats {
+    let mut stats = Stats::default();
+    let mut seen = Seen { last: 0 };
+    let mut socket = reconnect(&edges, home, &token, &mut seen, &mut stats).await;
+    let mut k = 0usize;
+    let mut edge = home;
+    loop {
+        let cid = format!("{name}-{k}");
+        let conversation = groups[k % groups.len()].clone();
+        let send = Request::MessageSend {
+            conversation: conversation.clone(),
+            client_msg_id: cid.clone(),
+            text: format!("{name} says {k}"),
+            attachments: None,
+        };
+        let outcome = tokio::time::timeout(PATIENCE * 2, socket.request(send)).await;
+        let alive = match outcome {
+            Ok(Ok(ServerFrame::Ok { .. })) => {
+                stats.acked.push((conversation, cid));
+                k += 1;
+                true
+            }
+            // Outcome unknown or not accepted: the same client_msg_id again.
+            Ok(Ok(_)) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                true
+            }
+            Ok(Err(_)) | Err(_) => false,
+        };
+        let alive = alive && drain(&mut socket, &mut seen, &mut stats).await;
+        if !alive {
+            stats.reconnects += 1;
+            edge += 1;
+            socket = reconnect(&edges, edge, &token, &mut seen, &mut stats).await;
+            continue;
+        }
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    stats
+}
+
+#[tokio::test]
+async fn roles_apart_survive_kill_9_of_a_worker_an_edge_and_the_router() {
+    let cluster = Cluster {
+        dir: tempfile::tempdir().expect("tempdir"),
+        redis: std::env::var("HUBBUB_TEST_REDIS_URL")
+            .expect("HUBBUB_TEST_REDIS_URL is not set: run scripts/test"),
+        postgres: crate::support::fresh_database().await,
+        namespace: format!("hbcluster{:08x}", fastrand::u32(..)),
+    };
+    let ports: Vec<u16> = (0..9).map(|_| free_port()).collect();
+    let listen = |i: usize| format!("127.0.0.1:{}", ports[i]);
+    let edge_args = |i: usize| {
+        vec![
+            "edge".to_owned(),
+            "--listen".to_owned(),
+            listen(i),
+            "--internal-listen".to_owned(),
+            listen(i + 2),
+        ]
+    };
+    let e1a = edge_args(0);
+    let e2a = edge_args(1);
+    let ra = vec!["router".to_owned(), "--listen".to_owned(), listen(4)];
+    let w1a = vec![
+        "worker".to_owned(),
+        "--services".to_owned(),
+        "chat,feed,timeline".to_owned(),
+        "--listen".to_owned(),
+        listen(5),
+    ];
+    let w2a = vec![
+        "worker".to_owned(),
+        "--services".to_owned(),
+        "chat,feed,timeline".to_owned(),
+        "--listen".to_owned(),
+        listen(6),
+    ];
+    // The first edge creates the signing keys the second one shares.
+    let mut edge1 = cluster.start("edge1", &strs(&e1a), ports[0]).await;
+    let edge2 = cluster.start("edge2", &strs(&e2a), ports[1]).await;
+    let mut router = cluster.start("router", &strs(&ra), ports[4]).await;
+    let mut worker1 = cluster.start("worker1", &strs(&w1a), ports[5]).await;
+    let worker2 = cluster.start("worker2", &strs(&w2a), ports[6]).await;
+    let edges = vec![
+        format!("http://{}", listen(0)),
+        format!("http://{}", listen(1)),
+    ];
+
+    // Six users, alternately on each edge; two groups that mix both edges.
+    let mut users = Vec::new();
+    for i in 0..6 {
+        let auth = Client::new(&edges[i % 2])
+            .signup(&format!("member{i}"), "password123")
+            .await
+            .expect("signup");
+        users.push((auth.user.id, auth.access_token));
+    }
+    let mut groups = Vec::new();
+    for (creator, members) in [(0usize, [1usize, 2, 3]), (4, [5, 2, 3])] {
+        let (mut s, _) = Client::new(&edges[creator % 2])
+            .connect(&users[creator].1)
+            .await
+            .expect("connect");
+        let request = Request::ConversationCreate {
+            kind: ConversationKind::Group,
+            members: members.iter().map(|m| users[*m].0.clone()).collect(),
+            title: None,
+            ephemeral: None,
+        };
+        match tokio::time::timeout(PATIENCE, s.request(request))
+            .await
+            .expect("in time")
+            .expect("reply")
+        {
+            ServerFrame::Ok {
+                data: ReplyData::Conversation { conversation },
+                ..
+            } => groups.push((conversation.id, conversation.members)),
+            other => panic!("group not created: {other:?}"),
+        }
+        s.close().await;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (i, (id, token)) in users.iter().enumerate() {
+        let mine: Vec<String> = groups
+            .iter()
+            .filter(|(_, m)| m.contains(id))
+            .map(|(g, _)| g.clone())
+            .collect();
+        tasks.push(tokio::spawn(client(
+            format!("member{i}"),
+            token.clone(),
+            mine,
+            edges.clone(),
+            i % 2,
+            stop.clone(),
+        )));
+    }
+
+    // Steady traffic, then each kill -9 and, after a pause, its restart.
+    let pause = Duration::from_millis(1500);
+    tokio::time::sleep(pause).await;
+    kill9(&mut worker1);
+    tokio::time::sleep(pause).await;
+    worker1 = cluster.start("worker1", &strs(&w1a), ports[5]).await;
+    tokio::time::sleep(pause).await;
+    kill9(&mut edge1);
+    tokio::time::sleep(pause).await;
+    edge1 = cluster.start("edge1", &strs(&e1a), ports[0]).await;
+    tokio::time::sleep(pause).await;
+    kill9(&mut router);
+    tokio::time::sleep(pause).await;
+    router = cluster.start("router", &strs(&ra), ports[4]).await;
+    tokio::time::sleep(pause).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut stats = Vec::new();
+    for t in tasks {
+        stats.push(
+            tokio::time::timeout(PATIENCE * 6, t)
+                .await
+                .expect("clients finish")
+                .expect("client"),
+        );
+    }
+
+    // Every acked message, by conversation.
+    let mut acked: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for s in &stats {
+        for (c, cid) in &s.acked {
+            acked.entry(c.clone()).or_default().insert(cid.clone());
+        }
+    }
+    let sent: usize = stats.iter().map(|s| s.acked.len()).sum();
+    // Stored exactly once: each conversation's history holds each acked id once, nothing else.
+    let (mut reader, _) = Client::new(&edges[1])
+        .connect(&users[2].1)
+        .await
+        .expect("connect");
+    for (g, _) in &groups {
+        let mut ids = Vec::new();
+        let mut before = None;
+        loop {
+            let h = Request::MessageHistory {
+                conversation: g.clone(),
+                before: before.clone(),
+                limit: Some(100),
+            };
+            let (messages, more) = match tokio::time::timeout(PATIENCE, reader.request(h))
+                .await
+                .expect("in time")
+                .expect("reply")
+            {
+                ServerFrame::Ok {
+                    data: ReplyData::History { messages, more },
+                    ..
+                } => (messages, more),
+                other => panic!("history: {other:?}"),
+            };
+            before = messages.last().map(|m| m.id.clone());
+            ids.extend(messages.into_iter().map(|m| m.client_msg_id));
+            if !more {
+                break;
+            }
+        }
+        let unique: BTreeSet<String> = ids.iter().cloned().collect();
+        assert_eq!(unique.len(), ids.len(), "a message stored twice in {g}");
+        assert_eq!(
+            &unique,
+            acked.get(g).unwrap_or(&BTreeSet::new()),
+            "stored = acked in {g}"
+        );
+    }
+    // Delivered exactly once to every member: a sync from 0 holds each message of the
+    // member's groups once, with gapless seqs.
+    let mut delivered = 0usize;
+    let mut duplicates: u32 = stats.iter().map(|s| s.duplicates + s.gaps).sum();
+    let mut lost = 0usize;
+    for (id, token) in &users {
+        let (mut s, _) = Client::new(&edges[0])
+            .connect(token)
+            .await
+            .expect("connect");
+        s.send_text(r#"{"type":"sync","id":"all","after_seq":0}"#)
+            .await
+            .expect("send");
+        let mut seqs = Vec::new();
+        let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        loop {
+            let f = crate::support::next(&mut s).await;
+            match &f {
+                ServerFrame::Ok { id, .. } if id == "all" => break,
+                ServerFrame::MessageNew { seq, message } => {
+                    seqs.push(*seq);
+                    got.entry(message.conversation.clone())
+                        .or_default()
+                        .push(message.client_msg_id.clone());
+                }
+                f => {
+                    if let Some(seq) = f.seq() {
+                        seqs.push(seq);
+                    }
+                }
+            }
+        }
+        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(seqs, expected, "gapless, no repeat, for {id}");
+        for (g, members) in &groups {
+            if !members.contains(id) {
+                continue;
+            }
+            let list = got.remove(g).unwrap_or_default();
+            let set: BTreeSet<String> = list.iter().cloned().collect();
+            duplicates += (list.len() - set.len()) as u32;
+            let want = acked.get(g).cloned().unwrap_or_default();
+            lost += want.difference(&set).count();
+            delivered += list.len();
+        }
+        s.close().await;
+    }
+    let reconnects: u32 = stats.iter().map(|s| s.reconnects).sum();
+    println!(
+        "cluster: sent {sent}, acked {sent}, delivered {delivered}, duplicates {duplicates}, lost {lost} (reconnects {reconnects})"
+    );
+    assert!(sent > 0 && reconnects > 0, "traffic ran through the kills");
+    assert_eq!((duplicates, lost), (0, 0));
+    for mut c in [edge1, edge2, router, worker1, worker2] {
+        kill9(&mut c);
+    }
+}
