@@ -79,7 +79,7 @@ pub fn reply_frame(
 /// A service's handling of one envelope: one store transaction, its reply and its events.
 #[async_trait::async_trait]
 pub(crate) trait Handler: Send + Sync {
-    /// Handle the request. `Unavailable` leaves the envelope in the queue to be retried.
+    /// Handle the request. `Unavailable` (nothing written) is answered to the client as such.
     async fn handle(&self, envelope: &Envelope) -> Result<Written<ReplyData>, Failure>;
 }
 
@@ -136,7 +136,7 @@ impl Worker {
         }
     }
 
-    /// Handle one envelope; false when it should be retried (storage unavailable).
+    /// Handle one envelope; true when it is done with (acked).
     async fn handle_body<H: Handler>(&self, handler: &H, body: &[u8]) -> bool {
         let envelope: Envelope = match serde_json::from_slice(body) {
             Ok(e) => e,
@@ -148,9 +148,18 @@ impl Worker {
         let (data, events) = match handler.handle(&envelope).await {
             Ok(Written { value, events }) => (Ok(value), events),
             Err(f) if f.code == ErrorCode::Unavailable => {
-                // Nothing was written; leave it in the queue to be retried.
-                tracing::warn!(message = %f.message, queue = self.name, "storage unavailable; will retry");
-                return false;
+                // Nothing was written: the client is told so (`unavailable` means nothing was
+                // accepted, retry later) and the envelope is dropped, so a write refused now
+                // never lands later behind the client's back.
+                tracing::warn!(message = %f.message, queue = self.name, "storage unavailable; write refused");
+                metrics::counter!("hubbub_writes_refused_total", "queue" => self.name).increment(1);
+                (
+                    Err(Failure::new(
+                        ErrorCode::Unavailable,
+                        "storage is unavailable; nothing was accepted, retry later",
+                    )),
+                    Vec::new(),
+                )
             }
             Err(f) => (Err(f), Vec::new()),
         };

@@ -13,5 +13,6 @@ mod feed;
 mod lifecycle;
 mod media;
 mod notify;
+mod outage;
 mod signals;
 mod support;
