@@ -8,6 +8,7 @@ mod chat;
 mod cli;
 mod cluster;
 mod crash;
+mod deploy;
 mod engagement;
 mod feed;
 mod lifecycle;
