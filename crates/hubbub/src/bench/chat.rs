@@ -33,7 +33,8 @@ pub struct ChatBenchArgs {
     /// Seconds of sending.
     #[arg(long, default_value_t = 10)]
     duration: u64,
-    /// A running server to load (default: start one in this process).
+    /// A running server to load (default: start one in this process); several edges of one
+    /// deployment, comma-separated, get the members' sockets in turn.
     #[arg(long)]
     server: Option<String>,
     /// Print one JSON object instead of text.
@@ -92,7 +93,8 @@ pub async fn run(args: ChatBenchArgs) -> anyhow::Result<()> {
             base
         }
     };
-    let client = Client::new(&base);
+    let edges: Vec<String> = base.split(',').map(|s| s.trim().to_owned()).collect();
+    let client = Client::new(&edges[0]);
     let run_id = std::process::id();
     let epoch = Instant::now();
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
@@ -134,10 +136,11 @@ pub async fn run(args: ChatBenchArgs) -> anyhow::Result<()> {
         };
         creator.close().await;
         let mut sinks = Vec::new();
-        for token in &tokens {
+        for (m, token) in tokens.iter().enumerate() {
+            let edge = &edges[m % edges.len()];
             let url = format!(
                 "{}/v1/ws?access_token={token}",
-                base.replacen("http", "ws", 1)
+                edge.replacen("http", "ws", 1)
             );
             let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
             let (sink, mut stream) = ws.split();
