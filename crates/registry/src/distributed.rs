@@ -114,6 +114,59 @@ impl Registry for RedisRegistry {
             .hgetall(self.user_key(user))
             .await
             .map_err(unavailable)?;
+        self.live_sessions(user, all).await
+    }
+
+    async fn sessions_of(&self, users: &[String]) -> Result<Vec<Vec<SessionInfo>>, RegistryError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One pipeline for every user's sessions, one MGET for every edge's liveness.
+        let mut pipe = redis::pipe();
+        for u in users {
+            pipe.hgetall(self.user_key(u));
+        }
+        let mut conn = self.conn.clone();
+        let all: Vec<HashMap<String, String>> =
+            pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        let mut edges: Vec<String> = all.iter().flat_map(|m| m.values().cloned()).collect();
+        edges.sort_unstable();
+        edges.dedup();
+        let live: Vec<String> = if edges.is_empty() {
+            Vec::new()
+        } else {
+            let keys: Vec<String> = edges.iter().map(|e| self.edge_key(e)).collect();
+            let alive: Vec<Option<String>> = conn.mget(&keys).await.map_err(unavailable)?;
+            edges
+                .into_iter()
+                .zip(alive)
+                .filter(|(_, a)| a.is_some())
+                .map(|(e, _)| e)
+                .collect()
+        };
+        Ok(all
+            .into_iter()
+            .map(|m| {
+                let mut s: Vec<SessionInfo> = m
+                    .into_iter()
+                    .filter(|(_, e)| live.contains(e))
+                    .map(|(session, edge)| SessionInfo { session, edge })
+                    .collect();
+                s.sort_by(|a, b| a.session.cmp(&b.session));
+                s
+            })
+            .collect())
+    }
+}
+
+impl RedisRegistry {
+    /// The sessions whose edge is alive; the others are forgotten (best effort).
+    async fn live_sessions(
+        &self,
+        user: &str,
+        all: HashMap<String, String>,
+    ) -> Result<Vec<SessionInfo>, RegistryError> {
+        let mut conn = self.conn.clone();
         if all.is_empty() {
             return Ok(Vec::new());
         }

@@ -59,6 +59,16 @@ pub trait Registry: Send + Sync {
     async fn unregister(&self, user: &str, session: &str) -> Result<(), RegistryError>;
     /// Every open session of a user.
     async fn sessions(&self, user: &str) -> Result<Vec<SessionInfo>, RegistryError>;
+
+    /// Every open session of each of these users, in their order (one round trip where the
+    /// backend allows it).
+    async fn sessions_of(&self, users: &[String]) -> Result<Vec<Vec<SessionInfo>>, RegistryError> {
+        let mut out = Vec::with_capacity(users.len());
+        for u in users {
+            out.push(self.sessions(u).await?);
+        }
+        Ok(out)
+    }
 }
 
 /// A refused signal: its protocol code and message.
@@ -293,14 +303,15 @@ impl Delivery {
                 None => by_user.push((user, vec![frame])),
             }
         }
-        for (user, frames) in by_user {
-            let sessions = match self.registry.sessions(&user).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(%user, error = %e, "registry lookup failed; events wait for sync");
-                    continue;
-                }
-            };
+        let users: Vec<String> = by_user.iter().map(|(u, _)| u.clone()).collect();
+        let all_sessions = match self.registry.sessions_of(&users).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "registry lookup failed; events wait for sync");
+                vec![Vec::new(); users.len()]
+            }
+        };
+        for ((user, frames), sessions) in by_user.into_iter().zip(all_sessions) {
             let mut edges: Vec<&str> = sessions.iter().map(|s| s.edge.as_str()).collect();
             edges.sort_unstable();
             edges.dedup();
