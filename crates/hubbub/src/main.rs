@@ -112,8 +112,8 @@ enum Command {
     Router(RoleArgs),
     /// Run services apart: --services chat,feed,timeline,notify.
     Worker {
-        /// Comma-separated services: chat, feed, timeline, notify.
-        #[arg(long, default_value = "chat,feed,timeline")]
+        /// Comma-separated services: chat, feed, timeline, engagement, notify.
+        #[arg(long, default_value = "chat,feed,timeline,engagement")]
         services: String,
         #[command(flatten)]
         args: RoleArgs,

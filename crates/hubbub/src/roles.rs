@@ -5,10 +5,12 @@
 //! - **edge**: the public listener (WebSocket, SSE, HTTP API) and an internal listener
 //!   (`cluster.internal_listen`) where services `POST` batches of events for its sessions,
 //!   authenticated by `cluster.internal_secret`. Its heartbeat keeps its address in the
-//!   registry; when it dies, its sessions expire with it (`server.edge_ttl_s`). Presence,
-//!   typing and engagement run inside each edge (see the limits in ARCHITECTURE.md).
+//!   registry; when it dies, its sessions expire with it (`server.edge_ttl_s`). Presence
+//!   and typing run inside each edge (see the limits in ARCHITECTURE.md); engagement signals
+//!   go over Redis pub/sub to the worker that leads the `engagement` service.
 //! - **router**: `main` → service queues and the `archive` log.
-//! - **worker**: the services named by `--services` (`chat`, `feed`, `timeline`, `notify`).
+//! - **worker**: the services named by `--services` (`chat`, `feed`, `timeline`,
+//!   `engagement`, `notify`).
 //! - **scheduler**: the periodic jobs (queue gauges, ephemeral expiry, event retention, the
 //!   precompute trigger). Several schedulers only repeat idempotent work.
 //!
@@ -28,7 +30,8 @@ use hubbub_registry::Delivery;
 use hubbub_registry::distributed::{DELIVER_PATH, HttpEdges, RedisRegistry, SECRET_HEADER};
 use hubbub_router::{MAIN_QUEUE, Router, RoutingTable};
 use hubbub_services::chat::{CHAT_QUEUE, CHAT_TYPES, ChatService};
-use hubbub_services::engagement::{EngagementConfig, EngagementService};
+use hubbub_services::engagement::EngagementConfig;
+use hubbub_services::engagement::remote::{EngagementWorker, RemoteEngagement};
 use hubbub_services::feed::{FEED_QUEUE, FEED_TYPES, FeedService};
 use hubbub_services::notify::{Notifier, PushProvider, Webhook};
 use hubbub_services::signals::SignalService;
@@ -58,7 +61,7 @@ pub enum Role {
 }
 
 /// The services a worker can run.
-pub const SERVICES: &[&str] = &["chat", "feed", "timeline", "notify"];
+pub const SERVICES: &[&str] = &["chat", "feed", "timeline", "engagement", "notify"];
 
 /// A started role.
 pub struct RoleRunning {
@@ -257,18 +260,7 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
             });
             let signals = SignalService::new(store.clone(), b.delivery.clone(), edge_ttl);
             tracker.spawn(signals.clone().run_lapses(cancel.clone()));
-            let engagement = EngagementService::start(
-                feed.clone(),
-                b.link.clone(),
-                EngagementConfig {
-                    window_s: config.engagement.window_s.max(1),
-                    top_n: config.engagement.top_n,
-                    partitions: config.engagement.partitions.max(1),
-                    subscription_ttl: edge_ttl,
-                    max_words: config.limits.max_text_chars as u32,
-                },
-                cancel.clone(),
-            );
+            let engagement = remote_engagement(&config, &b);
             std::fs::create_dir_all(&config.data_dir).with_context(|| {
                 format!("creating the data directory {}", config.data_dir.display())
             })?;
@@ -357,6 +349,25 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
     })
 }
 
+fn engagement_config(config: &Config) -> EngagementConfig {
+    EngagementConfig {
+        window_s: config.engagement.window_s.max(1),
+        top_n: config.engagement.top_n,
+        partitions: config.engagement.partitions.max(1),
+        subscription_ttl: Duration::from_secs(config.server.edge_ttl_s.max(1)),
+        max_words: config.limits.max_text_chars as u32,
+    }
+}
+
+fn remote_engagement(config: &Config, b: &Backends) -> RemoteEngagement {
+    RemoteEngagement::new(
+        b.queue.connection(),
+        &config.cluster.namespace,
+        Arc::new(b.store.clone()),
+        config.limits.max_text_chars as u32,
+    )
+}
+
 /// The edge's internal endpoint: a batch from a service.
 fn deliver(
     headers: &HeaderMap,
@@ -422,7 +433,8 @@ fn start_service(
                     b.delivery.clone(),
                     config.limits.clone(),
                     Duration::from_millis(config.feed.precompute_dedupe_ms.max(1)),
-                );
+                )
+                .with_engagement(Arc::new(remote_engagement(config, b)));
                 let f = match &config.notify.webhook {
                     Some(_) => f.with_notify(config.notify.clone()),
                     None => f,
@@ -443,6 +455,17 @@ fn start_service(
                     cancel.clone(),
                 ));
             }
+        }
+        "engagement" => {
+            let worker = EngagementWorker::new(
+                config.cluster.redis_url.as_deref().unwrap_or_default(),
+                &config.cluster.namespace,
+                b.queue.connection(),
+                feed,
+                b.link.clone(),
+                engagement_config(config),
+            );
+            tracker.spawn(worker.run(cancel.clone()));
         }
         "notify" => {
             let Some(webhook) = &config.notify.webhook else {

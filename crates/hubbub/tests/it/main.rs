@@ -2,6 +2,7 @@
 //! HTTP and WebSockets. One binary for all of them (one link step).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod apart;
 mod auth;
 mod bad_input;
 mod chat;

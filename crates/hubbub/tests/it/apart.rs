@@ -1,0 +1,159 @@
+//! Roles apart in this process on the real Redis and PostgreSQL: engagement across edges.
+//! A writer on one edge and a watcher on another see the same `engagement` events, because
+//! the signals go to the one worker leading the `engagement` service; when that worker stops
+//! and another takes over, the edges' renewals give it the subscriptions back.
+
+use crate::support::{PATIENCE, fresh_database, next, until};
+use hubbub::client::{Client, Socket};
+use hubbub::config::Config;
+use hubbub::roles::{Role, RoleRunning};
+use hubbub_protocol::{ReplyData, Request, ServerFrame};
+
+async fn config() -> (Config, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config {
+        data_dir: dir.path().join("data"),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        ..Default::default()
+    };
+    config.cluster.redis_url = Some(
+        std::env::var("HUBBUB_TEST_REDIS_URL")
+            .expect("HUBBUB_TEST_REDIS_URL is not set: run scripts/test"),
+    );
+    config.cluster.postgres_url = Some(fresh_database().await);
+    config.cluster.internal_secret = Some("apart-secret".into());
+    config.cluster.namespace = format!("hbapart{:08x}", fastrand::u32(..));
+    config.cluster.internal_listen = "127.0.0.1:0".parse().expect("addr");
+    config.server.edge_ttl_s = 3;
+    config.limits.frames_per_s = 10_000;
+    config.limits.burst = 10_000;
+    (config, dir)
+}
+
+async fn user(base: &str, handle: &str) -> Socket {
+    let auth = Client::new(base)
+        .signup(handle, "password123")
+        .await
+        .expect("signup");
+    let (mut s, _) = Client::new(base)
+        .connect(&auth.access_token)
+        .await
+        .expect("connect");
+    let _timeline = next(&mut s).await;
+    s
+}
+
+async fn ok(s: &mut Socket, r: Request) -> ReplyData {
+    match tokio::time::timeout(PATIENCE, s.request(r))
+        .await
+        .expect("in time")
+        .expect("reply")
+    {
+        ServerFrame::Ok { data, .. } => data,
+        other => panic!("expected ok: {other:?}"),
+    }
+}
+
+/// Type on `post` until the watcher sees `words` from the writer (bounded): signals are
+/// ephemeral, and a new leader may miss the first ones.
+async fn typed_and_seen(writer: &mut Socket, watcher: &mut Socket, post: &str, words: u32) {
+    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
+    loop {
+        writer
+            .send(Request::CommentTyping {
+                post: post.into(),
+                words,
+            })
+            .await
+            .expect("send");
+        let seen = tokio::time::timeout(std::time::Duration::from_millis(1500), async {
+            until(watcher, "engagement", |f| {
+                matches!(f, ServerFrame::Engagement { top, .. }
+                    if top.first().is_some_and(|t| t.words == words))
+            })
+            .await
+        })
+        .await;
+        if seen.is_ok() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never saw {words} words"
+        );
+    }
+}
+
+async fn stop(r: RoleRunning) {
+    r.cancel.cancel();
+    let _ = tokio::time::timeout(PATIENCE, r.wait()).await;
+}
+
+#[tokio::test]
+async fn engagement_reaches_watchers_on_other_edges_and_survives_a_new_leader() {
+    let (config, _dir) = config().await;
+    let edge_a = hubbub::roles::start(Role::Edge, config.clone())
+        .await
+        .expect("edge a");
+    let edge_b = hubbub::roles::start(Role::Edge, config.clone())
+        .await
+        .expect("edge b");
+    let router = hubbub::roles::start(Role::Router, config.clone())
+        .await
+        .expect("router");
+    let services = vec!["chat".into(), "feed".into(), "engagement".into()];
+    let worker1 = hubbub::roles::start(Role::Worker(services.clone()), config.clone())
+        .await
+        .expect("worker");
+    let (a, b) = (
+        format!("http://{}", edge_a.addr),
+        format!("http://{}", edge_b.addr),
+    );
+    let mut author = user(&a, "author").await;
+    let mut writer = user(&a, "writer").await;
+    let mut watcher = user(&b, "watcher").await;
+    let post = match ok(
+        &mut author,
+        Request::PostCreate {
+            text: "across edges".into(),
+            attachments: None,
+        },
+    )
+    .await
+    {
+        ReplyData::Post { post } => post.id,
+        other => panic!("post: {other:?}"),
+    };
+    ok(
+        &mut watcher,
+        Request::PostWatch {
+            posts: vec![post.clone()],
+        },
+    )
+    .await;
+    typed_and_seen(&mut writer, &mut watcher, &post, 7).await;
+
+    // The leader stops; another worker takes over and learns the watch from edge B's renewal.
+    stop(worker1).await;
+    let worker2 = hubbub::roles::start(Role::Worker(services), config.clone())
+        .await
+        .expect("worker 2");
+    typed_and_seen(&mut writer, &mut watcher, &post, 9).await;
+
+    // A comment (handled by the feed service on a worker) reaches the count watchers see.
+    ok(
+        &mut writer,
+        Request::CommentCreate {
+            post: post.clone(),
+            text: "done".into(),
+        },
+    )
+    .await;
+    until(&mut watcher, "comment count", |f| {
+        matches!(f, ServerFrame::Engagement { comments: 1, .. })
+    })
+    .await;
+    for r in [edge_a, edge_b, router, worker2] {
+        stop(r).await;
+    }
+}
