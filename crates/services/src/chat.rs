@@ -34,7 +34,6 @@ pub const CHAT_TYPES: &[&str] = &[
     "block.remove",
 ];
 
-const MAX_ATTACHMENTS: usize = 10;
 const MAX_TITLE_CHARS: usize = 256;
 const MAX_CLIENT_MSG_ID: usize = 128;
 
@@ -169,30 +168,14 @@ impl crate::Handler for ChatService {
                         format!("client_msg_id must be 1 to {MAX_CLIENT_MSG_ID} bytes"),
                     ));
                 }
-                if text.chars().count() > self.limits.max_text_chars {
-                    return Err(Failure::new(
-                        ErrorCode::TooLarge,
-                        format!("text is over {} characters", self.limits.max_text_chars),
-                    ));
-                }
-                let attachments = attachments.clone().unwrap_or_default();
-                if attachments.len() > MAX_ATTACHMENTS {
-                    return Err(Failure::new(
-                        ErrorCode::TooLarge,
-                        format!("at most {MAX_ATTACHMENTS} attachments"),
-                    ));
-                }
-                if text.trim().is_empty() && attachments.is_empty() {
-                    return Err(Failure::new(
-                        ErrorCode::BadRequest,
-                        "a message needs text or an attachment",
-                    ));
-                }
-                let ids: Vec<String> = attachments.iter().map(|a| a.media.clone()).collect();
-                let missing = self.media.missing(&ids).await?;
-                if let Some(id) = missing.first() {
-                    return Err(Failure::new(ErrorCode::NotFound, format!("no media {id}")));
-                }
+                let attachments = crate::check_content(
+                    &*self.media,
+                    text,
+                    attachments,
+                    self.limits.max_text_chars,
+                    "message",
+                )
+                .await?;
                 let w = self
                     .store
                     .send_message(NewMessage {

@@ -36,8 +36,6 @@ pub const FEED_TYPES: &[&str] = &[
     "unfollow",
 ];
 
-const MAX_ATTACHMENTS: usize = 10;
-
 /// The feed service.
 #[derive(Clone)]
 pub struct FeedService {
@@ -117,14 +115,14 @@ impl FeedService {
         }
     }
 
-    fn check_text(&self, text: &str, what: &str) -> Result<(), Failure> {
+    fn check_comment(&self, text: &str) -> Result<(), Failure> {
         if text.chars().count() > self.limits.max_text_chars {
             return Err(Failure::new(
                 ErrorCode::TooLarge,
                 format!("text is over {} characters", self.limits.max_text_chars),
             ));
         }
-        if text.trim().is_empty() && what == "comment" {
+        if text.trim().is_empty() {
             return Err(Failure::new(ErrorCode::BadRequest, "a comment needs text"));
         }
         Ok(())
@@ -137,24 +135,14 @@ impl crate::Handler for FeedService {
         let user = e.user.as_str();
         match &e.request {
             Request::PostCreate { text, attachments } => {
-                self.check_text(text, "post")?;
-                let attachments = attachments.clone().unwrap_or_default();
-                if attachments.len() > MAX_ATTACHMENTS {
-                    return Err(Failure::new(
-                        ErrorCode::TooLarge,
-                        format!("at most {MAX_ATTACHMENTS} attachments"),
-                    ));
-                }
-                if text.trim().is_empty() && attachments.is_empty() {
-                    return Err(Failure::new(
-                        ErrorCode::BadRequest,
-                        "a post needs text or an attachment",
-                    ));
-                }
-                let ids: Vec<String> = attachments.iter().map(|a| a.media.clone()).collect();
-                if let Some(id) = self.media.missing(&ids).await?.first() {
-                    return Err(Failure::new(ErrorCode::NotFound, format!("no media {id}")));
-                }
+                let attachments = crate::check_content(
+                    &*self.media,
+                    text,
+                    attachments,
+                    self.limits.max_text_chars,
+                    "post",
+                )
+                .await?;
                 let post = self
                     .store
                     .create_post(NewPost {
@@ -176,7 +164,7 @@ impl crate::Handler for FeedService {
                 Ok(Written::nothing(ReplyData::Empty {}))
             }
             Request::CommentCreate { post, text } => {
-                self.check_text(text, "comment")?;
+                self.check_comment(text)?;
                 let w = self
                     .store
                     .create_comment(NewComment {

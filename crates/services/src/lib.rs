@@ -64,6 +64,45 @@ impl From<StoreError> for Failure {
     }
 }
 
+/// Most attachments on a message or a post.
+pub const MAX_ATTACHMENTS: usize = 10;
+
+/// Check a message's or a post's text and attachments: text within `max_text_chars`, at
+/// most [`MAX_ATTACHMENTS`] attachments, text or an attachment, and every attachment an
+/// uploaded medium. Returns the attachments. `what` names the object in errors.
+pub(crate) async fn check_content(
+    media: &dyn hubbub_store::MediaStore,
+    text: &str,
+    attachments: &Option<Vec<hubbub_protocol::Attachment>>,
+    max_text_chars: usize,
+    what: &str,
+) -> Result<Vec<hubbub_protocol::Attachment>, Failure> {
+    if text.chars().count() > max_text_chars {
+        return Err(Failure::new(
+            ErrorCode::TooLarge,
+            format!("text is over {max_text_chars} characters"),
+        ));
+    }
+    let attachments = attachments.clone().unwrap_or_default();
+    if attachments.len() > MAX_ATTACHMENTS {
+        return Err(Failure::new(
+            ErrorCode::TooLarge,
+            format!("at most {MAX_ATTACHMENTS} attachments"),
+        ));
+    }
+    if text.trim().is_empty() && attachments.is_empty() {
+        return Err(Failure::new(
+            ErrorCode::BadRequest,
+            format!("a {what} needs text or an attachment"),
+        ));
+    }
+    let ids: Vec<String> = attachments.iter().map(|a| a.media.clone()).collect();
+    if let Some(id) = media.missing(&ids).await?.first() {
+        return Err(Failure::new(ErrorCode::NotFound, format!("no media {id}")));
+    }
+    Ok(attachments)
+}
+
 /// The reply frame for an envelope's outcome, if the request had an id.
 pub fn reply_frame(
     envelope: &Envelope,

@@ -355,12 +355,17 @@ impl PgStore {
         in_tx!(self, |tx| {
             // One migrator at a time, across processes.
             exec(&tx, "SELECT pg_advisory_xact_lock(7700)", &[]).await?;
-            exec(
-                &tx,
-                "CREATE TABLE IF NOT EXISTS hubbub_schema (component TEXT PRIMARY KEY, version INT NOT NULL)",
-                &[],
-            )
-            .await?;
+            let fresh: bool = one(&tx, "SELECT to_regclass('hubbub_schema') IS NULL", &[])
+                .await?
+                .get(0);
+            if fresh {
+                exec(
+                    &tx,
+                    "CREATE TABLE hubbub_schema (component TEXT PRIMARY KEY, version INT NOT NULL)",
+                    &[],
+                )
+                .await?;
+            }
             let v: Option<i32> = opt(
                 &tx,
                 "SELECT version FROM hubbub_schema WHERE component = 'store'",
