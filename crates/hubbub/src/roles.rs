@@ -365,6 +365,7 @@ fn remote_engagement(config: &Config, b: &Backends) -> RemoteEngagement {
         &config.cluster.namespace,
         Arc::new(b.store.clone()),
         config.limits.max_text_chars as u32,
+        Duration::from_secs(config.server.edge_ttl_s.max(1)),
     )
 }
 

@@ -8,9 +8,10 @@
 //!   at a time holds a lease in Redis and feeds the channel into an [`EngagementService`]
 //!   (the same partitions as in one process), which publishes `engagement` frames to the
 //!   subscribed edges through the HTTP edge link. Others wait to take over the lease.
-//!   Subscriptions are leases the edges renew every heartbeat, so a new leader (or a
-//!   restarted one) knows every watched post again within one heartbeat, and a dead edge's
-//!   subscriptions lapse.
+//!   Subscriptions are leases the edges renew every heartbeat, kept in Redis too (a sorted
+//!   set of `edge` + `post` scored by expiry): a new leader (or a restarted one) starts from
+//!   that set, and the next heartbeat of each edge confirms it; a dead edge's subscriptions
+//!   lapse.
 
 use super::{EngagementConfig, EngagementService};
 use async_trait::async_trait;
@@ -63,27 +64,44 @@ fn channel(namespace: &str) -> String {
     format!("{namespace}:eng:signals")
 }
 
+fn subs_key(namespace: &str) -> String {
+    format!("{namespace}:eng:subs")
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// The edge's (and feed worker's) side.
 #[derive(Clone)]
 pub struct RemoteEngagement {
     conn: ConnectionManager,
     channel: String,
+    subs: String,
+    ttl: Duration,
     store: Arc<dyn FeedStore>,
     max_words: u32,
     known: Arc<Mutex<HashMap<String, (bool, Instant)>>>,
 }
 
 impl RemoteEngagement {
-    /// Publish on this connection, under `namespace`; posts are checked in `store`.
+    /// Publish on this connection, under `namespace`; posts are checked in `store`;
+    /// subscriptions last `ttl` unless renewed.
     pub fn new(
         conn: ConnectionManager,
         namespace: &str,
         store: Arc<dyn FeedStore>,
         max_words: u32,
+        ttl: Duration,
     ) -> Self {
         RemoteEngagement {
             conn,
             channel: channel(namespace),
+            subs: subs_key(namespace),
+            ttl,
             store,
             max_words,
             known: Arc::default(),
@@ -96,6 +114,24 @@ impl RemoteEngagement {
         let mut conn = self.conn.clone();
         let _: i64 = conn
             .publish(&self.channel, json)
+            .await
+            .map_err(|e| SignalError::new(ErrorCode::Unavailable, e.to_string()))?;
+        Ok(())
+    }
+
+    /// Record (or renew) subscriptions in Redis.
+    async fn keep(&self, edge: &str, posts: &[String]) -> Result<(), SignalError> {
+        if posts.is_empty() {
+            return Ok(());
+        }
+        let until = now_ms() + self.ttl.as_millis() as i64;
+        let items: Vec<(i64, String)> = posts
+            .iter()
+            .map(|p| (until, format!("{edge}\t{p}")))
+            .collect();
+        let mut conn = self.conn.clone();
+        let _: i64 = conn
+            .zadd_multiple(&self.subs, &items)
             .await
             .map_err(|e| SignalError::new(ErrorCode::Unavailable, e.to_string()))?;
         Ok(())
@@ -141,6 +177,7 @@ impl Engagement for RemoteEngagement {
                 ));
             }
         }
+        self.keep(edge, posts).await?;
         self.publish(&Signal::Subscribe {
             edge: edge.to_owned(),
             posts: posts.to_vec(),
@@ -149,6 +186,9 @@ impl Engagement for RemoteEngagement {
     }
 
     async fn unsubscribe(&self, edge: &str, posts: &[String]) {
+        let members: Vec<String> = posts.iter().map(|p| format!("{edge}\t{p}")).collect();
+        let mut conn = self.conn.clone();
+        let _: Result<i64, _> = conn.zrem(&self.subs, members).await;
         let _ = self
             .publish(&Signal::Unsubscribe {
                 edge: edge.to_owned(),
@@ -158,6 +198,9 @@ impl Engagement for RemoteEngagement {
     }
 
     async fn renew(&self, edge: &str, posts: &[String]) {
+        if let Err(e) = self.keep(edge, posts).await {
+            tracing::debug!(error = %e, "engagement renewal not recorded");
+        }
         if let Err(e) = self
             .publish(&Signal::Renew {
                 edge: edge.to_owned(),
@@ -309,6 +352,25 @@ return 0",
             self.config.clone(),
             term.clone(),
         );
+        // Start from the subscriptions recorded in Redis (the edges confirm them on their
+        // next heartbeat; lapsed ones go).
+        let mut conn = self.conn.clone();
+        let key = subs_key(&self.namespace);
+        let now = now_ms();
+        let _: i64 = conn.zrembyscore(&key, "-inf", now).await?;
+        let live: Vec<String> = conn.zrangebyscore(&key, now, "+inf").await?;
+        let mut by_edge: HashMap<String, Vec<String>> = HashMap::new();
+        for m in live {
+            if let Some((edge, post)) = m.split_once('\t') {
+                by_edge
+                    .entry(edge.to_owned())
+                    .or_default()
+                    .push(post.to_owned());
+            }
+        }
+        for (edge, posts) in by_edge {
+            service.renew(&edge, &posts).await;
+        }
         let mut renew = tokio::time::interval(RENEW_EVERY);
         loop {
             tokio::select! {
@@ -318,6 +380,8 @@ return 0",
                         tracing::warn!(worker = %self.id, "engagement lease lost");
                         return Ok(());
                     }
+                    // Lapsed subscriptions leave the record too.
+                    let _: Result<i64, _> = conn.zrembyscore(&key, "-inf", now_ms()).await;
                 }
                 msg = messages.next() => {
                     let Some(msg) = msg else {
