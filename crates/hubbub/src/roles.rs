@@ -5,9 +5,10 @@
 //! - **edge**: the public listener (WebSocket, SSE, HTTP API) and an internal listener
 //!   (`cluster.internal_listen`) where services `POST` batches of events for its sessions,
 //!   authenticated by `cluster.internal_secret`. Its heartbeat keeps its address in the
-//!   registry; when it dies, its sessions expire with it (`server.edge_ttl_s`). Presence
-//!   and typing run inside each edge (see the limits in ARCHITECTURE.md); engagement signals
-//!   go over Redis pub/sub to the worker that leads the `engagement` service.
+//!   registry; when it dies, its sessions expire with it (`server.edge_ttl_s`). Presence is
+//!   computed from the registry and Redis (`ClusterSignals`), typing is relayed through the
+//!   edge link; engagement signals go over Redis pub/sub to the worker that leads the
+//!   `engagement` service.
 //! - **router**: `main` → service queues and the `archive` log.
 //! - **worker**: the services named by `--services` (`chat`, `feed`, `timeline`,
 //!   `engagement`, `notify`).
@@ -35,6 +36,7 @@ use hubbub_services::engagement::remote::{EngagementWorker, RemoteEngagement};
 use hubbub_services::feed::{FEED_QUEUE, FEED_TYPES, FeedService};
 use hubbub_services::notify::{Notifier, PushProvider, Webhook};
 use hubbub_services::signals::SignalService;
+use hubbub_services::signals::remote::ClusterSignals;
 use hubbub_services::timeline::{
     Personalizer, RecencyEngagement, RedisTimelineCache, Timeline, TimelineComputer,
     TimelineConfig, TimelineReader,
@@ -258,8 +260,17 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
                     }
                 }
             });
-            let signals = SignalService::new(store.clone(), b.delivery.clone(), edge_ttl);
-            tracker.spawn(signals.clone().run_lapses(cancel.clone()));
+            let local = SignalService::new(store.clone(), b.delivery.clone(), edge_ttl);
+            tracker.spawn(local.clone().run_lapses(cancel.clone()));
+            let signals = ClusterSignals::new(
+                local,
+                Arc::new(b.registry.clone()),
+                b.delivery.clone(),
+                b.queue.connection(),
+                config.cluster.redis_url.as_deref().unwrap_or_default(),
+                &config.cluster.namespace,
+            );
+            tracker.spawn(signals.clone().run(cancel.clone()));
             let engagement = remote_engagement(&config, &b);
             std::fs::create_dir_all(&config.data_dir).with_context(|| {
                 format!("creating the data directory {}", config.data_dir.display())

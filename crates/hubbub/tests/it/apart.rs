@@ -1,4 +1,5 @@
-//! Roles apart in this process on the real Redis and PostgreSQL: engagement across edges.
+//! Roles apart in this process on the real Redis and PostgreSQL: presence and engagement
+//! across edges.
 //! A writer on one edge and a watcher on another see the same `engagement` events, because
 //! the signals go to the one worker leading the `engagement` service; when that worker stops
 //! and another takes over, the edges' renewals give it the subscriptions back.
@@ -7,7 +8,7 @@ use crate::support::{PATIENCE, fresh_database, next, until};
 use hubbub::client::{Client, Socket};
 use hubbub::config::Config;
 use hubbub::roles::{Role, RoleRunning};
-use hubbub_protocol::{ReplyData, Request, ServerFrame};
+use hubbub_protocol::{PresenceStatus, ReplyData, Request, ServerFrame, SetPresenceStatus};
 
 async fn config() -> (Config, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -154,6 +155,84 @@ async fn engagement_reaches_watchers_on_other_edges_and_survives_a_new_leader() 
     })
     .await;
     for r in [edge_a, edge_b, router, worker2] {
+        stop(r).await;
+    }
+}
+
+/// The next presence event for `user` with this status (bounded).
+async fn presence(watcher: &mut Socket, user: &str, status: PresenceStatus) {
+    until(
+        watcher,
+        "presence",
+        |f| matches!(f, ServerFrame::Presence(p) if p.user == user && p.status == status),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn presence_is_seen_from_another_edge() {
+    let (config, _dir) = config().await;
+    let edge_a = hubbub::roles::start(Role::Edge, config.clone())
+        .await
+        .expect("edge a");
+    let edge_b = hubbub::roles::start(Role::Edge, config.clone())
+        .await
+        .expect("edge b");
+    let (a, b) = (
+        format!("http://{}", edge_a.addr),
+        format!("http://{}", edge_b.addr),
+    );
+    let auth = Client::new(&a)
+        .signup("roamer", "password123")
+        .await
+        .expect("signup");
+    let mut watcher = user(&b, "watcher").await;
+    let r = ok(
+        &mut watcher,
+        Request::PresenceWatch {
+            users: vec![auth.user.id.clone()],
+        },
+    )
+    .await;
+    match r {
+        ReplyData::Presence { presence } => {
+            assert_eq!(presence[0].status, PresenceStatus::Offline)
+        }
+        other => panic!("watch: {other:?}"),
+    }
+    // The user connects to the other edge: online; sets away; leaves: offline.
+    let (mut s, _) = Client::new(&a)
+        .connect(&auth.access_token)
+        .await
+        .expect("connect");
+    presence(&mut watcher, &auth.user.id, PresenceStatus::Online).await;
+    ok(
+        &mut s,
+        Request::PresenceSet {
+            status: SetPresenceStatus::Away,
+        },
+    )
+    .await;
+    presence(&mut watcher, &auth.user.id, PresenceStatus::Away).await;
+    s.close().await;
+    presence(&mut watcher, &auth.user.id, PresenceStatus::Offline).await;
+    // A late watcher on the first edge sees what the other edge set.
+    let mut late = user(&a, "latecomer").await;
+    match ok(
+        &mut late,
+        Request::PresenceWatch {
+            users: vec![auth.user.id.clone()],
+        },
+    )
+    .await
+    {
+        ReplyData::Presence { presence } => {
+            assert_eq!(presence[0].status, PresenceStatus::Offline);
+            assert!(presence[0].last_seen_ts.is_some(), "seen while online");
+        }
+        other => panic!("watch: {other:?}"),
+    }
+    for r in [edge_a, edge_b] {
         stop(r).await;
     }
 }

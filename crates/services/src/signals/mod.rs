@@ -11,6 +11,11 @@
 //! Typing: relayed to the conversation's other members, less those who block the sender; a
 //! member gets at most one `start` per sender per conversation per second, and a `start` not
 //! renewed within 6 s lapses: the server sends the `stop`.
+//!
+//! When roles run apart, [`remote::ClusterSignals`] computes presence from what the edges
+//! share in Redis instead of one process's memory.
+
+pub mod remote;
 
 use async_trait::async_trait;
 use hubbub_protocol::{
