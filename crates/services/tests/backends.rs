@@ -1,0 +1,136 @@
+//! The session registry and the timeline cache: one behaviour, checked on the in-process
+//! implementations and on the Redis ones (against the server `scripts/test` starts,
+//! `HUBBUB_TEST_REDIS_URL`, each test in its own key namespace).
+
+use hubbub_registry::distributed::RedisRegistry;
+use hubbub_registry::{LocalRegistry, Registry};
+use hubbub_services::timeline::{
+    CachedTimeline, LocalTimelineCache, RedisTimelineCache, Stage, TimelineCache, TimelineEntry,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn redis() -> (redis::aio::ConnectionManager, String) {
+    let url = std::env::var("HUBBUB_TEST_REDIS_URL")
+        .expect("HUBBUB_TEST_REDIS_URL is not set: run scripts/test, which starts redis-server");
+    let client = redis::Client::open(url).expect("url");
+    let conn = redis::aio::ConnectionManager::new_lazy_with_config(
+        client,
+        redis::aio::ConnectionManagerConfig::new(),
+    )
+    .expect("connection");
+    (conn, format!("hbtest-{:016x}", fastrand::u64(..)))
+}
+
+async fn registry_contract(r: &dyn Registry) {
+    r.register("alice", "s1", "e1").await.expect("register");
+    r.register("alice", "s2", "e2").await.expect("register");
+    r.register("bob", "s3", "e1").await.expect("register");
+    let s = r.sessions("alice").await.expect("sessions");
+    let mut pairs: Vec<(String, String)> = s.into_iter().map(|s| (s.session, s.edge)).collect();
+    pairs.sort();
+    assert_eq!(
+        pairs,
+        [("s1".into(), "e1".into()), ("s2".into(), "e2".into())]
+    );
+    let many = r
+        .sessions_of(&["bob".into(), "nobody".into(), "alice".into()])
+        .await
+        .expect("many");
+    assert_eq!(
+        many.iter().map(Vec::len).collect::<Vec<_>>(),
+        [1, 0, 2],
+        "in order"
+    );
+    r.unregister("alice", "s1").await.expect("unregister");
+    r.unregister("alice", "s1").await.expect("twice is fine");
+    assert_eq!(r.sessions("alice").await.expect("sessions").len(), 1);
+    assert!(r.sessions("nobody").await.expect("sessions").is_empty());
+}
+
+#[tokio::test]
+async fn local_registry_keeps_the_contract() {
+    registry_contract(&LocalRegistry::default()).await;
+}
+
+#[tokio::test]
+async fn redis_registry_keeps_the_contract_and_forgets_dead_edges() {
+    let (conn, ns) = redis();
+    let r = RedisRegistry::new(conn, &ns);
+    for e in ["e1", "e2"] {
+        r.edge_alive(e, "127.0.0.1:1", Duration::from_secs(60))
+            .await
+            .expect("alive");
+    }
+    registry_contract(&r).await;
+    assert_eq!(
+        r.edge_address("e1").await.expect("address").as_deref(),
+        Some("127.0.0.1:1")
+    );
+    // An edge that stops renewing: its sessions are gone once its key expires.
+    r.edge_alive("short", "127.0.0.1:2", Duration::from_millis(200))
+        .await
+        .expect("alive");
+    r.register("carol", "s9", "short").await.expect("register");
+    assert_eq!(r.sessions("carol").await.expect("sessions").len(), 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(r.sessions("carol").await.expect("sessions").is_empty());
+    // An edge shutting down says so: its sessions go at once.
+    r.register("dave", "s10", "e2").await.expect("register");
+    r.edge_gone("e2").await.expect("gone");
+    assert!(r.sessions("dave").await.expect("sessions").is_empty());
+}
+
+fn timeline(ids: &[&str], watermark: u64) -> Arc<CachedTimeline> {
+    Arc::new(CachedTimeline {
+        entries: ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| TimelineEntry {
+                id: (*id).into(),
+                author: "a".into(),
+                ts: i as i64,
+                likes: 1,
+                comments: 2,
+            })
+            .collect(),
+        computed_ts: 42,
+        watermark,
+    })
+}
+
+async fn cache_contract(c: &dyn TimelineCache) {
+    assert!(c.get("u", Stage::Ranked).await.expect("get").is_none());
+    c.put("u", Stage::Chronological, timeline(&["p2", "p1"], 7))
+        .await
+        .expect("put");
+    assert!(
+        c.get("u", Stage::Ranked).await.expect("get").is_none(),
+        "stages apart"
+    );
+    c.put("u", Stage::Ranked, timeline(&["p1", "p2"], 7))
+        .await
+        .expect("put");
+    let got = c.get("u", Stage::Ranked).await.expect("get").expect("some");
+    assert_eq!(got, timeline(&["p1", "p2"], 7));
+    c.put("u", Stage::Ranked, timeline(&["p3"], 9))
+        .await
+        .expect("put");
+    let got = c.get("u", Stage::Ranked).await.expect("get").expect("some");
+    assert_eq!((got.entries.len(), got.watermark), (1, 9), "replaced");
+    assert!(
+        c.get("v", Stage::Ranked).await.expect("get").is_none(),
+        "per user"
+    );
+}
+
+#[tokio::test]
+async fn local_timeline_cache_keeps_the_contract() {
+    cache_contract(&LocalTimelineCache::default()).await;
+}
+
+#[tokio::test]
+async fn redis_timeline_cache_keeps_the_contract() {
+    let (conn, ns) = redis();
+    cache_contract(&RedisTimelineCache::new(conn, &ns, Duration::from_secs(60))).await;
+}
