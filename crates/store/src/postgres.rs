@@ -26,6 +26,7 @@ const SCHEMA_VERSION: i32 = 1;
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    sends: tokio::sync::mpsc::Sender<SendJob>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -346,7 +347,9 @@ impl PgStore {
         let pool = cfg
             .create_pool(Some(Runtime::Tokio1), NoTls)
             .map_err(|e| StoreError::BadRequest(format!("postgres url: {e}")))?;
-        let store = PgStore { pool };
+        let (sends, jobs) = tokio::sync::mpsc::channel(4 * SEND_BATCH);
+        tokio::spawn(run_sends(pool.clone(), jobs));
+        let store = PgStore { pool, sends };
         store.migrate().await?;
         Ok(store)
     }
@@ -807,83 +810,14 @@ impl Store for PgStore {
     }
 
     async fn send_message(&self, new: NewMessage) -> Result<Written<Message>, StoreError> {
-        let now = now_ms();
-        let attachments = serde_json::to_string(&new.attachments).map_err(json_err)?;
-        in_tx!(self, |tx| {
-            async {
-                let select = format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender = $1 AND client_msg_id = $2"
-                );
-                if let Some(r) =
-                    opt(&tx, &select, &[&new.sender, &new.client_msg_id]).await?
-                {
-                    return Ok(Written::nothing(to_message(&r)?));
-                }
-                check_member(&tx, &new.sender, &new.conversation).await?;
-                // A concurrent send of the same client_msg_id: the unique key decides, and
-                // the loser returns the winner's message.
-                let inserted = opt(
-                    &tx,
-                    "INSERT INTO messages (conversation_id, sender, client_msg_id, text, attachments, ts)
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sender, client_msg_id) DO NOTHING
-                     RETURNING id",
-                    &[&new.conversation, &new.sender, &new.client_msg_id, &new.text, &attachments, &now],
-                )
-                .await?;
-                let Some(row) = inserted else {
-                    let r = one(&tx, &select, &[&new.sender, &new.client_msg_id]).await?;
-                    return Ok(Written::nothing(to_message(&r)?));
-                };
-                let id: i64 = row.get(0);
-                let message = Message {
-                    id: id.to_string(),
-                    conversation: new.conversation.clone(),
-                    sender: new.sender.clone(),
-                    client_msg_id: new.client_msg_id.clone(),
-                    text: new.text.clone(),
-                    attachments: new.attachments.clone(),
-                    ts: now,
-                };
-                // Lock recipients in id order: concurrent fan-outs never deadlock.
-                let seqs = rows(
-                    &tx,
-                    "WITH r AS (
-                       SELECT u.id FROM users u JOIN members m ON m.user_id = u.id
-                       WHERE m.conversation_id = $1
-                         AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = u.id AND blocked = $2)
-                       ORDER BY u.id FOR UPDATE OF u)
-                     UPDATE users SET last_seq = last_seq + 1 FROM r WHERE users.id = r.id
-                     RETURNING users.id, users.last_seq",
-                    &[&message.conversation, &message.sender],
-                )
-                .await?;
-                let users: Vec<String> = seqs.iter().map(|r| r.get(0)).collect();
-                let nums: Vec<i64> = seqs.iter().map(|r| r.get(1)).collect();
-                exec(
-                    &tx,
-                    "INSERT INTO inbox (user_id, seq, ts, message_id)
-                     SELECT u, s, $3, $4 FROM UNNEST($1::text[], $2::bigint[]) AS t(u, s)",
-                    &[&users, &nums, &now, &id],
-                )
-                .await?;
-                let events = users
-                    .into_iter()
-                    .zip(nums)
-                    .map(|(user, seq)| Event {
-                        user,
-                        frame: ServerFrame::MessageNew {
-                            seq: seq as u64,
-                            message: message.clone(),
-                        },
-                    })
-                    .collect();
-                Ok(Written {
-                    value: message,
-                    events,
-                })
-            }
+        // Group commit: concurrent sends share one transaction (see `run_sends`).
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.sends
+            .send((new, tx))
             .await
-        })
+            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Internal("the send batcher stopped".into()))?
     }
 
     async fn history(
@@ -1223,6 +1157,163 @@ impl Store for PgStore {
         let client = self.pool.get().await.map_err(pool_err)?;
         one(&client, "SELECT 1", &[]).await.map(|_| ())
     }
+}
+
+/// The most sends one transaction takes.
+const SEND_BATCH: usize = 64;
+
+type SendJob = (
+    NewMessage,
+    tokio::sync::oneshot::Sender<Result<Written<Message>, StoreError>>,
+);
+
+/// Group commit for `message.send`: take whatever sends wait, lock every recipient once (in
+/// id order, so two batches never deadlock on each other), run each send in its own savepoint
+/// (one send's failure leaves the others), and commit once. Sends to one busy group no longer
+/// queue up behind each other's row locks and fsyncs.
+async fn run_sends(pool: Pool, mut jobs: tokio::sync::mpsc::Receiver<SendJob>) {
+    while let Some(first) = jobs.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < SEND_BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let (news, replies): (Vec<NewMessage>, Vec<_>) = batch.into_iter().unzip();
+        match send_batch(&pool, &news).await {
+            Ok(results) => {
+                for (reply, r) in replies.into_iter().zip(results) {
+                    let _ = reply.send(r);
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(match &e {
+                        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+                        other => StoreError::Internal(other.to_string()),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+async fn send_batch(
+    pool: &Pool,
+    news: &[NewMessage],
+) -> Result<Vec<Result<Written<Message>, StoreError>>, StoreError> {
+    let mut client = pool.get().await.map_err(pool_err)?;
+    let mut tx = client.transaction().await.map_err(pg)?;
+    let conversations: Vec<&str> = news.iter().map(|n| n.conversation.as_str()).collect();
+    exec(
+        &tx,
+        "SELECT 1 FROM users WHERE id IN
+           (SELECT user_id FROM members WHERE conversation_id = ANY($1))
+         ORDER BY id FOR UPDATE",
+        &[&conversations],
+    )
+    .await?;
+    let mut out = Vec::with_capacity(news.len());
+    for new in news {
+        let now = now_ms();
+        let sp = tx.transaction().await.map_err(pg)?;
+        match send_one(&sp, new, now).await {
+            Ok(w) => {
+                sp.commit().await.map_err(pg)?;
+                out.push(Ok(w));
+            }
+            Err(e) => {
+                sp.rollback().await.map_err(pg)?;
+                out.push(Err(e));
+            }
+        }
+    }
+    tx.commit().await.map_err(pg)?;
+    Ok(out)
+}
+
+/// One `message.send` inside a transaction (the recipients' rows already locked).
+async fn send_one(
+    tx: &impl GenericClient,
+    new: &NewMessage,
+    now: i64,
+) -> Result<Written<Message>, StoreError> {
+    let attachments = serde_json::to_string(&new.attachments).map_err(json_err)?;
+    let select =
+        format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender = $1 AND client_msg_id = $2");
+    if let Some(r) = opt(tx, &select, &[&new.sender, &new.client_msg_id]).await? {
+        return Ok(Written::nothing(to_message(&r)?));
+    }
+    check_member(tx, &new.sender, &new.conversation).await?;
+    // A concurrent send of the same client_msg_id: the unique key decides, and
+    // the loser returns the winner's message.
+    let inserted = opt(
+        tx,
+        "INSERT INTO messages (conversation_id, sender, client_msg_id, text, attachments, ts)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sender, client_msg_id) DO NOTHING
+             RETURNING id",
+        &[
+            &new.conversation,
+            &new.sender,
+            &new.client_msg_id,
+            &new.text,
+            &attachments,
+            &now,
+        ],
+    )
+    .await?;
+    let Some(row) = inserted else {
+        let r = one(tx, &select, &[&new.sender, &new.client_msg_id]).await?;
+        return Ok(Written::nothing(to_message(&r)?));
+    };
+    let id: i64 = row.get(0);
+    let message = Message {
+        id: id.to_string(),
+        conversation: new.conversation.clone(),
+        sender: new.sender.clone(),
+        client_msg_id: new.client_msg_id.clone(),
+        text: new.text.clone(),
+        attachments: new.attachments.clone(),
+        ts: now,
+    };
+    // Lock recipients in id order: concurrent fan-outs never deadlock.
+    let seqs = rows(
+        tx,
+        "WITH r AS (
+               SELECT u.id FROM users u JOIN members m ON m.user_id = u.id
+               WHERE m.conversation_id = $1
+                 AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = u.id AND blocked = $2)
+               ORDER BY u.id FOR UPDATE OF u)
+             UPDATE users SET last_seq = last_seq + 1 FROM r WHERE users.id = r.id
+             RETURNING users.id, users.last_seq",
+        &[&message.conversation, &message.sender],
+    )
+    .await?;
+    let users: Vec<String> = seqs.iter().map(|r| r.get(0)).collect();
+    let nums: Vec<i64> = seqs.iter().map(|r| r.get(1)).collect();
+    exec(
+        tx,
+        "INSERT INTO inbox (user_id, seq, ts, message_id)
+             SELECT u, s, $3, $4 FROM UNNEST($1::text[], $2::bigint[]) AS t(u, s)",
+        &[&users, &nums, &now, &id],
+    )
+    .await?;
+    let events = users
+        .into_iter()
+        .zip(nums)
+        .map(|(user, seq)| Event {
+            user,
+            frame: ServerFrame::MessageNew {
+                seq: seq as u64,
+                message: message.clone(),
+            },
+        })
+        .collect();
+    Ok(Written {
+        value: message,
+        events,
+    })
 }
 
 const POST_COLUMNS: &str = "seq, id, author, text, attachments, ts, likes, comments";
