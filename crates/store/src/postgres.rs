@@ -17,6 +17,7 @@ use crate::sqlite::{new_id, valid_handle};
 use crate::*;
 use deadpool_postgres::{GenericClient, Pool, Runtime};
 use hubbub_protocol::{Comment, ConversationKind, Message, NotificationKind, Post, ServerFrame};
+use std::collections::HashMap;
 use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 
@@ -1214,45 +1215,121 @@ async fn send_batch(
         &[&conversations],
     )
     .await?;
-    let mut out = Vec::with_capacity(news.len());
+    let now = now_ms();
+    let mut inserted = Vec::with_capacity(news.len());
     for new in news {
-        let now = now_ms();
         let sp = tx.transaction().await.map_err(pg)?;
-        match send_one(&sp, new, now).await {
-            Ok(w) => {
+        match insert_one(&sp, new, now).await {
+            Ok(sent) => {
                 sp.commit().await.map_err(pg)?;
-                out.push(Ok(w));
+                inserted.push(Ok(sent));
             }
             Err(e) => {
                 sp.rollback().await.map_err(pg)?;
-                out.push(Err(e));
+                inserted.push(Err(e));
             }
         }
     }
+    // The whole batch's fan-out in one statement: each recipient's seq goes up by the
+    // number of new messages it gets, and its inbox rows take those seqs in send order.
+    let fresh: Vec<&Message> = inserted
+        .iter()
+        .filter_map(|r| match r {
+            Ok((m, true)) => Some(m),
+            _ => None,
+        })
+        .collect();
+    let mut events: HashMap<String, Vec<(String, i64)>> = HashMap::new();
+    if !fresh.is_empty() {
+        let ids: Vec<i64> = fresh
+            .iter()
+            .map(|m| m.id.parse::<i64>().unwrap_or_default())
+            .collect();
+        let convs: Vec<&str> = fresh.iter().map(|m| m.conversation.as_str()).collect();
+        let senders: Vec<&str> = fresh.iter().map(|m| m.sender.as_str()).collect();
+        let got = rows(
+            &tx,
+            "WITH msgs AS (
+               SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[])
+                 WITH ORDINALITY AS m(mid, conv, sender, ord)),
+             recips AS (
+               SELECT m.ord, m.mid, mb.user_id FROM msgs m
+               JOIN members mb ON mb.conversation_id = m.conv
+               WHERE NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = mb.user_id AND blocked = m.sender)),
+             counts AS (SELECT user_id, COUNT(*) AS n FROM recips GROUP BY user_id),
+             upd AS (
+               UPDATE users SET last_seq = users.last_seq + counts.n FROM counts
+               WHERE users.id = counts.user_id
+               RETURNING users.id, users.last_seq AS top, counts.n),
+             numbered AS (
+               SELECT r.user_id, r.mid,
+                      upd.top - upd.n + ROW_NUMBER() OVER (PARTITION BY r.user_id ORDER BY r.ord) AS seq
+               FROM recips r JOIN upd ON upd.id = r.user_id)
+             INSERT INTO inbox (user_id, seq, ts, message_id)
+             SELECT user_id, seq, $4, mid FROM numbered
+             RETURNING user_id, seq, message_id",
+            &[&ids, &convs, &senders, &now],
+        )
+        .await?;
+        for r in got {
+            let mid: i64 = r.get(2);
+            events
+                .entry(mid.to_string())
+                .or_default()
+                .push((r.get(0), r.get(1)));
+        }
+    }
     tx.commit().await.map_err(pg)?;
-    Ok(out)
+    Ok(inserted
+        .into_iter()
+        .map(|r| {
+            r.map(|(message, new)| {
+                if !new {
+                    return Written::nothing(message);
+                }
+                let mut mine = events.remove(&message.id).unwrap_or_default();
+                mine.sort_by(|a, b| a.0.cmp(&b.0));
+                let events = mine
+                    .into_iter()
+                    .map(|(user, seq)| Event {
+                        user,
+                        frame: ServerFrame::MessageNew {
+                            seq: seq as u64,
+                            message: message.clone(),
+                        },
+                    })
+                    .collect();
+                Written {
+                    value: message,
+                    events,
+                }
+            })
+        })
+        .collect())
 }
 
-/// One `message.send` inside a transaction (the recipients' rows already locked).
-async fn send_one(
+/// Store one `message.send` inside a transaction: the message, and whether it is new (a
+/// repeated `client_msg_id` returns the first message, not new). Its events are written by
+/// the caller, for the whole batch at once.
+async fn insert_one(
     tx: &impl GenericClient,
     new: &NewMessage,
     now: i64,
-) -> Result<Written<Message>, StoreError> {
+) -> Result<(Message, bool), StoreError> {
     let attachments = serde_json::to_string(&new.attachments).map_err(json_err)?;
     let select =
         format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender = $1 AND client_msg_id = $2");
     if let Some(r) = opt(tx, &select, &[&new.sender, &new.client_msg_id]).await? {
-        return Ok(Written::nothing(to_message(&r)?));
+        return Ok((to_message(&r)?, false));
     }
     check_member(tx, &new.sender, &new.conversation).await?;
-    // A concurrent send of the same client_msg_id: the unique key decides, and
-    // the loser returns the winner's message.
+    // A concurrent send of the same client_msg_id: the unique key decides, and the loser
+    // returns the winner's message.
     let inserted = opt(
         tx,
         "INSERT INTO messages (conversation_id, sender, client_msg_id, text, attachments, ts)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sender, client_msg_id) DO NOTHING
-             RETURNING id",
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sender, client_msg_id) DO NOTHING
+         RETURNING id",
         &[
             &new.conversation,
             &new.sender,
@@ -1265,55 +1342,21 @@ async fn send_one(
     .await?;
     let Some(row) = inserted else {
         let r = one(tx, &select, &[&new.sender, &new.client_msg_id]).await?;
-        return Ok(Written::nothing(to_message(&r)?));
+        return Ok((to_message(&r)?, false));
     };
     let id: i64 = row.get(0);
-    let message = Message {
-        id: id.to_string(),
-        conversation: new.conversation.clone(),
-        sender: new.sender.clone(),
-        client_msg_id: new.client_msg_id.clone(),
-        text: new.text.clone(),
-        attachments: new.attachments.clone(),
-        ts: now,
-    };
-    // Lock recipients in id order: concurrent fan-outs never deadlock.
-    let seqs = rows(
-        tx,
-        "WITH r AS (
-               SELECT u.id FROM users u JOIN members m ON m.user_id = u.id
-               WHERE m.conversation_id = $1
-                 AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = u.id AND blocked = $2)
-               ORDER BY u.id FOR UPDATE OF u)
-             UPDATE users SET last_seq = last_seq + 1 FROM r WHERE users.id = r.id
-             RETURNING users.id, users.last_seq",
-        &[&message.conversation, &message.sender],
-    )
-    .await?;
-    let users: Vec<String> = seqs.iter().map(|r| r.get(0)).collect();
-    let nums: Vec<i64> = seqs.iter().map(|r| r.get(1)).collect();
-    exec(
-        tx,
-        "INSERT INTO inbox (user_id, seq, ts, message_id)
-             SELECT u, s, $3, $4 FROM UNNEST($1::text[], $2::bigint[]) AS t(u, s)",
-        &[&users, &nums, &now, &id],
-    )
-    .await?;
-    let events = users
-        .into_iter()
-        .zip(nums)
-        .map(|(user, seq)| Event {
-            user,
-            frame: ServerFrame::MessageNew {
-                seq: seq as u64,
-                message: message.clone(),
-            },
-        })
-        .collect();
-    Ok(Written {
-        value: message,
-        events,
-    })
+    Ok((
+        Message {
+            id: id.to_string(),
+            conversation: new.conversation.clone(),
+            sender: new.sender.clone(),
+            client_msg_id: new.client_msg_id.clone(),
+            text: new.text.clone(),
+            attachments: new.attachments.clone(),
+            ts: now,
+        },
+        true,
+    ))
 }
 
 const POST_COLUMNS: &str = "seq, id, author, text, attachments, ts, likes, comments";

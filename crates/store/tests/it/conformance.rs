@@ -65,7 +65,7 @@ macro_rules! store_conformance {
             messages_are_idempotent_and_fan_out, reads_and_unread, blocks_hide_and_refuse,
             search_finds_words_of_member_conversations, replay_and_retention,
             ephemeral_conversations_expire, feed_posts_likes_comments_follows,
-            timelines_read_candidates_and_what_is_new);
+            timelines_read_candidates_and_what_is_new, concurrent_sends_keep_seqs_gapless);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -646,6 +646,69 @@ pub async fn timelines_read_candidates_and_what_is_new(env: &Env) {
     f.touch_active(&b).await.expect("touch");
     assert_eq!(f.active_users(0).await.expect("active"), vec![b.clone()]);
     assert!(f.active_users(i64::MAX).await.expect("active").is_empty());
+}
+
+pub async fn concurrent_sends_keep_seqs_gapless(env: &Env) {
+    let s = &env.store;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(user(env, &format!("member{i}")).await);
+    }
+    let outsider = user(env, "outsider").await;
+    let others: Vec<&str> = ids[1..].iter().map(String::as_str).collect();
+    s.create_conversation(NewConversation {
+        max_members: 10,
+        ..group("g", &ids[0], &others)
+    })
+    .await
+    .expect("create");
+    // Many sends at once (the PostgreSQL store commits them together), a repeat among them,
+    // and one refused send that must not disturb the others.
+    let mut sends = Vec::new();
+    for k in 0..24 {
+        // Sends 2j and 2j + 1 are one message sent twice (same sender, same client_msg_id).
+        let sender = ids[(k / 2) % ids.len()].clone();
+        sends.push(send(
+            &sender,
+            "g",
+            &format!("k{}", k / 2),
+            &format!("m{}", k / 2),
+        ));
+    }
+    sends.push(send(&outsider, "g", "x", "not a member"));
+    let results = futures_util::future::join_all(sends.into_iter().map(|n| {
+        let store = s.clone();
+        async move { store.send_message(n).await }
+    }))
+    .await;
+    assert!(matches!(
+        results.last(),
+        Some(Err(StoreError::Forbidden(_)))
+    ));
+    let written: Vec<&Written<hubbub_protocol::Message>> =
+        results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let new: Vec<_> = written.iter().filter(|w| !w.events.is_empty()).collect();
+    let unique: std::collections::BTreeSet<_> =
+        written.iter().map(|w| w.value.id.clone()).collect();
+    assert_eq!(
+        (new.len(), unique.len()),
+        (12, 12),
+        "each message fanned out once"
+    );
+    for w in &new {
+        assert_eq!(w.events.len(), 4, "every member");
+    }
+    for u in &ids {
+        let r = s.events_after(u, 0, 1000).await.expect("replay");
+        let seqs: Vec<u64> = r.frames.iter().filter_map(ServerFrame::seq).collect();
+        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(seqs, expected, "gapless for {u}");
+        assert_eq!(
+            seqs.len(),
+            1 + unique.len(),
+            "creation plus each message once"
+        );
+    }
 }
 
 mod sqlite {
