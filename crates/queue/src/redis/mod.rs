@@ -11,8 +11,10 @@
 //! all of them with the same guarantees. Logs, which are append-only, do use Streams.
 //!
 //! Time is the Redis server's clock, so clients on several machines agree on visibility.
-//! Long polls poll every [`POLL_EVERY`] (a blocking command would hold the shared
-//! connection).
+//! A long poll that finds nothing waits on the queue's wake-up list (every send pushes a
+//! token; a blocking pop on a connection of its own, since a blocking command would hold
+//! the shared one) for at most [`WAKE_EVERY`], then looks again (delays and lapsed leases
+//! wake no one).
 //!
 //! # Logs
 //! A log is a stream whose entry ids are `0-<offset + 1>`, with a hash of its next offset,
@@ -32,8 +34,10 @@ use redis::{AsyncCommands, Script};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often a long poll retries while nothing is visible.
-pub const POLL_EVERY: Duration = Duration::from_millis(10);
+/// How long a long poll waits for a wake-up before it looks again anyway.
+pub const WAKE_EVERY: Duration = Duration::from_millis(50);
+/// How long to wait before looking again when the wake-up list cannot be used.
+const POLL_EVERY: Duration = Duration::from_millis(10);
 
 /// Settings of the Redis backend.
 #[derive(Debug, Clone)]
@@ -109,6 +113,8 @@ while i <= #ARGV do
     out[#out+1] = id; out[#out+1] = 0
   end
 end
+redis.call('LPUSH', p .. ':wake', 1)
+redis.call('LTRIM', p .. ':wake', 0, 0)
 return out
 "#,
             ),
@@ -311,6 +317,9 @@ return removed
 #[derive(Clone)]
 pub struct RedisQueue {
     conn: ConnectionManager,
+    client: redis::Client,
+    /// Connections for blocking pops (one per waiting receiver), reused.
+    blocking: Arc<std::sync::Mutex<Vec<redis::aio::MultiplexedConnection>>>,
     config: Arc<RedisConfig>,
     scripts: Arc<Scripts>,
 }
@@ -357,9 +366,12 @@ impl RedisQueue {
             .set_response_timeout(Some(config.timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, manager).map_err(unavailable)?;
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager)
+            .map_err(unavailable)?;
         Ok(RedisQueue {
             conn,
+            client,
+            blocking: Arc::default(),
             config: Arc::new(config),
             scripts: Arc::new(Scripts::new()),
         })
@@ -397,6 +409,46 @@ impl RedisQueue {
             });
         }
         Ok(())
+    }
+
+    /// Wait up to `max` for a send to `queue` (best effort: on any trouble, a short sleep).
+    async fn wait_for_send(&self, queue: &str, max: Duration) {
+        let pooled = self
+            .blocking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        let conn = match pooled {
+            Some(c) => Some(c),
+            None => {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.config.timeout))
+                    .set_response_timeout(Some(WAKE_EVERY + self.config.timeout));
+                self.client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .ok()
+            }
+        };
+        let Some(mut conn) = conn else {
+            tokio::time::sleep(POLL_EVERY.min(max)).await;
+            return;
+        };
+        let wait = max.min(WAKE_EVERY).as_secs_f64().max(0.001);
+        let popped: Result<Option<(String, String)>, _> = redis::cmd("BLPOP")
+            .arg(format!("{}:wake", self.prefix(queue)))
+            .arg(wait)
+            .query_async(&mut conn)
+            .await;
+        match popped {
+            Ok(_) => self
+                .blocking
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn),
+            // A broken connection is dropped; the next wait opens another.
+            Err(_) => tokio::time::sleep(POLL_EVERY.min(max)).await,
+        }
     }
 
     async fn receive_once(
@@ -511,7 +563,8 @@ impl Queue for RedisQueue {
             if !got.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(got);
             }
-            tokio::time::sleep(POLL_EVERY.min(deadline - tokio::time::Instant::now())).await;
+            self.wait_for_send(queue, deadline - tokio::time::Instant::now())
+                .await;
         }
     }
 
