@@ -49,6 +49,12 @@ pub const METRICS: &[&str] = &[
 /// The process-wide Prometheus recorder (installed once; servers in one process share it).
 pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    // Servers starting at once in one process (tests): one installs, the others wait for it.
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
     }
