@@ -331,6 +331,35 @@ macro_rules! in_tx {
 }
 
 impl PgStore {
+    async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        self.pool.get().await.map_err(pool_err)
+    }
+
+    /// One statement on a pooled connection, outside any transaction.
+    async fn run(&self, sql: &str, p: Params<'_>) -> Result<u64, StoreError> {
+        exec(&self.client().await?, sql, p).await
+    }
+
+    async fn query(
+        &self,
+        sql: &str,
+        p: Params<'_>,
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        rows(&self.client().await?, sql, p).await
+    }
+
+    async fn query_opt(
+        &self,
+        sql: &str,
+        p: Params<'_>,
+    ) -> Result<Option<tokio_postgres::Row>, StoreError> {
+        opt(&self.client().await?, sql, p).await
+    }
+
+    async fn query_one(&self, sql: &str, p: Params<'_>) -> Result<tokio_postgres::Row, StoreError> {
+        one(&self.client().await?, sql, p).await
+    }
+
     /// Connect (a pool of `max_connections`) and migrate.
     pub async fn connect(url: &str, max_connections: usize) -> Result<Self, StoreError> {
         let mut cfg = deadpool_postgres::Config::new();
@@ -402,10 +431,8 @@ impl PgStore {
 #[async_trait]
 impl crate::media::MediaMeta for PgStore {
     async fn insert_media(&self, info: &MediaInfo) -> Result<(), StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
         let size = info.size as i64;
-        exec(
-            &client,
+        self.run(
             "INSERT INTO media (id, owner, content_type, size, created_ms) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT DO NOTHING",
             &[&info.id, &info.owner, &info.content_type, &size, &now_ms()],
@@ -415,26 +442,25 @@ impl crate::media::MediaMeta for PgStore {
     }
 
     async fn media(&self, id: &str) -> Result<Option<MediaInfo>, StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        Ok(opt(
-            &client,
-            "SELECT id, owner, content_type, size FROM media WHERE id = $1",
-            &[&id],
-        )
-        .await?
-        .map(|r| MediaInfo {
-            id: r.get(0),
-            owner: r.get(1),
-            content_type: r.get(2),
-            size: r.get::<_, i64>(3) as u64,
-        }))
+        Ok(self
+            .query_opt(
+                "SELECT id, owner, content_type, size FROM media WHERE id = $1",
+                &[&id],
+            )
+            .await?
+            .map(|r| MediaInfo {
+                id: r.get(0),
+                owner: r.get(1),
+                content_type: r.get(2),
+                size: r.get::<_, i64>(3) as u64,
+            }))
     }
 
     async fn missing_media(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let client = self.pool.get().await.map_err(pool_err)?;
+        let client = self.client().await?;
         let found: Vec<String> = rows(&client, "SELECT id FROM media WHERE id = ANY($1)", &[&ids])
             .await?
             .iter()
@@ -453,14 +479,13 @@ impl Store for PgStore {
         email: Option<&str>,
     ) -> Result<UserRef, StoreError> {
         let id = new_id("u")?;
-        let client = self.pool.get().await.map_err(pool_err)?;
-        let n = exec(
-            &client,
-            "INSERT INTO users (id, handle, password_hash, email, created_ms)
+        let n = self
+            .run(
+                "INSERT INTO users (id, handle, password_hash, email, created_ms)
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (handle) DO NOTHING",
-            &[&id, &handle, &password_hash, &email, &now_ms()],
-        )
-        .await?;
+                &[&id, &handle, &password_hash, &email, &now_ms()],
+            )
+            .await?;
         if n == 0 {
             return Err(StoreError::Conflict(format!("handle {handle} is taken")));
         }
@@ -483,10 +508,8 @@ impl Store for PgStore {
             Some(h) if valid_handle(h) && self.user_by_handle(h).await?.is_none() => h.to_owned(),
             _ => fallback.clone(),
         };
-        let client = self.pool.get().await.map_err(pool_err)?;
         for h in [handle, fallback] {
-            exec(
-                &client,
+            self.run(
                 "INSERT INTO users (id, handle, created_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
                 &[&id, &h, &now_ms()],
             )
@@ -499,34 +522,29 @@ impl Store for PgStore {
     }
 
     async fn credentials(&self, handle: &str) -> Result<Option<Credentials>, StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        Ok(opt(
-            &client,
-            "SELECT id, handle, password_hash FROM users WHERE handle = $1",
-            &[&handle],
-        )
-        .await?
-        .map(|r| Credentials {
-            user: UserRef {
-                id: r.get(0),
-                handle: r.get(1),
-            },
-            password_hash: r.get(2),
-        }))
+        Ok(self
+            .query_opt(
+                "SELECT id, handle, password_hash FROM users WHERE handle = $1",
+                &[&handle],
+            )
+            .await?
+            .map(|r| Credentials {
+                user: UserRef {
+                    id: r.get(0),
+                    handle: r.get(1),
+                },
+                password_hash: r.get(2),
+            }))
     }
 
     async fn user(&self, id: &str) -> Result<Option<UserRef>, StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        Ok(opt(
-            &client,
-            "SELECT id, handle FROM users WHERE id = $1",
-            &[&id],
-        )
-        .await?
-        .map(|r| UserRef {
-            id: r.get(0),
-            handle: r.get(1),
-        }))
+        Ok(self
+            .query_opt("SELECT id, handle FROM users WHERE id = $1", &[&id])
+            .await?
+            .map(|r| UserRef {
+                id: r.get(0),
+                handle: r.get(1),
+            }))
     }
 
     async fn user_by_handle(&self, handle: &str) -> Result<Option<UserRef>, StoreError> {
@@ -557,13 +575,12 @@ impl Store for PgStore {
     }
 
     async fn take_refresh_token(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        let row = opt(
-            &client,
-            "DELETE FROM refresh_tokens WHERE token_hash = $1 RETURNING user_id, expires_ms",
-            &[&token_hash],
-        )
-        .await?;
+        let row = self
+            .query_opt(
+                "DELETE FROM refresh_tokens WHERE token_hash = $1 RETURNING user_id, expires_ms",
+                &[&token_hash],
+            )
+            .await?;
         let now = now_ms();
         Ok(row.filter(|r| r.get::<_, i64>(1) > now).map(|r| r.get(0)))
     }
@@ -690,12 +707,12 @@ impl Store for PgStore {
     }
 
     async fn conversation(&self, caller: &str, id: &str) -> Result<Conversation, StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
+        let client = self.client().await?;
         member_view(&client, caller, id).await
     }
 
     async fn conversations(&self, caller: &str) -> Result<Vec<ConversationSummary>, StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
+        let client = self.client().await?;
         let c = &client;
         let mine = rows(
             c,
@@ -832,7 +849,7 @@ impl Store for PgStore {
             Some(b) => parse_message_id(b)?,
             None => i64::MAX,
         };
-        let client = self.pool.get().await.map_err(pool_err)?;
+        let client = self.client().await?;
         let c = &client;
         member_view(c, caller, conversation).await?;
         let lim = limit as i64 + 1;
@@ -910,7 +927,7 @@ impl Store for PgStore {
         if caller == user {
             return Err(StoreError::BadRequest("you cannot block yourself".into()));
         }
-        let client = self.pool.get().await.map_err(pool_err)?;
+        let client = self.client().await?;
         if !user_exists(&client, user).await? {
             return Err(StoreError::NotFound(format!("no user {user}")));
         }
@@ -924,9 +941,7 @@ impl Store for PgStore {
     }
 
     async fn unblock(&self, caller: &str, user: &str) -> Result<(), StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        exec(
-            &client,
+        self.run(
             "DELETE FROM blocks WHERE blocker = $1 AND blocked = $2",
             &[&caller, &user],
         )
@@ -935,16 +950,15 @@ impl Store for PgStore {
     }
 
     async fn blocks(&self, caller: &str) -> Result<Vec<String>, StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        Ok(rows(
-            &client,
-            "SELECT blocked FROM blocks WHERE blocker = $1 ORDER BY created_ms, blocked",
-            &[&caller],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
+        Ok(self
+            .query(
+                "SELECT blocked FROM blocks WHERE blocker = $1 ORDER BY created_ms, blocked",
+                &[&caller],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
     }
 
     async fn search(
@@ -955,7 +969,7 @@ impl Store for PgStore {
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
         let text = search_text(query)?;
-        let client = self.pool.get().await.map_err(pool_err)?;
+        let client = self.client().await?;
         let c = &client;
         if let Some(conv) = conversation {
             check_member(c, caller, conv).await?;
@@ -984,7 +998,7 @@ impl Store for PgStore {
         sender: &str,
         conversation: &str,
     ) -> Result<Vec<String>, StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
+        let client = self.client().await?;
         let c = &client;
         check_member(c, sender, conversation).await?;
         Ok(rows(
@@ -1045,14 +1059,10 @@ impl Store for PgStore {
     }
 
     async fn last_seq(&self, user: &str) -> Result<u64, StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        Ok(opt(
-            &client,
-            "SELECT last_seq FROM users WHERE id = $1",
-            &[&user],
-        )
-        .await?
-        .map_or(0, |r| r.get::<_, i64>(0) as u64))
+        Ok(self
+            .query_opt("SELECT last_seq FROM users WHERE id = $1", &[&user])
+            .await?
+            .map_or(0, |r| r.get::<_, i64>(0) as u64))
     }
 
     async fn events_after(
@@ -1062,7 +1072,7 @@ impl Store for PgStore {
         limit: usize,
     ) -> Result<Replay, StoreError> {
         let after = after_seq.min(i64::MAX as u64) as i64;
-        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let mut client = self.client().await?;
         // One snapshot: the latest seq and the events agree.
         let tx = client
             .build_transaction()
@@ -1127,21 +1137,15 @@ impl Store for PgStore {
     }
 
     async fn acked_seq(&self, user: &str) -> Result<u64, StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        Ok(opt(
-            &client,
-            "SELECT acked_seq FROM users WHERE id = $1",
-            &[&user],
-        )
-        .await?
-        .map_or(0, |r| r.get::<_, i64>(0) as u64))
+        Ok(self
+            .query_opt("SELECT acked_seq FROM users WHERE id = $1", &[&user])
+            .await?
+            .map_or(0, |r| r.get::<_, i64>(0) as u64))
     }
 
     async fn ack(&self, user: &str, seq: u64) -> Result<(), StoreError> {
         let seq = seq.min(i64::MAX as u64) as i64;
-        let client = self.pool.get().await.map_err(pool_err)?;
-        exec(
-            &client,
+        self.run(
             "UPDATE users SET acked_seq = LEAST(GREATEST(acked_seq, $2), last_seq) WHERE id = $1",
             &[&user, &seq],
         )
@@ -1150,12 +1154,12 @@ impl Store for PgStore {
     }
 
     async fn prune_events(&self, before_ms: i64) -> Result<u64, StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
+        let client = self.client().await?;
         exec(&client, "DELETE FROM inbox WHERE ts < $1", &[&before_ms]).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
+        let client = self.client().await?;
         one(&client, "SELECT 1", &[]).await.map(|_| ())
     }
 }
@@ -1429,7 +1433,7 @@ async fn notify(
 impl FeedStore for PgStore {
     async fn create_post(&self, new: NewPost) -> Result<StoredPost, StoreError> {
         let attachments = serde_json::to_string(&new.attachments).map_err(json_err)?;
-        let client = self.pool.get().await.map_err(pool_err)?;
+        let client = self.client().await?;
         exec(
             &client,
             "INSERT INTO posts (id, author, text, attachments, ts) VALUES ($1, $2, $3, $4, $5)
@@ -1608,9 +1612,7 @@ impl FeedStore for PgStore {
     }
 
     async fn unfollow(&self, caller: &str, user: &str) -> Result<(), StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        exec(
-            &client,
+        self.run(
             "DELETE FROM follows WHERE follower = $1 AND followee = $2",
             &[&caller, &user],
         )
@@ -1619,27 +1621,19 @@ impl FeedStore for PgStore {
     }
 
     async fn followers(&self, user: &str) -> Result<Vec<String>, StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        Ok(rows(
-            &client,
-            "SELECT follower FROM follows WHERE followee = $1",
-            &[&user],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
+        Ok(self
+            .query("SELECT follower FROM follows WHERE followee = $1", &[&user])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
     }
 
     async fn followee_count(&self, user: &str) -> Result<u64, StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        Ok(one(
-            &client,
-            "SELECT COUNT(*) FROM follows WHERE follower = $1",
-            &[&user],
-        )
-        .await?
-        .get::<_, i64>(0) as u64)
+        Ok(self
+            .query_one("SELECT COUNT(*) FROM follows WHERE follower = $1", &[&user])
+            .await?
+            .get::<_, i64>(0) as u64)
     }
 
     async fn timeline_candidates(
@@ -1647,7 +1641,7 @@ impl FeedStore for PgStore {
         user: &str,
         limit: usize,
     ) -> Result<(Vec<StoredPost>, u64), StoreError> {
-        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let mut client = self.client().await?;
         let tx = client
             .build_transaction()
             .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
@@ -1682,10 +1676,8 @@ impl FeedStore for PgStore {
         watermark: u64,
         limit: usize,
     ) -> Result<Vec<StoredPost>, StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
         let (w, lim) = (watermark.min(i64::MAX as u64) as i64, limit as i64);
-        rows(
-            &client,
+        self.query(
             &format!(
                 "SELECT {POST_COLUMNS} FROM posts
                  WHERE seq > $2 AND (author = $1 OR EXISTS
@@ -1701,16 +1693,15 @@ impl FeedStore for PgStore {
     }
 
     async fn posts(&self, ids: &[String]) -> Result<Vec<Post>, StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        let found: Vec<StoredPost> = rows(
-            &client,
-            &format!("SELECT {POST_COLUMNS} FROM posts WHERE id = ANY($1)"),
-            &[&ids],
-        )
-        .await?
-        .iter()
-        .map(to_post)
-        .collect::<Result<_, _>>()?;
+        let found: Vec<StoredPost> = self
+            .query(
+                &format!("SELECT {POST_COLUMNS} FROM posts WHERE id = ANY($1)"),
+                &[&ids],
+            )
+            .await?
+            .iter()
+            .map(to_post)
+            .collect::<Result<_, _>>()?;
         Ok(ids
             .iter()
             .filter_map(|id| {
@@ -1723,20 +1714,14 @@ impl FeedStore for PgStore {
     }
 
     async fn comment_count(&self, post: &str) -> Result<Option<u64>, StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        Ok(opt(
-            &client,
-            "SELECT comments FROM posts WHERE id = $1",
-            &[&post],
-        )
-        .await?
-        .map(|r| r.get::<_, i64>(0) as u64))
+        Ok(self
+            .query_opt("SELECT comments FROM posts WHERE id = $1", &[&post])
+            .await?
+            .map(|r| r.get::<_, i64>(0) as u64))
     }
 
     async fn touch_active(&self, user: &str) -> Result<(), StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        exec(
-            &client,
+        self.run(
             "INSERT INTO activity (user_id, active_ms) VALUES ($1, $2)
              ON CONFLICT (user_id) DO UPDATE SET active_ms = GREATEST(activity.active_ms, excluded.active_ms)",
             &[&user, &now_ms()],
@@ -1746,15 +1731,14 @@ impl FeedStore for PgStore {
     }
 
     async fn active_users(&self, since_ms: i64) -> Result<Vec<String>, StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
-        Ok(rows(
-            &client,
-            "SELECT user_id FROM activity WHERE active_ms >= $1",
-            &[&since_ms],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
+        Ok(self
+            .query(
+                "SELECT user_id FROM activity WHERE active_ms >= $1",
+                &[&since_ms],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
     }
 }
