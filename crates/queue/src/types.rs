@@ -21,6 +21,25 @@ pub fn validate_name(name: &str) -> Result<(), crate::QueueError> {
     }
 }
 
+/// Check a `max` argument: 1 to [`MAX_RECEIVE_BATCH`].
+pub fn check_max(max: usize) -> Result<(), crate::QueueError> {
+    if (1..=MAX_RECEIVE_BATCH).contains(&max) {
+        Ok(())
+    } else {
+        Err(crate::QueueError::InvalidArgument(format!(
+            "max must be 1..={MAX_RECEIVE_BATCH}, got {max}"
+        )))
+    }
+}
+
+/// Check a body against a backend's size limit.
+pub fn check_body(len: usize, limit: usize) -> Result<(), crate::QueueError> {
+    if len > limit {
+        return Err(crate::QueueError::TooLarge { size: len, limit });
+    }
+    Ok(())
+}
+
 /// The dead-letter queue of `queue`.
 pub fn dlq_name(queue: &str) -> String {
     format!("{queue}.dlq")

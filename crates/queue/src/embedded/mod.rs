@@ -200,11 +200,8 @@ impl Outbox<'_, '_> {
         messages: Vec<Outgoing>,
     ) -> Result<Vec<SendOutcome>, QueueError> {
         validate_name(queue)?;
-        if let Some(m) = messages.iter().find(|m| m.body.len() > self.max_body_bytes) {
-            return Err(QueueError::TooLarge {
-                size: m.body.len(),
-                limit: self.max_body_bytes,
-            });
+        for m in &messages {
+            check_body(m.body.len(), self.max_body_bytes)?;
         }
         ops::send_batch(self.ctx, queue, messages)
     }
@@ -374,16 +371,6 @@ fn checkpointer(conn: Connection, writer_gone: mpsc::Receiver<()>) {
     }
 }
 
-fn check_max(max: usize) -> Result<(), QueueError> {
-    if (1..=MAX_RECEIVE_BATCH).contains(&max) {
-        Ok(())
-    } else {
-        Err(QueueError::InvalidArgument(format!(
-            "max must be 1..={MAX_RECEIVE_BATCH}, got {max}"
-        )))
-    }
-}
-
 #[async_trait]
 impl Queue for EmbeddedQueue {
     async fn declare(&self, queue: &str, config: QueueConfig) -> Result<(), QueueError> {
@@ -409,12 +396,7 @@ impl Queue for EmbeddedQueue {
     ) -> Result<Vec<SendOutcome>, QueueError> {
         validate_name(queue)?;
         for m in &messages {
-            if m.body.len() > self.max_body_bytes {
-                return Err(QueueError::TooLarge {
-                    size: m.body.len(),
-                    limit: self.max_body_bytes,
-                });
-            }
+            check_body(m.body.len(), self.max_body_bytes)?;
             if let Some(key) = &m.opts.key {
                 validate_name(key)
                     .map_err(|_| QueueError::InvalidArgument(format!("invalid key {key:?}")))?;
@@ -524,11 +506,8 @@ impl Queue for EmbeddedQueue {
 impl Log for EmbeddedQueue {
     async fn append(&self, log: &str, bodies: Vec<Vec<u8>>) -> Result<Vec<u64>, QueueError> {
         validate_name(log)?;
-        if let Some(b) = bodies.iter().find(|b| b.len() > self.max_body_bytes) {
-            return Err(QueueError::TooLarge {
-                size: b.len(),
-                limit: self.max_body_bytes,
-            });
+        for b in &bodies {
+            check_body(b.len(), self.max_body_bytes)?;
         }
         let log = log.to_owned();
         self.run(move |ctx| ops::log_append(ctx, &log, bodies))

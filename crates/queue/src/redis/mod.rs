@@ -402,13 +402,7 @@ impl RedisQueue {
     }
 
     fn check_body(&self, len: usize) -> Result<(), QueueError> {
-        if len > self.config.max_body_bytes {
-            return Err(QueueError::TooLarge {
-                size: len,
-                limit: self.config.max_body_bytes,
-            });
-        }
-        Ok(())
+        check_body(len, self.config.max_body_bytes)
     }
 
     /// Wait up to `max` for a send to `queue` (best effort: on any trouble, a short sleep).
@@ -552,11 +546,7 @@ impl Queue for RedisQueue {
         opts: ReceiveOptions,
     ) -> Result<Vec<Delivery>, QueueError> {
         validate_name(queue)?;
-        if opts.max == 0 || opts.max > MAX_RECEIVE_BATCH {
-            return Err(QueueError::InvalidArgument(format!(
-                "max must be 1 to {MAX_RECEIVE_BATCH}"
-            )));
-        }
+        check_max(opts.max)?;
         let deadline = tokio::time::Instant::now() + opts.wait;
         loop {
             let got = self.receive_once(queue, opts).await?;
