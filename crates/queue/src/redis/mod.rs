@@ -195,10 +195,10 @@ end
 return code
 "#,
             ),
-            // ARGV: prefix, dlq prefix, id, token, delay ms, default max receives.
+            // ARGV: prefix, id, token, dlq prefix, delay ms, default max receives.
             nack: script(
                 r#"
-local p, d, id, tok = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local p, id, tok, d = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now = now_ms()
 local code = check(p, id, tok, now)
 if code == 0 then
@@ -405,6 +405,24 @@ impl RedisQueue {
         check_body(len, self.config.max_body_bytes)
     }
 
+    /// Run a script that takes (prefix, id, token, ...) and answers a receipt code.
+    async fn on_receipt(
+        &self,
+        script: &Script,
+        queue: &str,
+        receipt: &Receipt,
+        more: impl FnOnce(&mut redis::ScriptInvocation<'_>),
+    ) -> Result<(), QueueError> {
+        validate_name(queue)?;
+        let (id, tok) = parse_receipt(receipt).ok_or(ReceiptError::Unknown)?;
+        let mut inv = script.prepare_invoke();
+        inv.arg(self.prefix(queue)).arg(id).arg(tok);
+        more(&mut inv);
+        let mut conn = self.conn.clone();
+        let code: i64 = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        Ok(receipt_code(code)?)
+    }
+
     /// Wait up to `max` for a send to `queue` (best effort: on any trouble, a short sleep).
     async fn wait_for_send(&self, queue: &str, max: Duration) {
         let pooled = self
@@ -594,20 +612,11 @@ impl Queue for RedisQueue {
         receipt: &Receipt,
         visibility: Duration,
     ) -> Result<(), QueueError> {
-        validate_name(queue)?;
-        let (id, tok) = parse_receipt(receipt).ok_or(ReceiptError::Unknown)?;
-        let mut conn = self.conn.clone();
-        let code: i64 = self
-            .scripts
-            .extend
-            .arg(self.prefix(queue))
-            .arg(id)
-            .arg(tok)
-            .arg(visibility.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        Ok(receipt_code(code)?)
+        let visibility = visibility.as_millis() as u64;
+        self.on_receipt(&self.scripts.extend, queue, receipt, |inv| {
+            inv.arg(visibility);
+        })
+        .await
     }
 
     async fn nack(
@@ -616,22 +625,14 @@ impl Queue for RedisQueue {
         receipt: &Receipt,
         delay: Duration,
     ) -> Result<(), QueueError> {
-        validate_name(queue)?;
-        let (id, tok) = parse_receipt(receipt).ok_or(ReceiptError::Unknown)?;
-        let mut conn = self.conn.clone();
-        let code: i64 = self
-            .scripts
-            .nack
-            .arg(self.prefix(queue))
-            .arg(self.prefix(&dlq_name(queue)))
-            .arg(id)
-            .arg(tok)
-            .arg(delay.as_millis() as u64)
-            .arg(self.config.default_queue.max_receives)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        Ok(receipt_code(code)?)
+        let dlq = self.prefix(&dlq_name(queue));
+        let max_receives = self.config.default_queue.max_receives;
+        self.on_receipt(&self.scripts.nack, queue, receipt, |inv| {
+            inv.arg(&dlq)
+                .arg(delay.as_millis() as u64)
+                .arg(max_receives);
+        })
+        .await
     }
 
     async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
