@@ -8,3 +8,4 @@ pub mod client;
 pub mod config;
 pub mod roles;
 pub mod serve;
+mod wiring;

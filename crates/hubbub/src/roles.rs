@@ -20,26 +20,22 @@
 
 use crate::config::Config;
 use crate::serve::{Scheduled, metrics_handle};
+use crate::wiring;
 use anyhow::Context;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use hubbub_edge::{Edge, EdgeConfig, EdgeDeps};
+use hubbub_edge::{Edge, EdgeDeps};
 use hubbub_protocol::internal::ToEdge;
 use hubbub_queue::{Queue, QueueConfig, RedisConfig, RedisQueue};
 use hubbub_registry::Delivery;
 use hubbub_registry::distributed::{DELIVER_PATH, HttpEdges, RedisRegistry, SECRET_HEADER};
-use hubbub_router::{MAIN_QUEUE, Router, RoutingTable};
-use hubbub_services::chat::{CHAT_QUEUE, CHAT_TYPES, ChatService};
-use hubbub_services::engagement::EngagementConfig;
+use hubbub_router::{MAIN_QUEUE, Router};
 use hubbub_services::engagement::remote::{EngagementWorker, RemoteEngagement};
-use hubbub_services::feed::{FEED_QUEUE, FEED_TYPES, FeedService};
-use hubbub_services::notify::{Notifier, PushProvider, Webhook};
 use hubbub_services::signals::SignalService;
 use hubbub_services::signals::remote::ClusterSignals;
 use hubbub_services::timeline::{
-    Personalizer, RecencyEngagement, RedisTimelineCache, Timeline, TimelineComputer,
-    TimelineConfig, TimelineReader,
+    RecencyEngagement, RedisTimelineCache, Timeline, TimelineConfig, TimelineReader,
 };
 use hubbub_store::{FeedStore, PgStore, Store};
 use std::net::SocketAddr;
@@ -211,7 +207,7 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
     let store: Arc<dyn Store> = Arc::new(b.store.clone());
     let feed: Arc<dyn FeedStore> = Arc::new(b.store.clone());
     let media = crate::serve::media_store(&config, b.store.clone())?;
-    let edge_ttl = Duration::from_secs(config.server.edge_ttl_s.max(1));
+    let edge_ttl = wiring::edge_ttl(&config);
     let mut internal_addr = None;
     let addr = match &role {
         Role::Edge => {
@@ -276,15 +272,7 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
                 format!("creating the data directory {}", config.data_dir.display())
             })?;
             let edge = Edge::new(
-                EdgeConfig {
-                    edge_id,
-                    limits: config.limits.clone(),
-                    auth: config.auth.clone(),
-                    key_file: config.data_dir.join("keys.json"),
-                    request_timeout: Duration::from_millis(config.server.request_timeout_ms.max(1)),
-                    ping_interval: Duration::from_secs(config.server.ping_interval_s.max(1)),
-                    heartbeat_interval: edge_ttl / 3,
-                },
+                wiring::edge_config(&config, edge_id),
                 EdgeDeps {
                     store: store.clone(),
                     queue: queue.clone(),
@@ -314,9 +302,7 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
         other => {
             match other {
                 Role::Router => {
-                    let table = RoutingTable::new()
-                        .route(CHAT_TYPES, CHAT_QUEUE)
-                        .route(FEED_TYPES, FEED_QUEUE);
+                    let table = wiring::routing_table();
                     for _ in 0..config.server.routers.max(1) {
                         let router = Router::new(
                             queue.clone(),
@@ -328,8 +314,36 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
                     }
                 }
                 Role::Worker(services) => {
+                    let deps = wiring::ServiceDeps {
+                        store: store.clone(),
+                        feed: feed.clone(),
+                        media: media.clone(),
+                        queue: queue.clone(),
+                        delivery: b.delivery.clone(),
+                        timeline: b.timeline.clone(),
+                        engagement: Arc::new(remote_engagement(&config, &b)),
+                    };
                     for s in services {
-                        start_service(s, &config, &b, &tracker, &cancel, &media)?;
+                        if s == "engagement" {
+                            tracker.spawn(
+                                EngagementWorker::new(
+                                    config.cluster.redis_url.as_deref().unwrap_or_default(),
+                                    &config.cluster.namespace,
+                                    b.queue.connection(),
+                                    feed.clone(),
+                                    b.link.clone(),
+                                    wiring::engagement_config(&config),
+                                )
+                                .run(cancel.clone()),
+                            );
+                        } else if SERVICES.contains(&s.as_str()) {
+                            wiring::spawn_service(s, &config, &deps, &tracker, &cancel)?;
+                        } else {
+                            anyhow::bail!(
+                                "unknown service {s:?}: choose among {}",
+                                SERVICES.join(", ")
+                            );
+                        }
                     }
                 }
                 Role::Scheduler => {
@@ -360,23 +374,13 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
     })
 }
 
-fn engagement_config(config: &Config) -> EngagementConfig {
-    EngagementConfig {
-        window_s: config.engagement.window_s.max(1),
-        top_n: config.engagement.top_n,
-        partitions: config.engagement.partitions.max(1),
-        subscription_ttl: Duration::from_secs(config.server.edge_ttl_s.max(1)),
-        max_words: config.limits.max_text_chars as u32,
-    }
-}
-
 fn remote_engagement(config: &Config, b: &Backends) -> RemoteEngagement {
     RemoteEngagement::new(
         b.queue.connection(),
         &config.cluster.namespace,
         Arc::new(b.store.clone()),
         config.limits.max_text_chars as u32,
-        Duration::from_secs(config.server.edge_ttl_s.max(1)),
+        wiring::edge_ttl(config),
     )
 }
 
@@ -406,94 +410,4 @@ fn deliver(
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn start_service(
-    name: &str,
-    config: &Config,
-    b: &Backends,
-    tracker: &TaskTracker,
-    cancel: &CancellationToken,
-    media: &Arc<dyn hubbub_store::MediaStore>,
-) -> anyhow::Result<()> {
-    let queue: Arc<dyn Queue> = Arc::new(b.queue.clone());
-    let store: Arc<dyn Store> = Arc::new(b.store.clone());
-    let feed: Arc<dyn FeedStore> = Arc::new(b.store.clone());
-    match name {
-        "chat" => {
-            for _ in 0..config.server.chat_workers.max(1) {
-                let chat = ChatService::new(
-                    store.clone(),
-                    media.clone(),
-                    queue.clone(),
-                    b.delivery.clone(),
-                    config.limits.clone(),
-                );
-                let chat = match &config.notify.webhook {
-                    Some(_) => chat.with_notify(config.notify.clone()),
-                    None => chat,
-                };
-                tracker.spawn(chat.run(cancel.clone()));
-            }
-        }
-        "feed" => {
-            for _ in 0..config.feed.workers.max(1) {
-                let f = FeedService::new(
-                    feed.clone(),
-                    media.clone(),
-                    queue.clone(),
-                    b.delivery.clone(),
-                    config.limits.clone(),
-                    Duration::from_millis(config.feed.precompute_dedupe_ms.max(1)),
-                )
-                .with_engagement(Arc::new(remote_engagement(config, b)));
-                let f = match &config.notify.webhook {
-                    Some(_) => f.with_notify(config.notify.clone()),
-                    None => f,
-                };
-                tracker.spawn(f.run(cancel.clone()));
-            }
-        }
-        "timeline" => {
-            for _ in 0..config.feed.timeline_workers.max(1) {
-                tracker.spawn(TimelineComputer::run(
-                    b.timeline.clone(),
-                    queue.clone(),
-                    cancel.clone(),
-                ));
-                tracker.spawn(Personalizer::run(
-                    b.timeline.clone(),
-                    queue.clone(),
-                    cancel.clone(),
-                ));
-            }
-        }
-        "engagement" => {
-            let worker = EngagementWorker::new(
-                config.cluster.redis_url.as_deref().unwrap_or_default(),
-                &config.cluster.namespace,
-                b.queue.connection(),
-                feed,
-                b.link.clone(),
-                engagement_config(config),
-            );
-            tracker.spawn(worker.run(cancel.clone()));
-        }
-        "notify" => {
-            let Some(webhook) = &config.notify.webhook else {
-                anyhow::bail!("the notify service needs [notify.webhook]");
-            };
-            let provider = Webhook::new(webhook.clone())
-                .map_err(|e| anyhow::anyhow!("notify.webhook: {e}"))?;
-            let providers: Vec<(Arc<dyn PushProvider>, u32, u32)> =
-                vec![(Arc::new(provider), webhook.rate_per_s, webhook.burst)];
-            let notifier = Notifier::new(store, queue, providers, config.notify.clone());
-            tracker.spawn(notifier.run(cancel.clone()));
-        }
-        other => anyhow::bail!(
-            "unknown service {other:?}: choose among {}",
-            SERVICES.join(", ")
-        ),
-    }
-    Ok(())
 }

@@ -7,19 +7,20 @@
 //! returns when all of them have.
 
 use crate::config::Config;
+use crate::wiring;
 use anyhow::Context;
-use hubbub_edge::{Edge, EdgeConfig, EdgeDeps, PrometheusHandle};
+use hubbub_edge::{Edge, EdgeDeps, PrometheusHandle};
 use hubbub_queue::{EmbeddedConfig, EmbeddedQueue, Queue, QueueConfig};
 use hubbub_registry::{Delivery, LocalEdges, LocalRegistry};
-use hubbub_router::{MAIN_QUEUE, Router, RoutingTable};
-use hubbub_services::chat::{CHAT_QUEUE, CHAT_TYPES, ChatService};
-use hubbub_services::engagement::{EngagementConfig, EngagementService};
-use hubbub_services::feed::{FEED_QUEUE, FEED_TYPES, FeedService};
-use hubbub_services::notify::{NOTIFY_QUEUE, Notifier, PushProvider, Webhook};
+use hubbub_router::{MAIN_QUEUE, Router};
+use hubbub_services::chat::CHAT_QUEUE;
+use hubbub_services::engagement::EngagementService;
+use hubbub_services::feed::FEED_QUEUE;
+use hubbub_services::notify::NOTIFY_QUEUE;
 use hubbub_services::signals::SignalService;
 use hubbub_services::timeline::{
-    LocalTimelineCache, PERSONALIZE_QUEUE, PRECOMPUTE_QUEUE, Personalizer, RecencyEngagement,
-    Timeline, TimelineComputer, TimelineConfig, TimelineReader,
+    LocalTimelineCache, PERSONALIZE_QUEUE, PRECOMPUTE_QUEUE, RecencyEngagement, Timeline,
+    TimelineConfig, TimelineReader,
 };
 use hubbub_store::{FeedStore, LocalMedia, MediaStore, SqliteStore, Store};
 use std::net::SocketAddr;
@@ -159,19 +160,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let delivery = Delivery::new(registry.clone(), edges.clone());
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let edge_ttl = Duration::from_secs(config.server.edge_ttl_s.max(1));
+    let edge_ttl = wiring::edge_ttl(&config);
     let signals = SignalService::new(store.clone(), delivery.clone(), edge_ttl);
     tracker.spawn(signals.clone().run_lapses(cancel.clone()));
     let engagement = EngagementService::start(
         feed_store.clone(),
         edges.clone(),
-        EngagementConfig {
-            window_s: config.engagement.window_s.max(1),
-            top_n: config.engagement.top_n,
-            partitions: config.engagement.partitions.max(1),
-            subscription_ttl: edge_ttl,
-            max_words: config.limits.max_text_chars as u32,
-        },
+        wiring::engagement_config(&config),
         cancel.clone(),
     );
     let timeline = Timeline::new(
@@ -184,15 +179,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     );
 
     let edge = Edge::new(
-        EdgeConfig {
-            edge_id,
-            limits: config.limits.clone(),
-            auth: config.auth.clone(),
-            key_file: config.data_dir.join("keys.json"),
-            request_timeout: Duration::from_millis(config.server.request_timeout_ms.max(1)),
-            ping_interval: Duration::from_secs(config.server.ping_interval_s.max(1)),
-            heartbeat_interval: edge_ttl / 3,
-        },
+        wiring::edge_config(&config, edge_id),
         EdgeDeps {
             store: store.clone(),
             queue: queue_dyn.clone(),
@@ -211,9 +198,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr()?;
 
-    let table = RoutingTable::new()
-        .route(CHAT_TYPES, CHAT_QUEUE)
-        .route(FEED_TYPES, FEED_QUEUE);
+    let table = wiring::routing_table();
     for _ in 0..config.server.routers.max(1) {
         let router = Router::new(
             queue_dyn.clone(),
@@ -223,61 +208,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         );
         tracker.spawn(router.run(cancel.clone()));
     }
-    for _ in 0..config.server.chat_workers.max(1) {
-        let chat = ChatService::new(
-            store.clone(),
-            media.clone(),
-            queue_dyn.clone(),
-            delivery.clone(),
-            config.limits.clone(),
-        );
-        let chat = match &config.notify.webhook {
-            Some(_) => chat.with_notify(config.notify.clone()),
-            None => chat,
-        };
-        tracker.spawn(chat.run(cancel.clone()));
+    let deps = wiring::ServiceDeps {
+        store: store.clone(),
+        feed: feed_store.clone(),
+        media: media.clone(),
+        queue: queue_dyn.clone(),
+        delivery: delivery.clone(),
+        timeline,
+        engagement: Arc::new(engagement),
+    };
+    let mut services = vec!["chat", "feed", "timeline"];
+    if config.notify.webhook.is_some() {
+        services.push("notify");
     }
-    let precompute_window = Duration::from_millis(config.feed.precompute_dedupe_ms.max(1));
-    for _ in 0..config.feed.workers.max(1) {
-        let feed = FeedService::new(
-            feed_store.clone(),
-            media.clone(),
-            queue_dyn.clone(),
-            delivery.clone(),
-            config.limits.clone(),
-            precompute_window,
-        )
-        .with_engagement(Arc::new(engagement.clone()));
-        let feed = match &config.notify.webhook {
-            Some(_) => feed.with_notify(config.notify.clone()),
-            None => feed,
-        };
-        tracker.spawn(feed.run(cancel.clone()));
-    }
-    for _ in 0..config.feed.timeline_workers.max(1) {
-        tracker.spawn(TimelineComputer::run(
-            timeline.clone(),
-            queue_dyn.clone(),
-            cancel.clone(),
-        ));
-        tracker.spawn(Personalizer::run(
-            timeline.clone(),
-            queue_dyn.clone(),
-            cancel.clone(),
-        ));
-    }
-    if let Some(webhook) = &config.notify.webhook {
-        let provider =
-            Webhook::new(webhook.clone()).map_err(|e| anyhow::anyhow!("notify.webhook: {e}"))?;
-        let providers: Vec<(Arc<dyn PushProvider>, u32, u32)> =
-            vec![(Arc::new(provider), webhook.rate_per_s, webhook.burst)];
-        let notifier = Notifier::new(
-            store.clone(),
-            queue_dyn.clone(),
-            providers,
-            config.notify.clone(),
-        );
-        tracker.spawn(notifier.run(cancel.clone()));
+    for s in services {
+        wiring::spawn_service(s, &config, &deps, &tracker, &cancel)?;
     }
     tracker.spawn(scheduler(
         Scheduled {
