@@ -46,7 +46,7 @@ impl Cluster {
             .env("HUBBUB_LIMITS__FRAMES_PER_S", "10000")
             .env("HUBBUB_LIMITS__BURST", "10000")
             .env("HUBBUB_LOG", "warn")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .expect("spawn hubbub")
@@ -56,25 +56,57 @@ impl Cluster {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
 
-    /// Start a role and wait until its /readyz answers 200.
-    async fn start(&self, name: &str, args: &[&str], port: u16) -> Child {
+    /// Start a role and wait until it says it is up: a role prints its address once its
+    /// listeners are bound and its backends connected.
+    async fn start(&self, name: &str, args: &[&str]) -> Child {
         let mut child = self.spawn(name, args);
-        let http = reqwest::Client::new();
-        for _ in 0..600 {
-            if let Ok(r) = http
-                .get(format!("http://127.0.0.1:{port}/readyz"))
-                .send()
-                .await
-                && r.status() == 200
-            {
-                return child;
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Read the first line, then keep draining until the process ends.
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("{name} exited ({status}):\n{}", self.log(name));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            for _ in lines {}
+        });
+        match tokio::time::timeout(PATIENCE * 6, rx).await {
+            Ok(Ok(line)) if line.contains("http://") => child,
+            Ok(other) => panic!("{name} did not come up ({other:?}):\n{}", self.log(name)),
+            Err(_) => panic!("{name} not up within a minute:\n{}", self.log(name)),
         }
-        panic!("{name} not ready within a minute:\n{}", self.log(name));
+    }
+}
+
+/// What the clients have done so far, for the test to wait on.
+#[derive(Clone)]
+struct Progress {
+    acked: tokio::sync::watch::Sender<usize>,
+    reconnects: tokio::sync::watch::Sender<usize>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            acked: tokio::sync::watch::channel(0).0,
+            reconnects: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    /// Wait (bounded) until `counter` reaches at least `more` above its value now.
+    async fn at_least(counter: &tokio::sync::watch::Sender<usize>, more: usize, what: &str) {
+        let target = *counter.borrow() + more;
+        let mut rx = counter.subscribe();
+        tokio::time::timeout(PATIENCE * 3, rx.wait_for(|n| *n >= target))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: never reached {target}"))
+            .expect("progress");
+    }
+
+    /// Traffic went on: `more` further sends were acknowledged.
+    async fn acked(&self, more: usize) {
+        Self::at_least(&self.acked, more, "acknowledged sends").await;
     }
 }
 
@@ -174,6 +206,7 @@ async fn client(
     edges: Vec<String>,
     home: usize,
     stop: Arc<AtomicBool>,
+    progress: Progress,
 ) -> Stats {
     let mut stats = Stats::default();
     let mut seen = Seen { last: 0 };
@@ -193,6 +226,7 @@ async fn client(
         let alive = match outcome {
             Ok(Ok(ServerFrame::Ok { .. })) => {
                 stats.acked.push((conversation, cid));
+                progress.acked.send_modify(|n| *n += 1);
                 k += 1;
                 true
             }
@@ -206,6 +240,7 @@ async fn client(
         let alive = alive && drain(&mut socket, &mut seen, &mut stats).await;
         if !alive {
             stats.reconnects += 1;
+            progress.reconnects.send_modify(|n| *n += 1);
             edge += 1;
             socket = reconnect(&edges, edge, &token, &mut seen, &mut stats).await;
             continue;
@@ -256,11 +291,11 @@ async fn roles_apart_survive_kill_9_of_a_worker_an_edge_and_the_router() {
         listen(6),
     ];
     // The first edge creates the signing keys the second one shares.
-    let mut edge1 = cluster.start("edge1", &strs(&e1a), ports[0]).await;
-    let edge2 = cluster.start("edge2", &strs(&e2a), ports[1]).await;
-    let mut router = cluster.start("router", &strs(&ra), ports[4]).await;
-    let mut worker1 = cluster.start("worker1", &strs(&w1a), ports[5]).await;
-    let worker2 = cluster.start("worker2", &strs(&w2a), ports[6]).await;
+    let mut edge1 = cluster.start("edge1", &strs(&e1a)).await;
+    let edge2 = cluster.start("edge2", &strs(&e2a)).await;
+    let mut router = cluster.start("router", &strs(&ra)).await;
+    let mut worker1 = cluster.start("worker1", &strs(&w1a)).await;
+    let worker2 = cluster.start("worker2", &strs(&w2a)).await;
     let edges = vec![
         format!("http://{}", listen(0)),
         format!("http://{}", listen(1)),
@@ -302,6 +337,7 @@ async fn roles_apart_survive_kill_9_of_a_worker_an_edge_and_the_router() {
     }
 
     let stop = Arc::new(AtomicBool::new(false));
+    let progress = Progress::new();
     let mut tasks = Vec::new();
     for (i, (id, token)) in users.iter().enumerate() {
         let mine: Vec<String> = groups
@@ -316,24 +352,50 @@ async fn roles_apart_survive_kill_9_of_a_worker_an_edge_and_the_router() {
             edges.clone(),
             i % 2,
             stop.clone(),
+            progress.clone(),
         )));
     }
 
-    // Steady traffic, then each kill -9 and, after a pause, its restart.
-    let pause = Duration::from_millis(1500);
-    tokio::time::sleep(pause).await;
+    // Steady traffic, then each kill -9 and, once the others carried traffic on (or, for the
+    // router, once requests are waiting for it), its restart.
+    let step = 60;
+    progress.acked(step).await;
     kill9(&mut worker1);
-    tokio::time::sleep(pause).await;
-    worker1 = cluster.start("worker1", &strs(&w1a), ports[5]).await;
-    tokio::time::sleep(pause).await;
+    progress.acked(step).await; // the other worker carries on
+    worker1 = cluster.start("worker1", &strs(&w1a)).await;
+    progress.acked(step).await;
     kill9(&mut edge1);
-    tokio::time::sleep(pause).await;
-    edge1 = cluster.start("edge1", &strs(&e1a), ports[0]).await;
-    tokio::time::sleep(pause).await;
+    // Its three clients move to the other edge, and their traffic resumes there.
+    Progress::at_least(&progress.reconnects, 3, "reconnects").await;
+    progress.acked(step).await;
+    edge1 = cluster.start("edge1", &strs(&e1a)).await;
+    progress.acked(step).await;
     kill9(&mut router);
-    tokio::time::sleep(pause).await;
-    router = cluster.start("router", &strs(&ra), ports[4]).await;
-    tokio::time::sleep(pause).await;
+    // Nothing is routed now: wait until requests pile up in `main` for the restarted one.
+    let main = hubbub_queue::RedisQueue::connect({
+        let mut c = hubbub_queue::RedisConfig::new(cluster.redis.clone());
+        c.namespace = cluster.namespace.clone();
+        c
+    })
+    .expect("redis");
+    let mut backlog = 0;
+    for _ in 0..100 {
+        backlog = hubbub_queue::Queue::stats(&main, "main")
+            .await
+            .expect("stats")
+            .visible;
+        if backlog >= 6 {
+            break;
+        }
+        let mut rx = progress.acked.subscribe();
+        let _ = tokio::time::timeout(Duration::from_millis(100), rx.changed()).await;
+    }
+    assert!(
+        backlog >= 6,
+        "requests wait for the router in main ({backlog})"
+    );
+    router = cluster.start("router", &strs(&ra)).await;
+    progress.acked(step).await;
     stop.store(true, Ordering::Relaxed);
     let mut stats = Vec::new();
     for t in tasks {
