@@ -11,7 +11,9 @@
 //! after that read is pushed live, and `next_seq = last_seq + 1`. A pushed durable event with
 //! `seq < next_seq` was already written (dropped); `seq == next_seq` is written; a larger seq
 //! means events were missed (a service's push lost or reordered), so the gap is read from the
-//! store first. `sync` replays from the store and moves `next_seq` past what it replayed.
+//! store first. `sync` replays from the store, skipping what the session already wrote (an
+//! event pushed live between `hello` and the client's `sync` is not written twice), and moves
+//! `next_seq` past what it replayed.
 
 use crate::http::{authenticate, error};
 use crate::{Inner, Out, SessionHandle};
@@ -107,6 +109,9 @@ struct Conn {
     session: String,
     socket: WebSocket,
     next_seq: u64,
+    /// This session has written every durable event from `written_from` to `next_seq - 1`
+    /// (pushed live, filled in, or replayed): a `sync` does not write them a second time.
+    written_from: u64,
     acked: u64,
     pending: HashMap<String, Instant>,
     bucket: TokenBucket,
@@ -137,6 +142,7 @@ async fn run(inner: Arc<Inner>, user: UserRef, socket: WebSocket) {
         session: session.clone(),
         socket,
         next_seq: 1,
+        written_from: 1,
         acked: 0,
         pending: HashMap::new(),
         window: (Instant::now(), 0),
@@ -196,6 +202,7 @@ impl Conn {
             Err(_) => return Flow::Close(1011, "storage unavailable"),
         };
         self.next_seq = last_seq + 1;
+        self.written_from = self.next_seq;
         let hello = ServerFrame::Hello {
             user: self.user.clone(),
             session: self.session.clone(),
@@ -743,6 +750,9 @@ impl Conn {
         let store = self.inner.deps.store.clone();
         let mut cursor = after_seq;
         let mut truncated = None;
+        // Events this session already wrote (pushed live after `hello`, before this sync)
+        // are not written again: each durable event reaches a session once.
+        let written = self.written_from..self.next_seq;
         loop {
             let replay = match store.events_after(&self.user.id, cursor, REPLAY_PAGE).await {
                 Ok(r) => r,
@@ -756,7 +766,12 @@ impl Conn {
             if let Some(last) = replay.frames.last().and_then(ServerFrame::seq) {
                 cursor = last;
             }
-            if !self.write_frames(&replay.frames).await {
+            let fresh: Vec<ServerFrame> = replay
+                .frames
+                .into_iter()
+                .filter(|f| f.seq().is_none_or(|s| !written.contains(&s)))
+                .collect();
+            if !self.write_frames(&fresh).await {
                 return Flow::Gone;
             }
             if page < REPLAY_PAGE {
@@ -765,7 +780,13 @@ impl Conn {
                 break;
             }
         }
-        self.next_seq = cursor + 1;
+        // Written now: everything after `after_seq` up to `cursor`, joined to what was.
+        self.written_from = if after_seq < self.next_seq {
+            self.written_from.min(after_seq + 1)
+        } else {
+            after_seq + 1
+        };
+        self.next_seq = self.next_seq.max(cursor + 1);
         let data = ReplyData::Sync {
             last_seq: cursor,
             truncated: truncated.unwrap_or(false),

@@ -35,30 +35,16 @@ fn spawn_server(dir: &std::path::Path, port: u16) -> Child {
         .env("HUBBUB_LIMITS__FRAMES_PER_S", "10000")
         .env("HUBBUB_LIMITS__BURST", "10000")
         .env("HUBBUB_LOG", "warn")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
         .expect("spawn hubbub serve")
 }
 
-/// Wait until the server answers /readyz (bounded: a minute, for a loaded two-core machine
-/// replaying a large WAL); if it does not, say why.
-async fn wait_ready(base: &str, child: &mut Child, dir: &std::path::Path) {
-    let http = reqwest::Client::new();
-    for _ in 0..600 {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
-            && r.status() == 200
-        {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-            panic!("the server exited ({status}) before it was ready:\n{log}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-    panic!("server did not become ready within a minute:\n{log}");
+/// Wait until the server is up; if it does not come up, show its log.
+async fn wait_ready(child: &mut Child, dir: &std::path::Path) {
+    let log = dir.join("server.log");
+    crate::support::wait_up(child, || std::fs::read_to_string(&log).unwrap_or_default()).await;
 }
 
 #[derive(Default)]
@@ -106,7 +92,7 @@ async fn kill_9_during_traffic_loses_and_repeats_nothing() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut child = spawn_server(dir.path(), port);
-    wait_ready(&base, &mut child, dir.path()).await;
+    wait_ready(&mut child, dir.path()).await;
     let client = Client::new(&base);
     let mut tokens = HashMap::new();
     let mut ids = Vec::new();
@@ -162,7 +148,7 @@ async fn kill_9_during_traffic_loses_and_repeats_nothing() {
             let _ = tokio::time::timeout(PATIENCE, s).await;
         }
         child = spawn_server(dir.path(), port);
-        wait_ready(&base, &mut child, dir.path()).await;
+        wait_ready(&mut child, dir.path()).await;
     }
 
     // Outcome unknown: send again with the same client_msg_id.

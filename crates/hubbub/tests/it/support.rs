@@ -196,3 +196,25 @@ pub async fn fresh_database() -> String {
         None => panic!("bad postgres url {url}"),
     }
 }
+
+/// Wait until a `hubbub` process (spawned with a piped stdout) prints the line with its
+/// address, which it does once its listeners are bound and its storage is open; bounded by a
+/// minute (a loaded two-core machine replaying a large WAL). `log` says why it did not.
+pub async fn wait_up(child: &mut std::process::Child, log: impl Fn() -> String) {
+    let stdout = child.stdout.take().expect("a piped stdout");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // Read the first line, then keep draining until the process ends.
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    match tokio::time::timeout(PATIENCE * 6, rx).await {
+        Ok(Ok(line)) if line.contains("http://") => {}
+        Ok(other) => panic!("the process did not come up ({other:?}):\n{}", log()),
+        Err(_) => panic!("the process was not up within a minute:\n{}", log()),
+    }
+}
