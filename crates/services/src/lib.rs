@@ -49,6 +49,12 @@ impl Failure {
     }
 }
 
+impl From<Failure> for hubbub_registry::SignalError {
+    fn from(f: Failure) -> Self {
+        hubbub_registry::SignalError::new(f.code, f.message)
+    }
+}
+
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
         let code = e.code();

@@ -21,11 +21,12 @@
 //!    for a user who has no timeline yet (a miss, computed once and counted in
 //!    `hubbub_timeline_misses_total`).
 
+use crate::Failure;
 use async_trait::async_trait;
 use hubbub_protocol::{ErrorCode, Post};
 use hubbub_queue::{Outgoing, Queue, ReceiveOptions, SendOptions};
 use hubbub_registry::{SignalError, Timelines};
-use hubbub_store::{FeedStore, StoreError, StoredPost};
+use hubbub_store::{FeedStore, StoredPost};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -392,10 +393,10 @@ impl Timeline {
             Some(b) => match ids.iter().position(|id| *id == b) {
                 Some(i) => i + 1,
                 None => {
-                    return Err(Failure(SignalError::new(
+                    return Err(Failure::new(
                         ErrorCode::NotFound,
                         format!("post {b} is not in the timeline"),
-                    )));
+                    ));
                 }
             },
         };
@@ -413,21 +414,10 @@ impl Timeline {
     }
 }
 
-/// A failure of the timeline path, as the edge answers it.
-#[derive(Debug)]
-pub struct Failure(pub SignalError);
-
-impl From<StoreError> for Failure {
-    fn from(e: StoreError) -> Self {
-        let f = crate::Failure::from(e);
-        Failure(SignalError::new(f.code, f.message))
-    }
-}
-
 impl From<CacheError> for Failure {
     fn from(e: CacheError) -> Self {
         tracing::warn!(error = %e, "timeline cache");
-        Failure(SignalError::new(ErrorCode::Unavailable, e.to_string()))
+        Failure::new(ErrorCode::Unavailable, e.to_string())
     }
 }
 
@@ -458,7 +448,7 @@ impl Timelines for TimelineReader {
         self.timeline
             .fetch(user, before, limit)
             .await
-            .map_err(|f| f.0)
+            .map_err(SignalError::from)
     }
 
     async fn welcome(&self, user: &str) -> Result<(Vec<Post>, i64), SignalError> {
@@ -523,14 +513,14 @@ async fn run_stage(
                         .map_err(|e| tracing::warn!(error = %e, "personalize not enqueued"))
                         .is_ok(),
                     Err(f) => {
-                        tracing::warn!(error = %f.0, %user, "timeline not computed");
+                        tracing::warn!(error = %f.message, %user, "timeline not computed");
                         false
                     }
                 },
                 Step::Personalize => match timeline.personalize(user, None).await {
                     Ok(_) => true,
                     Err(f) => {
-                        tracing::warn!(error = %f.0, %user, "timeline not ranked");
+                        tracing::warn!(error = %f.message, %user, "timeline not ranked");
                         false
                     }
                 },

@@ -381,10 +381,11 @@ impl EngagementService {
     async fn load(&self, posts: &[String]) -> Result<Vec<String>, SignalError> {
         let mut missing = Vec::new();
         for post in posts {
-            let comments = self.store.comment_count(post).await.map_err(|e| {
-                let f = crate::Failure::from(e);
-                SignalError::new(f.code, f.message)
-            })?;
+            let comments = self
+                .store
+                .comment_count(post)
+                .await
+                .map_err(|e| SignalError::from(crate::Failure::from(e)))?;
             if comments.is_none() {
                 missing.push(post.clone());
             }
@@ -450,8 +451,7 @@ impl Engagement for EngagementService {
                 Ok(Some(_)) => {}
                 Ok(None) => missing.push(post.clone()),
                 Err(e) => {
-                    let f = crate::Failure::from(e);
-                    return Err(SignalError::new(f.code, f.message));
+                    return Err(crate::Failure::from(e).into());
                 }
             }
         }

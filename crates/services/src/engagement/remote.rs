@@ -152,10 +152,7 @@ impl RemoteEngagement {
             .store
             .comment_count(post)
             .await
-            .map_err(|e| {
-                let f = crate::Failure::from(e);
-                SignalError::new(f.code, f.message)
-            })?
+            .map_err(|e| SignalError::from(crate::Failure::from(e)))?
             .is_some();
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         if known.len() > 100_000 {
