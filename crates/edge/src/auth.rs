@@ -28,6 +28,17 @@ pub struct AuthConfig {
     pub app_hmac_secret: Option<String>,
     /// PEM public key (RS256 or ES256) of the app's own backend, for app tokens.
     pub app_public_key: Option<String>,
+    /// When set, app tokens must carry this `aud` claim; when unset, app tokens with an
+    /// `aud` claim are refused.
+    pub app_audience: Option<String>,
+    /// Login and signup attempts a minute from one IP address (60), then `429`.
+    pub attempts_per_ip_per_minute: u32,
+    /// Burst of attempts from one IP address (20).
+    pub attempts_per_ip_burst: u32,
+    /// Login attempts a minute for one handle (10), then `429`.
+    pub attempts_per_handle_per_minute: u32,
+    /// Burst of login attempts for one handle (10).
+    pub attempts_per_handle_burst: u32,
 }
 
 impl Default for AuthConfig {
@@ -37,6 +48,11 @@ impl Default for AuthConfig {
             refresh_ttl_s: 30 * 24 * 3600,
             app_hmac_secret: None,
             app_public_key: None,
+            app_audience: None,
+            attempts_per_ip_per_minute: 60,
+            attempts_per_ip_burst: 20,
+            attempts_per_handle_per_minute: 10,
+            attempts_per_handle_burst: 10,
         }
     }
 }
@@ -53,6 +69,9 @@ pub enum AuthError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The settings cannot be used safely (the server refuses to start).
+    #[error("{0}")]
+    Config(String),
     /// The key file could not be read or written.
     #[error("key file {path}: {reason}")]
     Keys {
@@ -191,6 +210,38 @@ enum AppKey {
     Public(DecodingKey, Algorithm),
 }
 
+/// The shortest HMAC secret accepted for app tokens: a shorter key can be guessed or brute
+/// forced, and whoever has it can sign in as any user.
+pub const MIN_APP_SECRET_BYTES: usize = 32;
+
+/// How long a session may outlive its token's expiry without an `auth` frame before it is
+/// closed with 4001 (PROTOCOL.md 1.1, "Live sessions and token lifetime").
+pub const EXPIRY_GRACE_MS: i64 = 60_000;
+
+/// What a token says, once its signature and claims are checked (no store read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The user id (`sub`).
+    pub sub: String,
+    /// The handle claim, if any.
+    pub handle: Option<String>,
+    /// Expiry, seconds since the epoch.
+    pub exp_s: u64,
+    /// Issue time, seconds since the epoch (0 when the token has none).
+    pub iat_s: u64,
+    /// Whether the app's backend signed it (an app token) rather than this server.
+    pub app: bool,
+}
+
+/// An authenticated user and what bounds the session.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// The user.
+    pub user: UserRef,
+    /// When the token expires, ms since the epoch.
+    pub expires_ms: i64,
+}
+
 /// Issues and checks credentials.
 pub struct Auth {
     store: Arc<dyn Store>,
@@ -198,9 +249,12 @@ pub struct Auth {
     current: (String, EncodingKey),
     verify: BTreeMap<String, DecodingKey>,
     app: Option<AppKey>,
-    /// A real argon2 hash, checked against when a handle does not exist, so a wrong handle
-    /// takes as long as a wrong password.
+    /// A real argon2 hash, checked against when a handle does not exist or has no password,
+    /// so those take as long as a wrong password.
     dummy_hash: String,
+    /// Argon2 runs on at most this many threads at once: each run takes 19 MiB and a core
+    /// for tens of milliseconds, so unbounded logins would exhaust memory and starve the rest.
+    hashing: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Auth {
@@ -211,6 +265,26 @@ impl std::fmt::Debug for Auth {
     }
 }
 
+/// Check the auth settings: refuse what would make tokens forgeable.
+pub fn check_config(config: &AuthConfig) -> Result<(), AuthError> {
+    if let Some(secret) = &config.app_hmac_secret
+        && secret.len() < MIN_APP_SECRET_BYTES
+    {
+        return Err(AuthError::Config(format!(
+            "auth.app_hmac_secret is {} bytes; it must be at least {MIN_APP_SECRET_BYTES}: \
+             a short HMAC key can be guessed, and whoever has it can sign tokens for any user",
+            secret.len()
+        )));
+    }
+    if config.app_audience.as_deref() == Some("") {
+        return Err(AuthError::Config(
+            "auth.app_audience is empty: leave it unset, or name the audience app tokens carry"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 impl Auth {
     /// Auth with keys from `key_file` (created if missing).
     pub fn new(
@@ -218,6 +292,7 @@ impl Auth {
         config: AuthConfig,
         key_file: &Path,
     ) -> Result<Self, AuthError> {
+        check_config(&config)?;
         let keys = load_or_create_keys(key_file)?;
         let secret = keys.keys.get(&keys.current).cloned().unwrap_or_default();
         let verify = keys
@@ -243,6 +318,7 @@ impl Auth {
             (None, None) => None,
         };
         let dummy_hash = hash_password("not a real password")?;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Auth {
             store,
             current: (
@@ -253,6 +329,7 @@ impl Auth {
             app,
             config,
             dummy_hash,
+            hashing: tokio::sync::Semaphore::new(cores),
         })
     }
 
@@ -287,6 +364,27 @@ impl Auth {
         })
     }
 
+    /// Run an argon2 job on the blocking pool, at most one per core at a time.
+    async fn argon2<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, AuthError> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|e| AuthError::Keys {
+                path: "hash permits".into(),
+                reason: e.to_string(),
+            })?;
+        tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|e| AuthError::Keys {
+                path: "hash task".into(),
+                reason: e.to_string(),
+            })
+    }
+
     /// Sign up: validate, hash, create.
     pub async fn signup(
         &self,
@@ -310,29 +408,29 @@ impl Auth {
             return Err(AuthError::BadRequest("email is not valid".into()));
         }
         let password = password.to_owned();
-        let hash = tokio::task::spawn_blocking(move || hash_password(&password))
-            .await
-            .map_err(|e| AuthError::Keys {
-                path: "hash task".into(),
-                reason: e.to_string(),
-            })??;
+        let hash = self.argon2(move || hash_password(&password)).await??;
         Ok(self.store.create_user(handle, &hash, email).await?)
     }
 
-    /// Log in: the same `Unauthorized` whether the handle exists or not.
+    /// Log in: the same `Unauthorized`, after the same work, whether the handle exists,
+    /// has no password (a user created by an app token), or the password is wrong.
     pub async fn login(&self, handle: &str, password: &str) -> Result<UserRef, AuthError> {
+        if password.len() > 1024 {
+            return Err(AuthError::Unauthorized("wrong handle or password".into()));
+        }
         let creds = self.store.credentials(handle).await?;
+        // Only a stored hash can ever succeed; the dummy hash is checked for timing alone.
         let (user, hash) = match creds {
-            Some(c) => (
-                Some(c.user),
-                c.password_hash.unwrap_or_else(|| self.dummy_hash.clone()),
-            ),
+            Some(c) => match c.password_hash {
+                Some(h) => (Some(c.user), h),
+                None => (None, self.dummy_hash.clone()),
+            },
             None => (None, self.dummy_hash.clone()),
         };
         let password = password.to_owned();
-        let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-            .await
-            .unwrap_or(false);
+        let ok = self
+            .argon2(move || verify_password(&password, &hash))
+            .await?;
         match user {
             Some(u) if ok => Ok(u),
             _ => Err(AuthError::Unauthorized("wrong handle or password".into())),
@@ -350,23 +448,26 @@ impl Auth {
         self.store.user(&user).await?.ok_or_else(bad)
     }
 
-    /// Check an access token (ours, or an app token when an app key is configured).
-    pub async fn authenticate(&self, token: &str) -> Result<UserRef, AuthError> {
+    /// Check a token's signature and claims (ours, or an app token when an app key is
+    /// configured). Pure: reads nothing, so it is also the fuzz target of the token path.
+    pub fn verify(&self, token: &str) -> Result<Verified, AuthError> {
         let bad = |why: &str| AuthError::Unauthorized(format!("invalid token: {why}"));
+        if token.len() > 8192 {
+            return Err(bad("too long"));
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| bad("not a JWT"))?;
         if let Some(key) = header.kid.as_deref().and_then(|kid| self.verify.get(kid)) {
             let mut v = Validation::new(Algorithm::HS256);
             v.set_issuer(&[ISSUER]);
             if let Ok(data) = jsonwebtoken::decode::<Claims>(token, key, &v) {
                 let c = data.claims;
-                return match c.handle {
-                    Some(handle) => Ok(UserRef { id: c.sub, handle }),
-                    None => self
-                        .store
-                        .user(&c.sub)
-                        .await?
-                        .ok_or_else(|| bad("unknown user")),
-                };
+                return Ok(Verified {
+                    sub: c.sub,
+                    handle: c.handle,
+                    exp_s: c.exp,
+                    iat_s: c.iat,
+                    app: false,
+                });
             }
         }
         let Some(app) = &self.app else {
@@ -377,14 +478,46 @@ impl Auth {
             AppKey::Public(k, alg) => (k, *alg),
         };
         let mut v = Validation::new(alg);
-        v.set_required_spec_claims(&["exp", "sub"]);
+        match &self.config.app_audience {
+            Some(aud) => {
+                v.set_required_spec_claims(&["exp", "sub", "aud"]);
+                v.set_audience(&[aud]);
+            }
+            None => v.set_required_spec_claims(&["exp", "sub"]),
+        }
         let data =
             jsonwebtoken::decode::<Claims>(token, key, &v).map_err(|e| bad(&e.to_string()))?;
         let c = data.claims;
         if !valid_app_sub(&c.sub) {
             return Err(bad("sub must be 1-64 characters of [A-Za-z0-9_.-]"));
         }
-        Ok(self.store.ensure_user(&c.sub, c.handle.as_deref()).await?)
+        Ok(Verified {
+            sub: c.sub,
+            handle: c.handle,
+            exp_s: c.exp,
+            iat_s: c.iat,
+            app: true,
+        })
+    }
+
+    /// Check an access token (ours, or an app token when an app key is configured) and
+    /// find its user (an app token's user is created on first use).
+    pub async fn authenticate(&self, token: &str) -> Result<Authenticated, AuthError> {
+        let v = self.verify(token)?;
+        let user = if v.app {
+            self.store.ensure_user(&v.sub, v.handle.as_deref()).await?
+        } else {
+            match v.handle {
+                Some(handle) => UserRef { id: v.sub, handle },
+                None => self.store.user(&v.sub).await?.ok_or_else(|| {
+                    AuthError::Unauthorized("invalid token: unknown user".into())
+                })?,
+            }
+        };
+        Ok(Authenticated {
+            user,
+            expires_ms: i64::try_from(v.exp_s.saturating_mul(1000)).unwrap_or(i64::MAX),
+        })
     }
 }
 

@@ -1,5 +1,10 @@
-//! The HTTP side of the edge: auth endpoints, user lookup, health, readiness, metrics.
+//! The HTTP side of the edge: auth endpoints, user lookup, media, health, readiness, metrics.
 //! Every error body is `{"error":{"code","message"}}` with the protocol's status.
+//!
+//! Login and signup are rate limited per client IP and (login) per handle, answered `429`
+//! with `Retry-After`; password hashing runs at most one job per core (see `auth`). With an
+//! admin listener configured, `/readyz` and `/metrics` move there and the public listener
+//! answers them 404 (PROTOCOL.md 1.1, "Operational endpoints").
 
 // Handlers return axum responses as errors: the idiom of the framework, and cold paths.
 #![allow(clippy::result_large_err)]
@@ -12,13 +17,17 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hubbub_protocol::http::{AuthResponse, HttpError, LoginRequest, RefreshRequest, SignupRequest};
+use crate::auth::Authenticated;
+use crate::media_type::{self, MediaTypeError};
+use axum::extract::ConnectInfo;
 use hubbub_protocol::{ErrorCode, UserRef};
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub(crate) fn routes(inner: Arc<Inner>) -> axum::Router {
-    axum::Router::new()
+/// The public listener's routes; `/readyz` and `/metrics` only when `operational`.
+pub(crate) fn routes(inner: Arc<Inner>, operational: bool) -> axum::Router {
+    let router = axum::Router::new()
         .route("/v1/auth/signup", post(signup))
         .route("/v1/auth/login", post(login))
         .route("/v1/auth/refresh", post(refresh))
@@ -27,11 +36,63 @@ pub(crate) fn routes(inner: Arc<Inner>) -> axum::Router {
         .route("/v1/media/{id}", get(download))
         .route("/v1/ws", get(crate::ws::upgrade))
         .route("/v1/sse", get(crate::sse::stream))
+        .route("/healthz", get(|| async { "ok" }));
+    let router = if operational {
+        router
+            .route("/readyz", get(ready))
+            .route("/metrics", get(metrics))
+    } else {
+        router
+    };
+    router
+        .fallback(|| async { error(ErrorCode::NotFound, "no such endpoint") })
+        .with_state(inner)
+}
+
+/// The admin listener's routes: health, readiness, metrics.
+pub(crate) fn admin_routes(inner: Arc<Inner>) -> axum::Router {
+    axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(ErrorCode::NotFound, "no such endpoint") })
         .with_state(inner)
+}
+
+/// A `429 rate_limited` answer with `Retry-After` (seconds) and `retry_after_ms`.
+fn rate_limited(retry_after_ms: u64, message: &str) -> Response {
+    metrics::counter!("hubbub_rate_limited_total").increment(1);
+    let secs = retry_after_ms.div_ceil(1000).max(1);
+    let mut body = HttpError::new(ErrorCode::RateLimited, message);
+    body.error.retry_after_ms = Some(retry_after_ms);
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, secs.to_string())],
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+/// The client's address (set by the listener; absent when the app is served another way).
+fn client_ip(parts: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    parts
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// Take a login/signup token for the client's IP, and for `handle` when given.
+fn auth_attempt(inner: &Inner, ip: Option<std::net::IpAddr>, handle: Option<&str>) -> Result<(), Response> {
+    if let Some(ip) = ip
+        && let Err(ms) = inner.auth_limits.per_ip.take(&ip)
+    {
+        return Err(rate_limited(ms, "too many attempts from this address; retry later"));
+    }
+    if let Some(handle) = handle
+        && let Err(ms) = inner.auth_limits.per_handle.take(&handle.to_ascii_lowercase())
+    {
+        return Err(rate_limited(ms, "too many attempts for this handle; retry later"));
+    }
+    Ok(())
 }
 
 /// A protocol error response.
@@ -55,7 +116,7 @@ impl IntoResponse for AuthError {
                     error(code, e.to_string())
                 }
             }
-            AuthError::Keys { .. } => {
+            AuthError::Keys { .. } | AuthError::Config(_) => {
                 tracing::error!(error = %self, "auth: key failure");
                 error(ErrorCode::Internal, "internal error")
             }
@@ -88,7 +149,7 @@ pub(crate) async fn authenticate(
     inner: &Inner,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
-) -> Result<UserRef, Response> {
+) -> Result<Authenticated, Response> {
     let Some(t) = token(headers, query) else {
         return Err(error(ErrorCode::Unauthorized, "missing access token"));
     };
@@ -115,7 +176,14 @@ async fn issue(inner: &Inner, user: UserRef, status: StatusCode) -> Response {
     }
 }
 
-async fn signup(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+async fn signup(
+    State(inner): State<Arc<Inner>>,
+    extensions: axum::http::Extensions,
+    body: Bytes,
+) -> Response {
+    if let Err(resp) = auth_attempt(&inner, client_ip(&extensions), None) {
+        return resp;
+    }
     let req: SignupRequest = match parse(&body) {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -130,11 +198,18 @@ async fn signup(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
     }
 }
 
-async fn login(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+async fn login(
+    State(inner): State<Arc<Inner>>,
+    extensions: axum::http::Extensions,
+    body: Bytes,
+) -> Response {
     let req: LoginRequest = match parse(&body) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
+    if let Err(resp) = auth_attempt(&inner, client_ip(&extensions), Some(&req.handle)) {
+        return resp;
+    }
     match inner.auth.login(&req.handle, &req.password).await {
         Ok(user) => issue(&inner, user, StatusCode::OK).await,
         Err(e) => e.into_response(),
@@ -168,8 +243,6 @@ async fn user(
     }
 }
 
-const MEDIA_TYPES: &[&str] = &["image/", "video/", "audio/"];
-
 async fn upload(
     State(inner): State<Arc<Inner>>,
     Query(query): Query<HashMap<String, String>>,
@@ -177,30 +250,19 @@ async fn upload(
     body: axum::body::Body,
 ) -> Response {
     let user = match authenticate(&inner, &headers, &query).await {
-        Ok(u) => u,
+        Ok(a) => a.user,
         Err(resp) => return resp,
     };
-    let content_type = headers
+    let content_type = match headers
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .trim();
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if !MEDIA_TYPES
-        .iter()
-        .any(|p| essence.starts_with(p) && essence.len() > p.len())
-        || essence.len() > 100
+        .map(|v| v.to_str().map_err(|_| MediaTypeError::Malformed))
+        .unwrap_or(Err(MediaTypeError::Malformed))
+        .and_then(media_type::parse_upload)
     {
-        return error(
-            ErrorCode::BadRequest,
-            "Content-Type must be image/*, video/* or audio/*",
-        );
-    }
+        Ok(t) => t,
+        Err(e) => return error(ErrorCode::BadRequest, e.to_string()),
+    };
+    let essence = content_type;
     let limit = inner.config.limits.max_media_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -225,7 +287,7 @@ async fn upload(
     match inner
         .deps
         .media
-        .put(&user.id, &essence, bytes.to_vec())
+        .put(&user.id, essence, bytes.to_vec())
         .await
     {
         Ok(m) => (
@@ -255,7 +317,20 @@ async fn download(
     }
     match inner.deps.media.get(&id).await {
         Ok(Some((info, bytes))) => {
-            ([(header::CONTENT_TYPE, info.content_type)], bytes).into_response()
+            let (content_type, disposition) = media_type::serve_as(&info.content_type, &info.id);
+            (
+                [
+                    (header::CONTENT_TYPE, content_type.to_owned()),
+                    (header::CONTENT_DISPOSITION, disposition),
+                    (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+                    (
+                        header::CONTENT_SECURITY_POLICY,
+                        "default-src 'none'; sandbox".to_owned(),
+                    ),
+                ],
+                bytes,
+            )
+                .into_response()
         }
         Ok(None) => error(ErrorCode::NotFound, format!("no media {id}")),
         Err(e) => AuthError::Store(e).into_response(),

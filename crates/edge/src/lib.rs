@@ -5,6 +5,10 @@
 //! - `http`: the HTTP API (`/v1/auth/*`, `/v1/users/{handle}`), `/healthz`, `/readyz`,
 //!   `/metrics`; every error is the protocol's `{"error":{"code","message"}}`.
 //! - `sse`: `/v1/sse`, engagement events over server-sent events.
+//! - [`listener`]: the accept loop every HTTP listener runs: connection caps (server-wide,
+//!   per IP), header and body read timeouts.
+//! - [`media_type`]: the strict parser of upload types and how media is served back.
+//! - `limit`: token buckets, and keyed buckets of bounded memory (login attempts).
 //! - `ws`: `/v1/ws`, one task per connection: parse, rate-limit, answer reads from the store,
 //!   put writes on the `main` queue, and write replies and events to the socket in seq order.
 //! - [`Edge`]: ties them together, plus the dispatcher that takes batches handed to this edge
@@ -24,18 +28,24 @@
 
 pub mod auth;
 mod http;
-mod sse;
+mod limit;
+pub mod listener;
+pub mod media_type;
+pub mod sse;
 mod ws;
 
 use auth::{Auth, AuthConfig};
+use hubbub_registry::Delivery;
+use limit::KeyedLimiter;
+use listener::HttpLimits;
 use hubbub_protocol::internal::ToEdge;
 use hubbub_protocol::limits::Limits;
 use hubbub_queue::Queue;
 use hubbub_registry::Registry;
 use hubbub_store::Store;
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -64,6 +74,14 @@ pub struct EdgeConfig {
     pub ping_interval: Duration,
     /// How often this edge tells the signals service it is alive.
     pub heartbeat_interval: Duration,
+    /// Connection caps and timeouts of the public listener.
+    pub http: HttpLimits,
+    /// Most sessions (WebSocket and SSE) one user holds on this edge; a new one past it
+    /// closes the user's oldest with 4000.
+    pub max_sessions_per_user: usize,
+    /// Whether `/readyz` and `/metrics` are served on the public listener (no admin
+    /// listener is configured).
+    pub operational_on_public: bool,
 }
 
 /// What an edge needs from the rest of the system.
@@ -85,32 +103,118 @@ pub struct EdgeDeps {
     pub engagement: Arc<dyn hubbub_registry::Engagement>,
     /// Prometheus rendering of the process's metrics.
     pub metrics: PrometheusHandle,
+    /// Registry lookups and the link to every edge: how a revocation closes the user's
+    /// sessions on all edges.
+    pub delivery: Delivery,
+}
+
+/// A frame serialized once by the dispatcher (and shared by every session of the user).
+#[derive(Debug, Clone)]
+pub(crate) struct Frame {
+    /// Its seq, for durable events.
+    pub(crate) seq: Option<u64>,
+    /// Its `type`, for metrics.
+    pub(crate) kind: &'static str,
+    /// The JSON.
+    pub(crate) json: Arc<str>,
+}
+
+impl Frame {
+    pub(crate) fn new(frame: &hubbub_protocol::ServerFrame) -> Self {
+        Frame {
+            seq: frame.seq(),
+            kind: frame.type_name(),
+            json: frame.to_json().into(),
+        }
+    }
 }
 
 /// What the connection tasks receive from the dispatcher.
 #[derive(Debug)]
 pub(crate) enum Out {
-    Reply(hubbub_protocol::ServerFrame),
-    Events(Vec<hubbub_protocol::ServerFrame>, Option<i64>),
+    /// The reply to a request (`id` is the request's, when it had one).
+    Reply { id: Option<String>, frame: Frame },
+    /// Events for the user, durable ones in seq order, and when the write causing them was
+    /// accepted.
+    Events(Arc<[Frame]>, Option<i64>),
     /// Ephemeral frames serialized once and shared by every session that gets them.
     Shared(Vec<Arc<str>>),
 }
 
+impl Out {
+    /// The bytes it will take on the socket (what the session's buffer bound counts).
+    fn bytes(&self) -> usize {
+        match self {
+            Out::Reply { frame, .. } => frame.json.len() + 1,
+            Out::Events(frames, _) => frames.iter().map(|f| f.json.len() + 1).sum(),
+            Out::Shared(list) => list.iter().map(|j| j.len() + 1).sum(),
+        }
+    }
+}
+
+/// How a session is told to close, and with which code.
+#[derive(Debug, Default)]
+pub(crate) struct CloseSignal {
+    token: CancellationToken,
+    why: std::sync::OnceLock<(u16, String)>,
+}
+
+impl CloseSignal {
+    /// Ask the session to close (the first reason given wins).
+    pub(crate) fn close(&self, code: u16, reason: &str) {
+        let _ = self.why.set((code, reason.to_owned()));
+        self.token.cancel();
+    }
+
+    /// Resolves once the session is asked to close.
+    pub(crate) async fn closed(&self) {
+        self.token.cancelled().await
+    }
+
+    /// Whether the session was asked to close.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// The code and reason given.
+    pub(crate) fn why(&self) -> (u16, String) {
+        self.why
+            .get()
+            .cloned()
+            .unwrap_or((1013, "too slow: reconnect and sync".into()))
+    }
+}
+
+/// The close code of a session cut off because it read too slowly.
+pub(crate) const CLOSE_SLOW: u16 = 1013;
+
 pub(crate) struct SessionHandle {
     user: String,
     tx: mpsc::Sender<Out>,
-    /// Cancelled to cut off a slow reader (close code 1013).
-    kick: CancellationToken,
+    /// Tells the session to close (a slow reader, a revoked user, a newer session past the
+    /// per-user cap).
+    close: Arc<CloseSignal>,
+    /// Bytes handed to the session and not yet taken by its task.
+    queued: Arc<AtomicUsize>,
+    /// When it opened, in this edge's order (the oldest of a user is closed first).
+    opened: u64,
     /// Posts whose engagement this session watches.
     posts: HashSet<String>,
 }
 
 impl SessionHandle {
-    pub(crate) fn new(user: String, tx: mpsc::Sender<Out>, kick: CancellationToken) -> Self {
+    pub(crate) fn new(
+        user: String,
+        tx: mpsc::Sender<Out>,
+        close: Arc<CloseSignal>,
+        queued: Arc<AtomicUsize>,
+    ) -> Self {
         SessionHandle {
             user,
             tx,
-            kick,
+            close,
+            queued,
+            opened: 0,
             posts: HashSet::new(),
         }
     }
@@ -124,7 +228,18 @@ pub(crate) struct Sessions {
     watching: HashMap<String, HashSet<String>>,
     /// The latest engagement frame of each watched post, for a session that starts watching.
     last: HashMap<String, Arc<str>>,
+    /// Sessions opened so far (orders them).
+    opened: u64,
 }
+
+/// Login and signup attempts, per client IP and per handle.
+pub(crate) struct AuthLimits {
+    pub(crate) per_ip: KeyedLimiter<std::net::IpAddr>,
+    pub(crate) per_handle: KeyedLimiter<String>,
+}
+
+/// Most keys each attempt limiter remembers.
+const MAX_LIMITER_KEYS: usize = 100_000;
 
 /// Why a session may not watch more posts.
 pub(crate) struct TooManyPosts;
@@ -139,6 +254,7 @@ pub(crate) struct Inner {
     /// Whether the store answered its last probe: writes are refused with `unavailable`
     /// while it does not (they would wait in the queue with no outcome to tell).
     store_ok: std::sync::atomic::AtomicBool,
+    auth_limits: AuthLimits,
 }
 
 impl Inner {
@@ -146,13 +262,32 @@ impl Inner {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn add_session(&self, session: &str, handle: SessionHandle) {
+    /// Add a session. Past the per-user cap, the user's oldest sessions are told to close
+    /// with 4000 (they leave the table when their tasks end).
+    fn add_session(&self, session: &str, mut handle: SessionHandle) {
         let mut s = self.sessions();
-        s.by_user
-            .entry(handle.user.clone())
-            .or_default()
-            .insert(session.to_owned());
+        s.opened += 1;
+        handle.opened = s.opened;
+        let user = handle.user.clone();
         s.by_id.insert(session.to_owned(), handle);
+        let ids = s.by_user.entry(user).or_default();
+        ids.insert(session.to_owned());
+        let cap = self.config.max_sessions_per_user.max(1);
+        let ids: Vec<String> = ids.iter().cloned().collect();
+        let mut open: Vec<(u64, &SessionHandle)> = ids
+            .iter()
+            .filter_map(|id| s.by_id.get(id))
+            .filter(|h| !h.close.is_closed())
+            .map(|h| (h.opened, h))
+            .collect();
+        if open.len() > cap {
+            open.sort_unstable_by_key(|(opened, _)| *opened);
+            for (_, h) in &open[..open.len() - cap] {
+                metrics::counter!("hubbub_sessions_evicted_total").increment(1);
+                h.close
+                    .close(4000, "session limit: a newer session of this user opened");
+            }
+        }
         metrics::gauge!("hubbub_connections").set(s.by_id.len() as f64);
     }
 
@@ -246,11 +381,21 @@ impl Inner {
         self.sessions().watching.keys().cloned().collect()
     }
 
-    /// Hand an item to a session without waiting; a full buffer cuts the session off.
-    fn offer(handle: &SessionHandle, out: Out) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = handle.tx.try_send(out) {
-            metrics::counter!("hubbub_slow_consumers_total").increment(1);
-            handle.kick.cancel();
+    /// Hand an item to a session without waiting. A buffer past its bound, in items or in
+    /// bytes, cuts the session off (1013): a slow reader never grows memory without bound.
+    fn offer(&self, handle: &SessionHandle, out: Out) {
+        if handle.close.is_closed() {
+            return;
+        }
+        let bytes = out.bytes();
+        let queued = handle.queued.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let over = queued > self.config.limits.max_outgoing_bytes.max(1);
+        if over || handle.tx.try_send(out).is_err() {
+            handle.queued.fetch_sub(bytes, Ordering::Relaxed);
+            if over || !handle.tx.is_closed() {
+                metrics::counter!("hubbub_slow_consumers_total").increment(1);
+                handle.close.close(CLOSE_SLOW, "too slow: reconnect and sync");
+            }
         }
     }
 
@@ -260,7 +405,13 @@ impl Inner {
             match item {
                 ToEdge::Reply { session, frame } => {
                     if let Some(h) = sessions.by_id.get(&session) {
-                        Self::offer(h, Out::Reply(frame));
+                        let id = match &frame {
+                            hubbub_protocol::ServerFrame::Ok { id, .. } => Some(id.clone()),
+                            hubbub_protocol::ServerFrame::Error { id, .. } => id.clone(),
+                            _ => None,
+                        };
+                        let frame = Frame::new(&frame);
+                        self.offer(h, Out::Reply { id, frame });
                     }
                 }
                 ToEdge::Events {
@@ -269,21 +420,53 @@ impl Inner {
                     origin_ms,
                 } => {
                     if let Some(ids) = sessions.by_user.get(&user) {
+                        // Serialized once for every session of the user on this edge.
+                        let frames: Arc<[Frame]> = frames.iter().map(Frame::new).collect();
                         for id in ids {
                             if let Some(h) = sessions.by_id.get(id) {
-                                Self::offer(h, Out::Events(frames.clone(), origin_ms));
+                                self.offer(h, Out::Events(frames.clone(), origin_ms));
                             }
                         }
                     }
                 }
-                ToEdge::Engagement { frames } => Self::dispatch_engagement(&mut sessions, frames),
+                ToEdge::Engagement { frames } => self.dispatch_engagement(&mut sessions, frames),
+                ToEdge::Close {
+                    user,
+                    session,
+                    code,
+                    reason,
+                } => {
+                    if let Some(ids) = sessions.by_user.get(&user) {
+                        for id in ids {
+                            if session.as_ref().is_none_or(|s| s == id)
+                                && let Some(h) = sessions.by_id.get(id)
+                            {
+                                h.close.close(code, &reason);
+                            }
+                        }
+                    }
+                }
             }
         }
     }
 
+    /// Close every session of `user` on this edge with `code`.
+    fn close_user_here(&self, user: &str, code: u16, reason: &str) {
+        self.dispatch(vec![ToEdge::Close {
+            user: user.to_owned(),
+            session: None,
+            code,
+            reason: reason.to_owned(),
+        }]);
+    }
+
     /// Each frame is serialized once; each watching session gets its posts' frames as one
     /// write.
-    fn dispatch_engagement(sessions: &mut Sessions, frames: Vec<hubbub_protocol::ServerFrame>) {
+    fn dispatch_engagement(
+        &self,
+        sessions: &mut Sessions,
+        frames: Vec<hubbub_protocol::ServerFrame>,
+    ) {
         let mut per_session: HashMap<String, Vec<Arc<str>>> = HashMap::new();
         for frame in frames {
             let hubbub_protocol::ServerFrame::Engagement { post, .. } = &frame else {
@@ -303,7 +486,7 @@ impl Inner {
         }
         for (id, list) in per_session {
             if let Some(h) = sessions.by_id.get(&id) {
-                Self::offer(h, Out::Shared(list));
+                self.offer(h, Out::Shared(list));
             }
         }
     }
@@ -332,6 +515,7 @@ impl Edge {
         cancel: CancellationToken,
     ) -> Result<Self, auth::AuthError> {
         let auth = Auth::new(deps.store.clone(), config.auth.clone(), &config.key_file)?;
+        let config_auth = config.auth.clone();
         let inner = Arc::new(Inner {
             config,
             deps,
@@ -340,9 +524,21 @@ impl Edge {
             cancel: cancel.clone(),
             tracker: TaskTracker::new(),
             store_ok: std::sync::atomic::AtomicBool::new(true),
+            auth_limits: AuthLimits {
+                per_ip: KeyedLimiter::per_minute(
+                    config_auth.attempts_per_ip_per_minute,
+                    config_auth.attempts_per_ip_burst,
+                    MAX_LIMITER_KEYS,
+                ),
+                per_handle: KeyedLimiter::per_minute(
+                    config_auth.attempts_per_handle_per_minute,
+                    config_auth.attempts_per_handle_burst,
+                    MAX_LIMITER_KEYS,
+                ),
+            },
         });
         let probe = inner.clone();
-        tokio::spawn(async move {
+        inner.tracker.spawn(async move {
             let mut tick = tokio::time::interval(STORE_PROBE_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -362,7 +558,7 @@ impl Edge {
             }
         });
         let beat = inner.clone();
-        tokio::spawn(async move {
+        inner.tracker.spawn(async move {
             let mut tick = tokio::time::interval(
                 beat.config
                     .heartbeat_interval
@@ -384,7 +580,7 @@ impl Edge {
             }
         });
         let dispatcher = inner.clone();
-        tokio::spawn(async move {
+        inner.tracker.spawn(async move {
             loop {
                 tokio::select! {
                     batch = inbox.recv() => match batch {
@@ -398,32 +594,47 @@ impl Edge {
         Ok(Edge { inner })
     }
 
-    /// The HTTP and WebSocket application.
+    /// The HTTP and WebSocket application of the public listener.
     pub fn app(&self) -> axum::Router {
-        http::routes(self.inner.clone())
+        http::routes(self.inner.clone(), self.inner.config.operational_on_public)
+    }
+
+    /// The admin listener's application: `/healthz`, `/readyz`, `/metrics`.
+    pub fn admin_app(&self) -> axum::Router {
+        http::admin_routes(self.inner.clone())
     }
 
     /// Serve on a bound listener until cancelled, then close every socket with 1001 and
     /// wait for the connection tasks to finish.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
         let cancel = self.inner.cancel.clone();
-        let app = self
-            .app()
-            .into_make_service_with_connect_info::<SocketAddr>();
-        // Pushes are small writes: without TCP_NODELAY, Nagle's algorithm meeting the
-        // client's delayed ACKs holds some of them back ~40 ms.
-        let listener =
-            axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "TCP_NODELAY not set");
-                }
-            });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { cancel.cancelled().await })
-            .await?;
+        listener::serve(
+            listener,
+            self.app(),
+            self.inner.config.http.clone(),
+            cancel,
+        )
+        .await?;
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
         Ok(())
+    }
+
+    /// Serve the admin application on its own listener until cancelled.
+    pub async fn serve_admin(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        let limits = HttpLimits {
+            max_connections: 256,
+            max_per_ip: 256,
+            ..self.inner.config.http.clone()
+        };
+        listener::serve(listener, self.admin_app(), limits, self.inner.cancel.clone()).await
+    }
+
+    /// Close every open session of `user` on every edge (4001 when its tokens were
+    /// revoked, 4000 for a server-initiated disconnect).
+    pub async fn close_user(&self, user: &str, code: u16, reason: &str) {
+        self.inner.close_user_here(user, code, reason);
+        self.inner.deps.delivery.close_user(user, code, reason).await;
     }
 
     /// Open connections.

@@ -9,7 +9,7 @@
 
 use crate::http::{authenticate, error};
 use crate::ws::MAX_WATCHED_POSTS;
-use crate::{Inner, Out, SessionHandle};
+use crate::{CloseSignal, Inner, Out, SessionHandle};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -18,8 +18,8 @@ use hubbub_protocol::ErrorCode;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 /// Removes the session when the stream is dropped.
 struct Guard {
@@ -46,47 +46,59 @@ impl Drop for Guard {
     }
 }
 
+/// Why a `streams` parameter is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamsError(pub ErrorCode, pub String);
+
+/// Parse the `streams` parameter (`post:ID,post:ID2`) into distinct post ids, sorted: at
+/// least one, at most [`MAX_WATCHED_POSTS`], each id 1–64 bytes.
+pub fn parse_streams(streams: &str) -> Result<Vec<String>, StreamsError> {
+    let mut posts = Vec::new();
+    for stream in streams.split(',').filter(|s| !s.is_empty()) {
+        match stream.strip_prefix("post:") {
+            Some(id) if !id.is_empty() && id.len() <= 64 => posts.push(id.to_owned()),
+            _ => {
+                let shown: String = stream.chars().take(80).collect();
+                return Err(StreamsError(
+                    ErrorCode::BadRequest,
+                    format!("unknown stream `{shown}`: streams are `post:ID`"),
+                ));
+            }
+        }
+        if posts.len() > MAX_WATCHED_POSTS * 4 {
+            break;
+        }
+    }
+    posts.sort_unstable();
+    posts.dedup();
+    if posts.is_empty() {
+        return Err(StreamsError(
+            ErrorCode::BadRequest,
+            "name at least one stream: ?streams=post:ID".into(),
+        ));
+    }
+    if posts.len() > MAX_WATCHED_POSTS {
+        return Err(StreamsError(
+            ErrorCode::TooLarge,
+            format!("at most {MAX_WATCHED_POSTS} posts per stream"),
+        ));
+    }
+    Ok(posts)
+}
+
 pub(crate) async fn stream(
     State(inner): State<Arc<Inner>>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
     let user = match authenticate(&inner, &headers, &query).await {
-        Ok(u) => u,
+        Ok(a) => a.user,
         Err(resp) => return resp,
     };
-    let mut posts = Vec::new();
-    for stream in query
-        .get("streams")
-        .map(String::as_str)
-        .unwrap_or("")
-        .split(',')
-        .filter(|s| !s.is_empty())
-    {
-        match stream.strip_prefix("post:") {
-            Some(id) if !id.is_empty() => posts.push(id.to_owned()),
-            _ => {
-                return error(
-                    ErrorCode::BadRequest,
-                    format!("unknown stream `{stream}`: streams are `post:ID`"),
-                );
-            }
-        }
-    }
-    posts.sort_unstable();
-    posts.dedup();
-    if posts.is_empty() {
-        return error(
-            ErrorCode::BadRequest,
-            "name at least one stream: ?streams=post:ID",
-        );
-    }
-    if posts.len() > MAX_WATCHED_POSTS {
-        return error(
-            ErrorCode::TooLarge,
-            format!("at most {MAX_WATCHED_POSTS} posts per stream"),
-        );
-    }
+    let posts = match parse_streams(query.get("streams").map(String::as_str).unwrap_or("")) {
+        Ok(p) => p,
+        Err(StreamsError(code, message)) => return error(code, message),
+    };
     if inner.cancel.is_cancelled() {
         return error(ErrorCode::Unavailable, "server shutting down");
     }
@@ -99,8 +111,12 @@ pub(crate) async fn stream(
         Err(e) => return error(ErrorCode::Internal, e.to_string()),
     };
     let (tx, rx) = mpsc::channel(inner.config.limits.max_outgoing_frames.max(16));
-    let kick = CancellationToken::new();
-    inner.add_session(&session, SessionHandle::new(user.id, tx, kick.clone()));
+    let close = Arc::new(CloseSignal::default());
+    let queued = Arc::new(AtomicUsize::new(0));
+    inner.add_session(
+        &session,
+        SessionHandle::new(user.id, tx, close.clone(), queued.clone()),
+    );
     // The limit was checked above; a fresh session cannot be over it.
     let latest = inner
         .watch_posts(&session, &posts, MAX_WATCHED_POSTS)
@@ -111,21 +127,22 @@ pub(crate) async fn stream(
     };
     let cancel = inner.cancel.clone();
     let first: Vec<Result<Event, Infallible>> = latest.iter().map(|j| Ok(event(j))).collect();
-    let state = (rx, guard, cancel, kick);
-    let live = futures_util::stream::unfold(state, |(mut rx, guard, cancel, kick)| async move {
+    let state = (rx, guard, cancel, close, queued);
+    let live = futures_util::stream::unfold(state, |(mut rx, guard, cancel, close, queued)| async move {
         loop {
             let out = tokio::select! {
                 out = rx.recv() => out?,
                 _ = cancel.cancelled() => return None,
-                _ = kick.cancelled() => return None,
+                _ = close.closed() => return None,
             };
+            queued.fetch_sub(out.bytes(), Ordering::Relaxed);
             // Only engagement reaches an SSE session; anything else is not for it.
             if let Out::Shared(list) = out {
                 let events: Vec<Result<Event, Infallible>> =
                     list.iter().map(|j| Ok(event(j))).collect();
                 return Some((
                     futures_util::stream::iter(events),
-                    (rx, guard, cancel, kick),
+                    (rx, guard, cancel, close, queued),
                 ));
             }
         }

@@ -1,5 +1,14 @@
 //! `/v1/ws`: one task per connection.
 //!
+//! # Limits held per connection
+//! Frames count against a token bucket (`rate_limited`) and a per-second cut-off (1008);
+//! `ack` frames have a bucket and cut-off of their own and are coalesced: only the highest
+//! is written, at most one write per session in flight and one every [`ACK_FLUSH_EVERY`].
+//! What the dispatcher hands the session is bounded in items and bytes (1013 past either).
+//! A session outliving its token by more than the grace without an `auth` frame is closed
+//! with 4001. Cleanup (registry, presence, watches, the last ack) runs from a drop guard,
+//! so a panic or a stuck write cannot leak a session.
+//!
 //! The task owns the socket and the session's delivery state, so there is no locking on the
 //! hot path. It selects over: frames from the client; replies and events handed to the
 //! session by the dispatcher (a bounded channel: a reader too slow to keep up is cut off with
@@ -15,8 +24,10 @@
 //! event pushed live between `hello` and the client's `sync` is not written twice), and moves
 //! `next_seq` past what it replayed.
 
+use crate::auth::{AuthError, EXPIRY_GRACE_MS};
 use crate::http::{authenticate, error};
-use crate::{Inner, Out, SessionHandle};
+use crate::limit::TokenBucket;
+use crate::{CloseSignal, Frame, Inner, Out, SessionHandle};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -25,11 +36,12 @@ use hubbub_protocol::internal::Envelope;
 use hubbub_protocol::{ClientFrame, ErrorCode, ReplyData, Request, ServerFrame, UserRef};
 use hubbub_queue::SendOptions;
 use hubbub_store::StoreError;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::time::Instant;
 
 /// The queue edges put requests on.
 pub(crate) const MAIN_QUEUE: &str = "main";
@@ -42,6 +54,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_FRAMES_PER_WRITE: usize = 256;
 /// Most posts one session watches (PROTOCOL.md).
 pub(crate) const MAX_WATCHED_POSTS: usize = 50;
+/// A session's acks reach the store at most this often (only the highest is written).
+pub(crate) const ACK_FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// A WebSocket close reason is at most 123 bytes.
+const MAX_CLOSE_REASON: usize = 123;
 
 pub(crate) async fn upgrade(
     State(inner): State<Arc<Inner>>,
@@ -49,8 +65,8 @@ pub(crate) async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let user = match authenticate(&inner, &headers, &query).await {
-        Ok(u) => u,
+    let auth = match authenticate(&inner, &headers, &query).await {
+        Ok(a) => a,
         Err(resp) => return resp,
     };
     if inner.cancel.is_cancelled() {
@@ -62,44 +78,110 @@ pub(crate) async fn upgrade(
     let tracker = inner.tracker.clone();
     ws.max_message_size(hard_cap)
         .max_frame_size(hard_cap)
-        .on_upgrade(move |socket| tracker.track_future(run(inner, user, socket)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(run(inner, auth.user, auth.expires_ms, socket))
+        })
 }
 
 /// Why the loop ends.
 enum Flow {
     Continue,
-    Close(u16, &'static str),
+    Close(u16, String),
     Gone,
 }
 
-struct TokenBucket {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    last: Instant,
+fn close(code: u16, reason: &str) -> Flow {
+    Flow::Close(code, reason.to_owned())
 }
 
-impl TokenBucket {
-    fn new(rate: u32, burst: u32) -> Self {
-        TokenBucket {
-            tokens: burst as f64,
-            rate: rate.max(1) as f64,
-            burst: burst.max(1) as f64,
-            last: Instant::now(),
+/// Counts frames within the current second.
+struct Window {
+    start: Instant,
+    count: u32,
+}
+
+impl Window {
+    fn new() -> Self {
+        Window {
+            start: Instant::now(),
+            count: 0,
         }
     }
-    /// Take a token, or say how long until one is there.
-    fn take(&mut self) -> Result<(), u64> {
+    /// Count one; the count within this second.
+    fn count(&mut self) -> u32 {
         let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err((((1.0 - self.tokens) / self.rate) * 1000.0).ceil() as u64)
+        if now.duration_since(self.start) >= Duration::from_secs(1) {
+            self.start = now;
+            self.count = 0;
         }
+        self.count += 1;
+        self.count
+    }
+}
+
+/// A session's acks: the highest seen, the highest written, and whether a write is in
+/// flight.
+struct Acks {
+    /// The highest acked seq (what the next write records).
+    highest: u64,
+    /// The highest seq handed to the store.
+    written: u64,
+    /// Set while a store write is in flight: at most one per session.
+    writing: Arc<AtomicBool>,
+    /// When the next write may start, while one is due.
+    due: Option<Instant>,
+    last_write: Option<Instant>,
+    bucket: TokenBucket,
+    window: Window,
+}
+
+/// Removes the session from everything it joined when the connection task ends, however it
+/// ends (a return, a panic, a cancelled future).
+struct SessionGuard {
+    inner: Arc<Inner>,
+    user: String,
+    session: String,
+    /// An ack not yet written when the task ended.
+    last_ack: Option<u64>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let unwatched = self.inner.remove_session(&self.session);
+        let inner = self.inner.clone();
+        let (user, session, last_ack) = (
+            std::mem::take(&mut self.user),
+            std::mem::take(&mut self.session),
+            self.last_ack.take(),
+        );
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let tracker = inner.tracker.clone();
+        let cleanup = async move {
+            if let Some(seq) = last_ack
+                && let Err(e) = inner.deps.store.ack(&user, seq).await
+            {
+                tracing::debug!(error = %e, "ack not recorded");
+            }
+            if !unwatched.is_empty() {
+                inner
+                    .deps
+                    .engagement
+                    .unsubscribe(&inner.config.edge_id, &unwatched)
+                    .await;
+            }
+            inner
+                .deps
+                .signals
+                .session_closed(&user, &inner.config.edge_id, &session)
+                .await;
+            if let Err(e) = inner.deps.registry.unregister(&user, &session).await {
+                tracing::warn!(error = %e, "unregister failed");
+            }
+        };
+        let _enter = rt.enter();
+        tracker.spawn(cleanup);
     }
 }
 
@@ -112,75 +194,82 @@ struct Conn {
     /// This session has written every durable event from `written_from` to `next_seq - 1`
     /// (pushed live, filled in, or replayed): a `sync` does not write them a second time.
     written_from: u64,
-    acked: u64,
+    acks: Acks,
     pending: HashMap<String, Instant>,
     bucket: TokenBucket,
-    window: (Instant, u32),
+    window: Window,
     last_heard: Instant,
-    /// Cancelled by the dispatcher when this session's buffer is full (a slow reader).
-    kick: CancellationToken,
-    /// Set when a write was abandoned because of the kick.
-    kicked: bool,
+    /// Set by the dispatcher (slow reader, revocation, session cap) or by `close_user`.
+    close: Arc<CloseSignal>,
+    /// Bytes the dispatcher queued for this session and it has not taken yet.
+    queued: Arc<AtomicUsize>,
+    /// When the session's token expires (ms since the epoch); `auth` moves it.
+    expires_ms: i64,
+    /// Users this session watches the presence of.
+    presence: HashSet<String>,
 }
 
-async fn run(inner: Arc<Inner>, user: UserRef, socket: WebSocket) {
+async fn run(inner: Arc<Inner>, user: UserRef, expires_ms: i64, socket: WebSocket) {
     let session = match hubbub_store::sqlite::new_id("s") {
         Ok(s) => s,
         Err(_) => return,
     };
     let (tx, rx) = mpsc::channel(inner.config.limits.max_outgoing_frames.max(16));
-    let kick = CancellationToken::new();
+    let close_signal = Arc::new(CloseSignal::default());
+    let queued = Arc::new(AtomicUsize::new(0));
     inner.add_session(
         &session,
-        SessionHandle::new(user.id.clone(), tx, kick.clone()),
+        SessionHandle::new(user.id.clone(), tx, close_signal.clone(), queued.clone()),
     );
+    let mut guard = SessionGuard {
+        inner: inner.clone(),
+        user: user.id.clone(),
+        session: session.clone(),
+        last_ack: None,
+    };
     let limits = &inner.config.limits;
     let mut conn = Conn {
-        bucket: TokenBucket::new(limits.frames_per_s, limits.burst),
+        bucket: TokenBucket::new(f64::from(limits.frames_per_s.max(1)), limits.burst),
+        acks: Acks {
+            highest: 0,
+            written: 0,
+            writing: Arc::new(AtomicBool::new(false)),
+            due: None,
+            last_write: None,
+            bucket: TokenBucket::new(f64::from(limits.acks_per_s.max(1)), limits.acks_per_s),
+            window: Window::new(),
+        },
         inner: inner.clone(),
         user,
-        session: session.clone(),
+        session,
         socket,
         next_seq: 1,
         written_from: 1,
-        acked: 0,
         pending: HashMap::new(),
-        window: (Instant::now(), 0),
+        window: Window::new(),
         last_heard: Instant::now(),
-        kick: kick.clone(),
-        kicked: false,
+        close: close_signal,
+        queued,
+        expires_ms,
+        presence: HashSet::new(),
     };
-    let flow = conn.start(rx, kick).await;
+    let flow = conn.start(rx).await;
     match flow {
-        Flow::Close(code, reason) => conn.close(code, reason).await,
-        Flow::Gone if conn.kicked => conn.close(1013, "too slow: reconnect and sync").await,
+        Flow::Close(code, reason) => conn.close_with(code, &reason).await,
+        Flow::Gone if conn.close.is_closed() => {
+            let (code, reason) = conn.close.why();
+            conn.close_with(code, &reason).await
+        }
         _ => {}
     }
-    let unwatched = inner.remove_session(&session);
-    if !unwatched.is_empty() {
-        inner
-            .deps
-            .engagement
-            .unsubscribe(&inner.config.edge_id, &unwatched)
-            .await;
+    if conn.acks.highest > conn.acks.written {
+        guard.last_ack = Some(conn.acks.highest);
     }
-    inner
-        .deps
-        .signals
-        .session_closed(&conn.user.id, &inner.config.edge_id, &session)
-        .await;
-    if let Err(e) = inner
-        .deps
-        .registry
-        .unregister(&conn.user.id, &session)
-        .await
-    {
-        tracing::warn!(error = %e, "unregister failed");
-    }
+    drop(guard);
 }
 
 impl Conn {
-    async fn start(&mut self, mut rx: mpsc::Receiver<Out>, kick: CancellationToken) -> Flow {
+    async fn start(&mut self, mut rx: mpsc::Receiver<Out>) -> Flow {
         let edge = self.inner.config.edge_id.clone();
         if let Err(e) = self
             .inner
@@ -190,7 +279,7 @@ impl Conn {
             .await
         {
             tracing::warn!(error = %e, "register failed");
-            return Flow::Close(1011, "session registry unavailable");
+            return close(1011, "session registry unavailable");
         }
         self.inner
             .deps
@@ -199,7 +288,7 @@ impl Conn {
             .await;
         let last_seq = match self.inner.deps.store.last_seq(&self.user.id).await {
             Ok(s) => s,
-            Err(_) => return Flow::Close(1011, "storage unavailable"),
+            Err(_) => return close(1011, "storage unavailable"),
         };
         self.next_seq = last_seq + 1;
         self.written_from = self.next_seq;
@@ -228,12 +317,17 @@ impl Conn {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let cancel = self.inner.cancel.clone();
+        let signal = self.close.clone();
         loop {
+            let ack_due = self.acks.due;
             let flow = tokio::select! {
                 // Unbiased: among ready branches one is picked at random, so neither a client
                 // that never stops sending nor a flood of events starves the other direction.
-                _ = cancel.cancelled() => Flow::Close(1001, "server shutting down"),
-                _ = kick.cancelled() => Flow::Close(1013, "too slow: reconnect and sync"),
+                _ = cancel.cancelled() => close(1001, "server shutting down"),
+                _ = signal.closed() => {
+                    let (code, reason) = signal.why();
+                    Flow::Close(code, reason)
+                }
                 out = rx.recv() => match out {
                     Some(out) => {
                         let mut batch = vec![out];
@@ -243,6 +337,8 @@ impl Conn {
                                 Err(_) => break,
                             }
                         }
+                        let bytes: usize = batch.iter().map(Out::bytes).sum();
+                        self.queued.fetch_sub(bytes, Ordering::Relaxed);
                         self.on_outgoing(batch).await
                     }
                     None => Flow::Gone,
@@ -250,14 +346,21 @@ impl Conn {
                 msg = self.socket.recv() => self.on_message(msg).await,
                 _ = ping.tick() => {
                     if self.last_heard.elapsed() > ping_every * 3 {
-                        Flow::Close(1001, "idle timeout")
-                    } else if self.socket.send(Message::Ping(Default::default())).await.is_err() {
-                        Flow::Gone
+                        close(1001, "idle timeout")
                     } else {
-                        Flow::Continue
+                        // A peer that does not read cannot take even a ping: the send is
+                        // bounded, so a stuck socket ends the task instead of holding it.
+                        match tokio::time::timeout(ping_every, self.socket.send(Message::Ping(Default::default()))).await {
+                            Ok(Ok(())) => Flow::Continue,
+                            _ => Flow::Gone,
+                        }
                     }
                 }
-                _ = tick.tick() => self.expire_pending().await,
+                _ = tick.tick() => self.on_tick().await,
+                _ = sleep_until_some(ack_due) => {
+                    self.flush_acks();
+                    Flow::Continue
+                }
             };
             match flow {
                 Flow::Continue => {}
@@ -266,21 +369,79 @@ impl Conn {
         }
     }
 
-    async fn close(&mut self, code: u16, reason: &'static str) {
+    /// Every second: answer overdue requests, close a session whose token lapsed.
+    async fn on_tick(&mut self) -> Flow {
+        if now_ms() > self.expires_ms.saturating_add(EXPIRY_GRACE_MS) {
+            return close(
+                4001,
+                "token expired: refresh it and reconnect (send `auth` before expiry)",
+            );
+        }
+        self.expire_pending().await
+    }
+
+    async fn close_with(&mut self, code: u16, reason: &str) {
+        let mut end = reason.len().min(MAX_CLOSE_REASON);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
         let frame = CloseFrame {
             code,
-            reason: reason.into(),
+            reason: reason[..end].to_owned().into(),
         };
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.send(Message::Close(Some(frame))))
             .await;
     }
 
-    /// Write frames as one text frame, newline-separated.
-    async fn write_frames(&mut self, frames: &[ServerFrame]) -> bool {
-        self.write_mixed(frames, &[]).await
+    /// Record an ack: coalesced, so a flood of acks costs at most one store write in flight
+    /// per session and one every [`ACK_FLUSH_EVERY`].
+    fn on_ack(&mut self, seq: u64) {
+        if seq <= self.acks.highest {
+            return;
+        }
+        self.acks.highest = seq;
+        if self.acks.due.is_none() {
+            let earliest = self
+                .acks
+                .last_write
+                .map_or_else(Instant::now, |t| t + ACK_FLUSH_EVERY);
+            self.acks.due = Some(earliest);
+        }
     }
 
-    async fn write_raw(&mut self, frames: &[ServerFrame], shared: &[Arc<str>]) -> Flow {
+    /// Write the highest ack if none is in flight; else try again later.
+    fn flush_acks(&mut self) {
+        self.acks.due = None;
+        if self.acks.highest <= self.acks.written {
+            return;
+        }
+        if self.acks.writing.swap(true, Ordering::AcqRel) {
+            self.acks.due = Some(Instant::now() + ACK_FLUSH_EVERY);
+            return;
+        }
+        let seq = self.acks.highest;
+        self.acks.written = seq;
+        self.acks.last_write = Some(Instant::now());
+        let (store, user, writing) = (
+            self.inner.deps.store.clone(),
+            self.user.id.clone(),
+            self.acks.writing.clone(),
+        );
+        self.inner.tracker.spawn(async move {
+            if let Err(e) = store.ack(&user, seq).await {
+                tracing::debug!(error = %e, "ack not recorded");
+            }
+            writing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Write frames as one text frame, newline-separated.
+    async fn write_frames(&mut self, frames: &[ServerFrame]) -> bool {
+        let frames: Vec<Frame> = frames.iter().map(Frame::new).collect();
+        self.write_mixed(&frames, &[]).await
+    }
+
+    async fn write_raw(&mut self, frames: &[Frame], shared: &[Arc<str>]) -> Flow {
         if self.write_mixed(frames, shared).await {
             Flow::Continue
         } else {
@@ -288,18 +449,20 @@ impl Conn {
         }
     }
 
-    /// Write frames and already-serialized (shared, ephemeral) frames as one text frame.
-    async fn write_mixed(&mut self, frames: &[ServerFrame], shared: &[Arc<str>]) -> bool {
+    /// Write serialized frames and shared (ephemeral) frames as one text frame.
+    async fn write_mixed(&mut self, frames: &[Frame], shared: &[Arc<str>]) -> bool {
         if frames.is_empty() && shared.is_empty() {
             return true;
         }
-        let mut text = String::with_capacity(frames.len() * 128 + shared.len() * 256);
+        let len: usize = frames.iter().map(|f| f.json.len() + 1).sum::<usize>()
+            + shared.iter().map(|j| j.len() + 1).sum::<usize>();
+        let mut text = String::with_capacity(len);
         for f in frames {
             if !text.is_empty() {
                 text.push('\n');
             }
-            text.push_str(&f.to_json());
-            metrics::counter!("hubbub_frames_out_total", "type" => f.type_name()).increment(1);
+            text.push_str(&f.json);
+            metrics::counter!("hubbub_frames_out_total", "type" => f.kind).increment(1);
         }
         for raw in shared {
             if !text.is_empty() {
@@ -311,17 +474,14 @@ impl Conn {
             metrics::counter!("hubbub_frames_out_total", "type" => "engagement")
                 .increment(shared.len() as u64);
         }
-        // A reader too slow to take this write gets cut off as soon as its buffer fills, not
+        // A session told to close (a slow reader cut off) abandons the write at once, not
         // after the send timeout.
-        let kick = self.kick.clone();
+        let close = self.close.clone();
         tokio::select! {
             sent = tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(text.into()))) => {
                 matches!(sent, Ok(Ok(())))
             }
-            _ = kick.cancelled() => {
-                self.kicked = true;
-                false
-            }
+            _ = close.closed() => false,
         }
     }
 
@@ -335,7 +495,7 @@ impl Conn {
                     || text.contains("Space limit")
                     || text.contains("capacity")
                 {
-                    Flow::Close(1009, "frame too large")
+                    close(1009, "frame too large")
                 } else {
                     Flow::Gone
                 };
@@ -390,58 +550,71 @@ impl Conn {
 
     /// Count a frame in the current second; far over the limit closes the connection (1008).
     fn count_frame(&mut self) -> Option<Flow> {
-        let now = Instant::now();
-        if now.duration_since(self.window.0) >= Duration::from_secs(1) {
-            self.window = (now, 0);
+        let max = self.inner.config.limits.frames_per_s.saturating_mul(5).max(1);
+        (self.window.count() > max).then(|| close(1008, "too many frames"))
+    }
+
+    /// An `ack`: its own limit and cut-off, then coalesced.
+    async fn on_ack_frame(&mut self, id: Option<String>, seq: u64) -> Flow {
+        let per_s = self.inner.config.limits.acks_per_s.max(1);
+        if self.acks.window.count() > per_s.saturating_mul(5) {
+            return close(1008, "too many acks");
         }
-        self.window.1 += 1;
-        let max = self
-            .inner
-            .config
-            .limits
-            .frames_per_s
-            .saturating_mul(5)
-            .max(1);
-        (self.window.1 > max).then_some(Flow::Close(1008, "too many frames"))
+        if let Err(retry_after_ms) = self.acks.bucket.take() {
+            metrics::counter!("hubbub_rate_limited_total").increment(1);
+            // Without an id there is no one to tell: the ack is dropped (a later one covers
+            // it).
+            if id.is_none() {
+                return Flow::Continue;
+            }
+            let e = ServerFrame::Error {
+                id,
+                code: ErrorCode::RateLimited,
+                message: "over the ack rate limit; this ack was not recorded".into(),
+                retry_after_ms: Some(retry_after_ms),
+            };
+            return self.written(&[e]).await;
+        }
+        metrics::counter!("hubbub_frames_in_total", "type" => "ack").increment(1);
+        self.on_ack(seq);
+        self.reply(id, Ok(ReplyData::Empty {})).await
     }
 
     async fn on_line(&mut self, line: &str) -> Flow {
         let parsed = ClientFrame::parse(line);
-        let is_ack = matches!(
-            &parsed,
-            Ok(ClientFrame {
-                request: Request::Ack { .. },
-                ..
-            })
-        );
-        if !is_ack {
-            if let Some(flow) = self.count_frame() {
-                return flow;
+        if let Ok(ClientFrame {
+            id,
+            request: Request::Ack { seq },
+        }) = parsed
+        {
+            return self.on_ack_frame(id, seq).await;
+        }
+        if let Some(flow) = self.count_frame() {
+            return flow;
+        }
+        if let Err(retry_after_ms) = self.bucket.take() {
+            let silent = matches!(
+                &parsed,
+                Ok(ClientFrame {
+                    request: Request::Typing { .. } | Request::CommentTyping { .. },
+                    ..
+                })
+            );
+            if silent {
+                return Flow::Continue;
             }
-            if let Err(retry_after_ms) = self.bucket.take() {
-                let silent = matches!(
-                    &parsed,
-                    Ok(ClientFrame {
-                        request: Request::Typing { .. } | Request::CommentTyping { .. },
-                        ..
-                    })
-                );
-                if silent {
-                    return Flow::Continue;
-                }
-                let id = match &parsed {
-                    Ok(f) => f.id.clone(),
-                    Err(e) => e.id.clone(),
-                };
-                metrics::counter!("hubbub_rate_limited_total").increment(1);
-                let e = ServerFrame::Error {
-                    id,
-                    code: ErrorCode::RateLimited,
-                    message: "over the rate limit; this frame was not processed".into(),
-                    retry_after_ms: Some(retry_after_ms),
-                };
-                return self.written(&[e]).await;
-            }
+            let id = match &parsed {
+                Ok(f) => f.id.clone(),
+                Err(e) => e.id.clone(),
+            };
+            metrics::counter!("hubbub_rate_limited_total").increment(1);
+            let e = ServerFrame::Error {
+                id,
+                code: ErrorCode::RateLimited,
+                message: "over the rate limit; this frame was not processed".into(),
+                retry_after_ms: Some(retry_after_ms),
+            };
+            return self.written(&[e]).await;
         }
         let frame = match parsed {
             Ok(f) => f,
@@ -455,6 +628,84 @@ impl Conn {
         metrics::counter!("hubbub_frames_in_total", "type" => frame.request.type_name())
             .increment(1);
         self.on_request(frame).await
+    }
+
+    /// `auth`: a new token of the same user moves the session's expiry.
+    async fn on_auth(&mut self, id: Option<String>, token: &str) -> Flow {
+        match self.inner.auth.authenticate(token).await {
+            Ok(a) if a.user.id == self.user.id => {
+                self.expires_ms = a.expires_ms;
+                self.reply(
+                    id,
+                    Ok(ReplyData::Auth {
+                        expires_ts: a.expires_ms,
+                    }),
+                )
+                .await
+            }
+            Ok(_) => {
+                let e = ServerFrame::error(
+                    id,
+                    ErrorCode::Forbidden,
+                    "the token is another user's; a session keeps its user",
+                );
+                self.written(&[e]).await
+            }
+            Err(AuthError::Unauthorized(m)) => {
+                self.written(&[ServerFrame::error(id, ErrorCode::Unauthorized, m)])
+                    .await
+            }
+            Err(AuthError::Store(e)) => self.reply(id, Err(e)).await,
+            Err(e) => {
+                tracing::error!(error = %e, "auth frame failed");
+                self.written(&[ServerFrame::error(
+                    id,
+                    ErrorCode::Internal,
+                    "internal error",
+                )])
+                .await
+            }
+        }
+    }
+
+    /// `presence.watch`: at most `limits.max_presence_watches` users per session in all. A
+    /// user who blocks the caller is reported offline and not watched.
+    async fn watch_presence(&mut self, id: Option<String>, mut users: Vec<String>) -> Flow {
+        users.sort_unstable();
+        users.dedup();
+        let max = self.inner.config.limits.max_presence_watches;
+        let new = users.iter().filter(|u| !self.presence.contains(*u)).count();
+        if self.presence.len() + new > max {
+            let e = ServerFrame::error(
+                id,
+                ErrorCode::TooLarge,
+                format!("a session watches the presence of at most {max} users"),
+            );
+            return self.written(&[e]).await;
+        }
+        let blockers = match self.inner.deps.store.blocked_by(&self.user.id, &users).await {
+            Ok(b) => b,
+            Err(e) => return self.reply(id, Err(e)).await,
+        };
+        let (hidden, watch): (Vec<String>, Vec<String>) =
+            users.into_iter().partition(|u| blockers.contains(u));
+        let edge = self.inner.config.edge_id.clone();
+        let r = self
+            .inner
+            .deps
+            .signals
+            .watch(&edge, &self.session, &watch)
+            .await;
+        let r = r.map(|mut presence| {
+            self.presence.extend(watch);
+            presence.extend(hidden.into_iter().map(|user| hubbub_protocol::Presence {
+                user,
+                status: hubbub_protocol::PresenceStatus::Offline,
+                last_seen_ts: None,
+            }));
+            ReplyData::Presence { presence }
+        });
+        self.signal_reply(id, r).await
     }
 
     async fn reply(&mut self, id: Option<String>, result: Result<ReplyData, StoreError>) -> Flow {
@@ -493,17 +744,8 @@ impl Conn {
         let store = self.inner.deps.store.clone();
         let user = self.user.id.clone();
         match frame.request {
-            Request::Ack { seq } => {
-                if seq > self.acked {
-                    self.acked = seq;
-                    tokio::spawn(async move {
-                        if let Err(e) = store.ack(&user, seq).await {
-                            tracing::debug!(error = %e, "ack not recorded");
-                        }
-                    });
-                }
-                Flow::Continue
-            }
+            Request::Ack { seq } => self.on_ack_frame(frame.id, seq).await,
+            Request::Auth { access_token } => self.on_auth(frame.id, &access_token).await,
             Request::Sync { after_seq } => self.sync(frame.id, after_seq).await,
             Request::ConversationList {} => {
                 let r = store
@@ -566,18 +808,11 @@ impl Conn {
                 self.inner.deps.signals.set_status(&user, status).await;
                 self.reply(frame.id, Ok(ReplyData::Empty {})).await
             }
-            Request::PresenceWatch { users } => {
-                let edge = self.inner.config.edge_id.clone();
-                let r = self
-                    .inner
-                    .deps
-                    .signals
-                    .watch(&edge, &self.session, &users)
-                    .await;
-                self.signal_reply(frame.id, r.map(|presence| ReplyData::Presence { presence }))
-                    .await
-            }
+            Request::PresenceWatch { users } => self.watch_presence(frame.id, users).await,
             Request::PresenceUnwatch { users } => {
+                for u in &users {
+                    self.presence.remove(u);
+                }
                 let edge = self.inner.config.edge_id.clone();
                 self.inner
                     .deps
@@ -759,8 +994,18 @@ impl Conn {
                 Err(e) => return self.reply(id, Err(e)).await,
             };
             if truncated.is_none() {
+                if after_seq > replay.last_seq {
+                    let e = ServerFrame::error(
+                        id,
+                        ErrorCode::BadRequest,
+                        format!(
+                            "after_seq {after_seq} is beyond the last seq {}",
+                            replay.last_seq
+                        ),
+                    );
+                    return self.written(&[e]).await;
+                }
                 truncated = Some(replay.truncated);
-                cursor = cursor.min(replay.last_seq);
             }
             let page = replay.frames.len();
             if let Some(last) = replay.frames.last().and_then(ServerFrame::seq) {
@@ -795,31 +1040,24 @@ impl Conn {
     }
 
     async fn on_outgoing(&mut self, batch: Vec<Out>) -> Flow {
-        let mut frames = Vec::new();
+        let mut frames: Vec<Frame> = Vec::new();
         let mut shared = Vec::new();
         for out in batch {
             match out {
                 Out::Shared(list) => shared.extend(list),
-                Out::Reply(frame) => {
-                    let id = match &frame {
-                        ServerFrame::Ok { id, .. } => Some(id.clone()),
-                        ServerFrame::Error { id, .. } => id.clone(),
-                        _ => None,
-                    };
-                    match id {
-                        // Already answered (timed out): drop the late reply.
-                        Some(id) if self.pending.remove(&id).is_none() => {}
-                        _ => frames.push(frame),
-                    }
-                }
+                Out::Reply { id, frame } => match id {
+                    // Already answered (timed out): drop the late reply.
+                    Some(id) if self.pending.remove(&id).is_none() => {}
+                    _ => frames.push(frame),
+                },
                 Out::Events(events, origin_ms) => {
-                    for frame in events {
-                        match frame.seq() {
-                            None => frames.push(frame),
+                    for frame in events.iter() {
+                        match frame.seq {
+                            None => frames.push(frame.clone()),
                             Some(seq) if seq < self.next_seq => {}
                             Some(seq) if seq == self.next_seq => {
                                 self.next_seq += 1;
-                                frames.push(frame);
+                                frames.push(frame.clone());
                             }
                             Some(seq) => {
                                 // Missed events: read them (this one included) from the store.
@@ -840,7 +1078,7 @@ impl Conn {
                                             if let Some(s) = f.seq() {
                                                 self.next_seq = self.next_seq.max(s + 1);
                                             }
-                                            frames.push(f);
+                                            frames.push(Frame::new(&f));
                                         }
                                     }
                                     Err(e) => {
@@ -849,7 +1087,7 @@ impl Conn {
                                 }
                                 if self.next_seq <= seq {
                                     self.next_seq = seq + 1;
-                                    frames.push(frame);
+                                    frames.push(frame.clone());
                                 }
                             }
                         }
@@ -862,6 +1100,14 @@ impl Conn {
             }
         }
         self.write_raw(&frames, &shared).await
+    }
+}
+
+/// Sleep until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -33,8 +33,12 @@ const NOT_SETTINGS: &[&str] = &[
 pub struct Config {
     /// Where the database (`hubbub.db`) and the signing keys (`keys.json`) live.
     pub data_dir: PathBuf,
-    /// The public listener: WebSocket, HTTP API, health and metrics.
+    /// The public listener: WebSocket, HTTP API, health (and readiness and metrics when
+    /// `admin_listen` is not set).
     pub listen: SocketAddr,
+    /// The admin listener: `/healthz`, `/readyz`, `/metrics`. When set, the public listener
+    /// answers `/readyz` and `/metrics` with 404.
+    pub admin_listen: Option<SocketAddr>,
     /// Protocol limits.
     pub limits: Limits,
     /// Authentication.
@@ -205,6 +209,19 @@ pub struct ServerSettings {
     /// An edge sends a heartbeat every third of this; an edge silent this long loses its
     /// sessions (its users go offline), seconds.
     pub edge_ttl_s: u64,
+    /// Most connections one listener holds at once; past it new ones are answered 503. 0
+    /// means as many as the process's descriptor limit allows, less a reserve (1/32, at
+    /// least 64) for its own files.
+    pub max_connections: usize,
+    /// Most connections at once from one IP address; past it new ones are answered 429.
+    pub max_connections_per_ip: usize,
+    /// Most sessions one user holds on one edge; a new one past it closes the user's oldest
+    /// with 4000.
+    pub max_sessions_per_user: usize,
+    /// A request head not received whole within this closes the connection, milliseconds.
+    pub header_timeout_ms: u64,
+    /// A request body that sends nothing for this long is answered 408, milliseconds.
+    pub body_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -212,6 +229,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("hubbub-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            admin_listen: None,
             limits: Limits::default(),
             auth: AuthConfig::default(),
             queue: QueueSettings::default(),
@@ -245,6 +263,11 @@ impl Default for ServerSettings {
             event_retention_days: 7,
             ephemeral_ttl_s: 24 * 3600,
             edge_ttl_s: 30,
+            max_connections: 0,
+            max_connections_per_ip: 1000,
+            max_sessions_per_user: 20,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
         }
     }
 }

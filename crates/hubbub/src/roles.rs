@@ -282,6 +282,7 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
                     timelines: Arc::new(TimelineReader::new(b.timeline.clone())),
                     engagement: Arc::new(engagement),
                     metrics: metrics_handle()?,
+                    delivery: b.delivery.clone(),
                 },
                 inbox,
                 cancel.clone(),
@@ -290,6 +291,7 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
                 .await
                 .with_context(|| format!("listening on {}", config.listen))?;
             let addr = listener.local_addr()?;
+            wiring::serve_admin(&config, &edge, &tracker, &cancel).await?;
             let stop = cancel.clone();
             tracker.spawn(async move {
                 if let Err(e) = edge.serve(listener).await {

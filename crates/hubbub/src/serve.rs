@@ -80,6 +80,8 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
 pub struct Running {
     /// The address the listener is bound to.
     pub addr: SocketAddr,
+    /// The admin listener's address, when `admin_listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     /// Cancel to shut down.
     pub cancel: CancellationToken,
     /// The embedded queue (and store file), for tools that load data in bulk (benchmarks).
@@ -189,6 +191,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             timelines: Arc::new(TimelineReader::new(timeline.clone())),
             engagement: Arc::new(engagement.clone()),
             metrics: metrics_handle()?,
+            delivery: delivery.clone(),
         },
         inbox,
         cancel.clone(),
@@ -197,6 +200,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let admin_addr = wiring::serve_admin(&config, &edge, &tracker, &cancel).await?;
 
     let table = wiring::routing_table();
     for _ in 0..config.server.routers.max(1) {
@@ -245,6 +249,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "hubbub serving");
     Ok(Running {
         addr,
+        admin_addr,
         cancel,
         queue: queue.clone(),
         tracker,

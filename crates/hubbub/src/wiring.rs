@@ -32,6 +32,24 @@ pub(crate) fn edge_config(config: &Config, edge_id: String) -> EdgeConfig {
         request_timeout: Duration::from_millis(config.server.request_timeout_ms.max(1)),
         ping_interval: Duration::from_secs(config.server.ping_interval_s.max(1)),
         heartbeat_interval: edge_ttl(config) / 3,
+        http: http_limits(config),
+        max_sessions_per_user: config.server.max_sessions_per_user.max(1),
+        operational_on_public: config.admin_listen.is_none(),
+    }
+}
+
+/// The public listener's connection caps and timeouts.
+pub(crate) fn http_limits(config: &Config) -> hubbub_edge::listener::HttpLimits {
+    let ceiling = hubbub_edge::listener::connection_ceiling();
+    let max_connections = match config.server.max_connections {
+        0 => ceiling,
+        n => n.min(ceiling),
+    };
+    hubbub_edge::listener::HttpLimits {
+        max_connections,
+        max_per_ip: config.server.max_connections_per_ip.max(1),
+        header_timeout: Duration::from_millis(config.server.header_timeout_ms.max(100)),
+        body_timeout: Duration::from_millis(config.server.body_timeout_ms.max(100)),
     }
 }
 
@@ -146,4 +164,29 @@ pub(crate) fn spawn_service(
         other => anyhow::bail!("unknown service {other:?}"),
     }
     Ok(())
+}
+
+/// Bind and serve the admin listener when `admin_listen` is set; its bound address.
+pub(crate) async fn serve_admin(
+    config: &Config,
+    edge: &hubbub_edge::Edge,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    use anyhow::Context;
+    let Some(at) = config.admin_listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(at)
+        .await
+        .with_context(|| format!("listening on {at} (admin_listen)"))?;
+    let addr = listener.local_addr()?;
+    let (edge, stop) = (edge.clone(), cancel.clone());
+    tracker.spawn(async move {
+        if let Err(e) = edge.serve_admin(listener).await {
+            tracing::error!(error = %e, "admin listener stopped");
+            stop.cancel();
+        }
+    });
+    Ok(Some(addr))
 }

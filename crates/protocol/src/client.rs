@@ -42,6 +42,13 @@ pub enum Request {
         /// The highest seq processed.
         seq: u64,
     },
+    /// Hand the live session a new access token (or app token) of the same user, before
+    /// the one it opened with expires (PROTOCOL.md 1.1).
+    #[serde(rename = "auth")]
+    Auth {
+        /// The new token.
+        access_token: String,
+    },
     /// Create a conversation (a direct one is returned if it already exists).
     #[serde(rename = "conversation.create")]
     ConversationCreate {
@@ -254,6 +261,7 @@ impl Request {
     pub const TYPES: &'static [&'static str] = &[
         "sync",
         "ack",
+        "auth",
         "conversation.create",
         "conversation.list",
         "conversation.get",
@@ -289,6 +297,7 @@ impl Request {
         match self {
             Request::Sync { .. } => "sync",
             Request::Ack { .. } => "ack",
+            Request::Auth { .. } => "auth",
             Request::ConversationCreate { .. } => "conversation.create",
             Request::ConversationList {} => "conversation.list",
             Request::ConversationGet { .. } => "conversation.get",
@@ -394,6 +403,7 @@ mod tests {
         let examples = [
             json!({"type":"sync","id":"r2","after_seq":37}),
             json!({"type":"ack","seq":42}),
+            json!({"type":"auth","id":"r9","access_token":"eyJ..."}),
             json!({"type":"conversation.create","id":"r1","kind":"group","members":["u2","u3"],"title":"t","ephemeral":true}),
             json!({"type":"conversation.create","id":"r1","kind":"direct","members":["u2"]}),
             json!({"type":"conversation.list","id":"r1"}),

@@ -80,6 +80,10 @@ pub struct HttpErrorBody {
     pub code: ErrorCode,
     /// A message for the client author.
     pub message: String,
+    /// With `rate_limited`: when one more attempt will be accepted, milliseconds (also sent
+    /// as the `Retry-After` header, in seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl HttpError {
@@ -89,6 +93,7 @@ impl HttpError {
             error: HttpErrorBody {
                 code,
                 message: message.into(),
+                retry_after_ms: None,
             },
         }
     }

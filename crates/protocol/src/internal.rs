@@ -54,4 +54,17 @@ pub enum ToEdge {
         /// `engagement` frames, at most one per post.
         frames: Vec<ServerFrame>,
     },
+    /// Close every session of a user on this edge (or only `session`) with a close code:
+    /// 4001 when the user's tokens were revoked, 4000 for a server-initiated disconnect.
+    Close {
+        /// The user.
+        user: String,
+        /// Only this session, when given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<String>,
+        /// The WebSocket close code.
+        code: u16,
+        /// The close reason (at most 123 bytes go on the wire).
+        reason: String,
+    },
 }

@@ -21,6 +21,17 @@ pub struct Limits {
     pub max_outgoing_frames: usize,
     /// Largest media upload, in bytes (10 MiB).
     pub max_media_bytes: usize,
+    /// Bytes sent to a connection not yet written to its socket before it is cut off with
+    /// 1013 (1 MiB): the bound that holds whatever the size of the frames.
+    pub max_outgoing_bytes: usize,
+    /// `ack` frames a second per connection (100): they have a limit of their own, and a
+    /// connection sending more than 5 times it in a second is closed with 1008. Acks are
+    /// coalesced, so at most one store write per session is in flight.
+    pub acks_per_s: u32,
+    /// Users one session may watch with `presence.watch`, in all (1,000).
+    pub max_presence_watches: usize,
+    /// Bytes of media one user may store, in all (1 GiB); 0 means no quota.
+    pub media_quota_bytes: u64,
 }
 
 impl Default for Limits {
@@ -33,6 +44,10 @@ impl Default for Limits {
             burst: 50,
             max_outgoing_frames: 4096,
             max_media_bytes: 10 * 1024 * 1024,
+            max_outgoing_bytes: 1024 * 1024,
+            acks_per_s: 100,
+            max_presence_watches: 1000,
+            media_quota_bytes: 1024 * 1024 * 1024,
         }
     }
 }

@@ -239,6 +239,11 @@ pub enum ReplyData {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         truncated: bool,
     },
+    /// `auth`: the session now runs on the new token, until it expires.
+    Auth {
+        /// When the new token expires, ms since the epoch.
+        expires_ts: i64,
+    },
     /// Every request whose reply is `{}`.
     Empty {},
 }
@@ -323,6 +328,7 @@ mod tests {
             (json!({"items":[],"computed_ts":0}), "Timeline"),
             (json!({"last_seq":42}), "Sync"),
             (json!({"last_seq":42,"truncated":true}), "Sync"),
+            (json!({"expires_ts":1795307687132_i64}), "Auth"),
             (json!({}), "Empty"),
         ];
         for (data, variant) in cases {

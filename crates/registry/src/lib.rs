@@ -279,6 +279,31 @@ impl Delivery {
         &self.link
     }
 
+    /// Close every session of `user`, on every edge, with `code` (best effort, like pushes).
+    pub async fn close_user(&self, user: &str, code: u16, reason: &str) {
+        let sessions = match self.registry.sessions_of(&[user.to_owned()]).await {
+            Ok(mut s) => s.pop().unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "registry lookup failed; sessions not closed");
+                return;
+            }
+        };
+        let mut edges: Vec<&str> = sessions.iter().map(|s| s.edge.as_str()).collect();
+        edges.sort_unstable();
+        edges.dedup();
+        for edge in edges {
+            let close = ToEdge::Close {
+                user: user.to_owned(),
+                session: None,
+                code,
+                reason: reason.to_owned(),
+            };
+            if let Err(e) = self.link.deliver(edge, vec![close]).await {
+                tracing::debug!(%edge, error = %e, "edge delivery failed");
+            }
+        }
+    }
+
     /// Push frames to users (every session of each) and frames to single sessions (`(edge,
     /// session, frame)`: replies, presence events), one batch per edge. Best effort: a user who misses a durable event gets it on `sync`; failures are
     /// logged, never returned, so a dead edge cannot fail the write that produced the event.

@@ -263,6 +263,10 @@ pub trait Store: Send + Sync {
     /// `block.list`: the users `caller` blocks.
     async fn blocks(&self, caller: &str) -> Result<Vec<String>, StoreError>;
 
+    /// Which of `users` block `caller` (for presence: a blocker's presence is hidden from
+    /// the users it blocks).
+    async fn blocked_by(&self, caller: &str, users: &[String]) -> Result<Vec<String>, StoreError>;
+
     /// `message.search`: full-text search over the conversations `caller` is in now (or one of
     /// them), best match first, without messages from users `caller` blocks.
     async fn search(

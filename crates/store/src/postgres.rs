@@ -961,6 +961,21 @@ impl Store for PgStore {
             .collect())
     }
 
+    async fn blocked_by(&self, caller: &str, users: &[String]) -> Result<Vec<String>, StoreError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .query(
+                "SELECT blocker FROM blocks WHERE blocked = $1 AND blocker = ANY($2) ORDER BY blocker",
+                &[&caller, &users],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
     async fn search(
         &self,
         caller: &str,

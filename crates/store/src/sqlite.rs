@@ -992,6 +992,26 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn blocked_by(&self, caller: &str, users: &[String]) -> Result<Vec<String>, StoreError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (caller, users) = (caller.to_owned(), users.to_vec());
+        self.read(move |conn| {
+            // One primary-key lookup per user (there is no index by `blocked`).
+            let mut stmt =
+                conn.prepare_cached("SELECT 1 FROM blocks WHERE blocker = ?1 AND blocked = ?2")?;
+            let mut out = Vec::new();
+            for u in users {
+                if stmt.exists(params![u, caller])? {
+                    out.push(u);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn search(
         &self,
         caller: &str,
