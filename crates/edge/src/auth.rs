@@ -31,6 +31,9 @@ pub struct AuthConfig {
     /// When set, app tokens must carry this `aud` claim; when unset, app tokens with an
     /// `aud` claim are refused.
     pub app_audience: Option<String>,
+    /// How long a session may outlive its token's expiry without an `auth` frame before it
+    /// is closed with 4001, seconds (60, as PROTOCOL.md 1.1 says).
+    pub expiry_grace_s: u64,
     /// Login and signup attempts a minute from one IP address (60), then `429`.
     pub attempts_per_ip_per_minute: u32,
     /// Burst of attempts from one IP address (20).
@@ -49,6 +52,7 @@ impl Default for AuthConfig {
             app_hmac_secret: None,
             app_public_key: None,
             app_audience: None,
+            expiry_grace_s: 60,
             attempts_per_ip_per_minute: 60,
             attempts_per_ip_burst: 20,
             attempts_per_handle_per_minute: 10,
@@ -214,10 +218,6 @@ enum AppKey {
 /// forced, and whoever has it can sign in as any user.
 pub const MIN_APP_SECRET_BYTES: usize = 32;
 
-/// How long a session may outlive its token's expiry without an `auth` frame before it is
-/// closed with 4001 (PROTOCOL.md 1.1, "Live sessions and token lifetime").
-pub const EXPIRY_GRACE_MS: i64 = 60_000;
-
 /// What a token says, once its signature and claims are checked (no store read).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
@@ -369,14 +369,10 @@ impl Auth {
         &self,
         job: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, AuthError> {
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|e| AuthError::Keys {
-                path: "hash permits".into(),
-                reason: e.to_string(),
-            })?;
+        let _permit = self.hashing.acquire().await.map_err(|e| AuthError::Keys {
+            path: "hash permits".into(),
+            reason: e.to_string(),
+        })?;
         tokio::task::spawn_blocking(job)
             .await
             .map_err(|e| AuthError::Keys {
@@ -504,16 +500,17 @@ impl Auth {
     /// find its user (an app token's user is created on first use).
     pub async fn authenticate(&self, token: &str) -> Result<Authenticated, AuthError> {
         let v = self.verify(token)?;
-        let user = if v.app {
-            self.store.ensure_user(&v.sub, v.handle.as_deref()).await?
-        } else {
-            match v.handle {
-                Some(handle) => UserRef { id: v.sub, handle },
-                None => self.store.user(&v.sub).await?.ok_or_else(|| {
-                    AuthError::Unauthorized("invalid token: unknown user".into())
-                })?,
-            }
-        };
+        let user =
+            if v.app {
+                self.store.ensure_user(&v.sub, v.handle.as_deref()).await?
+            } else {
+                match v.handle {
+                    Some(handle) => UserRef { id: v.sub, handle },
+                    None => self.store.user(&v.sub).await?.ok_or_else(|| {
+                        AuthError::Unauthorized("invalid token: unknown user".into())
+                    })?,
+                }
+            };
         Ok(Authenticated {
             user,
             expires_ms: i64::try_from(v.exp_s.saturating_mul(1000)).unwrap_or(i64::MAX),

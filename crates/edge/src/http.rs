@@ -11,15 +11,15 @@
 
 use crate::Inner;
 use crate::auth::AuthError;
+use crate::auth::Authenticated;
+use crate::media_type::{self, MediaTypeError};
 use axum::body::Bytes;
+use axum::extract::ConnectInfo;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hubbub_protocol::http::{AuthResponse, HttpError, LoginRequest, RefreshRequest, SignupRequest};
-use crate::auth::Authenticated;
-use crate::media_type::{self, MediaTypeError};
-use axum::extract::ConnectInfo;
 use hubbub_protocol::{ErrorCode, UserRef};
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
@@ -73,24 +73,51 @@ fn rate_limited(retry_after_ms: u64, message: &str) -> Response {
         .into_response()
 }
 
-/// The client's address (set by the listener; absent when the app is served another way).
-fn client_ip(parts: &axum::http::Extensions) -> Option<std::net::IpAddr> {
-    parts
+/// The client's address: the last entry of the configured proxy header, else the socket's
+/// peer (set by the listener; absent when the app is served another way).
+fn client_ip(
+    inner: &Inner,
+    headers: &HeaderMap,
+    extensions: &axum::http::Extensions,
+) -> Option<std::net::IpAddr> {
+    if let Some(name) = &inner.config.client_ip_header {
+        return headers
+            .get_all(name.as_str())
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .next_back()
+            .and_then(|ip| ip.trim().parse().ok());
+    }
+    extensions
         .get::<ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip())
 }
 
 /// Take a login/signup token for the client's IP, and for `handle` when given.
-fn auth_attempt(inner: &Inner, ip: Option<std::net::IpAddr>, handle: Option<&str>) -> Result<(), Response> {
+fn auth_attempt(
+    inner: &Inner,
+    ip: Option<std::net::IpAddr>,
+    handle: Option<&str>,
+) -> Result<(), Response> {
     if let Some(ip) = ip
         && let Err(ms) = inner.auth_limits.per_ip.take(&ip)
     {
-        return Err(rate_limited(ms, "too many attempts from this address; retry later"));
+        return Err(rate_limited(
+            ms,
+            "too many attempts from this address; retry later",
+        ));
     }
     if let Some(handle) = handle
-        && let Err(ms) = inner.auth_limits.per_handle.take(&handle.to_ascii_lowercase())
+        && let Err(ms) = inner
+            .auth_limits
+            .per_handle
+            .take(&handle.to_ascii_lowercase())
     {
-        return Err(rate_limited(ms, "too many attempts for this handle; retry later"));
+        return Err(rate_limited(
+            ms,
+            "too many attempts for this handle; retry later",
+        ));
     }
     Ok(())
 }
@@ -178,10 +205,11 @@ async fn issue(inner: &Inner, user: UserRef, status: StatusCode) -> Response {
 
 async fn signup(
     State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
     extensions: axum::http::Extensions,
     body: Bytes,
 ) -> Response {
-    if let Err(resp) = auth_attempt(&inner, client_ip(&extensions), None) {
+    if let Err(resp) = auth_attempt(&inner, client_ip(&inner, &headers, &extensions), None) {
         return resp;
     }
     let req: SignupRequest = match parse(&body) {
@@ -200,6 +228,7 @@ async fn signup(
 
 async fn login(
     State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
     extensions: axum::http::Extensions,
     body: Bytes,
 ) -> Response {
@@ -207,7 +236,8 @@ async fn login(
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    if let Err(resp) = auth_attempt(&inner, client_ip(&extensions), Some(&req.handle)) {
+    let ip = client_ip(&inner, &headers, &extensions);
+    if let Err(resp) = auth_attempt(&inner, ip, Some(&req.handle)) {
         return resp;
     }
     match inner.auth.login(&req.handle, &req.password).await {

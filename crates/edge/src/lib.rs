@@ -35,14 +35,14 @@ pub mod sse;
 mod ws;
 
 use auth::{Auth, AuthConfig};
-use hubbub_registry::Delivery;
-use limit::KeyedLimiter;
-use listener::HttpLimits;
 use hubbub_protocol::internal::ToEdge;
 use hubbub_protocol::limits::Limits;
 use hubbub_queue::Queue;
+use hubbub_registry::Delivery;
 use hubbub_registry::Registry;
 use hubbub_store::Store;
+use limit::KeyedLimiter;
+use listener::HttpLimits;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -82,6 +82,8 @@ pub struct EdgeConfig {
     /// Whether `/readyz` and `/metrics` are served on the public listener (no admin
     /// listener is configured).
     pub operational_on_public: bool,
+    /// Behind a reverse proxy: the header whose last entry is the client's address.
+    pub client_ip_header: Option<String>,
 }
 
 /// What an edge needs from the rest of the system.
@@ -394,7 +396,9 @@ impl Inner {
             handle.queued.fetch_sub(bytes, Ordering::Relaxed);
             if over || !handle.tx.is_closed() {
                 metrics::counter!("hubbub_slow_consumers_total").increment(1);
-                handle.close.close(CLOSE_SLOW, "too slow: reconnect and sync");
+                handle
+                    .close
+                    .close(CLOSE_SLOW, "too slow: reconnect and sync");
             }
         }
     }
@@ -608,13 +612,7 @@ impl Edge {
     /// wait for the connection tasks to finish.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
         let cancel = self.inner.cancel.clone();
-        listener::serve(
-            listener,
-            self.app(),
-            self.inner.config.http.clone(),
-            cancel,
-        )
-        .await?;
+        listener::serve(listener, self.app(), self.inner.config.http.clone(), cancel).await?;
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
         Ok(())
@@ -627,14 +625,24 @@ impl Edge {
             max_per_ip: 256,
             ..self.inner.config.http.clone()
         };
-        listener::serve(listener, self.admin_app(), limits, self.inner.cancel.clone()).await
+        listener::serve(
+            listener,
+            self.admin_app(),
+            limits,
+            self.inner.cancel.clone(),
+        )
+        .await
     }
 
     /// Close every open session of `user` on every edge (4001 when its tokens were
     /// revoked, 4000 for a server-initiated disconnect).
     pub async fn close_user(&self, user: &str, code: u16, reason: &str) {
         self.inner.close_user_here(user, code, reason);
-        self.inner.deps.delivery.close_user(user, code, reason).await;
+        self.inner
+            .deps
+            .delivery
+            .close_user(user, code, reason)
+            .await;
     }
 
     /// Open connections.

@@ -128,25 +128,26 @@ pub(crate) async fn stream(
     let cancel = inner.cancel.clone();
     let first: Vec<Result<Event, Infallible>> = latest.iter().map(|j| Ok(event(j))).collect();
     let state = (rx, guard, cancel, close, queued);
-    let live = futures_util::stream::unfold(state, |(mut rx, guard, cancel, close, queued)| async move {
-        loop {
-            let out = tokio::select! {
-                out = rx.recv() => out?,
-                _ = cancel.cancelled() => return None,
-                _ = close.closed() => return None,
-            };
-            queued.fetch_sub(out.bytes(), Ordering::Relaxed);
-            // Only engagement reaches an SSE session; anything else is not for it.
-            if let Out::Shared(list) = out {
-                let events: Vec<Result<Event, Infallible>> =
-                    list.iter().map(|j| Ok(event(j))).collect();
-                return Some((
-                    futures_util::stream::iter(events),
-                    (rx, guard, cancel, close, queued),
-                ));
+    let live =
+        futures_util::stream::unfold(state, |(mut rx, guard, cancel, close, queued)| async move {
+            loop {
+                let out = tokio::select! {
+                    out = rx.recv() => out?,
+                    _ = cancel.cancelled() => return None,
+                    _ = close.closed() => return None,
+                };
+                queued.fetch_sub(out.bytes(), Ordering::Relaxed);
+                // Only engagement reaches an SSE session; anything else is not for it.
+                if let Out::Shared(list) = out {
+                    let events: Vec<Result<Event, Infallible>> =
+                        list.iter().map(|j| Ok(event(j))).collect();
+                    return Some((
+                        futures_util::stream::iter(events),
+                        (rx, guard, cancel, close, queued),
+                    ));
+                }
             }
-        }
-    });
+        });
     use futures_util::StreamExt;
     let body = futures_util::stream::iter(first).chain(live.flatten());
     Sse::new(body)

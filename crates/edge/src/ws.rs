@@ -24,7 +24,7 @@
 //! event pushed live between `hello` and the client's `sync` is not written twice), and moves
 //! `next_seq` past what it replayed.
 
-use crate::auth::{AuthError, EXPIRY_GRACE_MS};
+use crate::auth::AuthError;
 use crate::http::{authenticate, error};
 use crate::limit::TokenBucket;
 use crate::{CloseSignal, Frame, Inner, Out, SessionHandle};
@@ -135,6 +135,50 @@ struct Acks {
     window: Window,
 }
 
+impl Acks {
+    fn new(acks_per_s: u32) -> Self {
+        Acks {
+            highest: 0,
+            written: 0,
+            writing: Arc::new(AtomicBool::new(false)),
+            due: None,
+            last_write: None,
+            bucket: TokenBucket::new(f64::from(acks_per_s.max(1)), acks_per_s),
+            window: Window::new(),
+        }
+    }
+
+    /// Record an ack; a write becomes due (at once, or [`ACK_FLUSH_EVERY`] after the last).
+    fn record(&mut self, seq: u64, now: Instant) {
+        if seq <= self.highest {
+            return;
+        }
+        self.highest = seq;
+        if self.due.is_none() {
+            let earliest = self
+                .last_write
+                .map_or(now, |t| (t + ACK_FLUSH_EVERY).max(now));
+            self.due = Some(earliest);
+        }
+    }
+
+    /// The seq to write now, if one is due and no write is in flight (the caller clears
+    /// `writing` when its write ends); otherwise the write is put off.
+    fn flush(&mut self, now: Instant) -> Option<u64> {
+        self.due = None;
+        if self.highest <= self.written {
+            return None;
+        }
+        if self.writing.swap(true, Ordering::AcqRel) {
+            self.due = Some(now + ACK_FLUSH_EVERY);
+            return None;
+        }
+        self.written = self.highest;
+        self.last_write = Some(now);
+        Some(self.highest)
+    }
+}
+
 /// Removes the session from everything it joined when the connection task ends, however it
 /// ends (a return, a panic, a cancelled future).
 struct SessionGuard {
@@ -230,15 +274,7 @@ async fn run(inner: Arc<Inner>, user: UserRef, expires_ms: i64, socket: WebSocke
     let limits = &inner.config.limits;
     let mut conn = Conn {
         bucket: TokenBucket::new(f64::from(limits.frames_per_s.max(1)), limits.burst),
-        acks: Acks {
-            highest: 0,
-            written: 0,
-            writing: Arc::new(AtomicBool::new(false)),
-            due: None,
-            last_write: None,
-            bucket: TokenBucket::new(f64::from(limits.acks_per_s.max(1)), limits.acks_per_s),
-            window: Window::new(),
-        },
+        acks: Acks::new(limits.acks_per_s),
         inner: inner.clone(),
         user,
         session,
@@ -371,7 +407,9 @@ impl Conn {
 
     /// Every second: answer overdue requests, close a session whose token lapsed.
     async fn on_tick(&mut self) -> Flow {
-        if now_ms() > self.expires_ms.saturating_add(EXPIRY_GRACE_MS) {
+        let grace_ms = i64::try_from(self.inner.config.auth.expiry_grace_s.saturating_mul(1000))
+            .unwrap_or(i64::MAX);
+        if now_ms() > self.expires_ms.saturating_add(grace_ms) {
             return close(
                 4001,
                 "token expired: refresh it and reconnect (send `auth` before expiry)",
@@ -393,35 +431,11 @@ impl Conn {
             .await;
     }
 
-    /// Record an ack: coalesced, so a flood of acks costs at most one store write in flight
-    /// per session and one every [`ACK_FLUSH_EVERY`].
-    fn on_ack(&mut self, seq: u64) {
-        if seq <= self.acks.highest {
-            return;
-        }
-        self.acks.highest = seq;
-        if self.acks.due.is_none() {
-            let earliest = self
-                .acks
-                .last_write
-                .map_or_else(Instant::now, |t| t + ACK_FLUSH_EVERY);
-            self.acks.due = Some(earliest);
-        }
-    }
-
-    /// Write the highest ack if none is in flight; else try again later.
+    /// Write the highest ack if it is due and none is in flight; else try again later.
     fn flush_acks(&mut self) {
-        self.acks.due = None;
-        if self.acks.highest <= self.acks.written {
+        let Some(seq) = self.acks.flush(Instant::now()) else {
             return;
-        }
-        if self.acks.writing.swap(true, Ordering::AcqRel) {
-            self.acks.due = Some(Instant::now() + ACK_FLUSH_EVERY);
-            return;
-        }
-        let seq = self.acks.highest;
-        self.acks.written = seq;
-        self.acks.last_write = Some(Instant::now());
+        };
         let (store, user, writing) = (
             self.inner.deps.store.clone(),
             self.user.id.clone(),
@@ -550,7 +564,13 @@ impl Conn {
 
     /// Count a frame in the current second; far over the limit closes the connection (1008).
     fn count_frame(&mut self) -> Option<Flow> {
-        let max = self.inner.config.limits.frames_per_s.saturating_mul(5).max(1);
+        let max = self
+            .inner
+            .config
+            .limits
+            .frames_per_s
+            .saturating_mul(5)
+            .max(1);
         (self.window.count() > max).then(|| close(1008, "too many frames"))
     }
 
@@ -576,7 +596,7 @@ impl Conn {
             return self.written(&[e]).await;
         }
         metrics::counter!("hubbub_frames_in_total", "type" => "ack").increment(1);
-        self.on_ack(seq);
+        self.acks.record(seq, Instant::now());
         self.reply(id, Ok(ReplyData::Empty {})).await
     }
 
@@ -671,9 +691,17 @@ impl Conn {
     /// `presence.watch`: at most `limits.max_presence_watches` users per session in all. A
     /// user who blocks the caller is reported offline and not watched.
     async fn watch_presence(&mut self, id: Option<String>, mut users: Vec<String>) -> Flow {
+        let max = self.inner.config.limits.max_presence_watches;
+        if users.len() > max {
+            let e = ServerFrame::error(
+                id,
+                ErrorCode::TooLarge,
+                format!("watch at most {max} users at once"),
+            );
+            return self.written(&[e]).await;
+        }
         users.sort_unstable();
         users.dedup();
-        let max = self.inner.config.limits.max_presence_watches;
         let new = users.iter().filter(|u| !self.presence.contains(*u)).count();
         if self.presence.len() + new > max {
             let e = ServerFrame::error(
@@ -683,7 +711,13 @@ impl Conn {
             );
             return self.written(&[e]).await;
         }
-        let blockers = match self.inner.deps.store.blocked_by(&self.user.id, &users).await {
+        let blockers = match self
+            .inner
+            .deps
+            .store
+            .blocked_by(&self.user.id, &users)
+            .await
+        {
             Ok(b) => b,
             Err(e) => return self.reply(id, Err(e)).await,
         };
@@ -696,6 +730,8 @@ impl Conn {
             .signals
             .watch(&edge, &self.session, &watch)
             .await;
+        // Hidden users count against the bound too: the client sees one rule.
+        self.presence.extend(hidden.iter().cloned());
         let r = r.map(|mut presence| {
             self.presence.extend(watch);
             presence.extend(hidden.into_iter().map(|user| hubbub_protocol::Presence {
@@ -1116,4 +1152,62 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A flood of rising acks becomes a handful of writes, one at a time, and the last write
+    /// records the highest ack.
+    #[tokio::test(start_paused = true)]
+    async fn acks_are_coalesced() {
+        let mut acks = Acks::new(1_000_000);
+        let start = Instant::now();
+        let mut writes = Vec::new();
+        for seq in 1..=100_000u64 {
+            // 100,000 acks over one second.
+            let now = start + Duration::from_micros(seq * 10);
+            acks.record(seq, now);
+            if acks.due.is_some_and(|d| d <= now)
+                && let Some(s) = acks.flush(now)
+            {
+                writes.push((now, s));
+                // The write ends at once, except every third one, still in flight at the
+                // next due time (the next flush must wait for it).
+                if writes.len() % 3 != 0 {
+                    acks.writing.store(false, Ordering::Release);
+                }
+            }
+            if writes.len() % 3 == 0 && acks.due.is_some_and(|d| d <= now) {
+                acks.writing.store(false, Ordering::Release);
+            }
+        }
+        let end = start + Duration::from_secs(2);
+        acks.writing.store(false, Ordering::Release);
+        if let Some(s) = acks.flush(end) {
+            writes.push((end, s));
+        }
+        assert!(writes.len() <= 10, "{} writes", writes.len());
+        assert_eq!(writes.last().map(|w| w.1), Some(100_000));
+        for pair in writes.windows(2) {
+            assert!(
+                pair[1].0 - pair[0].0 >= ACK_FLUSH_EVERY,
+                "writes too close: {pair:?}"
+            );
+            assert!(pair[1].1 > pair[0].1);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lower_ack_changes_nothing() {
+        let mut acks = Acks::new(100);
+        let now = Instant::now();
+        acks.record(5, now);
+        assert_eq!(acks.flush(now), Some(5));
+        acks.writing.store(false, Ordering::Release);
+        acks.record(3, now);
+        assert_eq!(acks.due, None);
+        assert_eq!(acks.flush(now), None);
+    }
 }

@@ -105,6 +105,7 @@ impl Client {
             ws,
             buffered: VecDeque::new(),
             next_id: 0,
+            close_code: None,
         };
         let hello = socket.next_frame().await?.context("closed before hello")?;
         if !matches!(hello, ServerFrame::Hello { .. }) {
@@ -139,6 +140,8 @@ pub struct Socket {
     ws: Ws,
     buffered: VecDeque<ServerFrame>,
     next_id: u64,
+    /// The close code the server sent, once it closed.
+    close_code: Option<u16>,
 }
 
 impl std::fmt::Debug for Socket {
@@ -167,10 +170,19 @@ impl Socket {
                         );
                     }
                 }
-                Some(Ok(Message::Close(_))) => return Ok(None),
+                Some(Ok(Message::Close(frame))) => {
+                    self.close_code = frame.map(|f| u16::from(f.code));
+                    return Ok(None);
+                }
                 Some(Ok(_)) => {}
             }
         }
+    }
+
+    /// The close code the server sent (4000: disconnected by the server, 4001: the token
+    /// expired or was revoked, 1013: too slow), once `next_frame` has returned `None`.
+    pub fn close_code(&self) -> Option<u16> {
+        self.close_code
     }
 
     /// Send raw text (one or more frames).

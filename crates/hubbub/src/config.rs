@@ -213,6 +213,9 @@ pub struct ServerSettings {
     /// means as many as the process's descriptor limit allows, less a reserve (1/32, at
     /// least 64) for its own files.
     pub max_connections: usize,
+    /// Behind a reverse proxy: the header naming the client's address (its last entry, the
+    /// one the proxy adds), for the per-IP limits of login and signup.
+    pub client_ip_header: Option<String>,
     /// Most connections at once from one IP address; past it new ones are answered 429.
     pub max_connections_per_ip: usize,
     /// Most sessions one user holds on one edge; a new one past it closes the user's oldest
@@ -264,6 +267,7 @@ impl Default for ServerSettings {
             ephemeral_ttl_s: 24 * 3600,
             edge_ttl_s: 30,
             max_connections: 0,
+            client_ip_header: None,
             max_connections_per_ip: 1000,
             max_sessions_per_user: 20,
             header_timeout_ms: 10_000,

@@ -35,6 +35,7 @@ pub(crate) fn edge_config(config: &Config, edge_id: String) -> EdgeConfig {
         http: http_limits(config),
         max_sessions_per_user: config.server.max_sessions_per_user.max(1),
         operational_on_public: config.admin_listen.is_none(),
+        client_ip_header: config.server.client_ip_header.clone(),
     }
 }
 

@@ -84,8 +84,7 @@ pub async fn run(args: ChatBenchArgs) -> anyhow::Result<()> {
                 listen: "127.0.0.1:0".parse()?,
                 ..Default::default()
             };
-            config.limits.frames_per_s = 100_000;
-            config.limits.burst = 100_000;
+            super::unthrottled(&mut config);
             config.server.chat_workers = 4;
             let running = crate::serve::start(config).await?;
             let base = format!("http://{}", running.addr);

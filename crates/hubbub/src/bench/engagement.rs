@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
-const SECRET: &str = "bench-app-secret";
+const SECRET: &str = "bench-app-secret-of-at-least-32-bytes";
 const PROBE: &str = "bench-probe";
 /// Probe word counts start here; ordinary writers stay below it.
 const PROBE_BASE: u32 = 3000;
@@ -125,8 +125,7 @@ pub async fn run(args: EngagementBenchArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     config.auth.app_hmac_secret = Some(SECRET.to_owned());
-    config.limits.frames_per_s = 100_000;
-    config.limits.burst = 100_000;
+    super::unthrottled(&mut config);
     let running = crate::serve::start(config).await?;
     let ws_base = format!("ws://{}/v1/ws", running.addr);
     let posts = post_ids(args.posts);

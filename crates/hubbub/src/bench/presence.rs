@@ -44,15 +44,14 @@ struct Report {
 pub async fn run(args: PresenceBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.watchers >= 1 && args.rounds >= 1);
     let dir = std::env::temp_dir().join(format!("hubbub-bench-presence-{}", std::process::id()));
-    let secret = "bench-app-secret".to_owned();
+    let secret = "bench-app-secret-of-at-least-32-bytes".to_owned();
     let mut config = crate::config::Config {
         data_dir: dir.clone(),
         listen: "127.0.0.1:0".parse()?,
         ..Default::default()
     };
     config.auth.app_hmac_secret = Some(secret.clone());
-    config.limits.frames_per_s = 100_000;
-    config.limits.burst = 100_000;
+    super::unthrottled(&mut config);
     let running = crate::serve::start(config).await?;
     let ws_base = format!("ws://{}/v1/ws", running.addr);
 

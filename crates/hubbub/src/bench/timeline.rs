@@ -109,15 +109,14 @@ pub async fn run(args: TimelineBenchArgs) -> anyhow::Result<()> {
         "followee counts must not exceed --accounts"
     );
     let dir = std::env::temp_dir().join(format!("hubbub-bench-timeline-{}", std::process::id()));
-    let secret = "bench-app-secret".to_owned();
+    let secret = "bench-app-secret-of-at-least-32-bytes".to_owned();
     let mut config = crate::config::Config {
         data_dir: dir.clone(),
         listen: "127.0.0.1:0".parse()?,
         ..Default::default()
     };
     config.auth.app_hmac_secret = Some(secret.clone());
-    config.limits.frames_per_s = 100_000;
-    config.limits.burst = 100_000;
+    super::unthrottled(&mut config);
     // The periodic precompute stays out of the measurement.
     config.feed.precompute_interval_s = 24 * 3600;
     let running = crate::serve::start(config).await?;

@@ -168,7 +168,7 @@ async fn websocket_refuses_bad_tokens_before_the_upgrade() {
 
 #[tokio::test]
 async fn app_tokens_create_users_on_first_use() {
-    let s = server_with(|c| c.auth.app_hmac_secret = Some("app-secret".into())).await;
+    let s = server_with(|c| c.auth.app_hmac_secret = Some(APP_SECRET.into())).await;
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("time")
@@ -178,7 +178,7 @@ async fn app_tokens_create_users_on_first_use() {
         jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
             &claims,
-            &jsonwebtoken::EncodingKey::from_secret(b"app-secret"),
+            &jsonwebtoken::EncodingKey::from_secret(APP_SECRET.as_bytes()),
         )
         .expect("sign")
     };

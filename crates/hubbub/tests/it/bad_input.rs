@@ -6,54 +6,6 @@ use hubbub_protocol::{ErrorCode, Request, ServerFrame};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-type Raw =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn raw(s: &TestServer, token: &str) -> Raw {
-    let url = format!(
-        "{}/v1/ws?access_token={token}",
-        s.base.replacen("http", "ws", 1)
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("connect");
-    let hello = next_raw(&mut ws).await;
-    assert!(matches!(hello, Some(ServerFrame::Hello { .. })));
-    let timeline = next_raw(&mut ws).await;
-    assert!(matches!(timeline, Some(ServerFrame::Timeline { .. })));
-    ws
-}
-
-/// The next frame, or None when the server closed; the close code is returned by `closed`.
-async fn next_raw(ws: &mut Raw) -> Option<ServerFrame> {
-    loop {
-        match tokio::time::timeout(PATIENCE, ws.next())
-            .await
-            .expect("in time")
-        {
-            Some(Ok(Message::Text(t))) => {
-                return Some(serde_json::from_str(t.lines().next().expect("line")).expect("json"));
-            }
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
-            Some(Ok(_)) => {}
-        }
-    }
-}
-
-/// Read until the server closes; its close code.
-async fn close_code(ws: &mut Raw) -> Option<CloseCode> {
-    loop {
-        match tokio::time::timeout(PATIENCE, ws.next())
-            .await
-            .expect("closed in time")
-        {
-            Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
-            None | Some(Err(_)) => return None,
-            Some(Ok(_)) => {}
-        }
-    }
-}
-
 fn error_of(f: Option<ServerFrame>) -> (Option<String>, ErrorCode, Option<u64>) {
     match f {
         Some(ServerFrame::Error {
@@ -200,8 +152,23 @@ async fn rate_limits_answer_then_close_a_flood() {
 /// server never buffers for it without bound, and other members are unaffected.
 #[tokio::test]
 async fn a_slow_reader_is_cut_off_with_1013() {
+    slow_reader_is_cut_off(|c| c.limits.max_outgoing_frames = 256).await;
+}
+
+/// The bound holds in bytes too: with no practical bound on frames, 256 KiB of waiting
+/// events cut the reader off.
+#[tokio::test]
+async fn a_slow_reader_is_cut_off_by_bytes() {
+    slow_reader_is_cut_off(|c| {
+        c.limits.max_outgoing_frames = 1_000_000;
+        c.limits.max_outgoing_bytes = 256 * 1024;
+    })
+    .await;
+}
+
+async fn slow_reader_is_cut_off(bound: impl FnOnce(&mut hubbub::config::Config)) {
     let s = server_with(|c| {
-        c.limits.max_outgoing_frames = 256;
+        bound(c);
         c.limits.frames_per_s = 100_000;
         c.limits.burst = 100_000;
     })

@@ -380,23 +380,22 @@ async fn reconnect_and_sync_resumes_without_gaps_or_repeats() {
     let f = until(&mut b, "four", is_message("four")).await;
     assert_eq!(f.seq(), Some(5));
     b.send_text(r#"{"type":"ack","seq":5}"#).await.expect("ack");
-    // A sync from beyond the end replays nothing and reports the latest seq.
+    // A sync from beyond the end is a client bug (a seq from another server or user): it is
+    // refused with `bad_request` naming the last seq, never silently wrapped.
     b.send_text(r#"{"type":"sync","id":"t","after_seq":99}"#)
         .await
         .expect("send");
     let f = until(
         &mut b,
         "sync reply",
-        |f| matches!(f, ServerFrame::Ok { id, .. } if id == "t"),
+        |f| matches!(f, ServerFrame::Error { id: Some(id), .. } if id == "t"),
     )
     .await;
     assert!(
         matches!(
-            f,
-            ServerFrame::Ok {
-                data: ReplyData::Sync { last_seq: 5, .. },
-                ..
-            }
+            &f,
+            ServerFrame::Error { code: hubbub_protocol::ErrorCode::BadRequest, message, .. }
+                if message.contains("last seq 5")
         ),
         "{f:?}"
     );

@@ -16,5 +16,6 @@ mod lifecycle;
 mod media;
 mod notify;
 mod outage;
+mod security;
 mod signals;
 mod support;

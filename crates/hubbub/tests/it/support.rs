@@ -1,10 +1,16 @@
 //! Starting a server and talking to it.
 
+use futures_util::StreamExt;
 use hubbub::client::{Client, Socket};
 use hubbub::config::Config;
 use hubbub::serve::Running;
 use hubbub_protocol::{ConversationKind, ReplyData, Request, ServerFrame, UserRef};
 use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// An app token secret of the length the server requires (32 bytes or more).
+pub const APP_SECRET: &str = "app-secret-app-secret-app-secret";
 
 /// Guard against a hang; never a timing assertion.
 pub const PATIENCE: Duration = Duration::from_secs(10);
@@ -27,6 +33,9 @@ pub async fn server_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
         listen: "127.0.0.1:0".parse().expect("addr"),
         ..Default::default()
     };
+    // Every test client signs up from 127.0.0.1; the tests of these limits set them low.
+    config.auth.attempts_per_ip_per_minute = 100_000;
+    config.auth.attempts_per_ip_burst = 100_000;
     adjust(&mut config);
     let running = hubbub::serve::start(config.clone())
         .await
@@ -216,5 +225,53 @@ pub async fn wait_up(child: &mut std::process::Child, log: impl Fn() -> String) 
         Ok(Ok(line)) if line.contains("http://") => {}
         Ok(other) => panic!("the process did not come up ({other:?}):\n{}", log()),
         Err(_) => panic!("the process was not up within a minute:\n{}", log()),
+    }
+}
+
+pub type Raw =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub async fn raw(s: &TestServer, token: &str) -> Raw {
+    let url = format!(
+        "{}/v1/ws?access_token={token}",
+        s.base.replacen("http", "ws", 1)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect");
+    let hello = next_raw(&mut ws).await;
+    assert!(matches!(hello, Some(ServerFrame::Hello { .. })));
+    let timeline = next_raw(&mut ws).await;
+    assert!(matches!(timeline, Some(ServerFrame::Timeline { .. })));
+    ws
+}
+
+/// The next frame, or None when the server closed; the close code is returned by `closed`.
+pub async fn next_raw(ws: &mut Raw) -> Option<ServerFrame> {
+    loop {
+        match tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("in time")
+        {
+            Some(Ok(Message::Text(t))) => {
+                return Some(serde_json::from_str(t.lines().next().expect("line")).expect("json"));
+            }
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// Read until the server closes; its close code.
+pub async fn close_code(ws: &mut Raw) -> Option<CloseCode> {
+    loop {
+        match tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+            None | Some(Err(_)) => return None,
+            Some(Ok(_)) => {}
+        }
     }
 }
