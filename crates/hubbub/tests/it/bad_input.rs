@@ -215,6 +215,7 @@ async fn a_slow_reader_is_cut_off_with_1013() {
             members: vec![slow.id.clone()],
             title: None,
             ephemeral: None,
+            idempotency_key: None,
         })
         .await
         .expect("create");
