@@ -1,5 +1,6 @@
 //! Authentication: passwords (argon2id), access tokens (JWT, HS256, with a key id so signing
-//! keys can rotate), single-use refresh tokens (stored as SHA-256 hashes), and app tokens
+//! keys can rotate), single-use refresh tokens (stored as SHA-256 hashes, in families: a
+//! used token that comes back revokes every token of its family), and app tokens
 //! signed by the app's own backend (bring your own auth).
 //!
 //! Signing keys live in `<data-dir>/keys.json` (mode 0600), created on first start. Rotating
@@ -7,7 +8,7 @@
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use hubbub_protocol::UserRef;
-use hubbub_store::{Store, StoreError};
+use hubbub_store::{RefreshOutcome, Store, StoreError};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -333,8 +334,10 @@ impl Auth {
         })
     }
 
-    /// Issue an access token and a refresh token for a user.
-    pub async fn issue(&self, user: &UserRef) -> Result<Issued, AuthError> {
+    /// Issue an access token and a refresh token for a user. The refresh token continues
+    /// `family` (a refresh passes on the family of the token it used), or starts a new one
+    /// (a login or signup: `None`).
+    pub async fn issue(&self, user: &UserRef, family: Option<&str>) -> Result<Issued, AuthError> {
         let now = now_s();
         let claims = Claims {
             sub: user.id.clone(),
@@ -353,9 +356,13 @@ impl Auth {
                 }
             })?;
         let refresh_token = random_hex(32)?;
+        let family = match family {
+            Some(f) => f.to_owned(),
+            None => random_hex(16)?,
+        };
         let expires_ms = ((now + self.config.refresh_ttl_s) * 1000) as i64;
         self.store
-            .put_refresh_token(&sha256_hex(&refresh_token), &user.id, expires_ms)
+            .put_refresh_token(&sha256_hex(&refresh_token), &user.id, &family, expires_ms)
             .await?;
         Ok(Issued {
             access_token,
@@ -433,15 +440,23 @@ impl Auth {
         }
     }
 
-    /// Use up a refresh token; its user, if it was valid.
-    pub async fn refresh(&self, refresh_token: &str) -> Result<UserRef, AuthError> {
+    /// Use up a refresh token: its user and family, if it was valid. A used token coming
+    /// back revokes its whole family (the store does it) and is refused like any bad token.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<(UserRef, String), AuthError> {
         let bad = || AuthError::Unauthorized("refresh token is used, expired or unknown".into());
-        let user = self
+        let (user, family) = match self
             .store
             .take_refresh_token(&sha256_hex(refresh_token))
             .await?
-            .ok_or_else(bad)?;
-        self.store.user(&user).await?.ok_or_else(bad)
+        {
+            RefreshOutcome::Valid { user, family } => (user, family),
+            RefreshOutcome::Reused { user, family } => {
+                tracing::warn!(%user, %family, "a used refresh token came back: its family is revoked");
+                return Err(bad());
+            }
+            RefreshOutcome::Invalid => return Err(bad()),
+        };
+        Ok((self.store.user(&user).await?.ok_or_else(bad)?, family))
     }
 
     /// Check a token's signature and claims (ours, or an app token when an app key is

@@ -187,8 +187,8 @@ pub(crate) async fn authenticate(
         .map_err(IntoResponse::into_response)
 }
 
-async fn issue(inner: &Inner, user: UserRef, status: StatusCode) -> Response {
-    match inner.auth.issue(&user).await {
+async fn issue(inner: &Inner, user: UserRef, family: Option<&str>, status: StatusCode) -> Response {
+    match inner.auth.issue(&user, family).await {
         Ok(t) => (
             status,
             axum::Json(AuthResponse {
@@ -221,7 +221,7 @@ async fn signup(
         .signup(&req.handle, &req.password, req.email.as_deref())
         .await
     {
-        Ok(user) => issue(&inner, user, StatusCode::CREATED).await,
+        Ok(user) => issue(&inner, user, None, StatusCode::CREATED).await,
         Err(e) => e.into_response(),
     }
 }
@@ -241,7 +241,7 @@ async fn login(
         return resp;
     }
     match inner.auth.login(&req.handle, &req.password).await {
-        Ok(user) => issue(&inner, user, StatusCode::OK).await,
+        Ok(user) => issue(&inner, user, None, StatusCode::OK).await,
         Err(e) => e.into_response(),
     }
 }
@@ -252,7 +252,7 @@ async fn refresh(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
         Err(resp) => return resp,
     };
     match inner.auth.refresh(&req.refresh_token).await {
-        Ok(user) => issue(&inner, user, StatusCode::OK).await,
+        Ok((user, family)) => issue(&inner, user, Some(&family), StatusCode::OK).await,
         Err(e) => e.into_response(),
     }
 }

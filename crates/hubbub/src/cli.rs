@@ -141,6 +141,7 @@ pub async fn send(path: &Path, target: &str, text: &str) -> anyhow::Result<()> {
                     members: vec![other.id],
                     title: None,
                     ephemeral: None,
+                    idempotency_key: None,
                 })
                 .await?;
             match expect_ok(reply)? {

@@ -62,6 +62,10 @@ pub enum Request {
         /// Whether the conversation expires 24 hours after its last message.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ephemeral: Option<bool>,
+        /// The client's key for this create: a retry with the same key returns the first
+        /// conversation and creates nothing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<IdempotencyKey>,
     },
     /// List the caller's conversations with `last_message` and `unread`.
     #[serde(rename = "conversation.list")]
@@ -185,6 +189,10 @@ pub enum Request {
         /// Attached media.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         attachments: Option<Vec<Attachment>>,
+        /// The client's key for this create: a retry with the same key returns the first
+        /// post and creates nothing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<IdempotencyKey>,
     },
     /// Delete a post (author only).
     #[serde(rename = "post.delete")]
@@ -199,6 +207,10 @@ pub enum Request {
         post: String,
         /// The text.
         text: String,
+        /// The client's key for this create: a retry with the same key returns the first
+        /// comment and creates nothing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<IdempotencyKey>,
     },
     /// Like a post (idempotent).
     #[serde(rename = "post.like")]
@@ -330,6 +342,67 @@ impl Request {
     }
 }
 
+/// A client's idempotency key for a create (`idempotency_key`): 1 to
+/// [`IdempotencyKey::MAX_CHARS`] characters. Created objects' ids derive from (user, request
+/// type, key), so a client that retries a create after `internal` or a lost connection gets
+/// the first object back instead of a second one. Checked when the frame is parsed: an empty
+/// or longer key is `bad_request` naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// The most characters a key may have.
+    pub const MAX_CHARS: usize = 64;
+
+    /// The key's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for IdempotencyKey {
+    type Error = String;
+
+    fn try_from(key: String) -> Result<Self, String> {
+        let n = key.chars().count();
+        if n == 0 || n > Self::MAX_CHARS {
+            return Err(format!(
+                "`idempotency_key` must be 1 to {} characters",
+                Self::MAX_CHARS
+            ));
+        }
+        Ok(IdempotencyKey(key))
+    }
+}
+
+impl From<IdempotencyKey> for String {
+    fn from(key: IdempotencyKey) -> String {
+        key.0
+    }
+}
+
+impl std::fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl JsonSchema for IdempotencyKey {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "IdempotencyKey".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A client's key for a create: a retry with the same key returns the first object.",
+            "type": "string",
+            "minLength": 1,
+            "maxLength": Self::MAX_CHARS,
+        })
+    }
+}
+
 /// Why a client frame could not be read. Always answered with [`FrameError::code`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -424,6 +497,9 @@ mod tests {
             json!({"type":"block.remove","id":"r1","user":"u2"}),
             json!({"type":"block.list","id":"r1"}),
             json!({"type":"post.create","id":"r1","text":"hello world"}),
+            json!({"type":"post.create","id":"r1","text":"hi","idempotency_key":"k-1"}),
+            json!({"type":"comment.create","id":"r1","post":"p1","text":"nice","idempotency_key":"k-2"}),
+            json!({"type":"conversation.create","id":"r1","kind":"group","members":["u2"],"idempotency_key":"k-3"}),
             json!({"type":"post.delete","id":"r1","post":"p1"}),
             json!({"type":"comment.create","id":"r1","post":"p1","text":"nice"}),
             json!({"type":"post.like","id":"r1","post":"p1"}),
@@ -479,6 +555,37 @@ mod tests {
         assert_eq!(e.code, ErrorCode::BadRequest);
 
         let e = ClientFrame::parse(r#"{"type":"sync","id":5}"#).expect_err("numeric id");
+        assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn idempotency_keys_are_1_to_64_characters() {
+        let frame = |key: &str| {
+            json!({"type":"post.create","id":"r1","text":"hi","idempotency_key":key}).to_string()
+        };
+        let longest = "é".repeat(IdempotencyKey::MAX_CHARS);
+        match ClientFrame::parse(&frame(&longest))
+            .expect("64 characters")
+            .request
+        {
+            Request::PostCreate {
+                idempotency_key: Some(k),
+                ..
+            } => assert_eq!(k.as_str(), longest),
+            other => panic!("{other:?}"),
+        }
+        for bad in [String::new(), "x".repeat(IdempotencyKey::MAX_CHARS + 1)] {
+            let e = ClientFrame::parse(&frame(&bad)).expect_err("refused");
+            assert_eq!(
+                (e.code, e.id.as_deref()),
+                (ErrorCode::BadRequest, Some("r1"))
+            );
+            assert!(e.message.contains("idempotency_key"), "{}", e.message);
+        }
+        let e = ClientFrame::parse(
+            r#"{"type":"comment.create","id":"r2","post":"p","text":"t","idempotency_key":7}"#,
+        )
+        .expect_err("not a string");
         assert_eq!(e.code, ErrorCode::BadRequest);
     }
 

@@ -28,7 +28,7 @@ pub mod model;
 pub mod schema;
 pub mod server;
 
-pub use client::{ClientFrame, FrameError, Request};
+pub use client::{ClientFrame, FrameError, IdempotencyKey, Request};
 pub use error::ErrorCode;
 pub use model::*;
 pub use server::{ReplyData, ServerFrame};

@@ -5,13 +5,14 @@
 //! transaction that also appends the resulting events to every recipient's inbox; then the
 //! events are pushed live, the reply goes to the asking session, and the envelope is acked.
 //! A crash anywhere before the ack redelivers the envelope; every handler is idempotent
-//! (`client_msg_id`; the conversation id derived from the envelope id; no-op membership
-//! changes), so a redelivery changes nothing and only repeats the reply.
+//! (`client_msg_id`; the conversation id derived from the client's `idempotency_key`, else
+//! from the envelope id; no-op membership changes), so a redelivery changes nothing and only
+//! repeats the reply.
 
 use crate::Failure;
 use hubbub_protocol::internal::Envelope;
 use hubbub_protocol::limits::Limits;
-use hubbub_protocol::{ErrorCode, ReplyData, Request};
+use hubbub_protocol::{ErrorCode, IdempotencyKey, ReplyData, Request};
 use hubbub_queue::Queue;
 use hubbub_registry::Delivery;
 use hubbub_store::{NewConversation, NewMessage, Store, Written};
@@ -101,6 +102,7 @@ impl crate::Handler for ChatService {
                 members,
                 title,
                 ephemeral,
+                idempotency_key,
             } => {
                 if title
                     .as_ref()
@@ -123,7 +125,7 @@ impl crate::Handler for ChatService {
                 let w = self
                     .store
                     .create_conversation(NewConversation {
-                        id: conversation_id(&e.envelope_id),
+                        id: created_id("c", e, idempotency_key.as_ref()),
                         creator: user.to_owned(),
                         kind: *kind,
                         members: members.clone(),
@@ -213,14 +215,101 @@ impl crate::Handler for ChatService {
     }
 }
 
-/// The id of the conversation an envelope creates: derived from the envelope id, so a
-/// redelivered `conversation.create` finds the conversation it already made.
-fn conversation_id(envelope_id: &str) -> String {
-    derived_id("c", envelope_id)
+/// The id of the object a create makes (`prefix`: `c` conversation, `p` post, `k` comment).
+///
+/// With the client's idempotency key it derives from (user, request type, key): a client
+/// retrying after `internal` or a lost connection sends a new envelope, and its repeat finds
+/// the first object (the stores return an existing id as it is, with no events). Without a
+/// key it derives from the envelope id, so only a redelivery inside the server finds the
+/// first object.
+pub(crate) fn created_id(prefix: &str, e: &Envelope, key: Option<&IdempotencyKey>) -> String {
+    match key {
+        // NUL separates the parts: no user id or request type contains one, so two
+        // different (user, type, key) never hash the same input.
+        Some(key) => derived_id(
+            prefix,
+            &format!("key\0{}\0{}\0{}", e.user, e.request.type_name(), key),
+        ),
+        None => derived_id(prefix, &e.envelope_id),
+    }
 }
 
-/// An id derived from an envelope id: a redelivered envelope makes the same object again.
-pub(crate) fn derived_id(prefix: &str, envelope_id: &str) -> String {
-    let digest = sha2::Sha256::digest(envelope_id.as_bytes());
+/// An id derived from a string (an envelope id, or a client's key): the same input makes
+/// the same id again.
+fn derived_id(prefix: &str, input: &str) -> String {
+    let digest = sha2::Sha256::digest(input.as_bytes());
     format!("{prefix}{}", hex::encode(&digest[..8]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hubbub_protocol::ConversationKind;
+
+    fn envelope(id: &str, user: &str, request: Request) -> Envelope {
+        Envelope {
+            envelope_id: id.into(),
+            user: user.into(),
+            session: "s".into(),
+            edge: "e".into(),
+            request_id: None,
+            accepted_ms: 0,
+            request,
+        }
+    }
+
+    fn post() -> Request {
+        Request::PostCreate {
+            text: "t".into(),
+            attachments: None,
+            idempotency_key: None,
+        }
+    }
+
+    fn key(k: &str) -> IdempotencyKey {
+        IdempotencyKey::try_from(k.to_owned()).expect("key")
+    }
+
+    #[test]
+    fn created_ids_follow_the_key_else_the_envelope() {
+        let (e1, e2) = (envelope("1", "u1", post()), envelope("2", "u1", post()));
+        assert_ne!(created_id("p", &e1, None), created_id("p", &e2, None));
+        assert_eq!(
+            created_id("p", &e1, None),
+            created_id("p", &e1, None),
+            "a redelivery"
+        );
+        let k = key("k");
+        assert_eq!(
+            created_id("p", &e1, Some(&k)),
+            created_id("p", &e2, Some(&k)),
+            "a retry (a new envelope) with the same key"
+        );
+        let other_user = envelope("3", "u2", post());
+        assert_ne!(
+            created_id("p", &e1, Some(&k)),
+            created_id("p", &other_user, Some(&k)),
+            "the user is part of it"
+        );
+        let group = envelope(
+            "4",
+            "u1",
+            Request::ConversationCreate {
+                kind: ConversationKind::Group,
+                members: vec![],
+                title: None,
+                ephemeral: None,
+                idempotency_key: None,
+            },
+        );
+        assert_ne!(
+            created_id("x", &e1, Some(&k)),
+            created_id("x", &group, Some(&k)),
+            "the request type is part of it"
+        );
+        assert_ne!(
+            created_id("p", &e1, Some(&k)),
+            created_id("p", &e1, Some(&key("k2")))
+        );
+    }
 }

@@ -6,11 +6,12 @@
 //! effort, it tells the rest of the system: the timelines a change affects are put on the
 //! `precompute` queue (a post or a deletion: the author's followers and the author; a follow
 //! or unfollow: the follower), and the engagement service learns of new comment counts and
-//! deleted posts. Ids of created objects derive from the envelope id, so a redelivered
-//! envelope changes nothing.
+//! deleted posts. Ids of created objects derive from the client's `idempotency_key` when it
+//! sends one (so its retry finds the first object), else from the envelope id (so a
+//! redelivered envelope changes nothing).
 
 use crate::Failure;
-use crate::chat::derived_id;
+use crate::chat::created_id;
 use crate::timeline::request_precompute;
 use hubbub_protocol::internal::Envelope;
 use hubbub_protocol::limits::Limits;
@@ -134,7 +135,11 @@ impl crate::Handler for FeedService {
     async fn handle(&self, e: &Envelope) -> Result<Written<ReplyData>, Failure> {
         let user = e.user.as_str();
         match &e.request {
-            Request::PostCreate { text, attachments } => {
+            Request::PostCreate {
+                text,
+                attachments,
+                idempotency_key,
+            } => {
                 let attachments = crate::check_content(
                     &*self.media,
                     text,
@@ -146,7 +151,7 @@ impl crate::Handler for FeedService {
                 let post = self
                     .store
                     .create_post(NewPost {
-                        id: derived_id("p", &e.envelope_id),
+                        id: created_id("p", e, idempotency_key.as_ref()),
                         author: user.to_owned(),
                         text: text.clone(),
                         attachments,
@@ -163,12 +168,16 @@ impl crate::Handler for FeedService {
                 self.followers_changed(user).await;
                 Ok(Written::nothing(ReplyData::Empty {}))
             }
-            Request::CommentCreate { post, text } => {
+            Request::CommentCreate {
+                post,
+                text,
+                idempotency_key,
+            } => {
                 self.check_comment(text)?;
                 let w = self
                     .store
                     .create_comment(NewComment {
-                        id: derived_id("k", &e.envelope_id),
+                        id: created_id("k", e, idempotency_key.as_ref()),
                         post: post.clone(),
                         author: user.to_owned(),
                         text: text.clone(),

@@ -55,14 +55,17 @@ pub struct StoredPost {
 /// The feed's durable state.
 #[async_trait]
 pub trait FeedStore: Send + Sync {
-    /// `post.create`; a post whose id exists (a retried create) is returned as it is.
+    /// `post.create`; a post whose id exists (a retried create, by redelivery or by the
+    /// client's idempotency key) is returned as it is, with no new effect; an id that exists
+    /// with another author is `Conflict`.
     async fn create_post(&self, new: NewPost) -> Result<StoredPost, StoreError>;
 
     /// `post.delete` (author only), with its comments and likes. Returns the author.
     async fn delete_post(&self, caller: &str, post: &str) -> Result<(), StoreError>;
 
     /// `comment.create`; notifies the post's author. A retried create returns the first
-    /// comment and no events. The value carries the post's comment count after it.
+    /// comment and no events; an id that exists on another post or by another author is
+    /// `Conflict`. The value carries the post's comment count after it.
     async fn create_comment(&self, new: NewComment) -> Result<Written<(Comment, u64)>, StoreError>;
 
     /// `post.like`, idempotent; a new like notifies the author. Returns the like count.
@@ -175,6 +178,22 @@ fn notify(
     })?])
 }
 
+/// A repeated `post.create` (same id) returns the first post; the id is derived from the
+/// author, so another author's post under it is a conflict, never returned.
+pub(crate) fn same_author(existing: StoredPost, new: &NewPost) -> Result<StoredPost, StoreError> {
+    if existing.post.author != new.author {
+        return Err(StoreError::Conflict(format!("post {} exists", new.id)));
+    }
+    Ok(existing)
+}
+
+/// A repeated `comment.create` (same id) must name the same post and author: its key used
+/// for another post is a conflict (returning the first comment would report the wrong
+/// post's count).
+pub(crate) fn comment_conflict(id: &str) -> StoreError {
+    StoreError::Conflict(format!("comment {id} exists on another post"))
+}
+
 fn like_count(conn: &Connection, post: &str) -> Result<u64, StoreError> {
     Ok(conn
         .prepare_cached("SELECT likes FROM posts WHERE id = ?1")?
@@ -193,7 +212,7 @@ impl FeedStore for SqliteStore {
         let now = self.now();
         self.write_with(move |conn| {
             if let Some(p) = load_post(conn, &new.id)? {
-                return Ok(p);
+                return same_author(p, &new);
             }
             let attachments = serde_json::to_string(&new.attachments).map_err(json_err)?;
             conn.prepare_cached(
@@ -236,6 +255,9 @@ impl FeedStore for SqliteStore {
                 })
                 .optional()?;
             if let Some((post_id, author, text, ts)) = existing {
+                if post_id != new.post || author != new.author {
+                    return Err(comment_conflict(&new.id));
+                }
                 let comment = Comment {
                     id: new.id,
                     post: post_id,

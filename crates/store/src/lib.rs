@@ -163,6 +163,48 @@ pub struct Replay {
     pub truncated: bool,
 }
 
+/// What [`Store::take_refresh_token`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// The token was valid; it is used now. Issue the next one in the same family.
+    Valid {
+        /// The token's user.
+        user: String,
+        /// The token's family.
+        family: String,
+    },
+    /// A used token came back: someone holds a copy. The whole family (every token issued
+    /// from it too) is revoked now.
+    Reused {
+        /// The token's user.
+        user: String,
+        /// The family, now revoked.
+        family: String,
+    },
+    /// Unknown, expired, or of a revoked family.
+    Invalid,
+}
+
+/// What a refresh token is worth, from its row (both backends decide alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Valid,
+    Reused,
+    Invalid,
+}
+
+/// Expired, or of a revoked (or vanished) family: invalid. Used already: reused, unless it
+/// expired (a used token is kept only until its expiry). Else valid.
+pub(crate) fn refresh_verdict(expires_ms: i64, used: bool, family_live: bool, now: i64) -> Verdict {
+    if expires_ms <= now || !family_live {
+        Verdict::Invalid
+    } else if used {
+        Verdict::Reused
+    } else {
+        Verdict::Valid
+    }
+}
+
 /// The durable state hubbub keeps.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -188,19 +230,36 @@ pub trait Store: Send + Sync {
     /// A user by handle.
     async fn user_by_handle(&self, handle: &str) -> Result<Option<UserRef>, StoreError>;
 
-    /// Remember a refresh token (by its hash) until `expires_ms`.
+    /// Remember a refresh token (by its hash) of `family` until `expires_ms`. A login starts a
+    /// family (a fresh random id); a refresh puts its new token in the family of the token it
+    /// used. A token put in a family that was revoked meanwhile (a reuse was detected, or the
+    /// user's tokens were revoked, while this refresh was under way) is stored but never valid.
     async fn put_refresh_token(
         &self,
         token_hash: &str,
         user: &str,
+        family: &str,
         expires_ms: i64,
     ) -> Result<(), StoreError>;
 
-    /// Use up a refresh token: its user if it was valid, and it is valid no more.
-    async fn take_refresh_token(&self, token_hash: &str) -> Result<Option<String>, StoreError>;
+    /// Use up a refresh token. A valid token is marked used (and kept until it expires, so a
+    /// second use is recognised); a used token that comes back revokes its whole family.
+    async fn take_refresh_token(&self, token_hash: &str) -> Result<RefreshOutcome, StoreError>;
+
+    /// Revoke everything issued to `user` until `now_ms`: every refresh token of the user is
+    /// deleted (their families revoked, so a refresh under way cannot issue a live one), and
+    /// the user's `tokens_revoked_ms` becomes `now_ms` (never earlier than it was). An unknown
+    /// user is `NotFound`.
+    async fn revoke_tokens(&self, user: &str, now_ms: i64) -> Result<(), StoreError>;
+
+    /// When `user`'s tokens were last revoked (ms since the epoch); 0 when never (or for an
+    /// unknown user). Access tokens issued before it are refused by the edge.
+    async fn tokens_revoked_ms(&self, user: &str) -> Result<i64, StoreError>;
 
     /// `conversation.create`; a direct conversation that exists, or a group whose id exists
-    /// (a retried create), is returned with no events.
+    /// (a retried create, by redelivery or by the client's idempotency key), is returned with
+    /// no events; an id that exists with another creator is `Conflict`. Naming a member who
+    /// blocks the creator is `Forbidden`.
     async fn create_conversation(
         &self,
         new: NewConversation,
@@ -212,7 +271,8 @@ pub trait Store: Send + Sync {
     /// `conversation.list`: the caller's conversations, most recent activity first.
     async fn conversations(&self, caller: &str) -> Result<Vec<ConversationSummary>, StoreError>;
 
-    /// `conversation.add` (group creator only; adding a member is a no-op).
+    /// `conversation.add` (group creator only; adding a member is a no-op). Adding a user who
+    /// blocks the caller is `Forbidden`.
     async fn add_member(
         &self,
         caller: &str,
@@ -253,8 +313,9 @@ pub trait Store: Send + Sync {
         message: &str,
     ) -> Result<Written<()>, StoreError>;
 
-    /// `block.add`: `caller` no longer receives `user`'s messages or typing, and `user` cannot
-    /// open a direct conversation with `caller`. Idempotent.
+    /// `block.add`: `caller` no longer receives `user`'s messages or typing, and `user` can
+    /// neither open a direct conversation with `caller` nor add `caller` to a group (at its
+    /// creation or later). Idempotent.
     async fn block(&self, caller: &str, user: &str) -> Result<(), StoreError>;
 
     /// `block.remove`. Idempotent.

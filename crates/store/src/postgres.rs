@@ -7,9 +7,11 @@
 //! without gaps or repeats). Full-text search is PostgreSQL's own (a generated `tsvector`
 //! column with a GIN index, the `simple` configuration so no language is assumed).
 //!
-//! Migrations: `postgres_v1.sql`, applied under an advisory lock at connect time and
-//! recorded in `hubbub_schema`. A lost connection, a refused connection, a deadlock or a
-//! serialization failure is `Unavailable` (nothing was committed; the caller retries).
+//! Migrations: `postgres_v1.sql`, then `postgres_v2.sql` (refresh token families), applied
+//! under an advisory lock at connect time and recorded in `hubbub_schema`. A lost connection,
+//! a refused connection, a deadlock or a serialization failure is `Unavailable` (nothing was
+//! committed; the caller retries), except at a write's `COMMIT`: there a lost connection
+//! leaves the outcome unknown, which is `Internal` (see `commit_err`).
 
 use crate::feed::{FeedStore, NewComment, NewPost, StoredPost};
 use crate::media::MediaInfo;
@@ -21,7 +23,15 @@ use std::collections::HashMap;
 use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 
-const SCHEMA_VERSION: i32 = 1;
+/// Version 1: chat, the feed, media; version 2: refresh token families and revocation.
+const SCHEMA_VERSION: i32 = 2;
+/// The schema's steps: version N is the first N of them, applied in order.
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
+    include_str!("postgres_v1.sql"),
+    include_str!("postgres_v2.sql"),
+];
+/// How long a family's row outlives its last token (see `schema_v3.sql`).
+const FAMILY_GRACE_MS: i64 = 3_600_000;
 
 /// The PostgreSQL store.
 #[derive(Clone)]
@@ -52,6 +62,19 @@ fn pg(e: tokio_postgres::Error) -> StoreError {
         Some(_) => StoreError::Internal(e.to_string()),
         // No SQL state: the connection itself failed.
         None => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+/// An error of a write transaction's `COMMIT`. The server may have committed before the
+/// connection was lost (or the session was terminated) without telling us, so unless the
+/// server answered that it rolled back (SQLSTATE class 40: a serialization failure or a
+/// deadlock found at commit, which writes nothing), the outcome is unknown: `Internal`, never
+/// `Unavailable` ("nothing was accepted"), which would let a client resend a write that
+/// landed.
+fn commit_err(e: tokio_postgres::Error) -> StoreError {
+    match e.code() {
+        Some(c) if c.code().starts_with("40") => pg(e),
+        _ => StoreError::Internal(format!("outcome unknown: {e}")),
     }
 }
 
@@ -288,6 +311,25 @@ async fn creator_view(
     Ok(conv)
 }
 
+/// `Forbidden` if `user` blocks `caller`: a blocked user cannot put the blocker in a group.
+async fn refuse_if_blocked(
+    c: &impl GenericClient,
+    user: &str,
+    caller: &str,
+) -> Result<(), StoreError> {
+    let blocked = opt(
+        c,
+        "SELECT 1 FROM blocks WHERE blocker = $1 AND blocked = $2",
+        &[&user, &caller],
+    )
+    .await?
+    .is_some();
+    if blocked {
+        return Err(StoreError::Forbidden("you cannot add this user".into()));
+    }
+    Ok(())
+}
+
 fn parse_message_id(id: &str) -> Result<i64, StoreError> {
     id.parse::<i64>()
         .map_err(|_| StoreError::NotFound(format!("no message {id}")))
@@ -314,7 +356,8 @@ fn search_text(text: &str) -> Result<String, StoreError> {
     Ok(words.join(" "))
 }
 
-/// Run `$body` in a transaction on a pooled connection, committing on success.
+/// Run `$body` in a transaction on a pooled connection, committing on success (an error of
+/// the commit itself leaves the outcome unknown: see [`commit_err`]).
 macro_rules! in_tx {
     ($self:expr, |$tx:ident| $body:expr) => {{
         let mut client = $self.pool.get().await.map_err(pool_err)?;
@@ -322,7 +365,7 @@ macro_rules! in_tx {
         let out = $body;
         match out {
             Ok(v) => {
-                $tx.commit().await.map_err(pg)?;
+                $tx.commit().await.map_err(commit_err)?;
                 Ok(v)
             }
             Err(e) => Err(e),
@@ -406,24 +449,35 @@ impl PgStore {
             )
             .await?
             .map(|r| r.get(0));
-            match v {
-                None => {
-                    tx.batch_execute(include_str!("postgres_v1.sql"))
-                        .await
-                        .map_err(pg)?;
-                    exec(
-                        &tx,
-                        "INSERT INTO hubbub_schema (component, version) VALUES ('store', $1)",
-                        &[&SCHEMA_VERSION],
-                    )
-                    .await?;
-                    Ok(())
+            // Version v is the first v steps: apply the rest, in this transaction.
+            let done = match v {
+                None => 0,
+                Some(v) if (1..=SCHEMA_VERSION).contains(&v) => v as usize,
+                Some(v) => {
+                    return Err(StoreError::Internal(format!(
+                        "the database was written by a newer hubbub (store schema {v}, this build knows {SCHEMA_VERSION})"
+                    )));
                 }
-                Some(SCHEMA_VERSION) => Ok(()),
-                Some(v) => Err(StoreError::Internal(format!(
-                    "the database was written by a newer hubbub (store schema {v}, this build knows {SCHEMA_VERSION})"
-                ))),
+            };
+            for step in &MIGRATIONS[done..] {
+                tx.batch_execute(step).await.map_err(pg)?;
             }
+            if v.is_none() {
+                exec(
+                    &tx,
+                    "INSERT INTO hubbub_schema (component, version) VALUES ('store', $1)",
+                    &[&SCHEMA_VERSION],
+                )
+                .await?;
+            } else if done < MIGRATIONS.len() {
+                exec(
+                    &tx,
+                    "UPDATE hubbub_schema SET version = $1 WHERE component = 'store'",
+                    &[&SCHEMA_VERSION],
+                )
+                .await?;
+            }
+            Ok(())
         })
     }
 }
@@ -555,34 +609,148 @@ impl Store for PgStore {
         &self,
         token_hash: &str,
         user: &str,
+        family: &str,
         expires_ms: i64,
     ) -> Result<(), StoreError> {
+        let now = now_ms();
         in_tx!(self, |tx| {
-            exec(
-                &tx,
-                "DELETE FROM refresh_tokens WHERE expires_ms <= $1",
-                &[&now_ms()],
-            )
-            .await?;
-            exec(
-                &tx,
-                "INSERT INTO refresh_tokens (token_hash, user_id, expires_ms) VALUES ($1, $2, $3)",
-                &[&token_hash, &user, &expires_ms],
-            )
+            async {
+                exec(
+                    &tx,
+                    "DELETE FROM refresh_tokens WHERE expires_ms <= $1",
+                    &[&now],
+                )
+                .await?;
+                exec(
+                    &tx,
+                    "DELETE FROM refresh_families WHERE expires_ms <= $1",
+                    &[&now.saturating_sub(FAMILY_GRACE_MS)],
+                )
+                .await?;
+                // A family revoked meanwhile stays revoked: only its expiry moves.
+                let owner: String = one(
+                    &tx,
+                    "INSERT INTO refresh_families (family, user_id, expires_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (family) DO UPDATE
+                       SET expires_ms = GREATEST(refresh_families.expires_ms, excluded.expires_ms)
+                     RETURNING user_id",
+                    &[&family, &user, &expires_ms],
+                )
+                .await?
+                .get(0);
+                if owner != user {
+                    return Err(StoreError::Conflict(format!(
+                        "refresh token family {family} belongs to another user"
+                    )));
+                }
+                exec(
+                    &tx,
+                    "INSERT INTO refresh_tokens (token_hash, user_id, family, expires_ms)
+                     VALUES ($1, $2, $3, $4)",
+                    &[&token_hash, &user, &family, &expires_ms],
+                )
+                .await
+                .map(|_| ())
+            }
             .await
-            .map(|_| ())
         })
     }
 
-    async fn take_refresh_token(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
-        let row = self
-            .query_opt(
-                "DELETE FROM refresh_tokens WHERE token_hash = $1 RETURNING user_id, expires_ms",
-                &[&token_hash],
-            )
-            .await?;
+    async fn take_refresh_token(&self, token_hash: &str) -> Result<RefreshOutcome, StoreError> {
         let now = now_ms();
-        Ok(row.filter(|r| r.get::<_, i64>(1) > now).map(|r| r.get(0)))
+        in_tx!(self, |tx| {
+            async {
+                // The token's row locked: two uses of one token at once are one use, then a
+                // reuse, never two valid uses.
+                let Some(r) = opt(
+                    &tx,
+                    "SELECT t.user_id, t.family, t.expires_ms, t.used_ms,
+                            f.family IS NOT NULL, f.revoked_ms
+                     FROM refresh_tokens t LEFT JOIN refresh_families f ON f.family = t.family
+                     WHERE t.token_hash = $1
+                     FOR UPDATE OF t",
+                    &[&token_hash],
+                )
+                .await?
+                else {
+                    return Ok(RefreshOutcome::Invalid);
+                };
+                let (user, family): (String, String) = (r.get(0), r.get(1));
+                let used = r.get::<_, Option<i64>>(3).is_some();
+                let family_live = r.get::<_, bool>(4) && r.get::<_, Option<i64>>(5).is_none();
+                match refresh_verdict(r.get(2), used, family_live, now) {
+                    Verdict::Invalid => Ok(RefreshOutcome::Invalid),
+                    Verdict::Reused => {
+                        exec(
+                            &tx,
+                            "UPDATE refresh_families SET revoked_ms = $2 WHERE family = $1",
+                            &[&family, &now],
+                        )
+                        .await?;
+                        exec(
+                            &tx,
+                            "DELETE FROM refresh_tokens WHERE family = $1",
+                            &[&family],
+                        )
+                        .await?;
+                        Ok(RefreshOutcome::Reused { user, family })
+                    }
+                    Verdict::Valid => {
+                        exec(
+                            &tx,
+                            "UPDATE refresh_tokens SET used_ms = $2 WHERE token_hash = $1",
+                            &[&token_hash, &now],
+                        )
+                        .await?;
+                        Ok(RefreshOutcome::Valid { user, family })
+                    }
+                }
+            }
+            .await
+        })
+    }
+
+    async fn revoke_tokens(&self, user: &str, now_ms: i64) -> Result<(), StoreError> {
+        in_tx!(self, |tx| {
+            async {
+                let updated = exec(
+                    &tx,
+                    "UPDATE users SET tokens_revoked_ms = GREATEST(COALESCE(tokens_revoked_ms, 0), $2)
+                     WHERE id = $1",
+                    &[&user, &now_ms],
+                )
+                .await?;
+                if updated == 0 {
+                    return Err(StoreError::NotFound(format!("no user {user}")));
+                }
+                exec(
+                    &tx,
+                    "DELETE FROM refresh_tokens WHERE user_id = $1",
+                    &[&user],
+                )
+                .await?;
+                exec(
+                    &tx,
+                    "UPDATE refresh_families SET revoked_ms = $2
+                     WHERE user_id = $1 AND revoked_ms IS NULL",
+                    &[&user, &now_ms],
+                )
+                .await
+                .map(|_| ())
+            }
+            .await
+        })
+    }
+
+    async fn tokens_revoked_ms(&self, user: &str) -> Result<i64, StoreError> {
+        Ok(self
+            .query_opt(
+                "SELECT tokens_revoked_ms FROM users WHERE id = $1",
+                &[&user],
+            )
+            .await?
+            .and_then(|r| r.get::<_, Option<i64>>(0))
+            .unwrap_or(0))
     }
 
     async fn create_conversation(
@@ -683,6 +851,9 @@ impl Store for PgStore {
                                 new.max_members
                             )));
                         }
+                        for m in &others {
+                            refuse_if_blocked(&tx, m, &new.creator).await?;
+                        }
                         exec(
                             &tx,
                             "INSERT INTO conversations (id, kind, title, created_by, created_ms, ephemeral)
@@ -781,6 +952,7 @@ impl Store for PgStore {
                 if c.members.iter().any(|m| m == user) {
                     return Ok(Written::nothing(()));
                 }
+                refuse_if_blocked(&tx, user, caller).await?;
                 if c.members.len() + 1 > max_members {
                     return Err(StoreError::TooLarge(format!(
                         "a group has at most {max_members} members"
@@ -1117,6 +1289,7 @@ impl Store for PgStore {
             &[&user, &after, &lim],
         )
         .await?;
+        // Read only: a failed commit lost nothing, so it maps like any read error.
         tx.commit().await.map_err(pg)?;
         let mut frames = Vec::with_capacity(got.len());
         for r in got {
@@ -1211,6 +1384,7 @@ async fn run_sends(pool: Pool, mut jobs: tokio::sync::mpsc::Receiver<SendJob>) {
                 for reply in replies {
                     let _ = reply.send(Err(match &e {
                         StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+                        StoreError::Internal(m) => StoreError::Internal(m.clone()),
                         other => StoreError::Internal(other.to_string()),
                     }));
                 }
@@ -1240,6 +1414,7 @@ async fn send_batch(
         let sp = tx.transaction().await.map_err(pg)?;
         match insert_one(&sp, new, now).await {
             Ok(sent) => {
+                // Releasing a savepoint commits nothing yet: a lost connection here is plain.
                 sp.commit().await.map_err(pg)?;
                 inserted.push(Ok(sent));
             }
@@ -1298,7 +1473,7 @@ async fn send_batch(
                 .push((r.get(0), r.get(1)));
         }
     }
-    tx.commit().await.map_err(pg)?;
+    tx.commit().await.map_err(commit_err)?;
     Ok(inserted
         .into_iter()
         .map(|r| {
@@ -1448,15 +1623,23 @@ async fn notify(
 impl FeedStore for PgStore {
     async fn create_post(&self, new: NewPost) -> Result<StoredPost, StoreError> {
         let attachments = serde_json::to_string(&new.attachments).map_err(json_err)?;
-        let client = self.client().await?;
-        exec(
-            &client,
-            "INSERT INTO posts (id, author, text, attachments, ts) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (id) DO NOTHING",
-            &[&new.id, &new.author, &new.text, &attachments, &now_ms()],
-        )
-        .await?;
-        existing_post(&client, &new.id).await
+        let now = now_ms();
+        // A transaction, not a lone INSERT: a connection lost at its COMMIT is then known to
+        // leave the outcome unknown (`Internal`), not taken for "nothing was written".
+        let post = in_tx!(self, |tx| {
+            async {
+                exec(
+                    &tx,
+                    "INSERT INTO posts (id, author, text, attachments, ts) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (id) DO NOTHING",
+                    &[&new.id, &new.author, &new.text, &attachments, &now],
+                )
+                .await?;
+                existing_post(&tx, &new.id).await
+            }
+            .await
+        })?;
+        crate::feed::same_author(post, &new)
     }
 
     async fn delete_post(&self, caller: &str, post: &str) -> Result<(), StoreError> {
@@ -1496,6 +1679,9 @@ impl FeedStore for PgStore {
                         &[&new.id],
                     )
                     .await?;
+                    if r.get::<_, &str>(0) != new.post || r.get::<_, &str>(1) != new.author {
+                        return Err(crate::feed::comment_conflict(&new.id));
+                    }
                     let comment = Comment {
                         id: new.id.clone(),
                         post: r.get(0),
@@ -1681,6 +1867,7 @@ impl FeedStore for PgStore {
         .iter()
         .map(to_post)
         .collect::<Result<Vec<_>, _>>()?;
+        // Read only: a failed commit lost nothing, so it maps like any read error.
         tx.commit().await.map_err(pg)?;
         Ok((posts, watermark as u64))
     }

@@ -15,8 +15,17 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-/// Version 1: chat; version 2: the feed.
-const SCHEMA_VERSION: i64 = 2;
+/// Version 1: chat; version 2: the feed; version 3: refresh token families and revocation.
+const SCHEMA_VERSION: i64 = 3;
+/// The schema's steps: version N is the first N of them, applied in order.
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
+    include_str!("schema_v1.sql"),
+    include_str!("schema_v2.sql"),
+    include_str!("schema_v3.sql"),
+];
+/// How long a family's row outlives its last token: a refresh racing that token's expiry
+/// still finds the family (and whether it was revoked) when it puts the next token.
+const FAMILY_GRACE_MS: i64 = 3_600_000;
 /// Read connections kept open for reuse.
 const MAX_IDLE_READERS: usize = 8;
 
@@ -132,23 +141,27 @@ impl SqliteStore {
                     .optional()?;
                 match version {
                     None => {
-                        conn.execute_batch(include_str!("schema_v1.sql"))?;
-                        conn.execute_batch(include_str!("schema_v2.sql"))?;
+                        for step in MIGRATIONS {
+                            conn.execute_batch(step)?;
+                        }
                         conn.execute(
                             "INSERT INTO hubbub_components (component, version) VALUES ('store', ?1)",
                             [SCHEMA_VERSION],
                         )?;
                         Ok(())
                     }
-                    Some(1) => {
-                        conn.execute_batch(include_str!("schema_v2.sql"))?;
+                    Some(SCHEMA_VERSION) => Ok(()),
+                    Some(v) if (1..SCHEMA_VERSION).contains(&v) => {
+                        // Version v is the first v steps: apply the rest, in this transaction.
+                        for step in &MIGRATIONS[v as usize..] {
+                            conn.execute_batch(step)?;
+                        }
                         conn.execute(
                             "UPDATE hubbub_components SET version = ?1 WHERE component = 'store'",
                             [SCHEMA_VERSION],
                         )?;
                         Ok(())
                     }
-                    Some(SCHEMA_VERSION) => Ok(()),
                     Some(v) => Err(StoreError::Internal(format!(
                         "the database was written by a newer hubbub (store schema {v}, this build \
                          knows {SCHEMA_VERSION})"
@@ -300,6 +313,18 @@ fn creator_view(
         )));
     }
     Ok(c)
+}
+
+/// `Forbidden` if `user` blocks `caller`: a blocked user cannot put the blocker in a group
+/// (the message names no one, so it tells the caller no more than that they may not).
+fn refuse_if_blocked(conn: &Connection, user: &str, caller: &str) -> Result<(), StoreError> {
+    let blocked = conn
+        .prepare_cached("SELECT 1 FROM blocks WHERE blocker = ?1 AND blocked = ?2")?
+        .exists(params![user, caller])?;
+    if blocked {
+        return Err(StoreError::Forbidden("you cannot add this user".into()));
+    }
+    Ok(())
 }
 
 /// Fail unless the conversation exists and `caller` is in it (two index lookups).
@@ -588,31 +613,123 @@ impl Store for SqliteStore {
         &self,
         token_hash: &str,
         user: &str,
+        family: &str,
         expires_ms: i64,
     ) -> Result<(), StoreError> {
-        let (hash, user, now) = (token_hash.to_owned(), user.to_owned(), self.now());
+        let (hash, user, family, now) = (
+            token_hash.to_owned(),
+            user.to_owned(),
+            family.to_owned(),
+            self.now(),
+        );
         self.write(move |conn| {
             conn.prepare_cached("DELETE FROM refresh_tokens WHERE expires_ms <= ?1")?
                 .execute([now])?;
+            conn.prepare_cached("DELETE FROM refresh_families WHERE expires_ms <= ?1")?
+                .execute([now.saturating_sub(FAMILY_GRACE_MS)])?;
+            // A family revoked meanwhile stays revoked: only its expiry moves.
+            let owner: String = conn
+                .prepare_cached(
+                    "INSERT INTO refresh_families (family, user_id, expires_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (family) DO UPDATE SET expires_ms = MAX(expires_ms, excluded.expires_ms)
+                     RETURNING user_id",
+                )?
+                .query_row(params![family, user, expires_ms], |r| r.get(0))?;
+            if owner != user {
+                return Err(StoreError::Conflict(format!(
+                    "refresh token family {family} belongs to another user"
+                )));
+            }
             conn.prepare_cached(
-                "INSERT INTO refresh_tokens (token_hash, user_id, expires_ms) VALUES (?1, ?2, ?3)",
+                "INSERT INTO refresh_tokens (token_hash, user_id, family, expires_ms)
+                 VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![hash, user, expires_ms])?;
+            .execute(params![hash, user, family, expires_ms])?;
             Ok(())
         })
         .await
     }
 
-    async fn take_refresh_token(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
+    async fn take_refresh_token(&self, token_hash: &str) -> Result<RefreshOutcome, StoreError> {
         let (hash, now) = (token_hash.to_owned(), self.now());
         self.write(move |conn| {
-            let row: Option<(String, i64)> = conn
+            let row: Option<(String, String, i64, Option<i64>, bool, Option<i64>)> = conn
                 .prepare_cached(
-                    "DELETE FROM refresh_tokens WHERE token_hash = ?1 RETURNING user_id, expires_ms",
+                    "SELECT t.user_id, t.family, t.expires_ms, t.used_ms,
+                            f.family IS NOT NULL, f.revoked_ms
+                     FROM refresh_tokens t LEFT JOIN refresh_families f ON f.family = t.family
+                     WHERE t.token_hash = ?1",
                 )?
-                .query_row([hash], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_row([&hash], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                })
                 .optional()?;
-            Ok(row.filter(|(_, expires)| *expires > now).map(|(user, _)| user))
+            let Some((user, family, expires_ms, used_ms, family_found, family_revoked)) = row
+            else {
+                return Ok(RefreshOutcome::Invalid);
+            };
+            let family_live = family_found && family_revoked.is_none();
+            match refresh_verdict(expires_ms, used_ms.is_some(), family_live, now) {
+                Verdict::Invalid => Ok(RefreshOutcome::Invalid),
+                Verdict::Reused => {
+                    conn.prepare_cached(
+                        "UPDATE refresh_families SET revoked_ms = ?2 WHERE family = ?1",
+                    )?
+                    .execute(params![family, now])?;
+                    conn.prepare_cached("DELETE FROM refresh_tokens WHERE family = ?1")?
+                        .execute([&family])?;
+                    Ok(RefreshOutcome::Reused { user, family })
+                }
+                Verdict::Valid => {
+                    conn.prepare_cached(
+                        "UPDATE refresh_tokens SET used_ms = ?2 WHERE token_hash = ?1",
+                    )?
+                    .execute(params![hash, now])?;
+                    Ok(RefreshOutcome::Valid { user, family })
+                }
+            }
+        })
+        .await
+    }
+
+    async fn revoke_tokens(&self, user: &str, now_ms: i64) -> Result<(), StoreError> {
+        let user = user.to_owned();
+        self.write(move |conn| {
+            let updated = conn
+                .prepare_cached(
+                    "UPDATE users SET tokens_revoked_ms = MAX(COALESCE(tokens_revoked_ms, 0), ?2)
+                     WHERE id = ?1",
+                )?
+                .execute(params![user, now_ms])?;
+            if updated == 0 {
+                return Err(StoreError::NotFound(format!("no user {user}")));
+            }
+            conn.prepare_cached("DELETE FROM refresh_tokens WHERE user_id = ?1")?
+                .execute([&user])?;
+            conn.prepare_cached(
+                "UPDATE refresh_families SET revoked_ms = ?2 WHERE user_id = ?1 AND revoked_ms IS NULL",
+            )?
+            .execute(params![user, now_ms])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn tokens_revoked_ms(&self, user: &str) -> Result<i64, StoreError> {
+        let user = user.to_owned();
+        self.read(move |conn| {
+            let at: Option<Option<i64>> = conn
+                .prepare_cached("SELECT tokens_revoked_ms FROM users WHERE id = ?1")?
+                .query_row([user], |r| r.get(0))
+                .optional()?;
+            Ok(at.flatten().unwrap_or(0))
         })
         .await
     }
@@ -693,6 +810,9 @@ impl Store for SqliteStore {
                             "a group has at most {} members",
                             new.max_members
                         )));
+                    }
+                    for m in &others {
+                        refuse_if_blocked(conn, m, &new.creator)?;
                     }
                     conn.prepare_cached(
                         "INSERT INTO conversations (id, kind, title, created_by, created_ms, ephemeral)
@@ -788,6 +908,7 @@ impl Store for SqliteStore {
             if c.members.contains(&user) {
                 return Ok(Written::nothing(()));
             }
+            refuse_if_blocked(conn, &user, &caller)?;
             if c.members.len() + 1 > max_members {
                 return Err(StoreError::TooLarge(format!(
                     "a group has at most {max_members} members"

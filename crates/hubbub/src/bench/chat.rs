@@ -124,6 +124,7 @@ pub async fn run(args: ChatBenchArgs) -> anyhow::Result<()> {
                 members: ids[1..].to_vec(),
                 title: Some(format!("bench {g}")),
                 ephemeral: None,
+                idempotency_key: None,
             })
             .await?;
         let conversation = match reply {

@@ -118,6 +118,7 @@ async fn engagement_reaches_watchers_on_other_edges_and_survives_a_new_leader() 
         Request::PostCreate {
             text: "across edges".into(),
             attachments: None,
+            idempotency_key: None,
         },
     )
     .await
@@ -147,6 +148,7 @@ async fn engagement_reaches_watchers_on_other_edges_and_survives_a_new_leader() 
         Request::CommentCreate {
             post: post.clone(),
             text: "done".into(),
+            idempotency_key: None,
         },
     )
     .await;

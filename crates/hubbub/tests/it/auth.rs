@@ -142,6 +142,57 @@ async fn signup_login_refresh_and_lookup() {
     assert_eq!(body["error"]["code"], "not_found");
 }
 
+/// A refresh token used twice means someone holds a copy: the reuse is refused, and so is
+/// every token issued from the reused one, whoever holds it. A new login still works.
+#[tokio::test]
+async fn reusing_a_refresh_token_revokes_the_tokens_issued_from_it() {
+    let s = server().await;
+    let (status, body) = post(
+        &s.base,
+        "/v1/auth/signup",
+        json!({"handle":"alice","password":"password123"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let t1 = body["refresh_token"].as_str().expect("refresh").to_owned();
+    let refresh = |token: String| {
+        let base = s.base.clone();
+        async move { post(&base, "/v1/auth/refresh", json!({"refresh_token": token})).await }
+    };
+    let (status, body) = refresh(t1.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let t2 = body["refresh_token"].as_str().expect("refresh").to_owned();
+
+    let (status, reused) = refresh(t1).await;
+    assert_eq!(
+        (status, reused["error"]["code"].as_str()),
+        (401, Some("unauthorized")),
+        "the reuse"
+    );
+    let (status, body) = refresh(t2).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthorized")),
+        "the token issued from the reused one: {body}"
+    );
+    let (_, made_up) = refresh("made-up".into()).await;
+    assert_eq!(
+        reused["error"]["message"], made_up["error"]["message"],
+        "a reuse is answered like any bad token"
+    );
+
+    let (status, body) = post(
+        &s.base,
+        "/v1/auth/login",
+        json!({"handle":"alice","password":"password123"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let t3 = body["refresh_token"].as_str().expect("refresh").to_owned();
+    let (status, body) = refresh(t3).await;
+    assert_eq!(status, 200, "a new login starts a new family: {body}");
+}
+
 #[tokio::test]
 async fn websocket_refuses_bad_tokens_before_the_upgrade() {
     let s = server().await;

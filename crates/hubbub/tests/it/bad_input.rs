@@ -182,6 +182,7 @@ async fn slow_reader_is_cut_off(bound: impl FnOnce(&mut hubbub::config::Config))
             members: vec![slow.id.clone()],
             title: None,
             ephemeral: None,
+            idempotency_key: None,
         })
         .await
         .expect("create");

@@ -274,6 +274,7 @@ async fn direct_conversations_are_unique_per_pair() {
         members: vec![u.into()],
         title: None,
         ephemeral: None,
+        idempotency_key: None,
     };
     let ReplyData::Conversation { conversation: c1 } = ok(&mut a, direct(&bob.id)).await else {
         panic!()
@@ -290,11 +291,128 @@ async fn direct_conversations_are_unique_per_pair() {
             members: vec![],
             title: None,
             ephemeral: None,
+            idempotency_key: None,
         },
         "bad_request",
     )
     .await;
     err(&mut a, direct(&alice.id), "bad_request").await;
+}
+
+/// If bob blocks alice, alice can put bob in no group: not when she creates it, not later.
+#[tokio::test]
+async fn a_blocked_user_cannot_add_the_blocker_to_groups() {
+    let s = server().await;
+    let (alice, at) = s.user("alice").await;
+    let (bob, bt) = s.user("bob").await;
+    let (carol, _) = s.user("carol").await;
+    let (mut a, _) = s.connect(&at).await;
+    let (mut b, _) = s.connect(&bt).await;
+    ok(
+        &mut b,
+        Request::BlockAdd {
+            user: alice.id.clone(),
+        },
+    )
+    .await;
+    let message = err(
+        &mut a,
+        group(vec![carol.id.clone(), bob.id.clone()]),
+        "forbidden",
+    )
+    .await;
+    assert_eq!(message, "you cannot add this user");
+    let ReplyData::Conversation { conversation: c } = ok(&mut a, group(vec![carol.id])).await
+    else {
+        panic!()
+    };
+    let add = Request::ConversationAdd {
+        conversation: c.id.clone(),
+        user: bob.id.clone(),
+    };
+    let message = err(&mut a, add.clone(), "forbidden").await;
+    assert_eq!(message, "you cannot add this user");
+    let ReplyData::Conversation { conversation: c } = ok(
+        &mut a,
+        Request::ConversationGet {
+            conversation: c.id.clone(),
+        },
+    )
+    .await
+    else {
+        panic!()
+    };
+    assert!(!c.members.contains(&bob.id), "bob was not added");
+    // Once bob lifts the block, alice may add him.
+    ok(&mut b, Request::BlockRemove { user: alice.id }).await;
+    ok(&mut a, add).await;
+}
+
+/// `conversation.create` retried with the same `idempotency_key` (a new request, as after
+/// `internal`) returns the first conversation and creates nothing.
+#[tokio::test]
+async fn conversation_create_with_an_idempotency_key_creates_once() {
+    let s = server().await;
+    let (_alice, at) = s.user("alice").await;
+    let (bob, _) = s.user("bob").await;
+    let (mut a, _) = s.connect(&at).await;
+    let keyed = |key: &str| Request::ConversationCreate {
+        kind: ConversationKind::Group,
+        members: vec![bob.id.clone()],
+        title: Some("team".into()),
+        ephemeral: None,
+        idempotency_key: Some(key.to_owned().try_into().expect("key")),
+    };
+    let ReplyData::Conversation {
+        conversation: first,
+    } = ok(&mut a, keyed("create-1")).await
+    else {
+        panic!()
+    };
+    let ReplyData::Conversation {
+        conversation: again,
+    } = ok(&mut a, keyed("create-1")).await
+    else {
+        panic!()
+    };
+    assert_eq!(again, first, "the first conversation");
+    let ReplyData::Conversation {
+        conversation: other,
+    } = ok(&mut a, keyed("create-2")).await
+    else {
+        panic!()
+    };
+    assert_ne!(other.id, first.id, "another key, another conversation");
+    let ReplyData::Conversations { conversations } = ok(&mut a, Request::ConversationList {}).await
+    else {
+        panic!()
+    };
+    assert_eq!(conversations.len(), 2);
+    // One `conversation.updated` per conversation created, none for the repeat.
+    let created = all_events(&s, &at)
+        .await
+        .into_iter()
+        .filter(|f| matches!(f, ServerFrame::ConversationUpdated { .. }))
+        .count();
+    assert_eq!(created, 2);
+    let too_long = "k".repeat(65);
+    a.send_text(
+        &serde_json::json!({"type":"conversation.create","id":"x","kind":"group",
+                            "members":[],"idempotency_key":too_long})
+        .to_string(),
+    )
+    .await
+    .expect("send");
+    let reply = until(&mut a, "the reply", |f| {
+        matches!(f, ServerFrame::Error { id: Some(id), .. } if id == "x")
+            || matches!(f, ServerFrame::Ok { id, .. } if id == "x")
+    })
+    .await;
+    let ServerFrame::Error { code, message, .. } = reply else {
+        panic!("expected an error, got {reply:?}")
+    };
+    assert_eq!(code.as_str(), "bad_request");
+    assert!(message.contains("idempotency_key"), "{message}");
 }
 
 #[tokio::test]

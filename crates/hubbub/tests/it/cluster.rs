@@ -309,6 +309,7 @@ async fn roles_apart_survive_kill_9_of_a_worker_an_edge_and_the_router() {
             members: members.iter().map(|m| users[*m].0.clone()).collect(),
             title: None,
             ephemeral: None,
+            idempotency_key: None,
         };
         match tokio::time::timeout(PATIENCE, s.request(request))
             .await

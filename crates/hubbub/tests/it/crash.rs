@@ -108,6 +108,7 @@ async fn kill_9_during_traffic_loses_and_repeats_nothing() {
             members: ids[1..].to_vec(),
             title: None,
             ephemeral: None,
+            idempotency_key: None,
         })
         .await
         .expect("create");

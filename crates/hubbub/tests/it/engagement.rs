@@ -10,6 +10,7 @@ async fn new_post(sock: &mut hubbub::client::Socket, text: &str) -> String {
         Request::PostCreate {
             text: text.into(),
             attachments: None,
+            idempotency_key: None,
         },
     )
     .await
@@ -97,6 +98,7 @@ async fn watchers_see_who_is_writing_and_the_comment_count() {
         Request::CommentCreate {
             post: p.clone(),
             text: "twelve words or so".into(),
+            idempotency_key: None,
         },
     )
     .await;

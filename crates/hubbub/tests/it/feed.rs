@@ -10,6 +10,7 @@ async fn post(sock: &mut hubbub::client::Socket, text: &str) -> Post {
         Request::PostCreate {
             text: text.into(),
             attachments: None,
+            idempotency_key: None,
         },
     )
     .await
@@ -101,6 +102,7 @@ async fn posts_likes_comments_follows_and_their_notifications() {
         Request::CommentCreate {
             post: p.id.clone(),
             text: "nice".into(),
+            idempotency_key: None,
         },
     )
     .await
@@ -149,6 +151,7 @@ async fn posts_likes_comments_follows_and_their_notifications() {
         Request::CommentCreate {
             post: "nope".into(),
             text: "x".into(),
+            idempotency_key: None,
         },
         "not_found",
     )
@@ -158,6 +161,7 @@ async fn posts_likes_comments_follows_and_their_notifications() {
         Request::CommentCreate {
             post: p.id.clone(),
             text: "  ".into(),
+            idempotency_key: None,
         },
         "bad_request",
     )
@@ -183,6 +187,7 @@ async fn posts_likes_comments_follows_and_their_notifications() {
         Request::PostCreate {
             text: "x".repeat(4001),
             attachments: None,
+            idempotency_key: None,
         },
         "too_large",
     )
@@ -361,6 +366,7 @@ async fn likes_and_comments_lift_a_post_in_the_ranked_timeline() {
             Request::CommentCreate {
                 post: old.clone(),
                 text: "yes".into(),
+                idempotency_key: None,
             },
         )
         .await;
@@ -394,4 +400,84 @@ async fn likes_and_comments_lift_a_post_in_the_ranked_timeline() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// `post.create` and `comment.create` retried with the same `idempotency_key` (new requests,
+/// as after `internal`) return the first object and create nothing.
+#[tokio::test]
+async fn creates_with_an_idempotency_key_create_once() {
+    let s = server().await;
+    let (_alice, at) = s.user("alice").await;
+    let (_bob, bt) = s.user("bob").await;
+    let (mut a, _) = s.connect(&at).await;
+    let (mut b, _) = s.connect(&bt).await;
+    let keyed_post = |key: &str, text: &str| Request::PostCreate {
+        text: text.into(),
+        attachments: None,
+        idempotency_key: Some(key.to_owned().try_into().expect("key")),
+    };
+    let ReplyData::Post { post: first } = ok(&mut a, keyed_post("p-1", "hello")).await else {
+        panic!()
+    };
+    let ReplyData::Post { post: again } = ok(&mut a, keyed_post("p-1", "hello")).await else {
+        panic!()
+    };
+    assert_eq!(again, first, "the first post");
+
+    let keyed_comment = |key: &str| Request::CommentCreate {
+        post: first.id.clone(),
+        text: "nice".into(),
+        idempotency_key: Some(key.to_owned().try_into().expect("key")),
+    };
+    let ReplyData::Comment { comment: c1 } = ok(&mut b, keyed_comment("c-1")).await else {
+        panic!()
+    };
+    let ReplyData::Comment { comment: c2 } = ok(&mut b, keyed_comment("c-1")).await else {
+        panic!()
+    };
+    assert_eq!(c2, c1, "the first comment");
+    let ReplyData::Post { post: other } = ok(&mut a, keyed_post("p-2", "second")).await else {
+        panic!()
+    };
+    assert_ne!(other.id, first.id, "another key, another post");
+    // The author's timeline holds each post once: the repeat made none.
+    let mut ids = timeline(&mut a, None, None).await;
+    ids.sort();
+    let mut expected = vec![first.id.clone(), other.id.clone()];
+    expected.sort();
+    assert_eq!(ids, expected);
+    let ReplyData::Timeline { items, .. } = ok(
+        &mut a,
+        Request::TimelineGet {
+            before: None,
+            limit: None,
+        },
+    )
+    .await
+    else {
+        panic!()
+    };
+    let comments = items.iter().find(|p| p.id == first.id).map(|p| p.comments);
+    assert_eq!(comments, Some(1), "one comment");
+    // Alice was notified of one comment, not two.
+    let notified = all_events(&s, &at)
+        .await
+        .iter()
+        .filter_map(notification)
+        .filter(|(kind, _)| *kind == NotificationKind::Comment)
+        .count();
+    assert_eq!(notified, 1);
+    a.send_text(r#"{"type":"post.create","id":"e","text":"x","idempotency_key":""}"#)
+        .await
+        .expect("send");
+    let reply = until(&mut a, "the reply", |f| {
+        matches!(f, ServerFrame::Error { id: Some(id), .. } if id == "e")
+            || matches!(f, ServerFrame::Ok { id, .. } if id == "e")
+    })
+    .await;
+    let ServerFrame::Error { code, message, .. } = reply else {
+        panic!("expected an error, got {reply:?}")
+    };
+    assert_eq!(code.as_str(), "bad_request");
+    assert!(message.contains("idempotency_key"), "{message}");
 }

@@ -74,6 +74,7 @@ async fn data_and_tokens_survive_a_restart() {
             members: vec![bob.id.clone()],
             title: None,
             ephemeral: None,
+            idempotency_key: None,
         },
     )
     .await

@@ -98,6 +98,7 @@ async fn upload_download_and_attach() {
             members: vec![],
             title: None,
             ephemeral: None,
+            idempotency_key: None,
         },
     )
     .await

@@ -101,6 +101,7 @@ fn direct(user: &str) -> Request {
         members: vec![user.into()],
         title: None,
         ephemeral: None,
+        idempotency_key: None,
     }
 }
 

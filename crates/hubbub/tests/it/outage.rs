@@ -200,6 +200,7 @@ async fn setup(a: &Apart) -> (Socket, String) {
         members: vec![],
         title: Some("outage".into()),
         ephemeral: None,
+        idempotency_key: None,
     };
     let conversation = match tokio::time::timeout(PATIENCE, socket.request(c))
         .await

@@ -133,6 +133,7 @@ async fn blocks_hide_messages_typing_and_direct_conversations() {
         members: vec![u.into()],
         title: None,
         ephemeral: None,
+        idempotency_key: None,
     };
     err(&mut a, direct(&bob.id), "forbidden").await;
     ok(&mut b, direct(&alice.id)).await;
@@ -398,6 +399,7 @@ async fn ephemeral_conversations_expire_after_their_last_message() {
         members: vec![bob.id.clone()],
         title: None,
         ephemeral: Some(true),
+        idempotency_key: None,
     };
     let ReplyData::Conversation { conversation: e } = ok(&mut a, create).await else {
         panic!()

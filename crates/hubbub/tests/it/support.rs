@@ -184,6 +184,7 @@ pub fn group(members: Vec<String>) -> Request {
         members,
         title: Some("team".into()),
         ephemeral: None,
+        idempotency_key: None,
     }
 }
 

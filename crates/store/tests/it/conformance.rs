@@ -65,6 +65,8 @@ macro_rules! store_conformance {
             messages_are_idempotent_and_fan_out, reads_and_unread, blocks_hide_and_refuse,
             search_finds_words_of_member_conversations, replay_and_retention,
             ephemeral_conversations_expire, feed_posts_likes_comments_follows,
+            refresh_token_reuse_revokes_the_family, revoking_a_users_tokens,
+            blocked_users_cannot_add_the_blocker_to_groups, keyed_creates_return_the_first_object,
             timelines_read_candidates_and_what_is_new, concurrent_sends_keep_seqs_gapless);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
@@ -140,24 +142,158 @@ pub async fn users_and_tokens(env: &Env) {
     );
     let taken = s.ensure_user("ext-2", Some("alice")).await.expect("ensure");
     assert_ne!(taken.handle, "alice", "a taken handle is not reused");
-    s.put_refresh_token("t1", &a.id, i64::MAX)
+    s.put_refresh_token("t1", &a.id, "f1", i64::MAX)
         .await
         .expect("put");
     assert_eq!(
         s.take_refresh_token("t1").await.expect("take"),
-        Some(a.id.clone())
+        RefreshOutcome::Valid {
+            user: a.id.clone(),
+            family: "f1".into()
+        }
+    );
+    assert_eq!(
+        s.take_refresh_token("nope").await.expect("take"),
+        RefreshOutcome::Invalid,
+        "unknown"
+    );
+    s.put_refresh_token("t2", &a.id, "f2", 1)
+        .await
+        .expect("put");
+    assert_eq!(
+        s.take_refresh_token("t2").await.expect("take"),
+        RefreshOutcome::Invalid,
+        "expired"
+    );
+    let e = s
+        .put_refresh_token("t3", &app.id, "f1", i64::MAX)
+        .await
+        .expect_err("another user's family");
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+}
+
+/// A refresh keeps the family; a used token that comes back revokes the family, every token
+/// issued from it included.
+pub async fn refresh_token_reuse_revokes_the_family(env: &Env) {
+    let s = &env.store;
+    let (a, b) = (user(env, "alice").await, user(env, "bob").await);
+    // Login: t1 starts family L. Bob's family M is untouched throughout.
+    s.put_refresh_token("t1", &a, "L", i64::MAX)
+        .await
+        .expect("put");
+    s.put_refresh_token("m1", &b, "M", i64::MAX)
+        .await
+        .expect("put");
+    let valid = |user: &str, family: &str| RefreshOutcome::Valid {
+        user: user.into(),
+        family: family.into(),
+    };
+    // Refresh t1 -> t2, in the family t1 names.
+    assert_eq!(
+        s.take_refresh_token("t1").await.expect("take"),
+        valid(&a, "L")
+    );
+    s.put_refresh_token("t2", &a, "L", i64::MAX)
+        .await
+        .expect("put");
+    // t1 again: someone kept a copy.
+    assert_eq!(
+        s.take_refresh_token("t1").await.expect("reuse"),
+        RefreshOutcome::Reused {
+            user: a.clone(),
+            family: "L".into()
+        }
+    );
+    assert_eq!(
+        s.take_refresh_token("t2").await.expect("take"),
+        RefreshOutcome::Invalid,
+        "the token issued from the reused one is revoked with its family"
     );
     assert_eq!(
         s.take_refresh_token("t1").await.expect("take"),
-        None,
-        "single use"
+        RefreshOutcome::Invalid,
+        "the reused token itself is gone"
     );
-    s.put_refresh_token("t2", &a.id, 1).await.expect("put");
+    // A refresh under way when the family was revoked: its new token is never valid.
+    s.put_refresh_token("t3", &a, "L", i64::MAX)
+        .await
+        .expect("put");
     assert_eq!(
-        s.take_refresh_token("t2").await.expect("take"),
-        None,
-        "expired"
+        s.take_refresh_token("t3").await.expect("take"),
+        RefreshOutcome::Invalid
     );
+    // A new login starts a new family, which works.
+    s.put_refresh_token("t4", &a, "L2", i64::MAX)
+        .await
+        .expect("put");
+    assert_eq!(
+        s.take_refresh_token("t4").await.expect("take"),
+        valid(&a, "L2")
+    );
+    assert_eq!(
+        s.take_refresh_token("m1").await.expect("take"),
+        valid(&b, "M")
+    );
+}
+
+/// Revoking a user's tokens deletes every refresh token of theirs (and only theirs) and
+/// records when, never moving backwards.
+pub async fn revoking_a_users_tokens(env: &Env) {
+    let s = &env.store;
+    let (a, b) = (user(env, "alice").await, user(env, "bob").await);
+    assert_eq!(s.tokens_revoked_ms(&a).await.expect("read"), 0, "never");
+    assert_eq!(s.tokens_revoked_ms("ghost").await.expect("read"), 0);
+    for (token, family) in [("a1", "fa1"), ("a2", "fa2"), ("a3", "fa3")] {
+        s.put_refresh_token(token, &a, family, i64::MAX)
+            .await
+            .expect("put");
+    }
+    s.put_refresh_token("b1", &b, "fb", i64::MAX)
+        .await
+        .expect("put");
+    // a3 is being refreshed while the revocation happens.
+    assert!(matches!(
+        s.take_refresh_token("a3").await.expect("take"),
+        RefreshOutcome::Valid { .. }
+    ));
+    s.revoke_tokens(&a, 5_000).await.expect("revoke");
+    assert_eq!(s.tokens_revoked_ms(&a).await.expect("read"), 5_000);
+    assert_eq!(s.tokens_revoked_ms(&b).await.expect("read"), 0);
+    for token in ["a1", "a2", "a3"] {
+        assert_eq!(
+            s.take_refresh_token(token).await.expect("take"),
+            RefreshOutcome::Invalid,
+            "{token} is revoked"
+        );
+    }
+    // The refresh that was under way puts its new token: it is born revoked.
+    s.put_refresh_token("a4", &a, "fa3", i64::MAX)
+        .await
+        .expect("put");
+    assert_eq!(
+        s.take_refresh_token("a4").await.expect("take"),
+        RefreshOutcome::Invalid
+    );
+    // A login after the revocation works.
+    s.put_refresh_token("a5", &a, "fa5", i64::MAX)
+        .await
+        .expect("put");
+    assert!(matches!(
+        s.take_refresh_token("a5").await.expect("take"),
+        RefreshOutcome::Valid { .. }
+    ));
+    assert!(matches!(
+        s.take_refresh_token("b1").await.expect("take"),
+        RefreshOutcome::Valid { .. }
+    ));
+    s.revoke_tokens(&a, 4_000).await.expect("revoke earlier");
+    assert_eq!(
+        s.tokens_revoked_ms(&a).await.expect("read"),
+        5_000,
+        "never moves backwards"
+    );
+    let e = s.revoke_tokens("ghost", 1).await.expect_err("unknown");
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
 }
 
 pub async fn conversations_and_membership(env: &Env) {
@@ -392,6 +528,62 @@ pub async fn blocks_hide_and_refuse(env: &Env) {
     assert!(s.blocks(&b).await.expect("list").is_empty());
 }
 
+/// If B blocks A, A can put B in no group: neither at its creation nor later.
+pub async fn blocked_users_cannot_add_the_blocker_to_groups(env: &Env) {
+    let s = &env.store;
+    let (a, b, c) = (
+        user(env, "alice").await,
+        user(env, "bob").await,
+        user(env, "carol").await,
+    );
+    s.create_conversation(group("before", &a, &[&b]))
+        .await
+        .expect("create before the block");
+    s.block(&b, &a).await.expect("block");
+    let e = s
+        .create_conversation(group("g", &a, &[&c, &b]))
+        .await
+        .expect_err("names the blocker");
+    assert!(
+        matches!(&e, StoreError::Forbidden(m) if m == "you cannot add this user"),
+        "{e:?}"
+    );
+    let e = s.conversation(&a, "g").await.expect_err("not created");
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+    s.create_conversation(group("g", &a, &[&c]))
+        .await
+        .expect("without the blocker");
+    let e = s
+        .add_member(&a, "g", &b, 3)
+        .await
+        .expect_err("add the blocker");
+    assert!(
+        matches!(&e, StoreError::Forbidden(m) if m == "you cannot add this user"),
+        "{e:?}"
+    );
+    assert_eq!(
+        s.conversation(&a, "g").await.expect("get").members.len(),
+        2,
+        "the blocker was not added"
+    );
+    assert!(
+        s.add_member(&a, "before", &b, 3)
+            .await
+            .expect("already a member: a no-op")
+            .events
+            .is_empty()
+    );
+    // The blocker may still add the blocked user, and others may add the blocker.
+    s.create_conversation(group("h", &b, &[&a]))
+        .await
+        .expect("the blocker adds");
+    s.create_conversation(group("k", &c, &[&b]))
+        .await
+        .expect("a third user adds the blocker");
+    s.unblock(&b, &a).await.expect("unblock");
+    s.add_member(&a, "g", &b, 3).await.expect("after unblock");
+}
+
 pub async fn search_finds_words_of_member_conversations(env: &Env) {
     let s = &env.store;
     let (a, b, c) = (
@@ -601,6 +793,81 @@ pub async fn feed_posts_likes_comments_follows(env: &Env) {
     assert_eq!(r.frames.len(), 3);
     f.unfollow(&b, &a).await.expect("unfollow");
     assert!(f.followers(&a).await.expect("followers").is_empty());
+}
+
+/// A create repeated with the id of the first (a redelivery, or a client retry with the same
+/// idempotency key) returns the first object and changes nothing; the id under another
+/// author (or a comment's under another post) is a conflict.
+pub async fn keyed_creates_return_the_first_object(env: &Env) {
+    let (s, f) = (&env.store, &env.feed);
+    let (a, b) = (user(env, "alice").await, user(env, "bob").await);
+    let first = s
+        .create_conversation(group("c1", &a, &[&b]))
+        .await
+        .expect("create");
+    let again = s
+        .create_conversation(NewConversation {
+            title: Some("other".into()),
+            ..group("c1", &a, &[])
+        })
+        .await
+        .expect("repeat");
+    assert_eq!(again.value, first.value, "the first conversation");
+    assert!(again.events.is_empty(), "no new events");
+    assert_eq!(s.last_seq(&b).await.expect("seq"), 1);
+    let e = s
+        .create_conversation(group("c1", &b, &[&a]))
+        .await
+        .expect_err("another creator");
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+
+    let post = |author: &str, text: &str| NewPost {
+        id: "p1".into(),
+        author: author.into(),
+        text: text.into(),
+        attachments: vec![],
+    };
+    let p = f.create_post(post(&a, "first")).await.expect("post");
+    let again = f.create_post(post(&a, "second")).await.expect("repeat");
+    assert_eq!(again, p, "the first post");
+    let (cands, _) = f.timeline_candidates(&a, 10).await.expect("posts");
+    assert_eq!(cands.len(), 1, "one post");
+    let e = f
+        .create_post(post(&b, "x"))
+        .await
+        .expect_err("another author");
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+
+    let p2 = f
+        .create_post(NewPost {
+            id: "p2".into(),
+            ..post(&a, "two")
+        })
+        .await
+        .expect("post");
+    let comment = |post: &str, author: &str| NewComment {
+        id: "k1".into(),
+        post: post.into(),
+        author: author.into(),
+        text: "nice".into(),
+    };
+    let w = f.create_comment(comment("p1", &b)).await.expect("comment");
+    assert_eq!(w.events.len(), 1);
+    let again = f.create_comment(comment("p1", &b)).await.expect("repeat");
+    assert_eq!(again.value, w.value, "the first comment, the same count");
+    assert!(again.events.is_empty(), "no new notification");
+    let e = f
+        .create_comment(comment(&p2.post.id, &b))
+        .await
+        .expect_err("the id on another post");
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+    let e = f
+        .create_comment(comment("p1", &a))
+        .await
+        .expect_err("the id by another author");
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+    assert_eq!(f.comment_count("p1").await.expect("count"), Some(1));
+    assert_eq!(f.comment_count(&p2.post.id).await.expect("count"), Some(0));
 }
 
 pub async fn timelines_read_candidates_and_what_is_new(env: &Env) {

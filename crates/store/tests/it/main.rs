@@ -3,3 +3,5 @@
 
 mod conformance;
 mod media;
+mod migrations;
+mod postgres_commit;
