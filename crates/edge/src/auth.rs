@@ -101,6 +101,10 @@ struct Claims {
     exp: u64,
     #[serde(default)]
     iat: u64,
+    /// Issue time in milliseconds (ours only): revocation compares it with the user's
+    /// revocation time, so a token issued right after a revocation is not caught by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iss: Option<String>,
 }
@@ -130,10 +134,11 @@ fn sha256_hex(s: &str) -> String {
     hex::encode(sha2::Sha256::digest(s.as_bytes()))
 }
 
-fn now_s() -> u64 {
+/// Now, milliseconds since the epoch.
+fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
@@ -228,8 +233,9 @@ pub struct Verified {
     pub handle: Option<String>,
     /// Expiry, seconds since the epoch.
     pub exp_s: u64,
-    /// Issue time, seconds since the epoch (0 when the token has none).
-    pub iat_s: u64,
+    /// Issue time, milliseconds since the epoch (0 when the token has none; an app token's
+    /// `iat` in seconds counts as the end of that second).
+    pub iat_ms: u64,
     /// Whether the app's backend signed it (an app token) rather than this server.
     pub app: bool,
 }
@@ -338,12 +344,14 @@ impl Auth {
     /// `family` (a refresh passes on the family of the token it used), or starts a new one
     /// (a login or signup: `None`).
     pub async fn issue(&self, user: &UserRef, family: Option<&str>) -> Result<Issued, AuthError> {
-        let now = now_s();
+        let now_ms = now_ms();
+        let now = now_ms / 1000;
         let claims = Claims {
             sub: user.id.clone(),
             handle: Some(user.handle.clone()),
             exp: now + self.config.access_ttl_s,
             iat: now,
+            iat_ms: Some(now_ms),
             iss: Some(ISSUER.into()),
         };
         let mut header = Header::new(Algorithm::HS256);
@@ -440,6 +448,13 @@ impl Auth {
         }
     }
 
+    /// Revoke every token of `user` issued until now: refresh tokens are deleted, access
+    /// tokens issued before now are refused. (Closing the user's open sessions is the edge's.)
+    pub async fn revoke(&self, user: &str) -> Result<(), AuthError> {
+        let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+        Ok(self.store.revoke_tokens(user, now).await?)
+    }
+
     /// Use up a refresh token: its user and family, if it was valid. A used token coming
     /// back revokes its whole family (the store does it) and is refused like any bad token.
     pub async fn refresh(&self, refresh_token: &str) -> Result<(UserRef, String), AuthError> {
@@ -476,7 +491,7 @@ impl Auth {
                     sub: c.sub,
                     handle: c.handle,
                     exp_s: c.exp,
-                    iat_s: c.iat,
+                    iat_ms: c.iat_ms.unwrap_or(c.iat.saturating_mul(1000)),
                     app: false,
                 });
             }
@@ -506,15 +521,23 @@ impl Auth {
             sub: c.sub,
             handle: c.handle,
             exp_s: c.exp,
-            iat_s: c.iat,
+            iat_ms: match c.iat {
+                0 => 0,
+                s => s.saturating_mul(1000).saturating_add(999),
+            },
             app: true,
         })
     }
 
     /// Check an access token (ours, or an app token when an app key is configured) and
-    /// find its user (an app token's user is created on first use).
+    /// find its user (an app token's user is created on first use). A token issued before
+    /// the user's tokens were revoked is refused.
     pub async fn authenticate(&self, token: &str) -> Result<Authenticated, AuthError> {
         let v = self.verify(token)?;
+        let revoked_ms = self.store.tokens_revoked_ms(&v.sub).await?;
+        if revoked_ms > 0 && (v.iat_ms as i64) < revoked_ms {
+            return Err(AuthError::Unauthorized("invalid token: revoked".into()));
+        }
         let user =
             if v.app {
                 self.store.ensure_user(&v.sub, v.handle.as_deref()).await?

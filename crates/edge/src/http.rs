@@ -31,6 +31,7 @@ pub(crate) fn routes(inner: Arc<Inner>, operational: bool) -> axum::Router {
         .route("/v1/auth/signup", post(signup))
         .route("/v1/auth/login", post(login))
         .route("/v1/auth/refresh", post(refresh))
+        .route("/v1/auth/revoke", post(revoke))
         .route("/v1/users/{handle}", get(user))
         .route("/v1/media", post(upload))
         .route("/v1/media/{id}", get(download))
@@ -255,6 +256,31 @@ async fn refresh(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
         Ok((user, family)) => issue(&inner, user, Some(&family), StatusCode::OK).await,
         Err(e) => e.into_response(),
     }
+}
+
+/// `POST /v1/auth/revoke` (the caller's access token): log out everywhere. Every token of
+/// the caller issued until now is refused from now on, and every open session of the caller,
+/// on every edge, is closed with 4001.
+async fn revoke(
+    State(inner): State<Arc<Inner>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let user = match authenticate(&inner, &headers, &query).await {
+        Ok(a) => a.user,
+        Err(resp) => return resp,
+    };
+    if let Err(e) = inner.auth.revoke(&user.id).await {
+        return e.into_response();
+    }
+    inner
+        .close_user(
+            &user.id,
+            crate::CLOSE_REVOKED,
+            "tokens revoked: log in again",
+        )
+        .await;
+    (StatusCode::OK, axum::Json(serde_json::json!({}))).into_response()
 }
 
 async fn user(

@@ -189,6 +189,10 @@ impl CloseSignal {
 
 /// The close code of a session cut off because it read too slowly.
 pub(crate) const CLOSE_SLOW: u16 = 1013;
+/// The close code of a server-initiated disconnect (PROTOCOL.md 1.1).
+pub const CLOSE_DISCONNECTED: u16 = 4000;
+/// The close code of a session whose token expired or was revoked (PROTOCOL.md 1.1).
+pub const CLOSE_REVOKED: u16 = 4001;
 
 pub(crate) struct SessionHandle {
     user: String,
@@ -286,8 +290,10 @@ impl Inner {
             open.sort_unstable_by_key(|(opened, _)| *opened);
             for (_, h) in &open[..open.len() - cap] {
                 metrics::counter!("hubbub_sessions_evicted_total").increment(1);
-                h.close
-                    .close(4000, "session limit: a newer session of this user opened");
+                h.close.close(
+                    CLOSE_DISCONNECTED,
+                    "session limit: a newer session of this user opened",
+                );
             }
         }
         metrics::gauge!("hubbub_connections").set(s.by_id.len() as f64);
@@ -452,6 +458,12 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Close every session of `user`, on this edge and every other, with `code`.
+    async fn close_user(&self, user: &str, code: u16, reason: &str) {
+        self.close_user_here(user, code, reason);
+        self.deps.delivery.close_user(user, code, reason).await;
     }
 
     /// Close every session of `user` on this edge with `code`.

@@ -411,7 +411,7 @@ impl Conn {
             .unwrap_or(i64::MAX);
         if now_ms() > self.expires_ms.saturating_add(grace_ms) {
             return close(
-                4001,
+                crate::CLOSE_REVOKED,
                 "token expired: refresh it and reconnect (send `auth` before expiry)",
             );
         }

@@ -533,3 +533,50 @@ async fn a_peer_that_never_answers_pings_is_dropped() {
         String::from_utf8_lossy(&buf[..buf.len().min(80)])
     );
 }
+
+/// Revoking a user's tokens closes every open session of the user with 4001 at once, and
+/// every token issued before is refused; a new login works.
+#[tokio::test]
+async fn revoking_closes_sessions_and_refuses_old_tokens() {
+    let s = server().await;
+    let (_, token) = s.user("revoked").await;
+    let (mut one, _) = s.connect(&token).await;
+    let (mut two, _) = s.connect(&token).await;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/auth/revoke", s.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(resp.status().as_u16(), 200);
+    for socket in [&mut one, &mut two] {
+        loop {
+            match tokio::time::timeout(PATIENCE, socket.next_frame())
+                .await
+                .expect("closed in time")
+            {
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => break,
+            }
+        }
+        assert_eq!(socket.close_code(), Some(4001));
+    }
+    let url = format!("{}/v1/users/revoked", s.base);
+    assert_eq!(
+        code_of(get(&url, Some(&token)).await).await,
+        (401, "unauthorized".to_owned())
+    );
+    assert!(
+        s.client().connect(&token).await.is_err(),
+        "the old token opens no session"
+    );
+    let fresh = s
+        .client()
+        .login("revoked", "password123")
+        .await
+        .expect("login again");
+    assert_eq!(
+        get(&url, Some(&fresh.access_token)).await.status().as_u16(),
+        200
+    );
+}
