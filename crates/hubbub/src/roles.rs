@@ -29,7 +29,9 @@ use hubbub_edge::{Edge, EdgeDeps};
 use hubbub_protocol::internal::ToEdge;
 use hubbub_queue::{Queue, QueueConfig, RedisConfig, RedisQueue};
 use hubbub_registry::Delivery;
-use hubbub_registry::distributed::{DELIVER_PATH, HttpEdges, RedisRegistry, SECRET_HEADER};
+use hubbub_registry::distributed::{
+    DELIVER_BODY_LIMIT, DELIVER_PATH, HttpEdges, RedisRegistry, SECRET_HEADER,
+};
 use hubbub_router::{MAIN_QUEUE, Router};
 use hubbub_services::engagement::remote::{EngagementWorker, RemoteEngagement};
 use hubbub_services::signals::SignalService;
@@ -175,7 +177,9 @@ fn health_app(store: PgStore, queue: RedisQueue) -> anyhow::Result<axum::Router>
         ))
 }
 
+/// Serve `app` with the listener limits every HTTP listener has (caps, timeouts).
 async fn serve_app(
+    config: &Config,
     tracker: &TaskTracker,
     app: axum::Router,
     addr: SocketAddr,
@@ -185,12 +189,9 @@ async fn serve_app(
         .await
         .with_context(|| format!("listening on {addr}"))?;
     let bound = listener.local_addr()?;
+    let limits = crate::wiring::http_limits(config);
     tracker.spawn(async move {
-        let shutdown = cancel.clone();
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-        {
+        if let Err(e) = hubbub_edge::listener::serve(listener, app, limits, cancel.clone()).await {
             tracing::error!(error = %e, "listener stopped");
             cancel.cancel();
         }
@@ -214,14 +215,17 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
             let edge_id = hubbub_store::sqlite::new_id("edge-")?;
             let (tx, inbox) = mpsc::unbounded_channel::<Vec<ToEdge>>();
             let secret = config.cluster.internal_secret.clone().unwrap_or_default();
-            let internal = axum::Router::new().route(
-                DELIVER_PATH,
-                axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-                    let (tx, secret) = (tx.clone(), secret.clone());
-                    async move { deliver(&headers, &body, &secret, &tx) }
-                }),
-            );
+            let internal = axum::Router::new()
+                .route(
+                    DELIVER_PATH,
+                    axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                        let (tx, secret) = (tx.clone(), secret.clone());
+                        async move { deliver(&headers, &body, &secret, &tx) }
+                    }),
+                )
+                .layer(axum::extract::DefaultBodyLimit::max(DELIVER_BODY_LIMIT));
             let bound = serve_app(
+                &config,
                 &tracker,
                 internal,
                 config.cluster.internal_listen,
@@ -364,7 +368,7 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
                 Role::Edge => {}
             }
             let app = health_app(b.store.clone(), b.queue.clone())?;
-            serve_app(&tracker, app, config.listen, cancel.clone()).await?
+            serve_app(&config, &tracker, app, config.listen, cancel.clone()).await?
         }
     };
     tracing::info!(?role, %addr, "hubbub role running");

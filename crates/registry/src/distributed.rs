@@ -22,6 +22,33 @@ use std::time::Duration;
 pub const SECRET_HEADER: &str = "x-hubbub-secret";
 /// The path edges accept batches on.
 pub const DELIVER_PATH: &str = "/internal/v1/deliver";
+/// The largest body an edge accepts on [`DELIVER_PATH`]. Senders split batches into bodies
+/// of at most [`DELIVER_CHUNK_BYTES`], so only a single item larger than that (none the
+/// protocol's limits allow) could come near it.
+pub const DELIVER_BODY_LIMIT: usize = 16 * 1024 * 1024;
+/// A batch is sent as bodies of about this size at most, in order.
+pub const DELIVER_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Encode a batch as JSON arrays of at most `chunk` bytes each (an item larger than that
+/// goes alone), keeping the items' order.
+pub fn deliver_bodies(batch: &[ToEdge], chunk: usize) -> Result<Vec<Vec<u8>>, serde_json::Error> {
+    let mut bodies = Vec::new();
+    let mut body: Vec<u8> = Vec::new();
+    for item in batch {
+        let encoded = serde_json::to_vec(item)?;
+        if !body.is_empty() && body.len() + encoded.len() + 2 > chunk {
+            body.push(b']');
+            bodies.push(std::mem::take(&mut body));
+        }
+        body.push(if body.is_empty() { b'[' } else { b',' });
+        body.extend_from_slice(&encoded);
+    }
+    if !body.is_empty() {
+        body.push(b']');
+        bodies.push(body);
+    }
+    Ok(bodies)
+}
 
 fn unavailable(e: redis::RedisError) -> RegistryError {
     RegistryError::Unavailable(e.to_string())
@@ -279,16 +306,54 @@ impl HttpEdges {
 #[async_trait]
 impl EdgeLink for HttpEdges {
     async fn deliver(&self, edge: &str, batch: Vec<ToEdge>) -> Result<(), RegistryError> {
-        let body = serde_json::to_vec(&batch)
+        // A big message to a big online group makes a big batch: it goes as several bodies
+        // under the edge's limit, in order, rather than one the edge would refuse.
+        let bodies = deliver_bodies(&batch, DELIVER_CHUNK_BYTES)
             .map_err(|e| RegistryError::Unavailable(format!("encoding a batch: {e}")))?;
-        let address = self.address(edge, false).await?;
-        if self.post(&address, &body).await.is_ok() {
-            return Ok(());
+        let mut address = self.address(edge, false).await?;
+        let mut looked_again = false;
+        for body in &bodies {
+            if self.post(&address, body).await.is_ok() {
+                continue;
+            }
+            if looked_again {
+                return Err(RegistryError::EdgeGone(edge.to_owned()));
+            }
+            // The edge may have restarted elsewhere: look it up again, once.
+            looked_again = true;
+            address = self.address(edge, true).await?;
+            self.post(&address, body)
+                .await
+                .map_err(|_| RegistryError::EdgeGone(edge.to_owned()))?;
         }
-        // The edge may have restarted elsewhere: look it up again, once.
-        let fresh = self.address(edge, true).await?;
-        self.post(&fresh, &body)
-            .await
-            .map_err(|_| RegistryError::EdgeGone(edge.to_owned()))
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::*;
+
+    #[test]
+    fn batches_split_in_order_under_the_chunk() {
+        let batch: Vec<ToEdge> = (0..100)
+            .map(|i| ToEdge::Close {
+                user: format!("u{i}"),
+                session: None,
+                code: 4000,
+                reason: "x".repeat(500),
+            })
+            .collect();
+        let bodies = deliver_bodies(&batch, 4096).expect("encode");
+        assert!(bodies.len() > 10);
+        let mut back = Vec::new();
+        for b in &bodies {
+            assert!(b.len() <= 4096, "{}", b.len());
+            back.extend(serde_json::from_slice::<Vec<ToEdge>>(b).expect("a JSON array"));
+        }
+        assert_eq!(back, batch);
+        let one = deliver_bodies(&batch[..1], 10).expect("encode");
+        assert_eq!(one.len(), 1, "an item over the chunk goes alone");
+        assert!(deliver_bodies(&[], 10).expect("encode").is_empty());
     }
 }

@@ -238,3 +238,77 @@ async fn presence_is_seen_from_another_edge() {
         stop(r).await;
     }
 }
+
+/// A big message to a big online group makes a delivery batch of megabytes for one edge:
+/// it arrives whole (split into bodies the edge accepts), and the sender gets its `ok`.
+#[tokio::test]
+async fn a_large_message_reaches_a_large_group_on_another_edge() {
+    let (mut config, _dir) = config().await;
+    config.limits.max_text_chars = 16_000;
+    config.limits.max_frame_bytes = 64 * 1024;
+    config.auth.app_hmac_secret = Some(crate::support::APP_SECRET.into());
+    let edge_a = hubbub::roles::start(Role::Edge, config.clone())
+        .await
+        .expect("edge a");
+    let edge_b = hubbub::roles::start(Role::Edge, config.clone())
+        .await
+        .expect("edge b");
+    let router = hubbub::roles::start(Role::Router, config.clone())
+        .await
+        .expect("router");
+    let worker = hubbub::roles::start(Role::Worker(vec!["chat".into()]), config.clone())
+        .await
+        .expect("worker");
+    let (a, b) = (
+        format!("http://{}", edge_a.addr),
+        format!("http://{}", edge_b.addr),
+    );
+    let token = |sub: &str| {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+            + 3600;
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &serde_json::json!({"sub": sub, "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_secret(crate::support::APP_SECRET.as_bytes()),
+        )
+        .expect("sign")
+    };
+    // 150 members online on edge b: 150 events of 16 KB, about 2.5 MB for that edge.
+    let mut members = Vec::new();
+    for i in 0..150 {
+        let (mut s, _) = Client::new(&b)
+            .connect(&token(&format!("big{i}")))
+            .await
+            .expect("connect");
+        let _timeline = next(&mut s).await;
+        members.push(s);
+    }
+    let (mut sender, _) = Client::new(&a)
+        .connect(&token("sender"))
+        .await
+        .expect("connect");
+    let _timeline = next(&mut sender).await;
+    let ids: Vec<String> = (0..150).map(|i| format!("big{i}")).collect();
+    let conversation = match ok(&mut sender, crate::support::group(ids)).await {
+        ReplyData::Conversation { conversation } => conversation.id,
+        other => panic!("{other:?}"),
+    };
+    let text = "x".repeat(16_000);
+    ok(
+        &mut sender,
+        crate::support::send(&conversation, "big-1", &text),
+    )
+    .await;
+    for m in &mut members {
+        until(m, "the large message", |f| {
+            matches!(f, ServerFrame::MessageNew { message, .. } if message.text.len() == 16_000)
+        })
+        .await;
+    }
+    for r in [worker, router, edge_b, edge_a] {
+        stop(r).await;
+    }
+}
