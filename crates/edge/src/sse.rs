@@ -8,7 +8,7 @@
 //! server shuts down.
 
 use crate::http::{authenticate, error};
-use crate::ws::MAX_WATCHED_POSTS;
+use crate::ws::{MAX_POST_ID_BYTES, MAX_WATCHED_POSTS};
 use crate::{CloseSignal, Inner, Out, SessionHandle};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -56,7 +56,9 @@ pub fn parse_streams(streams: &str) -> Result<Vec<String>, StreamsError> {
     let mut posts = Vec::new();
     for stream in streams.split(',').filter(|s| !s.is_empty()) {
         match stream.strip_prefix("post:") {
-            Some(id) if !id.is_empty() && id.len() <= 64 => posts.push(id.to_owned()),
+            Some(id) if !id.is_empty() && id.len() <= MAX_POST_ID_BYTES => {
+                posts.push(id.to_owned())
+            }
             _ => {
                 let shown: String = stream.chars().take(80).collect();
                 return Err(StreamsError(

@@ -54,6 +54,9 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_FRAMES_PER_WRITE: usize = 256;
 /// Most posts one session watches (PROTOCOL.md).
 pub(crate) const MAX_WATCHED_POSTS: usize = 50;
+/// The longest post id the engagement path accepts (ours are 17 bytes): longer ones are
+/// `bad_request` before anything remembers them.
+pub(crate) const MAX_POST_ID_BYTES: usize = 64;
 /// A session's acks reach the store at most this often (only the highest is written).
 pub(crate) const ACK_FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// A WebSocket close reason is at most 123 bytes.
@@ -877,6 +880,14 @@ impl Conn {
                 }
                 self.reply(frame.id, Ok(ReplyData::Empty {})).await
             }
+            Request::CommentTyping { post, .. } if post.len() > MAX_POST_ID_BYTES => {
+                let e = ServerFrame::error(
+                    frame.id,
+                    ErrorCode::BadRequest,
+                    "no such post id: too long",
+                );
+                self.written(&[e]).await
+            }
             Request::CommentTyping { post, words } => {
                 let r = self
                     .inner
@@ -894,6 +905,10 @@ impl Conn {
     /// `post.watch`: at most [`MAX_WATCHED_POSTS`] per session; an unknown post refuses the
     /// whole request. The edge's latest frame of each post follows the `ok`.
     async fn watch_posts(&mut self, id: Option<String>, mut posts: Vec<String>) -> Flow {
+        if posts.iter().any(|p| p.len() > MAX_POST_ID_BYTES) {
+            let e = ServerFrame::error(id, ErrorCode::BadRequest, "no such post id: too long");
+            return self.written(&[e]).await;
+        }
         posts.sort_unstable();
         posts.dedup();
         if !self

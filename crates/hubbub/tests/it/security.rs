@@ -580,3 +580,34 @@ async fn revoking_closes_sessions_and_refuses_old_tokens() {
         200
     );
 }
+
+/// Post ids past any real id's length are refused before the engagement path remembers
+/// them (typing on made-up ids must not grow memory).
+#[tokio::test]
+async fn made_up_post_ids_are_refused_on_the_engagement_path() {
+    let s = server().await;
+    let (_, token) = s.user("typist").await;
+    let (mut ws, _) = s.connect(&token).await;
+    let long = "p".repeat(65);
+    err(
+        &mut ws,
+        Request::CommentTyping {
+            post: long.clone(),
+            words: 3,
+        },
+        "bad_request",
+    )
+    .await;
+    err(
+        &mut ws,
+        Request::PostWatch { posts: vec![long] },
+        "bad_request",
+    )
+    .await;
+    let resp = get(
+        &format!("{}/v1/sse?streams=post:{}", s.base, "q".repeat(65)),
+        Some(&token),
+    )
+    .await;
+    assert_eq!(code_of(resp).await, (400, "bad_request".to_owned()));
+}

@@ -44,6 +44,9 @@ pub const TICK: Duration = Duration::from_millis(25);
 const PUBLISH_EVERY_MS: i64 = 1000;
 /// How long a partition remembers that a post does not exist.
 const TOMBSTONE_MS: i64 = 10 * 60 * 1000;
+/// Most tombstones (deleted or unknown posts) one partition keeps: typing on made-up ids
+/// must not grow memory. Past it they are all forgotten (the store is asked again).
+const MAX_TOMBSTONES: usize = 100_000;
 const INBOX: usize = 16 * 1024;
 
 /// Engagement settings.
@@ -139,6 +142,12 @@ impl Aggregator {
             }
             None => {
                 self.posts.remove(post);
+                if self.gone.len() >= MAX_TOMBSTONES {
+                    self.gone.retain(|_, at| now - *at < TOMBSTONE_MS);
+                    if self.gone.len() >= MAX_TOMBSTONES {
+                        self.gone.clear();
+                    }
+                }
                 self.gone.insert(post.to_owned(), now);
             }
         }
@@ -707,5 +716,10 @@ mod tests {
         assert_eq!(agg.known("p"), Known::Gone);
         assert_eq!(agg.typing("p", &user(1), 1, 1200), Known::Gone);
         assert!(!agg.subscribe("e1", "p", 1200));
+        // Made-up ids cannot grow the tombstones past their bound.
+        for i in 0..(MAX_TOMBSTONES + 10) {
+            agg.load(&format!("made-up-{i}"), None, 7000);
+            assert!(agg.gone.len() <= MAX_TOMBSTONES);
+        }
     }
 }

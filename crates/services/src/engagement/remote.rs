@@ -29,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a post's existence is remembered by an edge.
 const KNOWN_FOR: Duration = Duration::from_secs(60);
+/// Most posts whose existence an edge remembers.
+const MAX_KNOWN: usize = 100_000;
 /// The leader's lease, and how often it is renewed.
 const LEASE: Duration = Duration::from_secs(5);
 const RENEW_EVERY: Duration = Duration::from_millis(1500);
@@ -155,8 +157,13 @@ impl RemoteEngagement {
             .map_err(|e| SignalError::from(crate::Failure::from(e)))?
             .is_some();
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        if known.len() > 100_000 {
+        if known.len() > MAX_KNOWN {
             known.retain(|_, (_, at)| at.elapsed() < KNOWN_FOR);
+            // Every entry fresh: made-up ids at a high rate. Forget them all rather than grow;
+            // the cost is a store read per post on the next typing.
+            if known.len() > MAX_KNOWN {
+                known.clear();
+            }
         }
         known.insert(post.to_owned(), (exists, Instant::now()));
         Ok(exists)
