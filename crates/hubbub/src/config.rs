@@ -204,6 +204,10 @@ pub struct ServerSettings {
     pub ping_interval_s: u64,
     /// Durable events older than this are pruned (sync then reports `truncated`), days.
     pub event_retention_days: u64,
+    /// Entries of the `archive` log (every routed request) older than this are removed, days.
+    pub archive_retention_days: u64,
+    /// The `archive` log keeps at most this many bytes of entries, newest first.
+    pub archive_max_bytes: u64,
     /// Ephemeral conversations are deleted this long after their last message, seconds.
     pub ephemeral_ttl_s: u64,
     /// An edge sends a heartbeat every third of this; an edge silent this long loses its
@@ -264,6 +268,8 @@ impl Default for ServerSettings {
             request_timeout_ms: 10_000,
             ping_interval_s: 20,
             event_retention_days: 7,
+            archive_retention_days: 7,
+            archive_max_bytes: 1024 * 1024 * 1024,
             ephemeral_ttl_s: 24 * 3600,
             edge_ttl_s: 30,
             max_connections: 0,

@@ -358,6 +358,7 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
                             store: store.clone(),
                             feed: feed.clone(),
                             queue: queue.clone(),
+                            log: Arc::new(b.queue.clone()),
                             delivery: b.delivery.clone(),
                         },
                         config.server.clone(),

@@ -233,6 +233,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             store,
             feed: feed_store,
             queue: queue_dyn,
+            log: Arc::new(queue.clone()),
             delivery: delivery.clone(),
         },
         config.server.clone(),
@@ -289,11 +290,14 @@ pub(crate) struct Scheduled {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) feed: Arc<dyn FeedStore>,
     pub(crate) queue: Arc<dyn Queue>,
+    /// The logs (the `archive` of every routed request), for retention.
+    pub(crate) log: Arc<dyn hubbub_queue::Log>,
     pub(crate) delivery: Delivery,
 }
 
 /// Periodic jobs: queue gauges every 5 s, expiry of ephemeral conversations (every minute,
-/// or faster for short TTLs), event retention every hour, and the precompute trigger: every
+/// or faster for short TTLs), event retention every hour, the `archive` log's retention (by
+/// age and size) at start and every 5 minutes, and the precompute trigger: every
 /// `precompute_interval_s`, each recently active user's id on the `precompute` queue.
 pub(crate) async fn scheduler(
     on: Scheduled,
@@ -305,8 +309,16 @@ pub(crate) async fn scheduler(
         store,
         feed: feed_store,
         queue,
+        log,
         delivery,
     } = on;
+    let mut archive = tokio::time::interval(Duration::from_secs(300));
+    let archive_retention = hubbub_queue::Retention {
+        max_age: Some(Duration::from_secs(
+            settings.archive_retention_days.saturating_mul(24 * 3600),
+        )),
+        max_bytes: Some(settings.archive_max_bytes),
+    };
     let mut precompute =
         tokio::time::interval(Duration::from_secs(feed.precompute_interval_s.max(1)));
     let dedupe = Duration::from_millis(feed.precompute_dedupe_ms.max(1));
@@ -353,6 +365,13 @@ pub(crate) async fn scheduler(
                     tracing::warn!(error = %e, "precompute not requested");
                 } else if !users.is_empty() {
                     tracing::debug!(users = users.len(), "timelines to precompute");
+                }
+            }
+            _ = archive.tick() => {
+                match log.apply_retention(hubbub_router::ARCHIVE_LOG, archive_retention).await {
+                    Ok(n) if n > 0 => tracing::info!(removed = n, "archive entries past retention removed"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "archive retention failed"),
                 }
             }
             _ = prune.tick() => {

@@ -611,3 +611,47 @@ async fn made_up_post_ids_are_refused_on_the_engagement_path() {
     .await;
     assert_eq!(code_of(resp).await, (400, "bad_request".to_owned()));
 }
+
+/// The `archive` log of every routed request is pruned by size (and age), so accepted and
+/// refused writes alike cannot fill the disk.
+#[tokio::test]
+async fn the_archive_log_is_pruned() {
+    use hubbub_queue::Log;
+    let mut s = server_with(|c| c.server.archive_max_bytes = 1).await;
+    let (b, _) = s.user("archived_b").await;
+    let (_, at) = s.user("archived_a").await;
+    let (mut a, _) = s.connect(&at).await;
+    let conv = match ok(&mut a, group(vec![b.id.clone()])).await {
+        ReplyData::Conversation { conversation } => conversation.id,
+        other => panic!("{other:?}"),
+    };
+    for i in 0..5 {
+        ok(&mut a, send(&conv, &format!("k{i}"), "kept for a while")).await;
+    }
+    let before = {
+        let q = &s.running.as_ref().expect("running").queue;
+        q.log_stats(hubbub_router::ARCHIVE_LOG)
+            .await
+            .expect("stats")
+    };
+    assert!(before.next_offset >= 6, "{before:?}");
+    a.close().await;
+    // Retention runs when the scheduler starts, and every 5 minutes after.
+    s.restart().await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let q = &s.running.as_ref().expect("running").queue;
+        let stats = q
+            .log_stats(hubbub_router::ARCHIVE_LOG)
+            .await
+            .expect("stats");
+        if stats.first_offset >= before.next_offset - 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never pruned: {stats:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
