@@ -333,17 +333,59 @@ async fn upload(
     if declared.is_some_and(|n| n > limit) {
         return too_large();
     }
-    let bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(b) => b,
-        Err(_) => return too_large(),
+    let quota = inner.config.limits.media_quota_bytes;
+    let over_quota = |used: u64| {
+        error(
+            ErrorCode::TooLarge,
+            format!("media quota: {used} of {quota} bytes used"),
+        )
     };
-    if bytes.is_empty() {
+    let used = if quota > 0 {
+        match inner.deps.media.usage(&user.id).await {
+            Ok(u) => u,
+            Err(e) => return AuthError::Store(e).into_response(),
+        }
+    } else {
+        0
+    };
+    if quota > 0 && used.saturating_add(declared.unwrap_or(1) as u64) > quota {
+        return over_quota(used);
+    }
+    // The body goes to a file as it arrives: an upload is never held whole in memory.
+    let spool = match Spooled::new(&inner.config.spool_dir).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "media spool");
+            return error(
+                ErrorCode::Unavailable,
+                "media storage is unavailable; retry later",
+            );
+        }
+    };
+    let size = match spool.fill(body, limit).await {
+        Ok(n) => n,
+        Err(SpoolError::TooLarge) => return too_large(),
+        Err(SpoolError::Body) => {
+            return error(ErrorCode::BadRequest, "the body was not received whole");
+        }
+        Err(SpoolError::Io(e)) => {
+            tracing::error!(error = %e, "media spool");
+            return error(
+                ErrorCode::Unavailable,
+                "media storage is unavailable; retry later",
+            );
+        }
+    };
+    if size == 0 {
         return error(ErrorCode::BadRequest, "the body is empty");
+    }
+    if quota > 0 && used.saturating_add(size) > quota {
+        return over_quota(used);
     }
     match inner
         .deps
         .media
-        .put(&user.id, essence, bytes.to_vec())
+        .put_file(&user.id, essence, spool.take(), size)
         .await
     {
         Ok(m) => (
@@ -359,6 +401,65 @@ async fn upload(
         )
             .into_response(),
         Err(e) => AuthError::Store(e).into_response(),
+    }
+}
+
+/// Why an upload was not spooled.
+enum SpoolError {
+    TooLarge,
+    Body,
+    Io(std::io::Error),
+}
+
+/// An upload's temporary file, removed when dropped unless handed to the media store.
+struct Spooled {
+    path: Option<std::path::PathBuf>,
+}
+
+impl Spooled {
+    async fn new(dir: &std::path::Path) -> std::io::Result<Self> {
+        tokio::fs::create_dir_all(dir).await?;
+        let name = hubbub_store::sqlite::new_id("up").map_err(std::io::Error::other)?;
+        Ok(Spooled {
+            path: Some(dir.join(name)),
+        })
+    }
+
+    /// Write the body to the file, at most `limit` bytes; its size.
+    async fn fill(&self, body: axum::body::Body, limit: usize) -> Result<u64, SpoolError> {
+        use futures_util::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let Some(path) = &self.path else {
+            return Err(SpoolError::Body);
+        };
+        let mut file = tokio::fs::File::create(path)
+            .await
+            .map_err(SpoolError::Io)?;
+        let mut stream = body.into_data_stream();
+        let mut size = 0usize;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|_| SpoolError::Body)?;
+            size += chunk.len();
+            if size > limit {
+                return Err(SpoolError::TooLarge);
+            }
+            file.write_all(&chunk).await.map_err(SpoolError::Io)?;
+        }
+        file.flush().await.map_err(SpoolError::Io)?;
+        Ok(size as u64)
+    }
+
+    /// The file, now the media store's to move or remove.
+    fn take(mut self) -> std::path::PathBuf {
+        self.path.take().unwrap_or_default()
+    }
+}
+
+impl Drop for Spooled {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 

@@ -68,6 +68,8 @@ pub struct EdgeConfig {
     pub auth: AuthConfig,
     /// The signing key file.
     pub key_file: PathBuf,
+    /// Where uploads are written as they arrive (on the media directory's file system).
+    pub spool_dir: PathBuf,
     /// A request with no reply after this long is answered `internal`.
     pub request_timeout: Duration,
     /// Ping interval; a connection silent for three intervals is closed.

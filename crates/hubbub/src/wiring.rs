@@ -29,6 +29,7 @@ pub(crate) fn edge_config(config: &Config, edge_id: String) -> EdgeConfig {
         limits: config.limits.clone(),
         auth: config.auth.clone(),
         key_file: config.data_dir.join("keys.json"),
+        spool_dir: config.data_dir.join("spool"),
         request_timeout: Duration::from_millis(config.server.request_timeout_ms.max(1)),
         ping_interval: Duration::from_secs(config.server.ping_interval_s.max(1)),
         heartbeat_interval: edge_ttl(config) / 3,

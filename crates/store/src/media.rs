@@ -37,10 +37,22 @@ pub trait MediaStore: Send + Sync {
         content_type: &str,
         bytes: Vec<u8>,
     ) -> Result<MediaInfo, StoreError>;
+    /// Store the bytes of a file the caller wrote (an upload spooled to disk, so it is never
+    /// held whole in memory); the store takes the file (moves or deletes it). Durable when
+    /// this returns.
+    async fn put_file(
+        &self,
+        owner: &str,
+        content_type: &str,
+        file: PathBuf,
+        size: u64,
+    ) -> Result<MediaInfo, StoreError>;
     /// The medium and its bytes.
     async fn get(&self, id: &str) -> Result<Option<(MediaInfo, Vec<u8>)>, StoreError>;
     /// Which of these ids do not exist.
     async fn missing(&self, ids: &[String]) -> Result<Vec<String>, StoreError>;
+    /// Bytes of media `owner` stores, in all (the upload quota).
+    async fn usage(&self, owner: &str) -> Result<u64, StoreError>;
 }
 
 /// Where media metadata rows live: the store's database.
@@ -52,6 +64,8 @@ pub trait MediaMeta: Send + Sync {
     async fn media(&self, id: &str) -> Result<Option<MediaInfo>, StoreError>;
     /// Which of these ids do not exist.
     async fn missing_media(&self, ids: &[String]) -> Result<Vec<String>, StoreError>;
+    /// Bytes of media `owner` stores, in all.
+    async fn media_usage(&self, owner: &str) -> Result<u64, StoreError>;
 }
 
 /// Media in a local directory, metadata in the store.
@@ -138,6 +152,17 @@ impl MediaMeta for SqliteStore {
         })
         .await
     }
+
+    async fn media_usage(&self, owner: &str) -> Result<u64, StoreError> {
+        let owner = owner.to_owned();
+        self.read_with(move |conn| {
+            let total: i64 = conn
+                .prepare_cached("SELECT COALESCE(SUM(size), 0) FROM media WHERE owner = ?1")?
+                .query_row([owner], |r| r.get(0))?;
+            Ok(total.max(0) as u64)
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -173,6 +198,47 @@ impl MediaStore for LocalMedia {
         Ok(info)
     }
 
+    async fn put_file(
+        &self,
+        owner: &str,
+        content_type: &str,
+        file: PathBuf,
+        size: u64,
+    ) -> Result<MediaInfo, StoreError> {
+        let id = new_id("md")?;
+        let info = MediaInfo {
+            id: id.clone(),
+            owner: owner.to_owned(),
+            content_type: content_type.to_owned(),
+            size,
+        };
+        let (dir, file_id) = (self.dir.clone(), id.clone());
+        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            let target = dir.join(&file_id);
+            std::fs::File::open(&file)
+                .and_then(|f| f.sync_all())
+                .map_err(io)?;
+            // A rename when the spool is on the same file system (it is, in the data
+            // directory); a copy otherwise.
+            if std::fs::rename(&file, &target).is_err() {
+                let tmp = dir.join(format!(".{file_id}.tmp"));
+                std::fs::copy(&file, &tmp).map_err(io)?;
+                std::fs::File::open(&tmp)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io)?;
+                std::fs::rename(&tmp, &target).map_err(io)?;
+                let _ = std::fs::remove_file(&file);
+            }
+            std::fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))??;
+        self.store.insert_media(&info).await?;
+        Ok(info)
+    }
+
     async fn get(&self, id: &str) -> Result<Option<(MediaInfo, Vec<u8>)>, StoreError> {
         let Some(info) = self.store.media(id).await? else {
             return Ok(None);
@@ -183,6 +249,10 @@ impl MediaStore for LocalMedia {
 
     async fn missing(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
         self.store.missing_media(ids).await
+    }
+
+    async fn usage(&self, owner: &str) -> Result<u64, StoreError> {
+        self.store.media_usage(owner).await
     }
 }
 
@@ -282,6 +352,60 @@ pub mod s3 {
                 .map_err(object_err)?;
             self.store.insert_media(&info).await?;
             Ok(info)
+        }
+
+        async fn put_file(
+            &self,
+            owner: &str,
+            content_type: &str,
+            file: std::path::PathBuf,
+            size: u64,
+        ) -> Result<MediaInfo, StoreError> {
+            use tokio::io::AsyncReadExt;
+            let id = new_id("md")?;
+            let info = MediaInfo {
+                id: id.clone(),
+                owner: owner.to_owned(),
+                content_type: content_type.to_owned(),
+                size,
+            };
+            // A multipart upload in parts of a few MiB: the file is never read whole.
+            let upload = self
+                .objects
+                .put_multipart(&Path::from(id.as_str()))
+                .await
+                .map_err(object_err)?;
+            let mut writer = object_store::WriteMultipart::new(upload);
+            let result: Result<(), StoreError> = async {
+                let mut f = tokio::fs::File::open(&file).await.map_err(io)?;
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    let n = f.read(&mut buf).await.map_err(io)?;
+                    if n == 0 {
+                        break;
+                    }
+                    writer.wait_for_capacity(4).await.map_err(object_err)?;
+                    writer.write(&buf[..n]);
+                }
+                Ok(())
+            }
+            .await;
+            let _ = tokio::fs::remove_file(&file).await;
+            match result {
+                Ok(()) => {
+                    writer.finish().await.map_err(object_err)?;
+                }
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(e);
+                }
+            }
+            self.store.insert_media(&info).await?;
+            Ok(info)
+        }
+
+        async fn usage(&self, owner: &str) -> Result<u64, StoreError> {
+            self.store.media_usage(owner).await
         }
 
         async fn get(&self, id: &str) -> Result<Option<(MediaInfo, Vec<u8>)>, StoreError> {

@@ -522,6 +522,18 @@ impl crate::media::MediaMeta for PgStore {
             .collect();
         Ok(ids.iter().filter(|i| !found.contains(i)).cloned().collect())
     }
+
+    async fn media_usage(&self, owner: &str) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let r = rows(
+            &client,
+            "SELECT COALESCE(SUM(size), 0)::BIGINT FROM media WHERE owner = $1",
+            &[&owner],
+        )
+        .await?;
+        let total: i64 = r.first().map(|r| r.get(0)).unwrap_or(0);
+        Ok(total.max(0) as u64)
+    }
 }
 
 #[async_trait]

@@ -19,3 +19,6 @@ CREATE INDEX refresh_families_expiry ON refresh_families (expires_ms);
 INSERT INTO refresh_families (family, user_id, expires_ms)
     SELECT token_hash, user_id, expires_ms FROM refresh_tokens;
 ALTER TABLE users ADD COLUMN tokens_revoked_ms BIGINT;
+
+-- Media usage per owner (the upload quota sums it).
+CREATE INDEX media_owner ON media (owner);

@@ -28,3 +28,6 @@ INSERT INTO refresh_families (family, user_id, expires_ms)
 
 -- When the user's tokens were last revoked: access tokens issued before it are refused.
 ALTER TABLE users ADD COLUMN tokens_revoked_ms INTEGER;  -- NULL: never
+
+-- Media usage per owner (the upload quota sums it).
+CREATE INDEX media_owner ON media (owner);

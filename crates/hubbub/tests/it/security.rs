@@ -655,3 +655,37 @@ async fn the_archive_log_is_pruned() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Uploads count against a per-user quota, and what was spooled for a refused upload is
+/// removed.
+#[tokio::test]
+async fn media_uploads_have_a_quota() {
+    let s = server_with(|c| c.limits.media_quota_bytes = 100).await;
+    let (_, token) = s.user("uploader").await;
+    let upload = |n: usize| {
+        let (base, token) = (s.base.clone(), token.clone());
+        async move {
+            reqwest::Client::new()
+                .post(format!("{base}/v1/media"))
+                .bearer_auth(token)
+                .header("content-type", "image/png")
+                .body(vec![7u8; n])
+                .send()
+                .await
+                .expect("upload")
+        }
+    };
+    assert_eq!(upload(60).await.status().as_u16(), 201);
+    let (status, code) = code_of(upload(60).await).await;
+    assert_eq!((status, code.as_str()), (413, "too_large"));
+    assert_eq!(
+        upload(40).await.status().as_u16(),
+        201,
+        "what fits still goes in"
+    );
+    let spool = s.config.data_dir.join("spool");
+    let left: Vec<_> = std::fs::read_dir(&spool)
+        .map(|d| d.filter_map(Result::ok).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "spooled files left: {left:?}");
+}

@@ -39,6 +39,29 @@ async fn contract(media: &dyn MediaStore) {
         .await
         .expect("missing");
     assert_eq!(missing, ["md-nope"]);
+    // An upload spooled to a file (12 MB: more than one part of a multipart upload) is taken
+    // by the store, and counts in its owner's usage.
+    let spooled = tempfile::NamedTempFile::new().expect("spool file");
+    let file_bytes: Vec<u8> = (0..12_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(spooled.path(), &file_bytes).expect("write");
+    let path = spooled.into_temp_path().keep().expect("keep");
+    let from_file = media
+        .put_file("u2", "video/webm", path.clone(), file_bytes.len() as u64)
+        .await
+        .expect("put_file");
+    assert!(!path.exists(), "the store took the file");
+    let (_, bytes) = media
+        .get(&from_file.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert!(bytes == file_bytes, "file round trip");
+    assert_eq!(media.usage("u1").await.expect("usage"), 10);
+    assert_eq!(
+        media.usage("u2").await.expect("usage"),
+        3_000_000 + 12_000_000
+    );
+    assert_eq!(media.usage("nobody").await.expect("usage"), 0);
 }
 
 #[tokio::test]
