@@ -439,15 +439,10 @@ async fn the_auth_frame_keeps_a_session_past_its_first_token() {
     .await;
     // The session that sent no `auth` is closed with 4001 once its token lapsed; the one that
     // did keeps working after that.
-    loop {
-        match tokio::time::timeout(PATIENCE, lapsing.next_frame())
-            .await
-            .expect("closed in time")
-        {
-            Ok(Some(_)) => continue,
-            Ok(None) | Err(_) => break,
-        }
-    }
+    while let Ok(Some(_)) = tokio::time::timeout(PATIENCE, lapsing.next_frame())
+        .await
+        .expect("closed in time")
+    {}
     assert_eq!(lapsing.close_code(), Some(4001));
     ok(&mut renewed, Request::ConversationList {}).await;
 }
@@ -551,15 +546,10 @@ async fn revoking_closes_sessions_and_refuses_old_tokens() {
         .expect("revoke");
     assert_eq!(resp.status().as_u16(), 200);
     for socket in [&mut one, &mut two] {
-        loop {
-            match tokio::time::timeout(PATIENCE, socket.next_frame())
-                .await
-                .expect("closed in time")
-            {
-                Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => break,
-            }
-        }
+        while let Ok(Some(_)) = tokio::time::timeout(PATIENCE, socket.next_frame())
+            .await
+            .expect("closed in time")
+        {}
         assert_eq!(socket.close_code(), Some(4001));
     }
     let url = format!("{}/v1/users/revoked", s.base);
