@@ -1,36 +1,58 @@
-//! hubbub's durable state: users and credentials, conversations and members, messages, and
-//! each user's inbox of durable events numbered by `seq`.
+//! hubbub's durable state: users and credentials, conversations and members, messages, the
+//! feed, media metadata, and each user's inbox of durable events numbered by `seq`.
 //!
 //! # Layout
-//! - [`Store`]: the trait services and the edge use. Its write methods are whole use cases
-//!   (check membership, write, append the resulting events to every recipient's inbox) done
-//!   in one transaction, so a crash never leaves a message without its events or the reverse.
-//! - [`sqlite`]: the embedded implementation, in the same SQLite file as the embedded queue.
-//!   Its writes go through the queue's writer thread ([`hubbub_queue::EmbeddedQueue::transact`])
-//!   so they share its group commit; reads use a pool of read-only connections.
-//! - [`feed`]: posts, comments, likes, follows ([`FeedStore`]).
-//! - [`postgres`]: the distributed implementation ([`PgStore`]) for roles running apart.
-//! - [`media`]: uploaded media ([`MediaStore`]; bytes in a directory, metadata in the store).
-//! - [`StoreError`]: one variant per protocol error code it can cause.
+//! One folder per domain. Its `mod.rs` holds the domain's trait, its types and its rules
+//! (validation, ids, events, ordering, limits), written once; `sqlite.rs` and `postgres.rs`
+//! beside it hold only what differs between the backends: the SQL.
+//! - [`accounts`]: users, credentials, refresh token families ([`AccountStore`]).
+//! - [`chat`]: conversations, members, messages, read markers, blocks, search
+//!   ([`ChatStore`]).
+//! - [`inbox`]: each user's durable events, which chat and the feed append to
+//!   ([`InboxStore`]).
+//! - [`feed`]: posts, comments, likes, follows, activity ([`FeedStore`]).
+//! - [`media`]: uploaded media ([`MediaStore`]) and its metadata rows ([`MediaMeta`]).
+//!
+//! [`Store`] is the union of the account, chat and inbox traits (what the edge and the chat
+//! service hold as `Arc<dyn Store>`). The backends, each owning its connections, its
+//! transactions, its error mapping and its numbered migrations (`migrations/<backend>/`):
+//! - `sqlite` ([`SqliteStore`]): the embedded store, in the same SQLite file as the embedded
+//!   queue. Writes go through the queue's writer thread
+//!   ([`hubbub_queue::EmbeddedQueue::transact`]) so they share its group commit; reads use
+//!   a pool of read-only connections.
+//! - `postgres` ([`PgStore`], cargo feature `postgres`): the distributed store for roles
+//!   running apart.
+//!
+//! # How a use case runs
+//! A rule is an `async fn` generic over its domain's transaction trait (`chat::ChatTx`, ...:
+//! one method a statement or two). A backend runs it inside one of its transactions
+//! (`write`, `read` or `snapshot`); the `impl_*_store!` macro of each domain puts every
+//! method of the domain's trait on a backend that way, so the trait's methods are written
+//! once for both. SQLite's statements never wait, so its rules complete in their first poll
+//! on the writer thread (see `sqlite::finish`).
 //!
 //! This crate knows nothing of sockets, queues' routing or who is online: it stores facts and
 //! returns the events a write produced; delivering them is the caller's job.
 
+pub mod accounts;
+pub mod chat;
 pub mod feed;
+pub mod inbox;
 pub mod media;
-pub mod postgres;
-pub mod sqlite;
+#[cfg(feature = "postgres")]
+mod postgres;
+mod sqlite;
 
+pub use accounts::{AccountStore, Credentials, RefreshOutcome};
+pub use chat::{ChatStore, MAX_QUERY_CHARS, NewConversation, NewMessage};
 pub use feed::{FeedStore, NewComment, NewPost, StoredPost};
+pub use inbox::{InboxStore, Replay};
 pub use media::{LocalMedia, MediaInfo, MediaMeta, MediaStore, S3Config};
+#[cfg(feature = "postgres")]
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
-use async_trait::async_trait;
-use hubbub_protocol::{
-    Attachment, Conversation, ConversationKind, ConversationSummary, ErrorCode, Message,
-    ServerFrame, UserRef,
-};
+use hubbub_protocol::{ErrorCode, ServerFrame};
 
 /// Why a store operation failed; each variant is one protocol error code.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +95,11 @@ impl StoreError {
     }
 }
 
+/// A stored JSON column that does not parse, or a frame that does not serialize.
+pub(crate) fn json_err(e: serde_json::Error) -> StoreError {
+    StoreError::Internal(format!("json: {e}"))
+}
+
 /// A durable event appended to a user's inbox: deliver `frame` to every session of `user`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -108,272 +135,76 @@ impl<T> Written<T> {
     }
 }
 
-/// A user with the secret needed to log in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Credentials {
-    /// The user.
-    pub user: UserRef,
-    /// The argon2id hash, if the user has a password.
-    pub password_hash: Option<String>,
+/// The durable state the edge and the chat service use: accounts, chat and inboxes. Every
+/// backend that implements the three traits is a `Store`.
+pub trait Store: AccountStore + ChatStore + InboxStore {}
+
+impl<T: AccountStore + ChatStore + InboxStore + ?Sized> Store for T {}
+
+/// Run a rule in one of a backend's transactions: `run!(self.write, |tx| rule(tx, &a))` (or
+/// `self.read`, `self.snapshot`). The captured values must be owned (`to_owned` them first):
+/// the SQLite backend runs the rule on another thread.
+macro_rules! run {
+    ($store:ident . $how:ident, |$tx:ident| $rule:expr) => {
+        $store
+            .$how(move |$tx| ::std::boxed::Box::pin(async move { $rule.await }))
+            .await
+    };
+}
+pub(crate) use run;
+
+/// A random id: a prefix and 16 hex digits from the OS's random source.
+pub fn new_id(prefix: &str) -> Result<String, StoreError> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| StoreError::Internal(format!("random: {e}")))?;
+    Ok(format!("{prefix}{}", hex::encode(bytes)))
 }
 
-/// Parameters of `conversation.create`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewConversation {
-    /// The id a group gets (chosen by the caller, so a retried create finds the first one;
-    /// a direct conversation that already exists keeps its own id).
-    pub id: String,
-    /// The creator.
-    pub creator: String,
-    /// Direct or group.
-    pub kind: ConversationKind,
-    /// Other members (the creator may be named too).
-    pub members: Vec<String>,
-    /// Title.
-    pub title: Option<String>,
-    /// Ephemeral.
-    pub ephemeral: bool,
-    /// Most members allowed, the creator included.
-    pub max_members: usize,
+/// Whether a handle is 3–32 characters of `[a-z0-9_]`.
+pub fn valid_handle(handle: &str) -> bool {
+    (3..=32).contains(&handle.len())
+        && handle
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-/// Parameters of `message.send`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewMessage {
-    /// The sender.
-    pub sender: String,
-    /// The conversation.
-    pub conversation: String,
-    /// The sender's idempotency key.
-    pub client_msg_id: String,
-    /// The text.
-    pub text: String,
-    /// Attachments.
-    pub attachments: Vec<Attachment>,
-}
-
-/// A `sync` replay.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Replay {
-    /// Events with seq > `after_seq`, in order (at most the requested number).
-    pub frames: Vec<ServerFrame>,
-    /// The user's latest seq.
-    pub last_seq: u64,
-    /// Events the client needed are gone (older than the retention window).
-    pub truncated: bool,
-}
-
-/// What [`Store::take_refresh_token`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RefreshOutcome {
-    /// The token was valid; it is used now. Issue the next one in the same family.
-    Valid {
-        /// The token's user.
-        user: String,
-        /// The token's family.
-        family: String,
-    },
-    /// A used token came back: someone holds a copy. The whole family (every token issued
-    /// from it too) is revoked now.
-    Reused {
-        /// The token's user.
-        user: String,
-        /// The family, now revoked.
-        family: String,
-    },
-    /// Unknown, expired, or of a revoked family.
-    Invalid,
-}
-
-/// What a refresh token is worth, from its row (both backends decide alike).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Verdict {
-    Valid,
-    Reused,
-    Invalid,
-}
-
-/// Expired, or of a revoked (or vanished) family: invalid. Used already: reused, unless it
-/// expired (a used token is kept only until its expiry). Else valid.
-pub(crate) fn refresh_verdict(expires_ms: i64, used: bool, family_live: bool, now: i64) -> Verdict {
-    if expires_ms <= now || !family_live {
-        Verdict::Invalid
-    } else if used {
-        Verdict::Reused
-    } else {
-        Verdict::Valid
+/// The migration steps a store at schema `found` still needs, of `steps` (version N is the
+/// first N steps, applied in order; `None` is an empty database). A database written by a
+/// newer build is refused rather than guessed at.
+pub(crate) fn pending_migrations<'s>(
+    found: Option<i64>,
+    steps: &'s [&'s str],
+) -> Result<&'s [&'s str], StoreError> {
+    let known = steps.len() as i64;
+    match found {
+        None => Ok(steps),
+        Some(v) if (1..=known).contains(&v) => Ok(&steps[v as usize..]),
+        Some(v) => Err(StoreError::Internal(format!(
+            "the database was written by a newer hubbub (store schema {v}, this build knows \
+             {known})"
+        ))),
     }
 }
 
-/// The durable state hubbub keeps.
-#[async_trait]
-pub trait Store: Send + Sync {
-    /// Create a user with a password hash. A taken handle is `Conflict`.
-    async fn create_user(
-        &self,
-        handle: &str,
-        password_hash: &str,
-        email: Option<&str>,
-    ) -> Result<UserRef, StoreError>;
+/// Clamp a client's `u64` (a seq, a watermark) to the `i64` columns hold.
+pub(crate) fn to_i64(v: u64) -> i64 {
+    v.min(i64::MAX as u64) as i64
+}
 
-    /// The user with this exact id, creating it if missing (app tokens). The handle is
-    /// `handle_hint` when valid and free, else generated.
-    async fn ensure_user(&self, id: &str, handle_hint: Option<&str>)
-    -> Result<UserRef, StoreError>;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// A user and their password hash, by handle.
-    async fn credentials(&self, handle: &str) -> Result<Option<Credentials>, StoreError>;
-
-    /// A user by id.
-    async fn user(&self, id: &str) -> Result<Option<UserRef>, StoreError>;
-
-    /// A user by handle.
-    async fn user_by_handle(&self, handle: &str) -> Result<Option<UserRef>, StoreError>;
-
-    /// Remember a refresh token (by its hash) of `family` until `expires_ms`. A login starts a
-    /// family (a fresh random id); a refresh puts its new token in the family of the token it
-    /// used. A token put in a family that was revoked meanwhile (a reuse was detected, or the
-    /// user's tokens were revoked, while this refresh was under way) is stored but never valid.
-    async fn put_refresh_token(
-        &self,
-        token_hash: &str,
-        user: &str,
-        family: &str,
-        expires_ms: i64,
-    ) -> Result<(), StoreError>;
-
-    /// Use up a refresh token. A valid token is marked used (and kept until it expires, so a
-    /// second use is recognised); a used token that comes back revokes its whole family.
-    async fn take_refresh_token(&self, token_hash: &str) -> Result<RefreshOutcome, StoreError>;
-
-    /// Revoke everything issued to `user` until `now_ms`: every refresh token of the user is
-    /// deleted (their families revoked, so a refresh under way cannot issue a live one), and
-    /// the user's `tokens_revoked_ms` becomes `now_ms` (never earlier than it was). An unknown
-    /// user is `NotFound`.
-    async fn revoke_tokens(&self, user: &str, now_ms: i64) -> Result<(), StoreError>;
-
-    /// When `user`'s tokens were last revoked (ms since the epoch); 0 when never (or for an
-    /// unknown user). Access tokens issued before it are refused by the edge.
-    async fn tokens_revoked_ms(&self, user: &str) -> Result<i64, StoreError>;
-
-    /// `conversation.create`; a direct conversation that exists, or a group whose id exists
-    /// (a retried create, by redelivery or by the client's idempotency key), is returned with
-    /// no events; an id that exists with another creator is `Conflict`. Naming a member who
-    /// blocks the creator is `Forbidden`.
-    async fn create_conversation(
-        &self,
-        new: NewConversation,
-    ) -> Result<Written<Conversation>, StoreError>;
-
-    /// `conversation.get` (members only).
-    async fn conversation(&self, caller: &str, id: &str) -> Result<Conversation, StoreError>;
-
-    /// `conversation.list`: the caller's conversations, most recent activity first.
-    async fn conversations(&self, caller: &str) -> Result<Vec<ConversationSummary>, StoreError>;
-
-    /// `conversation.add` (group creator only; adding a member is a no-op). Adding a user who
-    /// blocks the caller is `Forbidden`.
-    async fn add_member(
-        &self,
-        caller: &str,
-        conversation: &str,
-        user: &str,
-        max_members: usize,
-    ) -> Result<Written<()>, StoreError>;
-
-    /// `conversation.remove` (group creator only; removing a non-member is a no-op).
-    async fn remove_member(
-        &self,
-        caller: &str,
-        conversation: &str,
-        user: &str,
-    ) -> Result<Written<()>, StoreError>;
-
-    /// `conversation.leave`.
-    async fn leave(&self, caller: &str, conversation: &str) -> Result<Written<()>, StoreError>;
-
-    /// `message.send`, idempotent on (sender, client_msg_id): a repeat returns the first
-    /// message and no events.
-    async fn send_message(&self, new: NewMessage) -> Result<Written<Message>, StoreError>;
-
-    /// `message.history`: newest first, before a message id; and whether older ones remain.
-    async fn history(
-        &self,
-        caller: &str,
-        conversation: &str,
-        before: Option<&str>,
-        limit: usize,
-    ) -> Result<(Vec<Message>, bool), StoreError>;
-
-    /// `message.read`: moves the caller's read marker forward and tells the others.
-    async fn mark_read(
-        &self,
-        caller: &str,
-        conversation: &str,
-        message: &str,
-    ) -> Result<Written<()>, StoreError>;
-
-    /// `block.add`: `caller` no longer receives `user`'s messages or typing, and `user` can
-    /// neither open a direct conversation with `caller` nor add `caller` to a group (at its
-    /// creation or later). Idempotent.
-    async fn block(&self, caller: &str, user: &str) -> Result<(), StoreError>;
-
-    /// `block.remove`. Idempotent.
-    async fn unblock(&self, caller: &str, user: &str) -> Result<(), StoreError>;
-
-    /// `block.list`: the users `caller` blocks.
-    async fn blocks(&self, caller: &str) -> Result<Vec<String>, StoreError>;
-
-    /// Which of `users` block `caller` (for presence: a blocker's presence is hidden from
-    /// the users it blocks).
-    async fn blocked_by(&self, caller: &str, users: &[String]) -> Result<Vec<String>, StoreError>;
-
-    /// `message.search`: full-text search over the conversations `caller` is in now (or one of
-    /// them), best match first, without messages from users `caller` blocks.
-    async fn search(
-        &self,
-        caller: &str,
-        query: &str,
-        conversation: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Message>, StoreError>;
-
-    /// Who should see `sender`'s typing in a conversation: the other members, less those who
-    /// block `sender`. `Forbidden` if `sender` is not a member.
-    async fn typing_recipients(
-        &self,
-        sender: &str,
-        conversation: &str,
-    ) -> Result<Vec<String>, StoreError>;
-
-    /// Delete ephemeral conversations whose last message (or creation, if none) is older than
-    /// `before_ms`, with their messages. Each member gets `conversation.updated` with the
-    /// conversation as it was but no members (it no longer exists for anyone). Returns the
-    /// deleted conversations and the events.
-    async fn expire_ephemeral(&self, before_ms: i64) -> Result<Written<Vec<String>>, StoreError>;
-
-    /// The user's latest seq.
-    async fn last_seq(&self, user: &str) -> Result<u64, StoreError>;
-
-    /// Durable events with seq > `after_seq`, at most `limit`.
-    async fn events_after(
-        &self,
-        user: &str,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Replay, StoreError>;
-
-    /// The highest seq any device of the user acknowledged.
-    async fn acked_seq(&self, user: &str) -> Result<u64, StoreError>;
-
-    /// Record that a device of the user processed everything up to `seq`.
-    async fn ack(&self, user: &str, seq: u64) -> Result<(), StoreError>;
-
-    /// Delete inbox events older than `before_ms`; returns how many.
-    async fn prune_events(&self, before_ms: i64) -> Result<u64, StoreError>;
-
-    /// Whether the store answers now (readiness, and the edge's gate on writes).
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.last_seq("health-probe").await.map(|_| ())
+    #[test]
+    fn handles_and_migration_steps() {
+        assert!(valid_handle("alice_1"));
+        assert!(!valid_handle("Al"));
+        assert!(!valid_handle("al ice"));
+        let steps = ["a", "b", "c"];
+        assert_eq!(pending_migrations(None, &steps).ok(), Some(&steps[..]));
+        assert_eq!(pending_migrations(Some(1), &steps).ok(), Some(&steps[1..]));
+        assert_eq!(pending_migrations(Some(3), &steps).ok(), Some(&steps[3..]));
+        assert!(pending_migrations(Some(4), &steps).is_err());
+        assert!(pending_migrations(Some(0), &steps).is_err());
     }
 }

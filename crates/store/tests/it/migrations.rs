@@ -18,8 +18,8 @@ async fn sqlite_version_2_migrates_and_keeps_refresh_tokens() {
         let queue = EmbeddedQueue::open(&path, EmbeddedConfig::default()).expect("queue");
         queue
             .transact(|conn, _| {
-                conn.execute_batch(include_str!("../../src/schema_v1.sql"))?;
-                conn.execute_batch(include_str!("../../src/schema_v2.sql"))?;
+                conn.execute_batch(include_str!("../../migrations/sqlite/001_chat.sql"))?;
+                conn.execute_batch(include_str!("../../migrations/sqlite/002_feed.sql"))?;
                 conn.execute_batch(
                     "INSERT INTO hubbub_components (component, version) VALUES ('store', 2);",
                 )?;
@@ -53,7 +53,7 @@ async fn postgres_version_1_migrates_and_keeps_refresh_tokens() {
         .expect("connect");
     tokio::spawn(conn);
     client
-        .batch_execute(include_str!("../../src/postgres_v1.sql"))
+        .batch_execute(include_str!("../../migrations/postgres/001_chat_feed_media.sql"))
         .await
         .expect("version 1");
     client

@@ -1,5 +1,5 @@
 -- hubbub store on PostgreSQL, schema version 1 (chat, the feed, media metadata). The same
--- tables as the SQLite store (see schema_v1.sql and schema_v2.sql for what each holds).
+-- tables as the SQLite store (see sqlite/001_chat.sql and 002_feed.sql for what each holds).
 CREATE TABLE users (
     id            TEXT    PRIMARY KEY,
     handle        TEXT    NOT NULL UNIQUE,

@@ -1,6 +1,6 @@
 -- hubbub store on PostgreSQL, schema version 2: refresh token families and per-user
--- revocation. Applied after version 1; the same as the SQLite store's schema_v3.sql (see it
--- for what each column holds).
+-- revocation. Applied after version 1; the same as the SQLite store's
+-- sqlite/003_refresh_token_families.sql (see it for what each column holds).
 ALTER TABLE refresh_tokens ADD COLUMN family TEXT;
 ALTER TABLE refresh_tokens ADD COLUMN used_ms BIGINT;
 -- Tokens issued before families existed: each is a family of its own.

@@ -1,0 +1,185 @@
+//! Accounts' SQL on PostgreSQL.
+
+use super::{AccountTx, Credentials, TokenRow};
+use crate::postgres::Tx;
+use crate::{PgStore, StoreError};
+use hubbub_protocol::UserRef;
+
+super::impl_account_store!(PgStore);
+
+impl AccountTx for Tx<'_> {
+    async fn user(&self, id: &str) -> Result<Option<UserRef>, StoreError> {
+        Ok(self
+            .opt("SELECT id, handle FROM users WHERE id = $1", &[&id])
+            .await?
+            .map(|r| UserRef {
+                id: r.get(0),
+                handle: r.get(1),
+            }))
+    }
+
+    async fn credentials(&self, handle: &str) -> Result<Option<Credentials>, StoreError> {
+        Ok(self
+            .opt(
+                "SELECT id, handle, password_hash FROM users WHERE handle = $1",
+                &[&handle],
+            )
+            .await?
+            .map(|r| Credentials {
+                user: UserRef {
+                    id: r.get(0),
+                    handle: r.get(1),
+                },
+                password_hash: r.get(2),
+            }))
+    }
+
+    async fn insert_user(
+        &self,
+        id: &str,
+        handle: &str,
+        password_hash: Option<&str>,
+        email: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let inserted = self
+            .exec(
+                "INSERT INTO users (id, handle, password_hash, email, created_ms)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[&id, &handle, &password_hash, &email, &now],
+            )
+            .await?;
+        Ok(inserted > 0)
+    }
+
+    async fn tokens_revoked_ms(&self, user: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .opt(
+                "SELECT tokens_revoked_ms FROM users WHERE id = $1",
+                &[&user],
+            )
+            .await?
+            .and_then(|r| r.get(0)))
+    }
+
+    async fn prune_refresh(
+        &self,
+        tokens_before: i64,
+        families_before: i64,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "DELETE FROM refresh_tokens WHERE expires_ms <= $1",
+            &[&tokens_before],
+        )
+        .await?;
+        self.exec(
+            "DELETE FROM refresh_families WHERE expires_ms <= $1",
+            &[&families_before],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn upsert_family(
+        &self,
+        family: &str,
+        user: &str,
+        expires_ms: i64,
+    ) -> Result<String, StoreError> {
+        Ok(self
+            .one(
+                "INSERT INTO refresh_families (family, user_id, expires_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (family) DO UPDATE
+                   SET expires_ms = GREATEST(refresh_families.expires_ms, excluded.expires_ms)
+                 RETURNING user_id",
+                &[&family, &user, &expires_ms],
+            )
+            .await?
+            .get(0))
+    }
+
+    async fn insert_refresh_token(
+        &self,
+        token_hash: &str,
+        user: &str,
+        family: &str,
+        expires_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO refresh_tokens (token_hash, user_id, family, expires_ms)
+             VALUES ($1, $2, $3, $4)",
+            &[&token_hash, &user, &family, &expires_ms],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn refresh_token(&self, token_hash: &str) -> Result<Option<TokenRow>, StoreError> {
+        Ok(self
+            .opt(
+                "SELECT t.user_id, t.family, t.expires_ms, t.used_ms IS NOT NULL,
+                        f.family IS NOT NULL AND f.revoked_ms IS NULL
+                 FROM refresh_tokens t LEFT JOIN refresh_families f ON f.family = t.family
+                 WHERE t.token_hash = $1
+                 FOR UPDATE OF t",
+                &[&token_hash],
+            )
+            .await?
+            .map(|r| TokenRow {
+                user: r.get(0),
+                family: r.get(1),
+                expires_ms: r.get(2),
+                used: r.get(3),
+                family_live: r.get(4),
+            }))
+    }
+
+    async fn mark_used(&self, token_hash: &str, now: i64) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE refresh_tokens SET used_ms = $2 WHERE token_hash = $1",
+            &[&token_hash, &now],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn revoke_family(&self, family: &str, now: i64) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE refresh_families SET revoked_ms = $2 WHERE family = $1",
+            &[&family, &now],
+        )
+        .await?;
+        self.exec(
+            "DELETE FROM refresh_tokens WHERE family = $1",
+            &[&family],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn raise_tokens_revoked(&self, user: &str, at: i64) -> Result<bool, StoreError> {
+        let updated = self
+            .exec(
+                "UPDATE users SET tokens_revoked_ms = GREATEST(COALESCE(tokens_revoked_ms, 0), $2)
+                 WHERE id = $1",
+                &[&user, &at],
+            )
+            .await?;
+        Ok(updated > 0)
+    }
+
+    async fn revoke_families_of(&self, user: &str, at: i64) -> Result<(), StoreError> {
+        self.exec(
+            "DELETE FROM refresh_tokens WHERE user_id = $1",
+            &[&user],
+        )
+        .await?;
+        self.exec(
+            "UPDATE refresh_families SET revoked_ms = $2
+             WHERE user_id = $1 AND revoked_ms IS NULL",
+            &[&user, &at],
+        )
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,768 @@
+//! Chat: conversations and their members, messages, read markers, blocks and search, and the
+//! rules of each chat use case, written once for every backend.
+//!
+//! Each write is a whole use case in one transaction: check membership (or creatorship, or a
+//! block), write, and append the events it produces to every recipient's inbox
+//! ([`crate::inbox`]), returning them for the caller to deliver. Blocks are consulted by the
+//! fan-out (no inbox row for a blocker), history, search, typing, and group membership (a
+//! blocked user cannot put the blocker in a conversation).
+
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+pub(crate) mod sqlite;
+
+use crate::accounts::{AccountTx, user_exists};
+use crate::inbox::{InboxTx, append_event, message_events};
+use crate::{Event, StoreError, Written, json_err};
+use async_trait::async_trait;
+use hubbub_protocol::{
+    Attachment, Conversation, ConversationKind, ConversationSummary, Message, ServerFrame,
+};
+
+/// The longest search query accepted, in characters.
+pub const MAX_QUERY_CHARS: usize = 256;
+
+/// Parameters of `conversation.create`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewConversation {
+    /// The id a group gets (chosen by the caller, so a retried create finds the first one;
+    /// a direct conversation that already exists keeps its own id).
+    pub id: String,
+    /// The creator.
+    pub creator: String,
+    /// Direct or group.
+    pub kind: ConversationKind,
+    /// Other members (the creator may be named too).
+    pub members: Vec<String>,
+    /// Title.
+    pub title: Option<String>,
+    /// Ephemeral.
+    pub ephemeral: bool,
+    /// Most members allowed, the creator included.
+    pub max_members: usize,
+}
+
+/// Parameters of `message.send`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// The sender.
+    pub sender: String,
+    /// The conversation.
+    pub conversation: String,
+    /// The sender's idempotency key.
+    pub client_msg_id: String,
+    /// The text.
+    pub text: String,
+    /// Attachments.
+    pub attachments: Vec<Attachment>,
+}
+
+/// Conversations, members, messages, read markers, blocks, search.
+#[async_trait]
+pub trait ChatStore: Send + Sync {
+    /// `conversation.create`; a direct conversation that exists, or a group whose id exists
+    /// (a retried create, by redelivery or by the client's idempotency key), is returned with
+    /// no events; an id that exists with another creator is `Conflict`. Naming a member who
+    /// blocks the creator is `Forbidden`.
+    async fn create_conversation(
+        &self,
+        new: NewConversation,
+    ) -> Result<Written<Conversation>, StoreError>;
+
+    /// `conversation.get` (members only).
+    async fn conversation(&self, caller: &str, id: &str) -> Result<Conversation, StoreError>;
+
+    /// `conversation.list`: the caller's conversations, most recent activity first.
+    async fn conversations(&self, caller: &str) -> Result<Vec<ConversationSummary>, StoreError>;
+
+    /// `conversation.add` (group creator only; adding a member is a no-op). Adding a user who
+    /// blocks the caller is `Forbidden`.
+    async fn add_member(
+        &self,
+        caller: &str,
+        conversation: &str,
+        user: &str,
+        max_members: usize,
+    ) -> Result<Written<()>, StoreError>;
+
+    /// `conversation.remove` (group creator only; removing a non-member is a no-op).
+    async fn remove_member(
+        &self,
+        caller: &str,
+        conversation: &str,
+        user: &str,
+    ) -> Result<Written<()>, StoreError>;
+
+    /// `conversation.leave`.
+    async fn leave(&self, caller: &str, conversation: &str) -> Result<Written<()>, StoreError>;
+
+    /// `message.send`, idempotent on (sender, client_msg_id): a repeat returns the first
+    /// message and no events.
+    async fn send_message(&self, new: NewMessage) -> Result<Written<Message>, StoreError>;
+
+    /// `message.history`: newest first, before a message id; and whether older ones remain.
+    async fn history(
+        &self,
+        caller: &str,
+        conversation: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Message>, bool), StoreError>;
+
+    /// `message.read`: moves the caller's read marker forward and tells the others.
+    async fn mark_read(
+        &self,
+        caller: &str,
+        conversation: &str,
+        message: &str,
+    ) -> Result<Written<()>, StoreError>;
+
+    /// `block.add`: `caller` no longer receives `user`'s messages or typing, and `user` can
+    /// neither open a direct conversation with `caller` nor add `caller` to a group (at its
+    /// creation or later). Idempotent.
+    async fn block(&self, caller: &str, user: &str) -> Result<(), StoreError>;
+
+    /// `block.remove`. Idempotent.
+    async fn unblock(&self, caller: &str, user: &str) -> Result<(), StoreError>;
+
+    /// `block.list`: the users `caller` blocks.
+    async fn blocks(&self, caller: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Which of `users` block `caller` (for presence: a blocker's presence is hidden from
+    /// the users it blocks), in the order asked.
+    async fn blocked_by(&self, caller: &str, users: &[String]) -> Result<Vec<String>, StoreError>;
+
+    /// `message.search`: full-text search over the conversations `caller` is in now (or one of
+    /// them), best match first, without messages from users `caller` blocks.
+    async fn search(
+        &self,
+        caller: &str,
+        query: &str,
+        conversation: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError>;
+
+    /// Who should see `sender`'s typing in a conversation: the other members, less those who
+    /// block `sender`. `Forbidden` if `sender` is not a member.
+    async fn typing_recipients(
+        &self,
+        sender: &str,
+        conversation: &str,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Delete ephemeral conversations whose last message (or creation, if none) is older than
+    /// `before_ms`, with their messages. Each member gets `conversation.updated` with the
+    /// conversation as it was but no members (it no longer exists for anyone). Returns the
+    /// deleted conversations and the events.
+    async fn expire_ephemeral(&self, before_ms: i64) -> Result<Written<Vec<String>>, StoreError>;
+}
+
+/// A stored message's columns: id, conversation, sender, client_msg_id, text, attachments
+/// (JSON), ts.
+pub(crate) type MessageRow = (i64, String, String, String, String, String, i64);
+
+/// What the chat rules need of a transaction; each backend implements it with its SQL.
+pub(crate) trait ChatTx {
+    /// The conversation with its members (in joining order), if it exists.
+    async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError>;
+    /// Whether the conversation exists, and whether `user` is in it.
+    async fn membership(&self, id: &str, user: &str) -> Result<(bool, bool), StoreError>;
+    /// Whether `blocker` blocks `blocked`.
+    async fn blocks(&self, blocker: &str, blocked: &str) -> Result<bool, StoreError>;
+    /// Insert the conversation's row (`direct_key` set for a direct one). When the pair of a
+    /// direct conversation already has one, nothing is inserted and its id is returned.
+    async fn insert_conversation(
+        &self,
+        new: &NewConversation,
+        direct_key: Option<&str>,
+        now: i64,
+    ) -> Result<Option<String>, StoreError>;
+    /// Add a member (a member already is one).
+    async fn add_member(&self, id: &str, user: &str, now: i64) -> Result<(), StoreError>;
+    async fn remove_member(&self, id: &str, user: &str) -> Result<(), StoreError>;
+    /// The conversations `user` is in, with the id of the last message they read.
+    async fn memberships(&self, user: &str) -> Result<Vec<(String, i64)>, StoreError>;
+    /// The conversation's newest message `viewer` sees (none from users `viewer` blocks).
+    async fn last_message(&self, id: &str, viewer: &str) -> Result<Option<Message>, StoreError>;
+    /// Messages after `read` that `viewer` did not send and sees.
+    async fn unread(&self, id: &str, read: i64, viewer: &str) -> Result<u64, StoreError>;
+    async fn message_by_key(
+        &self,
+        sender: &str,
+        client_msg_id: &str,
+    ) -> Result<Option<Message>, StoreError>;
+    /// Insert a message unless its (sender, client_msg_id) exists; its id when inserted.
+    async fn insert_message(
+        &self,
+        new: &NewMessage,
+        attachments: &str,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError>;
+    /// Newest first, ids below `before`, at most `limit`, none from users `viewer` blocks.
+    async fn messages_before(
+        &self,
+        id: &str,
+        viewer: &str,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError>;
+    /// Whether message `message` is in conversation `id`.
+    async fn message_in(&self, id: &str, message: i64) -> Result<bool, StoreError>;
+    /// Move `user`'s read marker forward to `message`; whether it moved.
+    async fn advance_read(&self, id: &str, user: &str, message: i64) -> Result<bool, StoreError>;
+    async fn insert_block(&self, blocker: &str, blocked: &str, now: i64)
+    -> Result<(), StoreError>;
+    async fn delete_block(&self, blocker: &str, blocked: &str) -> Result<(), StoreError>;
+    /// The users `blocker` blocks, oldest block first.
+    async fn blocked_list(&self, blocker: &str) -> Result<Vec<String>, StoreError>;
+    /// Those of `users` who block `blocked`, in any order.
+    async fn blockers_among(
+        &self,
+        blocked: &str,
+        users: &[String],
+    ) -> Result<Vec<String>, StoreError>;
+    /// Messages with every one of `words`, in the conversations `viewer` is in (or the one
+    /// named), none from users `viewer` blocks, best match first.
+    async fn search(
+        &self,
+        viewer: &str,
+        words: &[&str],
+        conversation: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError>;
+    /// The members but `sender`, less those who block `sender`.
+    async fn typing_recipients(&self, id: &str, sender: &str) -> Result<Vec<String>, StoreError>;
+    /// Ephemeral conversations with no activity since `before_ms` (a bounded batch).
+    async fn ephemeral_due(&self, before_ms: i64) -> Result<Vec<String>, StoreError>;
+    /// Delete a conversation, its members, its messages and their inbox rows (a replay skips
+    /// what no longer exists).
+    async fn delete_conversation(&self, id: &str) -> Result<(), StoreError>;
+}
+
+// ---- building values from rows ----------------------------------------------------------
+
+pub(crate) fn message_from_row(
+    (id, conversation, sender, client_msg_id, text, attachments, ts): MessageRow,
+) -> Result<Message, StoreError> {
+    Ok(Message {
+        id: id.to_string(),
+        conversation,
+        sender,
+        client_msg_id,
+        text,
+        attachments: serde_json::from_str(&attachments).map_err(json_err)?,
+        ts,
+    })
+}
+
+/// How a conversation's kind is stored.
+pub(crate) fn kind_name(kind: ConversationKind) -> &'static str {
+    match kind {
+        ConversationKind::Direct => "direct",
+        ConversationKind::Group => "group",
+    }
+}
+
+pub(crate) fn conversation_from_row(
+    id: &str,
+    kind: &str,
+    title: Option<String>,
+    created_by: String,
+    created_ts: i64,
+    ephemeral: bool,
+    members: Vec<String>,
+) -> Conversation {
+    let kind = if kind == kind_name(ConversationKind::Direct) {
+        ConversationKind::Direct
+    } else {
+        ConversationKind::Group
+    };
+    Conversation {
+        id: id.to_owned(),
+        kind,
+        title,
+        members,
+        created_by,
+        created_ts,
+        ephemeral,
+    }
+}
+
+/// A message id named by a client: one that cannot be stored names no message.
+fn parse_message_id(id: &str) -> Result<i64, StoreError> {
+    id.parse::<i64>()
+        .map_err(|_| StoreError::NotFound(format!("no message {id}")))
+}
+
+/// The row id of a message the store built.
+pub(crate) fn stored_message_id(id: &str) -> Result<i64, StoreError> {
+    id.parse::<i64>()
+        .map_err(|_| StoreError::Internal(format!("message id {id}")))
+}
+
+/// The words of a search: every one must appear. Punctuation around words is dropped, so
+/// no backend's query operators come from the text.
+pub(crate) fn search_words(text: &str) -> Result<Vec<&str>, StoreError> {
+    if text.chars().count() > MAX_QUERY_CHARS {
+        return Err(StoreError::TooLarge(format!(
+            "a query is at most {MAX_QUERY_CHARS} characters"
+        )));
+    }
+    let words: Vec<&str> = text
+        .split_whitespace()
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()))
+        .filter(|w| !w.is_empty())
+        .collect();
+    if words.is_empty() {
+        return Err(StoreError::BadRequest(
+            "the query has no words to search for".into(),
+        ));
+    }
+    Ok(words)
+}
+
+// ---- member checks ------------------------------------------------------------------------
+
+/// The conversation, which must exist.
+async fn existing(tx: &impl ChatTx, id: &str) -> Result<Conversation, StoreError> {
+    tx.conversation(id)
+        .await?
+        .ok_or_else(|| StoreError::Internal(format!("conversation {id} vanished")))
+}
+
+/// The conversation, if it exists and `caller` is a member.
+pub(crate) async fn member_view(
+    tx: &impl ChatTx,
+    caller: &str,
+    id: &str,
+) -> Result<Conversation, StoreError> {
+    let c = tx
+        .conversation(id)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no conversation {id}")))?;
+    if !c.members.iter().any(|m| m == caller) {
+        return Err(StoreError::Forbidden("not a member".into()));
+    }
+    Ok(c)
+}
+
+/// Fail unless the conversation exists and `caller` is in it (without loading it).
+pub(crate) async fn check_member(
+    tx: &impl ChatTx,
+    caller: &str,
+    id: &str,
+) -> Result<(), StoreError> {
+    match tx.membership(id, caller).await? {
+        (false, _) => Err(StoreError::NotFound(format!("no conversation {id}"))),
+        (true, false) => Err(StoreError::Forbidden("not a member".into())),
+        (true, true) => Ok(()),
+    }
+}
+
+/// The group, if `caller` created it (only the creator adds and removes members).
+async fn creator_view(
+    tx: &impl ChatTx,
+    caller: &str,
+    id: &str,
+    action: &str,
+) -> Result<Conversation, StoreError> {
+    let c = member_view(tx, caller, id).await?;
+    if c.kind == ConversationKind::Direct || c.created_by != caller {
+        return Err(StoreError::Forbidden(format!(
+            "only the creator of a group may {action} members"
+        )));
+    }
+    Ok(c)
+}
+
+/// `Forbidden` if `user` blocks `caller`: a blocked user cannot put the blocker in a group
+/// (the message names no one, so it tells the caller no more than that they may not).
+async fn refuse_if_blocked(tx: &impl ChatTx, user: &str, caller: &str) -> Result<(), StoreError> {
+    if tx.blocks(user, caller).await? {
+        return Err(StoreError::Forbidden("you cannot add this user".into()));
+    }
+    Ok(())
+}
+
+async fn require_user(tx: &impl AccountTx, id: &str) -> Result<(), StoreError> {
+    if !user_exists(tx, id).await? {
+        return Err(StoreError::NotFound(format!("no user {id}")));
+    }
+    Ok(())
+}
+
+// ---- events -------------------------------------------------------------------------------
+
+/// `conversation.updated` to each of `users`.
+async fn conversation_events(
+    tx: &impl InboxTx,
+    users: &[String],
+    c: &Conversation,
+    now: i64,
+) -> Result<Vec<Event>, StoreError> {
+    let mut events = Vec::with_capacity(users.len());
+    for u in users {
+        let frame = |seq| ServerFrame::ConversationUpdated {
+            seq,
+            conversation: c.clone(),
+        };
+        events.push(append_event(tx, u, now, frame).await?);
+    }
+    Ok(events)
+}
+
+/// Take `user` out of a conversation; the remaining members and `user` get the conversation
+/// as it is now.
+async fn depart(
+    tx: &(impl ChatTx + InboxTx),
+    id: &str,
+    user: &str,
+    now: i64,
+) -> Result<Vec<Event>, StoreError> {
+    tx.remove_member(id, user).await?;
+    let after = existing(tx, id).await?;
+    let mut told = after.members.clone();
+    told.push(user.to_owned());
+    conversation_events(tx, &told, &after, now).await
+}
+
+// ---- the use cases --------------------------------------------------------------------------
+
+pub(crate) async fn create_conversation(
+    tx: &(impl ChatTx + InboxTx + AccountTx),
+    new: NewConversation,
+    now: i64,
+) -> Result<Written<Conversation>, StoreError> {
+    let id = new.id.as_str();
+    if let Some(c) = tx.conversation(id).await? {
+        if c.created_by != new.creator {
+            return Err(StoreError::Conflict(format!("conversation {id} exists")));
+        }
+        return Ok(Written::nothing(c));
+    }
+    require_user(tx, &new.creator).await?;
+    let mut others: Vec<String> = Vec::new();
+    for m in &new.members {
+        if *m != new.creator && !others.contains(m) {
+            others.push(m.clone());
+        }
+    }
+    for m in &others {
+        require_user(tx, m).await?;
+    }
+    let pair = match new.kind {
+        ConversationKind::Direct => {
+            let [other] = others.as_slice() else {
+                return Err(StoreError::BadRequest(
+                    "a direct conversation has exactly one other member".into(),
+                ));
+            };
+            if tx.blocks(other, &new.creator).await? {
+                return Err(StoreError::Forbidden(
+                    "this user does not accept direct conversations from you".into(),
+                ));
+            }
+            let mut pair = [new.creator.clone(), other.clone()];
+            pair.sort();
+            Some(pair)
+        }
+        ConversationKind::Group => {
+            if others.len() + 1 > new.max_members {
+                return Err(StoreError::TooLarge(format!(
+                    "a group has at most {} members",
+                    new.max_members
+                )));
+            }
+            for m in &others {
+                refuse_if_blocked(tx, m, &new.creator).await?;
+            }
+            None
+        }
+    };
+    // A direct conversation is unique per pair, whatever id the caller chose.
+    let key = pair.as_ref().map(|p| p.join("|"));
+    if let Some(found) = tx.insert_conversation(&new, key.as_deref(), now).await? {
+        let pair = pair.unwrap_or_default();
+        return rejoin(tx, &found, &pair, now).await;
+    }
+    tx.add_member(id, &new.creator, now).await?;
+    for m in &others {
+        tx.add_member(id, m, now).await?;
+    }
+    let c = existing(tx, id).await?;
+    let events = conversation_events(tx, &c.members, &c, now).await?;
+    Ok(Written { value: c, events })
+}
+
+/// A direct conversation asked for again: it is returned, bringing back whichever of the
+/// pair had left it.
+async fn rejoin(
+    tx: &(impl ChatTx + InboxTx),
+    id: &str,
+    pair: &[String],
+    now: i64,
+) -> Result<Written<Conversation>, StoreError> {
+    let before = existing(tx, id).await?;
+    let missing: Vec<&String> = pair
+        .iter()
+        .filter(|u| !before.members.contains(u))
+        .collect();
+    if missing.is_empty() {
+        return Ok(Written::nothing(before));
+    }
+    for u in missing {
+        tx.add_member(id, u, now).await?;
+    }
+    let after = existing(tx, id).await?;
+    let events = conversation_events(tx, &after.members, &after, now).await?;
+    Ok(Written {
+        value: after,
+        events,
+    })
+}
+
+pub(crate) async fn conversations(
+    tx: &impl ChatTx,
+    caller: &str,
+) -> Result<Vec<ConversationSummary>, StoreError> {
+    let mine = tx.memberships(caller).await?;
+    let mut out = Vec::with_capacity(mine.len());
+    for (id, read) in mine {
+        let Some(conversation) = tx.conversation(&id).await? else {
+            continue;
+        };
+        out.push(ConversationSummary {
+            conversation,
+            last_message: tx.last_message(&id, caller).await?,
+            unread: tx.unread(&id, read, caller).await?,
+        });
+    }
+    let activity = |s: &ConversationSummary| {
+        s.last_message
+            .as_ref()
+            .map(|m| m.ts)
+            .unwrap_or(s.conversation.created_ts)
+    };
+    out.sort_by_key(|s| std::cmp::Reverse(activity(s)));
+    Ok(out)
+}
+
+pub(crate) async fn add_member(
+    tx: &(impl ChatTx + InboxTx + AccountTx),
+    caller: &str,
+    id: &str,
+    user: &str,
+    max_members: usize,
+    now: i64,
+) -> Result<Written<()>, StoreError> {
+    let c = creator_view(tx, caller, id, "add").await?;
+    require_user(tx, user).await?;
+    if c.members.iter().any(|m| m == user) {
+        return Ok(Written::nothing(()));
+    }
+    refuse_if_blocked(tx, user, caller).await?;
+    if c.members.len() + 1 > max_members {
+        return Err(StoreError::TooLarge(format!(
+            "a group has at most {max_members} members"
+        )));
+    }
+    tx.add_member(id, user, now).await?;
+    let c = existing(tx, id).await?;
+    let events = conversation_events(tx, &c.members, &c, now).await?;
+    Ok(Written { value: (), events })
+}
+
+pub(crate) async fn remove_member(
+    tx: &(impl ChatTx + InboxTx),
+    caller: &str,
+    id: &str,
+    user: &str,
+    now: i64,
+) -> Result<Written<()>, StoreError> {
+    let c = creator_view(tx, caller, id, "remove").await?;
+    if !c.members.iter().any(|m| m == user) {
+        return Ok(Written::nothing(()));
+    }
+    let events = depart(tx, id, user, now).await?;
+    Ok(Written { value: (), events })
+}
+
+pub(crate) async fn leave(
+    tx: &(impl ChatTx + InboxTx),
+    caller: &str,
+    id: &str,
+    now: i64,
+) -> Result<Written<()>, StoreError> {
+    member_view(tx, caller, id).await?;
+    let events = depart(tx, id, caller, now).await?;
+    Ok(Written { value: (), events })
+}
+
+/// Store one `message.send`: the message, and whether it is new (a repeated
+/// `client_msg_id` returns the first message, not new). Its events are the caller's to
+/// write ([`message_events`]), so a backend may fan out a batch of sends at once.
+pub(crate) async fn store_message(
+    tx: &impl ChatTx,
+    new: &NewMessage,
+    now: i64,
+) -> Result<(Message, bool), StoreError> {
+    if let Some(m) = tx.message_by_key(&new.sender, &new.client_msg_id).await? {
+        return Ok((m, false));
+    }
+    check_member(tx, &new.sender, &new.conversation).await?;
+    let attachments = serde_json::to_string(&new.attachments).map_err(json_err)?;
+    // A concurrent send of the same client_msg_id (on another machine): the unique key
+    // decides, and the loser returns the winner's message.
+    let Some(id) = tx.insert_message(new, &attachments, now).await? else {
+        let m = tx.message_by_key(&new.sender, &new.client_msg_id).await?;
+        let m = m.ok_or_else(|| StoreError::Internal("a sent message vanished".into()))?;
+        return Ok((m, false));
+    };
+    let message = Message {
+        id: id.to_string(),
+        conversation: new.conversation.clone(),
+        sender: new.sender.clone(),
+        client_msg_id: new.client_msg_id.clone(),
+        text: new.text.clone(),
+        attachments: new.attachments.clone(),
+        ts: now,
+    };
+    Ok((message, true))
+}
+
+/// `message.send` on its own: the message and its `message.new` events.
+pub(crate) async fn send_message(
+    tx: &(impl ChatTx + InboxTx),
+    new: NewMessage,
+    now: i64,
+) -> Result<Written<Message>, StoreError> {
+    let (message, fresh) = store_message(tx, &new, now).await?;
+    if !fresh {
+        return Ok(Written::nothing(message));
+    }
+    let events = message_events(tx, &[&message], now).await?;
+    Ok(Written {
+        events: events.into_iter().flatten().collect(),
+        value: message,
+    })
+}
+
+pub(crate) async fn history(
+    tx: &impl ChatTx,
+    caller: &str,
+    id: &str,
+    before: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<Message>, bool), StoreError> {
+    let before = before.map_or(Ok(i64::MAX), parse_message_id)?;
+    member_view(tx, caller, id).await?;
+    // One more than asked: whether older ones remain.
+    let mut messages = tx.messages_before(id, caller, before, limit + 1).await?;
+    let more = messages.len() > limit;
+    messages.truncate(limit);
+    Ok((messages, more))
+}
+
+pub(crate) async fn mark_read(
+    tx: &(impl ChatTx + InboxTx),
+    caller: &str,
+    id: &str,
+    message: &str,
+    now: i64,
+) -> Result<Written<()>, StoreError> {
+    let mid = parse_message_id(message)?;
+    let c = member_view(tx, caller, id).await?;
+    if !tx.message_in(id, mid).await? {
+        return Err(StoreError::NotFound(format!("no message {message} in {id}")));
+    }
+    if !tx.advance_read(id, caller, mid).await? {
+        // Already read this far: nothing new to tell anyone.
+        return Ok(Written::nothing(()));
+    }
+    // Every member, the reader included, so each of the reader's sessions sees it too and
+    // seqs stay gapless.
+    let mut events = Vec::with_capacity(c.members.len());
+    for u in &c.members {
+        let frame = |seq| ServerFrame::ReceiptRead {
+            seq,
+            conversation: id.to_owned(),
+            user: caller.to_owned(),
+            message: message.to_owned(),
+        };
+        events.push(append_event(tx, u, now, frame).await?);
+    }
+    Ok(Written { value: (), events })
+}
+
+pub(crate) async fn block(
+    tx: &(impl ChatTx + AccountTx),
+    caller: &str,
+    user: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    if caller == user {
+        return Err(StoreError::BadRequest("you cannot block yourself".into()));
+    }
+    require_user(tx, user).await?;
+    tx.insert_block(caller, user, now).await
+}
+
+pub(crate) async fn blocked_by(
+    tx: &impl ChatTx,
+    caller: &str,
+    users: &[String],
+) -> Result<Vec<String>, StoreError> {
+    if users.is_empty() {
+        return Ok(Vec::new());
+    }
+    let blockers = tx.blockers_among(caller, users).await?;
+    Ok(users
+        .iter()
+        .filter(|u| blockers.contains(u))
+        .cloned()
+        .collect())
+}
+
+pub(crate) async fn search(
+    tx: &impl ChatTx,
+    caller: &str,
+    query: &str,
+    conversation: Option<&str>,
+    limit: usize,
+) -> Result<Vec<Message>, StoreError> {
+    let words = search_words(query)?;
+    if let Some(c) = conversation {
+        check_member(tx, caller, c).await?;
+    }
+    tx.search(caller, &words, conversation, limit).await
+}
+
+pub(crate) async fn typing_recipients(
+    tx: &impl ChatTx,
+    sender: &str,
+    id: &str,
+) -> Result<Vec<String>, StoreError> {
+    check_member(tx, sender, id).await?;
+    tx.typing_recipients(id, sender).await
+}
+
+pub(crate) async fn expire_ephemeral(
+    tx: &(impl ChatTx + InboxTx),
+    before_ms: i64,
+    now: i64,
+) -> Result<Written<Vec<String>>, StoreError> {
+    let ids = tx.ephemeral_due(before_ms).await?;
+    let mut events = Vec::new();
+    for id in &ids {
+        let Some(mut c) = tx.conversation(id).await? else {
+            continue;
+        };
+        let members = std::mem::take(&mut c.members);
+        events.extend(conversation_events(tx, &members, &c, now).await?);
+        tx.delete_conversation(id).await?;
+    }
+    Ok(Written { value: ids, events })
+}
+
+mod store;
+pub(crate) use store::impl_chat_store;

@@ -1,0 +1,479 @@
+//! Chat's SQL on PostgreSQL, and the group commit of `message.send`. Search is PostgreSQL's
+//! own: a generated `tsvector` column with a GIN index, the `simple` configuration so no
+//! language is assumed.
+
+use super::{
+    ChatTx, MessageRow, NewConversation, NewMessage, conversation_from_row, kind_name,
+    message_from_row, store_message,
+};
+use crate::inbox::message_events;
+use crate::postgres::{Row, Tx, commit_err, now_ms, pg, pool_err};
+use crate::{PgStore, StoreError, Written};
+use deadpool_postgres::Pool;
+use hubbub_protocol::{Conversation, Message};
+
+super::impl_chat_store!(PgStore);
+
+/// A message's columns, from column `from` of a row (in [`MESSAGE_COLUMNS`]' order).
+pub(crate) fn message_row(r: &Row, from: usize) -> MessageRow {
+    (
+        r.get(from),
+        r.get(from + 1),
+        r.get(from + 2),
+        r.get(from + 3),
+        r.get(from + 4),
+        r.get(from + 5),
+        r.get(from + 6),
+    )
+}
+
+const MESSAGE_COLUMNS: &str = "id, conversation_id, sender, client_msg_id, text, attachments, ts";
+
+fn messages(rows: Vec<Row>) -> Result<Vec<Message>, StoreError> {
+    rows.iter()
+        .map(|r| message_from_row(message_row(r, 0)))
+        .collect()
+}
+
+fn strings(rows: Vec<Row>) -> Vec<String> {
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+impl ChatTx for Tx<'_> {
+    async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError> {
+        let Some(r) = self
+            .opt(
+                "SELECT kind, title, created_by, created_ms, ephemeral FROM conversations
+                 WHERE id = $1",
+                &[&id],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let members = self
+            .rows(
+                "SELECT user_id FROM members WHERE conversation_id = $1 ORDER BY joined_ms, user_id",
+                &[&id],
+            )
+            .await?;
+        Ok(Some(conversation_from_row(
+            id,
+            r.get(0),
+            r.get(1),
+            r.get(2),
+            r.get(3),
+            r.get(4),
+            strings(members),
+        )))
+    }
+
+    async fn membership(&self, id: &str, user: &str) -> Result<(bool, bool), StoreError> {
+        let r = self
+            .one(
+                "SELECT EXISTS (SELECT 1 FROM conversations WHERE id = $1),
+                        EXISTS (SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2)",
+                &[&id, &user],
+            )
+            .await?;
+        Ok((r.get(0), r.get(1)))
+    }
+
+    async fn blocks(&self, blocker: &str, blocked: &str) -> Result<bool, StoreError> {
+        self.exists(
+            "SELECT 1 FROM blocks WHERE blocker = $1 AND blocked = $2",
+            &[&blocker, &blocked],
+        )
+        .await
+    }
+
+    async fn insert_conversation(
+        &self,
+        new: &NewConversation,
+        direct_key: Option<&str>,
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        // Two creates of one pair racing: the unique key decides.
+        let inserted = self
+            .exec(
+                "INSERT INTO conversations (id, kind, title, created_by, created_ms, ephemeral, direct_key)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (direct_key) DO NOTHING",
+                &[
+                    &new.id,
+                    &kind_name(new.kind),
+                    &new.title,
+                    &new.creator,
+                    &now,
+                    &new.ephemeral,
+                    &direct_key,
+                ],
+            )
+            .await?;
+        match direct_key {
+            Some(key) if inserted == 0 => Ok(Some(
+                self.one(
+                    "SELECT id FROM conversations WHERE direct_key = $1",
+                    &[&key],
+                )
+                .await?
+                .get(0),
+            )),
+            _ => Ok(None),
+        }
+    }
+
+    async fn add_member(&self, id: &str, user: &str, now: i64) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO members (conversation_id, user_id, joined_ms) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+            &[&id, &user, &now],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn remove_member(&self, id: &str, user: &str) -> Result<(), StoreError> {
+        self.exec(
+            "DELETE FROM members WHERE conversation_id = $1 AND user_id = $2",
+            &[&id, &user],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn memberships(&self, user: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(self
+            .rows(
+                "SELECT conversation_id, read_message FROM members WHERE user_id = $1",
+                &[&user],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    async fn last_message(&self, id: &str, viewer: &str) -> Result<Option<Message>, StoreError> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1
+             AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = $2 AND blocked = sender)
+             ORDER BY id DESC LIMIT 1"
+        );
+        Ok(messages(self.rows(&sql, &[&id, &viewer]).await?)?.pop())
+    }
+
+    async fn unread(&self, id: &str, read: i64, viewer: &str) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .one(
+                "SELECT COUNT(*) FROM messages WHERE conversation_id = $1 AND id > $2
+                 AND sender != $3
+                 AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = $3 AND blocked = sender)",
+                &[&id, &read, &viewer],
+            )
+            .await?
+            .get(0);
+        Ok(n as u64)
+    }
+
+    async fn message_by_key(
+        &self,
+        sender: &str,
+        client_msg_id: &str,
+    ) -> Result<Option<Message>, StoreError> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender = $1 AND client_msg_id = $2"
+        );
+        Ok(messages(self.rows(&sql, &[&sender, &client_msg_id]).await?)?.pop())
+    }
+
+    async fn insert_message(
+        &self,
+        new: &NewMessage,
+        attachments: &str,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .opt(
+                "INSERT INTO messages (conversation_id, sender, client_msg_id, text, attachments, ts)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sender, client_msg_id) DO NOTHING
+                 RETURNING id",
+                &[
+                    &new.conversation,
+                    &new.sender,
+                    &new.client_msg_id,
+                    &new.text,
+                    &attachments,
+                    &now,
+                ],
+            )
+            .await?
+            .map(|r| r.get(0)))
+    }
+
+    async fn messages_before(
+        &self,
+        id: &str,
+        viewer: &str,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND id < $2
+             AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = $4 AND blocked = sender)
+             ORDER BY id DESC LIMIT $3"
+        );
+        let rows = self
+            .rows(&sql, &[&id, &before, &(limit as i64), &viewer])
+            .await?;
+        messages(rows)
+    }
+
+    async fn message_in(&self, id: &str, message: i64) -> Result<bool, StoreError> {
+        self.exists(
+            "SELECT 1 FROM messages WHERE id = $1 AND conversation_id = $2",
+            &[&message, &id],
+        )
+        .await
+    }
+
+    async fn advance_read(&self, id: &str, user: &str, message: i64) -> Result<bool, StoreError> {
+        let moved = self
+            .exec(
+                "UPDATE members SET read_message = $3 WHERE conversation_id = $1 AND user_id = $2
+                 AND read_message < $3",
+                &[&id, &user, &message],
+            )
+            .await?;
+        Ok(moved > 0)
+    }
+
+    async fn insert_block(
+        &self,
+        blocker: &str,
+        blocked: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO blocks (blocker, blocked, created_ms) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+            &[&blocker, &blocked, &now],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_block(&self, blocker: &str, blocked: &str) -> Result<(), StoreError> {
+        self.exec(
+            "DELETE FROM blocks WHERE blocker = $1 AND blocked = $2",
+            &[&blocker, &blocked],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn blocked_list(&self, blocker: &str) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT blocked FROM blocks WHERE blocker = $1 ORDER BY created_ms, blocked",
+                &[&blocker],
+            )
+            .await?;
+        Ok(strings(rows))
+    }
+
+    async fn blockers_among(
+        &self,
+        blocked: &str,
+        users: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT blocker FROM blocks WHERE blocked = $1 AND blocker = ANY($2)",
+                &[&blocked, &users],
+            )
+            .await?;
+        Ok(strings(rows))
+    }
+
+    async fn search(
+        &self,
+        viewer: &str,
+        words: &[&str],
+        conversation: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        // `plainto_tsquery` of the words: every one must appear, none is an operator.
+        let text = words.join(" ");
+        let rows = self
+            .rows(
+                "SELECT m.id, m.conversation_id, m.sender, m.client_msg_id, m.text, m.attachments, m.ts
+                 FROM messages m
+                 JOIN members mb ON mb.conversation_id = m.conversation_id AND mb.user_id = $2
+                 WHERE m.tsv @@ plainto_tsquery('simple', $1)
+                   AND ($3::text IS NULL OR m.conversation_id = $3)
+                   AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = $2 AND blocked = m.sender)
+                 ORDER BY ts_rank(m.tsv, plainto_tsquery('simple', $1)) DESC, m.id DESC
+                 LIMIT $4",
+                &[&text, &viewer, &conversation, &(limit as i64)],
+            )
+            .await?;
+        messages(rows)
+    }
+
+    async fn typing_recipients(&self, id: &str, sender: &str) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT user_id FROM members WHERE conversation_id = $1 AND user_id != $2
+                 AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = user_id AND blocked = $2)",
+                &[&id, &sender],
+            )
+            .await?;
+        Ok(strings(rows))
+    }
+
+    async fn ephemeral_due(&self, before_ms: i64) -> Result<Vec<String>, StoreError> {
+        // Locked, skipping those another scheduler is expiring now.
+        let rows = self
+            .rows(
+                "SELECT c.id FROM conversations c WHERE c.ephemeral
+                 AND COALESCE((SELECT MAX(ts) FROM messages m WHERE m.conversation_id = c.id),
+                              c.created_ms) < $1
+                 LIMIT 1000 FOR UPDATE SKIP LOCKED",
+                &[&before_ms],
+            )
+            .await?;
+        Ok(strings(rows))
+    }
+
+    async fn delete_conversation(&self, id: &str) -> Result<(), StoreError> {
+        for sql in [
+            "DELETE FROM inbox WHERE message_id IN
+               (SELECT id FROM messages WHERE conversation_id = $1)",
+            "DELETE FROM messages WHERE conversation_id = $1",
+            "DELETE FROM members WHERE conversation_id = $1",
+            "DELETE FROM conversations WHERE id = $1",
+        ] {
+            self.exec(sql, &[&id]).await?;
+        }
+        Ok(())
+    }
+}
+
+// ---- group commit of message.send ------------------------------------------------------------
+
+/// The most sends one transaction takes.
+const SEND_BATCH: usize = 64;
+
+pub(crate) type SendJob = (
+    NewMessage,
+    tokio::sync::oneshot::Sender<Result<Written<Message>, StoreError>>,
+);
+
+/// Start the group-commit task of a pool; its jobs go on the returned channel.
+pub(crate) fn start_sends(pool: Pool) -> tokio::sync::mpsc::Sender<SendJob> {
+    let (sends, jobs) = tokio::sync::mpsc::channel(4 * SEND_BATCH);
+    tokio::spawn(run_sends(pool, jobs));
+    sends
+}
+
+impl PgStore {
+    /// `message.send`, through the group commit (see [`run_sends`]).
+    async fn send(&self, new: NewMessage) -> Result<Written<Message>, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.sends
+            .send((new, tx))
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Internal("the send batcher stopped".into()))?
+    }
+}
+
+/// Group commit for `message.send`: take whatever sends wait, lock every recipient once (in
+/// id order, so two batches never deadlock on each other), run each send in its own savepoint
+/// (one send's failure leaves the others), fan them all out in one statement, and commit
+/// once. Sends to one busy group no longer queue up behind each other's row locks and fsyncs.
+async fn run_sends(pool: Pool, mut jobs: tokio::sync::mpsc::Receiver<SendJob>) {
+    while let Some(first) = jobs.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < SEND_BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let (news, replies): (Vec<NewMessage>, Vec<_>) = batch.into_iter().unzip();
+        match send_batch(&pool, &news).await {
+            Ok(results) => {
+                for (reply, r) in replies.into_iter().zip(results) {
+                    let _ = reply.send(r);
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(match &e {
+                        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+                        StoreError::Internal(m) => StoreError::Internal(m.clone()),
+                        other => StoreError::Internal(other.to_string()),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+async fn send_batch(
+    pool: &Pool,
+    news: &[NewMessage],
+) -> Result<Vec<Result<Written<Message>, StoreError>>, StoreError> {
+    let mut client = pool.get().await.map_err(pool_err)?;
+    let mut tx = client.transaction().await.map_err(pg)?;
+    let conversations: Vec<&str> = news.iter().map(|n| n.conversation.as_str()).collect();
+    Tx::Tx(&tx)
+        .exec(
+            "SELECT 1 FROM users WHERE id IN
+               (SELECT user_id FROM members WHERE conversation_id = ANY($1))
+             ORDER BY id FOR UPDATE",
+            &[&conversations],
+        )
+        .await?;
+    let now = now_ms();
+    let mut stored = Vec::with_capacity(news.len());
+    for new in news {
+        let sp = tx.transaction().await.map_err(pg)?;
+        match store_message(&Tx::Tx(&sp), new, now).await {
+            Ok(sent) => {
+                // Releasing a savepoint commits nothing yet: a lost connection here is plain.
+                sp.commit().await.map_err(pg)?;
+                stored.push(Ok(sent));
+            }
+            Err(e) => {
+                sp.rollback().await.map_err(pg)?;
+                stored.push(Err(e));
+            }
+        }
+    }
+    let fresh: Vec<&Message> = stored
+        .iter()
+        .filter_map(|r| match r {
+            Ok((m, true)) => Some(m),
+            _ => None,
+        })
+        .collect();
+    let mut events = message_events(&Tx::Tx(&tx), &fresh, now)
+        .await?
+        .into_iter();
+    tx.commit().await.map_err(commit_err)?;
+    Ok(stored
+        .into_iter()
+        .map(|r| {
+            r.map(|(message, new)| match new {
+                true => Written {
+                    events: events.next().unwrap_or_default(),
+                    value: message,
+                },
+                false => Written::nothing(message),
+            })
+        })
+        .collect())
+}

@@ -1,0 +1,352 @@
+//! Chat's SQL on SQLite. Search is FTS5 over message text (an external-content index kept by
+//! triggers, see `001_chat.sql`).
+
+use super::{
+    ChatTx, MessageRow, NewConversation, NewMessage, conversation_from_row, kind_name,
+    message_from_row,
+};
+use crate::sqlite::Tx;
+use crate::{SqliteStore, StoreError, Written};
+use hubbub_protocol::{Conversation, Message};
+use rusqlite::{OptionalExtension, params};
+
+super::impl_chat_store!(SqliteStore);
+
+impl SqliteStore {
+    /// `message.send`: the writer thread already commits concurrent sends together.
+    async fn send(&self, new: NewMessage) -> Result<Written<Message>, StoreError> {
+        let now = self.now();
+        crate::run!(self.write, |tx| super::send_message(tx, new, now))
+    }
+}
+
+/// A message's columns, from column `from` of a row (in [`MESSAGE_COLUMNS`]' order).
+pub(crate) fn message_row(r: &rusqlite::Row<'_>, from: usize) -> rusqlite::Result<MessageRow> {
+    Ok((
+        r.get(from)?,
+        r.get(from + 1)?,
+        r.get(from + 2)?,
+        r.get(from + 3)?,
+        r.get(from + 4)?,
+        r.get(from + 5)?,
+        r.get(from + 6)?,
+    ))
+}
+
+const MESSAGE_COLUMNS: &str = "id, conversation_id, sender, client_msg_id, text, attachments, ts";
+
+/// The messages a statement returns, in [`MESSAGE_COLUMNS`]' order.
+fn messages(
+    mut st: rusqlite::CachedStatement<'_>,
+    p: impl rusqlite::Params,
+) -> Result<Vec<Message>, StoreError> {
+    let rows = st
+        .query_map(p, |r| message_row(r, 0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter().map(message_from_row).collect()
+}
+
+fn strings(
+    mut st: rusqlite::CachedStatement<'_>,
+    p: impl rusqlite::Params,
+) -> Result<Vec<String>, StoreError> {
+    Ok(st
+        .query_map(p, |r| r.get(0))?
+        .collect::<Result<Vec<String>, _>>()?)
+}
+
+impl ChatTx for Tx<'_> {
+    async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError> {
+        let row = self
+            .prepare_cached(
+                "SELECT kind, title, created_by, created_ms, ephemeral FROM conversations
+                 WHERE id = ?1",
+            )?
+            .query_row([id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                ))
+            })
+            .optional()?;
+        let Some((kind, title, created_by, created_ms, ephemeral)) = row else {
+            return Ok(None);
+        };
+        let members = strings(
+            self.prepare_cached(
+                "SELECT user_id FROM members WHERE conversation_id = ?1 ORDER BY joined_ms, user_id",
+            )?,
+            [id],
+        )?;
+        Ok(Some(conversation_from_row(
+            id, &kind, title, created_by, created_ms, ephemeral, members,
+        )))
+    }
+
+    async fn membership(&self, id: &str, user: &str) -> Result<(bool, bool), StoreError> {
+        Ok(self
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM conversations WHERE id = ?1),
+                        EXISTS (SELECT 1 FROM members WHERE conversation_id = ?1 AND user_id = ?2)",
+            )?
+            .query_row(params![id, user], |r| Ok((r.get(0)?, r.get(1)?)))?)
+    }
+
+    async fn blocks(&self, blocker: &str, blocked: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .prepare_cached("SELECT 1 FROM blocks WHERE blocker = ?1 AND blocked = ?2")?
+            .exists(params![blocker, blocked])?)
+    }
+
+    async fn insert_conversation(
+        &self,
+        new: &NewConversation,
+        direct_key: Option<&str>,
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        if let Some(key) = direct_key {
+            let found: Option<String> = self
+                .prepare_cached("SELECT id FROM conversations WHERE direct_key = ?1")?
+                .query_row([key], |r| r.get(0))
+                .optional()?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        self.prepare_cached(
+            "INSERT INTO conversations (id, kind, title, created_by, created_ms, ephemeral, direct_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            new.id,
+            kind_name(new.kind),
+            new.title,
+            new.creator,
+            now,
+            new.ephemeral,
+            direct_key
+        ])?;
+        Ok(None)
+    }
+
+    async fn add_member(&self, id: &str, user: &str, now: i64) -> Result<(), StoreError> {
+        self.prepare_cached(
+            "INSERT OR IGNORE INTO members (conversation_id, user_id, joined_ms) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![id, user, now])?;
+        Ok(())
+    }
+
+    async fn remove_member(&self, id: &str, user: &str) -> Result<(), StoreError> {
+        self.prepare_cached("DELETE FROM members WHERE conversation_id = ?1 AND user_id = ?2")?
+            .execute(params![id, user])?;
+        Ok(())
+    }
+
+    async fn memberships(&self, user: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(self
+            .prepare_cached("SELECT conversation_id, read_message FROM members WHERE user_id = ?1")?
+            .query_map([user], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn last_message(&self, id: &str, viewer: &str) -> Result<Option<Message>, StoreError> {
+        let st = self.prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1
+             AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = ?2 AND blocked = sender)
+             ORDER BY id DESC LIMIT 1"
+        ))?;
+        Ok(messages(st, [id, viewer])?.pop())
+    }
+
+    async fn unread(&self, id: &str, read: i64, viewer: &str) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .prepare_cached(
+                "SELECT COUNT(*) FROM messages WHERE conversation_id = ?1 AND id > ?2
+                 AND sender != ?3
+                 AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = ?3 AND blocked = sender)",
+            )?
+            .query_row(params![id, read, viewer], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    async fn message_by_key(
+        &self,
+        sender: &str,
+        client_msg_id: &str,
+    ) -> Result<Option<Message>, StoreError> {
+        let st = self.prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender = ?1 AND client_msg_id = ?2"
+        ))?;
+        Ok(messages(st, [sender, client_msg_id])?.pop())
+    }
+
+    async fn insert_message(
+        &self,
+        new: &NewMessage,
+        attachments: &str,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .prepare_cached(
+                "INSERT INTO messages (conversation_id, sender, client_msg_id, text, attachments, ts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (sender, client_msg_id) DO NOTHING RETURNING id",
+            )?
+            .query_row(
+                params![
+                    new.conversation,
+                    new.sender,
+                    new.client_msg_id,
+                    new.text,
+                    attachments,
+                    now
+                ],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    async fn messages_before(
+        &self,
+        id: &str,
+        viewer: &str,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let st = self.prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND id < ?2
+             AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = ?4 AND blocked = sender)
+             ORDER BY id DESC LIMIT ?3"
+        ))?;
+        messages(st, params![id, before, limit as i64, viewer])
+    }
+
+    async fn message_in(&self, id: &str, message: i64) -> Result<bool, StoreError> {
+        Ok(self
+            .prepare_cached("SELECT 1 FROM messages WHERE id = ?1 AND conversation_id = ?2")?
+            .exists(params![message, id])?)
+    }
+
+    async fn advance_read(&self, id: &str, user: &str, message: i64) -> Result<bool, StoreError> {
+        let moved = self
+            .prepare_cached(
+                "UPDATE members SET read_message = ?3 WHERE conversation_id = ?1 AND user_id = ?2
+                 AND read_message < ?3",
+            )?
+            .execute(params![id, user, message])?;
+        Ok(moved > 0)
+    }
+
+    async fn insert_block(
+        &self,
+        blocker: &str,
+        blocked: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.prepare_cached(
+            "INSERT OR IGNORE INTO blocks (blocker, blocked, created_ms) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![blocker, blocked, now])?;
+        Ok(())
+    }
+
+    async fn delete_block(&self, blocker: &str, blocked: &str) -> Result<(), StoreError> {
+        self.prepare_cached("DELETE FROM blocks WHERE blocker = ?1 AND blocked = ?2")?
+            .execute(params![blocker, blocked])?;
+        Ok(())
+    }
+
+    async fn blocked_list(&self, blocker: &str) -> Result<Vec<String>, StoreError> {
+        strings(
+            self.prepare_cached(
+                "SELECT blocked FROM blocks WHERE blocker = ?1 ORDER BY created_ms, blocked",
+            )?,
+            [blocker],
+        )
+    }
+
+    async fn blockers_among(
+        &self,
+        blocked: &str,
+        users: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        // One primary-key lookup per user (there is no index by `blocked`).
+        let mut st =
+            self.prepare_cached("SELECT 1 FROM blocks WHERE blocker = ?1 AND blocked = ?2")?;
+        let mut out = Vec::new();
+        for u in users {
+            if st.exists(params![u, blocked])? {
+                out.push(u.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn search(
+        &self,
+        viewer: &str,
+        words: &[&str],
+        conversation: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        // Each word quoted, so FTS5 operators and punctuation in the text are searched for,
+        // never interpreted; words side by side must all appear.
+        let fts = words
+            .iter()
+            .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let st = self.prepare_cached(
+            "SELECT m.id, m.conversation_id, m.sender, m.client_msg_id, m.text,
+                    m.attachments, m.ts
+             FROM messages_fts f
+             JOIN messages m ON m.id = f.rowid
+             JOIN members mb ON mb.conversation_id = m.conversation_id AND mb.user_id = ?2
+             WHERE messages_fts MATCH ?1
+               AND (?3 IS NULL OR m.conversation_id = ?3)
+               AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = ?2 AND blocked = m.sender)
+             ORDER BY bm25(messages_fts), m.id DESC
+             LIMIT ?4",
+        )?;
+        messages(st, params![fts, viewer, conversation, limit as i64])
+    }
+
+    async fn typing_recipients(&self, id: &str, sender: &str) -> Result<Vec<String>, StoreError> {
+        strings(
+            self.prepare_cached(
+                "SELECT user_id FROM members WHERE conversation_id = ?1 AND user_id != ?2
+                 AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = user_id AND blocked = ?2)",
+            )?,
+            [id, sender],
+        )
+    }
+
+    async fn ephemeral_due(&self, before_ms: i64) -> Result<Vec<String>, StoreError> {
+        strings(
+            self.prepare_cached(
+                "SELECT c.id FROM conversations c WHERE c.ephemeral = 1
+                 AND COALESCE((SELECT MAX(ts) FROM messages m WHERE m.conversation_id = c.id),
+                              c.created_ms) < ?1
+                 LIMIT 1000",
+            )?,
+            [before_ms],
+        )
+    }
+
+    async fn delete_conversation(&self, id: &str) -> Result<(), StoreError> {
+        for sql in [
+            "DELETE FROM inbox WHERE message_id IN
+               (SELECT id FROM messages WHERE conversation_id = ?1)",
+            "DELETE FROM messages WHERE conversation_id = ?1",
+            "DELETE FROM members WHERE conversation_id = ?1",
+            "DELETE FROM conversations WHERE id = ?1",
+        ] {
+            self.prepare_cached(sql)?.execute([id])?;
+        }
+        Ok(())
+    }
+}

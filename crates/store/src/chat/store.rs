@@ -1,0 +1,164 @@
+//! [`ChatStore`](super::ChatStore) for any backend, from the rules of `chat/mod.rs`: each
+//! method runs its rule in one of the backend's transactions (see the crate's "How a use case
+//! runs"). Only `message.send` is the backend's own (`send`): PostgreSQL batches sends.
+
+/// `impl_chat_store!(Backend)`: the backend provides `now`, `read`, `write` and `send`.
+macro_rules! impl_chat_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::chat::ChatStore for $store {
+            async fn create_conversation(
+                &self,
+                new: $crate::chat::NewConversation,
+            ) -> Result<$crate::Written<hubbub_protocol::Conversation>, $crate::StoreError> {
+                let now = self.now();
+                $crate::run!(self.write, |tx| $crate::chat::create_conversation(tx, new, now))
+            }
+
+            async fn conversation(
+                &self,
+                caller: &str,
+                id: &str,
+            ) -> Result<hubbub_protocol::Conversation, $crate::StoreError> {
+                let (caller, id) = (caller.to_owned(), id.to_owned());
+                $crate::run!(self.read, |tx| $crate::chat::member_view(tx, &caller, &id))
+            }
+
+            async fn conversations(
+                &self,
+                caller: &str,
+            ) -> Result<Vec<hubbub_protocol::ConversationSummary>, $crate::StoreError> {
+                let caller = caller.to_owned();
+                $crate::run!(self.read, |tx| $crate::chat::conversations(tx, &caller))
+            }
+
+            async fn add_member(
+                &self,
+                caller: &str,
+                conversation: &str,
+                user: &str,
+                max_members: usize,
+            ) -> Result<$crate::Written<()>, $crate::StoreError> {
+                let (caller, id, user) = (caller.to_owned(), conversation.to_owned(), user.to_owned());
+                let now = self.now();
+                $crate::run!(self.write, |tx| {
+                    $crate::chat::add_member(tx, &caller, &id, &user, max_members, now)
+                })
+            }
+
+            async fn remove_member(
+                &self,
+                caller: &str,
+                conversation: &str,
+                user: &str,
+            ) -> Result<$crate::Written<()>, $crate::StoreError> {
+                let (caller, id, user) = (caller.to_owned(), conversation.to_owned(), user.to_owned());
+                let now = self.now();
+                $crate::run!(self.write, |tx| {
+                    $crate::chat::remove_member(tx, &caller, &id, &user, now)
+                })
+            }
+
+            async fn leave(
+                &self,
+                caller: &str,
+                conversation: &str,
+            ) -> Result<$crate::Written<()>, $crate::StoreError> {
+                let (caller, id, now) = (caller.to_owned(), conversation.to_owned(), self.now());
+                $crate::run!(self.write, |tx| $crate::chat::leave(tx, &caller, &id, now))
+            }
+
+            async fn send_message(
+                &self,
+                new: $crate::chat::NewMessage,
+            ) -> Result<$crate::Written<hubbub_protocol::Message>, $crate::StoreError> {
+                self.send(new).await
+            }
+
+            async fn history(
+                &self,
+                caller: &str,
+                conversation: &str,
+                before: Option<&str>,
+                limit: usize,
+            ) -> Result<(Vec<hubbub_protocol::Message>, bool), $crate::StoreError> {
+                let (caller, id) = (caller.to_owned(), conversation.to_owned());
+                let before = before.map(str::to_owned);
+                $crate::run!(self.read, |tx| {
+                    $crate::chat::history(tx, &caller, &id, before.as_deref(), limit)
+                })
+            }
+
+            async fn mark_read(
+                &self,
+                caller: &str,
+                conversation: &str,
+                message: &str,
+            ) -> Result<$crate::Written<()>, $crate::StoreError> {
+                let (caller, id) = (caller.to_owned(), conversation.to_owned());
+                let (message, now) = (message.to_owned(), self.now());
+                $crate::run!(self.write, |tx| {
+                    $crate::chat::mark_read(tx, &caller, &id, &message, now)
+                })
+            }
+
+            async fn block(&self, caller: &str, user: &str) -> Result<(), $crate::StoreError> {
+                let (caller, user, now) = (caller.to_owned(), user.to_owned(), self.now());
+                $crate::run!(self.write, |tx| $crate::chat::block(tx, &caller, &user, now))
+            }
+
+            async fn unblock(&self, caller: &str, user: &str) -> Result<(), $crate::StoreError> {
+                let (caller, user) = (caller.to_owned(), user.to_owned());
+                $crate::run!(self.write, |tx| {
+                    $crate::chat::ChatTx::delete_block(tx, &caller, &user)
+                })
+            }
+
+            async fn blocks(&self, caller: &str) -> Result<Vec<String>, $crate::StoreError> {
+                let caller = caller.to_owned();
+                $crate::run!(self.read, |tx| $crate::chat::ChatTx::blocked_list(tx, &caller))
+            }
+
+            async fn blocked_by(
+                &self,
+                caller: &str,
+                users: &[String],
+            ) -> Result<Vec<String>, $crate::StoreError> {
+                let (caller, users) = (caller.to_owned(), users.to_vec());
+                $crate::run!(self.read, |tx| $crate::chat::blocked_by(tx, &caller, &users))
+            }
+
+            async fn search(
+                &self,
+                caller: &str,
+                query: &str,
+                conversation: Option<&str>,
+                limit: usize,
+            ) -> Result<Vec<hubbub_protocol::Message>, $crate::StoreError> {
+                let (caller, query) = (caller.to_owned(), query.to_owned());
+                let conversation = conversation.map(str::to_owned);
+                $crate::run!(self.read, |tx| {
+                    $crate::chat::search(tx, &caller, &query, conversation.as_deref(), limit)
+                })
+            }
+
+            async fn typing_recipients(
+                &self,
+                sender: &str,
+                conversation: &str,
+            ) -> Result<Vec<String>, $crate::StoreError> {
+                let (sender, id) = (sender.to_owned(), conversation.to_owned());
+                $crate::run!(self.read, |tx| $crate::chat::typing_recipients(tx, &sender, &id))
+            }
+
+            async fn expire_ephemeral(
+                &self,
+                before_ms: i64,
+            ) -> Result<$crate::Written<Vec<String>>, $crate::StoreError> {
+                let now = self.now();
+                $crate::run!(self.write, |tx| $crate::chat::expire_ephemeral(tx, before_ms, now))
+            }
+        }
+    };
+}
+pub(crate) use impl_chat_store;

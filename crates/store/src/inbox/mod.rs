@@ -1,0 +1,230 @@
+//! Each user's inbox: the durable events chat and the feed produce for them, numbered by the
+//! user's `seq` (gapless, one counter per user), replayed on `sync`, acknowledged, pruned.
+//!
+//! The rules here are the only way an event enters an inbox: [`append_event`] (one frame for
+//! one user, stored as JSON) and [`message_events`] over a backend's fan-out (a `message.new`
+//! row only points at its message: the frame is rebuilt on replay, so a message to a big group
+//! writes small rows).
+
+mod sqlite;
+#[cfg(feature = "postgres")]
+mod postgres;
+
+use crate::{Event, StoreError, json_err};
+use async_trait::async_trait;
+use hubbub_protocol::{Message, ServerFrame};
+
+/// A `sync` replay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replay {
+    /// Events with seq > `after_seq`, in order (at most the requested number).
+    pub frames: Vec<ServerFrame>,
+    /// The user's latest seq.
+    pub last_seq: u64,
+    /// Events the client needed are gone (older than the retention window).
+    pub truncated: bool,
+}
+
+/// Each user's durable events.
+#[async_trait]
+pub trait InboxStore: Send + Sync {
+    /// The user's latest seq.
+    async fn last_seq(&self, user: &str) -> Result<u64, StoreError>;
+
+    /// Durable events with seq > `after_seq`, at most `limit`.
+    async fn events_after(
+        &self,
+        user: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Replay, StoreError>;
+
+    /// The highest seq any device of the user acknowledged.
+    async fn acked_seq(&self, user: &str) -> Result<u64, StoreError>;
+
+    /// Record that a device of the user processed everything up to `seq`.
+    async fn ack(&self, user: &str, seq: u64) -> Result<(), StoreError>;
+
+    /// Delete inbox events older than `before_ms`; returns how many.
+    async fn prune_events(&self, before_ms: i64) -> Result<u64, StoreError>;
+
+    /// Whether the store answers now (readiness, and the edge's gate on writes).
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// One stored inbox row: a frame as JSON, or the message a `message.new` points at.
+pub(crate) struct InboxRow {
+    pub seq: u64,
+    pub frame: Option<String>,
+    pub message: Option<Message>,
+}
+
+/// What the inbox rules need of a transaction; each backend implements it with its SQL.
+pub(crate) trait InboxTx {
+    /// Take `user`'s next seq (the user's counter row stays locked until the commit).
+    async fn next_seq(&self, user: &str) -> Result<u64, StoreError>;
+    /// Store a frame (as JSON) under `seq` in `user`'s inbox.
+    async fn insert_event(
+        &self,
+        user: &str,
+        seq: u64,
+        now: i64,
+        frame: &str,
+    ) -> Result<(), StoreError>;
+    /// `message.new` rows for new messages: every member of each message's conversation,
+    /// except those who block its sender, takes their next seq (one per message, in the order
+    /// given) and gets a row under it pointing at the message. Returns (index in `messages`,
+    /// recipient, seq), in any order.
+    async fn fan_out(
+        &self,
+        messages: &[&Message],
+        now: i64,
+    ) -> Result<Vec<(usize, String, u64)>, StoreError>;
+    /// The user's `last_seq` and `acked_seq` (`None` for an unknown user).
+    async fn counters(&self, user: &str) -> Result<Option<(u64, u64)>, StoreError>;
+    /// The oldest seq still in `user`'s inbox.
+    async fn first_seq(&self, user: &str) -> Result<Option<u64>, StoreError>;
+    /// `user`'s rows with seq > `after`, in seq order, at most `limit`.
+    async fn inbox_rows(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<InboxRow>, StoreError>;
+    /// Move `acked_seq` up to `seq`, never past `last_seq`.
+    async fn raise_acked(&self, user: &str, seq: u64) -> Result<(), StoreError>;
+    /// Delete rows older than `before_ms`; how many.
+    async fn prune(&self, before_ms: i64) -> Result<u64, StoreError>;
+    /// One trivial statement.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Append one durable event to `user`'s inbox under their next seq.
+pub(crate) async fn append_event(
+    tx: &impl InboxTx,
+    user: &str,
+    now: i64,
+    make: impl FnOnce(u64) -> ServerFrame,
+) -> Result<Event, StoreError> {
+    let seq = tx.next_seq(user).await?;
+    let frame = make(seq);
+    let json = serde_json::to_string(&frame).map_err(json_err)?;
+    tx.insert_event(user, seq, now, &json).await?;
+    Ok(Event {
+        user: user.to_owned(),
+        frame,
+    })
+}
+
+/// The `message.new` events of new messages (one list per message, in `messages`' order;
+/// each list by recipient), from a backend's fan-out.
+pub(crate) async fn message_events(
+    tx: &impl InboxTx,
+    messages: &[&Message],
+    now: i64,
+) -> Result<Vec<Vec<Event>>, StoreError> {
+    let mut seqs = tx.fan_out(messages, now).await?;
+    seqs.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let mut out: Vec<Vec<Event>> = messages.iter().map(|_| Vec::new()).collect();
+    for (i, user, seq) in seqs {
+        if let (Some(list), Some(m)) = (out.get_mut(i), messages.get(i)) {
+            list.push(Event {
+                user,
+                frame: ServerFrame::MessageNew {
+                    seq,
+                    message: (*m).clone(),
+                },
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// `events_after`: the frames after `after`, and whether some the client needed are gone.
+pub(crate) async fn replay(
+    tx: &impl InboxTx,
+    user: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Replay, StoreError> {
+    let last_seq = tx.counters(user).await?.map_or(0, |(last, _)| last);
+    let first = tx.first_seq(user).await?;
+    // Something after `after` existed but the oldest row left is past the next one wanted.
+    let truncated = last_seq > after && first.is_none_or(|f| f > after + 1);
+    let frames = tx
+        .inbox_rows(user, after, limit)
+        .await?
+        .into_iter()
+        .map(|row| match (row.frame, row.message) {
+            (_, Some(message)) => Ok(ServerFrame::MessageNew {
+                seq: row.seq,
+                message,
+            }),
+            (Some(json), None) => serde_json::from_str::<ServerFrame>(&json).map_err(json_err),
+            (None, None) => Err(StoreError::Internal(format!(
+                "inbox event {} lost its message",
+                row.seq
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Replay {
+        frames,
+        last_seq,
+        truncated,
+    })
+}
+
+pub(crate) async fn last_seq(tx: &impl InboxTx, user: &str) -> Result<u64, StoreError> {
+    Ok(tx.counters(user).await?.map_or(0, |(last, _)| last))
+}
+
+pub(crate) async fn acked_seq(tx: &impl InboxTx, user: &str) -> Result<u64, StoreError> {
+    Ok(tx.counters(user).await?.map_or(0, |(_, acked)| acked))
+}
+
+/// [`InboxStore`] for a backend: each method runs its rule in one of the backend's
+/// transactions (see the crate's "How a use case runs").
+macro_rules! impl_inbox_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::inbox::InboxStore for $store {
+            async fn last_seq(&self, user: &str) -> Result<u64, $crate::StoreError> {
+                let user = user.to_owned();
+                $crate::run!(self.read, |tx| $crate::inbox::last_seq(tx, &user))
+            }
+
+            async fn events_after(
+                &self,
+                user: &str,
+                after_seq: u64,
+                limit: usize,
+            ) -> Result<$crate::inbox::Replay, $crate::StoreError> {
+                let user = user.to_owned();
+                $crate::run!(self.snapshot, |tx| {
+                    $crate::inbox::replay(tx, &user, after_seq, limit)
+                })
+            }
+
+            async fn acked_seq(&self, user: &str) -> Result<u64, $crate::StoreError> {
+                let user = user.to_owned();
+                $crate::run!(self.read, |tx| $crate::inbox::acked_seq(tx, &user))
+            }
+
+            async fn ack(&self, user: &str, seq: u64) -> Result<(), $crate::StoreError> {
+                let user = user.to_owned();
+                $crate::run!(self.write, |tx| {
+                    $crate::inbox::InboxTx::raise_acked(tx, &user, seq)
+                })
+            }
+
+            async fn prune_events(&self, before_ms: i64) -> Result<u64, $crate::StoreError> {
+                $crate::run!(self.write, |tx| $crate::inbox::InboxTx::prune(tx, before_ms))
+            }
+
+            async fn ping(&self) -> Result<(), $crate::StoreError> {
+                $crate::run!(self.read, |tx| $crate::inbox::InboxTx::ping(tx))
+            }
+        }
+    };
+}
+pub(crate) use impl_inbox_store;

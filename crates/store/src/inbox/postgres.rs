@@ -1,0 +1,155 @@
+//! The inbox's SQL on PostgreSQL.
+
+use super::{InboxRow, InboxTx};
+use crate::chat::postgres::message_row;
+use crate::chat::{message_from_row, stored_message_id};
+use crate::postgres::Tx;
+use crate::{PgStore, StoreError, to_i64};
+use hubbub_protocol::Message;
+
+super::impl_inbox_store!(PgStore);
+
+impl InboxTx for Tx<'_> {
+    async fn next_seq(&self, user: &str) -> Result<u64, StoreError> {
+        let seq: i64 = self
+            .one(
+                "UPDATE users SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
+                &[&user],
+            )
+            .await?
+            .get(0);
+        Ok(seq as u64)
+    }
+
+    async fn insert_event(
+        &self,
+        user: &str,
+        seq: u64,
+        now: i64,
+        frame: &str,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO inbox (user_id, seq, ts, frame) VALUES ($1, $2, $3, $4)",
+            &[&user, &(seq as i64), &now, &frame],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn fan_out(
+        &self,
+        messages: &[&Message],
+        now: i64,
+    ) -> Result<Vec<(usize, String, u64)>, StoreError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = messages
+            .iter()
+            .map(|m| stored_message_id(&m.id))
+            .collect::<Result<Vec<i64>, _>>()?;
+        let convs: Vec<&str> = messages.iter().map(|m| m.conversation.as_str()).collect();
+        let senders: Vec<&str> = messages.iter().map(|m| m.sender.as_str()).collect();
+        // Every message's fan-out in one statement: each recipient's seq goes up by the
+        // number of messages it gets, and its rows take those seqs in the order given.
+        let got = self
+            .rows(
+                "WITH msgs AS (
+                   SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[])
+                     WITH ORDINALITY AS m(mid, conv, sender, ord)),
+                 recips AS (
+                   SELECT m.ord, m.mid, mb.user_id FROM msgs m
+                   JOIN members mb ON mb.conversation_id = m.conv
+                   WHERE NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = mb.user_id AND blocked = m.sender)),
+                 counts AS (SELECT user_id, COUNT(*) AS n FROM recips GROUP BY user_id),
+                 upd AS (
+                   UPDATE users SET last_seq = users.last_seq + counts.n FROM counts
+                   WHERE users.id = counts.user_id
+                   RETURNING users.id, users.last_seq AS top, counts.n),
+                 numbered AS (
+                   SELECT r.user_id, r.mid,
+                          upd.top - upd.n + ROW_NUMBER() OVER (PARTITION BY r.user_id ORDER BY r.ord) AS seq
+                   FROM recips r JOIN upd ON upd.id = r.user_id)
+                 INSERT INTO inbox (user_id, seq, ts, message_id)
+                 SELECT user_id, seq, $4, mid FROM numbered
+                 RETURNING user_id, seq, message_id",
+                &[&ids, &convs, &senders, &now],
+            )
+            .await?;
+        got.iter()
+            .map(|r| {
+                let mid: i64 = r.get(2);
+                let i = ids.iter().position(|id| *id == mid).ok_or_else(|| {
+                    StoreError::Internal(format!("fan-out of an unknown message {mid}"))
+                })?;
+                Ok((i, r.get(0), r.get::<_, i64>(1) as u64))
+            })
+            .collect()
+    }
+
+    async fn counters(&self, user: &str) -> Result<Option<(u64, u64)>, StoreError> {
+        Ok(self
+            .opt(
+                "SELECT last_seq, acked_seq FROM users WHERE id = $1",
+                &[&user],
+            )
+            .await?
+            .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64)))
+    }
+
+    async fn first_seq(&self, user: &str) -> Result<Option<u64>, StoreError> {
+        let first: Option<i64> = self
+            .one("SELECT MIN(seq) FROM inbox WHERE user_id = $1", &[&user])
+            .await?
+            .get(0);
+        Ok(first.map(|f| f as u64))
+    }
+
+    async fn inbox_rows(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<InboxRow>, StoreError> {
+        self.rows(
+            "SELECT i.seq, i.frame, m.id, m.conversation_id, m.sender, m.client_msg_id,
+                    m.text, m.attachments, m.ts
+             FROM inbox i LEFT JOIN messages m ON m.id = i.message_id
+             WHERE i.user_id = $1 AND i.seq > $2 ORDER BY i.seq LIMIT $3",
+            &[&user, &to_i64(after), &(limit as i64)],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let message = match r.get::<_, Option<i64>>(2) {
+                Some(_) => Some(message_from_row(message_row(r, 2))?),
+                None => None,
+            };
+            Ok(InboxRow {
+                seq: r.get::<_, i64>(0) as u64,
+                frame: r.get(1),
+                message,
+            })
+        })
+        .collect()
+    }
+
+    async fn raise_acked(&self, user: &str, seq: u64) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE users SET acked_seq = LEAST(GREATEST(acked_seq, $2), last_seq) WHERE id = $1",
+            &[&user, &to_i64(seq)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn prune(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.exec("DELETE FROM inbox WHERE ts < $1", &[&before_ms])
+            .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.one("SELECT 1", &[]).await?;
+        Ok(())
+    }
+}

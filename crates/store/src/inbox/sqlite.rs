@@ -1,0 +1,134 @@
+//! The inbox's SQL on SQLite.
+
+use super::{InboxRow, InboxTx};
+use crate::chat::sqlite::message_row;
+use crate::chat::{MessageRow, message_from_row, stored_message_id};
+use crate::sqlite::Tx;
+use crate::{SqliteStore, StoreError, to_i64};
+use hubbub_protocol::Message;
+use rusqlite::{OptionalExtension, params};
+
+super::impl_inbox_store!(SqliteStore);
+
+impl InboxTx for Tx<'_> {
+    async fn next_seq(&self, user: &str) -> Result<u64, StoreError> {
+        let seq: i64 = self
+            .prepare_cached(
+                "UPDATE users SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq",
+            )?
+            .query_row([user], |r| r.get(0))?;
+        Ok(seq as u64)
+    }
+
+    async fn insert_event(
+        &self,
+        user: &str,
+        seq: u64,
+        now: i64,
+        frame: &str,
+    ) -> Result<(), StoreError> {
+        self.prepare_cached("INSERT INTO inbox (user_id, seq, ts, frame) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![user, seq as i64, now, frame])?;
+        Ok(())
+    }
+
+    async fn fan_out(
+        &self,
+        messages: &[&Message],
+        now: i64,
+    ) -> Result<Vec<(usize, String, u64)>, StoreError> {
+        let mut out = Vec::new();
+        // Per message, one statement takes the next seq of every recipient and one more
+        // writes their rows (the writer thread serialises messages anyway).
+        for (i, message) in messages.iter().enumerate() {
+            let id = stored_message_id(&message.id)?;
+            let seqs = self
+                .prepare_cached(
+                    "UPDATE users SET last_seq = last_seq + 1
+                     WHERE id IN (SELECT user_id FROM members WHERE conversation_id = ?1)
+                       AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = users.id AND blocked = ?2)
+                     RETURNING id, last_seq",
+                )?
+                .query_map([&message.conversation, &message.sender], |r| {
+                    Ok((i, r.get(0)?, r.get::<_, i64>(1)? as u64))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            self.prepare_cached(
+                "INSERT INTO inbox (user_id, seq, ts, message_id)
+                 SELECT u.id, u.last_seq, ?2, ?3 FROM members m JOIN users u ON u.id = m.user_id
+                 WHERE m.conversation_id = ?1
+                   AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = m.user_id AND blocked = ?4)",
+            )?
+            .execute(params![message.conversation, now, id, message.sender])?;
+            out.extend(seqs);
+        }
+        Ok(out)
+    }
+
+    async fn counters(&self, user: &str) -> Result<Option<(u64, u64)>, StoreError> {
+        Ok(self
+            .prepare_cached("SELECT last_seq, acked_seq FROM users WHERE id = ?1")?
+            .query_row([user], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })
+            .optional()?)
+    }
+
+    async fn first_seq(&self, user: &str) -> Result<Option<u64>, StoreError> {
+        let first: Option<i64> = self
+            .prepare_cached("SELECT MIN(seq) FROM inbox WHERE user_id = ?1")?
+            .query_row([user], |r| r.get(0))?;
+        Ok(first.map(|f| f as u64))
+    }
+
+    async fn inbox_rows(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<InboxRow>, StoreError> {
+        let rows: Vec<(i64, Option<String>, Option<MessageRow>)> = self
+            .prepare_cached(
+                "SELECT i.seq, i.frame, m.id, m.conversation_id, m.sender, m.client_msg_id,
+                        m.text, m.attachments, m.ts
+                 FROM inbox i LEFT JOIN messages m ON m.id = i.message_id
+                 WHERE i.user_id = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3",
+            )?
+            .query_map(params![user, to_i64(after), limit as i64], |r| {
+                let message = match r.get::<_, Option<i64>>(2)? {
+                    Some(_) => Some(message_row(r, 2)?),
+                    None => None,
+                };
+                Ok((r.get(0)?, r.get(1)?, message))
+            })?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(seq, frame, m)| {
+                Ok(InboxRow {
+                    seq: seq as u64,
+                    frame,
+                    message: m.map(message_from_row).transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    async fn raise_acked(&self, user: &str, seq: u64) -> Result<(), StoreError> {
+        self.prepare_cached(
+            "UPDATE users SET acked_seq = MIN(MAX(acked_seq, ?2), last_seq) WHERE id = ?1",
+        )?
+        .execute(params![user, to_i64(seq)])?;
+        Ok(())
+    }
+
+    async fn prune(&self, before_ms: i64) -> Result<u64, StoreError> {
+        Ok(self
+            .prepare_cached("DELETE FROM inbox WHERE ts < ?1")?
+            .execute([before_ms])? as u64)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.prepare_cached("SELECT 1")?.query_row([], |_| Ok(()))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,52 @@
+//! Media metadata's SQL on PostgreSQL.
+
+use super::{MediaInfo, MediaTx};
+use crate::postgres::Tx;
+use crate::{PgStore, StoreError};
+
+super::impl_media_meta!(PgStore);
+
+impl MediaTx for Tx<'_> {
+    async fn insert_media(&self, info: &MediaInfo, now: i64) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO media (id, owner, content_type, size, created_ms) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT DO NOTHING",
+            &[&info.id, &info.owner, &info.content_type, &(info.size as i64), &now],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn media(&self, id: &str) -> Result<Option<MediaInfo>, StoreError> {
+        Ok(self
+            .opt(
+                "SELECT id, owner, content_type, size FROM media WHERE id = $1",
+                &[&id],
+            )
+            .await?
+            .map(|r| MediaInfo {
+                id: r.get(0),
+                owner: r.get(1),
+                content_type: r.get(2),
+                size: r.get::<_, i64>(3) as u64,
+            }))
+    }
+
+    async fn media_found(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .rows("SELECT id FROM media WHERE id = ANY($1)", &[&ids])
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn media_usage(&self, owner: &str) -> Result<u64, StoreError> {
+        let total: i64 = self
+            .one(
+                "SELECT COALESCE(SUM(size), 0)::BIGINT FROM media WHERE owner = $1",
+                &[&owner],
+            )
+            .await?
+            .get(0);
+        Ok(total.max(0) as u64)
+    }
+}

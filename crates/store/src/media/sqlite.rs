@@ -1,0 +1,52 @@
+//! Media metadata's SQL on SQLite.
+
+use super::{MediaInfo, MediaTx};
+use crate::sqlite::Tx;
+use crate::{SqliteStore, StoreError};
+use rusqlite::{OptionalExtension, params};
+
+super::impl_media_meta!(SqliteStore);
+
+impl MediaTx for Tx<'_> {
+    async fn insert_media(&self, info: &MediaInfo, now: i64) -> Result<(), StoreError> {
+        self.prepare_cached(
+            "INSERT INTO media (id, owner, content_type, size, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![info.id, info.owner, info.content_type, info.size as i64, now])?;
+        Ok(())
+    }
+
+    async fn media(&self, id: &str) -> Result<Option<MediaInfo>, StoreError> {
+        Ok(self
+            .prepare_cached("SELECT id, owner, content_type, size FROM media WHERE id = ?1")?
+            .query_row([id], |r| {
+                Ok(MediaInfo {
+                    id: r.get(0)?,
+                    owner: r.get(1)?,
+                    content_type: r.get(2)?,
+                    size: r.get::<_, i64>(3)? as u64,
+                })
+            })
+            .optional()?)
+    }
+
+    async fn media_found(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        // One primary-key lookup per id: attachments are few.
+        let mut st = self.prepare_cached("SELECT 1 FROM media WHERE id = ?1")?;
+        let mut found = Vec::new();
+        for id in ids {
+            if st.exists([id])? {
+                found.push(id.clone());
+            }
+        }
+        Ok(found)
+    }
+
+    async fn media_usage(&self, owner: &str) -> Result<u64, StoreError> {
+        let total: i64 = self
+            .prepare_cached("SELECT COALESCE(SUM(size), 0) FROM media WHERE owner = ?1")?
+            .query_row([owner], |r| r.get(0))?;
+        Ok(total.max(0) as u64)
+    }
+}
