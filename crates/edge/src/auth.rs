@@ -403,7 +403,7 @@ impl Auth {
         password: &str,
         email: Option<&str>,
     ) -> Result<UserRef, AuthError> {
-        if !hubbub_store::sqlite::valid_handle(handle) {
+        if !hubbub_store::valid_handle(handle) {
             return Err(AuthError::BadRequest(
                 "handle must be 3-32 characters of [a-z0-9_]".into(),
             ));

@@ -419,7 +419,7 @@ struct Spooled {
 impl Spooled {
     async fn new(dir: &std::path::Path) -> std::io::Result<Self> {
         tokio::fs::create_dir_all(dir).await?;
-        let name = hubbub_store::sqlite::new_id("up").map_err(std::io::Error::other)?;
+        let name = hubbub_store::new_id("up").map_err(std::io::Error::other)?;
         Ok(Spooled {
             path: Some(dir.join(name)),
         })

@@ -108,7 +108,7 @@ pub(crate) async fn stream(
     if let Err(e) = inner.deps.engagement.subscribe(&edge, &posts).await {
         return error(e.code, e.message);
     }
-    let session = match hubbub_store::sqlite::new_id("sse") {
+    let session = match hubbub_store::new_id("sse") {
         Ok(s) => s,
         Err(e) => return error(ErrorCode::Internal, e.to_string()),
     };

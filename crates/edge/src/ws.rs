@@ -257,7 +257,7 @@ struct Conn {
 }
 
 async fn run(inner: Arc<Inner>, user: UserRef, expires_ms: i64, socket: WebSocket) {
-    let session = match hubbub_store::sqlite::new_id("s") {
+    let session = match hubbub_store::new_id("s") {
         Ok(s) => s,
         Err(_) => return,
     };
@@ -964,7 +964,7 @@ impl Conn {
             );
             return self.written(&[e]).await;
         }
-        let envelope_id = match hubbub_store::sqlite::new_id("e") {
+        let envelope_id = match hubbub_store::new_id("e") {
             Ok(e) => e,
             Err(e) => return self.reply(id, Err(e)).await,
         };

@@ -151,7 +151,7 @@ pub async fn send(path: &Path, target: &str, text: &str) -> anyhow::Result<()> {
         }
         None => target.to_owned(),
     };
-    let client_msg_id = hubbub_store::sqlite::new_id("cli-")?;
+    let client_msg_id = hubbub_store::new_id("cli-")?;
     let reply = socket
         .request(Request::MessageSend {
             conversation: conversation.clone(),

@@ -39,7 +39,7 @@ use hubbub_services::signals::remote::ClusterSignals;
 use hubbub_services::timeline::{
     RecencyEngagement, RedisTimelineCache, Timeline, TimelineConfig, TimelineReader,
 };
-use hubbub_store::{FeedStore, PgStore, Store};
+use hubbub_store::{FeedStore, InboxStore, PgStore, Store};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -212,7 +212,7 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
     let mut internal_addr = None;
     let addr = match &role {
         Role::Edge => {
-            let edge_id = hubbub_store::sqlite::new_id("edge-")?;
+            let edge_id = hubbub_store::new_id("edge-")?;
             let (tx, inbox) = mpsc::unbounded_channel::<Vec<ToEdge>>();
             let secret = config.cluster.internal_secret.clone().unwrap_or_default();
             let internal = axum::Router::new()

@@ -157,7 +157,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let queue_dyn: Arc<dyn Queue> = Arc::new(queue.clone());
     let registry = Arc::new(LocalRegistry::default());
     let edges = Arc::new(LocalEdges::default());
-    let edge_id = hubbub_store::sqlite::new_id("edge-")?;
+    let edge_id = hubbub_store::new_id("edge-")?;
     let inbox = edges.attach(&edge_id);
     let delivery = Delivery::new(registry.clone(), edges.clone());
     let cancel = CancellationToken::new();

@@ -14,7 +14,7 @@ use super::ms;
 use hdrhistogram::Histogram;
 use hubbub_protocol::ConversationKind;
 use hubbub_queue::{EmbeddedConfig, EmbeddedQueue};
-use hubbub_store::{NewConversation, SqliteStore, Store};
+use hubbub_store::{AccountStore, ChatStore, NewConversation, SqliteStore};
 use std::path::PathBuf;
 use std::time::Instant;
 

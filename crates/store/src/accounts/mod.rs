@@ -128,8 +128,11 @@ pub(crate) trait AccountTx {
     async fn tokens_revoked_ms(&self, user: &str) -> Result<Option<i64>, StoreError>;
     /// Forget tokens that expired before `tokens_before`, and families before
     /// `families_before`.
-    async fn prune_refresh(&self, tokens_before: i64, families_before: i64)
-    -> Result<(), StoreError>;
+    async fn prune_refresh(
+        &self,
+        tokens_before: i64,
+        families_before: i64,
+    ) -> Result<(), StoreError>;
     /// Create the family, or move its expiry later (a revoked family stays revoked); its
     /// owner.
     async fn upsert_family(
@@ -341,7 +344,9 @@ macro_rules! impl_account_store {
                 handle: &str,
             ) -> Result<Option<hubbub_protocol::UserRef>, $crate::StoreError> {
                 let handle = handle.to_owned();
-                $crate::run!(self.read, |tx| $crate::accounts::user_by_handle(tx, &handle))
+                $crate::run!(self.read, |tx| $crate::accounts::user_by_handle(
+                    tx, &handle
+                ))
             }
 
             async fn put_refresh_token(
@@ -368,14 +373,22 @@ macro_rules! impl_account_store {
                 })
             }
 
-            async fn revoke_tokens(&self, user: &str, now_ms: i64) -> Result<(), $crate::StoreError> {
+            async fn revoke_tokens(
+                &self,
+                user: &str,
+                now_ms: i64,
+            ) -> Result<(), $crate::StoreError> {
                 let user = user.to_owned();
-                $crate::run!(self.write, |tx| $crate::accounts::revoke_tokens(tx, &user, now_ms))
+                $crate::run!(self.write, |tx| $crate::accounts::revoke_tokens(
+                    tx, &user, now_ms
+                ))
             }
 
             async fn tokens_revoked_ms(&self, user: &str) -> Result<i64, $crate::StoreError> {
                 let user = user.to_owned();
-                $crate::run!(self.read, |tx| $crate::accounts::tokens_revoked_ms(tx, &user))
+                $crate::run!(self.read, |tx| $crate::accounts::tokens_revoked_ms(
+                    tx, &user
+                ))
             }
         }
     };

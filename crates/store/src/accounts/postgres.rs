@@ -149,11 +149,8 @@ impl AccountTx for Tx<'_> {
             &[&family, &now],
         )
         .await?;
-        self.exec(
-            "DELETE FROM refresh_tokens WHERE family = $1",
-            &[&family],
-        )
-        .await?;
+        self.exec("DELETE FROM refresh_tokens WHERE family = $1", &[&family])
+            .await?;
         Ok(())
     }
 
@@ -169,11 +166,8 @@ impl AccountTx for Tx<'_> {
     }
 
     async fn revoke_families_of(&self, user: &str, at: i64) -> Result<(), StoreError> {
-        self.exec(
-            "DELETE FROM refresh_tokens WHERE user_id = $1",
-            &[&user],
-        )
-        .await?;
+        self.exec("DELETE FROM refresh_tokens WHERE user_id = $1", &[&user])
+            .await?;
         self.exec(
             "UPDATE refresh_families SET revoked_ms = $2
              WHERE user_id = $1 AND revoked_ms IS NULL",

@@ -210,8 +210,7 @@ pub(crate) trait ChatTx {
     async fn message_in(&self, id: &str, message: i64) -> Result<bool, StoreError>;
     /// Move `user`'s read marker forward to `message`; whether it moved.
     async fn advance_read(&self, id: &str, user: &str, message: i64) -> Result<bool, StoreError>;
-    async fn insert_block(&self, blocker: &str, blocked: &str, now: i64)
-    -> Result<(), StoreError>;
+    async fn insert_block(&self, blocker: &str, blocked: &str, now: i64) -> Result<(), StoreError>;
     async fn delete_block(&self, blocker: &str, blocked: &str) -> Result<(), StoreError>;
     /// The users `blocker` blocks, oldest block first.
     async fn blocked_list(&self, blocker: &str) -> Result<Vec<String>, StoreError>;
@@ -673,7 +672,9 @@ pub(crate) async fn mark_read(
     let mid = parse_message_id(message)?;
     let c = member_view(tx, caller, id).await?;
     if !tx.message_in(id, mid).await? {
-        return Err(StoreError::NotFound(format!("no message {message} in {id}")));
+        return Err(StoreError::NotFound(format!(
+            "no message {message} in {id}"
+        )));
     }
     if !tx.advance_read(id, caller, mid).await? {
         // Already read this far: nothing new to tell anyone.

@@ -247,12 +247,7 @@ impl ChatTx for Tx<'_> {
         Ok(moved > 0)
     }
 
-    async fn insert_block(
-        &self,
-        blocker: &str,
-        blocked: &str,
-        now: i64,
-    ) -> Result<(), StoreError> {
+    async fn insert_block(&self, blocker: &str, blocked: &str, now: i64) -> Result<(), StoreError> {
         self.exec(
             "INSERT INTO blocks (blocker, blocked, created_ms) VALUES ($1, $2, $3)
              ON CONFLICT DO NOTHING",
@@ -460,9 +455,7 @@ async fn send_batch(
             _ => None,
         })
         .collect();
-    let mut events = message_events(&Tx::Tx(&tx), &fresh, now)
-        .await?
-        .into_iter();
+    let mut events = message_events(&Tx::Tx(&tx), &fresh, now).await?.into_iter();
     tx.commit().await.map_err(commit_err)?;
     Ok(stored
         .into_iter()

@@ -241,12 +241,7 @@ impl ChatTx for Tx<'_> {
         Ok(moved > 0)
     }
 
-    async fn insert_block(
-        &self,
-        blocker: &str,
-        blocked: &str,
-        now: i64,
-    ) -> Result<(), StoreError> {
+    async fn insert_block(&self, blocker: &str, blocked: &str, now: i64) -> Result<(), StoreError> {
         self.prepare_cached(
             "INSERT OR IGNORE INTO blocks (blocker, blocked, created_ms) VALUES (?1, ?2, ?3)",
         )?

@@ -12,7 +12,9 @@ macro_rules! impl_chat_store {
                 new: $crate::chat::NewConversation,
             ) -> Result<$crate::Written<hubbub_protocol::Conversation>, $crate::StoreError> {
                 let now = self.now();
-                $crate::run!(self.write, |tx| $crate::chat::create_conversation(tx, new, now))
+                $crate::run!(self.write, |tx| $crate::chat::create_conversation(
+                    tx, new, now
+                ))
             }
 
             async fn conversation(
@@ -39,7 +41,8 @@ macro_rules! impl_chat_store {
                 user: &str,
                 max_members: usize,
             ) -> Result<$crate::Written<()>, $crate::StoreError> {
-                let (caller, id, user) = (caller.to_owned(), conversation.to_owned(), user.to_owned());
+                let (caller, id, user) =
+                    (caller.to_owned(), conversation.to_owned(), user.to_owned());
                 let now = self.now();
                 $crate::run!(self.write, |tx| {
                     $crate::chat::add_member(tx, &caller, &id, &user, max_members, now)
@@ -52,7 +55,8 @@ macro_rules! impl_chat_store {
                 conversation: &str,
                 user: &str,
             ) -> Result<$crate::Written<()>, $crate::StoreError> {
-                let (caller, id, user) = (caller.to_owned(), conversation.to_owned(), user.to_owned());
+                let (caller, id, user) =
+                    (caller.to_owned(), conversation.to_owned(), user.to_owned());
                 let now = self.now();
                 $crate::run!(self.write, |tx| {
                     $crate::chat::remove_member(tx, &caller, &id, &user, now)
@@ -104,7 +108,9 @@ macro_rules! impl_chat_store {
 
             async fn block(&self, caller: &str, user: &str) -> Result<(), $crate::StoreError> {
                 let (caller, user, now) = (caller.to_owned(), user.to_owned(), self.now());
-                $crate::run!(self.write, |tx| $crate::chat::block(tx, &caller, &user, now))
+                $crate::run!(self.write, |tx| $crate::chat::block(
+                    tx, &caller, &user, now
+                ))
             }
 
             async fn unblock(&self, caller: &str, user: &str) -> Result<(), $crate::StoreError> {
@@ -116,7 +122,9 @@ macro_rules! impl_chat_store {
 
             async fn blocks(&self, caller: &str) -> Result<Vec<String>, $crate::StoreError> {
                 let caller = caller.to_owned();
-                $crate::run!(self.read, |tx| $crate::chat::ChatTx::blocked_list(tx, &caller))
+                $crate::run!(self.read, |tx| $crate::chat::ChatTx::blocked_list(
+                    tx, &caller
+                ))
             }
 
             async fn blocked_by(
@@ -125,7 +133,9 @@ macro_rules! impl_chat_store {
                 users: &[String],
             ) -> Result<Vec<String>, $crate::StoreError> {
                 let (caller, users) = (caller.to_owned(), users.to_vec());
-                $crate::run!(self.read, |tx| $crate::chat::blocked_by(tx, &caller, &users))
+                $crate::run!(self.read, |tx| $crate::chat::blocked_by(
+                    tx, &caller, &users
+                ))
             }
 
             async fn search(
@@ -148,7 +158,9 @@ macro_rules! impl_chat_store {
                 conversation: &str,
             ) -> Result<Vec<String>, $crate::StoreError> {
                 let (sender, id) = (sender.to_owned(), conversation.to_owned());
-                $crate::run!(self.read, |tx| $crate::chat::typing_recipients(tx, &sender, &id))
+                $crate::run!(self.read, |tx| $crate::chat::typing_recipients(
+                    tx, &sender, &id
+                ))
             }
 
             async fn expire_ephemeral(
@@ -156,7 +168,9 @@ macro_rules! impl_chat_store {
                 before_ms: i64,
             ) -> Result<$crate::Written<Vec<String>>, $crate::StoreError> {
                 let now = self.now();
-                $crate::run!(self.write, |tx| $crate::chat::expire_ephemeral(tx, before_ms, now))
+                $crate::run!(self.write, |tx| $crate::chat::expire_ephemeral(
+                    tx, before_ms, now
+                ))
             }
         }
     };

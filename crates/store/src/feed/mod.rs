@@ -121,7 +121,6 @@ pub trait FeedStore: Send + Sync {
     async fn active_users(&self, since_ms: i64) -> Result<Vec<String>, StoreError>;
 }
 
-
 /// A stored post's columns: seq, id, author, text, attachments (JSON), ts, likes, comments.
 pub(crate) type PostRow = (i64, String, String, String, String, i64, i64, i64);
 
@@ -146,8 +145,12 @@ pub(crate) fn post_from_row(
 pub(crate) trait FeedTx {
     async fn post(&self, id: &str) -> Result<Option<StoredPost>, StoreError>;
     /// Insert a post unless its id exists.
-    async fn insert_post(&self, new: &NewPost, attachments: &str, now: i64)
-    -> Result<(), StoreError>;
+    async fn insert_post(
+        &self,
+        new: &NewPost,
+        attachments: &str,
+        now: i64,
+    ) -> Result<(), StoreError>;
     /// Delete a post with its comments and likes.
     async fn delete_post(&self, id: &str) -> Result<(), StoreError>;
     async fn comment(&self, id: &str) -> Result<Option<Comment>, StoreError>;
@@ -162,8 +165,12 @@ pub(crate) trait FeedTx {
     /// Add `by` to a post's like count; the count after.
     async fn add_likes(&self, post: &str, by: i64) -> Result<u64, StoreError>;
     /// Whether the follow was new.
-    async fn insert_follow(&self, follower: &str, followee: &str, now: i64)
-    -> Result<bool, StoreError>;
+    async fn insert_follow(
+        &self,
+        follower: &str,
+        followee: &str,
+        now: i64,
+    ) -> Result<bool, StoreError>;
     async fn delete_follow(&self, follower: &str, followee: &str) -> Result<(), StoreError>;
     async fn followers(&self, user: &str) -> Result<Vec<String>, StoreError>;
     async fn followee_count(&self, user: &str) -> Result<u64, StoreError>;
@@ -383,9 +390,15 @@ macro_rules! impl_feed_store {
                 $crate::run!(self.write, |tx| $crate::feed::create_post(tx, new, now))
             }
 
-            async fn delete_post(&self, caller: &str, post: &str) -> Result<(), $crate::StoreError> {
+            async fn delete_post(
+                &self,
+                caller: &str,
+                post: &str,
+            ) -> Result<(), $crate::StoreError> {
                 let (caller, post) = (caller.to_owned(), post.to_owned());
-                $crate::run!(self.write, |tx| $crate::feed::delete_post(tx, &caller, &post))
+                $crate::run!(self.write, |tx| $crate::feed::delete_post(
+                    tx, &caller, &post
+                ))
             }
 
             async fn create_comment(
@@ -416,7 +429,9 @@ macro_rules! impl_feed_store {
                 user: &str,
             ) -> Result<$crate::Written<()>, $crate::StoreError> {
                 let (caller, user, now) = (caller.to_owned(), user.to_owned(), self.now());
-                $crate::run!(self.write, |tx| $crate::feed::follow(tx, &caller, &user, now))
+                $crate::run!(self.write, |tx| $crate::feed::follow(
+                    tx, &caller, &user, now
+                ))
             }
 
             async fn unfollow(&self, caller: &str, user: &str) -> Result<(), $crate::StoreError> {
@@ -433,7 +448,9 @@ macro_rules! impl_feed_store {
 
             async fn followee_count(&self, user: &str) -> Result<u64, $crate::StoreError> {
                 let user = user.to_owned();
-                $crate::run!(self.read, |tx| $crate::feed::FeedTx::followee_count(tx, &user))
+                $crate::run!(self.read, |tx| $crate::feed::FeedTx::followee_count(
+                    tx, &user
+                ))
             }
 
             async fn timeline_candidates(
@@ -469,16 +486,22 @@ macro_rules! impl_feed_store {
 
             async fn comment_count(&self, post: &str) -> Result<Option<u64>, $crate::StoreError> {
                 let post = post.to_owned();
-                $crate::run!(self.read, |tx| $crate::feed::FeedTx::comment_count(tx, &post))
+                $crate::run!(self.read, |tx| $crate::feed::FeedTx::comment_count(
+                    tx, &post
+                ))
             }
 
             async fn touch_active(&self, user: &str) -> Result<(), $crate::StoreError> {
                 let (user, now) = (user.to_owned(), self.now());
-                $crate::run!(self.write, |tx| $crate::feed::FeedTx::touch_active(tx, &user, now))
+                $crate::run!(self.write, |tx| $crate::feed::FeedTx::touch_active(
+                    tx, &user, now
+                ))
             }
 
             async fn active_users(&self, since_ms: i64) -> Result<Vec<String>, $crate::StoreError> {
-                $crate::run!(self.read, |tx| $crate::feed::FeedTx::active_users(tx, since_ms))
+                $crate::run!(self.read, |tx| $crate::feed::FeedTx::active_users(
+                    tx, since_ms
+                ))
             }
         }
     };

@@ -6,9 +6,9 @@
 //! row only points at its message: the frame is rebuilt on replay, so a message to a big group
 //! writes small rows).
 
-mod sqlite;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod sqlite;
 
 use crate::{Event, StoreError, json_err};
 use async_trait::async_trait;
@@ -218,7 +218,9 @@ macro_rules! impl_inbox_store {
             }
 
             async fn prune_events(&self, before_ms: i64) -> Result<u64, $crate::StoreError> {
-                $crate::run!(self.write, |tx| $crate::inbox::InboxTx::prune(tx, before_ms))
+                $crate::run!(self.write, |tx| $crate::inbox::InboxTx::prune(
+                    tx, before_ms
+                ))
             }
 
             async fn ping(&self) -> Result<(), $crate::StoreError> {

@@ -146,14 +146,19 @@ macro_rules! impl_media_meta {
                 $crate::run!(self.read, |tx| $crate::media::MediaTx::media(tx, &id))
             }
 
-            async fn missing_media(&self, ids: &[String]) -> Result<Vec<String>, $crate::StoreError> {
+            async fn missing_media(
+                &self,
+                ids: &[String],
+            ) -> Result<Vec<String>, $crate::StoreError> {
                 let ids = ids.to_vec();
                 $crate::run!(self.read, |tx| $crate::media::missing_media(tx, &ids))
             }
 
             async fn media_usage(&self, owner: &str) -> Result<u64, $crate::StoreError> {
                 let owner = owner.to_owned();
-                $crate::run!(self.read, |tx| $crate::media::MediaTx::media_usage(tx, &owner))
+                $crate::run!(self.read, |tx| $crate::media::MediaTx::media_usage(
+                    tx, &owner
+                ))
             }
         }
     };
@@ -282,4 +287,3 @@ pub struct S3Config {
 fn default_region() -> String {
     "us-east-1".into()
 }
-

@@ -53,7 +53,9 @@ async fn postgres_version_1_migrates_and_keeps_refresh_tokens() {
         .expect("connect");
     tokio::spawn(conn);
     client
-        .batch_execute(include_str!("../../migrations/postgres/001_chat_feed_media.sql"))
+        .batch_execute(include_str!(
+            "../../migrations/postgres/001_chat_feed_media.sql"
+        ))
         .await
         .expect("version 1");
     client
