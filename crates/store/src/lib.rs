@@ -95,6 +95,9 @@ impl StoreError {
     }
 }
 
+/// The result of a store operation.
+pub(crate) type Result<T, E = StoreError> = std::result::Result<T, E>;
+
 /// A stored JSON column that does not parse, or a frame that does not serialize.
 pub(crate) fn json_err(e: serde_json::Error) -> StoreError {
     StoreError::Internal(format!("json: {e}"))

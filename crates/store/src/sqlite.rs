@@ -10,7 +10,7 @@
 //! Every write is one transaction: its checks, its rows, and the inbox events it produces
 //! (each recipient's `last_seq` incremented and the frame stored under that seq).
 
-use crate::{StoreError, pending_migrations};
+use crate::{Result, StoreError, pending_migrations};
 use hubbub_queue::{Clock, EmbeddedQueue, QueueError, SystemClock, TransactError};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::future::Future;
@@ -67,12 +67,12 @@ impl std::ops::Deref for Tx<'_> {
 }
 
 /// A rule running on a [`Tx`]. Not `Send`: it runs where the connection is.
-pub(crate) type Fut<'c, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + 'c>>;
+pub(crate) type Fut<'c, T> = Pin<Box<dyn Future<Output = Result<T>> + 'c>>;
 
 /// Run a rule to its end now. Every statement of a [`Tx`] is synchronous, so a rule that
 /// awaits only its transaction is ready at its first poll; one that is not (it awaited
 /// something else) is a bug, reported rather than blocked on inside the writer thread.
-fn finish<T>(mut rule: Fut<'_, T>) -> Result<T, StoreError> {
+fn finish<T>(mut rule: Fut<'_, T>) -> Result<T> {
     match rule.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(out) => out,
         Poll::Pending => Err(StoreError::Internal(
@@ -87,10 +87,7 @@ struct ReadPool {
 }
 
 impl ReadPool {
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match conn {
             Some(c) => c,
@@ -131,7 +128,7 @@ impl std::fmt::Debug for SqliteStore {
 
 impl SqliteStore {
     /// The store in the database file of `queue`, created or migrated as needed.
-    pub async fn open(queue: EmbeddedQueue) -> Result<Self, StoreError> {
+    pub async fn open(queue: EmbeddedQueue) -> Result<Self> {
         let readers = Arc::new(ReadPool {
             path: queue.path().to_owned(),
             idle: Mutex::new(Vec::new()),
@@ -153,7 +150,7 @@ impl SqliteStore {
     pub(crate) async fn write<T: Send + 'static>(
         &self,
         rule: impl for<'c> FnOnce(&'c Tx<'c>) -> Fut<'c, T> + Send + 'static,
-    ) -> Result<T, StoreError> {
+    ) -> Result<T> {
         self.transact(move |conn| finish(rule(&Tx { conn }))).await
     }
 
@@ -161,7 +158,7 @@ impl SqliteStore {
     pub(crate) async fn read<T: Send + 'static>(
         &self,
         rule: impl for<'c> FnOnce(&'c Tx<'c>) -> Fut<'c, T> + Send + 'static,
-    ) -> Result<T, StoreError> {
+    ) -> Result<T> {
         let pool = self.readers.clone();
         tokio::task::spawn_blocking(move || pool.with(|conn| finish(rule(&Tx { conn }))))
             .await
@@ -172,7 +169,7 @@ impl SqliteStore {
     pub(crate) async fn snapshot<T: Send + 'static>(
         &self,
         rule: impl for<'c> FnOnce(&'c Tx<'c>) -> Fut<'c, T> + Send + 'static,
-    ) -> Result<T, StoreError> {
+    ) -> Result<T> {
         let pool = self.readers.clone();
         tokio::task::spawn_blocking(move || {
             pool.with(|conn| {
@@ -189,8 +186,8 @@ impl SqliteStore {
 
     async fn transact<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         self.queue
             .transact(move |conn, _| f(conn))
             .await
@@ -202,7 +199,7 @@ impl SqliteStore {
 }
 
 /// Bring the store's schema to this build's version, in the opening transaction.
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
+fn migrate(conn: &Connection) -> Result<()> {
     let found: Option<i64> = conn
         .query_row(
             "SELECT version FROM hubbub_components WHERE component = 'store'",

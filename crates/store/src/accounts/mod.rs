@@ -10,7 +10,7 @@
 mod postgres;
 mod sqlite;
 
-use crate::{StoreError, valid_handle};
+use crate::{Result, StoreError, valid_handle};
 use async_trait::async_trait;
 use hubbub_protocol::UserRef;
 
@@ -54,21 +54,20 @@ pub trait AccountStore: Send + Sync {
         handle: &str,
         password_hash: &str,
         email: Option<&str>,
-    ) -> Result<UserRef, StoreError>;
+    ) -> Result<UserRef>;
 
     /// The user with this exact id, creating it if missing (app tokens). The handle is
     /// `handle_hint` when valid and free, else generated.
-    async fn ensure_user(&self, id: &str, handle_hint: Option<&str>)
-    -> Result<UserRef, StoreError>;
+    async fn ensure_user(&self, id: &str, handle_hint: Option<&str>) -> Result<UserRef>;
 
     /// A user and their password hash, by handle.
-    async fn credentials(&self, handle: &str) -> Result<Option<Credentials>, StoreError>;
+    async fn credentials(&self, handle: &str) -> Result<Option<Credentials>>;
 
     /// A user by id.
-    async fn user(&self, id: &str) -> Result<Option<UserRef>, StoreError>;
+    async fn user(&self, id: &str) -> Result<Option<UserRef>>;
 
     /// A user by handle.
-    async fn user_by_handle(&self, handle: &str) -> Result<Option<UserRef>, StoreError>;
+    async fn user_by_handle(&self, handle: &str) -> Result<Option<UserRef>>;
 
     /// Remember a refresh token (by its hash) of `family` until `expires_ms`. A login starts a
     /// family (a fresh random id); a refresh puts its new token in the family of the token it
@@ -80,21 +79,21 @@ pub trait AccountStore: Send + Sync {
         user: &str,
         family: &str,
         expires_ms: i64,
-    ) -> Result<(), StoreError>;
+    ) -> Result<()>;
 
     /// Use up a refresh token. A valid token is marked used (and kept until it expires, so a
     /// second use is recognised); a used token that comes back revokes its whole family.
-    async fn take_refresh_token(&self, token_hash: &str) -> Result<RefreshOutcome, StoreError>;
+    async fn take_refresh_token(&self, token_hash: &str) -> Result<RefreshOutcome>;
 
     /// Revoke everything issued to `user` until `now_ms`: every refresh token of the user is
     /// deleted (their families revoked, so a refresh under way cannot issue a live one), and
     /// the user's `tokens_revoked_ms` becomes `now_ms` (never earlier than it was). An unknown
     /// user is `NotFound`.
-    async fn revoke_tokens(&self, user: &str, now_ms: i64) -> Result<(), StoreError>;
+    async fn revoke_tokens(&self, user: &str, now_ms: i64) -> Result<()>;
 
     /// When `user`'s tokens were last revoked (ms since the epoch); 0 when never (or for an
     /// unknown user). Access tokens issued before it are refused by the edge.
-    async fn tokens_revoked_ms(&self, user: &str) -> Result<i64, StoreError>;
+    async fn tokens_revoked_ms(&self, user: &str) -> Result<i64>;
 }
 
 /// How long a family's row outlives its last token: a refresh racing that token's expiry
@@ -113,54 +112,38 @@ pub(crate) struct TokenRow {
 
 /// What the account rules need of a transaction; each backend implements it with its SQL.
 pub(crate) trait AccountTx {
-    async fn user(&self, id: &str) -> Result<Option<UserRef>, StoreError>;
-    async fn credentials(&self, handle: &str) -> Result<Option<Credentials>, StoreError>;
+    async fn user(&self, id: &str) -> Result<Option<UserRef>>;
+    async fn credentials(&self, handle: &str) -> Result<Option<Credentials>>;
     /// Insert a user unless its id or its handle is taken; whether it was inserted.
-    async fn insert_user(
-        &self,
-        id: &str,
-        handle: &str,
-        password_hash: Option<&str>,
-        email: Option<&str>,
-        now: i64,
-    ) -> Result<bool, StoreError>;
+    async fn insert_user(&self, user: &Credentials, email: Option<&str>, now: i64) -> Result<bool>;
     /// The user's `tokens_revoked_ms` (`None` when never, or for an unknown user).
-    async fn tokens_revoked_ms(&self, user: &str) -> Result<Option<i64>, StoreError>;
+    async fn tokens_revoked_ms(&self, user: &str) -> Result<Option<i64>>;
     /// Forget tokens that expired before `tokens_before`, and families before
     /// `families_before`.
-    async fn prune_refresh(
-        &self,
-        tokens_before: i64,
-        families_before: i64,
-    ) -> Result<(), StoreError>;
+    async fn prune_refresh(&self, tokens_before: i64, families_before: i64) -> Result<()>;
     /// Create the family, or move its expiry later (a revoked family stays revoked); its
     /// owner.
-    async fn upsert_family(
-        &self,
-        family: &str,
-        user: &str,
-        expires_ms: i64,
-    ) -> Result<String, StoreError>;
+    async fn upsert_family(&self, family: &str, user: &str, expires_ms: i64) -> Result<String>;
     async fn insert_refresh_token(
         &self,
         token_hash: &str,
         user: &str,
         family: &str,
         expires_ms: i64,
-    ) -> Result<(), StoreError>;
+    ) -> Result<()>;
     /// The token's row, locked until the commit where the backend has row locks: two uses of
     /// one token at once are one use, then a reuse, never two valid uses.
-    async fn refresh_token(&self, token_hash: &str) -> Result<Option<TokenRow>, StoreError>;
-    async fn mark_used(&self, token_hash: &str, now: i64) -> Result<(), StoreError>;
+    async fn refresh_token(&self, token_hash: &str) -> Result<Option<TokenRow>>;
+    async fn mark_used(&self, token_hash: &str, now: i64) -> Result<()>;
     /// Mark the family revoked and delete its tokens.
-    async fn revoke_family(&self, family: &str, now: i64) -> Result<(), StoreError>;
+    async fn revoke_family(&self, family: &str, now: i64) -> Result<()>;
     /// Raise the user's `tokens_revoked_ms` to `at`; whether the user exists.
-    async fn raise_tokens_revoked(&self, user: &str, at: i64) -> Result<bool, StoreError>;
+    async fn raise_tokens_revoked(&self, user: &str, at: i64) -> Result<bool>;
     /// Delete every refresh token of the user and mark their live families revoked.
-    async fn revoke_families_of(&self, user: &str, at: i64) -> Result<(), StoreError>;
+    async fn revoke_families_of(&self, user: &str, at: i64) -> Result<()>;
 }
 
-pub(crate) async fn user_exists(tx: &impl AccountTx, id: &str) -> Result<bool, StoreError> {
+pub(crate) async fn user_exists(tx: &impl AccountTx, id: &str) -> Result<bool> {
     Ok(tx.user(id).await?.is_some())
 }
 
@@ -171,17 +154,18 @@ pub(crate) async fn create_user(
     password_hash: &str,
     email: Option<&str>,
     now: i64,
-) -> Result<UserRef, StoreError> {
-    if !tx
-        .insert_user(&id, handle, Some(password_hash), email, now)
-        .await?
-    {
+) -> Result<UserRef> {
+    let new = Credentials {
+        user: UserRef {
+            id,
+            handle: handle.to_owned(),
+        },
+        password_hash: Some(password_hash.to_owned()),
+    };
+    if !tx.insert_user(&new, email, now).await? {
         return Err(StoreError::Conflict(format!("handle {handle} is taken")));
     }
-    Ok(UserRef {
-        id,
-        handle: handle.to_owned(),
-    })
+    Ok(new.user)
 }
 
 /// `ensure_user` in a transaction: `fallback` is the generated handle.
@@ -191,7 +175,7 @@ pub(crate) async fn ensure_user(
     hint: Option<&str>,
     fallback: &str,
     now: i64,
-) -> Result<UserRef, StoreError> {
+) -> Result<UserRef> {
     // Another request may have created it meanwhile: this transaction decides.
     if let Some(u) = tx.user(id).await? {
         return Ok(u);
@@ -203,11 +187,15 @@ pub(crate) async fn ensure_user(
     // The hint may be taken by a concurrent writer (where there are several) between the
     // check and the insert; then the generated handle.
     for h in [handle, fallback] {
-        if tx.insert_user(id, h, None, None, now).await? {
-            return Ok(UserRef {
+        let new = Credentials {
+            user: UserRef {
                 id: id.to_owned(),
                 handle: h.to_owned(),
-            });
+            },
+            password_hash: None,
+        };
+        if tx.insert_user(&new, None, now).await? {
+            return Ok(new.user);
         }
         if let Some(u) = tx.user(id).await? {
             return Ok(u);
@@ -223,7 +211,7 @@ pub(crate) async fn put_refresh_token(
     family: &str,
     expires_ms: i64,
     now: i64,
-) -> Result<(), StoreError> {
+) -> Result<()> {
     tx.prune_refresh(now, now.saturating_sub(FAMILY_GRACE_MS))
         .await?;
     // A family revoked meanwhile stays revoked: only its expiry moves.
@@ -242,7 +230,7 @@ pub(crate) async fn take_refresh_token(
     tx: &impl AccountTx,
     token_hash: &str,
     now: i64,
-) -> Result<RefreshOutcome, StoreError> {
+) -> Result<RefreshOutcome> {
     let Some(t) = tx.refresh_token(token_hash).await? else {
         return Ok(RefreshOutcome::Invalid);
     };
@@ -263,25 +251,18 @@ pub(crate) async fn take_refresh_token(
     }
 }
 
-pub(crate) async fn revoke_tokens(
-    tx: &impl AccountTx,
-    user: &str,
-    at: i64,
-) -> Result<(), StoreError> {
+pub(crate) async fn revoke_tokens(tx: &impl AccountTx, user: &str, at: i64) -> Result<()> {
     if !tx.raise_tokens_revoked(user, at).await? {
         return Err(StoreError::NotFound(format!("no user {user}")));
     }
     tx.revoke_families_of(user, at).await
 }
 
-pub(crate) async fn tokens_revoked_ms(tx: &impl AccountTx, user: &str) -> Result<i64, StoreError> {
+pub(crate) async fn tokens_revoked_ms(tx: &impl AccountTx, user: &str) -> Result<i64> {
     Ok(tx.tokens_revoked_ms(user).await?.unwrap_or(0))
 }
 
-pub(crate) async fn user_by_handle(
-    tx: &impl AccountTx,
-    handle: &str,
-) -> Result<Option<UserRef>, StoreError> {
+pub(crate) async fn user_by_handle(tx: &impl AccountTx, handle: &str) -> Result<Option<UserRef>> {
     Ok(tx.credentials(handle).await?.map(|c| c.user))
 }
 

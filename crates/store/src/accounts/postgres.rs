@@ -2,13 +2,13 @@
 
 use super::{AccountTx, Credentials, TokenRow};
 use crate::postgres::Tx;
-use crate::{PgStore, StoreError};
+use crate::{PgStore, Result};
 use hubbub_protocol::UserRef;
 
 super::impl_account_store!(PgStore);
 
 impl AccountTx for Tx<'_> {
-    async fn user(&self, id: &str) -> Result<Option<UserRef>, StoreError> {
+    async fn user(&self, id: &str) -> Result<Option<UserRef>> {
         Ok(self
             .opt("SELECT id, handle FROM users WHERE id = $1", &[&id])
             .await?
@@ -18,7 +18,7 @@ impl AccountTx for Tx<'_> {
             }))
     }
 
-    async fn credentials(&self, handle: &str) -> Result<Option<Credentials>, StoreError> {
+    async fn credentials(&self, handle: &str) -> Result<Option<Credentials>> {
         Ok(self
             .opt(
                 "SELECT id, handle, password_hash FROM users WHERE handle = $1",
@@ -34,25 +34,19 @@ impl AccountTx for Tx<'_> {
             }))
     }
 
-    async fn insert_user(
-        &self,
-        id: &str,
-        handle: &str,
-        password_hash: Option<&str>,
-        email: Option<&str>,
-        now: i64,
-    ) -> Result<bool, StoreError> {
+    async fn insert_user(&self, user: &Credentials, email: Option<&str>, now: i64) -> Result<bool> {
+        let (id, handle) = (&user.user.id, &user.user.handle);
         let inserted = self
             .exec(
                 "INSERT INTO users (id, handle, password_hash, email, created_ms)
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                &[&id, &handle, &password_hash, &email, &now],
+                &[id, handle, &user.password_hash, &email, &now],
             )
             .await?;
         Ok(inserted > 0)
     }
 
-    async fn tokens_revoked_ms(&self, user: &str) -> Result<Option<i64>, StoreError> {
+    async fn tokens_revoked_ms(&self, user: &str) -> Result<Option<i64>> {
         Ok(self
             .opt(
                 "SELECT tokens_revoked_ms FROM users WHERE id = $1",
@@ -62,11 +56,7 @@ impl AccountTx for Tx<'_> {
             .and_then(|r| r.get(0)))
     }
 
-    async fn prune_refresh(
-        &self,
-        tokens_before: i64,
-        families_before: i64,
-    ) -> Result<(), StoreError> {
+    async fn prune_refresh(&self, tokens_before: i64, families_before: i64) -> Result<()> {
         self.exec(
             "DELETE FROM refresh_tokens WHERE expires_ms <= $1",
             &[&tokens_before],
@@ -80,12 +70,7 @@ impl AccountTx for Tx<'_> {
         Ok(())
     }
 
-    async fn upsert_family(
-        &self,
-        family: &str,
-        user: &str,
-        expires_ms: i64,
-    ) -> Result<String, StoreError> {
+    async fn upsert_family(&self, family: &str, user: &str, expires_ms: i64) -> Result<String> {
         Ok(self
             .one(
                 "INSERT INTO refresh_families (family, user_id, expires_ms) VALUES ($1, $2, $3)
@@ -104,7 +89,7 @@ impl AccountTx for Tx<'_> {
         user: &str,
         family: &str,
         expires_ms: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<()> {
         self.exec(
             "INSERT INTO refresh_tokens (token_hash, user_id, family, expires_ms)
              VALUES ($1, $2, $3, $4)",
@@ -114,7 +99,7 @@ impl AccountTx for Tx<'_> {
         Ok(())
     }
 
-    async fn refresh_token(&self, token_hash: &str) -> Result<Option<TokenRow>, StoreError> {
+    async fn refresh_token(&self, token_hash: &str) -> Result<Option<TokenRow>> {
         Ok(self
             .opt(
                 "SELECT t.user_id, t.family, t.expires_ms, t.used_ms IS NOT NULL,
@@ -134,7 +119,7 @@ impl AccountTx for Tx<'_> {
             }))
     }
 
-    async fn mark_used(&self, token_hash: &str, now: i64) -> Result<(), StoreError> {
+    async fn mark_used(&self, token_hash: &str, now: i64) -> Result<()> {
         self.exec(
             "UPDATE refresh_tokens SET used_ms = $2 WHERE token_hash = $1",
             &[&token_hash, &now],
@@ -143,7 +128,7 @@ impl AccountTx for Tx<'_> {
         Ok(())
     }
 
-    async fn revoke_family(&self, family: &str, now: i64) -> Result<(), StoreError> {
+    async fn revoke_family(&self, family: &str, now: i64) -> Result<()> {
         self.exec(
             "UPDATE refresh_families SET revoked_ms = $2 WHERE family = $1",
             &[&family, &now],
@@ -154,7 +139,7 @@ impl AccountTx for Tx<'_> {
         Ok(())
     }
 
-    async fn raise_tokens_revoked(&self, user: &str, at: i64) -> Result<bool, StoreError> {
+    async fn raise_tokens_revoked(&self, user: &str, at: i64) -> Result<bool> {
         let updated = self
             .exec(
                 "UPDATE users SET tokens_revoked_ms = GREATEST(COALESCE(tokens_revoked_ms, 0), $2)
@@ -165,7 +150,7 @@ impl AccountTx for Tx<'_> {
         Ok(updated > 0)
     }
 
-    async fn revoke_families_of(&self, user: &str, at: i64) -> Result<(), StoreError> {
+    async fn revoke_families_of(&self, user: &str, at: i64) -> Result<()> {
         self.exec("DELETE FROM refresh_tokens WHERE user_id = $1", &[&user])
             .await?;
         self.exec(

@@ -2,14 +2,14 @@
 
 use super::{AccountTx, Credentials, TokenRow};
 use crate::sqlite::Tx;
-use crate::{SqliteStore, StoreError};
+use crate::{Result, SqliteStore};
 use hubbub_protocol::UserRef;
 use rusqlite::{OptionalExtension, params};
 
 super::impl_account_store!(SqliteStore);
 
 impl AccountTx for Tx<'_> {
-    async fn user(&self, id: &str) -> Result<Option<UserRef>, StoreError> {
+    async fn user(&self, id: &str) -> Result<Option<UserRef>> {
         Ok(self
             .prepare_cached("SELECT id, handle FROM users WHERE id = ?1")?
             .query_row([id], |r| {
@@ -21,7 +21,7 @@ impl AccountTx for Tx<'_> {
             .optional()?)
     }
 
-    async fn credentials(&self, handle: &str) -> Result<Option<Credentials>, StoreError> {
+    async fn credentials(&self, handle: &str) -> Result<Option<Credentials>> {
         Ok(self
             .prepare_cached("SELECT id, handle, password_hash FROM users WHERE handle = ?1")?
             .query_row([handle], |r| {
@@ -36,24 +36,18 @@ impl AccountTx for Tx<'_> {
             .optional()?)
     }
 
-    async fn insert_user(
-        &self,
-        id: &str,
-        handle: &str,
-        password_hash: Option<&str>,
-        email: Option<&str>,
-        now: i64,
-    ) -> Result<bool, StoreError> {
+    async fn insert_user(&self, user: &Credentials, email: Option<&str>, now: i64) -> Result<bool> {
+        let (id, handle) = (&user.user.id, &user.user.handle);
         let inserted = self
             .prepare_cached(
                 "INSERT INTO users (id, handle, password_hash, email, created_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
             )?
-            .execute(params![id, handle, password_hash, email, now])?;
+            .execute(params![id, handle, user.password_hash, email, now])?;
         Ok(inserted > 0)
     }
 
-    async fn tokens_revoked_ms(&self, user: &str) -> Result<Option<i64>, StoreError> {
+    async fn tokens_revoked_ms(&self, user: &str) -> Result<Option<i64>> {
         let at: Option<Option<i64>> = self
             .prepare_cached("SELECT tokens_revoked_ms FROM users WHERE id = ?1")?
             .query_row([user], |r| r.get(0))
@@ -61,11 +55,7 @@ impl AccountTx for Tx<'_> {
         Ok(at.flatten())
     }
 
-    async fn prune_refresh(
-        &self,
-        tokens_before: i64,
-        families_before: i64,
-    ) -> Result<(), StoreError> {
+    async fn prune_refresh(&self, tokens_before: i64, families_before: i64) -> Result<()> {
         self.prepare_cached("DELETE FROM refresh_tokens WHERE expires_ms <= ?1")?
             .execute([tokens_before])?;
         self.prepare_cached("DELETE FROM refresh_families WHERE expires_ms <= ?1")?
@@ -73,12 +63,7 @@ impl AccountTx for Tx<'_> {
         Ok(())
     }
 
-    async fn upsert_family(
-        &self,
-        family: &str,
-        user: &str,
-        expires_ms: i64,
-    ) -> Result<String, StoreError> {
+    async fn upsert_family(&self, family: &str, user: &str, expires_ms: i64) -> Result<String> {
         Ok(self
             .prepare_cached(
                 "INSERT INTO refresh_families (family, user_id, expires_ms) VALUES (?1, ?2, ?3)
@@ -94,7 +79,7 @@ impl AccountTx for Tx<'_> {
         user: &str,
         family: &str,
         expires_ms: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<()> {
         self.prepare_cached(
             "INSERT INTO refresh_tokens (token_hash, user_id, family, expires_ms)
              VALUES (?1, ?2, ?3, ?4)",
@@ -103,7 +88,7 @@ impl AccountTx for Tx<'_> {
         Ok(())
     }
 
-    async fn refresh_token(&self, token_hash: &str) -> Result<Option<TokenRow>, StoreError> {
+    async fn refresh_token(&self, token_hash: &str) -> Result<Option<TokenRow>> {
         // The single writer already serialises two uses of one token.
         Ok(self
             .prepare_cached(
@@ -124,13 +109,13 @@ impl AccountTx for Tx<'_> {
             .optional()?)
     }
 
-    async fn mark_used(&self, token_hash: &str, now: i64) -> Result<(), StoreError> {
+    async fn mark_used(&self, token_hash: &str, now: i64) -> Result<()> {
         self.prepare_cached("UPDATE refresh_tokens SET used_ms = ?2 WHERE token_hash = ?1")?
             .execute(params![token_hash, now])?;
         Ok(())
     }
 
-    async fn revoke_family(&self, family: &str, now: i64) -> Result<(), StoreError> {
+    async fn revoke_family(&self, family: &str, now: i64) -> Result<()> {
         self.prepare_cached("UPDATE refresh_families SET revoked_ms = ?2 WHERE family = ?1")?
             .execute(params![family, now])?;
         self.prepare_cached("DELETE FROM refresh_tokens WHERE family = ?1")?
@@ -138,7 +123,7 @@ impl AccountTx for Tx<'_> {
         Ok(())
     }
 
-    async fn raise_tokens_revoked(&self, user: &str, at: i64) -> Result<bool, StoreError> {
+    async fn raise_tokens_revoked(&self, user: &str, at: i64) -> Result<bool> {
         let updated = self
             .prepare_cached(
                 "UPDATE users SET tokens_revoked_ms = MAX(COALESCE(tokens_revoked_ms, 0), ?2)
@@ -148,7 +133,7 @@ impl AccountTx for Tx<'_> {
         Ok(updated > 0)
     }
 
-    async fn revoke_families_of(&self, user: &str, at: i64) -> Result<(), StoreError> {
+    async fn revoke_families_of(&self, user: &str, at: i64) -> Result<()> {
         self.prepare_cached("DELETE FROM refresh_tokens WHERE user_id = ?1")?
             .execute([user])?;
         self.prepare_cached(

@@ -13,7 +13,7 @@ pub(crate) mod sqlite;
 
 use crate::accounts::{AccountTx, user_exists};
 use crate::inbox::{InboxTx, append_event, message_events};
-use crate::{Event, StoreError, Written, json_err};
+use crate::{Event, Result, StoreError, Written, json_err};
 use async_trait::async_trait;
 use hubbub_protocol::{
     Attachment, Conversation, ConversationKind, ConversationSummary, Message, ServerFrame,
@@ -64,16 +64,13 @@ pub trait ChatStore: Send + Sync {
     /// (a retried create, by redelivery or by the client's idempotency key), is returned with
     /// no events; an id that exists with another creator is `Conflict`. Naming a member who
     /// blocks the creator is `Forbidden`.
-    async fn create_conversation(
-        &self,
-        new: NewConversation,
-    ) -> Result<Written<Conversation>, StoreError>;
+    async fn create_conversation(&self, new: NewConversation) -> Result<Written<Conversation>>;
 
     /// `conversation.get` (members only).
-    async fn conversation(&self, caller: &str, id: &str) -> Result<Conversation, StoreError>;
+    async fn conversation(&self, caller: &str, id: &str) -> Result<Conversation>;
 
     /// `conversation.list`: the caller's conversations, most recent activity first.
-    async fn conversations(&self, caller: &str) -> Result<Vec<ConversationSummary>, StoreError>;
+    async fn conversations(&self, caller: &str) -> Result<Vec<ConversationSummary>>;
 
     /// `conversation.add` (group creator only; adding a member is a no-op). Adding a user who
     /// blocks the caller is `Forbidden`.
@@ -83,7 +80,7 @@ pub trait ChatStore: Send + Sync {
         conversation: &str,
         user: &str,
         max_members: usize,
-    ) -> Result<Written<()>, StoreError>;
+    ) -> Result<Written<()>>;
 
     /// `conversation.remove` (group creator only; removing a non-member is a no-op).
     async fn remove_member(
@@ -91,14 +88,14 @@ pub trait ChatStore: Send + Sync {
         caller: &str,
         conversation: &str,
         user: &str,
-    ) -> Result<Written<()>, StoreError>;
+    ) -> Result<Written<()>>;
 
     /// `conversation.leave`.
-    async fn leave(&self, caller: &str, conversation: &str) -> Result<Written<()>, StoreError>;
+    async fn leave(&self, caller: &str, conversation: &str) -> Result<Written<()>>;
 
     /// `message.send`, idempotent on (sender, client_msg_id): a repeat returns the first
     /// message and no events.
-    async fn send_message(&self, new: NewMessage) -> Result<Written<Message>, StoreError>;
+    async fn send_message(&self, new: NewMessage) -> Result<Written<Message>>;
 
     /// `message.history`: newest first, before a message id; and whether older ones remain.
     async fn history(
@@ -107,7 +104,7 @@ pub trait ChatStore: Send + Sync {
         conversation: &str,
         before: Option<&str>,
         limit: usize,
-    ) -> Result<(Vec<Message>, bool), StoreError>;
+    ) -> Result<(Vec<Message>, bool)>;
 
     /// `message.read`: moves the caller's read marker forward and tells the others.
     async fn mark_read(
@@ -115,22 +112,22 @@ pub trait ChatStore: Send + Sync {
         caller: &str,
         conversation: &str,
         message: &str,
-    ) -> Result<Written<()>, StoreError>;
+    ) -> Result<Written<()>>;
 
     /// `block.add`: `caller` no longer receives `user`'s messages or typing, and `user` can
     /// neither open a direct conversation with `caller` nor add `caller` to a group (at its
     /// creation or later). Idempotent.
-    async fn block(&self, caller: &str, user: &str) -> Result<(), StoreError>;
+    async fn block(&self, caller: &str, user: &str) -> Result<()>;
 
     /// `block.remove`. Idempotent.
-    async fn unblock(&self, caller: &str, user: &str) -> Result<(), StoreError>;
+    async fn unblock(&self, caller: &str, user: &str) -> Result<()>;
 
     /// `block.list`: the users `caller` blocks.
-    async fn blocks(&self, caller: &str) -> Result<Vec<String>, StoreError>;
+    async fn blocks(&self, caller: &str) -> Result<Vec<String>>;
 
     /// Which of `users` block `caller` (for presence: a blocker's presence is hidden from
     /// the users it blocks), in the order asked.
-    async fn blocked_by(&self, caller: &str, users: &[String]) -> Result<Vec<String>, StoreError>;
+    async fn blocked_by(&self, caller: &str, users: &[String]) -> Result<Vec<String>>;
 
     /// `message.search`: full-text search over the conversations `caller` is in now (or one of
     /// them), best match first, without messages from users `caller` blocks.
@@ -140,21 +137,17 @@ pub trait ChatStore: Send + Sync {
         query: &str,
         conversation: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<Message>, StoreError>;
+    ) -> Result<Vec<Message>>;
 
     /// Who should see `sender`'s typing in a conversation: the other members, less those who
     /// block `sender`. `Forbidden` if `sender` is not a member.
-    async fn typing_recipients(
-        &self,
-        sender: &str,
-        conversation: &str,
-    ) -> Result<Vec<String>, StoreError>;
+    async fn typing_recipients(&self, sender: &str, conversation: &str) -> Result<Vec<String>>;
 
     /// Delete ephemeral conversations whose last message (or creation, if none) is older than
     /// `before_ms`, with their messages. Each member gets `conversation.updated` with the
     /// conversation as it was but no members (it no longer exists for anyone). Returns the
     /// deleted conversations and the events.
-    async fn expire_ephemeral(&self, before_ms: i64) -> Result<Written<Vec<String>>, StoreError>;
+    async fn expire_ephemeral(&self, before_ms: i64) -> Result<Written<Vec<String>>>;
 }
 
 /// A stored message's columns: id, conversation, sender, client_msg_id, text, attachments
@@ -164,11 +157,11 @@ pub(crate) type MessageRow = (i64, String, String, String, String, String, i64);
 /// What the chat rules need of a transaction; each backend implements it with its SQL.
 pub(crate) trait ChatTx {
     /// The conversation with its members (in joining order), if it exists.
-    async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError>;
+    async fn conversation(&self, id: &str) -> Result<Option<Conversation>>;
     /// Whether the conversation exists, and whether `user` is in it.
-    async fn membership(&self, id: &str, user: &str) -> Result<(bool, bool), StoreError>;
+    async fn membership(&self, id: &str, user: &str) -> Result<(bool, bool)>;
     /// Whether `blocker` blocks `blocked`.
-    async fn blocks(&self, blocker: &str, blocked: &str) -> Result<bool, StoreError>;
+    async fn blocks(&self, blocker: &str, blocked: &str) -> Result<bool>;
     /// Insert the conversation's row (`direct_key` set for a direct one). When the pair of a
     /// direct conversation already has one, nothing is inserted and its id is returned.
     async fn insert_conversation(
@@ -176,28 +169,24 @@ pub(crate) trait ChatTx {
         new: &NewConversation,
         direct_key: Option<&str>,
         now: i64,
-    ) -> Result<Option<String>, StoreError>;
+    ) -> Result<Option<String>>;
     /// Add a member (a member already is one).
-    async fn add_member(&self, id: &str, user: &str, now: i64) -> Result<(), StoreError>;
-    async fn remove_member(&self, id: &str, user: &str) -> Result<(), StoreError>;
+    async fn add_member(&self, id: &str, user: &str, now: i64) -> Result<()>;
+    async fn remove_member(&self, id: &str, user: &str) -> Result<()>;
     /// The conversations `user` is in, with the id of the last message they read.
-    async fn memberships(&self, user: &str) -> Result<Vec<(String, i64)>, StoreError>;
+    async fn memberships(&self, user: &str) -> Result<Vec<(String, i64)>>;
     /// The conversation's newest message `viewer` sees (none from users `viewer` blocks).
-    async fn last_message(&self, id: &str, viewer: &str) -> Result<Option<Message>, StoreError>;
+    async fn last_message(&self, id: &str, viewer: &str) -> Result<Option<Message>>;
     /// Messages after `read` that `viewer` did not send and sees.
-    async fn unread(&self, id: &str, read: i64, viewer: &str) -> Result<u64, StoreError>;
-    async fn message_by_key(
-        &self,
-        sender: &str,
-        client_msg_id: &str,
-    ) -> Result<Option<Message>, StoreError>;
+    async fn unread(&self, id: &str, read: i64, viewer: &str) -> Result<u64>;
+    async fn message_by_key(&self, sender: &str, client_msg_id: &str) -> Result<Option<Message>>;
     /// Insert a message unless its (sender, client_msg_id) exists; its id when inserted.
     async fn insert_message(
         &self,
         new: &NewMessage,
         attachments: &str,
         now: i64,
-    ) -> Result<Option<i64>, StoreError>;
+    ) -> Result<Option<i64>>;
     /// Newest first, ids below `before`, at most `limit`, none from users `viewer` blocks.
     async fn messages_before(
         &self,
@@ -205,21 +194,17 @@ pub(crate) trait ChatTx {
         viewer: &str,
         before: i64,
         limit: usize,
-    ) -> Result<Vec<Message>, StoreError>;
+    ) -> Result<Vec<Message>>;
     /// Whether message `message` is in conversation `id`.
-    async fn message_in(&self, id: &str, message: i64) -> Result<bool, StoreError>;
+    async fn message_in(&self, id: &str, message: i64) -> Result<bool>;
     /// Move `user`'s read marker forward to `message`; whether it moved.
-    async fn advance_read(&self, id: &str, user: &str, message: i64) -> Result<bool, StoreError>;
-    async fn insert_block(&self, blocker: &str, blocked: &str, now: i64) -> Result<(), StoreError>;
-    async fn delete_block(&self, blocker: &str, blocked: &str) -> Result<(), StoreError>;
+    async fn advance_read(&self, id: &str, user: &str, message: i64) -> Result<bool>;
+    async fn insert_block(&self, blocker: &str, blocked: &str, now: i64) -> Result<()>;
+    async fn delete_block(&self, blocker: &str, blocked: &str) -> Result<()>;
     /// The users `blocker` blocks, oldest block first.
-    async fn blocked_list(&self, blocker: &str) -> Result<Vec<String>, StoreError>;
+    async fn blocked_list(&self, blocker: &str) -> Result<Vec<String>>;
     /// Those of `users` who block `blocked`, in any order.
-    async fn blockers_among(
-        &self,
-        blocked: &str,
-        users: &[String],
-    ) -> Result<Vec<String>, StoreError>;
+    async fn blockers_among(&self, blocked: &str, users: &[String]) -> Result<Vec<String>>;
     /// Messages with every one of `words`, in the conversations `viewer` is in (or the one
     /// named), none from users `viewer` blocks, best match first.
     async fn search(
@@ -228,21 +213,21 @@ pub(crate) trait ChatTx {
         words: &[&str],
         conversation: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<Message>, StoreError>;
+    ) -> Result<Vec<Message>>;
     /// The members but `sender`, less those who block `sender`.
-    async fn typing_recipients(&self, id: &str, sender: &str) -> Result<Vec<String>, StoreError>;
+    async fn typing_recipients(&self, id: &str, sender: &str) -> Result<Vec<String>>;
     /// Ephemeral conversations with no activity since `before_ms` (a bounded batch).
-    async fn ephemeral_due(&self, before_ms: i64) -> Result<Vec<String>, StoreError>;
+    async fn ephemeral_due(&self, before_ms: i64) -> Result<Vec<String>>;
     /// Delete a conversation, its members, its messages and their inbox rows (a replay skips
     /// what no longer exists).
-    async fn delete_conversation(&self, id: &str) -> Result<(), StoreError>;
+    async fn delete_conversation(&self, id: &str) -> Result<()>;
 }
 
 // ---- building values from rows ----------------------------------------------------------
 
 pub(crate) fn message_from_row(
     (id, conversation, sender, client_msg_id, text, attachments, ts): MessageRow,
-) -> Result<Message, StoreError> {
+) -> Result<Message> {
     Ok(Message {
         id: id.to_string(),
         conversation,
@@ -288,20 +273,20 @@ pub(crate) fn conversation_from_row(
 }
 
 /// A message id named by a client: one that cannot be stored names no message.
-fn parse_message_id(id: &str) -> Result<i64, StoreError> {
+fn parse_message_id(id: &str) -> Result<i64> {
     id.parse::<i64>()
         .map_err(|_| StoreError::NotFound(format!("no message {id}")))
 }
 
 /// The row id of a message the store built.
-pub(crate) fn stored_message_id(id: &str) -> Result<i64, StoreError> {
+pub(crate) fn stored_message_id(id: &str) -> Result<i64> {
     id.parse::<i64>()
         .map_err(|_| StoreError::Internal(format!("message id {id}")))
 }
 
 /// The words of a search: every one must appear. Punctuation around words is dropped, so
 /// no backend's query operators come from the text.
-pub(crate) fn search_words(text: &str) -> Result<Vec<&str>, StoreError> {
+pub(crate) fn search_words(text: &str) -> Result<Vec<&str>> {
     if text.chars().count() > MAX_QUERY_CHARS {
         return Err(StoreError::TooLarge(format!(
             "a query is at most {MAX_QUERY_CHARS} characters"
@@ -323,18 +308,14 @@ pub(crate) fn search_words(text: &str) -> Result<Vec<&str>, StoreError> {
 // ---- member checks ------------------------------------------------------------------------
 
 /// The conversation, which must exist.
-async fn existing(tx: &impl ChatTx, id: &str) -> Result<Conversation, StoreError> {
+async fn existing(tx: &impl ChatTx, id: &str) -> Result<Conversation> {
     tx.conversation(id)
         .await?
         .ok_or_else(|| StoreError::Internal(format!("conversation {id} vanished")))
 }
 
 /// The conversation, if it exists and `caller` is a member.
-pub(crate) async fn member_view(
-    tx: &impl ChatTx,
-    caller: &str,
-    id: &str,
-) -> Result<Conversation, StoreError> {
+pub(crate) async fn member_view(tx: &impl ChatTx, caller: &str, id: &str) -> Result<Conversation> {
     let c = tx
         .conversation(id)
         .await?
@@ -346,11 +327,7 @@ pub(crate) async fn member_view(
 }
 
 /// Fail unless the conversation exists and `caller` is in it (without loading it).
-pub(crate) async fn check_member(
-    tx: &impl ChatTx,
-    caller: &str,
-    id: &str,
-) -> Result<(), StoreError> {
+pub(crate) async fn check_member(tx: &impl ChatTx, caller: &str, id: &str) -> Result<()> {
     match tx.membership(id, caller).await? {
         (false, _) => Err(StoreError::NotFound(format!("no conversation {id}"))),
         (true, false) => Err(StoreError::Forbidden("not a member".into())),
@@ -364,7 +341,7 @@ async fn creator_view(
     caller: &str,
     id: &str,
     action: &str,
-) -> Result<Conversation, StoreError> {
+) -> Result<Conversation> {
     let c = member_view(tx, caller, id).await?;
     if c.kind == ConversationKind::Direct || c.created_by != caller {
         return Err(StoreError::Forbidden(format!(
@@ -376,14 +353,14 @@ async fn creator_view(
 
 /// `Forbidden` if `user` blocks `caller`: a blocked user cannot put the blocker in a group
 /// (the message names no one, so it tells the caller no more than that they may not).
-async fn refuse_if_blocked(tx: &impl ChatTx, user: &str, caller: &str) -> Result<(), StoreError> {
+async fn refuse_if_blocked(tx: &impl ChatTx, user: &str, caller: &str) -> Result<()> {
     if tx.blocks(user, caller).await? {
         return Err(StoreError::Forbidden("you cannot add this user".into()));
     }
     Ok(())
 }
 
-async fn require_user(tx: &impl AccountTx, id: &str) -> Result<(), StoreError> {
+async fn require_user(tx: &impl AccountTx, id: &str) -> Result<()> {
     if !user_exists(tx, id).await? {
         return Err(StoreError::NotFound(format!("no user {id}")));
     }
@@ -398,7 +375,7 @@ async fn conversation_events(
     users: &[String],
     c: &Conversation,
     now: i64,
-) -> Result<Vec<Event>, StoreError> {
+) -> Result<Vec<Event>> {
     let mut events = Vec::with_capacity(users.len());
     for u in users {
         let frame = |seq| ServerFrame::ConversationUpdated {
@@ -417,7 +394,7 @@ async fn depart(
     id: &str,
     user: &str,
     now: i64,
-) -> Result<Vec<Event>, StoreError> {
+) -> Result<Vec<Event>> {
     tx.remove_member(id, user).await?;
     let after = existing(tx, id).await?;
     let mut told = after.members.clone();
@@ -431,7 +408,7 @@ pub(crate) async fn create_conversation(
     tx: &(impl ChatTx + InboxTx + AccountTx),
     new: NewConversation,
     now: i64,
-) -> Result<Written<Conversation>, StoreError> {
+) -> Result<Written<Conversation>> {
     let id = new.id.as_str();
     if let Some(c) = tx.conversation(id).await? {
         if c.created_by != new.creator {
@@ -500,7 +477,7 @@ async fn rejoin(
     id: &str,
     pair: &[String],
     now: i64,
-) -> Result<Written<Conversation>, StoreError> {
+) -> Result<Written<Conversation>> {
     let before = existing(tx, id).await?;
     let missing: Vec<&String> = pair
         .iter()
@@ -523,7 +500,7 @@ async fn rejoin(
 pub(crate) async fn conversations(
     tx: &impl ChatTx,
     caller: &str,
-) -> Result<Vec<ConversationSummary>, StoreError> {
+) -> Result<Vec<ConversationSummary>> {
     let mine = tx.memberships(caller).await?;
     let mut out = Vec::with_capacity(mine.len());
     for (id, read) in mine {
@@ -553,7 +530,7 @@ pub(crate) async fn add_member(
     user: &str,
     max_members: usize,
     now: i64,
-) -> Result<Written<()>, StoreError> {
+) -> Result<Written<()>> {
     let c = creator_view(tx, caller, id, "add").await?;
     require_user(tx, user).await?;
     if c.members.iter().any(|m| m == user) {
@@ -577,7 +554,7 @@ pub(crate) async fn remove_member(
     id: &str,
     user: &str,
     now: i64,
-) -> Result<Written<()>, StoreError> {
+) -> Result<Written<()>> {
     let c = creator_view(tx, caller, id, "remove").await?;
     if !c.members.iter().any(|m| m == user) {
         return Ok(Written::nothing(()));
@@ -591,7 +568,7 @@ pub(crate) async fn leave(
     caller: &str,
     id: &str,
     now: i64,
-) -> Result<Written<()>, StoreError> {
+) -> Result<Written<()>> {
     member_view(tx, caller, id).await?;
     let events = depart(tx, id, caller, now).await?;
     Ok(Written { value: (), events })
@@ -604,7 +581,7 @@ pub(crate) async fn store_message(
     tx: &impl ChatTx,
     new: &NewMessage,
     now: i64,
-) -> Result<(Message, bool), StoreError> {
+) -> Result<(Message, bool)> {
     if let Some(m) = tx.message_by_key(&new.sender, &new.client_msg_id).await? {
         return Ok((m, false));
     }
@@ -634,7 +611,7 @@ pub(crate) async fn send_message(
     tx: &(impl ChatTx + InboxTx),
     new: NewMessage,
     now: i64,
-) -> Result<Written<Message>, StoreError> {
+) -> Result<Written<Message>> {
     let (message, fresh) = store_message(tx, &new, now).await?;
     if !fresh {
         return Ok(Written::nothing(message));
@@ -652,7 +629,7 @@ pub(crate) async fn history(
     id: &str,
     before: Option<&str>,
     limit: usize,
-) -> Result<(Vec<Message>, bool), StoreError> {
+) -> Result<(Vec<Message>, bool)> {
     let before = before.map_or(Ok(i64::MAX), parse_message_id)?;
     member_view(tx, caller, id).await?;
     // One more than asked: whether older ones remain.
@@ -668,7 +645,7 @@ pub(crate) async fn mark_read(
     id: &str,
     message: &str,
     now: i64,
-) -> Result<Written<()>, StoreError> {
+) -> Result<Written<()>> {
     let mid = parse_message_id(message)?;
     let c = member_view(tx, caller, id).await?;
     if !tx.message_in(id, mid).await? {
@@ -700,7 +677,7 @@ pub(crate) async fn block(
     caller: &str,
     user: &str,
     now: i64,
-) -> Result<(), StoreError> {
+) -> Result<()> {
     if caller == user {
         return Err(StoreError::BadRequest("you cannot block yourself".into()));
     }
@@ -712,7 +689,7 @@ pub(crate) async fn blocked_by(
     tx: &impl ChatTx,
     caller: &str,
     users: &[String],
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Vec<String>> {
     if users.is_empty() {
         return Ok(Vec::new());
     }
@@ -730,7 +707,7 @@ pub(crate) async fn search(
     query: &str,
     conversation: Option<&str>,
     limit: usize,
-) -> Result<Vec<Message>, StoreError> {
+) -> Result<Vec<Message>> {
     let words = search_words(query)?;
     if let Some(c) = conversation {
         check_member(tx, caller, c).await?;
@@ -742,7 +719,7 @@ pub(crate) async fn typing_recipients(
     tx: &impl ChatTx,
     sender: &str,
     id: &str,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Vec<String>> {
     check_member(tx, sender, id).await?;
     tx.typing_recipients(id, sender).await
 }
@@ -751,7 +728,7 @@ pub(crate) async fn expire_ephemeral(
     tx: &(impl ChatTx + InboxTx),
     before_ms: i64,
     now: i64,
-) -> Result<Written<Vec<String>>, StoreError> {
+) -> Result<Written<Vec<String>>> {
     let ids = tx.ephemeral_due(before_ms).await?;
     let mut events = Vec::new();
     for id in &ids {

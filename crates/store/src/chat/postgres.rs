@@ -8,7 +8,7 @@ use super::{
 };
 use crate::inbox::message_events;
 use crate::postgres::{Row, Tx, commit_err, now_ms, pg, pool_err};
-use crate::{PgStore, StoreError, Written};
+use crate::{PgStore, Result, StoreError, Written};
 use deadpool_postgres::Pool;
 use hubbub_protocol::{Conversation, Message};
 
@@ -29,7 +29,7 @@ pub(crate) fn message_row(r: &Row, from: usize) -> MessageRow {
 
 const MESSAGE_COLUMNS: &str = "id, conversation_id, sender, client_msg_id, text, attachments, ts";
 
-fn messages(rows: Vec<Row>) -> Result<Vec<Message>, StoreError> {
+fn messages(rows: Vec<Row>) -> Result<Vec<Message>> {
     rows.iter()
         .map(|r| message_from_row(message_row(r, 0)))
         .collect()
@@ -40,7 +40,7 @@ fn strings(rows: Vec<Row>) -> Vec<String> {
 }
 
 impl ChatTx for Tx<'_> {
-    async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError> {
+    async fn conversation(&self, id: &str) -> Result<Option<Conversation>> {
         let Some(r) = self
             .opt(
                 "SELECT kind, title, created_by, created_ms, ephemeral FROM conversations
@@ -68,7 +68,7 @@ impl ChatTx for Tx<'_> {
         )))
     }
 
-    async fn membership(&self, id: &str, user: &str) -> Result<(bool, bool), StoreError> {
+    async fn membership(&self, id: &str, user: &str) -> Result<(bool, bool)> {
         let r = self
             .one(
                 "SELECT EXISTS (SELECT 1 FROM conversations WHERE id = $1),
@@ -79,7 +79,7 @@ impl ChatTx for Tx<'_> {
         Ok((r.get(0), r.get(1)))
     }
 
-    async fn blocks(&self, blocker: &str, blocked: &str) -> Result<bool, StoreError> {
+    async fn blocks(&self, blocker: &str, blocked: &str) -> Result<bool> {
         self.exists(
             "SELECT 1 FROM blocks WHERE blocker = $1 AND blocked = $2",
             &[&blocker, &blocked],
@@ -92,7 +92,7 @@ impl ChatTx for Tx<'_> {
         new: &NewConversation,
         direct_key: Option<&str>,
         now: i64,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<String>> {
         // Two creates of one pair racing: the unique key decides.
         let inserted = self
             .exec(
@@ -122,7 +122,7 @@ impl ChatTx for Tx<'_> {
         }
     }
 
-    async fn add_member(&self, id: &str, user: &str, now: i64) -> Result<(), StoreError> {
+    async fn add_member(&self, id: &str, user: &str, now: i64) -> Result<()> {
         self.exec(
             "INSERT INTO members (conversation_id, user_id, joined_ms) VALUES ($1, $2, $3)
              ON CONFLICT DO NOTHING",
@@ -132,7 +132,7 @@ impl ChatTx for Tx<'_> {
         Ok(())
     }
 
-    async fn remove_member(&self, id: &str, user: &str) -> Result<(), StoreError> {
+    async fn remove_member(&self, id: &str, user: &str) -> Result<()> {
         self.exec(
             "DELETE FROM members WHERE conversation_id = $1 AND user_id = $2",
             &[&id, &user],
@@ -141,7 +141,7 @@ impl ChatTx for Tx<'_> {
         Ok(())
     }
 
-    async fn memberships(&self, user: &str) -> Result<Vec<(String, i64)>, StoreError> {
+    async fn memberships(&self, user: &str) -> Result<Vec<(String, i64)>> {
         Ok(self
             .rows(
                 "SELECT conversation_id, read_message FROM members WHERE user_id = $1",
@@ -153,7 +153,7 @@ impl ChatTx for Tx<'_> {
             .collect())
     }
 
-    async fn last_message(&self, id: &str, viewer: &str) -> Result<Option<Message>, StoreError> {
+    async fn last_message(&self, id: &str, viewer: &str) -> Result<Option<Message>> {
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1
              AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = $2 AND blocked = sender)
@@ -162,7 +162,7 @@ impl ChatTx for Tx<'_> {
         Ok(messages(self.rows(&sql, &[&id, &viewer]).await?)?.pop())
     }
 
-    async fn unread(&self, id: &str, read: i64, viewer: &str) -> Result<u64, StoreError> {
+    async fn unread(&self, id: &str, read: i64, viewer: &str) -> Result<u64> {
         let n: i64 = self
             .one(
                 "SELECT COUNT(*) FROM messages WHERE conversation_id = $1 AND id > $2
@@ -175,11 +175,7 @@ impl ChatTx for Tx<'_> {
         Ok(n as u64)
     }
 
-    async fn message_by_key(
-        &self,
-        sender: &str,
-        client_msg_id: &str,
-    ) -> Result<Option<Message>, StoreError> {
+    async fn message_by_key(&self, sender: &str, client_msg_id: &str) -> Result<Option<Message>> {
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender = $1 AND client_msg_id = $2"
         );
@@ -191,7 +187,7 @@ impl ChatTx for Tx<'_> {
         new: &NewMessage,
         attachments: &str,
         now: i64,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<Option<i64>> {
         Ok(self
             .opt(
                 "INSERT INTO messages (conversation_id, sender, client_msg_id, text, attachments, ts)
@@ -216,7 +212,7 @@ impl ChatTx for Tx<'_> {
         viewer: &str,
         before: i64,
         limit: usize,
-    ) -> Result<Vec<Message>, StoreError> {
+    ) -> Result<Vec<Message>> {
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND id < $2
              AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = $4 AND blocked = sender)
@@ -228,7 +224,7 @@ impl ChatTx for Tx<'_> {
         messages(rows)
     }
 
-    async fn message_in(&self, id: &str, message: i64) -> Result<bool, StoreError> {
+    async fn message_in(&self, id: &str, message: i64) -> Result<bool> {
         self.exists(
             "SELECT 1 FROM messages WHERE id = $1 AND conversation_id = $2",
             &[&message, &id],
@@ -236,7 +232,7 @@ impl ChatTx for Tx<'_> {
         .await
     }
 
-    async fn advance_read(&self, id: &str, user: &str, message: i64) -> Result<bool, StoreError> {
+    async fn advance_read(&self, id: &str, user: &str, message: i64) -> Result<bool> {
         let moved = self
             .exec(
                 "UPDATE members SET read_message = $3 WHERE conversation_id = $1 AND user_id = $2
@@ -247,7 +243,7 @@ impl ChatTx for Tx<'_> {
         Ok(moved > 0)
     }
 
-    async fn insert_block(&self, blocker: &str, blocked: &str, now: i64) -> Result<(), StoreError> {
+    async fn insert_block(&self, blocker: &str, blocked: &str, now: i64) -> Result<()> {
         self.exec(
             "INSERT INTO blocks (blocker, blocked, created_ms) VALUES ($1, $2, $3)
              ON CONFLICT DO NOTHING",
@@ -257,7 +253,7 @@ impl ChatTx for Tx<'_> {
         Ok(())
     }
 
-    async fn delete_block(&self, blocker: &str, blocked: &str) -> Result<(), StoreError> {
+    async fn delete_block(&self, blocker: &str, blocked: &str) -> Result<()> {
         self.exec(
             "DELETE FROM blocks WHERE blocker = $1 AND blocked = $2",
             &[&blocker, &blocked],
@@ -266,7 +262,7 @@ impl ChatTx for Tx<'_> {
         Ok(())
     }
 
-    async fn blocked_list(&self, blocker: &str) -> Result<Vec<String>, StoreError> {
+    async fn blocked_list(&self, blocker: &str) -> Result<Vec<String>> {
         let rows = self
             .rows(
                 "SELECT blocked FROM blocks WHERE blocker = $1 ORDER BY created_ms, blocked",
@@ -276,11 +272,7 @@ impl ChatTx for Tx<'_> {
         Ok(strings(rows))
     }
 
-    async fn blockers_among(
-        &self,
-        blocked: &str,
-        users: &[String],
-    ) -> Result<Vec<String>, StoreError> {
+    async fn blockers_among(&self, blocked: &str, users: &[String]) -> Result<Vec<String>> {
         let rows = self
             .rows(
                 "SELECT blocker FROM blocks WHERE blocked = $1 AND blocker = ANY($2)",
@@ -296,7 +288,7 @@ impl ChatTx for Tx<'_> {
         words: &[&str],
         conversation: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<Message>, StoreError> {
+    ) -> Result<Vec<Message>> {
         // `plainto_tsquery` of the words: every one must appear, none is an operator.
         let text = words.join(" ");
         let rows = self
@@ -315,7 +307,7 @@ impl ChatTx for Tx<'_> {
         messages(rows)
     }
 
-    async fn typing_recipients(&self, id: &str, sender: &str) -> Result<Vec<String>, StoreError> {
+    async fn typing_recipients(&self, id: &str, sender: &str) -> Result<Vec<String>> {
         let rows = self
             .rows(
                 "SELECT user_id FROM members WHERE conversation_id = $1 AND user_id != $2
@@ -326,7 +318,7 @@ impl ChatTx for Tx<'_> {
         Ok(strings(rows))
     }
 
-    async fn ephemeral_due(&self, before_ms: i64) -> Result<Vec<String>, StoreError> {
+    async fn ephemeral_due(&self, before_ms: i64) -> Result<Vec<String>> {
         // Locked, skipping those another scheduler is expiring now.
         let rows = self
             .rows(
@@ -340,7 +332,7 @@ impl ChatTx for Tx<'_> {
         Ok(strings(rows))
     }
 
-    async fn delete_conversation(&self, id: &str) -> Result<(), StoreError> {
+    async fn delete_conversation(&self, id: &str) -> Result<()> {
         for sql in [
             "DELETE FROM inbox WHERE message_id IN
                (SELECT id FROM messages WHERE conversation_id = $1)",
@@ -361,7 +353,7 @@ const SEND_BATCH: usize = 64;
 
 pub(crate) type SendJob = (
     NewMessage,
-    tokio::sync::oneshot::Sender<Result<Written<Message>, StoreError>>,
+    tokio::sync::oneshot::Sender<Result<Written<Message>>>,
 );
 
 /// Start the group-commit task of a pool; its jobs go on the returned channel.
@@ -373,7 +365,7 @@ pub(crate) fn start_sends(pool: Pool) -> tokio::sync::mpsc::Sender<SendJob> {
 
 impl PgStore {
     /// `message.send`, through the group commit (see [`run_sends`]).
-    async fn send(&self, new: NewMessage) -> Result<Written<Message>, StoreError> {
+    async fn send(&self, new: NewMessage) -> Result<Written<Message>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.sends
             .send((new, tx))
@@ -420,7 +412,7 @@ async fn run_sends(pool: Pool, mut jobs: tokio::sync::mpsc::Receiver<SendJob>) {
 async fn send_batch(
     pool: &Pool,
     news: &[NewMessage],
-) -> Result<Vec<Result<Written<Message>, StoreError>>, StoreError> {
+) -> Result<Vec<Result<Written<Message>, StoreError>>> {
     let mut client = pool.get().await.map_err(pool_err)?;
     let mut tx = client.transaction().await.map_err(pg)?;
     let conversations: Vec<&str> = news.iter().map(|n| n.conversation.as_str()).collect();

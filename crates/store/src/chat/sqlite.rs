@@ -6,7 +6,7 @@ use super::{
     message_from_row,
 };
 use crate::sqlite::Tx;
-use crate::{SqliteStore, StoreError, Written};
+use crate::{Result, SqliteStore, Written};
 use hubbub_protocol::{Conversation, Message};
 use rusqlite::{OptionalExtension, params};
 
@@ -14,7 +14,7 @@ super::impl_chat_store!(SqliteStore);
 
 impl SqliteStore {
     /// `message.send`: the writer thread already commits concurrent sends together.
-    async fn send(&self, new: NewMessage) -> Result<Written<Message>, StoreError> {
+    async fn send(&self, new: NewMessage) -> Result<Written<Message>> {
         let now = self.now();
         crate::run!(self.write, |tx| super::send_message(tx, new, now))
     }
@@ -39,24 +39,21 @@ const MESSAGE_COLUMNS: &str = "id, conversation_id, sender, client_msg_id, text,
 fn messages(
     mut st: rusqlite::CachedStatement<'_>,
     p: impl rusqlite::Params,
-) -> Result<Vec<Message>, StoreError> {
+) -> Result<Vec<Message>> {
     let rows = st
         .query_map(p, |r| message_row(r, 0))?
         .collect::<Result<Vec<_>, _>>()?;
     rows.into_iter().map(message_from_row).collect()
 }
 
-fn strings(
-    mut st: rusqlite::CachedStatement<'_>,
-    p: impl rusqlite::Params,
-) -> Result<Vec<String>, StoreError> {
+fn strings(mut st: rusqlite::CachedStatement<'_>, p: impl rusqlite::Params) -> Result<Vec<String>> {
     Ok(st
         .query_map(p, |r| r.get(0))?
         .collect::<Result<Vec<String>, _>>()?)
 }
 
 impl ChatTx for Tx<'_> {
-    async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError> {
+    async fn conversation(&self, id: &str) -> Result<Option<Conversation>> {
         let row = self
             .prepare_cached(
                 "SELECT kind, title, created_by, created_ms, ephemeral FROM conversations
@@ -86,7 +83,7 @@ impl ChatTx for Tx<'_> {
         )))
     }
 
-    async fn membership(&self, id: &str, user: &str) -> Result<(bool, bool), StoreError> {
+    async fn membership(&self, id: &str, user: &str) -> Result<(bool, bool)> {
         Ok(self
             .prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM conversations WHERE id = ?1),
@@ -95,7 +92,7 @@ impl ChatTx for Tx<'_> {
             .query_row(params![id, user], |r| Ok((r.get(0)?, r.get(1)?)))?)
     }
 
-    async fn blocks(&self, blocker: &str, blocked: &str) -> Result<bool, StoreError> {
+    async fn blocks(&self, blocker: &str, blocked: &str) -> Result<bool> {
         Ok(self
             .prepare_cached("SELECT 1 FROM blocks WHERE blocker = ?1 AND blocked = ?2")?
             .exists(params![blocker, blocked])?)
@@ -106,7 +103,7 @@ impl ChatTx for Tx<'_> {
         new: &NewConversation,
         direct_key: Option<&str>,
         now: i64,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<String>> {
         if let Some(key) = direct_key {
             let found: Option<String> = self
                 .prepare_cached("SELECT id FROM conversations WHERE direct_key = ?1")?
@@ -132,7 +129,7 @@ impl ChatTx for Tx<'_> {
         Ok(None)
     }
 
-    async fn add_member(&self, id: &str, user: &str, now: i64) -> Result<(), StoreError> {
+    async fn add_member(&self, id: &str, user: &str, now: i64) -> Result<()> {
         self.prepare_cached(
             "INSERT OR IGNORE INTO members (conversation_id, user_id, joined_ms) VALUES (?1, ?2, ?3)",
         )?
@@ -140,20 +137,20 @@ impl ChatTx for Tx<'_> {
         Ok(())
     }
 
-    async fn remove_member(&self, id: &str, user: &str) -> Result<(), StoreError> {
+    async fn remove_member(&self, id: &str, user: &str) -> Result<()> {
         self.prepare_cached("DELETE FROM members WHERE conversation_id = ?1 AND user_id = ?2")?
             .execute(params![id, user])?;
         Ok(())
     }
 
-    async fn memberships(&self, user: &str) -> Result<Vec<(String, i64)>, StoreError> {
+    async fn memberships(&self, user: &str) -> Result<Vec<(String, i64)>> {
         Ok(self
             .prepare_cached("SELECT conversation_id, read_message FROM members WHERE user_id = ?1")?
             .query_map([user], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?)
     }
 
-    async fn last_message(&self, id: &str, viewer: &str) -> Result<Option<Message>, StoreError> {
+    async fn last_message(&self, id: &str, viewer: &str) -> Result<Option<Message>> {
         let st = self.prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1
              AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = ?2 AND blocked = sender)
@@ -162,7 +159,7 @@ impl ChatTx for Tx<'_> {
         Ok(messages(st, [id, viewer])?.pop())
     }
 
-    async fn unread(&self, id: &str, read: i64, viewer: &str) -> Result<u64, StoreError> {
+    async fn unread(&self, id: &str, read: i64, viewer: &str) -> Result<u64> {
         let n: i64 = self
             .prepare_cached(
                 "SELECT COUNT(*) FROM messages WHERE conversation_id = ?1 AND id > ?2
@@ -173,11 +170,7 @@ impl ChatTx for Tx<'_> {
         Ok(n as u64)
     }
 
-    async fn message_by_key(
-        &self,
-        sender: &str,
-        client_msg_id: &str,
-    ) -> Result<Option<Message>, StoreError> {
+    async fn message_by_key(&self, sender: &str, client_msg_id: &str) -> Result<Option<Message>> {
         let st = self.prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender = ?1 AND client_msg_id = ?2"
         ))?;
@@ -189,7 +182,7 @@ impl ChatTx for Tx<'_> {
         new: &NewMessage,
         attachments: &str,
         now: i64,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<Option<i64>> {
         Ok(self
             .prepare_cached(
                 "INSERT INTO messages (conversation_id, sender, client_msg_id, text, attachments, ts)
@@ -216,7 +209,7 @@ impl ChatTx for Tx<'_> {
         viewer: &str,
         before: i64,
         limit: usize,
-    ) -> Result<Vec<Message>, StoreError> {
+    ) -> Result<Vec<Message>> {
         let st = self.prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND id < ?2
              AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = ?4 AND blocked = sender)
@@ -225,13 +218,13 @@ impl ChatTx for Tx<'_> {
         messages(st, params![id, before, limit as i64, viewer])
     }
 
-    async fn message_in(&self, id: &str, message: i64) -> Result<bool, StoreError> {
+    async fn message_in(&self, id: &str, message: i64) -> Result<bool> {
         Ok(self
             .prepare_cached("SELECT 1 FROM messages WHERE id = ?1 AND conversation_id = ?2")?
             .exists(params![message, id])?)
     }
 
-    async fn advance_read(&self, id: &str, user: &str, message: i64) -> Result<bool, StoreError> {
+    async fn advance_read(&self, id: &str, user: &str, message: i64) -> Result<bool> {
         let moved = self
             .prepare_cached(
                 "UPDATE members SET read_message = ?3 WHERE conversation_id = ?1 AND user_id = ?2
@@ -241,7 +234,7 @@ impl ChatTx for Tx<'_> {
         Ok(moved > 0)
     }
 
-    async fn insert_block(&self, blocker: &str, blocked: &str, now: i64) -> Result<(), StoreError> {
+    async fn insert_block(&self, blocker: &str, blocked: &str, now: i64) -> Result<()> {
         self.prepare_cached(
             "INSERT OR IGNORE INTO blocks (blocker, blocked, created_ms) VALUES (?1, ?2, ?3)",
         )?
@@ -249,13 +242,13 @@ impl ChatTx for Tx<'_> {
         Ok(())
     }
 
-    async fn delete_block(&self, blocker: &str, blocked: &str) -> Result<(), StoreError> {
+    async fn delete_block(&self, blocker: &str, blocked: &str) -> Result<()> {
         self.prepare_cached("DELETE FROM blocks WHERE blocker = ?1 AND blocked = ?2")?
             .execute(params![blocker, blocked])?;
         Ok(())
     }
 
-    async fn blocked_list(&self, blocker: &str) -> Result<Vec<String>, StoreError> {
+    async fn blocked_list(&self, blocker: &str) -> Result<Vec<String>> {
         strings(
             self.prepare_cached(
                 "SELECT blocked FROM blocks WHERE blocker = ?1 ORDER BY created_ms, blocked",
@@ -264,11 +257,7 @@ impl ChatTx for Tx<'_> {
         )
     }
 
-    async fn blockers_among(
-        &self,
-        blocked: &str,
-        users: &[String],
-    ) -> Result<Vec<String>, StoreError> {
+    async fn blockers_among(&self, blocked: &str, users: &[String]) -> Result<Vec<String>> {
         // One primary-key lookup per user (there is no index by `blocked`).
         let mut st =
             self.prepare_cached("SELECT 1 FROM blocks WHERE blocker = ?1 AND blocked = ?2")?;
@@ -287,7 +276,7 @@ impl ChatTx for Tx<'_> {
         words: &[&str],
         conversation: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<Message>, StoreError> {
+    ) -> Result<Vec<Message>> {
         // Each word quoted, so FTS5 operators and punctuation in the text are searched for,
         // never interpreted; words side by side must all appear.
         let fts = words
@@ -310,7 +299,7 @@ impl ChatTx for Tx<'_> {
         messages(st, params![fts, viewer, conversation, limit as i64])
     }
 
-    async fn typing_recipients(&self, id: &str, sender: &str) -> Result<Vec<String>, StoreError> {
+    async fn typing_recipients(&self, id: &str, sender: &str) -> Result<Vec<String>> {
         strings(
             self.prepare_cached(
                 "SELECT user_id FROM members WHERE conversation_id = ?1 AND user_id != ?2
@@ -320,7 +309,7 @@ impl ChatTx for Tx<'_> {
         )
     }
 
-    async fn ephemeral_due(&self, before_ms: i64) -> Result<Vec<String>, StoreError> {
+    async fn ephemeral_due(&self, before_ms: i64) -> Result<Vec<String>> {
         strings(
             self.prepare_cached(
                 "SELECT c.id FROM conversations c WHERE c.ephemeral = 1
@@ -332,7 +321,7 @@ impl ChatTx for Tx<'_> {
         )
     }
 
-    async fn delete_conversation(&self, id: &str) -> Result<(), StoreError> {
+    async fn delete_conversation(&self, id: &str) -> Result<()> {
         for sql in [
             "DELETE FROM inbox WHERE message_id IN
                (SELECT id FROM messages WHERE conversation_id = ?1)",

@@ -17,7 +17,7 @@ mod sqlite;
 use crate::accounts::{AccountTx, user_exists};
 use crate::chat::ChatTx;
 use crate::inbox::{InboxTx, append_event};
-use crate::{Event, StoreError, Written, json_err};
+use crate::{Event, Result, StoreError, Written, json_err};
 use async_trait::async_trait;
 use hubbub_protocol::{Attachment, Comment, NotificationKind, Post, ServerFrame};
 
@@ -62,41 +62,38 @@ pub trait FeedStore: Send + Sync {
     /// `post.create`; a post whose id exists (a retried create, by redelivery or by the
     /// client's idempotency key) is returned as it is, with no new effect; an id that exists
     /// with another author is `Conflict`.
-    async fn create_post(&self, new: NewPost) -> Result<StoredPost, StoreError>;
+    async fn create_post(&self, new: NewPost) -> Result<StoredPost>;
 
     /// `post.delete` (author only), with its comments and likes. Returns the author.
-    async fn delete_post(&self, caller: &str, post: &str) -> Result<(), StoreError>;
+    async fn delete_post(&self, caller: &str, post: &str) -> Result<()>;
 
     /// `comment.create`; notifies the post's author. A retried create returns the first
     /// comment and no events; an id that exists on another post or by another author is
     /// `Conflict`. The value carries the post's comment count after it.
-    async fn create_comment(&self, new: NewComment) -> Result<Written<(Comment, u64)>, StoreError>;
+    async fn create_comment(&self, new: NewComment) -> Result<Written<(Comment, u64)>>;
 
     /// `post.like`, idempotent; a new like notifies the author. Returns the like count.
-    async fn like(&self, caller: &str, post: &str) -> Result<Written<u64>, StoreError>;
+    async fn like(&self, caller: &str, post: &str) -> Result<Written<u64>>;
 
     /// `post.unlike`, idempotent. Returns the like count.
-    async fn unlike(&self, caller: &str, post: &str) -> Result<u64, StoreError>;
+    async fn unlike(&self, caller: &str, post: &str) -> Result<u64>;
 
     /// `follow`, idempotent; a new follow notifies the followed user.
-    async fn follow(&self, caller: &str, user: &str) -> Result<Written<()>, StoreError>;
+    async fn follow(&self, caller: &str, user: &str) -> Result<Written<()>>;
 
     /// `unfollow`, idempotent.
-    async fn unfollow(&self, caller: &str, user: &str) -> Result<(), StoreError>;
+    async fn unfollow(&self, caller: &str, user: &str) -> Result<()>;
 
     /// Everyone who follows `user`.
-    async fn followers(&self, user: &str) -> Result<Vec<String>, StoreError>;
+    async fn followers(&self, user: &str) -> Result<Vec<String>>;
 
     /// How many accounts `user` follows.
-    async fn followee_count(&self, user: &str) -> Result<u64, StoreError>;
+    async fn followee_count(&self, user: &str) -> Result<u64>;
 
     /// The newest `limit` posts of the accounts `user` follows and of `user`, newest first,
     /// and the highest post counter in the store when they were read (the watermark).
-    async fn timeline_candidates(
-        &self,
-        user: &str,
-        limit: usize,
-    ) -> Result<(Vec<StoredPost>, u64), StoreError>;
+    async fn timeline_candidates(&self, user: &str, limit: usize)
+    -> Result<(Vec<StoredPost>, u64)>;
 
     /// Posts of the accounts `user` follows (and of `user`) created after `watermark`, newest
     /// first, at most `limit`. Its cost grows with the posts created since, not with the
@@ -106,19 +103,19 @@ pub trait FeedStore: Send + Sync {
         user: &str,
         watermark: u64,
         limit: usize,
-    ) -> Result<Vec<StoredPost>, StoreError>;
+    ) -> Result<Vec<StoredPost>>;
 
     /// These posts as they are now, in the order asked; deleted ones are left out.
-    async fn posts(&self, ids: &[String]) -> Result<Vec<Post>, StoreError>;
+    async fn posts(&self, ids: &[String]) -> Result<Vec<Post>>;
 
     /// A post's comment count, `None` if there is no such post.
-    async fn comment_count(&self, post: &str) -> Result<Option<u64>, StoreError>;
+    async fn comment_count(&self, post: &str) -> Result<Option<u64>>;
 
     /// Record that `user` opened a session now.
-    async fn touch_active(&self, user: &str) -> Result<(), StoreError>;
+    async fn touch_active(&self, user: &str) -> Result<()>;
 
     /// Users who opened a session at or after `since_ms`.
-    async fn active_users(&self, since_ms: i64) -> Result<Vec<String>, StoreError>;
+    async fn active_users(&self, since_ms: i64) -> Result<Vec<String>>;
 }
 
 /// A stored post's columns: seq, id, author, text, attachments (JSON), ts, likes, comments.
@@ -126,7 +123,7 @@ pub(crate) type PostRow = (i64, String, String, String, String, i64, i64, i64);
 
 pub(crate) fn post_from_row(
     (seq, id, author, text, attachments, ts, likes, comments): PostRow,
-) -> Result<StoredPost, StoreError> {
+) -> Result<StoredPost> {
     Ok(StoredPost {
         seq: seq as u64,
         post: Post {
@@ -143,42 +140,32 @@ pub(crate) fn post_from_row(
 
 /// What the feed rules need of a transaction; each backend implements it with its SQL.
 pub(crate) trait FeedTx {
-    async fn post(&self, id: &str) -> Result<Option<StoredPost>, StoreError>;
+    async fn post(&self, id: &str) -> Result<Option<StoredPost>>;
     /// Insert a post unless its id exists.
-    async fn insert_post(
-        &self,
-        new: &NewPost,
-        attachments: &str,
-        now: i64,
-    ) -> Result<(), StoreError>;
+    async fn insert_post(&self, new: &NewPost, attachments: &str, now: i64) -> Result<()>;
     /// Delete a post with its comments and likes.
-    async fn delete_post(&self, id: &str) -> Result<(), StoreError>;
-    async fn comment(&self, id: &str) -> Result<Option<Comment>, StoreError>;
+    async fn delete_post(&self, id: &str) -> Result<()>;
+    async fn comment(&self, id: &str) -> Result<Option<Comment>>;
     /// Insert a comment unless its id exists; whether it was inserted.
-    async fn insert_comment(&self, new: &NewComment, now: i64) -> Result<bool, StoreError>;
+    async fn insert_comment(&self, new: &NewComment, now: i64) -> Result<bool>;
     /// Add `by` to a post's comment count; the count after.
-    async fn add_comments(&self, post: &str, by: i64) -> Result<u64, StoreError>;
+    async fn add_comments(&self, post: &str, by: i64) -> Result<u64>;
     /// Whether the like was new.
-    async fn insert_like(&self, post: &str, user: &str, now: i64) -> Result<bool, StoreError>;
+    async fn insert_like(&self, post: &str, user: &str, now: i64) -> Result<bool>;
     /// Whether there was a like.
-    async fn delete_like(&self, post: &str, user: &str) -> Result<bool, StoreError>;
+    async fn delete_like(&self, post: &str, user: &str) -> Result<bool>;
     /// Add `by` to a post's like count; the count after.
-    async fn add_likes(&self, post: &str, by: i64) -> Result<u64, StoreError>;
+    async fn add_likes(&self, post: &str, by: i64) -> Result<u64>;
     /// Whether the follow was new.
-    async fn insert_follow(
-        &self,
-        follower: &str,
-        followee: &str,
-        now: i64,
-    ) -> Result<bool, StoreError>;
-    async fn delete_follow(&self, follower: &str, followee: &str) -> Result<(), StoreError>;
-    async fn followers(&self, user: &str) -> Result<Vec<String>, StoreError>;
-    async fn followee_count(&self, user: &str) -> Result<u64, StoreError>;
+    async fn insert_follow(&self, follower: &str, followee: &str, now: i64) -> Result<bool>;
+    async fn delete_follow(&self, follower: &str, followee: &str) -> Result<()>;
+    async fn followers(&self, user: &str) -> Result<Vec<String>>;
+    async fn followee_count(&self, user: &str) -> Result<u64>;
     /// The highest post counter.
-    async fn post_watermark(&self) -> Result<u64, StoreError>;
+    async fn post_watermark(&self) -> Result<u64>;
     /// The newest posts of `user` and of the accounts `user` follows, newest first, at most
     /// `limit`.
-    async fn newest_posts(&self, user: &str, limit: usize) -> Result<Vec<StoredPost>, StoreError>;
+    async fn newest_posts(&self, user: &str, limit: usize) -> Result<Vec<StoredPost>>;
     /// [`newest_posts`](FeedTx::newest_posts) created after `watermark`: a range read by
     /// counter, whatever the number of followees.
     async fn posts_since(
@@ -186,16 +173,16 @@ pub(crate) trait FeedTx {
         user: &str,
         watermark: u64,
         limit: usize,
-    ) -> Result<Vec<StoredPost>, StoreError>;
+    ) -> Result<Vec<StoredPost>>;
     /// The posts of these ids that exist, in any order.
-    async fn posts_by_id(&self, ids: &[String]) -> Result<Vec<StoredPost>, StoreError>;
-    async fn comment_count(&self, post: &str) -> Result<Option<u64>, StoreError>;
+    async fn posts_by_id(&self, ids: &[String]) -> Result<Vec<StoredPost>>;
+    async fn comment_count(&self, post: &str) -> Result<Option<u64>>;
     /// `user` opened a session at `now` (never moves back).
-    async fn touch_active(&self, user: &str, now: i64) -> Result<(), StoreError>;
-    async fn active_users(&self, since_ms: i64) -> Result<Vec<String>, StoreError>;
+    async fn touch_active(&self, user: &str, now: i64) -> Result<()>;
+    async fn active_users(&self, since_ms: i64) -> Result<Vec<String>>;
 }
 
-async fn existing_post(tx: &impl FeedTx, id: &str) -> Result<StoredPost, StoreError> {
+async fn existing_post(tx: &impl FeedTx, id: &str) -> Result<StoredPost> {
     tx.post(id)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("no post {id}")))
@@ -209,7 +196,7 @@ async fn notify(
     kind: NotificationKind,
     data: serde_json::Value,
     now: i64,
-) -> Result<Vec<Event>, StoreError> {
+) -> Result<Vec<Event>> {
     if to == from || tx.blocks(to, from).await? {
         return Ok(Vec::new());
     }
@@ -219,7 +206,7 @@ async fn notify(
 
 /// A repeated `post.create` (same id) returns the first post; the id is derived from the
 /// author, so another author's post under it is a conflict, never returned.
-fn same_author(existing: StoredPost, new: &NewPost) -> Result<StoredPost, StoreError> {
+fn same_author(existing: StoredPost, new: &NewPost) -> Result<StoredPost> {
     if existing.post.author != new.author {
         return Err(StoreError::Conflict(format!("post {} exists", new.id)));
     }
@@ -229,7 +216,7 @@ fn same_author(existing: StoredPost, new: &NewPost) -> Result<StoredPost, StoreE
 /// A repeated `comment.create` (same id) must name the same post and author: its key used
 /// for another post is a conflict (returning the first comment would report the wrong
 /// post's count).
-fn same_comment(existing: Comment, new: &NewComment) -> Result<Comment, StoreError> {
+fn same_comment(existing: Comment, new: &NewComment) -> Result<Comment> {
     if existing.post != new.post || existing.author != new.author {
         return Err(StoreError::Conflict(format!(
             "comment {} exists on another post",
@@ -239,11 +226,7 @@ fn same_comment(existing: Comment, new: &NewComment) -> Result<Comment, StoreErr
     Ok(existing)
 }
 
-pub(crate) async fn create_post(
-    tx: &impl FeedTx,
-    new: NewPost,
-    now: i64,
-) -> Result<StoredPost, StoreError> {
+pub(crate) async fn create_post(tx: &impl FeedTx, new: NewPost, now: i64) -> Result<StoredPost> {
     if let Some(p) = tx.post(&new.id).await? {
         return same_author(p, &new);
     }
@@ -253,11 +236,7 @@ pub(crate) async fn create_post(
     same_author(existing_post(tx, &new.id).await?, &new)
 }
 
-pub(crate) async fn delete_post(
-    tx: &impl FeedTx,
-    caller: &str,
-    post: &str,
-) -> Result<(), StoreError> {
+pub(crate) async fn delete_post(tx: &impl FeedTx, caller: &str, post: &str) -> Result<()> {
     let p = existing_post(tx, post).await?;
     if p.post.author != caller {
         return Err(StoreError::Forbidden(
@@ -271,7 +250,7 @@ pub(crate) async fn create_comment(
     tx: &(impl FeedTx + InboxTx + ChatTx),
     new: NewComment,
     now: i64,
-) -> Result<Written<(Comment, u64)>, StoreError> {
+) -> Result<Written<(Comment, u64)>> {
     let post = existing_post(tx, &new.post).await?;
     let repeat = match tx.comment(&new.id).await? {
         Some(c) => Some(c),
@@ -310,7 +289,7 @@ pub(crate) async fn like(
     caller: &str,
     post: &str,
     now: i64,
-) -> Result<Written<u64>, StoreError> {
+) -> Result<Written<u64>> {
     let p = existing_post(tx, post).await?;
     if !tx.insert_like(post, caller, now).await? {
         return Ok(Written::nothing(p.post.likes));
@@ -325,7 +304,7 @@ pub(crate) async fn like(
     })
 }
 
-pub(crate) async fn unlike(tx: &impl FeedTx, caller: &str, post: &str) -> Result<u64, StoreError> {
+pub(crate) async fn unlike(tx: &impl FeedTx, caller: &str, post: &str) -> Result<u64> {
     let p = existing_post(tx, post).await?;
     if !tx.delete_like(post, caller).await? {
         return Ok(p.post.likes);
@@ -338,7 +317,7 @@ pub(crate) async fn follow(
     caller: &str,
     user: &str,
     now: i64,
-) -> Result<Written<()>, StoreError> {
+) -> Result<Written<()>> {
     if caller == user {
         return Err(StoreError::BadRequest("you cannot follow yourself".into()));
     }
@@ -358,14 +337,14 @@ pub(crate) async fn timeline_candidates(
     tx: &impl FeedTx,
     user: &str,
     limit: usize,
-) -> Result<(Vec<StoredPost>, u64), StoreError> {
+) -> Result<(Vec<StoredPost>, u64)> {
     let watermark = tx.post_watermark().await?;
     let posts = tx.newest_posts(user, limit).await?;
     Ok((posts, watermark))
 }
 
 /// These posts as they are now, in the order asked; deleted ones are left out.
-pub(crate) async fn posts(tx: &impl FeedTx, ids: &[String]) -> Result<Vec<Post>, StoreError> {
+pub(crate) async fn posts(tx: &impl FeedTx, ids: &[String]) -> Result<Vec<Post>> {
     let mut found = tx.posts_by_id(ids).await?;
     let mut out = Vec::with_capacity(found.len());
     for id in ids {

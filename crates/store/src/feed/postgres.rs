@@ -2,7 +2,7 @@
 
 use super::{FeedTx, NewComment, NewPost, StoredPost, post_from_row};
 use crate::postgres::{Row, Tx};
-use crate::{PgStore, StoreError, to_i64};
+use crate::{PgStore, Result, to_i64};
 use hubbub_protocol::Comment;
 
 super::impl_feed_store!(PgStore);
@@ -10,7 +10,7 @@ super::impl_feed_store!(PgStore);
 const POST_COLUMNS: &str = "seq, id, author, text, attachments, ts, likes, comments";
 
 /// The posts of rows in [`POST_COLUMNS`]' order.
-fn posts(rows: Vec<Row>) -> Result<Vec<StoredPost>, StoreError> {
+fn posts(rows: Vec<Row>) -> Result<Vec<StoredPost>> {
     rows.iter()
         .map(|r| {
             post_from_row((
@@ -32,17 +32,12 @@ fn count(r: Row) -> u64 {
 }
 
 impl FeedTx for Tx<'_> {
-    async fn post(&self, id: &str) -> Result<Option<StoredPost>, StoreError> {
+    async fn post(&self, id: &str) -> Result<Option<StoredPost>> {
         let sql = format!("SELECT {POST_COLUMNS} FROM posts WHERE id = $1");
         Ok(posts(self.rows(&sql, &[&id]).await?)?.pop())
     }
 
-    async fn insert_post(
-        &self,
-        new: &NewPost,
-        attachments: &str,
-        now: i64,
-    ) -> Result<(), StoreError> {
+    async fn insert_post(&self, new: &NewPost, attachments: &str, now: i64) -> Result<()> {
         self.exec(
             "INSERT INTO posts (id, author, text, attachments, ts) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (id) DO NOTHING",
@@ -52,7 +47,7 @@ impl FeedTx for Tx<'_> {
         Ok(())
     }
 
-    async fn delete_post(&self, id: &str) -> Result<(), StoreError> {
+    async fn delete_post(&self, id: &str) -> Result<()> {
         for sql in [
             "DELETE FROM comments WHERE post = $1",
             "DELETE FROM likes WHERE post = $1",
@@ -63,7 +58,7 @@ impl FeedTx for Tx<'_> {
         Ok(())
     }
 
-    async fn comment(&self, id: &str) -> Result<Option<Comment>, StoreError> {
+    async fn comment(&self, id: &str) -> Result<Option<Comment>> {
         Ok(self
             .opt(
                 "SELECT post, author, text, ts FROM comments WHERE id = $1",
@@ -79,7 +74,7 @@ impl FeedTx for Tx<'_> {
             }))
     }
 
-    async fn insert_comment(&self, new: &NewComment, now: i64) -> Result<bool, StoreError> {
+    async fn insert_comment(&self, new: &NewComment, now: i64) -> Result<bool> {
         let n = self
             .exec(
                 "INSERT INTO comments (id, post, author, text, ts) VALUES ($1, $2, $3, $4, $5)
@@ -90,7 +85,7 @@ impl FeedTx for Tx<'_> {
         Ok(n > 0)
     }
 
-    async fn add_comments(&self, post: &str, by: i64) -> Result<u64, StoreError> {
+    async fn add_comments(&self, post: &str, by: i64) -> Result<u64> {
         let r = self
             .one(
                 "UPDATE posts SET comments = comments + $2 WHERE id = $1 RETURNING comments",
@@ -100,7 +95,7 @@ impl FeedTx for Tx<'_> {
         Ok(count(r))
     }
 
-    async fn insert_like(&self, post: &str, user: &str, now: i64) -> Result<bool, StoreError> {
+    async fn insert_like(&self, post: &str, user: &str, now: i64) -> Result<bool> {
         let n = self
             .exec(
                 "INSERT INTO likes (post, user_id, ts) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
@@ -110,7 +105,7 @@ impl FeedTx for Tx<'_> {
         Ok(n > 0)
     }
 
-    async fn delete_like(&self, post: &str, user: &str) -> Result<bool, StoreError> {
+    async fn delete_like(&self, post: &str, user: &str) -> Result<bool> {
         let n = self
             .exec(
                 "DELETE FROM likes WHERE post = $1 AND user_id = $2",
@@ -120,7 +115,7 @@ impl FeedTx for Tx<'_> {
         Ok(n > 0)
     }
 
-    async fn add_likes(&self, post: &str, by: i64) -> Result<u64, StoreError> {
+    async fn add_likes(&self, post: &str, by: i64) -> Result<u64> {
         let r = self
             .one(
                 "UPDATE posts SET likes = likes + $2 WHERE id = $1 RETURNING likes",
@@ -130,12 +125,7 @@ impl FeedTx for Tx<'_> {
         Ok(count(r))
     }
 
-    async fn insert_follow(
-        &self,
-        follower: &str,
-        followee: &str,
-        now: i64,
-    ) -> Result<bool, StoreError> {
+    async fn insert_follow(&self, follower: &str, followee: &str, now: i64) -> Result<bool> {
         let n = self
             .exec(
                 "INSERT INTO follows (follower, followee, ts) VALUES ($1, $2, $3)
@@ -146,7 +136,7 @@ impl FeedTx for Tx<'_> {
         Ok(n > 0)
     }
 
-    async fn delete_follow(&self, follower: &str, followee: &str) -> Result<(), StoreError> {
+    async fn delete_follow(&self, follower: &str, followee: &str) -> Result<()> {
         self.exec(
             "DELETE FROM follows WHERE follower = $1 AND followee = $2",
             &[&follower, &followee],
@@ -155,28 +145,28 @@ impl FeedTx for Tx<'_> {
         Ok(())
     }
 
-    async fn followers(&self, user: &str) -> Result<Vec<String>, StoreError> {
+    async fn followers(&self, user: &str) -> Result<Vec<String>> {
         let rows = self
             .rows("SELECT follower FROM follows WHERE followee = $1", &[&user])
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    async fn followee_count(&self, user: &str) -> Result<u64, StoreError> {
+    async fn followee_count(&self, user: &str) -> Result<u64> {
         let r = self
             .one("SELECT COUNT(*) FROM follows WHERE follower = $1", &[&user])
             .await?;
         Ok(count(r))
     }
 
-    async fn post_watermark(&self) -> Result<u64, StoreError> {
+    async fn post_watermark(&self) -> Result<u64> {
         let r = self
             .one("SELECT COALESCE(MAX(seq), 0) FROM posts", &[])
             .await?;
         Ok(count(r))
     }
 
-    async fn newest_posts(&self, user: &str, limit: usize) -> Result<Vec<StoredPost>, StoreError> {
+    async fn newest_posts(&self, user: &str, limit: usize) -> Result<Vec<StoredPost>> {
         let sql = format!(
             "SELECT {POST_COLUMNS} FROM posts
              WHERE author IN (SELECT followee FROM follows WHERE follower = $1 UNION ALL SELECT $1)
@@ -190,7 +180,7 @@ impl FeedTx for Tx<'_> {
         user: &str,
         watermark: u64,
         limit: usize,
-    ) -> Result<Vec<StoredPost>, StoreError> {
+    ) -> Result<Vec<StoredPost>> {
         let sql = format!(
             "SELECT {POST_COLUMNS} FROM posts
              WHERE seq > $2 AND (author = $1 OR EXISTS
@@ -201,19 +191,19 @@ impl FeedTx for Tx<'_> {
         posts(self.rows(&sql, &[&user, &p.0, &p.1]).await?)
     }
 
-    async fn posts_by_id(&self, ids: &[String]) -> Result<Vec<StoredPost>, StoreError> {
+    async fn posts_by_id(&self, ids: &[String]) -> Result<Vec<StoredPost>> {
         let sql = format!("SELECT {POST_COLUMNS} FROM posts WHERE id = ANY($1)");
         posts(self.rows(&sql, &[&ids]).await?)
     }
 
-    async fn comment_count(&self, post: &str) -> Result<Option<u64>, StoreError> {
+    async fn comment_count(&self, post: &str) -> Result<Option<u64>> {
         Ok(self
             .opt("SELECT comments FROM posts WHERE id = $1", &[&post])
             .await?
             .map(count))
     }
 
-    async fn touch_active(&self, user: &str, now: i64) -> Result<(), StoreError> {
+    async fn touch_active(&self, user: &str, now: i64) -> Result<()> {
         self.exec(
             "INSERT INTO activity (user_id, active_ms) VALUES ($1, $2)
              ON CONFLICT (user_id) DO UPDATE
@@ -224,7 +214,7 @@ impl FeedTx for Tx<'_> {
         Ok(())
     }
 
-    async fn active_users(&self, since_ms: i64) -> Result<Vec<String>, StoreError> {
+    async fn active_users(&self, since_ms: i64) -> Result<Vec<String>> {
         let rows = self
             .rows(
                 "SELECT user_id FROM activity WHERE active_ms >= $1",

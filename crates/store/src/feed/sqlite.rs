@@ -2,7 +2,7 @@
 
 use super::{FeedTx, NewComment, NewPost, PostRow, StoredPost, post_from_row};
 use crate::sqlite::Tx;
-use crate::{SqliteStore, StoreError, to_i64};
+use crate::{Result, SqliteStore, to_i64};
 use hubbub_protocol::Comment;
 use rusqlite::{OptionalExtension, params};
 
@@ -14,7 +14,7 @@ const POST_COLUMNS: &str = "seq, id, author, text, attachments, ts, likes, comme
 fn posts(
     mut st: rusqlite::CachedStatement<'_>,
     p: impl rusqlite::Params,
-) -> Result<Vec<StoredPost>, StoreError> {
+) -> Result<Vec<StoredPost>> {
     let rows = st
         .query_map(p, |r| {
             Ok((
@@ -37,17 +37,12 @@ fn changed(n: usize) -> bool {
 }
 
 impl FeedTx for Tx<'_> {
-    async fn post(&self, id: &str) -> Result<Option<StoredPost>, StoreError> {
+    async fn post(&self, id: &str) -> Result<Option<StoredPost>> {
         let st = self.prepare_cached(&format!("SELECT {POST_COLUMNS} FROM posts WHERE id = ?1"))?;
         Ok(posts(st, [id])?.pop())
     }
 
-    async fn insert_post(
-        &self,
-        new: &NewPost,
-        attachments: &str,
-        now: i64,
-    ) -> Result<(), StoreError> {
+    async fn insert_post(&self, new: &NewPost, attachments: &str, now: i64) -> Result<()> {
         self.prepare_cached(
             "INSERT INTO posts (id, author, text, attachments, ts) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (id) DO NOTHING",
@@ -56,7 +51,7 @@ impl FeedTx for Tx<'_> {
         Ok(())
     }
 
-    async fn delete_post(&self, id: &str) -> Result<(), StoreError> {
+    async fn delete_post(&self, id: &str) -> Result<()> {
         for sql in [
             "DELETE FROM comments WHERE post = ?1",
             "DELETE FROM likes WHERE post = ?1",
@@ -67,7 +62,7 @@ impl FeedTx for Tx<'_> {
         Ok(())
     }
 
-    async fn comment(&self, id: &str) -> Result<Option<Comment>, StoreError> {
+    async fn comment(&self, id: &str) -> Result<Option<Comment>> {
         Ok(self
             .prepare_cached("SELECT post, author, text, ts FROM comments WHERE id = ?1")?
             .query_row([id], |r| {
@@ -82,7 +77,7 @@ impl FeedTx for Tx<'_> {
             .optional()?)
     }
 
-    async fn insert_comment(&self, new: &NewComment, now: i64) -> Result<bool, StoreError> {
+    async fn insert_comment(&self, new: &NewComment, now: i64) -> Result<bool> {
         Ok(changed(
             self.prepare_cached(
                 "INSERT INTO comments (id, post, author, text, ts) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -92,7 +87,7 @@ impl FeedTx for Tx<'_> {
         ))
     }
 
-    async fn add_comments(&self, post: &str, by: i64) -> Result<u64, StoreError> {
+    async fn add_comments(&self, post: &str, by: i64) -> Result<u64> {
         let n: i64 = self
             .prepare_cached(
                 "UPDATE posts SET comments = comments + ?2 WHERE id = ?1 RETURNING comments",
@@ -101,7 +96,7 @@ impl FeedTx for Tx<'_> {
         Ok(n as u64)
     }
 
-    async fn insert_like(&self, post: &str, user: &str, now: i64) -> Result<bool, StoreError> {
+    async fn insert_like(&self, post: &str, user: &str, now: i64) -> Result<bool> {
         Ok(changed(
             self.prepare_cached(
                 "INSERT INTO likes (post, user_id, ts) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
@@ -110,26 +105,21 @@ impl FeedTx for Tx<'_> {
         ))
     }
 
-    async fn delete_like(&self, post: &str, user: &str) -> Result<bool, StoreError> {
+    async fn delete_like(&self, post: &str, user: &str) -> Result<bool> {
         Ok(changed(
             self.prepare_cached("DELETE FROM likes WHERE post = ?1 AND user_id = ?2")?
                 .execute(params![post, user])?,
         ))
     }
 
-    async fn add_likes(&self, post: &str, by: i64) -> Result<u64, StoreError> {
+    async fn add_likes(&self, post: &str, by: i64) -> Result<u64> {
         let n: i64 = self
             .prepare_cached("UPDATE posts SET likes = likes + ?2 WHERE id = ?1 RETURNING likes")?
             .query_row(params![post, by], |r| r.get(0))?;
         Ok(n as u64)
     }
 
-    async fn insert_follow(
-        &self,
-        follower: &str,
-        followee: &str,
-        now: i64,
-    ) -> Result<bool, StoreError> {
+    async fn insert_follow(&self, follower: &str, followee: &str, now: i64) -> Result<bool> {
         Ok(changed(
             self.prepare_cached(
                 "INSERT INTO follows (follower, followee, ts) VALUES (?1, ?2, ?3)
@@ -139,34 +129,34 @@ impl FeedTx for Tx<'_> {
         ))
     }
 
-    async fn delete_follow(&self, follower: &str, followee: &str) -> Result<(), StoreError> {
+    async fn delete_follow(&self, follower: &str, followee: &str) -> Result<()> {
         self.prepare_cached("DELETE FROM follows WHERE follower = ?1 AND followee = ?2")?
             .execute(params![follower, followee])?;
         Ok(())
     }
 
-    async fn followers(&self, user: &str) -> Result<Vec<String>, StoreError> {
+    async fn followers(&self, user: &str) -> Result<Vec<String>> {
         Ok(self
             .prepare_cached("SELECT follower FROM follows WHERE followee = ?1")?
             .query_map([user], |r| r.get(0))?
             .collect::<Result<Vec<String>, _>>()?)
     }
 
-    async fn followee_count(&self, user: &str) -> Result<u64, StoreError> {
+    async fn followee_count(&self, user: &str) -> Result<u64> {
         let n: i64 = self
             .prepare_cached("SELECT COUNT(*) FROM follows WHERE follower = ?1")?
             .query_row([user], |r| r.get(0))?;
         Ok(n as u64)
     }
 
-    async fn post_watermark(&self) -> Result<u64, StoreError> {
+    async fn post_watermark(&self) -> Result<u64> {
         let w: i64 = self
             .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM posts")?
             .query_row([], |r| r.get(0))?;
         Ok(w as u64)
     }
 
-    async fn newest_posts(&self, user: &str, limit: usize) -> Result<Vec<StoredPost>, StoreError> {
+    async fn newest_posts(&self, user: &str, limit: usize) -> Result<Vec<StoredPost>> {
         let st = self.prepare_cached(&format!(
             "SELECT {POST_COLUMNS} FROM posts
              WHERE author IN (SELECT followee FROM follows WHERE follower = ?1 UNION ALL SELECT ?1)
@@ -180,7 +170,7 @@ impl FeedTx for Tx<'_> {
         user: &str,
         watermark: u64,
         limit: usize,
-    ) -> Result<Vec<StoredPost>, StoreError> {
+    ) -> Result<Vec<StoredPost>> {
         let st = self.prepare_cached(&format!(
             "SELECT {POST_COLUMNS} FROM posts
              WHERE seq > ?2 AND (author = ?1 OR EXISTS
@@ -190,7 +180,7 @@ impl FeedTx for Tx<'_> {
         posts(st, params![user, to_i64(watermark), limit as i64])
     }
 
-    async fn posts_by_id(&self, ids: &[String]) -> Result<Vec<StoredPost>, StoreError> {
+    async fn posts_by_id(&self, ids: &[String]) -> Result<Vec<StoredPost>> {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             out.extend(self.post(id).await?);
@@ -198,7 +188,7 @@ impl FeedTx for Tx<'_> {
         Ok(out)
     }
 
-    async fn comment_count(&self, post: &str) -> Result<Option<u64>, StoreError> {
+    async fn comment_count(&self, post: &str) -> Result<Option<u64>> {
         let n: Option<i64> = self
             .prepare_cached("SELECT comments FROM posts WHERE id = ?1")?
             .query_row([post], |r| r.get(0))
@@ -206,7 +196,7 @@ impl FeedTx for Tx<'_> {
         Ok(n.map(|n| n as u64))
     }
 
-    async fn touch_active(&self, user: &str, now: i64) -> Result<(), StoreError> {
+    async fn touch_active(&self, user: &str, now: i64) -> Result<()> {
         self.prepare_cached(
             "INSERT INTO activity (user_id, active_ms) VALUES (?1, ?2)
              ON CONFLICT (user_id) DO UPDATE SET active_ms = MAX(active_ms, excluded.active_ms)",
@@ -215,7 +205,7 @@ impl FeedTx for Tx<'_> {
         Ok(())
     }
 
-    async fn active_users(&self, since_ms: i64) -> Result<Vec<String>, StoreError> {
+    async fn active_users(&self, since_ms: i64) -> Result<Vec<String>> {
         Ok(self
             .prepare_cached("SELECT user_id FROM activity WHERE active_ms >= ?1")?
             .query_map([since_ms], |r| r.get(0))?

@@ -10,7 +10,7 @@
 mod postgres;
 mod sqlite;
 
-use crate::{Event, StoreError, json_err};
+use crate::{Event, Result, StoreError, json_err};
 use async_trait::async_trait;
 use hubbub_protocol::{Message, ServerFrame};
 
@@ -29,27 +29,22 @@ pub struct Replay {
 #[async_trait]
 pub trait InboxStore: Send + Sync {
     /// The user's latest seq.
-    async fn last_seq(&self, user: &str) -> Result<u64, StoreError>;
+    async fn last_seq(&self, user: &str) -> Result<u64>;
 
     /// Durable events with seq > `after_seq`, at most `limit`.
-    async fn events_after(
-        &self,
-        user: &str,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Replay, StoreError>;
+    async fn events_after(&self, user: &str, after_seq: u64, limit: usize) -> Result<Replay>;
 
     /// The highest seq any device of the user acknowledged.
-    async fn acked_seq(&self, user: &str) -> Result<u64, StoreError>;
+    async fn acked_seq(&self, user: &str) -> Result<u64>;
 
     /// Record that a device of the user processed everything up to `seq`.
-    async fn ack(&self, user: &str, seq: u64) -> Result<(), StoreError>;
+    async fn ack(&self, user: &str, seq: u64) -> Result<()>;
 
     /// Delete inbox events older than `before_ms`; returns how many.
-    async fn prune_events(&self, before_ms: i64) -> Result<u64, StoreError>;
+    async fn prune_events(&self, before_ms: i64) -> Result<u64>;
 
     /// Whether the store answers now (readiness, and the edge's gate on writes).
-    async fn ping(&self) -> Result<(), StoreError>;
+    async fn ping(&self) -> Result<()>;
 }
 
 /// One stored inbox row: a frame as JSON, or the message a `message.new` points at.
@@ -62,41 +57,26 @@ pub(crate) struct InboxRow {
 /// What the inbox rules need of a transaction; each backend implements it with its SQL.
 pub(crate) trait InboxTx {
     /// Take `user`'s next seq (the user's counter row stays locked until the commit).
-    async fn next_seq(&self, user: &str) -> Result<u64, StoreError>;
+    async fn next_seq(&self, user: &str) -> Result<u64>;
     /// Store a frame (as JSON) under `seq` in `user`'s inbox.
-    async fn insert_event(
-        &self,
-        user: &str,
-        seq: u64,
-        now: i64,
-        frame: &str,
-    ) -> Result<(), StoreError>;
+    async fn insert_event(&self, user: &str, seq: u64, now: i64, frame: &str) -> Result<()>;
     /// `message.new` rows for new messages: every member of each message's conversation,
     /// except those who block its sender, takes their next seq (one per message, in the order
     /// given) and gets a row under it pointing at the message. Returns (index in `messages`,
     /// recipient, seq), in any order.
-    async fn fan_out(
-        &self,
-        messages: &[&Message],
-        now: i64,
-    ) -> Result<Vec<(usize, String, u64)>, StoreError>;
+    async fn fan_out(&self, messages: &[&Message], now: i64) -> Result<Vec<(usize, String, u64)>>;
     /// The user's `last_seq` and `acked_seq` (`None` for an unknown user).
-    async fn counters(&self, user: &str) -> Result<Option<(u64, u64)>, StoreError>;
+    async fn counters(&self, user: &str) -> Result<Option<(u64, u64)>>;
     /// The oldest seq still in `user`'s inbox.
-    async fn first_seq(&self, user: &str) -> Result<Option<u64>, StoreError>;
+    async fn first_seq(&self, user: &str) -> Result<Option<u64>>;
     /// `user`'s rows with seq > `after`, in seq order, at most `limit`.
-    async fn inbox_rows(
-        &self,
-        user: &str,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<InboxRow>, StoreError>;
+    async fn inbox_rows(&self, user: &str, after: u64, limit: usize) -> Result<Vec<InboxRow>>;
     /// Move `acked_seq` up to `seq`, never past `last_seq`.
-    async fn raise_acked(&self, user: &str, seq: u64) -> Result<(), StoreError>;
+    async fn raise_acked(&self, user: &str, seq: u64) -> Result<()>;
     /// Delete rows older than `before_ms`; how many.
-    async fn prune(&self, before_ms: i64) -> Result<u64, StoreError>;
+    async fn prune(&self, before_ms: i64) -> Result<u64>;
     /// One trivial statement.
-    async fn ping(&self) -> Result<(), StoreError>;
+    async fn ping(&self) -> Result<()>;
 }
 
 /// Append one durable event to `user`'s inbox under their next seq.
@@ -105,7 +85,7 @@ pub(crate) async fn append_event(
     user: &str,
     now: i64,
     make: impl FnOnce(u64) -> ServerFrame,
-) -> Result<Event, StoreError> {
+) -> Result<Event> {
     let seq = tx.next_seq(user).await?;
     let frame = make(seq);
     let json = serde_json::to_string(&frame).map_err(json_err)?;
@@ -122,7 +102,7 @@ pub(crate) async fn message_events(
     tx: &impl InboxTx,
     messages: &[&Message],
     now: i64,
-) -> Result<Vec<Vec<Event>>, StoreError> {
+) -> Result<Vec<Vec<Event>>> {
     let mut seqs = tx.fan_out(messages, now).await?;
     seqs.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     let mut out: Vec<Vec<Event>> = messages.iter().map(|_| Vec::new()).collect();
@@ -146,7 +126,7 @@ pub(crate) async fn replay(
     user: &str,
     after: u64,
     limit: usize,
-) -> Result<Replay, StoreError> {
+) -> Result<Replay> {
     let last_seq = tx.counters(user).await?.map_or(0, |(last, _)| last);
     let first = tx.first_seq(user).await?;
     // Something after `after` existed but the oldest row left is past the next one wanted.
@@ -174,11 +154,11 @@ pub(crate) async fn replay(
     })
 }
 
-pub(crate) async fn last_seq(tx: &impl InboxTx, user: &str) -> Result<u64, StoreError> {
+pub(crate) async fn last_seq(tx: &impl InboxTx, user: &str) -> Result<u64> {
     Ok(tx.counters(user).await?.map_or(0, |(last, _)| last))
 }
 
-pub(crate) async fn acked_seq(tx: &impl InboxTx, user: &str) -> Result<u64, StoreError> {
+pub(crate) async fn acked_seq(tx: &impl InboxTx, user: &str) -> Result<u64> {
     Ok(tx.counters(user).await?.map_or(0, |(_, acked)| acked))
 }
 

@@ -4,13 +4,13 @@ use super::{InboxRow, InboxTx};
 use crate::chat::postgres::message_row;
 use crate::chat::{message_from_row, stored_message_id};
 use crate::postgres::Tx;
-use crate::{PgStore, StoreError, to_i64};
+use crate::{PgStore, Result, StoreError, to_i64};
 use hubbub_protocol::Message;
 
 super::impl_inbox_store!(PgStore);
 
 impl InboxTx for Tx<'_> {
-    async fn next_seq(&self, user: &str) -> Result<u64, StoreError> {
+    async fn next_seq(&self, user: &str) -> Result<u64> {
         let seq: i64 = self
             .one(
                 "UPDATE users SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
@@ -21,13 +21,7 @@ impl InboxTx for Tx<'_> {
         Ok(seq as u64)
     }
 
-    async fn insert_event(
-        &self,
-        user: &str,
-        seq: u64,
-        now: i64,
-        frame: &str,
-    ) -> Result<(), StoreError> {
+    async fn insert_event(&self, user: &str, seq: u64, now: i64, frame: &str) -> Result<()> {
         self.exec(
             "INSERT INTO inbox (user_id, seq, ts, frame) VALUES ($1, $2, $3, $4)",
             &[&user, &(seq as i64), &now, &frame],
@@ -36,11 +30,7 @@ impl InboxTx for Tx<'_> {
         Ok(())
     }
 
-    async fn fan_out(
-        &self,
-        messages: &[&Message],
-        now: i64,
-    ) -> Result<Vec<(usize, String, u64)>, StoreError> {
+    async fn fan_out(&self, messages: &[&Message], now: i64) -> Result<Vec<(usize, String, u64)>> {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
@@ -87,7 +77,7 @@ impl InboxTx for Tx<'_> {
             .collect()
     }
 
-    async fn counters(&self, user: &str) -> Result<Option<(u64, u64)>, StoreError> {
+    async fn counters(&self, user: &str) -> Result<Option<(u64, u64)>> {
         Ok(self
             .opt(
                 "SELECT last_seq, acked_seq FROM users WHERE id = $1",
@@ -97,7 +87,7 @@ impl InboxTx for Tx<'_> {
             .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64)))
     }
 
-    async fn first_seq(&self, user: &str) -> Result<Option<u64>, StoreError> {
+    async fn first_seq(&self, user: &str) -> Result<Option<u64>> {
         let first: Option<i64> = self
             .one("SELECT MIN(seq) FROM inbox WHERE user_id = $1", &[&user])
             .await?
@@ -105,12 +95,7 @@ impl InboxTx for Tx<'_> {
         Ok(first.map(|f| f as u64))
     }
 
-    async fn inbox_rows(
-        &self,
-        user: &str,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<InboxRow>, StoreError> {
+    async fn inbox_rows(&self, user: &str, after: u64, limit: usize) -> Result<Vec<InboxRow>> {
         self.rows(
             "SELECT i.seq, i.frame, m.id, m.conversation_id, m.sender, m.client_msg_id,
                     m.text, m.attachments, m.ts
@@ -134,7 +119,7 @@ impl InboxTx for Tx<'_> {
         .collect()
     }
 
-    async fn raise_acked(&self, user: &str, seq: u64) -> Result<(), StoreError> {
+    async fn raise_acked(&self, user: &str, seq: u64) -> Result<()> {
         self.exec(
             "UPDATE users SET acked_seq = LEAST(GREATEST(acked_seq, $2), last_seq) WHERE id = $1",
             &[&user, &to_i64(seq)],
@@ -143,12 +128,12 @@ impl InboxTx for Tx<'_> {
         Ok(())
     }
 
-    async fn prune(&self, before_ms: i64) -> Result<u64, StoreError> {
+    async fn prune(&self, before_ms: i64) -> Result<u64> {
         self.exec("DELETE FROM inbox WHERE ts < $1", &[&before_ms])
             .await
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<()> {
         self.one("SELECT 1", &[]).await?;
         Ok(())
     }

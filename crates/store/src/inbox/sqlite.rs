@@ -4,14 +4,14 @@ use super::{InboxRow, InboxTx};
 use crate::chat::sqlite::message_row;
 use crate::chat::{MessageRow, message_from_row, stored_message_id};
 use crate::sqlite::Tx;
-use crate::{SqliteStore, StoreError, to_i64};
+use crate::{Result, SqliteStore, to_i64};
 use hubbub_protocol::Message;
 use rusqlite::{OptionalExtension, params};
 
 super::impl_inbox_store!(SqliteStore);
 
 impl InboxTx for Tx<'_> {
-    async fn next_seq(&self, user: &str) -> Result<u64, StoreError> {
+    async fn next_seq(&self, user: &str) -> Result<u64> {
         let seq: i64 = self
             .prepare_cached(
                 "UPDATE users SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq",
@@ -20,23 +20,13 @@ impl InboxTx for Tx<'_> {
         Ok(seq as u64)
     }
 
-    async fn insert_event(
-        &self,
-        user: &str,
-        seq: u64,
-        now: i64,
-        frame: &str,
-    ) -> Result<(), StoreError> {
+    async fn insert_event(&self, user: &str, seq: u64, now: i64, frame: &str) -> Result<()> {
         self.prepare_cached("INSERT INTO inbox (user_id, seq, ts, frame) VALUES (?1, ?2, ?3, ?4)")?
             .execute(params![user, seq as i64, now, frame])?;
         Ok(())
     }
 
-    async fn fan_out(
-        &self,
-        messages: &[&Message],
-        now: i64,
-    ) -> Result<Vec<(usize, String, u64)>, StoreError> {
+    async fn fan_out(&self, messages: &[&Message], now: i64) -> Result<Vec<(usize, String, u64)>> {
         let mut out = Vec::new();
         // Per message, one statement takes the next seq of every recipient and one more
         // writes their rows (the writer thread serialises messages anyway).
@@ -65,7 +55,7 @@ impl InboxTx for Tx<'_> {
         Ok(out)
     }
 
-    async fn counters(&self, user: &str) -> Result<Option<(u64, u64)>, StoreError> {
+    async fn counters(&self, user: &str) -> Result<Option<(u64, u64)>> {
         Ok(self
             .prepare_cached("SELECT last_seq, acked_seq FROM users WHERE id = ?1")?
             .query_row([user], |r| {
@@ -74,19 +64,14 @@ impl InboxTx for Tx<'_> {
             .optional()?)
     }
 
-    async fn first_seq(&self, user: &str) -> Result<Option<u64>, StoreError> {
+    async fn first_seq(&self, user: &str) -> Result<Option<u64>> {
         let first: Option<i64> = self
             .prepare_cached("SELECT MIN(seq) FROM inbox WHERE user_id = ?1")?
             .query_row([user], |r| r.get(0))?;
         Ok(first.map(|f| f as u64))
     }
 
-    async fn inbox_rows(
-        &self,
-        user: &str,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<InboxRow>, StoreError> {
+    async fn inbox_rows(&self, user: &str, after: u64, limit: usize) -> Result<Vec<InboxRow>> {
         let rows: Vec<(i64, Option<String>, Option<MessageRow>)> = self
             .prepare_cached(
                 "SELECT i.seq, i.frame, m.id, m.conversation_id, m.sender, m.client_msg_id,
@@ -113,7 +98,7 @@ impl InboxTx for Tx<'_> {
             .collect()
     }
 
-    async fn raise_acked(&self, user: &str, seq: u64) -> Result<(), StoreError> {
+    async fn raise_acked(&self, user: &str, seq: u64) -> Result<()> {
         self.prepare_cached(
             "UPDATE users SET acked_seq = MIN(MAX(acked_seq, ?2), last_seq) WHERE id = ?1",
         )?
@@ -121,13 +106,13 @@ impl InboxTx for Tx<'_> {
         Ok(())
     }
 
-    async fn prune(&self, before_ms: i64) -> Result<u64, StoreError> {
+    async fn prune(&self, before_ms: i64) -> Result<u64> {
         Ok(self
             .prepare_cached("DELETE FROM inbox WHERE ts < ?1")?
             .execute([before_ms])? as u64)
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<()> {
         self.prepare_cached("SELECT 1")?.query_row([], |_| Ok(()))?;
         Ok(())
     }

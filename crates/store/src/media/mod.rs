@@ -14,7 +14,7 @@ mod postgres;
 pub mod s3;
 mod sqlite;
 
-use crate::{StoreError, new_id};
+use crate::{Result, StoreError, new_id};
 use async_trait::async_trait;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,16 +32,23 @@ pub struct MediaInfo {
     pub size: u64,
 }
 
+impl MediaInfo {
+    /// A new medium of `owner`, under a fresh random id.
+    fn fresh(owner: &str, content_type: &str, size: u64) -> Result<Self, StoreError> {
+        Ok(MediaInfo {
+            id: new_id("md")?,
+            owner: owner.to_owned(),
+            content_type: content_type.to_owned(),
+            size,
+        })
+    }
+}
+
 /// Where uploaded media is kept.
 #[async_trait]
 pub trait MediaStore: Send + Sync {
     /// Store bytes; durable when this returns.
-    async fn put(
-        &self,
-        owner: &str,
-        content_type: &str,
-        bytes: Vec<u8>,
-    ) -> Result<MediaInfo, StoreError>;
+    async fn put(&self, owner: &str, content_type: &str, bytes: Vec<u8>) -> Result<MediaInfo>;
     /// Store the bytes of a file the caller wrote (an upload spooled to disk, so it is never
     /// held whole in memory); the store takes the file (moves or deletes it). Durable when
     /// this returns.
@@ -51,26 +58,26 @@ pub trait MediaStore: Send + Sync {
         content_type: &str,
         file: PathBuf,
         size: u64,
-    ) -> Result<MediaInfo, StoreError>;
+    ) -> Result<MediaInfo>;
     /// The medium and its bytes.
-    async fn get(&self, id: &str) -> Result<Option<(MediaInfo, Vec<u8>)>, StoreError>;
+    async fn get(&self, id: &str) -> Result<Option<(MediaInfo, Vec<u8>)>>;
     /// Which of these ids do not exist.
-    async fn missing(&self, ids: &[String]) -> Result<Vec<String>, StoreError>;
+    async fn missing(&self, ids: &[String]) -> Result<Vec<String>>;
     /// Bytes of media `owner` stores, in all (the upload quota).
-    async fn usage(&self, owner: &str) -> Result<u64, StoreError>;
+    async fn usage(&self, owner: &str) -> Result<u64>;
 }
 
 /// Where media metadata rows live: the store's database.
 #[async_trait]
 pub trait MediaMeta: Send + Sync {
     /// Record a stored medium.
-    async fn insert_media(&self, info: &MediaInfo) -> Result<(), StoreError>;
+    async fn insert_media(&self, info: &MediaInfo) -> Result<()>;
     /// A medium's metadata.
-    async fn media(&self, id: &str) -> Result<Option<MediaInfo>, StoreError>;
+    async fn media(&self, id: &str) -> Result<Option<MediaInfo>>;
     /// Which of these ids do not exist.
-    async fn missing_media(&self, ids: &[String]) -> Result<Vec<String>, StoreError>;
+    async fn missing_media(&self, ids: &[String]) -> Result<Vec<String>>;
     /// Bytes of media `owner` stores, in all.
-    async fn media_usage(&self, owner: &str) -> Result<u64, StoreError>;
+    async fn media_usage(&self, owner: &str) -> Result<u64>;
 }
 
 /// Media in a local directory, metadata in the store.
@@ -90,7 +97,7 @@ impl std::fmt::Debug for LocalMedia {
 
 impl LocalMedia {
     /// Media under `dir` (created if missing), metadata in `store`.
-    pub fn new(dir: PathBuf, store: impl MediaMeta + 'static) -> Result<Self, StoreError> {
+    pub fn new(dir: PathBuf, store: impl MediaMeta + 'static) -> Result<Self> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| StoreError::Internal(format!("creating {}: {e}", dir.display())))?;
         Ok(LocalMedia {
@@ -103,18 +110,15 @@ impl LocalMedia {
 /// What the metadata rules need of a transaction; each backend implements it with its SQL.
 pub(crate) trait MediaTx {
     /// Record a medium (an id recorded already stays as it is).
-    async fn insert_media(&self, info: &MediaInfo, now: i64) -> Result<(), StoreError>;
-    async fn media(&self, id: &str) -> Result<Option<MediaInfo>, StoreError>;
+    async fn insert_media(&self, info: &MediaInfo, now: i64) -> Result<()>;
+    async fn media(&self, id: &str) -> Result<Option<MediaInfo>>;
     /// Those of `ids` that exist, in any order.
-    async fn media_found(&self, ids: &[String]) -> Result<Vec<String>, StoreError>;
-    async fn media_usage(&self, owner: &str) -> Result<u64, StoreError>;
+    async fn media_found(&self, ids: &[String]) -> Result<Vec<String>>;
+    async fn media_usage(&self, owner: &str) -> Result<u64>;
 }
 
 /// Which of `ids` do not exist, in the order asked.
-pub(crate) async fn missing_media(
-    tx: &impl MediaTx,
-    ids: &[String],
-) -> Result<Vec<String>, StoreError> {
+pub(crate) async fn missing_media(tx: &impl MediaTx, ids: &[String]) -> Result<Vec<String>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -181,14 +185,8 @@ impl MediaStore for LocalMedia {
         content_type: &str,
         bytes: Vec<u8>,
     ) -> Result<MediaInfo, StoreError> {
-        let id = new_id("md")?;
-        let info = MediaInfo {
-            id: id.clone(),
-            owner: owner.to_owned(),
-            content_type: content_type.to_owned(),
-            size: bytes.len() as u64,
-        };
-        let (dir, file_id) = (self.dir.clone(), id.clone());
+        let info = MediaInfo::fresh(owner, content_type, bytes.len() as u64)?;
+        let (dir, file_id) = (self.dir.clone(), info.id.clone());
         tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
             use std::io::Write;
             let tmp = dir.join(format!(".{file_id}.tmp"));
@@ -213,14 +211,8 @@ impl MediaStore for LocalMedia {
         file: PathBuf,
         size: u64,
     ) -> Result<MediaInfo, StoreError> {
-        let id = new_id("md")?;
-        let info = MediaInfo {
-            id: id.clone(),
-            owner: owner.to_owned(),
-            content_type: content_type.to_owned(),
-            size,
-        };
-        let (dir, file_id) = (self.dir.clone(), id.clone());
+        let info = MediaInfo::fresh(owner, content_type, size)?;
+        let (dir, file_id) = (self.dir.clone(), info.id.clone());
         tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
             let target = dir.join(&file_id);
             std::fs::File::open(&file)

@@ -2,12 +2,12 @@
 
 use super::{MediaInfo, MediaTx};
 use crate::postgres::Tx;
-use crate::{PgStore, StoreError};
+use crate::{PgStore, Result};
 
 super::impl_media_meta!(PgStore);
 
 impl MediaTx for Tx<'_> {
-    async fn insert_media(&self, info: &MediaInfo, now: i64) -> Result<(), StoreError> {
+    async fn insert_media(&self, info: &MediaInfo, now: i64) -> Result<()> {
         self.exec(
             "INSERT INTO media (id, owner, content_type, size, created_ms) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT DO NOTHING",
@@ -17,7 +17,7 @@ impl MediaTx for Tx<'_> {
         Ok(())
     }
 
-    async fn media(&self, id: &str) -> Result<Option<MediaInfo>, StoreError> {
+    async fn media(&self, id: &str) -> Result<Option<MediaInfo>> {
         Ok(self
             .opt(
                 "SELECT id, owner, content_type, size FROM media WHERE id = $1",
@@ -32,14 +32,14 @@ impl MediaTx for Tx<'_> {
             }))
     }
 
-    async fn media_found(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+    async fn media_found(&self, ids: &[String]) -> Result<Vec<String>> {
         let rows = self
             .rows("SELECT id FROM media WHERE id = ANY($1)", &[&ids])
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    async fn media_usage(&self, owner: &str) -> Result<u64, StoreError> {
+    async fn media_usage(&self, owner: &str) -> Result<u64> {
         let total: i64 = self
             .one(
                 "SELECT COALESCE(SUM(size), 0)::BIGINT FROM media WHERE owner = $1",

@@ -56,15 +56,9 @@ impl MediaStore for ObjectMedia {
         content_type: &str,
         bytes: Vec<u8>,
     ) -> Result<MediaInfo, StoreError> {
-        let id = new_id("md")?;
-        let info = MediaInfo {
-            id: id.clone(),
-            owner: owner.to_owned(),
-            content_type: content_type.to_owned(),
-            size: bytes.len() as u64,
-        };
+        let info = MediaInfo::fresh(owner, content_type, bytes.len() as u64)?;
         self.objects
-            .put(&Path::from(id.as_str()), bytes.into())
+            .put(&Path::from(info.id.as_str()), bytes.into())
             .await
             .map_err(object_err)?;
         self.store.insert_media(&info).await?;
@@ -79,17 +73,11 @@ impl MediaStore for ObjectMedia {
         size: u64,
     ) -> Result<MediaInfo, StoreError> {
         use tokio::io::AsyncReadExt;
-        let id = new_id("md")?;
-        let info = MediaInfo {
-            id: id.clone(),
-            owner: owner.to_owned(),
-            content_type: content_type.to_owned(),
-            size,
-        };
+        let info = MediaInfo::fresh(owner, content_type, size)?;
         // A multipart upload in parts of a few MiB: the file is never read whole.
         let upload = self
             .objects
-            .put_multipart(&Path::from(id.as_str()))
+            .put_multipart(&Path::from(info.id.as_str()))
             .await
             .map_err(object_err)?;
         let mut writer = object_store::WriteMultipart::new(upload);

@@ -2,13 +2,13 @@
 
 use super::{MediaInfo, MediaTx};
 use crate::sqlite::Tx;
-use crate::{SqliteStore, StoreError};
+use crate::{Result, SqliteStore};
 use rusqlite::{OptionalExtension, params};
 
 super::impl_media_meta!(SqliteStore);
 
 impl MediaTx for Tx<'_> {
-    async fn insert_media(&self, info: &MediaInfo, now: i64) -> Result<(), StoreError> {
+    async fn insert_media(&self, info: &MediaInfo, now: i64) -> Result<()> {
         self.prepare_cached(
             "INSERT INTO media (id, owner, content_type, size, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT DO NOTHING",
@@ -17,7 +17,7 @@ impl MediaTx for Tx<'_> {
         Ok(())
     }
 
-    async fn media(&self, id: &str) -> Result<Option<MediaInfo>, StoreError> {
+    async fn media(&self, id: &str) -> Result<Option<MediaInfo>> {
         Ok(self
             .prepare_cached("SELECT id, owner, content_type, size FROM media WHERE id = ?1")?
             .query_row([id], |r| {
@@ -31,7 +31,7 @@ impl MediaTx for Tx<'_> {
             .optional()?)
     }
 
-    async fn media_found(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+    async fn media_found(&self, ids: &[String]) -> Result<Vec<String>> {
         // One primary-key lookup per id: attachments are few.
         let mut st = self.prepare_cached("SELECT 1 FROM media WHERE id = ?1")?;
         let mut found = Vec::new();
@@ -43,7 +43,7 @@ impl MediaTx for Tx<'_> {
         Ok(found)
     }
 
-    async fn media_usage(&self, owner: &str) -> Result<u64, StoreError> {
+    async fn media_usage(&self, owner: &str) -> Result<u64> {
         let total: i64 = self
             .prepare_cached("SELECT COALESCE(SUM(size), 0) FROM media WHERE owner = ?1")?
             .query_row([owner], |r| r.get(0))?;
