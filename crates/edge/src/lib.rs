@@ -9,7 +9,8 @@
 //!   per IP), header and body read timeouts.
 //! - [`media_type`]: the strict parser of upload types and how media is served back.
 //! - `limit`: token buckets, and keyed buckets of bounded memory (login attempts).
-//! - `ws`: `/v1/ws`, one task per connection: parse, rate-limit, answer reads from the store,
+//! - `ws`: `/v1/ws`, one task per connection: parse, rate-limit, answer reads (through the
+//!   chat service's query side, `ChatReads`),
 //!   put writes on the `main` queue, and write replies and events to the socket in seq order.
 //! - [`Edge`]: ties them together, plus the dispatcher that takes batches handed to this edge
 //!   (replies, events) and routes them to connections.
@@ -23,7 +24,7 @@
 //! (outcome unknown; retrying with the same `client_msg_id` is safe), so every request with
 //! an id gets exactly one reply.
 //!
-//! The edge knows no service logic: it reads the store for `sync` and simple reads, and
+//! The edge knows no service logic: it asks the chat query side for reads and `sync`, and
 //! forwards everything else.
 
 pub mod auth;
@@ -99,6 +100,10 @@ pub struct EdgeDeps {
     pub registry: Arc<dyn Registry>,
     /// Uploaded media.
     pub media: Arc<dyn hubbub_store::MediaStore>,
+    /// The chat reads and the inbox (`conversation.list/get`, `message.history`,
+    /// `message.search`, `block.list`, `hello`, `sync`, gap fills): the chat service's query
+    /// side.
+    pub chat: Arc<dyn hubbub_registry::ChatReads>,
     /// Presence and typing (the ephemeral path).
     pub signals: Arc<dyn hubbub_registry::Signals>,
     /// Precomputed timelines (`timeline.get`, the push after `hello`).

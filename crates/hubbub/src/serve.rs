@@ -187,6 +187,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             queue: queue_dyn.clone(),
             registry,
             media: media.clone(),
+            chat: Arc::new(hubbub_services::chat::ChatQueries::new(store.clone())),
             signals: Arc::new(signals),
             timelines: Arc::new(TimelineReader::new(timeline.clone())),
             engagement: Arc::new(engagement.clone()),

@@ -230,7 +230,7 @@ impl Conn {
             .signals
             .session_opened(&self.user.id, &edge, &self.session)
             .await;
-        let last_seq = match self.inner.deps.store.last_seq(&self.user.id).await {
+        let last_seq = match self.inner.deps.chat.last_seq(&self.user.id).await {
             Ok(s) => s,
             Err(_) => return close(1011, "storage unavailable"),
         };
@@ -494,7 +494,7 @@ impl Conn {
                                 match self
                                     .inner
                                     .deps
-                                    .store
+                                    .chat
                                     .events_after(&self.user.id, after, missing)
                                     .await
                                 {

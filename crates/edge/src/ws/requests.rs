@@ -11,8 +11,6 @@ use hubbub_store::StoreError;
 use tokio::time::Instant;
 
 const REPLAY_PAGE: usize = 512;
-/// Most messages one `message.search` returns.
-const SEARCH_LIMIT: usize = 50;
 /// Most posts one session watches (PROTOCOL.md).
 pub(crate) const MAX_WATCHED_POSTS: usize = 50;
 /// The longest post id the engagement path accepts (ours are 17 bytes): longer ones are
@@ -235,54 +233,54 @@ impl Conn {
     }
 
     async fn on_request(&mut self, frame: ClientFrame) -> Flow {
-        let store = self.inner.deps.store.clone();
+        let chat = self.inner.deps.chat.clone();
         let user = self.user.id.clone();
         match frame.request {
             Request::Ack { seq } => self.on_ack_frame(frame.id, seq).await,
             Request::Auth { access_token } => self.on_auth(frame.id, &access_token).await,
             Request::Sync { after_seq } => self.sync(frame.id, after_seq).await,
+            // The chat reads: the chat service's query side, straight from the store.
             Request::ConversationList {} => {
-                let r = store
+                let r = chat
                     .conversations(&user)
                     .await
                     .map(|conversations| ReplyData::Conversations { conversations });
-                self.reply(frame.id, r).await
+                self.signal_reply(frame.id, r).await
             }
             Request::ConversationGet { conversation } => {
-                let r = store
+                let r = chat
                     .conversation(&user, &conversation)
                     .await
                     .map(|conversation| ReplyData::Conversation { conversation });
-                self.reply(frame.id, r).await
+                self.signal_reply(frame.id, r).await
             }
             Request::MessageHistory {
                 conversation,
                 before,
                 limit,
             } => {
-                let limit = limit.unwrap_or(50).clamp(1, 100) as usize;
-                let r = store
+                let r = chat
                     .history(&user, &conversation, before.as_deref(), limit)
                     .await
                     .map(|(messages, more)| ReplyData::History { messages, more });
-                self.reply(frame.id, r).await
+                self.signal_reply(frame.id, r).await
             }
             Request::BlockList {} => {
-                let r = store
+                let r = chat
                     .blocks(&user)
                     .await
                     .map(|users| ReplyData::Users { users });
-                self.reply(frame.id, r).await
+                self.signal_reply(frame.id, r).await
             }
             Request::MessageSearch {
                 query,
                 conversation,
             } => {
-                let r = store
-                    .search(&user, &query, conversation.as_deref(), SEARCH_LIMIT)
+                let r = chat
+                    .search(&user, &query, conversation.as_deref())
                     .await
                     .map(|messages| ReplyData::Search { messages });
-                self.reply(frame.id, r).await
+                self.signal_reply(frame.id, r).await
             }
             // The ephemeral path: presence and typing never touch a queue or a disk.
             Request::Typing {
@@ -488,16 +486,16 @@ impl Conn {
     }
 
     async fn sync(&mut self, id: Option<String>, after_seq: u64) -> Flow {
-        let store = self.inner.deps.store.clone();
+        let chat = self.inner.deps.chat.clone();
         let mut cursor = after_seq;
         let mut truncated = None;
         // Events this session already wrote (pushed live after `hello`, before this sync)
         // are not written again: each durable event reaches a session once.
         let written = self.seq.written();
         loop {
-            let replay = match store.events_after(&self.user.id, cursor, REPLAY_PAGE).await {
+            let replay = match chat.events_after(&self.user.id, cursor, REPLAY_PAGE).await {
                 Ok(r) => r,
-                Err(e) => return self.reply(id, Err(e)).await,
+                Err(e) => return self.signal_reply(id, Err(e)).await,
             };
             if truncated.is_none() {
                 if after_seq > replay.last_seq {
