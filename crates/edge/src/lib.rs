@@ -296,14 +296,14 @@ impl Inner {
         if open.len() > cap {
             open.sort_unstable_by_key(|(opened, _)| *opened);
             for (_, h) in &open[..open.len() - cap] {
-                metrics::counter!("hubbub_sessions_evicted_total").increment(1);
+                metrics::counter!(hubbub_protocol::metrics::SESSIONS_EVICTED).increment(1);
                 h.close.close(
                     CLOSE_DISCONNECTED,
                     "session limit: a newer session of this user opened",
                 );
             }
         }
-        metrics::gauge!("hubbub_connections").set(s.by_id.len() as f64);
+        metrics::gauge!(hubbub_protocol::metrics::CONNECTIONS).set(s.by_id.len() as f64);
     }
 
     /// Remove a session; returns the posts no session of this edge watches any more.
@@ -319,7 +319,7 @@ impl Inner {
             }
             unwatched = Self::unwatch_locked(&mut s, session, h.posts.iter());
         }
-        metrics::gauge!("hubbub_connections").set(s.by_id.len() as f64);
+        metrics::gauge!(hubbub_protocol::metrics::CONNECTIONS).set(s.by_id.len() as f64);
         unwatched
     }
 
@@ -408,7 +408,7 @@ impl Inner {
         if over || handle.tx.try_send(out).is_err() {
             handle.queued.fetch_sub(bytes, Ordering::Relaxed);
             if over || !handle.tx.is_closed() {
-                metrics::counter!("hubbub_slow_consumers_total").increment(1);
+                metrics::counter!(hubbub_protocol::metrics::SLOW_CONSUMERS).increment(1);
                 handle
                     .close
                     .close(CLOSE_SLOW, "too slow: reconnect and sync");

@@ -158,6 +158,6 @@ pub(crate) async fn stream(
 }
 
 fn event(json: &str) -> Event {
-    metrics::counter!("hubbub_frames_out_total", "type" => "engagement").increment(1);
+    metrics::counter!(hubbub_protocol::metrics::FRAMES_OUT, "type" => "engagement").increment(1);
     Event::default().event("engagement").data(json)
 }

@@ -197,7 +197,8 @@ impl Worker {
                 // accepted, retry later) and the envelope is dropped, so a write refused now
                 // never lands later behind the client's back.
                 tracing::warn!(message = %f.message, queue = self.name, "storage unavailable; write refused");
-                metrics::counter!("hubbub_writes_refused_total", "queue" => self.name).increment(1);
+                metrics::counter!(hubbub_protocol::metrics::WRITES_REFUSED, "queue" => self.name)
+                    .increment(1);
                 (
                     Err(Failure::new(
                         ErrorCode::Unavailable,

@@ -361,7 +361,7 @@ impl Notifier {
     /// Handle one job; false when it must be retried whole (storage unavailable).
     async fn handle(&self, job: NotifyJob) -> bool {
         if now_ms() - job.created_ms > ((self.config.delay_s + self.config.ttl_s) * 1000) as i64 {
-            metrics::counter!("hubbub_notify_expired_total")
+            metrics::counter!(hubbub_protocol::metrics::NOTIFY_EXPIRED)
                 .increment(job.notifications.len() as u64);
             return true;
         }
@@ -370,7 +370,7 @@ impl Notifier {
         for n in job.notifications {
             match self.store.acked_seq(&n.user).await {
                 Ok(acked) if acked >= n.seq => {
-                    metrics::counter!("hubbub_notify_suppressed_total").increment(1);
+                    metrics::counter!(hubbub_protocol::metrics::NOTIFY_SUPPRESSED).increment(1);
                     continue;
                 }
                 Ok(_) => {}
@@ -386,9 +386,9 @@ impl Notifier {
                     tokio::time::sleep(wait).await;
                 }
                 match provider.send(&n).await {
-                    Ok(()) => metrics::counter!("hubbub_notify_sent_total", "provider" => provider.name().to_owned()).increment(1),
+                    Ok(()) => metrics::counter!(hubbub_protocol::metrics::NOTIFY_SENT, "provider" => provider.name().to_owned()).increment(1),
                     Err(e) => {
-                        metrics::counter!("hubbub_notify_failed_total", "provider" => provider.name().to_owned()).increment(1);
+                        metrics::counter!(hubbub_protocol::metrics::NOTIFY_FAILED, "provider" => provider.name().to_owned()).increment(1);
                         tracing::debug!(provider = provider.name(), error = %e, "notify: send failed");
                         failed = Some(e);
                     }
@@ -416,7 +416,8 @@ impl Notifier {
             }
         }
         if !dead.is_empty() {
-            metrics::counter!("hubbub_notify_dead_lettered_total").increment(dead.len() as u64);
+            metrics::counter!(hubbub_protocol::metrics::NOTIFY_DEAD_LETTERED)
+                .increment(dead.len() as u64);
             let job = NotifyJob {
                 notifications: dead,
                 attempts,

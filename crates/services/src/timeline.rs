@@ -338,7 +338,7 @@ impl Timeline {
         self.cache
             .put(user, Stage::Chronological, timeline.clone())
             .await?;
-        metrics::counter!("hubbub_timeline_computed_total").increment(1);
+        metrics::counter!(hubbub_protocol::metrics::TIMELINE_COMPUTED).increment(1);
         Ok(timeline)
     }
 
@@ -372,7 +372,7 @@ impl Timeline {
         let cached = match self.cache.get(user, Stage::Ranked).await? {
             Some(t) => t,
             None => {
-                metrics::counter!("hubbub_timeline_misses_total").increment(1);
+                metrics::counter!(hubbub_protocol::metrics::TIMELINE_MISSES).increment(1);
                 let chronological = self.compute(user).await?;
                 self.personalize(user, Some(chronological)).await?
             }

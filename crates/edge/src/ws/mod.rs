@@ -383,7 +383,7 @@ impl Conn {
                 text.push('\n');
             }
             text.push_str(&f.json);
-            metrics::counter!("hubbub_frames_out_total", "type" => f.kind).increment(1);
+            metrics::counter!(hubbub_protocol::metrics::FRAMES_OUT, "type" => f.kind).increment(1);
         }
         for raw in shared {
             if !text.is_empty() {
@@ -392,7 +392,7 @@ impl Conn {
             text.push_str(raw);
         }
         if !shared.is_empty() {
-            metrics::counter!("hubbub_frames_out_total", "type" => "engagement")
+            metrics::counter!(hubbub_protocol::metrics::FRAMES_OUT, "type" => "engagement")
                 .increment(shared.len() as u64);
         }
         // A session told to close (a slow reader cut off) abandons the write at once, not
@@ -518,7 +518,8 @@ impl Conn {
                     }
                     if let Some(origin) = origin_ms {
                         let ms = (now_ms() - origin).max(0) as f64;
-                        metrics::histogram!("hubbub_delivery_latency_seconds").record(ms / 1000.0);
+                        metrics::histogram!(hubbub_protocol::metrics::DELIVERY_LATENCY)
+                            .record(ms / 1000.0);
                     }
                 }
             }

@@ -37,7 +37,7 @@ impl Conn {
             return close(1008, "too many acks");
         }
         if let Err(retry_after_ms) = self.acks.bucket.take() {
-            metrics::counter!("hubbub_rate_limited_total").increment(1);
+            metrics::counter!(hubbub_protocol::metrics::RATE_LIMITED).increment(1);
             // Without an id there is no one to tell: the ack is dropped (a later one covers
             // it).
             if id.is_none() {
@@ -51,7 +51,7 @@ impl Conn {
             };
             return self.written(&[e]).await;
         }
-        metrics::counter!("hubbub_frames_in_total", "type" => "ack").increment(1);
+        metrics::counter!(hubbub_protocol::metrics::FRAMES_IN, "type" => "ack").increment(1);
         self.acks.record(seq, Instant::now());
         self.reply(id, Ok(ReplyData::Empty {})).await
     }
@@ -83,7 +83,7 @@ impl Conn {
                 Ok(f) => f.id.clone(),
                 Err(e) => e.id.clone(),
             };
-            metrics::counter!("hubbub_rate_limited_total").increment(1);
+            metrics::counter!(hubbub_protocol::metrics::RATE_LIMITED).increment(1);
             let e = ServerFrame::Error {
                 id,
                 code: ErrorCode::RateLimited,
@@ -95,13 +95,14 @@ impl Conn {
         let frame = match parsed {
             Ok(f) => f,
             Err(e) => {
-                metrics::counter!("hubbub_frames_in_total", "type" => "invalid").increment(1);
+                metrics::counter!(hubbub_protocol::metrics::FRAMES_IN, "type" => "invalid")
+                    .increment(1);
                 return self
                     .written(&[ServerFrame::error(e.id, e.code, e.message)])
                     .await;
             }
         };
-        metrics::counter!("hubbub_frames_in_total", "type" => frame.request.type_name())
+        metrics::counter!(hubbub_protocol::metrics::FRAMES_IN, "type" => frame.request.type_name())
             .increment(1);
         self.on_request(frame).await
     }

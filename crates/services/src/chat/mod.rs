@@ -88,7 +88,7 @@ impl ChatService {
             delivery: self.delivery.clone(),
             notify: self.notify.clone(),
             name: CHAT_QUEUE,
-            metric: "hubbub_chat_handled_total",
+            metric: hubbub_protocol::metrics::CHAT_HANDLED,
         };
         worker.run(&self, cancel).await
     }

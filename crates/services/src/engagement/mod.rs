@@ -508,7 +508,7 @@ impl Engagement for EngagementService {
                 reply: Some(tx),
             };
             if let Err(mpsc::error::TrySendError::Full(_)) = self.partition(post).try_send(cmd) {
-                metrics::counter!("hubbub_engagement_dropped_total").increment(1);
+                metrics::counter!(hubbub_protocol::metrics::ENGAGEMENT_DROPPED).increment(1);
                 return Ok(());
             }
             match rx.await {
@@ -558,7 +558,7 @@ async fn run_partition(
                 for (edge, frames) in batches {
                     let n = frames.len() as u64;
                     match link.deliver(&edge, vec![ToEdge::Engagement { frames }]).await {
-                        Ok(()) => metrics::counter!("hubbub_engagement_published_total").increment(n),
+                        Ok(()) => metrics::counter!(hubbub_protocol::metrics::ENGAGEMENT_PUBLISHED).increment(n),
                         Err(e) => {
                             tracing::debug!(%edge, error = %e, "engagement edge gone; its subscriptions dropped");
                             agg.drop_edge(&edge);
