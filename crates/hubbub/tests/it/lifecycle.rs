@@ -65,7 +65,7 @@ async fn health_readiness_and_documented_metrics() {
         .filter(|l| !l.starts_with('#') && !l.is_empty())
     {
         let series = line
-            .split(|c| c == '{' || c == ' ')
+            .split(['{', ' '])
             .next()
             .unwrap_or_default();
         if !series.starts_with("hubbub_") {
