@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::wiring;
 use anyhow::Context;
 use hubbub_edge::{Edge, EdgeDeps, PrometheusHandle};
+use hubbub_queue::clock::now_ms;
 use hubbub_queue::{EmbeddedConfig, EmbeddedQueue, Queue, QueueConfig};
 use hubbub_registry::{Delivery, LocalEdges, LocalRegistry};
 use hubbub_router::{MAIN_QUEUE, Router};
@@ -381,11 +382,4 @@ pub(crate) async fn scheduler(
             }
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

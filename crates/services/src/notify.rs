@@ -15,6 +15,7 @@
 use async_trait::async_trait;
 use hmac::{Hmac, Mac};
 use hubbub_protocol::ServerFrame;
+use hubbub_queue::clock::now_ms;
 use hubbub_queue::{Outgoing, Queue, ReceiveOptions, SendOptions, dlq_name};
 use hubbub_store::Store;
 use serde::{Deserialize, Serialize};
@@ -230,13 +231,6 @@ impl PushProvider for Webhook {
             Err(PushError::Permanent(format!("HTTP {status}")))
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Enqueue the notify job for a write's events (all but the actor's own), deduplicated by

@@ -19,6 +19,7 @@ use crate::sqlite::{new_id, valid_handle};
 use crate::*;
 use deadpool_postgres::{GenericClient, Pool, Runtime};
 use hubbub_protocol::{Comment, ConversationKind, Message, NotificationKind, Post, ServerFrame};
+use hubbub_queue::clock::now_ms;
 use std::collections::HashMap;
 use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
@@ -80,13 +81,6 @@ fn commit_err(e: tokio_postgres::Error) -> StoreError {
 
 fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Unavailable(format!("postgres: {e}"))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];

@@ -37,6 +37,7 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use hubbub_protocol::{ErrorCode, ServerFrame, UserRef};
+use hubbub_queue::clock::now_ms;
 use limits::{Acks, Window};
 use seq::{Pushed, SeqState};
 use std::collections::{HashMap, HashSet};
@@ -534,11 +535,4 @@ async fn sleep_until_some(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -64,10 +64,7 @@ async fn health_readiness_and_documented_metrics() {
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
     {
-        let series = line
-            .split(['{', ' '])
-            .next()
-            .unwrap_or_default();
+        let series = line.split(['{', ' ']).next().unwrap_or_default();
         if !series.starts_with("hubbub_") {
             continue;
         }

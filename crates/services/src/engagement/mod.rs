@@ -29,6 +29,7 @@ pub mod remote;
 use async_trait::async_trait;
 use hubbub_protocol::internal::ToEdge;
 use hubbub_protocol::{ErrorCode, ServerFrame, TopWriter, UserRef};
+use hubbub_queue::clock::now_ms;
 use hubbub_registry::{EdgeLink, Engagement, SignalError};
 use hubbub_store::FeedStore;
 use std::collections::HashMap;
@@ -599,13 +600,6 @@ fn apply(agg: &mut Aggregator, cmd: Cmd) {
         }
         Cmd::Changed { post, comments } => agg.post_changed(&post, comments, now),
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
