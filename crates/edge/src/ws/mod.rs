@@ -412,11 +412,14 @@ impl Conn {
         let msg = match msg {
             None => return Flow::Gone,
             Some(Err(e)) => {
-                let text = e.to_string();
-                return if text.contains("too long")
-                    || text.contains("Space limit")
-                    || text.contains("capacity")
-                {
+                // A frame over the hard cap is the WebSocket layer's capacity error (close
+                // 1009); anything else means the connection is gone.
+                use tokio_tungstenite::tungstenite::Error as WsError;
+                let over_capacity = e
+                    .into_inner()
+                    .downcast_ref::<WsError>()
+                    .is_some_and(|e| matches!(e, WsError::Capacity(_)));
+                return if over_capacity {
                     close(1009, "frame too large")
                 } else {
                     Flow::Gone
