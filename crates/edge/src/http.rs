@@ -136,13 +136,8 @@ impl IntoResponse for AuthError {
             AuthError::Unauthorized(m) => error(ErrorCode::Unauthorized, m),
             AuthError::BadRequest(m) => error(ErrorCode::BadRequest, m),
             AuthError::Store(e) => {
-                let code = e.code();
-                if code == ErrorCode::Internal {
-                    tracing::error!(error = %e, "auth: store failure");
-                    error(code, "internal error")
-                } else {
-                    error(code, e.to_string())
-                }
+                let (code, message) = e.for_client();
+                error(code, message)
             }
             AuthError::Keys { .. } | AuthError::Config(_) => {
                 tracing::error!(error = %self, "auth: key failure");

@@ -57,15 +57,8 @@ impl From<Failure> for hubbub_registry::SignalError {
 
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
-        let code = e.code();
-        // Internal details stay in the log, not on the wire.
-        let message = match code {
-            ErrorCode::Internal => {
-                tracing::error!(error = %e, "store failure");
-                "internal error; the outcome is unknown, retrying with the same client_msg_id is safe".to_owned()
-            }
-            _ => e.to_string(),
-        };
+        // Internal details stay in the log, not on the wire (`StoreError::for_client`).
+        let (code, message) = e.for_client();
         Failure { code, message }
     }
 }

@@ -206,13 +206,7 @@ impl Conn {
             (Some(id), Ok(data)) => ServerFrame::Ok { id, data },
             (None, Ok(_)) => return Flow::Continue,
             (id, Err(e)) => {
-                let code = e.code();
-                let message = if code == ErrorCode::Internal {
-                    tracing::error!(error = %e, "edge read failed");
-                    "internal error".to_owned()
-                } else {
-                    e.to_string()
-                };
+                let (code, message) = e.for_client();
                 ServerFrame::error(id, code, message)
             }
         };
