@@ -134,12 +134,9 @@ fn sha256_hex(s: &str) -> String {
     hex::encode(sha2::Sha256::digest(s.as_bytes()))
 }
 
-/// Now, milliseconds since the epoch.
+/// Now, milliseconds since the epoch (the one clock, as an unsigned number).
 fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    u64::try_from(hubbub_queue::clock::now_ms()).unwrap_or(0)
 }
 
 /// Load the key file, creating it with one fresh key if missing.

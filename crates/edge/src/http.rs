@@ -62,7 +62,7 @@ pub(crate) fn admin_routes(inner: Arc<Inner>) -> axum::Router {
 
 /// A `429 rate_limited` answer with `Retry-After` (seconds) and `retry_after_ms`.
 fn rate_limited(retry_after_ms: u64, message: &str) -> Response {
-    metrics::counter!("hubbub_rate_limited_total").increment(1);
+    metrics::counter!(hubbub_protocol::metrics::RATE_LIMITED).increment(1);
     let secs = retry_after_ms.div_ceil(1000).max(1);
     let mut body = HttpError::new(ErrorCode::RateLimited, message);
     body.error.retry_after_ms = Some(retry_after_ms);
@@ -136,13 +136,8 @@ impl IntoResponse for AuthError {
             AuthError::Unauthorized(m) => error(ErrorCode::Unauthorized, m),
             AuthError::BadRequest(m) => error(ErrorCode::BadRequest, m),
             AuthError::Store(e) => {
-                let code = e.code();
-                if code == ErrorCode::Internal {
-                    tracing::error!(error = %e, "auth: store failure");
-                    error(code, "internal error")
-                } else {
-                    error(code, e.to_string())
-                }
+                let (code, message) = e.for_client();
+                error(code, message)
             }
             AuthError::Keys { .. } | AuthError::Config(_) => {
                 tracing::error!(error = %self, "auth: key failure");

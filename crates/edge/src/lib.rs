@@ -9,7 +9,8 @@
 //!   per IP), header and body read timeouts.
 //! - [`media_type`]: the strict parser of upload types and how media is served back.
 //! - `limit`: token buckets, and keyed buckets of bounded memory (login attempts).
-//! - `ws`: `/v1/ws`, one task per connection: parse, rate-limit, answer reads from the store,
+//! - `ws`: `/v1/ws`, one task per connection: parse, rate-limit, answer reads (through the
+//!   chat service's query side, `ChatReads`),
 //!   put writes on the `main` queue, and write replies and events to the socket in seq order.
 //! - [`Edge`]: ties them together, plus the dispatcher that takes batches handed to this edge
 //!   (replies, events) and routes them to connections.
@@ -23,7 +24,7 @@
 //! (outcome unknown; retrying with the same `client_msg_id` is safe), so every request with
 //! an id gets exactly one reply.
 //!
-//! The edge knows no service logic: it reads the store for `sync` and simple reads, and
+//! The edge knows no service logic: it asks the chat query side for reads and `sync`, and
 //! forwards everything else.
 
 pub mod auth;
@@ -99,6 +100,10 @@ pub struct EdgeDeps {
     pub registry: Arc<dyn Registry>,
     /// Uploaded media.
     pub media: Arc<dyn hubbub_store::MediaStore>,
+    /// The chat reads and the inbox (`conversation.list/get`, `message.history`,
+    /// `message.search`, `block.list`, `hello`, `sync`, gap fills): the chat service's query
+    /// side.
+    pub chat: Arc<dyn hubbub_registry::ChatReads>,
     /// Presence and typing (the ephemeral path).
     pub signals: Arc<dyn hubbub_registry::Signals>,
     /// Precomputed timelines (`timeline.get`, the push after `hello`).
@@ -291,14 +296,14 @@ impl Inner {
         if open.len() > cap {
             open.sort_unstable_by_key(|(opened, _)| *opened);
             for (_, h) in &open[..open.len() - cap] {
-                metrics::counter!("hubbub_sessions_evicted_total").increment(1);
+                metrics::counter!(hubbub_protocol::metrics::SESSIONS_EVICTED).increment(1);
                 h.close.close(
                     CLOSE_DISCONNECTED,
                     "session limit: a newer session of this user opened",
                 );
             }
         }
-        metrics::gauge!("hubbub_connections").set(s.by_id.len() as f64);
+        metrics::gauge!(hubbub_protocol::metrics::CONNECTIONS).set(s.by_id.len() as f64);
     }
 
     /// Remove a session; returns the posts no session of this edge watches any more.
@@ -314,7 +319,7 @@ impl Inner {
             }
             unwatched = Self::unwatch_locked(&mut s, session, h.posts.iter());
         }
-        metrics::gauge!("hubbub_connections").set(s.by_id.len() as f64);
+        metrics::gauge!(hubbub_protocol::metrics::CONNECTIONS).set(s.by_id.len() as f64);
         unwatched
     }
 
@@ -403,7 +408,7 @@ impl Inner {
         if over || handle.tx.try_send(out).is_err() {
             handle.queued.fetch_sub(bytes, Ordering::Relaxed);
             if over || !handle.tx.is_closed() {
-                metrics::counter!("hubbub_slow_consumers_total").increment(1);
+                metrics::counter!(hubbub_protocol::metrics::SLOW_CONSUMERS).increment(1);
                 handle
                     .close
                     .close(CLOSE_SLOW, "too slow: reconnect and sync");

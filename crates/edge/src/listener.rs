@@ -92,7 +92,7 @@ impl Drop for Slot {
                 c.per_ip.remove(&self.ip);
             }
         }
-        metrics::gauge!("hubbub_http_connections").set(c.total as f64);
+        metrics::gauge!(hubbub_protocol::metrics::HTTP_CONNECTIONS).set(c.total as f64);
     }
 }
 
@@ -206,12 +206,12 @@ pub async fn serve(
             } else {
                 c.total += 1;
                 *c.per_ip.entry(ip).or_default() += 1;
-                metrics::gauge!("hubbub_http_connections").set(c.total as f64);
+                metrics::gauge!(hubbub_protocol::metrics::HTTP_CONNECTIONS).set(c.total as f64);
                 None
             }
         };
         if let Some(refusal) = refusal {
-            metrics::counter!("hubbub_connections_refused_total",
+            metrics::counter!(hubbub_protocol::metrics::CONNECTIONS_REFUSED,
                 "reason" => if refusal == Refusal::Full { "server" } else { "ip" })
             .increment(1);
             if let Ok(permit) = refusing.clone().try_acquire_owned() {

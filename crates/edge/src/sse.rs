@@ -51,7 +51,7 @@ impl Drop for Guard {
 pub struct StreamsError(pub ErrorCode, pub String);
 
 /// Parse the `streams` parameter (`post:ID,post:ID2`) into distinct post ids, sorted: at
-/// least one, at most [`MAX_WATCHED_POSTS`], each id 1–64 bytes.
+/// least one, at most 50 (the posts a session may watch), each id 1–64 bytes.
 pub fn parse_streams(streams: &str) -> Result<Vec<String>, StreamsError> {
     let mut posts = Vec::new();
     for stream in streams.split(',').filter(|s| !s.is_empty()) {
@@ -158,6 +158,6 @@ pub(crate) async fn stream(
 }
 
 fn event(json: &str) -> Event {
-    metrics::counter!("hubbub_frames_out_total", "type" => "engagement").increment(1);
+    metrics::counter!(hubbub_protocol::metrics::FRAMES_OUT, "type" => "engagement").increment(1);
     Event::default().event("engagement").data(json)
 }

@@ -282,6 +282,7 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
                     queue: queue.clone(),
                     registry: Arc::new(b.registry.clone()),
                     media: media.clone(),
+                    chat: Arc::new(hubbub_services::chat::ChatQueries::new(store.clone())),
                     signals: Arc::new(signals),
                     timelines: Arc::new(TimelineReader::new(b.timeline.clone())),
                     engagement: Arc::new(engagement),

@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::wiring;
 use anyhow::Context;
 use hubbub_edge::{Edge, EdgeDeps, PrometheusHandle};
+use hubbub_queue::clock::now_ms;
 use hubbub_queue::{EmbeddedConfig, EmbeddedQueue, Queue, QueueConfig};
 use hubbub_registry::{Delivery, LocalEdges, LocalRegistry};
 use hubbub_router::{MAIN_QUEUE, Router};
@@ -29,24 +30,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The metric names this server exports (docs/protocol.md lists them; a test checks them).
-pub const METRICS: &[&str] = &[
-    "hubbub_connections",
-    "hubbub_frames_in_total",
-    "hubbub_frames_out_total",
-    "hubbub_delivery_latency_seconds",
-    "hubbub_queue_visible",
-    "hubbub_queue_in_flight",
-    "hubbub_queue_dlq_depth",
-    "hubbub_queue_oldest_age_seconds",
-    "hubbub_chat_handled_total",
-    "hubbub_feed_handled_total",
-    "hubbub_timeline_computed_total",
-    "hubbub_timeline_misses_total",
-    "hubbub_engagement_published_total",
-    "hubbub_engagement_dropped_total",
-];
-
 /// The process-wide Prometheus recorder (installed once; servers in one process share it).
 pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -64,13 +47,27 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
     ];
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full("hubbub_delivery_latency_seconds".into()),
+            metrics_exporter_prometheus::Matcher::Full(
+                hubbub_protocol::metrics::DELIVERY_LATENCY.into(),
+            ),
             &buckets,
         )?
         .build_recorder();
     let handle = recorder.handle();
     // Only the first server of the process installs it; later ones reuse the handle.
     if metrics::set_global_recorder(recorder).is_ok() {
+        // Every unlabelled counter and gauge of the registry shows from the start (at 0), so
+        // dashboards and alerts see it before the first event.
+        for m in hubbub_protocol::metrics::ALL
+            .iter()
+            .filter(|m| m.labels.is_empty())
+        {
+            match m.kind {
+                hubbub_protocol::metrics::Kind::Counter => metrics::counter!(m.name).absolute(0),
+                hubbub_protocol::metrics::Kind::Gauge => metrics::gauge!(m.name).set(0.0),
+                hubbub_protocol::metrics::Kind::Histogram => {}
+            }
+        }
         let _ = HANDLE.set(handle);
     }
     HANDLE.get().cloned().context("metrics recorder")
@@ -187,6 +184,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             queue: queue_dyn.clone(),
             registry,
             media: media.clone(),
+            chat: Arc::new(hubbub_services::chat::ChatQueries::new(store.clone())),
             signals: Arc::new(signals),
             timelines: Arc::new(TimelineReader::new(timeline.clone())),
             engagement: Arc::new(engagement.clone()),
@@ -332,10 +330,10 @@ pub(crate) async fn scheduler(
             _ = gauges.tick() => {
                 for q in [MAIN_QUEUE, CHAT_QUEUE, FEED_QUEUE, PRECOMPUTE_QUEUE, PERSONALIZE_QUEUE, NOTIFY_QUEUE] {
                     if let Ok(s) = queue.stats(q).await {
-                        metrics::gauge!("hubbub_queue_visible", "queue" => q).set(s.visible as f64);
-                        metrics::gauge!("hubbub_queue_in_flight", "queue" => q).set(s.in_flight as f64);
-                        metrics::gauge!("hubbub_queue_dlq_depth", "queue" => q).set(s.dlq_depth as f64);
-                        metrics::gauge!("hubbub_queue_oldest_age_seconds", "queue" => q).set(s.oldest_age_ms as f64 / 1000.0);
+                        metrics::gauge!(hubbub_protocol::metrics::QUEUE_VISIBLE, "queue" => q).set(s.visible as f64);
+                        metrics::gauge!(hubbub_protocol::metrics::QUEUE_IN_FLIGHT, "queue" => q).set(s.in_flight as f64);
+                        metrics::gauge!(hubbub_protocol::metrics::QUEUE_DLQ_DEPTH, "queue" => q).set(s.dlq_depth as f64);
+                        metrics::gauge!(hubbub_protocol::metrics::QUEUE_OLDEST_AGE, "queue" => q).set(s.oldest_age_ms as f64 / 1000.0);
                     }
                 }
             }
@@ -344,7 +342,7 @@ pub(crate) async fn scheduler(
                 match store.expire_ephemeral(cutoff).await {
                     Ok(w) if !w.value.is_empty() => {
                         tracing::info!(expired = w.value.len(), "ephemeral conversations expired");
-                        metrics::counter!("hubbub_ephemeral_expired_total").increment(w.value.len() as u64);
+                        metrics::counter!(hubbub_protocol::metrics::EPHEMERAL_EXPIRED).increment(w.value.len() as u64);
                         let frames = w.events.into_iter().map(|e| (e.user, e.frame)).collect();
                         delivery.push(frames, Vec::new(), None).await;
                     }
@@ -384,11 +382,4 @@ pub(crate) async fn scheduler(
             }
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -24,6 +24,7 @@ pub mod error;
 pub mod http;
 pub mod internal;
 pub mod limits;
+pub mod metrics;
 pub mod model;
 pub mod schema;
 pub mod server;

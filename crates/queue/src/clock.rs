@@ -24,6 +24,12 @@ impl Clock for SystemClock {
     }
 }
 
+/// Now on the system's wall clock, milliseconds since the Unix epoch: the one definition
+/// every crate uses for timestamps (`ts`, expiries), so they all read the same clock.
+pub fn now_ms() -> i64 {
+    SystemClock.now_ms()
+}
+
 /// A clock that moves only when told to.
 #[derive(Debug, Clone)]
 pub struct ManualClock(Arc<AtomicI64>);

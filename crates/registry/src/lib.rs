@@ -140,6 +140,63 @@ pub trait Timelines: Send + Sync {
     async fn welcome(&self, user: &str) -> Result<(Vec<Post>, i64), SignalError>;
 }
 
+/// A page of a user's durable events, for `sync` and for filling a gap in live pushes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventPage {
+    /// Events with seq above the one asked for, in order.
+    pub frames: Vec<ServerFrame>,
+    /// The user's latest seq.
+    pub last_seq: u64,
+    /// Events the client needed are gone (older than the retention window).
+    pub truncated: bool,
+}
+
+/// The chat domain's reads as the edge sees them: `conversation.list/get`,
+/// `message.history`, `message.search`, `block.list`, and the inbox (`hello`'s `last_seq`,
+/// `sync`, gap fills). Answered by the chat service's query side straight from the store,
+/// never through a queue; the rules of reads (limits, membership) live there, beside the
+/// writes. Errors carry the protocol code and a message fit for the client.
+#[async_trait]
+pub trait ChatReads: Send + Sync {
+    /// `conversation.list`.
+    async fn conversations(
+        &self,
+        user: &str,
+    ) -> Result<Vec<hubbub_protocol::ConversationSummary>, SignalError>;
+    /// `conversation.get`.
+    async fn conversation(
+        &self,
+        user: &str,
+        conversation: &str,
+    ) -> Result<hubbub_protocol::Conversation, SignalError>;
+    /// `message.history`: newest first, and whether older messages remain.
+    async fn history(
+        &self,
+        user: &str,
+        conversation: &str,
+        before: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<(Vec<hubbub_protocol::Message>, bool), SignalError>;
+    /// `message.search`: best first.
+    async fn search(
+        &self,
+        user: &str,
+        query: &str,
+        conversation: Option<&str>,
+    ) -> Result<Vec<hubbub_protocol::Message>, SignalError>;
+    /// `block.list`.
+    async fn blocks(&self, user: &str) -> Result<Vec<String>, SignalError>;
+    /// The user's latest seq (`hello`).
+    async fn last_seq(&self, user: &str) -> Result<u64, SignalError>;
+    /// Up to `limit` durable events with seq above `after_seq`.
+    async fn events_after(
+        &self,
+        user: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<EventPage, SignalError>;
+}
+
 /// Engagement ("who is writing a comment") as the edge sees it: the ephemeral path, never a
 /// disk on the way of a `comment.typing`. Implemented by the engagement service.
 ///

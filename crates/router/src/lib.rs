@@ -131,7 +131,7 @@ impl Router {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::error!(id = %d.id, error = %e, "router: undecodable envelope dropped");
-                    metrics::counter!("hubbub_router_dropped_total").increment(1);
+                    metrics::counter!(hubbub_protocol::metrics::ROUTER_DROPPED).increment(1);
                     continue;
                 }
             };
@@ -157,7 +157,7 @@ impl Router {
                 .into_iter()
                 .map(|e| {
                     let ty = e.request.type_name();
-                    metrics::counter!("hubbub_router_unroutable_total").increment(1);
+                    metrics::counter!(hubbub_protocol::metrics::ROUTER_UNROUTABLE).increment(1);
                     let message = format!("`{ty}` is not available on this server");
                     (
                         e.edge,

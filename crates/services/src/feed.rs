@@ -92,7 +92,7 @@ impl FeedService {
             delivery: self.delivery.clone(),
             notify: self.notify.clone(),
             name: FEED_QUEUE,
-            metric: "hubbub_feed_handled_total",
+            metric: hubbub_protocol::metrics::FEED_HANDLED,
         };
         worker.run(&self, cancel).await
     }

@@ -57,15 +57,8 @@ impl From<Failure> for hubbub_registry::SignalError {
 
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
-        let code = e.code();
-        // Internal details stay in the log, not on the wire.
-        let message = match code {
-            ErrorCode::Internal => {
-                tracing::error!(error = %e, "store failure");
-                "internal error; the outcome is unknown, retrying with the same client_msg_id is safe".to_owned()
-            }
-            _ => e.to_string(),
-        };
+        // Internal details stay in the log, not on the wire (`StoreError::for_client`).
+        let (code, message) = e.for_client();
         Failure { code, message }
     }
 }
@@ -197,7 +190,8 @@ impl Worker {
                 // accepted, retry later) and the envelope is dropped, so a write refused now
                 // never lands later behind the client's back.
                 tracing::warn!(message = %f.message, queue = self.name, "storage unavailable; write refused");
-                metrics::counter!("hubbub_writes_refused_total", "queue" => self.name).increment(1);
+                metrics::counter!(hubbub_protocol::metrics::WRITES_REFUSED, "queue" => self.name)
+                    .increment(1);
                 (
                     Err(Failure::new(
                         ErrorCode::Unavailable,

@@ -15,6 +15,7 @@
 use async_trait::async_trait;
 use hmac::{Hmac, Mac};
 use hubbub_protocol::ServerFrame;
+use hubbub_queue::clock::now_ms;
 use hubbub_queue::{Outgoing, Queue, ReceiveOptions, SendOptions, dlq_name};
 use hubbub_store::Store;
 use serde::{Deserialize, Serialize};
@@ -232,13 +233,6 @@ impl PushProvider for Webhook {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Enqueue the notify job for a write's events (all but the actor's own), deduplicated by
 /// the request that caused them.
 pub async fn enqueue(
@@ -361,7 +355,7 @@ impl Notifier {
     /// Handle one job; false when it must be retried whole (storage unavailable).
     async fn handle(&self, job: NotifyJob) -> bool {
         if now_ms() - job.created_ms > ((self.config.delay_s + self.config.ttl_s) * 1000) as i64 {
-            metrics::counter!("hubbub_notify_expired_total")
+            metrics::counter!(hubbub_protocol::metrics::NOTIFY_EXPIRED)
                 .increment(job.notifications.len() as u64);
             return true;
         }
@@ -370,7 +364,7 @@ impl Notifier {
         for n in job.notifications {
             match self.store.acked_seq(&n.user).await {
                 Ok(acked) if acked >= n.seq => {
-                    metrics::counter!("hubbub_notify_suppressed_total").increment(1);
+                    metrics::counter!(hubbub_protocol::metrics::NOTIFY_SUPPRESSED).increment(1);
                     continue;
                 }
                 Ok(_) => {}
@@ -386,9 +380,9 @@ impl Notifier {
                     tokio::time::sleep(wait).await;
                 }
                 match provider.send(&n).await {
-                    Ok(()) => metrics::counter!("hubbub_notify_sent_total", "provider" => provider.name().to_owned()).increment(1),
+                    Ok(()) => metrics::counter!(hubbub_protocol::metrics::NOTIFY_SENT, "provider" => provider.name().to_owned()).increment(1),
                     Err(e) => {
-                        metrics::counter!("hubbub_notify_failed_total", "provider" => provider.name().to_owned()).increment(1);
+                        metrics::counter!(hubbub_protocol::metrics::NOTIFY_FAILED, "provider" => provider.name().to_owned()).increment(1);
                         tracing::debug!(provider = provider.name(), error = %e, "notify: send failed");
                         failed = Some(e);
                     }
@@ -416,7 +410,8 @@ impl Notifier {
             }
         }
         if !dead.is_empty() {
-            metrics::counter!("hubbub_notify_dead_lettered_total").increment(dead.len() as u64);
+            metrics::counter!(hubbub_protocol::metrics::NOTIFY_DEAD_LETTERED)
+                .increment(dead.len() as u64);
             let job = NotifyJob {
                 notifications: dead,
                 attempts,

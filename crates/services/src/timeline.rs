@@ -24,6 +24,7 @@
 use crate::Failure;
 use async_trait::async_trait;
 use hubbub_protocol::{ErrorCode, Post};
+use hubbub_queue::clock::now_ms;
 use hubbub_queue::{Outgoing, Queue, ReceiveOptions, SendOptions};
 use hubbub_registry::{SignalError, Timelines};
 use hubbub_store::{FeedStore, StoredPost};
@@ -338,7 +339,7 @@ impl Timeline {
         self.cache
             .put(user, Stage::Chronological, timeline.clone())
             .await?;
-        metrics::counter!("hubbub_timeline_computed_total").increment(1);
+        metrics::counter!(hubbub_protocol::metrics::TIMELINE_COMPUTED).increment(1);
         Ok(timeline)
     }
 
@@ -372,7 +373,7 @@ impl Timeline {
         let cached = match self.cache.get(user, Stage::Ranked).await? {
             Some(t) => t,
             None => {
-                metrics::counter!("hubbub_timeline_misses_total").increment(1);
+                metrics::counter!(hubbub_protocol::metrics::TIMELINE_MISSES).increment(1);
                 let chronological = self.compute(user).await?;
                 self.personalize(user, Some(chronological)).await?
             }
@@ -554,13 +555,6 @@ impl Personalizer {
     pub async fn run(timeline: Timeline, queue: Arc<dyn Queue>, cancel: CancellationToken) {
         run_stage(timeline, queue, Step::Personalize, cancel).await
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -93,6 +93,28 @@ impl StoreError {
             StoreError::Internal(_) => ErrorCode::Internal,
         }
     }
+
+    /// The error as a client may see it: its code and a message. This is the one place a
+    /// store error becomes client text: the messages of refusals (`forbidden`, `not_found`,
+    /// ...) are written for clients; an outage or an internal failure is logged here with its
+    /// details and told only by a fixed sentence.
+    pub fn for_client(&self) -> (ErrorCode, String) {
+        let code = self.code();
+        let message = match self {
+            StoreError::Internal(_) => {
+                tracing::error!(error = %self, "store failure");
+                "internal error; the outcome is unknown, retrying with the same client_msg_id \
+                 or idempotency key is safe"
+                    .to_owned()
+            }
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %self, "store unavailable");
+                "storage is unavailable; nothing was accepted, retry later".to_owned()
+            }
+            other => other.to_string(),
+        };
+        (code, message)
+    }
 }
 
 /// The result of a store operation.

@@ -16,6 +16,7 @@
 
 use crate::{StoreError, pending_migrations};
 use deadpool_postgres::{GenericClient, Pool, Runtime};
+use hubbub_queue::clock::now_ms;
 use std::future::Future;
 use std::pin::Pin;
 use tokio_postgres::NoTls;
@@ -77,13 +78,6 @@ pub(crate) fn commit_err(e: tokio_postgres::Error) -> StoreError {
 
 pub(crate) fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Unavailable(format!("postgres: {e}"))
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 pub(crate) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];

@@ -29,6 +29,7 @@ pub mod remote;
 use async_trait::async_trait;
 use hubbub_protocol::internal::ToEdge;
 use hubbub_protocol::{ErrorCode, ServerFrame, TopWriter, UserRef};
+use hubbub_queue::clock::now_ms;
 use hubbub_registry::{EdgeLink, Engagement, SignalError};
 use hubbub_store::FeedStore;
 use std::collections::HashMap;
@@ -508,7 +509,7 @@ impl Engagement for EngagementService {
                 reply: Some(tx),
             };
             if let Err(mpsc::error::TrySendError::Full(_)) = self.partition(post).try_send(cmd) {
-                metrics::counter!("hubbub_engagement_dropped_total").increment(1);
+                metrics::counter!(hubbub_protocol::metrics::ENGAGEMENT_DROPPED).increment(1);
                 return Ok(());
             }
             match rx.await {
@@ -558,7 +559,7 @@ async fn run_partition(
                 for (edge, frames) in batches {
                     let n = frames.len() as u64;
                     match link.deliver(&edge, vec![ToEdge::Engagement { frames }]).await {
-                        Ok(()) => metrics::counter!("hubbub_engagement_published_total").increment(n),
+                        Ok(()) => metrics::counter!(hubbub_protocol::metrics::ENGAGEMENT_PUBLISHED).increment(n),
                         Err(e) => {
                             tracing::debug!(%edge, error = %e, "engagement edge gone; its subscriptions dropped");
                             agg.drop_edge(&edge);
@@ -599,13 +600,6 @@ fn apply(agg: &mut Aggregator, cmd: Cmd) {
         }
         Cmd::Changed { post, comments } => agg.post_changed(&post, comments, now),
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use super::{EngagementConfig, EngagementService};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use hubbub_protocol::{ErrorCode, UserRef};
+use hubbub_queue::clock::now_ms;
 use hubbub_registry::{EdgeLink, Engagement, SignalError};
 use hubbub_store::FeedStore;
 use redis::AsyncCommands;
@@ -68,13 +69,6 @@ fn channel(namespace: &str) -> String {
 
 fn subs_key(namespace: &str) -> String {
     format!("{namespace}:eng:subs")
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// The edge's (and feed worker's) side.

@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use hubbub_protocol::{
     ErrorCode, Presence, PresenceStatus, ServerFrame, SetPresenceStatus, TypingState,
 };
+use hubbub_queue::clock::now_ms;
 use hubbub_registry::{Delivery, SignalError, Signals};
 use hubbub_store::Store;
 use std::collections::{HashMap, HashSet};
@@ -113,13 +114,6 @@ impl std::fmt::Debug for SignalService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SignalService")
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl SignalService {

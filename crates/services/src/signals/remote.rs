@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use hubbub_protocol::{
     ErrorCode, Presence, PresenceStatus, ServerFrame, SetPresenceStatus, TypingState,
 };
+use hubbub_queue::clock::now_ms;
 use hubbub_registry::{Delivery, Registry, SignalError, Signals};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
@@ -50,13 +51,6 @@ pub struct ClusterSignals {
     url: String,
     namespace: String,
     watches: Arc<Mutex<Watches>>,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn parse_status(s: Option<String>) -> SetPresenceStatus {

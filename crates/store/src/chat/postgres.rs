@@ -7,10 +7,11 @@ use super::{
     message_from_row, store_message,
 };
 use crate::inbox::message_events;
-use crate::postgres::{Row, Tx, commit_err, now_ms, pg, pool_err};
+use crate::postgres::{Row, Tx, commit_err, pg, pool_err};
 use crate::{PgStore, Result, StoreError, Written};
 use deadpool_postgres::Pool;
 use hubbub_protocol::{Conversation, Message};
+use hubbub_queue::clock::now_ms;
 
 super::impl_chat_store!(PgStore);
 

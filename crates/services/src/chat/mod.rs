@@ -1,13 +1,19 @@
-//! The chat service: `conversation.create/add/remove/leave`, `message.send`, `message.read`.
+//! The chat service: `conversation.create/add/remove/leave`, `message.send`, `message.read`,
+//! blocks; and, in [`queries`], the chat reads.
 //!
-//! Reads (`conversation.list/get`, `message.history`, `sync`) are served by the edge straight
-//! from the store; only writes come through the `chat` queue. Each write is one store
+//! Reads (`conversation.list/get`, `message.history`, `message.search`, `sync`) are answered
+//! by the query side ([`queries::ChatQueries`]), which the edge calls through the registry's
+//! `ChatReads` port, straight from the store; only writes come through the `chat` queue. Each write is one store
 //! transaction that also appends the resulting events to every recipient's inbox; then the
 //! events are pushed live, the reply goes to the asking session, and the envelope is acked.
 //! A crash anywhere before the ack redelivers the envelope; every handler is idempotent
 //! (`client_msg_id`; the conversation id derived from the client's `idempotency_key`, else
 //! from the envelope id; no-op membership changes), so a redelivery changes nothing and only
 //! repeats the reply.
+
+pub mod queries;
+
+pub use queries::ChatQueries;
 
 use crate::Failure;
 use hubbub_protocol::internal::Envelope;
@@ -82,7 +88,7 @@ impl ChatService {
             delivery: self.delivery.clone(),
             notify: self.notify.clone(),
             name: CHAT_QUEUE,
-            metric: "hubbub_chat_handled_total",
+            metric: hubbub_protocol::metrics::CHAT_HANDLED,
         };
         worker.run(&self, cancel).await
     }

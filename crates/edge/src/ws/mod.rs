@@ -1,0 +1,541 @@
+//! `/v1/ws`: one task per connection.
+//!
+//! # Limits held per connection
+//! Frames count against a token bucket (`rate_limited`) and a per-second cut-off (1008);
+//! `ack` frames have a bucket and cut-off of their own and are coalesced: only the highest
+//! is written, at most one write per session in flight and one every [`limits::ACK_FLUSH_EVERY`].
+//! What the dispatcher hands the session is bounded in items and bytes (1013 past either).
+//! A session outliving its token by more than the grace without an `auth` frame is closed
+//! with 4001. Cleanup (registry, presence, watches, the last ack) runs from a drop guard,
+//! so a panic or a stuck write cannot leak a session.
+//!
+//! The task owns the socket and the session's delivery state, so there is no locking on the
+//! hot path. It selects over: frames from the client; replies and events handed to the
+//! session by the dispatcher (a bounded channel: a reader too slow to keep up is cut off with
+//! 1013 and resumes with `sync`); a ping timer; a one-second tick that answers requests whose
+//! reply is overdue; shutdown (close 1001).
+//!
+//! # Layout
+//! - this file: the connection task (the socket, the select loop, writes, closing, cleanup);
+//! - [`requests`]: what each client frame does (limits, reads, the ephemeral path, `auth`,
+//!   `sync`, forwarding writes to `main`);
+//! - [`seq`]: the exactly-once state of a session (which seqs it wrote; gaps; what a `sync`
+//!   skips), plain and unit-tested;
+//! - [`limits`]: frame counting and ack coalescing, plain and unit-tested.
+
+mod limits;
+mod requests;
+mod seq;
+
+pub(crate) use requests::{MAX_POST_ID_BYTES, MAX_WATCHED_POSTS};
+
+use crate::http::{authenticate, error};
+use crate::limit::TokenBucket;
+use crate::{CloseSignal, Frame, Inner, Out, SessionHandle};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use hubbub_protocol::{ErrorCode, ServerFrame, UserRef};
+use hubbub_queue::clock::now_ms;
+use limits::{Acks, Window};
+use seq::{Pushed, SeqState};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// The queue edges put requests on.
+pub(crate) const MAIN_QUEUE: &str = "main";
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// A close frame is a courtesy: a peer that cannot take it within this long is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+const MAX_FRAMES_PER_WRITE: usize = 256;
+/// A WebSocket close reason is at most 123 bytes.
+const MAX_CLOSE_REASON: usize = 123;
+
+pub(crate) async fn upgrade(
+    State(inner): State<Arc<Inner>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let auth = match authenticate(&inner, &headers, &query).await {
+        Ok(a) => a,
+        Err(resp) => return resp,
+    };
+    if inner.cancel.is_cancelled() {
+        return error(ErrorCode::Unavailable, "server shutting down");
+    }
+    // Frames over the protocol limit get `too_large` and the connection stays; frames over
+    // this hard cap are refused by the WebSocket layer itself (close 1009).
+    let hard_cap = (inner.config.limits.max_frame_bytes * 4).max(256 * 1024);
+    let tracker = inner.tracker.clone();
+    ws.max_message_size(hard_cap)
+        .max_frame_size(hard_cap)
+        .on_upgrade(move |socket| {
+            tracker.track_future(run(inner, auth.user, auth.expires_ms, socket))
+        })
+}
+
+/// Why the loop ends.
+enum Flow {
+    Continue,
+    Close(u16, String),
+    Gone,
+}
+
+fn close(code: u16, reason: &str) -> Flow {
+    Flow::Close(code, reason.to_owned())
+}
+
+/// Removes the session from everything it joined when the connection task ends, however it
+/// ends (a return, a panic, a cancelled future).
+struct SessionGuard {
+    inner: Arc<Inner>,
+    user: String,
+    session: String,
+    /// An ack not yet written when the task ended.
+    last_ack: Option<u64>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let unwatched = self.inner.remove_session(&self.session);
+        let inner = self.inner.clone();
+        let (user, session, last_ack) = (
+            std::mem::take(&mut self.user),
+            std::mem::take(&mut self.session),
+            self.last_ack.take(),
+        );
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let tracker = inner.tracker.clone();
+        let cleanup = async move {
+            if let Some(seq) = last_ack
+                && let Err(e) = inner.deps.store.ack(&user, seq).await
+            {
+                tracing::debug!(error = %e, "ack not recorded");
+            }
+            if !unwatched.is_empty() {
+                inner
+                    .deps
+                    .engagement
+                    .unsubscribe(&inner.config.edge_id, &unwatched)
+                    .await;
+            }
+            inner
+                .deps
+                .signals
+                .session_closed(&user, &inner.config.edge_id, &session)
+                .await;
+            if let Err(e) = inner.deps.registry.unregister(&user, &session).await {
+                tracing::warn!(error = %e, "unregister failed");
+            }
+        };
+        let _enter = rt.enter();
+        tracker.spawn(cleanup);
+    }
+}
+
+struct Conn {
+    inner: Arc<Inner>,
+    user: UserRef,
+    session: String,
+    socket: WebSocket,
+    /// Which durable events this session has written (exactly once, in order).
+    seq: SeqState,
+    acks: Acks,
+    pending: HashMap<String, Instant>,
+    bucket: TokenBucket,
+    window: Window,
+    last_heard: Instant,
+    /// Set by the dispatcher (slow reader, revocation, session cap) or by `close_user`.
+    close: Arc<CloseSignal>,
+    /// Bytes the dispatcher queued for this session and it has not taken yet.
+    queued: Arc<AtomicUsize>,
+    /// When the session's token expires (ms since the epoch); `auth` moves it.
+    expires_ms: i64,
+    /// Users this session watches the presence of.
+    presence: HashSet<String>,
+}
+
+async fn run(inner: Arc<Inner>, user: UserRef, expires_ms: i64, socket: WebSocket) {
+    let session = match hubbub_store::new_id("s") {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let (tx, rx) = mpsc::channel(inner.config.limits.max_outgoing_frames.max(16));
+    let close_signal = Arc::new(CloseSignal::default());
+    let queued = Arc::new(AtomicUsize::new(0));
+    inner.add_session(
+        &session,
+        SessionHandle::new(user.id.clone(), tx, close_signal.clone(), queued.clone()),
+    );
+    let mut guard = SessionGuard {
+        inner: inner.clone(),
+        user: user.id.clone(),
+        session: session.clone(),
+        last_ack: None,
+    };
+    let limits = &inner.config.limits;
+    let mut conn = Conn {
+        bucket: TokenBucket::new(f64::from(limits.frames_per_s.max(1)), limits.burst),
+        acks: Acks::new(limits.acks_per_s),
+        inner: inner.clone(),
+        user,
+        session,
+        socket,
+        seq: SeqState::new(0),
+        pending: HashMap::new(),
+        window: Window::new(),
+        last_heard: Instant::now(),
+        close: close_signal,
+        queued,
+        expires_ms,
+        presence: HashSet::new(),
+    };
+    let flow = conn.start(rx).await;
+    match flow {
+        Flow::Close(code, reason) => conn.close_with(code, &reason).await,
+        Flow::Gone if conn.close.is_closed() => {
+            let (code, reason) = conn.close.why();
+            conn.close_with(code, &reason).await
+        }
+        _ => {}
+    }
+    if conn.acks.highest > conn.acks.written {
+        guard.last_ack = Some(conn.acks.highest);
+    }
+    drop(guard);
+}
+
+impl Conn {
+    async fn start(&mut self, mut rx: mpsc::Receiver<Out>) -> Flow {
+        let edge = self.inner.config.edge_id.clone();
+        if let Err(e) = self
+            .inner
+            .deps
+            .registry
+            .register(&self.user.id, &self.session, &edge)
+            .await
+        {
+            tracing::warn!(error = %e, "register failed");
+            return close(1011, "session registry unavailable");
+        }
+        self.inner
+            .deps
+            .signals
+            .session_opened(&self.user.id, &edge, &self.session)
+            .await;
+        let last_seq = match self.inner.deps.chat.last_seq(&self.user.id).await {
+            Ok(s) => s,
+            Err(_) => return close(1011, "storage unavailable"),
+        };
+        self.seq = SeqState::new(last_seq);
+        let hello = ServerFrame::Hello {
+            user: self.user.clone(),
+            session: self.session.clone(),
+            last_seq,
+            server_ts: now_ms(),
+        };
+        if !self.write_frames(&[hello]).await {
+            return Flow::Gone;
+        }
+        // The precomputed timeline follows `hello` unasked. It is ephemeral: a user whose
+        // timeline cannot be read now still gets a working session.
+        match self.inner.deps.timelines.welcome(&self.user.id).await {
+            Ok((items, computed_ts)) => {
+                let timeline = ServerFrame::Timeline { items, computed_ts };
+                if !self.write_frames(&[timeline]).await {
+                    return Flow::Gone;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "no timeline pushed after hello"),
+        }
+        let ping_every = self.inner.config.ping_interval;
+        let mut ping = tokio::time::interval(ping_every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let cancel = self.inner.cancel.clone();
+        let signal = self.close.clone();
+        loop {
+            let ack_due = self.acks.due;
+            let flow = tokio::select! {
+                // Unbiased: among ready branches one is picked at random, so neither a client
+                // that never stops sending nor a flood of events starves the other direction.
+                _ = cancel.cancelled() => close(1001, "server shutting down"),
+                _ = signal.closed() => {
+                    let (code, reason) = signal.why();
+                    Flow::Close(code, reason)
+                }
+                out = rx.recv() => match out {
+                    Some(out) => {
+                        let mut batch = vec![out];
+                        while batch.len() < MAX_FRAMES_PER_WRITE {
+                            match rx.try_recv() {
+                                Ok(o) => batch.push(o),
+                                Err(_) => break,
+                            }
+                        }
+                        let bytes: usize = batch.iter().map(Out::bytes).sum();
+                        self.queued.fetch_sub(bytes, Ordering::Relaxed);
+                        self.on_outgoing(batch).await
+                    }
+                    None => Flow::Gone,
+                },
+                msg = self.socket.recv() => self.on_message(msg).await,
+                _ = ping.tick() => {
+                    if self.last_heard.elapsed() > ping_every * 3 {
+                        close(1001, "idle timeout")
+                    } else {
+                        // A peer that does not read cannot take even a ping: the send is
+                        // bounded, so a stuck socket ends the task instead of holding it.
+                        match tokio::time::timeout(ping_every, self.socket.send(Message::Ping(Default::default()))).await {
+                            Ok(Ok(())) => Flow::Continue,
+                            _ => Flow::Gone,
+                        }
+                    }
+                }
+                _ = tick.tick() => self.on_tick().await,
+                _ = sleep_until_some(ack_due) => {
+                    self.flush_acks();
+                    Flow::Continue
+                }
+            };
+            match flow {
+                Flow::Continue => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// Every second: answer overdue requests, close a session whose token lapsed.
+    async fn on_tick(&mut self) -> Flow {
+        let grace_ms = i64::try_from(self.inner.config.auth.expiry_grace_s.saturating_mul(1000))
+            .unwrap_or(i64::MAX);
+        if now_ms() > self.expires_ms.saturating_add(grace_ms) {
+            return close(
+                crate::CLOSE_REVOKED,
+                "token expired: refresh it and reconnect (send `auth` before expiry)",
+            );
+        }
+        self.expire_pending().await
+    }
+
+    async fn close_with(&mut self, code: u16, reason: &str) {
+        let mut end = reason.len().min(MAX_CLOSE_REASON);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let frame = CloseFrame {
+            code,
+            reason: reason[..end].to_owned().into(),
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.send(Message::Close(Some(frame))))
+            .await;
+    }
+
+    /// Write the highest ack if it is due and none is in flight; else try again later.
+    fn flush_acks(&mut self) {
+        let Some(seq) = self.acks.flush(Instant::now()) else {
+            return;
+        };
+        let (store, user, writing) = (
+            self.inner.deps.store.clone(),
+            self.user.id.clone(),
+            self.acks.writing.clone(),
+        );
+        self.inner.tracker.spawn(async move {
+            if let Err(e) = store.ack(&user, seq).await {
+                tracing::debug!(error = %e, "ack not recorded");
+            }
+            writing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Write frames as one text frame, newline-separated.
+    async fn write_frames(&mut self, frames: &[ServerFrame]) -> bool {
+        let frames: Vec<Frame> = frames.iter().map(Frame::new).collect();
+        self.write_mixed(&frames, &[]).await
+    }
+
+    async fn write_raw(&mut self, frames: &[Frame], shared: &[Arc<str>]) -> Flow {
+        if self.write_mixed(frames, shared).await {
+            Flow::Continue
+        } else {
+            Flow::Gone
+        }
+    }
+
+    /// Write serialized frames and shared (ephemeral) frames as one text frame.
+    async fn write_mixed(&mut self, frames: &[Frame], shared: &[Arc<str>]) -> bool {
+        if frames.is_empty() && shared.is_empty() {
+            return true;
+        }
+        let len: usize = frames.iter().map(|f| f.json.len() + 1).sum::<usize>()
+            + shared.iter().map(|j| j.len() + 1).sum::<usize>();
+        let mut text = String::with_capacity(len);
+        for f in frames {
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(&f.json);
+            metrics::counter!(hubbub_protocol::metrics::FRAMES_OUT, "type" => f.kind).increment(1);
+        }
+        for raw in shared {
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(raw);
+        }
+        if !shared.is_empty() {
+            metrics::counter!(hubbub_protocol::metrics::FRAMES_OUT, "type" => "engagement")
+                .increment(shared.len() as u64);
+        }
+        // A session told to close (a slow reader cut off) abandons the write at once, not
+        // after the send timeout.
+        let close = self.close.clone();
+        tokio::select! {
+            sent = tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(text.into()))) => {
+                matches!(sent, Ok(Ok(())))
+            }
+            _ = close.closed() => false,
+        }
+    }
+
+    async fn on_message(&mut self, msg: Option<Result<Message, axum::Error>>) -> Flow {
+        self.last_heard = Instant::now();
+        let msg = match msg {
+            None => return Flow::Gone,
+            Some(Err(e)) => {
+                // A frame over the hard cap is the WebSocket layer's capacity error (close
+                // 1009); anything else means the connection is gone.
+                use tokio_tungstenite::tungstenite::Error as WsError;
+                let over_capacity = e
+                    .into_inner()
+                    .downcast_ref::<WsError>()
+                    .is_some_and(|e| matches!(e, WsError::Capacity(_)));
+                return if over_capacity {
+                    close(1009, "frame too large")
+                } else {
+                    Flow::Gone
+                };
+            }
+            Some(Ok(m)) => m,
+        };
+        match msg {
+            Message::Text(text) => {
+                if text.len() > self.inner.config.limits.max_frame_bytes {
+                    if let Some(flow) = self.count_frame() {
+                        return flow;
+                    }
+                    let limit = self.inner.config.limits.max_frame_bytes;
+                    let e = ServerFrame::error(
+                        None,
+                        ErrorCode::TooLarge,
+                        format!("frame is over {limit} bytes"),
+                    );
+                    return self.written(&[e]).await;
+                }
+                for line in text.split('\n').filter(|l| !l.trim().is_empty()) {
+                    match self.on_line(line).await {
+                        Flow::Continue => {}
+                        other => return other,
+                    }
+                }
+                Flow::Continue
+            }
+            Message::Binary(_) => {
+                if let Some(flow) = self.count_frame() {
+                    return flow;
+                }
+                let e = ServerFrame::error(
+                    None,
+                    ErrorCode::BadRequest,
+                    "binary frames are not supported; send JSON text",
+                );
+                self.written(&[e]).await
+            }
+            Message::Close(_) => Flow::Gone,
+            Message::Ping(_) | Message::Pong(_) => Flow::Continue,
+        }
+    }
+
+    async fn written(&mut self, frames: &[ServerFrame]) -> Flow {
+        if self.write_frames(frames).await {
+            Flow::Continue
+        } else {
+            Flow::Gone
+        }
+    }
+
+    async fn on_outgoing(&mut self, batch: Vec<Out>) -> Flow {
+        let mut frames: Vec<Frame> = Vec::new();
+        let mut shared = Vec::new();
+        for out in batch {
+            match out {
+                Out::Shared(list) => shared.extend(list),
+                Out::Reply { id, frame } => match id {
+                    // Already answered (timed out): drop the late reply.
+                    Some(id) if self.pending.remove(&id).is_none() => {}
+                    _ => frames.push(frame),
+                },
+                Out::Events(events, origin_ms) => {
+                    for frame in events.iter() {
+                        let Some(seq) = frame.seq else {
+                            frames.push(frame.clone());
+                            continue;
+                        };
+                        match self.seq.pushed(seq) {
+                            Pushed::Drop => {}
+                            Pushed::Write => frames.push(frame.clone()),
+                            Pushed::Gap { after, missing } => {
+                                // Missed events: read them (this one included) from the store.
+                                match self
+                                    .inner
+                                    .deps
+                                    .chat
+                                    .events_after(&self.user.id, after, missing)
+                                    .await
+                                {
+                                    Ok(r) => {
+                                        for f in r.frames {
+                                            if let Some(s) = f.seq() {
+                                                self.seq.filled(s);
+                                            }
+                                            frames.push(Frame::new(&f));
+                                        }
+                                    }
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "gap fill failed; client catches up on sync")
+                                    }
+                                }
+                                if self.seq.gap_closed(seq) {
+                                    frames.push(frame.clone());
+                                }
+                            }
+                        }
+                    }
+                    if let Some(origin) = origin_ms {
+                        let ms = (now_ms() - origin).max(0) as f64;
+                        metrics::histogram!(hubbub_protocol::metrics::DELIVERY_LATENCY)
+                            .record(ms / 1000.0);
+                    }
+                }
+            }
+        }
+        self.write_raw(&frames, &shared).await
+    }
+}
+
+/// Sleep until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
