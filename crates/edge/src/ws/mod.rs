@@ -53,6 +53,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// A close frame is a courtesy: a peer that cannot take it within this long is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_FRAMES_PER_WRITE: usize = 256;
+/// The WebSocket read buffer of a connection (it grows while a larger frame is read).
+const READ_BUFFER: usize = 4096;
 /// A WebSocket close reason is at most 123 bytes.
 const MAX_CLOSE_REASON: usize = 123;
 
@@ -73,8 +75,13 @@ pub(crate) async fn upgrade(
     // this hard cap are refused by the WebSocket layer itself (close 1009).
     let hard_cap = (inner.config.limits.max_frame_bytes * 4).max(256 * 1024);
     let tracker = inner.tracker.clone();
+    // Small socket buffers: an idle connection should cost a few KiB, not the 128 KiB read
+    // buffer the WebSocket layer allocates by default. Reads grow the buffer as a frame
+    // needs; writes go out whole (each is one text frame of a batch), so no write buffer.
     ws.max_message_size(hard_cap)
         .max_frame_size(hard_cap)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| {
             tracker.track_future(run(inner, auth.user, auth.expires_ms, socket))
         })

@@ -5,6 +5,7 @@
 
 mod chat;
 mod engagement;
+mod idle;
 mod presence;
 mod queue;
 mod search;
@@ -23,6 +24,8 @@ pub enum Bench {
     Presence(presence::PresenceBenchArgs),
     /// Engagement fan-out: N sockets watching posts while writers type comments.
     Engagement(engagement::EngagementBenchArgs),
+    /// The server memory an idle WebSocket costs (clients in separate processes).
+    Idle(idle::IdleBenchArgs),
     /// Full-text search latency over a large message store.
     Search(search::SearchBenchArgs),
     /// Timeline fetch latency: a user following 10 accounts against one following 10,000.
@@ -36,6 +39,7 @@ pub async fn run(which: Bench) -> anyhow::Result<()> {
         Bench::Chat(args) => chat::run(args).await,
         Bench::Presence(args) => presence::run(args).await,
         Bench::Engagement(args) => engagement::run(args).await,
+        Bench::Idle(args) => idle::run(args).await,
         Bench::Search(args) => search::run(args).await,
         Bench::Timeline(args) => timeline::run(args).await,
     }
