@@ -141,8 +141,10 @@ impl Frame {
 /// What the connection tasks receive from the dispatcher.
 #[derive(Debug)]
 pub(crate) enum Out {
-    /// The reply to a request (`id` is the request's, when it had one).
-    Reply { id: Option<String>, frame: Frame },
+    /// The reply to a request and the request's id, when it had one (boxed: every slot of a
+    /// session's channel is the size of the largest variant, and idle sessions hold a block
+    /// of slots).
+    Reply(Box<(Option<String>, Frame)>),
     /// Events for the user, durable ones in seq order, and when the write causing them was
     /// accepted.
     Events(Arc<[Frame]>, Option<i64>),
@@ -154,7 +156,7 @@ impl Out {
     /// The bytes it will take on the socket (what the session's buffer bound counts).
     fn bytes(&self) -> usize {
         match self {
-            Out::Reply { frame, .. } => frame.json.len() + 1,
+            Out::Reply(reply) => reply.1.json.len() + 1,
             Out::Events(frames, _) => frames.iter().map(|f| f.json.len() + 1).sum(),
             Out::Shared(list) => list.iter().map(|j| j.len() + 1).sum(),
         }
@@ -428,7 +430,7 @@ impl Inner {
                             _ => None,
                         };
                         let frame = Frame::new(&frame);
-                        self.offer(h, Out::Reply { id, frame });
+                        self.offer(h, Out::Reply(Box::new((id, frame))));
                     }
                 }
                 ToEdge::Events {

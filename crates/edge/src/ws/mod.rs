@@ -54,7 +54,7 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_FRAMES_PER_WRITE: usize = 256;
 /// The WebSocket read buffer of a connection (it grows while a larger frame is read).
-const READ_BUFFER: usize = 4096;
+const READ_BUFFER: usize = 1024;
 /// A WebSocket close reason is at most 123 bytes.
 const MAX_CLOSE_REASON: usize = 123;
 
@@ -486,10 +486,10 @@ impl Conn {
         for out in batch {
             match out {
                 Out::Shared(list) => shared.extend(list),
-                Out::Reply { id, frame } => match id {
+                Out::Reply(reply) => match *reply {
                     // Already answered (timed out): drop the late reply.
-                    Some(id) if self.pending.remove(&id).is_none() => {}
-                    _ => frames.push(frame),
+                    (Some(id), _) if self.pending.remove(&id).is_none() => {}
+                    (_, frame) => frames.push(frame),
                 },
                 Out::Events(events, origin_ms) => {
                     for frame in events.iter() {

@@ -25,6 +25,10 @@ pub struct IdleBenchArgs {
     /// Connections per client process (a process holds at most ~19,900 sockets here).
     #[arg(long, default_value_t = 5_000)]
     per_process: usize,
+    /// Distinct users the connections belong to (0: one user per connection). Fewer users
+    /// than connections separates what a socket costs from what a user costs.
+    #[arg(long, default_value_t = 0)]
+    users: usize,
     /// Seconds to let the server settle once every connection is open.
     #[arg(long, default_value_t = 3)]
     settle_s: u64,
@@ -53,7 +57,7 @@ fn rss_kib() -> anyhow::Result<u64> {
 /// Run the benchmark (or, with `--client-url`, one client process of it).
 pub async fn run(args: IdleBenchArgs) -> anyhow::Result<()> {
     if let Some(url) = args.client_url.clone() {
-        return client_process(&url, args.client_from, args.per_process).await;
+        return client_process(&url, args.client_from, args.per_process, args.users).await;
     }
     anyhow::ensure!(args.connections >= 1 && args.per_process >= 1);
     let dir = std::env::temp_dir().join(format!("hubbub-bench-idle-{}", std::process::id()));
@@ -89,6 +93,7 @@ pub async fn run(args: IdleBenchArgs) -> anyhow::Result<()> {
             .args(["bench", "idle", "--client-url", &ws_base])
             .args(["--client-from", &from.to_string()])
             .args(["--per-process", &count.to_string()])
+            .args(["--users", &args.users.to_string()])
             .env("HUBBUB_LOG", "warn")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -121,8 +126,13 @@ pub async fn run(args: IdleBenchArgs) -> anyhow::Result<()> {
         );
     } else {
         println!(
-            "idle: {} connections (each past hello), server RSS {before} KiB -> {after} KiB: {per:.1} KiB per connection",
-            args.connections
+            "idle: {} connections of {} users (each past hello), server RSS {before} KiB -> {after} KiB: {per:.1} KiB per connection",
+            args.connections,
+            if args.users == 0 {
+                args.connections
+            } else {
+                args.users
+            },
         );
     }
     for (mut child, mut stdin) in children {
@@ -135,7 +145,7 @@ pub async fn run(args: IdleBenchArgs) -> anyhow::Result<()> {
 }
 
 /// A client process: open `count` connections, say "ready", hold them until stdin closes.
-async fn client_process(url: &str, from: usize, count: usize) -> anyhow::Result<()> {
+async fn client_process(url: &str, from: usize, count: usize, users: usize) -> anyhow::Result<()> {
     let mut sockets = Vec::with_capacity(count);
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(4096)
@@ -143,7 +153,10 @@ async fn client_process(url: &str, from: usize, count: usize) -> anyhow::Result<
     for i in from..from + count {
         let full = format!(
             "{url}?access_token={}",
-            super::token(SECRET, &format!("bench-idle-{i}"))?
+            super::token(
+                SECRET,
+                &format!("bench-idle-{}", if users == 0 { i } else { i % users })
+            )?
         );
         let (mut ws, _) = tokio_tungstenite::connect_async_with_config(full, Some(config), true)
             .await

@@ -72,6 +72,7 @@ pub(crate) fn unthrottled(config: &mut crate::config::Config) {
     config.limits.burst = 100_000;
     config.limits.acks_per_s = 100_000;
     config.server.max_connections_per_ip = usize::MAX;
+    config.server.max_sessions_per_user = usize::MAX;
     config.auth.attempts_per_ip_per_minute = u32::MAX;
     config.auth.attempts_per_ip_burst = u32::MAX;
 }
