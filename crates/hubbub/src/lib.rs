@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod fuzz;
 pub mod roles;
 pub mod serve;
 mod wiring;

@@ -171,6 +171,9 @@ enum Command {
         #[arg(long, default_value = "docs/schema")]
         out: PathBuf,
     },
+    /// Fuzz every parser of outside input with generated and mutated inputs; fails on any
+    /// panic.
+    Fuzz(hubbub::fuzz::FuzzArgs),
     /// Run a benchmark and print its figures.
     Bench {
         #[command(subcommand)]
@@ -267,6 +270,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench { which } => rt.block_on(hubbub::bench::run(which)),
+        Command::Fuzz(args) => hubbub::fuzz::run(&args),
     }
 }
 

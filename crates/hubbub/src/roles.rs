@@ -393,7 +393,7 @@ fn remote_engagement(config: &Config, b: &Backends) -> RemoteEngagement {
 }
 
 /// The edge's internal endpoint: a batch from a service.
-fn deliver(
+pub(crate) fn deliver(
     headers: &HeaderMap,
     body: &[u8],
     secret: &str,
