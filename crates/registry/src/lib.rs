@@ -377,12 +377,17 @@ impl Delivery {
                 .or_default()
                 .push(ToEdge::Reply { session, frame });
         }
-        // Group frames by user, keeping their order.
+        // Group frames by user, keeping their order (an index per user: a message to a
+        // group of N members is N frames, and a search per frame would cost N² steps).
         let mut by_user: Vec<(String, Vec<ServerFrame>)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::with_capacity(frames.len());
         for (user, frame) in frames {
-            match by_user.iter_mut().find(|(u, _)| *u == user) {
-                Some((_, list)) => list.push(frame),
-                None => by_user.push((user, vec![frame])),
+            match index.get(&user) {
+                Some(&i) => by_user[i].1.push(frame),
+                None => {
+                    index.insert(user.clone(), by_user.len());
+                    by_user.push((user, vec![frame]));
+                }
             }
         }
         let users: Vec<String> = by_user.iter().map(|(u, _)| u.clone()).collect();
@@ -467,5 +472,52 @@ mod tests {
         assert_eq!(registry.sessions("alice").await.expect("sessions").len(), 1);
         edges.detach("e2");
         assert!(edges.deliver("e2", vec![]).await.is_err());
+    }
+
+    /// A user's frames stay together and in order, users in the order they first appear.
+    #[tokio::test]
+    async fn push_keeps_each_users_frames_in_order() {
+        let registry = Arc::new(LocalRegistry::default());
+        let edges = Arc::new(LocalEdges::default());
+        let mut e1 = edges.attach("e1");
+        registry.register("alice", "s1", "e1").await.expect("reg");
+        registry.register("bob", "s2", "e1").await.expect("reg");
+        let delivery = Delivery::new(registry.clone(), edges.clone());
+        delivery
+            .push(
+                vec![
+                    ("alice".into(), typing("1")),
+                    ("bob".into(), typing("2")),
+                    ("alice".into(), typing("3")),
+                    ("bob".into(), typing("4")),
+                ],
+                Vec::new(),
+                None,
+            )
+            .await;
+        let batch = e1.recv().await.expect("batch");
+        let seen: Vec<(String, Vec<String>)> = batch
+            .iter()
+            .map(|item| match item {
+                ToEdge::Events { user, frames, .. } => (
+                    user.clone(),
+                    frames
+                        .iter()
+                        .map(|f| match f {
+                            ServerFrame::Typing { user, .. } => user.clone(),
+                            other => panic!("{other:?}"),
+                        })
+                        .collect(),
+                ),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("alice".to_owned(), vec!["1".to_owned(), "3".to_owned()]),
+                ("bob".to_owned(), vec!["2".to_owned(), "4".to_owned()]),
+            ]
+        );
     }
 }
