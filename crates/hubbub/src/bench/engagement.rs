@@ -22,7 +22,6 @@ use hdrhistogram::Histogram;
 use hubbub_protocol::UserRef;
 use hubbub_services::engagement::{Aggregator, EngagementConfig};
 use std::io::Write;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -145,31 +144,27 @@ pub async fn run(args: EngagementBenchArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("creating posts: {e}"))?;
 
     // Watcher processes: each connects its share and says "ready".
-    let exe = std::env::current_exe()?;
     let mut children = Vec::new();
     let mut from = 0;
     while from < args.watchers {
         let count = args.per_process.min(args.watchers - from);
-        let mut child = tokio::process::Command::new(&exe)
-            .args(["bench", "engagement", "--json"])
-            .args(["--watcher-url", &ws_base])
-            .args(["--watcher-from", &from.to_string()])
-            .args(["--watchers", &count.to_string()])
-            .args(["--posts", &args.posts.to_string()])
-            .env("HUBBUB_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawning a watcher process")?;
-        let stdin = child.stdin.take().context("stdin")?;
-        let mut stdout = tokio::io::BufReader::new(child.stdout.take().context("stdout")?);
-        let mut line = String::new();
-        tokio::time::timeout(Duration::from_secs(120), stdout.read_line(&mut line))
-            .await
-            .context("a watcher process did not get ready in time")??;
-        anyhow::ensure!(line.trim() == "ready", "watcher process said {line:?}");
-        children.push((child, stdin, stdout));
+        let args_of_child: Vec<String> = [
+            "bench",
+            "engagement",
+            "--json",
+            "--watcher-url",
+            &ws_base,
+            "--watcher-from",
+            &from.to_string(),
+            "--watchers",
+            &count.to_string(),
+            "--posts",
+            &args.posts.to_string(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let c = super::spawn_client(&args_of_child, Duration::from_secs(120)).await?;
+        children.push((c.child, c.stdin, c.stdout));
         from += count;
         if !args.json {
             eprintln!("{from} watchers connected");

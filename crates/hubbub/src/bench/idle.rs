@@ -10,7 +10,6 @@
 use anyhow::Context;
 use clap::Args;
 use futures_util::StreamExt;
-use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
@@ -84,30 +83,25 @@ pub async fn run(args: IdleBenchArgs) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = rss_kib()?;
 
-    let exe = std::env::current_exe()?;
     let mut children = Vec::new();
     let mut from = 0;
     while from < args.connections {
         let count = args.per_process.min(args.connections - from);
-        let mut child = tokio::process::Command::new(&exe)
-            .args(["bench", "idle", "--client-url", &ws_base])
-            .args(["--client-from", &from.to_string()])
-            .args(["--per-process", &count.to_string()])
-            .args(["--users", &args.users.to_string()])
-            .env("HUBBUB_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawning a client process")?;
-        let stdin = child.stdin.take().context("stdin")?;
-        let mut stdout = tokio::io::BufReader::new(child.stdout.take().context("stdout")?);
-        let mut line = String::new();
-        tokio::time::timeout(Duration::from_secs(300), stdout.read_line(&mut line))
-            .await
-            .context("a client process did not get ready in time")??;
-        anyhow::ensure!(line.trim() == "ready", "client process said {line:?}");
-        children.push((child, stdin));
+        let args_of_child: Vec<String> = [
+            "bench",
+            "idle",
+            "--client-url",
+            &ws_base,
+            "--client-from",
+            &from.to_string(),
+            "--per-process",
+            &count.to_string(),
+            "--users",
+            &args.users.to_string(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        children.push(super::spawn_client(&args_of_child, Duration::from_secs(300)).await?);
         from += count;
         if !args.json {
             eprintln!("{from} connections open");
@@ -135,9 +129,9 @@ pub async fn run(args: IdleBenchArgs) -> anyhow::Result<()> {
             },
         );
     }
-    for (mut child, mut stdin) in children {
-        let _ = stdin.shutdown().await;
-        let _ = child.kill().await;
+    for mut c in children {
+        let _ = c.stdin.shutdown().await;
+        let _ = c.child.kill().await;
     }
     running.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);

@@ -76,3 +76,43 @@ pub(crate) fn unthrottled(config: &mut crate::config::Config) {
     config.auth.attempts_per_ip_per_minute = u32::MAX;
     config.auth.attempts_per_ip_burst = u32::MAX;
 }
+
+/// A client process of a benchmark (this binary again, in a client mode), ready: it printed
+/// `ready` on stdout. Benchmarks hold thousands of sockets, more than one process may open.
+pub(crate) struct ClientProcess {
+    /// The process (killed when dropped).
+    pub(crate) child: tokio::process::Child,
+    /// Its stdin: what the benchmark tells it.
+    pub(crate) stdin: tokio::process::ChildStdin,
+    /// Its stdout, after the `ready` line: what it reports.
+    pub(crate) stdout: tokio::io::BufReader<tokio::process::ChildStdout>,
+}
+
+/// Start `hubbub <args>` and wait (at most `ready_within`) for it to say `ready`.
+pub(crate) async fn spawn_client(
+    args: &[String],
+    ready_within: std::time::Duration,
+) -> anyhow::Result<ClientProcess> {
+    use anyhow::Context;
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(args)
+        .env("HUBBUB_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawning a client process")?;
+    let stdin = child.stdin.take().context("stdin")?;
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().context("stdout")?);
+    let mut line = String::new();
+    tokio::time::timeout(ready_within, stdout.read_line(&mut line))
+        .await
+        .context("a client process did not get ready in time")??;
+    anyhow::ensure!(line.trim() == "ready", "client process said {line:?}");
+    Ok(ClientProcess {
+        child,
+        stdin,
+        stdout,
+    })
+}
