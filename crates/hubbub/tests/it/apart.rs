@@ -263,31 +263,18 @@ async fn a_large_message_reaches_a_large_group_on_another_edge() {
         format!("http://{}", edge_a.addr),
         format!("http://{}", edge_b.addr),
     );
-    let token = |sub: &str| {
-        let exp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_secs()
-            + 3600;
-        jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-            &serde_json::json!({"sub": sub, "exp": exp}),
-            &jsonwebtoken::EncodingKey::from_secret(crate::support::APP_SECRET.as_bytes()),
-        )
-        .expect("sign")
-    };
     // 150 members online on edge b: 150 events of 16 KB, about 2.5 MB for that edge.
     let mut members = Vec::new();
     for i in 0..150 {
         let (mut s, _) = Client::new(&b)
-            .connect(&token(&format!("big{i}")))
+            .connect(&crate::support::app_token(&format!("big{i}"), 3600, None))
             .await
             .expect("connect");
         let _timeline = next(&mut s).await;
         members.push(s);
     }
     let (mut sender, _) = Client::new(&a)
-        .connect(&token("sender"))
+        .connect(&crate::support::app_token("sender", 3600, None))
         .await
         .expect("connect");
     let _timeline = next(&mut sender).await;

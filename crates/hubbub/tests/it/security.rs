@@ -9,23 +9,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-fn app_token(sub: &str, exp_in_s: i64, aud: Option<&str>) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64;
-    let mut claims = json!({"sub": sub, "handle": sub, "exp": now + exp_in_s, "iat": now});
-    if let Some(aud) = aud {
-        claims["aud"] = json!(aud);
-    }
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(APP_SECRET.as_bytes()),
-    )
-    .expect("sign")
-}
-
 async fn post_json(base: &str, path: &str, body: Value) -> reqwest::Response {
     reqwest::Client::new()
         .post(format!("{base}{path}"))

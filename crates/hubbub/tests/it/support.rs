@@ -12,6 +12,26 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 /// An app token secret of the length the server requires (32 bytes or more).
 pub const APP_SECRET: &str = "app-secret-app-secret-app-secret";
 
+/// An app token for `sub` (also its handle), signed with [`APP_SECRET`], expiring in
+/// `exp_in_s` seconds, with an `aud` claim when given.
+pub fn app_token(sub: &str, exp_in_s: i64, aud: Option<&str>) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let mut claims =
+        serde_json::json!({"sub": sub, "handle": sub, "exp": now + exp_in_s, "iat": now});
+    if let Some(aud) = aud {
+        claims["aud"] = serde_json::json!(aud);
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(APP_SECRET.as_bytes()),
+    )
+    .expect("sign")
+}
+
 /// Guard against a hang; never a timing assertion.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
