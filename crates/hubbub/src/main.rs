@@ -209,16 +209,16 @@ fn main() -> anyhow::Result<()> {
                 anyhow::Ok(())
             })
         }
-        Command::Edge(args) => run_role(&rt, hubbub::roles::Role::Edge, args.load()?),
-        Command::Router(args) => run_role(&rt, hubbub::roles::Role::Router, args.load()?),
-        Command::Scheduler(args) => run_role(&rt, hubbub::roles::Role::Scheduler, args.load()?),
+        Command::Edge(args) => run_role(&rt, "edge", Vec::new(), args.load()?),
+        Command::Router(args) => run_role(&rt, "router", Vec::new(), args.load()?),
+        Command::Scheduler(args) => run_role(&rt, "scheduler", Vec::new(), args.load()?),
         Command::Worker { services, args } => {
             let services = services
                 .split(',')
                 .map(|s| s.trim().to_owned())
                 .filter(|s| !s.is_empty())
                 .collect();
-            run_role(&rt, hubbub::roles::Role::Worker(services), args.load()?)
+            run_role(&rt, "worker", services, args.load()?)
         }
         Command::Config(args) => {
             print!("{}", args.load()?.to_toml());
@@ -275,11 +275,20 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Run one role until Ctrl-C or SIGTERM.
+#[cfg(feature = "cluster")]
 fn run_role(
     rt: &tokio::runtime::Runtime,
-    role: hubbub::roles::Role,
+    name: &str,
+    services: Vec<String>,
     config: Config,
 ) -> anyhow::Result<()> {
+    use hubbub::roles::Role;
+    let role = match name {
+        "edge" => Role::Edge,
+        "router" => Role::Router,
+        "scheduler" => Role::Scheduler,
+        _ => Role::Worker(services),
+    };
     rt.block_on(async move {
         let running = hubbub::roles::start(role.clone(), config).await?;
         match running.internal_addr {
@@ -298,6 +307,20 @@ fn run_role(
         running.wait().await;
         anyhow::Ok(())
     })
+}
+
+/// Without the `cluster` feature there are no roles apart: say how to get them.
+#[cfg(not(feature = "cluster"))]
+fn run_role(
+    _rt: &tokio::runtime::Runtime,
+    name: &str,
+    _services: Vec<String>,
+    _config: Config,
+) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "`hubbub {name}` runs a role apart on Redis and PostgreSQL, which this build leaves \
+         out: build with `--features cluster` (or run everything in one process with `hubbub serve`)"
+    )
 }
 
 /// Ctrl-C or SIGTERM.

@@ -1,21 +1,18 @@
-//! What `hubbub serve` and the roles apart build the same way, whatever the backends: the
-//! edge's settings, the routing table, the engagement settings, and the service loops.
+//! The settings of each part, read from the configuration the same way whatever the
+//! backends: the edge's settings and listener limits, the routing table, the engagement
+//! settings, the media store, and the process-wide metrics recorder.
 
 use crate::config::Config;
+use anyhow::Context as _;
 use hubbub_edge::EdgeConfig;
-use hubbub_queue::Queue;
-use hubbub_registry::{Delivery, Engagement};
+use hubbub_edge::PrometheusHandle;
 use hubbub_router::RoutingTable;
-use hubbub_services::chat::{CHAT_QUEUE, CHAT_TYPES, ChatService};
+use hubbub_services::chat::{CHAT_QUEUE, CHAT_TYPES};
 use hubbub_services::engagement::EngagementConfig;
-use hubbub_services::feed::{FEED_QUEUE, FEED_TYPES, FeedService};
-use hubbub_services::notify::{Notifier, PushProvider, Webhook};
-use hubbub_services::timeline::{Personalizer, Timeline, TimelineComputer};
-use hubbub_store::{FeedStore, MediaStore, Store};
-use std::sync::Arc;
+use hubbub_services::feed::{FEED_QUEUE, FEED_TYPES};
+use hubbub_store::{LocalMedia, MediaStore};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// How long an edge may stay silent before its sessions are dropped.
 pub(crate) fn edge_ttl(config: &Config) -> Duration {
@@ -73,122 +70,72 @@ pub(crate) fn engagement_config(config: &Config) -> EngagementConfig {
     }
 }
 
-/// What the service loops run on.
-pub(crate) struct ServiceDeps {
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) feed: Arc<dyn FeedStore>,
-    pub(crate) media: Arc<dyn MediaStore>,
-    pub(crate) queue: Arc<dyn Queue>,
-    pub(crate) delivery: Delivery,
-    pub(crate) timeline: Timeline,
-    /// Told of new comment counts and deleted posts.
-    pub(crate) engagement: Arc<dyn Engagement>,
-}
-
-/// Start the loops of one service: `chat`, `feed`, `timeline` or `notify`.
-pub(crate) fn spawn_service(
-    name: &str,
+/// The media store the configuration names.
+pub(crate) fn media_store(
     config: &Config,
-    d: &ServiceDeps,
-    tracker: &TaskTracker,
-    cancel: &CancellationToken,
-) -> anyhow::Result<()> {
-    let notify = config
-        .notify
-        .webhook
-        .as_ref()
-        .map(|_| config.notify.clone());
-    match name {
-        "chat" => {
-            for _ in 0..config.server.chat_workers.max(1) {
-                let chat = ChatService::new(
-                    d.store.clone(),
-                    d.media.clone(),
-                    d.queue.clone(),
-                    d.delivery.clone(),
-                    config.limits.clone(),
-                );
-                let chat = match &notify {
-                    Some(n) => chat.with_notify(n.clone()),
-                    None => chat,
-                };
-                tracker.spawn(chat.run(cancel.clone()));
-            }
+    sqlite: impl hubbub_store::MediaMeta + Clone + 'static,
+) -> anyhow::Result<Arc<dyn MediaStore>> {
+    use crate::config::MediaBackend;
+    match config.media.backend {
+        MediaBackend::Local => Ok(Arc::new(LocalMedia::new(
+            config.data_dir.join("media"),
+            sqlite,
+        )?)),
+        #[cfg(feature = "s3")]
+        MediaBackend::S3 => {
+            let s3 = config
+                .media
+                .s3
+                .as_ref()
+                .context("media.backend = \"s3\" needs a [media.s3] section")?;
+            Ok(Arc::new(hubbub_store::media::s3::ObjectMedia::s3(
+                s3, sqlite,
+            )?))
         }
-        "feed" => {
-            for _ in 0..config.feed.workers.max(1) {
-                let feed = FeedService::new(
-                    d.feed.clone(),
-                    d.media.clone(),
-                    d.queue.clone(),
-                    d.delivery.clone(),
-                    config.limits.clone(),
-                    Duration::from_millis(config.feed.precompute_dedupe_ms.max(1)),
-                )
-                .with_engagement(d.engagement.clone());
-                let feed = match &notify {
-                    Some(n) => feed.with_notify(n.clone()),
-                    None => feed,
-                };
-                tracker.spawn(feed.run(cancel.clone()));
-            }
-        }
-        "timeline" => {
-            for _ in 0..config.feed.timeline_workers.max(1) {
-                tracker.spawn(TimelineComputer::run(
-                    d.timeline.clone(),
-                    d.queue.clone(),
-                    cancel.clone(),
-                ));
-                tracker.spawn(Personalizer::run(
-                    d.timeline.clone(),
-                    d.queue.clone(),
-                    cancel.clone(),
-                ));
-            }
-        }
-        "notify" => {
-            let Some(webhook) = &config.notify.webhook else {
-                anyhow::bail!("the notify service needs [notify.webhook]");
-            };
-            let provider = Webhook::new(webhook.clone())
-                .map_err(|e| anyhow::anyhow!("notify.webhook: {e}"))?;
-            let providers: Vec<(Arc<dyn PushProvider>, u32, u32)> =
-                vec![(Arc::new(provider), webhook.rate_per_s, webhook.burst)];
-            let notifier = Notifier::new(
-                d.store.clone(),
-                d.queue.clone(),
-                providers,
-                config.notify.clone(),
-            );
-            tracker.spawn(notifier.run(cancel.clone()));
-        }
-        other => anyhow::bail!("unknown service {other:?}"),
+        #[cfg(not(feature = "s3"))]
+        MediaBackend::S3 => anyhow::bail!("this build has no S3 support: build with --features s3"),
     }
-    Ok(())
 }
 
-/// Bind and serve the admin listener when `admin_listen` is set; its bound address.
-pub(crate) async fn serve_admin(
-    config: &Config,
-    edge: &hubbub_edge::Edge,
-    tracker: &TaskTracker,
-    cancel: &CancellationToken,
-) -> anyhow::Result<Option<std::net::SocketAddr>> {
-    use anyhow::Context;
-    let Some(at) = config.admin_listen else {
-        return Ok(None);
-    };
-    let listener = tokio::net::TcpListener::bind(at)
-        .await
-        .with_context(|| format!("listening on {at} (admin_listen)"))?;
-    let addr = listener.local_addr()?;
-    let (edge, stop) = (edge.clone(), cancel.clone());
-    tracker.spawn(async move {
-        if let Err(e) = edge.serve_admin(listener).await {
-            tracing::error!(error = %e, "admin listener stopped");
-            stop.cancel();
+/// The process-wide Prometheus recorder (installed once; servers in one process share it).
+pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    // Servers starting at once in one process (tests): one installs, the others wait for it.
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let buckets = [
+        0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    ];
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(
+                hubbub_protocol::metrics::DELIVERY_LATENCY.into(),
+            ),
+            &buckets,
+        )?
+        .build_recorder();
+    let handle = recorder.handle();
+    // Only the first server of the process installs it; later ones reuse the handle.
+    if metrics::set_global_recorder(recorder).is_ok() {
+        // Every unlabelled counter and gauge of the registry shows from the start (at 0), so
+        // dashboards and alerts see it before the first event.
+        for m in hubbub_protocol::metrics::ALL
+            .iter()
+            .filter(|m| m.labels.is_empty())
+        {
+            match m.kind {
+                hubbub_protocol::metrics::Kind::Counter => metrics::counter!(m.name).absolute(0),
+                hubbub_protocol::metrics::Kind::Gauge => metrics::gauge!(m.name).set(0.0),
+                hubbub_protocol::metrics::Kind::Histogram => {}
+            }
         }
-    });
-    Ok(Some(addr))
+        let _ = HANDLE.set(handle);
+    }
+    HANDLE.get().cloned().context("metrics recorder")
 }

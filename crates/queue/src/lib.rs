@@ -8,8 +8,8 @@
 //!   types in [`types`] and the error type [`QueueError`].
 //! - [`embedded`]: the default backend, durable in one SQLite file (WAL, `synchronous=FULL`)
 //!   with a single writer thread doing group commit. Its module doc is the storage spec.
-//! - [`redis`]: the distributed backend on Redis (scripted queues, logs on Streams), for roles
-//!   running apart.
+//! - The distributed backend on Redis (scripted queues, logs on Streams) lives with the rest
+//!   of what runs only when roles are apart, in `hubbub-cluster`, and passes the same suite.
 //! - [`clock`]: the time source; tests drive a [`ManualClock`] instead of sleeping.
 //! - [`conformance`]: the behaviour every backend must show, written once as test functions
 //!   and instantiated per backend with [`queue_conformance_tests!`].
@@ -20,13 +20,11 @@ pub mod clock;
 pub mod conformance;
 pub mod embedded;
 mod error;
-pub mod redis;
 pub mod types;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use embedded::{EmbeddedConfig, EmbeddedQueue, Outbox, TransactError};
 pub use error::{QueueError, ReceiptError};
-pub use redis::{RedisConfig, RedisQueue};
 pub use types::*;
 
 use async_trait::async_trait;

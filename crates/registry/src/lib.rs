@@ -3,23 +3,20 @@
 //! - [`Registry`]: user → sessions, each with the id of the edge holding its socket. Edges
 //!   register a session when its socket opens and unregister it when it closes. The
 //!   in-process [`LocalRegistry`] serves `hubbub serve`; a Redis one (with heartbeat TTLs so a
-//!   dead edge's sessions expire) comes with the scale-out backends.
+//!   dead edge's sessions expire) is in `hubbub-cluster`.
 //! - [`EdgeLink`]: hands a batch of [`ToEdge`] items to one edge. [`LocalEdges`] is the
-//!   in-process channel; the distributed one is a batched HTTP POST to the edge's internal
-//!   address.
+//!   in-process channel; the distributed one (`hubbub-cluster`) is a batched HTTP POST to the
+//!   edge's internal address.
 //! - [`Delivery`]: what services use: "deliver these frames to these users" becomes one batch
 //!   per edge holding any of their sessions, plus frames for single sessions (replies, and
 //!   presence events for a watcher).
 //! - [`Signals`]: the ephemeral path (presence, typing) as the edge sees it: in memory, never
 //!   on disk or on a durable queue. Implemented by the services crate.
 //!
-//! - [`distributed`]: the Redis registry and the HTTP edge link, for roles running apart.
 //! - [`Timelines`], [`Engagement`]: the feed's reads and the engagement path as the edge sees
 //!   them. Implemented by the services crate.
 //!
 //! This crate knows nothing of storage or of what the frames mean.
-
-pub mod distributed;
 
 use async_trait::async_trait;
 use hubbub_protocol::internal::ToEdge;

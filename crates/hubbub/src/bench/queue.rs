@@ -45,7 +45,8 @@ pub struct QueueBenchArgs {
     /// Where the database goes (default: a new temporary directory, removed afterwards).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Also run the workload against Redis Streams at this URL.
+    /// Also run the workload against Redis Streams at this URL (builds with the `cluster`
+    /// feature).
     #[arg(long)]
     redis_url: Option<String>,
     /// Print one JSON object per backend instead of text.
@@ -127,7 +128,12 @@ pub async fn run(args: QueueBenchArgs) -> anyhow::Result<()> {
     drop(q);
     let _ = std::fs::remove_dir_all(&tmp);
     if let Some(url) = &args.redis_url {
+        #[cfg(feature = "cluster")]
         redis_streams::run(url, &args).await?.print(args.json)?;
+        #[cfg(not(feature = "cluster"))]
+        anyhow::bail!(
+            "--redis-url {url}: this build has no Redis client; build with --features cluster"
+        );
     }
     Ok(())
 }
@@ -218,6 +224,7 @@ async fn merge(
     Ok(all)
 }
 
+#[cfg(feature = "cluster")]
 mod redis_streams {
     //! The same workload on Redis Streams, as a peer to compare with.
     use super::*;

@@ -1,6 +1,15 @@
 //! The `deliver-body` target: the edge's internal delivery handler (secret, JSON batch).
 
+use super::frame::any_attachments;
 use super::*;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use hubbub_cluster::edge_link::SECRET_HEADER;
+use hubbub_protocol::internal::ToEdge;
+use hubbub_protocol::{
+    Comment, Conversation, ConversationSummary, Message, NotificationKind, Post, Presence,
+    PresenceStatus, ReplyData, ServerFrame, TopWriter, UserRef,
+};
+use tokio::sync::mpsc;
 
 pub(super) const INTERNAL_SECRET: &str = "fuzz-internal-secret-0123456789";
 
@@ -302,7 +311,7 @@ impl Target for DeliverTarget {
         if let Some(v) = sent {
             headers.insert(SECRET_HEADER, v);
         }
-        let response = crate::roles::deliver(&headers, body, INTERNAL_SECRET, &self.tx);
+        let response = hubbub_cluster::edge_link::accept(&headers, body, INTERNAL_SECRET, &self.tx);
         let delivered = std::iter::from_fn(|| self.rx.try_recv().ok()).count();
         let status = response.status();
         match status {

@@ -361,8 +361,8 @@ async fn roles_apart_survive_kill_9_of_a_worker_an_edge_and_the_router() {
     progress.acked(step).await;
     kill9(&mut router);
     // Nothing is routed now: wait until requests pile up in `main` for the restarted one.
-    let main = hubbub_queue::RedisQueue::connect({
-        let mut c = hubbub_queue::RedisConfig::new(cluster.redis.clone());
+    let main = hubbub_cluster::RedisQueue::connect({
+        let mut c = hubbub_cluster::RedisConfig::new(cluster.redis.clone());
         c.namespace = cluster.namespace.clone();
         c
     })

@@ -1,12 +1,16 @@
 //! End-to-end tests: the real server started in-process on 127.0.0.1:0, spoken to over real
-//! HTTP and WebSockets. One binary for all of them (one link step).
+//! HTTP and WebSockets. One binary for all of them (one link step). The roles-apart tests
+//! (`apart`, `cluster`, `outage`) need the `cluster` feature and the Redis and PostgreSQL
+//! servers `scripts/test` starts.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[cfg(feature = "cluster")]
 mod apart;
 mod auth;
 mod bad_input;
 mod chat;
 mod cli;
+#[cfg(feature = "cluster")]
 mod cluster;
 mod crash;
 mod deploy;
@@ -15,6 +19,7 @@ mod feed;
 mod lifecycle;
 mod media;
 mod notify;
+#[cfg(feature = "cluster")]
 mod outage;
 mod security;
 mod signals;

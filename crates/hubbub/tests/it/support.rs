@@ -209,6 +209,7 @@ pub fn group(members: Vec<String>) -> Request {
 }
 
 /// A fresh database on the PostgreSQL server `scripts/test` starts.
+#[cfg(feature = "cluster")]
 pub async fn fresh_database() -> String {
     let url = std::env::var("HUBBUB_TEST_POSTGRES_URL")
         .expect("HUBBUB_TEST_POSTGRES_URL is not set: run scripts/test, which starts PostgreSQL");

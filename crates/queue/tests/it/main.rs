@@ -4,4 +4,3 @@
 mod crash;
 mod embedded;
 mod model;
-mod redis;

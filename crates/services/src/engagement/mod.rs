@@ -21,10 +21,8 @@
 //! edge's subscriptions lapse with no one telling. A delivery to an edge that is gone drops
 //! its subscriptions at once.
 //!
-//! When roles run apart, [`remote`] carries the signals from the edges to the one worker
+//! When roles run apart, `hubbub_cluster::engagement` carries the signals from the edges to the one worker
 //! that aggregates them.
-
-pub mod remote;
 
 use async_trait::async_trait;
 use hubbub_protocol::internal::ToEdge;

@@ -12,10 +12,8 @@
 //! member gets at most one `start` per sender per conversation per second, and a `start` not
 //! renewed within 6 s lapses: the server sends the `stop`.
 //!
-//! When roles run apart, [`remote::ClusterSignals`] computes presence from what the edges
+//! When roles run apart, `hubbub_cluster::ClusterSignals` computes presence from what the edges
 //! share in Redis instead of one process's memory.
-
-pub mod remote;
 
 use async_trait::async_trait;
 use hubbub_protocol::{

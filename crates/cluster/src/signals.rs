@@ -13,7 +13,6 @@
 //! Typing is unchanged (the local [`SignalService`] relays it through the registry and the
 //! edge link, which reach every edge).
 
-use super::{MAX_WATCH, SignalService};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use hubbub_protocol::{
@@ -21,6 +20,7 @@ use hubbub_protocol::{
 };
 use hubbub_queue::clock::now_ms;
 use hubbub_registry::{Delivery, Registry, SignalError, Signals};
+use hubbub_services::signals::{MAX_WATCH, SignalService};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use std::collections::{HashMap, HashSet};

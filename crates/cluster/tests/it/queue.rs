@@ -2,8 +2,9 @@
 //! (`HUBBUB_TEST_REDIS_URL`). Each test gets its own key namespace; time is real (the
 //! server's clock), in units of 100 ms.
 
+use hubbub_cluster::{RedisConfig, RedisQueue};
 use hubbub_queue::conformance::{ConformanceEnv, RealTime};
-use hubbub_queue::{Queue, QueueError, RedisConfig, RedisQueue, SendOptions};
+use hubbub_queue::{Queue, QueueError, SendOptions};
 use std::sync::Arc;
 use std::time::Duration;
 

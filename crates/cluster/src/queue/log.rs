@@ -3,9 +3,9 @@
 //! offsets.
 
 use super::{RedisQueue, unavailable};
-use crate::types::*;
-use crate::{Log, QueueError};
 use async_trait::async_trait;
+use hubbub_queue::types::*;
+use hubbub_queue::{Log, QueueError};
 use redis::AsyncCommands;
 
 fn entries(reply: redis::streams::StreamRangeReply) -> Result<Vec<LogEntry>, QueueError> {

@@ -29,9 +29,9 @@
 mod log;
 mod scripts;
 
-use crate::types::*;
-use crate::{Queue, QueueError, ReceiptError};
 use async_trait::async_trait;
+use hubbub_queue::types::*;
+use hubbub_queue::{Queue, QueueError, ReceiptError};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use scripts::Scripts;

@@ -13,12 +13,12 @@
 //!   that set, and the next heartbeat of each edge confirms it; a dead edge's subscriptions
 //!   lapse.
 
-use super::{EngagementConfig, EngagementService};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use hubbub_protocol::{ErrorCode, UserRef};
 use hubbub_queue::clock::now_ms;
 use hubbub_registry::{EdgeLink, Engagement, SignalError};
+use hubbub_services::engagement::{EngagementConfig, EngagementService};
 use hubbub_store::FeedStore;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
@@ -148,7 +148,7 @@ impl RemoteEngagement {
             .store
             .comment_count(post)
             .await
-            .map_err(|e| SignalError::from(crate::Failure::from(e)))?
+            .map_err(|e| SignalError::from(hubbub_services::Failure::from(e)))?
             .is_some();
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         if known.len() > MAX_KNOWN {

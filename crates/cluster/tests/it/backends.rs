@@ -2,10 +2,10 @@
 //! implementations and on the Redis ones (against the server `scripts/test` starts,
 //! `HUBBUB_TEST_REDIS_URL`, each test in its own key namespace).
 
-use hubbub_registry::distributed::RedisRegistry;
+use hubbub_cluster::{RedisRegistry, RedisTimelineCache};
 use hubbub_registry::{LocalRegistry, Registry};
 use hubbub_services::timeline::{
-    CachedTimeline, LocalTimelineCache, RedisTimelineCache, Stage, TimelineCache, TimelineEntry,
+    CachedTimeline, LocalTimelineCache, Stage, TimelineCache, TimelineEntry,
 };
 use std::sync::Arc;
 use std::time::Duration;
