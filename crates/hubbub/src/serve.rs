@@ -166,6 +166,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         feed_store.clone(),
         edges.clone(),
         wiring::engagement_config(&config),
+        &tracker,
         cancel.clone(),
     );
     let timeline = Timeline::new(

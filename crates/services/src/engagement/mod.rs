@@ -38,6 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How often a partition expires and publishes.
 pub const TICK: Duration = Duration::from_millis(25);
@@ -333,17 +334,19 @@ pub struct EngagementService {
 }
 
 impl EngagementService {
-    /// Start the partitions; they publish through `link` until `cancel`.
+    /// Start the partitions, as tasks of `tracker`; they publish through `link` until
+    /// `cancel`.
     pub fn start(
         store: Arc<dyn FeedStore>,
         link: Arc<dyn EdgeLink>,
         config: EngagementConfig,
+        tracker: &TaskTracker,
         cancel: CancellationToken,
     ) -> Self {
         let partitions = (0..config.partitions.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(INBOX);
-                tokio::spawn(run_partition(
+                tracker.spawn(run_partition(
                     Aggregator::new(config.clone()),
                     rx,
                     link.clone(),

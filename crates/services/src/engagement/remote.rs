@@ -348,6 +348,7 @@ return 0",
             self.store.clone(),
             self.link.clone(),
             self.config.clone(),
+            &tokio_util::task::TaskTracker::new(),
             term.clone(),
         );
         // Start from the subscriptions recorded in Redis (the edges confirm them on their
