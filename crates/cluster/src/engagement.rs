@@ -316,10 +316,15 @@ return 0",
             }
             tracing::info!(worker = %self.id, "leading engagement");
             let term = cancel.child_token();
-            if let Err(e) = self.serve(&term).await {
+            // The aggregator's partitions of this term: stopped and awaited before the next
+            // term (or the end of `run`), so none outlives its lease.
+            let partitions = tokio_util::task::TaskTracker::new();
+            if let Err(e) = self.serve(&term, &partitions).await {
                 tracing::warn!(error = %e, "engagement channel lost; will lead again if possible");
             }
             term.cancel();
+            partitions.close();
+            partitions.wait().await;
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 _ = cancel.cancelled() => break,
@@ -338,7 +343,11 @@ return 0",
     }
 
     /// Consume the channel while the lease holds.
-    async fn serve(&self, term: &CancellationToken) -> Result<(), redis::RedisError> {
+    async fn serve(
+        &self,
+        term: &CancellationToken,
+        partitions: &tokio_util::task::TaskTracker,
+    ) -> Result<(), redis::RedisError> {
         let client = redis::Client::open(self.url.as_str())?;
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(channel(&self.namespace)).await?;
@@ -348,6 +357,7 @@ return 0",
             self.store.clone(),
             self.link.clone(),
             self.config.clone(),
+            partitions,
             term.clone(),
         );
         // Start from the subscriptions recorded in Redis (the edges confirm them on their

@@ -131,4 +131,35 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         assert!(l.take(&keys[0]).is_ok());
     }
+
+    /// However long a bucket idles, it saves up `burst` tokens, no more.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_bucket_saves_up_to_its_burst() {
+        let mut b = TokenBucket::new(10.0, 3);
+        for _ in 0..3 {
+            assert!(b.take().is_ok());
+        }
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        for _ in 0..3 {
+            assert!(b.take().is_ok());
+        }
+        assert_eq!(b.take(), Err(100));
+    }
+
+    /// When the map is full, only buckets that have refilled are dropped: a key still short
+    /// of tokens keeps its limit.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_map_drops_only_refilled_buckets() {
+        // One token a second, bursts of 2, two keys.
+        let l: KeyedLimiter<&str> = KeyedLimiter::per_minute(60, 2, 2);
+        assert!(l.take(&"a").is_ok());
+        assert!(l.take(&"a").is_ok());
+        assert!(l.take(&"b").is_ok());
+        // b is full again after 1 s; a, emptied, is not before 2 s.
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert!(l.take(&"c").is_ok());
+        assert_eq!(l.len(), 2, "b made room for c");
+        assert!(l.take(&"a").is_ok(), "1.5 tokens saved up");
+        assert_eq!(l.take(&"a"), Err(500), "a kept its bucket");
+    }
 }

@@ -126,6 +126,12 @@ impl Manager {
         &self.cancel
     }
 
+    /// The tracker every task of the process runs on (for parts that start their own
+    /// workers while being built: the in-process engagement partitions).
+    pub(crate) fn tracker(&self) -> &TaskTracker {
+        &self.tracker
+    }
+
     /// Build `S` from `ctx` and run it on a tracked task.
     pub(crate) async fn start<S: Service>(&self, ctx: &Context) -> anyhow::Result<()> {
         let service = S::build(ctx)

@@ -145,6 +145,7 @@ async fn context(
         feed.clone(),
         edges,
         wiring::engagement_config(config),
+        manager.tracker(),
         manager.cancel().clone(),
     );
     let timeline = Timeline::new(

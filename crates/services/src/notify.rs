@@ -20,8 +20,9 @@ use hubbub_queue::{Outgoing, Queue, ReceiveOptions, SendOptions, dlq_name};
 use hubbub_store::Store;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The notify queue.
@@ -128,7 +129,7 @@ pub trait PushProvider: Send + Sync {
     async fn send(&self, notification: &Notification) -> Result<(), PushError>;
 }
 
-/// A token bucket that waits for its token.
+/// A token bucket that waits for its token, on tokio's clock (the clock of the wait).
 #[derive(Debug)]
 struct Bucket {
     tokens: f64,
@@ -475,16 +476,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn bucket_limits_the_rate() {
+    /// Past the burst, a take says how long until the next token, and after that wait
+    /// (on paused time) the token is there.
+    #[tokio::test(start_paused = true)]
+    async fn bucket_limits_the_rate() {
         let mut b = Bucket::new(10, 2);
         assert!(b.take().is_zero());
         assert!(b.take().is_zero());
-        let wait = b.take();
-        assert!(
-            wait > Duration::ZERO && wait <= Duration::from_millis(100),
-            "{wait:?}"
-        );
+        assert_eq!(b.take(), Duration::from_millis(100));
+        tokio::time::advance(Duration::from_millis(50)).await;
+        assert_eq!(b.take(), Duration::from_millis(50));
+        tokio::time::advance(Duration::from_millis(50)).await;
+        assert!(b.take().is_zero());
+        // Idle for long, it saves up its burst and no more.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(b.take().is_zero());
+        assert!(b.take().is_zero());
+        assert!(!b.take().is_zero());
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 fn user(handle: &str) -> UserRef {
     UserRef {
@@ -57,9 +58,15 @@ async fn a_restarted_service_learns_subscriptions_from_renewals_and_drops_gone_e
     let mut e1 = edges.attach("e1");
     let config = EngagementConfig::default();
 
+    let tracker = TaskTracker::new();
     let first = CancellationToken::new();
-    let service =
-        EngagementService::start(store.clone(), edges.clone(), config.clone(), first.clone());
+    let service = EngagementService::start(
+        store.clone(),
+        edges.clone(),
+        config.clone(),
+        &tracker,
+        first.clone(),
+    );
     service
         .subscribe("e1", std::slice::from_ref(&post))
         .await
@@ -71,9 +78,21 @@ async fn a_restarted_service_learns_subscriptions_from_renewals_and_drops_gone_e
     assert_eq!(next(&mut e1).await, (1, vec!["bob".to_owned()]));
 
     // The service dies, its memory with it; a new one starts knowing nothing.
+    // Its partitions are tasks of the tracker: they end when cancelled.
     first.cancel();
+    tracker.close();
+    tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+        .await
+        .expect("the partitions end");
+    let tracker = TaskTracker::new();
     let second = CancellationToken::new();
-    let service = EngagementService::start(store.clone(), edges.clone(), config, second.clone());
+    let service = EngagementService::start(
+        store.clone(),
+        edges.clone(),
+        config,
+        &tracker,
+        second.clone(),
+    );
     // The edge's next heartbeat renews what it watches: that is the resubscription.
     service.renew("e1", std::slice::from_ref(&post)).await;
     service
@@ -108,4 +127,6 @@ async fn a_restarted_service_learns_subscriptions_from_renewals_and_drops_gone_e
         .expect_err("deleted");
     assert_eq!(e.code, hubbub_protocol::ErrorCode::NotFound);
     second.cancel();
+    tracker.close();
+    tracker.wait().await;
 }

@@ -21,9 +21,12 @@
 //!   `sync`, forwarding writes to `main`);
 //! - [`seq`]: the exactly-once state of a session (which seqs it wrote; gaps; what a `sync`
 //!   skips), plain and unit-tested;
-//! - [`limits`]: frame counting and ack coalescing, plain and unit-tested.
+//! - [`limits`]: frame counting and ack coalescing, plain and unit-tested;
+//! - [`pending`]: the requests awaiting their reply and their deadlines, plain and
+//!   unit-tested.
 
 mod limits;
+mod pending;
 mod requests;
 mod seq;
 
@@ -39,6 +42,7 @@ use axum::response::Response;
 use hubbub_protocol::{ErrorCode, ServerFrame, UserRef};
 use hubbub_queue::clock::now_ms;
 use limits::{Acks, Window};
+use pending::Pending;
 use seq::{Pushed, SeqState};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -156,7 +160,7 @@ struct Conn {
     /// Which durable events this session has written (exactly once, in order).
     seq: SeqState,
     acks: Acks,
-    pending: HashMap<String, Instant>,
+    pending: Pending,
     bucket: TokenBucket,
     window: Window,
     last_heard: Instant,
@@ -197,7 +201,7 @@ async fn run(inner: Arc<Inner>, user: UserRef, expires_ms: i64, socket: WebSocke
         session,
         socket,
         seq: SeqState::new(0),
-        pending: HashMap::new(),
+        pending: Pending::new(inner.config.request_timeout),
         window: Window::new(),
         last_heard: Instant::now(),
         close: close_signal,
@@ -488,7 +492,7 @@ impl Conn {
                 Out::Shared(list) => shared.extend(list),
                 Out::Reply(reply) => match *reply {
                     // Already answered (timed out): drop the late reply.
-                    (Some(id), _) if self.pending.remove(&id).is_none() => {}
+                    (Some(id), _) if !self.pending.answered(&id) => {}
                     (_, frame) => frames.push(frame),
                 },
                 Out::Events(events, origin_ms) => {

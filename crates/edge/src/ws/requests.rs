@@ -442,8 +442,7 @@ impl Conn {
         {
             Ok(_) => {
                 if let Some(id) = id {
-                    self.pending
-                        .insert(id, Instant::now() + self.inner.config.request_timeout);
+                    self.pending.forwarded(id, Instant::now());
                 }
                 Flow::Continue
             }
@@ -460,20 +459,13 @@ impl Conn {
     }
 
     pub(super) async fn expire_pending(&mut self) -> Flow {
-        let now = Instant::now();
-        let overdue: Vec<String> = self
-            .pending
-            .iter()
-            .filter(|(_, d)| **d <= now)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let overdue = self.pending.overdue(Instant::now());
         if overdue.is_empty() {
             return Flow::Continue;
         }
         let frames: Vec<ServerFrame> = overdue
             .into_iter()
             .map(|id| {
-                self.pending.remove(&id);
                 ServerFrame::error(Some(id), ErrorCode::Internal, "no reply in time; the outcome is unknown, retrying with the same client_msg_id is safe")
             })
             .collect();

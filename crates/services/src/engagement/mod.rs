@@ -7,6 +7,8 @@
 //! writers with their word counts, the post's comment count, and the edges subscribed to it.
 //! Every [`TICK`] it expires what left the window, and publishes an `engagement` frame for
 //! each post that changed, at most once per second per post, as one batch per edge.
+//! Partitions keep time on tokio's clock (milliseconds since the service started), so tests
+//! run the window, the leases and the publication rate on paused time.
 //!
 //! # The ephemeral path
 //! `comment.typing` never waits for a disk: a partition checks the post against its memory.
@@ -27,7 +29,6 @@
 use async_trait::async_trait;
 use hubbub_protocol::internal::ToEdge;
 use hubbub_protocol::{ErrorCode, ServerFrame, TopWriter, UserRef};
-use hubbub_queue::clock::now_ms;
 use hubbub_registry::{EdgeLink, Engagement, SignalError};
 use hubbub_store::FeedStore;
 use std::collections::HashMap;
@@ -35,7 +36,9 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How often a partition expires and publishes.
 pub const TICK: Duration = Duration::from_millis(25);
@@ -89,7 +92,8 @@ struct PostState {
     /// edge → when its subscription lapses.
     subs: HashMap<String, i64>,
     dirty: bool,
-    last_published: i64,
+    /// When its last event was published; `None`: never.
+    last_published: Option<i64>,
 }
 
 /// What a partition knows of a post.
@@ -103,7 +107,9 @@ pub enum Known {
     Unknown,
 }
 
-/// One partition's state. Every method takes the time, so it is tested without a clock.
+/// One partition's state. Every method takes the time, so it is tested without a clock: a
+/// time is milliseconds on any clock that never goes back (the service's counts from its
+/// start).
 #[derive(Debug)]
 pub struct Aggregator {
     config: EngagementConfig,
@@ -250,9 +256,12 @@ impl Aggregator {
                 state.dirty = false;
                 return !state.writers.is_empty();
             }
-            if state.dirty && now - state.last_published >= PUBLISH_EVERY_MS {
+            let due = state
+                .last_published
+                .is_none_or(|at| now - at >= PUBLISH_EVERY_MS);
+            if state.dirty && due {
                 state.dirty = false;
-                state.last_published = now;
+                state.last_published = Some(now);
                 let frame = frame(post, state, &self.config);
                 for edge in state.subs.keys() {
                     out.entry(edge.clone()).or_default().push(frame.clone());
@@ -331,20 +340,24 @@ pub struct EngagementService {
 }
 
 impl EngagementService {
-    /// Start the partitions; they publish through `link` until `cancel`.
+    /// Start the partitions, as tasks of `tracker`; they publish through `link` until
+    /// `cancel`.
     pub fn start(
         store: Arc<dyn FeedStore>,
         link: Arc<dyn EdgeLink>,
         config: EngagementConfig,
+        tracker: &TaskTracker,
         cancel: CancellationToken,
     ) -> Self {
+        let origin = Instant::now();
         let partitions = (0..config.partitions.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(INBOX);
-                tokio::spawn(run_partition(
+                tracker.spawn(run_partition(
                     Aggregator::new(config.clone()),
                     rx,
                     link.clone(),
+                    origin,
                     cancel.clone(),
                 ));
                 tx
@@ -537,10 +550,16 @@ impl Engagement for EngagementService {
     }
 }
 
+/// Milliseconds since `origin`: a partition's clock.
+fn since(origin: Instant) -> i64 {
+    i64::try_from(origin.elapsed().as_millis()).unwrap_or(i64::MAX)
+}
+
 async fn run_partition(
     mut agg: Aggregator,
     mut rx: mpsc::Receiver<Cmd>,
     link: Arc<dyn EdgeLink>,
+    origin: Instant,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(TICK);
@@ -549,11 +568,11 @@ async fn run_partition(
         tokio::select! {
             _ = cancel.cancelled() => break,
             cmd = rx.recv() => match cmd {
-                Some(cmd) => apply(&mut agg, cmd),
+                Some(cmd) => apply(&mut agg, cmd, since(origin)),
                 None => break,
             },
             _ = tick.tick() => {
-                let batches = agg.tick(now_ms());
+                let batches = agg.tick(since(origin));
                 for (edge, frames) in batches {
                     let n = frames.len() as u64;
                     match link.deliver(&edge, vec![ToEdge::Engagement { frames }]).await {
@@ -569,8 +588,7 @@ async fn run_partition(
     }
 }
 
-fn apply(agg: &mut Aggregator, cmd: Cmd) {
-    let now = now_ms();
+fn apply(agg: &mut Aggregator, cmd: Cmd, now: i64) {
     match cmd {
         Cmd::Typing {
             post,
@@ -712,6 +730,190 @@ mod tests {
         for i in 0..(MAX_TOMBSTONES + 10) {
             agg.load(&format!("made-up-{i}"), None, 7000);
             assert!(agg.gone.len() <= MAX_TOMBSTONES);
+        }
+    }
+
+    /// The in-process service on paused tokio time: `advance` jumps the clock, and waiting on
+    /// a channel with a `timeout` lets the runtime move it from timer to timer.
+    mod service {
+        use super::*;
+        use hubbub_queue::{EmbeddedConfig, EmbeddedQueue};
+        use hubbub_registry::LocalEdges;
+        use hubbub_store::{NewPost, SqliteStore};
+        use tokio::sync::mpsc::UnboundedReceiver;
+        use tokio::time::advance;
+
+        type Inbox = UnboundedReceiver<Vec<ToEdge>>;
+
+        struct Setup {
+            service: EngagementService,
+            post: String,
+            e1: Inbox,
+            _dir: tempfile::TempDir,
+        }
+
+        /// A service of one partition on a fresh store holding one post, with edge `e1`
+        /// attached (not subscribed).
+        async fn setup(config: EngagementConfig) -> Setup {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let queue =
+                EmbeddedQueue::open(dir.path().join("hubbub.db"), EmbeddedConfig::default())
+                    .expect("queue");
+            let store = SqliteStore::open(queue).await.expect("store");
+            let post = store
+                .create_post(NewPost {
+                    id: "p1".into(),
+                    author: "u-alice".into(),
+                    text: "hi".into(),
+                    attachments: vec![],
+                })
+                .await
+                .expect("post")
+                .post
+                .id;
+            let edges = Arc::new(LocalEdges::default());
+            let e1 = edges.attach("e1");
+            let config = EngagementConfig {
+                partitions: 1,
+                ..config
+            };
+            let tracker = TaskTracker::new();
+            let service = EngagementService::start(
+                Arc::new(store),
+                edges,
+                config,
+                &tracker,
+                CancellationToken::new(),
+            );
+            Setup {
+                service,
+                post,
+                e1,
+                _dir: dir,
+            }
+        }
+
+        /// Move the clock forward to `at`.
+        async fn advance_to(at: Instant) {
+            let now = Instant::now();
+            assert!(at >= now, "the clock is already past the step");
+            advance(at - now).await;
+        }
+
+        /// The next engagement event within `within`: (writers, top as (handle, words)).
+        async fn next_within(e1: &mut Inbox, within: Duration) -> (u32, Vec<(String, u32)>) {
+            let batch = tokio::time::timeout(within, e1.recv())
+                .await
+                .expect("an event in time")
+                .expect("open");
+            match batch.as_slice() {
+                [ToEdge::Engagement { frames }] => match frames.as_slice() {
+                    [ServerFrame::Engagement { writers, top, .. }] => (
+                        *writers,
+                        top.iter().map(|t| (t.handle.clone(), t.words)).collect(),
+                    ),
+                    other => panic!("unexpected frames {other:?}"),
+                },
+                other => panic!("unexpected batch {other:?}"),
+            }
+        }
+
+        /// No event for `d`.
+        async fn quiet_for(e1: &mut Inbox, d: Duration) {
+            if let Ok(batch) = tokio::time::timeout(d, e1.recv()).await {
+                panic!("unexpected batch {batch:?}");
+            }
+        }
+
+        fn top(list: &[(&str, u32)]) -> Vec<(String, u32)> {
+            list.iter().map(|(h, w)| ((*h).to_owned(), *w)).collect()
+        }
+
+        /// A writer counts for `window_s` after their last `comment.typing` and is gone
+        /// after it; a post's events come at most once a second.
+        #[tokio::test(start_paused = true)]
+        async fn writers_count_within_the_window_and_are_gone_after_it() {
+            let Setup {
+                service,
+                post,
+                mut e1,
+                _dir,
+            } = setup(EngagementConfig {
+                window_s: 10,
+                subscription_ttl: Duration::from_secs(60),
+                ..Default::default()
+            })
+            .await;
+            let ms = |ms: u64| Duration::from_millis(ms);
+            let posts = std::slice::from_ref(&post);
+            service.subscribe("e1", posts).await.expect("subscribe");
+            let t0 = Instant::now();
+            service.typing(&user(1), &post, 5).await.expect("typing");
+            assert_eq!(
+                next_within(&mut e1, ms(100)).await,
+                (1, top(&[("user1", 5)]))
+            );
+
+            advance_to(t0 + ms(5000)).await;
+            service.typing(&user(2), &post, 9).await.expect("typing");
+            let both = top(&[("user2", 9), ("user1", 5)]);
+            assert_eq!(next_within(&mut e1, ms(100)).await, (2, both));
+            // A change within the second waits for the second to end.
+            advance_to(t0 + ms(5500)).await;
+            service.typing(&user(2), &post, 12).await.expect("typing");
+            quiet_for(&mut e1, ms(400)).await;
+            let both = top(&[("user2", 12), ("user1", 5)]);
+            assert_eq!(next_within(&mut e1, ms(300)).await, (2, both));
+
+            // user1 leaves the window 10 s after typing, not before.
+            advance_to(t0 + ms(9800)).await;
+            quiet_for(&mut e1, ms(150)).await;
+            let one = top(&[("user2", 12)]);
+            assert_eq!(next_within(&mut e1, ms(200)).await, (1, one));
+            // user2 typed last at 5.5 s.
+            advance_to(t0 + ms(15_300)).await;
+            quiet_for(&mut e1, ms(150)).await;
+            assert_eq!(next_within(&mut e1, ms(200)).await, (0, vec![]));
+            quiet_for(&mut e1, Duration::from_secs(60)).await;
+        }
+
+        /// A subscription not renewed within `subscription_ttl` lapses (the edge hears
+        /// nothing more); a renewal brings it back with the current state.
+        #[tokio::test(start_paused = true)]
+        async fn a_subscription_not_renewed_lapses() {
+            let Setup {
+                service,
+                post,
+                mut e1,
+                _dir,
+            } = setup(EngagementConfig {
+                window_s: 60,
+                subscription_ttl: Duration::from_secs(5),
+                ..Default::default()
+            })
+            .await;
+            let ms = |ms: u64| Duration::from_millis(ms);
+            let posts = std::slice::from_ref(&post);
+            let t0 = Instant::now();
+            service.subscribe("e1", posts).await.expect("subscribe");
+            service.typing(&user(1), &post, 1).await.expect("typing");
+            assert_eq!(next_within(&mut e1, ms(100)).await.0, 1);
+
+            advance_to(t0 + ms(4000)).await;
+            service.renew("e1", posts).await;
+            service.typing(&user(2), &post, 1).await.expect("typing");
+            assert_eq!(next_within(&mut e1, ms(100)).await.0, 2);
+            // Renewed at 4 s: still subscribed at 8.5 s.
+            advance_to(t0 + ms(8500)).await;
+            service.typing(&user(3), &post, 1).await.expect("typing");
+            assert_eq!(next_within(&mut e1, ms(100)).await.0, 3);
+            // Lapsed at 9 s.
+            advance_to(t0 + ms(9500)).await;
+            service.typing(&user(4), &post, 1).await.expect("typing");
+            quiet_for(&mut e1, Duration::from_secs(2)).await;
+
+            service.renew("e1", posts).await;
+            assert_eq!(next_within(&mut e1, ms(100)).await.0, 4);
         }
     }
 }

@@ -12,6 +12,9 @@
 //! member gets at most one `start` per sender per conversation per second, and a `start` not
 //! renewed within 6 s lapses: the server sends the `stop`.
 //!
+//! Deadlines (typing lapses and throttles, the edge TTL) are on tokio's clock, so tests run
+//! them on paused time; `last_seen_ts` goes on the wire and is wall-clock time.
+//!
 //! When roles run apart, `hubbub_cluster::ClusterSignals` computes presence from what the edges
 //! share in Redis instead of one process's memory.
 
@@ -24,7 +27,8 @@ use hubbub_registry::{Delivery, SignalError, Signals};
 use hubbub_store::Store;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// A `start` not renewed within this lapses.
@@ -391,68 +395,239 @@ impl Signals for SignalService {
 
 #[cfg(test)]
 mod tests {
+    //! On paused tokio time: `advance` jumps the clock, and waiting on a channel with a
+    //! `timeout` lets the runtime move it from timer to timer (no real time passes).
     use super::*;
+    use hubbub_protocol::ConversationKind;
     use hubbub_protocol::internal::ToEdge;
     use hubbub_queue::{EmbeddedConfig, EmbeddedQueue};
-    use hubbub_registry::{LocalEdges, LocalRegistry};
+    use hubbub_registry::{LocalEdges, LocalRegistry, Registry};
+    use hubbub_store::{AccountStore, ChatStore, NewConversation};
+    use tokio::sync::mpsc::UnboundedReceiver;
+    use tokio::time::advance;
 
-    /// A user whose edge stops sending heartbeats (it crashed) goes offline for watchers.
-    #[tokio::test]
-    async fn a_silent_edge_s_sessions_age_out() {
+    type Inbox = UnboundedReceiver<Vec<ToEdge>>;
+
+    struct Setup {
+        signals: SignalService,
+        edges: Arc<LocalEdges>,
+        _dir: tempfile::TempDir,
+    }
+
+    /// A signal service on a fresh store where alice and bob share conversation `c`, with
+    /// bob's session `s-bob` registered on edge `e-bob`; `run_lapses` runs until the test
+    /// ends.
+    async fn setup(edge_ttl: Duration) -> Setup {
         let dir = tempfile::tempdir().expect("tempdir");
         let queue = EmbeddedQueue::open(dir.path().join("hubbub.db"), EmbeddedConfig::default())
             .expect("queue");
-        let store: Arc<dyn Store> =
-            Arc::new(hubbub_store::SqliteStore::open(queue).await.expect("store"));
+        let sqlite = hubbub_store::SqliteStore::open(queue).await.expect("store");
+        for u in ["alice", "bob"] {
+            sqlite.ensure_user(u, Some(u)).await.expect("user");
+        }
+        sqlite
+            .create_conversation(NewConversation {
+                id: "c".into(),
+                creator: "alice".into(),
+                kind: ConversationKind::Group,
+                members: vec!["bob".into()],
+                title: None,
+                ephemeral: false,
+                max_members: 10,
+            })
+            .await
+            .expect("conversation");
+        let registry = Arc::new(LocalRegistry::default());
+        registry
+            .register("bob", "s-bob", "e-bob")
+            .await
+            .expect("register");
         let edges = Arc::new(LocalEdges::default());
-        let mut watcher_inbox = edges.attach("live-edge");
-        let delivery = Delivery::new(Arc::new(LocalRegistry::default()), edges.clone());
-        let signals = SignalService::new(store, delivery, Duration::from_millis(300));
-        let cancel = CancellationToken::new();
-        tokio::spawn(signals.clone().run_lapses(cancel.clone()));
-        // The live edge keeps beating; the other one never does after opening a session.
-        let beating = signals.clone();
-        let stop = cancel.clone();
-        tokio::spawn(async move {
-            while !stop.is_cancelled() {
-                beating.heartbeat("live-edge").await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        });
+        let delivery = Delivery::new(registry, edges.clone());
+        let signals = SignalService::new(Arc::new(sqlite), delivery, edge_ttl);
+        // Runs until the runtime ends with the test.
+        tokio::spawn(signals.clone().run_lapses(CancellationToken::new()));
+        Setup {
+            signals,
+            edges,
+            _dir: dir,
+        }
+    }
+
+    /// The typing states in the batches an edge has now.
+    fn typing_now(inbox: &mut Inbox) -> Vec<TypingState> {
+        let mut out = Vec::new();
+        while let Ok(batch) = inbox.try_recv() {
+            out.extend(typing_states(batch));
+        }
+        out
+    }
+
+    fn typing_states(batch: Vec<ToEdge>) -> Vec<TypingState> {
+        batch
+            .into_iter()
+            .flat_map(|item| match item {
+                ToEdge::Events { frames, .. } => frames,
+                other => panic!("not events: {other:?}"),
+            })
+            .map(|f| match f {
+                ServerFrame::Typing {
+                    conversation,
+                    user,
+                    state,
+                } => {
+                    assert_eq!((conversation.as_str(), user.as_str()), ("c", "alice"));
+                    state
+                }
+                other => panic!("not typing: {other:?}"),
+            })
+            .collect()
+    }
+
+    /// The next batch, within `within` of (paused) time.
+    async fn next_within(inbox: &mut Inbox, within: Duration) -> Vec<ToEdge> {
+        tokio::time::timeout(within, inbox.recv())
+            .await
+            .expect("a batch in time")
+            .expect("open")
+    }
+
+    /// Nothing reaches the edge for `d` of (paused) time.
+    async fn quiet_for(inbox: &mut Inbox, d: Duration) {
+        if let Ok(batch) = tokio::time::timeout(d, inbox.recv()).await {
+            panic!("unexpected batch {batch:?}");
+        }
+    }
+
+    async fn typing(signals: &SignalService, state: TypingState) {
         signals
-            .session_opened("watcher", "live-edge", "s-watch")
-            .await;
+            .typing("alice", "c", state)
+            .await
+            .expect("typing accepted");
+    }
+
+    /// A `start` that is not renewed becomes a `stop` from the server once `TYPING_LAPSE`
+    /// has passed, not before, and only once.
+    #[tokio::test(start_paused = true)]
+    async fn an_unrenewed_start_lapses_into_a_stop() {
+        let Setup {
+            signals,
+            edges,
+            _dir,
+        } = setup(Duration::from_secs(60)).await;
+        let mut bob = edges.attach("e-bob");
+        typing(&signals, TypingState::Start).await;
+        assert_eq!(typing_now(&mut bob), [TypingState::Start]);
+        advance(TYPING_LAPSE - Duration::from_millis(500)).await;
+        quiet_for(&mut bob, Duration::from_millis(400)).await;
+        // The lapse is due 100 ms from now; `run_lapses` looks every 250 ms.
+        let stop = next_within(&mut bob, Duration::from_millis(400)).await;
+        assert_eq!(typing_states(stop), [TypingState::Stop]);
+        quiet_for(&mut bob, TYPING_LAPSE * 2).await;
+    }
+
+    /// A `start` renewed within `TYPING_THROTTLE` is not relayed but pushes the lapse back;
+    /// one renewed after it is relayed again; an explicit `stop` leaves nothing to lapse.
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_is_throttled_and_pushes_the_lapse_back() {
+        let Setup {
+            signals,
+            edges,
+            _dir,
+        } = setup(Duration::from_secs(60)).await;
+        let mut bob = edges.attach("e-bob");
+        typing(&signals, TypingState::Start).await;
+        assert_eq!(typing_now(&mut bob), [TypingState::Start]);
+        advance(Duration::from_millis(500)).await;
+        typing(&signals, TypingState::Start).await;
+        assert_eq!(typing_now(&mut bob), [], "throttled");
+        // Past the first start's lapse, not yet past the renewal's.
+        advance(TYPING_LAPSE - Duration::from_millis(400)).await;
+        quiet_for(&mut bob, Duration::from_millis(200)).await;
+        let stop = next_within(&mut bob, Duration::from_millis(400)).await;
+        assert_eq!(typing_states(stop), [TypingState::Stop]);
+
+        typing(&signals, TypingState::Start).await;
+        assert_eq!(typing_now(&mut bob), [TypingState::Start]);
+        advance(TYPING_THROTTLE + Duration::from_millis(100)).await;
+        typing(&signals, TypingState::Start).await;
+        assert_eq!(
+            typing_now(&mut bob),
+            [TypingState::Start],
+            "past the throttle"
+        );
+        typing(&signals, TypingState::Stop).await;
+        assert_eq!(typing_now(&mut bob), [TypingState::Stop]);
+        quiet_for(&mut bob, TYPING_LAPSE * 2).await;
+    }
+
+    fn presence(batch: Vec<ToEdge>) -> Vec<(String, PresenceStatus)> {
+        batch
+            .into_iter()
+            .map(|item| match item {
+                ToEdge::Reply {
+                    session,
+                    frame: ServerFrame::Presence(p),
+                } => {
+                    assert_eq!(session, "s-watch");
+                    (p.user, p.status)
+                }
+                other => panic!("not presence: {other:?}"),
+            })
+            .collect()
+    }
+
+    /// A user whose edge stops sending heartbeats (it crashed) goes offline for watchers once
+    /// the edge has been silent for more than the edge TTL; heartbeats keep an edge's users
+    /// online however long they stay.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_edge_s_sessions_age_out() {
+        let ttl = Duration::from_secs(10);
+        let Setup {
+            signals,
+            edges,
+            _dir,
+        } = setup(ttl).await;
+        let mut watcher = edges.attach("e-live");
+        let status = |users: Vec<Presence>| users[0].status;
+        signals.session_opened("watcher", "e-live", "s-watch").await;
         let now = signals
-            .watch("live-edge", "s-watch", &["target".to_owned()])
+            .watch("e-live", "s-watch", &["target".to_owned()])
             .await
             .expect("watch");
-        assert_eq!(now[0].status, PresenceStatus::Offline);
-        signals
-            .session_opened("target", "dead-edge", "s-target")
-            .await;
-        let mut seen = Vec::new();
-        while seen.last() != Some(&PresenceStatus::Offline) {
-            let batch = tokio::time::timeout(Duration::from_secs(10), watcher_inbox.recv())
-                .await
-                .expect("in time")
-                .expect("open");
-            for item in batch {
-                if let ToEdge::Reply {
-                    frame: ServerFrame::Presence(p),
-                    ..
-                } = item
-                {
-                    seen.push(p.status);
-                }
-            }
-        }
-        assert_eq!(seen, [PresenceStatus::Online, PresenceStatus::Offline]);
+        assert_eq!(status(now), PresenceStatus::Offline);
+        signals.session_opened("target", "e-dead", "s-target").await;
+        let online = next_within(&mut watcher, Duration::ZERO).await;
+        assert_eq!(
+            presence(online),
+            [("target".into(), PresenceStatus::Online)]
+        );
+
+        // Both edges beat within the TTL: nothing changes.
+        advance(ttl - Duration::from_secs(1)).await;
+        quiet_for(&mut watcher, Duration::from_millis(500)).await;
+        signals.heartbeat("e-live").await;
+        signals.heartbeat("e-dead").await;
+        advance(ttl - Duration::from_secs(1)).await;
+        quiet_for(&mut watcher, Duration::from_millis(500)).await;
+        // Now e-dead goes silent: 9.5 s since its beat, so 0.5 s of TTL left.
+        signals.heartbeat("e-live").await;
+        quiet_for(&mut watcher, Duration::from_millis(400)).await;
+        let offline = next_within(&mut watcher, Duration::from_millis(500)).await;
+        assert_eq!(
+            presence(offline),
+            [("target".into(), PresenceStatus::Offline)]
+        );
+        let target = signals
+            .watch("e-live", "s-watch", &["target".to_owned()])
+            .await
+            .expect("watch");
+        assert_eq!(status(target), PresenceStatus::Offline);
         // The watcher, on a live edge, is still online.
         let w = signals
-            .watch("live-edge", "s-watch", &["watcher".to_owned()])
+            .watch("e-live", "s-watch", &["watcher".to_owned()])
             .await
             .expect("watch");
-        assert_eq!(w[0].status, PresenceStatus::Online);
-        cancel.cancel();
+        assert_eq!(status(w), PresenceStatus::Online);
     }
 }

@@ -1,0 +1,93 @@
+//! Requests forwarded to `main` that await their reply, each with a deadline
+//! (`request_timeout` after it was forwarded). A request overdue is answered `internal` by
+//! the session and forgotten, so its reply, if it comes later, is dropped: every request
+//! with an id gets exactly one reply. Plain state on tokio's clock, unit-tested on paused
+//! time.
+
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A session's requests awaiting a reply: request id → deadline.
+pub(super) struct Pending {
+    timeout: Duration,
+    deadlines: HashMap<String, Instant>,
+}
+
+impl Pending {
+    /// Nothing pending; each request will wait `timeout` for its reply.
+    pub(super) fn new(timeout: Duration) -> Self {
+        Pending {
+            timeout,
+            deadlines: HashMap::new(),
+        }
+    }
+
+    /// Request `id` was forwarded at `now`.
+    pub(super) fn forwarded(&mut self, id: String, now: Instant) {
+        self.deadlines.insert(id, now + self.timeout);
+    }
+
+    /// A reply to `id` came: whether it is to be written (the request was still awaited; it
+    /// no longer is). A reply after the deadline, or a second one, is not.
+    pub(super) fn answered(&mut self, id: &str) -> bool {
+        self.deadlines.remove(id).is_some()
+    }
+
+    /// The requests whose deadline has come by `now`, no longer awaited: the session
+    /// answers each `internal`.
+    pub(super) fn overdue(&mut self, now: Instant) -> Vec<String> {
+        let mut overdue = Vec::new();
+        self.deadlines.retain(|id, deadline| {
+            let due = *deadline <= now;
+            if due {
+                overdue.push(id.clone());
+            }
+            !due
+        });
+        overdue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::advance;
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// A request with no reply is overdue when the timeout has passed, not before, and
+    /// once; a reply coming after that is dropped.
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_request_is_overdue_once_after_the_timeout() {
+        let mut pending = Pending::new(TIMEOUT);
+        pending.forwarded("r1".into(), Instant::now());
+        advance(TIMEOUT - Duration::from_millis(1)).await;
+        assert!(pending.overdue(Instant::now()).is_empty());
+        advance(Duration::from_millis(1)).await;
+        assert_eq!(pending.overdue(Instant::now()), ["r1"]);
+        assert!(pending.overdue(Instant::now()).is_empty(), "answered once");
+        advance(TIMEOUT).await;
+        assert!(!pending.answered("r1"), "the late reply is dropped");
+    }
+
+    /// A reply in time is written once and ends the wait; each request has its own deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_in_time_ends_the_wait() {
+        let mut pending = Pending::new(TIMEOUT);
+        pending.forwarded("r1".into(), Instant::now());
+        advance(Duration::from_secs(4)).await;
+        pending.forwarded("r2".into(), Instant::now());
+        advance(Duration::from_secs(5)).await;
+        assert!(pending.answered("r1"));
+        assert!(!pending.answered("r1"), "a second reply is dropped");
+        assert!(!pending.answered("r3"), "no such request");
+        advance(Duration::from_secs(1)).await;
+        assert!(
+            pending.overdue(Instant::now()).is_empty(),
+            "r1 was answered"
+        );
+        advance(Duration::from_secs(4)).await;
+        assert_eq!(pending.overdue(Instant::now()), ["r2"]);
+    }
+}
