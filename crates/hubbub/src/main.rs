@@ -260,13 +260,13 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(hubbub::cli::listen(&client.profile(), count))
         }
         Command::Schema { out } => {
-            hubbub_protocol::schema::write_all(&out)
-                .with_context(|| format!("writing the schema to {}", out.display()))?;
-            println!(
-                "wrote {} schema files to {}",
-                hubbub_protocol::schema::documents().len(),
-                out.display()
-            );
+            let docs = hubbub_protocol::schema::documents();
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            for (name, text) in &docs {
+                std::fs::write(out.join(name), text)
+                    .with_context(|| format!("writing {}", out.join(name).display()))?;
+            }
+            println!("wrote {} schema files to {}", docs.len(), out.display());
             Ok(())
         }
         Command::Bench { which } => rt.block_on(hubbub::bench::run(which)),

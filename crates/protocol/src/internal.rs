@@ -3,10 +3,20 @@
 //! A client request becomes an [`Envelope`] on the `main` queue; the router forwards it to a
 //! service queue; the service answers with [`ToEdge`] items handed to the edge that holds the
 //! session (the reply) and to every edge holding a recipient's session (the events).
+//!
+//! # On the queues
+//! An envelope travels as a routing header, one line of JSON naming the request type and
+//! the user (`{"t":"message.send","u":"u1"}`), then a newline, then the envelope's JSON
+//! ([`Envelope::encode`]). The router reads only the header ([`Route::of`]) to pick the
+//! service queue and the per-user FIFO key; it never decodes a request. JSON escapes every
+//! newline inside strings, so the first newline always ends the header. A body without a
+//! header (written before it existed) still decodes: [`Envelope::decode`] and [`Route::of`]
+//! fall back to the envelope itself.
 
 use crate::client::Request;
 use crate::server::ServerFrame;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// A client request accepted by an edge, on its way to a service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +35,61 @@ pub struct Envelope {
     pub accepted_ms: i64,
     /// The request.
     pub request: Request,
+}
+
+impl Envelope {
+    /// The bytes put on a queue: the routing header line, then the envelope.
+    pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let route = Route {
+            request_type: Cow::Borrowed(self.request.type_name()),
+            user: Cow::Borrowed(&self.user),
+        };
+        let mut body = serde_json::to_vec(&route)?;
+        body.push(b'\n');
+        serde_json::to_writer(&mut body, self)?;
+        Ok(body)
+    }
+
+    /// An envelope from the bytes of a queue message (with or without a routing header).
+    pub fn decode(body: &[u8]) -> Result<Envelope, serde_json::Error> {
+        serde_json::from_slice(split(body).1)
+    }
+}
+
+/// The routing header of an envelope on a queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route<'a> {
+    /// The request's type (`message.send`).
+    #[serde(rename = "t", borrow)]
+    pub request_type: Cow<'a, str>,
+    /// The authenticated user (the per-user FIFO key on the service queues).
+    #[serde(rename = "u", borrow)]
+    pub user: Cow<'a, str>,
+}
+
+impl<'a> Route<'a> {
+    /// The routing header of a queue message: read from its first line, or, for a body
+    /// written without one, from the envelope itself.
+    pub fn of(body: &'a [u8]) -> Result<Route<'a>, serde_json::Error> {
+        match split(body) {
+            (Some(header), _) => serde_json::from_slice(header),
+            (None, envelope) => {
+                let e: Envelope = serde_json::from_slice(envelope)?;
+                Ok(Route {
+                    request_type: Cow::Borrowed(e.request.type_name()),
+                    user: Cow::Owned(e.user),
+                })
+            }
+        }
+    }
+}
+
+/// A message's routing header (when it has one) and the envelope's bytes.
+fn split(body: &[u8]) -> (Option<&[u8]>, &[u8]) {
+    match body.iter().position(|&b| b == b'\n') {
+        Some(i) => (Some(&body[..i]), &body[i + 1..]),
+        None => (None, body),
+    }
 }
 
 /// Something a service hands to an edge.
@@ -67,4 +132,49 @@ pub enum ToEdge {
         /// The close reason (at most 123 bytes go on the wire).
         reason: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Request;
+
+    fn envelope(user: &str) -> Envelope {
+        Envelope {
+            envelope_id: "e1".into(),
+            user: user.into(),
+            session: "s1".into(),
+            edge: "edge-1".into(),
+            request_id: Some("r1".into()),
+            accepted_ms: 7,
+            request: Request::Sync { after_seq: 3 },
+        }
+    }
+
+    #[test]
+    fn the_header_names_the_type_and_user_and_the_envelope_comes_back() {
+        // A user id with a newline and quotes cannot break the header: JSON escapes them.
+        for user in ["u1", "we\"ird\nuser\u{2028}"] {
+            let e = envelope(user);
+            let body = e.encode().expect("encode");
+            let route = Route::of(&body).expect("route");
+            assert_eq!(route.request_type, "sync");
+            assert_eq!(route.user, user);
+            assert_eq!(Envelope::decode(&body).expect("decode"), e);
+        }
+    }
+
+    #[test]
+    fn a_body_without_a_header_still_routes_and_decodes() {
+        let e = envelope("u2");
+        let old = serde_json::to_vec(&e).expect("json");
+        let route = Route::of(&old).expect("route");
+        assert_eq!(
+            (route.request_type.as_ref(), route.user.as_ref()),
+            ("sync", "u2")
+        );
+        assert_eq!(Envelope::decode(&old).expect("decode"), e);
+        assert!(Route::of(b"not json").is_err());
+        assert!(Envelope::decode(b"{\"t\":\"sync\",\"u\":\"x\"}\nnot json").is_err());
+    }
 }

@@ -1,7 +1,8 @@
 //! The JSON Schema documents of the protocol, generated from the types of this crate.
 //!
-//! `hubbub schema` writes them to `docs/schema/`; a test fails when the committed files
-//! differ from what the types generate, so the schema can never drift from the code.
+//! `hubbub schema` writes them to `docs/schema/` (the binary does the writing: this crate
+//! does no I/O); a test fails when the committed files differ from what the types generate,
+//! so the schema can never drift from the code.
 
 use crate::client::ClientFrame;
 use crate::http::{
@@ -9,7 +10,6 @@ use crate::http::{
 };
 use crate::server::ServerFrame;
 use schemars::schema_for;
-use std::path::Path;
 
 /// Every schema document: its file name and its pretty-printed JSON text (with a final newline).
 pub fn documents() -> Vec<(&'static str, String)> {
@@ -32,29 +32,21 @@ pub fn documents() -> Vec<(&'static str, String)> {
         .collect()
 }
 
-/// Write every document into `dir` (created if missing).
-pub fn write_all(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    for (name, text) in documents() {
-        std::fs::write(dir.join(name), text)?;
-    }
-    Ok(())
-}
-
-/// The names of the documents in `dir` that are missing or differ from the generated ones.
-pub fn stale(dir: &Path) -> Vec<&'static str> {
-    documents()
-        .into_iter()
-        .filter(|(name, text)| {
-            std::fs::read_to_string(dir.join(name)).ok().as_deref() != Some(text)
-        })
-        .map(|(name, _)| name)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    /// The names of the documents in `dir` that are missing or differ from the generated ones.
+    fn stale(dir: &Path) -> Vec<&'static str> {
+        documents()
+            .into_iter()
+            .filter(|(name, text)| {
+                std::fs::read_to_string(dir.join(name)).ok().as_deref() != Some(text)
+            })
+            .map(|(name, _)| name)
+            .collect()
+    }
 
     #[test]
     fn committed_schema_is_current() {

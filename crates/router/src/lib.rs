@@ -7,9 +7,11 @@
 //! order the edge accepted them. A request type with no route is answered `bad_request` and
 //! dropped (counted), never left to loop.
 //!
-//! The router knows queue names and request types, nothing of what services do.
+//! The router reads only each message's routing header (request type and user, see
+//! `hubbub_protocol::internal`), never the request itself: it knows queue names and request
+//! types, nothing of what services do.
 
-use hubbub_protocol::internal::Envelope;
+use hubbub_protocol::internal::{Envelope, Route};
 use hubbub_protocol::{ErrorCode, ServerFrame};
 use hubbub_queue::{Log, Outgoing, Queue, ReceiveOptions, SendOptions};
 use hubbub_registry::Delivery;
@@ -127,17 +129,18 @@ impl Router {
         let mut per_queue: HashMap<&'static str, Vec<Outgoing>> = HashMap::new();
         let mut unroutable = Vec::new();
         for d in deliveries {
-            let envelope: Envelope = match serde_json::from_slice(&d.body) {
-                Ok(e) => e,
+            // Only the routing header is read; the request is decoded by its service.
+            let route = match Route::of(&d.body) {
+                Ok(r) => r,
                 Err(e) => {
                     tracing::error!(id = %d.id, error = %e, "router: undecodable envelope dropped");
                     metrics::counter!(hubbub_protocol::metrics::ROUTER_DROPPED).increment(1);
                     continue;
                 }
             };
-            let targets = self.table.targets(envelope.request.type_name());
+            let targets = self.table.targets(&route.request_type);
             if targets.is_empty() {
-                unroutable.push(envelope);
+                unroutable.push(d);
                 continue;
             }
             for q in targets {
@@ -145,7 +148,7 @@ impl Router {
                     body: d.body.clone(),
                     opts: SendOptions::default()
                         .dedupe(format!("main:{}", d.id))
-                        .key(envelope.user.clone()),
+                        .key(route.user.as_ref()),
                 });
             }
         }
@@ -153,8 +156,10 @@ impl Router {
             self.queue.send_batch(q, msgs).await?;
         }
         if !unroutable.is_empty() {
+            // Rare (a type no service here takes): the whole envelope is read to answer it.
             let replies = unroutable
                 .into_iter()
+                .filter_map(|d| Envelope::decode(&d.body).ok())
                 .map(|e| {
                     let ty = e.request.type_name();
                     metrics::counter!(hubbub_protocol::metrics::ROUTER_UNROUTABLE).increment(1);
@@ -190,7 +195,7 @@ mod tests {
             accepted_ms: 0,
             request,
         };
-        serde_json::to_vec(&e).expect("json")
+        e.encode().expect("json")
     }
 
     #[tokio::test]

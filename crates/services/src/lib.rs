@@ -176,7 +176,7 @@ impl Worker {
 
     /// Handle one envelope; true when it is done with (acked).
     async fn handle_body<H: Handler>(&self, handler: &H, body: &[u8]) -> bool {
-        let envelope: Envelope = match serde_json::from_slice(body) {
+        let envelope = match Envelope::decode(body) {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, queue = self.name, "undecodable envelope dropped");

@@ -425,7 +425,7 @@ impl Conn {
             accepted_ms: now_ms(),
             request,
         };
-        let body = match serde_json::to_vec(&envelope) {
+        let body = match envelope.encode() {
             Ok(b) => b,
             Err(e) => {
                 return self
