@@ -23,6 +23,9 @@
 //! - `postgres` ([`PgStore`], cargo feature `postgres`): the distributed store for roles
 //!   running apart.
 //!
+//! Other crates name what this root exports (the backends' stores included: [`SqliteStore`],
+//! `PgStore`, and `ObjectMedia` with the `s3` feature), never a backend's module.
+//!
 //! # How a use case runs
 //! A rule is an `async fn` generic over its domain's transaction trait (`chat::ChatTx`, ...:
 //! one method a statement or two). A backend runs it inside one of its transactions
@@ -47,6 +50,8 @@ pub use accounts::{AccountStore, Credentials, RefreshOutcome};
 pub use chat::{ChatStore, MAX_QUERY_CHARS, NewConversation, NewMessage};
 pub use feed::{FeedStore, NewComment, NewPost, StoredPost};
 pub use inbox::{InboxStore, Replay};
+#[cfg(feature = "s3")]
+pub use media::s3::ObjectMedia;
 pub use media::{LocalMedia, MediaInfo, MediaMeta, MediaStore, S3Config};
 #[cfg(feature = "postgres")]
 pub use postgres::PgStore;
