@@ -3,15 +3,17 @@
 //!
 //! # Layout
 //! One folder per domain. Its `mod.rs` holds the domain's trait, its types and its rules
-//! (validation, ids, events, ordering, limits), written once; `sqlite.rs` and `postgres.rs`
-//! beside it hold only what differs between the backends: the SQL.
+//! (validation, ids, events, ordering, limits, the values its rows' columns make), written
+//! once; `sqlite.rs` and `postgres.rs` beside it hold only what differs between the backends:
+//! the SQL, and the driver calls that run it and read the columns.
 //! - [`accounts`]: users, credentials, refresh token families ([`AccountStore`]).
 //! - [`chat`]: conversations, members, messages, read markers, blocks, search
 //!   ([`ChatStore`]).
 //! - [`inbox`]: each user's durable events, which chat and the feed append to
 //!   ([`InboxStore`]).
 //! - [`feed`]: posts, comments, likes, follows, activity ([`FeedStore`]).
-//! - [`media`]: uploaded media ([`MediaStore`]) and its metadata rows ([`MediaMeta`]).
+//! - [`media`]: uploaded media ([`MediaStore`]: its bytes in a directory, `local.rs`, or an
+//!   S3-compatible bucket, `s3.rs`) and its metadata rows ([`MediaMeta`]).
 //!
 //! [`Store`] is the union of the account, chat and inbox traits (what the edge and the chat
 //! service hold as `Arc<dyn Store>`). The backends, each owning its connections, its
