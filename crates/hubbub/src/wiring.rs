@@ -88,9 +88,7 @@ pub(crate) fn media_store(
                 .s3
                 .as_ref()
                 .context("media.backend = \"s3\" needs a [media.s3] section")?;
-            Ok(Arc::new(hubbub_store::media::s3::ObjectMedia::s3(
-                s3, sqlite,
-            )?))
+            Ok(Arc::new(hubbub_store::ObjectMedia::s3(s3, sqlite)?))
         }
         #[cfg(not(feature = "s3"))]
         MediaBackend::S3 => anyhow::bail!("this build has no S3 support: build with --features s3"),

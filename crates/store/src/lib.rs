@@ -3,15 +3,17 @@
 //!
 //! # Layout
 //! One folder per domain. Its `mod.rs` holds the domain's trait, its types and its rules
-//! (validation, ids, events, ordering, limits), written once; `sqlite.rs` and `postgres.rs`
-//! beside it hold only what differs between the backends: the SQL.
+//! (validation, ids, events, ordering, limits, the values its rows' columns make), written
+//! once; `sqlite.rs` and `postgres.rs` beside it hold only what differs between the backends:
+//! the SQL, and the driver calls that run it and read the columns.
 //! - [`accounts`]: users, credentials, refresh token families ([`AccountStore`]).
 //! - [`chat`]: conversations, members, messages, read markers, blocks, search
 //!   ([`ChatStore`]).
 //! - [`inbox`]: each user's durable events, which chat and the feed append to
 //!   ([`InboxStore`]).
 //! - [`feed`]: posts, comments, likes, follows, activity ([`FeedStore`]).
-//! - [`media`]: uploaded media ([`MediaStore`]) and its metadata rows ([`MediaMeta`]).
+//! - [`media`]: uploaded media ([`MediaStore`]: its bytes in a directory, `local.rs`, or an
+//!   S3-compatible bucket, `s3.rs`) and its metadata rows ([`MediaMeta`]).
 //!
 //! [`Store`] is the union of the account, chat and inbox traits (what the edge and the chat
 //! service hold as `Arc<dyn Store>`). The backends, each owning its connections, its
@@ -22,6 +24,9 @@
 //!   a pool of read-only connections.
 //! - `postgres` ([`PgStore`], cargo feature `postgres`): the distributed store for roles
 //!   running apart.
+//!
+//! Other crates name what this root exports (the backends' stores included: [`SqliteStore`],
+//! `PgStore`, and `ObjectMedia` with the `s3` feature), never a backend's module.
 //!
 //! # How a use case runs
 //! A rule is an `async fn` generic over its domain's transaction trait (`chat::ChatTx`, ...:
@@ -47,6 +52,8 @@ pub use accounts::{AccountStore, Credentials, RefreshOutcome};
 pub use chat::{ChatStore, MAX_QUERY_CHARS, NewConversation, NewMessage};
 pub use feed::{FeedStore, NewComment, NewPost, StoredPost};
 pub use inbox::{InboxStore, Replay};
+#[cfg(feature = "s3")]
+pub use media::s3::ObjectMedia;
 pub use media::{LocalMedia, MediaInfo, MediaMeta, MediaStore, S3Config};
 #[cfg(feature = "postgres")]
 pub use postgres::PgStore;

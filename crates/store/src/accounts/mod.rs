@@ -100,20 +100,31 @@ pub trait AccountStore: Send + Sync {
 /// still finds the family (and whether it was revoked) when it puts the next token.
 pub(crate) const FAMILY_GRACE_MS: i64 = 3_600_000;
 
-/// A refresh token's row, with its family's state.
-pub(crate) struct TokenRow {
-    pub user: String,
-    pub family: String,
-    pub expires_ms: i64,
-    pub used: bool,
-    /// The family's row exists and is not revoked.
-    pub family_live: bool,
+/// A user's columns: id, handle.
+pub(crate) type UserRow = (String, String);
+
+/// A user's columns with the secret: id, handle, password_hash.
+pub(crate) type CredentialsRow = (String, String, Option<String>);
+
+/// A refresh token's columns, with its family's state: user, family, expires_ms, whether it
+/// was used, whether its family's row exists and is not revoked.
+pub(crate) type TokenRow = (String, String, i64, bool, bool);
+
+fn user_from_row((id, handle): UserRow) -> UserRef {
+    UserRef { id, handle }
+}
+
+fn credentials_from_row((id, handle, password_hash): CredentialsRow) -> Credentials {
+    Credentials {
+        user: user_from_row((id, handle)),
+        password_hash,
+    }
 }
 
 /// What the account rules need of a transaction; each backend implements it with its SQL.
 pub(crate) trait AccountTx {
-    async fn user(&self, id: &str) -> Result<Option<UserRef>>;
-    async fn credentials(&self, handle: &str) -> Result<Option<Credentials>>;
+    async fn user(&self, id: &str) -> Result<Option<UserRow>>;
+    async fn credentials(&self, handle: &str) -> Result<Option<CredentialsRow>>;
     /// Insert a user unless its id or its handle is taken; whether it was inserted.
     async fn insert_user(&self, user: &Credentials, email: Option<&str>, now: i64) -> Result<bool>;
     /// The user's `tokens_revoked_ms` (`None` when never, or for an unknown user).
@@ -141,6 +152,14 @@ pub(crate) trait AccountTx {
     async fn raise_tokens_revoked(&self, user: &str, at: i64) -> Result<bool>;
     /// Delete every refresh token of the user and mark their live families revoked.
     async fn revoke_families_of(&self, user: &str, at: i64) -> Result<()>;
+}
+
+pub(crate) async fn user(tx: &impl AccountTx, id: &str) -> Result<Option<UserRef>> {
+    Ok(tx.user(id).await?.map(user_from_row))
+}
+
+pub(crate) async fn credentials(tx: &impl AccountTx, handle: &str) -> Result<Option<Credentials>> {
+    Ok(tx.credentials(handle).await?.map(credentials_from_row))
 }
 
 pub(crate) async fn user_exists(tx: &impl AccountTx, id: &str) -> Result<bool> {
@@ -177,7 +196,7 @@ pub(crate) async fn ensure_user(
     now: i64,
 ) -> Result<UserRef> {
     // Another request may have created it meanwhile: this transaction decides.
-    if let Some(u) = tx.user(id).await? {
+    if let Some(u) = user(tx, id).await? {
         return Ok(u);
     }
     let handle = match hint {
@@ -197,7 +216,7 @@ pub(crate) async fn ensure_user(
         if tx.insert_user(&new, None, now).await? {
             return Ok(new.user);
         }
-        if let Some(u) = tx.user(id).await? {
+        if let Some(u) = user(tx, id).await? {
             return Ok(u);
         }
     }
@@ -231,23 +250,18 @@ pub(crate) async fn take_refresh_token(
     token_hash: &str,
     now: i64,
 ) -> Result<RefreshOutcome> {
-    let Some(t) = tx.refresh_token(token_hash).await? else {
+    let Some((user, family, expires_ms, used, family_live)) = tx.refresh_token(token_hash).await?
+    else {
         return Ok(RefreshOutcome::Invalid);
     };
-    if t.expires_ms <= now || !t.family_live {
+    if expires_ms <= now || !family_live {
         Ok(RefreshOutcome::Invalid)
-    } else if t.used {
-        tx.revoke_family(&t.family, now).await?;
-        Ok(RefreshOutcome::Reused {
-            user: t.user,
-            family: t.family,
-        })
+    } else if used {
+        tx.revoke_family(&family, now).await?;
+        Ok(RefreshOutcome::Reused { user, family })
     } else {
         tx.mark_used(token_hash, now).await?;
-        Ok(RefreshOutcome::Valid {
-            user: t.user,
-            family: t.family,
-        })
+        Ok(RefreshOutcome::Valid { user, family })
     }
 }
 
@@ -263,7 +277,7 @@ pub(crate) async fn tokens_revoked_ms(tx: &impl AccountTx, user: &str) -> Result
 }
 
 pub(crate) async fn user_by_handle(tx: &impl AccountTx, handle: &str) -> Result<Option<UserRef>> {
-    Ok(tx.credentials(handle).await?.map(|c| c.user))
+    Ok(credentials(tx, handle).await?.map(|c| c.user))
 }
 
 /// [`AccountStore`] for a backend: each method runs its rule in one of the backend's
@@ -307,9 +321,7 @@ macro_rules! impl_account_store {
                 handle: &str,
             ) -> Result<Option<$crate::Credentials>, $crate::StoreError> {
                 let handle = handle.to_owned();
-                $crate::run!(self.read, |tx| {
-                    $crate::accounts::AccountTx::credentials(tx, &handle)
-                })
+                $crate::run!(self.read, |tx| $crate::accounts::credentials(tx, &handle))
             }
 
             async fn user(
@@ -317,7 +329,7 @@ macro_rules! impl_account_store {
                 id: &str,
             ) -> Result<Option<hubbub_protocol::UserRef>, $crate::StoreError> {
                 let id = id.to_owned();
-                $crate::run!(self.read, |tx| $crate::accounts::AccountTx::user(tx, &id))
+                $crate::run!(self.read, |tx| $crate::accounts::user(tx, &id))
             }
 
             async fn user_by_handle(

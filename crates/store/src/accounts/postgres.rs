@@ -1,37 +1,27 @@
 //! Accounts' SQL on PostgreSQL.
 
-use super::{AccountTx, Credentials, TokenRow};
+use super::{AccountTx, Credentials, CredentialsRow, TokenRow, UserRow};
 use crate::postgres::Tx;
 use crate::{PgStore, Result};
-use hubbub_protocol::UserRef;
 
 super::impl_account_store!(PgStore);
 
 impl AccountTx for Tx<'_> {
-    async fn user(&self, id: &str) -> Result<Option<UserRef>> {
+    async fn user(&self, id: &str) -> Result<Option<UserRow>> {
         Ok(self
             .opt("SELECT id, handle FROM users WHERE id = $1", &[&id])
             .await?
-            .map(|r| UserRef {
-                id: r.get(0),
-                handle: r.get(1),
-            }))
+            .map(|r| (r.get(0), r.get(1))))
     }
 
-    async fn credentials(&self, handle: &str) -> Result<Option<Credentials>> {
+    async fn credentials(&self, handle: &str) -> Result<Option<CredentialsRow>> {
         Ok(self
             .opt(
                 "SELECT id, handle, password_hash FROM users WHERE handle = $1",
                 &[&handle],
             )
             .await?
-            .map(|r| Credentials {
-                user: UserRef {
-                    id: r.get(0),
-                    handle: r.get(1),
-                },
-                password_hash: r.get(2),
-            }))
+            .map(|r| (r.get(0), r.get(1), r.get(2))))
     }
 
     async fn insert_user(&self, user: &Credentials, email: Option<&str>, now: i64) -> Result<bool> {
@@ -110,13 +100,7 @@ impl AccountTx for Tx<'_> {
                 &[&token_hash],
             )
             .await?
-            .map(|r| TokenRow {
-                user: r.get(0),
-                family: r.get(1),
-                expires_ms: r.get(2),
-                used: r.get(3),
-                family_live: r.get(4),
-            }))
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))))
     }
 
     async fn mark_used(&self, token_hash: &str, now: i64) -> Result<()> {

@@ -1,38 +1,24 @@
 //! Accounts' SQL on SQLite.
 
-use super::{AccountTx, Credentials, TokenRow};
+use super::{AccountTx, Credentials, CredentialsRow, TokenRow, UserRow};
 use crate::sqlite::Tx;
 use crate::{Result, SqliteStore};
-use hubbub_protocol::UserRef;
 use rusqlite::{OptionalExtension, params};
 
 super::impl_account_store!(SqliteStore);
 
 impl AccountTx for Tx<'_> {
-    async fn user(&self, id: &str) -> Result<Option<UserRef>> {
+    async fn user(&self, id: &str) -> Result<Option<UserRow>> {
         Ok(self
             .prepare_cached("SELECT id, handle FROM users WHERE id = ?1")?
-            .query_row([id], |r| {
-                Ok(UserRef {
-                    id: r.get(0)?,
-                    handle: r.get(1)?,
-                })
-            })
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?)
     }
 
-    async fn credentials(&self, handle: &str) -> Result<Option<Credentials>> {
+    async fn credentials(&self, handle: &str) -> Result<Option<CredentialsRow>> {
         Ok(self
             .prepare_cached("SELECT id, handle, password_hash FROM users WHERE handle = ?1")?
-            .query_row([handle], |r| {
-                Ok(Credentials {
-                    user: UserRef {
-                        id: r.get(0)?,
-                        handle: r.get(1)?,
-                    },
-                    password_hash: r.get(2)?,
-                })
-            })
+            .query_row([handle], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?)
     }
 
@@ -98,13 +84,7 @@ impl AccountTx for Tx<'_> {
                  WHERE t.token_hash = ?1",
             )?
             .query_row([token_hash], |r| {
-                Ok(TokenRow {
-                    user: r.get(0)?,
-                    family: r.get(1)?,
-                    expires_ms: r.get(2)?,
-                    used: r.get(3)?,
-                    family_live: r.get(4)?,
-                })
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })
             .optional()?)
     }

@@ -154,22 +154,44 @@ pub trait ChatStore: Send + Sync {
 /// (JSON), ts.
 pub(crate) type MessageRow = (i64, String, String, String, String, String, i64);
 
+/// [`MessageRow`]'s columns, in its order.
+pub(crate) const MESSAGE_COLUMNS: &str =
+    "id, conversation_id, sender, client_msg_id, text, attachments, ts";
+
+/// A stored conversation's columns: kind, title, created_by, created_ms, ephemeral.
+pub(crate) type ConversationRow = (String, Option<String>, String, i64, bool);
+
+/// The most ephemeral conversations one `expire_ephemeral` deletes.
+const EXPIRE_BATCH: usize = 1000;
+
 /// What the chat rules need of a transaction; each backend implements it with its SQL.
 pub(crate) trait ChatTx {
+    /// The conversation's row, if it exists.
+    async fn conversation_row(&self, id: &str) -> Result<Option<ConversationRow>>;
+    /// The conversation's members, in joining order.
+    async fn members(&self, id: &str) -> Result<Vec<String>>;
     /// The conversation with its members (in joining order), if it exists.
-    async fn conversation(&self, id: &str) -> Result<Option<Conversation>>;
+    async fn conversation(&self, id: &str) -> Result<Option<Conversation>> {
+        let Some(row) = self.conversation_row(id).await? else {
+            return Ok(None);
+        };
+        let members = self.members(id).await?;
+        Ok(Some(conversation_from_row(id, row, members)))
+    }
     /// Whether the conversation exists, and whether `user` is in it.
     async fn membership(&self, id: &str, user: &str) -> Result<(bool, bool)>;
     /// Whether `blocker` blocks `blocked`.
     async fn blocks(&self, blocker: &str, blocked: &str) -> Result<bool>;
-    /// Insert the conversation's row (`direct_key` set for a direct one). When the pair of a
-    /// direct conversation already has one, nothing is inserted and its id is returned.
+    /// Insert the conversation's row (`direct_key` set for a direct one), unless its
+    /// `direct_key` is taken (the pair has a direct conversation); whether it was inserted.
     async fn insert_conversation(
         &self,
         new: &NewConversation,
         direct_key: Option<&str>,
         now: i64,
-    ) -> Result<Option<String>>;
+    ) -> Result<bool>;
+    /// The direct conversation of a pair, by its `direct_key`.
+    async fn direct_conversation(&self, direct_key: &str) -> Result<Option<String>>;
     /// Add a member (a member already is one).
     async fn add_member(&self, id: &str, user: &str, now: i64) -> Result<()>;
     async fn remove_member(&self, id: &str, user: &str) -> Result<()>;
@@ -216,8 +238,8 @@ pub(crate) trait ChatTx {
     ) -> Result<Vec<Message>>;
     /// The members but `sender`, less those who block `sender`.
     async fn typing_recipients(&self, id: &str, sender: &str) -> Result<Vec<String>>;
-    /// Ephemeral conversations with no activity since `before_ms` (a bounded batch).
-    async fn ephemeral_due(&self, before_ms: i64) -> Result<Vec<String>>;
+    /// Ephemeral conversations with no activity since `before_ms`, at most `limit`.
+    async fn ephemeral_due(&self, before_ms: i64, limit: usize) -> Result<Vec<String>>;
     /// Delete a conversation, its members, its messages and their inbox rows (a replay skips
     /// what no longer exists).
     async fn delete_conversation(&self, id: &str) -> Result<()>;
@@ -249,11 +271,7 @@ pub(crate) fn kind_name(kind: ConversationKind) -> &'static str {
 
 pub(crate) fn conversation_from_row(
     id: &str,
-    kind: &str,
-    title: Option<String>,
-    created_by: String,
-    created_ts: i64,
-    ephemeral: bool,
+    (kind, title, created_by, created_ts, ephemeral): ConversationRow,
     members: Vec<String>,
 ) -> Conversation {
     let kind = if kind == kind_name(ConversationKind::Direct) {
@@ -455,10 +473,19 @@ pub(crate) async fn create_conversation(
             None
         }
     };
-    // A direct conversation is unique per pair, whatever id the caller chose.
+    // A direct conversation is unique per pair, whatever id the caller chose: the pair's
+    // existing one (made earlier, or by a concurrent create on another machine: the unique
+    // key decides) is returned instead.
     let key = pair.as_ref().map(|p| p.join("|"));
-    if let Some(found) = tx.insert_conversation(&new, key.as_deref(), now).await? {
-        let pair = pair.unwrap_or_default();
+    if !tx.insert_conversation(&new, key.as_deref(), now).await? {
+        let (Some(key), Some(pair)) = (key, pair) else {
+            return Err(StoreError::Internal(format!(
+                "conversation {id} not created"
+            )));
+        };
+        let found = tx.direct_conversation(&key).await?;
+        let found = found
+            .ok_or_else(|| StoreError::Internal(format!("direct conversation {key} vanished")))?;
         return rejoin(tx, &found, &pair, now).await;
     }
     tx.add_member(id, &new.creator, now).await?;
@@ -729,7 +756,7 @@ pub(crate) async fn expire_ephemeral(
     before_ms: i64,
     now: i64,
 ) -> Result<Written<Vec<String>>> {
-    let ids = tx.ephemeral_due(before_ms).await?;
+    let ids = tx.ephemeral_due(before_ms, EXPIRE_BATCH).await?;
     let mut events = Vec::new();
     for id in &ids {
         let Some(mut c) = tx.conversation(id).await? else {

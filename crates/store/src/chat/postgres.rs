@@ -3,14 +3,14 @@
 //! language is assumed.
 
 use super::{
-    ChatTx, MessageRow, NewConversation, NewMessage, conversation_from_row, kind_name,
+    ChatTx, ConversationRow, MESSAGE_COLUMNS, MessageRow, NewConversation, NewMessage, kind_name,
     message_from_row, store_message,
 };
 use crate::inbox::message_events;
 use crate::postgres::{Row, Tx, commit_err, pg, pool_err};
 use crate::{PgStore, Result, StoreError, Written};
 use deadpool_postgres::Pool;
-use hubbub_protocol::{Conversation, Message};
+use hubbub_protocol::Message;
 use hubbub_queue::clock::now_ms;
 
 super::impl_chat_store!(PgStore);
@@ -28,8 +28,6 @@ pub(crate) fn message_row(r: &Row, from: usize) -> MessageRow {
     )
 }
 
-const MESSAGE_COLUMNS: &str = "id, conversation_id, sender, client_msg_id, text, attachments, ts";
-
 fn messages(rows: Vec<Row>) -> Result<Vec<Message>> {
     rows.iter()
         .map(|r| message_from_row(message_row(r, 0)))
@@ -41,32 +39,25 @@ fn strings(rows: Vec<Row>) -> Vec<String> {
 }
 
 impl ChatTx for Tx<'_> {
-    async fn conversation(&self, id: &str) -> Result<Option<Conversation>> {
-        let Some(r) = self
+    async fn conversation_row(&self, id: &str) -> Result<Option<ConversationRow>> {
+        Ok(self
             .opt(
                 "SELECT kind, title, created_by, created_ms, ephemeral FROM conversations
                  WHERE id = $1",
                 &[&id],
             )
             .await?
-        else {
-            return Ok(None);
-        };
-        let members = self
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))))
+    }
+
+    async fn members(&self, id: &str) -> Result<Vec<String>> {
+        let rows = self
             .rows(
                 "SELECT user_id FROM members WHERE conversation_id = $1 ORDER BY joined_ms, user_id",
                 &[&id],
             )
             .await?;
-        Ok(Some(conversation_from_row(
-            id,
-            r.get(0),
-            r.get(1),
-            r.get(2),
-            r.get(3),
-            r.get(4),
-            strings(members),
-        )))
+        Ok(strings(rows))
     }
 
     async fn membership(&self, id: &str, user: &str) -> Result<(bool, bool)> {
@@ -93,8 +84,7 @@ impl ChatTx for Tx<'_> {
         new: &NewConversation,
         direct_key: Option<&str>,
         now: i64,
-    ) -> Result<Option<String>> {
-        // Two creates of one pair racing: the unique key decides.
+    ) -> Result<bool> {
         let inserted = self
             .exec(
                 "INSERT INTO conversations (id, kind, title, created_by, created_ms, ephemeral, direct_key)
@@ -110,17 +100,17 @@ impl ChatTx for Tx<'_> {
                 ],
             )
             .await?;
-        match direct_key {
-            Some(key) if inserted == 0 => Ok(Some(
-                self.one(
-                    "SELECT id FROM conversations WHERE direct_key = $1",
-                    &[&key],
-                )
-                .await?
-                .get(0),
-            )),
-            _ => Ok(None),
-        }
+        Ok(inserted > 0)
+    }
+
+    async fn direct_conversation(&self, direct_key: &str) -> Result<Option<String>> {
+        Ok(self
+            .opt(
+                "SELECT id FROM conversations WHERE direct_key = $1",
+                &[&direct_key],
+            )
+            .await?
+            .map(|r| r.get(0)))
     }
 
     async fn add_member(&self, id: &str, user: &str, now: i64) -> Result<()> {
@@ -319,15 +309,15 @@ impl ChatTx for Tx<'_> {
         Ok(strings(rows))
     }
 
-    async fn ephemeral_due(&self, before_ms: i64) -> Result<Vec<String>> {
+    async fn ephemeral_due(&self, before_ms: i64, limit: usize) -> Result<Vec<String>> {
         // Locked, skipping those another scheduler is expiring now.
         let rows = self
             .rows(
                 "SELECT c.id FROM conversations c WHERE c.ephemeral
                  AND COALESCE((SELECT MAX(ts) FROM messages m WHERE m.conversation_id = c.id),
                               c.created_ms) < $1
-                 LIMIT 1000 FOR UPDATE SKIP LOCKED",
-                &[&before_ms],
+                 LIMIT $2 FOR UPDATE SKIP LOCKED",
+                &[&before_ms, &(limit as i64)],
             )
             .await?;
         Ok(strings(rows))

@@ -2,12 +2,12 @@
 //! triggers, see `001_chat.sql`).
 
 use super::{
-    ChatTx, MessageRow, NewConversation, NewMessage, conversation_from_row, kind_name,
+    ChatTx, ConversationRow, MESSAGE_COLUMNS, MessageRow, NewConversation, NewMessage, kind_name,
     message_from_row,
 };
 use crate::sqlite::Tx;
 use crate::{Result, SqliteStore, Written};
-use hubbub_protocol::{Conversation, Message};
+use hubbub_protocol::Message;
 use rusqlite::{OptionalExtension, params};
 
 super::impl_chat_store!(SqliteStore);
@@ -33,8 +33,6 @@ pub(crate) fn message_row(r: &rusqlite::Row<'_>, from: usize) -> rusqlite::Resul
     ))
 }
 
-const MESSAGE_COLUMNS: &str = "id, conversation_id, sender, client_msg_id, text, attachments, ts";
-
 /// The messages a statement returns, in [`MESSAGE_COLUMNS`]' order.
 fn messages(
     mut st: rusqlite::CachedStatement<'_>,
@@ -53,34 +51,25 @@ fn strings(mut st: rusqlite::CachedStatement<'_>, p: impl rusqlite::Params) -> R
 }
 
 impl ChatTx for Tx<'_> {
-    async fn conversation(&self, id: &str) -> Result<Option<Conversation>> {
-        let row = self
+    async fn conversation_row(&self, id: &str) -> Result<Option<ConversationRow>> {
+        Ok(self
             .prepare_cached(
                 "SELECT kind, title, created_by, created_ms, ephemeral FROM conversations
                  WHERE id = ?1",
             )?
             .query_row([id], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                ))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })
-            .optional()?;
-        let Some((kind, title, created_by, created_ms, ephemeral)) = row else {
-            return Ok(None);
-        };
-        let members = strings(
+            .optional()?)
+    }
+
+    async fn members(&self, id: &str) -> Result<Vec<String>> {
+        strings(
             self.prepare_cached(
                 "SELECT user_id FROM members WHERE conversation_id = ?1 ORDER BY joined_ms, user_id",
             )?,
             [id],
-        )?;
-        Ok(Some(conversation_from_row(
-            id, &kind, title, created_by, created_ms, ephemeral, members,
-        )))
+        )
     }
 
     async fn membership(&self, id: &str, user: &str) -> Result<(bool, bool)> {
@@ -103,30 +92,29 @@ impl ChatTx for Tx<'_> {
         new: &NewConversation,
         direct_key: Option<&str>,
         now: i64,
-    ) -> Result<Option<String>> {
-        if let Some(key) = direct_key {
-            let found: Option<String> = self
-                .prepare_cached("SELECT id FROM conversations WHERE direct_key = ?1")?
-                .query_row([key], |r| r.get(0))
-                .optional()?;
-            if found.is_some() {
-                return Ok(found);
-            }
-        }
-        self.prepare_cached(
-            "INSERT INTO conversations (id, kind, title, created_by, created_ms, ephemeral, direct_key)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![
-            new.id,
-            kind_name(new.kind),
-            new.title,
-            new.creator,
-            now,
-            new.ephemeral,
-            direct_key
-        ])?;
-        Ok(None)
+    ) -> Result<bool> {
+        let inserted = self
+            .prepare_cached(
+                "INSERT INTO conversations (id, kind, title, created_by, created_ms, ephemeral, direct_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (direct_key) DO NOTHING",
+            )?
+            .execute(params![
+                new.id,
+                kind_name(new.kind),
+                new.title,
+                new.creator,
+                now,
+                new.ephemeral,
+                direct_key
+            ])?;
+        Ok(inserted > 0)
+    }
+
+    async fn direct_conversation(&self, direct_key: &str) -> Result<Option<String>> {
+        Ok(self
+            .prepare_cached("SELECT id FROM conversations WHERE direct_key = ?1")?
+            .query_row([direct_key], |r| r.get(0))
+            .optional()?)
     }
 
     async fn add_member(&self, id: &str, user: &str, now: i64) -> Result<()> {
@@ -309,15 +297,15 @@ impl ChatTx for Tx<'_> {
         )
     }
 
-    async fn ephemeral_due(&self, before_ms: i64) -> Result<Vec<String>> {
+    async fn ephemeral_due(&self, before_ms: i64, limit: usize) -> Result<Vec<String>> {
         strings(
             self.prepare_cached(
                 "SELECT c.id FROM conversations c WHERE c.ephemeral = 1
                  AND COALESCE((SELECT MAX(ts) FROM messages m WHERE m.conversation_id = c.id),
                               c.created_ms) < ?1
-                 LIMIT 1000",
+                 LIMIT ?2",
             )?,
-            [before_ms],
+            [before_ms, limit as i64],
         )
     }
 

@@ -17,7 +17,7 @@ mod sqlite;
 use crate::accounts::{AccountTx, user_exists};
 use crate::chat::ChatTx;
 use crate::inbox::{InboxTx, append_event};
-use crate::{Event, Result, StoreError, Written, json_err};
+use crate::{Event, Result, StoreError, Written, json_err, to_i64};
 use async_trait::async_trait;
 use hubbub_protocol::{Attachment, Comment, NotificationKind, Post, ServerFrame};
 
@@ -121,6 +121,9 @@ pub trait FeedStore: Send + Sync {
 /// A stored post's columns: seq, id, author, text, attachments (JSON), ts, likes, comments.
 pub(crate) type PostRow = (i64, String, String, String, String, i64, i64, i64);
 
+/// [`PostRow`]'s columns, in its order.
+pub(crate) const POST_COLUMNS: &str = "seq, id, author, text, attachments, ts, likes, comments";
+
 pub(crate) fn post_from_row(
     (seq, id, author, text, attachments, ts, likes, comments): PostRow,
 ) -> Result<StoredPost> {
@@ -138,6 +141,19 @@ pub(crate) fn post_from_row(
     })
 }
 
+/// A stored comment's columns (its id aside): post, author, text, ts.
+pub(crate) type CommentRow = (String, String, String, i64);
+
+pub(crate) fn comment_from_row(id: &str, (post, author, text, ts): CommentRow) -> Comment {
+    Comment {
+        id: id.to_owned(),
+        post,
+        author,
+        text,
+        ts,
+    }
+}
+
 /// What the feed rules need of a transaction; each backend implements it with its SQL.
 pub(crate) trait FeedTx {
     async fn post(&self, id: &str) -> Result<Option<StoredPost>>;
@@ -145,7 +161,7 @@ pub(crate) trait FeedTx {
     async fn insert_post(&self, new: &NewPost, attachments: &str, now: i64) -> Result<()>;
     /// Delete a post with its comments and likes.
     async fn delete_post(&self, id: &str) -> Result<()>;
-    async fn comment(&self, id: &str) -> Result<Option<Comment>>;
+    async fn comment(&self, id: &str) -> Result<Option<CommentRow>>;
     /// Insert a comment unless its id exists; whether it was inserted.
     async fn insert_comment(&self, new: &NewComment, now: i64) -> Result<bool>;
     /// Add `by` to a post's comment count; the count after.
@@ -166,14 +182,9 @@ pub(crate) trait FeedTx {
     /// The newest posts of `user` and of the accounts `user` follows, newest first, at most
     /// `limit`.
     async fn newest_posts(&self, user: &str, limit: usize) -> Result<Vec<StoredPost>>;
-    /// [`newest_posts`](FeedTx::newest_posts) created after `watermark`: a range read by
+    /// [`newest_posts`](FeedTx::newest_posts) whose counter is above `after`: a range read by
     /// counter, whatever the number of followees.
-    async fn posts_since(
-        &self,
-        user: &str,
-        watermark: u64,
-        limit: usize,
-    ) -> Result<Vec<StoredPost>>;
+    async fn posts_since(&self, user: &str, after: i64, limit: usize) -> Result<Vec<StoredPost>>;
     /// The posts of these ids that exist, in any order.
     async fn posts_by_id(&self, ids: &[String]) -> Result<Vec<StoredPost>>;
     async fn comment_count(&self, post: &str) -> Result<Option<u64>>;
@@ -246,18 +257,23 @@ pub(crate) async fn delete_post(tx: &impl FeedTx, caller: &str, post: &str) -> R
     tx.delete_post(post).await
 }
 
+/// The comment, if it exists.
+async fn comment(tx: &impl FeedTx, id: &str) -> Result<Option<Comment>> {
+    Ok(tx.comment(id).await?.map(|row| comment_from_row(id, row)))
+}
+
 pub(crate) async fn create_comment(
     tx: &(impl FeedTx + InboxTx + ChatTx),
     new: NewComment,
     now: i64,
 ) -> Result<Written<(Comment, u64)>> {
     let post = existing_post(tx, &new.post).await?;
-    let repeat = match tx.comment(&new.id).await? {
+    let repeat = match comment(tx, &new.id).await? {
         Some(c) => Some(c),
         None if tx.insert_comment(&new, now).await? => None,
         // A concurrent create of the same id (on another machine): the first one stands.
         None => Some(
-            tx.comment(&new.id)
+            comment(tx, &new.id)
                 .await?
                 .ok_or_else(|| StoreError::Internal(format!("comment {} vanished", new.id)))?,
         ),
@@ -341,6 +357,16 @@ pub(crate) async fn timeline_candidates(
     let watermark = tx.post_watermark().await?;
     let posts = tx.newest_posts(user, limit).await?;
     Ok((posts, watermark))
+}
+
+/// The posts created after `watermark` (a client's `u64`, clamped to the column's range).
+pub(crate) async fn posts_since(
+    tx: &impl FeedTx,
+    user: &str,
+    watermark: u64,
+    limit: usize,
+) -> Result<Vec<StoredPost>> {
+    tx.posts_since(user, to_i64(watermark), limit).await
 }
 
 /// These posts as they are now, in the order asked; deleted ones are left out.
@@ -451,7 +477,7 @@ macro_rules! impl_feed_store {
             ) -> Result<Vec<$crate::StoredPost>, $crate::StoreError> {
                 let user = user.to_owned();
                 $crate::run!(self.read, |tx| {
-                    $crate::feed::FeedTx::posts_since(tx, &user, watermark, limit)
+                    $crate::feed::posts_since(tx, &user, watermark, limit)
                 })
             }
 

@@ -1,13 +1,10 @@
 //! The feed's SQL on PostgreSQL.
 
-use super::{FeedTx, NewComment, NewPost, StoredPost, post_from_row};
+use super::{CommentRow, FeedTx, NewComment, NewPost, POST_COLUMNS, StoredPost, post_from_row};
 use crate::postgres::{Row, Tx};
-use crate::{PgStore, Result, to_i64};
-use hubbub_protocol::Comment;
+use crate::{PgStore, Result};
 
 super::impl_feed_store!(PgStore);
-
-const POST_COLUMNS: &str = "seq, id, author, text, attachments, ts, likes, comments";
 
 /// The posts of rows in [`POST_COLUMNS`]' order.
 fn posts(rows: Vec<Row>) -> Result<Vec<StoredPost>> {
@@ -58,20 +55,14 @@ impl FeedTx for Tx<'_> {
         Ok(())
     }
 
-    async fn comment(&self, id: &str) -> Result<Option<Comment>> {
+    async fn comment(&self, id: &str) -> Result<Option<CommentRow>> {
         Ok(self
             .opt(
                 "SELECT post, author, text, ts FROM comments WHERE id = $1",
                 &[&id],
             )
             .await?
-            .map(|r| Comment {
-                id: id.to_owned(),
-                post: r.get(0),
-                author: r.get(1),
-                text: r.get(2),
-                ts: r.get(3),
-            }))
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
     }
 
     async fn insert_comment(&self, new: &NewComment, now: i64) -> Result<bool> {
@@ -175,20 +166,14 @@ impl FeedTx for Tx<'_> {
         posts(self.rows(&sql, &[&user, &(limit as i64)]).await?)
     }
 
-    async fn posts_since(
-        &self,
-        user: &str,
-        watermark: u64,
-        limit: usize,
-    ) -> Result<Vec<StoredPost>> {
+    async fn posts_since(&self, user: &str, after: i64, limit: usize) -> Result<Vec<StoredPost>> {
         let sql = format!(
             "SELECT {POST_COLUMNS} FROM posts
              WHERE seq > $2 AND (author = $1 OR EXISTS
                (SELECT 1 FROM follows WHERE follower = $1 AND followee = posts.author))
              ORDER BY seq DESC LIMIT $3"
         );
-        let p = (to_i64(watermark), limit as i64);
-        posts(self.rows(&sql, &[&user, &p.0, &p.1]).await?)
+        posts(self.rows(&sql, &[&user, &after, &(limit as i64)]).await?)
     }
 
     async fn posts_by_id(&self, ids: &[String]) -> Result<Vec<StoredPost>> {

@@ -1,14 +1,13 @@
 //! The feed's SQL on SQLite.
 
-use super::{FeedTx, NewComment, NewPost, PostRow, StoredPost, post_from_row};
+use super::{
+    CommentRow, FeedTx, NewComment, NewPost, POST_COLUMNS, PostRow, StoredPost, post_from_row,
+};
 use crate::sqlite::Tx;
-use crate::{Result, SqliteStore, to_i64};
-use hubbub_protocol::Comment;
+use crate::{Result, SqliteStore};
 use rusqlite::{OptionalExtension, params};
 
 super::impl_feed_store!(SqliteStore);
-
-const POST_COLUMNS: &str = "seq, id, author, text, attachments, ts, likes, comments";
 
 /// The posts a statement returns, in [`POST_COLUMNS`]' order.
 fn posts(
@@ -62,18 +61,10 @@ impl FeedTx for Tx<'_> {
         Ok(())
     }
 
-    async fn comment(&self, id: &str) -> Result<Option<Comment>> {
+    async fn comment(&self, id: &str) -> Result<Option<CommentRow>> {
         Ok(self
             .prepare_cached("SELECT post, author, text, ts FROM comments WHERE id = ?1")?
-            .query_row([id], |r| {
-                Ok(Comment {
-                    id: id.to_owned(),
-                    post: r.get(0)?,
-                    author: r.get(1)?,
-                    text: r.get(2)?,
-                    ts: r.get(3)?,
-                })
-            })
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .optional()?)
     }
 
@@ -165,19 +156,14 @@ impl FeedTx for Tx<'_> {
         posts(st, params![user, limit as i64])
     }
 
-    async fn posts_since(
-        &self,
-        user: &str,
-        watermark: u64,
-        limit: usize,
-    ) -> Result<Vec<StoredPost>> {
+    async fn posts_since(&self, user: &str, after: i64, limit: usize) -> Result<Vec<StoredPost>> {
         let st = self.prepare_cached(&format!(
             "SELECT {POST_COLUMNS} FROM posts
              WHERE seq > ?2 AND (author = ?1 OR EXISTS
                (SELECT 1 FROM follows WHERE follower = ?1 AND followee = posts.author))
              ORDER BY seq DESC LIMIT ?3"
         ))?;
-        posts(st, params![user, to_i64(watermark), limit as i64])
+        posts(st, params![user, after, limit as i64])
     }
 
     async fn posts_by_id(&self, ids: &[String]) -> Result<Vec<StoredPost>> {

@@ -10,7 +10,8 @@
 mod postgres;
 mod sqlite;
 
-use crate::{Event, Result, StoreError, json_err};
+use crate::chat::{MessageRow, message_from_row};
+use crate::{Event, Result, StoreError, json_err, to_i64};
 use async_trait::async_trait;
 use hubbub_protocol::{Message, ServerFrame};
 
@@ -47,12 +48,9 @@ pub trait InboxStore: Send + Sync {
     async fn ping(&self) -> Result<()>;
 }
 
-/// One stored inbox row: a frame as JSON, or the message a `message.new` points at.
-pub(crate) struct InboxRow {
-    pub seq: u64,
-    pub frame: Option<String>,
-    pub message: Option<Message>,
-}
+/// One stored inbox row's columns: its seq, and a frame as JSON or the columns of the message
+/// a `message.new` points at (none if it was deleted).
+pub(crate) type InboxRow = (i64, Option<String>, Option<MessageRow>);
 
 /// What the inbox rules need of a transaction; each backend implements it with its SQL.
 pub(crate) trait InboxTx {
@@ -70,9 +68,9 @@ pub(crate) trait InboxTx {
     /// The oldest seq still in `user`'s inbox.
     async fn first_seq(&self, user: &str) -> Result<Option<u64>>;
     /// `user`'s rows with seq > `after`, in seq order, at most `limit`.
-    async fn inbox_rows(&self, user: &str, after: u64, limit: usize) -> Result<Vec<InboxRow>>;
+    async fn inbox_rows(&self, user: &str, after: i64, limit: usize) -> Result<Vec<InboxRow>>;
     /// Move `acked_seq` up to `seq`, never past `last_seq`.
-    async fn raise_acked(&self, user: &str, seq: u64) -> Result<()>;
+    async fn raise_acked(&self, user: &str, seq: i64) -> Result<()>;
     /// Delete rows older than `before_ms`; how many.
     async fn prune(&self, before_ms: i64) -> Result<u64>;
     /// One trivial statement.
@@ -132,18 +130,17 @@ pub(crate) async fn replay(
     // Something after `after` existed but the oldest row left is past the next one wanted.
     let truncated = last_seq > after && first.is_none_or(|f| f > after + 1);
     let frames = tx
-        .inbox_rows(user, after, limit)
+        .inbox_rows(user, to_i64(after), limit)
         .await?
         .into_iter()
-        .map(|row| match (row.frame, row.message) {
+        .map(|(seq, frame, message)| match (frame, message) {
             (_, Some(message)) => Ok(ServerFrame::MessageNew {
-                seq: row.seq,
-                message,
+                seq: seq as u64,
+                message: message_from_row(message)?,
             }),
             (Some(json), None) => serde_json::from_str::<ServerFrame>(&json).map_err(json_err),
             (None, None) => Err(StoreError::Internal(format!(
-                "inbox event {} lost its message",
-                row.seq
+                "inbox event {seq} lost its message"
             ))),
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -160,6 +157,10 @@ pub(crate) async fn last_seq(tx: &impl InboxTx, user: &str) -> Result<u64> {
 
 pub(crate) async fn acked_seq(tx: &impl InboxTx, user: &str) -> Result<u64> {
     Ok(tx.counters(user).await?.map_or(0, |(_, acked)| acked))
+}
+
+pub(crate) async fn ack(tx: &impl InboxTx, user: &str, seq: u64) -> Result<()> {
+    tx.raise_acked(user, to_i64(seq)).await
 }
 
 /// [`InboxStore`] for a backend: each method runs its rule in one of the backend's
@@ -192,9 +193,7 @@ macro_rules! impl_inbox_store {
 
             async fn ack(&self, user: &str, seq: u64) -> Result<(), $crate::StoreError> {
                 let user = user.to_owned();
-                $crate::run!(self.write, |tx| {
-                    $crate::inbox::InboxTx::raise_acked(tx, &user, seq)
-                })
+                $crate::run!(self.write, |tx| $crate::inbox::ack(tx, &user, seq))
             }
 
             async fn prune_events(&self, before_ms: i64) -> Result<u64, $crate::StoreError> {

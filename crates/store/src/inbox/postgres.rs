@@ -2,9 +2,9 @@
 
 use super::{InboxRow, InboxTx};
 use crate::chat::postgres::message_row;
-use crate::chat::{message_from_row, stored_message_id};
+use crate::chat::stored_message_id;
 use crate::postgres::Tx;
-use crate::{PgStore, Result, StoreError, to_i64};
+use crate::{PgStore, Result, StoreError};
 use hubbub_protocol::Message;
 
 super::impl_inbox_store!(PgStore);
@@ -95,34 +95,29 @@ impl InboxTx for Tx<'_> {
         Ok(first.map(|f| f as u64))
     }
 
-    async fn inbox_rows(&self, user: &str, after: u64, limit: usize) -> Result<Vec<InboxRow>> {
-        self.rows(
-            "SELECT i.seq, i.frame, m.id, m.conversation_id, m.sender, m.client_msg_id,
-                    m.text, m.attachments, m.ts
-             FROM inbox i LEFT JOIN messages m ON m.id = i.message_id
-             WHERE i.user_id = $1 AND i.seq > $2 ORDER BY i.seq LIMIT $3",
-            &[&user, &to_i64(after), &(limit as i64)],
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            let message = match r.get::<_, Option<i64>>(2) {
-                Some(_) => Some(message_from_row(message_row(r, 2))?),
-                None => None,
-            };
-            Ok(InboxRow {
-                seq: r.get::<_, i64>(0) as u64,
-                frame: r.get(1),
-                message,
+    async fn inbox_rows(&self, user: &str, after: i64, limit: usize) -> Result<Vec<InboxRow>> {
+        let rows = self
+            .rows(
+                "SELECT i.seq, i.frame, m.id, m.conversation_id, m.sender, m.client_msg_id,
+                        m.text, m.attachments, m.ts
+                 FROM inbox i LEFT JOIN messages m ON m.id = i.message_id
+                 WHERE i.user_id = $1 AND i.seq > $2 ORDER BY i.seq LIMIT $3",
+                &[&user, &after, &(limit as i64)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let message = r.get::<_, Option<i64>>(2).map(|_| message_row(r, 2));
+                (r.get(0), r.get(1), message)
             })
-        })
-        .collect()
+            .collect())
     }
 
-    async fn raise_acked(&self, user: &str, seq: u64) -> Result<()> {
+    async fn raise_acked(&self, user: &str, seq: i64) -> Result<()> {
         self.exec(
             "UPDATE users SET acked_seq = LEAST(GREATEST(acked_seq, $2), last_seq) WHERE id = $1",
-            &[&user, &to_i64(seq)],
+            &[&user, &seq],
         )
         .await?;
         Ok(())

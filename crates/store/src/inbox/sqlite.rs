@@ -2,9 +2,9 @@
 
 use super::{InboxRow, InboxTx};
 use crate::chat::sqlite::message_row;
-use crate::chat::{MessageRow, message_from_row, stored_message_id};
+use crate::chat::stored_message_id;
 use crate::sqlite::Tx;
-use crate::{Result, SqliteStore, to_i64};
+use crate::{Result, SqliteStore};
 use hubbub_protocol::Message;
 use rusqlite::{OptionalExtension, params};
 
@@ -71,38 +71,29 @@ impl InboxTx for Tx<'_> {
         Ok(first.map(|f| f as u64))
     }
 
-    async fn inbox_rows(&self, user: &str, after: u64, limit: usize) -> Result<Vec<InboxRow>> {
-        let rows: Vec<(i64, Option<String>, Option<MessageRow>)> = self
+    async fn inbox_rows(&self, user: &str, after: i64, limit: usize) -> Result<Vec<InboxRow>> {
+        Ok(self
             .prepare_cached(
                 "SELECT i.seq, i.frame, m.id, m.conversation_id, m.sender, m.client_msg_id,
                         m.text, m.attachments, m.ts
                  FROM inbox i LEFT JOIN messages m ON m.id = i.message_id
                  WHERE i.user_id = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3",
             )?
-            .query_map(params![user, to_i64(after), limit as i64], |r| {
+            .query_map(params![user, after, limit as i64], |r| {
                 let message = match r.get::<_, Option<i64>>(2)? {
                     Some(_) => Some(message_row(r, 2)?),
                     None => None,
                 };
                 Ok((r.get(0)?, r.get(1)?, message))
             })?
-            .collect::<Result<_, _>>()?;
-        rows.into_iter()
-            .map(|(seq, frame, m)| {
-                Ok(InboxRow {
-                    seq: seq as u64,
-                    frame,
-                    message: m.map(message_from_row).transpose()?,
-                })
-            })
-            .collect()
+            .collect::<Result<_, _>>()?)
     }
 
-    async fn raise_acked(&self, user: &str, seq: u64) -> Result<()> {
+    async fn raise_acked(&self, user: &str, seq: i64) -> Result<()> {
         self.prepare_cached(
             "UPDATE users SET acked_seq = MIN(MAX(acked_seq, ?2), last_seq) WHERE id = ?1",
         )?
-        .execute(params![user, to_i64(seq)])?;
+        .execute(params![user, seq])?;
         Ok(())
     }
 

@@ -1,13 +1,16 @@
 //! Uploaded media: where the bytes go ([`MediaStore`]: a local directory, or an S3-compatible
-//! bucket) and their metadata rows in the store's database ([`MediaMeta`]).
+//! bucket) and their metadata rows in the store's database ([`MediaMeta`]); the rules of
+//! each, written once.
 //!
-//! Bytes live in `<data-dir>/media/<id>` (written to a temporary file, fsynced, renamed, so a
-//! crash never leaves a half file under a real id), or, with the `s3` feature, in any
-//! S3-compatible bucket ([`s3::ObjectMedia`]). Either way the metadata row (owner, content
-//! type, size) is written after the bytes, in the store's database ([`MediaMeta`]: SQLite or
-//! PostgreSQL), so a media id that exists always has its bytes, and attachment checks never
-//! leave the database.
+//! Bytes live in `<data-dir>/media/<id>` ([`LocalMedia`]: written to a temporary file,
+//! fsynced, renamed, so a crash never leaves a half file under a real id), or, with the `s3`
+//! feature, in any S3-compatible bucket (`ObjectMedia`). Each of those only keeps bytes under
+//! an id (`MediaBytes`); [`MediaStore`] is put on both by `impl_media_store!`: the metadata row
+//! (owner, content type, size) is written after the bytes, in the store's database
+//! ([`MediaMeta`]: SQLite or PostgreSQL, `sqlite.rs` and `postgres.rs` holding the SQL), so a
+//! media id that exists always has its bytes, and attachment checks never leave the database.
 
+mod local;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "s3")]
@@ -16,8 +19,8 @@ mod sqlite;
 
 use crate::{Result, StoreError, new_id};
 use async_trait::async_trait;
+pub use local::LocalMedia;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// What is known of a stored medium.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,30 +83,91 @@ pub trait MediaMeta: Send + Sync {
     async fn media_usage(&self, owner: &str) -> Result<u64>;
 }
 
-/// Media in a local directory, metadata in the store.
-#[derive(Clone)]
-pub struct LocalMedia {
-    dir: PathBuf,
-    store: Arc<dyn MediaMeta>,
+/// Where a medium's bytes are kept, under its id: all that differs between a directory and a
+/// bucket. `impl_media_store!` puts [`MediaStore`] on it.
+pub(crate) trait MediaBytes {
+    /// The metadata rows.
+    fn meta(&self) -> &dyn MediaMeta;
+    /// Keep `bytes` under `id`; durable when this returns.
+    async fn write(&self, id: &str, bytes: Vec<u8>) -> Result<()>;
+    /// Keep the bytes of `file` under `id`, taking the file (moved or deleted); durable when
+    /// this returns.
+    async fn write_file(&self, id: &str, file: PathBuf) -> Result<()>;
+    /// The bytes kept under `id` (its metadata row exists, so they do).
+    async fn read(&self, id: &str) -> Result<Vec<u8>>;
 }
 
-impl std::fmt::Debug for LocalMedia {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalMedia")
-            .field("dir", &self.dir)
-            .finish()
-    }
-}
+/// [`MediaStore`] for a [`MediaBytes`]: a new medium gets a fresh id, its bytes are kept
+/// first and its metadata row is written after them; a read starts at the metadata.
+macro_rules! impl_media_store {
+    ($media:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::media::MediaStore for $media {
+            async fn put(
+                &self,
+                owner: &str,
+                content_type: &str,
+                bytes: Vec<u8>,
+            ) -> Result<$crate::MediaInfo, $crate::StoreError> {
+                let info = $crate::MediaInfo::fresh(owner, content_type, bytes.len() as u64)?;
+                $crate::media::MediaBytes::write(self, &info.id, bytes).await?;
+                $crate::media::MediaBytes::meta(self)
+                    .insert_media(&info)
+                    .await?;
+                Ok(info)
+            }
 
-impl LocalMedia {
-    /// Media under `dir` (created if missing), metadata in `store`.
-    pub fn new(dir: PathBuf, store: impl MediaMeta + 'static) -> Result<Self> {
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| StoreError::Internal(format!("creating {}: {e}", dir.display())))?;
-        Ok(LocalMedia {
-            dir,
-            store: Arc::new(store),
-        })
+            async fn put_file(
+                &self,
+                owner: &str,
+                content_type: &str,
+                file: std::path::PathBuf,
+                size: u64,
+            ) -> Result<$crate::MediaInfo, $crate::StoreError> {
+                let info = $crate::MediaInfo::fresh(owner, content_type, size)?;
+                $crate::media::MediaBytes::write_file(self, &info.id, file).await?;
+                $crate::media::MediaBytes::meta(self)
+                    .insert_media(&info)
+                    .await?;
+                Ok(info)
+            }
+
+            async fn get(
+                &self,
+                id: &str,
+            ) -> Result<Option<($crate::MediaInfo, Vec<u8>)>, $crate::StoreError> {
+                let Some(info) = $crate::media::MediaBytes::meta(self).media(id).await? else {
+                    return Ok(None);
+                };
+                let bytes = $crate::media::MediaBytes::read(self, &info.id).await?;
+                Ok(Some((info, bytes)))
+            }
+
+            async fn missing(&self, ids: &[String]) -> Result<Vec<String>, $crate::StoreError> {
+                $crate::media::MediaBytes::meta(self)
+                    .missing_media(ids)
+                    .await
+            }
+
+            async fn usage(&self, owner: &str) -> Result<u64, $crate::StoreError> {
+                $crate::media::MediaBytes::meta(self)
+                    .media_usage(owner)
+                    .await
+            }
+        }
+    };
+}
+pub(crate) use impl_media_store;
+
+/// A metadata row's columns: id, owner, content_type, size.
+pub(crate) type MediaRow = (String, String, String, i64);
+
+pub(crate) fn media_from_row((id, owner, content_type, size): MediaRow) -> MediaInfo {
+    MediaInfo {
+        id,
+        owner,
+        content_type,
+        size: size as u64,
     }
 }
 
@@ -111,10 +175,19 @@ impl LocalMedia {
 pub(crate) trait MediaTx {
     /// Record a medium (an id recorded already stays as it is).
     async fn insert_media(&self, info: &MediaInfo, now: i64) -> Result<()>;
-    async fn media(&self, id: &str) -> Result<Option<MediaInfo>>;
+    async fn media(&self, id: &str) -> Result<Option<MediaRow>>;
     /// Those of `ids` that exist, in any order.
     async fn media_found(&self, ids: &[String]) -> Result<Vec<String>>;
-    async fn media_usage(&self, owner: &str) -> Result<u64>;
+    /// The sum of `owner`'s media sizes (0 when none).
+    async fn media_bytes(&self, owner: &str) -> Result<i64>;
+}
+
+pub(crate) async fn media(tx: &impl MediaTx, id: &str) -> Result<Option<MediaInfo>> {
+    Ok(tx.media(id).await?.map(media_from_row))
+}
+
+pub(crate) async fn media_usage(tx: &impl MediaTx, owner: &str) -> Result<u64> {
+    Ok(tx.media_bytes(owner).await?.max(0) as u64)
 }
 
 /// Which of `ids` do not exist, in the order asked.
@@ -147,7 +220,7 @@ macro_rules! impl_media_meta {
                 id: &str,
             ) -> Result<Option<$crate::MediaInfo>, $crate::StoreError> {
                 let id = id.to_owned();
-                $crate::run!(self.read, |tx| $crate::media::MediaTx::media(tx, &id))
+                $crate::run!(self.read, |tx| $crate::media::media(tx, &id))
             }
 
             async fn missing_media(
@@ -160,99 +233,19 @@ macro_rules! impl_media_meta {
 
             async fn media_usage(&self, owner: &str) -> Result<u64, $crate::StoreError> {
                 let owner = owner.to_owned();
-                $crate::run!(self.read, |tx| $crate::media::MediaTx::media_usage(
-                    tx, &owner
-                ))
+                $crate::run!(self.read, |tx| $crate::media::media_usage(tx, &owner))
             }
         }
     };
 }
 pub(crate) use impl_media_meta;
 
+/// A file-system error: a full disk is `Unavailable`.
 fn io(e: std::io::Error) -> StoreError {
     if e.raw_os_error() == Some(28) {
         StoreError::Unavailable("storage is full".into())
     } else {
         StoreError::Internal(e.to_string())
-    }
-}
-
-#[async_trait]
-impl MediaStore for LocalMedia {
-    async fn put(
-        &self,
-        owner: &str,
-        content_type: &str,
-        bytes: Vec<u8>,
-    ) -> Result<MediaInfo, StoreError> {
-        let info = MediaInfo::fresh(owner, content_type, bytes.len() as u64)?;
-        let (dir, file_id) = (self.dir.clone(), info.id.clone());
-        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-            use std::io::Write;
-            let tmp = dir.join(format!(".{file_id}.tmp"));
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&bytes).map_err(io)?;
-            f.sync_all().map_err(io)?;
-            std::fs::rename(&tmp, dir.join(&file_id)).map_err(io)?;
-            std::fs::File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io)
-        })
-        .await
-        .map_err(|e| StoreError::Internal(e.to_string()))??;
-        self.store.insert_media(&info).await?;
-        Ok(info)
-    }
-
-    async fn put_file(
-        &self,
-        owner: &str,
-        content_type: &str,
-        file: PathBuf,
-        size: u64,
-    ) -> Result<MediaInfo, StoreError> {
-        let info = MediaInfo::fresh(owner, content_type, size)?;
-        let (dir, file_id) = (self.dir.clone(), info.id.clone());
-        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-            let target = dir.join(&file_id);
-            std::fs::File::open(&file)
-                .and_then(|f| f.sync_all())
-                .map_err(io)?;
-            // A rename when the spool is on the same file system (it is, in the data
-            // directory); a copy otherwise.
-            if std::fs::rename(&file, &target).is_err() {
-                let tmp = dir.join(format!(".{file_id}.tmp"));
-                std::fs::copy(&file, &tmp).map_err(io)?;
-                std::fs::File::open(&tmp)
-                    .and_then(|f| f.sync_all())
-                    .map_err(io)?;
-                std::fs::rename(&tmp, &target).map_err(io)?;
-                let _ = std::fs::remove_file(&file);
-            }
-            std::fs::File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io)
-        })
-        .await
-        .map_err(|e| StoreError::Internal(e.to_string()))??;
-        self.store.insert_media(&info).await?;
-        Ok(info)
-    }
-
-    async fn get(&self, id: &str) -> Result<Option<(MediaInfo, Vec<u8>)>, StoreError> {
-        let Some(info) = self.store.media(id).await? else {
-            return Ok(None);
-        };
-        let bytes = tokio::fs::read(self.dir.join(&info.id)).await.map_err(io)?;
-        Ok(Some((info, bytes)))
-    }
-
-    async fn missing(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
-        self.store.missing_media(ids).await
-    }
-
-    async fn usage(&self, owner: &str) -> Result<u64, StoreError> {
-        self.store.media_usage(owner).await
     }
 }
 

@@ -1,6 +1,6 @@
 //! Media metadata's SQL on PostgreSQL.
 
-use super::{MediaInfo, MediaTx};
+use super::{MediaInfo, MediaRow, MediaTx};
 use crate::postgres::Tx;
 use crate::{PgStore, Result};
 
@@ -17,19 +17,14 @@ impl MediaTx for Tx<'_> {
         Ok(())
     }
 
-    async fn media(&self, id: &str) -> Result<Option<MediaInfo>> {
+    async fn media(&self, id: &str) -> Result<Option<MediaRow>> {
         Ok(self
             .opt(
                 "SELECT id, owner, content_type, size FROM media WHERE id = $1",
                 &[&id],
             )
             .await?
-            .map(|r| MediaInfo {
-                id: r.get(0),
-                owner: r.get(1),
-                content_type: r.get(2),
-                size: r.get::<_, i64>(3) as u64,
-            }))
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
     }
 
     async fn media_found(&self, ids: &[String]) -> Result<Vec<String>> {
@@ -39,14 +34,13 @@ impl MediaTx for Tx<'_> {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    async fn media_usage(&self, owner: &str) -> Result<u64> {
-        let total: i64 = self
+    async fn media_bytes(&self, owner: &str) -> Result<i64> {
+        Ok(self
             .one(
                 "SELECT COALESCE(SUM(size), 0)::BIGINT FROM media WHERE owner = $1",
                 &[&owner],
             )
             .await?
-            .get(0);
-        Ok(total.max(0) as u64)
+            .get(0))
     }
 }

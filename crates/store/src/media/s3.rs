@@ -1,9 +1,11 @@
 //! Media bytes in any S3-compatible bucket, through the `object_store` crate (the `s3`
 //! feature); metadata in the store.
 
-use super::*;
+use super::{MediaBytes, MediaMeta, S3Config, io};
+use crate::StoreError;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Media bytes in an object store, metadata in the store.
@@ -48,36 +50,27 @@ impl ObjectMedia {
     }
 }
 
-#[async_trait]
-impl MediaStore for ObjectMedia {
-    async fn put(
-        &self,
-        owner: &str,
-        content_type: &str,
-        bytes: Vec<u8>,
-    ) -> Result<MediaInfo, StoreError> {
-        let info = MediaInfo::fresh(owner, content_type, bytes.len() as u64)?;
-        self.objects
-            .put(&Path::from(info.id.as_str()), bytes.into())
-            .await
-            .map_err(object_err)?;
-        self.store.insert_media(&info).await?;
-        Ok(info)
+super::impl_media_store!(ObjectMedia);
+
+impl MediaBytes for ObjectMedia {
+    fn meta(&self) -> &dyn MediaMeta {
+        &*self.store
     }
 
-    async fn put_file(
-        &self,
-        owner: &str,
-        content_type: &str,
-        file: std::path::PathBuf,
-        size: u64,
-    ) -> Result<MediaInfo, StoreError> {
+    async fn write(&self, id: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.objects
+            .put(&Path::from(id), bytes.into())
+            .await
+            .map_err(object_err)?;
+        Ok(())
+    }
+
+    async fn write_file(&self, id: &str, file: PathBuf) -> Result<(), StoreError> {
         use tokio::io::AsyncReadExt;
-        let info = MediaInfo::fresh(owner, content_type, size)?;
         // A multipart upload in parts of a few MiB: the file is never read whole.
         let upload = self
             .objects
-            .put_multipart(&Path::from(info.id.as_str()))
+            .put_multipart(&Path::from(id))
             .await
             .map_err(object_err)?;
         let mut writer = object_store::WriteMultipart::new(upload);
@@ -99,34 +92,22 @@ impl MediaStore for ObjectMedia {
         match result {
             Ok(()) => {
                 writer.finish().await.map_err(object_err)?;
+                Ok(())
             }
             Err(e) => {
                 let _ = writer.abort().await;
-                return Err(e);
+                Err(e)
             }
         }
-        self.store.insert_media(&info).await?;
-        Ok(info)
     }
 
-    async fn usage(&self, owner: &str) -> Result<u64, StoreError> {
-        self.store.media_usage(owner).await
-    }
-
-    async fn get(&self, id: &str) -> Result<Option<(MediaInfo, Vec<u8>)>, StoreError> {
-        let Some(info) = self.store.media(id).await? else {
-            return Ok(None);
-        };
+    async fn read(&self, id: &str) -> Result<Vec<u8>, StoreError> {
         let got = self
             .objects
-            .get(&Path::from(info.id.as_str()))
+            .get(&Path::from(id))
             .await
             .map_err(object_err)?;
         let bytes = got.bytes().await.map_err(object_err)?;
-        Ok(Some((info, bytes.to_vec())))
-    }
-
-    async fn missing(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
-        self.store.missing_media(ids).await
+        Ok(bytes.to_vec())
     }
 }

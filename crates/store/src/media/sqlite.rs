@@ -1,6 +1,6 @@
 //! Media metadata's SQL on SQLite.
 
-use super::{MediaInfo, MediaTx};
+use super::{MediaInfo, MediaRow, MediaTx};
 use crate::sqlite::Tx;
 use crate::{Result, SqliteStore};
 use rusqlite::{OptionalExtension, params};
@@ -17,17 +17,10 @@ impl MediaTx for Tx<'_> {
         Ok(())
     }
 
-    async fn media(&self, id: &str) -> Result<Option<MediaInfo>> {
+    async fn media(&self, id: &str) -> Result<Option<MediaRow>> {
         Ok(self
             .prepare_cached("SELECT id, owner, content_type, size FROM media WHERE id = ?1")?
-            .query_row([id], |r| {
-                Ok(MediaInfo {
-                    id: r.get(0)?,
-                    owner: r.get(1)?,
-                    content_type: r.get(2)?,
-                    size: r.get::<_, i64>(3)? as u64,
-                })
-            })
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .optional()?)
     }
 
@@ -43,10 +36,9 @@ impl MediaTx for Tx<'_> {
         Ok(found)
     }
 
-    async fn media_usage(&self, owner: &str) -> Result<u64> {
-        let total: i64 = self
+    async fn media_bytes(&self, owner: &str) -> Result<i64> {
+        Ok(self
             .prepare_cached("SELECT COALESCE(SUM(size), 0) FROM media WHERE owner = ?1")?
-            .query_row([owner], |r| r.get(0))?;
-        Ok(total.max(0) as u64)
+            .query_row([owner], |r| r.get(0))?)
     }
 }

@@ -97,8 +97,7 @@ fn s3_config() -> hubbub_store::S3Config {
 #[tokio::test]
 async fn s3_media_keeps_its_contract() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let media = hubbub_store::media::s3::ObjectMedia::s3(&s3_config(), sqlite(dir.path()).await)
-        .expect("s3");
+    let media = hubbub_store::ObjectMedia::s3(&s3_config(), sqlite(dir.path()).await).expect("s3");
     contract(&media).await;
 }
 
@@ -110,7 +109,7 @@ async fn s3_down_or_refusing_is_unavailable_and_writes_nothing() {
     // Wrong credentials: refused.
     let mut wrong = s3_config();
     wrong.secret_access_key = "not-the-secret".into();
-    let media = hubbub_store::media::s3::ObjectMedia::s3(&wrong, store.clone()).expect("s3");
+    let media = hubbub_store::ObjectMedia::s3(&wrong, store.clone()).expect("s3");
     let e = media
         .put("u1", "image/png", b"x".to_vec())
         .await
@@ -122,7 +121,7 @@ async fn s3_down_or_refusing_is_unavailable_and_writes_nothing() {
     // Nothing listens there: unavailable, and no metadata row was written.
     let mut down = s3_config();
     down.endpoint = "http://127.0.0.1:9".into();
-    let media = hubbub_store::media::s3::ObjectMedia::s3(&down, store.clone()).expect("s3");
+    let media = hubbub_store::ObjectMedia::s3(&down, store.clone()).expect("s3");
     let e = media
         .put("u1", "image/png", b"x".to_vec())
         .await
