@@ -14,7 +14,7 @@ mod local;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "s3")]
-pub mod s3;
+pub(crate) mod s3;
 mod sqlite;
 
 use crate::{Result, StoreError, new_id};
