@@ -34,8 +34,9 @@ impl Drop for Guard {
             return;
         }
         let inner = self.inner.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
+        // On the edge's tracker, so shutdown waits for it (the stream's task is gone).
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.inner.tracker.spawn(async move {
                 inner
                     .deps
                     .engagement
