@@ -16,7 +16,13 @@
 //! - [`Timelines`], [`Engagement`]: the feed's reads and the engagement path as the edge sees
 //!   them. Implemented by the services crate.
 //!
+//! With the feature `conformance`, [`conformance`] holds the edge link's conformance suite
+//! and the test edges the suites of the edge-facing traits share.
+//!
 //! This crate knows nothing of storage or of what the frames mean.
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
 
 use async_trait::async_trait;
 use hubbub_protocol::internal::ToEdge;

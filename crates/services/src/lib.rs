@@ -12,8 +12,13 @@
 //!   queue, webhook provider).
 //!
 //! Services never call one another; they share nothing but the store and the queues.
+//!
+//! With the feature `conformance`, [`conformance`] holds the conformance suites of the
+//! `Signals` and `Engagement` traits, for the in-process and the distributed implementations.
 
 pub mod chat;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod engagement;
 pub mod feed;
 pub mod notify;
