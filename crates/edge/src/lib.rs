@@ -27,6 +27,7 @@
 //! The edge knows no service logic: it asks the chat query side for reads and `sync`, and
 //! forwards everything else.
 
+mod admission;
 pub mod auth;
 mod http;
 mod limit;
@@ -87,6 +88,11 @@ pub struct EdgeConfig {
     pub operational_on_public: bool,
     /// Behind a reverse proxy: the header whose last entry is the client's address.
     pub client_ip_header: Option<String>,
+    /// Admission control: the most writes in flight on this edge (forwarded, not answered).
+    pub max_inflight_writes: usize,
+    /// Admission control: past this average reply time, writes are refused while any is in
+    /// flight.
+    pub admission_wait: Duration,
 }
 
 /// What an edge needs from the rest of the system.
@@ -270,6 +276,8 @@ pub(crate) struct Inner {
     /// while it does not (they would wait in the queue with no outcome to tell).
     store_ok: std::sync::atomic::AtomicBool,
     auth_limits: AuthLimits,
+    /// Whether a write may be accepted now (overload sheds writes early).
+    admission: Arc<admission::Admission>,
 }
 
 impl Inner {
@@ -541,6 +549,10 @@ impl Edge {
     ) -> Result<Self, auth::AuthError> {
         let auth = Auth::new(deps.store.clone(), config.auth.clone(), &config.key_file)?;
         let config_auth = config.auth.clone();
+        let admission = Arc::new(admission::Admission::new(
+            config.max_inflight_writes,
+            config.admission_wait,
+        ));
         let inner = Arc::new(Inner {
             config,
             deps,
@@ -549,6 +561,7 @@ impl Edge {
             cancel: cancel.clone(),
             tracker: TaskTracker::new(),
             store_ok: std::sync::atomic::AtomicBool::new(true),
+            admission,
             auth_limits: AuthLimits {
                 per_ip: KeyedLimiter::per_minute(
                     config_auth.attempts_per_ip_per_minute,

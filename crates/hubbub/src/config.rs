@@ -200,6 +200,12 @@ pub struct ServerSettings {
     pub chat_workers: usize,
     /// A request with no reply after this long is answered `internal`, milliseconds.
     pub request_timeout_ms: u64,
+    /// Admission control: the most writes one edge has in flight (forwarded, not yet
+    /// answered); past it writes are refused `rate_limited`.
+    pub max_inflight_writes: usize,
+    /// Admission control: when replies take longer than this on average, an edge refuses new
+    /// writes (`rate_limited`) while any is in flight, milliseconds.
+    pub admission_wait_ms: u64,
     /// WebSocket ping interval, seconds; three silent intervals close the connection.
     pub ping_interval_s: u64,
     /// Durable events older than this are pruned (sync then reports `truncated`), days.
@@ -266,6 +272,8 @@ impl Default for ServerSettings {
             routers: 1,
             chat_workers: 2,
             request_timeout_ms: 10_000,
+            max_inflight_writes: 20_000,
+            admission_wait_ms: 2_000,
             ping_interval_s: 20,
             event_retention_days: 7,
             archive_retention_days: 7,

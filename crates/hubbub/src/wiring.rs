@@ -34,6 +34,8 @@ pub(crate) fn edge_config(config: &Config, edge_id: String) -> EdgeConfig {
         max_sessions_per_user: config.server.max_sessions_per_user.max(1),
         operational_on_public: config.admin_listen.is_none(),
         client_ip_header: config.server.client_ip_header.clone(),
+        max_inflight_writes: config.server.max_inflight_writes.max(1),
+        admission_wait: Duration::from_millis(config.server.admission_wait_ms.max(1)),
     }
 }
 

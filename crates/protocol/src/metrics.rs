@@ -59,6 +59,7 @@ registry! {
     CHAT_HANDLED = "hubbub_chat_handled_total", Counter, ["type"], "chat requests handled";
     FEED_HANDLED = "hubbub_feed_handled_total", Counter, ["type"], "feed requests handled";
     WRITES_REFUSED = "hubbub_writes_refused_total", Counter, ["queue"], "writes a service answered `unavailable` (the store was down)";
+    WRITES_SHED = "hubbub_writes_shed_total", Counter, [], "writes an edge refused at capacity (`rate_limited`, admission control)";
     ROUTER_UNROUTABLE = "hubbub_router_unroutable_total", Counter, [], "requests with no service in this build";
     ROUTER_DROPPED = "hubbub_router_dropped_total", Counter, [], "envelopes on `main` that could not be read (dropped, logged)";
     TIMELINE_COMPUTED = "hubbub_timeline_computed_total", Counter, [], "timelines computed by the timeline computer";

@@ -201,7 +201,7 @@ async fn run(inner: Arc<Inner>, user: UserRef, expires_ms: i64, socket: WebSocke
         session,
         socket,
         seq: SeqState::new(0),
-        pending: Pending::new(inner.config.request_timeout),
+        pending: Pending::new(inner.config.request_timeout, inner.admission.clone()),
         window: Window::new(),
         last_heard: Instant::now(),
         close: close_signal,

@@ -400,6 +400,16 @@ impl Conn {
 
     /// Put a write on the `main` queue; the reply comes back through the dispatcher.
     async fn forward(&mut self, id: Option<String>, request: Request) -> Flow {
+        if let Err(retry) = self.inner.admission.admit() {
+            metrics::counter!(hubbub_protocol::metrics::WRITES_SHED).increment(1);
+            let e = ServerFrame::Error {
+                id,
+                code: ErrorCode::RateLimited,
+                message: "the server is at capacity; nothing was accepted, retry later".into(),
+                retry_after_ms: Some(retry.as_millis().min(u128::from(u64::MAX)) as u64),
+            };
+            return self.written(&[e]).await;
+        }
         if !self
             .inner
             .store_ok

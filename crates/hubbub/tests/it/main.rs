@@ -21,6 +21,7 @@ mod media;
 mod notify;
 #[cfg(feature = "cluster")]
 mod outage;
+mod overload;
 mod security;
 mod signals;
 mod support;
