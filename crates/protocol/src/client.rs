@@ -76,13 +76,29 @@ pub enum Request {
         /// Conversation id.
         conversation: String,
     },
-    /// Add a member (group creator only).
+    /// Add a member, or several (group creator only).
     #[serde(rename = "conversation.add")]
     ConversationAdd {
         /// Conversation id.
         conversation: String,
-        /// The user to add.
-        user: String,
+        /// The user to add (or `users`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        /// The users to add, at most 1,000 (instead of `user`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        users: Option<Vec<String>>,
+    },
+    /// A page of a conversation's members, by user id.
+    #[serde(rename = "conversation.members")]
+    ConversationMembers {
+        /// Conversation id.
+        conversation: String,
+        /// Only members whose id sorts after this one (the last of the previous page).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        /// At most this many (≤ 1,000, default 500).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
     },
     /// Remove a member (group creator only).
     #[serde(rename = "conversation.remove")]
@@ -278,6 +294,7 @@ impl Request {
         "conversation.list",
         "conversation.get",
         "conversation.add",
+        "conversation.members",
         "conversation.remove",
         "conversation.leave",
         "message.send",
@@ -314,6 +331,7 @@ impl Request {
             Request::ConversationList {} => "conversation.list",
             Request::ConversationGet { .. } => "conversation.get",
             Request::ConversationAdd { .. } => "conversation.add",
+            Request::ConversationMembers { .. } => "conversation.members",
             Request::ConversationRemove { .. } => "conversation.remove",
             Request::ConversationLeave { .. } => "conversation.leave",
             Request::MessageSend { .. } => "message.send",
@@ -482,6 +500,9 @@ mod tests {
             json!({"type":"conversation.list","id":"r1"}),
             json!({"type":"conversation.get","id":"r1","conversation":"c1"}),
             json!({"type":"conversation.add","id":"r1","conversation":"c1","user":"u4"}),
+            json!({"type":"conversation.add","id":"r1","conversation":"c1","users":["u4","u5"]}),
+            json!({"type":"conversation.members","id":"r1","conversation":"c1"}),
+            json!({"type":"conversation.members","id":"r1","conversation":"c1","after":"u4","limit":2}),
             json!({"type":"conversation.remove","id":"r1","conversation":"c1","user":"u4"}),
             json!({"type":"conversation.leave","id":"r1","conversation":"c1"}),
             json!({"type":"message.send","id":"r1","conversation":"c1","client_msg_id":"m1","text":"hi"}),

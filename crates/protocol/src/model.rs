@@ -42,6 +42,15 @@ impl ConversationKind {
     }
 }
 
+/// Past this many members a group is large: `C` omits `members`, and a membership change
+/// is pushed only to the users added or removed and to the member who made it (PROTOCOL.md
+/// 1.1, "Large groups").
+pub const LARGE_GROUP: usize = 256;
+
+fn is_large(members: &[String]) -> bool {
+    members.len() > LARGE_GROUP
+}
+
 /// `C`: a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Conversation {
@@ -51,8 +60,14 @@ pub struct Conversation {
     pub kind: ConversationKind,
     /// Title, if any.
     pub title: Option<String>,
-    /// Member user ids, the creator included.
+    /// Member user ids, the creator included. Omitted on the wire for a group of more than
+    /// [`LARGE_GROUP`] members (`conversation.members` pages through them); always complete
+    /// inside the server.
+    #[serde(default, skip_serializing_if = "is_large")]
     pub members: Vec<String>,
+    /// How many members (always present).
+    #[serde(default)]
+    pub member_count: u64,
     /// The creator's user id.
     pub created_by: String,
     /// Creation time.

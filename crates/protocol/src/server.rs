@@ -189,6 +189,13 @@ pub enum ReplyData {
         /// True iff older messages remain.
         more: bool,
     },
+    /// `conversation.members`.
+    Members {
+        /// Member user ids, in order.
+        members: Vec<String>,
+        /// True iff more members follow.
+        more: bool,
+    },
     /// `message.search`.
     Search {
         /// Messages, best first.
@@ -261,8 +268,8 @@ mod tests {
     }
 
     fn conv() -> Value {
-        json!({"id":"c1","kind":"group","title":null,"members":["u1","u2"],"created_by":"u1",
-               "created_ts":1,"ephemeral":false})
+        json!({"id":"c1","kind":"group","title":null,"members":["u1","u2"],"member_count":2,
+               "created_by":"u1","created_ts":1,"ephemeral":false})
     }
     fn msg() -> Value {
         json!({"id":"m1","conversation":"c1","sender":"u1","client_msg_id":"k1","text":"hi",
@@ -306,12 +313,13 @@ mod tests {
         let cases = [
             (
                 json!({"conversations":[{"id":"c1","kind":"group","title":null,"members":["u1"],
-                "created_by":"u1","created_ts":1,"ephemeral":false,"last_message":null,
-                "unread":0}]}),
+                "member_count":1,"created_by":"u1","created_ts":1,"ephemeral":false,
+                "last_message":null,"unread":0}]}),
                 "Conversations",
             ),
             (json!({"conversation":conv()}), "Conversation"),
             (json!({"messages":[msg()],"more":true}), "History"),
+            (json!({"members":["u1","u2"],"more":false}), "Members"),
             (json!({"messages":[msg()]}), "Search"),
             (json!({"message":msg()}), "Message"),
             (

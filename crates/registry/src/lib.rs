@@ -172,6 +172,15 @@ pub trait ChatReads: Send + Sync {
         user: &str,
         conversation: &str,
     ) -> Result<hubbub_protocol::Conversation, SignalError>;
+    /// `conversation.members`: a page of member ids (by id, after `after`), and whether more
+    /// follow.
+    async fn members(
+        &self,
+        user: &str,
+        conversation: &str,
+        after: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<(Vec<String>, bool), SignalError>;
     /// `message.history`: newest first, and whether older messages remain.
     async fn history(
         &self,

@@ -249,6 +249,17 @@ impl Conn {
                     .map(|conversation| ReplyData::Conversation { conversation });
                 self.signal_reply(frame.id, r).await
             }
+            Request::ConversationMembers {
+                conversation,
+                after,
+                limit,
+            } => {
+                let r = chat
+                    .members(&user, &conversation, after.as_deref(), limit)
+                    .await
+                    .map(|(members, more)| ReplyData::Members { members, more });
+                self.signal_reply(frame.id, r).await
+            }
             Request::MessageHistory {
                 conversation,
                 before,

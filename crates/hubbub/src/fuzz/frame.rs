@@ -46,7 +46,8 @@ pub(super) fn any_request(rng: &mut Rng) -> Request {
         },
         6 => Request::ConversationAdd {
             conversation: s(rng),
-            user: s(rng),
+            user: maybe(rng, s),
+            users: maybe(rng, strings),
         },
         7 => Request::ConversationRemove {
             conversation: s(rng),
@@ -125,6 +126,11 @@ pub(super) fn any_request(rng: &mut Rng) -> Request {
         },
         29 => Request::PostUnwatch {
             posts: strings(rng),
+        },
+        30 => Request::ConversationMembers {
+            conversation: s(rng),
+            after: maybe(rng, s),
+            limit: maybe(rng, any_u32),
         },
         _ => Request::CommentTyping {
             post: s(rng),

@@ -107,7 +107,8 @@ async fn group_chat_reaches_every_session_exactly_once() {
         &mut b,
         Request::ConversationAdd {
             conversation: c.id.clone(),
-            user: carol.id.clone(),
+            user: Some(carol.id.clone()),
+            users: None,
         },
         "forbidden",
     )
@@ -116,7 +117,8 @@ async fn group_chat_reaches_every_session_exactly_once() {
         &mut a1,
         Request::ConversationAdd {
             conversation: c.id.clone(),
-            user: carol.id.clone(),
+            user: Some(carol.id.clone()),
+            users: None,
         },
     )
     .await;
@@ -124,7 +126,8 @@ async fn group_chat_reaches_every_session_exactly_once() {
         &mut a1,
         Request::ConversationAdd {
             conversation: c.id.clone(),
-            user: carol.id.clone(),
+            user: Some(carol.id.clone()),
+            users: None,
         },
     )
     .await; // no-op
@@ -328,7 +331,8 @@ async fn a_blocked_user_cannot_add_the_blocker_to_groups() {
     };
     let add = Request::ConversationAdd {
         conversation: c.id.clone(),
-        user: bob.id.clone(),
+        user: Some(bob.id.clone()),
+        users: None,
     };
     let message = err(&mut a, add.clone(), "forbidden").await;
     assert_eq!(message, "you cannot add this user");
@@ -439,7 +443,8 @@ async fn group_size_and_text_limits() {
         &mut d,
         Request::ConversationAdd {
             conversation: c.id.clone(),
-            user: ids[2].clone(),
+            user: Some(ids[2].clone()),
+            users: None,
         },
         "too_large",
     )
@@ -517,4 +522,80 @@ async fn reconnect_and_sync_resumes_without_gaps_or_repeats() {
         ),
         "{f:?}"
     );
+}
+
+/// PROTOCOL.md 1.1: `conversation.add` with `users`, `conversation.members` pages by id,
+/// and `C` counts its members.
+#[tokio::test]
+async fn adding_several_members_and_paging_through_them() {
+    let s = server().await;
+    let (alice, at) = s.user("alice").await;
+    let (bob, _) = s.user("bob").await;
+    let (carol, _) = s.user("carol").await;
+    let (dave, dt) = s.user("dave").await;
+    let (mut a, _) = s.connect(&at).await;
+    let ReplyData::Conversation { conversation: c } = ok(&mut a, group(vec![])).await else {
+        panic!()
+    };
+    assert_eq!(c.member_count, 1);
+    ok(
+        &mut a,
+        Request::ConversationAdd {
+            conversation: c.id.clone(),
+            user: None,
+            users: Some(vec![bob.id.clone(), carol.id.clone(), dave.id.clone()]),
+        },
+    )
+    .await;
+    err(
+        &mut a,
+        Request::ConversationAdd {
+            conversation: c.id.clone(),
+            user: Some(bob.id.clone()),
+            users: Some(vec![carol.id.clone()]),
+        },
+        "bad_request",
+    )
+    .await;
+    let (mut d, _) = s.connect(&dt).await;
+    let mut all = vec![
+        alice.id.clone(),
+        bob.id.clone(),
+        carol.id.clone(),
+        dave.id.clone(),
+    ];
+    all.sort();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let ReplyData::Members { members, more } = ok(
+            &mut d,
+            Request::ConversationMembers {
+                conversation: c.id.clone(),
+                after: after.clone(),
+                limit: Some(3),
+            },
+        )
+        .await
+        else {
+            panic!()
+        };
+        after = members.last().cloned();
+        seen.extend(members);
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(seen, all);
+    let ReplyData::Conversation { conversation } = ok(
+        &mut d,
+        Request::ConversationGet {
+            conversation: c.id.clone(),
+        },
+    )
+    .await
+    else {
+        panic!()
+    };
+    assert_eq!(conversation.member_count, 4);
 }

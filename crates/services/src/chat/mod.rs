@@ -149,12 +149,25 @@ impl crate::Handler for ChatService {
             }
             Request::ConversationAdd {
                 conversation,
-                user: other,
-            } => Ok(empty(
-                self.store
-                    .add_member(user, conversation, other, self.limits.max_group_members)
-                    .await?,
-            )),
+                user: one,
+                users,
+            } => {
+                let users = match (one, users) {
+                    (Some(one), None) => vec![one.clone()],
+                    (None, Some(users)) => users.clone(),
+                    _ => {
+                        return Err(Failure::new(
+                            ErrorCode::BadRequest,
+                            "`conversation.add` takes one of `user` and `users`",
+                        ));
+                    }
+                };
+                Ok(empty(
+                    self.store
+                        .add_members(user, conversation, &users, self.limits.max_group_members)
+                        .await?,
+                ))
+            }
             Request::ConversationRemove {
                 conversation,
                 user: other,

@@ -14,6 +14,9 @@ use std::sync::Arc;
 /// `message.history` pages: the default and the most a client may ask for (PROTOCOL.md).
 const HISTORY_DEFAULT: u32 = 50;
 const HISTORY_MAX: u32 = 100;
+/// `conversation.members` page sizes.
+const MEMBERS_DEFAULT: u32 = 500;
+const MEMBERS_MAX: u32 = 1000;
 /// Most messages one `message.search` returns.
 const SEARCH_LIMIT: usize = 50;
 
@@ -54,6 +57,20 @@ impl ChatReads for ChatQueries {
     ) -> Result<Conversation, SignalError> {
         self.store
             .conversation(user, conversation)
+            .await
+            .map_err(fail)
+    }
+
+    async fn members(
+        &self,
+        user: &str,
+        conversation: &str,
+        after: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<(Vec<String>, bool), SignalError> {
+        let limit = limit.unwrap_or(MEMBERS_DEFAULT).clamp(1, MEMBERS_MAX) as usize;
+        self.store
+            .members_page(user, conversation, after, limit)
             .await
             .map_err(fail)
     }

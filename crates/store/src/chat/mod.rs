@@ -16,7 +16,8 @@ use crate::inbox::{InboxTx, append_event, message_events};
 use crate::{Event, Result, StoreError, Written, json_err};
 use async_trait::async_trait;
 use hubbub_protocol::{
-    Attachment, Conversation, ConversationKind, ConversationSummary, Message, ServerFrame,
+    Attachment, Conversation, ConversationKind, ConversationSummary, LARGE_GROUP, Message,
+    ServerFrame,
 };
 
 /// The longest search query accepted, in characters.
@@ -81,6 +82,27 @@ pub trait ChatStore: Send + Sync {
         user: &str,
         max_members: usize,
     ) -> Result<Written<()>>;
+
+    /// `conversation.add` with `users`: every one of them, in one transaction (members
+    /// already in are skipped; any unknown user, or one who blocks the caller, refuses the
+    /// whole request).
+    async fn add_members(
+        &self,
+        caller: &str,
+        conversation: &str,
+        users: &[String],
+        max_members: usize,
+    ) -> Result<Written<()>>;
+
+    /// `conversation.members`: a page of members by id, after `after`, and whether more
+    /// follow (members only).
+    async fn members_page(
+        &self,
+        caller: &str,
+        conversation: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool)>;
 
     /// `conversation.remove` (group creator only; removing a non-member is a no-op).
     async fn remove_member(
@@ -170,6 +192,8 @@ pub(crate) trait ChatTx {
     async fn conversation_row(&self, id: &str) -> Result<Option<ConversationRow>>;
     /// The conversation's members, in joining order.
     async fn members(&self, id: &str) -> Result<Vec<String>>;
+    /// At most `limit` members whose id sorts after `after` ("" for the first), by id.
+    async fn members_after(&self, id: &str, after: &str, limit: usize) -> Result<Vec<String>>;
     /// The conversation with its members (in joining order), if it exists.
     async fn conversation(&self, id: &str) -> Result<Option<Conversation>> {
         let Some(row) = self.conversation_row(id).await? else {
@@ -283,6 +307,7 @@ pub(crate) fn conversation_from_row(
         id: id.to_owned(),
         kind,
         title,
+        member_count: members.len() as u64,
         members,
         created_by,
         created_ts,
@@ -405,19 +430,46 @@ async fn conversation_events(
     Ok(events)
 }
 
-/// Take `user` out of a conversation; the remaining members and `user` get the conversation
-/// as it is now.
+/// Take `user` out of a conversation (`actor` removes them, or is them, leaving): the
+/// remaining members and `user` get the conversation as it is now; in a large group only
+/// `user` and `actor` do.
 async fn depart(
     tx: &(impl ChatTx + InboxTx),
     id: &str,
     user: &str,
+    actor: &str,
     now: i64,
 ) -> Result<Vec<Event>> {
+    let before = tx.members(id).await?.len();
     tx.remove_member(id, user).await?;
     let after = existing(tx, id).await?;
-    let mut told = after.members.clone();
-    told.push(user.to_owned());
+    let told = told_of_change(&after, before, &[user.to_owned()], actor);
     conversation_events(tx, &told, &after, now).await
+}
+
+/// Who hears of a membership change: every member (and those who left), or, when the group
+/// is large before or after it, only the users `changed` and the `actor` (PROTOCOL.md 1.1,
+/// "Large groups": building a group of N costs O(N) events, not O(N²)).
+fn told_of_change(
+    after: &Conversation,
+    before: usize,
+    changed: &[String],
+    actor: &str,
+) -> Vec<String> {
+    let mut told = if before.max(after.members.len()) > LARGE_GROUP {
+        vec![actor.to_owned()]
+    } else {
+        after.members.clone()
+    };
+    for u in changed {
+        if !told.contains(u) {
+            told.push(u.clone());
+        }
+    }
+    if !told.iter().any(|u| u == actor) && after.members.iter().any(|u| u == actor) {
+        told.push(actor.to_owned());
+    }
+    told
 }
 
 // ---- the use cases --------------------------------------------------------------------------
@@ -550,29 +602,62 @@ pub(crate) async fn conversations(
     Ok(out)
 }
 
-pub(crate) async fn add_member(
+/// The most users one `conversation.add` names.
+pub const MAX_ADD: usize = 1000;
+
+pub(crate) async fn add_members(
     tx: &(impl ChatTx + InboxTx + AccountTx),
     caller: &str,
     id: &str,
-    user: &str,
+    users: &[String],
     max_members: usize,
     now: i64,
 ) -> Result<Written<()>> {
+    if users.is_empty() || users.len() > MAX_ADD {
+        return Err(StoreError::BadRequest(format!(
+            "`users` names 1 to {MAX_ADD} users"
+        )));
+    }
     let c = creator_view(tx, caller, id, "add").await?;
-    require_user(tx, user).await?;
-    if c.members.iter().any(|m| m == user) {
+    let mut new: Vec<String> = Vec::new();
+    for user in users {
+        require_user(tx, user).await?;
+        if c.members.iter().any(|m| m == user) || new.contains(user) {
+            continue;
+        }
+        refuse_if_blocked(tx, user, caller).await?;
+        new.push(user.clone());
+    }
+    if new.is_empty() {
         return Ok(Written::nothing(()));
     }
-    refuse_if_blocked(tx, user, caller).await?;
-    if c.members.len() + 1 > max_members {
+    if c.members.len() + new.len() > max_members {
         return Err(StoreError::TooLarge(format!(
             "a group has at most {max_members} members"
         )));
     }
-    tx.add_member(id, user, now).await?;
-    let c = existing(tx, id).await?;
-    let events = conversation_events(tx, &c.members, &c, now).await?;
+    for user in &new {
+        tx.add_member(id, user, now).await?;
+    }
+    let after = existing(tx, id).await?;
+    let told = told_of_change(&after, c.members.len(), &new, caller);
+    let events = conversation_events(tx, &told, &after, now).await?;
     Ok(Written { value: (), events })
+}
+
+pub(crate) async fn members_page(
+    tx: &impl ChatTx,
+    caller: &str,
+    id: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<String>, bool)> {
+    check_member(tx, caller, id).await?;
+    let limit = limit.clamp(1, MAX_ADD);
+    let mut page = tx.members_after(id, after.unwrap_or(""), limit + 1).await?;
+    let more = page.len() > limit;
+    page.truncate(limit);
+    Ok((page, more))
 }
 
 pub(crate) async fn remove_member(
@@ -586,7 +671,7 @@ pub(crate) async fn remove_member(
     if !c.members.iter().any(|m| m == user) {
         return Ok(Written::nothing(()));
     }
-    let events = depart(tx, id, user, now).await?;
+    let events = depart(tx, id, user, caller, now).await?;
     Ok(Written { value: (), events })
 }
 
@@ -596,8 +681,8 @@ pub(crate) async fn leave(
     id: &str,
     now: i64,
 ) -> Result<Written<()>> {
-    member_view(tx, caller, id).await?;
-    let events = depart(tx, id, caller, now).await?;
+    check_member(tx, caller, id).await?;
+    let events = depart(tx, id, caller, caller, now).await?;
     Ok(Written { value: (), events })
 }
 

@@ -60,6 +60,17 @@ impl ChatTx for Tx<'_> {
         Ok(strings(rows))
     }
 
+    async fn members_after(&self, id: &str, after: &str, limit: usize) -> Result<Vec<String>> {
+        let rows = self
+            .rows(
+                "SELECT user_id FROM members WHERE conversation_id = $1 AND user_id > $2
+                 ORDER BY user_id LIMIT $3",
+                &[&id, &after, &(limit as i64)],
+            )
+            .await?;
+        Ok(strings(rows))
+    }
+
     async fn membership(&self, id: &str, user: &str) -> Result<(bool, bool)> {
         let r = self
             .one(

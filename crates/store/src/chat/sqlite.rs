@@ -72,6 +72,16 @@ impl ChatTx for Tx<'_> {
         )
     }
 
+    async fn members_after(&self, id: &str, after: &str, limit: usize) -> Result<Vec<String>> {
+        strings(
+            self.prepare_cached(
+                "SELECT user_id FROM members WHERE conversation_id = ?1 AND user_id > ?2
+                 ORDER BY user_id LIMIT ?3",
+            )?,
+            params![id, after, limit as i64],
+        )
+    }
+
     async fn membership(&self, id: &str, user: &str) -> Result<(bool, bool)> {
         Ok(self
             .prepare_cached(

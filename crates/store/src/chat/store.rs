@@ -41,11 +41,39 @@ macro_rules! impl_chat_store {
                 user: &str,
                 max_members: usize,
             ) -> Result<$crate::Written<()>, $crate::StoreError> {
-                let (caller, id, user) =
-                    (caller.to_owned(), conversation.to_owned(), user.to_owned());
+                self.add_members(caller, conversation, &[user.to_owned()], max_members)
+                    .await
+            }
+
+            async fn add_members(
+                &self,
+                caller: &str,
+                conversation: &str,
+                users: &[String],
+                max_members: usize,
+            ) -> Result<$crate::Written<()>, $crate::StoreError> {
+                let (caller, id, users) =
+                    (caller.to_owned(), conversation.to_owned(), users.to_vec());
                 let now = self.now();
                 $crate::run!(self.write, |tx| {
-                    $crate::chat::add_member(tx, &caller, &id, &user, max_members, now)
+                    $crate::chat::add_members(tx, &caller, &id, &users, max_members, now)
+                })
+            }
+
+            async fn members_page(
+                &self,
+                caller: &str,
+                conversation: &str,
+                after: Option<&str>,
+                limit: usize,
+            ) -> Result<(Vec<String>, bool), $crate::StoreError> {
+                let (caller, id, after) = (
+                    caller.to_owned(),
+                    conversation.to_owned(),
+                    after.map(str::to_owned),
+                );
+                $crate::run!(self.read, |tx| {
+                    $crate::chat::members_page(tx, &caller, &id, after.as_deref(), limit)
                 })
             }
 

@@ -67,7 +67,8 @@ macro_rules! store_conformance {
             ephemeral_conversations_expire, feed_posts_likes_comments_follows,
             refresh_token_reuse_revokes_the_family, revoking_a_users_tokens,
             blocked_users_cannot_add_the_blocker_to_groups, keyed_creates_return_the_first_object,
-            timelines_read_candidates_and_what_is_new, concurrent_sends_keep_seqs_gapless);
+            timelines_read_candidates_and_what_is_new, concurrent_sends_keep_seqs_gapless,
+            large_groups_tell_only_whom_a_change_concerns);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -984,4 +985,103 @@ mod sqlite {
 
 mod postgres {
     super::store_conformance!(super::postgres_env());
+}
+
+/// PROTOCOL.md 1.1, "Large groups": past 256 members a membership change is pushed only to
+/// the users added or removed and to the member who made it; `C` omits `members` on the
+/// wire but counts them; `conversation.members` pages through them by id.
+pub async fn large_groups_tell_only_whom_a_change_concerns(env: &Env) {
+    let s = &env.store;
+    let a = user(env, "lg-owner").await;
+    let mut others = Vec::new();
+    for i in 0..259 {
+        others.push(user(env, &format!("lg-{i:03}")).await);
+    }
+    let (x, y) = (others[257].clone(), others[258].clone());
+    let first: Vec<&str> = others[..257].iter().map(String::as_str).collect();
+    let mut new = group("lg", &a, &first);
+    new.max_members = 1000;
+    let created = s.create_conversation(new).await.expect("create");
+    assert_eq!(created.value.member_count, 258);
+    assert_eq!(created.events.len(), 258, "creation tells every member");
+    let wire = serde_json::to_value(&created.value).expect("json");
+    assert!(
+        wire.get("members").is_none(),
+        "a large group's C omits members"
+    );
+    assert_eq!(wire["member_count"], 258);
+
+    // Adding two: only they and the one who added them hear of it.
+    let added = s
+        .add_members(&a, "lg", &[x.clone(), y.clone(), x.clone()], 1000)
+        .await
+        .expect("add");
+    let mut told: Vec<&str> = added.events.iter().map(|e| e.user.as_str()).collect();
+    told.sort();
+    let mut expected = vec![a.as_str(), x.as_str(), y.as_str()];
+    expected.sort();
+    assert_eq!(told, expected);
+    assert!(
+        s.add_members(&a, "lg", std::slice::from_ref(&x), 1000)
+            .await
+            .expect("again")
+            .events
+            .is_empty(),
+        "adding a member is a no-op"
+    );
+    let e = s.add_members(&a, "lg", &[], 1000).await.expect_err("empty");
+    assert!(matches!(e, StoreError::BadRequest(_)), "{e:?}");
+    let e = s
+        .add_members(&a, "lg", &["ghost".to_owned()], 1000)
+        .await
+        .expect_err("unknown");
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+    let e = s
+        .add_members(&a, "lg", &[user(env, "lg-late").await], 260)
+        .await
+        .expect_err("full");
+    assert!(matches!(e, StoreError::TooLarge(_)), "{e:?}");
+
+    // Paging through the members by id: every one once, in order.
+    let mut seen: Vec<String> = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let (page, more) = s
+            .members_page(&x, "lg", after.as_deref(), 100)
+            .await
+            .expect("page");
+        assert!(page.len() <= 100);
+        seen.extend(page.iter().cloned());
+        after = page.last().cloned();
+        if !more {
+            break;
+        }
+    }
+    let mut all = others.clone();
+    all.push(a.clone());
+    all.sort();
+    assert_eq!(seen, all);
+    let e = s
+        .members_page(&user(env, "lg-outsider").await, "lg", None, 10)
+        .await
+        .expect_err("not a member");
+    assert!(matches!(e, StoreError::Forbidden(_)), "{e:?}");
+
+    // Removing one: they and the remover; leaving: the one who left.
+    let removed = s.remove_member(&a, "lg", &x).await.expect("remove");
+    let mut told: Vec<&str> = removed.events.iter().map(|e| e.user.as_str()).collect();
+    told.sort();
+    let mut expected = vec![a.as_str(), x.as_str()];
+    expected.sort();
+    assert_eq!(told, expected);
+    let left = s.leave(&y, "lg").await.expect("leave");
+    assert_eq!(
+        left.events
+            .iter()
+            .map(|e| e.user.as_str())
+            .collect::<Vec<_>>(),
+        [y.as_str()]
+    );
+    let c = s.conversation(&a, "lg").await.expect("get");
+    assert_eq!(c.member_count, 258);
 }
