@@ -58,7 +58,7 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_FRAMES_PER_WRITE: usize = 256;
 /// The WebSocket read buffer of a connection (it grows while a larger frame is read).
-const READ_BUFFER: usize = 1024;
+const READ_BUFFER: usize = 512;
 /// A WebSocket close reason is at most 123 bytes.
 const MAX_CLOSE_REASON: usize = 123;
 
@@ -211,10 +211,10 @@ async fn run(inner: Arc<Inner>, user: UserRef, expires_ms: i64, socket: WebSocke
     };
     let flow = conn.start(rx).await;
     match flow {
-        Flow::Close(code, reason) => conn.close_with(code, &reason).await,
+        Flow::Close(code, reason) => Box::pin(conn.close_with(code, &reason)).await,
         Flow::Gone if conn.close.is_closed() => {
             let (code, reason) = conn.close.why();
-            conn.close_with(code, &reason).await
+            Box::pin(conn.close_with(code, &reason)).await
         }
         _ => {}
     }
@@ -225,7 +225,22 @@ async fn run(inner: Arc<Inner>, user: UserRef, expires_ms: i64, socket: WebSocke
 }
 
 impl Conn {
-    async fn start(&mut self, mut rx: mpsc::Receiver<Out>) -> Flow {
+    /// The session: `hello` and the timeline, then the loop until the socket or the server
+    /// ends it.
+    ///
+    /// Memory: this future lives as long as the connection, and an async fn's future is as
+    /// large as its largest await point. The loop's idle await (the `select!`) is small; the
+    /// work done on a frame, an event or a tick (store reads, replies, gap fills) is boxed,
+    /// so it costs memory only while it runs, not for every idle connection.
+    async fn start(&mut self, rx: mpsc::Receiver<Out>) -> Flow {
+        match Box::pin(self.welcome()).await {
+            Flow::Continue => self.serve(rx).await,
+            other => other,
+        }
+    }
+
+    /// Register the session, send `hello` and the precomputed timeline.
+    async fn welcome(&mut self) -> Flow {
         let edge = self.inner.config.edge_id.clone();
         if let Err(e) = self
             .inner
@@ -267,6 +282,11 @@ impl Conn {
             }
             Err(e) => tracing::warn!(error = %e, "no timeline pushed after hello"),
         }
+        Flow::Continue
+    }
+
+    /// The session's loop: events out, frames in, pings, ticks, acks.
+    async fn serve(&mut self, mut rx: mpsc::Receiver<Out>) -> Flow {
         let ping_every = self.inner.config.ping_interval;
         let mut ping = tokio::time::interval(ping_every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -294,24 +314,24 @@ impl Conn {
                         }
                         let bytes: usize = batch.iter().map(Out::bytes).sum();
                         self.queued.fetch_sub(bytes, Ordering::Relaxed);
-                        self.on_outgoing(batch).await
+                        Box::pin(self.on_outgoing(batch)).await
                     }
                     None => Flow::Gone,
                 },
-                msg = self.socket.recv() => self.on_message(msg).await,
+                msg = self.socket.recv() => Box::pin(self.on_message(msg)).await,
                 _ = ping.tick() => {
                     if self.last_heard.elapsed() > ping_every * 3 {
                         close(1001, "idle timeout")
                     } else {
                         // A peer that does not read cannot take even a ping: the send is
                         // bounded, so a stuck socket ends the task instead of holding it.
-                        match tokio::time::timeout(ping_every, self.socket.send(Message::Ping(Default::default()))).await {
+                        match tokio::time::timeout(ping_every, Box::pin(self.socket.send(Message::Ping(Default::default())))).await {
                             Ok(Ok(())) => Flow::Continue,
                             _ => Flow::Gone,
                         }
                     }
                 }
-                _ = tick.tick() => self.on_tick().await,
+                _ = tick.tick() => Box::pin(self.on_tick()).await,
                 _ = sleep_until_some(ack_due) => {
                     self.flush_acks();
                     Flow::Continue
@@ -489,13 +509,14 @@ impl Conn {
         let mut shared = Vec::new();
         for out in batch {
             match out {
-                Out::Shared(list) => shared.extend(list),
+                Out::Shared(list) => shared.extend(*list),
                 Out::Reply(reply) => match *reply {
                     // Already answered (timed out): drop the late reply.
                     (Some(id), _) if !self.pending.answered(&id) => {}
                     (_, frame) => frames.push(frame),
                 },
-                Out::Events(events, origin_ms) => {
+                Out::Events(batch) => {
+                    let (events, origin_ms) = *batch;
                     for frame in events.iter() {
                         let Some(seq) = frame.seq else {
                             frames.push(frame.clone());
