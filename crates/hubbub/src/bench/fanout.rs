@@ -1455,7 +1455,7 @@ async fn run_target(
         let window = t0.elapsed().as_secs_f64();
         let (cpu1, clients1) = (cpu_ticks(server.pid)?, sum_ticks(&client_pids));
         report.publish_window_s = window;
-        report.server_cpu_pct = (cpu1 - cpu0) as f64 / tick / window * 100.0;
+        report.server_cpu_pct = cpu1.saturating_sub(cpu0) as f64 / tick / window * 100.0;
         report.clients_cpu_pct = clients1.saturating_sub(clients0) as f64 / tick / window * 100.0;
 
         // Drain: wait (bounded) for every delivery.
@@ -1479,7 +1479,7 @@ async fn run_target(
         }
         let cpu2 = cpu_ticks(server.pid)?;
         report.server_cpu_pct_with_drain =
-            (cpu2 - cpu0) as f64 / tick / t0.elapsed().as_secs_f64() * 100.0;
+            cpu2.saturating_sub(cpu0) as f64 / tick / t0.elapsed().as_secs_f64() * 100.0;
         let _ = stop_tx.send(());
         report.rss_peak_kib = sampler.await.unwrap_or(0);
 
