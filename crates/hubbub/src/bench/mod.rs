@@ -5,6 +5,7 @@
 
 mod chat;
 mod engagement;
+mod fanout;
 mod idle;
 mod presence;
 mod queue;
@@ -30,6 +31,8 @@ pub enum Bench {
     Search(search::SearchBenchArgs),
     /// Timeline fetch latency: a user following 10 accounts against one following 10,000.
     Timeline(timeline::TimelineBenchArgs),
+    /// One room of N receivers against hubbub, Socket.IO and nats-server, side by side.
+    Fanout(fanout::FanoutBenchArgs),
 }
 
 /// Run one benchmark.
@@ -42,6 +45,7 @@ pub async fn run(which: Bench) -> anyhow::Result<()> {
         Bench::Idle(args) => idle::run(args).await,
         Bench::Search(args) => search::run(args).await,
         Bench::Timeline(args) => timeline::run(args).await,
+        Bench::Fanout(args) => fanout::run(args).await,
     }
 }
 
