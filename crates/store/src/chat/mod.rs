@@ -269,85 +269,6 @@ pub(crate) trait ChatTx {
     async fn delete_conversation(&self, id: &str) -> Result<()>;
 }
 
-// ---- building values from rows ----------------------------------------------------------
-
-pub(crate) fn message_from_row(
-    (id, conversation, sender, client_msg_id, text, attachments, ts): MessageRow,
-) -> Result<Message> {
-    Ok(Message {
-        id: id.to_string(),
-        conversation,
-        sender,
-        client_msg_id,
-        text,
-        attachments: serde_json::from_str(&attachments).map_err(json_err)?,
-        ts,
-    })
-}
-
-/// How a conversation's kind is stored.
-pub(crate) fn kind_name(kind: ConversationKind) -> &'static str {
-    match kind {
-        ConversationKind::Direct => "direct",
-        ConversationKind::Group => "group",
-    }
-}
-
-pub(crate) fn conversation_from_row(
-    id: &str,
-    (kind, title, created_by, created_ts, ephemeral): ConversationRow,
-    members: Vec<String>,
-) -> Conversation {
-    let kind = if kind == kind_name(ConversationKind::Direct) {
-        ConversationKind::Direct
-    } else {
-        ConversationKind::Group
-    };
-    Conversation {
-        id: id.to_owned(),
-        kind,
-        title,
-        member_count: members.len() as u64,
-        members,
-        created_by,
-        created_ts,
-        ephemeral,
-    }
-}
-
-/// A message id named by a client: one that cannot be stored names no message.
-fn parse_message_id(id: &str) -> Result<i64> {
-    id.parse::<i64>()
-        .map_err(|_| StoreError::NotFound(format!("no message {id}")))
-}
-
-/// The row id of a message the store built.
-pub(crate) fn stored_message_id(id: &str) -> Result<i64> {
-    id.parse::<i64>()
-        .map_err(|_| StoreError::Internal(format!("message id {id}")))
-}
-
-/// The words of a search: every one must appear. Punctuation around words is dropped, so
-/// no backend's query operators come from the text.
-pub(crate) fn search_words(text: &str) -> Result<Vec<&str>> {
-    if text.chars().count() > MAX_QUERY_CHARS {
-        return Err(StoreError::TooLarge(format!(
-            "a query is at most {MAX_QUERY_CHARS} characters"
-        )));
-    }
-    let words: Vec<&str> = text
-        .split_whitespace()
-        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()))
-        .filter(|w| !w.is_empty())
-        .collect();
-    if words.is_empty() {
-        return Err(StoreError::BadRequest(
-            "the query has no words to search for".into(),
-        ));
-    }
-    Ok(words)
-}
-
 // ---- member checks ------------------------------------------------------------------------
 
 /// The conversation, which must exist.
@@ -854,5 +775,7 @@ pub(crate) async fn expire_ephemeral(
     Ok(Written { value: ids, events })
 }
 
+mod rows;
+pub(crate) use rows::*;
 mod store;
 pub(crate) use store::impl_chat_store;
