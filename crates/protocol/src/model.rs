@@ -47,12 +47,8 @@ impl ConversationKind {
 /// 1.1, "Large groups").
 pub const LARGE_GROUP: usize = 256;
 
-fn is_large(members: &[String]) -> bool {
-    members.len() > LARGE_GROUP
-}
-
 /// `C`: a conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 pub struct Conversation {
     /// Conversation id.
     pub id: String,
@@ -63,11 +59,16 @@ pub struct Conversation {
     /// Member user ids, the creator included. Omitted on the wire for a group of more than
     /// [`LARGE_GROUP`] members (`conversation.members` pages through them); always complete
     /// inside the server.
-    #[serde(default, skip_serializing_if = "is_large")]
+    #[serde(default)]
     pub members: Vec<String>,
     /// How many members (always present).
     #[serde(default)]
     pub member_count: u64,
+    /// Not on the wire: `members` was left out of this copy (a large group's, in an event),
+    /// so it is omitted on the wire whatever its length.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub members_omitted: bool,
     /// The creator's user id.
     pub created_by: String,
     /// Creation time.
@@ -213,4 +214,90 @@ pub struct TopWriter {
     pub handle: String,
     /// Words typed so far.
     pub words: u32,
+}
+
+impl Conversation {
+    /// This conversation as it goes to clients in events: a large group's copy leaves the
+    /// member list out (it would not be serialized anyway), so that N events for N members
+    /// do not hold N copies of N ids.
+    pub fn for_event(&self) -> Conversation {
+        if self.members.len() > LARGE_GROUP {
+            let mut c = self.clone_without_members();
+            c.members_omitted = true;
+            c
+        } else {
+            self.clone()
+        }
+    }
+
+    fn clone_without_members(&self) -> Conversation {
+        Conversation {
+            id: self.id.clone(),
+            kind: self.kind,
+            title: self.title.clone(),
+            members: Vec::new(),
+            member_count: self.member_count,
+            members_omitted: self.members_omitted,
+            created_by: self.created_by.clone(),
+            created_ts: self.created_ts,
+            ephemeral: self.ephemeral,
+        }
+    }
+}
+
+impl Serialize for Conversation {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let omit = self.members_omitted || self.members.len() > LARGE_GROUP;
+        let mut st = s.serialize_struct("Conversation", if omit { 7 } else { 8 })?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("kind", &self.kind)?;
+        st.serialize_field("title", &self.title)?;
+        if omit {
+            st.skip_field("members")?;
+        } else {
+            st.serialize_field("members", &self.members)?;
+        }
+        st.serialize_field("member_count", &self.member_count)?;
+        st.serialize_field("created_by", &self.created_by)?;
+        st.serialize_field("created_ts", &self.created_ts)?;
+        st.serialize_field("ephemeral", &self.ephemeral)?;
+        st.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(n: usize) -> Conversation {
+        Conversation {
+            id: "c1".into(),
+            kind: ConversationKind::Group,
+            title: None,
+            members: (0..n).map(|i| format!("u{i}")).collect(),
+            member_count: n as u64,
+            members_omitted: false,
+            created_by: "u0".into(),
+            created_ts: 1,
+            ephemeral: false,
+        }
+    }
+
+    #[test]
+    fn a_large_group_goes_without_its_member_list() {
+        let small = serde_json::to_value(group(LARGE_GROUP)).expect("json");
+        assert_eq!(small["members"].as_array().map(Vec::len), Some(LARGE_GROUP));
+        let large = group(LARGE_GROUP + 1);
+        let wire = serde_json::to_value(&large).expect("json");
+        assert!(wire.get("members").is_none());
+        assert_eq!(wire["member_count"], LARGE_GROUP as u64 + 1);
+        let event = large.for_event();
+        assert!(event.members.is_empty(), "the event's copy holds no ids");
+        assert_eq!(serde_json::to_value(&event).expect("json"), wire);
+        assert_eq!(group(3).for_event(), group(3));
+        // An emptied conversation (expired) still says so.
+        let empty = serde_json::to_value(group(0)).expect("json");
+        assert_eq!(empty["members"], serde_json::json!([]));
+    }
 }

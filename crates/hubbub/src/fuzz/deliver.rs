@@ -47,6 +47,7 @@ impl DeliverTarget {
             title: maybe(rng, any_string),
             members: strings(rng),
             member_count: any_u64(rng),
+            members_omitted: rng.bool(),
             created_by: any_string(rng),
             created_ts: any_i64(rng),
             ephemeral: rng.bool(),

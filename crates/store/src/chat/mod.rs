@@ -341,6 +341,8 @@ async fn conversation_events(
     now: i64,
 ) -> Result<Vec<Event>> {
     let mut events = Vec::with_capacity(users.len());
+    // A large group's member list is not on the wire: its events do not carry it either.
+    let c = c.for_event();
     for u in users {
         let frame = |seq| ServerFrame::ConversationUpdated {
             seq,

@@ -40,6 +40,7 @@ pub(crate) fn conversation_from_row(
         kind,
         title,
         member_count: members.len() as u64,
+        members_omitted: false,
         members,
         created_by,
         created_ts,
