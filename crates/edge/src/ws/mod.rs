@@ -12,8 +12,9 @@
 //! The task owns the socket and the session's delivery state, so there is no locking on the
 //! hot path. It selects over: frames from the client; replies and events handed to the
 //! session by the dispatcher (a bounded channel: a reader too slow to keep up is cut off with
-//! 1013 and resumes with `sync`); a ping timer; a one-second tick that answers requests whose
-//! reply is overdue; shutdown (close 1001).
+//! 1013 and resumes with `sync`); a ping timer; a timer set to the session's next deadline
+//! (a request whose reply is overdue, or the token's lapse), so an idle session wakes only
+//! for its pings; shutdown (close 1001).
 //!
 //! # Layout
 //! - this file: the connection task (the socket, the select loop, writes, closing, cleanup);
@@ -56,6 +57,8 @@ pub(crate) const MAIN_QUEUE: &str = "main";
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// A close frame is a courtesy: a peer that cannot take it within this long is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest a session sleeps before looking at its deadlines again.
+const MAX_SLEEP: Duration = Duration::from_secs(3600);
 const MAX_FRAMES_PER_WRITE: usize = 256;
 /// The WebSocket read buffer of a connection (it grows while a larger frame is read).
 const READ_BUFFER: usize = 512;
@@ -290,11 +293,11 @@ impl Conn {
         let ping_every = self.inner.config.ping_interval;
         let mut ping = tokio::time::interval(ping_every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
         let cancel = self.inner.cancel.clone();
         let signal = self.close.clone();
         loop {
             let ack_due = self.acks.due;
+            let due = self.next_due();
             let flow = tokio::select! {
                 // Unbiased: among ready branches one is picked at random, so neither a client
                 // that never stops sending nor a flood of events starves the other direction.
@@ -331,7 +334,9 @@ impl Conn {
                         }
                     }
                 }
-                _ = tick.tick() => Box::pin(self.on_tick()).await,
+                // No timer per second per session: it wakes when a reply is overdue or its
+                // token lapses (19,000 idle sessions cost 19,000 wake-ups a second otherwise).
+                _ = tokio::time::sleep_until(due) => Box::pin(self.on_tick()).await,
                 _ = sleep_until_some(ack_due) => {
                     self.flush_acks();
                     Flow::Continue
@@ -345,6 +350,26 @@ impl Conn {
     }
 
     /// Every second: answer overdue requests, close a session whose token lapsed.
+    /// When the session next has something to do on its own: answer an overdue request, or
+    /// close for a token that lapsed past its grace. At most an hour ahead (the wall clock
+    /// may be moved; it is read again then).
+    fn next_due(&self) -> Instant {
+        let grace_ms = i64::try_from(self.inner.config.auth.expiry_grace_s.saturating_mul(1000))
+            .unwrap_or(i64::MAX);
+        let lapse_in = self
+            .expires_ms
+            .saturating_add(grace_ms)
+            .saturating_sub(now_ms())
+            .clamp(0, MAX_SLEEP.as_millis() as i64) as u64;
+        // One millisecond past the lapse, so the check in `on_tick` sees it passed.
+        let lapse = Instant::now() + Duration::from_millis(lapse_in + 1);
+        match self.pending.next_deadline() {
+            Some(d) => d.min(lapse),
+            None => lapse,
+        }
+    }
+
+    /// A reply overdue, or a token lapsed: answer `internal`, or close with 4001.
     async fn on_tick(&mut self) -> Flow {
         let grace_ms = i64::try_from(self.inner.config.auth.expiry_grace_s.saturating_mul(1000))
             .unwrap_or(i64::MAX);

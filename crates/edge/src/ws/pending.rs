@@ -48,6 +48,11 @@ impl Pending {
         }
     }
 
+    /// The earliest deadline of a request still awaited.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.values().min().copied()
+    }
+
     /// The requests whose deadline has come by `now`, no longer awaited: the session
     /// answers each `internal`.
     pub(super) fn overdue(&mut self, now: Instant) -> Vec<String> {
@@ -94,6 +99,7 @@ mod tests {
         advance(Duration::from_millis(1)).await;
         assert_eq!(pending.overdue(Instant::now()), ["r1"]);
         assert!(pending.overdue(Instant::now()).is_empty(), "answered once");
+        assert_eq!(pending.next_deadline(), None, "nothing left to wait for");
         advance(TIMEOUT).await;
         assert!(!pending.answered("r1"), "the late reply is dropped");
     }
@@ -105,8 +111,13 @@ mod tests {
         pending.forwarded("r1".into(), Instant::now());
         advance(Duration::from_secs(4)).await;
         pending.forwarded("r2".into(), Instant::now());
+        let first = pending.next_deadline().expect("r1 awaited");
         advance(Duration::from_secs(5)).await;
         assert!(pending.answered("r1"));
+        assert!(
+            pending.next_deadline().expect("r2 awaited") > first,
+            "the earliest deadline is r2's once r1 is answered"
+        );
         assert!(!pending.answered("r1"), "a second reply is dropped");
         assert!(!pending.answered("r3"), "no such request");
         advance(Duration::from_secs(1)).await;
