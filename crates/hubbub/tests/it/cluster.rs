@@ -45,6 +45,10 @@ impl Cluster {
             .env("HUBBUB_SERVER__EDGE_TTL_S", "3")
             .env("HUBBUB_LIMITS__FRAMES_PER_S", "10000")
             .env("HUBBUB_LIMITS__BURST", "10000")
+            // This test is about kill -9: while the router is dead, requests must wait in
+            // `main`. Admission control (tested in overload.rs) would refuse them instead
+            // once replies had been slow, which the kills before make them.
+            .env("HUBBUB_SERVER__ADMISSION_WAIT_MS", "600000")
             .env("HUBBUB_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(log)
