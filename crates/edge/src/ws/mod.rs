@@ -391,8 +391,18 @@ impl Conn {
             code,
             reason: reason[..end].to_owned().into(),
         };
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.send(Message::Close(Some(frame))))
-            .await;
+        let deadline = Instant::now() + CLOSE_TIMEOUT;
+        let _ =
+            tokio::time::timeout_at(deadline, self.socket.send(Message::Close(Some(frame)))).await;
+        // The closing handshake: read until the peer answers the close (or goes, or the
+        // deadline passes). A socket dropped with unread data from the peer (a pong, frames
+        // in flight) is reset by the kernel, and the peer can lose the close frame, its code
+        // and what came before it.
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, self.socket.recv()).await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
     }
 
     /// Write the highest ack if it is due and none is in flight; else try again later.
