@@ -295,9 +295,15 @@ impl Conn {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let cancel = self.inner.cancel.clone();
         let signal = self.close.clone();
+        // One timer for the session's deadlines, moved only when the next one changes.
+        let timer = tokio::time::sleep_until(self.next_due());
+        tokio::pin!(timer);
         loop {
             let ack_due = self.acks.due;
             let due = self.next_due();
+            if timer.deadline() != due {
+                timer.as_mut().reset(due);
+            }
             let flow = tokio::select! {
                 // Unbiased: among ready branches one is picked at random, so neither a client
                 // that never stops sending nor a flood of events starves the other direction.
@@ -336,7 +342,7 @@ impl Conn {
                 }
                 // No timer per second per session: it wakes when a reply is overdue or its
                 // token lapses (19,000 idle sessions cost 19,000 wake-ups a second otherwise).
-                _ = tokio::time::sleep_until(due) => Box::pin(self.on_tick()).await,
+                _ = &mut timer => Box::pin(self.on_tick()).await,
                 _ = sleep_until_some(ack_due) => {
                     self.flush_acks();
                     Flow::Continue

@@ -117,15 +117,7 @@ pub async fn run(args: EngagementBenchArgs) -> anyhow::Result<()> {
         "--posts is 1 to 49 (watchers also watch the probe's post)"
     );
     anyhow::ensure!(args.watchers >= 1 && args.writers >= 1 && args.per_process >= 1);
-    let dir = std::env::temp_dir().join(format!("hubbub-bench-engagement-{}", std::process::id()));
-    let mut config = crate::config::Config {
-        data_dir: dir.clone(),
-        listen: "127.0.0.1:0".parse()?,
-        ..Default::default()
-    };
-    config.auth.app_hmac_secret = Some(SECRET.to_owned());
-    super::unthrottled(&mut config);
-    let running = crate::serve::start(config).await?;
+    let (dir, running) = super::app_server("engagement", SECRET).await?;
     let ws_base = format!("ws://{}/v1/ws", running.addr);
     let posts = post_ids(args.posts);
     let ids = posts.clone();

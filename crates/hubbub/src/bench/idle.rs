@@ -59,15 +59,7 @@ pub async fn run(args: IdleBenchArgs) -> anyhow::Result<()> {
         return client_process(&url, args.client_from, args.per_process, args.users).await;
     }
     anyhow::ensure!(args.connections >= 1 && args.per_process >= 1);
-    let dir = std::env::temp_dir().join(format!("hubbub-bench-idle-{}", std::process::id()));
-    let mut config = crate::config::Config {
-        data_dir: dir.clone(),
-        listen: "127.0.0.1:0".parse()?,
-        ..Default::default()
-    };
-    config.auth.app_hmac_secret = Some(SECRET.to_owned());
-    super::unthrottled(&mut config);
-    let running = crate::serve::start(config).await?;
+    let (dir, running) = super::app_server("idle", SECRET).await?;
     let ws_base = format!("ws://{}/v1/ws", running.addr);
 
     // Warm up (first allocations of the paths a connection takes), then measure.

@@ -81,6 +81,23 @@ pub(crate) fn unthrottled(config: &mut crate::config::Config) {
     config.auth.attempts_per_ip_burst = u32::MAX;
 }
 
+/// A server in this process on a fresh temporary data directory (removed by the caller),
+/// accepting app tokens signed with `secret`, with the per-client limits lifted.
+pub(crate) async fn app_server(
+    bench: &str,
+    secret: &str,
+) -> anyhow::Result<(std::path::PathBuf, crate::serve::Running)> {
+    let dir = std::env::temp_dir().join(format!("hubbub-bench-{bench}-{}", std::process::id()));
+    let mut config = crate::config::Config {
+        data_dir: dir.clone(),
+        listen: "127.0.0.1:0".parse()?,
+        ..Default::default()
+    };
+    config.auth.app_hmac_secret = Some(secret.to_owned());
+    unthrottled(&mut config);
+    Ok((dir, crate::serve::start(config).await?))
+}
+
 /// A client process of a benchmark (this binary again, in a client mode), ready: it printed
 /// `ready` on stdout. Benchmarks hold thousands of sockets, more than one process may open.
 pub(crate) struct ClientProcess {

@@ -143,8 +143,10 @@ impl<'a> World<'a> {
         let (engagement, w) = (env.engagement.clone(), watching.clone());
         let every = env.config.subscription_ttl / 4;
         let renew = tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::time::sleep(every).await;
+                tick.tick().await;
                 let watching = w.lock().await;
                 for (edge, posts) in watching.iter() {
                     engagement.renew(edge, posts).await;

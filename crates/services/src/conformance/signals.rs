@@ -109,12 +109,14 @@ impl<'a> World<'a> {
         let live: Arc<Mutex<HashSet<String>>> = Arc::default();
         let (signals, beating, every) = (env.signals.clone(), live.clone(), env.edge_ttl / 4);
         let beat = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
+                tick.tick().await;
                 let edges: Vec<String> = beating.lock().unwrap().iter().cloned().collect();
                 for e in edges {
                     signals.on(&e).await.heartbeat(&e).await;
                 }
-                tokio::time::sleep(every).await;
             }
         });
         World { env, live, beat }
