@@ -51,6 +51,7 @@ registry! {
     FRAMES_OUT = "hubbub_frames_out_total", Counter, ["type"], "server frames by type";
     DELIVERY_LATENCY = "hubbub_delivery_latency_seconds", Histogram, [], "from the edge accepting a request to a recipient's edge writing the resulting event";
     RATE_LIMITED = "hubbub_rate_limited_total", Counter, [], "frames, acks and login or signup attempts refused by a rate limit";
+    GAP_FILLS = "hubbub_gap_fills_total", Counter, [], "store reads a session made for live events it missed (a push lost, or late past the reorder wait)";
     SLOW_CONSUMERS = "hubbub_slow_consumers_total", Counter, [], "connections cut off as too slow (1013)";
     QUEUE_VISIBLE = "hubbub_queue_visible", Gauge, ["queue"], "messages ready in `main`, `chat`, `feed`, `precompute`, `personalize` and `notify`";
     QUEUE_IN_FLIGHT = "hubbub_queue_in_flight", Gauge, ["queue"], "messages received, not yet acked";

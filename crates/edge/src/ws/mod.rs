@@ -44,7 +44,7 @@ use hubbub_protocol::{ErrorCode, ServerFrame, UserRef};
 use hubbub_queue::clock::now_ms;
 use limits::{Acks, Window};
 use pending::Pending;
-use seq::{Pushed, SeqState};
+use seq::{Held, Pushed, SeqState};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -162,6 +162,8 @@ struct Conn {
     socket: WebSocket,
     /// Which durable events this session has written (exactly once, in order).
     seq: SeqState,
+    /// Events pushed past a gap, waiting a moment for the missing ones.
+    held: Held<Frame>,
     acks: Acks,
     pending: Pending,
     bucket: TokenBucket,
@@ -204,6 +206,7 @@ async fn run(inner: Arc<Inner>, user: UserRef, expires_ms: i64, socket: WebSocke
         session,
         socket,
         seq: SeqState::new(0),
+        held: Held::new(),
         pending: Pending::new(inner.config.request_timeout, inner.admission.clone()),
         window: Window::new(),
         last_heard: Instant::now(),
@@ -369,13 +372,43 @@ impl Conn {
             .clamp(0, MAX_SLEEP.as_millis() as i64) as u64;
         // One millisecond past the lapse, so the check in `on_tick` sees it passed.
         let lapse = Instant::now() + Duration::from_millis(lapse_in + 1);
-        match self.pending.next_deadline() {
-            Some(d) => d.min(lapse),
-            None => lapse,
-        }
+        [self.pending.next_deadline(), self.held.due()]
+            .into_iter()
+            .flatten()
+            .fold(lapse, Instant::min)
     }
 
-    /// A reply overdue, or a token lapsed: answer `internal`, or close with 4001.
+    /// Read the events missing before the held ones from the store, then queue what is to
+    /// be written (the filled events and the held ones) on `frames`, in order.
+    async fn fill_gap(&mut self, frames: &mut Vec<Frame>) {
+        let Some((after, missing)) = self.held.gap(&self.seq) else {
+            return;
+        };
+        metrics::counter!(hubbub_protocol::metrics::GAP_FILLS).increment(1);
+        match self
+            .inner
+            .deps
+            .chat
+            .events_after(&self.user.id, after, missing)
+            .await
+        {
+            Ok(r) => {
+                for f in r.frames {
+                    if let Some(s) = f.seq() {
+                        self.seq.filled(s);
+                    }
+                    frames.push(Frame::new(&f));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "gap fill failed; client catches up on sync")
+            }
+        }
+        frames.extend(self.held.flush(&mut self.seq));
+    }
+
+    /// A reply overdue, a token lapsed, a gap still open: answer `internal`, close with
+    /// 4001, read the gap from the store.
     async fn on_tick(&mut self) -> Flow {
         let grace_ms = i64::try_from(self.inner.config.auth.expiry_grace_s.saturating_mul(1000))
             .unwrap_or(i64::MAX);
@@ -384,6 +417,13 @@ impl Conn {
                 crate::CLOSE_REVOKED,
                 "token expired: refresh it and reconnect (send `auth` before expiry)",
             );
+        }
+        if self.held.due().is_some_and(|d| d <= Instant::now()) {
+            let mut frames = Vec::new();
+            self.fill_gap(&mut frames).await;
+            if let Flow::Gone = self.write_raw(&frames, &[]).await {
+                return Flow::Gone;
+            }
         }
         self.expire_pending().await
     }
@@ -558,6 +598,7 @@ impl Conn {
                 },
                 Out::Events(batch) => {
                     let (events, origin_ms) = *batch;
+                    let now = Instant::now();
                     for frame in events.iter() {
                         let Some(seq) = frame.seq else {
                             frames.push(frame.clone());
@@ -565,30 +606,16 @@ impl Conn {
                         };
                         match self.seq.pushed(seq) {
                             Pushed::Drop => {}
-                            Pushed::Write => frames.push(frame.clone()),
-                            Pushed::Gap { after, missing } => {
-                                // Missed events: read them (this one included) from the store.
-                                match self
-                                    .inner
-                                    .deps
-                                    .chat
-                                    .events_after(&self.user.id, after, missing)
-                                    .await
-                                {
-                                    Ok(r) => {
-                                        for f in r.frames {
-                                            if let Some(s) = f.seq() {
-                                                self.seq.filled(s);
-                                            }
-                                            frames.push(Frame::new(&f));
-                                        }
-                                    }
-                                    Err(e) => {
-                                        tracing::warn!(error = %e, "gap fill failed; client catches up on sync")
-                                    }
-                                }
-                                if self.seq.gap_closed(seq) {
-                                    frames.push(frame.clone());
+                            Pushed::Write => {
+                                frames.push(frame.clone());
+                                frames.extend(self.held.release(&mut self.seq, now));
+                            }
+                            // Past a gap: held until the missing events arrive (they are
+                            // nearly always a moment behind), read from the store when it
+                            // holds too many.
+                            Pushed::Gap { .. } => {
+                                if self.held.hold(seq, frame.clone(), now) {
+                                    self.fill_gap(&mut frames).await;
                                 }
                             }
                         }

@@ -542,6 +542,13 @@ impl Conn {
             last_seq: cursor,
             truncated: truncated.unwrap_or(false),
         };
-        self.reply(id, Ok(data)).await
+        match self.reply(id, Ok(data)).await {
+            Flow::Continue => {
+                // Events held past a gap the replay closed follow the reply.
+                let released = self.held.release(&mut self.seq, Instant::now());
+                self.write_raw(&released, &[]).await
+            }
+            other => other,
+        }
     }
 }

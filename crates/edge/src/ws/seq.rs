@@ -9,8 +9,23 @@
 //! first. `sync` replays from the store, skipping what the session already wrote (an event
 //! pushed live between `hello` and the client's `sync` is not written twice), and moves
 //! `next_seq` past what it replayed.
+//!
+//! Pushes arrive out of order routinely: several writes commit in order, but their events
+//! are pushed by concurrent handlers, so seq 12 can reach a session just before seq 11. A
+//! store read for every such "gap" cost more than the delivery itself under load, so events
+//! past a gap are first [`Held`] for a moment ([`GAP_WAIT`]); the missing ones nearly always
+//! follow within milliseconds, and only a gap still open then (a push really lost) is read
+//! from the store.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
+use tokio::time::{Duration, Instant};
+
+/// How long events past a gap wait for the missing ones before the gap is read from the
+/// store.
+pub(crate) const GAP_WAIT: Duration = Duration::from_millis(200);
+/// At most this many events are held; one more reads the gap from the store at once.
+pub(crate) const MAX_HELD: usize = 256;
 
 /// What to do with a durable event pushed live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,9 +117,175 @@ impl SeqState {
     }
 }
 
+/// Events pushed past a gap, by seq, waiting for the missing ones.
+#[derive(Debug)]
+pub(crate) struct Held<T> {
+    items: BTreeMap<u64, T>,
+    /// When the gap before the first held event opened (or last narrowed).
+    since: Option<Instant>,
+}
+
+impl<T> Held<T> {
+    /// Nothing held (no allocation: idle sessions pay for none).
+    pub(crate) fn new() -> Self {
+        Held {
+            items: BTreeMap::new(),
+            since: None,
+        }
+    }
+
+    /// Hold a pushed event whose seq is past a gap ([`Pushed::Gap`]); true when as many are
+    /// held as may be, and the gap should be read from the store now.
+    pub(crate) fn hold(&mut self, seq: u64, item: T, now: Instant) -> bool {
+        self.items.insert(seq, item);
+        self.since.get_or_insert(now);
+        self.items.len() >= MAX_HELD
+    }
+
+    /// The held events that follow what was written now, in seq order (each marked written
+    /// in `state`); those written meanwhile (by a `sync`, a fill) are dropped.
+    pub(crate) fn release(&mut self, state: &mut SeqState, now: Instant) -> Vec<T> {
+        let mut out = Vec::new();
+        while let Some(entry) = self.items.first_entry() {
+            let seq = *entry.key();
+            match state.pushed(seq) {
+                Pushed::Drop => {
+                    entry.remove();
+                }
+                Pushed::Write => out.push(entry.remove()),
+                Pushed::Gap { .. } => break,
+            }
+        }
+        if self.items.is_empty() {
+            self.since = None;
+        } else if !out.is_empty() {
+            // The gap narrowed: the missing events are arriving, so the rest get their wait.
+            self.since = Some(now);
+        }
+        out
+    }
+
+    /// When the gap must be read from the store, if events are held.
+    pub(crate) fn due(&self) -> Option<Instant> {
+        self.since.map(|s| s + GAP_WAIT)
+    }
+
+    /// The store read that fills the gap up to the last held event: events with seq above
+    /// `after`, at most `missing`.
+    pub(crate) fn gap(&self, state: &SeqState) -> Option<(u64, usize)> {
+        let last = *self.items.keys().next_back()?;
+        let after = state.next_seq.saturating_sub(1);
+        (last > after).then(|| (after, usize::try_from(last - after).unwrap_or(usize::MAX)))
+    }
+
+    /// After the store filled what it could ([`SeqState::filled`]): the held events still to
+    /// write, in order. One past a gap the store could not fill is written anyway (the client
+    /// finds what it lacks on `sync`).
+    pub(crate) fn flush(&mut self, state: &mut SeqState) -> Vec<T> {
+        self.since = None;
+        std::mem::take(&mut self.items)
+            .into_iter()
+            .filter_map(|(seq, item)| state.gap_closed(seq).then_some(item))
+            .collect()
+    }
+
+    /// How many events are held.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.items.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reordered_pushes_are_held_then_written_in_order() {
+        let now = Instant::now();
+        let mut s = SeqState::new(10);
+        let mut held = Held::new();
+        assert_eq!(held.due(), None);
+        // 12 and 13 arrive before 11.
+        for seq in [12, 13] {
+            assert!(matches!(s.pushed(seq), Pushed::Gap { .. }));
+            assert!(!held.hold(seq, seq, now));
+        }
+        assert_eq!(held.due(), Some(now + GAP_WAIT));
+        assert_eq!(
+            held.release(&mut s, now),
+            Vec::<u64>::new(),
+            "11 is still missing"
+        );
+        assert_eq!(s.pushed(11), Pushed::Write);
+        assert_eq!(held.release(&mut s, now), [12, 13]);
+        assert_eq!(held.due(), None, "nothing held, nothing due");
+        assert_eq!(s.pushed(13), Pushed::Drop, "a repeat is still dropped");
+        assert_eq!(s.pushed(14), Pushed::Write);
+    }
+
+    #[test]
+    fn a_narrowing_gap_restarts_the_wait() {
+        let t0 = Instant::now();
+        let mut s = SeqState::new(0);
+        let mut held = Held::new();
+        for seq in [2, 4] {
+            assert!(matches!(s.pushed(seq), Pushed::Gap { .. }));
+            held.hold(seq, seq, t0);
+        }
+        let later = t0 + Duration::from_millis(50);
+        assert_eq!(s.pushed(1), Pushed::Write);
+        assert_eq!(held.release(&mut s, later), [2]);
+        assert_eq!(held.len(), 1);
+        assert_eq!(held.due(), Some(later + GAP_WAIT));
+        assert_eq!(held.gap(&s), Some((2, 2)), "3 and 4 read from the store");
+    }
+
+    #[test]
+    fn a_gap_still_open_at_the_deadline_is_read_then_the_held_are_written() {
+        let now = Instant::now();
+        let mut s = SeqState::new(0);
+        let mut held = Held::new();
+        assert_eq!(s.pushed(1), Pushed::Write);
+        for seq in [3, 5] {
+            assert!(matches!(s.pushed(seq), Pushed::Gap { .. }));
+            held.hold(seq, seq, now);
+        }
+        assert_eq!(held.gap(&s), Some((1, 4)));
+        // The store had 2 and 3 (the held 3 is not written twice); 4 is gone for good.
+        s.filled(2);
+        s.filled(3);
+        assert_eq!(held.flush(&mut s), [5]);
+        assert_eq!(held.due(), None);
+        assert_eq!(s.next_seq(), 6);
+        assert_eq!(s.pushed(4), Pushed::Drop);
+    }
+
+    #[test]
+    fn a_full_hold_asks_for_the_store_at_once() {
+        let now = Instant::now();
+        let mut s = SeqState::new(0);
+        let mut held = Held::new();
+        let mut full = false;
+        for seq in 2..(2 + MAX_HELD as u64) {
+            assert!(matches!(s.pushed(seq), Pushed::Gap { .. }));
+            full = held.hold(seq, (), now);
+        }
+        assert!(full);
+        assert_eq!(held.gap(&s), Some((0, MAX_HELD + 1)));
+    }
+
+    #[test]
+    fn a_sync_past_the_held_events_drops_them() {
+        let now = Instant::now();
+        let mut s = SeqState::new(0);
+        let mut held = Held::new();
+        assert!(matches!(s.pushed(3), Pushed::Gap { .. }));
+        held.hold(3, 3, now);
+        s.synced(0, 3);
+        assert_eq!(held.release(&mut s, now), Vec::<u64>::new());
+        assert_eq!(held.due(), None);
+    }
 
     #[test]
     fn live_events_are_written_once_in_order() {
