@@ -25,3 +25,43 @@ export function backoffDelay(attempt: number, options: BackoffOptions = {}, rand
   const cap = Math.min(max, initial * Math.pow(factor, attempt));
   return Math.round(cap / 2 + (random() * cap) / 2);
 }
+
+/**
+ * A token bucket for the frames the client sends, so that it stays under the server's rate
+ * limit (PROTOCOL.md "Limits": 20 frames/s, bursts of 50 by default; five times over in a
+ * second closes the connection with 1008). Reservations are first come, first served.
+ */
+export class FrameBudget {
+  private tokens: number;
+  private updated: number;
+
+  constructor(
+    private readonly perSecond: number,
+    private readonly burst: number,
+    private readonly clock: () => number = Date.now,
+  ) {
+    this.tokens = burst;
+    this.updated = clock();
+  }
+
+  /** Takes one frame's worth; returns how long to wait before sending it, ms (0: now). */
+  reserve(): number {
+    this.refill();
+    this.tokens -= 1;
+    return this.tokens >= 0 ? 0 : Math.ceil((-this.tokens / this.perSecond) * 1000);
+  }
+
+  /** Takes one frame's worth only if it is there now (for frames that may be dropped). */
+  tryTake(): boolean {
+    this.refill();
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
+
+  private refill(): void {
+    const t = this.clock();
+    this.tokens = Math.min(this.burst, this.tokens + ((t - this.updated) / 1000) * this.perSecond);
+    this.updated = t;
+  }
+}

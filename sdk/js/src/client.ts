@@ -6,7 +6,7 @@
  * (inbox.ts), acknowledges them (coalesced), persists what a reload needs (storage.ts), and
  * sends requests as promises with timeouts, `message.send` through the outbox (outbox.ts).
  */
-import { backoffDelay } from "./backoff.js";
+import { backoffDelay, FrameBudget } from "./backoff.js";
 import { ChannelTracker } from "./channels.js";
 import { Connection } from "./connection.js";
 import { Emitter } from "./emitter.js";
@@ -83,6 +83,7 @@ export class HubbubClient extends Emitter<ClientEvents> {
   private readonly requests = new RequestTable();
   private readonly channels: ChannelTracker;
   private readonly saver: Saver | undefined;
+  private readonly budget: FrameBudget | undefined;
 
   private stateValue: ConnectionState = "idle";
   private conn: Connection | undefined;
@@ -122,6 +123,8 @@ export class HubbubClient extends Emitter<ClientEvents> {
     if (options.token === undefined && options.getToken === undefined) {
       throw new HubbubError("auth_failed", "give a token or getToken");
     }
+    const rate = options.frameRate ?? { perSecond: 18, burst: 40 };
+    this.budget = rate === false ? undefined : new FrameBudget(rate.perSecond, rate.burst);
     this.outbox = new Outbox({
       attempt: (fields) =>
         this.sendOnSession("message.send", fields, this.requestTimeoutMs).then((data) => (data as ReplyMap["message.send"]).message),
@@ -243,7 +246,10 @@ export class HubbubClient extends Emitter<ClientEvents> {
 
   /** Sends a frame that gets no reply (`typing`, `comment.typing`); false when not connected. */
   signal<T extends SignalType>(type: T, fields: RequestFields<T>): boolean {
-    return this.stateValue === "open" && this.conn !== undefined && this.conn.send({ ...fields, type });
+    if (this.stateValue !== "open" || !this.conn?.isOpen) return false;
+    // Over the rate, the server drops typing frames silently; so does the client.
+    if (this.budget && !this.budget.tryTake()) return false;
+    return this.conn.send({ ...fields, type });
   }
 
   /**
@@ -408,7 +414,7 @@ export class HubbubClient extends Emitter<ClientEvents> {
     );
   }
 
-  private scheduleReconnect(closed: { code: number; reason: string } | undefined): void {
+  private scheduleReconnect(closed: { code: number; reason: string; wasOpen: boolean } | undefined): void {
     const reconnect = this.options.reconnect;
     if (reconnect === false) {
       if (closed) this.emit("disconnected", { ...closed, willReconnect: false, delayMs: undefined });
@@ -443,7 +449,7 @@ export class HubbubClient extends Emitter<ClientEvents> {
     if ((code === 4000 || code === 4001) && this.connToken !== undefined) this.tokens.burn(this.connToken);
     // A session that opened resets the back-off: its first retry comes soon.
     this.failures = wasOpen ? 0 : this.failures + 1;
-    this.scheduleReconnect({ code, reason });
+    this.scheduleReconnect({ code, reason, wasOpen });
   }
 
   private shutdown(error: HubbubError): void {
@@ -682,13 +688,29 @@ export class HubbubClient extends Emitter<ClientEvents> {
     });
   }
 
-  /** Sends one request on the current session; rejects on error, timeout or disconnection. */
-  private sendOnSession(type: string, fields: object, timeoutMs: number): Promise<unknown> {
+  /**
+   * Sends one request on the current session, within the frame budget; rejects on error,
+   * timeout or disconnection.
+   */
+  private async sendOnSession(type: string, fields: object, timeoutMs: number): Promise<unknown> {
+    const deadline = now() + timeoutMs;
     const conn = this.conn;
     if (!conn || this.stateValue !== "open") {
-      return Promise.reject(new HubbubError("disconnected", `${type}: not connected`, { requestType: type }));
+      throw new HubbubError("disconnected", `${type}: not connected`, { requestType: type });
     }
-    return this.requests.send(conn, type, fields, timeoutMs);
+    // Acks do not count against the server's frame limit.
+    const wait = type === "ack" || !this.budget ? 0 : this.budget.reserve();
+    if (wait > 0) {
+      if (now() + wait >= deadline) {
+        await sleep(Math.max(0, deadline - now()));
+        throw new HubbubError("timeout", `${type}: not sent within the timeout (the client's frame rate)`, { requestType: type });
+      }
+      await sleep(wait);
+      if (conn !== this.conn || this.stateValue !== "open") {
+        throw new HubbubError("disconnected", `${type}: the connection closed before it was sent`, { requestType: type });
+      }
+    }
+    return this.requests.send(conn, type, fields, deadline - now());
   }
 
   // -------------------------------------------------------------------------------------

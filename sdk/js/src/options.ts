@@ -69,6 +69,12 @@ export interface ClientOptions {
   ackDelayMs?: number;
   /** Send a heartbeat after this long without a frame from the server, ms (default 25,000; 0: never). */
   heartbeatMs?: number;
+  /**
+   * The client's own limit on the frames it sends (acks apart), to stay under the server's
+   * (`limits.frames_per_s` 20 and `limits.burst` 50 by default): default 18 a second, bursts
+   * of 40. Set it to the server's configuration, or `false` to send at once.
+   */
+  frameRate?: { perSecond: number; burst: number } | false;
   /** Most `message.send`s in flight at once, over all conversations (default 8). */
   maxSendsInFlight?: number;
   typing?: TypingOptions;
@@ -91,8 +97,11 @@ export interface LifecycleEvents {
   connected: { user: UserRef; session: string; lastSeq: number; resumed: boolean };
   /** The session's `sync` is done: every missed event before this one has been delivered. */
   synced: { lastSeq: number };
-  /** The session ended. */
-  disconnected: { code: number; reason: string; willReconnect: boolean; delayMs: number | undefined };
+  /**
+   * A connection ended: a session (`wasOpen`), or an attempt that never got `hello` (the
+   * server is down, or refused the token: a browser cannot tell which).
+   */
+  disconnected: { code: number; reason: string; wasOpen: boolean; willReconnect: boolean; delayMs: number | undefined };
   /**
    * Events were lost to the app: the server's retention window passed (`truncated`), or the
    * server knows fewer events than the client processed (`server_behind`: another server, or

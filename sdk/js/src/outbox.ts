@@ -60,13 +60,19 @@ export class Outbox {
 
   constructor(private readonly deps: OutboxDeps) {}
 
-  /** Queues a message; the promise settles with the server's answer. */
+  /**
+   * Queues a message; the promise settles with the server's answer. It is marked handled, so
+   * an app that does not await it is not failed by an unhandled rejection (every failure is
+   * also reported through `failed`).
+   */
   add(fields: MessageFields): Promise<Message> {
-    return new Promise<Message>((resolve, reject) => {
+    const promise = new Promise<Message>((resolve, reject) => {
       this.entries.push(this.entry(fields, now(), false, { resolve, reject }));
       this.deps.changed();
       this.pump();
     });
+    promise.catch(() => {});
+    return promise;
   }
 
   /** Restores messages saved by an earlier run (before the ones added since). */
