@@ -4,7 +4,7 @@
  * waiting for conditions with a deadline (never asserting on time).
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { createHmac } from "node:crypto";
+import { createHmac, randomUUID } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, openSync, closeSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -146,7 +146,9 @@ export class TestServer {
   appToken(sub: string, ttlS = 3600, handle?: string): string {
     const b64 = (value: object) => Buffer.from(JSON.stringify(value)).toString("base64url");
     const nowS = Math.floor(Date.now() / 1000);
-    const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ sub, exp: nowS + ttlS, iat: nowS, ...(handle ? { handle } : {}) })}`;
+    // `jti` makes two tokens minted in one second differ.
+    const claims = { sub, exp: nowS + ttlS, iat: nowS, jti: randomUUID(), ...(handle ? { handle } : {}) };
+    const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;
     return `${body}.${createHmac("sha256", APP_SECRET).update(body).digest("base64url")}`;
   }
 
