@@ -91,7 +91,7 @@ export class ChannelTracker {
           reply = await this.deps.sync(conversation, before);
         } catch (cause) {
           if (!this.deps.sameSession(session)) return;
-          if (cause instanceof HubbubError && cause.code === "bad_request" && /channel\.sync/.test(cause.message)) {
+          if (cause instanceof HubbubError && cause.code === "bad_request" && /unknown type|not available/.test(cause.message)) {
             this.supported = false;
             this.deps.warn(`this server does not serve channels (PROTOCOL.md 1.1): ${cause.message}`, cause);
           } else {

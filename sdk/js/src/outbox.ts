@@ -93,7 +93,7 @@ export class Outbox {
   }
 
   get pending(): readonly PendingMessage[] {
-    return this.entries.map((e) => ({ ...e, settle: undefined }));
+    return this.entries.map(({ fields, queuedTs, attempts, sending, restored }) => ({ fields, queuedTs, attempts, sending, restored }));
   }
 
   get size(): number {

@@ -165,3 +165,42 @@ test("a reload resumes from the saved seq with exactly the missed events", async
   await waitFor(() => second.length === 3, "the live message after the resume");
   assert.deepEqual(second, ["three", "four", "five"]);
 });
+
+test("saved channel offsets are resumed with channel.sync (this server has no channels yet)", async (t) => {
+  const server = await TestServer.start(t);
+  const spy = new Spy();
+  const storage = memoryStorage({ v: 1, user: "app_chan", lastSeq: 0, channels: { c_news: 41 }, outbox: [] });
+  const client = server.client(t, { token: server.appToken("app_chan"), storage, WebSocket: spy.WebSocket });
+  const warnings: string[] = [];
+  client.on("warning", (w) => void warnings.push(w.message));
+  await client.connect();
+  await waitFor(() => warnings.length > 0, "the channel.sync answer");
+  const syncs = spy.sentOf("channel.sync");
+  assert.deepEqual(
+    syncs.map((f) => [f.conversation, f.after_offset]),
+    [["c_news", 41]],
+  );
+  assert.match(warnings[0]!, /does not serve channels/);
+  // The session goes on, and the offset is kept for a server that serves channels.
+  const conversation = await client.createConversation({ kind: "group", members: [] });
+  await client.sendMessage(conversation.id, "hello");
+  assert.deepEqual(client.channelOffsets, { c_news: 41 });
+  await waitFor(() => storage.state?.lastSeq === client.lastSeq && client.lastSeq > 0, "the state saved");
+  assert.deepEqual(storage.state?.channels, { c_news: 41 });
+});
+
+test("a saved seq beyond the server's is reported as a reset, and the session goes on", async (t) => {
+  const server = await TestServer.start(t);
+  const storage = memoryStorage({ v: 1, user: "app_far", lastSeq: 1000, channels: {}, outbox: [] });
+  const client = server.client(t, { token: server.appToken("app_far"), storage });
+  const resets: { reason: string; lastSeq: number }[] = [];
+  client.on("reset", (e) => void resets.push(e));
+  const seen: number[] = [];
+  client.on("conversation.updated", (e) => void seen.push(e.seq));
+  await client.connect();
+  assert.deepEqual(resets, [{ reason: "server_behind", lastSeq: 0 }]);
+  assert.equal(client.lastSeq, 0);
+  await client.createConversation({ kind: "group", members: [] });
+  await waitFor(() => seen.length === 1, "the first event after the reset");
+  assert.deepEqual(seen, [1]);
+});
