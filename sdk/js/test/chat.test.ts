@@ -8,7 +8,7 @@ import { test } from "node:test";
 import { memoryStorage, type ConversationUpdatedFrame, type MessageNewFrame, type ReceiptReadFrame } from "../src/index.js";
 import { Spy, TestServer, waitFor } from "./harness.js";
 
-test("two clients chat in a group and a direct conversation", async (t) => {
+test("two clients chat in a group and a direct conversation", { timeout: 60_000 }, async (t) => {
   const server = await TestServer.start(t);
   const alice = await server.signup("alice");
   const bob = await server.signup("bob");
@@ -86,7 +86,7 @@ test("two clients chat in a group and a direct conversation", async (t) => {
   for (let i = 1; i < acks.length; i++) assert.ok((acks[i]!.seq as number) > (acks[i - 1]!.seq as number), "acks only grow");
 });
 
-test("typing and presence helpers", async (t) => {
+test("typing and presence helpers", { timeout: 60_000 }, async (t) => {
   const server = await TestServer.start(t);
   const a = server.client(t, { token: server.appToken("app_alice", 3600, "alice") });
   const b = server.client(t, { token: server.appToken("app_bob", 3600, "bob") });
@@ -125,7 +125,7 @@ test("typing and presence helpers", async (t) => {
   );
 });
 
-test("a reload resumes from the saved seq with exactly the missed events", async (t) => {
+test("a reload resumes from the saved seq with exactly the missed events", { timeout: 60_000 }, async (t) => {
   const server = await TestServer.start(t);
   const storage = memoryStorage();
   const a = server.client(t, { token: server.appToken("app_alice") });
@@ -166,7 +166,7 @@ test("a reload resumes from the saved seq with exactly the missed events", async
   assert.deepEqual(second, ["three", "four", "five"]);
 });
 
-test("saved channel offsets are resumed with channel.sync (this server has no channels yet)", async (t) => {
+test("saved channel offsets are resumed with channel.sync (this server has no channels yet)", { timeout: 60_000 }, async (t) => {
   const server = await TestServer.start(t);
   const spy = new Spy();
   const storage = memoryStorage({ v: 1, user: "app_chan", lastSeq: 0, channels: { c_news: 41 }, outbox: [] });
@@ -189,7 +189,7 @@ test("saved channel offsets are resumed with channel.sync (this server has no ch
   assert.deepEqual(storage.state?.channels, { c_news: 41 });
 });
 
-test("a saved seq beyond the server's is reported as a reset, and the session goes on", async (t) => {
+test("a saved seq beyond the server's is reported as a reset, and the session goes on", { timeout: 60_000 }, async (t) => {
   const server = await TestServer.start(t);
   const storage = memoryStorage({ v: 1, user: "app_far", lastSeq: 1000, channels: {}, outbox: [] });
   const client = server.client(t, { token: server.appToken("app_far"), storage });

@@ -47,6 +47,12 @@ export async function waitFor(condition: () => boolean, what: string, timeoutMs 
   }
 }
 
+// Servers still running when the test process exits (a crash, a timeout) are killed with it.
+const live = new Set<ChildProcess>();
+process.on("exit", () => {
+  for (const proc of live) proc.kill("SIGKILL");
+});
+
 /** A hubbub server process (`hubbub serve`) the test owns. */
 export class TestServer {
   readonly url: string;
@@ -100,6 +106,8 @@ export class TestServer {
     });
     closeSync(out);
     this.proc = proc;
+    live.add(proc);
+    proc.once("exit", () => live.delete(proc));
     let gone = false;
     this.exited = new Promise((resolve) => proc.once("exit", () => resolve()));
     void this.exited.then(() => (gone = true));
@@ -133,9 +141,20 @@ export class TestServer {
     await this.spawn();
   }
 
-  /** SIGSTOP: the process keeps its sockets but answers nothing. */
-  pause(): void {
-    this.proc?.kill("SIGSTOP");
+  /** SIGSTOP: the process keeps its sockets but answers nothing. Resolves once it is stopped. */
+  async pause(): Promise<void> {
+    const proc = this.proc;
+    if (!proc?.pid) throw new Error("no server process to pause");
+    proc.kill("SIGSTOP");
+    // The signal is delivered asynchronously: wait until Linux reports the process stopped.
+    await waitFor(() => {
+      try {
+        const stat = readFileSync(`/proc/${proc.pid}/stat`, "utf8");
+        return stat.slice(stat.lastIndexOf(")") + 2).startsWith("T");
+      } catch {
+        return false;
+      }
+    }, "the server to stop (SIGSTOP)");
   }
 
   resume(): void {

@@ -17,7 +17,7 @@ test("a request times out when the server does not answer", { timeout: 60_000 },
   await client.connect();
   const conversation = await client.createConversation({ kind: "group", members: [] });
 
-  server.pause();
+  await server.pause();
   t.after(() => server.resume());
   await assert.rejects(client.request("conversation.get", { conversation: conversation.id }, { timeoutMs: 300 }), (e) => {
     assert.ok(isCode("timeout")(e), String(e));
@@ -60,7 +60,7 @@ test("the heartbeat finds a dead connection and the client reconnects", { timeou
   client.on("disconnected", (e) => void closes.push(e.code));
   await client.connect();
   const first = client.session;
-  server.pause();
+  await server.pause();
   await waitFor(() => closes.includes(CLIENT_CLOSE.heartbeatTimeout), "the heartbeat to give up");
   server.resume();
   await waitFor(() => client.state === "open" && client.session !== first, "a new session");
