@@ -61,6 +61,37 @@ import { parseState, Saver, type PersistedState } from "./storage.js";
 import { TokenKeeper, type TokenReason } from "./token.js";
 import { Typing } from "./typing.js";
 
+/**
+ * Requests whose repetition changes nothing (reads, and writes that are idempotent by the
+ * protocol): `request` sends them again on the next session when the connection is lost
+ * before their reply. Other requests reject with `disconnected` (the outcome is unknown).
+ */
+const REPEATABLE = new Set<string>([
+  "conversation.add",
+  "conversation.remove",
+  "conversation.list",
+  "conversation.get",
+  "conversation.members",
+  "message.history",
+  "message.search",
+  "message.read",
+  "block.add",
+  "block.remove",
+  "block.list",
+  "presence.set",
+  "presence.watch",
+  "presence.unwatch",
+  "post.like",
+  "post.unlike",
+  "follow",
+  "unfollow",
+  "timeline.get",
+  "post.watch",
+  "post.unwatch",
+  "channel.subscribe",
+  "channel.unsubscribe",
+]);
+
 type Fields<T extends RequestType> = RequestFields<T>;
 type RequestArgs<T extends RequestType> = object extends Fields<T>
   ? [fields?: Fields<T>, options?: RequestOptions]
@@ -235,11 +266,15 @@ export class HubbubClient extends Emitter<ClientEvents> {
         if (type === "conversation.list") this.trackListedChannels(data as ConversationListReply);
         return data;
       } catch (error) {
-        const retryable = error instanceof HubbubError && (error.code === "rate_limited" || error.code === "unavailable");
-        if (!retryable || options.retry === false) throw error;
-        const delay = error.retryAfterMs ?? backoffDelay(attempt, { initialDelayMs: 250, maxDelayMs: 5_000 });
+        if (!(error instanceof HubbubError) || options.retry === false) throw error;
+        // Nothing was processed: any request may be sent again.
+        const notProcessed = error.code === "rate_limited" || error.code === "unavailable";
+        // The connection went before the reply: only requests that are safe to repeat.
+        const lost = error.code === "disconnected" && REPEATABLE.has(type);
+        if (!notProcessed && !lost) throw error;
+        const delay = lost ? 0 : (error.retryAfterMs ?? backoffDelay(attempt, { initialDelayMs: 250, maxDelayMs: 5_000 }));
         if (now() + delay >= deadline) throw error;
-        await sleep(delay);
+        if (delay > 0) await sleep(delay);
       }
     }
   }
@@ -769,7 +804,11 @@ export class HubbubClient extends Emitter<ClientEvents> {
       if (conn !== this.conn) return;
       const error = asError(cause);
       this.emit("warning", { message: `token refresh failed: ${error.message}`, cause: error });
-      if (error.code === "auth_failed") return;
+      // getToken failed for good (a dead refresh token): the session runs until the server
+      // closes it with 4001, and the reconnect then reports authFailed. A refused `auth`
+      // frame (requestType "auth") is retried with a new token.
+      const fromApp = error.requestType !== "auth";
+      if (fromApp && (error.code === "auth_failed" || error.code === "unauthorized" || error.code === "forbidden")) return;
       // Try again while there is time; past expiry and grace the server closes with 4001.
       const left = (this.tokens.expiresAtLocal ?? now() + 20_000) - now();
       this.refreshTimer = setTimer(() => void this.refreshLive(), Math.min(5_000, Math.max(500, left / 4)));

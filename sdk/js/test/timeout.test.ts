@@ -67,3 +67,33 @@ test("the heartbeat finds a dead connection and the client reconnects", { timeou
   const reply = await client.request("conversation.list");
   assert.deepEqual(reply.conversations, []);
 });
+
+test("a read whose reply is lost goes again on the next session; a create does not", { timeout: 60_000 }, async (t) => {
+  const server = await TestServer.start(t);
+  const spy = new Spy();
+  const client = server.client(t, { token: server.appToken("app_dave"), WebSocket: spy.WebSocket, reconnect: { initialDelayMs: 50 } });
+  await client.connect();
+  const cutReplyTo = (type: string) => {
+    let done = false;
+    spy.filter = (frame, socket) => {
+      const request = spy.sentOf(type)[0];
+      if (!done && request && frame.id === request.id) {
+        done = true;
+        socket.cut();
+        return false;
+      }
+      return true;
+    };
+  };
+
+  cutReplyTo("conversation.list");
+  const reply = await client.request("conversation.list");
+  assert.deepEqual(reply.conversations, []);
+  assert.equal(spy.sentOf("conversation.list").length, 2, "sent again after the reconnect");
+  assert.equal(spy.urls.length, 2);
+
+  // A create is not repeated behind the app's back: the outcome is unknown.
+  cutReplyTo("conversation.create");
+  await assert.rejects(client.createConversation({ kind: "group", members: [] }), isCode("disconnected"));
+  assert.equal(spy.sentOf("conversation.create").length, 1);
+});
