@@ -255,7 +255,11 @@ export class HubbubClient extends Emitter<ClientEvents> {
   /** Sends a request and resolves with its reply's `data`. */
   request<T extends RequestType>(type: T, ...args: RequestArgs<T>): Promise<ReplyMap[T]>;
   /** A request type the SDK does not know (a newer server): untyped. */
-  request(type: string, fields?: Record<string, unknown>, options?: RequestOptions): Promise<unknown>;
+  request<T extends string>(
+    type: T extends keyof ReplyMap ? never : T,
+    fields?: Record<string, unknown>,
+    options?: RequestOptions,
+  ): Promise<unknown>;
   async request(type: string, fields: object = {}, options: RequestOptions = {}): Promise<unknown> {
     const timeoutMs = options.timeoutMs ?? this.requestTimeoutMs;
     const deadline = now() + timeoutMs;
