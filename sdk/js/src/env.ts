@@ -1,0 +1,146 @@
+/**
+ * What the SDK takes from its host (timers, fetch, WebSocket, crypto, localStorage), typed
+ * here so that the package needs neither the DOM's nor Node's type definitions and works in
+ * both. Everything optional is looked up when used, so an app may inject its own.
+ */
+
+/** The part of a WebSocket the SDK uses: the browser's, Node 22's, undici's or `ws`'s. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  // Assigned, never read: typed loosely so that every implementation's handler types fit.
+  onopen: unknown;
+  onmessage: unknown;
+  onclose: unknown;
+  onerror: unknown;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
+/** A WebSocket constructor: `globalThis.WebSocket` or, in Node 20, `WebSocket` from `ws`. */
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+/** The event objects the SDK reads from a WebSocket. */
+export interface MessageEventLike {
+  data: unknown;
+}
+export interface CloseEventLike {
+  code: number;
+  reason: string;
+}
+
+/** The part of a fetch Response the SDK uses. */
+export interface ResponseLike {
+  readonly status: number;
+  readonly ok: boolean;
+  readonly headers: { get(name: string): string | null };
+  text(): Promise<string>;
+}
+
+/** The part of fetch the SDK uses. */
+export type FetchLike = (
+  url: string,
+  init: { method: string; headers: Record<string, string>; body?: string },
+) => Promise<ResponseLike>;
+
+/** The part of the Web Storage API the localStorage adapter uses. */
+export interface WebStorageLike {
+  getItem(key: string): string | null;
+  setItem(key: string, value: string): void;
+  removeItem(key: string): void;
+}
+
+/** An opaque timer handle. */
+export type TimerHandle = unknown;
+
+interface Host {
+  setTimeout(callback: () => void, ms: number): TimerHandle;
+  clearTimeout(handle: TimerHandle): void;
+  WebSocket?: WebSocketConstructor;
+  fetch?: FetchLike;
+  localStorage?: WebStorageLike;
+  crypto?: { randomUUID?(): string; getRandomValues?<T extends Uint8Array>(array: T): T };
+  atob?(data: string): string;
+  TextDecoder?: new () => { decode(input: unknown): string };
+  addEventListener?(type: string, listener: () => void): void;
+  removeEventListener?(type: string, listener: () => void): void;
+  console?: { error(...args: unknown[]): void };
+}
+
+const host = globalThis as unknown as Host;
+
+export function setTimer(callback: () => void, ms: number): TimerHandle {
+  return host.setTimeout(callback, Math.max(0, ms));
+}
+
+export function clearTimer(handle: TimerHandle | undefined): void {
+  if (handle !== undefined) host.clearTimeout(handle);
+}
+
+export function now(): number {
+  return Date.now();
+}
+
+/** Resolves after `ms`. */
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimer(resolve, ms));
+}
+
+export function defaultWebSocket(): WebSocketConstructor | undefined {
+  return host.WebSocket;
+}
+
+export function defaultFetch(): FetchLike | undefined {
+  return host.fetch?.bind(globalThis);
+}
+
+export function defaultLocalStorage(): WebStorageLike | undefined {
+  try {
+    return host.localStorage;
+  } catch {
+    // Access throws in some sandboxed iframes.
+    return undefined;
+  }
+}
+
+/** A random UUID (v4), for `client_msg_id`s. */
+export function randomId(): string {
+  const c = host.crypto;
+  if (c?.randomUUID) return c.randomUUID();
+  const bytes = new Uint8Array(16);
+  if (c?.getRandomValues) c.getRandomValues(bytes);
+  else for (let i = 0; i < 16; i++) bytes[i] = Math.floor(Math.random() * 256);
+  bytes[6] = (bytes[6]! & 0x0f) | 0x40;
+  bytes[8] = (bytes[8]! & 0x3f) | 0x80;
+  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+/** Decodes base64 (standard or URL alphabet, padding optional) to a UTF-8 string. */
+export function base64ToString(data: string): string {
+  const b64 = data.replace(/-/g, "+").replace(/_/g, "/").padEnd(Math.ceil(data.length / 4) * 4, "=");
+  if (!host.atob) throw new Error("no atob in this environment");
+  const binary = host.atob(b64);
+  const bytes = Uint8Array.from(binary, (ch) => ch.charCodeAt(0));
+  return textFrom(bytes);
+}
+
+/** A WebSocket message's data as text (`ws` may hand over a Buffer or ArrayBuffer). */
+export function textFrom(data: unknown): string {
+  if (typeof data === "string") return data;
+  if (host.TextDecoder) return new host.TextDecoder().decode(data);
+  return String(data);
+}
+
+/** Calls `listener` when the browser says the network is back; returns the unsubscribe. */
+export function onOnline(listener: () => void): () => void {
+  const add = host.addEventListener;
+  const remove = host.removeEventListener;
+  // Only browsers (and workers) fire "online"; Node's globalThis has no addEventListener.
+  if (typeof add !== "function" || typeof remove !== "function") return () => {};
+  add.call(globalThis, "online", listener);
+  return () => remove.call(globalThis, "online", listener);
+}
+
+export function reportError(...args: unknown[]): void {
+  host.console?.error(...args);
+}
