@@ -458,6 +458,21 @@ impl Inner {
                         }
                     }
                 }
+                ToEdge::Broadcast {
+                    users,
+                    frame,
+                    origin_ms,
+                } => {
+                    // Serialized once for every session of every member on this edge.
+                    let frame: Arc<[Frame]> = Arc::new([Frame::new(&frame)]);
+                    for user in &users {
+                        for id in sessions.by_user.get(user).into_iter().flatten() {
+                            if let Some(h) = sessions.by_id.get(id) {
+                                self.offer(h, Out::Events(Box::new((frame.clone(), origin_ms))));
+                            }
+                        }
+                    }
+                }
                 ToEdge::Engagement { frames } => self.dispatch_engagement(&mut sessions, frames),
                 ToEdge::Close {
                     user,

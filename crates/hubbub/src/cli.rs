@@ -142,6 +142,7 @@ pub async fn send(path: &Path, target: &str, text: &str) -> anyhow::Result<()> {
                     title: None,
                     ephemeral: None,
                     idempotency_key: None,
+                    public: None,
                 })
                 .await?;
             match expect_ok(reply)? {

@@ -66,6 +66,32 @@ pub enum Request {
         /// conversation and creates nothing.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         idempotency_key: Option<IdempotencyKey>,
+        /// A channel anyone may `channel.subscribe` to (channels only; default false).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        public: Option<bool>,
+    },
+    /// Join a public channel (idempotent).
+    #[serde(rename = "channel.subscribe")]
+    ChannelSubscribe {
+        /// The channel's conversation id.
+        conversation: String,
+    },
+    /// Leave a channel (idempotent).
+    #[serde(rename = "channel.unsubscribe")]
+    ChannelUnsubscribe {
+        /// The channel's conversation id.
+        conversation: String,
+    },
+    /// Replay a channel's messages after an offset as `channel.message` frames.
+    #[serde(rename = "channel.sync")]
+    ChannelSync {
+        /// The channel's conversation id.
+        conversation: String,
+        /// The last offset the client processed (0: from the first message).
+        after_offset: u64,
+        /// At most this many (≤ 1,000, default 1,000).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
     },
     /// List the caller's conversations with `last_message` and `unread`.
     #[serde(rename = "conversation.list")]
@@ -297,6 +323,9 @@ impl Request {
         "conversation.members",
         "conversation.remove",
         "conversation.leave",
+        "channel.subscribe",
+        "channel.unsubscribe",
+        "channel.sync",
         "message.send",
         "message.history",
         "message.search",
@@ -328,6 +357,9 @@ impl Request {
             Request::Ack { .. } => "ack",
             Request::Auth { .. } => "auth",
             Request::ConversationCreate { .. } => "conversation.create",
+            Request::ChannelSubscribe { .. } => "channel.subscribe",
+            Request::ChannelUnsubscribe { .. } => "channel.unsubscribe",
+            Request::ChannelSync { .. } => "channel.sync",
             Request::ConversationList {} => "conversation.list",
             Request::ConversationGet { .. } => "conversation.get",
             Request::ConversationAdd { .. } => "conversation.add",
@@ -531,6 +563,10 @@ mod tests {
             json!({"type":"post.watch","id":"r1","posts":["p1","p2"]}),
             json!({"type":"post.unwatch","id":"r1","posts":["p1"]}),
             json!({"type":"comment.typing","post":"p1","words":12}),
+            json!({"type":"conversation.create","id":"r1","kind":"channel","members":[],"title":"news","public":true}),
+            json!({"type":"channel.subscribe","id":"r1","conversation":"c1"}),
+            json!({"type":"channel.unsubscribe","id":"r1","conversation":"c1"}),
+            json!({"type":"channel.sync","id":"r1","conversation":"c1","after_offset":41,"limit":100}),
         ];
         let mut seen = std::collections::BTreeSet::new();
         for example in examples {

@@ -113,6 +113,16 @@ pub enum ToEdge {
         /// When the originating request was accepted by its edge, for latency metrics.
         origin_ms: Option<i64>,
     },
+    /// One frame for every session of each of `users` on this edge (a channel's message):
+    /// serialized once, shared by every session.
+    Broadcast {
+        /// The recipients (those with a session on this edge).
+        users: Vec<String>,
+        /// The frame.
+        frame: ServerFrame,
+        /// When the originating request was accepted by its edge, for latency metrics.
+        origin_ms: Option<i64>,
+    },
     /// `engagement` frames for every session of this edge watching their posts (the edge
     /// subscribed to those posts; it knows which of its sessions watch which).
     Engagement {

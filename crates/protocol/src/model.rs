@@ -22,7 +22,7 @@ pub struct Attachment {
     pub media: String,
 }
 
-/// Direct (two people) or group conversation.
+/// Direct (two people), group, or channel (broadcast: only its owner sends).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConversationKind {
@@ -30,6 +30,9 @@ pub enum ConversationKind {
     Direct,
     /// Any number of members up to the group limit.
     Group,
+    /// A broadcast conversation (PROTOCOL.md 1.1, "Channels"): its owner sends, its members
+    /// (subscribers) receive `channel.message` numbered by the channel's offset.
+    Channel,
 }
 
 impl ConversationKind {
@@ -38,6 +41,7 @@ impl ConversationKind {
         match self {
             ConversationKind::Direct => "direct",
             ConversationKind::Group => "group",
+            ConversationKind::Channel => "channel",
         }
     }
 }
@@ -75,6 +79,12 @@ pub struct Conversation {
     pub created_ts: i64,
     /// Whether the conversation expires 24 hours after its last message.
     pub ephemeral: bool,
+    /// A channel anyone may subscribe to (on the wire for channels only).
+    #[serde(default)]
+    pub public: bool,
+    /// A channel's last message offset (on the wire for channels only).
+    #[serde(default)]
+    pub last_offset: u64,
 }
 
 /// `C` with the caller's `last_message` and `unread`, as listed by `conversation.list`.
@@ -241,6 +251,8 @@ impl Conversation {
             created_by: self.created_by.clone(),
             created_ts: self.created_ts,
             ephemeral: self.ephemeral,
+            public: self.public,
+            last_offset: self.last_offset,
         }
     }
 }
@@ -249,7 +261,9 @@ impl Serialize for Conversation {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let omit = self.members_omitted || self.members.len() > LARGE_GROUP;
-        let mut st = s.serialize_struct("Conversation", if omit { 7 } else { 8 })?;
+        let channel = self.kind == ConversationKind::Channel;
+        let fields = 7 + usize::from(!omit) + 2 * usize::from(channel);
+        let mut st = s.serialize_struct("Conversation", fields)?;
         st.serialize_field("id", &self.id)?;
         st.serialize_field("kind", &self.kind)?;
         st.serialize_field("title", &self.title)?;
@@ -262,6 +276,13 @@ impl Serialize for Conversation {
         st.serialize_field("created_by", &self.created_by)?;
         st.serialize_field("created_ts", &self.created_ts)?;
         st.serialize_field("ephemeral", &self.ephemeral)?;
+        if channel {
+            st.serialize_field("public", &self.public)?;
+            st.serialize_field("last_offset", &self.last_offset)?;
+        } else {
+            st.skip_field("public")?;
+            st.skip_field("last_offset")?;
+        }
         st.end()
     }
 }
@@ -281,6 +302,8 @@ mod tests {
             created_by: "u0".into(),
             created_ts: 1,
             ephemeral: false,
+            public: false,
+            last_offset: 0,
         }
     }
 

@@ -97,6 +97,17 @@ pub enum ServerFrame {
     /// A watched user's presence changed (ephemeral).
     #[serde(rename = "presence")]
     Presence(Presence),
+    /// A message in a channel the user belongs to: durable in the channel's history, numbered
+    /// by the channel's `offset` (from 1, without gaps), not an inbox event (no `seq`).
+    #[serde(rename = "channel.message")]
+    ChannelMessage {
+        /// The channel's conversation id.
+        conversation: String,
+        /// The message's place in the channel.
+        offset: u64,
+        /// The message.
+        message: Message,
+    },
     /// The user's timeline (ephemeral; pushed after `hello`).
     #[serde(rename = "timeline")]
     Timeline {
@@ -150,6 +161,7 @@ impl ServerFrame {
             ServerFrame::Ok { .. } => "ok",
             ServerFrame::Error { .. } => "error",
             ServerFrame::MessageNew { .. } => "message.new",
+            ServerFrame::ChannelMessage { .. } => "channel.message",
             ServerFrame::ConversationUpdated { .. } => "conversation.updated",
             ServerFrame::ReceiptRead { .. } => "receipt.read",
             ServerFrame::Notification { .. } => "notification",
@@ -245,6 +257,14 @@ pub enum ReplyData {
         /// Present and true when events older than the retention window were needed.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         truncated: bool,
+    },
+    /// `channel.sync`: the channel's messages up to `last_offset` were written before this
+    /// reply; `more` when the page was full (sync again from `last_offset`).
+    ChannelSync {
+        /// The offset of the last message replayed (`after_offset` when none was).
+        last_offset: u64,
+        /// Whether later messages remain.
+        more: bool,
     },
     /// `auth`: the session now runs on the new token, until it expires.
     Auth {

@@ -198,6 +198,16 @@ pub trait ChatReads: Send + Sync {
     ) -> Result<Vec<hubbub_protocol::Message>, SignalError>;
     /// `block.list`.
     async fn blocks(&self, user: &str) -> Result<Vec<String>, SignalError>;
+    /// `channel.sync`: up to `limit` (default and at most 1,000) `channel.message` frames
+    /// with offset above `after_offset`, in order; the last offset replayed; whether more
+    /// remain.
+    async fn channel_sync(
+        &self,
+        user: &str,
+        channel: &str,
+        after_offset: u64,
+        limit: Option<u32>,
+    ) -> Result<(Vec<ServerFrame>, u64, bool), SignalError>;
     /// The user's latest seq (`hello`).
     async fn last_seq(&self, user: &str) -> Result<u64, SignalError>;
     /// Up to `limit` durable events with seq above `after_seq`.
@@ -435,6 +445,39 @@ impl Delivery {
         }
         for (edge, batch) in per_edge {
             if let Err(e) = self.link.deliver(&edge, batch).await {
+                tracing::debug!(%edge, error = %e, "edge delivery failed");
+            }
+        }
+    }
+
+    /// Push one frame to every session of each of `users` (a channel's message), one batch
+    /// per edge naming the users it holds; the edge serializes the frame once. Best effort,
+    /// as [`Delivery::push`]: a member who misses it finds it with `channel.sync`.
+    pub async fn broadcast(&self, users: &[String], frame: ServerFrame, origin_ms: Option<i64>) {
+        let all_sessions = match self.registry.sessions_of(users).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "registry lookup failed; members catch up by channel.sync");
+                return;
+            }
+        };
+        let mut per_edge: HashMap<&str, Vec<String>> = HashMap::new();
+        for (user, sessions) in users.iter().zip(&all_sessions) {
+            for s in sessions {
+                let list = per_edge.entry(s.edge.as_str()).or_default();
+                // A user's sessions on one edge are reached once by naming the user once.
+                if list.last() != Some(user) {
+                    list.push(user.clone());
+                }
+            }
+        }
+        for (edge, users) in per_edge {
+            let batch = vec![ToEdge::Broadcast {
+                users,
+                frame: frame.clone(),
+                origin_ms,
+            }];
+            if let Err(e) = self.link.deliver(edge, batch).await {
                 tracing::debug!(%edge, error = %e, "edge delivery failed");
             }
         }

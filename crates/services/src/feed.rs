@@ -183,21 +183,15 @@ impl crate::Handler for FeedService {
                         text: text.clone(),
                     })
                     .await?;
-                let (comment, count) = w.value;
+                let count = w.value.1;
                 if let Some(engagement) = &self.engagement {
                     engagement.post_changed(post, Some(count)).await;
                 }
-                Ok(Written {
-                    value: ReplyData::Comment { comment },
-                    events: w.events,
-                })
+                Ok(w.map(|(comment, _)| ReplyData::Comment { comment }))
             }
             Request::PostLike { post } => {
                 let w = self.store.like(user, post).await?;
-                Ok(Written {
-                    value: ReplyData::Likes { likes: w.value },
-                    events: w.events,
-                })
+                Ok(w.map(|likes| ReplyData::Likes { likes }))
             }
             Request::PostUnlike { post } => {
                 let likes = self.store.unlike(user, post).await?;
@@ -206,10 +200,7 @@ impl crate::Handler for FeedService {
             Request::Follow { user: other } => {
                 let w = self.store.follow(user, other).await?;
                 self.precompute(&[user.to_owned()]).await;
-                Ok(Written {
-                    value: ReplyData::Empty {},
-                    events: w.events,
-                })
+                Ok(w.map(|_| ReplyData::Empty {}))
             }
             Request::Unfollow { user: other } => {
                 self.store.unfollow(user, other).await?;

@@ -189,7 +189,19 @@ impl Worker {
             }
         };
         let (data, events) = match handler.handle(&envelope).await {
-            Ok(Written { value, events }) => (Ok(value), events),
+            Ok(Written {
+                value,
+                events,
+                broadcast,
+            }) => {
+                // A channel's message reaches its members' sessions before the sender's reply.
+                if let Some(b) = broadcast {
+                    self.delivery
+                        .broadcast(&b.users, b.frame, Some(envelope.accepted_ms))
+                        .await;
+                }
+                (Ok(value), events)
+            }
             Err(f) if f.code == ErrorCode::Unavailable => {
                 // Nothing was written: the client is told so (`unavailable` means nothing was
                 // accepted, retry later) and the envelope is dropped, so a write refused now

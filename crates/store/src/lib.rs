@@ -49,7 +49,7 @@ mod postgres;
 mod sqlite;
 
 pub use accounts::{AccountStore, Credentials, RefreshOutcome};
-pub use chat::{ChatStore, MAX_QUERY_CHARS, NewConversation, NewMessage};
+pub use chat::{ChatStore, MAX_CHANNEL_SYNC, MAX_QUERY_CHARS, NewConversation, NewMessage};
 pub use feed::{FeedStore, NewComment, NewPost, StoredPost};
 pub use inbox::{InboxStore, Replay};
 #[cfg(feature = "s3")]
@@ -148,6 +148,16 @@ impl Event {
     }
 }
 
+/// A frame for every session of many users that is in no inbox: a channel's message, which
+/// clients recover by the channel's offset (`channel.sync`), not by their seq.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Broadcast {
+    /// The recipients.
+    pub users: Vec<String>,
+    /// The frame (`channel.message`).
+    pub frame: ServerFrame,
+}
+
 /// What a write produced: its result and the events to deliver.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Written<T> {
@@ -155,14 +165,31 @@ pub struct Written<T> {
     pub value: T,
     /// Events appended to inboxes, in seq order per user.
     pub events: Vec<Event>,
+    /// A channel message to push to its members.
+    pub broadcast: Option<Broadcast>,
 }
 
 impl<T> Written<T> {
     /// A result that produced no events (a no-op, or a repeat of an idempotent write).
     pub fn nothing(value: T) -> Self {
+        Written::new(value, Vec::new())
+    }
+
+    /// A result and the inbox events it produced.
+    pub fn new(value: T, events: Vec<Event>) -> Self {
         Written {
             value,
-            events: Vec::new(),
+            events,
+            broadcast: None,
+        }
+    }
+
+    /// The same events and broadcast with another value.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Written<U> {
+        Written {
+            value: f(self.value),
+            events: self.events,
+            broadcast: self.broadcast,
         }
     }
 }

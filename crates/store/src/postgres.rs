@@ -24,9 +24,10 @@ use tokio_postgres::types::ToSql;
 
 /// The schema's steps: version N is the first N of them, applied in order. Version 1: chat,
 /// the feed, media; version 2: refresh token families and revocation.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     include_str!("../migrations/postgres/001_chat_feed_media.sql"),
     include_str!("../migrations/postgres/002_refresh_token_families.sql"),
+    include_str!("../migrations/postgres/003_channels.sql"),
 ];
 
 /// The PostgreSQL store: [`Store`](crate::Store), [`FeedStore`](crate::FeedStore) and media

@@ -20,11 +20,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 /// The schema's steps: version N is the first N of them, applied in order. Version 1: chat;
-/// version 2: the feed; version 3: refresh token families and revocation.
-const MIGRATIONS: [&str; 3] = [
+/// version 2: the feed; version 3: refresh token families and revocation; version 4: channels.
+const MIGRATIONS: [&str; 4] = [
     include_str!("../migrations/sqlite/001_chat.sql"),
     include_str!("../migrations/sqlite/002_feed.sql"),
     include_str!("../migrations/sqlite/003_refresh_token_families.sql"),
+    include_str!("../migrations/sqlite/004_channels.sql"),
 ];
 /// Read connections kept open for reuse.
 const MAX_IDLE_READERS: usize = 8;

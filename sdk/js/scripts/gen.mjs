@@ -40,6 +40,7 @@ const REPLY_NAMES = {
   "likes": "LikesReply",
   "computed_ts,items": "TimelineReply",
   "last_seq": "SyncReply",
+  "last_offset,more": "ChannelSyncReply",
   "expires_ts": "AuthReply",
   "": "EmptyReply",
 };

@@ -260,6 +260,24 @@ impl Conn {
                     .map(|(members, more)| ReplyData::Members { members, more });
                 self.signal_reply(frame.id, r).await
             }
+            Request::ChannelSync {
+                conversation,
+                after_offset,
+                limit,
+            } => match chat
+                .channel_sync(&user, &conversation, after_offset, limit)
+                .await
+            {
+                // The replayed messages, then the reply that ends them.
+                Ok((frames, last_offset, more)) => match self.written(&frames).await {
+                    Flow::Continue => {
+                        let data = ReplyData::ChannelSync { last_offset, more };
+                        self.signal_reply(frame.id, Ok(data)).await
+                    }
+                    other => other,
+                },
+                Err(e) => self.signal_reply(frame.id, Err(e)).await,
+            },
             Request::MessageHistory {
                 conversation,
                 before,

@@ -125,6 +125,7 @@ pub async fn run(args: ChatBenchArgs) -> anyhow::Result<()> {
                 title: Some(format!("bench {g}")),
                 ephemeral: None,
                 idempotency_key: None,
+                public: None,
             })
             .await?;
         let conversation = match reply {

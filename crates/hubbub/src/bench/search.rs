@@ -131,6 +131,7 @@ pub async fn run(args: SearchBenchArgs) -> anyhow::Result<()> {
                 members: Vec::new(),
                 title: Some(format!("bench {c}")),
                 ephemeral: false,
+                public: false,
                 max_members: 10,
             };
             ids.push(store.create_conversation(new).await?.value.id);

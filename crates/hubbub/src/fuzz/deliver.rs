@@ -39,11 +39,11 @@ impl DeliverTarget {
     fn conversation(rng: &mut Rng) -> Conversation {
         Conversation {
             id: any_string(rng),
-            kind: if rng.bool() {
-                ConversationKind::Direct
-            } else {
-                ConversationKind::Group
-            },
+            kind: [
+                ConversationKind::Direct,
+                ConversationKind::Group,
+                ConversationKind::Channel,
+            ][rng.usize(..3)],
             title: maybe(rng, any_string),
             members: strings(rng),
             member_count: any_u64(rng),
@@ -51,6 +51,8 @@ impl DeliverTarget {
             created_by: any_string(rng),
             created_ts: any_i64(rng),
             ephemeral: rng.bool(),
+            public: rng.bool(),
+            last_offset: any_u64(rng),
         }
     }
 

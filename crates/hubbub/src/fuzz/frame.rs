@@ -30,15 +30,16 @@ pub(super) fn any_request(rng: &mut Rng) -> Request {
             access_token: s(rng),
         },
         3 => Request::ConversationCreate {
-            kind: if rng.bool() {
-                ConversationKind::Direct
-            } else {
-                ConversationKind::Group
-            },
+            kind: [
+                ConversationKind::Direct,
+                ConversationKind::Group,
+                ConversationKind::Channel,
+            ][rng.usize(..3)],
             members: strings(rng),
             title: maybe(rng, s),
             ephemeral: maybe(rng, |r| r.bool()),
             idempotency_key: any_key(rng),
+            public: maybe(rng, |r| r.bool()),
         },
         4 => Request::ConversationList {},
         5 => Request::ConversationGet {

@@ -183,6 +183,7 @@ async fn slow_reader_is_cut_off(bound: impl FnOnce(&mut hubbub::config::Config))
             title: None,
             ephemeral: None,
             idempotency_key: None,
+            public: None,
         })
         .await
         .expect("create");

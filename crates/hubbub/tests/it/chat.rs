@@ -278,6 +278,7 @@ async fn direct_conversations_are_unique_per_pair() {
         title: None,
         ephemeral: None,
         idempotency_key: None,
+        public: None,
     };
     let ReplyData::Conversation { conversation: c1 } = ok(&mut a, direct(&bob.id)).await else {
         panic!()
@@ -295,6 +296,7 @@ async fn direct_conversations_are_unique_per_pair() {
             title: None,
             ephemeral: None,
             idempotency_key: None,
+            public: None,
         },
         "bad_request",
     )
@@ -366,6 +368,7 @@ async fn conversation_create_with_an_idempotency_key_creates_once() {
         title: Some("team".into()),
         ephemeral: None,
         idempotency_key: Some(key.to_owned().try_into().expect("key")),
+        public: None,
     };
     let ReplyData::Conversation {
         conversation: first,

@@ -314,6 +314,7 @@ async fn roles_apart_survive_kill_9_of_a_worker_an_edge_and_the_router() {
             title: None,
             ephemeral: None,
             idempotency_key: None,
+            public: None,
         };
         match tokio::time::timeout(PATIENCE, s.request(request))
             .await

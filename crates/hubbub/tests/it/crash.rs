@@ -109,6 +109,7 @@ async fn kill_9_during_traffic_loses_and_repeats_nothing() {
             title: None,
             ephemeral: None,
             idempotency_key: None,
+            public: None,
         })
         .await
         .expect("create");

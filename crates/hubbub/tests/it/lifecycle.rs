@@ -135,6 +135,7 @@ async fn data_and_tokens_survive_a_restart() {
             title: None,
             ephemeral: None,
             idempotency_key: None,
+            public: None,
         },
     )
     .await

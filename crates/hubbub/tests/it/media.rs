@@ -99,6 +99,7 @@ async fn upload_download_and_attach() {
             title: None,
             ephemeral: None,
             idempotency_key: None,
+            public: None,
         },
     )
     .await

@@ -102,6 +102,7 @@ fn direct(user: &str) -> Request {
         title: None,
         ephemeral: None,
         idempotency_key: None,
+        public: None,
     }
 }
 

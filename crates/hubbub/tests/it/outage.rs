@@ -201,6 +201,7 @@ async fn setup(a: &Apart) -> (Socket, String) {
         title: Some("outage".into()),
         ephemeral: None,
         idempotency_key: None,
+        public: None,
     };
     let conversation = match tokio::time::timeout(PATIENCE, socket.request(c))
         .await

@@ -134,6 +134,7 @@ async fn blocks_hide_messages_typing_and_direct_conversations() {
         title: None,
         ephemeral: None,
         idempotency_key: None,
+        public: None,
     };
     err(&mut a, direct(&bob.id), "forbidden").await;
     ok(&mut b, direct(&alice.id)).await;
@@ -400,6 +401,7 @@ async fn ephemeral_conversations_expire_after_their_last_message() {
         title: None,
         ephemeral: Some(true),
         idempotency_key: None,
+        public: None,
     };
     let ReplyData::Conversation { conversation: e } = ok(&mut a, create).await else {
         panic!()

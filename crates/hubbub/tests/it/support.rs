@@ -205,6 +205,7 @@ pub fn group(members: Vec<String>) -> Request {
         title: Some("team".into()),
         ephemeral: None,
         idempotency_key: None,
+        public: None,
     }
 }
 

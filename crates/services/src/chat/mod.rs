@@ -35,6 +35,8 @@ pub const CHAT_TYPES: &[&str] = &[
     "conversation.add",
     "conversation.remove",
     "conversation.leave",
+    "channel.subscribe",
+    "channel.unsubscribe",
     "message.send",
     "message.read",
     "block.add",
@@ -98,10 +100,7 @@ impl ChatService {
 impl crate::Handler for ChatService {
     async fn handle(&self, e: &Envelope) -> Result<Written<ReplyData>, Failure> {
         let user = e.user.as_str();
-        let empty = |w: Written<()>| Written {
-            value: ReplyData::Empty {},
-            events: w.events,
-        };
+        let empty = |w: Written<()>| w.map(|()| ReplyData::Empty {});
         match &e.request {
             Request::ConversationCreate {
                 kind,
@@ -109,6 +108,7 @@ impl crate::Handler for ChatService {
                 title,
                 ephemeral,
                 idempotency_key,
+                public,
             } => {
                 if title
                     .as_ref()
@@ -137,15 +137,11 @@ impl crate::Handler for ChatService {
                         members: members.clone(),
                         title: title.clone(),
                         ephemeral: ephemeral.unwrap_or(false),
+                        public: public.unwrap_or(false),
                         max_members: self.limits.max_group_members,
                     })
                     .await?;
-                Ok(Written {
-                    value: ReplyData::Conversation {
-                        conversation: w.value,
-                    },
-                    events: w.events,
-                })
+                Ok(w.map(|conversation| ReplyData::Conversation { conversation }))
             }
             Request::ConversationAdd {
                 conversation,
@@ -177,6 +173,12 @@ impl crate::Handler for ChatService {
             Request::ConversationLeave { conversation } => {
                 Ok(empty(self.store.leave(user, conversation).await?))
             }
+            Request::ChannelSubscribe { conversation } => {
+                Ok(empty(self.store.subscribe(user, conversation).await?))
+            }
+            Request::ChannelUnsubscribe { conversation } => {
+                Ok(empty(self.store.unsubscribe(user, conversation).await?))
+            }
             Request::MessageSend {
                 conversation,
                 client_msg_id,
@@ -207,10 +209,7 @@ impl crate::Handler for ChatService {
                         attachments,
                     })
                     .await?;
-                Ok(Written {
-                    value: ReplyData::Message { message: w.value },
-                    events: w.events,
-                })
+                Ok(w.map(|message| ReplyData::Message { message }))
             }
             Request::MessageRead {
                 conversation,
@@ -319,6 +318,7 @@ mod tests {
                 title: None,
                 ephemeral: None,
                 idempotency_key: None,
+                public: None,
             },
         );
         assert_ne!(

@@ -105,6 +105,20 @@ impl ChatReads for ChatQueries {
         self.store.blocks(user).await.map_err(fail)
     }
 
+    async fn channel_sync(
+        &self,
+        user: &str,
+        channel: &str,
+        after_offset: u64,
+        limit: Option<u32>,
+    ) -> Result<(Vec<hubbub_protocol::ServerFrame>, u64, bool), SignalError> {
+        let limit = limit.map_or(hubbub_store::MAX_CHANNEL_SYNC, |l| l as usize);
+        self.store
+            .channel_messages(user, channel, after_offset, limit)
+            .await
+            .map_err(fail)
+    }
+
     async fn last_seq(&self, user: &str) -> Result<u64, SignalError> {
         self.store.last_seq(user).await.map_err(fail)
     }

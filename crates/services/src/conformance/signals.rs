@@ -201,6 +201,7 @@ impl<'a> World<'a> {
                 members: members.iter().map(|m| (*m).to_owned()).collect(),
                 title: None,
                 ephemeral: false,
+                public: false,
                 max_members: 16,
             })
             .await

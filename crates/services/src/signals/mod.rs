@@ -433,6 +433,7 @@ mod tests {
                 members: vec!["bob".into()],
                 title: None,
                 ephemeral: false,
+                public: false,
                 max_members: 10,
             })
             .await

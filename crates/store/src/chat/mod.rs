@@ -13,7 +13,7 @@ pub(crate) mod sqlite;
 
 use crate::accounts::{AccountTx, user_exists};
 use crate::inbox::{InboxTx, append_event, message_events};
-use crate::{Event, Result, StoreError, Written, json_err};
+use crate::{Broadcast, Event, Result, StoreError, Written, json_err};
 use async_trait::async_trait;
 use hubbub_protocol::{
     Attachment, Conversation, ConversationKind, ConversationSummary, LARGE_GROUP, Message,
@@ -39,6 +39,8 @@ pub struct NewConversation {
     pub title: Option<String>,
     /// Ephemeral.
     pub ephemeral: bool,
+    /// A channel anyone may subscribe to (channels only).
+    pub public: bool,
     /// Most members allowed, the creator included.
     pub max_members: usize,
 }
@@ -115,6 +117,24 @@ pub trait ChatStore: Send + Sync {
     /// `conversation.leave`.
     async fn leave(&self, caller: &str, conversation: &str) -> Result<Written<()>>;
 
+    /// `channel.subscribe`: join a public channel (idempotent). Only the subscriber hears of
+    /// it (`conversation.updated`).
+    async fn subscribe(&self, caller: &str, channel: &str) -> Result<Written<()>>;
+
+    /// `channel.unsubscribe`: leave a channel (idempotent; not its owner).
+    async fn unsubscribe(&self, caller: &str, channel: &str) -> Result<Written<()>>;
+
+    /// `channel.sync`: the channel's messages with offset above `after`, at most `limit`,
+    /// as `channel.message` frames in offset order; the last offset replayed (`after` when
+    /// none); whether more remain. Members only.
+    async fn channel_messages(
+        &self,
+        caller: &str,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<ServerFrame>, u64, bool)>;
+
     /// `message.send`, idempotent on (sender, client_msg_id): a repeat returns the first
     /// message and no events.
     async fn send_message(&self, new: NewMessage) -> Result<Written<Message>>;
@@ -180,8 +200,13 @@ pub(crate) type MessageRow = (i64, String, String, String, String, String, i64);
 pub(crate) const MESSAGE_COLUMNS: &str =
     "id, conversation_id, sender, client_msg_id, text, attachments, ts";
 
-/// A stored conversation's columns: kind, title, created_by, created_ms, ephemeral.
-pub(crate) type ConversationRow = (String, Option<String>, String, i64, bool);
+/// A stored conversation's columns: kind, title, created_by, created_ms, ephemeral, public,
+/// last_offset.
+pub(crate) type ConversationRow = (String, Option<String>, String, i64, bool, bool, i64);
+
+/// [`ConversationRow`]'s columns, in its order.
+pub(crate) const CONVERSATION_COLUMNS: &str =
+    "kind, title, created_by, created_ms, ephemeral, public, last_offset";
 
 /// The most ephemeral conversations one `expire_ephemeral` deletes.
 const EXPIRE_BATCH: usize = 1000;
@@ -267,6 +292,20 @@ pub(crate) trait ChatTx {
     /// Delete a conversation, its members, its messages and their inbox rows (a replay skips
     /// what no longer exists).
     async fn delete_conversation(&self, id: &str) -> Result<()>;
+    /// How many members.
+    async fn member_count(&self, id: &str) -> Result<u64>;
+    /// Take a channel's next message offset (the channel's row stays locked until the
+    /// commit).
+    async fn next_offset(&self, id: &str) -> Result<u64>;
+    /// Number a stored message in its channel.
+    async fn set_channel_offset(&self, message: i64, offset: u64) -> Result<()>;
+    /// A channel's messages with offset above `after`, in offset order, at most `limit`.
+    async fn channel_messages(
+        &self,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Message)>>;
 }
 
 // ---- member checks ------------------------------------------------------------------------
@@ -309,7 +348,7 @@ async fn creator_view(
     let c = member_view(tx, caller, id).await?;
     if c.kind == ConversationKind::Direct || c.created_by != caller {
         return Err(StoreError::Forbidden(format!(
-            "only the creator of a group may {action} members"
+            "only the creator of a group or channel may {action} members"
         )));
     }
     Ok(c)
@@ -379,7 +418,10 @@ fn told_of_change(
     changed: &[String],
     actor: &str,
 ) -> Vec<String> {
-    let mut told = if before.max(after.members.len()) > LARGE_GROUP {
+    // A channel follows the large-group rule at any size (PROTOCOL.md 1.1, "Channels").
+    let mut told = if after.kind == ConversationKind::Channel
+        || before.max(after.members.len()) > LARGE_GROUP
+    {
         vec![actor.to_owned()]
     } else {
         after.members.clone()
@@ -419,6 +461,11 @@ pub(crate) async fn create_conversation(
     for m in &others {
         require_user(tx, m).await?;
     }
+    if new.public && new.kind != ConversationKind::Channel {
+        return Err(StoreError::BadRequest(
+            "only a channel can be public".into(),
+        ));
+    }
     let pair = match new.kind {
         ConversationKind::Direct => {
             let [other] = others.as_slice() else {
@@ -435,7 +482,7 @@ pub(crate) async fn create_conversation(
             pair.sort();
             Some(pair)
         }
-        ConversationKind::Group => {
+        ConversationKind::Group | ConversationKind::Channel => {
             if others.len() + 1 > new.max_members {
                 return Err(StoreError::TooLarge(format!(
                     "a group has at most {} members",
@@ -469,7 +516,7 @@ pub(crate) async fn create_conversation(
     }
     let c = existing(tx, id).await?;
     let events = conversation_events(tx, &c.members, &c, now).await?;
-    Ok(Written { value: c, events })
+    Ok(Written::new(c, events))
 }
 
 /// A direct conversation asked for again: it is returned, bringing back whichever of the
@@ -493,10 +540,7 @@ async fn rejoin(
     }
     let after = existing(tx, id).await?;
     let events = conversation_events(tx, &after.members, &after, now).await?;
-    Ok(Written {
-        value: after,
-        events,
-    })
+    Ok(Written::new(after, events))
 }
 
 pub(crate) async fn conversations(
@@ -509,10 +553,16 @@ pub(crate) async fn conversations(
         let Some(conversation) = tx.conversation(&id).await? else {
             continue;
         };
+        // Channels have no unread (PROTOCOL.md 1.1): their place is `last_offset`.
+        let unread = if conversation.kind == ConversationKind::Channel {
+            0
+        } else {
+            tx.unread(&id, read, caller).await?
+        };
         out.push(ConversationSummary {
             conversation,
             last_message: tx.last_message(&id, caller).await?,
-            unread: tx.unread(&id, read, caller).await?,
+            unread,
         });
     }
     let activity = |s: &ConversationSummary| {
@@ -565,7 +615,7 @@ pub(crate) async fn add_members(
     let after = existing(tx, id).await?;
     let told = told_of_change(&after, c.members.len(), &new, caller);
     let events = conversation_events(tx, &told, &after, now).await?;
-    Ok(Written { value: (), events })
+    Ok(Written::new((), events))
 }
 
 pub(crate) async fn members_page(
@@ -595,7 +645,7 @@ pub(crate) async fn remove_member(
         return Ok(Written::nothing(()));
     }
     let events = depart(tx, id, user, caller, now).await?;
-    Ok(Written { value: (), events })
+    Ok(Written::new((), events))
 }
 
 pub(crate) async fn leave(
@@ -606,28 +656,152 @@ pub(crate) async fn leave(
 ) -> Result<Written<()>> {
     check_member(tx, caller, id).await?;
     let events = depart(tx, id, caller, caller, now).await?;
-    Ok(Written { value: (), events })
+    Ok(Written::new((), events))
 }
 
-/// Store one `message.send`: the message, and whether it is new (a repeated
-/// `client_msg_id` returns the first message, not new). Its events are the caller's to
-/// write ([`message_events`]), so a backend may fan out a batch of sends at once.
-pub(crate) async fn store_message(
-    tx: &impl ChatTx,
-    new: &NewMessage,
+/// The channel's row, which must exist and be a channel.
+async fn channel_row(tx: &impl ChatTx, id: &str) -> Result<ConversationRow> {
+    let row = tx
+        .conversation_row(id)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no conversation {id}")))?;
+    if row.0 != kind_name(ConversationKind::Channel) {
+        return Err(StoreError::BadRequest(format!("{id} is not a channel")));
+    }
+    Ok(row)
+}
+
+/// The conversation without its member list, with its member count: what a channel's events
+/// carry (reading every member of a big channel for each subscribe would cost O(N²) to build).
+async fn brief(tx: &impl ChatTx, id: &str) -> Result<Conversation> {
+    let row = tx
+        .conversation_row(id)
+        .await?
+        .ok_or_else(|| StoreError::Internal(format!("conversation {id} vanished")))?;
+    let mut c = conversation_from_row(id, row, Vec::new());
+    c.member_count = tx.member_count(id).await?;
+    c.members_omitted = true;
+    Ok(c)
+}
+
+pub(crate) async fn subscribe(
+    tx: &(impl ChatTx + InboxTx),
+    caller: &str,
+    id: &str,
     now: i64,
-) -> Result<(Message, bool)> {
+) -> Result<Written<()>> {
+    let (_, _, owner, _, _, public, _) = channel_row(tx, id).await?;
+    if tx.membership(id, caller).await?.1 {
+        return Ok(Written::nothing(()));
+    }
+    if !public {
+        return Err(StoreError::Forbidden(
+            "a private channel is joined by invitation (`conversation.add`)".into(),
+        ));
+    }
+    refuse_if_blocked(tx, &owner, caller).await?;
+    tx.add_member(id, caller, now).await?;
+    let c = brief(tx, id).await?;
+    let events = conversation_events(tx, &[caller.to_owned()], &c, now).await?;
+    Ok(Written::new((), events))
+}
+
+pub(crate) async fn unsubscribe(
+    tx: &(impl ChatTx + InboxTx),
+    caller: &str,
+    id: &str,
+    now: i64,
+) -> Result<Written<()>> {
+    let (_, _, owner, _, _, _, _) = channel_row(tx, id).await?;
+    if owner == caller {
+        return Err(StoreError::Forbidden(
+            "the owner of a channel cannot unsubscribe from it".into(),
+        ));
+    }
+    if !tx.membership(id, caller).await?.1 {
+        return Ok(Written::nothing(()));
+    }
+    tx.remove_member(id, caller).await?;
+    let c = brief(tx, id).await?;
+    let events = conversation_events(tx, &[caller.to_owned()], &c, now).await?;
+    Ok(Written::new((), events))
+}
+
+/// The most `channel.sync` replays in one reply.
+pub const MAX_CHANNEL_SYNC: usize = 1000;
+
+pub(crate) async fn channel_sync(
+    tx: &impl ChatTx,
+    caller: &str,
+    id: &str,
+    after: u64,
+    limit: usize,
+) -> Result<(Vec<ServerFrame>, u64, bool)> {
+    channel_row(tx, id).await?;
+    check_member(tx, caller, id).await?;
+    let limit = limit.clamp(1, MAX_CHANNEL_SYNC);
+    let mut page = tx.channel_messages(id, after, limit + 1).await?;
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let last = page.last().map_or(after, |(offset, _)| *offset);
+    let frames = page
+        .into_iter()
+        .map(|(offset, message)| ServerFrame::ChannelMessage {
+            conversation: id.to_owned(),
+            offset,
+            message,
+        })
+        .collect();
+    Ok((frames, last, more))
+}
+
+/// A message `message.send` stored.
+#[derive(Debug)]
+pub(crate) struct Stored {
+    pub(crate) message: Message,
+    /// Whether it is new (a repeated `client_msg_id` returns the first message).
+    pub(crate) fresh: bool,
+    /// A new channel message's offset (it gets no inbox events: it is broadcast).
+    pub(crate) offset: Option<u64>,
+}
+
+/// Store one `message.send`. A new message's inbox events are the caller's to write
+/// ([`message_events`], none for a channel's), so a backend may fan out a batch of sends at
+/// once.
+pub(crate) async fn store_message(tx: &impl ChatTx, new: &NewMessage, now: i64) -> Result<Stored> {
+    let repeat = |message| Stored {
+        message,
+        fresh: false,
+        offset: None,
+    };
     if let Some(m) = tx.message_by_key(&new.sender, &new.client_msg_id).await? {
-        return Ok((m, false));
+        return Ok(repeat(m));
     }
     check_member(tx, &new.sender, &new.conversation).await?;
+    let (kind, _, owner, _, _, _, _) = tx
+        .conversation_row(&new.conversation)
+        .await?
+        .ok_or_else(|| StoreError::Internal("a conversation vanished".into()))?;
+    let channel = kind == kind_name(ConversationKind::Channel);
+    if channel && owner != new.sender {
+        return Err(StoreError::Forbidden(
+            "only the channel's owner sends in a channel".into(),
+        ));
+    }
     let attachments = serde_json::to_string(&new.attachments).map_err(json_err)?;
     // A concurrent send of the same client_msg_id (on another machine): the unique key
     // decides, and the loser returns the winner's message.
     let Some(id) = tx.insert_message(new, &attachments, now).await? else {
         let m = tx.message_by_key(&new.sender, &new.client_msg_id).await?;
         let m = m.ok_or_else(|| StoreError::Internal("a sent message vanished".into()))?;
-        return Ok((m, false));
+        return Ok(repeat(m));
+    };
+    let offset = if channel {
+        let offset = tx.next_offset(&new.conversation).await?;
+        tx.set_channel_offset(id, offset).await?;
+        Some(offset)
+    } else {
+        None
     };
     let message = Message {
         id: id.to_string(),
@@ -638,7 +812,27 @@ pub(crate) async fn store_message(
         attachments: new.attachments.clone(),
         ts: now,
     };
-    Ok((message, true))
+    Ok(Stored {
+        message,
+        fresh: true,
+        offset,
+    })
+}
+
+/// The broadcast of a new channel message: `channel.message` to every member.
+pub(crate) async fn channel_broadcast(
+    tx: &impl ChatTx,
+    message: &Message,
+    offset: u64,
+) -> Result<Broadcast> {
+    Ok(Broadcast {
+        users: tx.members(&message.conversation).await?,
+        frame: ServerFrame::ChannelMessage {
+            conversation: message.conversation.clone(),
+            offset,
+            message: message.clone(),
+        },
+    })
 }
 
 /// `message.send` on its own: the message and its `message.new` events.
@@ -647,15 +841,27 @@ pub(crate) async fn send_message(
     new: NewMessage,
     now: i64,
 ) -> Result<Written<Message>> {
-    let (message, fresh) = store_message(tx, &new, now).await?;
+    let Stored {
+        message,
+        fresh,
+        offset,
+    } = store_message(tx, &new, now).await?;
     if !fresh {
         return Ok(Written::nothing(message));
     }
+    if let Some(offset) = offset {
+        let broadcast = channel_broadcast(tx, &message, offset).await?;
+        return Ok(Written {
+            value: message,
+            events: Vec::new(),
+            broadcast: Some(broadcast),
+        });
+    }
     let events = message_events(tx, &[&message], now).await?;
-    Ok(Written {
-        events: events.into_iter().flatten().collect(),
-        value: message,
-    })
+    Ok(Written::new(
+        message,
+        events.into_iter().flatten().collect(),
+    ))
 }
 
 pub(crate) async fn history(
@@ -683,6 +889,9 @@ pub(crate) async fn mark_read(
 ) -> Result<Written<()>> {
     let mid = parse_message_id(message)?;
     let c = member_view(tx, caller, id).await?;
+    if c.kind == ConversationKind::Channel {
+        return Err(StoreError::BadRequest("a channel has no receipts".into()));
+    }
     if !tx.message_in(id, mid).await? {
         return Err(StoreError::NotFound(format!(
             "no message {message} in {id}"
@@ -704,7 +913,7 @@ pub(crate) async fn mark_read(
         };
         events.push(append_event(tx, u, now, frame).await?);
     }
-    Ok(Written { value: (), events })
+    Ok(Written::new((), events))
 }
 
 pub(crate) async fn block(
@@ -774,7 +983,7 @@ pub(crate) async fn expire_ephemeral(
         events.extend(conversation_events(tx, &members, &c, now).await?);
         tx.delete_conversation(id).await?;
     }
-    Ok(Written { value: ids, events })
+    Ok(Written::new(ids, events))
 }
 
 mod rows;

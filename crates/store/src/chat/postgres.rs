@@ -3,8 +3,8 @@
 //! language is assumed.
 
 use super::{
-    ChatTx, ConversationRow, MESSAGE_COLUMNS, MessageRow, NewConversation, NewMessage, kind_name,
-    message_from_row, store_message,
+    CONVERSATION_COLUMNS, ChatTx, ConversationRow, MESSAGE_COLUMNS, MessageRow, NewConversation,
+    NewMessage, Stored, channel_broadcast, kind_name, message_from_row, store_message,
 };
 use crate::inbox::message_events;
 use crate::postgres::{Row, Tx, commit_err, pg, pool_err};
@@ -42,12 +42,21 @@ impl ChatTx for Tx<'_> {
     async fn conversation_row(&self, id: &str) -> Result<Option<ConversationRow>> {
         Ok(self
             .opt(
-                "SELECT kind, title, created_by, created_ms, ephemeral FROM conversations
-                 WHERE id = $1",
+                &format!("SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = $1"),
                 &[&id],
             )
             .await?
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))))
+            .map(|r| {
+                (
+                    r.get(0),
+                    r.get(1),
+                    r.get(2),
+                    r.get(3),
+                    r.get(4),
+                    r.get(5),
+                    r.get(6),
+                )
+            }))
     }
 
     async fn members(&self, id: &str) -> Result<Vec<String>> {
@@ -98,8 +107,9 @@ impl ChatTx for Tx<'_> {
     ) -> Result<bool> {
         let inserted = self
             .exec(
-                "INSERT INTO conversations (id, kind, title, created_by, created_ms, ephemeral, direct_key)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (direct_key) DO NOTHING",
+                "INSERT INTO conversations
+                   (id, kind, title, created_by, created_ms, ephemeral, direct_key, public)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (direct_key) DO NOTHING",
                 &[
                     &new.id,
                     &kind_name(new.kind),
@@ -108,6 +118,7 @@ impl ChatTx for Tx<'_> {
                     &now,
                     &new.ephemeral,
                     &direct_key,
+                    &new.public,
                 ],
             )
             .await?;
@@ -334,6 +345,62 @@ impl ChatTx for Tx<'_> {
         Ok(strings(rows))
     }
 
+    async fn member_count(&self, id: &str) -> Result<u64> {
+        let r = self
+            .one(
+                "SELECT COUNT(*) FROM members WHERE conversation_id = $1",
+                &[&id],
+            )
+            .await?;
+        Ok(r.get::<_, i64>(0) as u64)
+    }
+
+    async fn next_offset(&self, id: &str) -> Result<u64> {
+        let r = self
+            .one(
+                "UPDATE conversations SET last_offset = last_offset + 1 WHERE id = $1
+                 RETURNING last_offset",
+                &[&id],
+            )
+            .await?;
+        Ok(r.get::<_, i64>(0) as u64)
+    }
+
+    async fn set_channel_offset(&self, message: i64, offset: u64) -> Result<()> {
+        self.exec(
+            "UPDATE messages SET channel_offset = $2 WHERE id = $1",
+            &[&message, &crate::to_i64(offset)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn channel_messages(
+        &self,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Message)>> {
+        let rows = self
+            .rows(
+                &format!(
+                    "SELECT channel_offset, {MESSAGE_COLUMNS} FROM messages
+                     WHERE conversation_id = $1 AND channel_offset > $2
+                     ORDER BY channel_offset LIMIT $3"
+                ),
+                &[&id, &crate::to_i64(after), &(limit as i64)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.get::<_, i64>(0) as u64,
+                    message_from_row(message_row(r, 1))?,
+                ))
+            })
+            .collect()
+    }
+
     async fn delete_conversation(&self, id: &str) -> Result<()> {
         for sql in [
             "DELETE FROM inbox WHERE message_id IN
@@ -421,7 +488,8 @@ async fn send_batch(
     Tx::Tx(&tx)
         .exec(
             "SELECT 1 FROM users WHERE id IN
-               (SELECT user_id FROM members WHERE conversation_id = ANY($1))
+               (SELECT m.user_id FROM members m JOIN conversations c ON c.id = m.conversation_id
+                WHERE m.conversation_id = ANY($1) AND c.kind <> 'channel')
              ORDER BY id FOR UPDATE",
             &[&conversations],
         )
@@ -442,25 +510,35 @@ async fn send_batch(
             }
         }
     }
+    // Inbox events for new messages, none for channel messages (broadcast instead).
     let fresh: Vec<&Message> = stored
         .iter()
         .filter_map(|r| match r {
-            Ok((m, true)) => Some(m),
+            Ok(s) if s.fresh && s.offset.is_none() => Some(&s.message),
             _ => None,
         })
         .collect();
     let mut events = message_events(&Tx::Tx(&tx), &fresh, now).await?.into_iter();
-    tx.commit().await.map_err(commit_err)?;
-    Ok(stored
-        .into_iter()
-        .map(|r| {
-            r.map(|(message, new)| match new {
-                true => Written {
-                    events: events.next().unwrap_or_default(),
+    let mut written = Vec::with_capacity(stored.len());
+    for r in stored {
+        written.push(match r {
+            Ok(s) if !s.fresh => Ok(Written::nothing(s.message)),
+            Ok(Stored {
+                message,
+                offset: Some(offset),
+                ..
+            }) => {
+                let broadcast = channel_broadcast(&Tx::Tx(&tx), &message, offset).await?;
+                Ok(Written {
                     value: message,
-                },
-                false => Written::nothing(message),
-            })
-        })
-        .collect())
+                    events: Vec::new(),
+                    broadcast: Some(broadcast),
+                })
+            }
+            Ok(s) => Ok(Written::new(s.message, events.next().unwrap_or_default())),
+            Err(e) => Err(e),
+        });
+    }
+    tx.commit().await.map_err(commit_err)?;
+    Ok(written)
 }

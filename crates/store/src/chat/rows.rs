@@ -22,19 +22,19 @@ pub(crate) fn kind_name(kind: ConversationKind) -> &'static str {
     match kind {
         ConversationKind::Direct => "direct",
         ConversationKind::Group => "group",
+        ConversationKind::Channel => "channel",
     }
 }
 
 pub(crate) fn conversation_from_row(
     id: &str,
-    (kind, title, created_by, created_ts, ephemeral): ConversationRow,
+    (kind, title, created_by, created_ts, ephemeral, public, last_offset): ConversationRow,
     members: Vec<String>,
 ) -> Conversation {
-    let kind = if kind == kind_name(ConversationKind::Direct) {
-        ConversationKind::Direct
-    } else {
-        ConversationKind::Group
-    };
+    let kind = [ConversationKind::Direct, ConversationKind::Channel]
+        .into_iter()
+        .find(|k| kind_name(*k) == kind)
+        .unwrap_or(ConversationKind::Group);
     Conversation {
         id: id.to_owned(),
         kind,
@@ -45,6 +45,8 @@ pub(crate) fn conversation_from_row(
         created_by,
         created_ts,
         ephemeral,
+        public,
+        last_offset: u64::try_from(last_offset).unwrap_or(0),
     }
 }
 

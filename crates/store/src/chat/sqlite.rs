@@ -2,8 +2,8 @@
 //! triggers, see `001_chat.sql`).
 
 use super::{
-    ChatTx, ConversationRow, MESSAGE_COLUMNS, MessageRow, NewConversation, NewMessage, kind_name,
-    message_from_row,
+    CONVERSATION_COLUMNS, ChatTx, ConversationRow, MESSAGE_COLUMNS, MessageRow, NewConversation,
+    NewMessage, kind_name, message_from_row,
 };
 use crate::sqlite::Tx;
 use crate::{Result, SqliteStore, Written};
@@ -53,12 +53,19 @@ fn strings(mut st: rusqlite::CachedStatement<'_>, p: impl rusqlite::Params) -> R
 impl ChatTx for Tx<'_> {
     async fn conversation_row(&self, id: &str) -> Result<Option<ConversationRow>> {
         Ok(self
-            .prepare_cached(
-                "SELECT kind, title, created_by, created_ms, ephemeral FROM conversations
-                 WHERE id = ?1",
-            )?
+            .prepare_cached(&format!(
+                "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ?1"
+            ))?
             .query_row([id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
             })
             .optional()?)
     }
@@ -105,8 +112,9 @@ impl ChatTx for Tx<'_> {
     ) -> Result<bool> {
         let inserted = self
             .prepare_cached(
-                "INSERT INTO conversations (id, kind, title, created_by, created_ms, ephemeral, direct_key)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (direct_key) DO NOTHING",
+                "INSERT INTO conversations
+                   (id, kind, title, created_by, created_ms, ephemeral, direct_key, public)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (direct_key) DO NOTHING",
             )?
             .execute(params![
                 new.id,
@@ -115,7 +123,8 @@ impl ChatTx for Tx<'_> {
                 new.creator,
                 now,
                 new.ephemeral,
-                direct_key
+                direct_key,
+                new.public
             ])?;
         Ok(inserted > 0)
     }
@@ -317,6 +326,50 @@ impl ChatTx for Tx<'_> {
             )?,
             [before_ms, limit as i64],
         )
+    }
+
+    async fn member_count(&self, id: &str) -> Result<u64> {
+        let n: i64 = self
+            .prepare_cached("SELECT COUNT(*) FROM members WHERE conversation_id = ?1")?
+            .query_row([id], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    async fn next_offset(&self, id: &str) -> Result<u64> {
+        let offset: i64 = self
+            .prepare_cached(
+                "UPDATE conversations SET last_offset = last_offset + 1 WHERE id = ?1
+                 RETURNING last_offset",
+            )?
+            .query_row([id], |r| r.get(0))?;
+        Ok(offset as u64)
+    }
+
+    async fn set_channel_offset(&self, message: i64, offset: u64) -> Result<()> {
+        self.prepare_cached("UPDATE messages SET channel_offset = ?2 WHERE id = ?1")?
+            .execute(params![message, offset as i64])?;
+        Ok(())
+    }
+
+    async fn channel_messages(
+        &self,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Message)>> {
+        let mut st = self.prepare_cached(&format!(
+            "SELECT channel_offset, {MESSAGE_COLUMNS} FROM messages
+             WHERE conversation_id = ?1 AND channel_offset > ?2
+             ORDER BY channel_offset LIMIT ?3"
+        ))?;
+        let rows = st
+            .query_map(params![id, crate::to_i64(after), limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, message_row(r, 1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(offset, row)| Ok((offset, message_from_row(row)?)))
+            .collect()
     }
 
     async fn delete_conversation(&self, id: &str) -> Result<()> {

@@ -100,6 +100,41 @@ macro_rules! impl_chat_store {
                 $crate::run!(self.write, |tx| $crate::chat::leave(tx, &caller, &id, now))
             }
 
+            async fn subscribe(
+                &self,
+                caller: &str,
+                channel: &str,
+            ) -> Result<$crate::Written<()>, $crate::StoreError> {
+                let (caller, id, now) = (caller.to_owned(), channel.to_owned(), self.now());
+                $crate::run!(self.write, |tx| $crate::chat::subscribe(
+                    tx, &caller, &id, now
+                ))
+            }
+
+            async fn unsubscribe(
+                &self,
+                caller: &str,
+                channel: &str,
+            ) -> Result<$crate::Written<()>, $crate::StoreError> {
+                let (caller, id, now) = (caller.to_owned(), channel.to_owned(), self.now());
+                $crate::run!(self.write, |tx| $crate::chat::unsubscribe(
+                    tx, &caller, &id, now
+                ))
+            }
+
+            async fn channel_messages(
+                &self,
+                caller: &str,
+                channel: &str,
+                after: u64,
+                limit: usize,
+            ) -> Result<(Vec<hubbub_protocol::ServerFrame>, u64, bool), $crate::StoreError> {
+                let (caller, id) = (caller.to_owned(), channel.to_owned());
+                $crate::run!(self.read, |tx| {
+                    $crate::chat::channel_sync(tx, &caller, &id, after, limit)
+                })
+            }
+
             async fn send_message(
                 &self,
                 new: $crate::chat::NewMessage,

@@ -294,10 +294,7 @@ pub(crate) async fn create_comment(
                                   "comment": comment});
     let kind = NotificationKind::Comment;
     let events = notify(tx, &post.post.author, &comment.author, kind, data, now).await?;
-    Ok(Written {
-        value: (comment, count),
-        events,
-    })
+    Ok(Written::new((comment, count), events))
 }
 
 pub(crate) async fn like(
@@ -314,10 +311,7 @@ pub(crate) async fn like(
     let data = serde_json::json!({"post": post, "user": caller});
     let kind = NotificationKind::Like;
     let events = notify(tx, &p.post.author, caller, kind, data, now).await?;
-    Ok(Written {
-        value: likes,
-        events,
-    })
+    Ok(Written::new(likes, events))
 }
 
 pub(crate) async fn unlike(tx: &impl FeedTx, caller: &str, post: &str) -> Result<u64> {
@@ -345,7 +339,7 @@ pub(crate) async fn follow(
     }
     let data = serde_json::json!({"user": caller});
     let events = notify(tx, user, caller, NotificationKind::Follow, data, now).await?;
-    Ok(Written { value: (), events })
+    Ok(Written::new((), events))
 }
 
 /// The candidates and the watermark, read in one snapshot so they agree.

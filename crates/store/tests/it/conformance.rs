@@ -68,7 +68,7 @@ macro_rules! store_conformance {
             refresh_token_reuse_revokes_the_family, revoking_a_users_tokens,
             blocked_users_cannot_add_the_blocker_to_groups, keyed_creates_return_the_first_object,
             timelines_read_candidates_and_what_is_new, concurrent_sends_keep_seqs_gapless,
-            large_groups_tell_only_whom_a_change_concerns);
+            large_groups_tell_only_whom_a_change_concerns, channels_number_messages_by_offset);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -98,6 +98,7 @@ fn group(id: &str, creator: &str, members: &[&str]) -> NewConversation {
         members: members.iter().map(|m| (*m).to_owned()).collect(),
         title: Some("g".into()),
         ephemeral: false,
+        public: false,
         max_members: 3,
     }
 }
@@ -684,6 +685,7 @@ pub async fn ephemeral_conversations_expire(env: &Env) {
     let (a, b) = (user(env, "alice").await, user(env, "bob").await);
     s.create_conversation(NewConversation {
         ephemeral: true,
+        public: false,
         ..group("e", &a, &[&b])
     })
     .await
@@ -1084,4 +1086,161 @@ pub async fn large_groups_tell_only_whom_a_change_concerns(env: &Env) {
     );
     let c = s.conversation(&a, "lg").await.expect("get");
     assert_eq!(c.member_count, 258);
+}
+
+/// Channels (PROTOCOL.md 1.1): the owner sends, members receive `channel.message` by offset
+/// (a broadcast, no inbox rows), `channel.sync` replays by offset, public ones are open to
+/// subscribe, and membership changes are told only to whom they concern.
+pub async fn channels_number_messages_by_offset(env: &Env) {
+    let s = &env.store;
+    let owner = user(env, "ch-owner").await;
+    let bob = user(env, "ch-bob").await;
+    let carol = user(env, "ch-carol").await;
+    let mut new = group("ch", &owner, &[]);
+    new.kind = ConversationKind::Channel;
+    new.public = true;
+    let created = s.create_conversation(new).await.expect("create");
+    assert_eq!(created.value.kind, ConversationKind::Channel);
+    assert!(created.value.public);
+    let wire = serde_json::to_value(&created.value).expect("json");
+    assert_eq!(wire["last_offset"], 0);
+    assert_eq!(wire["public"], true);
+
+    // Anyone subscribes to a public channel, once; only the subscriber hears of it.
+    let sub = s.subscribe(&bob, "ch").await.expect("subscribe");
+    assert_eq!(
+        sub.events
+            .iter()
+            .map(|e| e.user.as_str())
+            .collect::<Vec<_>>(),
+        [bob.as_str()]
+    );
+    assert!(
+        s.subscribe(&bob, "ch")
+            .await
+            .expect("again")
+            .events
+            .is_empty()
+    );
+    let bob_seq = s.last_seq(&bob).await.expect("seq");
+
+    // Only the owner sends; a message is broadcast to every member with the next offset.
+    let e = s
+        .send_message(send(&bob, "ch", "b1", "hi"))
+        .await
+        .expect_err("a member does not send");
+    assert!(matches!(e, StoreError::Forbidden(_)), "{e:?}");
+    let mut offsets = Vec::new();
+    for k in ["m1", "m2", "m3"] {
+        let w = s
+            .send_message(send(&owner, "ch", k, &format!("news {k}")))
+            .await
+            .expect("send");
+        assert!(w.events.is_empty(), "a channel message is no inbox event");
+        let b = w.broadcast.expect("a broadcast");
+        let mut users = b.users.clone();
+        users.sort();
+        let mut expected = vec![owner.clone(), bob.clone()];
+        expected.sort();
+        assert_eq!(users, expected);
+        let ServerFrame::ChannelMessage {
+            offset, message, ..
+        } = b.frame
+        else {
+            panic!("{:?}", b.frame)
+        };
+        assert_eq!(message, w.value);
+        offsets.push(offset);
+    }
+    assert_eq!(offsets, [1, 2, 3], "offsets count from 1 without gaps");
+    let again = s
+        .send_message(send(&owner, "ch", "m2", "news m2"))
+        .await
+        .expect("repeat");
+    assert!(again.broadcast.is_none() && again.events.is_empty());
+    assert_eq!(s.last_seq(&bob).await.expect("seq"), bob_seq, "no seq used");
+
+    // channel.sync: in offset order, paged.
+    let (frames, last, more) = s.channel_messages(&bob, "ch", 0, 2).await.expect("sync");
+    let got: Vec<u64> = frames
+        .iter()
+        .map(|f| match f {
+            ServerFrame::ChannelMessage { offset, .. } => *offset,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!((got, last, more), (vec![1, 2], 2, true));
+    let (frames, last, more) = s.channel_messages(&bob, "ch", 2, 1000).await.expect("rest");
+    assert_eq!((frames.len(), last, more), (1, 3, false));
+    let (frames, last, more) = s.channel_messages(&bob, "ch", 3, 1000).await.expect("none");
+    assert_eq!((frames.len(), last, more), (0, 3, false));
+    let e = s
+        .channel_messages(&carol, "ch", 0, 10)
+        .await
+        .expect_err("not a member");
+    assert!(matches!(e, StoreError::Forbidden(_)), "{e:?}");
+
+    // In the list: last_offset, no unread; no receipts in a channel.
+    let list = s.conversations(&bob).await.expect("list");
+    let c = list
+        .iter()
+        .find(|c| c.conversation.id == "ch")
+        .expect("listed");
+    assert_eq!((c.conversation.last_offset, c.unread), (3, 0));
+    let e = s
+        .mark_read(&bob, "ch", &c.last_message.as_ref().expect("last").id)
+        .await
+        .expect_err("no receipts");
+    assert!(matches!(e, StoreError::BadRequest(_)), "{e:?}");
+
+    // Private channels are joined by invitation; groups are not channels; the owner stays.
+    let mut private = group("ch-private", &owner, &[]);
+    private.kind = ConversationKind::Channel;
+    s.create_conversation(private).await.expect("private");
+    let e = s
+        .subscribe(&carol, "ch-private")
+        .await
+        .expect_err("private");
+    assert!(matches!(e, StoreError::Forbidden(_)), "{e:?}");
+    s.add_member(&owner, "ch-private", &carol, 10)
+        .await
+        .expect("invite");
+    let e = s.subscribe(&carol, "ch-nope").await.expect_err("unknown");
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+    s.create_conversation(group("ch-group", &owner, &[&carol]))
+        .await
+        .expect("group");
+    let e = s.subscribe(&carol, "ch-group").await.expect_err("a group");
+    assert!(matches!(e, StoreError::BadRequest(_)), "{e:?}");
+    let mut public_group = group("ch-pg", &owner, &[]);
+    public_group.public = true;
+    let e = s
+        .create_conversation(public_group)
+        .await
+        .expect_err("only channels are public");
+    assert!(matches!(e, StoreError::BadRequest(_)), "{e:?}");
+    let e = s.unsubscribe(&owner, "ch").await.expect_err("the owner");
+    assert!(matches!(e, StoreError::Forbidden(_)), "{e:?}");
+
+    // Unsubscribing: told to the subscriber only; then no more broadcasts to them.
+    let left = s.unsubscribe(&bob, "ch").await.expect("unsubscribe");
+    assert_eq!(
+        left.events
+            .iter()
+            .map(|e| e.user.as_str())
+            .collect::<Vec<_>>(),
+        [bob.as_str()]
+    );
+    assert!(
+        s.unsubscribe(&bob, "ch")
+            .await
+            .expect("again")
+            .events
+            .is_empty()
+    );
+    let w = s
+        .send_message(send(&owner, "ch", "m4", "after"))
+        .await
+        .expect("send");
+    assert_eq!(w.broadcast.expect("broadcast").users, [owner.clone()]);
 }

@@ -23,6 +23,7 @@ fn group(id: &str, creator: &str, members: &[&str]) -> NewConversation {
         members: members.iter().map(|m| (*m).to_owned()).collect(),
         title: None,
         ephemeral: false,
+        public: false,
         max_members: 10,
     }
 }

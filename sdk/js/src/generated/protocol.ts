@@ -23,6 +23,9 @@ export type ClientRequest =
   | AckRequest
   | AuthRequest
   | ConversationCreateRequest
+  | ChannelSubscribeRequest
+  | ChannelUnsubscribeRequest
+  | ChannelSyncRequest
   | ConversationListRequest
   | ConversationGetRequest
   | ConversationAddRequest
@@ -59,12 +62,12 @@ export type ClientRequest =
  */
 export type IdempotencyKey = string;
 /**
- * Direct (two people) or group conversation.
+ * Direct (two people), group, or channel (broadcast: only its owner sends).
  *
  * This interface was referenced by `HubbubSchemas`'s JSON-Schema
  * via the `definition` "ConversationKind".
  */
-export type ConversationKind = "direct" | "group";
+export type ConversationKind = "direct" | "group" | "channel";
 /**
  * Typing state.
  *
@@ -113,6 +116,7 @@ export type ServerFrame =
   | NotificationFrame
   | TypingFrame
   | PresenceFrame
+  | ChannelMessageFrame
   | TimelineFrame
   | EngagementFrame;
 /**
@@ -136,6 +140,7 @@ export type ReplyData =
   | LikesReply
   | TimelineReply
   | SyncReply
+  | ChannelSyncReply
   | AuthReply
   | EmptyReply;
 /**
@@ -228,10 +233,52 @@ export interface ConversationCreateRequest {
    */
   members: string[];
   /**
+   * A channel anyone may `channel.subscribe` to (channels only; default false).
+   */
+  public?: boolean | null;
+  /**
    * Optional title.
    */
   title?: string | null;
   type: "conversation.create";
+}
+/**
+ * Join a public channel (idempotent).
+ */
+export interface ChannelSubscribeRequest {
+  /**
+   * The channel's conversation id.
+   */
+  conversation: string;
+  type: "channel.subscribe";
+}
+/**
+ * Leave a channel (idempotent).
+ */
+export interface ChannelUnsubscribeRequest {
+  /**
+   * The channel's conversation id.
+   */
+  conversation: string;
+  type: "channel.unsubscribe";
+}
+/**
+ * Replay a channel's messages after an offset as `channel.message` frames.
+ */
+export interface ChannelSyncRequest {
+  /**
+   * The last offset the client processed (0: from the first message).
+   */
+  after_offset: number;
+  /**
+   * The channel's conversation id.
+   */
+  conversation: string;
+  /**
+   * At most this many (≤ 1,000, default 1,000).
+   */
+  limit?: number | null;
+  type: "channel.sync";
 }
 /**
  * List the caller's conversations with `last_message` and `unread`.
@@ -814,6 +861,10 @@ export interface ConversationSummary {
    */
   last_message?: Message | null;
   /**
+   * A channel's last message offset (on the wire for channels only).
+   */
+  last_offset?: number;
+  /**
    * How many members (always present).
    */
   member_count?: number;
@@ -823,6 +874,10 @@ export interface ConversationSummary {
    * inside the server.
    */
   members?: string[];
+  /**
+   * A channel anyone may subscribe to (on the wire for channels only).
+   */
+  public?: boolean;
   /**
    * Title, if any.
    */
@@ -899,6 +954,10 @@ export interface Conversation {
   id: string;
   kind: ConversationKind;
   /**
+   * A channel's last message offset (on the wire for channels only).
+   */
+  last_offset?: number;
+  /**
    * How many members (always present).
    */
   member_count?: number;
@@ -908,6 +967,10 @@ export interface Conversation {
    * inside the server.
    */
   members?: string[];
+  /**
+   * A channel anyone may subscribe to (on the wire for channels only).
+   */
+  public?: boolean;
   /**
    * Title, if any.
    */
@@ -1101,6 +1164,20 @@ export interface SyncReply {
   truncated?: boolean;
 }
 /**
+ * `channel.sync`: the channel's messages up to `last_offset` were written before this
+ * reply; `more` when the page was full (sync again from `last_offset`).
+ */
+export interface ChannelSyncReply {
+  /**
+   * The offset of the last message replayed (`after_offset` when none was).
+   */
+  last_offset: number;
+  /**
+   * Whether later messages remain.
+   */
+  more: boolean;
+}
+/**
  * `auth`: the session now runs on the new token, until it expires.
  */
 export interface AuthReply {
@@ -1207,6 +1284,22 @@ export interface TypingFrame {
    * Who is typing.
    */
   user: string;
+}
+/**
+ * A message in a channel the user belongs to: durable in the channel's history, numbered
+ * by the channel's `offset` (from 1, without gaps), not an inbox event (no `seq`).
+ */
+export interface ChannelMessageFrame {
+  /**
+   * The channel's conversation id.
+   */
+  conversation: string;
+  message: Message;
+  /**
+   * The message's place in the channel.
+   */
+  offset: number;
+  type: "channel.message";
 }
 /**
  * The user's timeline (ephemeral; pushed after `hello`).

@@ -349,6 +349,7 @@ pub(super) async fn create_group(
             title: Some("fanout".into()),
             ephemeral: None,
             idempotency_key: None,
+            public: None,
         }),
     )
     .await
