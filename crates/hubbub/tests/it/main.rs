@@ -8,6 +8,7 @@
 mod apart;
 mod auth;
 mod bad_input;
+mod channels;
 mod chat;
 mod cli;
 #[cfg(feature = "cluster")]

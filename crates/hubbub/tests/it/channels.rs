@@ -1,0 +1,130 @@
+//! Channels over real sockets (PROTOCOL.md 1.1, "Channels"): the owner's messages reach every
+//! subscriber's sessions as `channel.message` by offset, and a subscriber who was away
+//! recovers exactly what it missed with `channel.sync`.
+
+use crate::support::*;
+use hubbub_protocol::{ConversationKind, ReplyData, Request, ServerFrame};
+
+fn offset_of(f: &ServerFrame) -> Option<(String, u64, String)> {
+    match f {
+        ServerFrame::ChannelMessage {
+            conversation,
+            offset,
+            message,
+        } => Some((conversation.clone(), *offset, message.text.clone())),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn channel_messages_are_broadcast_and_recovered_by_offset() {
+    let s = server().await;
+    let (_, ot) = s.user("ch_owner").await;
+    let (_, bt) = s.user("ch_bob").await;
+    let (_, ct) = s.user("ch_carol").await;
+    let (mut owner, _) = s.connect(&ot).await;
+    let ReplyData::Conversation { conversation: c } = ok(
+        &mut owner,
+        Request::ConversationCreate {
+            kind: ConversationKind::Channel,
+            members: vec![],
+            title: Some("news".into()),
+            ephemeral: None,
+            idempotency_key: None,
+            public: Some(true),
+        },
+    )
+    .await
+    else {
+        panic!("a conversation")
+    };
+    assert_eq!(c.kind, ConversationKind::Channel);
+    let id = c.id.clone();
+    let (mut bob, bob_seq) = s.connect(&bt).await;
+    let (mut carol, _) = s.connect(&ct).await;
+    for sock in [&mut bob, &mut carol] {
+        let sub = Request::ChannelSubscribe {
+            conversation: id.clone(),
+        };
+        assert_eq!(ok(sock, sub.clone()).await, ReplyData::Empty {});
+        assert_eq!(ok(sock, sub).await, ReplyData::Empty {}, "idempotent");
+    }
+    // A subscriber does not send.
+    err(&mut bob, send(&id, "b1", "me too"), "forbidden").await;
+
+    ok(&mut owner, send(&id, "m1", "first")).await;
+    for sock in [&mut bob, &mut carol] {
+        let f = until(sock, "channel.message 1", |f| offset_of(f).is_some()).await;
+        assert_eq!(offset_of(&f), Some((id.clone(), 1, "first".into())));
+        assert_eq!(f.seq(), None, "a channel message carries no seq");
+    }
+
+    // Bob goes away; two more messages; he comes back and syncs from offset 1.
+    bob.close().await;
+    ok(&mut owner, send(&id, "m2", "second")).await;
+    ok(&mut owner, send(&id, "m3", "third")).await;
+    for n in [2, 3] {
+        let f = until(&mut carol, "a live message", |f| offset_of(f).is_some()).await;
+        assert_eq!(offset_of(&f).map(|o| o.1), Some(n), "in order");
+    }
+    let (mut bob, last_seq) = s.connect(&bt).await;
+    assert_eq!(last_seq, bob_seq + 1, "only the subscribe used a seq");
+    bob.send_text(&format!(
+        r#"{{"type":"channel.sync","id":"cs","conversation":"{id}","after_offset":1}}"#
+    ))
+    .await
+    .expect("send");
+    let mut replayed = Vec::new();
+    loop {
+        match next(&mut bob).await {
+            ServerFrame::Ok { id: r, data } if r == "cs" => {
+                assert_eq!(
+                    data,
+                    ReplyData::ChannelSync {
+                        last_offset: 3,
+                        more: false
+                    }
+                );
+                break;
+            }
+            f => replayed.extend(offset_of(&f).map(|o| (o.1, o.2))),
+        }
+    }
+    assert_eq!(
+        replayed,
+        [(2, "second".to_owned()), (3, "third".to_owned())],
+        "exactly what was missed, once, in order"
+    );
+
+    // The list shows the channel's place; a non-member cannot sync; unsubscribing stops it.
+    let ReplyData::Conversations { conversations } =
+        ok(&mut bob, Request::ConversationList {}).await
+    else {
+        panic!("a list")
+    };
+    let listed = conversations
+        .iter()
+        .find(|l| l.conversation.id == id)
+        .expect("listed");
+    assert_eq!((listed.conversation.last_offset, listed.unread), (3, 0));
+    ok(
+        &mut carol,
+        Request::ChannelUnsubscribe {
+            conversation: id.clone(),
+        },
+    )
+    .await;
+    err(
+        &mut carol,
+        Request::ChannelSync {
+            conversation: id.clone(),
+            after_offset: 0,
+            limit: None,
+        },
+        "forbidden",
+    )
+    .await;
+    ok(&mut owner, send(&id, "m4", "fourth")).await;
+    let f = until(&mut bob, "channel.message 4", |f| offset_of(f).is_some()).await;
+    assert_eq!(offset_of(&f).map(|o| o.1), Some(4));
+}
