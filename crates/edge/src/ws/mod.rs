@@ -60,6 +60,12 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The longest a session sleeps before looking at its deadlines again.
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
 const MAX_FRAMES_PER_WRITE: usize = 256;
+/// Events arriving within this long of the session's last write wait out the rest of it and
+/// go in one write with whatever else arrives meanwhile. A busy session (a channel or group
+/// at 100 messages a second) makes a few writes a second instead of one per message, and
+/// each write is a system call and a wake-up of the reader; a quiet one writes at once. A
+/// reply never starts a wait (one that arrives during one waits at most its end).
+const COALESCE: Duration = Duration::from_millis(20);
 /// The WebSocket read buffer of a connection (it grows while a larger frame is read).
 const READ_BUFFER: usize = 512;
 /// A WebSocket close reason is at most 123 bytes.
@@ -177,6 +183,11 @@ struct Conn {
     expires_ms: i64,
     /// Users this session watches the presence of.
     presence: HashSet<String>,
+    /// Events waiting for the coalescing window to end ([`COALESCE`]), and when it ends.
+    coalesced: Vec<Out>,
+    flush_at: Option<Instant>,
+    /// When the session last wrote events.
+    last_write: Instant,
 }
 
 async fn run(inner: Arc<Inner>, user: UserRef, expires_ms: i64, socket: WebSocket) {
@@ -214,6 +225,9 @@ async fn run(inner: Arc<Inner>, user: UserRef, expires_ms: i64, socket: WebSocke
         queued,
         expires_ms,
         presence: HashSet::new(),
+        coalesced: Vec::new(),
+        flush_at: None,
+        last_write: Instant::now(),
     };
     let flow = conn.start(rx).await;
     match flow {
@@ -315,18 +329,37 @@ impl Conn {
                     let (code, reason) = signal.why();
                     Flow::Close(code, reason)
                 }
-                out = rx.recv() => match out {
+                // Not read while events wait out the coalescing window: what arrives meanwhile
+                // stays in the channel without waking this task, and is taken at the flush.
+                out = rx.recv(), if self.flush_at.is_none() => match out {
                     Some(out) => {
-                        let mut batch = vec![out];
+                        let mut batch = std::mem::take(&mut self.coalesced);
+                        let mut bytes = out.bytes();
+                        batch.push(out);
                         while batch.len() < MAX_FRAMES_PER_WRITE {
                             match rx.try_recv() {
-                                Ok(o) => batch.push(o),
+                                Ok(o) => {
+                                    bytes += o.bytes();
+                                    batch.push(o);
+                                }
                                 Err(_) => break,
                             }
                         }
-                        let bytes: usize = batch.iter().map(Out::bytes).sum();
                         self.queued.fetch_sub(bytes, Ordering::Relaxed);
-                        Box::pin(self.on_outgoing(batch)).await
+                        let now = Instant::now();
+                        let wait_until = self.last_write + COALESCE;
+                        if now < wait_until
+                            && batch.len() < MAX_FRAMES_PER_WRITE
+                            && !batch.iter().any(|o| matches!(o, Out::Reply(_)))
+                        {
+                            self.coalesced = batch;
+                            self.flush_at = Some(wait_until);
+                            Flow::Continue
+                        } else {
+                            self.flush_at = None;
+                            self.last_write = now;
+                            Box::pin(self.on_outgoing(batch)).await
+                        }
                     }
                     None => Flow::Gone,
                 },
@@ -345,7 +378,27 @@ impl Conn {
                 }
                 // No timer per second per session: it wakes when a reply is overdue or its
                 // token lapses (19,000 idle sessions cost 19,000 wake-ups a second otherwise).
-                _ = &mut timer => Box::pin(self.on_tick()).await,
+                _ = &mut timer => {
+                    if self.flush_at.is_some_and(|at| at <= Instant::now()) {
+                        self.flush_at = None;
+                        self.last_write = Instant::now();
+                        let mut batch = std::mem::take(&mut self.coalesced);
+                        let mut bytes = 0;
+                        while batch.len() < MAX_FRAMES_PER_WRITE {
+                            match rx.try_recv() {
+                                Ok(o) => {
+                                    bytes += o.bytes();
+                                    batch.push(o);
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        self.queued.fetch_sub(bytes, Ordering::Relaxed);
+                        Box::pin(self.on_outgoing(batch)).await
+                    } else {
+                        Box::pin(self.on_tick()).await
+                    }
+                }
                 _ = sleep_until_some(ack_due) => {
                     self.flush_acks();
                     Flow::Continue
@@ -372,7 +425,7 @@ impl Conn {
             .clamp(0, MAX_SLEEP.as_millis() as i64) as u64;
         // One millisecond past the lapse, so the check in `on_tick` sees it passed.
         let lapse = Instant::now() + Duration::from_millis(lapse_in + 1);
-        [self.pending.next_deadline(), self.held.due()]
+        [self.pending.next_deadline(), self.held.due(), self.flush_at]
             .into_iter()
             .flatten()
             .fold(lapse, Instant::min)

@@ -825,8 +825,12 @@ pub(crate) async fn channel_broadcast(
     message: &Message,
     offset: u64,
 ) -> Result<Broadcast> {
+    // In the members' key order (no sort of a big channel's members per message).
+    let users = tx
+        .members_after(&message.conversation, "", i64::MAX as usize)
+        .await?;
     Ok(Broadcast {
-        users: tx.members(&message.conversation).await?,
+        users,
         frame: ServerFrame::ChannelMessage {
             conversation: message.conversation.clone(),
             offset,

@@ -1242,5 +1242,5 @@ pub async fn channels_number_messages_by_offset(env: &Env) {
         .send_message(send(&owner, "ch", "m4", "after"))
         .await
         .expect("send");
-    assert_eq!(w.broadcast.expect("broadcast").users, [owner.clone()]);
+    assert_eq!(w.broadcast.expect("broadcast").users, [owner]);
 }

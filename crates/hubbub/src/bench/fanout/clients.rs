@@ -258,7 +258,9 @@ pub(super) async fn receive(
             Peer::Hubbub => {
                 let Message::Text(text) = msg else { continue };
                 for line in text.split('\n') {
-                    if line.starts_with(r#"{"type":"message.new""#) {
+                    if line.starts_with(r#"{"type":"message.new""#)
+                        || line.starts_with(r#"{"type":"channel.message""#)
+                    {
                         stats.deliver(i, line.as_bytes());
                     }
                     if let Some(seq) = durable_seq(line) {

@@ -130,6 +130,10 @@ pub struct FanoutBenchArgs {
     /// Publishing connections (each sends its share of the rate; not receivers).
     #[arg(long, default_value_t = 1)]
     publishers: usize,
+    /// hubbub's room is a channel (PROTOCOL.md 1.1: `channel.message` by offset, no inbox
+    /// rows) instead of a group; one publisher, its owner. The peers run as without it.
+    #[arg(long)]
+    channel: bool,
     /// Seconds of publishing (of holding the connections, with --rate 0).
     #[arg(long, default_value_t = 10)]
     duration: u64,
@@ -251,10 +255,12 @@ async fn run_target(
         let mut conversation = String::new();
         if peer == Peer::Hubbub && args.rate > 0 {
             progress(&format!(
-                "creating a group of {} members",
+                "creating a {} of {} members",
+                if args.channel { "channel" } else { "group" },
                 args.receivers + args.publishers
             ));
-            let (id, took) = create_group(port, args.receivers, args.publishers).await?;
+            let (id, took) =
+                create_group(port, args.receivers, args.publishers, args.channel).await?;
             progress(&format!("group made in {took:.0} ms"));
             report.group_create_ms = Some(took);
             conversation = id;
@@ -397,8 +403,11 @@ pub async fn run(args: FanoutBenchArgs) -> anyhow::Result<()> {
         };
     }
     anyhow::ensure!(
-        args.receivers >= 1 && args.publishers >= 1 && args.duration >= 1,
-        "--receivers, --publishers and --duration must be at least 1"
+        args.receivers >= 1
+            && args.publishers >= 1
+            && args.duration >= 1
+            && (!args.channel || args.publishers == 1),
+        "--receivers, --publishers and --duration must be at least 1 (--channel: one publisher)"
     );
     anyhow::ensure!(
         (1..=19_000).contains(&args.per_process),

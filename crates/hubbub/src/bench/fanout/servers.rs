@@ -328,12 +328,13 @@ pub(super) async fn ask(
     Ok(line)
 }
 
-/// Make hubbub's group (creator `fp0`, every receiver and the other publishers): the
+/// Make hubbub's group or channel (creator `fp0`, every receiver and the other publishers): the
 /// conversation id and how long it took.
 pub(super) async fn create_group(
     port: u16,
     receivers: usize,
     publishers: usize,
+    channel: bool,
 ) -> anyhow::Result<(String, f64)> {
     use hubbub_protocol::{ConversationKind, ReplyData, Request, ServerFrame};
     let client = crate::client::Client::new(&format!("http://127.0.0.1:{port}"));
@@ -344,7 +345,11 @@ pub(super) async fn create_group(
     let reply = tokio::time::timeout(
         Duration::from_secs(600),
         socket.request(Request::ConversationCreate {
-            kind: ConversationKind::Group,
+            kind: if channel {
+                ConversationKind::Channel
+            } else {
+                ConversationKind::Group
+            },
             members,
             title: Some("fanout".into()),
             ephemeral: None,
