@@ -113,12 +113,49 @@ pub(crate) struct Bound {
 pub(crate) struct Manager {
     tracker: TaskTracker,
     cancel: CancellationToken,
+    /// The runtime of the message path's services, when it has its own (see
+    /// [`Manager::with_core_runtime`]).
+    core: Option<Arc<CoreRuntime>>,
+}
+
+/// A runtime of its own for the services on the message path (router, chat, feed ...), so
+/// that their next step does not wait in the same run queue as ten thousand sessions each
+/// writing to its socket: with one sender and a big channel, a message's trip through the
+/// queues took a sweep of every busy session per hop (8 messages a second at 10,000
+/// subscribers). The operating system shares the cores between the two runtimes' threads.
+#[derive(Debug)]
+struct CoreRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for CoreRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which an async context forbids; the tasks on it have
+        // all returned by now (the manager waited for them).
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Manager {
-    /// A manager with nothing running.
+    /// A manager with nothing running, every service on the process's runtime (the roles
+    /// apart: a role runs either sessions or the message path, not both).
+    #[cfg_attr(not(any(test, feature = "cluster")), allow(dead_code))]
     pub(crate) fn new() -> Self {
         Manager::default()
+    }
+
+    /// A manager whose [`Manager::start_core`] services run on a runtime of their own, with
+    /// `threads` worker threads.
+    pub(crate) fn with_core_runtime(threads: usize) -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("hubbub-core")
+            .enable_all()
+            .build()?;
+        Ok(Manager {
+            core: Some(Arc::new(CoreRuntime(Some(rt)))),
+            ..Manager::default()
+        })
     }
 
     /// The token that stops every service.
@@ -141,19 +178,39 @@ impl Manager {
         Ok(())
     }
 
+    /// Build `S` and run it on the message path's runtime (the process's own when there is
+    /// none).
+    pub(crate) async fn start_core<S: Service>(&self, ctx: &Context) -> anyhow::Result<()> {
+        let service = S::build(ctx)
+            .await
+            .map_err(|e| e.context(format!("starting the {} service", S::NAME)))?;
+        match self.core.as_ref().and_then(|c| c.0.as_ref()) {
+            Some(rt) => {
+                let handle = rt.handle().clone();
+                self.tracker
+                    .spawn_on(Self::supervised(service, self.cancel.clone()), &handle);
+            }
+            None => self.spawn(service),
+        }
+        Ok(())
+    }
+
     /// Run a built service on a tracked task; its failure cancels the others.
     pub(crate) fn spawn<S: Service>(&self, service: S) {
-        let cancel = self.cancel.clone();
-        self.tracker.spawn(async move {
-            tracing::debug!(service = S::NAME, "service started");
-            match service.run(cancel.clone()).await {
-                Ok(()) => tracing::debug!(service = S::NAME, "service stopped"),
-                Err(e) => {
-                    tracing::error!(service = S::NAME, error = %e, "service failed; stopping");
-                    cancel.cancel();
-                }
+        self.tracker
+            .spawn(Self::supervised(service, self.cancel.clone()));
+    }
+
+    /// A service's run, logged, its failure cancelling the others.
+    async fn supervised<S: Service>(service: S, cancel: CancellationToken) {
+        tracing::debug!(service = S::NAME, "service started");
+        match service.run(cancel.clone()).await {
+            Ok(()) => tracing::debug!(service = S::NAME, "service stopped"),
+            Err(e) => {
+                tracing::error!(service = S::NAME, error = %e, "service failed; stopping");
+                cancel.cancel();
             }
-        });
+        }
     }
 
     /// Wait until every service has stopped (after `cancel`, or a failure).

@@ -23,6 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// Worker threads of the message path's runtime (routers, chat, feed, timelines, notify).
+const CORE_THREADS: usize = 1;
+
 /// A started server.
 pub struct Running {
     /// The address the listener is bound to.
@@ -97,16 +100,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if released > 0 {
         tracing::info!(released, "released the leases of the previous run");
     }
-    let manager = Manager::new();
+    // The edge's sessions on the process's runtime; the message path on one of its own.
+    let manager = Manager::with_core_runtime(CORE_THREADS)?;
     let ctx = context(&config, &queue, &manager).await?;
     manager.start::<EdgeServer>(&ctx).await?;
     manager.start::<SignalLapses>(&ctx).await?;
-    manager.start::<Routers>(&ctx).await?;
-    manager.start::<Chat>(&ctx).await?;
-    manager.start::<Feed>(&ctx).await?;
-    manager.start::<Timelines>(&ctx).await?;
+    manager.start_core::<Routers>(&ctx).await?;
+    manager.start_core::<Chat>(&ctx).await?;
+    manager.start_core::<Feed>(&ctx).await?;
+    manager.start_core::<Timelines>(&ctx).await?;
     if config.notify.webhook.is_some() {
-        manager.start::<Notify>(&ctx).await?;
+        manager.start_core::<Notify>(&ctx).await?;
     }
     manager.start::<Scheduler>(&ctx).await?;
     let bound = ctx.bound();
