@@ -20,11 +20,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 /// The schema's steps: version N is the first N of them, applied in order. Version 1: chat;
-/// version 2: the feed; version 3: refresh token families and revocation.
-const MIGRATIONS: [&str; 3] = [
+/// version 2: the feed; version 3: refresh token families and revocation; version 4: API keys
+/// and the runtime config.
+const MIGRATIONS: [&str; 4] = [
     include_str!("../migrations/sqlite/001_chat.sql"),
     include_str!("../migrations/sqlite/002_feed.sql"),
     include_str!("../migrations/sqlite/003_refresh_token_families.sql"),
+    include_str!("../migrations/sqlite/004_control.sql"),
 ];
 /// Read connections kept open for reuse.
 const MAX_IDLE_READERS: usize = 8;
@@ -116,6 +118,8 @@ pub struct SqliteStore {
     queue: EmbeddedQueue,
     readers: Arc<ReadPool>,
     clock: Arc<dyn Clock>,
+    /// The latest runtime config version (see `control`).
+    pub(crate) config_version: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -137,8 +141,13 @@ impl SqliteStore {
             queue,
             readers,
             clock: Arc::new(SystemClock),
+            config_version: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         store.transact(migrate).await?;
+        let version = crate::control::ControlStore::runtime_config(&store)
+            .await?
+            .version;
+        store.config_version.send_replace(version);
         Ok(store)
     }
 

@@ -80,7 +80,7 @@ async fn postgres_version_1_migrates_and_keeps_refresh_tokens() {
         .await
         .expect("version")
         .get(0);
-    assert_eq!(version, 2);
+    assert_eq!(version, 3, "every migration applied");
     assert_eq!(store.tokens_revoked_ms("u1").await.expect("read"), 0);
     assert_eq!(
         store.take_refresh_token("old").await.expect("take"),
