@@ -57,6 +57,7 @@ impl Service for EdgeServer {
                 engagement: ctx.engagement.clone(),
                 metrics: wiring::metrics_handle()?,
                 delivery: ctx.delivery.clone(),
+                runtime: ctx.runtime.subscribe(),
             },
             seat.inbox,
             ctx.cancel.clone(),

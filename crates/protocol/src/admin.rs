@@ -77,9 +77,9 @@ impl Intervals {
     /// The floor of each interval: (field, floor in seconds).
     pub const FLOORS: [(&'static str, u64); 4] = [
         ("precompute_interval_s", 60),
-        ("ping_interval_s", 5),
+        ("ping_interval_s", 1),
         ("queue_gauges_s", 1),
-        ("ephemeral_sweep_s", 10),
+        ("ephemeral_sweep_s", 1),
     ];
 
     fn value(&self, field: &str) -> u64 {
@@ -234,6 +234,7 @@ impl RuntimeConfig {
     /// Parse and validate a runtime config (not the floors: see [`Intervals::check_floors`]).
     /// The error names the field.
     pub fn parse(value: serde_json::Value) -> Result<Self, ConfigError> {
+        objects_only(&value, "config")?;
         let config: RuntimeConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let field = if path == "." {
@@ -319,6 +320,36 @@ impl RuntimeConfig {
     }
 }
 
+/// serde reads a struct from an array too (its fields in order): refuse that, so a section
+/// is always an object with named fields. Arrays are `debug` and a flag's `users`.
+fn objects_only(value: &serde_json::Value, path: &str) -> Result<(), ConfigError> {
+    use serde_json::Value;
+    let is_list = path == "debug" || (path.starts_with("flags.") && path.ends_with(".users"));
+    match value {
+        Value::Array(items) if is_list => {
+            for (i, item) in items.iter().enumerate() {
+                if path == "debug" && !item.is_object() {
+                    return Err(ConfigError::new(format!("debug[{i}]"), "must be an object"));
+                }
+            }
+            Ok(())
+        }
+        Value::Array(_) => Err(ConfigError::new(path, "must be an object, not a list")),
+        Value::Object(map) => {
+            for (k, v) in map {
+                let child = if path == "config" {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                objects_only(v, &child)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// `GET /v1/admin/config` and the long poll's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VersionedConfig {
@@ -384,26 +415,37 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_name_the_field() {
-        let e = RuntimeConfig::parse(json!({"limits": {"bogus": 1}})).unwrap_err();
-        assert_eq!(e.field, "limits");
+        let e = RuntimeConfig::parse(json!({"limits": {"bogus": 1}})).expect_err("refused");
+        assert_eq!(e.field, "limits.bogus");
         assert!(e.message.contains("bogus"), "{e}");
-        let e = RuntimeConfig::parse(json!({"limits": {"burst": "x"}})).unwrap_err();
+        let e = RuntimeConfig::parse(json!({"limits": {"burst": "x"}})).expect_err("refused");
         assert_eq!(e.field, "limits.burst");
-        let e = RuntimeConfig::parse(json!({"nope": {}})).unwrap_err();
-        assert_eq!(e.field, "config");
+        let e = RuntimeConfig::parse(json!({"nope": {}})).expect_err("refused");
+        assert_eq!(e.field, "nope");
         assert!(e.message.contains("nope"));
+        let e = RuntimeConfig::parse(json!([])).expect_err("refused");
+        assert_eq!(e.field, "config");
+        let e = RuntimeConfig::parse(json!({"limits": [1, 2]})).expect_err("refused");
+        assert_eq!(e.field, "limits");
+        let e = RuntimeConfig::parse(json!({"debug": [[1]]})).expect_err("refused");
+        assert_eq!(e.field, "debug[0]");
+        assert!(
+            RuntimeConfig::parse(json!({"flags": {"f": {"enabled": true, "users": ["u"]}}}))
+                .is_ok()
+        );
         let e = RuntimeConfig::parse(json!({"flags": {"beta": {"enabled": true, "percent": 101}}}))
-            .unwrap_err();
+            .expect_err("refused");
         assert_eq!(e.field, "flags.beta.percent");
         let e = RuntimeConfig::parse(json!({"flags": {"beta": {"enabled": true, "x": 1}}}))
-            .unwrap_err();
-        assert_eq!(e.field, "flags.beta");
-        let e = RuntimeConfig::parse(json!({"debug": [{"user": "", "until_ts": 1}]})).unwrap_err();
+            .expect_err("refused");
+        assert_eq!(e.field, "flags.beta.x");
+        let e = RuntimeConfig::parse(json!({"debug": [{"user": "", "until_ts": 1}]}))
+            .expect_err("refused");
         assert_eq!(e.field, "debug[0].user");
-        let e = RuntimeConfig::parse(json!({"limits": {"frames_per_s": 0}})).unwrap_err();
+        let e = RuntimeConfig::parse(json!({"limits": {"frames_per_s": 0}})).expect_err("refused");
         assert_eq!(e.field, "limits.frames_per_s");
         assert_eq!(
-            RuntimeConfig::parse(json!({})).unwrap(),
+            RuntimeConfig::parse(json!({})).expect("accepted"),
             RuntimeConfig::default()
         );
     }
@@ -418,7 +460,7 @@ mod tests {
             active_users: 1000,
             connections: 50,
         };
-        let e = i.check_floors("intervals", load).unwrap_err();
+        let e = i.check_floors("intervals", load).expect_err("refused");
         assert_eq!(e.field, "intervals.precompute_interval_s");
         assert!(
             e.message
@@ -426,10 +468,10 @@ mod tests {
             "{e}"
         );
         i.precompute_interval_s = 60;
-        i.ping_interval_s = 1;
-        let e = i.check_floors("intervals", load).unwrap_err();
+        i.ping_interval_s = 0;
+        let e = i.check_floors("intervals", load).expect_err("refused");
         assert!(e.message.contains("180000 pings an hour"), "{e}");
-        i.ping_interval_s = 5;
+        i.ping_interval_s = 1;
         assert!(i.check_floors("intervals", load).is_ok());
         assert!(Intervals::default().check_floors("intervals", load).is_ok());
     }

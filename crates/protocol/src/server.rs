@@ -26,10 +26,8 @@ pub enum ServerFrame {
         /// The server's clock.
         server_ts: i64,
         /// The protocol version the server speaks (`"1.1"`).
-        #[serde(default)]
         protocol: String,
         /// Every feature flag, evaluated for this user.
-        #[serde(default)]
         flags: BTreeMap<String, bool>,
     },
     /// A successful reply.
@@ -296,8 +294,11 @@ mod tests {
     #[test]
     fn every_server_frame_round_trips() {
         let hello = round_trip(json!({"type":"hello","user":{"id":"u1","handle":"alice"},
-            "session":"s1","last_seq":42,"server_ts":1700000000000i64}));
+            "session":"s1","last_seq":42,"server_ts":1700000000000i64,"protocol":"1.1",
+            "flags":{"beta":true,"gamma":false}}));
         assert_eq!(hello.seq(), None);
+        let flags = round_trip(json!({"type":"flags","flags":{"beta":true}}));
+        assert_eq!((flags.seq(), flags.type_name()), (None, "flags"));
         round_trip(json!({"type":"error","id":"r1","code":"forbidden","message":"not a member"}));
         round_trip(json!({"type":"error","id":null,"code":"bad_request","message":"binary"}));
         round_trip(

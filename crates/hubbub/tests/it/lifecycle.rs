@@ -49,6 +49,15 @@ async fn health_readiness_and_documented_metrics() {
             .status(),
         200
     );
+    // The admin API answers without a key (and counts the answer).
+    assert_eq!(
+        http.get(format!("{}/v1/admin/config", s.base))
+            .send()
+            .await
+            .expect("admin")
+            .status(),
+        401
+    );
     let text = http
         .get(format!("{}/metrics", s.base))
         .send()

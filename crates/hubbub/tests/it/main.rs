@@ -12,6 +12,7 @@ mod chat;
 mod cli;
 #[cfg(feature = "cluster")]
 mod cluster;
+mod control;
 mod crash;
 mod deploy;
 mod engagement;

@@ -224,8 +224,8 @@ pub(crate) async fn wait_version(
     timeout: Duration,
 ) -> u64 {
     let _ = tokio::time::timeout(timeout, versions.wait_for(|v| *v > after)).await;
-    let v = *versions.borrow();
-    v
+    let current = versions.borrow();
+    *current
 }
 
 /// Puts [`ControlStore`] on a backend: each method runs its rule in one of the backend's
