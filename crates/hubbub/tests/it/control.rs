@@ -345,3 +345,152 @@ async fn limits_apply_live_from_the_next_frame() {
         .expect("a small frame still works");
     assert!(matches!(r, ServerFrame::Ok { .. }), "{r:?}");
 }
+
+/// What the per-session debug log wrote (target `hubbub_debug`), for the whole test binary.
+static DEBUG_LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct DebugLog;
+
+impl std::io::Write for DebugLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        DEBUG_LOG
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Capture the debug target as the binary's log filter lets it through (the rest of the
+/// server at its global level: nothing else here).
+fn capture_debug_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+                "warn,{}=debug",
+                hubbub_edge::DEBUG_TARGET
+            )))
+            .with_writer(|| DebugLog)
+            .with_ansi(false)
+            .try_init();
+    });
+}
+
+fn session_of(hello: &ServerFrame) -> String {
+    match hello {
+        ServerFrame::Hello { session, .. } => session.clone(),
+        other => panic!("no hello: {other:?}"),
+    }
+}
+
+/// One request with a known id, and its reply.
+async fn ask(socket: &mut hubbub::client::Socket, id: &str) {
+    let frame = json!({"type": "block.list", "id": id}).to_string();
+    socket.send_text(&frame).await.expect("send");
+    until(socket, id, |f| matches!(f, ServerFrame::Ok { id: i, .. } if i == id)).await;
+}
+
+#[tokio::test]
+async fn a_debug_entry_logs_only_its_session_s_frames() {
+    capture_debug_log();
+    let s = control_server().await;
+    let (dave, dt) = s.user("dave").await;
+    let (olga, ot) = s.user("olga").await;
+    let mut others = Vec::new();
+    for i in 0..5 {
+        let (_, t) = s.user(&format!("other{i}")).await;
+        let (sock, hello) = s.client().connect(&t).await.expect("connect");
+        others.push((sock, session_of(&hello)));
+    }
+    let (mut d1, hello) = s.client().connect(&dt).await.expect("connect");
+    let s1 = session_of(&hello);
+    let (mut d2, hello) = s.client().connect(&dt).await.expect("connect");
+    let s2 = session_of(&hello);
+    let (mut o, hello) = s.client().connect(&ot).await.expect("connect");
+    let so = session_of(&hello);
+    let now = hubbub_queue::clock::now_ms();
+    let mut config = s.client().runtime_config(BOOT).await.expect("get").config;
+    config.debug = vec![
+        hubbub_protocol::admin::DebugEntry {
+            user: dave.id.clone(),
+            session: Some(s1.clone()),
+            until_ts: now + 600_000,
+        },
+        // Lapsed: olga is not logged.
+        hubbub_protocol::admin::DebugEntry {
+            user: olga.id.clone(),
+            session: None,
+            until_ts: now - 1,
+        },
+    ];
+    // The marker: once dave's sessions are told of it, the edge applies the entries.
+    config
+        .flags
+        .insert("debugged".into(), flag(true, None, Some(vec![dave.id.clone()])));
+    apply(&s, &config).await;
+    for d in [&mut d1, &mut d2] {
+        until(d, "flags", |f| matches!(f, ServerFrame::Flags { .. })).await;
+    }
+    ask(&mut d1, "dbg-in-s1").await;
+    ask(&mut d2, "dbg-in-s2").await;
+    ask(&mut o, "dbg-in-olga").await;
+    for (sock, session) in &mut others {
+        ask(sock, &format!("dbg-in-{session}")).await;
+    }
+    let log = String::from_utf8_lossy(&DEBUG_LOG.lock().unwrap_or_else(|p| p.into_inner()))
+        .into_owned();
+    let mine: Vec<&str> = log.lines().filter(|l| l.contains(&dave.id)).collect();
+    assert!(
+        mine.iter()
+            .any(|l| l.contains("frame in") && l.contains("dbg-in-s1") && l.contains(&s1)),
+        "the debugged session's frame in is logged with user and session:\n{log}"
+    );
+    assert!(
+        mine.iter()
+            .any(|l| l.contains("frame out") && l.contains("dbg-in-s1") && l.contains(&s1)),
+        "and its reply out:\n{log}"
+    );
+    assert!(
+        mine.iter().all(|l| l.contains(&format!("session={s1}"))),
+        "only that session of the user:\n{log}"
+    );
+    for quiet in [&s2, &so]
+        .into_iter()
+        .chain(others.iter().map(|(_, s)| s))
+    {
+        assert!(!log.contains(quiet.as_str()), "session {quiet} was logged:\n{log}");
+    }
+    assert!(!log.contains(&olga.id), "a lapsed entry logs nothing");
+}
+
+/// `hubbub apikey create`, the real binary, against a running server.
+#[tokio::test]
+async fn the_cli_creates_api_keys() {
+    let s = control_server().await;
+    let run = |key: &str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_hubbub"))
+            .args(["apikey", "create", "--name", "from-cli", "--scopes", "admin,server"])
+            .args(["--server", &s.base])
+            .env("HUBBUB_API_KEY", key)
+            .output()
+    };
+    let out = tokio::time::timeout(PATIENCE, run(BOOT))
+        .await
+        .expect("in time")
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let created: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let key = created["key"].as_str().expect("key");
+    let (st, _) = admin(&s, reqwest::Method::GET, "/v1/admin/config", Some(key), None).await;
+    assert_eq!(st, 200);
+    let out = tokio::time::timeout(PATIENCE, run("not-a-key"))
+        .await
+        .expect("in time")
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}
