@@ -391,7 +391,12 @@ fn session_of(hello: &ServerFrame) -> String {
 async fn ask(socket: &mut hubbub::client::Socket, id: &str) {
     let frame = json!({"type": "block.list", "id": id}).to_string();
     socket.send_text(&frame).await.expect("send");
-    until(socket, id, |f| matches!(f, ServerFrame::Ok { id: i, .. } if i == id)).await;
+    until(
+        socket,
+        id,
+        |f| matches!(f, ServerFrame::Ok { id: i, .. } if i == id),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -428,9 +433,10 @@ async fn a_debug_entry_logs_only_its_session_s_frames() {
         },
     ];
     // The marker: once dave's sessions are told of it, the edge applies the entries.
-    config
-        .flags
-        .insert("debugged".into(), flag(true, None, Some(vec![dave.id.clone()])));
+    config.flags.insert(
+        "debugged".into(),
+        flag(true, None, Some(vec![dave.id.clone()])),
+    );
     apply(&s, &config).await;
     for d in [&mut d1, &mut d2] {
         until(d, "flags", |f| matches!(f, ServerFrame::Flags { .. })).await;
@@ -441,8 +447,8 @@ async fn a_debug_entry_logs_only_its_session_s_frames() {
     for (sock, session) in &mut others {
         ask(sock, &format!("dbg-in-{session}")).await;
     }
-    let log = String::from_utf8_lossy(&DEBUG_LOG.lock().unwrap_or_else(|p| p.into_inner()))
-        .into_owned();
+    let log =
+        String::from_utf8_lossy(&DEBUG_LOG.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
     let mine: Vec<&str> = log.lines().filter(|l| l.contains(&dave.id)).collect();
     assert!(
         mine.iter()
@@ -458,11 +464,11 @@ async fn a_debug_entry_logs_only_its_session_s_frames() {
         mine.iter().all(|l| l.contains(&format!("session={s1}"))),
         "only that session of the user:\n{log}"
     );
-    for quiet in [&s2, &so]
-        .into_iter()
-        .chain(others.iter().map(|(_, s)| s))
-    {
-        assert!(!log.contains(quiet.as_str()), "session {quiet} was logged:\n{log}");
+    for quiet in [&s2, &so].into_iter().chain(others.iter().map(|(_, s)| s)) {
+        assert!(
+            !log.contains(quiet.as_str()),
+            "session {quiet} was logged:\n{log}"
+        );
     }
     assert!(!log.contains(&olga.id), "a lapsed entry logs nothing");
 }
@@ -473,7 +479,14 @@ async fn the_cli_creates_api_keys() {
     let s = control_server().await;
     let run = |key: &str| {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_hubbub"))
-            .args(["apikey", "create", "--name", "from-cli", "--scopes", "admin,server"])
+            .args([
+                "apikey",
+                "create",
+                "--name",
+                "from-cli",
+                "--scopes",
+                "admin,server",
+            ])
             .args(["--server", &s.base])
             .env("HUBBUB_API_KEY", key)
             .output()
@@ -482,10 +495,21 @@ async fn the_cli_creates_api_keys() {
         .await
         .expect("in time")
         .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let created: Value = serde_json::from_slice(&out.stdout).expect("json");
     let key = created["key"].as_str().expect("key");
-    let (st, _) = admin(&s, reqwest::Method::GET, "/v1/admin/config", Some(key), None).await;
+    let (st, _) = admin(
+        &s,
+        reqwest::Method::GET,
+        "/v1/admin/config",
+        Some(key),
+        None,
+    )
+    .await;
     assert_eq!(st, 200);
     let out = tokio::time::timeout(PATIENCE, run("not-a-key"))
         .await

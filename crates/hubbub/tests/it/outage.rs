@@ -305,7 +305,10 @@ async fn store_config_directly(url: &str, body: &str) {
         .expect("update");
     let version: i64 = row.get(0);
     client
-        .execute("SELECT pg_notify('hubbub_config', $1)", &[&version.to_string()])
+        .execute(
+            "SELECT pg_notify('hubbub_config', $1)",
+            &[&version.to_string()],
+        )
         .await
         .expect("notify");
 }
@@ -345,9 +348,11 @@ async fn the_config_watcher_catches_up_after_an_outage_and_survives_a_bad_config
         .await
         .expect("put");
     assert_eq!(v, 1);
-    crate::support::until(&mut socket, "flags one", |f| {
-        matches!(f, ServerFrame::Flags { flags } if flags.contains_key("one"))
-    })
+    crate::support::until(
+        &mut socket,
+        "flags one",
+        |f| matches!(f, ServerFrame::Flags { flags } if flags.contains_key("one")),
+    )
     .await;
     // PostgreSQL goes away; meanwhile the config changes (straight in the database).
     a.pg.down();
@@ -355,9 +360,11 @@ async fn the_config_watcher_catches_up_after_an_outage_and_survives_a_bad_config
     store_config_directly(&a.pg_direct, &body).await;
     a.pg.up();
     // Back: the watcher reconnects, reads the current version, applies it.
-    crate::support::until(&mut socket, "flags two", |f| {
-        matches!(f, ServerFrame::Flags { flags } if flags.contains_key("two"))
-    })
+    crate::support::until(
+        &mut socket,
+        "flags two",
+        |f| matches!(f, ServerFrame::Flags { flags } if flags.contains_key("two")),
+    )
     .await;
     // A stored config that does not parse: reported, skipped, the process serves on.
     store_config_directly(&a.pg_direct, r#"{"limits":{"bogus":1}}"#).await;
@@ -394,9 +401,11 @@ async fn the_config_watcher_catches_up_after_an_outage_and_survives_a_bad_config
         .await
         .expect("put over the bad one");
     assert_eq!(v, 4);
-    crate::support::until(&mut socket, "flags three", |f| {
-        matches!(f, ServerFrame::Flags { flags } if flags.contains_key("three"))
-    })
+    crate::support::until(
+        &mut socket,
+        "flags three",
+        |f| matches!(f, ServerFrame::Flags { flags } if flags.contains_key("three")),
+    )
     .await;
     stop(a).await;
 }
