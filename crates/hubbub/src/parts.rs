@@ -137,7 +137,7 @@ impl Service for Chat {
                         ctx.media.clone(),
                         ctx.queue.clone(),
                         ctx.delivery.clone(),
-                        config.limits.clone(),
+                        hubbub_services::LiveLimits::new(ctx.runtime.subscribe()),
                     );
                     match notify_settings(ctx) {
                         Some(n) => chat.with_notify(n),
@@ -169,7 +169,7 @@ impl Service for Feed {
                         ctx.media.clone(),
                         ctx.queue.clone(),
                         ctx.delivery.clone(),
-                        config.limits.clone(),
+                        hubbub_services::LiveLimits::new(ctx.runtime.subscribe()),
                         Duration::from_millis(config.feed.precompute_dedupe_ms.max(1)),
                     )
                     .with_engagement(ctx.engagement.clone());

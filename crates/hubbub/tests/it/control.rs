@@ -322,6 +322,7 @@ async fn limits_apply_live_from_the_next_frame() {
     let big = "x".repeat(2_000);
     let mut config = s.client().runtime_config(BOOT).await.expect("get").config;
     config.limits.max_frame_bytes = 1_000;
+    config.limits.max_text_chars = 10;
     // The flag is the marker: once alice is told of it, her edge applies the new limits.
     config.flags.insert(
         "marker".into(),
@@ -344,6 +345,27 @@ async fn limits_apply_live_from_the_next_frame() {
         .await
         .expect("a small frame still works");
     assert!(matches!(r, ServerFrame::Ok { .. }), "{r:?}");
+    // The services follow the runtime limits too (the feed service's text limit); a config
+    // applied in this process is applied in all its services, the edge told the client first.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let r = a
+            .request(Request::PostCreate {
+                text: "more than ten characters".into(),
+                attachments: None,
+                idempotency_key: None,
+            })
+            .await
+            .expect("reply");
+        if let ServerFrame::Error { code, .. } = &r {
+            assert_eq!(*code, hubbub_protocol::ErrorCode::TooLarge);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the feed service never applied the limit"
+        );
+    }
 }
 
 /// What the per-session debug log wrote (target `hubbub_debug`), for the whole test binary.

@@ -16,8 +16,8 @@ pub mod queries;
 pub use queries::ChatQueries;
 
 use crate::Failure;
+use crate::LiveLimits;
 use hubbub_protocol::internal::Envelope;
-use hubbub_protocol::limits::Limits;
 use hubbub_protocol::{ErrorCode, IdempotencyKey, ReplyData, Request};
 use hubbub_queue::Queue;
 use hubbub_registry::Delivery;
@@ -51,7 +51,7 @@ pub struct ChatService {
     media: Arc<dyn hubbub_store::MediaStore>,
     queue: Arc<dyn Queue>,
     delivery: Delivery,
-    limits: Limits,
+    limits: LiveLimits,
     /// Set when a push provider is configured: events then also feed the notify queue.
     notify: Option<crate::notify::NotifyConfig>,
 }
@@ -63,7 +63,7 @@ impl ChatService {
         media: Arc<dyn hubbub_store::MediaStore>,
         queue: Arc<dyn Queue>,
         delivery: Delivery,
-        limits: Limits,
+        limits: LiveLimits,
     ) -> Self {
         ChatService {
             store,
@@ -97,6 +97,7 @@ impl ChatService {
 #[async_trait::async_trait]
 impl crate::Handler for ChatService {
     async fn handle(&self, e: &Envelope) -> Result<Written<ReplyData>, Failure> {
+        let limits = self.limits.now();
         let user = e.user.as_str();
         let empty = |w: Written<()>| Written {
             value: ReplyData::Empty {},
@@ -119,13 +120,10 @@ impl crate::Handler for ChatService {
                         format!("title is over {MAX_TITLE_CHARS} characters"),
                     ));
                 }
-                if members.len() > self.limits.max_group_members {
+                if members.len() > limits.max_group_members {
                     return Err(Failure::new(
                         ErrorCode::TooLarge,
-                        format!(
-                            "a group has at most {} members",
-                            self.limits.max_group_members
-                        ),
+                        format!("a group has at most {} members", limits.max_group_members),
                     ));
                 }
                 let w = self
@@ -137,7 +135,7 @@ impl crate::Handler for ChatService {
                         members: members.clone(),
                         title: title.clone(),
                         ephemeral: ephemeral.unwrap_or(false),
-                        max_members: self.limits.max_group_members,
+                        max_members: limits.max_group_members,
                     })
                     .await?;
                 Ok(Written {
@@ -164,7 +162,7 @@ impl crate::Handler for ChatService {
                 };
                 Ok(empty(
                     self.store
-                        .add_members(user, conversation, &users, self.limits.max_group_members)
+                        .add_members(user, conversation, &users, limits.max_group_members)
                         .await?,
                 ))
             }
@@ -193,7 +191,7 @@ impl crate::Handler for ChatService {
                     &*self.media,
                     text,
                     attachments,
-                    self.limits.max_text_chars,
+                    limits.max_text_chars,
                     "message",
                 )
                 .await?;
