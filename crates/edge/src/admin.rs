@@ -7,6 +7,9 @@
 //! the scope `403`, a runtime config with an unknown key or a bad value `400` naming the field
 //! (an interval under its floor also names the cost), a stale version `409`. The runtime
 //! config is stored normalized (every field written out), so `GET` shows the whole of it.
+//!
+//! For the dashboard (`/admin`, `dashboard.html` built into the binary) also: the queues'
+//! stats, a queue's dead letters, and their redrive.
 
 // Handlers return axum responses as errors: the idiom of the framework, and cold paths.
 #![allow(clippy::result_large_err)]
@@ -17,7 +20,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use hubbub_protocol::ErrorCode;
 use hubbub_protocol::admin::{
     ApiKeyInfo, CreateApiKey, CreatedApiKey, Load, MAX_WAIT_S, PutConfig, PutConfigResponse,
@@ -37,7 +40,31 @@ pub(crate) fn routes() -> axum::Router<Arc<Inner>> {
         .route("/v1/admin/config", get(get_config).put(put_config))
         .route("/v1/admin/apikeys", get(list_keys).post(create_key))
         .route("/v1/admin/apikeys/{id}", delete(revoke_key))
+        .route("/admin", get(dashboard))
+        .route("/v1/admin/queues", get(queues))
+        .route("/v1/admin/queues/{name}/dlq", get(dead_letters))
+        .route("/v1/admin/queues/{name}/dlq/redrive", post(redrive))
         .layer(axum::middleware::map_response(count))
+}
+
+/// The dashboard page: one file, built into the binary; it asks for the key itself.
+const DASHBOARD: &str = include_str!("admin/dashboard.html");
+
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'",
+            ),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
 }
 
 async fn count(resp: Response) -> Response {
@@ -275,5 +302,122 @@ async fn revoke_key(
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => store_error(e),
+    }
+}
+
+/// The queue named in a path, if the admin API shows it.
+fn known_queue(inner: &Inner, name: &str) -> Result<(), Response> {
+    if inner.config.queues.iter().any(|q| q == name) {
+        Ok(())
+    } else {
+        Err(error(ErrorCode::NotFound, "no such queue"))
+    }
+}
+
+fn queue_error(e: hubbub_queue::QueueError) -> Response {
+    tracing::warn!(error = %e, "admin: queue operation failed");
+    error(
+        ErrorCode::Unavailable,
+        "the queue is unavailable; retry later",
+    )
+}
+
+/// `GET /v1/admin/queues`: every queue's depths and oldest age.
+async fn queues(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&inner, &headers, "admin").await {
+        return r;
+    }
+    let mut out = Vec::new();
+    for name in &inner.config.queues {
+        match inner.deps.queue.stats(name).await {
+            Ok(s) => out.push(serde_json::json!({
+                "name": name, "visible": s.visible, "in_flight": s.in_flight,
+                "delayed": s.delayed + s.waiting_on_key, "dlq_depth": s.dlq_depth,
+                "oldest_age_ms": s.oldest_age_ms,
+            })),
+            Err(e) => return queue_error(e),
+        }
+    }
+    axum::Json(serde_json::json!({ "queues": out })).into_response()
+}
+
+/// Most dead letters listed at once, and bytes of each body shown.
+const MAX_LISTED: usize = 100;
+const MAX_BODY_SHOWN: usize = 2048;
+
+/// `GET /v1/admin/queues/{name}/dlq`: the oldest dead letters (bodies cut at 2 KiB).
+async fn dead_letters(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(r) = authorize(&inner, &headers, "admin").await {
+        return r;
+    }
+    if let Err(r) = known_queue(&inner, &name) {
+        return r;
+    }
+    match inner.deps.queue.dlq_list(&name, MAX_LISTED).await {
+        Ok(list) => {
+            let messages: Vec<serde_json::Value> = list
+                .into_iter()
+                .map(|d| {
+                    let mut body = String::from_utf8_lossy(&d.body).into_owned();
+                    if body.len() > MAX_BODY_SHOWN {
+                        let mut end = MAX_BODY_SHOWN;
+                        while !body.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        body.truncate(end);
+                    }
+                    serde_json::json!({
+                        "id": d.id, "receive_count": d.receive_count,
+                        "first_enqueued_ts": d.first_enqueued_ms, "body": body,
+                    })
+                })
+                .collect();
+            axum::Json(serde_json::json!({ "messages": messages })).into_response()
+        }
+        Err(e) => queue_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RedriveBody {
+    max: Option<usize>,
+}
+
+/// `POST /v1/admin/queues/{name}/dlq/redrive` `{"max"?}`: dead letters back to the queue.
+async fn redrive(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = authorize(&inner, &headers, "admin").await {
+        return r;
+    }
+    if let Err(r) = known_queue(&inner, &name) {
+        return r;
+    }
+    let max = if body.is_empty() {
+        None
+    } else {
+        match serde_json::from_slice::<RedriveBody>(&body) {
+            Ok(b) => b.max,
+            Err(e) => return error(ErrorCode::BadRequest, format!("invalid body: {e}")),
+        }
+    };
+    match inner
+        .deps
+        .queue
+        .redrive(&name, max.unwrap_or(1000).min(10_000))
+        .await
+    {
+        Ok(n) => {
+            tracing::info!(queue = %name, redriven = n, "dead letters redriven");
+            axum::Json(serde_json::json!({ "redriven": n })).into_response()
+        }
+        Err(e) => queue_error(e),
     }
 }

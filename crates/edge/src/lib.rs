@@ -108,6 +108,8 @@ pub struct EdgeConfig {
     /// Users active within this are the ones whose timelines are precomputed (the cost of a
     /// precompute interval).
     pub active_window: Duration,
+    /// The queues the admin API shows (stats, dead letters, redrive).
+    pub queues: Vec<String>,
 }
 
 /// What an edge needs from the rest of the system.
@@ -153,6 +155,10 @@ pub(crate) struct Frame {
 
 impl Frame {
     pub(crate) fn new(frame: &hubbub_protocol::ServerFrame) -> Self {
+        if let hubbub_protocol::ServerFrame::Error { code, .. } = frame {
+            metrics::counter!(hubbub_protocol::metrics::ERROR_REPLIES, "code" => code.as_str())
+                .increment(1);
+        }
         Frame {
             seq: frame.seq(),
             kind: frame.type_name(),

@@ -18,6 +18,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// The queues whose stats the scheduler exports (and the admin API shows).
+pub(crate) const QUEUES: [&str; 6] = [
+    MAIN_QUEUE,
+    CHAT_QUEUE,
+    FEED_QUEUE,
+    PRECOMPUTE_QUEUE,
+    PERSONALIZE_QUEUE,
+    NOTIFY_QUEUE,
+];
+
 /// The scheduler: periodic jobs, as a service.
 pub(crate) struct Scheduler {
     store: Arc<dyn Store>,
@@ -107,7 +117,7 @@ async fn scheduler(on: Scheduler, cancel: CancellationToken) {
                 every = next;
             }
             _ = gauges.tick() => {
-                for q in [MAIN_QUEUE, CHAT_QUEUE, FEED_QUEUE, PRECOMPUTE_QUEUE, PERSONALIZE_QUEUE, NOTIFY_QUEUE] {
+                for q in QUEUES {
                     if let Ok(s) = queue.stats(q).await {
                         metrics::gauge!(hubbub_protocol::metrics::QUEUE_VISIBLE, "queue" => q).set(s.visible as f64);
                         metrics::gauge!(hubbub_protocol::metrics::QUEUE_IN_FLIGHT, "queue" => q).set(s.in_flight as f64);

@@ -80,6 +80,7 @@ registry! {
     FLAGS_PUSHED = "hubbub_flags_pushed_total", Counter, [], "`flags` frames pushed to sessions whose flag evaluation changed";
     DEBUG_LOGGED = "hubbub_debug_frames_logged_total", Counter, [], "frames logged for sessions under a runtime config `debug` entry";
     ADMIN_REQUESTS = "hubbub_admin_requests_total", Counter, ["status"], "admin API requests by HTTP status";
+    ERROR_REPLIES = "hubbub_error_replies_total", Counter, ["code"], "`error` frames sent to clients, by code";
 }
 
 /// The registered metric a `/metrics` series belongs to (`name`, or a histogram's

@@ -90,6 +90,7 @@ async fn health_readiness_and_documented_metrics() {
         hubbub_protocol::metrics::NOTIFY_SENT,
         hubbub_protocol::metrics::NOTIFY_FAILED,
         hubbub_protocol::metrics::ROUTER_UNROUTABLE,
+        hubbub_protocol::metrics::ERROR_REPLIES,
     ];
     for m in ALL {
         if only_on_failure.contains(&m.name) || (m.labels.is_empty() && m.kind != Kind::Histogram) {

@@ -14,6 +14,7 @@ mod cli;
 mod cluster;
 mod control;
 mod crash;
+mod dashboard;
 mod deploy;
 mod engagement;
 mod feed;
