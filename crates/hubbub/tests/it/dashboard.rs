@@ -298,7 +298,11 @@ async fn the_dashboard_shows_the_figures_flips_a_flag_and_redrives() {
         // For the pictures: half a minute of varying load, so the charts have a history.
         for i in 0..150u32 {
             for j in 0..(1 + i % 7) {
-                ok(&mut a, send(&conversation.id, &format!("shot-{i}-{j}"), "hi")).await;
+                ok(
+                    &mut a,
+                    send(&conversation.id, &format!("shot-{i}-{j}"), "hi"),
+                )
+                .await;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
