@@ -9,7 +9,7 @@
 //! config is stored normalized (every field written out), so `GET` shows the whole of it.
 //!
 //! For the dashboard (`/admin`, `dashboard.html` built into the binary) also: the queues'
-//! stats, a queue's dead letters, and their redrive.
+//! stats, a queue's dead letters, their redrive and their purge.
 
 // Handlers return axum responses as errors: the idiom of the framework, and cold paths.
 #![allow(clippy::result_large_err)]
@@ -42,7 +42,10 @@ pub(crate) fn routes() -> axum::Router<Arc<Inner>> {
         .route("/v1/admin/apikeys/{id}", delete(revoke_key))
         .route("/admin", get(dashboard))
         .route("/v1/admin/queues", get(queues))
-        .route("/v1/admin/queues/{name}/dlq", get(dead_letters))
+        .route(
+            "/v1/admin/queues/{name}/dlq",
+            get(dead_letters).delete(purge),
+        )
         .route("/v1/admin/queues/{name}/dlq/redrive", post(redrive))
         .layer(axum::middleware::map_response(count))
 }
@@ -417,6 +420,27 @@ async fn redrive(
         Ok(n) => {
             tracing::info!(queue = %name, redriven = n, "dead letters redriven");
             axum::Json(serde_json::json!({ "redriven": n })).into_response()
+        }
+        Err(e) => queue_error(e),
+    }
+}
+
+/// `DELETE /v1/admin/queues/{name}/dlq`: every dead letter deleted (at most 100,000 a call).
+async fn purge(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(r) = authorize(&inner, &headers, "admin").await {
+        return r;
+    }
+    if let Err(r) = known_queue(&inner, &name) {
+        return r;
+    }
+    match inner.deps.queue.purge_dlq(&name, 100_000).await {
+        Ok(n) => {
+            tracing::info!(queue = %name, purged = n, "dead letters purged");
+            axum::Json(serde_json::json!({ "purged": n })).into_response()
         }
         Err(e) => queue_error(e),
     }

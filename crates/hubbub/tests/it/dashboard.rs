@@ -1,7 +1,7 @@
 //! The admin dashboard (`GET /admin`) in a real browser: headless Chromium (Debian's
 //! `chromium`, which `scripts/test` installs), driven over the DevTools protocol. The page is
 //! opened, logs in with the bootstrap key, shows the figures moving under a small load, flips
-//! a flag (a connected client receives `flags`), and redrives a dead letter. Without Chromium
+//! a flag (a connected client receives `flags`), redrives a dead letter and purges one. Without Chromium
 //! on the machine the test says so and passes (the test script installs it).
 //!
 //! With `HUBBUB_DASHBOARD_SCREENSHOTS=<dir>` it saves screenshots there (docs/ holds them).
@@ -353,4 +353,35 @@ async fn the_dashboard_shows_the_figures_flips_a_flag_and_redrives() {
     .await;
     let stats = queue.stats("notify").await.expect("stats");
     assert_eq!((stats.dlq_depth, stats.visible), (0, 1), "{stats:?}");
+    // Another dead letter, purged (two clicks).
+    let before = queue.stats("notify").await.expect("stats").visible;
+    dead_letter(&queue).await;
+    page.until(
+        "the new dead letter",
+        "!!document.querySelector('button.dlq-show[data-queue=\"notify\"]')",
+    )
+    .await;
+    page.eval("document.querySelector('button.dlq-show[data-queue=\"notify\"]').click(); true")
+        .await;
+    page.until(
+        "the purge button",
+        "!!document.querySelector('button.dlq-purge')",
+    )
+    .await;
+    page.eval(
+        "document.querySelector('button.dlq-purge').click();
+         document.querySelector('button.dlq-purge').click(); true",
+    )
+    .await;
+    page.until(
+        "the purge",
+        "document.querySelector('#dlq').textContent.includes(' purged from notify.dlq')",
+    )
+    .await;
+    let stats = queue.stats("notify").await.expect("stats");
+    assert_eq!(stats.dlq_depth, 0, "{stats:?}");
+    assert!(
+        stats.visible <= before,
+        "a purge sends nothing back: {stats:?}"
+    );
 }
