@@ -26,6 +26,9 @@ use tokio_util::sync::CancellationToken;
 /// The runtime config a process applies, published to its parts.
 pub(crate) type Runtime = Arc<watch::Sender<Arc<VersionedConfig>>>;
 
+/// The shortest `server.edge_ttl_s` (heartbeats every second).
+const EDGE_TTL_FLOOR_S: u64 = 3;
+
 /// How long one long poll waits before it is asked again (the store answers at once when a
 /// newer version exists).
 const POLL: Duration = Duration::from_secs(30);
@@ -51,6 +54,17 @@ impl Config {
     /// The floors of the configuration file's intervals, with the cost under `load` (the same
     /// rule as a `PUT` of the runtime config, naming the file's settings).
     pub(crate) fn check_floors(&self, load: Load) -> Result<(), String> {
+        // Heartbeats: each edge renews its registry entry and its engagement subscriptions
+        // every third of the TTL (a file setting only: the registry's keys carry it).
+        if self.server.edge_ttl_s < EDGE_TTL_FLOOR_S {
+            return Err(format!(
+                "server.edge_ttl_s: {} s is below its floor of {EDGE_TTL_FLOOR_S} s: it would cost \
+                 {} heartbeats an hour per edge (each a registry write and a renewal of its \
+                 subscriptions)",
+                self.server.edge_ttl_s,
+                3600 * 3 / self.server.edge_ttl_s.max(1)
+            ));
+        }
         self.runtime_base()
             .intervals
             .check_floors("intervals", load)
@@ -218,6 +232,10 @@ mod tests {
             "{e}"
         );
         c.feed.precompute_interval_s = 60;
+        c.server.edge_ttl_s = 1;
+        let e = c.check_floors(Load::default()).expect_err("refused");
+        assert!(e.contains("10800 heartbeats an hour per edge"), "{e}");
+        c.server.edge_ttl_s = 3;
         c.server.ping_interval_s = 0;
         assert!(
             c.check_floors(Load::default())
