@@ -25,7 +25,8 @@ use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// The public listener's routes; `/readyz` and `/metrics` only when `operational`.
+/// The public listener's routes; `/readyz`, `/metrics` and the admin API only when
+/// `operational` (no admin listener).
 pub(crate) fn routes(inner: Arc<Inner>, operational: bool) -> axum::Router {
     let router = axum::Router::new()
         .route("/v1/auth/signup", post(signup))
@@ -42,6 +43,7 @@ pub(crate) fn routes(inner: Arc<Inner>, operational: bool) -> axum::Router {
         router
             .route("/readyz", get(ready))
             .route("/metrics", get(metrics))
+            .merge(crate::admin::routes())
     } else {
         router
     };
@@ -50,12 +52,13 @@ pub(crate) fn routes(inner: Arc<Inner>, operational: bool) -> axum::Router {
         .with_state(inner)
 }
 
-/// The admin listener's routes: health, readiness, metrics.
+/// The admin listener's routes: health, readiness, metrics, the admin API.
 pub(crate) fn admin_routes(inner: Arc<Inner>) -> axum::Router {
     axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .merge(crate::admin::routes())
         .fallback(|| async { error(ErrorCode::NotFound, "no such endpoint") })
         .with_state(inner)
 }
@@ -314,7 +317,7 @@ async fn upload(
         Err(e) => return error(ErrorCode::BadRequest, e.to_string()),
     };
     let essence = content_type;
-    let limit = inner.config.limits.max_media_bytes;
+    let limit = inner.runtime().config.limits.max_media_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -328,7 +331,7 @@ async fn upload(
     if declared.is_some_and(|n| n > limit) {
         return too_large();
     }
-    let quota = inner.config.limits.media_quota_bytes;
+    let quota = inner.runtime().config.limits.media_quota_bytes;
     let over_quota = |used: u64| {
         error(
             ErrorCode::TooLarge,

@@ -4,6 +4,9 @@
 //! - [`auth`]: passwords, access and refresh tokens, app tokens.
 //! - `http`: the HTTP API (`/v1/auth/*`, `/v1/users/{handle}`), `/healthz`, `/readyz`,
 //!   `/metrics`; every error is the protocol's `{"error":{"code","message"}}`.
+//! - `admin`: the admin API (`/v1/admin/apikeys`, `/v1/admin/config`), behind API keys.
+//! - `runtime`: the runtime config as this edge applies it (limits, flags and their push,
+//!   per-session debug logging).
 //! - `sse`: `/v1/sse`, engagement events over server-sent events.
 //! - [`listener`]: the accept loop every HTTP listener runs: connection caps (server-wide,
 //!   per IP), header and body read timeouts.
@@ -27,14 +30,18 @@
 //! The edge knows no service logic: it asks the chat query side for reads and `sync`, and
 //! forwards everything else.
 
+mod admin;
 mod admission;
 pub mod auth;
 mod http;
 mod limit;
 pub mod listener;
 pub mod media_type;
+mod runtime;
 pub mod sse;
 mod ws;
+
+pub use runtime::DEBUG_TARGET;
 
 use auth::{Auth, AuthConfig};
 use hubbub_protocol::internal::ToEdge;
@@ -64,7 +71,8 @@ const STORE_PROBE_EVERY: Duration = Duration::from_millis(500);
 pub struct EdgeConfig {
     /// This edge's id (unique among running edges).
     pub edge_id: String,
-    /// Protocol limits.
+    /// Protocol limits of the configuration file. The edge reads limits from the runtime
+    /// config ([`EdgeDeps::runtime`]), which starts from these at version 0.
     pub limits: Limits,
     /// Auth settings.
     pub auth: AuthConfig,
@@ -74,7 +82,9 @@ pub struct EdgeConfig {
     pub spool_dir: PathBuf,
     /// A request with no reply after this long is answered `internal`.
     pub request_timeout: Duration,
-    /// Ping interval; a connection silent for three intervals is closed.
+    /// Ping interval of the configuration file; a connection silent for three intervals is
+    /// closed. Connections use the runtime config's `intervals.ping_interval_s`, which starts
+    /// from it at version 0.
     pub ping_interval: Duration,
     /// How often this edge tells the signals service it is alive.
     pub heartbeat_interval: Duration,
@@ -93,6 +103,13 @@ pub struct EdgeConfig {
     /// Admission control: past this average reply time, writes are refused while any is in
     /// flight.
     pub admission_wait: Duration,
+    /// The bootstrap API key (`api.bootstrap_key`): every scope.
+    pub bootstrap_key: Option<String>,
+    /// Users active within this are the ones whose timelines are precomputed (the cost of a
+    /// precompute interval).
+    pub active_window: Duration,
+    /// The queues the admin API shows (stats, dead letters, redrive).
+    pub queues: Vec<String>,
 }
 
 /// What an edge needs from the rest of the system.
@@ -121,6 +138,8 @@ pub struct EdgeDeps {
     /// Registry lookups and the link to every edge: how a revocation closes the user's
     /// sessions on all edges.
     pub delivery: Delivery,
+    /// The runtime config this process applies, published by its watcher.
+    pub runtime: tokio::sync::watch::Receiver<Arc<hubbub_protocol::admin::VersionedConfig>>,
 }
 
 /// A frame serialized once by the dispatcher (and shared by every session of the user).
@@ -136,6 +155,10 @@ pub(crate) struct Frame {
 
 impl Frame {
     pub(crate) fn new(frame: &hubbub_protocol::ServerFrame) -> Self {
+        if let hubbub_protocol::ServerFrame::Error { code, .. } = frame {
+            metrics::counter!(hubbub_protocol::metrics::ERROR_REPLIES, "code" => code.as_str())
+                .increment(1);
+        }
         Frame {
             seq: frame.seq(),
             kind: frame.type_name(),
@@ -280,6 +303,10 @@ pub(crate) struct Inner {
     auth_limits: AuthLimits,
     /// Whether a write may be accepted now (overload sheds writes early).
     admission: Arc<admission::Admission>,
+    /// Whether the runtime config has any `debug` entry (the hot paths look no further).
+    debug_any: std::sync::atomic::AtomicBool,
+    /// The runtime config's `limits.max_outgoing_bytes` (read for every item handed over).
+    max_outgoing_bytes: AtomicUsize,
 }
 
 impl Inner {
@@ -416,7 +443,7 @@ impl Inner {
         }
         let bytes = out.bytes();
         let queued = handle.queued.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        let over = queued > self.config.limits.max_outgoing_bytes.max(1);
+        let over = queued > self.max_outgoing_bytes.load(Ordering::Relaxed);
         if over || handle.tx.try_send(out).is_err() {
             handle.queued.fetch_sub(bytes, Ordering::Relaxed);
             if over || !handle.tx.is_closed() {
@@ -566,6 +593,13 @@ impl Edge {
     ) -> Result<Self, auth::AuthError> {
         let auth = Auth::new(deps.store.clone(), config.auth.clone(), &config.key_file)?;
         let config_auth = config.auth.clone();
+        let (debug_any, max_outgoing_bytes) = {
+            let now = deps.runtime.borrow();
+            (
+                !now.config.debug.is_empty(),
+                now.config.limits.max_outgoing_bytes.max(1),
+            )
+        };
         let admission = Arc::new(admission::Admission::new(
             config.max_inflight_writes,
             config.admission_wait,
@@ -579,6 +613,8 @@ impl Edge {
             tracker: TaskTracker::new(),
             store_ok: std::sync::atomic::AtomicBool::new(true),
             admission,
+            debug_any: std::sync::atomic::AtomicBool::new(debug_any),
+            max_outgoing_bytes: AtomicUsize::new(max_outgoing_bytes),
             auth_limits: AuthLimits {
                 per_ip: KeyedLimiter::per_minute(
                     config_auth.attempts_per_ip_per_minute,
@@ -634,6 +670,7 @@ impl Edge {
                 }
             }
         });
+        inner.tracker.spawn(runtime::follow(inner.clone()));
         let dispatcher = inner.clone();
         inner.tracker.spawn(async move {
             loop {

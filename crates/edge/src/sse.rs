@@ -113,7 +113,7 @@ pub(crate) async fn stream(
         Ok(s) => s,
         Err(e) => return error(ErrorCode::Internal, e.to_string()),
     };
-    let (tx, rx) = mpsc::channel(inner.config.limits.max_outgoing_frames.max(16));
+    let (tx, rx) = mpsc::channel(inner.runtime().config.limits.max_outgoing_frames.max(16));
     let close = Arc::new(CloseSignal::default());
     let queued = Arc::new(AtomicUsize::new(0));
     inner.add_session(

@@ -91,6 +91,58 @@ impl Client {
         decode(resp).await
     }
 
+    /// `POST /v1/admin/apikeys` with an admin key: a new key (shown this once).
+    pub async fn create_api_key(
+        &self,
+        admin_key: &str,
+        name: &str,
+        scopes: &[String],
+    ) -> anyhow::Result<hubbub_protocol::admin::CreatedApiKey> {
+        let resp = self
+            .http
+            .post(format!("{}/v1/admin/apikeys", self.base))
+            .bearer_auth(admin_key)
+            .json(&serde_json::json!({"name": name, "scopes": scopes}))
+            .send()
+            .await
+            .context("connecting to the server")?;
+        decode(resp).await
+    }
+
+    /// `GET /v1/admin/config` with an admin key.
+    pub async fn runtime_config(
+        &self,
+        admin_key: &str,
+    ) -> anyhow::Result<hubbub_protocol::admin::VersionedConfig> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/admin/config", self.base))
+            .bearer_auth(admin_key)
+            .send()
+            .await
+            .context("connecting to the server")?;
+        decode(resp).await
+    }
+
+    /// `PUT /v1/admin/config` with an admin key: the new version.
+    pub async fn put_runtime_config(
+        &self,
+        admin_key: &str,
+        version: u64,
+        config: &hubbub_protocol::admin::RuntimeConfig,
+    ) -> anyhow::Result<u64> {
+        let resp = self
+            .http
+            .put(format!("{}/v1/admin/config", self.base))
+            .bearer_auth(admin_key)
+            .json(&serde_json::json!({"version": version, "config": config}))
+            .send()
+            .await
+            .context("connecting to the server")?;
+        let put: hubbub_protocol::admin::PutConfigResponse = decode(resp).await?;
+        Ok(put.version)
+    }
+
     /// Open `/v1/ws` with a bearer token and read `hello`.
     pub async fn connect(&self, token: &str) -> anyhow::Result<(Socket, ServerFrame)> {
         let url = format!("{}/v1/ws", self.base.replacen("http", "ws", 1));

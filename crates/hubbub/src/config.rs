@@ -6,7 +6,7 @@
 //! double underscore: `HUBBUB_LISTEN`, `HUBBUB_DATA_DIR`, `HUBBUB_LIMITS__FRAMES_PER_S`,
 //! `HUBBUB_AUTH__APP_HMAC_SECRET`. Unknown settings are errors, so a typo never passes
 //! silently; only `HUBBUB_LOG`, `HUBBUB_CONFIG`, the CLI's `HUBBUB_SERVER`, `HUBBUB_PROFILE`,
-//! `HUBBUB_PASSWORD`, and anything under `HUBBUB_TEST_` are not settings. `hubbub.example.toml` at the repository root lists every setting with its
+//! `HUBBUB_PASSWORD`, `HUBBUB_API_KEY`, and anything under `HUBBUB_TEST_` are not settings. `hubbub.example.toml` at the repository root lists every setting with its
 //! default; a test checks that it parses to exactly the defaults.
 
 use hubbub_edge::auth::AuthConfig;
@@ -25,6 +25,7 @@ const NOT_SETTINGS: &[&str] = &[
     "HUBBUB_SERVER",
     "HUBBUB_PROFILE",
     "HUBBUB_PASSWORD",
+    "HUBBUB_API_KEY",
 ];
 
 /// Everything `hubbub serve` can be told.
@@ -57,7 +58,22 @@ pub struct Config {
     pub engagement: EngagementSettings,
     /// Running roles apart (`hubbub edge`, `router`, `worker`, `scheduler`).
     pub cluster: ClusterSettings,
+    /// API keys.
+    pub api: ApiSettings,
 }
+
+/// API keys (PROTOCOL.md 1.1): the bootstrap key, with every scope. Others are created
+/// through the admin API (or `hubbub apikey create`) and stored hashed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    /// A key with the `server` and `admin` scopes (env `HUBBUB_API__BOOTSTRAP_KEY`); at least
+    /// 32 characters.
+    pub bootstrap_key: Option<String>,
+}
+
+/// The shortest bootstrap key accepted.
+pub const MIN_BOOTSTRAP_KEY: usize = 32;
 
 /// Running roles apart: the shared backends and the edges' internal listener.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -252,6 +268,7 @@ impl Default for Config {
             feed: FeedSettings::default(),
             engagement: EngagementSettings::default(),
             cluster: ClusterSettings::default(),
+            api: ApiSettings::default(),
         }
     }
 }
@@ -382,9 +399,17 @@ impl Config {
             let path: Vec<String> = path.split('.').map(str::to_owned).collect();
             set_path(&mut root, &path, value, "flag")?;
         }
-        toml::Value::Table(root)
+        let config: Config = toml::Value::Table(root)
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+        if let Some(k) = &config.api.bootstrap_key
+            && k.chars().count() < MIN_BOOTSTRAP_KEY
+        {
+            return Err(ConfigError::Invalid(format!(
+                "api.bootstrap_key: at least {MIN_BOOTSTRAP_KEY} characters (it opens the admin API)"
+            )));
+        }
+        Ok(config)
     }
 
     /// The configuration as TOML.

@@ -4,7 +4,8 @@
 //! server in-process.
 //!
 //! How a process is put together: `lifecycle` (one service trait, one manager), the
-//! services themselves in `parts` and `scheduler`, their settings in `wiring`; [`serve`]
+//! services themselves in `parts` and `scheduler`, their settings in `wiring`, the runtime
+//! config's watcher in `control`; [`serve`]
 //! starts every service on the embedded backends, `roles` (feature `cluster`) the services
 //! of one role on Redis and PostgreSQL.
 
@@ -12,6 +13,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+mod control;
 pub mod fuzz;
 mod lifecycle;
 mod parts;

@@ -64,6 +64,8 @@ pub(crate) struct Context {
     pub(crate) cancel: CancellationToken,
     /// Where listeners record the addresses they are bound to.
     pub(crate) bound: Mutex<Bound>,
+    /// The runtime config this process applies (published by the `config` service).
+    pub(crate) runtime: crate::control::Runtime,
     /// What only the services of roles apart need (none in `hubbub serve`).
     #[cfg(feature = "cluster")]
     pub(crate) cluster: Option<crate::roles::ClusterParts>,

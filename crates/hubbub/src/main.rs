@@ -89,6 +89,25 @@ impl ServerArgs {
     }
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum ApiKeyCommand {
+    /// Create an API key and print it (it is shown once): `{"id","key"}`.
+    Create {
+        /// A name for people.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated scopes: server, admin.
+        #[arg(long, default_value = "server")]
+        scopes: String,
+        /// An API key with the admin scope (the bootstrap key, `api.bootstrap_key`, at first).
+        #[arg(long, env = "HUBBUB_API_KEY", hide_env_values = true)]
+        key: String,
+        /// The server's base URL (its admin listener when `admin_listen` is set).
+        #[arg(long, env = "HUBBUB_SERVER", default_value = "http://127.0.0.1:7700")]
+        server: String,
+    },
+}
+
 #[derive(Debug, clap::Args)]
 struct ClientArgs {
     /// The server's base URL.
@@ -170,6 +189,11 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// API keys (through the admin API of a running server).
+    Apikey {
+        #[command(subcommand)]
+        which: ApiKeyCommand,
+    },
     /// Write the JSON Schema of the client protocol into a directory.
     Schema {
         /// Where to write the schema files.
@@ -190,7 +214,14 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HUBBUB_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+                // Per-session debug logging (runtime config `debug` entries) is written
+                // whatever the global level: only sessions under an entry write to it.
+                .add_directive(
+                    format!("{}=debug", hubbub_edge::DEBUG_TARGET)
+                        .parse()
+                        .map_err(|e| anyhow::anyhow!("log filter: {e}"))?,
+                ),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -234,6 +265,26 @@ fn main() -> anyhow::Result<()> {
             println!("new signing key {kid}; older keys still verify tokens until they expire");
             Ok(())
         }
+        Command::Apikey {
+            which:
+                ApiKeyCommand::Create {
+                    name,
+                    scopes,
+                    key,
+                    server,
+                },
+        } => rt.block_on(async {
+            let scopes: Vec<String> = scopes
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+            let created = hubbub::client::Client::new(&server)
+                .create_api_key(&key, &name, &scopes)
+                .await?;
+            println!("{}", serde_json::to_string(&created)?);
+            Ok(())
+        }),
         Command::Signup {
             handle,
             password,

@@ -57,6 +57,7 @@ impl Service for EdgeServer {
                 engagement: ctx.engagement.clone(),
                 metrics: wiring::metrics_handle()?,
                 delivery: ctx.delivery.clone(),
+                runtime: ctx.runtime.subscribe(),
             },
             seat.inbox,
             ctx.cancel.clone(),
@@ -136,7 +137,7 @@ impl Service for Chat {
                         ctx.media.clone(),
                         ctx.queue.clone(),
                         ctx.delivery.clone(),
-                        config.limits.clone(),
+                        hubbub_services::LiveLimits::new(ctx.runtime.subscribe()),
                     );
                     match notify_settings(ctx) {
                         Some(n) => chat.with_notify(n),
@@ -168,7 +169,7 @@ impl Service for Feed {
                         ctx.media.clone(),
                         ctx.queue.clone(),
                         ctx.delivery.clone(),
-                        config.limits.clone(),
+                        hubbub_services::LiveLimits::new(ctx.runtime.subscribe()),
                         Duration::from_millis(config.feed.precompute_dedupe_ms.max(1)),
                     )
                     .with_engagement(ctx.engagement.clone());

@@ -92,6 +92,8 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
     let manager = Manager::new();
     let cluster = Cluster::connect(&config, role == Role::Edge).await?;
     let ctx = cluster.context(&config, &manager)?;
+    // Every role watches the runtime config; first, so the others start on it.
+    manager.start::<crate::control::ConfigWatcher>(&ctx).await?;
     match &role {
         Role::Edge => {
             manager.start::<EdgeLinkIn>(&ctx).await?;
@@ -247,6 +249,7 @@ impl Cluster {
             edge_seat: Mutex::new(seat),
             cancel: manager.cancel().clone(),
             bound: Mutex::default(),
+            runtime: crate::control::runtime(config),
             cluster: Some(ClusterParts {
                 queue: self.queue,
                 store: self.store,

@@ -18,6 +18,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// The queues whose stats the scheduler exports (and the admin API shows).
+pub(crate) const QUEUES: [&str; 6] = [
+    MAIN_QUEUE,
+    CHAT_QUEUE,
+    FEED_QUEUE,
+    PRECOMPUTE_QUEUE,
+    PERSONALIZE_QUEUE,
+    NOTIFY_QUEUE,
+];
+
 /// The scheduler: periodic jobs, as a service.
 pub(crate) struct Scheduler {
     store: Arc<dyn Store>,
@@ -28,6 +38,8 @@ pub(crate) struct Scheduler {
     delivery: Delivery,
     settings: ServerSettings,
     feed_settings: FeedSettings,
+    /// The runtime config: its intervals drive the periodic jobs.
+    runtime: tokio::sync::watch::Receiver<Arc<hubbub_protocol::admin::VersionedConfig>>,
 }
 
 impl Service for Scheduler {
@@ -42,6 +54,7 @@ impl Service for Scheduler {
             delivery: ctx.delivery.clone(),
             settings: ctx.config.server.clone(),
             feed_settings: ctx.config.feed.clone(),
+            runtime: ctx.runtime.subscribe(),
         })
     }
 
@@ -51,10 +64,12 @@ impl Service for Scheduler {
     }
 }
 
-/// Periodic jobs: queue gauges every 5 s, expiry of ephemeral conversations (every minute,
-/// or faster for short TTLs), event retention every hour, the `archive` log's retention (by
-/// age and size) at start and every 5 minutes, and the precompute trigger: every
-/// `precompute_interval_s`, each recently active user's id on the `precompute` queue.
+/// Periodic jobs: queue gauges (every `intervals.queue_gauges_s` of the runtime config),
+/// expiry of ephemeral conversations (every `intervals.ephemeral_sweep_s`), event retention
+/// every hour, the `archive` log's retention (by age and size) at start and every 5 minutes,
+/// and the precompute trigger: every `intervals.precompute_interval_s`, each recently active
+/// user's id on the `precompute` queue. A new runtime config version restarts the timers
+/// whose interval changed (their next tick one new interval later).
 async fn scheduler(on: Scheduler, cancel: CancellationToken) {
     let Scheduler {
         store,
@@ -64,6 +79,7 @@ async fn scheduler(on: Scheduler, cancel: CancellationToken) {
         delivery,
         settings,
         feed_settings: feed,
+        mut runtime,
     } = on;
     let mut archive = tokio::time::interval(Duration::from_secs(300));
     let archive_retention = hubbub_queue::Retention {
@@ -72,18 +88,36 @@ async fn scheduler(on: Scheduler, cancel: CancellationToken) {
         )),
         max_bytes: Some(settings.archive_max_bytes),
     };
-    let mut precompute =
-        tokio::time::interval(Duration::from_secs(feed.precompute_interval_s.max(1)));
+    let mut every = runtime.borrow_and_update().config.intervals.clone();
+    let secs = |s: u64| Duration::from_secs(s.max(1));
+    let later = |s: u64| tokio::time::interval_at(tokio::time::Instant::now() + secs(s), secs(s));
+    let mut precompute = tokio::time::interval(secs(every.precompute_interval_s));
     let dedupe = Duration::from_millis(feed.precompute_dedupe_ms.max(1));
-    let mut gauges = tokio::time::interval(Duration::from_secs(5));
+    let mut gauges = tokio::time::interval(secs(every.queue_gauges_s));
     let mut prune = tokio::time::interval(Duration::from_secs(3600));
-    let sweep_every = Duration::from_secs((settings.ephemeral_ttl_s / 2).clamp(1, 60));
-    let mut ephemeral = tokio::time::interval(sweep_every);
+    let mut ephemeral = tokio::time::interval(secs(every.ephemeral_sweep_s));
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
+            changed = runtime.changed() => {
+                if changed.is_err() {
+                    // The process is ending: its watcher is gone.
+                    break;
+                }
+                let next = runtime.borrow_and_update().config.intervals.clone();
+                if next.precompute_interval_s != every.precompute_interval_s {
+                    precompute = later(next.precompute_interval_s);
+                }
+                if next.queue_gauges_s != every.queue_gauges_s {
+                    gauges = later(next.queue_gauges_s);
+                }
+                if next.ephemeral_sweep_s != every.ephemeral_sweep_s {
+                    ephemeral = later(next.ephemeral_sweep_s);
+                }
+                every = next;
+            }
             _ = gauges.tick() => {
-                for q in [MAIN_QUEUE, CHAT_QUEUE, FEED_QUEUE, PRECOMPUTE_QUEUE, PERSONALIZE_QUEUE, NOTIFY_QUEUE] {
+                for q in QUEUES {
                     if let Ok(s) = queue.stats(q).await {
                         metrics::gauge!(hubbub_protocol::metrics::QUEUE_VISIBLE, "queue" => q).set(s.visible as f64);
                         metrics::gauge!(hubbub_protocol::metrics::QUEUE_IN_FLIGHT, "queue" => q).set(s.in_flight as f64);

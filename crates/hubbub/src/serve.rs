@@ -7,6 +7,7 @@
 //! [`Running::wait`] returns when all of them have.
 
 use crate::config::Config;
+use crate::control::ConfigWatcher;
 use crate::lifecycle::{Context, EdgeSeat, Manager};
 use crate::parts::{Chat, EdgeServer, Feed, Notify, Routers, SignalLapses, Timelines};
 use crate::scheduler::Scheduler;
@@ -105,6 +106,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // The edge's sessions on the process's runtime; the message path on one of its own.
     let manager = Manager::with_core_runtime(CORE_THREADS)?;
     let ctx = context(&config, &queue, &manager).await?;
+    // First: the others start on the stored runtime config.
+    manager.start::<ConfigWatcher>(&ctx).await?;
     manager.start::<EdgeServer>(&ctx).await?;
     manager.start::<SignalLapses>(&ctx).await?;
     manager.start_core::<Routers>(&ctx).await?;
@@ -178,6 +181,7 @@ async fn context(
         edge_seat: Mutex::new(Some(EdgeSeat { id: edge_id, inbox })),
         cancel: manager.cancel().clone(),
         bound: Mutex::default(),
+        runtime: crate::control::runtime(config),
         #[cfg(feature = "cluster")]
         cluster: None,
     })

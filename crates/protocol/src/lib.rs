@@ -6,6 +6,8 @@
 //! Schema in `docs/schema/` is generated from it (`hubbub schema`).
 //!
 //! # Layout
+//! - [`admin`]: the admin API: the runtime config (parsing, floors), feature flags and their
+//!   evaluation, debug entries, API key bodies.
 //! - [`model`]: the shared objects (`C` conversation, `M` message, `P` presence, `T` post ...).
 //! - [`client`]: [`ClientFrame`] and [`Request`], one variant per request `type`, and
 //!   [`ClientFrame::parse`], which turns any text frame into a request or a protocol error.
@@ -19,6 +21,7 @@
 //!
 //! This crate knows nothing of transports, storage or queues: it is pure data and parsing.
 
+pub mod admin;
 pub mod client;
 pub mod error;
 pub mod http;
@@ -36,3 +39,6 @@ pub use server::{ReplyData, ServerFrame};
 
 /// The protocol version this crate implements.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The protocol version `hello` announces (PROTOCOL.md 1.1).
+pub const PROTOCOL_VERSION_STRING: &str = "1.1";

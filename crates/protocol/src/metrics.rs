@@ -73,6 +73,14 @@ registry! {
     NOTIFY_SUPPRESSED = "hubbub_notify_suppressed_total", Counter, [], "notifications not sent because a device acked the event";
     NOTIFY_DEAD_LETTERED = "hubbub_notify_dead_lettered_total", Counter, [], "notifications moved to `notify.dlq`";
     NOTIFY_EXPIRED = "hubbub_notify_expired_total", Counter, [], "notifications dropped past their TTL";
+    CONFIG_VERSION = "hubbub_config_version", Gauge, [], "the runtime config version this process applies (0: its config file)";
+    CONFIG_APPLIED = "hubbub_config_applied_timestamp_seconds", Gauge, [], "when this process applied its current runtime config version (Unix time, ms precision)";
+    CONFIG_APPLY_FAILURES = "hubbub_config_apply_failures_total", Counter, [], "runtime config versions this process could not read or apply (it keeps the last one)";
+    CONFIG_WATCH_ERRORS = "hubbub_config_watch_errors_total", Counter, [], "long polls of the runtime config that failed (the watcher retries and keeps the last config)";
+    FLAGS_PUSHED = "hubbub_flags_pushed_total", Counter, [], "`flags` frames pushed to sessions whose flag evaluation changed";
+    DEBUG_LOGGED = "hubbub_debug_frames_logged_total", Counter, [], "frames logged for sessions under a runtime config `debug` entry";
+    ADMIN_REQUESTS = "hubbub_admin_requests_total", Counter, ["status"], "admin API requests by HTTP status";
+    ERROR_REPLIES = "hubbub_error_replies_total", Counter, ["code"], "`error` frames sent to clients, by code";
 }
 
 /// The registered metric a `/metrics` series belongs to (`name`, or a histogram's

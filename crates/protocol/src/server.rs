@@ -1,13 +1,14 @@
 //! Frames sent by the server: `hello`, replies (`ok`, `error`) and pushed events.
 //!
 //! Durable events (`message.new`, `conversation.updated`, `receipt.read`, `notification`)
-//! carry the user's `seq`; ephemeral ones (`typing`, `presence`, `timeline`, `engagement`)
+//! carry the user's `seq`; ephemeral ones (`typing`, `presence`, `timeline`, `engagement`, `flags`)
 //! do not. Several frames may share one WebSocket text frame, separated by `\n`.
 
 use crate::error::ErrorCode;
 use crate::model::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Every frame the server sends, tagged by `type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -24,6 +25,10 @@ pub enum ServerFrame {
         last_seq: u64,
         /// The server's clock.
         server_ts: i64,
+        /// The protocol version the server speaks (`"1.1"`).
+        protocol: String,
+        /// Every feature flag, evaluated for this user.
+        flags: BTreeMap<String, bool>,
     },
     /// A successful reply.
     #[serde(rename = "ok")]
@@ -116,6 +121,12 @@ pub enum ServerFrame {
         /// When the timeline was precomputed.
         computed_ts: i64,
     },
+    /// The user's feature flags changed (ephemeral): the whole map.
+    #[serde(rename = "flags")]
+    Flags {
+        /// Every flag, evaluated for this user.
+        flags: BTreeMap<String, bool>,
+    },
     /// Who is writing a comment on a watched post (ephemeral).
     #[serde(rename = "engagement")]
     Engagement {
@@ -169,6 +180,7 @@ impl ServerFrame {
             ServerFrame::Presence(_) => "presence",
             ServerFrame::Timeline { .. } => "timeline",
             ServerFrame::Engagement { .. } => "engagement",
+            ServerFrame::Flags { .. } => "flags",
         }
     }
 
@@ -302,8 +314,11 @@ mod tests {
     #[test]
     fn every_server_frame_round_trips() {
         let hello = round_trip(json!({"type":"hello","user":{"id":"u1","handle":"alice"},
-            "session":"s1","last_seq":42,"server_ts":1700000000000i64}));
+            "session":"s1","last_seq":42,"server_ts":1700000000000i64,"protocol":"1.1",
+            "flags":{"beta":true,"gamma":false}}));
         assert_eq!(hello.seq(), None);
+        let flags = round_trip(json!({"type":"flags","flags":{"beta":true}}));
+        assert_eq!((flags.seq(), flags.type_name()), (None, "flags"));
         round_trip(json!({"type":"error","id":"r1","code":"forbidden","message":"not a member"}));
         round_trip(json!({"type":"error","id":null,"code":"bad_request","message":"binary"}));
         round_trip(

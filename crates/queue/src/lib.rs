@@ -102,6 +102,37 @@ pub trait Queue: Send + Sync {
     /// Move up to `max` messages from `<queue>.dlq` back to `queue`, with their receive count
     /// reset; returns how many moved.
     async fn redrive(&self, queue: &str, max: usize) -> Result<usize, QueueError>;
+
+    /// Delete up to `max` messages of `<queue>.dlq`, oldest first; returns how many. Written
+    /// once for every backend: the DLQ is itself a queue, so its messages are received and
+    /// acked (one being looked at by another receiver is left alone).
+    async fn purge_dlq(&self, queue: &str, max: usize) -> Result<usize, QueueError> {
+        const BATCH: usize = 100;
+        let dlq = dlq_name(queue);
+        let mut purged = 0;
+        while purged < max {
+            let got = self
+                .receive(
+                    &dlq,
+                    ReceiveOptions {
+                        max: BATCH.min(max - purged),
+                        wait: Duration::ZERO,
+                        visibility: Duration::from_secs(60),
+                    },
+                )
+                .await?;
+            if got.is_empty() {
+                break;
+            }
+            let receipts: Vec<Receipt> = got.into_iter().map(|d| d.receipt).collect();
+            let acked = self.ack_batch(&dlq, &receipts).await?;
+            purged += acked.iter().filter(|r| r.is_ok()).count();
+            if receipts.len() < BATCH {
+                break;
+            }
+        }
+        Ok(purged)
+    }
 }
 
 /// A durable append-only log with consumer groups (the `archive` of every routed message).

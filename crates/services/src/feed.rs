@@ -11,10 +11,10 @@
 //! redelivered envelope changes nothing).
 
 use crate::Failure;
+use crate::LiveLimits;
 use crate::chat::created_id;
 use crate::timeline::request_precompute;
 use hubbub_protocol::internal::Envelope;
-use hubbub_protocol::limits::Limits;
 use hubbub_protocol::{ErrorCode, ReplyData, Request};
 use hubbub_queue::Queue;
 use hubbub_registry::{Delivery, Engagement};
@@ -44,7 +44,7 @@ pub struct FeedService {
     media: Arc<dyn MediaStore>,
     queue: Arc<dyn Queue>,
     delivery: Delivery,
-    limits: Limits,
+    limits: LiveLimits,
     engagement: Option<Arc<dyn Engagement>>,
     precompute_window: Duration,
     notify: Option<crate::notify::NotifyConfig>,
@@ -58,7 +58,7 @@ impl FeedService {
         media: Arc<dyn MediaStore>,
         queue: Arc<dyn Queue>,
         delivery: Delivery,
-        limits: Limits,
+        limits: LiveLimits,
         precompute_window: Duration,
     ) -> Self {
         FeedService {
@@ -117,10 +117,11 @@ impl FeedService {
     }
 
     fn check_comment(&self, text: &str) -> Result<(), Failure> {
-        if text.chars().count() > self.limits.max_text_chars {
+        let limits = self.limits.now();
+        if text.chars().count() > limits.max_text_chars {
             return Err(Failure::new(
                 ErrorCode::TooLarge,
-                format!("text is over {} characters", self.limits.max_text_chars),
+                format!("text is over {} characters", limits.max_text_chars),
             ));
         }
         if text.trim().is_empty() {
@@ -133,6 +134,7 @@ impl FeedService {
 #[async_trait::async_trait]
 impl crate::Handler for FeedService {
     async fn handle(&self, e: &Envelope) -> Result<Written<ReplyData>, Failure> {
+        let limits = self.limits.now();
         let user = e.user.as_str();
         match &e.request {
             Request::PostCreate {
@@ -144,7 +146,7 @@ impl crate::Handler for FeedService {
                     &*self.media,
                     text,
                     attachments,
-                    self.limits.max_text_chars,
+                    limits.max_text_chars,
                     "post",
                 )
                 .await?;

@@ -12,6 +12,7 @@
 //!   queue, webhook provider).
 //!
 //! Services never call one another; they share nothing but the store and the queues.
+//! Their limits are the runtime config's, followed live ([`LiveLimits`]).
 //!
 //! With the feature `conformance`, [`conformance`] holds the conformance suites of the
 //! `Signals` and `Engagement` traits, for the in-process and the distributed implementations.
@@ -244,5 +245,39 @@ impl Worker {
             .push(frames, replies, Some(envelope.accepted_ms))
             .await;
         true
+    }
+}
+
+/// The limits a service checks, as the process applies them now: the runtime config's, which
+/// the process's watcher publishes on a `watch` channel (a new version holds from the next
+/// request).
+#[derive(Debug, Clone)]
+pub struct LiveLimits(
+    tokio::sync::watch::Receiver<std::sync::Arc<hubbub_protocol::admin::VersionedConfig>>,
+);
+
+impl LiveLimits {
+    /// Limits that follow the runtime config published on `rx`.
+    pub fn new(
+        rx: tokio::sync::watch::Receiver<std::sync::Arc<hubbub_protocol::admin::VersionedConfig>>,
+    ) -> Self {
+        LiveLimits(rx)
+    }
+
+    /// Limits that never change.
+    pub fn fixed(limits: hubbub_protocol::limits::Limits) -> Self {
+        let config = hubbub_protocol::admin::RuntimeConfig {
+            limits,
+            ..Default::default()
+        };
+        let (_, rx) = tokio::sync::watch::channel(std::sync::Arc::new(
+            hubbub_protocol::admin::VersionedConfig { version: 0, config },
+        ));
+        LiveLimits(rx)
+    }
+
+    /// The limits now.
+    pub fn now(&self) -> hubbub_protocol::limits::Limits {
+        self.0.borrow().config.limits.clone()
     }
 }

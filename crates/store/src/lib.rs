@@ -11,11 +11,13 @@
 //!   ([`ChatStore`]).
 //! - [`inbox`]: each user's durable events, which chat and the feed append to
 //!   ([`InboxStore`]).
+//! - [`control`]: API keys and the versioned runtime config, with a long poll on its version
+//!   ([`ControlStore`]).
 //! - [`feed`]: posts, comments, likes, follows, activity ([`FeedStore`]).
 //! - [`media`]: uploaded media ([`MediaStore`]: its bytes in a directory, `local.rs`, or an
 //!   S3-compatible bucket, `s3.rs`) and its metadata rows ([`MediaMeta`]).
 //!
-//! [`Store`] is the union of the account, chat and inbox traits (what the edge and the chat
+//! [`Store`] is the union of the account, chat, inbox and control traits (what the edge and the chat
 //! service hold as `Arc<dyn Store>`). The backends, each owning its connections, its
 //! transactions, its error mapping and its numbered migrations (`migrations/<backend>/`):
 //! - `sqlite` ([`SqliteStore`]): the embedded store, in the same SQLite file as the embedded
@@ -41,6 +43,7 @@
 
 pub mod accounts;
 pub mod chat;
+pub mod control;
 pub mod feed;
 pub mod inbox;
 pub mod media;
@@ -50,6 +53,7 @@ mod sqlite;
 
 pub use accounts::{AccountStore, Credentials, RefreshOutcome};
 pub use chat::{ChatStore, MAX_CHANNEL_SYNC, MAX_QUERY_CHARS, NewConversation, NewMessage};
+pub use control::{ApiKey, ControlStore, StoredConfig};
 pub use feed::{FeedStore, NewComment, NewPost, StoredPost};
 pub use inbox::{InboxStore, Replay};
 #[cfg(feature = "s3")]
@@ -194,11 +198,11 @@ impl<T> Written<T> {
     }
 }
 
-/// The durable state the edge and the chat service use: accounts, chat and inboxes. Every
-/// backend that implements the three traits is a `Store`.
-pub trait Store: AccountStore + ChatStore + InboxStore {}
+/// The durable state the edge and the chat service use: accounts, chat, inboxes and the
+/// control plane. Every backend that implements the four traits is a `Store`.
+pub trait Store: AccountStore + ChatStore + InboxStore + ControlStore {}
 
-impl<T: AccountStore + ChatStore + InboxStore + ?Sized> Store for T {}
+impl<T: AccountStore + ChatStore + InboxStore + ControlStore + ?Sized> Store for T {}
 
 /// Run a rule in one of a backend's transactions: `run!(self.write, |tx| rule(tx, &a))` (or
 /// `self.read`, `self.snapshot`). The captured values must be owned (`to_owned` them first):

@@ -23,11 +23,13 @@ use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 
 /// The schema's steps: version N is the first N of them, applied in order. Version 1: chat,
-/// the feed, media; version 2: refresh token families and revocation.
-const MIGRATIONS: [&str; 3] = [
+/// the feed, media; version 2: refresh token families and revocation; version 3: channels;
+/// version 4: API keys and the runtime config.
+const MIGRATIONS: [&str; 4] = [
     include_str!("../migrations/postgres/001_chat_feed_media.sql"),
     include_str!("../migrations/postgres/002_refresh_token_families.sql"),
     include_str!("../migrations/postgres/003_channels.sql"),
+    include_str!("../migrations/postgres/004_control.sql"),
 ];
 
 /// The PostgreSQL store: [`Store`](crate::Store), [`FeedStore`](crate::FeedStore) and media
@@ -37,6 +39,8 @@ pub struct PgStore {
     pool: Pool,
     /// `message.send` jobs for the group-commit task (see `chat::postgres`).
     pub(crate) sends: tokio::sync::mpsc::Sender<crate::chat::postgres::SendJob>,
+    /// The runtime config versions this process knows (see `control`).
+    pub(crate) config_watch: std::sync::Arc<crate::control::postgres::ConfigWatch>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -206,7 +210,12 @@ impl PgStore {
             .create_pool(Some(Runtime::Tokio1), NoTls)
             .map_err(|e| StoreError::BadRequest(format!("postgres url: {e}")))?;
         let sends = crate::chat::postgres::start_sends(pool.clone());
-        let store = PgStore { pool, sends };
+        let config_watch = std::sync::Arc::new(crate::control::postgres::ConfigWatch::new(url));
+        let store = PgStore {
+            pool,
+            sends,
+            config_watch,
+        };
         store.migrate().await?;
         Ok(store)
     }

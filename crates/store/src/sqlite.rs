@@ -20,12 +20,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 /// The schema's steps: version N is the first N of them, applied in order. Version 1: chat;
-/// version 2: the feed; version 3: refresh token families and revocation; version 4: channels.
-const MIGRATIONS: [&str; 4] = [
+/// version 2: the feed; version 3: refresh token families and revocation; version 4: channels;
+/// version 5: API keys and the runtime config.
+const MIGRATIONS: [&str; 5] = [
     include_str!("../migrations/sqlite/001_chat.sql"),
     include_str!("../migrations/sqlite/002_feed.sql"),
     include_str!("../migrations/sqlite/003_refresh_token_families.sql"),
     include_str!("../migrations/sqlite/004_channels.sql"),
+    include_str!("../migrations/sqlite/005_control.sql"),
 ];
 /// Read connections kept open for reuse.
 const MAX_IDLE_READERS: usize = 8;
@@ -117,6 +119,8 @@ pub struct SqliteStore {
     queue: EmbeddedQueue,
     readers: Arc<ReadPool>,
     clock: Arc<dyn Clock>,
+    /// The latest runtime config version (see `control`).
+    pub(crate) config_version: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -138,8 +142,13 @@ impl SqliteStore {
             queue,
             readers,
             clock: Arc::new(SystemClock),
+            config_version: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         store.transact(migrate).await?;
+        let version = crate::control::ControlStore::runtime_config(&store)
+            .await?
+            .version;
+        store.config_version.send_replace(version);
         Ok(store)
     }
 

@@ -26,6 +26,7 @@ import { HubbubError } from "./errors.js";
 import type {
   ConversationListReply,
   ErrorFrame,
+  FlagsFrame,
   HelloFrame,
   Message,
   PresenceFrame,
@@ -120,6 +121,7 @@ export class HubbubClient extends Emitter<ClientEvents> {
   private conn: Connection | undefined;
   private connToken: string | undefined;
   private userValue: UserRef | undefined;
+  private flagsValue: Record<string, boolean> = {};
   private sessionValue: string | undefined;
   private failures = 0;
   private everOpened = false;
@@ -207,6 +209,11 @@ export class HubbubClient extends Emitter<ClientEvents> {
   }
 
   /** The current session's id (changes on every reconnect). */
+  /** The user's feature flags, as the server evaluated them (`hello`, then `flags` pushes). */
+  get flags(): Readonly<Record<string, boolean>> {
+    return this.flagsValue;
+  }
+
   get session(): string | undefined {
     return this.sessionValue;
   }
@@ -543,6 +550,7 @@ export class HubbubClient extends Emitter<ClientEvents> {
     this.failures = 0;
     this.userValue = hello.user;
     this.sessionValue = hello.session;
+    this.flagsValue = hello.flags ?? {};
     this.tokens.skewMs = hello.server_ts - now();
     this.adoptState(hello);
     const inbox = this.inbox!;
@@ -700,6 +708,7 @@ export class HubbubClient extends Emitter<ClientEvents> {
   private async deliver(frame: PushedFrame): Promise<void> {
     if (frame.type === "typing") this.typing.received(frame as TypingFrame);
     if (frame.type === "presence") this.presence.received(frame as PresenceFrame);
+    if (frame.type === "flags") this.flagsValue = (frame as FlagsFrame).flags;
     await this.emitAndWait(frame.type as keyof PushedEventMap, frame as never);
     await this.emitAndWait("event", frame);
   }

@@ -86,7 +86,7 @@ pub(crate) async fn upgrade(
     }
     // Frames over the protocol limit get `too_large` and the connection stays; frames over
     // this hard cap are refused by the WebSocket layer itself (close 1009).
-    let hard_cap = (inner.config.limits.max_frame_bytes * 4).max(256 * 1024);
+    let hard_cap = (inner.runtime().config.limits.max_frame_bytes * 4).max(256 * 1024);
     let tracker = inner.tracker.clone();
     // Small socket buffers: an idle connection should cost a few KiB, not the 128 KiB read
     // buffer the WebSocket layer allocates by default. Reads grow the buffer as a frame
@@ -195,7 +195,7 @@ async fn run(inner: Arc<Inner>, user: UserRef, expires_ms: i64, socket: WebSocke
         Ok(s) => s,
         Err(_) => return,
     };
-    let (tx, rx) = mpsc::channel(inner.config.limits.max_outgoing_frames.max(16));
+    let (tx, rx) = mpsc::channel(inner.runtime().config.limits.max_outgoing_frames.max(16));
     let close_signal = Arc::new(CloseSignal::default());
     let queued = Arc::new(AtomicUsize::new(0));
     inner.add_session(
@@ -208,7 +208,8 @@ async fn run(inner: Arc<Inner>, user: UserRef, expires_ms: i64, socket: WebSocke
         session: session.clone(),
         last_ack: None,
     };
-    let limits = &inner.config.limits;
+    let runtime = inner.runtime();
+    let limits = &runtime.config.limits;
     let mut conn = Conn {
         bucket: TokenBucket::new(f64::from(limits.frames_per_s.max(1)), limits.burst),
         acks: Acks::new(limits.acks_per_s),
@@ -287,6 +288,8 @@ impl Conn {
             session: self.session.clone(),
             last_seq,
             server_ts: now_ms(),
+            protocol: hubbub_protocol::PROTOCOL_VERSION_STRING.to_owned(),
+            flags: self.inner.flags_of(&self.user.id),
         };
         if !self.write_frames(&[hello]).await {
             return Flow::Gone;
@@ -307,7 +310,9 @@ impl Conn {
 
     /// The session's loop: events out, frames in, pings, ticks, acks.
     async fn serve(&mut self, mut rx: mpsc::Receiver<Out>) -> Flow {
-        let ping_every = self.inner.config.ping_interval;
+        // The runtime config's interval when the session starts.
+        let ping_every =
+            Duration::from_secs(self.inner.runtime().config.intervals.ping_interval_s.max(1));
         let mut ping = tokio::time::interval(ping_every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let cancel = self.inner.cancel.clone();
@@ -536,6 +541,19 @@ impl Conn {
         }
     }
 
+    /// Log what is written to a session under a `debug` entry.
+    fn log_out(&self, frames: &[Frame], shared: &[Arc<str>]) {
+        let jsons = frames
+            .iter()
+            .map(|f| &*f.json)
+            .chain(shared.iter().map(|j| &**j));
+        for json in jsons {
+            metrics::counter!(hubbub_protocol::metrics::DEBUG_LOGGED).increment(1);
+            tracing::debug!(target: crate::DEBUG_TARGET, user = %self.user.id,
+                session = %self.session, frame = %json, "frame out");
+        }
+    }
+
     /// Write serialized frames and shared (ephemeral) frames as one text frame.
     async fn write_mixed(&mut self, frames: &[Frame], shared: &[Arc<str>]) -> bool {
         if frames.is_empty() && shared.is_empty() {
@@ -543,6 +561,9 @@ impl Conn {
         }
         let len: usize = frames.iter().map(|f| f.json.len() + 1).sum::<usize>()
             + shared.iter().map(|j| j.len() + 1).sum::<usize>();
+        if self.inner.debugged(&self.user.id, &self.session) {
+            self.log_out(frames, shared);
+        }
         let mut text = String::with_capacity(len);
         for f in frames {
             if !text.is_empty() {
@@ -594,11 +615,16 @@ impl Conn {
         };
         match msg {
             Message::Text(text) => {
-                if text.len() > self.inner.config.limits.max_frame_bytes {
+                if self.inner.debugged(&self.user.id, &self.session) {
+                    metrics::counter!(hubbub_protocol::metrics::DEBUG_LOGGED).increment(1);
+                    tracing::debug!(target: crate::DEBUG_TARGET, user = %self.user.id,
+                        session = %self.session, frame = %text.as_str(), "frame in");
+                }
+                let limit = self.inner.runtime().config.limits.max_frame_bytes;
+                if text.len() > limit {
                     if let Some(flow) = self.count_frame() {
                         return flow;
                     }
-                    let limit = self.inner.config.limits.max_frame_bytes;
                     let e = ServerFrame::error(
                         None,
                         ErrorCode::TooLarge,
@@ -674,9 +700,16 @@ impl Conn {
                         }
                     }
                     if let Some(origin) = origin_ms {
-                        let ms = (now_ms() - origin).max(0) as f64;
+                        let ms = (now_ms() - origin).max(0);
                         metrics::histogram!(hubbub_protocol::metrics::DELIVERY_LATENCY)
-                            .record(ms / 1000.0);
+                            .record(ms as f64 / 1000.0);
+                        if self.inner.debugged(&self.user.id, &self.session) {
+                            for f in events.iter() {
+                                tracing::debug!(target: crate::DEBUG_TARGET, user = %self.user.id,
+                                    session = %self.session, seq = ?f.seq, r#type = f.kind,
+                                    latency_ms = ms, "event delivered");
+                            }
+                        }
                     }
                 }
             }

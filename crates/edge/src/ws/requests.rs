@@ -22,6 +22,7 @@ impl Conn {
     pub(super) fn count_frame(&mut self) -> Option<Flow> {
         let max = self
             .inner
+            .runtime()
             .config
             .limits
             .frames_per_s
@@ -32,7 +33,7 @@ impl Conn {
 
     /// An `ack`: its own limit and cut-off, then coalesced.
     async fn on_ack_frame(&mut self, id: Option<String>, seq: u64) -> Flow {
-        let per_s = self.inner.config.limits.acks_per_s.max(1);
+        let per_s = self.inner.runtime().config.limits.acks_per_s.max(1);
         if self.acks.window.count() > per_s.saturating_mul(5) {
             return close(1008, "too many acks");
         }
@@ -148,7 +149,7 @@ impl Conn {
     /// `presence.watch`: at most `limits.max_presence_watches` users per session in all. A
     /// user who blocks the caller is reported offline and not watched.
     async fn watch_presence(&mut self, id: Option<String>, mut users: Vec<String>) -> Flow {
-        let max = self.inner.config.limits.max_presence_watches;
+        let max = self.inner.runtime().config.limits.max_presence_watches;
         if users.len() > max {
             let e = ServerFrame::error(
                 id,

@@ -4,6 +4,7 @@
 //! by hand; results are recorded in `docs/benchmarks.md`. Nothing here is a test.
 
 mod chat;
+mod config;
 mod engagement;
 mod fanout;
 mod idle;
@@ -33,6 +34,8 @@ pub enum Bench {
     Timeline(timeline::TimelineBenchArgs),
     /// One room of N receivers against hubbub, Socket.IO and nats-server, side by side.
     Fanout(fanout::FanoutBenchArgs),
+    /// The spread of a runtime config change across the processes of a deployment.
+    Config(config::ConfigBenchArgs),
 }
 
 /// Run one benchmark.
@@ -46,6 +49,7 @@ pub async fn run(which: Bench) -> anyhow::Result<()> {
         Bench::Search(args) => search::run(args).await,
         Bench::Timeline(args) => timeline::run(args).await,
         Bench::Fanout(args) => fanout::run(args).await,
+        Bench::Config(args) => config::run(args).await,
     }
 }
 

@@ -153,6 +153,8 @@ impl DeliverTarget {
                 session: any_string(rng),
                 last_seq: any_u64(rng),
                 server_ts: any_i64(rng),
+                protocol: any_string(rng),
+                flags: [(any_string(rng), rng.bool())].into_iter().collect(),
             },
             1 => ServerFrame::Ok {
                 id: any_string(rng),

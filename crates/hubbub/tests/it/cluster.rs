@@ -215,6 +215,8 @@ async fn client(
             attachments: None,
         };
         let outcome = tokio::time::timeout(PATIENCE * 2, socket.request(send)).await;
+        // A send whose outcome is unknown is retried before stopping: it may be stored.
+        let settled = matches!(outcome, Ok(Ok(ServerFrame::Ok { .. })));
         let alive = match outcome {
             Ok(Ok(ServerFrame::Ok { .. })) => {
                 stats.acked.push((conversation, cid));
@@ -237,7 +239,7 @@ async fn client(
             socket = reconnect(&edges, edge, &token, &mut seen, &mut stats).await;
             continue;
         }
-        if stop.load(Ordering::Relaxed) {
+        if settled && stop.load(Ordering::Relaxed) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(40)).await;

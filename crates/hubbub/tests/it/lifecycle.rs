@@ -49,6 +49,15 @@ async fn health_readiness_and_documented_metrics() {
             .status(),
         200
     );
+    // The admin API answers without a key (and counts the answer).
+    assert_eq!(
+        http.get(format!("{}/v1/admin/config", s.base))
+            .send()
+            .await
+            .expect("admin")
+            .status(),
+        401
+    );
     let text = http
         .get(format!("{}/metrics", s.base))
         .send()
@@ -81,6 +90,7 @@ async fn health_readiness_and_documented_metrics() {
         hubbub_protocol::metrics::NOTIFY_SENT,
         hubbub_protocol::metrics::NOTIFY_FAILED,
         hubbub_protocol::metrics::ROUTER_UNROUTABLE,
+        hubbub_protocol::metrics::ERROR_REPLIES,
     ];
     for m in ALL {
         if only_on_failure.contains(&m.name) || (m.labels.is_empty() && m.kind != Kind::Histogram) {

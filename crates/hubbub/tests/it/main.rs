@@ -13,7 +13,9 @@ mod chat;
 mod cli;
 #[cfg(feature = "cluster")]
 mod cluster;
+mod control;
 mod crash;
+mod dashboard;
 mod deploy;
 mod engagement;
 mod feed;

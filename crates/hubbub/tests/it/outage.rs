@@ -73,6 +73,8 @@ struct Apart {
     others: Vec<RoleRunning>,
     redis: Proxy,
     pg: Proxy,
+    /// The database, not through the proxy.
+    pg_direct: String,
     _dir: tempfile::TempDir,
 }
 
@@ -96,6 +98,7 @@ async fn apart() -> Apart {
     config.cluster.internal_listen = "127.0.0.1:0".parse().expect("addr");
     config.limits.frames_per_s = 10_000;
     config.limits.burst = 10_000;
+    config.api.bootstrap_key = Some(crate::control::BOOT.into());
     let edge = hubbub::roles::start(Role::Edge, config.clone())
         .await
         .expect("edge");
@@ -112,6 +115,7 @@ async fn apart() -> Apart {
         others,
         redis,
         pg,
+        pg_direct: pg_url,
         _dir: dir,
     }
 }
@@ -282,5 +286,127 @@ async fn postgres_down_refuses_writes_and_recovers() {
         ["after", "before"],
         "the refused write was never accepted"
     );
+    stop(a).await;
+}
+
+/// Store a runtime config straight in the database (as another deployment's process would,
+/// or a bad migration), announcing it like the store does.
+async fn store_config_directly(url: &str, body: &str) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "UPDATE runtime_config SET version = version + 1, body = $1 WHERE id = 1
+             RETURNING version",
+            &[&body],
+        )
+        .await
+        .expect("update");
+    let version: i64 = row.get(0);
+    client
+        .execute(
+            "SELECT pg_notify('hubbub_config', $1)",
+            &[&version.to_string()],
+        )
+        .await
+        .expect("notify");
+}
+
+/// A process whose config watcher loses PostgreSQL keeps its last config, and catches up with
+/// what changed meanwhile when PostgreSQL returns; a stored config that does not parse is
+/// counted and skipped, the process serving on, and the next good one applies.
+#[tokio::test]
+async fn the_config_watcher_catches_up_after_an_outage_and_survives_a_bad_config() {
+    use hubbub_protocol::admin::{Flag, RuntimeConfig};
+    let a = apart().await;
+    let base = format!("http://{}", a.edge.addr);
+    let auth = Client::new(&base)
+        .signup("watched", "password123")
+        .await
+        .expect("signup");
+    let (mut socket, _) = Client::new(&base)
+        .connect(&auth.access_token)
+        .await
+        .expect("connect");
+    let _timeline = next(&mut socket).await;
+    let flagged = |name: &str| {
+        let mut c = RuntimeConfig::default();
+        c.flags.insert(
+            name.into(),
+            Flag {
+                enabled: true,
+                percent: None,
+                users: None,
+            },
+        );
+        c
+    };
+    // Applied over the long poll (the marker: a `flags` push).
+    let v = Client::new(&base)
+        .put_runtime_config(crate::control::BOOT, 0, &flagged("one"))
+        .await
+        .expect("put");
+    assert_eq!(v, 1);
+    crate::support::until(
+        &mut socket,
+        "flags one",
+        |f| matches!(f, ServerFrame::Flags { flags } if flags.contains_key("one")),
+    )
+    .await;
+    // PostgreSQL goes away; meanwhile the config changes (straight in the database).
+    a.pg.down();
+    let body = serde_json::to_string(&flagged("two")).expect("json");
+    store_config_directly(&a.pg_direct, &body).await;
+    a.pg.up();
+    // Back: the watcher reconnects, reads the current version, applies it.
+    crate::support::until(
+        &mut socket,
+        "flags two",
+        |f| matches!(f, ServerFrame::Flags { flags } if flags.contains_key("two")),
+    )
+    .await;
+    // A stored config that does not parse: reported, skipped, the process serves on.
+    store_config_directly(&a.pg_direct, r#"{"limits":{"bogus":1}}"#).await;
+    let client = Client::new(&base);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let text = reqwest::get(format!("{base}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        let failures = text
+            .lines()
+            .find_map(|l| l.strip_prefix("hubbub_config_apply_failures_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if failures >= 1.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bad config was never reported"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let now = client
+        .runtime_config(crate::control::BOOT)
+        .await
+        .expect_err("the edge cannot show a stored config that does not parse");
+    assert!(now.to_string().contains("500"), "{now}");
+    let v = client
+        .put_runtime_config(crate::control::BOOT, 3, &flagged("three"))
+        .await
+        .expect("put over the bad one");
+    assert_eq!(v, 4);
+    crate::support::until(
+        &mut socket,
+        "flags three",
+        |f| matches!(f, ServerFrame::Flags { flags } if flags.contains_key("three")),
+    )
+    .await;
     stop(a).await;
 }

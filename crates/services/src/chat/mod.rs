@@ -16,8 +16,8 @@ pub mod queries;
 pub use queries::ChatQueries;
 
 use crate::Failure;
+use crate::LiveLimits;
 use hubbub_protocol::internal::Envelope;
-use hubbub_protocol::limits::Limits;
 use hubbub_protocol::{ErrorCode, IdempotencyKey, ReplyData, Request};
 use hubbub_queue::Queue;
 use hubbub_registry::Delivery;
@@ -53,7 +53,7 @@ pub struct ChatService {
     media: Arc<dyn hubbub_store::MediaStore>,
     queue: Arc<dyn Queue>,
     delivery: Delivery,
-    limits: Limits,
+    limits: LiveLimits,
     /// Set when a push provider is configured: events then also feed the notify queue.
     notify: Option<crate::notify::NotifyConfig>,
 }
@@ -65,7 +65,7 @@ impl ChatService {
         media: Arc<dyn hubbub_store::MediaStore>,
         queue: Arc<dyn Queue>,
         delivery: Delivery,
-        limits: Limits,
+        limits: LiveLimits,
     ) -> Self {
         ChatService {
             store,
@@ -99,6 +99,7 @@ impl ChatService {
 #[async_trait::async_trait]
 impl crate::Handler for ChatService {
     async fn handle(&self, e: &Envelope) -> Result<Written<ReplyData>, Failure> {
+        let limits = self.limits.now();
         let user = e.user.as_str();
         let empty = |w: Written<()>| w.map(|()| ReplyData::Empty {});
         match &e.request {
@@ -119,13 +120,10 @@ impl crate::Handler for ChatService {
                         format!("title is over {MAX_TITLE_CHARS} characters"),
                     ));
                 }
-                if members.len() > self.limits.max_group_members {
+                if members.len() > limits.max_group_members {
                     return Err(Failure::new(
                         ErrorCode::TooLarge,
-                        format!(
-                            "a group has at most {} members",
-                            self.limits.max_group_members
-                        ),
+                        format!("a group has at most {} members", limits.max_group_members),
                     ));
                 }
                 let w = self
@@ -138,7 +136,7 @@ impl crate::Handler for ChatService {
                         title: title.clone(),
                         ephemeral: ephemeral.unwrap_or(false),
                         public: public.unwrap_or(false),
-                        max_members: self.limits.max_group_members,
+                        max_members: limits.max_group_members,
                     })
                     .await?;
                 Ok(w.map(|conversation| ReplyData::Conversation { conversation }))
@@ -160,7 +158,7 @@ impl crate::Handler for ChatService {
                 };
                 Ok(empty(
                     self.store
-                        .add_members(user, conversation, &users, self.limits.max_group_members)
+                        .add_members(user, conversation, &users, limits.max_group_members)
                         .await?,
                 ))
             }
@@ -195,7 +193,7 @@ impl crate::Handler for ChatService {
                     &*self.media,
                     text,
                     attachments,
-                    self.limits.max_text_chars,
+                    limits.max_text_chars,
                     "message",
                 )
                 .await?;

@@ -68,7 +68,8 @@ macro_rules! store_conformance {
             refresh_token_reuse_revokes_the_family, revoking_a_users_tokens,
             blocked_users_cannot_add_the_blocker_to_groups, keyed_creates_return_the_first_object,
             timelines_read_candidates_and_what_is_new, concurrent_sends_keep_seqs_gapless,
-            large_groups_tell_only_whom_a_change_concerns, channels_number_messages_by_offset);
+            large_groups_tell_only_whom_a_change_concerns, channels_number_messages_by_offset,
+            api_keys_are_hashed_scoped_revocable, runtime_config_is_compare_and_set_and_long_polled);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -1243,4 +1244,87 @@ pub async fn channels_number_messages_by_offset(env: &Env) {
         .await
         .expect("send");
     assert_eq!(w.broadcast.expect("broadcast").users, [owner]);
+}
+
+/// API keys: shown once, found by the key, scoped, listed without the key, revoked at once.
+pub async fn api_keys_are_hashed_scoped_revocable(env: &Env) {
+    let s = &env.store;
+    let (info, key) = s
+        .create_api_key("ci", &["admin".into(), "server".into(), "admin".into()])
+        .await
+        .expect("create");
+    assert!(key.starts_with("hbk_") && key.len() == 68, "{key}");
+    assert_eq!(info.scopes, ["server", "admin"], "deduplicated, in order");
+    let found = s.api_key(&key).await.expect("find").expect("live");
+    assert_eq!(found, info);
+    assert!(found.has("admin") && found.has("server"));
+    assert_eq!(s.api_key("hbk_nope").await.expect("find"), None);
+    let (other, other_key) = s
+        .create_api_key("ops", &["server".into()])
+        .await
+        .expect("create");
+    assert!(!other.has("admin"));
+    assert_ne!(key, other_key);
+    let listed = s.api_keys().await.expect("list");
+    assert_eq!(
+        listed.iter().map(|k| &k.id).collect::<Vec<_>>(),
+        [&info.id, &other.id]
+    );
+    for bad in [
+        s.create_api_key("", &["admin".into()]).await,
+        s.create_api_key("x", &[]).await,
+        s.create_api_key("x", &["root".into()]).await,
+    ] {
+        assert!(matches!(bad, Err(StoreError::BadRequest(_))), "{bad:?}");
+    }
+    s.revoke_api_key(&info.id).await.expect("revoke");
+    assert_eq!(
+        s.api_key(&key).await.expect("find"),
+        None,
+        "revoked at once"
+    );
+    assert!(matches!(
+        s.revoke_api_key(&info.id).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.api_keys().await.expect("list").len(), 1);
+}
+
+/// The runtime config: version 0 until stored, compare and set, and a long poll that answers
+/// when a newer version commits (or with the current one when it times out).
+pub async fn runtime_config_is_compare_and_set_and_long_polled(env: &Env) {
+    use std::time::Duration;
+    let s = env.store.clone();
+    let c = s.runtime_config().await.expect("read");
+    assert_eq!((c.version, c.body.as_str()), (0, "{}"));
+    assert_eq!(
+        s.wait_runtime_config(5, Duration::from_millis(10)).await,
+        0,
+        "a timed out poll answers with the current version"
+    );
+    assert_eq!(s.put_runtime_config(0, r#"{"a":1}"#).await.expect("cas"), 1);
+    assert!(matches!(
+        s.put_runtime_config(0, r#"{"a":2}"#).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let c = s.runtime_config().await.expect("read");
+    assert_eq!((c.version, c.body.as_str()), (1, r#"{"a":1}"#));
+    // A poll waiting for a version after 1 answers once version 2 commits.
+    let waiter = {
+        let s = s.clone();
+        tokio::spawn(async move { s.wait_runtime_config(1, Duration::from_secs(60)).await })
+    };
+    // Give the poll time to start waiting; the test holds either way (a late poll finds 2).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(s.put_runtime_config(1, r#"{"a":3}"#).await.expect("cas"), 2);
+    assert_eq!(waiter.await.expect("poll"), 2);
+    assert_eq!(s.wait_runtime_config(1, Duration::from_secs(60)).await, 2);
+    // Two writers from the same version: exactly one wins.
+    let (x, y) = tokio::join!(
+        s.put_runtime_config(2, r#"{"x":1}"#),
+        s.put_runtime_config(2, r#"{"y":1}"#)
+    );
+    assert_eq!(x.is_ok() as u8 + y.is_ok() as u8, 1, "{x:?} {y:?}");
+    assert_eq!(s.runtime_config().await.expect("read").version, 3);
+    assert_eq!(s.active_user_count(0).await.expect("count"), 0);
 }

@@ -80,7 +80,10 @@ async fn postgres_version_1_migrates_and_keeps_refresh_tokens() {
         .await
         .expect("version")
         .get(0);
-    assert_eq!(version, 3, "migrated to the latest version (3: channels)");
+    assert_eq!(
+        version, 4,
+        "every migration applied (4: API keys and the runtime config)"
+    );
     assert_eq!(store.tokens_revoked_ms("u1").await.expect("read"), 0);
     assert_eq!(
         store.take_refresh_token("old").await.expect("take"),

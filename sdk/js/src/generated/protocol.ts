@@ -118,6 +118,7 @@ export type ServerFrame =
   | PresenceFrame
   | ChannelMessageFrame
   | TimelineFrame
+  | FlagsFrame
   | EngagementFrame;
 /**
  * The `data` of an `ok` reply. Its shape depends on the request; clients know which request
@@ -798,9 +799,19 @@ export interface SignupRequest {
  */
 export interface HelloFrame {
   /**
+   * Every feature flag, evaluated for this user.
+   */
+  flags: {
+    [k: string]: boolean;
+  };
+  /**
    * Seq of the user's latest durable event (0 if none).
    */
   last_seq: number;
+  /**
+   * The protocol version the server speaks (`"1.1"`).
+   */
+  protocol: string;
   /**
    * The server's clock.
    */
@@ -1314,6 +1325,18 @@ export interface TimelineFrame {
    */
   items: Post[];
   type: "timeline";
+}
+/**
+ * The user's feature flags changed (ephemeral): the whole map.
+ */
+export interface FlagsFrame {
+  /**
+   * Every flag, evaluated for this user.
+   */
+  flags: {
+    [k: string]: boolean;
+  };
+  type: "flags";
 }
 /**
  * Who is writing a comment on a watched post (ephemeral).
