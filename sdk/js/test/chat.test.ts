@@ -166,27 +166,43 @@ test("a reload resumes from the saved seq with exactly the missed events", { tim
   assert.deepEqual(second, ["three", "four", "five"]);
 });
 
-test("saved channel offsets are resumed with channel.sync (this server has no channels yet)", { timeout: 60_000 }, async (t) => {
+test("channel messages arrive once by offset, and a reload resumes them with channel.sync", { timeout: 60_000 }, async (t) => {
   const server = await TestServer.start(t);
+  const owner = server.client(t, { token: server.appToken("app_chowner") });
+  await owner.connect();
+  const channel = await owner.createConversation({ kind: "channel", members: [], title: "news", public: true });
+  const storage = memoryStorage();
   const spy = new Spy();
-  const storage = memoryStorage({ v: 1, user: "app_chan", lastSeq: 0, channels: { c_news: 41 }, outbox: [] });
-  const client = server.client(t, { token: server.appToken("app_chan"), storage, WebSocket: spy.WebSocket });
-  const warnings: string[] = [];
-  client.on("warning", (w) => void warnings.push(w.message));
-  await client.connect();
-  await waitFor(() => warnings.length > 0, "the channel.sync answer");
-  const syncs = spy.sentOf("channel.sync");
+  const first = server.client(t, { token: server.appToken("app_chsub"), storage, WebSocket: spy.WebSocket });
+  const got1: [number, string][] = [];
+  first.on("channel.message", (e) => void got1.push([e.offset, e.message.text]));
+  await first.connect();
+  await first.subscribeChannel(channel.id);
+  await owner.sendMessage(channel.id, "one");
+  await owner.sendMessage(channel.id, "two");
+  await waitFor(() => got1.length === 2, "the first page to get two channel messages");
+  assert.deepEqual(got1, [[1, "one"], [2, "two"]]);
+  await waitFor(() => storage.state?.channels?.[channel.id] === 2, "the channel offset to be saved");
+  first.close();
+
+  // While no page is open.
+  await owner.sendMessage(channel.id, "three");
+  await owner.sendMessage(channel.id, "four");
+
+  // The "reloaded page": a new client over the same storage resumes from offset 2.
+  const spy2 = new Spy();
+  const second = server.client(t, { token: server.appToken("app_chsub"), storage, WebSocket: spy2.WebSocket });
+  const got2: [number, string][] = [];
+  second.on("channel.message", (e) => void got2.push([e.offset, e.message.text]));
+  await second.connect();
+  await waitFor(() => got2.length === 2, "the missed channel messages");
   assert.deepEqual(
-    syncs.map((f) => [f.conversation, f.after_offset]),
-    [["c_news", 41]],
+    spy2.sentOf("channel.sync").map((f) => [f.conversation, f.after_offset]),
+    [[channel.id, 2]],
   );
-  assert.match(warnings[0]!, /does not serve channels/);
-  // The session goes on, and the offset is kept for a server that serves channels.
-  const conversation = await client.createConversation({ kind: "group", members: [] });
-  await client.sendMessage(conversation.id, "hello");
-  assert.deepEqual(client.channelOffsets, { c_news: 41 });
-  await waitFor(() => storage.state?.lastSeq === client.lastSeq && client.lastSeq > 0, "the state saved");
-  assert.deepEqual(storage.state?.channels, { c_news: 41 });
+  await owner.sendMessage(channel.id, "five");
+  await waitFor(() => got2.length === 3, "the live channel message after the resume");
+  assert.deepEqual(got2, [[3, "three"], [4, "four"], [5, "five"]], "each exactly once, in order");
 });
 
 test("a saved seq beyond the server's is reported as a reset, and the session goes on", { timeout: 60_000 }, async (t) => {

@@ -133,6 +133,17 @@ pub(super) fn any_request(rng: &mut Rng) -> Request {
             after: maybe(rng, s),
             limit: maybe(rng, any_u32),
         },
+        31 => Request::ChannelSubscribe {
+            conversation: s(rng),
+        },
+        32 => Request::ChannelUnsubscribe {
+            conversation: s(rng),
+        },
+        33 => Request::ChannelSync {
+            conversation: s(rng),
+            after_offset: any_u64(rng),
+            limit: maybe(rng, any_u32),
+        },
         _ => Request::CommentTyping {
             post: s(rng),
             words: any_u32(rng),
