@@ -4,10 +4,12 @@
 //! crashed edge's sessions vanish within one TTL without anyone cleaning up after it.
 
 use async_trait::async_trait;
-use hubbub_registry::{Registry, RegistryError, SessionInfo};
+use hubbub_registry::{EdgeLoad, Registry, RegistryError, SessionInfo};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 fn unavailable(e: redis::RedisError) -> RegistryError {
@@ -19,6 +21,9 @@ fn unavailable(e: redis::RedisError) -> RegistryError {
 pub struct RedisRegistry {
     conn: ConnectionManager,
     namespace: String,
+    /// Sessions registered through this registry (an edge's, in an edge process): the count
+    /// its heartbeat publishes beside its address.
+    registered: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for RedisRegistry {
@@ -35,7 +40,12 @@ impl RedisRegistry {
         RedisRegistry {
             conn,
             namespace: namespace.to_owned(),
+            registered: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    fn load_key(&self, edge: &str) -> String {
+        format!("{}:reg:n:{edge}", self.namespace)
     }
 
     fn user_key(&self, user: &str) -> String {
@@ -53,9 +63,13 @@ impl RedisRegistry {
         address: &str,
         ttl: Duration,
     ) -> Result<(), RegistryError> {
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let sessions = self.registered.load(Ordering::Relaxed);
         let mut conn = self.conn.clone();
-        let _: () = conn
-            .pset_ex(self.edge_key(edge), address, ttl.as_millis().max(1) as u64)
+        let _: () = redis::pipe()
+            .pset_ex(self.edge_key(edge), address, ttl_ms)
+            .pset_ex(self.load_key(edge), sessions, ttl_ms)
+            .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -64,7 +78,10 @@ impl RedisRegistry {
     /// The edge is shutting down: its sessions go with it at once.
     pub async fn edge_gone(&self, edge: &str) -> Result<(), RegistryError> {
         let mut conn = self.conn.clone();
-        let _: () = conn.del(self.edge_key(edge)).await.map_err(unavailable)?;
+        let _: () = conn
+            .del(&[self.edge_key(edge), self.load_key(edge)])
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
@@ -79,20 +96,62 @@ impl RedisRegistry {
 impl Registry for RedisRegistry {
     async fn register(&self, user: &str, session: &str, edge: &str) -> Result<(), RegistryError> {
         let mut conn = self.conn.clone();
-        let _: () = conn
+        let added: u64 = conn
             .hset(self.user_key(user), session, edge)
             .await
             .map_err(unavailable)?;
+        self.registered.fetch_add(added, Ordering::Relaxed);
         Ok(())
     }
 
     async fn unregister(&self, user: &str, session: &str) -> Result<(), RegistryError> {
         let mut conn = self.conn.clone();
-        let _: () = conn
+        let removed: u64 = conn
             .hdel(self.user_key(user), session)
             .await
             .map_err(unavailable)?;
+        let _ = self
+            .registered
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(removed))
+            });
         Ok(())
+    }
+
+    async fn edges(&self) -> Result<Vec<EdgeLoad>, RegistryError> {
+        // The live edges are the keys their heartbeats renew; a dashboard's question, so a
+        // SCAN over the few edge keys is fine.
+        let mut conn = self.conn.clone();
+        let prefix = self.edge_key("");
+        let keys: Vec<String> = {
+            let mut iter: redis::AsyncIter<String> = conn
+                .scan_match(format!("{prefix}*"))
+                .await
+                .map_err(unavailable)?;
+            let mut keys = Vec::new();
+            while let Some(k) = iter.next_item().await {
+                keys.push(k.map_err(unavailable)?);
+            }
+            keys
+        };
+        let mut edges: Vec<String> = keys
+            .iter()
+            .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
+            .collect();
+        edges.sort();
+        if edges.is_empty() {
+            return Ok(Vec::new());
+        }
+        let loads: Vec<String> = edges.iter().map(|e| self.load_key(e)).collect();
+        let counts: Vec<Option<u64>> = conn.mget(&loads).await.map_err(unavailable)?;
+        Ok(edges
+            .into_iter()
+            .zip(counts)
+            .map(|(edge, sessions)| EdgeLoad {
+                edge,
+                sessions: sessions.unwrap_or(0),
+            })
+            .collect())
     }
 
     async fn sessions(&self, user: &str) -> Result<Vec<SessionInfo>, RegistryError> {

@@ -42,6 +42,7 @@ pub(crate) fn routes() -> axum::Router<Arc<Inner>> {
         .route("/v1/admin/apikeys/{id}", delete(revoke_key))
         .route("/admin", get(dashboard))
         .route("/v1/admin/queues", get(queues))
+        .route("/v1/admin/edges", get(edges))
         .route(
             "/v1/admin/queues/{name}/dlq",
             get(dead_letters).delete(purge),
@@ -342,6 +343,30 @@ async fn queues(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response
         }
     }
     axum::Json(serde_json::json!({ "queues": out })).into_response()
+}
+
+/// `GET /v1/admin/edges`: every live edge of the deployment with its open sessions (one in
+/// `hubbub serve`; with roles apart, each edge's heartbeat publishes its count).
+async fn edges(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&inner, &headers, "admin").await {
+        return r;
+    }
+    match inner.deps.registry.edges().await {
+        Ok(list) => {
+            let out: Vec<_> = list
+                .into_iter()
+                .map(|e| serde_json::json!({ "edge": e.edge, "sessions": e.sessions }))
+                .collect();
+            axum::Json(serde_json::json!({ "edges": out })).into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "admin: registry unavailable");
+            error(
+                ErrorCode::Unavailable,
+                "the session registry is unavailable; retry later",
+            )
+        }
+    }
 }
 
 /// Most dead letters listed at once, and bytes of each body shown.

@@ -53,6 +53,15 @@ pub struct SessionInfo {
     pub edge: String,
 }
 
+/// A live edge and how many sessions it holds (the admin API's per-edge view).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeLoad {
+    /// The edge id.
+    pub edge: String,
+    /// Its open sessions.
+    pub sessions: u64,
+}
+
 /// user → sessions → edges.
 #[async_trait]
 pub trait Registry: Send + Sync {
@@ -62,6 +71,9 @@ pub trait Registry: Send + Sync {
     async fn unregister(&self, user: &str, session: &str) -> Result<(), RegistryError>;
     /// Every open session of a user.
     async fn sessions(&self, user: &str) -> Result<Vec<SessionInfo>, RegistryError>;
+
+    /// Every live edge with its session count, by edge id.
+    async fn edges(&self) -> Result<Vec<EdgeLoad>, RegistryError>;
 
     /// Every open session of each of these users, in their order (one round trip where the
     /// backend allows it).
@@ -274,6 +286,21 @@ impl Registry for LocalRegistry {
             }
         }
         Ok(())
+    }
+
+    async fn edges(&self) -> Result<Vec<EdgeLoad>, RegistryError> {
+        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+        let mut counts: std::collections::BTreeMap<&str, u64> = Default::default();
+        for (_, edge) in users.values().flatten() {
+            *counts.entry(edge.as_str()).or_default() += 1;
+        }
+        Ok(counts
+            .into_iter()
+            .map(|(edge, sessions)| EdgeLoad {
+                edge: edge.to_owned(),
+                sessions,
+            })
+            .collect())
     }
 
     async fn sessions(&self, user: &str) -> Result<Vec<SessionInfo>, RegistryError> {
@@ -495,6 +522,23 @@ mod tests {
             user: user.into(),
             state: TypingState::Start,
         }
+    }
+
+    #[tokio::test]
+    async fn the_local_registry_counts_sessions_per_edge() {
+        let r = LocalRegistry::default();
+        assert!(r.edges().await.expect("edges").is_empty());
+        r.register("alice", "s1", "e1").await.expect("reg");
+        r.register("alice", "s2", "e2").await.expect("reg");
+        r.register("bob", "s3", "e1").await.expect("reg");
+        r.unregister("alice", "s2").await.expect("unreg");
+        assert_eq!(
+            r.edges().await.expect("edges"),
+            [EdgeLoad {
+                edge: "e1".into(),
+                sessions: 2
+            }]
+        );
     }
 
     #[tokio::test]

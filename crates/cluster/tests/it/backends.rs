@@ -81,6 +81,39 @@ async fn redis_registry_keeps_the_contract_and_forgets_dead_edges() {
     assert!(r.sessions("dave").await.expect("sessions").is_empty());
 }
 
+/// Each edge's heartbeat publishes how many sessions it registered; `edges` lists the live
+/// edges with those counts, and forgets an edge that says it is gone.
+#[tokio::test]
+async fn redis_registry_lists_live_edges_with_their_sessions() {
+    let (conn, ns) = redis();
+    let (a, b) = (
+        RedisRegistry::new(conn.clone(), &ns),
+        RedisRegistry::new(conn, &ns),
+    );
+    a.register("u1", "s1", "ea").await.expect("register");
+    a.register("u2", "s2", "ea").await.expect("register");
+    a.register("u2", "s2", "ea")
+        .await
+        .expect("again: counted once");
+    b.register("u3", "s3", "eb").await.expect("register");
+    let ttl = Duration::from_secs(60);
+    a.edge_alive("ea", "127.0.0.1:1", ttl).await.expect("alive");
+    b.edge_alive("eb", "127.0.0.1:2", ttl).await.expect("alive");
+    let load = |e: &str, n: u64| hubbub_registry::EdgeLoad {
+        edge: e.into(),
+        sessions: n,
+    };
+    assert_eq!(
+        a.edges().await.expect("edges"),
+        [load("ea", 2), load("eb", 1)]
+    );
+    a.unregister("u1", "s1").await.expect("unregister");
+    a.unregister("u1", "s1").await.expect("twice: counted once");
+    a.edge_alive("ea", "127.0.0.1:1", ttl).await.expect("alive");
+    b.edge_gone("eb").await.expect("gone");
+    assert_eq!(b.edges().await.expect("edges"), [load("ea", 1)]);
+}
+
 fn timeline(ids: &[&str], watermark: u64) -> Arc<CachedTimeline> {
     Arc::new(CachedTimeline {
         entries: ids

@@ -540,3 +540,31 @@ async fn the_cli_creates_api_keys() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
 }
+
+/// `GET /v1/admin/edges`: the deployment's edges with their open sessions (one edge in
+/// `serve`), admin scope only.
+#[tokio::test]
+async fn the_admin_api_lists_each_edge_with_its_sessions() {
+    let s = control_server().await;
+    let (_, t1) = s.user("edge_one").await;
+    let (_, t2) = s.user("edge_two").await;
+    let (a, _) = s.connect(&t1).await;
+    let (b, _) = s.connect(&t2).await;
+    let (c, _) = s.connect(&t2).await;
+    let (status, body) = admin(
+        &s,
+        reqwest::Method::GET,
+        "/v1/admin/edges",
+        Some(BOOT),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let edges = body["edges"].as_array().expect("edges");
+    assert_eq!(edges.len(), 1, "{body}");
+    assert_eq!(edges[0]["sessions"], 3, "{body}");
+    assert!(edges[0]["edge"].as_str().is_some_and(|e| !e.is_empty()));
+    drop((a, b, c));
+    let (status, _) = admin(&s, reqwest::Method::GET, "/v1/admin/edges", None, None).await;
+    assert_eq!(status, 401);
+}
