@@ -80,6 +80,8 @@ pub struct RemoteEngagement {
     ttl: Duration,
     store: Arc<dyn FeedStore>,
     max_words: u32,
+    /// The runtime config's limits, when followed live (the word cap is `max_text_chars`).
+    limits: Option<hubbub_services::LiveLimits>,
     known: Arc<Mutex<HashMap<String, (bool, Instant)>>>,
 }
 
@@ -100,8 +102,15 @@ impl RemoteEngagement {
             ttl,
             store,
             max_words,
+            limits: None,
             known: Arc::default(),
         }
+    }
+
+    /// Take the word cap from the runtime config's limits, as the process applies them.
+    pub fn with_live_limits(mut self, limits: hubbub_services::LiveLimits) -> Self {
+        self.limits = Some(limits);
+        self
     }
 
     async fn publish(&self, signal: &Signal) -> Result<(), SignalError> {
@@ -211,10 +220,13 @@ impl Engagement for RemoteEngagement {
     }
 
     async fn typing(&self, user: &UserRef, post: &str, words: u32) -> Result<(), SignalError> {
-        if words > self.max_words {
+        let cap = self.limits.as_ref().map_or(self.max_words, |l| {
+            u32::try_from(l.now().max_text_chars).unwrap_or(u32::MAX)
+        });
+        if words > cap {
             return Err(SignalError::new(
                 ErrorCode::BadRequest,
-                format!("words must be at most {}", self.max_words),
+                format!("words must be at most {cap}"),
             ));
         }
         if !self.exists(post).await? {

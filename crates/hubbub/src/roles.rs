@@ -222,13 +222,16 @@ impl Cluster {
             &self.redis_url,
             &c.namespace,
         );
+        let runtime = crate::control::runtime(config);
+        // The word cap follows the runtime config's limits.
         let engagement = RemoteEngagement::new(
             self.queue.connection(),
             &c.namespace,
             store.clone(),
             config.limits.max_text_chars as u32,
             wiring::edge_ttl(config),
-        );
+        )
+        .with_live_limits(hubbub_services::LiveLimits::new(runtime.subscribe()));
         let (seat, inbox_tx) = match self.seat {
             Some((seat, tx)) => (Some(seat), Some(tx)),
             None => (None, None),
@@ -249,7 +252,7 @@ impl Cluster {
             edge_seat: Mutex::new(seat),
             cancel: manager.cancel().clone(),
             bound: Mutex::default(),
-            runtime: crate::control::runtime(config),
+            runtime,
             cluster: Some(ClusterParts {
                 queue: self.queue,
                 store: self.store,

@@ -149,11 +149,16 @@ async fn context(
     let inbox = edges.attach(&edge_id);
     let delivery = Delivery::new(registry.clone(), edges.clone());
     let signals = SignalService::new(store.clone(), delivery.clone(), wiring::edge_ttl(config));
-    // The aggregator's partitions run on the manager's tracker, stopped by its token.
+    let runtime = crate::control::runtime(config);
+    // The aggregator's partitions run on the manager's tracker, stopped by its token; its word
+    // cap follows the runtime config's limits.
     let engagement = EngagementService::start(
         feed.clone(),
         edges,
-        wiring::engagement_config(config),
+        hubbub_services::engagement::EngagementConfig {
+            limits: Some(hubbub_services::LiveLimits::new(runtime.subscribe())),
+            ..wiring::engagement_config(config)
+        },
         manager.tracker(),
         manager.cancel().clone(),
     );
@@ -181,7 +186,7 @@ async fn context(
         edge_seat: Mutex::new(Some(EdgeSeat { id: edge_id, inbox })),
         cancel: manager.cancel().clone(),
         bound: Mutex::default(),
-        runtime: crate::control::runtime(config),
+        runtime,
         #[cfg(feature = "cluster")]
         cluster: None,
     })

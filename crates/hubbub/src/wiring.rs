@@ -75,6 +75,7 @@ pub(crate) fn engagement_config(config: &Config) -> EngagementConfig {
         partitions: config.engagement.partitions.max(1),
         subscription_ttl: edge_ttl(config),
         max_words: config.limits.max_text_chars as u32,
+        limits: None,
     }
 }
 

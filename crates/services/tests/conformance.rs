@@ -77,6 +77,7 @@ mod engagement {
             partitions: 2,
             subscription_ttl: Duration::from_secs(5),
             max_words: 4000,
+            limits: None,
         };
         let cancel = CancellationToken::new();
         let service = EngagementService::start(

@@ -24,6 +24,7 @@ async fn env() -> EngagementEnv {
         partitions: 2,
         subscription_ttl: EDGE_TTL,
         max_words: 4000,
+        limits: None,
     };
     let worker = EngagementWorker::new(
         &crate::queue::redis_url(),

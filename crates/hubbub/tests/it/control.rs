@@ -5,7 +5,7 @@
 
 use crate::support::*;
 use hubbub_protocol::admin::{Flag, RuntimeConfig};
-use hubbub_protocol::{Request, ServerFrame};
+use hubbub_protocol::{ReplyData, Request, ServerFrame};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
@@ -366,6 +366,48 @@ async fn limits_apply_live_from_the_next_frame() {
             "the feed service never applied the limit"
         );
     }
+    // The engagement aggregator's word cap is the same live limit.
+    let ReplyData::Post { post } = ok(
+        &mut a,
+        Request::PostCreate {
+            text: "short".into(),
+            attachments: None,
+            idempotency_key: None,
+        },
+    )
+    .await
+    else {
+        panic!("a post")
+    };
+    let typing = |words: u32| {
+        json!({"type": "comment.typing", "id": format!("ct{words}"), "post": post.id, "words": words})
+            .to_string()
+    };
+    a.send_text(&typing(10)).await.expect("send");
+    let r = until(
+        &mut a,
+        "ct10",
+        |f| matches!(f, ServerFrame::Ok { id, .. } if id == "ct10"),
+    )
+    .await;
+    assert!(matches!(r, ServerFrame::Ok { .. }));
+    a.send_text(&typing(11)).await.expect("send");
+    let e = until(
+        &mut a,
+        "ct11",
+        |f| matches!(f, ServerFrame::Error { id: Some(id), .. } if id == "ct11"),
+    )
+    .await;
+    assert!(
+        matches!(
+            e,
+            ServerFrame::Error {
+                code: hubbub_protocol::ErrorCode::BadRequest,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
 }
 
 /// What the per-session debug log wrote (target `hubbub_debug`), for the whole test binary.

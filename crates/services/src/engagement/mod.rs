@@ -62,8 +62,19 @@ pub struct EngagementConfig {
     pub partitions: usize,
     /// A subscription not renewed within this long lapses.
     pub subscription_ttl: Duration,
-    /// The largest word count accepted.
+    /// The largest word count accepted (when `limits` is not set).
     pub max_words: u32,
+    /// The runtime config's limits, followed live: the word cap is their `max_text_chars`.
+    pub limits: Option<crate::LiveLimits>,
+}
+
+impl EngagementConfig {
+    /// The largest word count accepted now.
+    pub fn word_cap(&self) -> u32 {
+        self.limits.as_ref().map_or(self.max_words, |l| {
+            u32::try_from(l.now().max_text_chars).unwrap_or(u32::MAX)
+        })
+    }
 }
 
 impl Default for EngagementConfig {
@@ -74,6 +85,7 @@ impl Default for EngagementConfig {
             partitions: 2,
             subscription_ttl: Duration::from_secs(30),
             max_words: 4000,
+            limits: None,
         }
     }
 }
@@ -505,10 +517,11 @@ impl Engagement for EngagementService {
     }
 
     async fn typing(&self, user: &UserRef, post: &str, words: u32) -> Result<(), SignalError> {
-        if words > self.config.max_words {
+        let cap = self.config.word_cap();
+        if words > cap {
             return Err(SignalError::new(
                 ErrorCode::BadRequest,
-                format!("words must be at most {}", self.config.max_words),
+                format!("words must be at most {cap}"),
             ));
         }
         for attempt in 0..2 {
