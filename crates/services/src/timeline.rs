@@ -98,7 +98,9 @@ pub struct CacheError(pub String);
 /// Redis one for roles running apart.
 #[async_trait]
 pub trait TimelineCache: Send + Sync {
-    /// Store a user's list.
+    /// Store a user's list, unless the one stored was computed later (a computation that
+    /// read before a follow must not replace one that read after it: the two can finish in
+    /// either order).
     async fn put(
         &self,
         user: &str,
@@ -127,10 +129,14 @@ impl TimelineCache for LocalTimelineCache {
         stage: Stage,
         timeline: Arc<CachedTimeline>,
     ) -> Result<(), CacheError> {
-        self.map
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((user.to_owned(), stage), timeline);
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let key = (user.to_owned(), stage);
+        if map
+            .get(&key)
+            .is_none_or(|old| old.computed_ts <= timeline.computed_ts)
+        {
+            map.insert(key, timeline);
+        }
         Ok(())
     }
 

@@ -151,6 +151,14 @@ async fn cache_contract(c: &dyn TimelineCache) {
         .expect("put");
     let got = c.get("u", Stage::Ranked).await.expect("get").expect("some");
     assert_eq!((got.entries.len(), got.watermark), (1, 9), "replaced");
+    // A list computed earlier (a computation that read before a later one) does not replace it.
+    let mut older = (*timeline(&["p0"], 3)).clone();
+    older.computed_ts = 41;
+    c.put("u", Stage::Ranked, Arc::new(older))
+        .await
+        .expect("put");
+    let got = c.get("u", Stage::Ranked).await.expect("get").expect("some");
+    assert_eq!(got.watermark, 9, "the later computation stays");
     assert!(
         c.get("v", Stage::Ranked).await.expect("get").is_none(),
         "per user"
