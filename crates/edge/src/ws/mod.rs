@@ -338,19 +338,10 @@ impl Conn {
                 // stays in the channel without waking this task, and is taken at the flush.
                 out = rx.recv(), if self.flush_at.is_none() => match out {
                     Some(out) => {
+                        self.queued.fetch_sub(out.bytes(), Ordering::Relaxed);
                         let mut batch = std::mem::take(&mut self.coalesced);
-                        let mut bytes = out.bytes();
                         batch.push(out);
-                        while batch.len() < MAX_FRAMES_PER_WRITE {
-                            match rx.try_recv() {
-                                Ok(o) => {
-                                    bytes += o.bytes();
-                                    batch.push(o);
-                                }
-                                Err(_) => break,
-                            }
-                        }
-                        self.queued.fetch_sub(bytes, Ordering::Relaxed);
+                        self.take_waiting(&mut rx, &mut batch);
                         let now = Instant::now();
                         let wait_until = self.last_write + COALESCE;
                         if now < wait_until
@@ -388,17 +379,7 @@ impl Conn {
                         self.flush_at = None;
                         self.last_write = Instant::now();
                         let mut batch = std::mem::take(&mut self.coalesced);
-                        let mut bytes = 0;
-                        while batch.len() < MAX_FRAMES_PER_WRITE {
-                            match rx.try_recv() {
-                                Ok(o) => {
-                                    bytes += o.bytes();
-                                    batch.push(o);
-                                }
-                                Err(_) => break,
-                            }
-                        }
-                        self.queued.fetch_sub(bytes, Ordering::Relaxed);
+                        self.take_waiting(&mut rx, &mut batch);
                         Box::pin(self.on_outgoing(batch)).await
                     } else {
                         Box::pin(self.on_tick()).await
@@ -416,7 +397,18 @@ impl Conn {
         }
     }
 
-    /// Every second: answer overdue requests, close a session whose token lapsed.
+    /// Move what waits in the session's channel onto `batch`, up to a write's worth, and
+    /// stop counting it as queued.
+    fn take_waiting(&self, rx: &mut mpsc::Receiver<Out>, batch: &mut Vec<Out>) {
+        let mut bytes = 0;
+        while batch.len() < MAX_FRAMES_PER_WRITE {
+            let Ok(o) = rx.try_recv() else { break };
+            bytes += o.bytes();
+            batch.push(o);
+        }
+        self.queued.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
     /// When the session next has something to do on its own: answer an overdue request, or
     /// close for a token that lapsed past its grace. At most an hour ahead (the wall clock
     /// may be moved; it is read again then).
