@@ -220,9 +220,7 @@ impl Engagement for RemoteEngagement {
     }
 
     async fn typing(&self, user: &UserRef, post: &str, words: u32) -> Result<(), SignalError> {
-        let cap = self.limits.as_ref().map_or(self.max_words, |l| {
-            u32::try_from(l.now().max_text_chars).unwrap_or(u32::MAX)
-        });
+        let cap = hubbub_services::LiveLimits::word_cap(self.limits.as_ref(), self.max_words);
         if words > cap {
             return Err(SignalError::new(
                 ErrorCode::BadRequest,

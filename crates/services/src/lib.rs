@@ -280,4 +280,12 @@ impl LiveLimits {
     pub fn now(&self) -> hubbub_protocol::limits::Limits {
         self.0.borrow().config.limits.clone()
     }
+
+    /// The largest `comment.typing` word count now (`max_text_chars`), or `fixed` when no
+    /// live limits are followed.
+    pub fn word_cap(limits: Option<&LiveLimits>, fixed: u32) -> u32 {
+        limits.map_or(fixed, |l| {
+            u32::try_from(l.0.borrow().config.limits.max_text_chars).unwrap_or(u32::MAX)
+        })
+    }
 }

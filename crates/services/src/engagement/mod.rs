@@ -71,9 +71,7 @@ pub struct EngagementConfig {
 impl EngagementConfig {
     /// The largest word count accepted now.
     pub fn word_cap(&self) -> u32 {
-        self.limits.as_ref().map_or(self.max_words, |l| {
-            u32::try_from(l.now().max_text_chars).unwrap_or(u32::MAX)
-        })
+        crate::LiveLimits::word_cap(self.limits.as_ref(), self.max_words)
     }
 }
 

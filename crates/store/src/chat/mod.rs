@@ -673,11 +673,7 @@ async fn channel_row(tx: &impl ChatTx, id: &str) -> Result<ConversationRow> {
 
 /// The conversation without its member list, with its member count: what a channel's events
 /// carry (reading every member of a big channel for each subscribe would cost O(N²) to build).
-async fn brief(tx: &impl ChatTx, id: &str) -> Result<Conversation> {
-    let row = tx
-        .conversation_row(id)
-        .await?
-        .ok_or_else(|| StoreError::Internal(format!("conversation {id} vanished")))?;
+async fn brief(tx: &impl ChatTx, id: &str, row: ConversationRow) -> Result<Conversation> {
     let mut c = conversation_from_row(id, row, Vec::new());
     c.member_count = tx.member_count(id).await?;
     c.members_omitted = true;
@@ -690,7 +686,8 @@ pub(crate) async fn subscribe(
     id: &str,
     now: i64,
 ) -> Result<Written<()>> {
-    let (_, _, owner, _, _, public, _) = channel_row(tx, id).await?;
+    let row = channel_row(tx, id).await?;
+    let (owner, public) = (row.2.clone(), row.5);
     if tx.membership(id, caller).await?.1 {
         return Ok(Written::nothing(()));
     }
@@ -701,7 +698,7 @@ pub(crate) async fn subscribe(
     }
     refuse_if_blocked(tx, &owner, caller).await?;
     tx.add_member(id, caller, now).await?;
-    let c = brief(tx, id).await?;
+    let c = brief(tx, id, row).await?;
     let events = conversation_events(tx, &[caller.to_owned()], &c, now).await?;
     Ok(Written::new((), events))
 }
@@ -712,8 +709,8 @@ pub(crate) async fn unsubscribe(
     id: &str,
     now: i64,
 ) -> Result<Written<()>> {
-    let (_, _, owner, _, _, _, _) = channel_row(tx, id).await?;
-    if owner == caller {
+    let row = channel_row(tx, id).await?;
+    if row.2 == caller {
         return Err(StoreError::Forbidden(
             "the owner of a channel cannot unsubscribe from it".into(),
         ));
@@ -722,7 +719,7 @@ pub(crate) async fn unsubscribe(
         return Ok(Written::nothing(()));
     }
     tx.remove_member(id, caller).await?;
-    let c = brief(tx, id).await?;
+    let c = brief(tx, id, row).await?;
     let events = conversation_events(tx, &[caller.to_owned()], &c, now).await?;
     Ok(Written::new((), events))
 }
