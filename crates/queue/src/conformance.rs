@@ -64,6 +64,13 @@ impl ConformanceEnv {
             max,
             wait: Duration::ZERO,
             visibility: self.u(vis_units),
+            max_run: 1,
+        }
+    }
+    fn runs(&self, max: usize, max_run: usize, vis_units: u32) -> ReceiveOptions {
+        ReceiveOptions {
+            max_run,
+            ..self.recv(max, vis_units)
         }
     }
 }
@@ -76,7 +83,8 @@ macro_rules! queue_conformance_tests {
         $crate::queue_conformance_tests!(@each $make;
             send_receive_ack, send_batch_is_ordered, dedupe_ignores_repeats,
             delay_hides_until_due, visibility_timeout_redelivers, extend_keeps_invisible,
-            nack_returns_message, dead_letter_and_redrive, per_key_fifo, ttl_expiry_is_counted,
+            nack_returns_message, dead_letter_and_redrive, per_key_fifo, per_key_runs,
+            a_lapsed_run_comes_back_in_order, ttl_expiry_is_counted,
             stats_count_each_state, bad_input_is_typed, long_poll_wakes_on_send,
             long_poll_times_out_empty, log_append_and_read, log_consumer_groups,
             log_retention, log_bad_input);
@@ -429,6 +437,114 @@ pub async fn per_key_fifo(env: &ConformanceEnv) {
     assert_eq!((st.in_flight, st.waiting_on_key, st.visible), (1, 0, 0));
 }
 
+pub async fn per_key_runs(env: &ConformanceEnv) {
+    let q = "conf-runs";
+    let k = |key: &str| SendOptions::default().key(key);
+    for (body, opts) in [
+        ("a1", k("a")),
+        ("a2", k("a")),
+        ("a3", k("a")),
+        ("free", SendOptions::default()),
+        ("b1", k("b")),
+        ("a4", k("a").delay(env.u(2))),
+        ("a5", k("a")),
+    ] {
+        send(env, q, body, opts).await;
+    }
+    // A run: the key's first message and those after it, in order, in one batch; it stops at
+    // a message not yet due (a4), and a5 stays behind a4.
+    let got = env
+        .queue
+        .receive(q, env.runs(10, 10, 30))
+        .await
+        .expect("receive");
+    assert_eq!(bodies(&got), ["a1", "a2", "a3", "free", "b1"]);
+    let st = env.queue.stats(q).await.expect("stats");
+    assert_eq!((st.in_flight, st.waiting_on_key), (5, 2));
+    // Nothing more of `a` while any of its run is in flight.
+    env.clock.advance(env.u(3)).await;
+    env.queue
+        .ack_batch(q, &[got[0].receipt.clone(), got[1].receipt.clone()])
+        .await
+        .expect("ack a1 a2");
+    assert!(
+        env.queue
+            .receive(q, env.runs(10, 10, 30))
+            .await
+            .expect("receive")
+            .is_empty(),
+        "a3 is still in flight"
+    );
+    env.queue.ack(q, &got[2].receipt).await.expect("ack a3");
+    let rest = env
+        .queue
+        .receive(q, env.runs(10, 10, 30))
+        .await
+        .expect("receive");
+    assert_eq!(bodies(&rest), ["a4", "a5"]);
+    for m in got.iter().skip(3).chain(&rest) {
+        env.queue.ack(q, &m.receipt).await.expect("ack");
+    }
+    // `max_run` and `max` both bound a run; without `max_run` a key gives one at a time.
+    for i in 1..=5 {
+        send(env, q, &format!("c{i}"), k("c")).await;
+    }
+    let two = env
+        .queue
+        .receive(q, env.runs(10, 2, 30))
+        .await
+        .expect("receive");
+    assert_eq!(bodies(&two), ["c1", "c2"]);
+    for m in &two {
+        env.queue.ack(q, &m.receipt).await.expect("ack");
+    }
+    let one = env
+        .queue
+        .receive(q, env.recv(10, 30))
+        .await
+        .expect("receive");
+    assert_eq!(bodies(&one), ["c3"]);
+    env.queue.ack(q, &one[0].receipt).await.expect("ack");
+    let capped = env
+        .queue
+        .receive(q, env.runs(1, 10, 30))
+        .await
+        .expect("receive");
+    assert_eq!(bodies(&capped), ["c4"]);
+}
+
+pub async fn a_lapsed_run_comes_back_in_order(env: &ConformanceEnv) {
+    let q = "conf-run-lapse";
+    for body in ["r1", "r2", "r3"] {
+        send(env, q, body, SendOptions::default().key("r")).await;
+    }
+    let run = env
+        .queue
+        .receive(q, env.runs(10, 10, 5))
+        .await
+        .expect("receive");
+    assert_eq!(bodies(&run), ["r1", "r2", "r3"]);
+    // The whole run's lease lapses: a receiver of single messages gets r1 alone, then r2,
+    // then r3, never two of the key at once.
+    env.clock.advance(env.u(6)).await;
+    for (i, want) in ["r1", "r2", "r3"].into_iter().enumerate() {
+        let got = env
+            .queue
+            .receive(q, env.recv(10, 30))
+            .await
+            .expect("receive");
+        assert_eq!(
+            (bodies(&got), got.first().map(|d| d.receive_count)),
+            (vec![want.to_owned()], Some(2))
+        );
+        assert!(
+            env.queue.ack(q, &run[i].receipt).await.is_err(),
+            "the lapsed lease's receipt is refused"
+        );
+        env.queue.ack(q, &got[0].receipt).await.expect("ack");
+    }
+}
+
 pub async fn ttl_expiry_is_counted(env: &ConformanceEnv) {
     let q = "conf-ttl";
     send(env, q, "short", SendOptions::default().ttl(env.u(10))).await;
@@ -586,6 +702,7 @@ pub async fn long_poll_wakes_on_send(env: &ConformanceEnv) {
             max: 5,
             wait: Duration::from_secs(20),
             visibility: Duration::from_secs(30),
+            max_run: 1,
         };
         queue.receive(q, opts).await
     });
@@ -600,6 +717,7 @@ pub async fn long_poll_times_out_empty(env: &ConformanceEnv) {
         max: 5,
         wait: Duration::from_millis(60),
         visibility: Duration::from_secs(30),
+        max_run: 1,
     };
     assert!(
         env.queue

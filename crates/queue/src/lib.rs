@@ -34,7 +34,20 @@ use std::time::Duration;
 ///
 /// Delivery is at-least-once: a received message stays invisible until it is acked or its
 /// visibility timeout ends, then it is delivered again; after `max_receives` deliveries it
-/// moves to `<queue>.dlq`. Messages sharing a `key` are handed out one at a time, in send order.
+/// moves to `<queue>.dlq`.
+///
+/// # Keys and runs
+/// Messages sharing a `key` are handed out in send order, and never to two receivers at once:
+/// while any message of a key is in flight, no later message of that key is handed out.
+/// By default (`ReceiveOptions::max_run` = 1) a key has one message in flight at a time. A
+/// receive with `max_run` = n > 1 may hand out a *run*: the key's first message and up to
+/// n − 1 messages that follow it, in send order, in the same batch and with the same lease.
+/// A run stops at the first message that is not yet due (delayed). The key's next message
+/// becomes receivable once every message of the run has left (acked, expired or
+/// dead-lettered). A run member whose lease lapses while an earlier message of its key is
+/// still in the queue goes back to waiting behind it, so a lapsed run comes back in order, from
+/// its first message. A receiver of runs handles a run's messages one after the other and, if
+/// one fails, gives back (or lets lapse) the rest of the run with it.
 #[async_trait]
 pub trait Queue: Send + Sync {
     /// Set a queue's options (`max_receives`). Queues that were never declared use defaults.
@@ -118,6 +131,7 @@ pub trait Queue: Send + Sync {
                         max: BATCH.min(max - purged),
                         wait: Duration::ZERO,
                         visibility: Duration::from_secs(60),
+                        max_run: 1,
                     },
                 )
                 .await?;

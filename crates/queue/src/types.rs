@@ -131,6 +131,11 @@ pub struct ReceiveOptions {
     pub wait: Duration,
     /// Received messages stay invisible this long unless acked, extended or nacked.
     pub visibility: Duration,
+    /// At most this many consecutive messages of one key in the batch (a *run*, as in an SQS
+    /// FIFO message group); 1, the default, hands out one message per key at a time. A
+    /// receiver asking for runs must handle each run in order (one after the other) and ack
+    /// them in order; see [`crate::Queue`] for the whole contract.
+    pub max_run: usize,
 }
 
 impl Default for ReceiveOptions {
@@ -139,6 +144,7 @@ impl Default for ReceiveOptions {
             max: 1,
             wait: Duration::ZERO,
             visibility: Duration::from_secs(30),
+            max_run: 1,
         }
     }
 }

@@ -86,6 +86,7 @@ impl Router {
             max: self.batch,
             wait: Duration::from_millis(500),
             visibility: Duration::from_secs(30),
+            max_run: 1,
         };
         while !cancel.is_cancelled() {
             let got = tokio::select! {
@@ -256,6 +257,7 @@ mod tests {
                     max: 10,
                     wait: Duration::from_secs(5),
                     visibility: Duration::from_secs(30),
+                    max_run: 1,
                 },
             )
             .await

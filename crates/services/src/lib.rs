@@ -146,6 +146,7 @@ impl Worker {
             max: 64,
             wait: Duration::from_millis(500),
             visibility: Duration::from_secs(30),
+            max_run: 1,
         };
         while !cancel.is_cancelled() {
             let got = tokio::select! {

@@ -316,6 +316,7 @@ impl Notifier {
             max: 16,
             wait: Duration::from_millis(500),
             visibility: Duration::from_secs(120),
+            max_run: 1,
         };
         while !cancel.is_cancelled() {
             let got = tokio::select! {

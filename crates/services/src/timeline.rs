@@ -420,6 +420,7 @@ async fn run_stage(
         max: 32,
         wait: Duration::from_millis(500),
         visibility: Duration::from_secs(60),
+        max_run: 1,
     };
     while !cancel.is_cancelled() {
         let got = tokio::select! {

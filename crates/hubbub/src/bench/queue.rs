@@ -171,6 +171,7 @@ async fn throughput(q: &Arc<dyn Queue>, args: &QueueBenchArgs) -> anyhow::Result
                 max: batch,
                 wait: Duration::from_millis(50),
                 visibility: Duration::from_secs(60),
+                max_run: 1,
             };
             while done.load(Ordering::Relaxed) < total {
                 let got = q.receive("bench", opts).await?;

@@ -222,6 +222,7 @@ async fn dead_letter(q: &impl Queue) {
                     max: 1,
                     wait: Duration::from_millis(100),
                     visibility: Duration::from_secs(30),
+                    max_run: 1,
                 },
             )
             .await

@@ -117,6 +117,7 @@ async fn dead_letter(s: &TestServer, what: &str) {
             max: 1,
             wait: PATIENCE,
             visibility: Duration::from_secs(600),
+            max_run: 1,
         },
     )
     .await

@@ -427,7 +427,7 @@ impl Queue for EmbeddedQueue {
             notified.as_mut().enable();
             let q = queue.to_owned();
             let (found, next_visible) = self
-                .run(move |ctx| ops::receive(ctx, &q, opts.max, opts.visibility))
+                .run(move |ctx| ops::receive(ctx, &q, opts.max, opts.max_run, opts.visibility))
                 .await?;
             let now = tokio::time::Instant::now();
             if !found.is_empty() || now >= deadline {

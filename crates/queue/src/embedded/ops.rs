@@ -184,18 +184,121 @@ struct Candidate {
     expires_ms: Option<i64>,
 }
 
-/// Receive up to `max` messages; returns them and, when none was found, the next time
-/// something in the queue becomes visible (for the long poll to sleep until).
+fn candidate(r: &rusqlite::Row<'_>) -> rusqlite::Result<Candidate> {
+    Ok(Candidate {
+        id: r.get(0)?,
+        body: r.get(1)?,
+        key: r.get(2)?,
+        receive_count: r.get(3)?,
+        enqueued_ms: r.get(4)?,
+        expires_ms: r.get(5)?,
+    })
+}
+
+/// What became of a candidate for receiving.
+enum Taken {
+    /// Leased: it goes in the batch.
+    Leased(Delivery),
+    /// Expired or dead-lettered: it left the queue.
+    Dropped,
+}
+
+/// Lease one candidate, or drop it when it is past its TTL or its receives.
+fn take(
+    ctx: &mut Ctx<'_>,
+    queue: &str,
+    c: Candidate,
+    now: i64,
+    lease_until: i64,
+    max_receives: u32,
+    head: bool,
+) -> Result<Taken, QueueError> {
+    if c.expires_ms.is_some_and(|e| e <= now) {
+        delete(ctx, c.id)?;
+        bump_counter(ctx, queue, "expired")?;
+        if head {
+            promote(ctx, queue, c.key.as_deref())?;
+        }
+        return Ok(Taken::Dropped);
+    }
+    if c.receive_count >= max_receives {
+        ctx.conn
+            .prepare_cached(
+                "UPDATE q_messages SET queue = ?2, dead_key = key, key = NULL,
+                 dead_count = receive_count, receive_count = 0, visible_ms = ?3,
+                 ready_ms = ?3, token = NULL, expires_ms = NULL WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![c.id, dlq_name(queue), now]))
+            .map_err(|e| ctx.sql_err(e))?;
+        bump_counter(ctx, queue, "dead_lettered")?;
+        tracing::warn!(queue, id = c.id, receives = c.receive_count, "moved to dlq");
+        ctx.touched.push(dlq_name(queue));
+        if head {
+            promote(ctx, queue, c.key.as_deref())?;
+        }
+        return Ok(Taken::Dropped);
+    }
+    let token = fastrand::i64(1..i64::MAX);
+    ctx.conn
+        .prepare_cached(
+            "UPDATE q_messages SET visible_ms = ?2, token = ?3,
+             receive_count = receive_count + 1 WHERE id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![c.id, lease_until, token]))
+        .map_err(|e| ctx.sql_err(e))?;
+    Ok(Taken::Leased(Delivery {
+        id: c.id.to_string(),
+        receipt: Receipt(format!("{}.{token:x}", c.id)),
+        body: c.body,
+        key: c.key,
+        receive_count: c.receive_count + 1,
+        first_enqueued_ms: c.enqueued_ms,
+    }))
+}
+
+/// A keyed message that was handed out before (its lease lapsed, or it was given back) while
+/// an earlier message of its key is still in the queue: a member of a run whose lease ran
+/// out. It goes back to waiting behind that message (true), so the key's order holds.
+fn rewait_if_behind(ctx: &mut Ctx<'_>, queue: &str, c: &Candidate) -> Result<bool, QueueError> {
+    let Some(key) = c.key.as_deref() else {
+        return Ok(false);
+    };
+    // A message never handed out is only ever made visible as its key's head.
+    if c.receive_count == 0 {
+        return Ok(false);
+    }
+    let behind = ctx
+        .conn
+        .prepare_cached(
+            "SELECT 1 FROM q_messages WHERE queue = ?1 AND key = ?2 AND id < ?3 LIMIT 1",
+        )
+        .and_then(|mut s| s.exists(params![queue, key, c.id]))
+        .map_err(|e| ctx.sql_err(e))?;
+    if behind {
+        ctx.conn
+            .prepare_cached("UPDATE q_messages SET visible_ms = ?2, token = NULL WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![c.id, WAITING_ON_KEY]))
+            .map_err(|e| ctx.sql_err(e))?;
+    }
+    Ok(behind)
+}
+
+/// Receive up to `max` messages, with runs of up to `max_run` consecutive messages of one key
+/// (see [`crate::Queue`]); returns them and, when none was found, the next time something in
+/// the queue becomes visible (for the long poll to sleep until).
 pub(crate) fn receive(
     ctx: &mut Ctx<'_>,
     queue: &str,
     max: usize,
+    max_run: usize,
     visibility: std::time::Duration,
 ) -> Result<(Vec<Delivery>, Option<i64>), QueueError> {
     let now = ctx.now();
     let max_receives = ctx.max_receives(queue);
     let lease_until = now.saturating_add(ms(visibility));
-    let mut out = Vec::new();
+    let mut out: Vec<Delivery> = Vec::new();
+    // Ids leased in this call: a run takes messages that may also be among the candidates.
+    let mut taken = std::collections::HashSet::new();
     // Dropping expired or dead messages can make room and promote keyed ones: look again, a
     // bounded number of times.
     for _round in 0..4 {
@@ -207,17 +310,8 @@ pub(crate) fn receive(
                  WHERE queue = ?1 AND visible_ms <= ?2 ORDER BY visible_ms, id LIMIT ?3",
             )
             .and_then(|mut s| {
-                s.query_map(params![queue, now, want as i64], |r| {
-                    Ok(Candidate {
-                        id: r.get(0)?,
-                        body: r.get(1)?,
-                        key: r.get(2)?,
-                        receive_count: r.get(3)?,
-                        enqueued_ms: r.get(4)?,
-                        expires_ms: r.get(5)?,
-                    })
-                })?
-                .collect()
+                s.query_map(params![queue, now, want as i64], candidate)?
+                    .collect()
             })
             .map_err(|e| ctx.sql_err(e))?;
         if candidates.is_empty() {
@@ -225,45 +319,44 @@ pub(crate) fn receive(
         }
         let mut dropped = false;
         for c in candidates {
-            if c.expires_ms.is_some_and(|e| e <= now) {
-                delete(ctx, c.id)?;
-                bump_counter(ctx, queue, "expired")?;
-                promote(ctx, queue, c.key.as_deref())?;
+            if out.len() >= max {
+                break;
+            }
+            if taken.contains(&c.id) {
+                continue;
+            }
+            if rewait_if_behind(ctx, queue, &c)? {
                 dropped = true;
                 continue;
             }
-            if c.receive_count >= max_receives {
-                ctx.conn
-                    .prepare_cached(
-                        "UPDATE q_messages SET queue = ?2, dead_key = key, key = NULL,
-                         dead_count = receive_count, receive_count = 0, visible_ms = ?3,
-                         ready_ms = ?3, token = NULL, expires_ms = NULL WHERE id = ?1",
-                    )
-                    .and_then(|mut s| s.execute(params![c.id, dlq_name(queue), now]))
-                    .map_err(|e| ctx.sql_err(e))?;
-                bump_counter(ctx, queue, "dead_lettered")?;
-                tracing::warn!(queue, id = c.id, receives = c.receive_count, "moved to dlq");
-                ctx.touched.push(dlq_name(queue));
-                promote(ctx, queue, c.key.as_deref())?;
-                dropped = true;
-                continue;
+            let (id, key) = (c.id, c.key.clone());
+            match take(ctx, queue, c, now, lease_until, max_receives, true)? {
+                Taken::Dropped => {
+                    dropped = true;
+                    continue;
+                }
+                Taken::Leased(d) => {
+                    taken.insert(id);
+                    out.push(d);
+                }
             }
-            let token = fastrand::i64(1..i64::MAX);
-            ctx.conn
-                .prepare_cached(
-                    "UPDATE q_messages SET visible_ms = ?2, token = ?3,
-                     receive_count = receive_count + 1 WHERE id = ?1",
-                )
-                .and_then(|mut s| s.execute(params![c.id, lease_until, token]))
-                .map_err(|e| ctx.sql_err(e))?;
-            out.push(Delivery {
-                id: c.id.to_string(),
-                receipt: Receipt(format!("{}.{token:x}", c.id)),
-                body: c.body,
-                key: c.key,
-                receive_count: c.receive_count + 1,
-                first_enqueued_ms: c.enqueued_ms,
-            });
+            if let Some(key) = key
+                && max_run > 1
+            {
+                let room = (max_run - 1).min(max - out.len());
+                run(
+                    ctx,
+                    queue,
+                    &key,
+                    id,
+                    room,
+                    now,
+                    lease_until,
+                    max_receives,
+                    &mut out,
+                    &mut taken,
+                )?;
+            }
         }
         if out.len() >= max || !dropped {
             break;
@@ -281,6 +374,66 @@ pub(crate) fn receive(
         None
     };
     Ok((out, next))
+}
+
+/// Lease up to `room` messages of `key` that follow the just leased `head`, in send order:
+/// those waiting on the key (or whose lease lapsed) and due. Stops at the first one that is
+/// in flight or not yet due.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    ctx: &mut Ctx<'_>,
+    queue: &str,
+    key: &str,
+    head: i64,
+    room: usize,
+    now: i64,
+    lease_until: i64,
+    max_receives: u32,
+    out: &mut Vec<Delivery>,
+    taken: &mut std::collections::HashSet<i64>,
+) -> Result<(), QueueError> {
+    if room == 0 {
+        return Ok(());
+    }
+    // Read a little more than the room at a time: expired and dead ones are dropped on the way.
+    let chunk = room + 8;
+    let mut after = head;
+    let mut leased = 0;
+    loop {
+        let rows: Vec<(Candidate, i64, i64)> = ctx
+            .conn
+            .prepare_cached(
+                "SELECT id, body, key, receive_count, enqueued_ms, expires_ms, visible_ms, ready_ms
+                 FROM q_messages WHERE queue = ?1 AND key = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![queue, key, after, chunk as i64], |r| {
+                    Ok((candidate(r)?, r.get(6)?, r.get(7)?))
+                })?
+                .collect()
+            })
+            .map_err(|e| ctx.sql_err(e))?;
+        let full = rows.len() == chunk;
+        for (c, visible_ms, ready_ms) in rows {
+            if leased >= room {
+                return Ok(());
+            }
+            let free = visible_ms == WAITING_ON_KEY || visible_ms <= now;
+            if !free || ready_ms > now {
+                return Ok(());
+            }
+            let id = c.id;
+            after = id;
+            if let Taken::Leased(d) = take(ctx, queue, c, now, lease_until, max_receives, false)? {
+                taken.insert(id);
+                out.push(d);
+                leased += 1;
+            }
+        }
+        if !full || leased >= room {
+            return Ok(());
+        }
+    }
 }
 
 /// Parse a receipt into (message id, token).

@@ -66,6 +66,7 @@ fn crash_child_process() {
                         max: 8,
                         wait: Duration::from_millis(20),
                         visibility: VISIBILITY,
+                        max_run: 1,
                     };
                     let got = q.receive("crash", opts).await.expect("receive");
                     for (n, m) in got.into_iter().enumerate() {
@@ -131,6 +132,7 @@ fn drain_in_the_future(path: &std::path::Path) -> HashSet<String> {
                 max: 1000,
                 wait: Duration::ZERO,
                 visibility: Duration::from_secs(600),
+                max_run: 1,
             };
             let got = q.receive("crash", opts).await.expect("receive");
             if got.is_empty() {

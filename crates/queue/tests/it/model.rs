@@ -23,6 +23,7 @@ enum Op {
     Receive {
         max: usize,
         vis_s: u64,
+        max_run: usize,
     },
     Ack {
         pick: usize,
@@ -42,7 +43,8 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (prop::option::weighted(0.6, 0u8..3), prop_oneof![3 => Just(0u64), 1 => 1u64..4],
               prop::option::weighted(0.2, 1u64..20))
             .prop_map(|(key, delay_s, ttl_s)| Op::Send { key, delay_s, ttl_s }),
-        4 => (1usize..5, 1u64..10).prop_map(|(max, vis_s)| Op::Receive { max, vis_s }),
+        4 => (1usize..5, 1u64..10, prop_oneof![1 => Just(1usize), 1 => 2usize..5])
+            .prop_map(|(max, vis_s, max_run)| Op::Receive { max, vis_s, max_run }),
         3 => any::<usize>().prop_map(|pick| Op::Ack { pick }),
         1 => (any::<usize>(), 0u64..4).prop_map(|(pick, delay_s)| Op::Nack { pick, delay_s }),
         1 => Just(Op::Stats),
@@ -105,8 +107,40 @@ impl Model {
             token: None,
         });
     }
-    fn receive(&mut self, max: usize, vis_s: u64) -> Vec<(String, u32, u64)> {
+    /// Lease message `id` (ready, not expired, under its receives) or drop it; true if leased.
+    fn take(&mut self, id: u64, vis_s: u64, head: bool, out: &mut Vec<(String, u32, u64)>) -> bool {
+        let now = self.now;
+        let m = self
+            .msgs
+            .iter()
+            .find(|m| m.id == id)
+            .expect("present")
+            .clone();
+        if m.expires.is_some_and(|e| e <= now) {
+            self.remove(id);
+            self.expired += 1;
+        } else if m.count >= MAX_RECEIVES {
+            self.remove(id);
+            self.dlq += 1;
+            self.dead += 1;
+        } else {
+            self.next_token += 1;
+            let token = self.next_token;
+            let m = self.msgs.iter_mut().find(|m| m.id == id).expect("present");
+            m.visible = now + vis_s as i64 * 1000;
+            m.token = Some(token);
+            m.count += 1;
+            out.push((m.body.clone(), m.count, token));
+            return true;
+        }
+        if head {
+            self.promote(m.key);
+        }
+        false
+    }
+    fn receive(&mut self, max: usize, vis_s: u64, max_run: usize) -> Vec<(String, u32, u64)> {
         let mut out = Vec::new();
+        let mut taken = Vec::new();
         for _ in 0..4 {
             let want = max - out.len();
             let mut cands: Vec<MMsg> = self
@@ -122,30 +156,55 @@ impl Model {
             }
             let mut dropped = false;
             for c in cands {
-                if c.expires.is_some_and(|e| e <= self.now) {
-                    self.remove(c.id);
-                    self.expired += 1;
-                    self.promote(c.key);
-                    dropped = true;
-                } else if c.count >= MAX_RECEIVES {
-                    self.remove(c.id);
-                    self.dlq += 1;
-                    self.dead += 1;
-                    self.promote(c.key);
-                    dropped = true;
-                } else {
-                    self.next_token += 1;
-                    let token = self.next_token;
-                    let now = self.now;
+                if out.len() >= max {
+                    break;
+                }
+                if taken.contains(&c.id) {
+                    continue;
+                }
+                // A run member whose lease lapsed behind an earlier message of its key waits
+                // again.
+                if c.key.is_some()
+                    && c.count > 0
+                    && self.msgs.iter().any(|m| m.key == c.key && m.id < c.id)
+                {
                     let m = self
                         .msgs
                         .iter_mut()
                         .find(|m| m.id == c.id)
                         .expect("present");
-                    m.visible = now + vis_s as i64 * 1000;
-                    m.token = Some(token);
-                    m.count += 1;
-                    out.push((m.body.clone(), m.count, token));
+                    m.visible = WAITING;
+                    m.token = None;
+                    dropped = true;
+                    continue;
+                }
+                if !self.take(c.id, vis_s, true, &mut out) {
+                    dropped = true;
+                    continue;
+                }
+                taken.push(c.id);
+                if c.key.is_none() || max_run <= 1 {
+                    continue;
+                }
+                // The run: the key's next messages in send order, while free and due.
+                let room = (max_run - 1).min(max - out.len());
+                let mut next: Vec<MMsg> = self
+                    .msgs
+                    .iter()
+                    .filter(|m| m.key == c.key && m.id > c.id)
+                    .cloned()
+                    .collect();
+                next.sort_by_key(|m| m.id);
+                let mut leased = 0;
+                for m in next {
+                    let free = m.visible == WAITING || m.visible <= self.now;
+                    if leased >= room || !free || m.ready > self.now {
+                        break;
+                    }
+                    if self.take(m.id, vis_s, false, &mut out) {
+                        taken.push(m.id);
+                        leased += 1;
+                    }
                 }
             }
             if out.len() >= max || !dropped {
@@ -254,14 +313,19 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         .expect("send");
                     model.send(body, key, delay_s, ttl_s);
                 }
-                Op::Receive { max, vis_s } => {
+                Op::Receive {
+                    max,
+                    vis_s,
+                    max_run,
+                } => {
                     let opts = ReceiveOptions {
                         max,
                         wait: Duration::ZERO,
                         visibility: Duration::from_secs(vis_s),
+                        max_run,
                     };
                     let real = q.receive("q", opts).await.expect("receive");
-                    let expected = model.receive(max, vis_s);
+                    let expected = model.receive(max, vis_s, max_run);
                     let got: Vec<(String, u32)> = real
                         .iter()
                         .map(|d| {
