@@ -127,6 +127,30 @@ pub(crate) trait Handler: Send + Sync {
     async fn handle(&self, envelope: &Envelope) -> Result<Written<ReplyData>, Failure>;
 }
 
+/// At most this many consecutive requests of one user in a batch (a run, see
+/// [`hubbub_queue::Queue`]): one sender is not held to one request per queue round trip.
+const MAX_RUN: usize = 32;
+
+/// Split a batch into runs of one key, in the batch's order; an unkeyed delivery is a run of
+/// its own.
+fn runs_of(deliveries: &[hubbub_queue::Delivery]) -> Vec<Vec<&hubbub_queue::Delivery>> {
+    let mut runs: Vec<Vec<&hubbub_queue::Delivery>> = Vec::new();
+    let mut by_key: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for d in deliveries {
+        match d.key.as_deref() {
+            Some(k) => {
+                let i = *by_key.entry(k).or_insert_with(|| {
+                    runs.push(Vec::new());
+                    runs.len() - 1
+                });
+                runs[i].push(d);
+            }
+            None => runs.push(vec![d]),
+        }
+    }
+    runs
+}
+
 /// The loop every envelope-driven service runs: pull a batch when there is capacity, handle
 /// it, push the events, reply, and only then ack.
 pub(crate) struct Worker {
@@ -146,7 +170,7 @@ impl Worker {
             max: 64,
             wait: Duration::from_millis(500),
             visibility: Duration::from_secs(30),
-            max_run: 1,
+            max_run: MAX_RUN,
         };
         while !cancel.is_cancelled() {
             let got = tokio::select! {
@@ -161,20 +185,22 @@ impl Worker {
                     continue;
                 }
             };
-            // Messages sharing a key (a user) are never in one batch together, so the batch
-            // can be handled concurrently without reordering anyone's requests.
-            let handled = join_all(
-                deliveries
-                    .iter()
-                    .map(|d| self.handle_body(handler, &d.body)),
-            )
+            // The batch holds runs: one key's (a user's) consecutive requests, in order
+            // (`max_run`). Runs are handled concurrently, each run's envelopes one after the
+            // other, so no one's requests are reordered; a run stops at an envelope that is not
+            // done with, and the rest of it is left to come back.
+            let handled = join_all(runs_of(&deliveries).into_iter().map(|run| async move {
+                let mut done = Vec::with_capacity(run.len());
+                for d in run {
+                    if !self.handle_body(handler, &d.body).await {
+                        break;
+                    }
+                    done.push(d.receipt.clone());
+                }
+                done
+            }))
             .await;
-            let receipts: Vec<_> = deliveries
-                .iter()
-                .zip(handled)
-                .filter(|(_, ok)| *ok)
-                .map(|(d, _)| d.receipt.clone())
-                .collect();
+            let receipts: Vec<_> = handled.into_iter().flatten().collect();
             if let Err(e) = self.queue.ack_batch(self.name, &receipts).await {
                 tracing::warn!(error = %e, queue = self.name, "ack failed; the envelopes will be handled again");
             }
@@ -288,5 +314,42 @@ impl LiveLimits {
         limits.map_or(fixed, |l| {
             u32::try_from(l.0.borrow().config.limits.max_text_chars).unwrap_or(u32::MAX)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs_of;
+    use hubbub_queue::{Delivery, Receipt};
+
+    fn d(id: &str, key: Option<&str>) -> Delivery {
+        Delivery {
+            id: id.into(),
+            receipt: Receipt(id.into()),
+            body: Vec::new(),
+            key: key.map(Into::into),
+            receive_count: 1,
+            first_enqueued_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_batch_splits_into_runs_of_one_key_in_order() {
+        let batch = [
+            d("a1", Some("a")),
+            d("a2", Some("a")),
+            d("x", None),
+            d("b1", Some("b")),
+            d("a3", Some("a")),
+            d("y", None),
+        ];
+        let runs: Vec<Vec<&str>> = runs_of(&batch)
+            .into_iter()
+            .map(|r| r.into_iter().map(|d| d.id.as_str()).collect())
+            .collect();
+        assert_eq!(
+            runs,
+            [vec!["a1", "a2", "a3"], vec!["x"], vec!["b1"], vec!["y"]]
+        );
     }
 }

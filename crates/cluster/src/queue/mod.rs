@@ -5,7 +5,8 @@
 //! at any point leaves a consistent state; with `appendfsync always`, Redis has it on disk
 //! before it answers. The layout is described at the top of `scripts.lua`. Why not consumer
 //! groups of Redis Streams (XREADGROUP, XAUTOCLAIM) for queues: the contract needs delays,
-//! TTLs, per-key FIFO (one message per key in flight, a nacked head keeps its place) and a
+//! TTLs, per-key FIFO (one message per key in flight, or one run of them; a nacked head keeps
+//! its place) and a
 //! receive count that decides dead-lettering, and a stream's pending-entries list can express
 //! none of the first three; sorted sets scored by visible-at and lease-until, scripted, give
 //! all of them with the same guarantees. Logs, which are append-only, do use Streams.
@@ -238,6 +239,7 @@ impl RedisQueue {
             .arg(opts.max)
             .arg(opts.visibility.as_millis() as u64)
             .arg(self.config.default_queue.max_receives)
+            .arg(opts.max_run.max(1))
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;

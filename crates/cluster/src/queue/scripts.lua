@@ -7,8 +7,9 @@
 --   p:vis         zset id -> visible-at: schedulable messages (no key, or their key's head)
 --   p:inflight    zset id -> lease until
 --   p:all         zset id -> first enqueued ms (every message, for the oldest age)
---   p:kh          hash key -> id of the key's head (the one message of the key that may be
---                 visible or in flight)
+--   p:kh          hash key -> id of the key's head (its first message; the one message of
+--                 the key that may be visible, or the first of a run in flight)
+--   p:kr:<key>    list of the rest of the key's run in flight (after the head), in send order
 --   p:k:<key>     list of the key's waiting messages, in send order
 --   p:dd:<id>     dedupe id -> message id, expiring with the dedupe window
 --   p:st          hash: waiting, expired, dead (counters)
@@ -42,6 +43,52 @@ local function release_key(p, key, now)
   end
 end
 
+-- A message of `key` left the queue. If it was the key's head, the next member of its run
+-- becomes the head; with no run left, the next waiting message does.
+local function leave_key(p, key, id, now)
+  if key == nil or key == '' then return end
+  if redis.call('HGET', p .. ':kh', key) == id then
+    local nxt = redis.call('LPOP', p .. ':kr:' .. key)
+    if nxt then
+      redis.call('HSET', p .. ':kh', key, nxt)
+    else
+      release_key(p, key, now)
+    end
+  else
+    redis.call('LREM', p .. ':kr:' .. key, 1, id)
+  end
+end
+
+-- A run member (not its key's head) was given back or its lease lapsed: it waits again, in
+-- send order among the key's waiting messages (ids are zero-padded, so they compare as text).
+local function rewait(p, key, id)
+  local kl = p .. ':k:' .. key
+  local i = 0
+  while true do
+    local at = redis.call('LINDEX', kl, i)
+    if not at then
+      redis.call('RPUSH', kl, id)
+      break
+    end
+    if at > id then
+      redis.call('LINSERT', kl, 'BEFORE', at, id)
+      break
+    end
+    i = i + 1
+  end
+  redis.call('LREM', p .. ':kr:' .. key, 1, id)
+  redis.call('ZREM', p .. ':inflight', id)
+  redis.call('HSET', p .. ':m:' .. id, 'l', 0, 'lu', 0)
+  redis.call('HINCRBY', p .. ':st', 'waiting', 1)
+end
+
+-- Is this keyed message a run member rather than its key's head?
+local function in_run(p, key, id)
+  if key == nil or key == false or key == '' then return false end
+  local head = redis.call('HGET', p .. ':kh', key)
+  return head ~= false and head ~= nil and head ~= id
+end
+
 -- Enqueue a new message (send and redrive).
 local function enqueue(p, body, key, delay, exp, first, now)
   local id = string.format('%016d', redis.call('INCR', p .. ':seq'))
@@ -69,7 +116,7 @@ local function dead_letter(p, d, id, now)
   redis.call('ZADD', d .. ':all', tonumber(f[4]), did)
   redis.call('HINCRBY', p .. ':st', 'dead', 1)
   remove_msg(p, id)
-  release_key(p, f[2], now)
+  leave_key(p, f[2], id, now)
 end
 
 local function max_receives(p, default)

@@ -52,44 +52,79 @@ redis.call('LTRIM', p .. ':wake', 0, 0)
 return out
 "#,
             ),
-            // ARGV: prefix, dlq prefix, max, visibility ms, default max receives.
+            // ARGV: prefix, dlq prefix, max, visibility ms, default max receives, max run.
             receive: script(
                 r#"
 local p, d = ARGV[1], ARGV[2]
 local max, vis = tonumber(ARGV[3]), tonumber(ARGV[4])
 local maxr = max_receives(p, tonumber(ARGV[5]))
+local maxrun = tonumber(ARGV[6])
 local now = now_ms()
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', p .. ':inflight', '-inf', now)) do
   redis.call('ZREM', p .. ':inflight', id)
-  local f = redis.call('HMGET', p .. ':m:' .. id, 'c', 'lu')
+  local f = redis.call('HMGET', p .. ':m:' .. id, 'c', 'lu', 'k')
   if tonumber(f[1]) >= maxr then
     dead_letter(p, d, id, now)
+  elseif in_run(p, f[3], id) then
+    rewait(p, f[3], id)
   else
     redis.call('HSET', p .. ':m:' .. id, 'l', 0)
     redis.call('ZADD', p .. ':vis', tonumber(f[2]), id)
   end
 end
 local out = {}; local got = 0
-while got < max do
-  local ids = redis.call('ZRANGEBYSCORE', p .. ':vis', '-inf', now, 'LIMIT', 0, max - got)
-  if #ids == 0 then break end
-  for _, id in ipairs(ids) do
+local function lease(id, m, f)
+  local c = redis.call('HINCRBY', m, 'c', 1)
+  local tok = redis.call('INCR', p .. ':lease')
+  redis.call('HSET', m, 'l', tok, 'lu', now + vis)
+  redis.call('ZADD', p .. ':inflight', now + vis, id)
+  out[#out+1] = id; out[#out+1] = tostring(tok); out[#out+1] = f[3]
+  out[#out+1] = f[2]; out[#out+1] = c; out[#out+1] = f[4]
+  got = got + 1
+end
+-- The run after a leased head of `key`: its next waiting messages, while due.
+local function run(key)
+  local kl, kr = p .. ':k:' .. key, p .. ':kr:' .. key
+  if redis.call('LLEN', kr) > 0 then return end
+  local n = 0
+  while n < maxrun - 1 and got < max do
+    local id = redis.call('LINDEX', kl, 0)
+    if not id then break end
     local m = p .. ':m:' .. id
-    local f = redis.call('HMGET', m, 'e', 'k', 'b', 'f')
+    local f = redis.call('HMGET', m, 'e', 'k', 'b', 'f', 'v', 'c')
+    if tonumber(f[5]) > now then break end
+    redis.call('LPOP', kl)
+    redis.call('HINCRBY', p .. ':st', 'waiting', -1)
     local e = tonumber(f[1])
     if e > 0 and e <= now then
       redis.call('HINCRBY', p .. ':st', 'expired', 1)
       remove_msg(p, id)
-      release_key(p, f[2], now)
+    elseif tonumber(f[6]) >= maxr then
+      redis.call('RPUSH', kr, id)
+      dead_letter(p, d, id, now)
     else
-      local c = redis.call('HINCRBY', m, 'c', 1)
-      local tok = redis.call('INCR', p .. ':lease')
-      redis.call('HSET', m, 'l', tok, 'lu', now + vis)
-      redis.call('ZREM', p .. ':vis', id)
-      redis.call('ZADD', p .. ':inflight', now + vis, id)
-      out[#out+1] = id; out[#out+1] = tostring(tok); out[#out+1] = f[3]
-      out[#out+1] = f[2]; out[#out+1] = c; out[#out+1] = f[4]
-      got = got + 1
+      redis.call('RPUSH', kr, id)
+      lease(id, m, f)
+      n = n + 1
+    end
+  end
+end
+while got < max do
+  local ids = redis.call('ZRANGEBYSCORE', p .. ':vis', '-inf', now, 'LIMIT', 0, max - got)
+  if #ids == 0 then break end
+  for _, id in ipairs(ids) do
+    if got >= max then break end
+    local m = p .. ':m:' .. id
+    local f = redis.call('HMGET', m, 'e', 'k', 'b', 'f')
+    local e = tonumber(f[1])
+    redis.call('ZREM', p .. ':vis', id)
+    if e > 0 and e <= now then
+      redis.call('HINCRBY', p .. ':st', 'expired', 1)
+      remove_msg(p, id)
+      leave_key(p, f[2], id, now)
+    else
+      lease(id, m, f)
+      if maxrun > 1 and f[2] ~= '' then run(f[2]) end
     end
   end
 end
@@ -108,7 +143,7 @@ while i <= #ARGV do
   if code == 0 then
     local key = redis.call('HGET', p .. ':m:' .. id, 'k')
     remove_msg(p, id)
-    release_key(p, key, now)
+    leave_key(p, key, id, now)
   end
   out[#out+1] = code
 end
@@ -138,8 +173,13 @@ local code = check(p, id, tok, now)
 if code == 0 then
   local m = p .. ':m:' .. id
   redis.call('ZREM', p .. ':inflight', id)
+  local key = redis.call('HGET', m, 'k')
   if tonumber(redis.call('HGET', m, 'c')) >= max_receives(p, tonumber(ARGV[6])) then
     dead_letter(p, d, id, now)
+  elseif in_run(p, key, id) then
+    -- A run member given back waits again behind its key's earlier messages.
+    rewait(p, key, id)
+    redis.call('HSET', m, 'v', now + tonumber(ARGV[5]))
   else
     redis.call('HSET', m, 'l', 0, 'lu', 0)
     redis.call('ZADD', p .. ':vis', now + tonumber(ARGV[5]), id)

@@ -23,6 +23,13 @@
 //! random `token`, `visible_ms = now + visibility`, `receive_count + 1`. A receipt is
 //! `<id>.<token hex>`; it is valid while the token matches and the lease has not lapsed.
 //!
+//! With `max_run` > 1, leasing a keyed head also leases the key's next messages by id (a run)
+//! while they wait on the key (or their lease lapsed) and are due; they stay in flight with the
+//! head, and since `promote` only wakes a key's smallest id when it waits, the key's next
+//! message becomes visible when the whole run has left. A visible keyed message that was
+//! handed out before (`receive_count > 0`) with an earlier message of its key still present is
+//! a lapsed run member: receiving sets it back to waiting instead of leasing it.
+//!
 //! # Durability and recovery
 //! Every operation runs in the writer thread inside a transaction that is committed (and
 //! fsynced, `synchronous=FULL`) before its caller is answered. After `kill -9` SQLite rolls
