@@ -602,3 +602,57 @@ async fn adding_several_members_and_paging_through_them() {
     };
     assert_eq!(conversation.member_count, 4);
 }
+
+/// One connection pipelines many sends without waiting for replies: the chat service takes
+/// them in runs (several of one sender per batch), and every member still sees them exactly
+/// once, in the order they were sent, under consecutive seqs.
+#[tokio::test]
+async fn one_sender_pipelining_keeps_its_order() {
+    const N: usize = 300;
+    let s = server_with(|c| {
+        c.limits.frames_per_s = 10_000;
+        c.limits.burst = 10_000;
+    })
+    .await;
+    let (_, at) = s.user("pipe_alice").await;
+    let (bob, bt) = s.user("pipe_bob").await;
+    let (mut a, _) = s.connect(&at).await;
+    let (mut b, _) = s.connect(&bt).await;
+    let ReplyData::Conversation { conversation: c } = ok(&mut a, group(vec![bob.id.clone()])).await
+    else {
+        panic!("a conversation")
+    };
+    until(&mut b, "the group", |f| {
+        matches!(f, ServerFrame::ConversationUpdated { .. })
+    })
+    .await;
+    for i in 0..N {
+        let frame = format!(
+            r#"{{"type":"message.send","id":"p{i}","conversation":"{}","client_msg_id":"c{i}","text":"n{i}"}}"#,
+            c.id
+        );
+        a.send_text(&frame).await.expect("send");
+    }
+    let mut replies = 0;
+    while replies < N {
+        match next(&mut a).await {
+            ServerFrame::Ok { id, .. } if id.starts_with('p') => replies += 1,
+            ServerFrame::Error { code, message, .. } => panic!("refused: {code:?} {message}"),
+            _ => {}
+        }
+    }
+    let mut seen = Vec::with_capacity(N);
+    let mut seqs = Vec::with_capacity(N);
+    while seen.len() < N {
+        if let ServerFrame::MessageNew { seq, message, .. } = next(&mut b).await {
+            seen.push(message.text);
+            seqs.push(seq);
+        }
+    }
+    let want: Vec<String> = (0..N).map(|i| format!("n{i}")).collect();
+    assert_eq!(seen, want, "in the order sent");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "consecutive seqs: {seqs:?}"
+    );
+}
