@@ -66,6 +66,10 @@ const MAX_FRAMES_PER_WRITE: usize = 256;
 /// each write is a system call and a wake-up of the reader; a quiet one writes at once. A
 /// reply never starts a wait (one that arrives during one waits at most its end).
 const COALESCE: Duration = Duration::from_millis(20);
+/// Most writes a session puts on the `main` queue in one commit: the frames a client has
+/// already sent (pipelined) are read before its writes are committed, so one connection is
+/// not held to one request per commit.
+const MAX_ACCEPT_BATCH: usize = 64;
 /// The WebSocket read buffer of a connection (it grows while a larger frame is read).
 const READ_BUFFER: usize = 512;
 /// A WebSocket close reason is at most 123 bytes.
@@ -188,6 +192,8 @@ struct Conn {
     flush_at: Option<Instant>,
     /// When the session last wrote events.
     last_write: Instant,
+    /// Writes accepted from the client and not yet on the `main` queue: (request id, body).
+    accepted: Vec<(Option<String>, Vec<u8>)>,
 }
 
 async fn run(inner: Arc<Inner>, user: UserRef, expires_ms: i64, socket: WebSocket) {
@@ -229,6 +235,7 @@ async fn run(inner: Arc<Inner>, user: UserRef, expires_ms: i64, socket: WebSocke
         coalesced: Vec::new(),
         flush_at: None,
         last_write: Instant::now(),
+        accepted: Vec::new(),
     };
     let flow = conn.start(rx).await;
     match flow {
@@ -359,7 +366,7 @@ impl Conn {
                     }
                     None => Flow::Gone,
                 },
-                msg = self.socket.recv() => Box::pin(self.on_message(msg)).await,
+                msg = self.socket.recv() => Box::pin(self.on_frames(msg)).await,
                 _ = ping.tick() => {
                     if self.last_heard.elapsed() > ping_every * 3 {
                         close(1001, "idle timeout")
@@ -582,6 +589,28 @@ impl Conn {
                 matches!(sent, Ok(Ok(())))
             }
             _ = close.closed() => false,
+        }
+    }
+
+    /// A frame from the client, and the frames it sent right after (already here, not waited
+    /// for) while they bring writes; the writes then go on the `main` queue in one commit, in
+    /// the order they came.
+    async fn on_frames(&mut self, msg: Option<Result<Message, axum::Error>>) -> Flow {
+        use futures_util::FutureExt;
+        let mut flow = self.on_message(msg).await;
+        let mut read = 1;
+        while matches!(flow, Flow::Continue) && !self.accepted.is_empty() && read < MAX_ACCEPT_BATCH
+        {
+            let Some(msg) = self.socket.recv().now_or_never() else {
+                break;
+            };
+            flow = self.on_message(msg).await;
+            read += 1;
+        }
+        // Writes read before the connection ended are accepted all the same.
+        match (self.flush_accepted().await, flow) {
+            (Flow::Continue, flow) => flow,
+            (gone, _) => gone,
         }
     }
 

@@ -2,11 +2,11 @@
 //! the reads the edge serves (from the store), the ephemeral path (presence, typing,
 //! engagement), `auth`, `sync`, and forwarding every write to the `main` queue.
 
-use super::{Conn, Flow, MAIN_QUEUE, close, now_ms};
+use super::{Conn, Flow, MAIN_QUEUE, MAX_ACCEPT_BATCH, close, now_ms};
 use crate::auth::AuthError;
 use hubbub_protocol::internal::Envelope;
 use hubbub_protocol::{ClientFrame, ErrorCode, ReplyData, Request, ServerFrame};
-use hubbub_queue::SendOptions;
+use hubbub_queue::{Outgoing, SendOptions};
 use hubbub_store::StoreError;
 use tokio::time::Instant;
 
@@ -473,27 +473,57 @@ impl Conn {
                     .await;
             }
         };
-        match self
-            .inner
-            .deps
-            .queue
-            .send(MAIN_QUEUE, body, SendOptions::default())
-            .await
-        {
+        if id.is_some() {
+            self.pending.reserve();
+        }
+        self.accepted.push((id, body));
+        if self.accepted.len() >= MAX_ACCEPT_BATCH {
+            return self.flush_accepted().await;
+        }
+        Flow::Continue
+    }
+
+    /// Put the accepted writes on the `main` queue, in one commit and in order; each is then
+    /// pending its reply. If the queue refuses, each is answered `unavailable` (nothing was
+    /// accepted).
+    pub(super) async fn flush_accepted(&mut self) -> Flow {
+        if self.accepted.is_empty() {
+            return Flow::Continue;
+        }
+        let accepted = std::mem::take(&mut self.accepted);
+        let (ids, messages): (Vec<_>, Vec<_>) = accepted
+            .into_iter()
+            .map(|(id, body)| {
+                let out = Outgoing {
+                    body,
+                    opts: SendOptions::default(),
+                };
+                (id, out)
+            })
+            .unzip();
+        match self.inner.deps.queue.send_batch(MAIN_QUEUE, messages).await {
             Ok(_) => {
-                if let Some(id) = id {
-                    self.pending.forwarded(id, Instant::now());
+                let now = Instant::now();
+                for id in ids.into_iter().flatten() {
+                    self.pending.forwarded(id, now);
                 }
                 Flow::Continue
             }
             Err(e) => {
-                tracing::warn!(error = %e, "could not accept a request");
-                let e = ServerFrame::error(
-                    id,
-                    ErrorCode::Unavailable,
-                    "could not accept the request; nothing was accepted, retry later",
-                );
-                self.written(&[e]).await
+                tracing::warn!(error = %e, "could not accept requests");
+                self.pending
+                    .unreserve(ids.iter().filter(|id| id.is_some()).count());
+                let errors: Vec<ServerFrame> = ids
+                    .into_iter()
+                    .map(|id| {
+                        ServerFrame::error(
+                            id,
+                            ErrorCode::Unavailable,
+                            "could not accept the request; nothing was accepted, retry later",
+                        )
+                    })
+                    .collect();
+                self.written(&errors).await
             }
         }
     }
