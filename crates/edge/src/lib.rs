@@ -194,14 +194,26 @@ impl Out {
     }
 }
 
-/// How a session is told to close, and with which code.
+/// How a session is told to close, and with which code; and told to write what waits for it
+/// now, before its coalescing window ends (its buffer is filling up).
 #[derive(Debug, Default)]
 pub(crate) struct CloseSignal {
     token: CancellationToken,
     why: std::sync::OnceLock<(u16, String)>,
+    flush: tokio::sync::Notify,
 }
 
 impl CloseSignal {
+    /// Ask the session to write what waits for it now.
+    pub(crate) fn flush_now(&self) {
+        self.flush.notify_one();
+    }
+
+    /// Resolves when the session is asked to write now.
+    pub(crate) async fn flush_wanted(&self) {
+        self.flush.notified().await
+    }
+
     /// Ask the session to close (the first reason given wins).
     pub(crate) fn close(&self, code: u16, reason: &str) {
         let _ = self.why.set((code, reason.to_owned()));
@@ -443,7 +455,13 @@ impl Inner {
         }
         let bytes = out.bytes();
         let queued = handle.queued.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        let over = queued > self.max_outgoing_bytes.load(Ordering::Relaxed);
+        let max = self.max_outgoing_bytes.load(Ordering::Relaxed);
+        let over = queued > max;
+        // Half full: a session waiting out its coalescing window writes now instead, so the
+        // window never turns a reader that keeps up into a slow one.
+        if !over && queued > max / 2 && queued - bytes <= max / 2 {
+            handle.close.flush_now();
+        }
         if over || handle.tx.try_send(out).is_err() {
             handle.queued.fetch_sub(bytes, Ordering::Relaxed);
             if over || !handle.tx.is_closed() {

@@ -37,7 +37,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// A handler's failure, answered to the client with its protocol code.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Failure {
     /// The protocol code.
     pub code: ErrorCode,
@@ -125,11 +125,25 @@ pub fn reply_frame(
 pub(crate) trait Handler: Send + Sync {
     /// Handle the request. `Unavailable` (nothing written) is answered to the client as such.
     async fn handle(&self, envelope: &Envelope) -> Result<Written<ReplyData>, Failure>;
+
+    /// Handle a run: one user's requests, in order (see [`Worker::run`]); one outcome each,
+    /// in order. By default one after the other; a service may commit several together, as
+    /// long as each has the outcome it would have had alone.
+    async fn handle_run(&self, envelopes: &[Envelope]) -> Vec<Result<Written<ReplyData>, Failure>> {
+        let mut out = Vec::with_capacity(envelopes.len());
+        for e in envelopes {
+            out.push(self.handle(e).await);
+        }
+        out
+    }
 }
 
 /// At most this many consecutive requests of one user in a batch (a run, see
 /// [`hubbub_queue::Queue`]): one sender is not held to one request per queue round trip.
 const MAX_RUN: usize = 32;
+
+/// Most bytes of requests of a run handled (committed) together; see [`Worker::handle_run`].
+const RUN_BYTES: usize = 32 * 1024;
 
 /// Split a batch into runs of one key, in the batch's order; an unkeyed delivery is a run of
 /// its own.
@@ -186,19 +200,13 @@ impl Worker {
                 }
             };
             // The batch holds runs: one key's (a user's) consecutive requests, in order
-            // (`max_run`). Runs are handled concurrently, each run's envelopes one after the
-            // other, so no one's requests are reordered; a run stops at an envelope that is not
-            // done with, and the rest of it is left to come back.
-            let handled = join_all(runs_of(&deliveries).into_iter().map(|run| async move {
-                let mut done = Vec::with_capacity(run.len());
-                for d in run {
-                    if !self.handle_body(handler, &d.body).await {
-                        break;
-                    }
-                    done.push(d.receipt.clone());
-                }
-                done
-            }))
+            // (`max_run`). Runs are handled concurrently, each run in order (the handler may
+            // commit a run's writes together), so no one's requests are reordered.
+            let handled = join_all(
+                runs_of(&deliveries)
+                    .into_iter()
+                    .map(|run| self.handle_run(handler, run)),
+            )
             .await;
             let receipts: Vec<_> = handled.into_iter().flatten().collect();
             if let Err(e) = self.queue.ack_batch(self.name, &receipts).await {
@@ -207,16 +215,54 @@ impl Worker {
         }
     }
 
-    /// Handle one envelope; true when it is done with (acked).
-    async fn handle_body<H: Handler>(&self, handler: &H, body: &[u8]) -> bool {
-        let envelope = match Envelope::decode(body) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(error = %e, queue = self.name, "undecodable envelope dropped");
-                return true;
+    /// Handle a run of deliveries; returns the receipts of those done with (to ack): all of
+    /// them, undecodable ones included (dropped).
+    async fn handle_run<H: Handler>(
+        &self,
+        handler: &H,
+        run: Vec<&hubbub_queue::Delivery>,
+    ) -> Vec<hubbub_queue::Receipt> {
+        let mut envelopes = Vec::with_capacity(run.len());
+        let mut sizes = Vec::with_capacity(run.len());
+        for d in &run {
+            match Envelope::decode(&d.body) {
+                Ok(e) => {
+                    envelopes.push(e);
+                    sizes.push(d.body.len());
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, queue = self.name, "undecodable envelope dropped");
+                }
             }
-        };
-        let (data, events) = match handler.handle(&envelope).await {
+        }
+        // In pieces of at most RUN_BYTES of requests (one at least), each finished (its
+        // events pushed) before the next: what one commit sends a session stays well under
+        // its outgoing bound, however large the messages.
+        let mut start = 0;
+        while start < envelopes.len() {
+            let mut end = start + 1;
+            let mut bytes = sizes[start];
+            while end < envelopes.len() && bytes + sizes[end] <= RUN_BYTES {
+                bytes += sizes[end];
+                end += 1;
+            }
+            let piece = &envelopes[start..end];
+            let outcomes = if piece.len() == 1 {
+                vec![handler.handle(&piece[0]).await]
+            } else {
+                handler.handle_run(piece).await
+            };
+            for (envelope, outcome) in piece.iter().zip(outcomes) {
+                self.finish(envelope, outcome).await;
+            }
+            start = end;
+        }
+        run.into_iter().map(|d| d.receipt.clone()).collect()
+    }
+
+    /// After an envelope's outcome: the broadcast, the notify jobs, the events and the reply.
+    async fn finish(&self, envelope: &Envelope, outcome: Result<Written<ReplyData>, Failure>) {
+        let (data, events) = match outcome {
             Ok(Written {
                 value,
                 events,
@@ -248,7 +294,7 @@ impl Worker {
             Err(f) => (Err(f), Vec::new()),
         };
         metrics::counter!(self.metric, "type" => envelope.request.type_name()).increment(1);
-        let replies = reply_frame(&envelope, data)
+        let replies = reply_frame(envelope, data)
             .map(|frame| vec![(envelope.edge.clone(), envelope.session.clone(), frame)])
             .unwrap_or_default();
         let frames: Vec<_> = events.into_iter().map(|e| (e.user, e.frame)).collect();
@@ -271,7 +317,6 @@ impl Worker {
         self.delivery
             .push(frames, replies, Some(envelope.accepted_ms))
             .await;
-        true
     }
 }
 

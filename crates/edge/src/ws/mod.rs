@@ -66,9 +66,9 @@ const MAX_FRAMES_PER_WRITE: usize = 256;
 /// each write is a system call and a wake-up of the reader; a quiet one writes at once. A
 /// reply never starts a wait (one that arrives during one waits at most its end).
 const COALESCE: Duration = Duration::from_millis(20);
-/// Most writes a session puts on the `main` queue in one commit: the frames a client has
-/// already sent (pipelined) are read before its writes are committed, so one connection is
-/// not held to one request per commit.
+/// Most writes a session holds while a commit of its earlier writes to `main` is under way;
+/// they then go in one commit. A client that pipelines is not held to one request per
+/// commit, and past this the session stops reading its socket until the commit ends.
 const MAX_ACCEPT_BATCH: usize = 64;
 /// The WebSocket read buffer of a connection (it grows while a larger frame is read).
 const READ_BUFFER: usize = 512;
@@ -194,6 +194,26 @@ struct Conn {
     last_write: Instant,
     /// Writes accepted from the client and not yet on the `main` queue: (request id, body).
     accepted: Vec<(Option<String>, Vec<u8>)>,
+    /// The commit of earlier accepted writes under way, if any.
+    committing: Option<Commit>,
+}
+
+/// A commit of accepted writes to `main`: their request ids, and the queue's refusal if any.
+type Commit = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = (Vec<Option<String>>, Option<hubbub_queue::QueueError>)>
+            + Send,
+    >,
+>;
+
+/// The outcome of the commit under way; never resolves when there is none.
+async fn commit_done(
+    commit: &mut Option<Commit>,
+) -> (Vec<Option<String>>, Option<hubbub_queue::QueueError>) {
+    match commit {
+        Some(c) => c.await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn run(inner: Arc<Inner>, user: UserRef, expires_ms: i64, socket: WebSocket) {
@@ -236,8 +256,10 @@ async fn run(inner: Arc<Inner>, user: UserRef, expires_ms: i64, socket: WebSocke
         flush_at: None,
         last_write: Instant::now(),
         accepted: Vec::new(),
+        committing: None,
     };
     let flow = conn.start(rx).await;
+    Box::pin(conn.commit_the_rest()).await;
     match flow {
         Flow::Close(code, reason) => Box::pin(conn.close_with(code, &reason)).await,
         Flow::Gone if conn.close.is_closed() => {
@@ -341,6 +363,14 @@ impl Conn {
                     let (code, reason) = signal.why();
                     Flow::Close(code, reason)
                 }
+                // Its buffer is half full: the coalescing window ends now.
+                _ = signal.flush_wanted(), if self.flush_at.is_some() => {
+                    self.flush_at = None;
+                    self.last_write = Instant::now();
+                    let mut batch = std::mem::take(&mut self.coalesced);
+                    self.take_waiting(&mut rx, &mut batch);
+                    Box::pin(self.on_outgoing(batch)).await
+                }
                 // Not read while events wait out the coalescing window: what arrives meanwhile
                 // stays in the channel without waking this task, and is taken at the flush.
                 out = rx.recv(), if self.flush_at.is_none() => match out {
@@ -366,7 +396,14 @@ impl Conn {
                     }
                     None => Flow::Gone,
                 },
-                msg = self.socket.recv() => Box::pin(self.on_frames(msg)).await,
+                // Not read while a full batch of writes waits behind a commit: the client is
+                // held back by TCP instead of the edge buffering without bound.
+                msg = self.socket.recv(), if self.accepted.len() < MAX_ACCEPT_BATCH => {
+                    Box::pin(self.on_message(msg)).await
+                }
+                (ids, refused) = commit_done(&mut self.committing), if self.committing.is_some() => {
+                    Box::pin(self.committed(ids, refused)).await
+                }
                 _ = ping.tick() => {
                     if self.last_heard.elapsed() > ping_every * 3 {
                         close(1001, "idle timeout")
@@ -589,28 +626,6 @@ impl Conn {
                 matches!(sent, Ok(Ok(())))
             }
             _ = close.closed() => false,
-        }
-    }
-
-    /// A frame from the client, and the frames it sent right after (already here, not waited
-    /// for) while they bring writes; the writes then go on the `main` queue in one commit, in
-    /// the order they came.
-    async fn on_frames(&mut self, msg: Option<Result<Message, axum::Error>>) -> Flow {
-        use futures_util::FutureExt;
-        let mut flow = self.on_message(msg).await;
-        let mut read = 1;
-        while matches!(flow, Flow::Continue) && !self.accepted.is_empty() && read < MAX_ACCEPT_BATCH
-        {
-            let Some(msg) = self.socket.recv().now_or_never() else {
-                break;
-            };
-            flow = self.on_message(msg).await;
-            read += 1;
-        }
-        // Writes read before the connection ended are accepted all the same.
-        match (self.flush_accepted().await, flow) {
-            (Flow::Continue, flow) => flow,
-            (gone, _) => gone,
         }
     }
 

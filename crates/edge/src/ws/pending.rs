@@ -28,21 +28,17 @@ impl Pending {
         }
     }
 
-    /// A write was admitted: it counts as in flight from now, before it is on the queue (a
-    /// session commits the writes a client pipelined together, after reading them all).
-    pub(super) fn reserve(&self) {
-        self.admission.forwarded();
-    }
-
-    /// Reserved writes that never reached the queue.
-    pub(super) fn unreserve(&self, n: usize) {
-        self.admission.abandoned(n);
-    }
-
-    /// Reserved request `id` was forwarded at `now`: its reply is awaited. (A client reusing
-    /// the id of a request still awaited gets one wait for both.)
+    /// Request `id` was forwarded at `now`.
     pub(super) fn forwarded(&mut self, id: String, now: Instant) {
-        if self.deadlines.insert(id, now + self.timeout).is_some() {
+        if self.deadlines.insert(id, now + self.timeout).is_none() {
+            self.admission.forwarded();
+        }
+    }
+
+    /// Request `id` never reached the queue (it refused the write): it is answered at once,
+    /// and awaited no more.
+    pub(super) fn withdraw(&mut self, id: &str) {
+        if self.deadlines.remove(id).is_some() {
             self.admission.abandoned(1);
         }
     }
@@ -105,7 +101,6 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_unanswered_request_is_overdue_once_after_the_timeout() {
         let mut pending = Pending::new(TIMEOUT, admission());
-        pending.reserve();
         pending.forwarded("r1".into(), Instant::now());
         advance(TIMEOUT - Duration::from_millis(1)).await;
         assert!(pending.overdue(Instant::now()).is_empty());
@@ -121,10 +116,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_reply_in_time_ends_the_wait() {
         let mut pending = Pending::new(TIMEOUT, admission());
-        pending.reserve();
         pending.forwarded("r1".into(), Instant::now());
         advance(Duration::from_secs(4)).await;
-        pending.reserve();
         pending.forwarded("r2".into(), Instant::now());
         let first = pending.next_deadline().expect("r1 awaited");
         advance(Duration::from_secs(5)).await;
@@ -151,10 +144,8 @@ mod tests {
         let a = admission();
         let mut pending = Pending::new(TIMEOUT, a.clone());
         for id in ["r1", "r2", "r3"] {
-            pending.reserve();
             pending.forwarded(id.into(), Instant::now());
         }
-        pending.reserve();
         pending.forwarded("r3".into(), Instant::now());
         assert_eq!(a.inflight(), 3, "a repeated id counts once");
         assert!(pending.answered("r1"));
@@ -163,7 +154,6 @@ mod tests {
         assert_eq!(pending.overdue(Instant::now()).len(), 2);
         assert_eq!(a.inflight(), 0);
         assert!(a.admit().is_ok(), "nothing in flight: admitted");
-        pending.reserve();
         pending.forwarded("r4".into(), Instant::now());
         assert!(a.admit().is_err(), "replies took the full timeout: behind");
         drop(pending);

@@ -2,11 +2,11 @@
 //! the reads the edge serves (from the store), the ephemeral path (presence, typing,
 //! engagement), `auth`, `sync`, and forwarding every write to the `main` queue.
 
-use super::{Conn, Flow, MAIN_QUEUE, MAX_ACCEPT_BATCH, close, now_ms};
+use super::{Conn, Flow, MAIN_QUEUE, close, now_ms};
 use crate::auth::AuthError;
 use hubbub_protocol::internal::Envelope;
 use hubbub_protocol::{ClientFrame, ErrorCode, ReplyData, Request, ServerFrame};
-use hubbub_queue::{Outgoing, SendOptions};
+use hubbub_queue::{Outgoing, QueueError, SendOptions};
 use hubbub_store::StoreError;
 use tokio::time::Instant;
 
@@ -473,22 +473,22 @@ impl Conn {
                     .await;
             }
         };
-        if id.is_some() {
-            self.pending.reserve();
+        // Awaited from now (a reply cannot come before the write is on the queue, and the
+        // write counts against admission from when it is read).
+        if let Some(id) = &id {
+            self.pending.forwarded(id.clone(), Instant::now());
         }
         self.accepted.push((id, body));
-        if self.accepted.len() >= MAX_ACCEPT_BATCH {
-            return self.flush_accepted().await;
-        }
+        self.start_commit();
         Flow::Continue
     }
 
-    /// Put the accepted writes on the `main` queue, in one commit and in order; each is then
-    /// pending its reply. If the queue refuses, each is answered `unavailable` (nothing was
-    /// accepted).
-    pub(super) async fn flush_accepted(&mut self) -> Flow {
-        if self.accepted.is_empty() {
-            return Flow::Continue;
+    /// Start putting the accepted writes on the `main` queue, in one commit and in order, if
+    /// none is under way (one at a time per session keeps them in order); the session goes on
+    /// serving its events meanwhile, and takes the outcome in [`Conn::committed`].
+    pub(super) fn start_commit(&mut self) {
+        if self.committing.is_some() || self.accepted.is_empty() {
+            return;
         }
         let accepted = std::mem::take(&mut self.accepted);
         let (ids, messages): (Vec<_>, Vec<_>) = accepted
@@ -501,21 +501,31 @@ impl Conn {
                 (id, out)
             })
             .unzip();
-        match self.inner.deps.queue.send_batch(MAIN_QUEUE, messages).await {
-            Ok(_) => {
-                let now = Instant::now();
-                for id in ids.into_iter().flatten() {
-                    self.pending.forwarded(id, now);
-                }
-                Flow::Continue
-            }
-            Err(e) => {
+        let queue = self.inner.deps.queue.clone();
+        self.committing = Some(Box::pin(async move {
+            let sent = queue.send_batch(MAIN_QUEUE, messages).await;
+            (ids, sent.err())
+        }));
+    }
+
+    /// A commit of accepted writes ended. If the queue refused them, each is answered
+    /// `unavailable` (nothing was accepted). Then the next accepted ones start.
+    pub(super) async fn committed(
+        &mut self,
+        ids: Vec<Option<String>>,
+        refused: Option<QueueError>,
+    ) -> Flow {
+        self.committing = None;
+        let flow = match refused {
+            None => Flow::Continue,
+            Some(e) => {
                 tracing::warn!(error = %e, "could not accept requests");
-                self.pending
-                    .unreserve(ids.iter().filter(|id| id.is_some()).count());
                 let errors: Vec<ServerFrame> = ids
                     .into_iter()
                     .map(|id| {
+                        if let Some(id) = &id {
+                            self.pending.withdraw(id);
+                        }
                         ServerFrame::error(
                             id,
                             ErrorCode::Unavailable,
@@ -525,6 +535,22 @@ impl Conn {
                     .collect();
                 self.written(&errors).await
             }
+        };
+        self.start_commit();
+        flow
+    }
+
+    /// At the session's end: the writes it read are committed all the same (their replies
+    /// have nowhere to go).
+    pub(super) async fn commit_the_rest(&mut self) {
+        for _ in 0..2 {
+            if let Some(commit) = self.committing.take() {
+                let (_, refused) = commit.await;
+                if let Some(e) = refused {
+                    tracing::warn!(error = %e, "could not accept requests of a closed session");
+                }
+            }
+            self.start_commit();
         }
     }
 

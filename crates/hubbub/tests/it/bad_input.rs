@@ -204,8 +204,12 @@ async fn slow_reader_is_cut_off(bound: impl FnOnce(&mut hubbub::config::Config))
         .await
         .expect("upgrade");
     // Megabytes of events for it: 3,000 messages of 4,000 characters, sent in batches of 12
-    // (under the 64 KiB frame limit) by a sender that reads its own events as they come.
+    // (under the 64 KiB frame limit) by a sender that reads its own events as they come and
+    // keeps at most a few batches ahead of them (a client with flow control; one that floods
+    // faster than it reads is a slow reader too, and the server runs in this test's process).
     let (batches, per_batch) = (250, 12);
+    const AHEAD: usize = 4;
+    let (progress, mut seen_so_far) = tokio::sync::watch::channel(0usize);
     let text = "z".repeat(4000);
     let url = format!(
         "{}/v1/ws?access_token={fast_token}",
@@ -222,6 +226,7 @@ async fn slow_reader_is_cut_off(bound: impl FnOnce(&mut hubbub::config::Config))
                         .lines()
                         .filter(|l| l.starts_with(r#"{"type":"message.new""#))
                         .count();
+                    progress.send_replace(seen);
                 }
                 Ok(Some(Ok(_))) => {}
                 other => panic!("sender's stream ended after {seen} events: {other:?}"),
@@ -229,6 +234,11 @@ async fn slow_reader_is_cut_off(bound: impl FnOnce(&mut hubbub::config::Config))
         }
     });
     for batch in 0..batches {
+        let behind = batch.saturating_sub(AHEAD) * per_batch;
+        tokio::time::timeout(PATIENCE, seen_so_far.wait_for(|seen| *seen >= behind))
+            .await
+            .expect("the sender's own events come back")
+            .expect("the reader runs");
         let frames: Vec<String> = (0..per_batch)
             .map(|i| {
                 hubbub_protocol::ClientFrame {

@@ -96,8 +96,108 @@ impl ChatService {
     }
 }
 
+impl ChatService {
+    /// A `message.send`'s checks before the store, and the message to store.
+    async fn new_message(&self, e: &Envelope) -> Option<Result<NewMessage, Failure>> {
+        let Request::MessageSend {
+            conversation,
+            client_msg_id,
+            text,
+            attachments,
+        } = &e.request
+        else {
+            return None;
+        };
+        if client_msg_id.is_empty() || client_msg_id.len() > MAX_CLIENT_MSG_ID {
+            return Some(Err(Failure::new(
+                ErrorCode::BadRequest,
+                format!("client_msg_id must be 1 to {MAX_CLIENT_MSG_ID} bytes"),
+            )));
+        }
+        let limits = self.limits.now();
+        let attachments = match crate::check_content(
+            &*self.media,
+            text,
+            attachments,
+            limits.max_text_chars,
+            "message",
+        )
+        .await
+        {
+            Ok(a) => a,
+            Err(f) => return Some(Err(f)),
+        };
+        Some(Ok(NewMessage {
+            sender: e.user.clone(),
+            conversation: conversation.clone(),
+            client_msg_id: client_msg_id.clone(),
+            text: text.clone(),
+            attachments,
+        }))
+    }
+
+    /// Store the checked sends of a run together; their outcomes go in their slots.
+    async fn send_together(
+        &self,
+        sends: &mut Vec<(usize, NewMessage)>,
+        out: &mut [Option<Result<Written<ReplyData>, Failure>>],
+    ) {
+        if sends.is_empty() {
+            return;
+        }
+        let (slots, news): (Vec<usize>, Vec<NewMessage>) =
+            std::mem::take(sends).into_iter().unzip();
+        match self.store.send_messages(news).await {
+            Ok(sent) => {
+                for (slot, r) in slots.into_iter().zip(sent) {
+                    out[slot] = Some(
+                        r.map(|w| w.map(|message| ReplyData::Message { message }))
+                            .map_err(Failure::from),
+                    );
+                }
+            }
+            Err(e) => {
+                let f = Failure::from(e);
+                for slot in slots {
+                    out[slot] = Some(Err(f.clone()));
+                }
+            }
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl crate::Handler for ChatService {
+    /// A run of one user's requests: consecutive sends are stored in one commit (the store
+    /// keeps each send's own outcome); anything else is handled alone, in its place.
+    async fn handle_run(&self, envelopes: &[Envelope]) -> Vec<Result<Written<ReplyData>, Failure>> {
+        let mut out: Vec<Option<Result<Written<ReplyData>, Failure>>> =
+            (0..envelopes.len()).map(|_| None).collect();
+        let mut sends = Vec::new();
+        for (i, e) in envelopes.iter().enumerate() {
+            match self.new_message(e).await {
+                Some(Ok(new)) => sends.push((i, new)),
+                // A send refused before the store changes nothing: it keeps its place.
+                Some(Err(f)) => out[i] = Some(Err(f)),
+                None => {
+                    self.send_together(&mut sends, &mut out).await;
+                    out[i] = Some(self.handle(e).await);
+                }
+            }
+        }
+        self.send_together(&mut sends, &mut out).await;
+        out.into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    Err(Failure::new(
+                        ErrorCode::Internal,
+                        "a request was not handled",
+                    ))
+                })
+            })
+            .collect()
+    }
+
     async fn handle(&self, e: &Envelope) -> Result<Written<ReplyData>, Failure> {
         let limits = self.limits.now();
         let user = e.user.as_str();
@@ -177,36 +277,12 @@ impl crate::Handler for ChatService {
             Request::ChannelUnsubscribe { conversation } => {
                 Ok(empty(self.store.unsubscribe(user, conversation).await?))
             }
-            Request::MessageSend {
-                conversation,
-                client_msg_id,
-                text,
-                attachments,
-            } => {
-                if client_msg_id.is_empty() || client_msg_id.len() > MAX_CLIENT_MSG_ID {
-                    return Err(Failure::new(
-                        ErrorCode::BadRequest,
-                        format!("client_msg_id must be 1 to {MAX_CLIENT_MSG_ID} bytes"),
-                    ));
-                }
-                let attachments = crate::check_content(
-                    &*self.media,
-                    text,
-                    attachments,
-                    limits.max_text_chars,
-                    "message",
-                )
-                .await?;
-                let w = self
-                    .store
-                    .send_message(NewMessage {
-                        sender: user.to_owned(),
-                        conversation: conversation.clone(),
-                        client_msg_id: client_msg_id.clone(),
-                        text: text.clone(),
-                        attachments,
-                    })
-                    .await?;
+            Request::MessageSend { .. } => {
+                let Some(checked) = self.new_message(e).await else {
+                    return Err(Failure::new(ErrorCode::Internal, "not a message.send"));
+                };
+                let new = checked?;
+                let w = self.store.send_message(new).await?;
                 Ok(w.map(|message| ReplyData::Message { message }))
             }
             Request::MessageRead {

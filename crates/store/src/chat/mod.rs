@@ -139,6 +139,12 @@ pub trait ChatStore: Send + Sync {
     /// message and no events.
     async fn send_message(&self, new: NewMessage) -> Result<Written<Message>>;
 
+    /// Several `message.send`s in this order, committed together: each succeeds or fails on
+    /// its own (as [`ChatStore::send_message`] would), and a later one sees the earlier ones
+    /// (a run of one sender's messages costs one commit, not one each). An `Err` of the whole
+    /// means none was stored.
+    async fn send_messages(&self, news: Vec<NewMessage>) -> Result<Vec<Result<Written<Message>>>>;
+
     /// `message.history`: newest first, before a message id; and whether older ones remain.
     async fn history(
         &self,

@@ -443,6 +443,31 @@ impl PgStore {
         rx.await
             .map_err(|_| StoreError::Internal("the send batcher stopped".into()))?
     }
+
+    /// Several sends, handed to the group commit together and in order: the batcher takes
+    /// them in that order, so they commit together (up to its batch size) in that order.
+    async fn send_many(&self, news: Vec<NewMessage>) -> Result<Vec<Result<Written<Message>>>> {
+        let mut waits = Vec::with_capacity(news.len());
+        for new in news {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            // Once one cannot be handed over, neither can the rest: they are refused, and
+            // the ones handed over are still awaited.
+            let handed = waits.last().is_none_or(Option::is_some)
+                && self.sends.send((new, tx)).await.is_ok();
+            waits.push(handed.then_some(rx));
+        }
+        let mut out = Vec::with_capacity(waits.len());
+        for rx in waits {
+            out.push(match rx {
+                Some(rx) => rx
+                    .await
+                    .map_err(|_| StoreError::Internal("the send batcher stopped".into()))
+                    .and_then(|r| r),
+                None => Err(StoreError::Unavailable("the store is shutting down".into())),
+            });
+        }
+        Ok(out)
+    }
 }
 
 /// Group commit for `message.send`: take whatever sends wait, lock every recipient once (in

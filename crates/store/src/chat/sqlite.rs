@@ -18,6 +18,27 @@ impl SqliteStore {
         let now = self.now();
         crate::run!(self.write, |tx| super::send_message(tx, new, now))
     }
+
+    /// Several sends in one transaction of the writer, each in its own savepoint (one send's
+    /// failure leaves the others).
+    async fn send_many(&self, news: Vec<NewMessage>) -> Result<Vec<Result<Written<Message>>>> {
+        let now = self.now();
+        crate::run!(self.write, |tx| async move {
+            let mut out = Vec::with_capacity(news.len());
+            for new in news {
+                tx.execute_batch("SAVEPOINT hubbub_send")?;
+                let sent = super::send_message(tx, new, now).await;
+                let end = if sent.is_ok() {
+                    "RELEASE hubbub_send"
+                } else {
+                    "ROLLBACK TO hubbub_send; RELEASE hubbub_send"
+                };
+                tx.execute_batch(end)?;
+                out.push(sent);
+            }
+            Ok(out)
+        })
+    }
 }
 
 /// A message's columns, from column `from` of a row (in [`MESSAGE_COLUMNS`]' order).

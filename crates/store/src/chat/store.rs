@@ -142,6 +142,16 @@ macro_rules! impl_chat_store {
                 self.send(new).await
             }
 
+            async fn send_messages(
+                &self,
+                news: Vec<$crate::chat::NewMessage>,
+            ) -> Result<
+                Vec<Result<$crate::Written<hubbub_protocol::Message>, $crate::StoreError>>,
+                $crate::StoreError,
+            > {
+                self.send_many(news).await
+            }
+
             async fn history(
                 &self,
                 caller: &str,

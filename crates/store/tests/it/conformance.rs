@@ -69,7 +69,8 @@ macro_rules! store_conformance {
             blocked_users_cannot_add_the_blocker_to_groups, keyed_creates_return_the_first_object,
             timelines_read_candidates_and_what_is_new, concurrent_sends_keep_seqs_gapless,
             large_groups_tell_only_whom_a_change_concerns, channels_number_messages_by_offset,
-            api_keys_are_hashed_scoped_revocable, runtime_config_is_compare_and_set_and_long_polled);
+            api_keys_are_hashed_scoped_revocable, runtime_config_is_compare_and_set_and_long_polled,
+            a_run_of_sends_commits_in_order_each_on_its_own);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -440,6 +441,66 @@ pub async fn messages_are_idempotent_and_fan_out(env: &Env) {
         .expect_err("outsider");
     assert!(matches!(e, StoreError::Forbidden(_)), "{e:?}");
     assert_eq!(s.last_seq(&a).await.expect("seq"), 7);
+}
+
+/// `send_messages`: one sender's run, in order, in one commit; each send succeeds or fails on
+/// its own, and a later one sees the earlier ones (a repeated key returns the first message).
+pub async fn a_run_of_sends_commits_in_order_each_on_its_own(env: &Env) {
+    let s = &env.store;
+    let (a, b) = (user(env, "alice").await, user(env, "bob").await);
+    s.create_conversation(group("g", &a, &[&b]))
+        .await
+        .expect("create");
+    s.create_conversation(group("h", &b, &[]))
+        .await
+        .expect("create");
+    let out = s
+        .send_messages(vec![
+            send(&a, "g", "k1", "r1"),
+            send(&a, "h", "k2", "not a member"),
+            send(&a, "g", "k3", "r2"),
+            send(&a, "g", "k1", "r1 again"),
+        ])
+        .await
+        .expect("a run");
+    assert_eq!(out.len(), 4);
+    let first = out[0].as_ref().expect("r1");
+    // Bob's seqs 1 and 2 are the two groups' creations.
+    assert_eq!(
+        (seqs(&first.events, &a), seqs(&first.events, &b)),
+        (vec![2], vec![3])
+    );
+    assert!(
+        matches!(out[1], Err(StoreError::Forbidden(_))),
+        "{:?}",
+        out[1]
+    );
+    let second = out[2].as_ref().expect("r2");
+    assert_eq!(
+        seqs(&second.events, &b),
+        vec![4],
+        "the failed send took no seq"
+    );
+    let repeat = out[3].as_ref().expect("repeat");
+    assert_eq!(
+        repeat.value, first.value,
+        "the run's own first message is returned"
+    );
+    assert!(repeat.events.is_empty());
+    let (page, _) = s.history(&b, "g", None, 10).await.expect("history");
+    assert_eq!(
+        page.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+        ["r2", "r1"]
+    );
+    assert!(
+        s.history(&b, "h", None, 10)
+            .await
+            .expect("history")
+            .0
+            .is_empty(),
+        "nothing of the refused send"
+    );
+    assert_eq!(s.last_seq(&b).await.expect("seq"), 4);
 }
 
 pub async fn reads_and_unread(env: &Env) {
