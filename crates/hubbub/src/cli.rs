@@ -159,6 +159,9 @@ pub async fn send(path: &Path, target: &str, text: &str) -> anyhow::Result<()> {
             client_msg_id,
             text: text.to_owned(),
             attachments: None,
+            reply_to: None,
+            thread: None,
+            mentions: None,
         })
         .await?;
     match expect_ok(reply)? {

@@ -33,6 +33,14 @@ impl DeliverTarget {
             text: any_string(rng),
             attachments: any_attachments(rng).unwrap_or_default(),
             ts: any_i64(rng),
+            reply_to: maybe(rng, any_string),
+            thread: maybe(rng, any_string),
+            mentions: strings(rng),
+            edited_ts: maybe(rng, any_i64),
+            deleted: rng.bool(),
+            reactions: Vec::new(),
+            replies: any_u64(rng),
+            my_reactions: maybe(rng, strings),
         }
     }
 
@@ -53,6 +61,7 @@ impl DeliverTarget {
             ephemeral: rng.bool(),
             public: rng.bool(),
             last_offset: any_u64(rng),
+            pinned: strings(rng),
         }
     }
 

@@ -62,11 +62,15 @@ pub(super) fn any_request(rng: &mut Rng) -> Request {
             client_msg_id: s(rng),
             text: s(rng),
             attachments: any_attachments(rng),
+            reply_to: None,
+            thread: None,
+            mentions: None,
         },
         10 => Request::MessageHistory {
             conversation: s(rng),
             before: maybe(rng, s),
             limit: maybe(rng, any_u32),
+            thread: None,
         },
         11 => Request::MessageSearch {
             query: s(rng),

@@ -73,6 +73,9 @@ async fn sender(
             client_msg_id: key.clone(),
             text: key.clone(),
             attachments: None,
+            reply_to: None,
+            thread: None,
+            mentions: None,
         };
         match socket.request(req).await {
             Ok(ServerFrame::Ok { .. }) => {
@@ -171,6 +174,9 @@ async fn kill_9_during_traffic_loses_and_repeats_nothing() {
             client_msg_id: key.clone(),
             text: key.clone(),
             attachments: None,
+            reply_to: None,
+            thread: None,
+            mentions: None,
         };
         let reply = s.request(req).await.expect("retry");
         assert!(
@@ -191,6 +197,7 @@ async fn kill_9_during_traffic_loses_and_repeats_nothing() {
                 conversation: conversation.clone(),
                 before: before.clone(),
                 limit: Some(100),
+                thread: None,
             })
             .await
             .expect("history");

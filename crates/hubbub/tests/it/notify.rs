@@ -158,6 +158,9 @@ async fn unacked_events_are_pushed_once_after_failures_and_acked_ones_never() {
             client_msg_id: "m1".into(),
             text: "ping".into(),
             attachments: None,
+            reply_to: None,
+            thread: None,
+            mentions: None,
         },
     )
     .await;
@@ -174,6 +177,9 @@ async fn unacked_events_are_pushed_once_after_failures_and_acked_ones_never() {
             client_msg_id: "m2".into(),
             text: "hi carol".into(),
             attachments: None,
+            reply_to: None,
+            thread: None,
+            mentions: None,
         },
     )
     .await;
@@ -252,6 +258,9 @@ async fn a_hanging_provider_never_blocks_chat_and_its_jobs_dead_letter() {
                 client_msg_id: format!("h{i}"),
                 text: format!("while hanging {i}"),
                 attachments: None,
+                reply_to: None,
+                thread: None,
+                mentions: None,
             },
         )
         .await;
@@ -264,6 +273,9 @@ async fn a_hanging_provider_never_blocks_chat_and_its_jobs_dead_letter() {
             client_msg_id: "live".into(),
             text: "live one".into(),
             attachments: None,
+            reply_to: None,
+            thread: None,
+            mentions: None,
         },
     )
     .await;
