@@ -1394,7 +1394,10 @@ pub async fn replies_threads_and_mentions(env: &Env) {
         frame_types(&w.events, &a),
         ["message.new", "message.updated", "notification"]
     );
-    assert_eq!(frame_types(&w.events, &b), ["message.new", "message.updated"]);
+    assert_eq!(
+        frame_types(&w.events, &b),
+        ["message.new", "message.updated"]
+    );
     assert_gapless(&w.events, &a);
     assert_gapless(&w.events, &b);
     let updated = w
@@ -1405,7 +1408,10 @@ pub async fn replies_threads_and_mentions(env: &Env) {
             _ => None,
         })
         .expect("the root's update");
-    assert_eq!((updated.id.as_str(), updated.replies), (root.id.as_str(), 1));
+    assert_eq!(
+        (updated.id.as_str(), updated.replies),
+        (root.id.as_str(), 1)
+    );
     let mention = w
         .events
         .iter()
@@ -1431,11 +1437,17 @@ pub async fn replies_threads_and_mentions(env: &Env) {
     );
     let mut bad = send(&a, "rt", "bad1", "x");
     bad.reply_to = Some(elsewhere.id.clone());
-    let e = s.send_message(bad).await.expect_err("another conversation's");
+    let e = s
+        .send_message(bad)
+        .await
+        .expect_err("another conversation's");
     assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
     let mut bad = send(&a, "rt", "bad2", "x");
     bad.thread = Some(elsewhere.id.clone());
-    let e = s.send_message(bad).await.expect_err("another conversation's");
+    let e = s
+        .send_message(bad)
+        .await
+        .expect_err("another conversation's");
     assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
     let mut bad = send(&a, "rt", "bad3", "x");
     bad.thread = Some("not-an-id".into());
@@ -1531,10 +1543,7 @@ pub async fn edits_keep_versions_and_deletes_leave_tombstones(env: &Env) {
         .await
         .expect("the same text");
     assert!(again.events.is_empty(), "the same text changes nothing");
-    let versions = s
-        .message_versions(&b, "ed", &m.id)
-        .await
-        .expect("versions");
+    let versions = s.message_versions(&b, "ed", &m.id).await.expect("versions");
     let texts: Vec<&str> = versions.iter().map(|v| v.text.as_str()).collect();
     assert_eq!(texts, ["hello world", "hello there"]);
     assert_eq!(versions[0].ts, m.ts);
@@ -1677,10 +1686,7 @@ pub async fn reactions_keep_a_summary(env: &Env) {
         .await
         .expect_err("too long");
     assert!(matches!(e, StoreError::TooLarge(_)), "{e:?}");
-    let e = s
-        .react(&a, "re", &m.id, "", true)
-        .await
-        .expect_err("empty");
+    let e = s.react(&a, "re", &m.id, "", true).await.expect_err("empty");
     assert!(matches!(e, StoreError::BadRequest(_)), "{e:?}");
     assert_eq!(s.last_seq(&a).await.expect("seq"), seq);
 
@@ -1808,7 +1814,13 @@ pub async fn pins_change_the_conversation(env: &Env) {
         frame_types(&w.events, &a),
         ["message.updated", "conversation.updated"]
     );
-    assert!(s.conversation(&a, "pn").await.expect("get").pinned.is_empty());
+    assert!(
+        s.conversation(&a, "pn")
+            .await
+            .expect("get")
+            .pinned
+            .is_empty()
+    );
 
     // In a direct conversation, either member pins.
     let direct = s
@@ -1849,9 +1861,11 @@ pub async fn channel_changes_are_broadcast(env: &Env) {
         .value;
     let bob_seq = s.last_seq(&bob).await.expect("seq");
     let offset_of = |b: Option<Broadcast>| match b.expect("broadcast").frames.as_slice() {
-        [ServerFrame::ChannelUpdated {
-            offset, message, ..
-        }] => (*offset, message.clone()),
+        [
+            ServerFrame::ChannelUpdated {
+                offset, message, ..
+            },
+        ] => (*offset, message.clone()),
         other => panic!("{other:?}"),
     };
 
