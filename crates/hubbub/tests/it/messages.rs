@@ -63,7 +63,7 @@ async fn message_changes_reach_every_session_as_durable_events() {
     // A thread reply that mentions alice: the reply, the root's new count, the mention.
     let r = message_of(ok(&mut b, reply(&c, "r1", "agreed", &root.id, &[&alice.id])).await);
     assert_eq!(r.thread.as_deref(), Some(root.id.as_str()));
-    assert_eq!(r.mentions, [alice.id.clone()]);
+    assert_eq!(r.mentions, std::slice::from_ref(&alice.id));
     for sock in [&mut a1, &mut a2] {
         let f = until(
             sock,
@@ -184,7 +184,7 @@ async fn message_changes_reach_every_session_as_durable_events() {
     let ServerFrame::ConversationUpdated { conversation, .. } = f else {
         panic!()
     };
-    assert_eq!(conversation.pinned, [root.id.clone()]);
+    assert_eq!(conversation.pinned, std::slice::from_ref(&root.id));
     let pins = ok(
         &mut b,
         Request::ConversationPins {

@@ -289,7 +289,7 @@ pub fn check_emoji(emoji: &str) -> Result<()> {
     Ok(())
 }
 
-/// The summary after one reaction more (`delta` 1) or less (-1): most first, ties keeping
+/// The summary after one reaction more (`add`) or less: most first, ties keeping
 /// their order (a new emoji goes after the others of its count).
 fn counted(mut summary: Vec<ReactionCount>, emoji: &str, add: bool) -> Vec<ReactionCount> {
     match summary.iter_mut().find(|r| r.emoji == emoji) {
@@ -303,7 +303,7 @@ fn counted(mut summary: Vec<ReactionCount>, emoji: &str, add: bool) -> Vec<React
     }
     summary.retain(|r| r.count > 0);
     // A stable sort: equal counts keep their order.
-    summary.sort_by(|a, b| b.count.cmp(&a.count));
+    summary.sort_by_key(|r| std::cmp::Reverse(r.count));
     summary
 }
 

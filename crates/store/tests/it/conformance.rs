@@ -1389,7 +1389,11 @@ pub async fn replies_threads_and_mentions(env: &Env) {
     let w = s.send_message(first).await.expect("reply");
     assert_eq!(w.value.reply_to.as_deref(), Some(root.id.as_str()));
     assert_eq!(w.value.thread.as_deref(), Some(root.id.as_str()));
-    assert_eq!(w.value.mentions, [a.clone()], "mentions named once");
+    assert_eq!(
+        w.value.mentions,
+        std::slice::from_ref(&a),
+        "mentions named once"
+    );
     assert_eq!(
         frame_types(&w.events, &a),
         ["message.new", "message.updated", "notification"]
@@ -1783,7 +1787,7 @@ pub async fn pins_change_the_conversation(env: &Env) {
     let ServerFrame::ConversationUpdated { conversation, .. } = &w.events[0].frame else {
         panic!("{:?}", w.events[0].frame)
     };
-    assert_eq!(conversation.pinned, [m1.id.clone()]);
+    assert_eq!(conversation.pinned, std::slice::from_ref(&m1.id));
     assert!(
         s.pin(&a, "pn", &m1.id, true)
             .await
