@@ -13,6 +13,7 @@
 //! wait on each other in a circle.
 
 use super::*;
+use crate::inbox::append_to_all;
 
 /// The most distinct emoji on one message (PROTOCOL.md 1.1).
 pub const MAX_EMOJI: usize = 50;
@@ -129,15 +130,14 @@ pub(crate) async fn tell_changed<T>(
         };
         return broadcast(tx, id, &mut written.broadcast, frame).await;
     }
-    for user in tx.audience(id, &message.sender).await? {
-        let frame = |seq| ServerFrame::MessageUpdated {
-            seq,
-            message: message.clone(),
-        };
-        written
-            .events
-            .push(append_event(tx, &user, now, frame).await?);
-    }
+    let users = tx.audience(id, &message.sender).await?;
+    let frame = |seq| ServerFrame::MessageUpdated {
+        seq,
+        message: message.clone(),
+    };
+    written
+        .events
+        .extend(append_to_all(tx, &users, now, frame).await?);
     Ok(())
 }
 
@@ -351,20 +351,18 @@ pub(crate) async fn react(
     } else {
         hubbub_protocol::ReactionOp::Remove
     };
-    for user in users {
-        let frame = |seq| ServerFrame::ReactionUpdated {
-            seq,
-            conversation: id.to_owned(),
-            message: m.id.clone(),
-            user: caller.to_owned(),
-            emoji: emoji.to_owned(),
-            op,
-            reactions: summary.clone(),
-        };
-        written
-            .events
-            .push(append_event(tx, &user, now, frame).await?);
-    }
+    let frame = |seq| ServerFrame::ReactionUpdated {
+        seq,
+        conversation: id.to_owned(),
+        message: m.id.clone(),
+        user: caller.to_owned(),
+        emoji: emoji.to_owned(),
+        op,
+        reactions: summary.clone(),
+    };
+    written
+        .events
+        .extend(append_to_all(tx, &users, now, frame).await?);
     Ok(written)
 }
 

@@ -31,6 +31,34 @@ impl InboxTx for Tx<'_> {
         Ok(())
     }
 
+    async fn next_seqs(&self, users: &[String]) -> Result<Vec<(String, u64)>> {
+        // Callers lock these rows in id order first (`ChatTx::lock_users`), so this one
+        // statement waits for no one.
+        Ok(self
+            .rows(
+                "UPDATE users SET last_seq = last_seq + 1 WHERE id = ANY($1)
+                 RETURNING id, last_seq",
+                &[&users],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+            .collect())
+    }
+
+    async fn insert_events(&self, rows: &[(String, u64, String)], now: i64) -> Result<()> {
+        let users: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+        let seqs: Vec<i64> = rows.iter().map(|r| r.1 as i64).collect();
+        let frames: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+        self.exec(
+            "INSERT INTO inbox (user_id, seq, ts, frame)
+             SELECT u, s, $3, f FROM UNNEST($1::text[], $2::bigint[], $4::text[]) AS t(u, s, f)",
+            &[&users, &seqs, &now, &frames],
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn fan_out(&self, messages: &[&Message], now: i64) -> Result<Vec<(usize, String, u64)>> {
         if messages.is_empty() {
             return Ok(Vec::new());
