@@ -169,8 +169,12 @@ pub(crate) async fn with_mine(
     Ok(page)
 }
 
-/// Lock the users `actor`'s change to a message of `id` is told to, and return them.
+/// Lock the users `actor`'s change to a message of `id` is told to, and return them (none in
+/// a channel: its changes are broadcast, no seq is taken).
 async fn lock_audience(tx: &impl ChatTx, id: &str, actor: &str) -> Result<Vec<String>> {
+    if is_channel(tx, id).await? {
+        return Ok(Vec::new());
+    }
     let users = tx.audience(id, actor).await?;
     tx.lock_users(&users).await?;
     Ok(users)
