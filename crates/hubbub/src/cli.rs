@@ -1,5 +1,6 @@
-//! The CLI client: `hubbub signup`, `login`, `send`, `listen`. The profile file keeps the
-//! server, the tokens and the last seq `listen` processed, so `listen` resumes where it left.
+//! The CLI client: `hubbub signup`, `login`, `send`, `reply`, `edit`, `react`, `listen`. The
+//! profile file keeps the server, the tokens and the last seq `listen` processed, so `listen`
+//! resumes where it left.
 
 use crate::client::{ApiError, Client, Socket};
 use anyhow::{Context, bail};
@@ -128,30 +129,61 @@ fn expect_ok(reply: ServerFrame) -> anyhow::Result<ReplyData> {
     }
 }
 
+/// A conversation id, or `@handle` for the direct conversation with that user (created if
+/// needed).
+async fn conversation_of(
+    client: &Client,
+    socket: &mut Socket,
+    profile: &Profile,
+    target: &str,
+) -> anyhow::Result<String> {
+    let Some(handle) = target.strip_prefix('@') else {
+        return Ok(target.to_owned());
+    };
+    let other = client.user(&profile.access_token, handle).await?;
+    let reply = socket
+        .request(Request::ConversationCreate {
+            kind: ConversationKind::Direct,
+            members: vec![other.id],
+            title: None,
+            ephemeral: None,
+            idempotency_key: None,
+            public: None,
+        })
+        .await?;
+    match expect_ok(reply)? {
+        ReplyData::Conversation { conversation } => Ok(conversation.id),
+        other => bail!("unexpected reply {other:?}"),
+    }
+}
+
 /// `hubbub send <conversation-id|@handle> <text>`.
 pub async fn send(path: &Path, target: &str, text: &str) -> anyhow::Result<()> {
+    send_message(path, target, text, None, false).await
+}
+
+/// `hubbub reply <conversation-id|@handle> <message-id> <text> [--thread]`: a reply to a
+/// message; with `thread`, also in that message's thread.
+pub async fn reply(
+    path: &Path,
+    target: &str,
+    message: &str,
+    text: &str,
+    thread: bool,
+) -> anyhow::Result<()> {
+    send_message(path, target, text, Some(message), thread).await
+}
+
+async fn send_message(
+    path: &Path,
+    target: &str,
+    text: &str,
+    reply_to: Option<&str>,
+    thread: bool,
+) -> anyhow::Result<()> {
     let mut profile = load(path)?;
     let (client, mut socket, _) = connect(path, &mut profile).await?;
-    let conversation = match target.strip_prefix('@') {
-        Some(handle) => {
-            let other = client.user(&profile.access_token, handle).await?;
-            let reply = socket
-                .request(Request::ConversationCreate {
-                    kind: ConversationKind::Direct,
-                    members: vec![other.id],
-                    title: None,
-                    ephemeral: None,
-                    idempotency_key: None,
-                    public: None,
-                })
-                .await?;
-            match expect_ok(reply)? {
-                ReplyData::Conversation { conversation } => conversation.id,
-                other => bail!("unexpected reply {other:?}"),
-            }
-        }
-        None => target.to_owned(),
-    };
+    let conversation = conversation_of(&client, &mut socket, &profile, target).await?;
     let client_msg_id = hubbub_store::new_id("cli-")?;
     let reply = socket
         .request(Request::MessageSend {
@@ -159,10 +191,73 @@ pub async fn send(path: &Path, target: &str, text: &str) -> anyhow::Result<()> {
             client_msg_id,
             text: text.to_owned(),
             attachments: None,
+            reply_to: reply_to.map(str::to_owned),
+            thread: reply_to.filter(|_| thread).map(str::to_owned),
+            mentions: None,
         })
         .await?;
     match expect_ok(reply)? {
         ReplyData::Message { message } => println!("sent {} to {}", message.id, conversation),
+        other => bail!("unexpected reply {other:?}"),
+    }
+    socket.close().await;
+    Ok(())
+}
+
+/// `hubbub edit <conversation-id|@handle> <message-id> <text>`: edit one's own message.
+pub async fn edit(path: &Path, target: &str, message: &str, text: &str) -> anyhow::Result<()> {
+    let mut profile = load(path)?;
+    let (client, mut socket, _) = connect(path, &mut profile).await?;
+    let conversation = conversation_of(&client, &mut socket, &profile, target).await?;
+    let reply = socket
+        .request(Request::MessageEdit {
+            conversation: conversation.clone(),
+            message: message.to_owned(),
+            text: text.to_owned(),
+        })
+        .await?;
+    match expect_ok(reply)? {
+        ReplyData::Message { message } => println!("edited {} in {}", message.id, conversation),
+        other => bail!("unexpected reply {other:?}"),
+    }
+    socket.close().await;
+    Ok(())
+}
+
+/// `hubbub react <conversation-id|@handle> <message-id> <emoji> [--remove]`: add (or take
+/// back) a reaction; prints the message's reactions.
+pub async fn react(
+    path: &Path,
+    target: &str,
+    message: &str,
+    emoji: &str,
+    remove: bool,
+) -> anyhow::Result<()> {
+    let mut profile = load(path)?;
+    let (client, mut socket, _) = connect(path, &mut profile).await?;
+    let conversation = conversation_of(&client, &mut socket, &profile, target).await?;
+    let (conversation, message, emoji) = (conversation, message.to_owned(), emoji.to_owned());
+    let request = if remove {
+        Request::ReactionRemove {
+            conversation,
+            message,
+            emoji,
+        }
+    } else {
+        Request::ReactionAdd {
+            conversation,
+            message,
+            emoji,
+        }
+    };
+    match expect_ok(socket.request(request).await?)? {
+        ReplyData::Reactions { reactions } => {
+            let summary: Vec<String> = reactions
+                .iter()
+                .map(|r| format!("{} {}", r.emoji, r.count))
+                .collect();
+            println!("reactions: {}", summary.join(", "));
+        }
         other => bail!("unexpected reply {other:?}"),
     }
     socket.close().await;

@@ -181,6 +181,45 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Reply to a message (in a conversation id, or @handle's direct conversation).
+    Reply {
+        /// A conversation id, or @handle.
+        target: String,
+        /// The id of the message replied to.
+        message: String,
+        /// The text.
+        text: String,
+        /// Also put the reply in the message's thread.
+        #[arg(long)]
+        thread: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Edit one of your messages.
+    Edit {
+        /// A conversation id, or @handle.
+        target: String,
+        /// The message's id.
+        message: String,
+        /// The new text.
+        text: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// React to a message with an emoji (or take the reaction back with --remove).
+    React {
+        /// A conversation id, or @handle.
+        target: String,
+        /// The message's id.
+        message: String,
+        /// The emoji.
+        emoji: String,
+        /// Take the reaction back.
+        #[arg(long)]
+        remove: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Print events as JSON lines, resuming from the last seq seen.
     Listen {
         /// Stop after this many events.
@@ -312,6 +351,43 @@ fn main() -> anyhow::Result<()> {
             text,
             client,
         } => rt.block_on(hubbub::cli::send(&client.profile(), &target, &text)),
+        Command::Reply {
+            target,
+            message,
+            text,
+            thread,
+            client,
+        } => rt.block_on(hubbub::cli::reply(
+            &client.profile(),
+            &target,
+            &message,
+            &text,
+            thread,
+        )),
+        Command::Edit {
+            target,
+            message,
+            text,
+            client,
+        } => rt.block_on(hubbub::cli::edit(
+            &client.profile(),
+            &target,
+            &message,
+            &text,
+        )),
+        Command::React {
+            target,
+            message,
+            emoji,
+            remove,
+            client,
+        } => rt.block_on(hubbub::cli::react(
+            &client.profile(),
+            &target,
+            &message,
+            &emoji,
+            remove,
+        )),
         Command::Listen { count, client } => {
             rt.block_on(hubbub::cli::listen(&client.profile(), count))
         }

@@ -152,6 +152,84 @@ pub enum Request {
         /// Attached media.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         attachments: Option<Vec<Attachment>>,
+        /// The message this one replies to (same conversation).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<String>,
+        /// The root of the thread this message goes in (same conversation).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thread: Option<String>,
+        /// Members mentioned (each gets a `mention` notification).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mentions: Option<Vec<String>>,
+    },
+    /// Edit a message's text (its sender only); earlier texts stay in `message.versions`.
+    #[serde(rename = "message.edit")]
+    MessageEdit {
+        /// Conversation id.
+        conversation: String,
+        /// Message id.
+        message: String,
+        /// The new text.
+        text: String,
+    },
+    /// A message's texts, oldest first, the current one last.
+    #[serde(rename = "message.versions")]
+    MessageVersions {
+        /// Conversation id.
+        conversation: String,
+        /// Message id.
+        message: String,
+    },
+    /// Delete a message for everyone (its sender, or the conversation's owner), leaving a
+    /// tombstone.
+    #[serde(rename = "message.delete")]
+    MessageDelete {
+        /// Conversation id.
+        conversation: String,
+        /// Message id.
+        message: String,
+    },
+    /// React to a message (idempotent).
+    #[serde(rename = "reaction.add")]
+    ReactionAdd {
+        /// Conversation id.
+        conversation: String,
+        /// Message id.
+        message: String,
+        /// The emoji, 1 to 32 bytes.
+        emoji: String,
+    },
+    /// Take a reaction back (idempotent).
+    #[serde(rename = "reaction.remove")]
+    ReactionRemove {
+        /// Conversation id.
+        conversation: String,
+        /// Message id.
+        message: String,
+        /// The emoji, 1 to 32 bytes.
+        emoji: String,
+    },
+    /// Pin a message (any member of a direct conversation; the owner of a group or channel).
+    #[serde(rename = "message.pin")]
+    MessagePin {
+        /// Conversation id.
+        conversation: String,
+        /// Message id.
+        message: String,
+    },
+    /// Unpin a message (as `message.pin`).
+    #[serde(rename = "message.unpin")]
+    MessageUnpin {
+        /// Conversation id.
+        conversation: String,
+        /// Message id.
+        message: String,
+    },
+    /// A conversation's pinned messages, most recently pinned first.
+    #[serde(rename = "conversation.pins")]
+    ConversationPins {
+        /// Conversation id.
+        conversation: String,
     },
     /// Page through a conversation's messages, newest first.
     #[serde(rename = "message.history")]
@@ -164,6 +242,9 @@ pub enum Request {
         /// At most this many (≤ 100, default 50).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<u32>,
+        /// Only the replies in the thread of this root message.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thread: Option<String>,
     },
     /// Full-text search over the caller's conversations, best first.
     #[serde(rename = "message.search")]
@@ -330,6 +411,14 @@ impl Request {
         "message.history",
         "message.search",
         "message.read",
+        "message.edit",
+        "message.versions",
+        "message.delete",
+        "reaction.add",
+        "reaction.remove",
+        "message.pin",
+        "message.unpin",
+        "conversation.pins",
         "typing",
         "presence.set",
         "presence.watch",
@@ -370,6 +459,14 @@ impl Request {
             Request::MessageHistory { .. } => "message.history",
             Request::MessageSearch { .. } => "message.search",
             Request::MessageRead { .. } => "message.read",
+            Request::MessageEdit { .. } => "message.edit",
+            Request::MessageVersions { .. } => "message.versions",
+            Request::MessageDelete { .. } => "message.delete",
+            Request::ReactionAdd { .. } => "reaction.add",
+            Request::ReactionRemove { .. } => "reaction.remove",
+            Request::MessagePin { .. } => "message.pin",
+            Request::MessageUnpin { .. } => "message.unpin",
+            Request::ConversationPins { .. } => "conversation.pins",
             Request::Typing { .. } => "typing",
             Request::PresenceSet { .. } => "presence.set",
             Request::PresenceWatch { .. } => "presence.watch",
@@ -567,6 +664,16 @@ mod tests {
             json!({"type":"channel.subscribe","id":"r1","conversation":"c1"}),
             json!({"type":"channel.unsubscribe","id":"r1","conversation":"c1"}),
             json!({"type":"channel.sync","id":"r1","conversation":"c1","after_offset":41,"limit":100}),
+            json!({"type":"message.send","id":"r1","conversation":"c1","client_msg_id":"m2","text":"re","reply_to":"7","thread":"5","mentions":["u2"]}),
+            json!({"type":"message.history","id":"r1","conversation":"c1","thread":"5"}),
+            json!({"type":"message.edit","id":"r1","conversation":"c1","message":"7","text":"fixed"}),
+            json!({"type":"message.versions","id":"r1","conversation":"c1","message":"7"}),
+            json!({"type":"message.delete","id":"r1","conversation":"c1","message":"7"}),
+            json!({"type":"reaction.add","id":"r1","conversation":"c1","message":"7","emoji":"👍"}),
+            json!({"type":"reaction.remove","id":"r1","conversation":"c1","message":"7","emoji":"👍"}),
+            json!({"type":"message.pin","id":"r1","conversation":"c1","message":"7"}),
+            json!({"type":"message.unpin","id":"r1","conversation":"c1","message":"7"}),
+            json!({"type":"conversation.pins","id":"r1","conversation":"c1"}),
         ];
         let mut seen = std::collections::BTreeSet::new();
         for example in examples {

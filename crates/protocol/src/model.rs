@@ -85,6 +85,9 @@ pub struct Conversation {
     /// A channel's last message offset (on the wire for channels only).
     #[serde(default)]
     pub last_offset: u64,
+    /// Pinned message ids, most recently pinned first.
+    #[serde(default)]
+    pub pinned: Vec<String>,
 }
 
 /// `C` with the caller's `last_message` and `unread`, as listed by `conversation.list`.
@@ -100,7 +103,7 @@ pub struct ConversationSummary {
 }
 
 /// `M`: a chat message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Message {
     /// Message id.
     pub id: String,
@@ -116,6 +119,59 @@ pub struct Message {
     #[serde(default)]
     pub attachments: Vec<Attachment>,
     /// Time the server accepted it.
+    pub ts: i64,
+    /// The message this one replies to (same conversation), or null.
+    #[serde(default)]
+    pub reply_to: Option<String>,
+    /// The root of the thread this message is in (same conversation), or null.
+    #[serde(default)]
+    pub thread: Option<String>,
+    /// Members mentioned.
+    #[serde(default)]
+    pub mentions: Vec<String>,
+    /// When the text was last edited, or null.
+    #[serde(default)]
+    pub edited_ts: Option<i64>,
+    /// Deleted for everyone: a tombstone (`text` empty, no attachments).
+    #[serde(default)]
+    pub deleted: bool,
+    /// Reactions by emoji, most first (ties: the emoji first reacted with first).
+    #[serde(default)]
+    pub reactions: Vec<ReactionCount>,
+    /// How many messages have this one as their `thread`.
+    #[serde(default)]
+    pub replies: u64,
+    /// The caller's own reactions: only in replies to reads (`message.history`,
+    /// `message.search`, `conversation.pins`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub my_reactions: Option<Vec<String>>,
+}
+
+/// One emoji's count in a message's `reactions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ReactionCount {
+    /// The emoji (1 to 32 bytes).
+    pub emoji: String,
+    /// How many users reacted with it.
+    pub count: u64,
+}
+
+/// Whether a `reaction.updated` added or removed a reaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReactionOp {
+    /// A reaction was added.
+    Add,
+    /// A reaction was removed.
+    Remove,
+}
+
+/// One text of an edited message, in `message.versions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct MessageVersion {
+    /// The text.
+    pub text: String,
+    /// When it was written (the send, or the edit that wrote it).
     pub ts: i64,
 }
 
@@ -253,6 +309,7 @@ impl Conversation {
             ephemeral: self.ephemeral,
             public: self.public,
             last_offset: self.last_offset,
+            pinned: self.pinned.clone(),
         }
     }
 }
@@ -262,7 +319,7 @@ impl Serialize for Conversation {
         use serde::ser::SerializeStruct;
         let omit = self.members_omitted || self.members.len() > LARGE_GROUP;
         let channel = self.kind == ConversationKind::Channel;
-        let fields = 7 + usize::from(!omit) + 2 * usize::from(channel);
+        let fields = 8 + usize::from(!omit) + 2 * usize::from(channel);
         let mut st = s.serialize_struct("Conversation", fields)?;
         st.serialize_field("id", &self.id)?;
         st.serialize_field("kind", &self.kind)?;
@@ -283,6 +340,7 @@ impl Serialize for Conversation {
             st.skip_field("public")?;
             st.skip_field("last_offset")?;
         }
+        st.serialize_field("pinned", &self.pinned)?;
         st.end()
     }
 }
@@ -304,6 +362,7 @@ mod tests {
             ephemeral: false,
             public: false,
             last_offset: 0,
+            pinned: Vec::new(),
         }
     }
 

@@ -59,6 +59,32 @@ pub enum ServerFrame {
         /// The message.
         message: Message,
     },
+    /// A message was edited or deleted, or its `replies` changed (durable).
+    #[serde(rename = "message.updated")]
+    MessageUpdated {
+        /// The user's event seq.
+        seq: u64,
+        /// The message as it is now.
+        message: Message,
+    },
+    /// A reaction was added to or removed from a message (durable).
+    #[serde(rename = "reaction.updated")]
+    ReactionUpdated {
+        /// The user's event seq.
+        seq: u64,
+        /// Conversation id.
+        conversation: String,
+        /// Message id.
+        message: String,
+        /// Who reacted.
+        user: String,
+        /// The emoji.
+        emoji: String,
+        /// Added or removed.
+        op: ReactionOp,
+        /// The message's reactions now, most first.
+        reactions: Vec<ReactionCount>,
+    },
     /// A conversation was created, changed membership, or expired (durable).
     #[serde(rename = "conversation.updated")]
     ConversationUpdated {
@@ -113,6 +139,17 @@ pub enum ServerFrame {
         /// The message.
         message: Message,
     },
+    /// A channel's message changed (edited, deleted, reacted to, replied to in a thread): not
+    /// an inbox event (no `seq`); `offset` is the changed message's.
+    #[serde(rename = "channel.updated")]
+    ChannelUpdated {
+        /// The channel's conversation id.
+        conversation: String,
+        /// The changed message's place in the channel.
+        offset: u64,
+        /// The message as it is now.
+        message: Message,
+    },
     /// The user's timeline (ephemeral; pushed after `hello`).
     #[serde(rename = "timeline")]
     Timeline {
@@ -158,6 +195,8 @@ impl ServerFrame {
     pub fn seq(&self) -> Option<u64> {
         match self {
             ServerFrame::MessageNew { seq, .. }
+            | ServerFrame::MessageUpdated { seq, .. }
+            | ServerFrame::ReactionUpdated { seq, .. }
             | ServerFrame::ConversationUpdated { seq, .. }
             | ServerFrame::ReceiptRead { seq, .. }
             | ServerFrame::Notification { seq, .. } => Some(*seq),
@@ -173,6 +212,9 @@ impl ServerFrame {
             ServerFrame::Error { .. } => "error",
             ServerFrame::MessageNew { .. } => "message.new",
             ServerFrame::ChannelMessage { .. } => "channel.message",
+            ServerFrame::MessageUpdated { .. } => "message.updated",
+            ServerFrame::ReactionUpdated { .. } => "reaction.updated",
+            ServerFrame::ChannelUpdated { .. } => "channel.updated",
             ServerFrame::ConversationUpdated { .. } => "conversation.updated",
             ServerFrame::ReceiptRead { .. } => "receipt.read",
             ServerFrame::Notification { .. } => "notification",
@@ -220,12 +262,12 @@ pub enum ReplyData {
         /// True iff more members follow.
         more: bool,
     },
-    /// `message.search`.
+    /// `message.search`, `conversation.pins`.
     Search {
-        /// Messages, best first.
+        /// Messages, best first (pins: most recently pinned first).
         messages: Vec<Message>,
     },
-    /// `message.send`.
+    /// `message.send`, `message.edit`.
     Message {
         /// The message (the first one, for a repeated `client_msg_id`).
         message: Message,
@@ -283,6 +325,16 @@ pub enum ReplyData {
         /// When the new token expires, ms since the epoch.
         expires_ts: i64,
     },
+    /// `message.versions`.
+    Versions {
+        /// The texts, oldest first, the current one last.
+        versions: Vec<MessageVersion>,
+    },
+    /// `reaction.add`, `reaction.remove`.
+    Reactions {
+        /// The message's reactions now, most first.
+        reactions: Vec<ReactionCount>,
+    },
     /// Every request whose reply is `{}`.
     Empty {},
 }
@@ -301,11 +353,13 @@ mod tests {
 
     fn conv() -> Value {
         json!({"id":"c1","kind":"group","title":null,"members":["u1","u2"],"member_count":2,
-               "created_by":"u1","created_ts":1,"ephemeral":false})
+               "created_by":"u1","created_ts":1,"ephemeral":false,"pinned":["m1"]})
     }
     fn msg() -> Value {
         json!({"id":"m1","conversation":"c1","sender":"u1","client_msg_id":"k1","text":"hi",
-               "attachments":[{"media":"md1"}],"ts":5})
+               "attachments":[{"media":"md1"}],"ts":5,"reply_to":null,"thread":"m0",
+               "mentions":["u2"],"edited_ts":6,"deleted":false,
+               "reactions":[{"emoji":"👍","count":2}],"replies":0})
     }
     fn post() -> Value {
         json!({"id":"p1","author":"u1","text":"x","attachments":[],"ts":3,"likes":2,"comments":1})
@@ -328,6 +382,19 @@ mod tests {
         let m = round_trip(json!({"type":"message.new","seq":7,"message":msg()}));
         assert_eq!((m.seq(), m.type_name()), (Some(7), "message.new"));
         round_trip(json!({"type":"conversation.updated","seq":8,"conversation":conv()}));
+        let u = round_trip(json!({"type":"message.updated","seq":11,"message":msg()}));
+        assert_eq!((u.seq(), u.type_name()), (Some(11), "message.updated"));
+        let r = round_trip(
+            json!({"type":"reaction.updated","seq":12,"conversation":"c1",
+            "message":"m1","user":"u2","emoji":"👍","op":"add",
+            "reactions":[{"emoji":"👍","count":1}]}),
+        );
+        assert_eq!((r.seq(), r.type_name()), (Some(12), "reaction.updated"));
+        let c = round_trip(
+            json!({"type":"channel.updated","conversation":"c1","offset":3,
+            "message":msg()}),
+        );
+        assert_eq!((c.seq(), c.type_name()), (None, "channel.updated"));
         round_trip(
             json!({"type":"receipt.read","seq":9,"conversation":"c1","user":"u2",
             "message":"m1"}),
@@ -349,7 +416,7 @@ mod tests {
             (
                 json!({"conversations":[{"id":"c1","kind":"group","title":null,"members":["u1"],
                 "member_count":1,"created_by":"u1","created_ts":1,"ephemeral":false,
-                "last_message":null,"unread":0}]}),
+                "pinned":[],"last_message":null,"unread":0}]}),
                 "Conversations",
             ),
             (json!({"conversation":conv()}), "Conversation"),
@@ -372,6 +439,8 @@ mod tests {
             (json!({"last_seq":42}), "Sync"),
             (json!({"last_seq":42,"truncated":true}), "Sync"),
             (json!({"expires_ts":1795307687132_i64}), "Auth"),
+            (json!({"versions":[{"text":"a","ts":1}]}), "Versions"),
+            (json!({"reactions":[{"emoji":"x","count":1}]}), "Reactions"),
             (json!({}), "Empty"),
         ];
         for (data, variant) in cases {

@@ -193,14 +193,29 @@ pub trait ChatReads: Send + Sync {
         after: Option<&str>,
         limit: Option<u32>,
     ) -> Result<(Vec<String>, bool), SignalError>;
-    /// `message.history`: newest first, and whether older messages remain.
+    /// `message.history` (with `thread`: that thread's replies only): newest first, and
+    /// whether older messages remain.
     async fn history(
         &self,
         user: &str,
         conversation: &str,
+        thread: Option<&str>,
         before: Option<&str>,
         limit: Option<u32>,
     ) -> Result<(Vec<hubbub_protocol::Message>, bool), SignalError>;
+    /// `message.versions`: oldest first, the current text last.
+    async fn versions(
+        &self,
+        user: &str,
+        conversation: &str,
+        message: &str,
+    ) -> Result<Vec<hubbub_protocol::MessageVersion>, SignalError>;
+    /// `conversation.pins`: most recently pinned first.
+    async fn pins(
+        &self,
+        user: &str,
+        conversation: &str,
+    ) -> Result<Vec<hubbub_protocol::Message>, SignalError>;
     /// `message.search`: best first.
     async fn search(
         &self,

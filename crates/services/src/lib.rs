@@ -268,11 +268,14 @@ impl Worker {
                 events,
                 broadcast,
             }) => {
-                // A channel's message reaches its members' sessions before the sender's reply.
+                // A channel's message (or change) reaches its members' sessions before the
+                // sender's reply.
                 if let Some(b) = broadcast {
-                    self.delivery
-                        .broadcast(&b.users, b.frame, Some(envelope.accepted_ms))
-                        .await;
+                    for frame in b.frames {
+                        self.delivery
+                            .broadcast(&b.users, frame, Some(envelope.accepted_ms))
+                            .await;
+                    }
                 }
                 (Ok(value), events)
             }

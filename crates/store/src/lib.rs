@@ -152,14 +152,15 @@ impl Event {
     }
 }
 
-/// A frame for every session of many users that is in no inbox: a channel's message, which
-/// clients recover by the channel's offset (`channel.sync`), not by their seq.
+/// Frames for every session of many users that are in no inbox: a channel's message, or a
+/// change to one, which clients recover by the channel's offset (`channel.sync`, history),
+/// not by their seq.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Broadcast {
     /// The recipients.
     pub users: Vec<String>,
-    /// The frame (`channel.message`).
-    pub frame: ServerFrame,
+    /// The frames (`channel.message`, `channel.updated`), in order.
+    pub frames: Vec<ServerFrame>,
 }
 
 /// What a write produced: its result and the events to deliver.

@@ -42,6 +42,8 @@ const REPLY_NAMES = {
   "last_seq": "SyncReply",
   "last_offset,more": "ChannelSyncReply",
   "expires_ts": "AuthReply",
+  "versions": "MessageVersionsReply",
+  "reactions": "ReactionsReply",
   "": "EmptyReply",
 };
 

@@ -21,33 +21,6 @@ export interface ChannelMessageFrame {
   message: G.Message;
 }
 
-/** A channel message was edited, deleted or reacted to (1.1), at its own `offset`. */
-export interface ChannelUpdatedFrame {
-  type: "channel.updated";
-  conversation: string;
-  offset: number;
-  message: G.Message;
-}
-
-/** A message was edited or deleted, or its `replies` changed (1.1, durable). */
-export interface MessageUpdatedFrame {
-  type: "message.updated";
-  seq: number;
-  message: G.Message;
-}
-
-/** A reaction was added or removed (1.1, durable). */
-export interface ReactionUpdatedFrame {
-  type: "reaction.updated";
-  seq: number;
-  conversation: string;
-  message: string;
-  user: string;
-  emoji: string;
-  op: "add" | "remove";
-  reactions: { emoji: string; count: number }[];
-}
-
 /** An address book entry changed (1.1 "Contacts", durable). */
 export interface ContactUpdatedFrame {
   type: "contact.updated";
@@ -106,6 +79,14 @@ export interface ReplyMap {
   "message.history": G.MessageHistoryReply;
   "message.search": G.MessageSearchReply;
   "message.read": G.EmptyReply;
+  "message.edit": G.MessageSendReply;
+  "message.versions": G.MessageVersionsReply;
+  "message.delete": G.EmptyReply;
+  "reaction.add": G.ReactionsReply;
+  "reaction.remove": G.ReactionsReply;
+  "message.pin": G.EmptyReply;
+  "message.unpin": G.EmptyReply;
+  "conversation.pins": G.MessageSearchReply;
   typing: never;
   "presence.set": G.EmptyReply;
   "presence.watch": G.PresenceWatchReply;
@@ -151,9 +132,6 @@ export type RequestFields<T extends AnyRequest["type"]> = Omit<Extract<AnyReques
 export type PushedFrame =
   | Exclude<G.ServerFrame, G.HelloFrame | G.OkFrame | G.ErrorFrame>
   | ChannelMessageFrame
-  | ChannelUpdatedFrame
-  | MessageUpdatedFrame
-  | ReactionUpdatedFrame
   | ContactUpdatedFrame
   | FlagsFrame;
 
@@ -161,7 +139,7 @@ export type PushedFrame =
 export type DurableFrame = Extract<PushedFrame, { seq: number }>;
 
 /** Pushed frames numbered per channel by `offset`. */
-export type ChannelFrame = ChannelMessageFrame | ChannelUpdatedFrame;
+export type ChannelFrame = ChannelMessageFrame | G.ChannelUpdatedFrame;
 
 /** Event name → frame, for every pushed frame. */
 export type PushedEventMap = { [F in PushedFrame as F["type"]]: F };

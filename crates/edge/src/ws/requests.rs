@@ -283,11 +283,35 @@ impl Conn {
                 conversation,
                 before,
                 limit,
+                thread,
             } => {
                 let r = chat
-                    .history(&user, &conversation, before.as_deref(), limit)
+                    .history(
+                        &user,
+                        &conversation,
+                        thread.as_deref(),
+                        before.as_deref(),
+                        limit,
+                    )
                     .await
                     .map(|(messages, more)| ReplyData::History { messages, more });
+                self.signal_reply(frame.id, r).await
+            }
+            Request::MessageVersions {
+                conversation,
+                message,
+            } => {
+                let r = chat
+                    .versions(&user, &conversation, &message)
+                    .await
+                    .map(|versions| ReplyData::Versions { versions });
+                self.signal_reply(frame.id, r).await
+            }
+            Request::ConversationPins { conversation } => {
+                let r = chat
+                    .pins(&user, &conversation)
+                    .await
+                    .map(|messages| ReplyData::Search { messages });
                 self.signal_reply(frame.id, r).await
             }
             Request::BlockList {} => {

@@ -196,6 +196,9 @@ pub async fn run(args: ChatBenchArgs) -> anyhow::Result<()> {
                     client_msg_id: format!("bench-{run_id}-{sent}"),
                     text: format!("bench {}", epoch.elapsed().as_micros()),
                     attachments: None,
+                    reply_to: None,
+                    thread: None,
+                    mentions: None,
                 },
             };
             let text = frame.to_json();

@@ -6,8 +6,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use hubbub_cluster::edge_link::SECRET_HEADER;
 use hubbub_protocol::internal::ToEdge;
 use hubbub_protocol::{
-    Comment, Conversation, ConversationSummary, Message, NotificationKind, Post, Presence,
-    PresenceStatus, ReplyData, ServerFrame, TopWriter, UserRef,
+    Comment, Conversation, ConversationSummary, Message, MessageVersion, NotificationKind, Post,
+    Presence, PresenceStatus, ReactionCount, ReactionOp, ReplyData, ServerFrame, TopWriter,
+    UserRef,
 };
 use tokio::sync::mpsc;
 
@@ -33,6 +34,14 @@ impl DeliverTarget {
             text: any_string(rng),
             attachments: any_attachments(rng).unwrap_or_default(),
             ts: any_i64(rng),
+            reply_to: maybe(rng, any_string),
+            thread: maybe(rng, any_string),
+            mentions: strings(rng),
+            edited_ts: maybe(rng, any_i64),
+            deleted: rng.bool(),
+            reactions: Self::reactions(rng),
+            replies: any_u64(rng),
+            my_reactions: maybe(rng, strings),
         }
     }
 
@@ -53,7 +62,17 @@ impl DeliverTarget {
             ephemeral: rng.bool(),
             public: rng.bool(),
             last_offset: any_u64(rng),
+            pinned: strings(rng),
         }
+    }
+
+    fn reactions(rng: &mut Rng) -> Vec<ReactionCount> {
+        (0..rng.usize(0..3))
+            .map(|_| ReactionCount {
+                emoji: any_string(rng),
+                count: any_u64(rng),
+            })
+            .collect()
     }
 
     fn post(rng: &mut Rng) -> Post {
@@ -84,7 +103,18 @@ impl DeliverTarget {
     }
 
     fn reply_data(rng: &mut Rng) -> ReplyData {
-        match rng.u8(0..15) {
+        match rng.u8(0..17) {
+            13 => ReplyData::Versions {
+                versions: (0..rng.usize(0..3))
+                    .map(|_| MessageVersion {
+                        text: any_string(rng),
+                        ts: any_i64(rng),
+                    })
+                    .collect(),
+            },
+            14 => ReplyData::Reactions {
+                reactions: Self::reactions(rng),
+            },
             0 => ReplyData::Conversations {
                 conversations: (0..rng.usize(0..3))
                     .map(|_| ConversationSummary {
@@ -144,7 +174,29 @@ impl DeliverTarget {
     }
 
     fn frame(rng: &mut Rng) -> ServerFrame {
-        match rng.u8(0..11) {
+        match rng.u8(0..14) {
+            10 => ServerFrame::MessageUpdated {
+                seq: any_u64(rng),
+                message: Self::message(rng),
+            },
+            11 => ServerFrame::ReactionUpdated {
+                seq: any_u64(rng),
+                conversation: any_string(rng),
+                message: any_string(rng),
+                user: any_string(rng),
+                emoji: any_string(rng),
+                op: if rng.bool() {
+                    ReactionOp::Add
+                } else {
+                    ReactionOp::Remove
+                },
+                reactions: Self::reactions(rng),
+            },
+            12 => ServerFrame::ChannelUpdated {
+                conversation: any_string(rng),
+                offset: any_u64(rng),
+                message: Self::message(rng),
+            },
             0 => ServerFrame::Hello {
                 user: UserRef {
                     id: any_string(rng),

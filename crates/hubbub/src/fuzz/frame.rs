@@ -62,11 +62,15 @@ pub(super) fn any_request(rng: &mut Rng) -> Request {
             client_msg_id: s(rng),
             text: s(rng),
             attachments: any_attachments(rng),
+            reply_to: maybe(rng, s),
+            thread: maybe(rng, s),
+            mentions: maybe(rng, strings),
         },
         10 => Request::MessageHistory {
             conversation: s(rng),
             before: maybe(rng, s),
             limit: maybe(rng, any_u32),
+            thread: maybe(rng, s),
         },
         11 => Request::MessageSearch {
             query: s(rng),
@@ -143,6 +147,40 @@ pub(super) fn any_request(rng: &mut Rng) -> Request {
             conversation: s(rng),
             after_offset: any_u64(rng),
             limit: maybe(rng, any_u32),
+        },
+        34 => Request::MessageEdit {
+            conversation: s(rng),
+            message: s(rng),
+            text: s(rng),
+        },
+        35 => Request::MessageVersions {
+            conversation: s(rng),
+            message: s(rng),
+        },
+        36 => Request::MessageDelete {
+            conversation: s(rng),
+            message: s(rng),
+        },
+        37 => Request::ReactionAdd {
+            conversation: s(rng),
+            message: s(rng),
+            emoji: s(rng),
+        },
+        38 => Request::ReactionRemove {
+            conversation: s(rng),
+            message: s(rng),
+            emoji: s(rng),
+        },
+        39 => Request::MessagePin {
+            conversation: s(rng),
+            message: s(rng),
+        },
+        40 => Request::MessageUnpin {
+            conversation: s(rng),
+            message: s(rng),
+        },
+        41 => Request::ConversationPins {
+            conversation: s(rng),
         },
         _ => Request::CommentTyping {
             post: s(rng),

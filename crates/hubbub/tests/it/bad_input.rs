@@ -248,6 +248,9 @@ async fn slow_reader_is_cut_off(bound: impl FnOnce(&mut hubbub::config::Config))
                         client_msg_id: format!("flood-{batch}-{i}"),
                         text: text.clone(),
                         attachments: None,
+                        reply_to: None,
+                        thread: None,
+                        mentions: None,
                     },
                 }
                 .to_json()

@@ -80,6 +80,7 @@ async fn group_chat_reaches_every_session_exactly_once() {
             conversation: c.id.clone(),
             before: None,
             limit: None,
+            thread: None,
         },
         "forbidden",
     )
@@ -149,6 +150,7 @@ async fn group_chat_reaches_every_session_exactly_once() {
             conversation: c.id.clone(),
             before: None,
             limit: Some(2),
+            thread: None,
         },
     )
     .await
@@ -166,6 +168,7 @@ async fn group_chat_reaches_every_session_exactly_once() {
             conversation: c.id.clone(),
             before: Some(messages[1].id.clone()),
             limit: Some(2),
+            thread: None,
         },
     )
     .await

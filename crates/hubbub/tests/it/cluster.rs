@@ -213,6 +213,9 @@ async fn client(
             client_msg_id: cid.clone(),
             text: format!("{name} says {k}"),
             attachments: None,
+            reply_to: None,
+            thread: None,
+            mentions: None,
         };
         let outcome = tokio::time::timeout(PATIENCE * 2, socket.request(send)).await;
         // A send whose outcome is unknown is retried before stopping: it may be stored.
@@ -424,6 +427,7 @@ async fn roles_apart_survive_kill_9_of_a_worker_an_edge_and_the_router() {
                 conversation: g.clone(),
                 before: before.clone(),
                 limit: Some(100),
+                thread: None,
             };
             let (messages, more) = match tokio::time::timeout(PATIENCE, reader.request(h))
                 .await

@@ -1,13 +1,16 @@
 //! Crash test: the real `hubbub serve` process is killed with SIGKILL while two users send
-//! messages to a group, three times, and restarted each time. Then every message whose send
-//! got `ok` must be in history exactly once and must have reached each member exactly once
-//! across `sync` (seqs 1..n, no gap, no repeat); messages whose outcome was unknown are sent
-//! again with the same `client_msg_id`, which must be safe.
+//! messages to a group, react to, edit and delete some of them, three times, and restarted
+//! each time. Then every message whose send got `ok` must be in history exactly once and
+//! must have reached each member exactly once across `sync` (seqs 1..n, no gap, no repeat);
+//! messages whose outcome was unknown are sent again with the same `client_msg_id`, and
+//! changes whose outcome was unknown are made again, which must be safe; every change shows
+//! in history and reached each member exactly once (one `reaction.updated` or
+//! `message.updated` per changed message).
 
 use crate::support::PATIENCE;
 use hubbub::client::Client;
 use hubbub_protocol::{ConversationKind, ReplyData, Request, ServerFrame};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,10 +50,52 @@ async fn wait_ready(child: &mut Child, dir: &std::path::Path) {
     crate::support::wait_up(child, || std::fs::read_to_string(&log).unwrap_or_default()).await;
 }
 
+/// A change made to a sent message (every fourth message has none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    React,
+    Edit,
+    Delete,
+}
+
+impl Change {
+    /// The change made to message `n` of a sender, if any.
+    fn of(n: usize) -> Option<Change> {
+        [
+            None,
+            Some(Change::React),
+            Some(Change::Edit),
+            Some(Change::Delete),
+        ][n % 4]
+    }
+
+    fn request(self, conversation: &str, message: &str, key: &str) -> Request {
+        let (conversation, message) = (conversation.to_owned(), message.to_owned());
+        match self {
+            Change::React => Request::ReactionAdd {
+                conversation,
+                message,
+                emoji: "👍".into(),
+            },
+            Change::Edit => Request::MessageEdit {
+                conversation,
+                message,
+                text: format!("{key} edited"),
+            },
+            Change::Delete => Request::MessageDelete {
+                conversation,
+                message,
+            },
+        }
+    }
+}
+
 #[derive(Default)]
 struct Outcomes {
     acked: BTreeSet<String>,
     unknown: BTreeSet<String>,
+    /// The changes tried, by message key: the message's id, the change, whether it got `ok`.
+    changes: BTreeMap<String, (String, Change, bool)>,
 }
 
 /// Send numbered messages until the connection breaks; record each outcome.
@@ -73,14 +118,39 @@ async fn sender(
             client_msg_id: key.clone(),
             text: key.clone(),
             attachments: None,
+            reply_to: None,
+            thread: None,
+            mentions: None,
         };
-        match socket.request(req).await {
-            Ok(ServerFrame::Ok { .. }) => {
+        let id = match socket.request(req).await {
+            Ok(ServerFrame::Ok {
+                data: ReplyData::Message { message },
+                ..
+            }) => {
                 let mut o = out.lock().expect("lock");
                 o.unknown.remove(&key);
-                o.acked.insert(key);
+                o.acked.insert(key.clone());
+                message.id
             }
             // An error reply or a dropped connection: the outcome is unknown.
+            _ => return,
+        };
+        let Some(change) = Change::of(n) else {
+            continue;
+        };
+        out.lock()
+            .expect("lock")
+            .changes
+            .insert(key.clone(), (id.clone(), change, false));
+        match socket
+            .request(change.request(&conversation, &id, &key))
+            .await
+        {
+            Ok(ServerFrame::Ok { .. }) => {
+                if let Some(c) = out.lock().expect("lock").changes.get_mut(&key) {
+                    c.2 = true;
+                }
+            }
             _ => return,
         }
     }
@@ -140,8 +210,17 @@ async fn kill_9_during_traffic_loses_and_repeats_nothing() {
                 ))
             })
             .collect();
+        // Kill once this round's traffic flows (some sends acknowledged, however slow the
+        // machine), at a random moment after that.
+        let before = outcomes.lock().expect("lock").acked.len();
+        let flowing = tokio::time::Instant::now() + PATIENCE;
+        while outcomes.lock().expect("lock").acked.len() < before + 10
+            && tokio::time::Instant::now() < flowing
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         tokio::time::sleep(Duration::from_millis(
-            300 + (rng + round as u64 * 7919) % 500,
+            100 + (rng + round as u64 * 7919) % 500,
         ))
         .await;
         child.kill().expect("SIGKILL");
@@ -171,6 +250,9 @@ async fn kill_9_during_traffic_loses_and_repeats_nothing() {
             client_msg_id: key.clone(),
             text: key.clone(),
             attachments: None,
+            reply_to: None,
+            thread: None,
+            mentions: None,
         };
         let reply = s.request(req).await.expect("retry");
         assert!(
@@ -180,6 +262,32 @@ async fn kill_9_during_traffic_loses_and_repeats_nothing() {
         s.close().await;
     }
     let all: BTreeSet<String> = acked.union(&unknown).cloned().collect();
+    // Changes whose outcome is unknown: made again (each is idempotent).
+    let changes = outcomes.lock().expect("lock").changes.clone();
+    assert!(
+        changes.values().filter(|c| c.2).count() > 5,
+        "changes flowed"
+    );
+    for (key, (id, change, done)) in &changes {
+        if *done {
+            continue;
+        }
+        let who = if key.starts_with("alice") {
+            "alice"
+        } else {
+            "bob"
+        };
+        let (mut s, _) = client.connect(&tokens[who]).await.expect("connect");
+        let reply = s
+            .request(change.request(&conversation, id, key))
+            .await
+            .expect("retry");
+        assert!(
+            matches!(reply, ServerFrame::Ok { .. }),
+            "retrying {change:?} of {key}: {reply:?}"
+        );
+        s.close().await;
+    }
 
     // History: every message exactly once.
     let (mut s, _) = client.connect(&tokens["carol"]).await.expect("connect");
@@ -191,6 +299,7 @@ async fn kill_9_during_traffic_loses_and_repeats_nothing() {
                 conversation: conversation.clone(),
                 before: before.clone(),
                 limit: Some(100),
+                thread: None,
             })
             .await
             .expect("history");
@@ -202,6 +311,23 @@ async fn kill_9_during_traffic_loses_and_repeats_nothing() {
             panic!("{reply:?}")
         };
         before = messages.last().map(|m| m.id.clone());
+        for m in &messages {
+            // Every change shows, once.
+            let change = changes.get(&m.client_msg_id).map(|c| c.1);
+            let edited = format!("{} edited", m.client_msg_id);
+            match change {
+                Some(Change::React) => {
+                    assert_eq!(m.reactions.len(), 1, "{m:?}");
+                    assert_eq!(m.reactions[0].count, 1, "{m:?}");
+                }
+                Some(Change::Edit) => assert_eq!(m.text, edited, "{m:?}"),
+                Some(Change::Delete) => assert!(m.deleted && m.text.is_empty(), "{m:?}"),
+                None => assert!(
+                    m.text == m.client_msg_id && m.reactions.is_empty() && !m.deleted,
+                    "{m:?}"
+                ),
+            }
+        }
         seen.extend(messages.into_iter().map(|m| m.client_msg_id));
         if !more {
             break;
@@ -223,6 +349,8 @@ async fn kill_9_during_traffic_loses_and_repeats_nothing() {
             .expect("sync");
         let mut seqs = Vec::new();
         let mut keys = Vec::new();
+        // Message id → how many `reaction.updated` / `message.updated` events.
+        let mut told: BTreeMap<(String, &str), usize> = BTreeMap::new();
         loop {
             let f = tokio::time::timeout(PATIENCE, s.next_frame())
                 .await
@@ -235,6 +363,14 @@ async fn kill_9_during_traffic_loses_and_repeats_nothing() {
                     seqs.push(seq);
                     keys.push(message.client_msg_id);
                 }
+                ServerFrame::ReactionUpdated { seq, message, .. } => {
+                    seqs.push(seq);
+                    *told.entry((message, "reaction")).or_default() += 1;
+                }
+                ServerFrame::MessageUpdated { seq, message } => {
+                    seqs.push(seq);
+                    *told.entry((message.id, "update")).or_default() += 1;
+                }
                 f => seqs.extend(f.seq()),
             }
         }
@@ -246,13 +382,27 @@ async fn kill_9_during_traffic_loses_and_repeats_nothing() {
         let got: BTreeSet<String> = keys.iter().cloned().collect();
         assert_eq!(got.len(), keys.len(), "{who}: no message delivered twice");
         assert_eq!(got, all, "{who}: every message delivered");
+        let want: BTreeMap<(String, &str), usize> = changes
+            .values()
+            .map(|(id, change, _)| {
+                let kind = if *change == Change::React {
+                    "reaction"
+                } else {
+                    "update"
+                };
+                ((id.clone(), kind), 1)
+            })
+            .collect();
+        assert_eq!(told, want, "{who}: each change told once");
         s.close().await;
     }
     println!(
-        "server crash test: 3 kills; {} sends acked, {} with unknown outcome re-sent; {} stored; delivered exactly once to 3 members; 0 lost, 0 duplicates",
+        "server crash test: 3 kills; {} sends acked, {} with unknown outcome re-sent; {} stored; {} reactions, edits and deletes ({} made again); delivered exactly once to 3 members; 0 lost, 0 duplicates",
         acked.len(),
         unknown.len(),
-        all.len()
+        all.len(),
+        changes.len(),
+        changes.values().filter(|c| !c.2).count()
     );
     let _ = child.kill();
     let _ = child.wait();

@@ -157,6 +157,9 @@ async fn data_and_tokens_survive_a_restart() {
         client_msg_id: k.into(),
         text: format!("msg {k}"),
         attachments: None,
+        reply_to: None,
+        thread: None,
+        mentions: None,
     };
     let ReplyData::Message { message: before } = ok(&mut a, send("k1")).await else {
         panic!()

@@ -21,6 +21,7 @@ mod engagement;
 mod feed;
 mod lifecycle;
 mod media;
+mod messages;
 mod notify;
 #[cfg(feature = "cluster")]
 mod outage;

@@ -113,6 +113,9 @@ async fn upload_download_and_attach() {
         attachments: Some(vec![Attachment {
             media: media.into(),
         }]),
+        reply_to: None,
+        thread: None,
+        mentions: None,
     };
     err(&mut sock, with("a", "md-missing"), "not_found").await;
     let ReplyData::Message { message } = ok(&mut sock, with("b", &id)).await else {

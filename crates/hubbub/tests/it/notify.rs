@@ -159,6 +159,9 @@ async fn unacked_events_are_pushed_once_after_failures_and_acked_ones_never() {
             client_msg_id: "m1".into(),
             text: "ping".into(),
             attachments: None,
+            reply_to: None,
+            thread: None,
+            mentions: None,
         },
     )
     .await;
@@ -175,6 +178,9 @@ async fn unacked_events_are_pushed_once_after_failures_and_acked_ones_never() {
             client_msg_id: "m2".into(),
             text: "hi carol".into(),
             attachments: None,
+            reply_to: None,
+            thread: None,
+            mentions: None,
         },
     )
     .await;
@@ -253,6 +259,9 @@ async fn a_hanging_provider_never_blocks_chat_and_its_jobs_dead_letter() {
                 client_msg_id: format!("h{i}"),
                 text: format!("while hanging {i}"),
                 attachments: None,
+                reply_to: None,
+                thread: None,
+                mentions: None,
             },
         )
         .await;
@@ -265,6 +274,9 @@ async fn a_hanging_provider_never_blocks_chat_and_its_jobs_dead_letter() {
             client_msg_id: "live".into(),
             text: "live one".into(),
             attachments: None,
+            reply_to: None,
+            thread: None,
+            mentions: None,
         },
     )
     .await;

@@ -126,6 +126,9 @@ fn send(conversation: &str, cid: &str) -> Request {
         client_msg_id: cid.into(),
         text: format!("text of {cid}"),
         attachments: None,
+        reply_to: None,
+        thread: None,
+        mentions: None,
     }
 }
 
@@ -174,6 +177,7 @@ async fn history_ids(socket: &mut Socket, conversation: &str) -> Vec<String> {
         conversation: conversation.into(),
         before: None,
         limit: Some(100),
+        thread: None,
     };
     match tokio::time::timeout(PATIENCE, socket.request(h))
         .await

@@ -69,6 +69,7 @@ async fn a_burst_past_capacity_is_refused_fast_and_what_was_accepted_is_stored()
             conversation: c.id.clone(),
             before: None,
             limit: Some(100),
+            thread: None,
         },
     )
     .await

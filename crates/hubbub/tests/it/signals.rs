@@ -100,6 +100,7 @@ async fn blocks_hide_messages_typing_and_direct_conversations() {
             conversation: g.id.clone(),
             before: None,
             limit: None,
+            thread: None,
         },
     )
     .await
@@ -116,6 +117,7 @@ async fn blocks_hide_messages_typing_and_direct_conversations() {
             conversation: g.id.clone(),
             before: None,
             limit: None,
+            thread: None,
         },
     )
     .await
@@ -423,6 +425,7 @@ async fn ephemeral_conversations_expire_after_their_last_message() {
             conversation: e.id.clone(),
             before: None,
             limit: None,
+            thread: None,
         },
         "not_found",
     )

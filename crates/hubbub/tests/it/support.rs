@@ -194,6 +194,9 @@ pub fn send(conversation: &str, key: &str, text: &str) -> Request {
         client_msg_id: key.into(),
         text: text.into(),
         attachments: None,
+        reply_to: None,
+        thread: None,
+        mentions: None,
     }
 }
 

@@ -1,5 +1,6 @@
 //! The chat service: `conversation.create/add/remove/leave`, `message.send`, `message.read`,
-//! blocks; and, in [`queries`], the chat reads.
+//! `message.edit/delete`, `reaction.add/remove`, `message.pin/unpin`, blocks; and, in
+//! [`queries`], the chat reads.
 //!
 //! Reads (`conversation.list/get`, `message.history`, `message.search`, `sync`) are answered
 //! by the query side ([`queries::ChatQueries`]), which the edge calls through the registry's
@@ -39,6 +40,12 @@ pub const CHAT_TYPES: &[&str] = &[
     "channel.unsubscribe",
     "message.send",
     "message.read",
+    "message.edit",
+    "message.delete",
+    "reaction.add",
+    "reaction.remove",
+    "message.pin",
+    "message.unpin",
     "block.add",
     "block.remove",
 ];
@@ -104,6 +111,9 @@ impl ChatService {
             client_msg_id,
             text,
             attachments,
+            reply_to,
+            thread,
+            mentions,
         } = &e.request
         else {
             return None;
@@ -133,6 +143,9 @@ impl ChatService {
             client_msg_id: client_msg_id.clone(),
             text: text.clone(),
             attachments,
+            reply_to: reply_to.clone(),
+            thread: thread.clone(),
+            mentions: mentions.clone().unwrap_or_default(),
         }))
     }
 
@@ -284,6 +297,61 @@ impl crate::Handler for ChatService {
                 let new = checked?;
                 let w = self.store.send_message(new).await?;
                 Ok(w.map(|message| ReplyData::Message { message }))
+            }
+            Request::MessageEdit {
+                conversation,
+                message,
+                text,
+            } => {
+                if text.chars().count() > limits.max_text_chars {
+                    return Err(Failure::new(
+                        ErrorCode::TooLarge,
+                        format!("text is over {} characters", limits.max_text_chars),
+                    ));
+                }
+                let w = self
+                    .store
+                    .edit_message(user, conversation, message, text)
+                    .await?;
+                Ok(w.map(|message| ReplyData::Message { message }))
+            }
+            Request::MessageDelete {
+                conversation,
+                message,
+            } => Ok(empty(
+                self.store
+                    .delete_message(user, conversation, message)
+                    .await?,
+            )),
+            Request::ReactionAdd {
+                conversation,
+                message,
+                emoji,
+            }
+            | Request::ReactionRemove {
+                conversation,
+                message,
+                emoji,
+            } => {
+                let add = matches!(e.request, Request::ReactionAdd { .. });
+                let w = self
+                    .store
+                    .react(user, conversation, message, emoji, add)
+                    .await?;
+                Ok(w.map(|reactions| ReplyData::Reactions { reactions }))
+            }
+            Request::MessagePin {
+                conversation,
+                message,
+            }
+            | Request::MessageUnpin {
+                conversation,
+                message,
+            } => {
+                let pin = matches!(e.request, Request::MessagePin { .. });
+                Ok(empty(
+                    self.store.pin(user, conversation, message, pin).await?,
+                ))
             }
             Request::MessageRead {
                 conversation,

@@ -1,12 +1,12 @@
 //! The chat service's query side: the chat reads the edge serves (`conversation.list/get`,
-//! `message.history`, `message.search`, `block.list`) and the inbox reads behind `hello`,
+//! `message.history`, `message.search`, `message.versions`, `conversation.pins`, `block.list`) and the inbox reads behind `hello`,
 //! `sync` and gap fills. Straight from the store, never through a queue: reads need no
 //! durability and must not wait behind writes. Their rules (page sizes, membership, what a
 //! failure tells the client) sit here, beside the writes in [`super`].
 
 use crate::Failure;
 use async_trait::async_trait;
-use hubbub_protocol::{Conversation, ConversationSummary, Message};
+use hubbub_protocol::{Conversation, ConversationSummary, Message, MessageVersion};
 use hubbub_registry::{ChatReads, EventPage, SignalError};
 use hubbub_store::Store;
 use std::sync::Arc;
@@ -79,14 +79,39 @@ impl ChatReads for ChatQueries {
         &self,
         user: &str,
         conversation: &str,
+        thread: Option<&str>,
         before: Option<&str>,
         limit: Option<u32>,
     ) -> Result<(Vec<Message>, bool), SignalError> {
         let limit = limit.unwrap_or(HISTORY_DEFAULT).clamp(1, HISTORY_MAX) as usize;
+        match thread {
+            Some(thread) => self
+                .store
+                .thread_history(user, conversation, thread, before, limit)
+                .await
+                .map_err(fail),
+            None => self
+                .store
+                .history(user, conversation, before, limit)
+                .await
+                .map_err(fail),
+        }
+    }
+
+    async fn versions(
+        &self,
+        user: &str,
+        conversation: &str,
+        message: &str,
+    ) -> Result<Vec<MessageVersion>, SignalError> {
         self.store
-            .history(user, conversation, before, limit)
+            .message_versions(user, conversation, message)
             .await
             .map_err(fail)
+    }
+
+    async fn pins(&self, user: &str, conversation: &str) -> Result<Vec<Message>, SignalError> {
+        self.store.pins(user, conversation).await.map_err(fail)
     }
 
     async fn search(

@@ -17,7 +17,7 @@ use crate::{Broadcast, Event, Result, StoreError, Written, json_err};
 use async_trait::async_trait;
 use hubbub_protocol::{
     Attachment, Conversation, ConversationKind, ConversationSummary, LARGE_GROUP, Message,
-    ServerFrame,
+    MessageVersion, ReactionCount, ServerFrame,
 };
 
 /// The longest search query accepted, in characters.
@@ -46,7 +46,7 @@ pub struct NewConversation {
 }
 
 /// Parameters of `message.send`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NewMessage {
     /// The sender.
     pub sender: String,
@@ -58,6 +58,12 @@ pub struct NewMessage {
     pub text: String,
     /// Attachments.
     pub attachments: Vec<Attachment>,
+    /// The message replied to (same conversation).
+    pub reply_to: Option<String>,
+    /// The thread's root (same conversation; a message in a thread names its root's thread).
+    pub thread: Option<String>,
+    /// Members mentioned.
+    pub mentions: Vec<String>,
 }
 
 /// Conversations, members, messages, read markers, blocks, search.
@@ -154,6 +160,68 @@ pub trait ChatStore: Send + Sync {
         limit: usize,
     ) -> Result<(Vec<Message>, bool)>;
 
+    /// `message.history` with `thread`: only the replies in that thread, newest first.
+    async fn thread_history(
+        &self,
+        caller: &str,
+        conversation: &str,
+        thread: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Message>, bool)>;
+
+    /// `message.edit` (its sender only): the message as edited; the earlier text is kept as
+    /// a version. The same text again changes nothing (no event).
+    async fn edit_message(
+        &self,
+        caller: &str,
+        conversation: &str,
+        message: &str,
+        text: &str,
+    ) -> Result<Written<Message>>;
+
+    /// `message.versions`: the texts, oldest first, the current one last (none for a
+    /// deleted message).
+    async fn message_versions(
+        &self,
+        caller: &str,
+        conversation: &str,
+        message: &str,
+    ) -> Result<Vec<MessageVersion>>;
+
+    /// `message.delete` (its sender, or the owner of a group or channel): a tombstone stays;
+    /// its versions and reactions are erased and it is unpinned. Deleting it again is a no-op.
+    async fn delete_message(
+        &self,
+        caller: &str,
+        conversation: &str,
+        message: &str,
+    ) -> Result<Written<()>>;
+
+    /// `reaction.add` (`add`) or `reaction.remove`: idempotent; the message's reactions after.
+    async fn react(
+        &self,
+        caller: &str,
+        conversation: &str,
+        message: &str,
+        emoji: &str,
+        add: bool,
+    ) -> Result<Written<Vec<ReactionCount>>>;
+
+    /// `message.pin` (`pin`) or `message.unpin` (any member of a direct conversation, the
+    /// owner of a group or channel); idempotent.
+    async fn pin(
+        &self,
+        caller: &str,
+        conversation: &str,
+        message: &str,
+        pin: bool,
+    ) -> Result<Written<()>>;
+
+    /// `conversation.pins`: the pinned messages, most recently pinned first, with the
+    /// caller's `my_reactions`.
+    async fn pins(&self, caller: &str, conversation: &str) -> Result<Vec<Message>>;
+
     /// `message.read`: moves the caller's read marker forward and tells the others.
     async fn mark_read(
         &self,
@@ -198,13 +266,45 @@ pub trait ChatStore: Send + Sync {
     async fn expire_ephemeral(&self, before_ms: i64) -> Result<Written<Vec<String>>>;
 }
 
-/// A stored message's columns: id, conversation, sender, client_msg_id, text, attachments
-/// (JSON), ts.
-pub(crate) type MessageRow = (i64, String, String, String, String, String, i64);
+/// A stored message's columns, in [`MESSAGE_COLUMNS`]' order.
+#[derive(Debug)]
+pub(crate) struct MessageRow {
+    pub(crate) id: i64,
+    pub(crate) conversation: String,
+    pub(crate) sender: String,
+    pub(crate) client_msg_id: String,
+    pub(crate) text: String,
+    /// JSON.
+    pub(crate) attachments: String,
+    pub(crate) ts: i64,
+    pub(crate) reply_to: Option<i64>,
+    pub(crate) thread: Option<i64>,
+    /// JSON.
+    pub(crate) mentions: String,
+    pub(crate) edited_ms: Option<i64>,
+    pub(crate) deleted: bool,
+    pub(crate) replies: i64,
+    /// JSON: the summary, in wire order.
+    pub(crate) reactions: String,
+}
 
 /// [`MessageRow`]'s columns, in its order.
-pub(crate) const MESSAGE_COLUMNS: &str =
-    "id, conversation_id, sender, client_msg_id, text, attachments, ts";
+pub(crate) const MESSAGE_COLUMNS: &str = "id, conversation_id, sender, client_msg_id, text, \
+     attachments, ts, reply_to, thread, mentions, edited_ms, deleted, replies, reactions";
+
+/// [`MESSAGE_COLUMNS`] of a table aliased `m`.
+pub(crate) const M_MESSAGE_COLUMNS: &str = "m.id, m.conversation_id, m.sender, \
+     m.client_msg_id, m.text, m.attachments, m.ts, m.reply_to, m.thread, m.mentions, \
+     m.edited_ms, m.deleted, m.replies, m.reactions";
+
+/// What a new message links to, as stored.
+#[derive(Debug, Default)]
+pub(crate) struct Links {
+    pub(crate) reply_to: Option<i64>,
+    pub(crate) thread: Option<i64>,
+    /// JSON array of user ids.
+    pub(crate) mentions: String,
+}
 
 /// A stored conversation's columns: kind, title, created_by, created_ms, ephemeral, public,
 /// last_offset.
@@ -231,7 +331,9 @@ pub(crate) trait ChatTx {
             return Ok(None);
         };
         let members = self.members(id).await?;
-        Ok(Some(conversation_from_row(id, row, members)))
+        let mut c = conversation_from_row(id, row, members);
+        c.pinned = self.pinned(id).await?;
+        Ok(Some(c))
     }
     /// Whether the conversation exists, and whether `user` is in it.
     async fn membership(&self, id: &str, user: &str) -> Result<(bool, bool)>;
@@ -262,16 +364,62 @@ pub(crate) trait ChatTx {
         &self,
         new: &NewMessage,
         attachments: &str,
+        links: &Links,
         now: i64,
     ) -> Result<Option<i64>>;
-    /// Newest first, ids below `before`, at most `limit`, none from users `viewer` blocks.
+    /// Newest first, ids below `before`, at most `limit`, none from users `viewer` blocks;
+    /// with `thread`, only the messages in that thread.
     async fn messages_before(
         &self,
         id: &str,
         viewer: &str,
         before: i64,
         limit: usize,
+        thread: Option<i64>,
     ) -> Result<Vec<Message>>;
+    /// Message `message` if it is in conversation `id`; with `lock`, its row stays locked
+    /// until the commit (PostgreSQL; SQLite's writer is alone anyway).
+    async fn message_of(&self, id: &str, message: i64, lock: bool) -> Result<Option<Message>>;
+    /// A channel message's offset.
+    async fn offset_of(&self, message: i64) -> Result<Option<u64>>;
+    /// Lock these users' counter rows, in id order (PostgreSQL: every write that appends
+    /// events and changes a message takes the users first, then the message, so two such
+    /// writes never wait on each other in a circle; a no-op on SQLite).
+    async fn lock_users(&self, users: &[String]) -> Result<()>;
+    /// The members less those who block `actor`, by id (`actor` included when a member).
+    async fn audience(&self, id: &str, actor: &str) -> Result<Vec<String>>;
+    /// One more reply in the thread of `root`.
+    async fn add_reply(&self, root: i64) -> Result<()>;
+    /// Replace a message's text, as edited at `now`.
+    async fn set_text(&self, message: i64, text: &str, now: i64) -> Result<()>;
+    /// Keep an earlier text of a message; how many versions it has now.
+    async fn insert_version(&self, message: i64, text: &str, ts: i64) -> Result<u64>;
+    /// The kept texts of a message, oldest first.
+    async fn versions(&self, message: i64) -> Result<Vec<MessageVersion>>;
+    /// Make a message a tombstone: no text, attachments, mentions, reactions, versions.
+    async fn tombstone(&self, message: i64) -> Result<()>;
+    /// Add `user`'s reaction; whether it is new.
+    async fn insert_reaction(
+        &self,
+        message: i64,
+        user: &str,
+        emoji: &str,
+        now: i64,
+    ) -> Result<bool>;
+    /// Remove `user`'s reaction; whether there was one.
+    async fn delete_reaction(&self, message: i64, user: &str, emoji: &str) -> Result<bool>;
+    /// Store a message's reaction summary (JSON).
+    async fn set_reactions(&self, message: i64, summary: &str) -> Result<()>;
+    /// `user`'s reactions to these messages: (message, emoji), oldest first per message.
+    async fn my_reactions(&self, user: &str, messages: &[i64]) -> Result<Vec<(i64, String)>>;
+    /// Pin a message; whether it was not pinned yet.
+    async fn insert_pin(&self, id: &str, message: i64, user: &str, now: i64) -> Result<bool>;
+    /// Unpin a message; whether it was pinned.
+    async fn delete_pin(&self, id: &str, message: i64) -> Result<bool>;
+    /// The pinned message ids, most recently pinned first.
+    async fn pinned(&self, id: &str) -> Result<Vec<String>>;
+    /// The pinned messages, most recently pinned first.
+    async fn pinned_messages(&self, id: &str) -> Result<Vec<Message>>;
     /// Whether message `message` is in conversation `id`.
     async fn message_in(&self, id: &str, message: i64) -> Result<bool>;
     /// Move `user`'s read marker forward to `message`; whether it moved.
@@ -682,6 +830,7 @@ async fn channel_row(tx: &impl ChatTx, id: &str) -> Result<ConversationRow> {
 async fn brief(tx: &impl ChatTx, id: &str, row: ConversationRow) -> Result<Conversation> {
     let mut c = conversation_from_row(id, row, Vec::new());
     c.member_count = tx.member_count(id).await?;
+    c.pinned = tx.pinned(id).await?;
     c.members_omitted = true;
     Ok(c)
 }
@@ -766,16 +915,19 @@ pub(crate) struct Stored {
     pub(crate) fresh: bool,
     /// A new channel message's offset (it gets no inbox events: it is broadcast).
     pub(crate) offset: Option<u64>,
+    /// A new thread reply's root, as it is now (its `replies` grew).
+    pub(crate) root: Option<Message>,
 }
 
 /// Store one `message.send`. A new message's inbox events are the caller's to write
-/// ([`message_events`], none for a channel's), so a backend may fan out a batch of sends at
-/// once.
+/// ([`message_events`], none for a channel's, then [`after_send`]), so a backend may fan out
+/// a batch of sends at once.
 pub(crate) async fn store_message(tx: &impl ChatTx, new: &NewMessage, now: i64) -> Result<Stored> {
     let repeat = |message| Stored {
         message,
         fresh: false,
         offset: None,
+        root: None,
     };
     if let Some(m) = tx.message_by_key(&new.sender, &new.client_msg_id).await? {
         return Ok(repeat(m));
@@ -791,10 +943,11 @@ pub(crate) async fn store_message(tx: &impl ChatTx, new: &NewMessage, now: i64) 
             "only the channel's owner sends in a channel".into(),
         ));
     }
+    let links = messages::links(tx, new).await?;
     let attachments = serde_json::to_string(&new.attachments).map_err(json_err)?;
     // A concurrent send of the same client_msg_id (on another machine): the unique key
     // decides, and the loser returns the winner's message.
-    let Some(id) = tx.insert_message(new, &attachments, now).await? else {
+    let Some(id) = tx.insert_message(new, &attachments, &links, now).await? else {
         let m = tx.message_by_key(&new.sender, &new.client_msg_id).await?;
         let m = m.ok_or_else(|| StoreError::Internal("a sent message vanished".into()))?;
         return Ok(repeat(m));
@@ -806,6 +959,13 @@ pub(crate) async fn store_message(tx: &impl ChatTx, new: &NewMessage, now: i64) 
     } else {
         None
     };
+    let root = match links.thread {
+        Some(root) => {
+            tx.add_reply(root).await?;
+            tx.message_of(&new.conversation, root, false).await?
+        }
+        None => None,
+    };
     let message = Message {
         id: id.to_string(),
         conversation: new.conversation.clone(),
@@ -814,11 +974,16 @@ pub(crate) async fn store_message(tx: &impl ChatTx, new: &NewMessage, now: i64) 
         text: new.text.clone(),
         attachments: new.attachments.clone(),
         ts: now,
+        reply_to: links.reply_to.map(|m| m.to_string()),
+        thread: links.thread.map(|m| m.to_string()),
+        mentions: serde_json::from_str(&links.mentions).map_err(json_err)?,
+        ..Message::default()
     };
     Ok(Stored {
         message,
         fresh: true,
         offset,
+        root,
     })
 }
 
@@ -834,57 +999,93 @@ pub(crate) async fn channel_broadcast(
         .await?;
     Ok(Broadcast {
         users,
-        frame: ServerFrame::ChannelMessage {
+        frames: vec![ServerFrame::ChannelMessage {
             conversation: message.conversation.clone(),
             offset,
             message: message.clone(),
-        },
+        }],
     })
 }
 
-/// `message.send` on its own: the message and its `message.new` events.
+/// `message.send` on its own: the message, its `message.new` events (or its broadcast in a
+/// channel), then what [`after_send`] adds.
 pub(crate) async fn send_message(
     tx: &(impl ChatTx + InboxTx),
     new: NewMessage,
     now: i64,
 ) -> Result<Written<Message>> {
-    let Stored {
-        message,
-        fresh,
-        offset,
-    } = store_message(tx, &new, now).await?;
-    if !fresh {
-        return Ok(Written::nothing(message));
+    let stored = store_message(tx, &new, now).await?;
+    if !stored.fresh {
+        return Ok(Written::nothing(stored.message));
     }
-    if let Some(offset) = offset {
-        let broadcast = channel_broadcast(tx, &message, offset).await?;
-        return Ok(Written {
-            value: message,
+    let mut written = match stored.offset {
+        Some(offset) => Written {
+            value: stored.message.clone(),
             events: Vec::new(),
-            broadcast: Some(broadcast),
-        });
+            broadcast: Some(channel_broadcast(tx, &stored.message, offset).await?),
+        },
+        None => {
+            let events = message_events(tx, &[&stored.message], now).await?;
+            Written::new(
+                stored.message.clone(),
+                events.into_iter().flatten().collect(),
+            )
+        }
+    };
+    after_send(tx, &stored, &mut written, now).await?;
+    Ok(written)
+}
+
+/// What a new message adds after its own events: the thread root's `message.updated` (its
+/// `replies` grew; `channel.updated` in a channel) and a `mention` notification to each
+/// member mentioned.
+pub(crate) async fn after_send<T>(
+    tx: &(impl ChatTx + InboxTx),
+    stored: &Stored,
+    written: &mut Written<T>,
+    now: i64,
+) -> Result<()> {
+    if let Some(root) = &stored.root {
+        messages::tell_changed(tx, root, written, now).await?;
     }
-    let events = message_events(tx, &[&message], now).await?;
-    Ok(Written::new(
-        message,
-        events.into_iter().flatten().collect(),
-    ))
+    let m = &stored.message;
+    for user in &m.mentions {
+        if *user == m.sender || tx.blocks(user, &m.sender).await? {
+            continue;
+        }
+        let data = serde_json::json!({
+            "conversation": m.conversation, "message": m.id, "user": m.sender,
+        });
+        let frame = |seq| ServerFrame::Notification {
+            seq,
+            kind: hubbub_protocol::NotificationKind::Mention,
+            data,
+        };
+        written
+            .events
+            .push(append_event(tx, user, now, frame).await?);
+    }
+    Ok(())
 }
 
 pub(crate) async fn history(
     tx: &impl ChatTx,
     caller: &str,
     id: &str,
+    thread: Option<&str>,
     before: Option<&str>,
     limit: usize,
 ) -> Result<(Vec<Message>, bool)> {
     let before = before.map_or(Ok(i64::MAX), parse_message_id)?;
-    member_view(tx, caller, id).await?;
+    let thread = thread.map(parse_message_id).transpose()?;
+    check_member(tx, caller, id).await?;
     // One more than asked: whether older ones remain.
-    let mut messages = tx.messages_before(id, caller, before, limit + 1).await?;
-    let more = messages.len() > limit;
-    messages.truncate(limit);
-    Ok((messages, more))
+    let mut page = tx
+        .messages_before(id, caller, before, limit + 1, thread)
+        .await?;
+    let more = page.len() > limit;
+    page.truncate(limit);
+    Ok((messages::with_mine(tx, caller, page).await?, more))
 }
 
 pub(crate) async fn mark_read(
@@ -963,7 +1164,8 @@ pub(crate) async fn search(
     if let Some(c) = conversation {
         check_member(tx, caller, c).await?;
     }
-    tx.search(caller, &words, conversation, limit).await
+    let found = tx.search(caller, &words, conversation, limit).await?;
+    messages::with_mine(tx, caller, found).await
 }
 
 pub(crate) async fn typing_recipients(
@@ -993,6 +1195,7 @@ pub(crate) async fn expire_ephemeral(
     Ok(Written::new(ids, events))
 }
 
+pub(crate) mod messages;
 mod rows;
 pub(crate) use rows::*;
 mod store;

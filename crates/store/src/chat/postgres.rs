@@ -3,29 +3,37 @@
 //! language is assumed.
 
 use super::{
-    CONVERSATION_COLUMNS, ChatTx, ConversationRow, MESSAGE_COLUMNS, MessageRow, NewConversation,
-    NewMessage, Stored, channel_broadcast, kind_name, message_from_row, store_message,
+    CONVERSATION_COLUMNS, ChatTx, ConversationRow, Links, M_MESSAGE_COLUMNS, MESSAGE_COLUMNS,
+    MessageRow, NewConversation, NewMessage, after_send, channel_broadcast, kind_name,
+    message_from_row, store_message,
 };
 use crate::inbox::message_events;
 use crate::postgres::{Row, Tx, commit_err, pg, pool_err};
 use crate::{PgStore, Result, StoreError, Written};
 use deadpool_postgres::Pool;
-use hubbub_protocol::Message;
+use hubbub_protocol::{Message, MessageVersion};
 use hubbub_queue::clock::now_ms;
 
 super::impl_chat_store!(PgStore);
 
 /// A message's columns, from column `from` of a row (in [`MESSAGE_COLUMNS`]' order).
 pub(crate) fn message_row(r: &Row, from: usize) -> MessageRow {
-    (
-        r.get(from),
-        r.get(from + 1),
-        r.get(from + 2),
-        r.get(from + 3),
-        r.get(from + 4),
-        r.get(from + 5),
-        r.get(from + 6),
-    )
+    MessageRow {
+        id: r.get(from),
+        conversation: r.get(from + 1),
+        sender: r.get(from + 2),
+        client_msg_id: r.get(from + 3),
+        text: r.get(from + 4),
+        attachments: r.get(from + 5),
+        ts: r.get(from + 6),
+        reply_to: r.get(from + 7),
+        thread: r.get(from + 8),
+        mentions: r.get(from + 9),
+        edited_ms: r.get(from + 10),
+        deleted: r.get(from + 11),
+        replies: r.get(from + 12),
+        reactions: r.get(from + 13),
+    }
 }
 
 fn messages(rows: Vec<Row>) -> Result<Vec<Message>> {
@@ -199,12 +207,15 @@ impl ChatTx for Tx<'_> {
         &self,
         new: &NewMessage,
         attachments: &str,
+        links: &Links,
         now: i64,
     ) -> Result<Option<i64>> {
         Ok(self
             .opt(
-                "INSERT INTO messages (conversation_id, sender, client_msg_id, text, attachments, ts)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sender, client_msg_id) DO NOTHING
+                "INSERT INTO messages (conversation_id, sender, client_msg_id, text, attachments, ts,
+                                       reply_to, thread, mentions)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (sender, client_msg_id) DO NOTHING
                  RETURNING id",
                 &[
                     &new.conversation,
@@ -213,6 +224,9 @@ impl ChatTx for Tx<'_> {
                     &new.text,
                     &attachments,
                     &now,
+                    &links.reply_to,
+                    &links.thread,
+                    &links.mentions,
                 ],
             )
             .await?
@@ -225,16 +239,219 @@ impl ChatTx for Tx<'_> {
         viewer: &str,
         before: i64,
         limit: usize,
+        thread: Option<i64>,
     ) -> Result<Vec<Message>> {
+        let Some(thread) = thread else {
+            let sql = format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND id < $2
+                 AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = $4 AND blocked = sender)
+                 ORDER BY id DESC LIMIT $3"
+            );
+            let rows = self
+                .rows(&sql, &[&id, &before, &(limit as i64), &viewer])
+                .await?;
+            return messages(rows);
+        };
         let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND id < $2
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE thread = $5 AND id < $2
+             AND conversation_id = $1
              AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = $4 AND blocked = sender)
              ORDER BY id DESC LIMIT $3"
         );
         let rows = self
-            .rows(&sql, &[&id, &before, &(limit as i64), &viewer])
+            .rows(&sql, &[&id, &before, &(limit as i64), &viewer, &thread])
             .await?;
         messages(rows)
+    }
+
+    async fn message_of(&self, id: &str, message: i64, lock: bool) -> Result<Option<Message>> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1 AND conversation_id = $2{}",
+            if lock { " FOR UPDATE" } else { "" }
+        );
+        Ok(messages(self.rows(&sql, &[&message, &id]).await?)?.pop())
+    }
+
+    async fn offset_of(&self, message: i64) -> Result<Option<u64>> {
+        Ok(self
+            .opt(
+                "SELECT channel_offset FROM messages WHERE id = $1",
+                &[&message],
+            )
+            .await?
+            .and_then(|r| r.get::<_, Option<i64>>(0))
+            .map(|o| o as u64))
+    }
+
+    async fn lock_users(&self, users: &[String]) -> Result<()> {
+        self.exec(
+            "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            &[&users],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn audience(&self, id: &str, actor: &str) -> Result<Vec<String>> {
+        let rows = self
+            .rows(
+                "SELECT user_id FROM members WHERE conversation_id = $1
+                 AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = user_id AND blocked = $2)
+                 ORDER BY user_id",
+                &[&id, &actor],
+            )
+            .await?;
+        Ok(strings(rows))
+    }
+
+    async fn add_reply(&self, root: i64) -> Result<()> {
+        self.exec(
+            "UPDATE messages SET replies = replies + 1 WHERE id = $1",
+            &[&root],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn set_text(&self, message: i64, text: &str, now: i64) -> Result<()> {
+        self.exec(
+            "UPDATE messages SET text = $2, edited_ms = $3 WHERE id = $1",
+            &[&message, &text, &now],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_version(&self, message: i64, text: &str, ts: i64) -> Result<u64> {
+        // The message's row is locked by the edit: no other edit numbers a version now.
+        let r = self
+            .one(
+                "INSERT INTO message_versions (message_id, n, text, ts)
+                 VALUES ($1, (SELECT COALESCE(MAX(n), 0) + 1 FROM message_versions
+                              WHERE message_id = $1), $2, $3)
+                 RETURNING n",
+                &[&message, &text, &ts],
+            )
+            .await?;
+        Ok(r.get::<_, i64>(0) as u64)
+    }
+
+    async fn versions(&self, message: i64) -> Result<Vec<MessageVersion>> {
+        Ok(self
+            .rows(
+                "SELECT text, ts FROM message_versions WHERE message_id = $1 ORDER BY n",
+                &[&message],
+            )
+            .await?
+            .iter()
+            .map(|r| MessageVersion {
+                text: r.get(0),
+                ts: r.get(1),
+            })
+            .collect())
+    }
+
+    async fn tombstone(&self, message: i64) -> Result<()> {
+        for sql in [
+            "UPDATE messages SET text = '', attachments = '[]', mentions = '[]', reactions = '[]',
+               deleted = TRUE WHERE id = $1",
+            "DELETE FROM message_versions WHERE message_id = $1",
+            "DELETE FROM reactions WHERE message_id = $1",
+        ] {
+            self.exec(sql, &[&message]).await?;
+        }
+        Ok(())
+    }
+
+    async fn insert_reaction(
+        &self,
+        message: i64,
+        user: &str,
+        emoji: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let n = self
+            .exec(
+                "INSERT INTO reactions (message_id, user_id, emoji, ts) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING",
+                &[&message, &user, &emoji, &now],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn delete_reaction(&self, message: i64, user: &str, emoji: &str) -> Result<bool> {
+        let n = self
+            .exec(
+                "DELETE FROM reactions WHERE message_id = $1 AND user_id = $2 AND emoji = $3",
+                &[&message, &user, &emoji],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn set_reactions(&self, message: i64, summary: &str) -> Result<()> {
+        self.exec(
+            "UPDATE messages SET reactions = $2 WHERE id = $1",
+            &[&message, &summary],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn my_reactions(&self, user: &str, messages: &[i64]) -> Result<Vec<(i64, String)>> {
+        Ok(self
+            .rows(
+                "SELECT message_id, emoji FROM reactions
+                 WHERE message_id = ANY($1) AND user_id = $2 ORDER BY message_id, ts, emoji",
+                &[&messages, &user],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    async fn insert_pin(&self, id: &str, message: i64, user: &str, now: i64) -> Result<bool> {
+        let n = self
+            .exec(
+                "INSERT INTO pins (conversation_id, message_id, pinned_ms, pinned_by)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[&id, &message, &now, &user],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn delete_pin(&self, id: &str, message: i64) -> Result<bool> {
+        let n = self
+            .exec(
+                "DELETE FROM pins WHERE conversation_id = $1 AND message_id = $2",
+                &[&id, &message],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn pinned(&self, id: &str) -> Result<Vec<String>> {
+        Ok(self
+            .rows(
+                "SELECT message_id FROM pins WHERE conversation_id = $1
+                 ORDER BY pinned_ms DESC, message_id DESC",
+                &[&id],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get::<_, i64>(0).to_string())
+            .collect())
+    }
+
+    async fn pinned_messages(&self, id: &str) -> Result<Vec<Message>> {
+        let sql = format!(
+            "SELECT {M_MESSAGE_COLUMNS} FROM pins p JOIN messages m ON m.id = p.message_id
+             WHERE p.conversation_id = $1 ORDER BY p.pinned_ms DESC, p.message_id DESC"
+        );
+        messages(self.rows(&sql, &[&id]).await?)
     }
 
     async fn message_in(&self, id: &str, message: i64) -> Result<bool> {
@@ -306,14 +523,16 @@ impl ChatTx for Tx<'_> {
         let text = words.join(" ");
         let rows = self
             .rows(
-                "SELECT m.id, m.conversation_id, m.sender, m.client_msg_id, m.text, m.attachments, m.ts
+                &format!(
+                    "SELECT {M_MESSAGE_COLUMNS}
                  FROM messages m
                  JOIN members mb ON mb.conversation_id = m.conversation_id AND mb.user_id = $2
                  WHERE m.tsv @@ plainto_tsquery('simple', $1)
                    AND ($3::text IS NULL OR m.conversation_id = $3)
                    AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = $2 AND blocked = m.sender)
                  ORDER BY ts_rank(m.tsv, plainto_tsquery('simple', $1)) DESC, m.id DESC
-                 LIMIT $4",
+                 LIMIT $4"
+                ),
                 &[&text, &viewer, &conversation, &(limit as i64)],
             )
             .await?;
@@ -405,6 +624,11 @@ impl ChatTx for Tx<'_> {
         for sql in [
             "DELETE FROM inbox WHERE message_id IN
                (SELECT id FROM messages WHERE conversation_id = $1)",
+            "DELETE FROM message_versions WHERE message_id IN
+               (SELECT id FROM messages WHERE conversation_id = $1)",
+            "DELETE FROM reactions WHERE message_id IN
+               (SELECT id FROM messages WHERE conversation_id = $1)",
+            "DELETE FROM pins WHERE conversation_id = $1",
             "DELETE FROM messages WHERE conversation_id = $1",
             "DELETE FROM members WHERE conversation_id = $1",
             "DELETE FROM conversations WHERE id = $1",
@@ -546,23 +770,28 @@ async fn send_batch(
     let mut events = message_events(&Tx::Tx(&tx), &fresh, now).await?.into_iter();
     let mut written = Vec::with_capacity(stored.len());
     for r in stored {
-        written.push(match r {
-            Ok(s) if !s.fresh => Ok(Written::nothing(s.message)),
-            Ok(Stored {
-                message,
-                offset: Some(offset),
-                ..
-            }) => {
-                let broadcast = channel_broadcast(&Tx::Tx(&tx), &message, offset).await?;
-                Ok(Written {
-                    value: message,
-                    events: Vec::new(),
-                    broadcast: Some(broadcast),
-                })
+        let s = match r {
+            Ok(s) if !s.fresh => {
+                written.push(Ok(Written::nothing(s.message)));
+                continue;
             }
-            Ok(s) => Ok(Written::new(s.message, events.next().unwrap_or_default())),
-            Err(e) => Err(e),
-        });
+            Ok(s) => s,
+            Err(e) => {
+                written.push(Err(e));
+                continue;
+            }
+        };
+        let mut w = match s.offset {
+            Some(offset) => Written {
+                value: s.message.clone(),
+                events: Vec::new(),
+                broadcast: Some(channel_broadcast(&Tx::Tx(&tx), &s.message, offset).await?),
+            },
+            None => Written::new(s.message.clone(), events.next().unwrap_or_default()),
+        };
+        // A thread root's update and the mentions: after every message's own events.
+        after_send(&Tx::Tx(&tx), &s, &mut w, now).await?;
+        written.push(Ok(w));
     }
     tx.commit().await.map_err(commit_err)?;
     Ok(written)

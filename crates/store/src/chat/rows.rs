@@ -3,17 +3,23 @@
 
 use super::*;
 
-pub(crate) fn message_from_row(
-    (id, conversation, sender, client_msg_id, text, attachments, ts): MessageRow,
-) -> Result<Message> {
+pub(crate) fn message_from_row(r: MessageRow) -> Result<Message> {
     Ok(Message {
-        id: id.to_string(),
-        conversation,
-        sender,
-        client_msg_id,
-        text,
-        attachments: serde_json::from_str(&attachments).map_err(json_err)?,
-        ts,
+        id: r.id.to_string(),
+        conversation: r.conversation,
+        sender: r.sender,
+        client_msg_id: r.client_msg_id,
+        text: r.text,
+        attachments: serde_json::from_str(&r.attachments).map_err(json_err)?,
+        ts: r.ts,
+        reply_to: r.reply_to.map(|id| id.to_string()),
+        thread: r.thread.map(|id| id.to_string()),
+        mentions: serde_json::from_str(&r.mentions).map_err(json_err)?,
+        edited_ts: r.edited_ms,
+        deleted: r.deleted,
+        reactions: serde_json::from_str(&r.reactions).map_err(json_err)?,
+        replies: u64::try_from(r.replies).unwrap_or(0),
+        my_reactions: None,
     })
 }
 
@@ -47,6 +53,7 @@ pub(crate) fn conversation_from_row(
         ephemeral,
         public,
         last_offset: u64::try_from(last_offset).unwrap_or(0),
+        pinned: Vec::new(),
     }
 }
 

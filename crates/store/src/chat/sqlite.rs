@@ -2,12 +2,12 @@
 //! triggers, see `001_chat.sql`).
 
 use super::{
-    CONVERSATION_COLUMNS, ChatTx, ConversationRow, MESSAGE_COLUMNS, MessageRow, NewConversation,
-    NewMessage, kind_name, message_from_row,
+    CONVERSATION_COLUMNS, ChatTx, ConversationRow, Links, M_MESSAGE_COLUMNS, MESSAGE_COLUMNS,
+    MessageRow, NewConversation, NewMessage, kind_name, message_from_row,
 };
 use crate::sqlite::Tx;
 use crate::{Result, SqliteStore, Written};
-use hubbub_protocol::Message;
+use hubbub_protocol::{Message, MessageVersion};
 use rusqlite::{OptionalExtension, params};
 
 super::impl_chat_store!(SqliteStore);
@@ -43,15 +43,22 @@ impl SqliteStore {
 
 /// A message's columns, from column `from` of a row (in [`MESSAGE_COLUMNS`]' order).
 pub(crate) fn message_row(r: &rusqlite::Row<'_>, from: usize) -> rusqlite::Result<MessageRow> {
-    Ok((
-        r.get(from)?,
-        r.get(from + 1)?,
-        r.get(from + 2)?,
-        r.get(from + 3)?,
-        r.get(from + 4)?,
-        r.get(from + 5)?,
-        r.get(from + 6)?,
-    ))
+    Ok(MessageRow {
+        id: r.get(from)?,
+        conversation: r.get(from + 1)?,
+        sender: r.get(from + 2)?,
+        client_msg_id: r.get(from + 3)?,
+        text: r.get(from + 4)?,
+        attachments: r.get(from + 5)?,
+        ts: r.get(from + 6)?,
+        reply_to: r.get(from + 7)?,
+        thread: r.get(from + 8)?,
+        mentions: r.get(from + 9)?,
+        edited_ms: r.get(from + 10)?,
+        deleted: r.get(from + 11)?,
+        replies: r.get(from + 12)?,
+        reactions: r.get(from + 13)?,
+    })
 }
 
 /// The messages a statement returns, in [`MESSAGE_COLUMNS`]' order.
@@ -209,12 +216,14 @@ impl ChatTx for Tx<'_> {
         &self,
         new: &NewMessage,
         attachments: &str,
+        links: &Links,
         now: i64,
     ) -> Result<Option<i64>> {
         Ok(self
             .prepare_cached(
-                "INSERT INTO messages (conversation_id, sender, client_msg_id, text, attachments, ts)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO messages (conversation_id, sender, client_msg_id, text, attachments, ts,
+                                       reply_to, thread, mentions)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT (sender, client_msg_id) DO NOTHING RETURNING id",
             )?
             .query_row(
@@ -224,7 +233,10 @@ impl ChatTx for Tx<'_> {
                     new.client_msg_id,
                     new.text,
                     attachments,
-                    now
+                    now,
+                    links.reply_to,
+                    links.thread,
+                    links.mentions
                 ],
                 |r| r.get(0),
             )
@@ -237,13 +249,187 @@ impl ChatTx for Tx<'_> {
         viewer: &str,
         before: i64,
         limit: usize,
+        thread: Option<i64>,
     ) -> Result<Vec<Message>> {
+        let Some(thread) = thread else {
+            let st = self.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND id < ?2
+                 AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = ?4 AND blocked = sender)
+                 ORDER BY id DESC LIMIT ?3"
+            ))?;
+            return messages(st, params![id, before, limit as i64, viewer]);
+        };
+        // By the thread's index: a thread's page costs the same in a long conversation.
         let st = self.prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND id < ?2
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE thread = ?5 AND id < ?2
+             AND conversation_id = ?1
              AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = ?4 AND blocked = sender)
              ORDER BY id DESC LIMIT ?3"
         ))?;
-        messages(st, params![id, before, limit as i64, viewer])
+        messages(st, params![id, before, limit as i64, viewer, thread])
+    }
+
+    async fn message_of(&self, id: &str, message: i64, _lock: bool) -> Result<Option<Message>> {
+        let st = self.prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1 AND conversation_id = ?2"
+        ))?;
+        Ok(messages(st, params![message, id])?.pop())
+    }
+
+    async fn offset_of(&self, message: i64) -> Result<Option<u64>> {
+        let offset: Option<Option<i64>> = self
+            .prepare_cached("SELECT channel_offset FROM messages WHERE id = ?1")?
+            .query_row([message], |r| r.get(0))
+            .optional()?;
+        Ok(offset.flatten().map(|o| o as u64))
+    }
+
+    async fn lock_users(&self, _users: &[String]) -> Result<()> {
+        // The writer thread is alone: nothing to wait for.
+        Ok(())
+    }
+
+    async fn audience(&self, id: &str, actor: &str) -> Result<Vec<String>> {
+        strings(
+            self.prepare_cached(
+                "SELECT user_id FROM members WHERE conversation_id = ?1
+                 AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = user_id AND blocked = ?2)
+                 ORDER BY user_id",
+            )?,
+            [id, actor],
+        )
+    }
+
+    async fn add_reply(&self, root: i64) -> Result<()> {
+        self.prepare_cached("UPDATE messages SET replies = replies + 1 WHERE id = ?1")?
+            .execute([root])?;
+        Ok(())
+    }
+
+    async fn set_text(&self, message: i64, text: &str, now: i64) -> Result<()> {
+        self.prepare_cached("UPDATE messages SET text = ?2, edited_ms = ?3 WHERE id = ?1")?
+            .execute(params![message, text, now])?;
+        Ok(())
+    }
+
+    async fn insert_version(&self, message: i64, text: &str, ts: i64) -> Result<u64> {
+        let n: i64 = self
+            .prepare_cached(
+                "INSERT INTO message_versions (message_id, n, text, ts)
+                 VALUES (?1, (SELECT COALESCE(MAX(n), 0) + 1 FROM message_versions
+                              WHERE message_id = ?1), ?2, ?3)
+                 RETURNING n",
+            )?
+            .query_row(params![message, text, ts], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    async fn versions(&self, message: i64) -> Result<Vec<MessageVersion>> {
+        Ok(self
+            .prepare_cached(
+                "SELECT text, ts FROM message_versions WHERE message_id = ?1 ORDER BY n",
+            )?
+            .query_map([message], |r| {
+                Ok(MessageVersion {
+                    text: r.get(0)?,
+                    ts: r.get(1)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn tombstone(&self, message: i64) -> Result<()> {
+        for sql in [
+            "UPDATE messages SET text = '', attachments = '[]', mentions = '[]', reactions = '[]',
+               deleted = 1 WHERE id = ?1",
+            "DELETE FROM message_versions WHERE message_id = ?1",
+            "DELETE FROM reactions WHERE message_id = ?1",
+        ] {
+            self.prepare_cached(sql)?.execute([message])?;
+        }
+        Ok(())
+    }
+
+    async fn insert_reaction(
+        &self,
+        message: i64,
+        user: &str,
+        emoji: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let n = self
+            .prepare_cached(
+                "INSERT OR IGNORE INTO reactions (message_id, user_id, emoji, ts)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![message, user, emoji, now])?;
+        Ok(n > 0)
+    }
+
+    async fn delete_reaction(&self, message: i64, user: &str, emoji: &str) -> Result<bool> {
+        let n = self
+            .prepare_cached(
+                "DELETE FROM reactions WHERE message_id = ?1 AND user_id = ?2 AND emoji = ?3",
+            )?
+            .execute(params![message, user, emoji])?;
+        Ok(n > 0)
+    }
+
+    async fn set_reactions(&self, message: i64, summary: &str) -> Result<()> {
+        self.prepare_cached("UPDATE messages SET reactions = ?2 WHERE id = ?1")?
+            .execute(params![message, summary])?;
+        Ok(())
+    }
+
+    async fn my_reactions(&self, user: &str, messages: &[i64]) -> Result<Vec<(i64, String)>> {
+        // One lookup by the primary key's prefix per message (a page holds at most 100).
+        let mut st = self.prepare_cached(
+            "SELECT emoji FROM reactions WHERE message_id = ?1 AND user_id = ?2 ORDER BY ts, emoji",
+        )?;
+        let mut out = Vec::new();
+        for m in messages {
+            let emoji = st
+                .query_map(params![m, user], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            out.extend(emoji.into_iter().map(|e| (*m, e)));
+        }
+        Ok(out)
+    }
+
+    async fn insert_pin(&self, id: &str, message: i64, user: &str, now: i64) -> Result<bool> {
+        let n = self
+            .prepare_cached(
+                "INSERT OR IGNORE INTO pins (conversation_id, message_id, pinned_ms, pinned_by)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![id, message, now, user])?;
+        Ok(n > 0)
+    }
+
+    async fn delete_pin(&self, id: &str, message: i64) -> Result<bool> {
+        let n = self
+            .prepare_cached("DELETE FROM pins WHERE conversation_id = ?1 AND message_id = ?2")?
+            .execute(params![id, message])?;
+        Ok(n > 0)
+    }
+
+    async fn pinned(&self, id: &str) -> Result<Vec<String>> {
+        Ok(self
+            .prepare_cached(
+                "SELECT message_id FROM pins WHERE conversation_id = ?1
+                 ORDER BY pinned_ms DESC, message_id DESC",
+            )?
+            .query_map([id], |r| r.get::<_, i64>(0))?
+            .map(|r| r.map(|m| m.to_string()))
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn pinned_messages(&self, id: &str) -> Result<Vec<Message>> {
+        let st = self.prepare_cached(&format!(
+            "SELECT {M_MESSAGE_COLUMNS} FROM pins p JOIN messages m ON m.id = p.message_id
+             WHERE p.conversation_id = ?1 ORDER BY p.pinned_ms DESC, p.message_id DESC"
+        ))?;
+        messages(st, [id])
     }
 
     async fn message_in(&self, id: &str, message: i64) -> Result<bool> {
@@ -312,9 +498,8 @@ impl ChatTx for Tx<'_> {
             .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
             .collect::<Vec<_>>()
             .join(" ");
-        let st = self.prepare_cached(
-            "SELECT m.id, m.conversation_id, m.sender, m.client_msg_id, m.text,
-                    m.attachments, m.ts
+        let st = self.prepare_cached(&format!(
+            "SELECT {M_MESSAGE_COLUMNS}
              FROM messages_fts f
              JOIN messages m ON m.id = f.rowid
              JOIN members mb ON mb.conversation_id = m.conversation_id AND mb.user_id = ?2
@@ -322,8 +507,8 @@ impl ChatTx for Tx<'_> {
                AND (?3 IS NULL OR m.conversation_id = ?3)
                AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = ?2 AND blocked = m.sender)
              ORDER BY bm25(messages_fts), m.id DESC
-             LIMIT ?4",
-        )?;
+             LIMIT ?4"
+        ))?;
         messages(st, params![fts, viewer, conversation, limit as i64])
     }
 
@@ -397,6 +582,11 @@ impl ChatTx for Tx<'_> {
         for sql in [
             "DELETE FROM inbox WHERE message_id IN
                (SELECT id FROM messages WHERE conversation_id = ?1)",
+            "DELETE FROM message_versions WHERE message_id IN
+               (SELECT id FROM messages WHERE conversation_id = ?1)",
+            "DELETE FROM reactions WHERE message_id IN
+               (SELECT id FROM messages WHERE conversation_id = ?1)",
+            "DELETE FROM pins WHERE conversation_id = ?1",
             "DELETE FROM messages WHERE conversation_id = ?1",
             "DELETE FROM members WHERE conversation_id = ?1",
             "DELETE FROM conversations WHERE id = ?1",

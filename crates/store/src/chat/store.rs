@@ -162,7 +162,110 @@ macro_rules! impl_chat_store {
                 let (caller, id) = (caller.to_owned(), conversation.to_owned());
                 let before = before.map(str::to_owned);
                 $crate::run!(self.read, |tx| {
-                    $crate::chat::history(tx, &caller, &id, before.as_deref(), limit)
+                    $crate::chat::history(tx, &caller, &id, None, before.as_deref(), limit)
+                })
+            }
+
+            async fn thread_history(
+                &self,
+                caller: &str,
+                conversation: &str,
+                thread: &str,
+                before: Option<&str>,
+                limit: usize,
+            ) -> Result<(Vec<hubbub_protocol::Message>, bool), $crate::StoreError> {
+                let (caller, id, thread) = (
+                    caller.to_owned(),
+                    conversation.to_owned(),
+                    thread.to_owned(),
+                );
+                let before = before.map(str::to_owned);
+                $crate::run!(self.read, |tx| {
+                    $crate::chat::history(tx, &caller, &id, Some(&thread), before.as_deref(), limit)
+                })
+            }
+
+            async fn edit_message(
+                &self,
+                caller: &str,
+                conversation: &str,
+                message: &str,
+                text: &str,
+            ) -> Result<$crate::Written<hubbub_protocol::Message>, $crate::StoreError> {
+                let (caller, id) = (caller.to_owned(), conversation.to_owned());
+                let (message, text, now) = (message.to_owned(), text.to_owned(), self.now());
+                $crate::run!(self.write, |tx| {
+                    $crate::chat::messages::edit(tx, &caller, &id, &message, &text, now)
+                })
+            }
+
+            async fn message_versions(
+                &self,
+                caller: &str,
+                conversation: &str,
+                message: &str,
+            ) -> Result<Vec<hubbub_protocol::MessageVersion>, $crate::StoreError> {
+                let (caller, id, message) = (
+                    caller.to_owned(),
+                    conversation.to_owned(),
+                    message.to_owned(),
+                );
+                $crate::run!(self.snapshot, |tx| {
+                    $crate::chat::messages::versions(tx, &caller, &id, &message)
+                })
+            }
+
+            async fn delete_message(
+                &self,
+                caller: &str,
+                conversation: &str,
+                message: &str,
+            ) -> Result<$crate::Written<()>, $crate::StoreError> {
+                let (caller, id) = (caller.to_owned(), conversation.to_owned());
+                let (message, now) = (message.to_owned(), self.now());
+                $crate::run!(self.write, |tx| {
+                    $crate::chat::messages::delete(tx, &caller, &id, &message, now)
+                })
+            }
+
+            async fn react(
+                &self,
+                caller: &str,
+                conversation: &str,
+                message: &str,
+                emoji: &str,
+                add: bool,
+            ) -> Result<$crate::Written<Vec<hubbub_protocol::ReactionCount>>, $crate::StoreError>
+            {
+                let (caller, id) = (caller.to_owned(), conversation.to_owned());
+                let (message, emoji, now) = (message.to_owned(), emoji.to_owned(), self.now());
+                $crate::run!(self.write, |tx| {
+                    $crate::chat::messages::react(tx, &caller, &id, &message, &emoji, add, now)
+                })
+            }
+
+            async fn pin(
+                &self,
+                caller: &str,
+                conversation: &str,
+                message: &str,
+                pin: bool,
+            ) -> Result<$crate::Written<()>, $crate::StoreError> {
+                let (caller, id) = (caller.to_owned(), conversation.to_owned());
+                let (message, now) = (message.to_owned(), self.now());
+                $crate::run!(self.write, |tx| {
+                    $crate::chat::messages::pin(tx, &caller, &id, &message, pin, now)
+                })
+            }
+
+            async fn pins(
+                &self,
+                caller: &str,
+                conversation: &str,
+            ) -> Result<Vec<hubbub_protocol::Message>, $crate::StoreError> {
+                let (caller, id) = (caller.to_owned(), conversation.to_owned());
+                $crate::run!(self.snapshot, |tx| {
+                    $crate::chat::messages::pins(tx, &caller, &id)
                 })
             }
 

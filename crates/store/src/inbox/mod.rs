@@ -58,6 +58,22 @@ pub(crate) trait InboxTx {
     async fn next_seq(&self, user: &str) -> Result<u64>;
     /// Store a frame (as JSON) under `seq` in `user`'s inbox.
     async fn insert_event(&self, user: &str, seq: u64, now: i64, frame: &str) -> Result<()>;
+    /// Take the next seq of each of `users` (ids once each; their counter rows stay locked
+    /// until the commit): (user, seq) in any order.
+    async fn next_seqs(&self, users: &[String]) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::with_capacity(users.len());
+        for u in users {
+            out.push((u.clone(), self.next_seq(u).await?));
+        }
+        Ok(out)
+    }
+    /// Store frames (JSON) under (user, seq).
+    async fn insert_events(&self, rows: &[(String, u64, String)], now: i64) -> Result<()> {
+        for (user, seq, frame) in rows {
+            self.insert_event(user, *seq, now, frame).await?;
+        }
+        Ok(())
+    }
     /// `message.new` rows for new messages: every member of each message's conversation,
     /// except those who block its sender, takes their next seq (one per message, in the order
     /// given) and gets a row under it pointing at the message. Returns (index in `messages`,
@@ -92,6 +108,34 @@ pub(crate) async fn append_event(
         user: user.to_owned(),
         frame,
     })
+}
+
+/// Append one durable event to each of `users` (ids once each) under their next seq: what
+/// [`append_event`] does for one user, in two statements for all of them where the backend
+/// can (a change to a message of a big group costs two round trips, not two per member).
+pub(crate) async fn append_to_all(
+    tx: &impl InboxTx,
+    users: &[String],
+    now: i64,
+    make: impl Fn(u64) -> ServerFrame,
+) -> Result<Vec<Event>> {
+    if users.is_empty() {
+        return Ok(Vec::new());
+    }
+    let seqs = tx.next_seqs(users).await?;
+    let mut rows = Vec::with_capacity(seqs.len());
+    let mut events = Vec::with_capacity(seqs.len());
+    for (user, seq) in seqs {
+        let frame = make(seq);
+        rows.push((
+            user.clone(),
+            seq,
+            serde_json::to_string(&frame).map_err(json_err)?,
+        ));
+        events.push(Event { user, frame });
+    }
+    tx.insert_events(&rows, now).await?;
+    Ok(events)
 }
 
 /// The `message.new` events of new messages (one list per message, in `messages`' order;

@@ -1,6 +1,7 @@
 //! The inbox's SQL on PostgreSQL.
 
 use super::{InboxRow, InboxTx};
+use crate::chat::M_MESSAGE_COLUMNS;
 use crate::chat::postgres::message_row;
 use crate::chat::stored_message_id;
 use crate::postgres::Tx;
@@ -25,6 +26,34 @@ impl InboxTx for Tx<'_> {
         self.exec(
             "INSERT INTO inbox (user_id, seq, ts, frame) VALUES ($1, $2, $3, $4)",
             &[&user, &(seq as i64), &now, &frame],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn next_seqs(&self, users: &[String]) -> Result<Vec<(String, u64)>> {
+        // Callers lock these rows in id order first (`ChatTx::lock_users`), so this one
+        // statement waits for no one.
+        Ok(self
+            .rows(
+                "UPDATE users SET last_seq = last_seq + 1 WHERE id = ANY($1)
+                 RETURNING id, last_seq",
+                &[&users],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+            .collect())
+    }
+
+    async fn insert_events(&self, rows: &[(String, u64, String)], now: i64) -> Result<()> {
+        let users: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+        let seqs: Vec<i64> = rows.iter().map(|r| r.1 as i64).collect();
+        let frames: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+        self.exec(
+            "INSERT INTO inbox (user_id, seq, ts, frame)
+             SELECT u, s, $3, f FROM UNNEST($1::text[], $2::bigint[], $4::text[]) AS t(u, s, f)",
+            &[&users, &seqs, &now, &frames],
         )
         .await?;
         Ok(())
@@ -98,10 +127,11 @@ impl InboxTx for Tx<'_> {
     async fn inbox_rows(&self, user: &str, after: i64, limit: usize) -> Result<Vec<InboxRow>> {
         let rows = self
             .rows(
-                "SELECT i.seq, i.frame, m.id, m.conversation_id, m.sender, m.client_msg_id,
-                        m.text, m.attachments, m.ts
+                &format!(
+                    "SELECT i.seq, i.frame, {M_MESSAGE_COLUMNS}
                  FROM inbox i LEFT JOIN messages m ON m.id = i.message_id
-                 WHERE i.user_id = $1 AND i.seq > $2 ORDER BY i.seq LIMIT $3",
+                 WHERE i.user_id = $1 AND i.seq > $2 ORDER BY i.seq LIMIT $3"
+                ),
                 &[&user, &after, &(limit as i64)],
             )
             .await?;

@@ -1,6 +1,7 @@
 //! The inbox's SQL on SQLite.
 
 use super::{InboxRow, InboxTx};
+use crate::chat::M_MESSAGE_COLUMNS;
 use crate::chat::sqlite::message_row;
 use crate::chat::stored_message_id;
 use crate::sqlite::Tx;
@@ -73,12 +74,11 @@ impl InboxTx for Tx<'_> {
 
     async fn inbox_rows(&self, user: &str, after: i64, limit: usize) -> Result<Vec<InboxRow>> {
         Ok(self
-            .prepare_cached(
-                "SELECT i.seq, i.frame, m.id, m.conversation_id, m.sender, m.client_msg_id,
-                        m.text, m.attachments, m.ts
+            .prepare_cached(&format!(
+                "SELECT i.seq, i.frame, {M_MESSAGE_COLUMNS}
                  FROM inbox i LEFT JOIN messages m ON m.id = i.message_id
-                 WHERE i.user_id = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3",
-            )?
+                 WHERE i.user_id = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3"
+            ))?
             .query_map(params![user, after, limit as i64], |r| {
                 let message = match r.get::<_, Option<i64>>(2)? {
                     Some(_) => Some(message_row(r, 2)?),

@@ -70,6 +70,9 @@ macro_rules! store_conformance {
             timelines_read_candidates_and_what_is_new, concurrent_sends_keep_seqs_gapless,
             large_groups_tell_only_whom_a_change_concerns, channels_number_messages_by_offset,
             api_keys_are_hashed_scoped_revocable, runtime_config_is_compare_and_set_and_long_polled,
+            replies_threads_and_mentions, edits_keep_versions_and_deletes_leave_tombstones,
+            reactions_keep_a_summary, pins_change_the_conversation,
+            channel_changes_are_broadcast, concurrent_changes_keep_summaries_and_seqs,
             a_run_of_sends_commits_in_order_each_on_its_own);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
@@ -112,6 +115,7 @@ fn send(sender: &str, conversation: &str, key: &str, text: &str) -> NewMessage {
         client_msg_id: key.into(),
         text: text.into(),
         attachments: vec![Attachment { media: "m1".into() }],
+        ..NewMessage::default()
     }
 }
 
@@ -1205,12 +1209,15 @@ pub async fn channels_number_messages_by_offset(env: &Env) {
         let mut expected = vec![owner.clone(), bob.clone()];
         expected.sort();
         assert_eq!(users, expected);
-        let ServerFrame::ChannelMessage {
-            offset, message, ..
-        } = b.frame
+        let [
+            ServerFrame::ChannelMessage {
+                offset, message, ..
+            },
+        ] = b.frames.as_slice()
         else {
-            panic!("{:?}", b.frame)
+            panic!("{:?}", b.frames)
         };
+        let (offset, message) = (*offset, message.clone());
         assert_eq!(message, w.value);
         offsets.push(offset);
     }
@@ -1388,4 +1395,650 @@ pub async fn runtime_config_is_compare_and_set_and_long_polled(env: &Env) {
     assert_eq!(x.is_ok() as u8 + y.is_ok() as u8, 1, "{x:?} {y:?}");
     assert_eq!(s.runtime_config().await.expect("read").version, 3);
     assert_eq!(s.active_user_count(0).await.expect("count"), 0);
+}
+
+// ---- PROTOCOL.md 1.1 messages: replies, threads, mentions, edits, deletes, reactions, pins
+
+/// Each user's seqs among `events`, which must count up by one.
+fn assert_gapless(events: &[Event], user: &str) {
+    let got = seqs(events, user);
+    let from = got.first().copied().unwrap_or(0);
+    let want: Vec<u64> = (from..from + got.len() as u64).collect();
+    assert_eq!(got, want, "{user}'s seqs");
+}
+
+fn frame_types(events: &[Event], user: &str) -> Vec<&'static str> {
+    events
+        .iter()
+        .filter(|e| e.user == user)
+        .map(|e| e.frame.type_name())
+        .collect()
+}
+
+/// A group of `members` created by `creator`, with room for a few more.
+async fn room(env: &Env, id: &str, creator: &str, members: &[&str]) {
+    let mut new = group(id, creator, members);
+    new.max_members = 10;
+    env.store.create_conversation(new).await.expect("group");
+}
+
+/// Replies and threads link messages of the same conversation; a thread reply grows its
+/// root's `replies` and tells every member (`message.updated`); a mention is a `mention`
+/// notification; a bad link or mention is refused and changes nothing.
+pub async fn replies_threads_and_mentions(env: &Env) {
+    let s = &env.store;
+    let a = user(env, "rt-alice").await;
+    let b = user(env, "rt-bob").await;
+    let c = user(env, "rt-carol").await;
+    room(env, "rt", &a, &[&b]).await;
+    room(env, "rt-other", &a, &[&c]).await;
+    let root = s
+        .send_message(send(&a, "rt", "root", "a root"))
+        .await
+        .expect("root")
+        .value;
+    let elsewhere = s
+        .send_message(send(&a, "rt-other", "x", "elsewhere"))
+        .await
+        .expect("elsewhere")
+        .value;
+
+    let mut first = send(&b, "rt", "r1", "first reply");
+    first.reply_to = Some(root.id.clone());
+    first.thread = Some(root.id.clone());
+    first.mentions = vec![a.clone(), a.clone()];
+    let w = s.send_message(first).await.expect("reply");
+    assert_eq!(w.value.reply_to.as_deref(), Some(root.id.as_str()));
+    assert_eq!(w.value.thread.as_deref(), Some(root.id.as_str()));
+    assert_eq!(
+        w.value.mentions,
+        std::slice::from_ref(&a),
+        "mentions named once"
+    );
+    assert_eq!(
+        frame_types(&w.events, &a),
+        ["message.new", "message.updated", "notification"]
+    );
+    assert_eq!(
+        frame_types(&w.events, &b),
+        ["message.new", "message.updated"]
+    );
+    assert_gapless(&w.events, &a);
+    assert_gapless(&w.events, &b);
+    let updated = w
+        .events
+        .iter()
+        .find_map(|e| match &e.frame {
+            ServerFrame::MessageUpdated { message, .. } => Some(message.clone()),
+            _ => None,
+        })
+        .expect("the root's update");
+    assert_eq!(
+        (updated.id.as_str(), updated.replies),
+        (root.id.as_str(), 1)
+    );
+    let mention = w
+        .events
+        .iter()
+        .find_map(|e| match &e.frame {
+            ServerFrame::Notification { kind, data, .. } => Some((*kind, data.clone())),
+            _ => None,
+        })
+        .expect("a mention");
+    assert_eq!(mention.0, NotificationKind::Mention);
+    assert_eq!(mention.1["conversation"], "rt");
+    assert_eq!(mention.1["message"], w.value.id.as_str());
+
+    // Naming a reply as the thread puts the message in its root's thread.
+    let mut second = send(&a, "rt", "r2", "second reply");
+    second.thread = Some(w.value.id.clone());
+    let second = s.send_message(second).await.expect("second").value;
+    assert_eq!(second.thread.as_deref(), Some(root.id.as_str()));
+
+    // Bad links and mentions: refused, nothing written, no seq taken.
+    let (a_seq, b_seq) = (
+        s.last_seq(&a).await.expect("seq"),
+        s.last_seq(&b).await.expect("seq"),
+    );
+    let mut bad = send(&a, "rt", "bad1", "x");
+    bad.reply_to = Some(elsewhere.id.clone());
+    let e = s
+        .send_message(bad)
+        .await
+        .expect_err("another conversation's");
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+    let mut bad = send(&a, "rt", "bad2", "x");
+    bad.thread = Some(elsewhere.id.clone());
+    let e = s
+        .send_message(bad)
+        .await
+        .expect_err("another conversation's");
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+    let mut bad = send(&a, "rt", "bad3", "x");
+    bad.thread = Some("not-an-id".into());
+    let e = s.send_message(bad).await.expect_err("no such message");
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+    let mut bad = send(&a, "rt", "bad4", "x");
+    bad.mentions = vec![c.clone()];
+    let e = s.send_message(bad).await.expect_err("not a member");
+    assert!(matches!(e, StoreError::BadRequest(_)), "{e:?}");
+    assert_eq!(s.last_seq(&a).await.expect("seq"), a_seq);
+    assert_eq!(s.last_seq(&b).await.expect("seq"), b_seq);
+    let (all, _) = s.history(&a, "rt", None, 50).await.expect("history");
+    assert_eq!(all.len(), 3, "only the root and its two replies");
+
+    // The thread's history: its replies only, newest first; the root counts them.
+    let (thread, more) = s
+        .thread_history(&b, "rt", &root.id, None, 10)
+        .await
+        .expect("thread");
+    let ids: Vec<&str> = thread.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, [second.id.as_str(), w.value.id.as_str()]);
+    assert!(!more);
+    let (page, more) = s
+        .thread_history(&b, "rt", &root.id, Some(&second.id), 10)
+        .await
+        .expect("older");
+    assert_eq!((page.len(), more), (1, false));
+    let root_now = all.iter().find(|m| m.id == root.id).expect("root");
+    assert_eq!(root_now.replies, 2);
+    assert_eq!(root_now.my_reactions.as_deref(), Some(&[][..]));
+    let e = s
+        .thread_history(&c, "rt", &root.id, None, 10)
+        .await
+        .expect_err("not a member");
+    assert!(matches!(e, StoreError::Forbidden(_)), "{e:?}");
+
+    // A replay rebuilds the same events.
+    let replay = s.events_after(&a, a_seq - 5, 10).await.expect("replay");
+    let types: Vec<&str> = replay.frames.iter().map(ServerFrame::type_name).collect();
+    assert_eq!(
+        types,
+        [
+            "message.new",
+            "message.updated",
+            "notification",
+            "message.new",
+            "message.updated"
+        ]
+    );
+}
+
+/// Edits (sender only) keep versions; deletes (the sender, or a group's owner) leave a
+/// tombstone that search no longer finds, erasing its versions; both tell every member.
+pub async fn edits_keep_versions_and_deletes_leave_tombstones(env: &Env) {
+    let s = &env.store;
+    let a = user(env, "ed-alice").await;
+    let b = user(env, "ed-bob").await;
+    room(env, "ed", &a, &[&b]).await;
+    let m = s
+        .send_message(send(&a, "ed", "m", "hello world"))
+        .await
+        .expect("send")
+        .value;
+    let by_b = s
+        .send_message(send(&b, "ed", "mb", "bob speaks"))
+        .await
+        .expect("send")
+        .value;
+    let a_seq = s.last_seq(&a).await.expect("seq");
+
+    let e = s
+        .edit_message(&b, "ed", &m.id, "mine now")
+        .await
+        .expect_err("another's");
+    assert!(matches!(e, StoreError::Forbidden(_)), "{e:?}");
+    let e = s
+        .edit_message(&a, "ed", "999999", "x")
+        .await
+        .expect_err("no such message");
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+    assert_eq!(s.last_seq(&a).await.expect("seq"), a_seq, "nothing changed");
+
+    let w = s
+        .edit_message(&a, "ed", &m.id, "hello there")
+        .await
+        .expect("edit");
+    assert_eq!(w.value.text, "hello there");
+    assert!(w.value.edited_ts.is_some());
+    assert_eq!(frame_types(&w.events, &a), ["message.updated"]);
+    assert_eq!(frame_types(&w.events, &b), ["message.updated"]);
+    let again = s
+        .edit_message(&a, "ed", &m.id, "hello there")
+        .await
+        .expect("the same text");
+    assert!(again.events.is_empty(), "the same text changes nothing");
+    let versions = s.message_versions(&b, "ed", &m.id).await.expect("versions");
+    let texts: Vec<&str> = versions.iter().map(|v| v.text.as_str()).collect();
+    assert_eq!(texts, ["hello world", "hello there"]);
+    assert_eq!(versions[0].ts, m.ts);
+
+    // Search follows the edit.
+    let found = s.search(&b, "there", Some("ed"), 10).await.expect("search");
+    assert_eq!(found.len(), 1);
+    assert!(found[0].my_reactions.is_some());
+    assert!(
+        s.search(&b, "world", Some("ed"), 10)
+            .await
+            .expect("search")
+            .is_empty()
+    );
+
+    // Deleting: not another's (b is no owner); the owner may.
+    let e = s
+        .delete_message(&b, "ed", &m.id)
+        .await
+        .expect_err("another's");
+    assert!(matches!(e, StoreError::Forbidden(_)), "{e:?}");
+    let w = s
+        .delete_message(&a, "ed", &by_b.id)
+        .await
+        .expect("the owner deletes");
+    assert_eq!(frame_types(&w.events, &b), ["message.updated"]);
+    let w = s.delete_message(&a, "ed", &m.id).await.expect("delete");
+    let ServerFrame::MessageUpdated { message: gone, .. } = &w.events[0].frame else {
+        panic!("{:?}", w.events[0].frame)
+    };
+    assert!(gone.deleted);
+    let wire = serde_json::to_value(gone).expect("json");
+    assert_eq!(
+        (&wire["deleted"], &wire["text"], &wire["attachments"]),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!(""),
+            &serde_json::json!([])
+        )
+    );
+    assert_eq!((gone.sender.as_str(), gone.ts), (a.as_str(), m.ts));
+    assert!(
+        s.delete_message(&a, "ed", &m.id)
+            .await
+            .expect("again")
+            .events
+            .is_empty()
+    );
+    assert!(
+        s.message_versions(&a, "ed", &m.id)
+            .await
+            .expect("versions")
+            .is_empty(),
+        "versions are erased"
+    );
+    assert!(
+        s.search(&b, "there", Some("ed"), 10)
+            .await
+            .expect("search")
+            .is_empty()
+    );
+    let (history, _) = s.history(&b, "ed", None, 10).await.expect("history");
+    assert!(history.iter().all(|m| m.deleted), "tombstones stay");
+    assert_eq!(history.len(), 2);
+    let e = s
+        .edit_message(&a, "ed", &m.id, "back")
+        .await
+        .expect_err("deleted");
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+
+    // In a direct conversation only the sender deletes, whoever created it.
+    let direct = s
+        .create_conversation(NewConversation {
+            id: "ed-direct".into(),
+            kind: ConversationKind::Direct,
+            members: vec![b.clone()],
+            ..group("ed-direct", &a, &[])
+        })
+        .await
+        .expect("direct")
+        .value;
+    let mine = s
+        .send_message(send(&b, &direct.id, "d1", "mine"))
+        .await
+        .expect("send")
+        .value;
+    let e = s
+        .delete_message(&a, &direct.id, &mine.id)
+        .await
+        .expect_err("not the sender");
+    assert!(matches!(e, StoreError::Forbidden(_)), "{e:?}");
+}
+
+/// Reactions: idempotent, members only, at most 50 distinct emoji of 1 to 32 bytes, a
+/// summary most first, `reaction.updated` to every member, `my_reactions` in reads.
+pub async fn reactions_keep_a_summary(env: &Env) {
+    let s = &env.store;
+    let a = user(env, "re-alice").await;
+    let b = user(env, "re-bob").await;
+    let c = user(env, "re-carol").await;
+    room(env, "re", &a, &[&b]).await;
+    let m = s
+        .send_message(send(&a, "re", "m", "react to me"))
+        .await
+        .expect("send")
+        .value;
+
+    let w = s.react(&a, "re", &m.id, "👍", true).await.expect("add");
+    assert_eq!(frame_types(&w.events, &b), ["reaction.updated"]);
+    let w = s.react(&b, "re", &m.id, "👍", true).await.expect("add");
+    let ServerFrame::ReactionUpdated {
+        user: who,
+        emoji,
+        op,
+        reactions,
+        ..
+    } = &w.events[0].frame
+    else {
+        panic!("{:?}", w.events[0].frame)
+    };
+    assert_eq!(
+        (who.as_str(), emoji.as_str(), *op),
+        (b.as_str(), "👍", hubbub_protocol::ReactionOp::Add)
+    );
+    assert_eq!(reactions, &w.value);
+    assert_eq!((w.value[0].emoji.as_str(), w.value[0].count), ("👍", 2));
+    let again = s.react(&a, "re", &m.id, "👍", true).await.expect("again");
+    assert!(again.events.is_empty(), "idempotent");
+    assert_eq!(again.value[0].count, 2);
+
+    // Refused, changing nothing.
+    let seq = s.last_seq(&a).await.expect("seq");
+    let e = s
+        .react(&c, "re", &m.id, "👍", true)
+        .await
+        .expect_err("not a member");
+    assert!(matches!(e, StoreError::Forbidden(_)), "{e:?}");
+    let e = s
+        .react(&a, "re", &m.id, &"x".repeat(33), true)
+        .await
+        .expect_err("too long");
+    assert!(matches!(e, StoreError::TooLarge(_)), "{e:?}");
+    let e = s.react(&a, "re", &m.id, "", true).await.expect_err("empty");
+    assert!(matches!(e, StoreError::BadRequest(_)), "{e:?}");
+    assert_eq!(s.last_seq(&a).await.expect("seq"), seq);
+
+    // At most 50 distinct emoji.
+    for i in 1..50 {
+        s.react(&a, "re", &m.id, &format!("e{i}"), true)
+            .await
+            .expect("under the cap");
+    }
+    let e = s
+        .react(&b, "re", &m.id, "e50", true)
+        .await
+        .expect_err("the 51st");
+    assert!(matches!(e, StoreError::TooLarge(_)), "{e:?}");
+    let w = s
+        .react(&b, "re", &m.id, "e7", true)
+        .await
+        .expect("one of the 50");
+    assert_eq!(w.value.len(), 50);
+    assert_eq!(
+        w.value
+            .iter()
+            .take(2)
+            .map(|r| (r.emoji.as_str(), r.count))
+            .collect::<Vec<_>>(),
+        [("👍", 2), ("e7", 2)],
+        "most first"
+    );
+
+    // Removing: idempotent too; a count of 0 leaves the summary.
+    let w = s.react(&a, "re", &m.id, "e3", false).await.expect("remove");
+    assert_eq!(w.value.len(), 49);
+    assert!(matches!(
+        &w.events[0].frame,
+        ServerFrame::ReactionUpdated {
+            op: hubbub_protocol::ReactionOp::Remove,
+            ..
+        }
+    ));
+    assert!(
+        s.react(&a, "re", &m.id, "e3", false)
+            .await
+            .expect("again")
+            .events
+            .is_empty()
+    );
+
+    // Reads carry the summary and the caller's own reactions.
+    let (page, _) = s.history(&b, "re", None, 10).await.expect("history");
+    assert_eq!(page[0].reactions.len(), 49);
+    assert_eq!(page[0].my_reactions, Some(vec!["👍".into(), "e7".into()]));
+    let (page, _) = s.history(&a, "re", None, 10).await.expect("history");
+    let mine = page[0].my_reactions.clone().expect("mine");
+    assert_eq!(mine.len(), 49, "👍 and e1..e49 less e3");
+    assert!(!mine.contains(&"e3".to_owned()));
+}
+
+/// Pins: any member of a direct conversation, the owner of a group; `pinned` in C and
+/// `conversation.updated` to every member; `conversation.pins` most recently pinned first.
+pub async fn pins_change_the_conversation(env: &Env) {
+    let s = &env.store;
+    let a = user(env, "pn-alice").await;
+    let b = user(env, "pn-bob").await;
+    room(env, "pn", &a, &[&b]).await;
+    room(env, "pn-other", &a, &[]).await;
+    let m1 = s
+        .send_message(send(&b, "pn", "m1", "one"))
+        .await
+        .expect("send")
+        .value;
+    let m2 = s
+        .send_message(send(&b, "pn", "m2", "two"))
+        .await
+        .expect("send")
+        .value;
+    let other = s
+        .send_message(send(&a, "pn-other", "o", "other"))
+        .await
+        .expect("send")
+        .value;
+
+    let e = s
+        .pin(&b, "pn", &m1.id, true)
+        .await
+        .expect_err("not the owner");
+    assert!(matches!(e, StoreError::Forbidden(_)), "{e:?}");
+    let e = s
+        .pin(&a, "pn", &other.id, true)
+        .await
+        .expect_err("another conversation's");
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+    let w = s.pin(&a, "pn", &m1.id, true).await.expect("pin");
+    assert_eq!(frame_types(&w.events, &b), ["conversation.updated"]);
+    let ServerFrame::ConversationUpdated { conversation, .. } = &w.events[0].frame else {
+        panic!("{:?}", w.events[0].frame)
+    };
+    assert_eq!(conversation.pinned, std::slice::from_ref(&m1.id));
+    assert!(
+        s.pin(&a, "pn", &m1.id, true)
+            .await
+            .expect("again")
+            .events
+            .is_empty()
+    );
+    s.pin(&a, "pn", &m2.id, true).await.expect("pin");
+    let c = s.conversation(&b, "pn").await.expect("get");
+    assert_eq!(c.pinned, [m2.id.clone(), m1.id.clone()]);
+    let pins = s.pins(&b, "pn").await.expect("pins");
+    let ids: Vec<&str> = pins.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, [m2.id.as_str(), m1.id.as_str()]);
+    assert!(pins.iter().all(|m| m.my_reactions.is_some()));
+
+    let w = s.pin(&a, "pn", &m1.id, false).await.expect("unpin");
+    assert_eq!(frame_types(&w.events, &a), ["conversation.updated"]);
+    assert!(
+        s.pin(&a, "pn", &m1.id, false)
+            .await
+            .expect("again")
+            .events
+            .is_empty()
+    );
+    // Deleting a pinned message unpins it.
+    let w = s.delete_message(&b, "pn", &m2.id).await.expect("delete");
+    assert_eq!(
+        frame_types(&w.events, &a),
+        ["message.updated", "conversation.updated"]
+    );
+    assert!(
+        s.conversation(&a, "pn")
+            .await
+            .expect("get")
+            .pinned
+            .is_empty()
+    );
+
+    // In a direct conversation, either member pins.
+    let direct = s
+        .create_conversation(NewConversation {
+            kind: ConversationKind::Direct,
+            members: vec![b.clone()],
+            ..group("pn-direct", &a, &[])
+        })
+        .await
+        .expect("direct")
+        .value;
+    let d = s
+        .send_message(send(&a, &direct.id, "d", "pin me"))
+        .await
+        .expect("send")
+        .value;
+    s.pin(&b, &direct.id, &d.id, true).await.expect("b pins");
+}
+
+/// In a channel, changes to a message are broadcast as `channel.updated` with its offset,
+/// never inbox events.
+pub async fn channel_changes_are_broadcast(env: &Env) {
+    let s = &env.store;
+    let owner = user(env, "cu-owner").await;
+    let bob = user(env, "cu-bob").await;
+    let mut new = group("cu", &owner, &[]);
+    new.kind = ConversationKind::Channel;
+    new.public = true;
+    s.create_conversation(new).await.expect("channel");
+    s.subscribe(&bob, "cu").await.expect("subscribe");
+    s.send_message(send(&owner, "cu", "m0", "zero"))
+        .await
+        .expect("send");
+    let m = s
+        .send_message(send(&owner, "cu", "m1", "news"))
+        .await
+        .expect("send")
+        .value;
+    let bob_seq = s.last_seq(&bob).await.expect("seq");
+    let offset_of = |b: Option<Broadcast>| match b.expect("broadcast").frames.as_slice() {
+        [
+            ServerFrame::ChannelUpdated {
+                offset, message, ..
+            },
+        ] => (*offset, message.clone()),
+        other => panic!("{other:?}"),
+    };
+
+    let w = s.react(&bob, "cu", &m.id, "🎉", true).await.expect("react");
+    assert!(w.events.is_empty());
+    let (offset, changed) = offset_of(w.broadcast);
+    assert_eq!((offset, changed.reactions.len()), (2, 1));
+    let w = s
+        .edit_message(&owner, "cu", &m.id, "news, fixed")
+        .await
+        .expect("edit");
+    assert!(w.events.is_empty());
+    let (offset, changed) = offset_of(w.broadcast);
+    assert_eq!((offset, changed.text.as_str()), (2, "news, fixed"));
+    let mut reply = send(&owner, "cu", "m2", "more");
+    reply.thread = Some(m.id.clone());
+    let w = s.send_message(reply).await.expect("thread reply");
+    let frames = w.broadcast.expect("broadcast").frames;
+    assert!(matches!(
+        frames.as_slice(),
+        [
+            ServerFrame::ChannelMessage { offset: 3, .. },
+            ServerFrame::ChannelUpdated { offset: 2, .. }
+        ]
+    ));
+    let e = s
+        .pin(&bob, "cu", &m.id, true)
+        .await
+        .expect_err("only the owner pins in a channel");
+    assert!(matches!(e, StoreError::Forbidden(_)), "{e:?}");
+    assert_eq!(s.last_seq(&bob).await.expect("seq"), bob_seq, "no seq used");
+}
+
+/// Reactions, edits and thread replies on one message at once (on PostgreSQL, concurrent
+/// transactions and the send batch lock the same users and the same row): no update is lost,
+/// nothing waits in a circle, and every member's seqs stay gapless.
+pub async fn concurrent_changes_keep_summaries_and_seqs(env: &Env) {
+    let s = &env.store;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(user(env, &format!("cc{i}")).await);
+    }
+    let others: Vec<&str> = ids[1..].iter().map(String::as_str).collect();
+    room(env, "cc", &ids[0], &others).await;
+    let root = s
+        .send_message(send(&ids[0], "cc", "root", "root"))
+        .await
+        .expect("root")
+        .value;
+    let mut reactions = Vec::new();
+    for u in &ids {
+        for e in 0..8 {
+            let (store, u, id) = (s.clone(), u.clone(), root.id.clone());
+            reactions.push(async move {
+                store
+                    .react(&u, "cc", &id, &format!("e{e}"), true)
+                    .await
+                    .map(|_| ())
+            });
+        }
+    }
+    let mut replies = Vec::new();
+    for k in 0..12 {
+        let mut reply = send(&ids[k % 3], "cc", &format!("r{k}"), "in the thread");
+        reply.thread = Some(root.id.clone());
+        let store = s.clone();
+        replies.push(async move { store.send_message(reply).await.map(|_| ()) });
+    }
+    let edits = (0..4).map(|k| {
+        let (store, u, id) = (s.clone(), ids[0].clone(), root.id.clone());
+        async move {
+            store
+                .edit_message(&u, "cc", &id, &format!("root v{k}"))
+                .await
+                .map(|_| ())
+        }
+    });
+    let (r, t, e) = tokio::join!(
+        futures_util::future::join_all(reactions),
+        futures_util::future::join_all(replies),
+        futures_util::future::join_all(edits)
+    );
+    for result in r.into_iter().chain(t).chain(e) {
+        result.expect("every change goes through");
+    }
+    let (page, _) = s.history(&ids[1], "cc", None, 100).await.expect("history");
+    let now = page.iter().find(|m| m.id == root.id).expect("root");
+    assert_eq!(now.replies, 12, "no reply count lost");
+    assert_eq!(now.reactions.len(), 8);
+    assert!(
+        now.reactions.iter().all(|r| r.count == 3),
+        "{:?}",
+        now.reactions
+    );
+    assert_eq!(
+        s.message_versions(&ids[1], "cc", &root.id)
+            .await
+            .expect("versions")
+            .len(),
+        5,
+        "the first text and four edits"
+    );
+    for u in &ids {
+        let r = s.events_after(u, 0, 1000).await.expect("replay");
+        let seqs: Vec<u64> = r.frames.iter().filter_map(ServerFrame::seq).collect();
+        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(seqs, expected, "gapless for {u}");
+        // Creation, the root, 24 reactions, 12 replies with 12 root updates, 4 edits.
+        assert_eq!(seqs.len(), 1 + 1 + 24 + 24 + 4, "each change once");
+    }
 }

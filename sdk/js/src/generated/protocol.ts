@@ -33,6 +33,14 @@ export type ClientRequest =
   | ConversationRemoveRequest
   | ConversationLeaveRequest
   | MessageSendRequest
+  | MessageEditRequest
+  | MessageVersionsRequest
+  | MessageDeleteRequest
+  | ReactionAddRequest
+  | ReactionRemoveRequest
+  | MessagePinRequest
+  | MessageUnpinRequest
+  | ConversationPinsRequest
   | MessageHistoryRequest
   | MessageSearchRequest
   | MessageReadRequest
@@ -111,12 +119,15 @@ export type ServerFrame =
   | OkFrame
   | ErrorFrame
   | MessageNewFrame
+  | MessageUpdatedFrame
+  | ReactionUpdatedFrame
   | ConversationUpdatedFrame
   | ReceiptReadFrame
   | NotificationFrame
   | TypingFrame
   | PresenceFrame
   | ChannelMessageFrame
+  | ChannelUpdatedFrame
   | TimelineFrame
   | FlagsFrame
   | EngagementFrame;
@@ -143,6 +154,8 @@ export type ReplyData =
   | SyncReply
   | ChannelSyncReply
   | AuthReply
+  | MessageVersionsReply
+  | ReactionsReply
   | EmptyReply;
 /**
  * A presence status as reported to watchers.
@@ -151,6 +164,13 @@ export type ReplyData =
  * via the `definition` "PresenceStatus".
  */
 export type PresenceStatus = "online" | "away" | "offline";
+/**
+ * Whether a `reaction.updated` added or removed a reaction.
+ *
+ * This interface was referenced by `HubbubSchemas`'s JSON-Schema
+ * via the `definition` "ReactionOp".
+ */
+export type ReactionOp = "add" | "remove";
 /**
  * The kind of a `notification` event.
  *
@@ -374,9 +394,21 @@ export interface MessageSendRequest {
    */
   conversation: string;
   /**
+   * Members mentioned (each gets a `mention` notification).
+   */
+  mentions?: string[] | null;
+  /**
+   * The message this one replies to (same conversation).
+   */
+  reply_to?: string | null;
+  /**
    * The text.
    */
   text: string;
+  /**
+   * The root of the thread this message goes in (same conversation).
+   */
+  thread?: string | null;
   type: "message.send";
 }
 /**
@@ -390,6 +422,127 @@ export interface Attachment {
    * The media id returned by `POST /v1/media`.
    */
   media: string;
+}
+/**
+ * Edit a message's text (its sender only); earlier texts stay in `message.versions`.
+ */
+export interface MessageEditRequest {
+  /**
+   * Conversation id.
+   */
+  conversation: string;
+  /**
+   * Message id.
+   */
+  message: string;
+  /**
+   * The new text.
+   */
+  text: string;
+  type: "message.edit";
+}
+/**
+ * A message's texts, oldest first, the current one last.
+ */
+export interface MessageVersionsRequest {
+  /**
+   * Conversation id.
+   */
+  conversation: string;
+  /**
+   * Message id.
+   */
+  message: string;
+  type: "message.versions";
+}
+/**
+ * Delete a message for everyone (its sender, or the conversation's owner), leaving a
+ * tombstone.
+ */
+export interface MessageDeleteRequest {
+  /**
+   * Conversation id.
+   */
+  conversation: string;
+  /**
+   * Message id.
+   */
+  message: string;
+  type: "message.delete";
+}
+/**
+ * React to a message (idempotent).
+ */
+export interface ReactionAddRequest {
+  /**
+   * Conversation id.
+   */
+  conversation: string;
+  /**
+   * The emoji, 1 to 32 bytes.
+   */
+  emoji: string;
+  /**
+   * Message id.
+   */
+  message: string;
+  type: "reaction.add";
+}
+/**
+ * Take a reaction back (idempotent).
+ */
+export interface ReactionRemoveRequest {
+  /**
+   * Conversation id.
+   */
+  conversation: string;
+  /**
+   * The emoji, 1 to 32 bytes.
+   */
+  emoji: string;
+  /**
+   * Message id.
+   */
+  message: string;
+  type: "reaction.remove";
+}
+/**
+ * Pin a message (any member of a direct conversation; the owner of a group or channel).
+ */
+export interface MessagePinRequest {
+  /**
+   * Conversation id.
+   */
+  conversation: string;
+  /**
+   * Message id.
+   */
+  message: string;
+  type: "message.pin";
+}
+/**
+ * Unpin a message (as `message.pin`).
+ */
+export interface MessageUnpinRequest {
+  /**
+   * Conversation id.
+   */
+  conversation: string;
+  /**
+   * Message id.
+   */
+  message: string;
+  type: "message.unpin";
+}
+/**
+ * A conversation's pinned messages, most recently pinned first.
+ */
+export interface ConversationPinsRequest {
+  /**
+   * Conversation id.
+   */
+  conversation: string;
+  type: "conversation.pins";
 }
 /**
  * Page through a conversation's messages, newest first.
@@ -407,6 +560,10 @@ export interface MessageHistoryRequest {
    * At most this many (≤ 100, default 50).
    */
   limit?: number | null;
+  /**
+   * Only the replies in the thread of this root message.
+   */
+  thread?: string | null;
   type: "message.history";
 }
 /**
@@ -886,6 +1043,10 @@ export interface ConversationSummary {
    */
   members?: string[];
   /**
+   * Pinned message ids, most recently pinned first.
+   */
+  pinned?: string[];
+  /**
    * A channel anyone may subscribe to (on the wire for channels only).
    */
   public?: boolean;
@@ -918,9 +1079,38 @@ export interface Message {
    */
   conversation: string;
   /**
+   * Deleted for everyone: a tombstone (`text` empty, no attachments).
+   */
+  deleted?: boolean;
+  /**
+   * When the text was last edited, or null.
+   */
+  edited_ts?: number | null;
+  /**
    * Message id.
    */
   id: string;
+  /**
+   * Members mentioned.
+   */
+  mentions?: string[];
+  /**
+   * The caller's own reactions: only in replies to reads (`message.history`,
+   * `message.search`, `conversation.pins`).
+   */
+  my_reactions?: string[] | null;
+  /**
+   * Reactions by emoji, most first (ties: the emoji first reacted with first).
+   */
+  reactions?: ReactionCount[];
+  /**
+   * How many messages have this one as their `thread`.
+   */
+  replies?: number;
+  /**
+   * The message this one replies to (same conversation), or null.
+   */
+  reply_to?: string | null;
   /**
    * Sender's user id.
    */
@@ -930,9 +1120,29 @@ export interface Message {
    */
   text: string;
   /**
+   * The root of the thread this message is in (same conversation), or null.
+   */
+  thread?: string | null;
+  /**
    * Time the server accepted it.
    */
   ts: number;
+}
+/**
+ * One emoji's count in a message's `reactions`.
+ *
+ * This interface was referenced by `HubbubSchemas`'s JSON-Schema
+ * via the `definition` "ReactionCount".
+ */
+export interface ReactionCount {
+  /**
+   * How many users reacted with it.
+   */
+  count: number;
+  /**
+   * The emoji (1 to 32 bytes).
+   */
+  emoji: string;
 }
 /**
  * `conversation.create`, `conversation.get`.
@@ -979,6 +1189,10 @@ export interface Conversation {
    */
   members?: string[];
   /**
+   * Pinned message ids, most recently pinned first.
+   */
+  pinned?: string[];
+  /**
    * A channel anyone may subscribe to (on the wire for channels only).
    */
   public?: boolean;
@@ -1014,16 +1228,16 @@ export interface ConversationMembersReply {
   more: boolean;
 }
 /**
- * `message.search`.
+ * `message.search`, `conversation.pins`.
  */
 export interface MessageSearchReply {
   /**
-   * Messages, best first.
+   * Messages, best first (pins: most recently pinned first).
    */
   messages: Message[];
 }
 /**
- * `message.send`.
+ * `message.send`, `message.edit`.
  */
 export interface MessageSendReply {
   message: Message;
@@ -1198,6 +1412,40 @@ export interface AuthReply {
   expires_ts: number;
 }
 /**
+ * `message.versions`.
+ */
+export interface MessageVersionsReply {
+  /**
+   * The texts, oldest first, the current one last.
+   */
+  versions: MessageVersion[];
+}
+/**
+ * One text of an edited message, in `message.versions`.
+ *
+ * This interface was referenced by `HubbubSchemas`'s JSON-Schema
+ * via the `definition` "MessageVersion".
+ */
+export interface MessageVersion {
+  /**
+   * The text.
+   */
+  text: string;
+  /**
+   * When it was written (the send, or the edit that wrote it).
+   */
+  ts: number;
+}
+/**
+ * `reaction.add`, `reaction.remove`.
+ */
+export interface ReactionsReply {
+  /**
+   * The message's reactions now, most first.
+   */
+  reactions: ReactionCount[];
+}
+/**
  * Every request whose reply is `{}`.
  */
 export interface EmptyReply {}
@@ -1230,6 +1478,48 @@ export interface MessageNewFrame {
    */
   seq: number;
   type: "message.new";
+}
+/**
+ * A message was edited or deleted, or its `replies` changed (durable).
+ */
+export interface MessageUpdatedFrame {
+  message: Message;
+  /**
+   * The user's event seq.
+   */
+  seq: number;
+  type: "message.updated";
+}
+/**
+ * A reaction was added to or removed from a message (durable).
+ */
+export interface ReactionUpdatedFrame {
+  /**
+   * Conversation id.
+   */
+  conversation: string;
+  /**
+   * The emoji.
+   */
+  emoji: string;
+  /**
+   * Message id.
+   */
+  message: string;
+  op: ReactionOp;
+  /**
+   * The message's reactions now, most first.
+   */
+  reactions: ReactionCount[];
+  /**
+   * The user's event seq.
+   */
+  seq: number;
+  type: "reaction.updated";
+  /**
+   * Who reacted.
+   */
+  user: string;
 }
 /**
  * A conversation was created, changed membership, or expired (durable).
@@ -1311,6 +1601,22 @@ export interface ChannelMessageFrame {
    */
   offset: number;
   type: "channel.message";
+}
+/**
+ * A channel's message changed (edited, deleted, reacted to, replied to in a thread): not
+ * an inbox event (no `seq`); `offset` is the changed message's.
+ */
+export interface ChannelUpdatedFrame {
+  /**
+   * The channel's conversation id.
+   */
+  conversation: string;
+  message: Message;
+  /**
+   * The changed message's place in the channel.
+   */
+  offset: number;
+  type: "channel.updated";
 }
 /**
  * The user's timeline (ephemeral; pushed after `hello`).

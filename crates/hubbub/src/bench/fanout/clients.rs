@@ -483,6 +483,9 @@ pub(super) fn publish_frame(peer: Peer, conversation: &str, n: u64, text: String
                     client_msg_id: format!("fanout-{}-{n}", std::process::id()),
                     text,
                     attachments: None,
+                    reply_to: None,
+                    thread: None,
+                    mentions: None,
                 },
             }
             .to_json()
