@@ -38,7 +38,8 @@ pub(crate) fn routes(inner: Arc<Inner>, operational: bool) -> axum::Router {
         .route("/v1/media/{id}", get(download))
         .route("/v1/ws", get(crate::ws::upgrade))
         .route("/v1/sse", get(crate::sse::stream))
-        .route("/healthz", get(|| async { "ok" }));
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(crate::server::routes());
     let router = if operational {
         router
             .route("/readyz", get(ready))

@@ -67,14 +67,14 @@ pub struct MediaResponse {
 }
 
 /// Body of every HTTP error: `{"error":{"code":"...","message":"..."}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct HttpError {
     /// The error.
     pub error: HttpErrorBody,
 }
 
 /// The inside of [`HttpError`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct HttpErrorBody {
     /// The error code.
     pub code: ErrorCode,

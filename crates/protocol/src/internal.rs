@@ -35,6 +35,12 @@ pub struct Envelope {
     pub accepted_ms: i64,
     /// The request.
     pub request: Request,
+    /// Put on the queue by the server API (an API key of scope `server`), not by a client:
+    /// a `message.send` from the user [`SYSTEM_SENDER`](crate::serverapi::SYSTEM_SENDER) is
+    /// then a system message, sent without being a member. No client can set it: edges
+    /// build envelopes, clients only their `request`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub server: bool,
 }
 
 impl Envelope {
@@ -158,6 +164,7 @@ mod tests {
             request_id: Some("r1".into()),
             accepted_ms: 7,
             request: Request::Sync { after_seq: 3 },
+            server: false,
         }
     }
 

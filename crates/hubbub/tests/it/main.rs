@@ -26,5 +26,6 @@ mod notify;
 mod outage;
 mod overload;
 mod security;
+mod server_api;
 mod signals;
 mod support;

@@ -205,6 +205,9 @@ impl crate::Handler for ChatService {
                         client_msg_id: client_msg_id.clone(),
                         text: text.clone(),
                         attachments,
+                        // Only the server API's envelopes carry `server`; a client whose
+                        // id happens to be "system" sends as itself, a member like others.
+                        system: e.server && user == hubbub_protocol::serverapi::SYSTEM_SENDER,
                     })
                     .await?;
                 Ok(w.map(|message| ReplyData::Message { message }))
@@ -271,6 +274,7 @@ mod tests {
             request_id: None,
             accepted_ms: 0,
             request,
+            server: false,
         }
     }
 

@@ -111,6 +111,7 @@ fn send(sender: &str, conversation: &str, key: &str, text: &str) -> NewMessage {
         client_msg_id: key.into(),
         text: text.into(),
         attachments: vec![Attachment { media: "m1".into() }],
+        system: false,
     }
 }
 

@@ -35,6 +35,7 @@ fn message(sender: &str, conversation: &str, key: &str) -> NewMessage {
         client_msg_id: key.into(),
         text: "hello".into(),
         attachments: vec![],
+        system: false,
     }
 }
 
