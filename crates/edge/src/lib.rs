@@ -141,6 +141,9 @@ pub struct EdgeDeps {
     /// Registry lookups and the link to every edge: how a revocation closes the user's
     /// sessions on all edges.
     pub delivery: Delivery,
+    /// Webhooks' producer side: the edge asks for presence checks as sessions open and
+    /// close (only while some endpoint receives presence events).
+    pub webhooks: Arc<hubbub_store::webhooks::Webhooks>,
     /// The runtime config this process applies, published by its watcher.
     pub runtime: tokio::sync::watch::Receiver<Arc<hubbub_protocol::admin::VersionedConfig>>,
 }

@@ -11,6 +11,9 @@
 //! `revoke`) are answered here: closing reaches every edge through the registry and the edge
 //! link, as `POST /v1/auth/revoke` does.
 //!
+//! Webhook endpoints are created and deleted here; the events are produced by the chat
+//! service and the edges' sessions, and delivered by the services crate's webhook worker.
+//!
 //! Not built yet: `DELETE /v1/server/users/{id}` (erasure) and `GET /v1/server/reports`
 //! answer `404` like any unknown path (docs/protocol.md).
 
@@ -27,9 +30,9 @@ use axum::routing::{delete, get, post};
 use hubbub_protocol::http::HttpError;
 use hubbub_protocol::internal::Envelope;
 use hubbub_protocol::serverapi::{
-    AddMembers, ConversationResponse, CreateConversation, CreateUser, DisconnectResponse, Empty,
-    MAX_PRESENCE_USERS, MessageResponse, PostMessage, PresenceRequest, PresenceResponse,
-    SYSTEM_SENDER, UserResponse,
+    AddMembers, ConversationResponse, CreateConversation, CreateUser, CreateWebhook,
+    CreatedWebhook, DisconnectResponse, Empty, MAX_PRESENCE_USERS, MessageResponse, PostMessage,
+    PresenceRequest, PresenceResponse, SYSTEM_SENDER, UserResponse,
 };
 use hubbub_protocol::{ErrorCode, IdempotencyKey, ReplyData, Request, ServerFrame};
 use hubbub_queue::SendOptions;
@@ -52,6 +55,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/server/presence"),
     ("post", "/v1/server/users/{id}/disconnect"),
     ("post", "/v1/server/users/{id}/revoke"),
+    ("post", "/v1/server/webhooks"),
+    ("delete", "/v1/server/webhooks/{id}"),
     ("get", "/v1/server/openapi.json"),
 ];
 
@@ -69,6 +74,8 @@ pub(crate) fn routes() -> axum::Router<Arc<Inner>> {
         .route("/v1/server/presence", post(presence))
         .route("/v1/server/users/{id}/disconnect", post(disconnect))
         .route("/v1/server/users/{id}/revoke", post(revoke))
+        .route("/v1/server/webhooks", post(create_webhook))
+        .route("/v1/server/webhooks/{id}", delete(delete_webhook))
         .route("/v1/server/openapi.json", get(openapi_json))
 }
 
@@ -91,6 +98,8 @@ pub(crate) fn routes() -> axum::Router<Arc<Inner>> {
         presence,
         disconnect,
         revoke,
+        create_webhook,
+        delete_webhook,
         openapi_json
     ),
     modifiers(&ApiKeyAuth),
@@ -542,6 +551,67 @@ async fn revoke(
         .await;
     tracing::info!(user = %id, "server API: tokens revoked");
     json(StatusCode::OK, Empty {})
+}
+
+/// Subscribe an endpoint to event types; the answer shows its signing secret, once.
+#[utoipa::path(post, path = "/v1/server/webhooks", tag = "server", request_body = CreateWebhook,
+    responses(
+        (status = 201, description = "Created; events are POSTed to it from within a second", body = CreatedWebhook),
+        (status = 400, description = "A URL that is not http(s), an unknown event type", body = HttpError)))]
+async fn create_webhook(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = crate::admin::authorize(&inner, &headers, "server").await {
+        return r;
+    }
+    let req: CreateWebhook = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if let Err(e) = req.check() {
+        return error(ErrorCode::BadRequest, e);
+    }
+    let mut events = req.events;
+    events.sort_unstable();
+    events.dedup();
+    match inner.deps.store.create_webhook(&req.url, &events).await {
+        Ok(w) => {
+            tracing::info!(id = %w.id, url = %w.url, events = ?w.events, "webhook created");
+            json(
+                StatusCode::CREATED,
+                CreatedWebhook {
+                    id: w.id,
+                    secret: w.secret,
+                },
+            )
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+/// Delete an endpoint: it receives nothing more (events already queued for it are dropped).
+#[utoipa::path(delete, path = "/v1/server/webhooks/{id}", tag = "server",
+    params(("id" = String, Path, description = "The webhook")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such webhook", body = HttpError)))]
+async fn delete_webhook(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = crate::admin::authorize(&inner, &headers, "server").await {
+        return r;
+    }
+    match inner.deps.store.delete_webhook(&id).await {
+        Ok(()) => {
+            tracing::info!(id = %id, "webhook deleted");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => store_error(e),
+    }
 }
 
 #[cfg(test)]

@@ -150,6 +150,29 @@ pub enum ToEdge {
     },
 }
 
+/// A job on the `webhooks` queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "job", rename_all = "snake_case")]
+pub enum WebhookJob {
+    /// POST one event to one endpoint (key: endpoint and user, so a user's events reach an
+    /// endpoint in order).
+    Deliver {
+        /// The endpoint's id.
+        endpoint: String,
+        /// The event.
+        event: crate::serverapi::WebhookEvent,
+    },
+    /// Compare a user's presence now (the registry) with the last one announced, and
+    /// announce the change (key: the user, so checks of one user run one at a time).
+    Presence {
+        /// The user.
+        user: String,
+        /// When the session opened or closed that asked for the check (ms): the offline
+        /// event's `last_seen_ts`, and part of the event's id.
+        at_ms: i64,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -123,6 +123,84 @@ pub struct DisconnectResponse {
     pub sessions: u64,
 }
 
+/// The event types a webhook may subscribe to.
+pub const WEBHOOK_EVENTS: &[&str] = &[
+    "user.online",
+    "user.offline",
+    "message.created",
+    "conversation.created",
+    "conversation.updated",
+];
+
+/// Longest webhook URL, bytes.
+pub const MAX_WEBHOOK_URL: usize = 2048;
+
+/// `POST /v1/server/webhooks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    /// An `http://` or `https://` URL events are POSTed to.
+    pub url: String,
+    /// The event types to receive (at least one): `user.online`, `user.offline`,
+    /// `message.created`, `conversation.created`, `conversation.updated`.
+    pub events: Vec<String>,
+}
+
+impl CreateWebhook {
+    /// Why the body is refused, if it is: a URL that is not http(s) or too long, an unknown
+    /// or no event type.
+    pub fn check(&self) -> Result<(), String> {
+        let scheme_ok = self.url.starts_with("http://") || self.url.starts_with("https://");
+        if !scheme_ok
+            || self.url.len() > MAX_WEBHOOK_URL
+            || self.url.chars().any(char::is_whitespace)
+        {
+            return Err(format!(
+                "url: an http:// or https:// URL of at most {MAX_WEBHOOK_URL} bytes"
+            ));
+        }
+        if self.events.is_empty() {
+            return Err("events: at least one event type".into());
+        }
+        if let Some(bad) = self
+            .events
+            .iter()
+            .find(|e| !WEBHOOK_EVENTS.contains(&e.as_str()))
+        {
+            return Err(format!(
+                "events: unknown event type {bad:?} ({})",
+                WEBHOOK_EVENTS.join(", ")
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The answer to `POST /v1/server/webhooks` (`201`): the secret is shown once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CreatedWebhook {
+    /// The endpoint's id (`DELETE /v1/server/webhooks/{id}`).
+    pub id: String,
+    /// The signing secret: `X-Hubbub-Signature` is `sha256=` and the hex HMAC-SHA256 of
+    /// `"<X-Hubbub-Timestamp>.<body>"` under it.
+    pub secret: String,
+}
+
+/// What a webhook endpoint receives: one event per POST.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookEvent {
+    /// Stable across retries and redeliveries: receivers deduplicate by it.
+    pub id: String,
+    /// The event type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// When the event happened (ms).
+    pub ts: i64,
+    /// `{"user"}` (`user.online`), `{"user","last_seen_ts"}` (`user.offline`),
+    /// `{"message":M}`, `{"conversation":C}`.
+    pub data: serde_json::Value,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +219,34 @@ mod tests {
             serde_json::from_value(json!({"kind":"group","members":["a","b"],"owner":"a"}))
                 .expect("conversation");
         assert_eq!(c.owner.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn webhook_bodies_are_checked() {
+        let ok = CreateWebhook {
+            url: "http://127.0.0.1:9/hook".into(),
+            events: vec!["user.offline".into()],
+        };
+        assert_eq!(ok.check(), Ok(()));
+        let bad_url = CreateWebhook {
+            url: "ftp://x".into(),
+            ..ok.clone()
+        };
+        assert!(bad_url.check().is_err());
+        let bad_event = CreateWebhook {
+            events: vec!["user.gone".into()],
+            ..ok.clone()
+        };
+        assert!(
+            bad_event
+                .check()
+                .expect_err("unknown")
+                .contains("user.gone")
+        );
+        let none = CreateWebhook {
+            events: vec![],
+            ..ok
+        };
+        assert!(none.check().is_err());
     }
 }

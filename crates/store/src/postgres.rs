@@ -24,12 +24,13 @@ use tokio_postgres::types::ToSql;
 
 /// The schema's steps: version N is the first N of them, applied in order. Version 1: chat,
 /// the feed, media; version 2: refresh token families and revocation; version 3: channels;
-/// version 4: API keys and the runtime config.
-const MIGRATIONS: [&str; 4] = [
+/// version 4: API keys and the runtime config; version 5: webhooks (`006_server.sql`).
+const MIGRATIONS: [&str; 5] = [
     include_str!("../migrations/postgres/001_chat_feed_media.sql"),
     include_str!("../migrations/postgres/002_refresh_token_families.sql"),
     include_str!("../migrations/postgres/003_channels.sql"),
     include_str!("../migrations/postgres/004_control.sql"),
+    include_str!("../migrations/postgres/006_server.sql"),
 ];
 
 /// The PostgreSQL store: [`Store`](crate::Store), [`FeedStore`](crate::FeedStore) and media

@@ -29,3 +29,4 @@ mod security;
 mod server_api;
 mod signals;
 mod support;
+mod webhooks;
