@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 /// What the receiver answers.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Script {
+pub(crate) enum Script {
     /// 500 to requests 1 and 2, hang (past the server's timeout) on 3, then 200.
     FailHangRecover,
     /// 500 until switched to `Ok`.
@@ -28,22 +28,22 @@ enum Script {
 
 /// One request the receiver got.
 #[derive(Debug)]
-struct Got {
-    body: Value,
+pub(crate) struct Got {
+    pub(crate) body: Value,
     timestamp: String,
     signature: String,
     raw: Vec<u8>,
     /// Answered 200 (not failed nor hung).
-    accepted: bool,
+    pub(crate) accepted: bool,
 }
 
-struct Receiver {
-    url: String,
-    got: mpsc::UnboundedReceiver<Got>,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
+    pub(crate) got: mpsc::UnboundedReceiver<Got>,
     script: Arc<std::sync::Mutex<Script>>,
 }
 
-async fn receiver(script: Script) -> Receiver {
+pub(crate) async fn receiver(script: Script) -> Receiver {
     let (tx, got) = mpsc::unbounded_channel();
     let script = Arc::new(std::sync::Mutex::new(script));
     let count = Arc::new(AtomicUsize::new(0));
@@ -105,7 +105,7 @@ impl Receiver {
     }
 
     /// Requests until one accepted with an event of type `kind`; every request seen.
-    async fn until_accepted(&mut self, kind: &str, seen: &mut Vec<Got>) {
+    pub(crate) async fn until_accepted(&mut self, kind: &str, seen: &mut Vec<Got>) {
         // Bounded: each request comes within the patience or the test fails.
         for _ in 0..200 {
             let g = self.next().await;
@@ -119,7 +119,7 @@ impl Receiver {
     }
 }
 
-fn verify(secret: &str, g: &Got) {
+pub(crate) fn verify(secret: &str, g: &Got) {
     let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("key");
     mac.update(g.timestamp.as_bytes());
     mac.update(b".");

@@ -81,8 +81,8 @@ async fn postgres_version_1_migrates_and_keeps_refresh_tokens() {
         .expect("version")
         .get(0);
     assert_eq!(
-        version, 4,
-        "every migration applied (4: API keys and the runtime config)"
+        version, 5,
+        "every migration applied (5: the server API's webhooks)"
     );
     assert_eq!(store.tokens_revoked_ms("u1").await.expect("read"), 0);
     assert_eq!(
