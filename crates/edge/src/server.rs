@@ -44,9 +44,28 @@ use utoipa::OpenApi;
 /// Longest `idempotency_key` of a posted message, bytes (a message's `client_msg_id`).
 const MAX_IDEMPOTENCY_KEY: usize = 128;
 
-/// Every route of the server API as (method, path) in OpenAPI's path syntax: the router
-/// serves exactly these, and a test checks the OpenAPI document names each.
+/// Every route the OpenAPI document describes, as (method, path) in OpenAPI's path syntax:
+/// the server API (this module's router), `/v1/auth`, `/v1/users`, `/v1/media` and
+/// `/v1/admin`. A test checks the document names exactly these, and another that the
+/// server serves each.
 pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/v1/auth/signup"),
+    ("post", "/v1/auth/login"),
+    ("post", "/v1/auth/refresh"),
+    ("post", "/v1/auth/revoke"),
+    ("get", "/v1/users/{handle}"),
+    ("post", "/v1/media"),
+    ("get", "/v1/media/{id}"),
+    ("get", "/v1/admin/config"),
+    ("put", "/v1/admin/config"),
+    ("get", "/v1/admin/apikeys"),
+    ("post", "/v1/admin/apikeys"),
+    ("delete", "/v1/admin/apikeys/{id}"),
+    ("get", "/v1/admin/queues"),
+    ("get", "/v1/admin/edges"),
+    ("get", "/v1/admin/queues/{name}/dlq"),
+    ("delete", "/v1/admin/queues/{name}/dlq"),
+    ("post", "/v1/admin/queues/{name}/dlq/redrive"),
     ("post", "/v1/server/users"),
     ("post", "/v1/server/conversations"),
     ("post", "/v1/server/conversations/{id}/members"),
@@ -79,17 +98,37 @@ pub(crate) fn routes() -> axum::Router<Arc<Inner>> {
         .route("/v1/server/openapi.json", get(openapi_json))
 }
 
-/// The OpenAPI 3.1 document of the server API.
+/// The OpenAPI 3.1 document of the HTTP API.
 #[derive(OpenApi)]
 #[openapi(
     info(
-        title = "hubbub server API",
-        description = "What an app's backend calls with an API key of scope `server` \
-                       (`Authorization: Bearer <key>`). Errors have the body \
-                       `{\"error\":{\"code\",\"message\"}}`.",
+        title = "hubbub HTTP API",
+        description = "The server API (`/v1/server`, an API key of scope `server`), auth and \
+                       media (`/v1/auth`, `/v1/users`, `/v1/media`, an access token), and the \
+                       admin API (`/v1/admin`, an API key of scope `admin`), all as \
+                       `Authorization: Bearer <key or token>`. Errors have the body \
+                       `{\"error\":{\"code\",\"message\"}}`. The WebSocket protocol is \
+                       described by the JSON Schema in docs/schema.",
         license(name = "Apache-2.0")
     ),
     paths(
+        crate::http::signup,
+        crate::http::login,
+        crate::http::refresh,
+        crate::http::revoke,
+        crate::http::user,
+        crate::http::upload,
+        crate::http::download,
+        crate::admin::get_config,
+        crate::admin::put_config,
+        crate::admin::list_keys,
+        crate::admin::create_key,
+        crate::admin::revoke_key,
+        crate::admin::queues,
+        crate::admin::edges,
+        crate::admin::dead_letters,
+        crate::admin::purge,
+        crate::admin::redrive,
         create_user,
         create_conversation,
         add_members,
@@ -104,7 +143,12 @@ pub(crate) fn routes() -> axum::Router<Arc<Inner>> {
     ),
     modifiers(&ApiKeyAuth),
     security(("api_key" = [])),
-    tags((name = "server", description = "The server API (scope `server`)"))
+    tags(
+        (name = "server", description = "The server API (scope `server`)"),
+        (name = "auth", description = "Accounts and tokens"),
+        (name = "media", description = "Uploaded media (an access token)"),
+        (name = "admin", description = "The admin API (scope `admin`)")
+    )
 )]
 struct ServerApi;
 
@@ -123,6 +167,18 @@ impl utoipa::Modify for ApiKeyAuth {
                     .description(Some(
                         "An API key (`POST /v1/admin/apikeys`) with the `server` scope, or the \
                          bootstrap key",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "access_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A user's access token (`/v1/auth/login`) or an app token",
                     ))
                     .build(),
             ),
