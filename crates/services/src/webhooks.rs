@@ -11,7 +11,9 @@
 //! back-off with jitter (`backoff_ms` doubling, capped at 5 min); after `max_attempts` it goes
 //! to `webhooks.dlq` (the admin API lists and redrives it), so an event is dead-lettered after
 //! a bounded time: at most the sum of the back-offs and timeouts of its attempts. Each
-//! endpoint has a token bucket (`rate_per_s`, `burst`) in each worker process. An event's
+//! endpoint has a token bucket (`rate_per_s`, `burst`) in each worker process, and each
+//! job runs on its own task (at most `concurrency`), so a hanging endpoint holds one task
+//! until its timeout, never the other endpoints' deliveries. An event's
 //! `id` is stable across retries and redeliveries: delivery is at least once.
 //!
 //! # Presence
@@ -161,14 +163,26 @@ impl WebhookWorker {
     }
 
     async fn work(self: &Arc<Self>, cancel: CancellationToken) {
-        let opts = ReceiveOptions {
-            max: self.config.concurrency.max(1),
-            wait: Duration::from_millis(500),
-            // A POST, its rate-limit wait and the ack fit well inside.
-            visibility: Duration::from_millis(self.config.timeout_ms.saturating_mul(2))
-                + Duration::from_secs(30),
-        };
+        let concurrency = self.config.concurrency.max(1);
+        // Each job runs on its own task holding a permit: a hanging endpoint holds one
+        // permit until its timeout, never the other endpoints' deliveries.
+        let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
+        let tasks = tokio_util::task::TaskTracker::new();
         while !cancel.is_cancelled() {
+            let first = tokio::select! {
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = cancel.cancelled() => break,
+            };
+            let opts = ReceiveOptions {
+                max: 1 + permits.available_permits(),
+                wait: Duration::from_millis(500),
+                // A POST, its rate-limit wait and the ack fit well inside.
+                visibility: Duration::from_millis(self.config.timeout_ms.saturating_mul(2))
+                    + Duration::from_secs(30),
+            };
             let got = tokio::select! {
                 got = self.queue.receive(WEBHOOK_QUEUE, opts) => got,
                 _ = cancel.cancelled() => break,
@@ -181,8 +195,26 @@ impl WebhookWorker {
                     continue;
                 }
             };
-            futures_util::future::join_all(jobs.into_iter().map(|d| self.settle(d))).await;
+            let mut first = Some(first);
+            for d in jobs {
+                let permit = match first.take() {
+                    Some(p) => p,
+                    None => match permits.clone().acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                };
+                let this = self.clone();
+                tasks.spawn(async move {
+                    this.settle(d).await;
+                    drop(permit);
+                });
+            }
         }
+        // Shutdown: the jobs under way finish (each bounded by the POST's timeout); what was
+        // not received stays on the queue.
+        tasks.close();
+        tasks.wait().await;
     }
 
     /// Handle one job and ack, retry or dead-letter it.
