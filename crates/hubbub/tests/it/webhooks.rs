@@ -186,6 +186,7 @@ async fn webhooks_are_signed_retried_in_order_and_presence_has_a_grace() {
         &r.url,
         &[
             "conversation.created",
+            "conversation.updated",
             "message.created",
             "user.online",
             "user.offline",
@@ -275,6 +276,37 @@ async fn webhooks_are_signed_retried_in_order_and_presence_has_a_grace() {
             v
         });
     assert_eq!(messages, ids, "alice's messages in the order she sent them");
+
+    // A member added through the server API (in the creator's name): conversation.updated
+    // with the conversation as it is now.
+    let (st, _) = call(
+        &s,
+        Method::POST,
+        "/v1/server/users",
+        Some(json!({"id":"carol"})),
+    )
+    .await;
+    assert_eq!(st, 201);
+    let (st, _) = call(
+        &s,
+        Method::POST,
+        &format!("/v1/server/conversations/{conv}/members"),
+        Some(json!({"users":["carol"]})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let mut updated = Vec::new();
+    r.until_accepted("conversation.updated", &mut updated).await;
+    let last = updated.last().expect("updated");
+    verify(&secret, last);
+    assert_eq!(last.body["data"]["conversation"]["id"], conv.as_str());
+    assert!(
+        last.body["data"]["conversation"]["members"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|u| u == "carol")),
+        "{}",
+        last.body
+    );
 
     // Presence: online; a close and a reconnect inside the grace send nothing; a close for
     // good sends offline after the grace.
