@@ -32,7 +32,7 @@ use hubbub_protocol::internal::Envelope;
 use hubbub_protocol::serverapi::{
     AddMembers, ConversationResponse, CreateConversation, CreateUser, CreateWebhook,
     CreatedWebhook, DisconnectResponse, Empty, MAX_PRESENCE_USERS, MessageResponse, PostMessage,
-    PresenceRequest, PresenceResponse, SYSTEM_SENDER, UserResponse,
+    PresenceRequest, PresenceResponse, SYSTEM_SENDER, UserResponse, WebhookInfo, WebhooksResponse,
 };
 use hubbub_protocol::{ErrorCode, IdempotencyKey, ReplyData, Request, ServerFrame};
 use hubbub_queue::SendOptions;
@@ -75,6 +75,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/server/users/{id}/disconnect"),
     ("post", "/v1/server/users/{id}/revoke"),
     ("post", "/v1/server/webhooks"),
+    ("get", "/v1/server/webhooks"),
     ("delete", "/v1/server/webhooks/{id}"),
     ("get", "/v1/server/openapi.json"),
 ];
@@ -93,7 +94,10 @@ pub(crate) fn routes() -> axum::Router<Arc<Inner>> {
         .route("/v1/server/presence", post(presence))
         .route("/v1/server/users/{id}/disconnect", post(disconnect))
         .route("/v1/server/users/{id}/revoke", post(revoke))
-        .route("/v1/server/webhooks", post(create_webhook))
+        .route(
+            "/v1/server/webhooks",
+            post(create_webhook).get(list_webhooks),
+        )
         .route("/v1/server/webhooks/{id}", delete(delete_webhook))
         .route("/v1/server/openapi.json", get(openapi_json))
 }
@@ -138,6 +142,7 @@ pub(crate) fn routes() -> axum::Router<Arc<Inner>> {
         disconnect,
         revoke,
         create_webhook,
+        list_webhooks,
         delete_webhook,
         openapi_json
     ),
@@ -643,6 +648,32 @@ async fn create_webhook(
                 },
             )
         }
+        Err(e) => store_error(e),
+    }
+}
+
+/// Every webhook endpoint, oldest first (never a secret).
+#[utoipa::path(get, path = "/v1/server/webhooks", tag = "server",
+    responses((status = 200, description = "The endpoints", body = WebhooksResponse)))]
+async fn list_webhooks(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response {
+    if let Err(r) = crate::admin::authorize(&inner, &headers, "server").await {
+        return r;
+    }
+    match inner.deps.store.webhooks().await {
+        Ok(list) => json(
+            StatusCode::OK,
+            WebhooksResponse {
+                webhooks: list
+                    .into_iter()
+                    .map(|w| WebhookInfo {
+                        id: w.id,
+                        url: w.url,
+                        events: w.events,
+                        created_ts: w.created_ms,
+                    })
+                    .collect(),
+            },
+        ),
         Err(e) => store_error(e),
     }
 }

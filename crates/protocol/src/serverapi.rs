@@ -186,6 +186,26 @@ pub struct CreatedWebhook {
     pub secret: String,
 }
 
+/// A webhook endpoint as listed (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WebhookInfo {
+    /// Its id.
+    pub id: String,
+    /// Where events are POSTed.
+    pub url: String,
+    /// The event types it receives.
+    pub events: Vec<String>,
+    /// When it was created (ms).
+    pub created_ts: i64,
+}
+
+/// The answer to `GET /v1/server/webhooks`: every endpoint, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WebhooksResponse {
+    /// The endpoints.
+    pub webhooks: Vec<WebhookInfo>,
+}
+
 /// What a webhook endpoint receives: one event per POST.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WebhookEvent {

@@ -437,6 +437,15 @@ async fn a_failing_endpoint_dead_letters_and_the_admin_api_redrives() {
     assert_eq!(last.body["id"], a.body["id"]);
     verify(&secret, last);
 
+    // Listed without its secret.
+    let (st, list) = call(&s, Method::GET, "/v1/server/webhooks", None).await;
+    assert_eq!(
+        (st, &list["webhooks"][0]["id"]),
+        (200, &json!(id)),
+        "{list}"
+    );
+    assert_eq!(list["webhooks"][0]["events"], json!(["message.created"]));
+    assert!(!list.to_string().contains(&secret), "no secret in the list");
     // Deleted: 204, then 404.
     let (st, _) = call(
         &s,
