@@ -26,6 +26,7 @@ use hubbub_protocol::admin::{
     ApiKeyInfo, CreateApiKey, CreatedApiKey, Load, MAX_WAIT_S, PutConfig, PutConfigResponse,
     RuntimeConfig, VersionedConfig,
 };
+use hubbub_protocol::http::HttpError;
 use hubbub_queue::clock::now_ms;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -175,6 +176,11 @@ async fn current(inner: &Inner) -> Result<VersionedConfig, Response> {
     })
 }
 
+/// The runtime config; with `after_version`, a long poll.
+#[utoipa::path(get, path = "/v1/admin/config", tag = "admin",
+    params(("after_version" = Option<u64>, Query, description = "Answer once the version is greater"),
+           ("wait_s" = Option<u64>, Query, description = "Longest wait, seconds (at most 60)")),
+    responses((status = 200, description = "`{\"version\",\"config\"}`", content_type = "application/json"), (status = 401, description = "No or a revoked key", body = HttpError), (status = 403, description = "The key lacks the `admin` scope", body = HttpError)))]
 async fn get_config(
     State(inner): State<Arc<Inner>>,
     headers: HeaderMap,
@@ -203,6 +209,12 @@ async fn get_config(
     }
 }
 
+/// Replace the runtime config (compare and set on `version`).
+#[utoipa::path(put, path = "/v1/admin/config", tag = "admin",
+    request_body(content = String, content_type = "application/json", description = "`{\"version\",\"config\"}`: what GET gave, changed"),
+    responses((status = 200, description = "The new version", body = PutConfigResponse),
+        (status = 400, description = "An unknown key, a bad value, an interval under its floor", body = HttpError),
+        (status = 409, description = "Another version is current", body = HttpError), (status = 401, description = "No or a revoked key", body = HttpError), (status = 403, description = "The key lacks the `admin` scope", body = HttpError)))]
 async fn put_config(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(r) = authorize(&inner, &headers, "admin").await {
         return r;
@@ -253,6 +265,9 @@ fn info(k: hubbub_store::ApiKey) -> ApiKeyInfo {
     }
 }
 
+/// Every live API key (never the key itself).
+#[utoipa::path(get, path = "/v1/admin/apikeys", tag = "admin",
+    responses((status = 200, description = "`{\"keys\":[ApiKeyInfo]}`, oldest first", content_type = "application/json"), (status = 401, description = "No or a revoked key", body = HttpError), (status = 403, description = "The key lacks the `admin` scope", body = HttpError)))]
 async fn list_keys(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&inner, &headers, "admin").await {
         return r;
@@ -266,6 +281,10 @@ async fn list_keys(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Respo
     }
 }
 
+/// Create an API key; the answer shows it once.
+#[utoipa::path(post, path = "/v1/admin/apikeys", tag = "admin", request_body = CreateApiKey,
+    responses((status = 201, description = "Created", body = CreatedApiKey),
+        (status = 400, description = "A bad name or scope", body = HttpError), (status = 401, description = "No or a revoked key", body = HttpError), (status = 403, description = "The key lacks the `admin` scope", body = HttpError)))]
 async fn create_key(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(r) = authorize(&inner, &headers, "admin").await {
         return r;
@@ -292,6 +311,10 @@ async fn create_key(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: B
     }
 }
 
+/// Revoke an API key at once.
+#[utoipa::path(delete, path = "/v1/admin/apikeys/{id}", tag = "admin",
+    params(("id" = String, Path, description = "The key's id")),
+    responses((status = 204, description = "Revoked"), (status = 404, description = "No live key with that id", body = HttpError), (status = 401, description = "No or a revoked key", body = HttpError), (status = 403, description = "The key lacks the `admin` scope", body = HttpError)))]
 async fn revoke_key(
     State(inner): State<Arc<Inner>>,
     headers: HeaderMap,
@@ -326,6 +349,8 @@ fn queue_error(e: hubbub_queue::QueueError) -> Response {
     )
 }
 
+#[utoipa::path(get, path = "/v1/admin/queues", tag = "admin",
+    responses((status = 200, description = "`{\"queues\":[{\"name\",\"visible\",\"in_flight\",\"delayed\",\"dlq_depth\",\"oldest_age_ms\"}]}`", content_type = "application/json"), (status = 401, description = "No or a revoked key", body = HttpError), (status = 403, description = "The key lacks the `admin` scope", body = HttpError)))]
 /// `GET /v1/admin/queues`: every queue's depths and oldest age.
 async fn queues(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&inner, &headers, "admin").await {
@@ -345,6 +370,8 @@ async fn queues(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response
     axum::Json(serde_json::json!({ "queues": out })).into_response()
 }
 
+#[utoipa::path(get, path = "/v1/admin/edges", tag = "admin",
+    responses((status = 200, description = "`{\"edges\":[{\"edge\",\"sessions\"}]}`", content_type = "application/json"), (status = 401, description = "No or a revoked key", body = HttpError), (status = 403, description = "The key lacks the `admin` scope", body = HttpError)))]
 /// `GET /v1/admin/edges`: every live edge of the deployment with its open sessions (one in
 /// `hubbub serve`; with roles apart, each edge's heartbeat publishes its count).
 async fn edges(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response {
@@ -373,6 +400,10 @@ async fn edges(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response 
 const MAX_LISTED: usize = 100;
 const MAX_BODY_SHOWN: usize = 2048;
 
+#[utoipa::path(get, path = "/v1/admin/queues/{name}/dlq", tag = "admin",
+    params(("name" = String, Path, description = "The queue (`webhooks`, `notify`, ...)")),
+    responses((status = 200, description = "`{\"messages\":[{\"id\",\"receive_count\",\"first_enqueued_ts\",\"body\"}]}`, the 100 oldest", content_type = "application/json"),
+        (status = 404, description = "No such queue", body = HttpError), (status = 401, description = "No or a revoked key", body = HttpError), (status = 403, description = "The key lacks the `admin` scope", body = HttpError)))]
 /// `GET /v1/admin/queues/{name}/dlq`: the oldest dead letters (bodies cut at 2 KiB).
 async fn dead_letters(
     State(inner): State<Arc<Inner>>,
@@ -415,6 +446,11 @@ struct RedriveBody {
     max: Option<usize>,
 }
 
+#[utoipa::path(post, path = "/v1/admin/queues/{name}/dlq/redrive", tag = "admin",
+    params(("name" = String, Path, description = "The queue")),
+    request_body(content = String, content_type = "application/json", description = "`{\"max\"?}` (default 1,000, at most 10,000), or empty"),
+    responses((status = 200, description = "`{\"redriven\":n}`", content_type = "application/json"),
+        (status = 404, description = "No such queue", body = HttpError), (status = 401, description = "No or a revoked key", body = HttpError), (status = 403, description = "The key lacks the `admin` scope", body = HttpError)))]
 /// `POST /v1/admin/queues/{name}/dlq/redrive` `{"max"?}`: dead letters back to the queue.
 async fn redrive(
     State(inner): State<Arc<Inner>>,
@@ -450,6 +486,10 @@ async fn redrive(
     }
 }
 
+#[utoipa::path(delete, path = "/v1/admin/queues/{name}/dlq", tag = "admin",
+    params(("name" = String, Path, description = "The queue")),
+    responses((status = 200, description = "`{\"purged\":n}`", content_type = "application/json"),
+        (status = 404, description = "No such queue", body = HttpError), (status = 401, description = "No or a revoked key", body = HttpError), (status = 403, description = "The key lacks the `admin` scope", body = HttpError)))]
 /// `DELETE /v1/admin/queues/{name}/dlq`: every dead letter deleted (at most 100,000 a call).
 async fn purge(
     State(inner): State<Arc<Inner>>,

@@ -205,7 +205,7 @@ pub fn rotate_keys(path: &Path) -> Result<String, AuthError> {
 }
 
 /// Whether an app token's `sub` is 1–64 characters of `[A-Za-z0-9_.-]`.
-fn valid_app_sub(sub: &str) -> bool {
+pub(crate) fn valid_app_sub(sub: &str) -> bool {
     (1..=64).contains(&sub.len())
         && sub
             .bytes()

@@ -19,7 +19,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hubbub_protocol::http::{AuthResponse, HttpError, LoginRequest, RefreshRequest, SignupRequest};
+use hubbub_protocol::http::{
+    AuthResponse, HttpError, LoginRequest, MediaResponse, RefreshRequest, SignupRequest,
+};
 use hubbub_protocol::{ErrorCode, UserRef};
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
@@ -38,7 +40,8 @@ pub(crate) fn routes(inner: Arc<Inner>, operational: bool) -> axum::Router {
         .route("/v1/media/{id}", get(download))
         .route("/v1/ws", get(crate::ws::upgrade))
         .route("/v1/sse", get(crate::sse::stream))
-        .route("/healthz", get(|| async { "ok" }));
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(crate::server::routes());
     let router = if operational {
         router
             .route("/readyz", get(ready))
@@ -202,6 +205,11 @@ async fn issue(inner: &Inner, user: UserRef, family: Option<&str>, status: Statu
     }
 }
 
+/// Sign up with a handle and a password.
+#[utoipa::path(post, path = "/v1/auth/signup", tag = "auth", request_body = SignupRequest, security(()),
+    responses((status = 201, description = "Signed up", body = AuthResponse), (status = 400, description = "A bad body", body = HttpError),
+        (status = 409, description = "The handle is taken", body = HttpError),
+        (status = 429, description = "Too many attempts", body = HttpError)))]
 async fn signup(
     State(inner): State<Arc<Inner>>,
     headers: HeaderMap,
@@ -225,6 +233,11 @@ async fn signup(
     }
 }
 
+/// Log in.
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest, security(()),
+    responses((status = 200, description = "Logged in", body = AuthResponse),
+        (status = 401, description = "Wrong credentials", body = HttpError),
+        (status = 429, description = "Too many attempts", body = HttpError)))]
 async fn login(
     State(inner): State<Arc<Inner>>,
     headers: HeaderMap,
@@ -245,6 +258,10 @@ async fn login(
     }
 }
 
+/// A new token pair for a refresh token (usable once).
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest, security(()),
+    responses((status = 200, description = "A new pair", body = AuthResponse),
+        (status = 401, description = "A used, expired or unknown refresh token", body = HttpError)))]
 async fn refresh(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
     let req: RefreshRequest = match parse(&body) {
         Ok(r) => r,
@@ -256,6 +273,9 @@ async fn refresh(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
     }
 }
 
+#[utoipa::path(post, path = "/v1/auth/revoke", tag = "auth", security(("access_token" = [])),
+    responses((status = 200, description = "Every token of the caller refused from now on; sessions closed with 4001"),
+        (status = 401, description = "No or a bad token", body = HttpError)))]
 /// `POST /v1/auth/revoke` (the caller's access token): log out everywhere. Every token of
 /// the caller issued until now is refused from now on, and every open session of the caller,
 /// on every edge, is closed with 4001.
@@ -281,6 +301,11 @@ async fn revoke(
     (StatusCode::OK, axum::Json(serde_json::json!({}))).into_response()
 }
 
+/// A user by handle.
+#[utoipa::path(get, path = "/v1/users/{handle}", tag = "auth", security(("access_token" = [])),
+    params(("handle" = String, Path, description = "The handle")),
+    responses((status = 200, description = "The user", body = UserRef),
+        (status = 404, description = "No such user", body = HttpError)))]
 async fn user(
     State(inner): State<Arc<Inner>>,
     Path(handle): Path<String>,
@@ -297,6 +322,12 @@ async fn user(
     }
 }
 
+/// Upload media: the body is the bytes, `Content-Type` their type.
+#[utoipa::path(post, path = "/v1/media", tag = "media", security(("access_token" = [])),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The bytes (any allowed media type)"),
+    responses((status = 201, description = "Stored", body = MediaResponse),
+        (status = 413, description = "Over the size limit or the quota", body = HttpError),
+        (status = 400, description = "A type not allowed", body = HttpError)))]
 async fn upload(
     State(inner): State<Arc<Inner>>,
     Query(query): Query<HashMap<String, String>>,
@@ -461,6 +492,11 @@ impl Drop for Spooled {
     }
 }
 
+/// The bytes of uploaded media.
+#[utoipa::path(get, path = "/v1/media/{id}", tag = "media", security(("access_token" = [])),
+    params(("id" = String, Path, description = "The media id")),
+    responses((status = 200, description = "The bytes, with their type"),
+        (status = 404, description = "No such media", body = HttpError)))]
 async fn download(
     State(inner): State<Arc<Inner>>,
     Path(id): Path<String>,

@@ -7,6 +7,8 @@
 //! - `admin`: the admin API (`/v1/admin/apikeys`, `/v1/admin/config`), behind API keys.
 //! - `runtime`: the runtime config as this edge applies it (limits, flags and their push,
 //!   per-session debug logging).
+//! - [`server`]: the server API (`/v1/server`, API keys of scope `server`) and its OpenAPI
+//!   document; its writes take the clients' durable path and wait for the reply.
 //! - `sse`: `/v1/sse`, engagement events over server-sent events.
 //! - [`listener`]: the accept loop every HTTP listener runs: connection caps (server-wide,
 //!   per IP), header and body read timeouts.
@@ -38,6 +40,7 @@ mod limit;
 pub mod listener;
 pub mod media_type;
 mod runtime;
+pub mod server;
 pub mod sse;
 mod ws;
 
@@ -138,6 +141,9 @@ pub struct EdgeDeps {
     /// Registry lookups and the link to every edge: how a revocation closes the user's
     /// sessions on all edges.
     pub delivery: Delivery,
+    /// Webhooks' producer side: the edge asks for presence checks as sessions open and
+    /// close (only while some endpoint receives presence events).
+    pub webhooks: Arc<hubbub_store::webhooks::Webhooks>,
     /// The runtime config this process applies, published by its watcher.
     pub runtime: tokio::sync::watch::Receiver<Arc<hubbub_protocol::admin::VersionedConfig>>,
 }
@@ -319,9 +325,33 @@ pub(crate) struct Inner {
     debug_any: std::sync::atomic::AtomicBool,
     /// The runtime config's `limits.max_outgoing_bytes` (read for every item handed over).
     max_outgoing_bytes: AtomicUsize,
+    /// Server API requests awaiting their reply, by the session id their envelope names
+    /// (no socket has it).
+    api_waiters: Mutex<HashMap<String, tokio::sync::oneshot::Sender<hubbub_protocol::ServerFrame>>>,
 }
 
 impl Inner {
+    /// The reply to the server API's envelope naming `session` will come on the receiver.
+    pub(crate) fn await_reply(
+        &self,
+        session: &str,
+    ) -> tokio::sync::oneshot::Receiver<hubbub_protocol::ServerFrame> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.api_waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session.to_owned(), tx);
+        rx
+    }
+
+    /// The reply is no longer awaited (it came, or the wait ended).
+    pub(crate) fn forget_reply(&self, session: &str) {
+        self.api_waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(session);
+    }
+
     fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -478,6 +508,17 @@ impl Inner {
         for item in batch {
             match item {
                 ToEdge::Reply { session, frame } => {
+                    if session.starts_with("api-") {
+                        let waiter = self
+                            .api_waiters
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&session);
+                        if let Some(tx) = waiter {
+                            let _ = tx.send(frame);
+                        }
+                        continue;
+                    }
                     if let Some(h) = sessions.by_id.get(&session) {
                         let id = match &frame {
                             hubbub_protocol::ServerFrame::Ok { id, .. } => Some(id.clone()),
@@ -633,6 +674,7 @@ impl Edge {
             admission,
             debug_any: std::sync::atomic::AtomicBool::new(debug_any),
             max_outgoing_bytes: AtomicUsize::new(max_outgoing_bytes),
+            api_waiters: Mutex::new(HashMap::new()),
             auth_limits: AuthLimits {
                 per_ip: KeyedLimiter::per_minute(
                     config_auth.attempts_per_ip_per_minute,

@@ -50,6 +50,8 @@ pub struct Config {
     pub server: ServerSettings,
     /// Push notifications for events no device acknowledged in time.
     pub notify: hubbub_services::notify::NotifyConfig,
+    /// The server API's webhooks: delivery, retries, the offline grace.
+    pub webhooks: hubbub_services::webhooks::WebhookConfig,
     /// Where uploaded media is kept.
     pub media: MediaSettings,
     /// The feed and its precomputed timelines.
@@ -264,6 +266,7 @@ impl Default for Config {
             queue: QueueSettings::default(),
             server: ServerSettings::default(),
             notify: Default::default(),
+            webhooks: Default::default(),
             media: MediaSettings::default(),
             feed: FeedSettings::default(),
             engagement: EngagementSettings::default(),

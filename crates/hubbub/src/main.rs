@@ -239,6 +239,13 @@ enum Command {
         #[arg(long, default_value = "docs/schema")]
         out: PathBuf,
     },
+    /// Write the OpenAPI 3.1 document of the server API (also served at
+    /// `/v1/server/openapi.json`).
+    Openapi {
+        /// Where to write it.
+        #[arg(long, default_value = "docs/openapi.json")]
+        out: PathBuf,
+    },
     /// Fuzz every parser of outside input with generated and mutated inputs; fails on any
     /// panic.
     Fuzz(hubbub::fuzz::FuzzArgs),
@@ -399,6 +406,12 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", out.join(name).display()))?;
             }
             println!("wrote {} schema files to {}", docs.len(), out.display());
+            Ok(())
+        }
+        Command::Openapi { out } => {
+            std::fs::write(&out, hubbub_edge::server::openapi_json_text())
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {}", out.display());
             Ok(())
         }
         Command::Bench { which } => rt.block_on(hubbub::bench::run(which)),

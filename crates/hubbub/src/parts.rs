@@ -57,6 +57,7 @@ impl Service for EdgeServer {
                 engagement: ctx.engagement.clone(),
                 metrics: wiring::metrics_handle()?,
                 delivery: ctx.delivery.clone(),
+                webhooks: webhooks(ctx),
                 runtime: ctx.runtime.subscribe(),
             },
             seat.inbox,
@@ -139,6 +140,7 @@ impl Service for Chat {
                         ctx.delivery.clone(),
                         hubbub_services::LiveLimits::new(ctx.runtime.subscribe()),
                     );
+                    let chat = chat.with_webhooks(webhooks(ctx));
                     match notify_settings(ctx) {
                         Some(n) => chat.with_notify(n),
                         None => chat,
@@ -255,6 +257,41 @@ impl Service for Notify {
             providers,
             config.notify.clone(),
         )))
+    }
+
+    async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        self.0.run(cancel).await;
+        Ok(())
+    }
+}
+
+/// The producers' side of webhooks over this process's store and queue.
+pub(crate) fn webhooks(ctx: &Context) -> Arc<hubbub_store::webhooks::Webhooks> {
+    Arc::new(hubbub_store::webhooks::Webhooks::new(
+        ctx.store.clone(),
+        ctx.queue.clone(),
+        Duration::from_secs(ctx.config.webhooks.offline_grace_s),
+    ))
+}
+
+/// The webhook worker: the `webhooks` queue to the app's endpoints, and presence
+/// announcements.
+pub(crate) struct WebhookDelivery(hubbub_services::webhooks::WebhookWorker);
+
+impl Service for WebhookDelivery {
+    const NAME: &'static str = "webhooks";
+
+    async fn build(ctx: &Context) -> anyhow::Result<Self> {
+        Ok(WebhookDelivery(
+            hubbub_services::webhooks::WebhookWorker::new(
+                webhooks(ctx),
+                ctx.store.clone(),
+                ctx.queue.clone(),
+                ctx.registry.clone(),
+                ctx.config.webhooks.clone(),
+            )
+            .context("the webhooks' HTTP client")?,
+        ))
     }
 
     async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {

@@ -21,7 +21,9 @@
 
 use crate::config::Config;
 use crate::lifecycle::{Context, EdgeSeat, Manager, Service};
-use crate::parts::{Chat, EdgeServer, Feed, Notify, Routers, SignalLapses, Timelines, bind};
+use crate::parts::{
+    Chat, EdgeServer, Feed, Notify, Routers, SignalLapses, Timelines, WebhookDelivery, bind,
+};
 use crate::scheduler::Scheduler;
 use crate::wiring;
 use anyhow::Context as _;
@@ -59,7 +61,14 @@ pub enum Role {
 }
 
 /// The services a worker can run.
-pub const SERVICES: &[&str] = &["chat", "feed", "timeline", "engagement", "notify"];
+pub const SERVICES: &[&str] = &[
+    "chat",
+    "feed",
+    "timeline",
+    "engagement",
+    "notify",
+    "webhooks",
+];
 
 /// A started role.
 pub struct RoleRunning {
@@ -110,6 +119,7 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
                     "feed" => manager.start::<Feed>(&ctx).await?,
                     "timeline" => manager.start::<Timelines>(&ctx).await?,
                     "notify" => manager.start::<Notify>(&ctx).await?,
+                    "webhooks" => manager.start::<WebhookDelivery>(&ctx).await?,
                     "engagement" => manager.start::<EngagementLeader>(&ctx).await?,
                     // Checked above.
                     _ => {}

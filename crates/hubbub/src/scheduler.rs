@@ -19,13 +19,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The queues whose stats the scheduler exports (and the admin API shows).
-pub(crate) const QUEUES: [&str; 6] = [
+pub(crate) const QUEUES: [&str; 7] = [
     MAIN_QUEUE,
     CHAT_QUEUE,
     FEED_QUEUE,
     PRECOMPUTE_QUEUE,
     PERSONALIZE_QUEUE,
     NOTIFY_QUEUE,
+    hubbub_store::webhooks::WEBHOOK_QUEUE,
 ];
 
 /// The scheduler: periodic jobs, as a service.

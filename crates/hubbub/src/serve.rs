@@ -9,7 +9,9 @@
 use crate::config::Config;
 use crate::control::ConfigWatcher;
 use crate::lifecycle::{Context, EdgeSeat, Manager};
-use crate::parts::{Chat, EdgeServer, Feed, Notify, Routers, SignalLapses, Timelines};
+use crate::parts::{
+    Chat, EdgeServer, Feed, Notify, Routers, SignalLapses, Timelines, WebhookDelivery,
+};
 use crate::scheduler::Scheduler;
 use crate::wiring;
 use anyhow::Context as _;
@@ -117,6 +119,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if config.notify.webhook.is_some() {
         manager.start_core::<Notify>(&ctx).await?;
     }
+    manager.start_core::<WebhookDelivery>(&ctx).await?;
     manager.start::<Scheduler>(&ctx).await?;
     let bound = ctx.bound();
     let addr = bound.public.context("the edge bound no listener")?;

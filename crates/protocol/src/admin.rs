@@ -370,14 +370,14 @@ pub struct PutConfig {
 }
 
 /// `PUT /v1/admin/config`'s answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PutConfigResponse {
     /// The new version.
     pub version: u64,
 }
 
 /// `POST /v1/admin/apikeys`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKey {
     /// A name for people (1–64 characters).
@@ -387,7 +387,7 @@ pub struct CreateApiKey {
 }
 
 /// The answer to `POST /v1/admin/apikeys`: the key is shown this once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreatedApiKey {
     /// The key's id (for `DELETE /v1/admin/apikeys/{id}`).
     pub id: String,
@@ -396,7 +396,7 @@ pub struct CreatedApiKey {
 }
 
 /// An API key as listed by `GET /v1/admin/apikeys` (never the key itself).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiKeyInfo {
     /// Its id.
     pub id: String,

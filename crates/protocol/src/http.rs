@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// `POST /v1/auth/signup`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct SignupRequest {
     /// 3–32 characters of `[a-z0-9_]`, unique.
     pub handle: String,
@@ -18,7 +18,7 @@ pub struct SignupRequest {
 }
 
 /// `POST /v1/auth/login`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct LoginRequest {
     /// The handle.
     pub handle: String,
@@ -27,14 +27,14 @@ pub struct LoginRequest {
 }
 
 /// `POST /v1/auth/refresh`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct RefreshRequest {
     /// A refresh token, usable once.
     pub refresh_token: String,
 }
 
 /// The answer to signup, login and refresh.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct AuthResponse {
     /// The user.
     pub user: UserRef,
@@ -47,7 +47,7 @@ pub struct AuthResponse {
 }
 
 /// Uploaded media, as returned by `POST /v1/media`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct Media {
     /// Media id, used in `attachments`.
     pub id: String,
@@ -60,21 +60,21 @@ pub struct Media {
 }
 
 /// `201` body of `POST /v1/media`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct MediaResponse {
     /// The stored media.
     pub media: Media,
 }
 
 /// Body of every HTTP error: `{"error":{"code":"...","message":"..."}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct HttpError {
     /// The error.
     pub error: HttpErrorBody,
 }
 
 /// The inside of [`HttpError`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct HttpErrorBody {
     /// The error code.
     pub code: ErrorCode,

@@ -35,6 +35,12 @@ pub struct Envelope {
     pub accepted_ms: i64,
     /// The request.
     pub request: Request,
+    /// Put on the queue by the server API (an API key of scope `server`), not by a client:
+    /// a `message.send` from the user [`SYSTEM_SENDER`](crate::serverapi::SYSTEM_SENDER) is
+    /// then a system message, sent without being a member. No client can set it: edges
+    /// build envelopes, clients only their `request`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub server: bool,
 }
 
 impl Envelope {
@@ -144,6 +150,29 @@ pub enum ToEdge {
     },
 }
 
+/// A job on the `webhooks` queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "job", rename_all = "snake_case")]
+pub enum WebhookJob {
+    /// POST one event to one endpoint (key: endpoint and user, so a user's events reach an
+    /// endpoint in order).
+    Deliver {
+        /// The endpoint's id.
+        endpoint: String,
+        /// The event.
+        event: crate::serverapi::WebhookEvent,
+    },
+    /// Compare a user's presence now (the registry) with the last one announced, and
+    /// announce the change (key: the user, so checks of one user run one at a time).
+    Presence {
+        /// The user.
+        user: String,
+        /// When the session opened or closed that asked for the check (ms): the offline
+        /// event's `last_seen_ts`, and part of the event's id.
+        at_ms: i64,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +187,7 @@ mod tests {
             request_id: Some("r1".into()),
             accepted_ms: 7,
             request: Request::Sync { after_seq: 3 },
+            server: false,
         }
     }
 

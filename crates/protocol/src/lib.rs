@@ -12,6 +12,8 @@
 //! - [`client`]: [`ClientFrame`] and [`Request`], one variant per request `type`, and
 //!   [`ClientFrame::parse`], which turns any text frame into a request or a protocol error.
 //! - [`server`]: [`ServerFrame`] (hello, ok, error, pushed events) and the reply `data` types.
+//! - [`serverapi`]: bodies of the server API (`/v1/server`), from which the OpenAPI
+//!   document is derived.
 //! - [`http`]: request and response bodies of `/v1/auth/*`, `/v1/users/*`, `/v1/media`.
 //! - [`error`]: [`ErrorCode`], the protocol's error codes and their HTTP statuses.
 //! - [`internal`]: envelopes between roles (edge → services, services → edges); never sent
@@ -31,6 +33,7 @@ pub mod metrics;
 pub mod model;
 pub mod schema;
 pub mod server;
+pub mod serverapi;
 
 pub use client::{ClientFrame, FrameError, IdempotencyKey, Request};
 pub use error::ErrorCode;

@@ -53,7 +53,7 @@ registry! {
     RATE_LIMITED = "hubbub_rate_limited_total", Counter, [], "frames, acks and login or signup attempts refused by a rate limit";
     GAP_FILLS = "hubbub_gap_fills_total", Counter, [], "store reads a session made for live events it missed (a push lost, or late past the reorder wait)";
     SLOW_CONSUMERS = "hubbub_slow_consumers_total", Counter, [], "connections cut off as too slow (1013)";
-    QUEUE_VISIBLE = "hubbub_queue_visible", Gauge, ["queue"], "messages ready in `main`, `chat`, `feed`, `precompute`, `personalize` and `notify`";
+    QUEUE_VISIBLE = "hubbub_queue_visible", Gauge, ["queue"], "messages ready in `main`, `chat`, `feed`, `precompute`, `personalize`, `notify` and `webhooks`";
     QUEUE_IN_FLIGHT = "hubbub_queue_in_flight", Gauge, ["queue"], "messages received, not yet acked";
     QUEUE_DLQ_DEPTH = "hubbub_queue_dlq_depth", Gauge, ["queue"], "messages in the queue's dead-letter queue";
     QUEUE_OLDEST_AGE = "hubbub_queue_oldest_age_seconds", Gauge, ["queue"], "age of the oldest message (the scaling signal)";
@@ -73,6 +73,9 @@ registry! {
     NOTIFY_SUPPRESSED = "hubbub_notify_suppressed_total", Counter, [], "notifications not sent because a device acked the event";
     NOTIFY_DEAD_LETTERED = "hubbub_notify_dead_lettered_total", Counter, [], "notifications moved to `notify.dlq`";
     NOTIFY_EXPIRED = "hubbub_notify_expired_total", Counter, [], "notifications dropped past their TTL";
+    WEBHOOK_DELIVERED = "hubbub_webhook_delivered_total", Counter, [], "webhook events an endpoint answered with a 2xx";
+    WEBHOOK_FAILED = "hubbub_webhook_failed_total", Counter, [], "webhook attempts that failed (non-2xx, timeout, refused): retried with back-off or dead-lettered";
+    WEBHOOK_DEAD_LETTERED = "hubbub_webhook_dead_lettered_total", Counter, [], "webhook events moved to `webhooks.dlq` after their last attempt";
     CONFIG_VERSION = "hubbub_config_version", Gauge, [], "the runtime config version this process applies (0: its config file)";
     CONFIG_APPLIED = "hubbub_config_applied_timestamp_seconds", Gauge, [], "when this process applied its current runtime config version (Unix time, ms precision)";
     CONFIG_APPLY_FAILURES = "hubbub_config_apply_failures_total", Counter, [], "runtime config versions this process could not read or apply (it keeps the last one)";

@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A user as others see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct UserRef {
     /// The user's id.
     pub id: String,
@@ -16,14 +16,16 @@ pub struct UserRef {
 }
 
 /// A reference to uploaded media, as used in `attachments`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct Attachment {
     /// The media id returned by `POST /v1/media`.
     pub media: String,
 }
 
 /// Direct (two people), group, or channel (broadcast: only its owner sends).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ConversationKind {
     /// Between exactly two users, unique per pair.
@@ -52,7 +54,7 @@ impl ConversationKind {
 pub const LARGE_GROUP: usize = 256;
 
 /// `C`: a conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct Conversation {
     /// Conversation id.
     pub id: String,
@@ -103,7 +105,9 @@ pub struct ConversationSummary {
 }
 
 /// `M`: a chat message.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 pub struct Message {
     /// Message id.
     pub id: String,
@@ -148,7 +152,7 @@ pub struct Message {
 }
 
 /// One emoji's count in a message's `reactions`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct ReactionCount {
     /// The emoji (1 to 32 bytes).
     pub emoji: String,
@@ -176,7 +180,9 @@ pub struct MessageVersion {
 }
 
 /// A presence status as reported to watchers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PresenceStatus {
     /// At least one session open, status online.
@@ -200,7 +206,7 @@ pub enum SetPresenceStatus {
 }
 
 /// `P`: a user's presence.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct Presence {
     /// The user id.
     pub user: String,

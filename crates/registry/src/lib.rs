@@ -125,6 +125,19 @@ pub trait Signals: Send + Sync {
     ) -> Result<Vec<Presence>, SignalError>;
     /// `presence.unwatch`.
     async fn unwatch(&self, edge: &str, session: &str, users: &[String]);
+    /// The presence of these users now, watching nothing (the server API's lookup). By
+    /// default a watch and an unwatch under a session id no client has (`session` names
+    /// the asker uniquely), so every backend answers as it answers `presence.watch`.
+    async fn presence(
+        &self,
+        edge: &str,
+        session: &str,
+        users: &[String],
+    ) -> Result<Vec<Presence>, SignalError> {
+        let out = self.watch(edge, session, users).await;
+        self.unwatch(edge, session, users).await;
+        out
+    }
     /// `typing` in a conversation.
     async fn typing(
         &self,

@@ -195,6 +195,7 @@ mod tests {
             request_id: Some(id.into()),
             accepted_ms: 0,
             request,
+            server: false,
         };
         e.encode().expect("json")
     }

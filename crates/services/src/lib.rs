@@ -10,6 +10,8 @@
 //! - [`engagement`]: who is writing a comment, per post, in memory (the ephemeral path).
 //! - [`notify`]: push notifications for events no device acknowledged in time (`notify`
 //!   queue, webhook provider).
+//! - [`webhooks`]: the server API's webhooks: signed, ordered per user, retried and
+//!   dead-lettered deliveries, and `user.online` / `user.offline` (`webhooks` queue).
 //!
 //! Services never call one another; they share nothing but the store and the queues.
 //! Their limits are the runtime config's, followed live ([`LiveLimits`]).
@@ -25,6 +27,7 @@ pub mod feed;
 pub mod notify;
 pub mod signals;
 pub mod timeline;
+pub mod webhooks;
 
 use futures_util::future::join_all;
 use hubbub_protocol::internal::Envelope;

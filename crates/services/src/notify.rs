@@ -131,7 +131,7 @@ pub trait PushProvider: Send + Sync {
 
 /// A token bucket that waits for its token, on tokio's clock (the clock of the wait).
 #[derive(Debug)]
-struct Bucket {
+pub(crate) struct Bucket {
     tokens: f64,
     rate: f64,
     burst: f64,
@@ -139,7 +139,7 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(rate: u32, burst: u32) -> Self {
+    pub(crate) fn new(rate: u32, burst: u32) -> Self {
         Bucket {
             tokens: burst.max(1) as f64,
             rate: rate.max(1) as f64,
@@ -148,7 +148,7 @@ impl Bucket {
         }
     }
     /// How long to wait before a token is there (zero: taken).
-    fn take(&mut self) -> Duration {
+    pub(crate) fn take(&mut self) -> Duration {
         let now = Instant::now();
         self.tokens =
             (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);

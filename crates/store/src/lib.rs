@@ -13,6 +13,8 @@
 //!   ([`InboxStore`]).
 //! - [`control`]: API keys and the versioned runtime config, with a long poll on its version
 //!   ([`ControlStore`]).
+//! - [`webhooks`]: the producers' side of webhooks: which endpoints want an event (cached),
+//!   and the jobs put on the durable `webhooks` queue.
 //! - [`feed`]: posts, comments, likes, follows, activity ([`FeedStore`]).
 //! - [`media`]: uploaded media ([`MediaStore`]: its bytes in a directory, `local.rs`, or an
 //!   S3-compatible bucket, `s3.rs`) and its metadata rows ([`MediaMeta`]).
@@ -50,10 +52,11 @@ pub mod media;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
+pub mod webhooks;
 
 pub use accounts::{AccountStore, Credentials, RefreshOutcome};
 pub use chat::{ChatStore, MAX_CHANNEL_SYNC, MAX_QUERY_CHARS, NewConversation, NewMessage};
-pub use control::{ApiKey, ControlStore, StoredConfig};
+pub use control::{ApiKey, ControlStore, StoredConfig, WebhookEndpoint};
 pub use feed::{FeedStore, NewComment, NewPost, StoredPost};
 pub use inbox::{InboxStore, Replay};
 #[cfg(feature = "s3")]

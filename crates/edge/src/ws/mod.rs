@@ -159,6 +159,11 @@ impl Drop for SessionGuard {
             if let Err(e) = inner.deps.registry.unregister(&user, &session).await {
                 tracing::warn!(error = %e, "unregister failed");
             }
+            // After the unregister: the check (after the grace) sees the registry without
+            // this session.
+            if let Err(e) = inner.deps.webhooks.presence_check(&user, true).await {
+                tracing::warn!(error = %e, "webhooks: presence check not queued");
+            }
         };
         let _enter = rt.enter();
         tracker.spawn(cleanup);
@@ -307,6 +312,15 @@ impl Conn {
             .signals
             .session_opened(&self.user.id, &edge, &self.session)
             .await;
+        if let Err(e) = self
+            .inner
+            .deps
+            .webhooks
+            .presence_check(&self.user.id, false)
+            .await
+        {
+            tracing::warn!(error = %e, "webhooks: presence check not queued");
+        }
         let last_seq = match self.inner.deps.chat.last_seq(&self.user.id).await {
             Ok(s) => s,
             Err(_) => return close(1011, "storage unavailable"),

@@ -488,6 +488,7 @@ impl Conn {
             request_id: id.clone(),
             accepted_ms: now_ms(),
             request,
+            server: false,
         };
         let body = match envelope.encode() {
             Ok(b) => b,

@@ -299,3 +299,142 @@ async fn a_large_message_reaches_a_large_group_on_another_edge() {
         stop(r).await;
     }
 }
+
+/// A server API call to `base` with the bootstrap key: status and JSON body.
+async fn server_api(
+    base: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .bearer_auth(crate::control::BOOT);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = tokio::time::timeout(PATIENCE, req.send())
+        .await
+        .expect("in time")
+        .expect("send");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// The WebSocket close code a raw connection gets next (frames before it are skipped).
+async fn close_code(ws: &mut crate::support::Raw) -> Option<u16> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code.into()),
+            None | Some(Err(_)) => return None,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// The server API on roles apart: a system message posted through one edge reaches a
+/// member's session on the other exactly once (router, chat worker, PostgreSQL), and
+/// `disconnect` and `revoke` sent to one edge close the user's sessions on both.
+#[tokio::test]
+async fn the_server_api_reaches_sessions_on_every_edge() {
+    let (mut config, _dir) = config().await;
+    config.auth.app_hmac_secret = Some(crate::support::APP_SECRET.into());
+    config.api.bootstrap_key = Some(crate::control::BOOT.into());
+    let edge_a = hubbub::roles::start(Role::Edge, config.clone())
+        .await
+        .expect("edge a");
+    let edge_b = hubbub::roles::start(Role::Edge, config.clone())
+        .await
+        .expect("edge b");
+    let router = hubbub::roles::start(Role::Router, config.clone())
+        .await
+        .expect("router");
+    let worker = hubbub::roles::start(Role::Worker(vec!["chat".into()]), config.clone())
+        .await
+        .expect("worker");
+    let (a, b) = (
+        format!("http://{}", edge_a.addr),
+        format!("http://{}", edge_b.addr),
+    );
+    for id in ["ann", "ben"] {
+        let (st, _) = server_api(&a, "/v1/server/users", Some(serde_json::json!({"id": id}))).await;
+        assert_eq!(st, 201);
+    }
+    let token = crate::support::app_token("ann", 3600, None);
+    let (mut on_b, _) = Client::new(&b).connect(&token).await.expect("connect");
+    let _timeline = next(&mut on_b).await;
+    let (st, body) = server_api(
+        &a,
+        "/v1/server/conversations",
+        Some(serde_json::json!({"kind":"group","members":["ann","ben"]})),
+    )
+    .await;
+    assert_eq!(st, 201, "{body}");
+    let conv = body["conversation"]["id"].as_str().expect("id").to_owned();
+    let path = format!("/v1/server/conversations/{conv}/messages");
+    let (st, first) = server_api(
+        &a,
+        &path,
+        Some(serde_json::json!({"text":"hi all","idempotency_key":"s1"})),
+    )
+    .await;
+    assert_eq!(st, 201, "{first}");
+    let id = first["message"]["id"].as_str().expect("id").to_owned();
+    until(&mut on_b, "the system message on the other edge", |f| {
+        matches!(f, ServerFrame::MessageNew { message, .. } if message.id == id && message.sender == "system")
+    })
+    .await;
+    let (st, again) = server_api(
+        &b,
+        &path,
+        Some(serde_json::json!({"text":"hi all","idempotency_key":"s1"})),
+    )
+    .await;
+    assert_eq!(
+        (st, &again["message"]["id"]),
+        (200, &first["message"]["id"])
+    );
+    on_b.close().await;
+
+    // One raw session on each edge; disconnect through edge b closes both with 4000.
+    let raw = |base: &str| {
+        let url = format!(
+            "{}/v1/ws?access_token={token}",
+            base.replacen("http", "ws", 1)
+        );
+        async move {
+            tokio_tungstenite::connect_async(url)
+                .await
+                .expect("connect")
+                .0
+        }
+    };
+    let (mut one, mut two) = (raw(&a).await, raw(&b).await);
+    // Both sessions are registered once each has its hello.
+    for ws in [&mut one, &mut two] {
+        assert!(matches!(
+            crate::support::next_raw(ws).await,
+            Some(ServerFrame::Hello { .. })
+        ));
+    }
+    let (st, body) = server_api(&b, "/v1/server/users/ann/disconnect", None).await;
+    assert_eq!((st, &body), (200, &serde_json::json!({"sessions": 2})));
+    assert_eq!(close_code(&mut one).await, Some(4000));
+    assert_eq!(close_code(&mut two).await, Some(4000));
+    // Revoke through edge a closes a session on edge b with 4001.
+    let mut three = raw(&b).await;
+    assert!(matches!(
+        crate::support::next_raw(&mut three).await,
+        Some(ServerFrame::Hello { .. })
+    ));
+    let (st, _) = server_api(&a, "/v1/server/users/ann/revoke", None).await;
+    assert_eq!(st, 200);
+    assert_eq!(close_code(&mut three).await, Some(4001));
+    for r in [worker, router, edge_b, edge_a] {
+        stop(r).await;
+    }
+}

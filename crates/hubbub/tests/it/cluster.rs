@@ -50,6 +50,11 @@ impl Cluster {
             // once replies had been slow, which the kills before make them.
             .env("HUBBUB_SERVER__ADMISSION_WAIT_MS", "600000")
             .env("HUBBUB_LOG", "warn")
+            // For the webhook test (harmless to the others): the server API's key, app
+            // tokens, a short offline grace.
+            .env("HUBBUB_API__BOOTSTRAP_KEY", crate::control::BOOT)
+            .env("HUBBUB_AUTH__APP_HMAC_SECRET", crate::support::APP_SECRET)
+            .env("HUBBUB_WEBHOOKS__OFFLINE_GRACE_S", "2")
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -509,5 +514,124 @@ async fn roles_apart_survive_kill_9_of_a_worker_an_edge_and_the_router() {
     assert_eq!((duplicates, lost), (0, 0));
     for mut c in [edge1, edge2, router, worker1, worker2] {
         kill9(&mut c);
+    }
+}
+
+/// A server API POST with the bootstrap key to `base`: status and JSON body.
+async fn server_post(base: &str, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let resp = tokio::time::timeout(
+        PATIENCE,
+        reqwest::Client::new()
+            .post(format!("{base}{path}"))
+            .bearer_auth(crate::control::BOOT)
+            .json(&body)
+            .send(),
+    )
+    .await
+    .expect("in time")
+    .expect("send");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+/// Presence webhooks with roles apart: a user online on two edges who closes one session
+/// stays online (nothing is sent); when the other edge is killed with SIGKILL (closing
+/// nothing), the user goes offline once its sessions expire from the registry and the
+/// grace has passed.
+#[tokio::test]
+async fn presence_webhooks_follow_sessions_across_edges_and_an_edge_killed() {
+    let cluster = Cluster {
+        dir: tempfile::tempdir().expect("tempdir"),
+        redis: std::env::var("HUBBUB_TEST_REDIS_URL")
+            .expect("HUBBUB_TEST_REDIS_URL is not set: run scripts/test"),
+        postgres: crate::support::fresh_database().await,
+        namespace: format!("hbhooks{:08x}", fastrand::u32(..)),
+    };
+    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let listen = |i: usize| format!("127.0.0.1:{}", ports[i]);
+    let e1 = [
+        "edge",
+        "--listen",
+        &listen(0),
+        "--internal-listen",
+        &listen(2),
+    ]
+    .map(str::to_owned);
+    let e2 = [
+        "edge",
+        "--listen",
+        &listen(1),
+        "--internal-listen",
+        &listen(3),
+    ]
+    .map(str::to_owned);
+    let w = ["worker", "--services", "webhooks", "--listen", &listen(4)].map(str::to_owned);
+    let mut edge1 = cluster.start("edge1", &strs(&e1)).await;
+    let mut edge2 = cluster.start("edge2", &strs(&e2)).await;
+    let mut worker = cluster.start("worker", &strs(&w)).await;
+    let (a, b) = (
+        format!("http://{}", listen(0)),
+        format!("http://{}", listen(1)),
+    );
+
+    let mut r = crate::webhooks::receiver(crate::webhooks::Script::Ok).await;
+    let (st, hook) = server_post(
+        &a,
+        "/v1/server/webhooks",
+        serde_json::json!({"url": r.url, "events": ["user.online", "user.offline"]}),
+    )
+    .await;
+    assert_eq!(st, 201, "{hook}");
+    let secret = hook["secret"].as_str().expect("secret").to_owned();
+    let (st, _) = server_post(&a, "/v1/server/users", serde_json::json!({"id":"walker"})).await;
+    assert_eq!(st, 201);
+    // The producers' list of endpoints is at most a second old.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let token = crate::support::app_token("walker", 3600, None);
+    let ws = |base: &str| {
+        let url = format!(
+            "{}/v1/ws?access_token={token}",
+            base.replacen("http", "ws", 1)
+        );
+        async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url)
+                .await
+                .expect("connect");
+            assert!(matches!(
+                crate::support::next_raw(&mut ws).await,
+                Some(ServerFrame::Hello { .. })
+            ));
+            ws
+        }
+    };
+    let mut on_a = ws(&a).await;
+    let mut seen = Vec::new();
+    r.until_accepted("user.online", &mut seen).await;
+    let _on_b = ws(&b).await;
+    on_a.close(None).await.expect("close");
+    drop(on_a);
+    // Longer than the grace: the close on edge 1 announces nothing (the user is on edge 2).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        r.got.try_recv().is_err(),
+        "nothing while a session stays open elsewhere"
+    );
+
+    // Edge 2 dies: no close, no unregister. Its sessions expire (TTL 3 s), the sweep finds
+    // the user announced online and no longer in the registry, and after the grace: offline.
+    kill9(&mut edge2);
+    r.until_accepted("user.offline", &mut seen).await;
+    let kinds: Vec<&str> = seen
+        .iter()
+        .map(|g| g.body["type"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(kinds, ["user.online", "user.offline"]);
+    for g in &seen {
+        crate::webhooks::verify(&secret, g);
+        assert_eq!(g.body["data"]["user"], "walker");
+    }
+    for child in [&mut edge1, &mut worker] {
+        kill9(child);
     }
 }

@@ -27,5 +27,7 @@ mod notify;
 mod outage;
 mod overload;
 mod security;
+mod server_api;
 mod signals;
 mod support;
+mod webhooks;

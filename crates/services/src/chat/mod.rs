@@ -63,6 +63,8 @@ pub struct ChatService {
     limits: LiveLimits,
     /// Set when a push provider is configured: events then also feed the notify queue.
     notify: Option<crate::notify::NotifyConfig>,
+    /// The webhooks' producer side: messages and conversations become webhook events.
+    hooks: Option<Arc<hubbub_store::webhooks::Webhooks>>,
 }
 
 impl ChatService {
@@ -81,7 +83,69 @@ impl ChatService {
             delivery,
             limits,
             notify: None,
+            hooks: None,
         }
+    }
+
+    /// Also turn messages and conversation changes into webhook events.
+    pub fn with_webhooks(mut self, hooks: Arc<hubbub_store::webhooks::Webhooks>) -> Self {
+        self.hooks = Some(hooks);
+        self
+    }
+
+    /// The webhook events of a handled write, put on the `webhooks` queue before the
+    /// envelope is acked. A redelivered envelope produces them again with the same ids (a
+    /// repeated send or create returns the first message or conversation), so an event is
+    /// lost by no crash; the queue's dedupe window drops the repeat.
+    async fn webhook_events(
+        &self,
+        hooks: &hubbub_store::webhooks::Webhooks,
+        e: &Envelope,
+        reply: &ReplyData,
+    ) -> Result<(), Failure> {
+        let (kind, user, id, data) = match (&e.request, reply) {
+            (Request::MessageSend { .. }, ReplyData::Message { message }) => (
+                "message.created",
+                message.sender.clone(),
+                format!("message.created/{}", message.id),
+                serde_json::json!({ "message": message }),
+            ),
+            (Request::ConversationCreate { .. }, ReplyData::Conversation { conversation }) => (
+                "conversation.created",
+                e.user.clone(),
+                format!("conversation.created/{}", conversation.id),
+                serde_json::json!({ "conversation": conversation }),
+            ),
+            (
+                Request::ConversationAdd { conversation, .. }
+                | Request::ConversationRemove { conversation, .. }
+                | Request::ConversationLeave { conversation }
+                | Request::ChannelSubscribe { conversation }
+                | Request::ChannelUnsubscribe { conversation },
+                _,
+            ) => {
+                if !hooks.wants("conversation.updated").await {
+                    return Ok(());
+                }
+                let Some(c) = self.store.conversation_by_id(conversation).await? else {
+                    return Ok(());
+                };
+                (
+                    "conversation.updated",
+                    e.user.clone(),
+                    format!("conversation.updated/{}", e.envelope_id),
+                    serde_json::json!({ "conversation": c }),
+                )
+            }
+            _ => return Ok(()),
+        };
+        if !hooks.wants(kind).await {
+            return Ok(());
+        }
+        hooks
+            .emit(kind, &user, &id, data)
+            .await
+            .map_err(|err| Failure::new(ErrorCode::Internal, err.to_string()))
     }
 
     /// Also turn unacknowledged events into push notifications (see [`crate::notify`]).
@@ -146,7 +210,22 @@ impl ChatService {
             reply_to: reply_to.clone(),
             thread: thread.clone(),
             mentions: mentions.clone().unwrap_or_default(),
+            // Only the server API's envelopes carry `server`; a client whose id happens to
+            // be "system" sends as itself, a member like others.
+            system: e.server && e.user == hubbub_protocol::serverapi::SYSTEM_SENDER,
         }))
+    }
+
+    /// The webhook events of a handled write (see [`ChatService::webhook_events`]).
+    async fn hook(&self, e: &Envelope, reply: &ReplyData) {
+        if let Some(hooks) = &self.hooks
+            && let Err(f) = self.webhook_events(hooks, e, reply).await
+        {
+            // The write and its events stand; only the webhook event is missing. The queue
+            // it goes on is the one this envelope came from: when it refuses, the ack below
+            // fails too, and the redelivered envelope produces the event again.
+            tracing::warn!(message = %f.message, "webhook events not queued");
+        }
     }
 
     /// Store the checked sends of a run together; their outcomes go in their slots.
@@ -199,6 +278,12 @@ impl crate::Handler for ChatService {
             }
         }
         self.send_together(&mut sends, &mut out).await;
+        // The batched sends' webhook events (the others had theirs in `handle`).
+        for (e, o) in envelopes.iter().zip(&out) {
+            if let (Request::MessageSend { .. }, Some(Ok(w))) = (&e.request, o) {
+                self.hook(e, &w.value).await;
+            }
+        }
         out.into_iter()
             .map(|o| {
                 o.unwrap_or_else(|| {
@@ -212,6 +297,15 @@ impl crate::Handler for ChatService {
     }
 
     async fn handle(&self, e: &Envelope) -> Result<Written<ReplyData>, Failure> {
+        let written = self.write(e).await?;
+        self.hook(e, &written.value).await;
+        Ok(written)
+    }
+}
+
+impl ChatService {
+    /// The write itself.
+    async fn write(&self, e: &Envelope) -> Result<Written<ReplyData>, Failure> {
         let limits = self.limits.now();
         let user = e.user.as_str();
         let empty = |w: Written<()>| w.map(|()| ReplyData::Empty {});
@@ -415,6 +509,7 @@ mod tests {
             request_id: None,
             accepted_ms: 0,
             request,
+            server: false,
         }
     }
 

@@ -152,6 +152,25 @@ macro_rules! impl_chat_store {
                 self.send_many(news).await
             }
 
+            async fn conversation_by_id(
+                &self,
+                id: &str,
+            ) -> Result<Option<hubbub_protocol::Conversation>, $crate::StoreError> {
+                let id = id.to_owned();
+                $crate::run!(self.read, |tx| $crate::chat::ChatTx::conversation(tx, &id))
+            }
+
+            async fn message_by_key(
+                &self,
+                sender: &str,
+                client_msg_id: &str,
+            ) -> Result<Option<hubbub_protocol::Message>, $crate::StoreError> {
+                let (sender, key) = (sender.to_owned(), client_msg_id.to_owned());
+                $crate::run!(self.read, |tx| $crate::chat::ChatTx::message_by_key(
+                    tx, &sender, &key
+                ))
+            }
+
             async fn history(
                 &self,
                 caller: &str,

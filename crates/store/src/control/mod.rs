@@ -52,7 +52,29 @@ pub struct StoredConfig {
     pub body: String,
 }
 
-/// API keys and the runtime config.
+/// A webhook endpoint of the server API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookEndpoint {
+    /// Its id.
+    pub id: String,
+    /// Where events are POSTed.
+    pub url: String,
+    /// The event types it receives.
+    pub events: Vec<String>,
+    /// The HMAC-SHA256 signing secret.
+    pub secret: String,
+    /// When it was created (ms).
+    pub created_ms: i64,
+}
+
+impl WebhookEndpoint {
+    /// Whether it receives events of type `kind`.
+    pub fn wants(&self, kind: &str) -> bool {
+        self.events.iter().any(|e| e == kind)
+    }
+}
+
+/// API keys, the runtime config, webhook endpoints.
 #[async_trait]
 pub trait ControlStore: Send + Sync {
     /// Create an API key with a name (1–64 characters) and scopes (`server`, `admin`);
@@ -74,7 +96,23 @@ pub trait ControlStore: Send + Sync {
     async fn wait_runtime_config(&self, after: u64, timeout: Duration) -> u64;
     /// How many users were active since `since_ms` (what a timeline precompute round costs).
     async fn active_user_count(&self, since_ms: i64) -> Result<u64>;
+    /// Create a webhook endpoint for these event types (checked by the caller), with a new
+    /// random secret.
+    async fn create_webhook(&self, url: &str, events: &[String]) -> Result<WebhookEndpoint>;
+    /// Delete an endpoint; `NotFound` when there is none with that id.
+    async fn delete_webhook(&self, id: &str) -> Result<()>;
+    /// Every endpoint, oldest first.
+    async fn webhooks(&self) -> Result<Vec<WebhookEndpoint>>;
+    /// The presence last announced for `user` by webhooks (`None`: never).
+    async fn announced_presence(&self, user: &str) -> Result<Option<bool>>;
+    /// Remember the presence announced for `user`.
+    async fn set_announced_presence(&self, user: &str, online: bool) -> Result<()>;
+    /// Up to `limit` users announced online, by id after `after` ("" first).
+    async fn announced_online(&self, after: &str, limit: usize) -> Result<Vec<String>>;
 }
+
+/// One webhook row: id, url, events (comma-separated), secret, created.
+pub(crate) type WebhookRow = (String, String, String, String, i64);
 
 /// One API key row: id, name, scopes (comma-separated), created.
 pub(crate) type KeyRow = (String, String, String, i64);
@@ -96,6 +134,69 @@ pub(crate) trait ControlTx {
     async fn swap_config(&self, expected: i64, body: &str, now: i64) -> Result<bool>;
     /// Users active since a time.
     async fn count_active(&self, since_ms: i64) -> Result<i64>;
+    /// Insert a webhook endpoint.
+    async fn insert_webhook(&self, row: &WebhookRow) -> Result<()>;
+    /// Delete one; whether it existed.
+    async fn delete_webhook(&self, id: &str) -> Result<bool>;
+    /// Every endpoint, oldest first.
+    async fn webhook_rows(&self) -> Result<Vec<WebhookRow>>;
+    /// The announced presence of a user.
+    async fn presence_row(&self, user: &str) -> Result<Option<bool>>;
+    /// Set it.
+    async fn upsert_presence(&self, user: &str, online: bool, now: i64) -> Result<()>;
+    /// Users announced online after `after`, by id.
+    async fn online_after(&self, after: &str, limit: i64) -> Result<Vec<String>>;
+}
+
+fn webhook_of(row: WebhookRow) -> WebhookEndpoint {
+    let (id, url, events, secret, created_ms) = row;
+    WebhookEndpoint {
+        id,
+        url,
+        events: events
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        secret,
+        created_ms,
+    }
+}
+
+pub(crate) async fn create_webhook(
+    tx: &impl ControlTx,
+    url: &str,
+    events: &[String],
+    now: i64,
+) -> Result<WebhookEndpoint> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| StoreError::Internal(format!("random: {e}")))?;
+    let row = (
+        new_id("wh")?,
+        url.to_owned(),
+        events.join(","),
+        format!("whsec_{}", hex::encode(secret)),
+        now,
+    );
+    tx.insert_webhook(&row).await?;
+    Ok(webhook_of(row))
+}
+
+pub(crate) async fn delete_webhook(tx: &impl ControlTx, id: &str) -> Result<()> {
+    if tx.delete_webhook(id).await? {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound("no such webhook".into()))
+    }
+}
+
+pub(crate) async fn webhooks(tx: &impl ControlTx) -> Result<Vec<WebhookEndpoint>> {
+    Ok(tx
+        .webhook_rows()
+        .await?
+        .into_iter()
+        .map(webhook_of)
+        .collect())
 }
 
 /// Longest key name.
@@ -288,6 +389,62 @@ macro_rules! impl_control_store {
 
             async fn active_user_count(&self, since_ms: i64) -> Result<u64, $crate::StoreError> {
                 $crate::run!(self.read, |tx| $crate::control::active_count(tx, since_ms))
+            }
+
+            async fn create_webhook(
+                &self,
+                url: &str,
+                events: &[String],
+            ) -> Result<$crate::control::WebhookEndpoint, $crate::StoreError> {
+                let (url, events, now) = (url.to_owned(), events.to_vec(), self.now());
+                $crate::run!(self.write, |tx| $crate::control::create_webhook(
+                    tx, &url, &events, now
+                ))
+            }
+
+            async fn delete_webhook(&self, id: &str) -> Result<(), $crate::StoreError> {
+                let id = id.to_owned();
+                $crate::run!(self.write, |tx| $crate::control::delete_webhook(tx, &id))
+            }
+
+            async fn webhooks(
+                &self,
+            ) -> Result<Vec<$crate::control::WebhookEndpoint>, $crate::StoreError> {
+                $crate::run!(self.read, |tx| $crate::control::webhooks(tx))
+            }
+
+            async fn announced_presence(
+                &self,
+                user: &str,
+            ) -> Result<Option<bool>, $crate::StoreError> {
+                let user = user.to_owned();
+                $crate::run!(self.read, |tx| $crate::control::ControlTx::presence_row(
+                    tx, &user
+                ))
+            }
+
+            async fn set_announced_presence(
+                &self,
+                user: &str,
+                online: bool,
+            ) -> Result<(), $crate::StoreError> {
+                let (user, now) = (user.to_owned(), self.now());
+                $crate::run!(
+                    self.write,
+                    |tx| $crate::control::ControlTx::upsert_presence(tx, &user, online, now)
+                )
+            }
+
+            async fn announced_online(
+                &self,
+                after: &str,
+                limit: usize,
+            ) -> Result<Vec<String>, $crate::StoreError> {
+                let after = after.to_owned();
+                let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+                $crate::run!(self.read, |tx| $crate::control::ControlTx::online_after(
+                    tx, &after, limit
+                ))
             }
         }
     };

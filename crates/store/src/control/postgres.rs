@@ -3,7 +3,7 @@
 //! committing transaction) into the store's channel of versions, and on every (re)connection
 //! reads the current version first, so a watcher that lost its connection catches up.
 
-use super::{ApiKey, ControlTx, KeyRow};
+use super::{ApiKey, ControlTx, KeyRow, WebhookRow};
 use crate::postgres::Tx;
 use crate::{PgStore, Result};
 use std::sync::Mutex;
@@ -213,5 +213,66 @@ impl ControlTx for Tx<'_> {
             )
             .await?
             .get(0))
+    }
+
+    async fn insert_webhook(&self, row: &WebhookRow) -> Result<()> {
+        self.exec(
+            "INSERT INTO webhooks (id, url, events, secret, created_ms) VALUES ($1, $2, $3, $4, $5)",
+            &[&row.0, &row.1, &row.2, &row.3, &row.4],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_webhook(&self, id: &str) -> Result<bool> {
+        Ok(self
+            .exec("DELETE FROM webhooks WHERE id = $1", &[&id])
+            .await?
+            == 1)
+    }
+
+    async fn webhook_rows(&self) -> Result<Vec<WebhookRow>> {
+        Ok(self
+            .rows(
+                "SELECT id, url, events, secret, created_ms FROM webhooks ORDER BY created_ms, id",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect())
+    }
+
+    async fn presence_row(&self, user: &str) -> Result<Option<bool>> {
+        Ok(self
+            .opt(
+                "SELECT online FROM webhook_presence WHERE user_id = $1",
+                &[&user],
+            )
+            .await?
+            .map(|r| r.get(0)))
+    }
+
+    async fn upsert_presence(&self, user: &str, online: bool, now: i64) -> Result<()> {
+        self.exec(
+            "INSERT INTO webhook_presence (user_id, online, changed_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (user_id) DO UPDATE SET online = $2, changed_ms = $3",
+            &[&user, &online, &now],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn online_after(&self, after: &str, limit: i64) -> Result<Vec<String>> {
+        Ok(self
+            .rows(
+                "SELECT user_id FROM webhook_presence WHERE online AND user_id > $1
+                 ORDER BY user_id LIMIT $2",
+                &[&after, &limit],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
     }
 }

@@ -1,7 +1,7 @@
 //! The control plane's SQL on SQLite, and the channel of runtime config versions of the one
 //! process that owns the file (bumped after each change commits).
 
-use super::{ApiKey, ControlTx, KeyRow};
+use super::{ApiKey, ControlTx, KeyRow, WebhookRow};
 use crate::sqlite::Tx;
 use crate::{Result, SqliteStore};
 use rusqlite::{OptionalExtension, params};
@@ -84,5 +84,58 @@ impl ControlTx for Tx<'_> {
         Ok(self
             .prepare_cached("SELECT COUNT(*) FROM activity WHERE active_ms >= ?1")?
             .query_row([since_ms], |r| r.get(0))?)
+    }
+
+    async fn insert_webhook(&self, row: &WebhookRow) -> Result<()> {
+        self.prepare_cached(
+            "INSERT INTO webhooks (id, url, events, secret, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![row.0, row.1, row.2, row.3, row.4])?;
+        Ok(())
+    }
+
+    async fn delete_webhook(&self, id: &str) -> Result<bool> {
+        Ok(self
+            .prepare_cached("DELETE FROM webhooks WHERE id = ?1")?
+            .execute([id])?
+            == 1)
+    }
+
+    async fn webhook_rows(&self) -> Result<Vec<WebhookRow>> {
+        Ok(self
+            .prepare_cached(
+                "SELECT id, url, events, secret, created_ms FROM webhooks ORDER BY created_ms, id",
+            )?
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
+    async fn presence_row(&self, user: &str) -> Result<Option<bool>> {
+        Ok(self
+            .prepare_cached("SELECT online FROM webhook_presence WHERE user_id = ?1")?
+            .query_row([user], |r| r.get::<_, i64>(0))
+            .optional()?
+            .map(|v| v == 1))
+    }
+
+    async fn upsert_presence(&self, user: &str, online: bool, now: i64) -> Result<()> {
+        self.prepare_cached(
+            "INSERT INTO webhook_presence (user_id, online, changed_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (user_id) DO UPDATE SET online = ?2, changed_ms = ?3",
+        )?
+        .execute(params![user, i64::from(online), now])?;
+        Ok(())
+    }
+
+    async fn online_after(&self, after: &str, limit: i64) -> Result<Vec<String>> {
+        Ok(self
+            .prepare_cached(
+                "SELECT user_id FROM webhook_presence WHERE online = 1 AND user_id > ?1
+                 ORDER BY user_id LIMIT ?2",
+            )?
+            .query_map(params![after, limit], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?)
     }
 }

@@ -73,7 +73,8 @@ macro_rules! store_conformance {
             replies_threads_and_mentions, edits_keep_versions_and_deletes_leave_tombstones,
             reactions_keep_a_summary, pins_change_the_conversation,
             channel_changes_are_broadcast, concurrent_changes_keep_summaries_and_seqs,
-            a_run_of_sends_commits_in_order_each_on_its_own);
+            a_run_of_sends_commits_in_order_each_on_its_own,
+            system_messages_and_server_reads, webhooks_and_announced_presence);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -2041,4 +2042,94 @@ pub async fn concurrent_changes_keep_summaries_and_seqs(env: &Env) {
         // Creation, the root, 24 reactions, 12 replies with 12 root updates, 4 edits.
         assert_eq!(seqs.len(), 1 + 1 + 24 + 24 + 4, "each change once");
     }
+}
+
+/// The server API's system messages (no membership needed, fanned out like any message) and
+/// its reads: a conversation by id, a message by its key.
+pub async fn system_messages_and_server_reads(env: &Env) {
+    let s = &env.store;
+    let (a, b) = (user(env, "alice").await, user(env, "bob").await);
+    s.create_conversation(group("g", &a, &[&b]))
+        .await
+        .expect("create");
+    let as_system = |key: &str, system: bool| NewMessage {
+        system,
+        ..send("system", "g", key, "welcome")
+    };
+    assert!(
+        matches!(
+            s.send_message(as_system("w0", false)).await,
+            Err(StoreError::Forbidden(_))
+        ),
+        "\"system\" is no member without the flag"
+    );
+    let w = s.send_message(as_system("w1", true)).await.expect("system");
+    assert_eq!(w.value.sender, "system");
+    assert_eq!(
+        (seqs(&w.events, &a).len(), seqs(&w.events, &b).len()),
+        (1, 1),
+        "every member gets it once"
+    );
+    let again = s.send_message(as_system("w1", true)).await.expect("repeat");
+    assert_eq!((again.value, again.events.len()), (w.value.clone(), 0));
+    assert_eq!(
+        s.message_by_key("system", "w1").await.expect("read"),
+        Some(w.value.clone())
+    );
+    assert_eq!(
+        s.message_by_key("system", "nope").await.expect("read"),
+        None
+    );
+    assert!(matches!(
+        s.send_message(NewMessage {
+            conversation: "nowhere".into(),
+            ..as_system("w2", true)
+        })
+        .await,
+        Err(StoreError::NotFound(_))
+    ));
+    let c = s
+        .conversation_by_id("g")
+        .await
+        .expect("read")
+        .expect("found");
+    assert_eq!((c.created_by.as_str(), c.members.len()), (a.as_str(), 2));
+    assert_eq!(s.conversation_by_id("nowhere").await.expect("read"), None);
+}
+
+/// Webhook endpoints (created with a secret, listed, deleted) and the presence announced.
+pub async fn webhooks_and_announced_presence(env: &Env) {
+    let s = &env.store;
+    let w = s
+        .create_webhook(
+            "http://127.0.0.1:9/h",
+            &["user.online".into(), "message.created".into()],
+        )
+        .await
+        .expect("create");
+    assert!(w.secret.starts_with("whsec_") && w.secret.len() == 70);
+    assert!(w.wants("message.created") && !w.wants("user.offline"));
+    let other = s
+        .create_webhook("http://127.0.0.1:9/g", &["user.offline".into()])
+        .await
+        .expect("create");
+    assert_eq!(
+        s.webhooks().await.expect("list"),
+        [w.clone(), other.clone()]
+    );
+    s.delete_webhook(&w.id).await.expect("delete");
+    assert!(matches!(
+        s.delete_webhook(&w.id).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.webhooks().await.expect("list"), [other]);
+
+    assert_eq!(s.announced_presence("u1").await.expect("read"), None);
+    for u in ["u1", "u2", "u3"] {
+        s.set_announced_presence(u, true).await.expect("set");
+    }
+    s.set_announced_presence("u2", false).await.expect("set");
+    assert_eq!(s.announced_presence("u2").await.expect("read"), Some(false));
+    assert_eq!(s.announced_online("", 1).await.expect("page"), ["u1"]);
+    assert_eq!(s.announced_online("u1", 10).await.expect("page"), ["u3"]);
 }

@@ -5,3 +5,4 @@ mod conformance;
 mod media;
 mod migrations;
 mod postgres_commit;
+mod webhooks;

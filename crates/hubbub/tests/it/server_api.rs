@@ -1,0 +1,378 @@
+//! The server API (PROTOCOL.md 1.1, "API keys, the server API and webhooks"): users,
+//! conversations, members, idempotent messages (system ones too) that reach members exactly
+//! once through the durable path, presence, `disconnect` (4000) and `revoke` (4001), its
+//! auth by scope, and the OpenAPI document it serves.
+
+use crate::control::{BOOT, admin};
+use crate::support::*;
+use hubbub_protocol::ServerFrame;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+pub async fn api_server() -> TestServer {
+    server_with(|c| {
+        c.api.bootstrap_key = Some(BOOT.into());
+        c.auth.app_hmac_secret = Some(APP_SECRET.into());
+    })
+    .await
+}
+
+/// A server API call with the bootstrap key.
+pub async fn call(s: &TestServer, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    admin(s, method, path, Some(BOOT), body).await
+}
+
+/// An app token for `sub` issued `ago_s` seconds ago, valid for an hour.
+fn older_app_token(sub: &str, ago_s: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let claims = json!({"sub": sub, "handle": sub, "exp": now + 3600, "iat": now - ago_s});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(APP_SECRET.as_bytes()),
+    )
+    .expect("sign")
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+/// `message.new` frames of one message among a user's durable events.
+fn copies(events: &[ServerFrame], id: &str) -> usize {
+    events
+        .iter()
+        .filter(|f| matches!(f, ServerFrame::MessageNew { message, .. } if message.id == id))
+        .count()
+}
+
+#[tokio::test]
+async fn the_server_api_creates_users_conversations_and_posts_messages_once() {
+    let s = api_server().await;
+    // Auth: no key, an unknown key, a key without the scope.
+    let (st, body) = admin(
+        &s,
+        Method::POST,
+        "/v1/server/users",
+        None,
+        Some(json!({"id":"x"})),
+    )
+    .await;
+    assert_eq!((st, code(&body)), (401, "unauthorized"));
+    let (st, key) = admin(
+        &s,
+        Method::POST,
+        "/v1/admin/apikeys",
+        Some(BOOT),
+        Some(json!({"name":"ops","scopes":["admin"]})),
+    )
+    .await;
+    assert_eq!(st, 201, "{key}");
+    let admin_only = key["key"].as_str().expect("key").to_owned();
+    let (st, body) = admin(
+        &s,
+        Method::POST,
+        "/v1/server/users",
+        Some(&admin_only),
+        Some(json!({"id":"x"})),
+    )
+    .await;
+    assert_eq!((st, code(&body)), (403, "forbidden"));
+
+    // Users: 201, then 200 for the same id; a bad id is 400.
+    let (st, body) = call(
+        &s,
+        Method::POST,
+        "/v1/server/users",
+        Some(json!({"id":"alice","handle":"alice"})),
+    )
+    .await;
+    assert_eq!(
+        (st, body["user"]["id"].as_str()),
+        (201, Some("alice")),
+        "{body}"
+    );
+    let (st, _) = call(
+        &s,
+        Method::POST,
+        "/v1/server/users",
+        Some(json!({"id":"alice"})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    for id in ["bob", "carol"] {
+        let (st, _) = call(
+            &s,
+            Method::POST,
+            "/v1/server/users",
+            Some(json!({"id": id})),
+        )
+        .await;
+        assert_eq!(st, 201);
+    }
+    let (st, body) = call(
+        &s,
+        Method::POST,
+        "/v1/server/users",
+        Some(json!({"id":"no spaces"})),
+    )
+    .await;
+    assert_eq!((st, code(&body)), (400, "bad_request"));
+    let (st, body) = call(
+        &s,
+        Method::POST,
+        "/v1/server/users",
+        Some(json!({"id":"a","extra":1})),
+    )
+    .await;
+    assert_eq!(
+        (st, code(&body)),
+        (400, "bad_request"),
+        "unknown fields are refused"
+    );
+
+    let alice_token = app_token("alice", 3600, None);
+    let (mut alice, _) = s.connect(&alice_token).await;
+
+    // A group owned by its first member, through the chat service.
+    let (st, body) = call(
+        &s,
+        Method::POST,
+        "/v1/server/conversations",
+        Some(json!({"kind":"group","members":["alice","bob"],"title":"team"})),
+    )
+    .await;
+    assert_eq!(st, 201, "{body}");
+    let conv = body["conversation"]["id"].as_str().expect("id").to_owned();
+    assert_eq!(body["conversation"]["created_by"], "alice");
+    let updated = until(&mut alice, "the new group", |f| {
+        matches!(f, ServerFrame::ConversationUpdated { conversation, .. } if conversation.id == conv)
+    })
+    .await;
+    assert!(updated.seq().is_some());
+
+    // A system message: 201, pushed to the member's session; its repeat is 200, the same
+    // message, and no second event.
+    let path = format!("/v1/server/conversations/{conv}/messages");
+    let (st, first) = call(
+        &s,
+        Method::POST,
+        &path,
+        Some(json!({"text":"welcome","idempotency_key":"w1"})),
+    )
+    .await;
+    assert_eq!(st, 201, "{first}");
+    assert_eq!(first["message"]["sender"], "system");
+    let id = first["message"]["id"].as_str().expect("id").to_owned();
+    let pushed = until(
+        &mut alice,
+        "the system message",
+        |f| matches!(f, ServerFrame::MessageNew { message, .. } if message.id == id),
+    )
+    .await;
+    let ServerFrame::MessageNew { message, .. } = pushed else {
+        unreachable!()
+    };
+    assert_eq!(
+        (message.sender.as_str(), message.text.as_str()),
+        ("system", "welcome")
+    );
+    let (st, again) = call(
+        &s,
+        Method::POST,
+        &path,
+        Some(json!({"text":"welcome","idempotency_key":"w1"})),
+    )
+    .await;
+    assert_eq!((st, &again["message"]), (200, &first["message"]));
+
+    // As a member: 201; as a non-member: 403; into no conversation: 404.
+    let (st, body) = call(
+        &s,
+        Method::POST,
+        &path,
+        Some(json!({"sender":"bob","text":"hi","idempotency_key":"b1"})),
+    )
+    .await;
+    assert_eq!(
+        (st, body["message"]["sender"].as_str()),
+        (201, Some("bob")),
+        "{body}"
+    );
+    let bobs = body["message"]["id"].as_str().expect("id").to_owned();
+    let (st, body) = call(
+        &s,
+        Method::POST,
+        &path,
+        Some(json!({"sender":"carol","text":"hi","idempotency_key":"c1"})),
+    )
+    .await;
+    assert_eq!((st, code(&body)), (403, "forbidden"));
+    let (st, body) = call(
+        &s,
+        Method::POST,
+        "/v1/server/conversations/nope/messages",
+        Some(json!({"text":"x","idempotency_key":"n1"})),
+    )
+    .await;
+    assert_eq!((st, code(&body)), (404, "not_found"));
+    // A key a sender used in another conversation is a conflict, not a silent repeat.
+    let (st, other) = call(
+        &s,
+        Method::POST,
+        "/v1/server/conversations",
+        Some(json!({"kind":"group","members":["bob"],"owner":"carol"})),
+    )
+    .await;
+    assert_eq!(
+        (st, other["conversation"]["created_by"].as_str()),
+        (201, Some("carol"))
+    );
+    let other = other["conversation"]["id"].as_str().expect("id").to_owned();
+    let (st, body) = call(
+        &s,
+        Method::POST,
+        &format!("/v1/server/conversations/{other}/messages"),
+        Some(json!({"text":"again","idempotency_key":"w1"})),
+    )
+    .await;
+    assert_eq!((st, code(&body)), (409, "conflict"));
+
+    // Members: carol added, then removed.
+    let (st, body) = call(
+        &s,
+        Method::POST,
+        &format!("/v1/server/conversations/{conv}/members"),
+        Some(json!({"users":["carol"]})),
+    )
+    .await;
+    assert_eq!((st, &body), (200, &json!({})));
+    let (st, body) = call(
+        &s,
+        Method::POST,
+        &path,
+        Some(json!({"sender":"carol","text":"hello","idempotency_key":"c2"})),
+    )
+    .await;
+    assert_eq!(st, 201, "carol is a member now: {body}");
+    let (st, _) = call(
+        &s,
+        Method::DELETE,
+        &format!("/v1/server/conversations/{conv}/members/carol"),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (st, body) = call(
+        &s,
+        Method::POST,
+        &path,
+        Some(json!({"sender":"carol","text":"again","idempotency_key":"c3"})),
+    )
+    .await;
+    assert_eq!((st, code(&body)), (403, "forbidden"), "carol was removed");
+
+    // Exactly once: each message is one durable event of alice's.
+    alice.close().await;
+    let events = all_events(&s, &alice_token).await;
+    assert_eq!((copies(&events, &id), copies(&events, &bobs)), (1, 1));
+
+    // Presence, at most 1,000 users.
+    let (_keep, _) = s.connect(&alice_token).await;
+    let (st, body) = call(
+        &s,
+        Method::POST,
+        "/v1/server/presence",
+        Some(json!({"users":["alice","bob"]})),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["presence"][0]["user"], "alice");
+    assert_eq!(body["presence"][0]["status"], "online");
+    assert_eq!(body["presence"][1]["status"], "offline");
+    let many: Vec<String> = (0..1001).map(|i| format!("u{i}")).collect();
+    let (st, body) = call(
+        &s,
+        Method::POST,
+        "/v1/server/presence",
+        Some(json!({"users": many})),
+    )
+    .await;
+    assert_eq!((st, code(&body)), (413, "too_large"));
+}
+
+#[tokio::test]
+async fn disconnect_closes_with_4000_and_revoke_with_4001_and_refuses_old_tokens() {
+    let s = api_server().await;
+    let (st, _) = call(
+        &s,
+        Method::POST,
+        "/v1/server/users",
+        Some(json!({"id":"dave"})),
+    )
+    .await;
+    assert_eq!(st, 201);
+    // Issued a few seconds ago: an app token's `iat` is in seconds and counts as the end of
+    // its second, so a revocation in that same second would not refuse it.
+    let token = older_app_token("dave", 5);
+    let mut one = raw(&s, &token).await;
+    let mut two = raw(&s, &token).await;
+    let (st, body) = call(&s, Method::POST, "/v1/server/users/dave/disconnect", None).await;
+    assert_eq!((st, &body), (200, &json!({"sessions": 2})));
+    assert_eq!(close_code(&mut one).await, Some(CloseCode::Library(4000)));
+    assert_eq!(close_code(&mut two).await, Some(CloseCode::Library(4000)));
+    let (st, body) = call(&s, Method::POST, "/v1/server/users/nobody/disconnect", None).await;
+    assert_eq!((st, &body), (200, &json!({"sessions": 0})));
+
+    // A disconnect does not revoke: the same token connects again.
+    let mut three = raw(&s, &token).await;
+    let (st, body) = call(&s, Method::POST, "/v1/server/users/dave/revoke", None).await;
+    assert_eq!((st, &body), (200, &json!({})));
+    assert_eq!(close_code(&mut three).await, Some(CloseCode::Library(4001)));
+    let url = format!(
+        "{}/v1/ws?access_token={token}",
+        s.base.replacen("http", "ws", 1)
+    );
+    let refused = tokio_tungstenite::connect_async(url).await;
+    assert!(
+        refused.is_err(),
+        "a token issued before the revocation is refused"
+    );
+    let (st, body) = call(&s, Method::POST, "/v1/server/users/nobody/revoke", None).await;
+    assert_eq!((st, code(&body)), (404, "not_found"));
+}
+
+#[tokio::test]
+async fn the_served_openapi_document_is_the_committed_one() {
+    let s = api_server().await;
+    let text = reqwest::get(format!("{}/v1/server/openapi.json", s.base))
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("body");
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/openapi.json"
+    ))
+    .expect("docs/openapi.json");
+    assert_eq!(text, committed);
+    let doc: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(doc["openapi"], "3.1.0");
+    // Every route it names is served (none answers "no such endpoint").
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for method in ops.as_object().expect("ops").keys() {
+            let concrete = path.replace("{id}", "x").replace("{user}", "y");
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+            let (st, body) = admin(&s, method.clone(), &concrete, None, None).await;
+            assert!(
+                !(st == 404 && body["error"]["message"] == "no such endpoint") && st != 405,
+                "{method} {path}: {st} {body}"
+            );
+        }
+    }
+}
