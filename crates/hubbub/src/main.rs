@@ -233,6 +233,11 @@ enum Command {
         #[command(subcommand)]
         which: ApiKeyCommand,
     },
+    /// Add a new current key to the contact note keys (`<data_dir>/note-keys`) and re-seal
+    /// every note under it; older keys stay in the file. Run it with the server stopped (and,
+    /// with `--postgres-url`, every node stopped; copy the new file to each before starting
+    /// them).
+    RotateNoteKeys(RoleArgs),
     /// Write the JSON Schema of the client protocol into a directory.
     Schema {
         /// Where to write the schema files.
@@ -398,6 +403,12 @@ fn main() -> anyhow::Result<()> {
         Command::Listen { count, client } => {
             rt.block_on(hubbub::cli::listen(&client.profile(), count))
         }
+        Command::RotateNoteKeys(args) => {
+            let config = args.load()?;
+            let (current, resealed) = rt.block_on(rotate_keys(&config))?;
+            println!("note key {current} is current; {resealed} notes re-sealed under it");
+            Ok(())
+        }
         Command::Schema { out } => {
             let docs = hubbub_protocol::schema::documents();
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -417,6 +428,20 @@ fn main() -> anyhow::Result<()> {
         Command::Bench { which } => rt.block_on(hubbub::bench::run(which)),
         Command::Fuzz(args) => hubbub::fuzz::run(&args),
     }
+}
+
+/// `hubbub rotate-note-keys`: on PostgreSQL when `cluster.postgres_url` is set, else on the data
+/// directory's SQLite store.
+async fn rotate_keys(config: &Config) -> anyhow::Result<(String, u64)> {
+    #[cfg(feature = "cluster")]
+    if let Some(url) = &config.cluster.postgres_url {
+        return hubbub::roles::rotate_keys(config, url).await;
+    }
+    #[cfg(not(feature = "cluster"))]
+    if config.cluster.postgres_url.is_some() {
+        anyhow::bail!("this build has no PostgreSQL backend (build with `--features cluster`)");
+    }
+    hubbub::serve::rotate_keys(config).await
 }
 
 /// Run one role until Ctrl-C or SIGTERM.

@@ -88,6 +88,20 @@ impl RoleRunning {
     }
 }
 
+/// `hubbub rotate-note-keys` on PostgreSQL (every node stopped): a new current key in
+/// `<data_dir>/note-keys`, then every note re-sealed under it. Returns the new key's id and
+/// how many notes were re-sealed.
+pub async fn rotate_keys(config: &Config, url: &str) -> anyhow::Result<(String, u64)> {
+    let keys = wiring::rotate_note_keys(config)?;
+    let current = keys.current().to_owned();
+    let store = PgStore::connect(url, 2)
+        .await
+        .context("connecting to PostgreSQL")?
+        .with_note_keys(keys);
+    let resealed = wiring::reseal_all(&store).await?;
+    Ok((current, resealed))
+}
+
 /// Start a role; listeners are bound before this returns.
 pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
     if let Role::Worker(services) = &role
@@ -180,7 +194,8 @@ impl Cluster {
         })?;
         let store = PgStore::connect(&pg_url, c.postgres_max_connections)
             .await
-            .context("connecting to PostgreSQL")?;
+            .context("connecting to PostgreSQL")?
+            .with_note_keys(wiring::note_keys(config)?);
         let registry = RedisRegistry::new(queue.connection(), &c.namespace);
         let link = Arc::new(HttpEdges::new(registry.clone(), &secret)?);
         let delivery = Delivery::new(Arc::new(registry.clone()), link.clone());

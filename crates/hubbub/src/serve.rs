@@ -70,6 +70,27 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
+/// `hubbub rotate-note-keys` on the embedded store (the server stopped: it takes the data
+/// directory's lock): a new current key in `<data_dir>/note-keys`, then every note re-sealed
+/// under it. Returns the new key's id and how many notes were re-sealed.
+pub async fn rotate_keys(config: &Config) -> anyhow::Result<(String, u64)> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let keys = wiring::rotate_note_keys(config)?;
+    let current = keys.current().to_owned();
+    let queue = EmbeddedQueue::open(
+        config.data_dir.join("hubbub.db"),
+        EmbeddedConfig {
+            max_body_bytes: config.queue.max_body_bytes,
+            ..EmbeddedConfig::default()
+        },
+    )?;
+    let store = SqliteStore::open(queue).await?.with_note_keys(keys);
+    let resealed = wiring::reseal_all(&store).await?;
+    Ok((current, resealed))
+}
+
 impl Running {
     /// Ask the server to stop and wait until every task has finished.
     pub async fn shutdown(self) {
@@ -142,7 +163,9 @@ async fn context(
     queue: &EmbeddedQueue,
     manager: &Manager,
 ) -> anyhow::Result<Context> {
-    let sqlite = SqliteStore::open(queue.clone()).await?;
+    let sqlite = SqliteStore::open(queue.clone())
+        .await?
+        .with_note_keys(wiring::note_keys(config)?);
     let media = wiring::media_store(config, sqlite.clone())?;
     let feed: Arc<dyn FeedStore> = Arc::new(sqlite.clone());
     let store: Arc<dyn Store> = Arc::new(sqlite);

@@ -1,6 +1,6 @@
 //! The settings of each part, read from the configuration the same way whatever the
 //! backends: the edge's settings and listener limits, the routing table, the engagement
-//! settings, the media store, and the process-wide metrics recorder.
+//! settings, the media store, the contact note keys, and the process-wide metrics recorder.
 
 use crate::config::Config;
 use anyhow::Context as _;
@@ -13,6 +13,43 @@ use hubbub_services::feed::{FEED_QUEUE, FEED_TYPES};
 use hubbub_store::{LocalMedia, MediaStore};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+/// The key file that seals contact notes: `<data_dir>/note-keys`.
+pub(crate) fn note_keys_file(config: &Config) -> std::path::PathBuf {
+    config.data_dir.join("note-keys")
+}
+
+/// The contact note keys: read from `<data_dir>/note-keys`, or the file created with one
+/// new key on first start. Nodes running roles apart share the file as they share
+/// `keys.json`; `hubbub rotate-note-keys` adds a key.
+pub(crate) fn note_keys(config: &Config) -> anyhow::Result<hubbub_store::NoteKeys> {
+    let path = note_keys_file(config);
+    hubbub_store::NoteKeys::load_or_create(&path)
+        .with_context(|| format!("the note keys at {}", path.display()))
+}
+
+/// `hubbub rotate-note-keys`' first step: append a new current key to the note key file (every
+/// older key stays, so every note still opens whatever happens next). Returns the new ring.
+pub(crate) fn rotate_note_keys(config: &Config) -> anyhow::Result<hubbub_store::NoteKeys> {
+    let path = note_keys_file(config);
+    let keys = note_keys(config)?.rotated()?;
+    keys.save(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(keys)
+}
+
+/// `hubbub rotate-note-keys`' second step: re-seal every note under the current key, a batch per
+/// transaction; how many.
+pub(crate) async fn reseal_all(store: &dyn hubbub_store::Store) -> anyhow::Result<u64> {
+    let mut total = 0;
+    loop {
+        let n = store.reseal_notes().await?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n;
+    }
+}
 
 /// How long an edge may stay silent before its sessions are dropped.
 pub(crate) fn edge_ttl(config: &Config) -> Duration {

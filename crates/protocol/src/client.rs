@@ -304,6 +304,28 @@ pub enum Request {
     /// List blocked users.
     #[serde(rename = "block.list")]
     BlockList {},
+    /// Add a user to the caller's contacts, or change their contact. An absent `group` or
+    /// `note` keeps the current one; an empty one clears it.
+    #[serde(rename = "contact.set")]
+    ContactSet {
+        /// User id.
+        user: String,
+        /// A group name (at most 64 characters).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+        /// A private note (at most 1,000 characters), encrypted at rest.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
+    /// Remove a user from the caller's contacts (idempotent).
+    #[serde(rename = "contact.remove")]
+    ContactRemove {
+        /// User id.
+        user: String,
+    },
+    /// List the caller's contacts.
+    #[serde(rename = "contact.list")]
+    ContactList {},
     /// Create a post.
     #[serde(rename = "post.create")]
     PostCreate {
@@ -426,6 +448,9 @@ impl Request {
         "block.add",
         "block.remove",
         "block.list",
+        "contact.set",
+        "contact.remove",
+        "contact.list",
         "post.create",
         "post.delete",
         "comment.create",
@@ -474,6 +499,9 @@ impl Request {
             Request::BlockAdd { .. } => "block.add",
             Request::BlockRemove { .. } => "block.remove",
             Request::BlockList {} => "block.list",
+            Request::ContactSet { .. } => "contact.set",
+            Request::ContactRemove { .. } => "contact.remove",
+            Request::ContactList {} => "contact.list",
             Request::PostCreate { .. } => "post.create",
             Request::PostDelete { .. } => "post.delete",
             Request::CommentCreate { .. } => "comment.create",
@@ -646,6 +674,10 @@ mod tests {
             json!({"type":"block.add","id":"r1","user":"u2"}),
             json!({"type":"block.remove","id":"r1","user":"u2"}),
             json!({"type":"block.list","id":"r1"}),
+            json!({"type":"contact.set","id":"r1","user":"u2","group":"work","note":"n"}),
+            json!({"type":"contact.set","id":"r1","user":"u2"}),
+            json!({"type":"contact.remove","id":"r1","user":"u2"}),
+            json!({"type":"contact.list","id":"r1"}),
             json!({"type":"post.create","id":"r1","text":"hello world"}),
             json!({"type":"post.create","id":"r1","text":"hi","idempotency_key":"k-1"}),
             json!({"type":"comment.create","id":"r1","post":"p1","text":"nice","idempotency_key":"k-2"}),

@@ -179,6 +179,20 @@ pub struct MessageVersion {
     pub ts: i64,
 }
 
+/// One of a user's contacts (`contact.set`, `contact.list`, `contact.updated`): private to
+/// its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Contact {
+    /// The contact's user id.
+    pub user: String,
+    /// The owner's group for this contact, if any.
+    pub group: Option<String>,
+    /// The owner's private note, if any.
+    pub note: Option<String>,
+    /// When the contact was last set (ms since the epoch).
+    pub ts: i64,
+}
+
 /// A presence status as reported to watchers.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,

@@ -1,6 +1,7 @@
 //! Frames sent by the server: `hello`, replies (`ok`, `error`) and pushed events.
 //!
-//! Durable events (`message.new`, `conversation.updated`, `receipt.read`, `notification`)
+//! Durable events (`message.new`, `conversation.updated`, `contact.updated`, `receipt.read`,
+//! `notification`)
 //! carry the user's `seq`; ephemeral ones (`typing`, `presence`, `timeline`, `engagement`, `flags`)
 //! do not. Several frames may share one WebSocket text frame, separated by `\n`.
 
@@ -92,6 +93,21 @@ pub enum ServerFrame {
         seq: u64,
         /// The conversation as it is now.
         conversation: Conversation,
+    },
+    /// One of the user's contacts was set or removed (durable; only the owner's sessions).
+    #[serde(rename = "contact.updated")]
+    ContactUpdated {
+        /// The user's event seq.
+        seq: u64,
+        /// The contact as it is now (absent when removed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        contact: Option<Contact>,
+        /// The user removed from the contacts (only when removed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        /// True when the contact was removed.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        removed: bool,
     },
     /// A member read up to a message (durable).
     #[serde(rename = "receipt.read")]
@@ -198,6 +214,7 @@ impl ServerFrame {
             | ServerFrame::MessageUpdated { seq, .. }
             | ServerFrame::ReactionUpdated { seq, .. }
             | ServerFrame::ConversationUpdated { seq, .. }
+            | ServerFrame::ContactUpdated { seq, .. }
             | ServerFrame::ReceiptRead { seq, .. }
             | ServerFrame::Notification { seq, .. } => Some(*seq),
             _ => None,
@@ -216,6 +233,7 @@ impl ServerFrame {
             ServerFrame::ReactionUpdated { .. } => "reaction.updated",
             ServerFrame::ChannelUpdated { .. } => "channel.updated",
             ServerFrame::ConversationUpdated { .. } => "conversation.updated",
+            ServerFrame::ContactUpdated { .. } => "contact.updated",
             ServerFrame::ReceiptRead { .. } => "receipt.read",
             ServerFrame::Notification { .. } => "notification",
             ServerFrame::Typing { .. } => "typing",
@@ -281,6 +299,16 @@ pub enum ReplyData {
     Users {
         /// User ids.
         users: Vec<String>,
+    },
+    /// `contact.set`.
+    Contact {
+        /// The contact as set.
+        contact: Contact,
+    },
+    /// `contact.list`.
+    Contacts {
+        /// The caller's contacts, by user id.
+        contacts: Vec<Contact>,
     },
     /// `post.create`.
     Post {
@@ -382,6 +410,9 @@ mod tests {
         let m = round_trip(json!({"type":"message.new","seq":7,"message":msg()}));
         assert_eq!((m.seq(), m.type_name()), (Some(7), "message.new"));
         round_trip(json!({"type":"conversation.updated","seq":8,"conversation":conv()}));
+        round_trip(json!({"type":"contact.updated","seq":9,
+            "contact":{"user":"u2","group":"work","note":null,"ts":5}}));
+        round_trip(json!({"type":"contact.updated","seq":10,"user":"u2","removed":true}));
         let u = round_trip(json!({"type":"message.updated","seq":11,"message":msg()}));
         assert_eq!((u.seq(), u.type_name()), (Some(11), "message.updated"));
         let r = round_trip(

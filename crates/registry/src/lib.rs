@@ -238,6 +238,8 @@ pub trait ChatReads: Send + Sync {
     ) -> Result<Vec<hubbub_protocol::Message>, SignalError>;
     /// `block.list`.
     async fn blocks(&self, user: &str) -> Result<Vec<String>, SignalError>;
+    /// `contact.list`: the user's contacts by user id, notes opened.
+    async fn contacts(&self, user: &str) -> Result<Vec<hubbub_protocol::Contact>, SignalError>;
     /// `channel.sync`: up to `limit` (default and at most 1,000) `channel.message` frames
     /// with offset above `after_offset`, in order; the last offset replayed; whether more
     /// remain.

@@ -45,6 +45,7 @@
 
 pub mod accounts;
 pub mod chat;
+pub mod contacts;
 pub mod control;
 pub mod feed;
 pub mod inbox;
@@ -56,6 +57,7 @@ pub mod webhooks;
 
 pub use accounts::{AccountStore, Credentials, RefreshOutcome};
 pub use chat::{ChatStore, MAX_CHANNEL_SYNC, MAX_QUERY_CHARS, NewConversation, NewMessage};
+pub use contacts::{ContactStore, NoteKeys};
 pub use control::{ApiKey, ControlStore, StoredConfig, WebhookEndpoint};
 pub use feed::{FeedStore, NewComment, NewPost, StoredPost};
 pub use inbox::{InboxStore, Replay};
@@ -203,10 +205,10 @@ impl<T> Written<T> {
 }
 
 /// The durable state the edge and the chat service use: accounts, chat, inboxes and the
-/// control plane. Every backend that implements the four traits is a `Store`.
-pub trait Store: AccountStore + ChatStore + InboxStore + ControlStore {}
+/// control plane, contacts. Every backend that implements the five traits is a `Store`.
+pub trait Store: AccountStore + ChatStore + ContactStore + InboxStore + ControlStore {}
 
-impl<T: AccountStore + ChatStore + InboxStore + ControlStore + ?Sized> Store for T {}
+impl<T: AccountStore + ChatStore + ContactStore + InboxStore + ControlStore + ?Sized> Store for T {}
 
 /// Run a rule in one of a backend's transactions: `run!(self.write, |tx| rule(tx, &a))` (or
 /// `self.read`, `self.snapshot`). The captured values must be owned (`to_owned` them first):

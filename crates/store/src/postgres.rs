@@ -26,13 +26,14 @@ use tokio_postgres::types::ToSql;
 /// the feed, media; version 2: refresh token families and revocation; version 3: channels;
 /// version 4: API keys and the runtime config; version 5: replies, threads, edits, deletes,
 /// reactions and pins; version 6: webhooks and the server API (`006_server.sql`).
-const MIGRATIONS: [&str; 6] = [
+const MIGRATIONS: [&str; 7] = [
     include_str!("../migrations/postgres/001_chat_feed_media.sql"),
     include_str!("../migrations/postgres/002_refresh_token_families.sql"),
     include_str!("../migrations/postgres/003_channels.sql"),
     include_str!("../migrations/postgres/004_control.sql"),
     include_str!("../migrations/postgres/005_messages.sql"),
     include_str!("../migrations/postgres/006_server.sql"),
+    include_str!("../migrations/postgres/007_contacts.sql"),
 ];
 
 /// The PostgreSQL store: [`Store`](crate::Store), [`FeedStore`](crate::FeedStore) and media
@@ -44,6 +45,8 @@ pub struct PgStore {
     pub(crate) sends: tokio::sync::mpsc::Sender<crate::chat::postgres::SendJob>,
     /// The runtime config versions this process knows (see `control`).
     pub(crate) config_watch: std::sync::Arc<crate::control::postgres::ConfigWatch>,
+    /// The keys that seal contact notes (none: a note is refused).
+    pub(crate) note_keys: Option<std::sync::Arc<crate::contacts::NoteKeys>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -218,9 +221,16 @@ impl PgStore {
             pool,
             sends,
             config_watch,
+            note_keys: None,
         };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Seal contact notes with these keys (without, a note is refused).
+    pub fn with_note_keys(mut self, keys: crate::contacts::NoteKeys) -> Self {
+        self.note_keys = Some(std::sync::Arc::new(keys));
+        self
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {

@@ -23,7 +23,7 @@ use std::task::{Context, Poll, Waker};
 /// version 2: the feed; version 3: refresh token families and revocation; version 4: channels;
 /// version 5: API keys and the runtime config; version 6: replies, threads, edits, deletes,
 /// reactions and pins; version 7: webhooks and the server API.
-const MIGRATIONS: [&str; 7] = [
+const MIGRATIONS: [&str; 8] = [
     include_str!("../migrations/sqlite/001_chat.sql"),
     include_str!("../migrations/sqlite/002_feed.sql"),
     include_str!("../migrations/sqlite/003_refresh_token_families.sql"),
@@ -31,6 +31,7 @@ const MIGRATIONS: [&str; 7] = [
     include_str!("../migrations/sqlite/005_control.sql"),
     include_str!("../migrations/sqlite/006_messages.sql"),
     include_str!("../migrations/sqlite/007_server.sql"),
+    include_str!("../migrations/sqlite/008_contacts.sql"),
 ];
 /// Read connections kept open for reuse.
 const MAX_IDLE_READERS: usize = 8;
@@ -124,6 +125,8 @@ pub struct SqliteStore {
     clock: Arc<dyn Clock>,
     /// The latest runtime config version (see `control`).
     pub(crate) config_version: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The keys that seal contact notes (none: a note is refused).
+    pub(crate) note_keys: Option<Arc<crate::contacts::NoteKeys>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -146,6 +149,7 @@ impl SqliteStore {
             readers,
             clock: Arc::new(SystemClock),
             config_version: Arc::new(tokio::sync::watch::Sender::new(0)),
+            note_keys: None,
         };
         store.transact(migrate).await?;
         let version = crate::control::ControlStore::runtime_config(&store)
@@ -153,6 +157,12 @@ impl SqliteStore {
             .version;
         store.config_version.send_replace(version);
         Ok(store)
+    }
+
+    /// Seal contact notes with these keys (without, a note is refused).
+    pub fn with_note_keys(mut self, keys: crate::contacts::NoteKeys) -> Self {
+        self.note_keys = Some(Arc::new(keys));
+        self
     }
 
     pub(crate) fn now(&self) -> i64 {

@@ -321,6 +321,13 @@ impl Conn {
                     .map(|users| ReplyData::Users { users });
                 self.signal_reply(frame.id, r).await
             }
+            Request::ContactList {} => {
+                let r = chat
+                    .contacts(&user)
+                    .await
+                    .map(|contacts| ReplyData::Contacts { contacts });
+                self.signal_reply(frame.id, r).await
+            }
             Request::MessageSearch {
                 query,
                 conversation,

@@ -182,6 +182,13 @@ pub(super) fn any_request(rng: &mut Rng) -> Request {
         41 => Request::ConversationPins {
             conversation: s(rng),
         },
+        42 => Request::ContactSet {
+            user: s(rng),
+            group: maybe(rng, s),
+            note: maybe(rng, s),
+        },
+        43 => Request::ContactRemove { user: s(rng) },
+        44 => Request::ContactList {},
         _ => Request::CommentTyping {
             post: s(rng),
             words: any_u32(rng),

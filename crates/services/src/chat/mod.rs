@@ -1,6 +1,6 @@
 //! The chat service: `conversation.create/add/remove/leave`, `message.send`, `message.read`,
-//! `message.edit/delete`, `reaction.add/remove`, `message.pin/unpin`, blocks; and, in
-//! [`queries`], the chat reads.
+//! `message.edit/delete`, `reaction.add/remove`, `message.pin/unpin`, blocks, contacts
+//! (`contact.set/remove`); and, in [`queries`], the chat reads.
 //!
 //! Reads (`conversation.list/get`, `message.history`, `message.search`, `sync`) are answered
 //! by the query side ([`queries::ChatQueries`]), which the edge calls through the registry's
@@ -48,6 +48,8 @@ pub const CHAT_TYPES: &[&str] = &[
     "message.unpin",
     "block.add",
     "block.remove",
+    "contact.set",
+    "contact.remove",
 ];
 
 const MAX_TITLE_CHARS: usize = 256;
@@ -460,6 +462,20 @@ impl ChatService {
             Request::BlockRemove { user: other } => {
                 self.store.unblock(user, other).await?;
                 Ok(Written::nothing(ReplyData::Empty {}))
+            }
+            Request::ContactSet {
+                user: other,
+                group,
+                note,
+            } => {
+                let w = self
+                    .store
+                    .set_contact(user, other, group.as_deref(), note.as_deref())
+                    .await?;
+                Ok(w.map(|contact| ReplyData::Contact { contact }))
+            }
+            Request::ContactRemove { user: other } => {
+                Ok(empty(self.store.remove_contact(user, other).await?))
             }
             other => Err(Failure::new(
                 ErrorCode::BadRequest,

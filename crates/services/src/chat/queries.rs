@@ -1,5 +1,6 @@
 //! The chat service's query side: the chat reads the edge serves (`conversation.list/get`,
-//! `message.history`, `message.search`, `message.versions`, `conversation.pins`, `block.list`) and the inbox reads behind `hello`,
+//! `message.history`, `message.search`, `message.versions`, `conversation.pins`, `block.list`,
+//! `contact.list`) and the inbox reads behind `hello`,
 //! `sync` and gap fills. Straight from the store, never through a queue: reads need no
 //! durability and must not wait behind writes. Their rules (page sizes, membership, what a
 //! failure tells the client) sit here, beside the writes in [`super`].
@@ -128,6 +129,10 @@ impl ChatReads for ChatQueries {
 
     async fn blocks(&self, user: &str) -> Result<Vec<String>, SignalError> {
         self.store.blocks(user).await.map_err(fail)
+    }
+
+    async fn contacts(&self, user: &str) -> Result<Vec<hubbub_protocol::Contact>, SignalError> {
+        self.store.contacts(user).await.map_err(fail)
     }
 
     async fn channel_sync(

@@ -165,6 +165,7 @@ pub(crate) async fn message_events(
 /// `events_after`: the frames after `after`, and whether some the client needed are gone.
 pub(crate) async fn replay(
     tx: &impl InboxTx,
+    keys: Option<&crate::contacts::NoteKeys>,
     user: &str,
     after: u64,
     limit: usize,
@@ -182,6 +183,9 @@ pub(crate) async fn replay(
                 seq: seq as u64,
                 message: message_from_row(message)?,
             }),
+            (Some(json), None) if crate::contacts::is_sealed_row(&json) => {
+                crate::contacts::open_row(keys, user, seq as u64, &json)
+            }
             (Some(json), None) => serde_json::from_str::<ServerFrame>(&json).map_err(json_err),
             (None, None) => Err(StoreError::Internal(format!(
                 "inbox event {seq} lost its message"
@@ -225,8 +229,9 @@ macro_rules! impl_inbox_store {
                 limit: usize,
             ) -> Result<$crate::inbox::Replay, $crate::StoreError> {
                 let user = user.to_owned();
+                let keys = self.note_keys.clone();
                 $crate::run!(self.snapshot, |tx| {
-                    $crate::inbox::replay(tx, &user, after_seq, limit)
+                    $crate::inbox::replay(tx, keys.as_deref(), &user, after_seq, limit)
                 })
             }
 
