@@ -10,6 +10,8 @@ use std::sync::Arc;
 pub struct Env {
     pub store: Arc<dyn Store>,
     pub feed: Arc<dyn FeedStore>,
+    /// The same store with other note keys (a restart after `hubbub rotate-note-keys`).
+    pub with_keys: Box<dyn Fn(NoteKeys) -> Arc<dyn Store> + Send + Sync>,
     pub _guard: Box<dyn std::any::Any + Send>,
 }
 
@@ -17,10 +19,15 @@ pub async fn sqlite_env() -> Env {
     let dir = tempfile::tempdir().expect("tempdir");
     let queue = EmbeddedQueue::open(dir.path().join("hubbub.db"), EmbeddedConfig::default())
         .expect("queue");
-    let s = SqliteStore::open(queue).await.expect("store");
+    let s = SqliteStore::open(queue)
+        .await
+        .expect("store")
+        .with_note_keys(NoteKeys::generate().expect("keys"));
+    let again = s.clone();
     Env {
         store: Arc::new(s.clone()),
         feed: Arc::new(s),
+        with_keys: Box::new(move |keys| Arc::new(again.clone().with_note_keys(keys))),
         _guard: Box::new(dir),
     }
 }
@@ -51,10 +58,13 @@ pub async fn fresh_database() -> String {
 pub async fn postgres_env() -> Env {
     let s = PgStore::connect(&fresh_database().await, 8)
         .await
-        .expect("pg store");
+        .expect("pg store")
+        .with_note_keys(NoteKeys::generate().expect("keys"));
+    let again = s.clone();
     Env {
         store: Arc::new(s.clone()),
         feed: Arc::new(s),
+        with_keys: Box::new(move |keys| Arc::new(again.clone().with_note_keys(keys))),
         _guard: Box::new(()),
     }
 }
@@ -74,7 +84,9 @@ macro_rules! store_conformance {
             reactions_keep_a_summary, pins_change_the_conversation,
             channel_changes_are_broadcast, concurrent_changes_keep_summaries_and_seqs,
             a_run_of_sends_commits_in_order_each_on_its_own,
-            system_messages_and_server_reads, webhooks_and_announced_presence);
+            system_messages_and_server_reads, webhooks_and_announced_presence,
+            contacts_are_private_merged_and_evented, contacts_refuse_bad_input,
+            rotated_note_keys_still_open_old_notes_and_reseal_them);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -2132,4 +2144,185 @@ pub async fn webhooks_and_announced_presence(env: &Env) {
     assert_eq!(s.announced_presence("u2").await.expect("read"), Some(false));
     assert_eq!(s.announced_online("", 1).await.expect("page"), ["u1"]);
     assert_eq!(s.announced_online("u1", 10).await.expect("page"), ["u3"]);
+}
+
+fn contact_frames(frames: &[ServerFrame]) -> Vec<ServerFrame> {
+    frames
+        .iter()
+        .filter(|f| matches!(f, ServerFrame::ContactUpdated { .. }))
+        .cloned()
+        .collect()
+}
+
+/// PROTOCOL.md 1.1, "Contacts": `contact.set` merges (absent keeps, empty clears), each change
+/// is one `contact.updated` for the owner only (replayed with its note), a set that changes
+/// nothing writes no event, `contact.remove` is idempotent, and contacts are private.
+pub async fn contacts_are_private_merged_and_evented(env: &Env) {
+    let s = &env.store;
+    let (a, b, c) = (
+        user(env, "alice").await,
+        user(env, "bob").await,
+        user(env, "carol").await,
+    );
+    let w = s
+        .set_contact(&a, &b, Some("work"), Some("owes me lunch"))
+        .await
+        .expect("set");
+    assert_eq!(
+        (
+            w.value.user.as_str(),
+            w.value.group.as_deref(),
+            w.value.note.as_deref()
+        ),
+        (b.as_str(), Some("work"), Some("owes me lunch"))
+    );
+    assert_eq!(w.events.len(), 1);
+    assert_eq!(w.events[0].user, a);
+    assert!(matches!(
+        &w.events[0].frame,
+        ServerFrame::ContactUpdated { seq: 1, contact: Some(k), removed: false, .. } if *k == w.value
+    ));
+    // The same again: nothing changes, no event.
+    let again = s
+        .set_contact(&a, &b, Some("work"), Some("owes me lunch"))
+        .await
+        .expect("repeat");
+    assert!(again.events.is_empty());
+    // Only the group: the note stays. An empty note clears it.
+    let g = s
+        .set_contact(&a, &b, Some("friends"), None)
+        .await
+        .expect("group");
+    assert_eq!(g.value.note.as_deref(), Some("owes me lunch"));
+    assert_eq!(g.value.group.as_deref(), Some("friends"));
+    s.set_contact(&a, &c, None, Some("n")).await.expect("carol");
+    let cleared = s.set_contact(&a, &c, None, Some("")).await.expect("clear");
+    assert_eq!((cleared.value.group, cleared.value.note), (None, None));
+    let list = s.contacts(&a).await.expect("list");
+    let users: Vec<&str> = list.iter().map(|k| k.user.as_str()).collect();
+    let mut want = vec![b.as_str(), c.as_str()];
+    want.sort();
+    assert_eq!(users, want, "by user id");
+    // Private: bob and carol see none of it, and got no event.
+    assert!(s.contacts(&b).await.expect("bob").is_empty());
+    assert!(contact_frames(&s.events_after(&b, 0, 100).await.expect("bob").frames).is_empty());
+    // Removal: one event; again, none.
+    let r = s.remove_contact(&a, &c).await.expect("remove");
+    assert!(matches!(
+        &r.events[..],
+        [Event { frame: ServerFrame::ContactUpdated { contact: None, user: Some(u), removed: true, .. }, .. }] if *u == c
+    ));
+    assert!(
+        s.remove_contact(&a, &c)
+            .await
+            .expect("again")
+            .events
+            .is_empty()
+    );
+    assert_eq!(s.contacts(&a).await.expect("list").len(), 1);
+    // The replay: every change in order, notes included (sealed in the inbox, opened here).
+    let frames = contact_frames(&s.events_after(&a, 0, 100).await.expect("replay").frames);
+    assert_eq!(frames.len(), 5, "{frames:?}");
+    assert!(matches!(
+        &frames[0],
+        ServerFrame::ContactUpdated { seq: 1, contact: Some(k), .. } if k.note.as_deref() == Some("owes me lunch")
+    ));
+    assert!(matches!(
+        &frames[1],
+        ServerFrame::ContactUpdated { seq: 2, contact: Some(k), .. } if k.group.as_deref() == Some("friends")
+    ));
+}
+
+/// A group over 64 characters, a note over 1,000, an unknown user, oneself: refused, and
+/// nothing changes.
+pub async fn contacts_refuse_bad_input(env: &Env) {
+    let s = &env.store;
+    let (a, b) = (user(env, "alice").await, user(env, "bob").await);
+    s.set_contact(&a, &b, Some("g"), Some("n"))
+        .await
+        .expect("set");
+    let long_group = "g".repeat(65);
+    let long_note = "é".repeat(1001);
+    let e = s
+        .set_contact(&a, &b, Some(&long_group), None)
+        .await
+        .expect_err("group");
+    assert!(matches!(e, StoreError::TooLarge(_)), "{e:?}");
+    let e = s
+        .set_contact(&a, &b, None, Some(&long_note))
+        .await
+        .expect_err("note");
+    assert!(matches!(e, StoreError::TooLarge(_)), "{e:?}");
+    let e = s
+        .set_contact(&a, "nobody", None, None)
+        .await
+        .expect_err("unknown");
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+    let e = s.set_contact(&a, &a, None, None).await.expect_err("self");
+    assert!(matches!(e, StoreError::BadRequest(_)), "{e:?}");
+    // At the limits exactly: accepted.
+    s.set_contact(&a, &b, Some(&"g".repeat(64)), Some(&"é".repeat(1000)))
+        .await
+        .expect("at the limits");
+    let list = s.contacts(&a).await.expect("list");
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        list[0].note.as_deref().map(|n| n.chars().count()),
+        Some(1000)
+    );
+    assert_eq!(
+        s.last_seq(&a).await.expect("seq"),
+        2,
+        "two changes, no more"
+    );
+}
+
+/// `hubbub rotate-note-keys`: a ring with a new current key still opens the notes and events
+/// sealed under the old one, new notes use the new key, and `reseal_notes` moves every note
+/// to it (after which the old key is no longer needed for them).
+pub async fn rotated_note_keys_still_open_old_notes_and_reseal_them(env: &Env) {
+    let (a, b, c) = (
+        user(env, "alice").await,
+        user(env, "bob").await,
+        user(env, "carol").await,
+    );
+    let old = NoteKeys::generate().expect("keys");
+    let before = (env.with_keys)(old.clone());
+    before
+        .set_contact(&a, &b, None, Some("sealed under k1"))
+        .await
+        .expect("set");
+    let rotated = old.rotated().expect("rotate");
+    assert_eq!(rotated.current(), "k2");
+    let after = (env.with_keys)(rotated.clone());
+    assert_eq!(
+        after.contacts(&a).await.expect("list")[0].note.as_deref(),
+        Some("sealed under k1")
+    );
+    after
+        .set_contact(&a, &c, None, Some("sealed under k2"))
+        .await
+        .expect("set");
+    assert_eq!(after.reseal_notes().await.expect("reseal"), 1, "only bob's");
+    assert_eq!(after.reseal_notes().await.expect("reseal"), 0);
+    // Without k1, every note still opens: each is under k2 now.
+    let text: String = rotated
+        .to_text()
+        .lines()
+        .filter(|l| !l.starts_with("k1 "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let only_new = (env.with_keys)(NoteKeys::parse(&text).expect("k2 alone"));
+    let notes: Vec<Option<String>> = only_new
+        .contacts(&a)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|k| k.note)
+        .collect();
+    assert_eq!(notes.len(), 2, "both contacts listed without the old key");
+    assert!(notes.contains(&Some("sealed under k1".to_owned())));
+    // The events sealed under k1 open with the rotated ring (which keeps k1).
+    let frames = contact_frames(&after.events_after(&a, 0, 100).await.expect("replay").frames);
+    assert_eq!(frames.len(), 2);
 }
