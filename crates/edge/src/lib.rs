@@ -113,6 +113,9 @@ pub struct EdgeConfig {
     pub active_window: Duration,
     /// The queues the admin API shows (stats, dead letters, redrive).
     pub queues: Vec<String>,
+    /// The contact note keys: a `contact.set`'s note is sealed before it goes on the queue
+    /// (without, it travels as sent).
+    pub note_keys: Option<Arc<hubbub_store::NoteKeys>>,
 }
 
 /// What an edge needs from the rest of the system.

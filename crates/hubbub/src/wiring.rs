@@ -79,6 +79,14 @@ pub(crate) fn edge_config(config: &Config, edge_id: String) -> EdgeConfig {
             .iter()
             .map(|q| (*q).to_owned())
             .collect(),
+        note_keys: match note_keys(config) {
+            Ok(keys) => Some(Arc::new(keys)),
+            Err(e) => {
+                // The store, which loads the same file, refuses to start on this error.
+                tracing::error!(error = %format!("{e:#}"), "the edge has no note keys");
+                None
+            }
+        },
     }
 }
 

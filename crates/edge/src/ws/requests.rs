@@ -459,6 +459,37 @@ impl Conn {
         }
     }
 
+    /// A `contact.set`'s note sealed for the queue, so it is never on disk in clear text (see
+    /// `hubbub_store::contacts`); a note that starts as a sealed one does is refused.
+    fn seal_note(&self, request: Request) -> Result<Request, (ErrorCode, String)> {
+        let Request::ContactSet {
+            user,
+            group,
+            note: Some(note),
+        } = request
+        else {
+            return Ok(request);
+        };
+        if note.starts_with('\u{1}') {
+            return Err((
+                ErrorCode::BadRequest,
+                "a note may not start with U+0001".into(),
+            ));
+        }
+        let note = match &self.inner.config.note_keys {
+            Some(keys) => {
+                hubbub_store::contacts::seal_for_transit(keys, &self.user.id, &user, &note)
+                    .map_err(|e| (ErrorCode::Internal, e.to_string()))?
+            }
+            None => note,
+        };
+        Ok(Request::ContactSet {
+            user,
+            group,
+            note: Some(note),
+        })
+    }
+
     /// Put a write on the `main` queue; the reply comes back through the dispatcher.
     async fn forward(&mut self, id: Option<String>, request: Request) -> Flow {
         if let Err(retry) = self.inner.admission.admit() {
@@ -483,6 +514,10 @@ impl Conn {
             );
             return self.written(&[e]).await;
         }
+        let request = match self.seal_note(request) {
+            Ok(r) => r,
+            Err(e) => return self.written(&[ServerFrame::error(id, e.0, e.1)]).await,
+        };
         let envelope_id = match hubbub_store::new_id("e") {
             Ok(e) => e,
             Err(e) => return self.reply(id, Err(e)).await,

@@ -13,6 +13,7 @@ mod chat;
 mod cli;
 #[cfg(feature = "cluster")]
 mod cluster;
+mod contacts;
 mod control;
 mod crash;
 mod dashboard;

@@ -8,6 +8,11 @@
 //! (user, seq) it is stored under) and opened on replay. A store given no keys refuses a note
 //! (`internal`) rather than keep it in clear.
 //!
+//! Nor in the queue: the edge seals a `contact.set`'s note before the request goes on the
+//! `main` queue ([`seal_for_transit`], the note becomes `\u{1}sealed:<key>:<nonce>:<data>`,
+//! bound to the owner and the user), and [`ContactStore::set_contact`] opens it. The edge
+//! refuses a client's note that starts with U+0001, so no client can forge that form.
+//!
 //! `contact.set` merges: an absent group or note keeps the current one, an empty one clears
 //! it. A set that changes nothing (a redelivery, a repeat) writes no event.
 
@@ -90,6 +95,43 @@ pub(crate) trait ContactTx {
 /// The associated data of a contact's note: its row.
 fn note_aad(owner: &str, user: &str) -> Vec<u8> {
     format!("contact\0{owner}\0{user}").into_bytes()
+}
+
+/// What a note sealed for the queue starts with (a client's note may not).
+pub const TRANSIT_PREFIX: &str = "\u{1}sealed:";
+
+fn transit_aad(owner: &str, user: &str) -> Vec<u8> {
+    format!("transit\0{owner}\0{user}").into_bytes()
+}
+
+/// A `contact.set` note sealed for its trip through the queue (the edge calls it).
+pub fn seal_for_transit(keys: &NoteKeys, owner: &str, user: &str, note: &str) -> Result<String> {
+    let s = keys.seal(&transit_aad(owner, user), note.as_bytes())?;
+    Ok(format!(
+        "{TRANSIT_PREFIX}{}:{}:{}",
+        s.key,
+        hex::encode(s.nonce),
+        hex::encode(s.data)
+    ))
+}
+
+/// A note as the client wrote it: opened if it was sealed for transit.
+fn from_transit(keys: Option<&NoteKeys>, owner: &str, user: &str, note: &str) -> Result<String> {
+    let Some(rest) = note.strip_prefix(TRANSIT_PREFIX) else {
+        return Ok(note.to_owned());
+    };
+    let bad = || StoreError::BadRequest("a malformed sealed note".into());
+    let mut parts = rest.splitn(3, ':');
+    let (Some(key), Some(nonce), Some(data)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    let sealed = Sealed {
+        key: key.to_owned(),
+        nonce: hex::decode(nonce).map_err(|_| bad())?,
+        data: hex::decode(data).map_err(|_| bad())?,
+    };
+    let plain = need(keys)?.open(&transit_aad(owner, user), &sealed)?;
+    String::from_utf8(plain).map_err(|_| bad())
 }
 
 /// The associated data of a sealed inbox row.
@@ -205,6 +247,10 @@ pub(crate) async fn set_contact(
     note: Option<&str>,
     now: i64,
 ) -> Result<Written<Contact>> {
+    let note = note
+        .map(|n| from_transit(keys, owner, user, n))
+        .transpose()?;
+    let note = note.as_deref();
     if group.is_some_and(|g| g.chars().count() > MAX_GROUP_CHARS) {
         return Err(StoreError::TooLarge(format!(
             "a group is at most {MAX_GROUP_CHARS} characters"
