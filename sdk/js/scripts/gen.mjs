@@ -35,6 +35,8 @@ const REPLY_NAMES = {
   "message": "MessageSendReply",
   "presence": "PresenceWatchReply",
   "users": "BlockListReply",
+  "contact": "ContactSetReply",
+  "contacts": "ContactListReply",
   "post": "PostCreateReply",
   "comment": "CommentCreateReply",
   "likes": "LikesReply",

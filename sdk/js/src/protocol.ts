@@ -94,6 +94,9 @@ export interface ReplyMap {
   "block.add": G.EmptyReply;
   "block.remove": G.EmptyReply;
   "block.list": G.BlockListReply;
+  "contact.set": G.ContactSetReply;
+  "contact.remove": G.EmptyReply;
+  "contact.list": G.ContactListReply;
   "post.create": G.PostCreateReply;
   "post.delete": G.EmptyReply;
   "comment.create": G.CommentCreateReply;

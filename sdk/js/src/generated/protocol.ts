@@ -51,6 +51,9 @@ export type ClientRequest =
   | BlockAddRequest
   | BlockRemoveRequest
   | BlockListRequest
+  | ContactSetRequest
+  | ContactRemoveRequest
+  | ContactListRequest
   | PostCreateRequest
   | PostDeleteRequest
   | CommentCreateRequest
@@ -122,6 +125,7 @@ export type ServerFrame =
   | MessageUpdatedFrame
   | ReactionUpdatedFrame
   | ConversationUpdatedFrame
+  | ContactUpdatedFrame
   | ReceiptReadFrame
   | NotificationFrame
   | TypingFrame
@@ -147,6 +151,8 @@ export type ReplyData =
   | MessageSendReply
   | PresenceWatchReply
   | BlockListReply
+  | ContactSetReply
+  | ContactListReply
   | PostCreateReply
   | CommentCreateReply
   | LikesReply
@@ -657,6 +663,41 @@ export interface BlockRemoveRequest {
  */
 export interface BlockListRequest {
   type: "block.list";
+}
+/**
+ * Add a user to the caller's contacts, or change their contact. An absent `group` or
+ * `note` keeps the current one; an empty one clears it.
+ */
+export interface ContactSetRequest {
+  /**
+   * A group name (at most 64 characters).
+   */
+  group?: string | null;
+  /**
+   * A private note (at most 1,000 characters), encrypted at rest.
+   */
+  note?: string | null;
+  type: "contact.set";
+  /**
+   * User id.
+   */
+  user: string;
+}
+/**
+ * Remove a user from the caller's contacts (idempotent).
+ */
+export interface ContactRemoveRequest {
+  type: "contact.remove";
+  /**
+   * User id.
+   */
+  user: string;
+}
+/**
+ * List the caller's contacts.
+ */
+export interface ContactListRequest {
+  type: "contact.list";
 }
 /**
  * Create a post.
@@ -1278,6 +1319,46 @@ export interface BlockListReply {
   users: string[];
 }
 /**
+ * `contact.set`.
+ */
+export interface ContactSetReply {
+  contact: Contact;
+}
+/**
+ * One of a user's contacts (`contact.set`, `contact.list`, `contact.updated`): private to
+ * its owner.
+ *
+ * This interface was referenced by `HubbubSchemas`'s JSON-Schema
+ * via the `definition` "Contact".
+ */
+export interface Contact {
+  /**
+   * The owner's group for this contact, if any.
+   */
+  group?: string | null;
+  /**
+   * The owner's private note, if any.
+   */
+  note?: string | null;
+  /**
+   * When the contact was last set (ms since the epoch).
+   */
+  ts: number;
+  /**
+   * The contact's user id.
+   */
+  user: string;
+}
+/**
+ * `contact.list`.
+ */
+export interface ContactListReply {
+  /**
+   * The caller's contacts, by user id.
+   */
+  contacts: Contact[];
+}
+/**
  * `post.create`.
  */
 export interface PostCreateReply {
@@ -1531,6 +1612,28 @@ export interface ConversationUpdatedFrame {
    */
   seq: number;
   type: "conversation.updated";
+}
+/**
+ * One of the user's contacts was set or removed (durable; only the owner's sessions).
+ */
+export interface ContactUpdatedFrame {
+  /**
+   * The contact as it is now (absent when removed).
+   */
+  contact?: Contact | null;
+  /**
+   * True when the contact was removed.
+   */
+  removed?: boolean;
+  /**
+   * The user's event seq.
+   */
+  seq: number;
+  type: "contact.updated";
+  /**
+   * The user removed from the contacts (only when removed).
+   */
+  user?: string | null;
 }
 /**
  * A member read up to a message (durable).
