@@ -204,6 +204,6 @@ mod tests {
         assert_eq!(again.open(b"row1", &sealed).expect("open"), b"secret");
         assert!(NoteKeys::parse("k1 00").is_err());
         assert!(NoteKeys::parse("").is_err());
-        assert!(!format!("{new:?}").contains(&hex::encode(&new.keys[0].1)));
+        assert!(!format!("{new:?}").contains(&hex::encode(new.keys[0].1)));
     }
 }
