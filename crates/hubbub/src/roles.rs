@@ -113,7 +113,14 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
         );
     }
     let manager = Manager::new();
-    let cluster = Cluster::connect(&config, role == Role::Edge).await?;
+    // Only edges (which seal notes and serve `contact.list`) and the chat service (which
+    // opens them) read the note keys; the others never create a key file of their own.
+    let notes = match &role {
+        Role::Edge => true,
+        Role::Worker(services) => services.iter().any(|s| s == "chat"),
+        Role::Router | Role::Scheduler => false,
+    };
+    let cluster = Cluster::connect(&config, role == Role::Edge, notes).await?;
     let ctx = cluster.context(&config, &manager)?;
     // Every role watches the runtime config; first, so the others start on it.
     manager.start::<crate::control::ConfigWatcher>(&ctx).await?;
@@ -169,7 +176,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn connect(config: &Config, edge: bool) -> anyhow::Result<Self> {
+    async fn connect(config: &Config, edge: bool, notes: bool) -> anyhow::Result<Self> {
         let c = &config.cluster;
         let redis_url = c
             .redis_url
@@ -192,10 +199,12 @@ impl Cluster {
             dedupe_window: Duration::from_secs(config.queue.dedupe_window_s.max(1)),
             timeout: Duration::from_secs(2),
         })?;
-        let store = PgStore::connect(&pg_url, c.postgres_max_connections)
+        let mut store = PgStore::connect(&pg_url, c.postgres_max_connections)
             .await
-            .context("connecting to PostgreSQL")?
-            .with_note_keys(wiring::note_keys(config)?);
+            .context("connecting to PostgreSQL")?;
+        if notes {
+            store = store.with_note_keys(wiring::note_keys(config)?);
+        }
         let registry = RedisRegistry::new(queue.connection(), &c.namespace);
         let link = Arc::new(HttpEdges::new(registry.clone(), &secret)?);
         let delivery = Delivery::new(Arc::new(registry.clone()), link.clone());
