@@ -1,5 +1,5 @@
-//! Roles apart in this process on the real Redis and PostgreSQL: presence and engagement
-//! across edges.
+//! Roles apart in this process on the real Redis and PostgreSQL: presence, engagement and
+//! contacts across edges.
 //! A writer on one edge and a watcher on another see the same `engagement` events, because
 //! the signals go to the one worker leading the `engagement` service; when that worker stops
 //! and another takes over, the edges' renewals give it the subscriptions back.
@@ -435,6 +435,105 @@ async fn the_server_api_reaches_sessions_on_every_edge() {
     assert_eq!(st, 200);
     assert_eq!(close_code(&mut three).await, Some(4001));
     for r in [worker, router, edge_b, edge_a] {
+        stop(r).await;
+    }
+}
+
+/// Contacts on roles apart (PostgreSQL, Redis): a note set through one edge reaches the
+/// owner's session on another edge as `contact.updated` and lists there; the edges seal it for
+/// the queue and the chat worker opens it, all reading the shared `<data_dir>/note-keys`; no
+/// row of PostgreSQL holds the note in clear text.
+#[tokio::test]
+async fn contacts_work_across_edges_with_notes_sealed_in_postgres() {
+    let (config, _dir) = config().await;
+    let edge_a = hubbub::roles::start(Role::Edge, config.clone())
+        .await
+        .expect("edge a");
+    let edge_b = hubbub::roles::start(Role::Edge, config.clone())
+        .await
+        .expect("edge b");
+    let router = hubbub::roles::start(Role::Router, config.clone())
+        .await
+        .expect("router");
+    let worker = hubbub::roles::start(Role::Worker(vec!["chat".into()]), config.clone())
+        .await
+        .expect("worker");
+    let (a, b) = (
+        format!("http://{}", edge_a.addr),
+        format!("http://{}", edge_b.addr),
+    );
+    let auth = Client::new(&a)
+        .signup("ct_owner", "password123")
+        .await
+        .expect("signup");
+    let friend = Client::new(&a)
+        .signup("ct_friend", "password123")
+        .await
+        .expect("signup");
+    let (mut on_a, _) = Client::new(&a)
+        .connect(&auth.access_token)
+        .await
+        .expect("connect a");
+    let _timeline = next(&mut on_a).await;
+    let (mut on_b, _) = Client::new(&b)
+        .connect(&auth.access_token)
+        .await
+        .expect("connect b");
+    let _timeline = next(&mut on_b).await;
+    let secret = "quokka umbrella seventy";
+    let set = Request::ContactSet {
+        user: friend.user.id.clone(),
+        group: Some("close".into()),
+        note: Some(secret.into()),
+    };
+    match ok(&mut on_a, set).await {
+        ReplyData::Contact { contact } => assert_eq!(contact.note.as_deref(), Some(secret)),
+        other => panic!("set: {other:?}"),
+    }
+    let f = until(&mut on_b, "contact.updated on the other edge", |f| {
+        matches!(f, ServerFrame::ContactUpdated { .. })
+    })
+    .await;
+    assert!(
+        matches!(&f, ServerFrame::ContactUpdated { contact: Some(c), .. } if c.note.as_deref() == Some(secret)),
+        "{f:?}"
+    );
+    match ok(&mut on_b, Request::ContactList {}).await {
+        ReplyData::Contacts { contacts } => {
+            assert_eq!(contacts.len(), 1);
+            assert_eq!(contacts[0].note.as_deref(), Some(secret));
+        }
+        other => panic!("list: {other:?}"),
+    }
+    // PostgreSQL holds no note in clear text: neither the contact nor the inbox row.
+    let url = config.cluster.postgres_url.clone().expect("url");
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT note, note_key FROM contacts WHERE owner = $1",
+            &[&auth.user.id],
+        )
+        .await
+        .expect("contact row");
+    let (note, key): (Vec<u8>, String) = (row.get(0), row.get(1));
+    assert_eq!(key, "k1");
+    assert!(!note.windows(secret.len()).any(|w| w == secret.as_bytes()));
+    let frames: Vec<String> = client
+        .query(
+            "SELECT frame FROM inbox WHERE user_id = $1 AND frame IS NOT NULL",
+            &[&auth.user.id],
+        )
+        .await
+        .expect("inbox")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!frames.is_empty());
+    assert!(frames.iter().all(|f| !f.contains(secret)), "{frames:?}");
+    for r in [edge_a, edge_b, router, worker] {
         stop(r).await;
     }
 }
