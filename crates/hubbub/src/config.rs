@@ -32,7 +32,8 @@ const NOT_SETTINGS: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Where the database (`hubbub.db`) and the signing keys (`keys.json`) live.
+    /// Where the database (`hubbub.db`), the signing keys (`keys.json`) and the contact note
+    /// keys (`note-keys`) live.
     pub data_dir: PathBuf,
     /// The public listener: WebSocket, HTTP API, health (and readiness and metrics when
     /// `admin_listen` is not set).
