@@ -234,7 +234,7 @@ enum Command {
         which: ApiKeyCommand,
     },
     /// Add a new current key to the contact note keys (`<data_dir>/note-keys`) and re-seal
-    /// every note under it; older keys stay in the file. Run it with the server stopped (and,
+    /// every note (and every sealed inbox event) under it; older keys stay in the file. Run it with the server stopped (and,
     /// with `--postgres-url`, every node stopped; copy the new file to each before starting
     /// them).
     RotateNoteKeys(RoleArgs),

@@ -182,7 +182,8 @@ async fn notes_are_sealed_at_rest_and_survive_key_rotation() {
     let keys = std::fs::read_to_string(data_dir.join("note-keys")).expect("key file");
     assert!(keys.lines().any(|l| l.starts_with("k1 ")));
     let (current, resealed) = hubbub::serve::rotate_keys(&s.config).await.expect("rotate");
-    assert_eq!((current.as_str(), resealed), ("k2", 1));
+    // The note, and the event that carried it.
+    assert_eq!((current.as_str(), resealed), ("k2", 2));
     let keys = std::fs::read_to_string(data_dir.join("note-keys")).expect("key file");
     assert!(keys.lines().any(|l| l.starts_with("k1 ")), "old keys stay");
     assert!(keys.lines().any(|l| l.starts_with("k2 ")));

@@ -13,6 +13,9 @@
 //! bound to the owner and the user), and [`ContactStore::set_contact`] opens it. The edge
 //! refuses a client's note that starts with U+0001, so no client can forge that form.
 //!
+//! Rotation ([`ContactStore::reseal_notes`], batch by batch) re-seals the notes, then the
+//! sealed inbox rows, under the current key.
+//!
 //! `contact.set` merges: an absent group or note keeps the current one, an empty one clears
 //! it. A set that changes nothing (a redelivery, a repeat) writes no event.
 
@@ -57,8 +60,9 @@ pub trait ContactStore: Send + Sync {
     /// `contact.list`: `owner`'s contacts by user id, notes opened.
     async fn contacts(&self, owner: &str) -> Result<Vec<Contact>>;
 
-    /// Re-seal up to [`RESEAL_BATCH`] notes sealed under a key other than the current one;
-    /// how many (0 when none is left).
+    /// Re-seal up to [`RESEAL_BATCH`] notes sealed under a key other than the current one,
+    /// or, when no such note is left, up to as many sealed inbox events; how many (0 when
+    /// none of either is left).
     async fn reseal_notes(&self) -> Result<u64>;
 }
 
@@ -90,6 +94,15 @@ pub(crate) trait ContactTx {
     ) -> Result<Vec<(String, String, Sealed)>>;
     /// Replace a contact's sealed note.
     async fn set_note(&self, owner: &str, user: &str, note: &Sealed) -> Result<()>;
+    /// Up to `limit` sealed inbox rows (user, seq, JSON) whose JSON does not start with
+    /// `prefix` (the sealed form under the current key).
+    async fn sealed_events_not(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, i64, String)>>;
+    /// Replace an inbox row's JSON.
+    async fn set_event_json(&self, user: &str, seq: i64, json: &str) -> Result<()>;
 }
 
 /// The associated data of a contact's note: its row.
@@ -198,6 +211,24 @@ pub(crate) fn open_row(
     serde_json::from_slice(&plain).map_err(json_err)
 }
 
+/// A frame's JSON sealed for the inbox row (user, seq).
+fn seal_row(keys: &NoteKeys, user: &str, seq: u64, json: &str) -> Result<String> {
+    let s = keys.seal(&event_aad(user, seq), json.as_bytes())?;
+    serde_json::to_string(&SealedRow {
+        sealed: SealedJson {
+            key: s.key,
+            nonce: hex::encode(s.nonce),
+            data: hex::encode(s.data),
+        },
+    })
+    .map_err(json_err)
+}
+
+/// How a sealed inbox row under `key` starts (the fields serialize in order).
+fn sealed_row_prefix(key: &str) -> String {
+    format!("{{\"sealed\":{{\"key\":\"{key}\",")
+}
+
 /// Append `contact.updated` to `owner`'s inbox, sealed when it carries a note.
 async fn contact_event(
     tx: &impl InboxTx,
@@ -214,15 +245,7 @@ async fn contact_event(
         ServerFrame::ContactUpdated { contact: Some(c), .. } if c.note.is_some()
     );
     let stored = if has_note {
-        let s = need(keys)?.seal(&event_aad(owner, seq), json.as_bytes())?;
-        serde_json::to_string(&SealedRow {
-            sealed: SealedJson {
-                key: s.key,
-                nonce: hex::encode(s.nonce),
-                data: hex::encode(s.data),
-            },
-        })
-        .map_err(json_err)?
+        seal_row(need(keys)?, owner, seq, &json)?
     } else {
         json
     };
@@ -345,7 +368,24 @@ pub(crate) async fn reseal_notes(tx: &impl ContactTx, keys: Option<&NoteKeys>) -
         let plain = keys.open(&aad, old)?;
         tx.set_note(owner, user, &keys.seal(&aad, &plain)?).await?;
     }
-    Ok(due.len() as u64)
+    if !due.is_empty() {
+        return Ok(due.len() as u64);
+    }
+    let rows = tx
+        .sealed_events_not(&sealed_row_prefix(keys.current()), RESEAL_BATCH)
+        .await?;
+    for (user, seq, json) in &rows {
+        let seq = u64::try_from(*seq).map_err(|_| StoreError::Internal("a negative seq".into()))?;
+        let frame = open_row(Some(keys), user, seq, json)?;
+        let plain = serde_json::to_string(&frame).map_err(json_err)?;
+        tx.set_event_json(
+            user,
+            crate::to_i64(seq),
+            &seal_row(keys, user, seq, &plain)?,
+        )
+        .await?;
+    }
+    Ok(rows.len() as u64)
 }
 
 /// [`ContactStore`] for a backend (which has a `note_keys: Option<Arc<NoteKeys>>` field).

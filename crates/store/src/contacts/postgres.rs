@@ -103,6 +103,37 @@ impl ContactTx for Tx<'_> {
             .collect())
     }
 
+    async fn sealed_events_not(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, i64, String)>> {
+        // `left` rather than LIKE: a key id may hold `_` or `%`. A scan of the inbox, which
+        // only the offline rotation command runs.
+        let limit = limit as i64;
+        let rows = self
+            .rows(
+                "SELECT user_id, seq, frame FROM inbox
+                 WHERE left(frame, 10) = '{\"sealed\":' AND left(frame, length($1)) <> $1
+                 LIMIT $2 FOR UPDATE",
+                &[&prefix, &limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    async fn set_event_json(&self, user: &str, seq: i64, json: &str) -> Result<()> {
+        self.exec(
+            "UPDATE inbox SET frame = $3 WHERE user_id = $1 AND seq = $2",
+            &[&user, &seq, &json],
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn set_note(&self, owner: &str, user: &str, note: &Sealed) -> Result<()> {
         self.exec(
             "UPDATE contacts SET note_key = $3, note_nonce = $4, note = $5

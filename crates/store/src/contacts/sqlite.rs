@@ -92,6 +92,30 @@ impl ContactTx for Tx<'_> {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
+    async fn sealed_events_not(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, i64, String)>> {
+        // `substr` rather than LIKE: a key id may hold `_` or `%`. A scan of the inbox, which
+        // only the offline rotation command runs.
+        let mut st = self.prepare_cached(
+            "SELECT user_id, seq, frame FROM inbox
+             WHERE substr(frame, 1, 10) = '{\"sealed\":' AND substr(frame, 1, length(?1)) <> ?1
+             LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![prefix, limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    async fn set_event_json(&self, user: &str, seq: i64, json: &str) -> Result<()> {
+        self.prepare_cached("UPDATE inbox SET frame = ?3 WHERE user_id = ?1 AND seq = ?2")?
+            .execute(params![user, seq, json])?;
+        Ok(())
+    }
+
     async fn set_note(&self, owner: &str, user: &str, note: &Sealed) -> Result<()> {
         self.prepare_cached(
             "UPDATE contacts SET note_key = ?3, note_nonce = ?4, note = ?5

@@ -2303,7 +2303,16 @@ pub async fn rotated_note_keys_still_open_old_notes_and_reseal_them(env: &Env) {
         .set_contact(&a, &c, None, Some("sealed under k2"))
         .await
         .expect("set");
-    assert_eq!(after.reseal_notes().await.expect("reseal"), 1, "only bob's");
+    assert_eq!(
+        after.reseal_notes().await.expect("reseal"),
+        1,
+        "only bob's note"
+    );
+    assert_eq!(
+        after.reseal_notes().await.expect("reseal"),
+        1,
+        "then only the event of bob's note"
+    );
     assert_eq!(after.reseal_notes().await.expect("reseal"), 0);
     // Without k1, every note still opens: each is under k2 now.
     let text: String = rotated
@@ -2322,7 +2331,17 @@ pub async fn rotated_note_keys_still_open_old_notes_and_reseal_them(env: &Env) {
         .collect();
     assert_eq!(notes.len(), 2, "both contacts listed without the old key");
     assert!(notes.contains(&Some("sealed under k1".to_owned())));
-    // The events sealed under k1 open with the rotated ring (which keeps k1).
-    let frames = contact_frames(&after.events_after(&a, 0, 100).await.expect("replay").frames);
+    // The events too: every one opens without k1.
+    let frames = contact_frames(
+        &only_new
+            .events_after(&a, 0, 100)
+            .await
+            .expect("replay")
+            .frames,
+    );
     assert_eq!(frames.len(), 2);
+    assert!(matches!(
+        &frames[0],
+        ServerFrame::ContactUpdated { contact: Some(k), .. } if k.note.as_deref() == Some("sealed under k1")
+    ));
 }
