@@ -182,6 +182,11 @@ pub(super) fn any_request(rng: &mut Rng) -> Request {
         41 => Request::ConversationPins {
             conversation: s(rng),
         },
+        42 => Request::MessageReport {
+            conversation: s(rng),
+            message: s(rng),
+            reason: s(rng),
+        },
         _ => Request::CommentTyping {
             post: s(rng),
             words: any_u32(rng),
