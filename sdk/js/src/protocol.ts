@@ -82,6 +82,7 @@ export interface ReplyMap {
   "message.edit": G.MessageSendReply;
   "message.versions": G.MessageVersionsReply;
   "message.delete": G.EmptyReply;
+  "message.report": G.EmptyReply;
   "reaction.add": G.ReactionsReply;
   "reaction.remove": G.ReactionsReply;
   "message.pin": G.EmptyReply;
