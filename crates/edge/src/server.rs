@@ -14,8 +14,8 @@
 //! Webhook endpoints are created and deleted here; the events are produced by the chat
 //! service and the edges' sessions, and delivered by the services crate's webhook worker.
 //!
-//! Not built yet: `DELETE /v1/server/users/{id}` (erasure) and `GET /v1/server/reports`
-//! answer `404` like any unknown path (docs/protocol.md).
+//! Not built yet: `DELETE /v1/server/users/{id}` (erasure) answers `404` like any unknown
+//! path (docs/protocol.md).
 
 // Handlers return axum responses as errors: the idiom of the framework, and cold paths.
 #![allow(clippy::result_large_err)]
@@ -32,7 +32,8 @@ use hubbub_protocol::internal::Envelope;
 use hubbub_protocol::serverapi::{
     AddMembers, ConversationResponse, CreateConversation, CreateUser, CreateWebhook,
     CreatedWebhook, DisconnectResponse, Empty, MAX_PRESENCE_USERS, MessageResponse, PostMessage,
-    PresenceRequest, PresenceResponse, SYSTEM_SENDER, UserResponse, WebhookInfo, WebhooksResponse,
+    PresenceRequest, PresenceResponse, ReportsResponse, SYSTEM_SENDER, UserResponse, WebhookInfo,
+    WebhooksResponse,
 };
 use hubbub_protocol::{ErrorCode, IdempotencyKey, ReplyData, Request, ServerFrame};
 use hubbub_queue::SendOptions;
@@ -77,6 +78,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/server/webhooks"),
     ("get", "/v1/server/webhooks"),
     ("delete", "/v1/server/webhooks/{id}"),
+    ("get", "/v1/server/reports"),
     ("get", "/v1/server/openapi.json"),
 ];
 
@@ -99,6 +101,7 @@ pub(crate) fn routes() -> axum::Router<Arc<Inner>> {
             post(create_webhook).get(list_webhooks),
         )
         .route("/v1/server/webhooks/{id}", delete(delete_webhook))
+        .route("/v1/server/reports", get(reports))
         .route("/v1/server/openapi.json", get(openapi_json))
 }
 
@@ -144,6 +147,7 @@ pub(crate) fn routes() -> axum::Router<Arc<Inner>> {
         create_webhook,
         list_webhooks,
         delete_webhook,
+        reports,
         openapi_json
     ),
     modifiers(&ApiKeyAuth),
@@ -651,6 +655,38 @@ async fn create_webhook(
                 },
             )
         }
+        Err(e) => store_error(e),
+    }
+}
+
+/// Most reports in one page of `GET /v1/server/reports`.
+const MAX_REPORTS_PAGE: usize = 500;
+
+/// Query of `GET /v1/server/reports`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+struct ReportsQuery {
+    /// Only reports older than this one (its id: the last of the previous page).
+    before: Option<String>,
+    /// At most this many (1 to 500, default 100).
+    limit: Option<usize>,
+}
+
+/// Reported messages, newest first (`message.report`).
+#[utoipa::path(get, path = "/v1/server/reports", tag = "server", params(ReportsQuery),
+    responses(
+        (status = 200, description = "A page of reports, newest first", body = ReportsResponse),
+        (status = 400, description = "An unknown `before`", body = HttpError)))]
+async fn reports(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<ReportsQuery>,
+) -> Response {
+    if let Err(r) = crate::admin::authorize(&inner, &headers, "server").await {
+        return r;
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_REPORTS_PAGE);
+    match inner.deps.store.reports(q.before.as_deref(), limit).await {
+        Ok((reports, more)) => json(StatusCode::OK, ReportsResponse { reports, more }),
         Err(e) => store_error(e),
     }
 }

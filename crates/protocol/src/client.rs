@@ -189,6 +189,17 @@ pub enum Request {
         /// Message id.
         message: String,
     },
+    /// Report a message to the app's moderators (PROTOCOL.md 1.1, "Roles and moderation"):
+    /// stored, listed by `GET /v1/server/reports`, told by the `message.reported` webhook.
+    #[serde(rename = "message.report")]
+    MessageReport {
+        /// Conversation id.
+        conversation: String,
+        /// Message id.
+        message: String,
+        /// Why (1 to 500 characters).
+        reason: String,
+    },
     /// React to a message (idempotent).
     #[serde(rename = "reaction.add")]
     ReactionAdd {
@@ -436,6 +447,7 @@ impl Request {
         "message.edit",
         "message.versions",
         "message.delete",
+        "message.report",
         "reaction.add",
         "reaction.remove",
         "message.pin",
@@ -487,6 +499,7 @@ impl Request {
             Request::MessageEdit { .. } => "message.edit",
             Request::MessageVersions { .. } => "message.versions",
             Request::MessageDelete { .. } => "message.delete",
+            Request::MessageReport { .. } => "message.report",
             Request::ReactionAdd { .. } => "reaction.add",
             Request::ReactionRemove { .. } => "reaction.remove",
             Request::MessagePin { .. } => "message.pin",
@@ -701,6 +714,7 @@ mod tests {
             json!({"type":"message.edit","id":"r1","conversation":"c1","message":"7","text":"fixed"}),
             json!({"type":"message.versions","id":"r1","conversation":"c1","message":"7"}),
             json!({"type":"message.delete","id":"r1","conversation":"c1","message":"7"}),
+            json!({"type":"message.report","id":"r1","conversation":"c1","message":"7","reason":"spam"}),
             json!({"type":"reaction.add","id":"r1","conversation":"c1","message":"7","emoji":"👍"}),
             json!({"type":"reaction.remove","id":"r1","conversation":"c1","message":"7","emoji":"👍"}),
             json!({"type":"message.pin","id":"r1","conversation":"c1","message":"7"}),

@@ -130,6 +130,7 @@ pub const WEBHOOK_EVENTS: &[&str] = &[
     "message.created",
     "conversation.created",
     "conversation.updated",
+    "message.reported",
 ];
 
 /// Longest webhook URL, bytes.
@@ -204,6 +205,33 @@ pub struct WebhookInfo {
 pub struct WebhooksResponse {
     /// The endpoints.
     pub webhooks: Vec<WebhookInfo>,
+}
+
+/// A message reported by a member (`message.report`), as the server API lists it and the
+/// `message.reported` webhook tells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Report {
+    /// Its id.
+    pub id: String,
+    /// The conversation.
+    pub conversation: String,
+    /// The message reported.
+    pub message: String,
+    /// Who reported it.
+    pub reporter: String,
+    /// Why.
+    pub reason: String,
+    /// When (ms).
+    pub ts: i64,
+}
+
+/// The answer to `GET /v1/server/reports`: the newest reports first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReportsResponse {
+    /// The reports.
+    pub reports: Vec<Report>,
+    /// Whether older ones remain (ask again with `before` = the last id).
+    pub more: bool,
 }
 
 /// What a webhook endpoint receives: one event per POST.

@@ -25,8 +25,9 @@ use tokio_postgres::types::ToSql;
 /// The schema's steps: version N is the first N of them, applied in order. Version 1: chat,
 /// the feed, media; version 2: refresh token families and revocation; version 3: channels;
 /// version 4: API keys and the runtime config; version 5: replies, threads, edits, deletes,
-/// reactions and pins; version 6: webhooks and the server API (`006_server.sql`).
-const MIGRATIONS: [&str; 7] = [
+/// reactions and pins; version 6: webhooks and the server API (`006_server.sql`); version 7:
+/// contacts; version 8: reports.
+const MIGRATIONS: [&str; 8] = [
     include_str!("../migrations/postgres/001_chat_feed_media.sql"),
     include_str!("../migrations/postgres/002_refresh_token_families.sql"),
     include_str!("../migrations/postgres/003_channels.sql"),
@@ -34,6 +35,7 @@ const MIGRATIONS: [&str; 7] = [
     include_str!("../migrations/postgres/005_messages.sql"),
     include_str!("../migrations/postgres/006_server.sql"),
     include_str!("../migrations/postgres/007_contacts.sql"),
+    include_str!("../migrations/postgres/008_reports.sql"),
 ];
 
 /// The PostgreSQL store: [`Store`](crate::Store), [`FeedStore`](crate::FeedStore) and media

@@ -22,8 +22,9 @@ use std::task::{Context, Poll, Waker};
 /// The schema's steps: version N is the first N of them, applied in order. Version 1: chat;
 /// version 2: the feed; version 3: refresh token families and revocation; version 4: channels;
 /// version 5: API keys and the runtime config; version 6: replies, threads, edits, deletes,
-/// reactions and pins; version 7: webhooks and the server API.
-const MIGRATIONS: [&str; 8] = [
+/// reactions and pins; version 7: webhooks and the server API; version 8: contacts; version 9:
+/// reports.
+const MIGRATIONS: [&str; 9] = [
     include_str!("../migrations/sqlite/001_chat.sql"),
     include_str!("../migrations/sqlite/002_feed.sql"),
     include_str!("../migrations/sqlite/003_refresh_token_families.sql"),
@@ -32,6 +33,7 @@ const MIGRATIONS: [&str; 8] = [
     include_str!("../migrations/sqlite/006_messages.sql"),
     include_str!("../migrations/sqlite/007_server.sql"),
     include_str!("../migrations/sqlite/008_contacts.sql"),
+    include_str!("../migrations/sqlite/009_reports.sql"),
 ];
 /// Read connections kept open for reuse.
 const MAX_IDLE_READERS: usize = 8;

@@ -21,13 +21,6 @@ export interface ChannelMessageFrame {
   message: G.Message;
 }
 
-/** An address book entry changed (1.1 "Contacts", durable). */
-export interface ContactUpdatedFrame {
-  type: "contact.updated";
-  seq: number;
-  contact: { user: string; group: string | null; note: string | null; ts: number } | { user: string; removed: true };
-}
-
 /** The user's feature flags changed (1.1, ephemeral): the whole map. */
 export interface FlagsFrame {
   type: "flags";
@@ -82,6 +75,7 @@ export interface ReplyMap {
   "message.edit": G.MessageSendReply;
   "message.versions": G.MessageVersionsReply;
   "message.delete": G.EmptyReply;
+  "message.report": G.EmptyReply;
   "reaction.add": G.ReactionsReply;
   "reaction.remove": G.ReactionsReply;
   "message.pin": G.EmptyReply;
@@ -135,7 +129,6 @@ export type RequestFields<T extends AnyRequest["type"]> = Omit<Extract<AnyReques
 export type PushedFrame =
   | Exclude<G.ServerFrame, G.HelloFrame | G.OkFrame | G.ErrorFrame>
   | ChannelMessageFrame
-  | ContactUpdatedFrame
   | FlagsFrame;
 
 /** Pushed frames that carry a `seq`: the user's durable inbox events. */

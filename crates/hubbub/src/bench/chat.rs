@@ -3,6 +3,12 @@
 //! Latency is send (the frame handed to the socket) → delivery (the event read by a
 //! member), over real WebSockets on loopback, every member counted (the sender too).
 //!
+//! With `--reactions` the load is reactions instead (issue 15's benchmark): the first member
+//! posts one message per group, then the sends are `reaction.add` / `reaction.remove` on it by
+//! the first 40 members in turn (each removes what it added, so the message stays under 50
+//! distinct emoji). An added emoji is the send time, and every member's `reaction.updated`
+//! counts as a delivery; the latency is measured on the adds.
+//!
 //! Without `--server`, a server is started in this process on a temporary data directory,
 //! with the per-connection rate limit raised so the load generator is not throttled.
 
@@ -40,7 +46,14 @@ pub struct ChatBenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Reactions on one message per group instead of messages (see the module doc).
+    #[arg(long)]
+    reactions: bool,
 }
+
+/// Members of a group that react in `--reactions` mode (each holds at most one emoji of the
+/// message at a time: fewer than the 50 distinct emoji a message may carry).
+const REACTORS: usize = 40;
 
 #[derive(Debug, serde::Serialize)]
 struct Report {
@@ -64,6 +77,20 @@ type Sink = futures_util::stream::SplitSink<
 >;
 
 /// The send time carried in a bench message's text (`"text":"bench <micros>"`).
+/// The send time in an added reaction's emoji (`"emoji":"t<micros>"`, an `add`).
+fn reacted_at(line: &str) -> Option<u64> {
+    if !line.contains(r#""op":"add""#) {
+        return None;
+    }
+    let start = line.find(r#""emoji":"t"#)? + r#""emoji":"t"#.len();
+    let digits = &line[start..];
+    let end = digits.find('"')?;
+    digits[..end].parse().ok()
+}
+
+/// A member's socket, shared by the sending loop's tasks.
+type Shared = Arc<AsyncMutex<Sink>>;
+
 fn sent_at(line: &str) -> Option<u64> {
     let start = line.find(r#""text":"bench "#)? + r#""text":"bench "#.len();
     let digits = &line[start..];
@@ -103,7 +130,10 @@ pub async fn run(args: ChatBenchArgs) -> anyhow::Result<()> {
     let acked = Arc::new(AtomicU64::new(0));
 
     // Users, sockets and groups.
-    let mut groups: Vec<(String, Vec<Arc<AsyncMutex<Sink>>>)> = Vec::new();
+    // Per group: its id, the message reacted to (`--reactions`), the members' sockets.
+    let mut groups: Vec<(String, String, Vec<Shared>)> = Vec::new();
+    // Per group and reactor, the emoji it holds on the message (`--reactions`).
+    let mut held: Vec<Vec<Option<String>>> = vec![vec![None; REACTORS]; args.groups];
     let mut readers = Vec::new();
     for g in 0..args.groups {
         let mut tokens = Vec::new();
@@ -135,6 +165,28 @@ pub async fn run(args: ChatBenchArgs) -> anyhow::Result<()> {
             } => conversation.id,
             other => bail!("creating the group failed: {other:?}"),
         };
+        let target = if args.reactions {
+            let reply = creator
+                .request(Request::MessageSend {
+                    conversation: conversation.clone(),
+                    client_msg_id: format!("bench-{run_id}-target-{g}"),
+                    text: "react to me".into(),
+                    attachments: None,
+                    reply_to: None,
+                    thread: None,
+                    mentions: None,
+                })
+                .await?;
+            match reply {
+                ServerFrame::Ok {
+                    data: ReplyData::Message { message },
+                    ..
+                } => message.id,
+                other => bail!("posting the message to react to failed: {other:?}"),
+            }
+        } else {
+            String::new()
+        };
         creator.close().await;
         let mut sinks = Vec::new();
         for (m, token) in tokens.iter().enumerate() {
@@ -155,7 +207,16 @@ pub async fn run(args: ChatBenchArgs) -> anyhow::Result<()> {
                     // The load generator shares the machine: it looks only at what it needs
                     // instead of decoding every frame.
                     for line in text.split('\n') {
-                        if line.starts_with(r#"{"type":"message.new""#) {
+                        if line.starts_with(r#"{"type":"reaction.updated""#) {
+                            deliveries.fetch_add(1, Ordering::Relaxed);
+                            if let (Some(sent), Some(h)) = (reacted_at(line), local.as_mut()) {
+                                let _ = h.record(now.saturating_sub(sent).max(1));
+                            }
+                        } else if line.starts_with(r#"{"type":"ok""#)
+                            && line.contains(r#""data":{"reactions""#)
+                        {
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        } else if line.starts_with(r#"{"type":"message.new""#) {
                             if let Some(sent) = sent_at(line) {
                                 deliveries.fetch_add(1, Ordering::Relaxed);
                                 if let Some(h) = local.as_mut() {
@@ -174,7 +235,7 @@ pub async fn run(args: ChatBenchArgs) -> anyhow::Result<()> {
                 }
             }));
         }
-        groups.push((conversation, sinks));
+        groups.push((conversation, target, sinks));
     }
     // Let the sockets settle (hello, initial frames) before the clock starts.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -187,19 +248,53 @@ pub async fn run(args: ChatBenchArgs) -> anyhow::Result<()> {
         tick.tick().await;
         let due = ((start.elapsed().as_secs_f64() * args.rate as f64) as u64).min(total);
         while sent < due {
-            let (conversation, sinks) = &groups[(sent as usize) % groups.len()];
-            let sink = sinks[(sent as usize / groups.len()) % sinks.len()].clone();
+            let g = (sent as usize) % groups.len();
+            let (conversation, target, sinks) = &groups[g];
+            let turn = sent as usize / groups.len();
+            let request = if args.reactions {
+                let r = turn % REACTORS.min(sinks.len());
+                let (emoji, add) = match held[g][r].take() {
+                    Some(e) => (e, false),
+                    None => {
+                        let e = format!("t{}", epoch.elapsed().as_micros());
+                        held[g][r] = Some(e.clone());
+                        (e, true)
+                    }
+                };
+                let (conversation, message) = (conversation.clone(), target.clone());
+                let request = if add {
+                    Request::ReactionAdd {
+                        conversation,
+                        message,
+                        emoji,
+                    }
+                } else {
+                    Request::ReactionRemove {
+                        conversation,
+                        message,
+                        emoji,
+                    }
+                };
+                (sinks[r].clone(), request)
+            } else {
+                let sink = sinks[turn % sinks.len()].clone();
+                (
+                    sink,
+                    Request::MessageSend {
+                        conversation: conversation.clone(),
+                        client_msg_id: format!("bench-{run_id}-{sent}"),
+                        text: format!("bench {}", epoch.elapsed().as_micros()),
+                        attachments: None,
+                        reply_to: None,
+                        thread: None,
+                        mentions: None,
+                    },
+                )
+            };
+            let (sink, request) = request;
             let frame = ClientFrame {
                 id: Some(format!("s{sent}")),
-                request: Request::MessageSend {
-                    conversation: conversation.clone(),
-                    client_msg_id: format!("bench-{run_id}-{sent}"),
-                    text: format!("bench {}", epoch.elapsed().as_micros()),
-                    attachments: None,
-                    reply_to: None,
-                    thread: None,
-                    mentions: None,
-                },
+                request,
             };
             let text = frame.to_json();
             tokio::spawn(async move {
@@ -218,7 +313,7 @@ pub async fn run(args: ChatBenchArgs) -> anyhow::Result<()> {
     }
     let delivered = deliveries.load(Ordering::Relaxed);
     let elapsed = start.elapsed().as_secs_f64().max(send_time);
-    for (_, sinks) in &groups {
+    for (_, _, sinks) in &groups {
         for s in sinks {
             let _ = s.lock().await.close().await;
         }

@@ -7,6 +7,7 @@ mod chat;
 mod config;
 mod engagement;
 mod fanout;
+mod history;
 mod idle;
 mod presence;
 mod queue;
@@ -32,6 +33,8 @@ pub enum Bench {
     Search(search::SearchBenchArgs),
     /// Timeline fetch latency: a user following 10 accounts against one following 10,000.
     Timeline(timeline::TimelineBenchArgs),
+    /// `message.history` page latency in long conversations, with and without reactions.
+    History(history::HistoryBenchArgs),
     /// One room of N receivers against hubbub, Socket.IO and nats-server, side by side.
     Fanout(fanout::FanoutBenchArgs),
     /// The spread of a runtime config change across the processes of a deployment.
@@ -48,6 +51,7 @@ pub async fn run(which: Bench) -> anyhow::Result<()> {
         Bench::Idle(args) => idle::run(args).await,
         Bench::Search(args) => search::run(args).await,
         Bench::Timeline(args) => timeline::run(args).await,
+        Bench::History(args) => history::run(args).await,
         Bench::Fanout(args) => fanout::run(args).await,
         Bench::Config(args) => config::run(args).await,
     }

@@ -182,13 +182,18 @@ pub(super) fn any_request(rng: &mut Rng) -> Request {
         41 => Request::ConversationPins {
             conversation: s(rng),
         },
-        42 => Request::ContactSet {
+        42 => Request::MessageReport {
+            conversation: s(rng),
+            message: s(rng),
+            reason: s(rng),
+        },
+        43 => Request::ContactSet {
             user: s(rng),
             group: maybe(rng, s),
             note: maybe(rng, s),
         },
-        43 => Request::ContactRemove { user: s(rng) },
-        44 => Request::ContactList {},
+        44 => Request::ContactRemove { user: s(rng) },
+        45 => Request::ContactList {},
         _ => Request::CommentTyping {
             post: s(rng),
             words: any_u32(rng),

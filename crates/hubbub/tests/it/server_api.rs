@@ -376,3 +376,86 @@ async fn the_served_openapi_document_is_the_committed_one() {
         }
     }
 }
+
+/// `message.report` over the socket (a member, once per message; bad input refused and
+/// storing nothing), and `GET /v1/server/reports` listing them newest first, paged.
+#[tokio::test]
+async fn reported_messages_are_listed_to_the_server_api() {
+    use hubbub_protocol::{ReplyData, Request};
+    let s = api_server().await;
+    let (_, at) = s.user("rp_alice").await;
+    let (bob, bt) = s.user("rp_bob").await;
+    let (_, et) = s.user("rp_eve").await;
+    let (mut a, _) = s.connect(&at).await;
+    let (mut b, _) = s.connect(&bt).await;
+    let (mut e, _) = s.connect(&et).await;
+    let ReplyData::Conversation { conversation: c } = ok(&mut a, group(vec![bob.id.clone()])).await
+    else {
+        panic!("a conversation")
+    };
+    let ReplyData::Message { message: m1 } = ok(&mut a, send(&c.id, "k1", "one")).await else {
+        panic!("a message")
+    };
+    let ReplyData::Message { message: m2 } = ok(&mut a, send(&c.id, "k2", "two")).await else {
+        panic!("a message")
+    };
+    let report = |message: &str, reason: &str| Request::MessageReport {
+        conversation: c.id.clone(),
+        message: message.into(),
+        reason: reason.into(),
+    };
+    assert_eq!(
+        ok(&mut b, report(&m1.id, "spam")).await,
+        ReplyData::Empty {}
+    );
+    assert_eq!(
+        ok(&mut b, report(&m1.id, "spam again")).await,
+        ReplyData::Empty {},
+        "a repeat is harmless"
+    );
+    assert_eq!(
+        ok(&mut a, report(&m2.id, "mine, by mistake")).await,
+        ReplyData::Empty {}
+    );
+    err(&mut e, report(&m1.id, "not a member"), "forbidden").await;
+    err(&mut b, report(&m1.id, &"x".repeat(501)), "too_large").await;
+    err(&mut b, report(&m1.id, "  "), "bad_request").await;
+    err(&mut b, report("424242", "no such message"), "not_found").await;
+
+    let (st, body) = call(&s, Method::GET, "/v1/server/reports", None).await;
+    assert_eq!(st, 200, "{body}");
+    let reports = body["reports"].as_array().expect("reports");
+    let summary: Vec<(&str, &str, &str)> = reports
+        .iter()
+        .map(|r| {
+            (
+                r["message"].as_str().unwrap_or(""),
+                r["reporter"].as_str().unwrap_or(""),
+                r["reason"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (m2.id.as_str(), c.created_by.as_str(), "mine, by mistake"),
+            (m1.id.as_str(), bob.id.as_str(), "spam")
+        ],
+        "newest first, once each, nothing of the refused ones"
+    );
+    assert_eq!(body["more"], json!(false));
+    let newest = reports[0]["id"].as_str().expect("id").to_owned();
+    let (st, page) = call(
+        &s,
+        Method::GET,
+        &format!("/v1/server/reports?limit=1&before={newest}"),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{page}");
+    assert_eq!(page["reports"][0]["message"], json!(m1.id));
+    assert_eq!(page["more"], json!(false));
+    // A key without the `server` scope may not read them.
+    let (st, _) = admin(&s, Method::GET, "/v1/server/reports", Some("nope"), None).await;
+    assert_eq!(st, 401);
+}

@@ -464,3 +464,72 @@ async fn a_failing_endpoint_dead_letters_and_the_admin_api_redrives() {
     .await;
     assert_eq!(st, 404);
 }
+
+/// A member's `message.report` reaches endpoints subscribed to `message.reported`, signed,
+/// with the report as stored.
+#[tokio::test]
+async fn a_report_is_told_by_the_message_reported_webhook() {
+    use hubbub_protocol::{ReplyData, Request};
+    let s = hook_server(3, 8).await;
+    let mut r = receiver(Script::Ok).await;
+    let (_, secret) = subscribe(&s, &r.url, &["message.reported"]).await;
+    for id in ["ra", "rb"] {
+        let (st, _) = call(
+            &s,
+            Method::POST,
+            "/v1/server/users",
+            Some(json!({"id": id})),
+        )
+        .await;
+        assert_eq!(st, 201);
+    }
+    let (st, body) = call(
+        &s,
+        Method::POST,
+        "/v1/server/conversations",
+        Some(json!({"kind":"group","members":["ra","rb"]})),
+    )
+    .await;
+    assert_eq!(st, 201, "{body}");
+    let conv = body["conversation"]["id"].as_str().expect("id").to_owned();
+    let (st, m) = call(
+        &s,
+        Method::POST,
+        &format!("/v1/server/conversations/{conv}/messages"),
+        Some(json!({"sender":"ra","text":"buy now","idempotency_key":"k1"})),
+    )
+    .await;
+    assert_eq!(st, 201, "{m}");
+    let message = m["message"]["id"].as_str().expect("id").to_owned();
+    let (mut b, _) = s.connect(&app_token("rb", 3600, None)).await;
+    let report = Request::MessageReport {
+        conversation: conv.clone(),
+        message: message.clone(),
+        reason: "spam".into(),
+    };
+    assert_eq!(ok(&mut b, report).await, ReplyData::Empty {});
+    let mut seen = Vec::new();
+    r.until_accepted("message.reported", &mut seen).await;
+    let g = seen.last().expect("the event");
+    verify(&secret, g);
+    let data = &g.body["data"];
+    assert_eq!(
+        (
+            data["conversation"].as_str(),
+            data["message"].as_str(),
+            data["reporter"].as_str(),
+            data["reason"].as_str()
+        ),
+        (
+            Some(conv.as_str()),
+            Some(message.as_str()),
+            Some("rb"),
+            Some("spam")
+        )
+    );
+    assert_eq!(
+        g.body["id"].as_str(),
+        Some(format!("message.reported/{}", data["id"].as_str().unwrap_or("")).as_str()),
+        "a stable id: the report's"
+    );
+}

@@ -42,6 +42,7 @@ pub const CHAT_TYPES: &[&str] = &[
     "message.read",
     "message.edit",
     "message.delete",
+    "message.report",
     "reaction.add",
     "reaction.remove",
     "message.pin",
@@ -53,6 +54,8 @@ pub const CHAT_TYPES: &[&str] = &[
 ];
 
 const MAX_TITLE_CHARS: usize = 256;
+/// The longest reason of a `message.report` (PROTOCOL.md 1.1).
+const MAX_REPORT_CHARS: usize = 500;
 const MAX_CLIENT_MSG_ID: usize = 128;
 
 /// The chat service.
@@ -216,6 +219,30 @@ impl ChatService {
             // be "system" sends as itself, a member like others.
             system: e.server && e.user == hubbub_protocol::serverapi::SYSTEM_SENDER,
         }))
+    }
+
+    /// The `message.reported` webhook event of a new report. A report is stored once per
+    /// reporter and message, so a redelivered envelope finds it not fresh and tells nothing
+    /// again; an event the queue refused is logged (the report itself stands).
+    async fn report_hook(&self, report: &hubbub_protocol::serverapi::Report) {
+        let Some(hooks) = &self.hooks else { return };
+        if !hooks.wants("message.reported").await {
+            return;
+        }
+        let data = match serde_json::to_value(report) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "report not encoded for its webhook");
+                return;
+            }
+        };
+        let id = format!("message.reported/{}", report.id);
+        if let Err(e) = hooks
+            .emit("message.reported", &report.reporter, &id, data)
+            .await
+        {
+            tracing::warn!(error = %e, "message.reported webhook event not queued");
+        }
     }
 
     /// The webhook events of a handled write (see [`ChatService::webhook_events`]).
@@ -410,6 +437,33 @@ impl ChatService {
                     .edit_message(user, conversation, message, text)
                     .await?;
                 Ok(w.map(|message| ReplyData::Message { message }))
+            }
+            Request::MessageReport {
+                conversation,
+                message,
+                reason,
+            } => {
+                let chars = reason.chars().count();
+                if reason.trim().is_empty() {
+                    return Err(Failure::new(
+                        ErrorCode::BadRequest,
+                        "a report needs a reason",
+                    ));
+                }
+                if chars > MAX_REPORT_CHARS {
+                    return Err(Failure::new(
+                        ErrorCode::TooLarge,
+                        format!("reason is over {MAX_REPORT_CHARS} characters"),
+                    ));
+                }
+                let (report, fresh) = self
+                    .store
+                    .report_message(user, conversation, message, reason)
+                    .await?;
+                if fresh {
+                    self.report_hook(&report).await;
+                }
+                Ok(Written::nothing(ReplyData::Empty {}))
             }
             Request::MessageDelete {
                 conversation,

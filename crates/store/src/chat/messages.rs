@@ -44,6 +44,45 @@ async fn live(tx: &impl ChatTx, id: &str, message: i64, lock: bool) -> Result<Me
     Ok(m)
 }
 
+/// `message.report`: a member reports a live message of the conversation, once.
+pub(crate) async fn report(
+    tx: &impl ChatTx,
+    reporter: &str,
+    id: &str,
+    message: &str,
+    reason: &str,
+    now: i64,
+) -> Result<(Report, bool)> {
+    let mid = parse_message_id(message)?;
+    check_member(tx, reporter, id).await?;
+    live(tx, id, mid, false).await?;
+    let fresh = tx.insert_report(id, mid, reporter, reason, now).await?;
+    let report = tx
+        .report_of(id, mid, reporter)
+        .await?
+        .ok_or_else(|| StoreError::Internal("a report vanished".into()))?;
+    Ok((report, fresh))
+}
+
+/// The reports, newest first, and whether older ones remain.
+pub(crate) async fn reports(
+    tx: &impl ChatTx,
+    before: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<Report>, bool)> {
+    let before = match before {
+        Some(b) => Some(
+            b.parse::<i64>()
+                .map_err(|_| StoreError::BadRequest(format!("no report {b}")))?,
+        ),
+        None => None,
+    };
+    let mut page = tx.reports(before, limit + 1).await?;
+    let more = page.len() > limit;
+    page.truncate(limit);
+    Ok((page, more))
+}
+
 /// What a new message links to, checked: `reply_to` and `thread` name messages of its
 /// conversation (else `NotFound`, as for any message id the conversation does not hold), a
 /// thread named by one of its replies is the root's, and `mentions` name members (else

@@ -15,6 +15,7 @@ use crate::accounts::{AccountTx, user_exists};
 use crate::inbox::{InboxTx, append_event, message_events};
 use crate::{Broadcast, Event, Result, StoreError, Written, json_err};
 use async_trait::async_trait;
+use hubbub_protocol::serverapi::Report;
 use hubbub_protocol::{
     Attachment, Conversation, ConversationKind, ConversationSummary, LARGE_GROUP, Message,
     MessageVersion, ReactionCount, ServerFrame,
@@ -228,6 +229,20 @@ pub trait ChatStore: Send + Sync {
         pin: bool,
     ) -> Result<Written<()>>;
 
+    /// `message.report`: a member reports a message of the conversation (not deleted); one
+    /// report per reporter and message (a repeat returns the first, and false).
+    async fn report_message(
+        &self,
+        reporter: &str,
+        conversation: &str,
+        message: &str,
+        reason: &str,
+    ) -> Result<(Report, bool)>;
+
+    /// The reports, newest first: up to `limit` with an id below `before`, and whether older
+    /// ones remain (the server API's `GET /v1/server/reports`).
+    async fn reports(&self, before: Option<&str>, limit: usize) -> Result<(Vec<Report>, bool)>;
+
     /// `conversation.pins`: the pinned messages, most recently pinned first, with the
     /// caller's `my_reactions`.
     async fn pins(&self, caller: &str, conversation: &str) -> Result<Vec<Message>>;
@@ -428,6 +443,19 @@ pub(crate) trait ChatTx {
     async fn delete_pin(&self, id: &str, message: i64) -> Result<bool>;
     /// The pinned message ids, most recently pinned first.
     async fn pinned(&self, id: &str) -> Result<Vec<String>>;
+    /// Store a report; false when this reporter reported this message before.
+    async fn insert_report(
+        &self,
+        id: &str,
+        message: i64,
+        reporter: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<bool>;
+    /// This reporter's report of this message.
+    async fn report_of(&self, id: &str, message: i64, reporter: &str) -> Result<Option<Report>>;
+    /// Reports with an id below `before` (all when `None`), newest first, at most `limit`.
+    async fn reports(&self, before: Option<i64>, limit: usize) -> Result<Vec<Report>>;
     /// The pinned messages, most recently pinned first.
     async fn pinned_messages(&self, id: &str) -> Result<Vec<Message>>;
     /// Whether message `message` is in conversation `id`.

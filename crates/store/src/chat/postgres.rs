@@ -11,6 +11,7 @@ use crate::inbox::message_events;
 use crate::postgres::{Row, Tx, commit_err, pg, pool_err};
 use crate::{PgStore, Result, StoreError, Written};
 use deadpool_postgres::Pool;
+use hubbub_protocol::serverapi::Report;
 use hubbub_protocol::{Message, MessageVersion};
 use hubbub_queue::clock::now_ms;
 
@@ -433,6 +434,50 @@ impl ChatTx for Tx<'_> {
         Ok(n > 0)
     }
 
+    async fn insert_report(
+        &self,
+        id: &str,
+        message: i64,
+        reporter: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let n = self
+            .exec(
+                "INSERT INTO reports (conversation_id, message_id, reporter, reason, ts)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[&id, &message, &reporter, &reason, &now],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn report_of(&self, id: &str, message: i64, reporter: &str) -> Result<Option<Report>> {
+        Ok(self
+            .rows(
+                "SELECT id, conversation_id, message_id, reporter, reason, ts FROM reports
+                 WHERE reporter = $1 AND conversation_id = $2 AND message_id = $3",
+                &[&reporter, &id, &message],
+            )
+            .await?
+            .first()
+            .map(report_row))
+    }
+
+    async fn reports(&self, before: Option<i64>, limit: usize) -> Result<Vec<Report>> {
+        let (before, limit) = (before.unwrap_or(i64::MAX), limit as i64);
+        Ok(self
+            .rows(
+                "SELECT id, conversation_id, message_id, reporter, reason, ts FROM reports
+                 WHERE id < $1 ORDER BY id DESC LIMIT $2",
+                &[&before, &limit],
+            )
+            .await?
+            .iter()
+            .map(report_row)
+            .collect())
+    }
+
     async fn pinned(&self, id: &str) -> Result<Vec<String>> {
         Ok(self
             .rows(
@@ -648,6 +693,18 @@ pub(crate) type SendJob = (
     NewMessage,
     tokio::sync::oneshot::Sender<Result<Written<Message>>>,
 );
+
+/// A report from a row of `reports` (id, conversation, message, reporter, reason, ts).
+fn report_row(r: &Row) -> Report {
+    Report {
+        id: r.get::<_, i64>(0).to_string(),
+        conversation: r.get(1),
+        message: r.get::<_, i64>(2).to_string(),
+        reporter: r.get(3),
+        reason: r.get(4),
+        ts: r.get(5),
+    }
+}
 
 /// Start the group-commit task of a pool; its jobs go on the returned channel.
 pub(crate) fn start_sends(pool: Pool) -> tokio::sync::mpsc::Sender<SendJob> {

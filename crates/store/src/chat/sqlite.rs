@@ -7,6 +7,7 @@ use super::{
 };
 use crate::sqlite::Tx;
 use crate::{Result, SqliteStore, Written};
+use hubbub_protocol::serverapi::Report;
 use hubbub_protocol::{Message, MessageVersion};
 use rusqlite::{OptionalExtension, params};
 
@@ -39,6 +40,18 @@ impl SqliteStore {
             Ok(out)
         })
     }
+}
+
+/// A report from a row of `reports` (id, conversation, message, reporter, reason, ts).
+fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Report> {
+    Ok(Report {
+        id: r.get::<_, i64>(0)?.to_string(),
+        conversation: r.get(1)?,
+        message: r.get::<_, i64>(2)?.to_string(),
+        reporter: r.get(3)?,
+        reason: r.get(4)?,
+        ts: r.get(5)?,
+    })
 }
 
 /// A message's columns, from column `from` of a row (in [`MESSAGE_COLUMNS`]' order).
@@ -411,6 +424,46 @@ impl ChatTx for Tx<'_> {
             .prepare_cached("DELETE FROM pins WHERE conversation_id = ?1 AND message_id = ?2")?
             .execute(params![id, message])?;
         Ok(n > 0)
+    }
+
+    async fn insert_report(
+        &self,
+        id: &str,
+        message: i64,
+        reporter: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let n = self
+            .prepare_cached(
+                "INSERT OR IGNORE INTO reports (conversation_id, message_id, reporter, reason, ts)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![id, message, reporter, reason, now])?;
+        Ok(n > 0)
+    }
+
+    async fn report_of(&self, id: &str, message: i64, reporter: &str) -> Result<Option<Report>> {
+        Ok(self
+            .prepare_cached(
+                "SELECT id, conversation_id, message_id, reporter, reason, ts FROM reports
+                 WHERE reporter = ?1 AND conversation_id = ?2 AND message_id = ?3",
+            )?
+            .query_row(params![reporter, id, message], report_row)
+            .optional()?)
+    }
+
+    async fn reports(&self, before: Option<i64>, limit: usize) -> Result<Vec<Report>> {
+        Ok(self
+            .prepare_cached(
+                "SELECT id, conversation_id, message_id, reporter, reason, ts FROM reports
+                 WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+            )?
+            .query_map(
+                params![before.unwrap_or(i64::MAX), limit as i64],
+                report_row,
+            )?
+            .collect::<Result<Vec<_>, _>>()?)
     }
 
     async fn pinned(&self, id: &str) -> Result<Vec<String>> {

@@ -277,6 +277,31 @@ macro_rules! impl_chat_store {
                 })
             }
 
+            async fn report_message(
+                &self,
+                reporter: &str,
+                conversation: &str,
+                message: &str,
+                reason: &str,
+            ) -> Result<(hubbub_protocol::serverapi::Report, bool), $crate::StoreError> {
+                let (reporter, id) = (reporter.to_owned(), conversation.to_owned());
+                let (message, reason, now) = (message.to_owned(), reason.to_owned(), self.now());
+                $crate::run!(self.write, |tx| {
+                    $crate::chat::messages::report(tx, &reporter, &id, &message, &reason, now)
+                })
+            }
+
+            async fn reports(
+                &self,
+                before: Option<&str>,
+                limit: usize,
+            ) -> Result<(Vec<hubbub_protocol::serverapi::Report>, bool), $crate::StoreError> {
+                let before = before.map(str::to_owned);
+                $crate::run!(self.read, |tx| {
+                    $crate::chat::messages::reports(tx, before.as_deref(), limit)
+                })
+            }
+
             async fn pins(
                 &self,
                 caller: &str,

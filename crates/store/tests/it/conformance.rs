@@ -86,7 +86,8 @@ macro_rules! store_conformance {
             a_run_of_sends_commits_in_order_each_on_its_own,
             system_messages_and_server_reads, webhooks_and_announced_presence,
             contacts_are_private_merged_and_evented, contacts_refuse_bad_input,
-            rotated_note_keys_still_open_old_notes_and_reseal_them);
+            rotated_note_keys_still_open_old_notes_and_reseal_them,
+            reports_are_stored_once_and_listed_newest_first);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -2344,4 +2345,67 @@ pub async fn rotated_note_keys_still_open_old_notes_and_reseal_them(env: &Env) {
         &frames[0],
         ServerFrame::ContactUpdated { contact: Some(k), .. } if k.note.as_deref() == Some("sealed under k1")
     ));
+}
+
+/// `message.report`: a member reports a live message of the conversation once (a repeat
+/// returns the first report, not fresh); the list is newest first, paged by `before`.
+pub async fn reports_are_stored_once_and_listed_newest_first(env: &Env) {
+    let s = &env.store;
+    let (a, b) = (user(env, "rep-alice").await, user(env, "rep-bob").await);
+    let eve = user(env, "rep-eve").await;
+    s.create_conversation(group("rep", &a, &[&b]))
+        .await
+        .expect("create");
+    let m1 = s
+        .send_message(send(&a, "rep", "r1", "one"))
+        .await
+        .expect("send")
+        .value;
+    let m2 = s
+        .send_message(send(&a, "rep", "r2", "two"))
+        .await
+        .expect("send")
+        .value;
+    let (first, fresh) = s
+        .report_message(&b, "rep", &m1.id, "spam")
+        .await
+        .expect("report");
+    assert!(fresh);
+    assert_eq!(
+        (
+            first.conversation.as_str(),
+            first.message.as_str(),
+            first.reporter.as_str()
+        ),
+        ("rep", m1.id.as_str(), b.as_str())
+    );
+    let (again, fresh) = s
+        .report_message(&b, "rep", &m1.id, "spam, really")
+        .await
+        .expect("repeat");
+    assert!(!fresh, "one report per reporter and message");
+    assert_eq!(again, first);
+    let (second, _) = s
+        .report_message(&a, "rep", &m2.id, "oops")
+        .await
+        .expect("report");
+    let e = s
+        .report_message(&eve, "rep", &m1.id, "not a member")
+        .await
+        .expect_err("outsider");
+    assert!(matches!(e, StoreError::Forbidden(_)), "{e:?}");
+    let e = s
+        .report_message(&b, "rep", "999999", "no such message")
+        .await
+        .expect_err("unknown");
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+    let (all, more) = s.reports(None, 10).await.expect("list");
+    assert_eq!(all, vec![second.clone(), first.clone()], "newest first");
+    assert!(!more);
+    let (page, more) = s.reports(None, 1).await.expect("page");
+    assert_eq!((page, more), (vec![second.clone()], true));
+    let (rest, more) = s.reports(Some(&second.id), 1).await.expect("next page");
+    assert_eq!((rest, more), (vec![first], false));
+    let e = s.reports(Some("x"), 1).await.expect_err("bad cursor");
+    assert!(matches!(e, StoreError::BadRequest(_)), "{e:?}");
 }

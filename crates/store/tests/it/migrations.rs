@@ -81,8 +81,9 @@ async fn postgres_version_1_migrates_and_keeps_refresh_tokens() {
         .expect("version")
         .get(0);
     assert_eq!(
-        version, 7,
-        "every migration applied (5: replies, threads, edits, reactions, pins; 6: webhooks)"
+        version, 8,
+        "every migration applied (5: replies, threads, edits, reactions, pins; 6: webhooks; 7: \
+         contacts; 8: reports)"
     );
     assert_eq!(store.tokens_revoked_ms("u1").await.expect("read"), 0);
     assert_eq!(

@@ -36,6 +36,7 @@ export type ClientRequest =
   | MessageEditRequest
   | MessageVersionsRequest
   | MessageDeleteRequest
+  | MessageReportRequest
   | ReactionAddRequest
   | ReactionRemoveRequest
   | MessagePinRequest
@@ -475,6 +476,25 @@ export interface MessageDeleteRequest {
    */
   message: string;
   type: "message.delete";
+}
+/**
+ * Report a message to the app's moderators (PROTOCOL.md 1.1, "Roles and moderation"):
+ * stored, listed by `GET /v1/server/reports`, told by the `message.reported` webhook.
+ */
+export interface MessageReportRequest {
+  /**
+   * Conversation id.
+   */
+  conversation: string;
+  /**
+   * Message id.
+   */
+  message: string;
+  /**
+   * Why (1 to 500 characters).
+   */
+  reason: string;
+  type: "message.report";
 }
 /**
  * React to a message (idempotent).
