@@ -242,6 +242,15 @@ pub enum Request {
         /// Conversation id.
         conversation: String,
     },
+    /// Mute a conversation for oneself until a time (ms), or lift the mute (`null`): no push
+    /// notifications from it meanwhile, except mentions.
+    #[serde(rename = "conversation.mute")]
+    ConversationMute {
+        /// Conversation id.
+        conversation: String,
+        /// Until when (ms since the epoch); `null` lifts it.
+        until_ts: Option<i64>,
+    },
     /// Page through a conversation's messages, newest first.
     #[serde(rename = "message.history")]
     MessageHistory {
@@ -453,6 +462,7 @@ impl Request {
         "message.pin",
         "message.unpin",
         "conversation.pins",
+        "conversation.mute",
         "typing",
         "presence.set",
         "presence.watch",
@@ -505,6 +515,7 @@ impl Request {
             Request::MessagePin { .. } => "message.pin",
             Request::MessageUnpin { .. } => "message.unpin",
             Request::ConversationPins { .. } => "conversation.pins",
+            Request::ConversationMute { .. } => "conversation.mute",
             Request::Typing { .. } => "typing",
             Request::PresenceSet { .. } => "presence.set",
             Request::PresenceWatch { .. } => "presence.watch",
@@ -715,6 +726,8 @@ mod tests {
             json!({"type":"message.versions","id":"r1","conversation":"c1","message":"7"}),
             json!({"type":"message.delete","id":"r1","conversation":"c1","message":"7"}),
             json!({"type":"message.report","id":"r1","conversation":"c1","message":"7","reason":"spam"}),
+            json!({"type":"conversation.mute","id":"r1","conversation":"c1","until_ts":1}),
+            json!({"type":"conversation.mute","id":"r1","conversation":"c1","until_ts":null}),
             json!({"type":"reaction.add","id":"r1","conversation":"c1","message":"7","emoji":"👍"}),
             json!({"type":"reaction.remove","id":"r1","conversation":"c1","message":"7","emoji":"👍"}),
             json!({"type":"message.pin","id":"r1","conversation":"c1","message":"7"}),

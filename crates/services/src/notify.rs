@@ -271,6 +271,20 @@ pub async fn enqueue(
     queue.send(NOTIFY_QUEUE, body, opts).await.map(|_| ())
 }
 
+/// The conversation a durable event comes from, for the recipient's mute; `None` for events of
+/// no conversation and for `notification`s (mentions reach a muted conversation's members).
+fn conversation_of(event: &ServerFrame) -> Option<&str> {
+    match event {
+        ServerFrame::MessageNew { message, .. } | ServerFrame::MessageUpdated { message, .. } => {
+            Some(&message.conversation)
+        }
+        ServerFrame::ReactionUpdated { conversation, .. }
+        | ServerFrame::ReceiptRead { conversation, .. } => Some(conversation),
+        ServerFrame::ConversationUpdated { conversation, .. } => Some(&conversation.id),
+        _ => None,
+    }
+}
+
 /// A provider and its token bucket.
 type RateLimited = (Arc<dyn PushProvider>, Arc<Mutex<Bucket>>);
 
@@ -373,6 +387,21 @@ impl Notifier {
                 Err(e) => {
                     tracing::warn!(error = %e, "notify: cannot read acks");
                     return false;
+                }
+            }
+            // A conversation the user muted sends no push (mentions are `notification`s of
+            // their own, never muted).
+            if let Some(conversation) = conversation_of(&n.event) {
+                match self.store.muted(&n.user, conversation, now_ms()).await {
+                    Ok(true) => {
+                        metrics::counter!(hubbub_protocol::metrics::NOTIFY_SUPPRESSED).increment(1);
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "notify: cannot read mutes");
+                        return false;
+                    }
                 }
             }
             let mut failed = None;

@@ -24,7 +24,7 @@ use std::task::{Context, Poll, Waker};
 /// version 5: API keys and the runtime config; version 6: replies, threads, edits, deletes,
 /// reactions and pins; version 7: webhooks and the server API; version 8: contacts; version 9:
 /// reports.
-const MIGRATIONS: [&str; 9] = [
+const MIGRATIONS: [&str; 10] = [
     include_str!("../migrations/sqlite/001_chat.sql"),
     include_str!("../migrations/sqlite/002_feed.sql"),
     include_str!("../migrations/sqlite/003_refresh_token_families.sql"),
@@ -34,6 +34,7 @@ const MIGRATIONS: [&str; 9] = [
     include_str!("../migrations/sqlite/007_server.sql"),
     include_str!("../migrations/sqlite/008_contacts.sql"),
     include_str!("../migrations/sqlite/009_reports.sql"),
+    include_str!("../migrations/sqlite/010_mutes.sql"),
 ];
 /// Read connections kept open for reuse.
 const MAX_IDLE_READERS: usize = 8;

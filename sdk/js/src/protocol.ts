@@ -81,6 +81,7 @@ export interface ReplyMap {
   "message.pin": G.EmptyReply;
   "message.unpin": G.EmptyReply;
   "conversation.pins": G.MessageSearchReply;
+  "conversation.mute": G.EmptyReply;
   typing: never;
   "presence.set": G.EmptyReply;
   "presence.watch": G.PresenceWatchReply;

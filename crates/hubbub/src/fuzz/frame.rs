@@ -194,6 +194,10 @@ pub(super) fn any_request(rng: &mut Rng) -> Request {
         },
         44 => Request::ContactRemove { user: s(rng) },
         45 => Request::ContactList {},
+        46 => Request::ConversationMute {
+            conversation: s(rng),
+            until_ts: rng.bool().then(|| i64::from(any_u32(rng)) * 1000 - 1),
+        },
         _ => Request::CommentTyping {
             post: s(rng),
             words: any_u32(rng),

@@ -12,6 +12,8 @@ use std::time::Duration;
 struct Receiver {
     /// Every request: (user, seq, answered status).
     requests: Vec<(String, u64, u16)>,
+    /// Every request: (user, the event's type).
+    kinds: Vec<(String, &'static str)>,
     /// Answer the first this many with 500.
     fail_first: usize,
     /// Users whose notifications are refused for good (400).
@@ -48,6 +50,7 @@ async fn receive(
     } else {
         200
     };
+    r.kinds.push((n.user.clone(), n.event.type_name()));
     r.requests.push((n.user, n.seq, status));
     r.changed.notify_waiters();
     StatusCode::from_u16(status).expect("status")
@@ -318,4 +321,101 @@ async fn a_refused_notification_goes_to_the_dead_letter_queue_at_once() {
     let r = rx.lock().expect("lock");
     assert_eq!(r.requests.len(), 1, "a permanent refusal is not retried");
     assert_eq!(r.requests[0].2, 400);
+}
+
+/// `conversation.mute`: a muted conversation sends no pushes but mentions; lifted, it does
+/// again.
+#[tokio::test]
+async fn a_muted_conversation_pushes_only_mentions() {
+    let (url, rx) = receiver(Receiver::default()).await;
+    let s = server_with(|c| {
+        c.notify.delay_s = 1;
+        c.notify.backoff_ms = 50;
+        c.notify.webhook = Some(WebhookConfig {
+            url,
+            secret: "webhook-secret".into(),
+            rate_per_s: 100,
+            burst: 100,
+            timeout_ms: 2000,
+        });
+    })
+    .await;
+    let (_, at) = s.user("mu_alice").await;
+    let (bob, bt) = s.user("mu_bob").await;
+    let (mut a, _) = s.connect(&at).await;
+    let (mut b, _) = s.connect(&bt).await;
+    let ReplyData::Conversation { conversation: g } = ok(&mut a, group(vec![bob.id.clone()])).await
+    else {
+        panic!("a group")
+    };
+    let created = until(&mut b, "the group", |f| {
+        matches!(f, ServerFrame::ConversationUpdated { .. })
+    })
+    .await;
+    b.send(Request::Ack {
+        seq: created.seq().expect("seq"),
+    })
+    .await
+    .expect("ack");
+    let mute = |until_ts| Request::ConversationMute {
+        conversation: g.id.clone(),
+        until_ts,
+    };
+    let year = hubbub_queue::clock::now_ms() + 365 * 24 * 3600 * 1000;
+    assert_eq!(ok(&mut b, mute(Some(year))).await, ReplyData::Empty {});
+    // Not a member: refused.
+    let (_, et) = s.user("mu_eve").await;
+    let (mut e, _) = s.connect(&et).await;
+    err(&mut e, mute(Some(year)), "forbidden").await;
+    b.close().await;
+    let send = |key: &str, mentions: Option<Vec<String>>| Request::MessageSend {
+        conversation: g.id.clone(),
+        client_msg_id: key.into(),
+        text: format!("text {key}"),
+        attachments: None,
+        reply_to: None,
+        thread: None,
+        mentions,
+    };
+    ok(&mut a, send("m1", None)).await;
+    ok(&mut a, send("m2", Some(vec![bob.id.clone()]))).await;
+    let bobs = |rx: &Arc<Mutex<Receiver>>| -> Vec<&'static str> {
+        rx.lock()
+            .expect("lock")
+            .kinds
+            .iter()
+            .filter(|(u, _)| *u == bob.id)
+            .map(|(_, k)| *k)
+            .collect()
+    };
+    eventually(&rx, "the mention's push", || {
+        bobs(&rx).contains(&"notification")
+    })
+    .await;
+    // A marker: a later push to another offline user means bob's jobs, due earlier, are done.
+    let (dave, _) = s.user("mu_dave").await;
+    ok(&mut a, direct(&dave.id)).await;
+    eventually(&rx, "dave's push", || {
+        rx.lock()
+            .expect("lock")
+            .kinds
+            .iter()
+            .any(|(u, _)| *u == dave.id)
+    })
+    .await;
+    assert_eq!(
+        bobs(&rx),
+        ["notification"],
+        "only the mention, nothing else of the muted group"
+    );
+
+    // Lifted: the next message is pushed.
+    let (mut b, _) = s.connect(&bt).await;
+    assert_eq!(ok(&mut b, mute(None)).await, ReplyData::Empty {});
+    b.close().await;
+    ok(&mut a, send("m3", None)).await;
+    eventually(&rx, "the push after the mute is lifted", || {
+        bobs(&rx).contains(&"message.new")
+    })
+    .await;
 }

@@ -47,6 +47,7 @@ pub const CHAT_TYPES: &[&str] = &[
     "reaction.remove",
     "message.pin",
     "message.unpin",
+    "conversation.mute",
     "block.add",
     "block.remove",
     "contact.set",
@@ -437,6 +438,15 @@ impl ChatService {
                     .edit_message(user, conversation, message, text)
                     .await?;
                 Ok(w.map(|message| ReplyData::Message { message }))
+            }
+            Request::ConversationMute {
+                conversation,
+                until_ts,
+            } => {
+                self.store
+                    .mute_conversation(user, conversation, *until_ts)
+                    .await?;
+                Ok(Written::nothing(ReplyData::Empty {}))
             }
             Request::MessageReport {
                 conversation,

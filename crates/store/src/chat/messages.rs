@@ -44,6 +44,18 @@ async fn live(tx: &impl ChatTx, id: &str, message: i64, lock: bool) -> Result<Me
     Ok(m)
 }
 
+/// `conversation.mute`: a member's own mute, set or lifted (a time already past lifts it).
+pub(crate) async fn mute(
+    tx: &impl ChatTx,
+    user: &str,
+    id: &str,
+    until_ms: Option<i64>,
+    now: i64,
+) -> Result<()> {
+    check_member(tx, user, id).await?;
+    tx.set_mute(user, id, until_ms.filter(|u| *u > now)).await
+}
+
 /// `message.report`: a member reports a live message of the conversation, once.
 pub(crate) async fn report(
     tx: &impl ChatTx,

@@ -229,6 +229,19 @@ pub trait ChatStore: Send + Sync {
         pin: bool,
     ) -> Result<Written<()>>;
 
+    /// `conversation.mute`: a member mutes the conversation for themselves until `until_ms`,
+    /// or lifts the mute (`None`, or a time already past).
+    async fn mute_conversation(
+        &self,
+        user: &str,
+        conversation: &str,
+        until_ms: Option<i64>,
+    ) -> Result<()>;
+
+    /// Whether `user` muted `conversation` at `now` (ms): no push notifications from it then,
+    /// except mentions.
+    async fn muted(&self, user: &str, conversation: &str, now: i64) -> Result<bool>;
+
     /// `message.report`: a member reports a message of the conversation (not deleted); one
     /// report per reporter and message (a repeat returns the first, and false).
     async fn report_message(
@@ -443,6 +456,10 @@ pub(crate) trait ChatTx {
     async fn delete_pin(&self, id: &str, message: i64) -> Result<bool>;
     /// The pinned message ids, most recently pinned first.
     async fn pinned(&self, id: &str) -> Result<Vec<String>>;
+    /// Set (`Some`) or lift (`None`) a user's mute of a conversation.
+    async fn set_mute(&self, user: &str, id: &str, until_ms: Option<i64>) -> Result<()>;
+    /// Until when a user muted a conversation, if they did.
+    async fn mute_until(&self, user: &str, id: &str) -> Result<Option<i64>>;
     /// Store a report; false when this reporter reported this message before.
     async fn insert_report(
         &self,

@@ -434,6 +434,38 @@ impl ChatTx for Tx<'_> {
         Ok(n > 0)
     }
 
+    async fn set_mute(&self, user: &str, id: &str, until_ms: Option<i64>) -> Result<()> {
+        match until_ms {
+            Some(until) => {
+                self.exec(
+                    "INSERT INTO conversation_mutes (user_id, conversation_id, until_ms)
+                     VALUES ($1, $2, $3)
+                     ON CONFLICT (user_id, conversation_id) DO UPDATE SET until_ms = $3",
+                    &[&user, &id, &until],
+                )
+                .await?
+            }
+            None => {
+                self.exec(
+                    "DELETE FROM conversation_mutes WHERE user_id = $1 AND conversation_id = $2",
+                    &[&user, &id],
+                )
+                .await?
+            }
+        };
+        Ok(())
+    }
+
+    async fn mute_until(&self, user: &str, id: &str) -> Result<Option<i64>> {
+        Ok(self
+            .opt(
+                "SELECT until_ms FROM conversation_mutes WHERE user_id = $1 AND conversation_id = $2",
+                &[&user, &id],
+            )
+            .await?
+            .map(|r| r.get::<_, i64>(0)))
+    }
+
     async fn insert_report(
         &self,
         id: &str,

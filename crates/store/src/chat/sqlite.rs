@@ -426,6 +426,33 @@ impl ChatTx for Tx<'_> {
         Ok(n > 0)
     }
 
+    async fn set_mute(&self, user: &str, id: &str, until_ms: Option<i64>) -> Result<()> {
+        match until_ms {
+            Some(until) => self
+                .prepare_cached(
+                    "INSERT INTO conversation_mutes (user_id, conversation_id, until_ms)
+                     VALUES (?1, ?2, ?3)
+                     ON CONFLICT (user_id, conversation_id) DO UPDATE SET until_ms = ?3",
+                )?
+                .execute(params![user, id, until])?,
+            None => self
+                .prepare_cached(
+                    "DELETE FROM conversation_mutes WHERE user_id = ?1 AND conversation_id = ?2",
+                )?
+                .execute(params![user, id])?,
+        };
+        Ok(())
+    }
+
+    async fn mute_until(&self, user: &str, id: &str) -> Result<Option<i64>> {
+        Ok(self
+            .prepare_cached(
+                "SELECT until_ms FROM conversation_mutes WHERE user_id = ?1 AND conversation_id = ?2",
+            )?
+            .query_row(params![user, id], |r| r.get(0))
+            .optional()?)
+    }
+
     async fn insert_report(
         &self,
         id: &str,

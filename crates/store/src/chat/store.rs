@@ -277,6 +277,31 @@ macro_rules! impl_chat_store {
                 })
             }
 
+            async fn mute_conversation(
+                &self,
+                user: &str,
+                conversation: &str,
+                until_ms: Option<i64>,
+            ) -> Result<(), $crate::StoreError> {
+                let (user, id, now) = (user.to_owned(), conversation.to_owned(), self.now());
+                $crate::run!(self.write, |tx| {
+                    $crate::chat::messages::mute(tx, &user, &id, until_ms, now)
+                })
+            }
+
+            async fn muted(
+                &self,
+                user: &str,
+                conversation: &str,
+                now: i64,
+            ) -> Result<bool, $crate::StoreError> {
+                let (user, id) = (user.to_owned(), conversation.to_owned());
+                let until = $crate::run!(self.read, |tx| {
+                    $crate::chat::ChatTx::mute_until(tx, &user, &id)
+                })?;
+                Ok(until.is_some_and(|u| u > now))
+            }
+
             async fn report_message(
                 &self,
                 reporter: &str,

@@ -87,7 +87,7 @@ macro_rules! store_conformance {
             system_messages_and_server_reads, webhooks_and_announced_presence,
             contacts_are_private_merged_and_evented, contacts_refuse_bad_input,
             rotated_note_keys_still_open_old_notes_and_reseal_them,
-            reports_are_stored_once_and_listed_newest_first);
+            reports_are_stored_once_and_listed_newest_first, a_member_mutes_a_conversation_for_themselves);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -2410,4 +2410,46 @@ pub async fn reports_are_stored_once_and_listed_newest_first(env: &Env) {
     assert_eq!((rest, more), (vec![first], false));
     let e = s.reports(Some("x"), 1).await.expect_err("bad cursor");
     assert!(matches!(e, StoreError::BadRequest(_)), "{e:?}");
+}
+
+/// `conversation.mute`: a member's own mute, until a time; lifted by `None` or a past time;
+/// others' mutes are their own; a non-member may not.
+pub async fn a_member_mutes_a_conversation_for_themselves(env: &Env) {
+    let s = &env.store;
+    let (a, b) = (user(env, "mute-alice").await, user(env, "mute-bob").await);
+    let eve = user(env, "mute-eve").await;
+    s.create_conversation(group("mute", &a, &[&b]))
+        .await
+        .expect("create");
+    let now = hubbub_queue::clock::now_ms();
+    assert!(!s.muted(&b, "mute", now).await.expect("read"));
+    s.mute_conversation(&b, "mute", Some(now + 60_000))
+        .await
+        .expect("mute");
+    assert!(s.muted(&b, "mute", now).await.expect("read"));
+    assert!(
+        !s.muted(&b, "mute", now + 60_001).await.expect("read"),
+        "until then"
+    );
+    assert!(
+        !s.muted(&a, "mute", now).await.expect("read"),
+        "bob's alone"
+    );
+    s.mute_conversation(&b, "mute", None).await.expect("lift");
+    assert!(!s.muted(&b, "mute", now).await.expect("read"));
+    s.mute_conversation(&b, "mute", Some(now + 60_000))
+        .await
+        .expect("mute");
+    s.mute_conversation(&b, "mute", Some(1))
+        .await
+        .expect("a past time");
+    assert!(
+        !s.muted(&b, "mute", now).await.expect("read"),
+        "a past time lifts it"
+    );
+    let e = s
+        .mute_conversation(&eve, "mute", Some(now + 60_000))
+        .await
+        .expect_err("outsider");
+    assert!(matches!(e, StoreError::Forbidden(_)), "{e:?}");
 }

@@ -42,6 +42,7 @@ export type ClientRequest =
   | MessagePinRequest
   | MessageUnpinRequest
   | ConversationPinsRequest
+  | ConversationMuteRequest
   | MessageHistoryRequest
   | MessageSearchRequest
   | MessageReadRequest
@@ -569,6 +570,21 @@ export interface ConversationPinsRequest {
    */
   conversation: string;
   type: "conversation.pins";
+}
+/**
+ * Mute a conversation for oneself until a time (ms), or lift the mute (`null`): no push
+ * notifications from it meanwhile, except mentions.
+ */
+export interface ConversationMuteRequest {
+  /**
+   * Conversation id.
+   */
+  conversation: string;
+  type: "conversation.mute";
+  /**
+   * Until when (ms since the epoch); `null` lifts it.
+   */
+  until_ts?: number | null;
 }
 /**
  * Page through a conversation's messages, newest first.
