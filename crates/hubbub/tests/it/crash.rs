@@ -96,6 +96,8 @@ struct Outcomes {
     unknown: BTreeSet<String>,
     /// The changes tried, by message key: the message's id, the change, whether it got `ok`.
     changes: BTreeMap<String, (String, Change, bool)>,
+    /// How many sends were acknowledged so far, for waiting on traffic.
+    acked_count: tokio::sync::watch::Sender<usize>,
 }
 
 /// Send numbered messages until the connection breaks; record each outcome.
@@ -130,6 +132,7 @@ async fn sender(
                 let mut o = out.lock().expect("lock");
                 o.unknown.remove(&key);
                 o.acked.insert(key.clone());
+                o.acked_count.send_replace(o.acked.len());
                 message.id
             }
             // An error reply or a dropped connection: the outcome is unknown.
@@ -212,13 +215,9 @@ async fn kill_9_during_traffic_loses_and_repeats_nothing() {
             .collect();
         // Kill once this round's traffic flows (some sends acknowledged, however slow the
         // machine), at a random moment after that.
-        let before = outcomes.lock().expect("lock").acked.len();
-        let flowing = tokio::time::Instant::now() + PATIENCE;
-        while outcomes.lock().expect("lock").acked.len() < before + 10
-            && tokio::time::Instant::now() < flowing
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let mut acked = outcomes.lock().expect("lock").acked_count.subscribe();
+        let before = *acked.borrow();
+        let _ = tokio::time::timeout(PATIENCE, acked.wait_for(|n| *n >= before + 10)).await;
         tokio::time::sleep(Duration::from_millis(
             100 + (rng + round as u64 * 7919) % 500,
         ))
