@@ -84,7 +84,7 @@ macro_rules! queue_conformance_tests {
             send_receive_ack, send_batch_is_ordered, dedupe_ignores_repeats,
             delay_hides_until_due, visibility_timeout_redelivers, extend_keeps_invisible,
             nack_returns_message, dead_letter_and_redrive, per_key_fifo, per_key_runs,
-            a_lapsed_run_comes_back_in_order, ttl_expiry_is_counted,
+            a_lapsed_run_comes_back_in_order, dead_letters_are_purged, ttl_expiry_is_counted,
             stats_count_each_state, bad_input_is_typed, long_poll_wakes_on_send,
             long_poll_times_out_empty, log_append_and_read, log_consumer_groups,
             log_retention, log_bad_input);
@@ -543,6 +543,51 @@ pub async fn a_lapsed_run_comes_back_in_order(env: &ConformanceEnv) {
         );
         env.queue.ack(q, &got[0].receipt).await.expect("ack");
     }
+}
+
+/// Messages of `queue` dead-lettered: `max_receives` 1, received once and let go.
+async fn dead_lettered(q: &dyn Queue, queue: &str, n: usize) {
+    q.declare(queue, QueueConfig { max_receives: 1 })
+        .await
+        .expect("declare");
+    for i in 0..n {
+        q.send(queue, format!("m{i}").into_bytes(), SendOptions::default())
+            .await
+            .expect("send");
+    }
+    for _ in 0..20 {
+        if q.stats(queue).await.expect("stats").dlq_depth as usize == n {
+            return;
+        }
+        let got = q
+            .receive(
+                queue,
+                ReceiveOptions {
+                    max: n,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("receive");
+        for d in got {
+            q.nack(queue, &d.receipt, Duration::ZERO)
+                .await
+                .expect("nack");
+        }
+    }
+    panic!("the messages were never dead-lettered");
+}
+
+/// `purge_dlq` deletes a DLQ's messages, at most `max` at a time, and nothing else.
+pub async fn dead_letters_are_purged(env: &ConformanceEnv) {
+    let q = &*env.queue;
+    dead_lettered(q, "purged", 3).await;
+    assert_eq!(q.purge_dlq("purged", 2).await.expect("purge"), 2);
+    assert_eq!(q.stats("purged").await.expect("stats").dlq_depth, 1);
+    assert_eq!(q.purge_dlq("purged", 100).await.expect("purge"), 1);
+    assert_eq!(q.purge_dlq("purged", 100).await.expect("purge"), 0);
+    let st = q.stats("purged").await.expect("stats");
+    assert_eq!((st.dlq_depth, st.visible, st.in_flight), (0, 0, 0));
 }
 
 pub async fn ttl_expiry_is_counted(env: &ConformanceEnv) {
