@@ -7,6 +7,8 @@ use hubbub_queue::{EmbeddedConfig, EmbeddedQueue};
 use hubbub_store::*;
 use std::sync::Arc;
 
+pub use crate::moderation::{bans_mutes_and_slow_mode, roles_decide_who_moderates};
+
 pub struct Env {
     pub store: Arc<dyn Store>,
     pub feed: Arc<dyn FeedStore>,
@@ -87,7 +89,8 @@ macro_rules! store_conformance {
             system_messages_and_server_reads, webhooks_and_announced_presence,
             contacts_are_private_merged_and_evented, contacts_refuse_bad_input,
             rotated_note_keys_still_open_old_notes_and_reseal_them,
-            reports_are_stored_once_and_listed_newest_first, a_member_mutes_a_conversation_for_themselves);
+            reports_are_stored_once_and_listed_newest_first, a_member_mutes_a_conversation_for_themselves,
+            roles_decide_who_moderates, bans_mutes_and_slow_mode);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
