@@ -23,6 +23,7 @@ mod feed;
 mod lifecycle;
 mod media;
 mod messages;
+mod moderation;
 mod notify;
 #[cfg(feature = "cluster")]
 mod outage;
