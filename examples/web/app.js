@@ -79,8 +79,14 @@ async function boot() {
       await start(new AuthSession(origin, JSON.parse(saved), { onTokens: saveTokens }));
       return;
     } catch (error) {
-      console.warn("saved session unusable", error);
+      // Log in again when the tokens are no good; otherwise say what failed.
+      if (!["auth_failed", "unauthorized"].includes(error?.code) && me) {
+        $("#state").textContent = `error: ${error.message ?? error}`;
+        return;
+      }
       localStorage.removeItem(TOKENS);
+      showAuth(`Log in again (${error.message ?? error}).`);
+      return;
     }
   }
   showAuth();
@@ -213,7 +219,7 @@ async function reloadAll() {
 // Conversations
 
 async function loadConversations() {
-  const { conversations: list } = await client.listConversations();
+  const list = await client.listConversations();
   for (const c of list) {
     const { last_message, unread, ...conversation } = c;
     conversations.set(c.id, { conversation, last: last_message ?? null, unread: unread ?? 0 });
@@ -440,12 +446,24 @@ function refreshFeedSoon() {
 
 function renderFeed() {
   const ol = $("#feed");
-  ol.replaceChildren(...feedOrder.map((id) => postNode(id)));
+  const drafts = new Map([...ol.querySelectorAll("li.post")].map((li) => [li.dataset.post, li]));
+  ol.replaceChildren(...feedOrder.map((id) => keepDraft(drafts.get(id), postNode(id))));
 }
 
 function renderPost(id) {
   const old = document.querySelector(`#feed li[data-post="${CSS.escape(id)}"]`);
-  if (old) old.replaceWith(postNode(id));
+  if (old) old.replaceWith(keepDraft(old, postNode(id)));
+}
+
+/** A post drawn again keeps the comment being written in it, and the focus. */
+function keepDraft(old, fresh) {
+  const was = old?.querySelector(".comment-input");
+  if (was) {
+    const input = fresh.querySelector(".comment-input");
+    input.value = was.value;
+    if (document.activeElement === was) queueMicrotask(() => input.focus());
+  }
+  return fresh;
 }
 
 function postNode(id) {
@@ -495,6 +513,8 @@ async function toggleLike(id) {
 async function comment(id, text) {
   if (!text) return;
   const { comment: c } = await client.request("comment.create", { post: id, text });
+  const input = document.querySelector(`#feed li[data-post="${CSS.escape(id)}"] .comment-input`);
+  if (input) input.value = "";
   if (!comments.has(id)) comments.set(id, []);
   comments.get(id).push(c);
   posts.get(id).comments += 1;
