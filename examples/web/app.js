@@ -44,8 +44,21 @@ const names = new Map(Object.entries(JSON.parse(localStorage.getItem(NAMES) ?? "
 const conversations = new Map();
 /** conversation id → Map(message id → message) */
 const messages = new Map();
-/** conversation id → Map(user id → the last message id they read) */
+/**
+ * conversation id → Map(user id → the last message id they read). Receipts come only as
+ * events, which a reload does not replay (they were processed), so they are saved too.
+ */
 const reads = new Map();
+const readsKey = () => `hubbub.demo.reads.${me.id}`;
+function loadReads() {
+  for (const [conversation, users] of Object.entries(JSON.parse(localStorage.getItem(readsKey()) ?? "{}"))) {
+    reads.set(conversation, new Map(Object.entries(users)));
+  }
+}
+function saveReads() {
+  const plain = Object.fromEntries([...reads].map(([c, users]) => [c, Object.fromEntries(users)]));
+  localStorage.setItem(readsKey(), JSON.stringify(plain));
+}
 /** user id → presence ({ status, last_seen_ts }) */
 const presence = new Map();
 let openId;
@@ -64,7 +77,8 @@ function learn(id, handle, force = true) {
   localStorage.setItem(NAMES, JSON.stringify(Object.fromEntries(names)));
 }
 
-const nameOf = (id) => (id === me?.id ? "you" : names.get(id) ?? id);
+const handleOf = (id) => names.get(id) ?? id;
+const nameOf = (id) => (id === me?.id ? "you" : handleOf(id));
 
 /** Message ids are decimal strings that grow with time. */
 const byId = (a, b) => a.id.length - b.id.length || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
@@ -129,6 +143,7 @@ async function start(session) {
   currentSession = session;
   me = session.user;
   learn(me.id, me.handle);
+  loadReads();
   client = new HubbubClient({
     url: origin,
     getToken: session.getToken,
@@ -177,7 +192,9 @@ function listen(c) {
       return;
     }
     if (!reads.has(conversation)) reads.set(conversation, new Map());
+    // Saved before the listener returns: the SDK counts the event processed only then.
     reads.get(conversation).set(user, message);
+    saveReads();
     if (conversation === openId) renderMessages();
   });
   c.on("typingChanged", ({ conversation }) => {
@@ -203,6 +220,13 @@ function listen(c) {
     if (what) {
       const item = el("li", "", `${who} ${what}`);
       $("#notifications").prepend(item);
+    }
+    // There is no request listing a post's comments: show those this page hears of.
+    const c = data?.comment;
+    if (kind === "comment" && c && !(comments.get(c.post) ?? []).some((x) => x.id === c.id)) {
+      if (!comments.has(c.post)) comments.set(c.post, []);
+      comments.get(c.post).push(c);
+      renderPost(c.post);
     }
     if (kind === "like" || kind === "comment") refreshFeedSoon();
   });
@@ -470,7 +494,7 @@ function postNode(id) {
   const p = posts.get(id);
   const li = el("li", "post");
   li.dataset.post = id;
-  li.append(el("div", "author", `@${nameOf(p.author)}`), el("div", "text", p.text));
+  li.append(el("div", "author", `@${handleOf(p.author)}`), el("div", "text", p.text));
   const bar = el("div", "row");
   const like = el("button", liked.has(id) ? "like liked small" : "like small secondary", `♥ ${p.likes}`);
   like.type = "button";

@@ -148,7 +148,6 @@ async fn two_users_chat_and_engage_in_the_demo_app() {
         "document.querySelector('#typing').textContent === 'alice is typing…'",
     )
     .await;
-    a.screenshot(SHOTS, "demo-chat.png").await;
     fill(&mut b, "#message-input", "hi alice").await;
     submit(&mut b, "#composer", None).await;
     a.until(
@@ -210,6 +209,19 @@ async fn two_users_chat_and_engage_in_the_demo_app() {
         "!!document.querySelector('#conversations li') && !document.querySelector('#conversations .unread')",
     )
     .await;
+    // Receipts received before the reload are still shown (the app keeps them).
+    a.until(
+        "her messages read",
+        "[...document.querySelectorAll('#messages li.mine')].every((li) => li.querySelector('.receipt.read'))",
+    )
+    .await;
+    fill(&mut b, "#message-input", "one more thing").await;
+    a.until(
+        "bob typing again",
+        "document.querySelector('#typing').textContent === 'bob is typing…'",
+    )
+    .await;
+    a.screenshot(SHOTS, "demo-chat.png").await;
 
     // The feed: alice posts; bob follows her and sees the post in his timeline.
     fill(&mut a, "#post-input", "the demo works").await;
@@ -252,6 +264,11 @@ async fn two_users_chat_and_engage_in_the_demo_app() {
     b.until(
         "his comment",
         "document.querySelector('#feed li.post .comments li')?.textContent === 'you: nice one'",
+    )
+    .await;
+    a.until(
+        "bob's comment",
+        "document.querySelector('#feed li.post .comments li')?.textContent === 'bob: nice one'",
     )
     .await;
     a.until(
