@@ -285,3 +285,42 @@ async fn two_users_chat_and_engage_in_the_demo_app() {
     assert_eq!(notes, json!(true));
     a.screenshot(SHOTS, "demo-feed.png").await;
 }
+
+#[tokio::test]
+async fn the_demo_is_served_with_its_types_and_can_be_turned_off() {
+    let s = server().await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let get = |path: &str| http.get(format!("{}{path}", s.base)).send();
+    let r = get("/demo").await.expect("get");
+    assert_eq!(r.status(), 308);
+    assert_eq!(r.headers()["location"], "/demo/");
+    for (path, kind) in [
+        ("/demo/", "text/html; charset=utf-8"),
+        ("/demo/app.js", "text/javascript; charset=utf-8"),
+        ("/demo/sdk/index.js", "text/javascript; charset=utf-8"),
+        ("/demo/style.css", "text/css; charset=utf-8"),
+    ] {
+        let r = get(path).await.expect("get");
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["content-type"], kind, "{path}");
+        let csp = r.headers()["content-security-policy"]
+            .to_str()
+            .expect("csp");
+        assert!(csp.contains("connect-src 'self'"), "{csp}");
+    }
+    let r = get("/demo/nope.js").await.expect("get");
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "not_found");
+
+    let off = server_with(|c| c.demo.enabled = false).await;
+    let r = http
+        .get(format!("{}/demo/", off.base))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 404);
+}
