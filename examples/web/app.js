@@ -95,7 +95,7 @@ async function boot() {
     } catch (error) {
       // Log in again when the tokens are no good; otherwise say what failed.
       if (!["auth_failed", "unauthorized"].includes(error?.code) && me) {
-        $("#state").textContent = `error: ${error.message ?? error}`;
+        failed(error);
         return;
       }
       localStorage.removeItem(TOKENS);
@@ -123,13 +123,22 @@ $("#auth-form").addEventListener("submit", async (event) => {
   const body = { handle: $("#handle").value.trim(), password: $("#password").value };
   const how = event.submitter?.value === "login" ? "login" : "signup";
   $("#auth-error").textContent = "";
+  let session;
   try {
-    const session = await AuthSession[how](origin, body, { onTokens: saveTokens });
-    await start(session);
+    session = await AuthSession[how](origin, body, { onTokens: saveTokens });
   } catch (error) {
     $("#auth-error").textContent = error.message ?? String(error);
+    return;
   }
+  await start(session).catch(failed);
 });
+
+/** Something the page could not do, said in the header (and the console). */
+function failed(error) {
+  console.error(error);
+  $("#state").textContent = `error: ${error?.message ?? error}`;
+  $("#state").dataset.state = "error";
+}
 
 $("#logout").addEventListener("click", () => {
   client?.close();
@@ -173,14 +182,18 @@ function listen(c) {
     localStorage.removeItem(TOKENS);
     showAuth("Your session ended: log in again.");
   });
-  c.on("reset", () => reloadAll());
+  c.on("reset", () => reloadAll().catch(failed));
   c.on("message.new", ({ message }) => addMessage(message, true));
+  // A message written before a reload and sent by this page's client from the saved outbox.
+  c.on("outbox", (e) => {
+    if (e.kind === "sent") addMessage(e.result, false);
+  });
   c.on("message.updated", ({ message }) => addMessage(message, false));
   c.on("conversation.updated", ({ conversation }) => {
     const known = conversations.get(conversation.id);
     conversations.set(conversation.id, { last: null, unread: 0, ...known, conversation });
     nameDirect(conversation);
-    watchPeers();
+    watchPeers().catch(failed);
     renderConversations();
   });
   c.on("receipt.read", ({ conversation, user, message }) => {
@@ -250,7 +263,7 @@ async function loadConversations() {
     nameDirect(conversation);
   }
   renderConversations();
-  watchPeers();
+  watchPeers().catch(failed);
 }
 
 /** The other member of a direct conversation. */
@@ -271,7 +284,7 @@ function titleOf(conversation) {
   return conversation.title ?? conversation.id;
 }
 
-let watched = new Set();
+const watched = new Set();
 async function watchPeers() {
   const peers = [...conversations.values()].map((e) => peerOf(e.conversation)).filter((p) => p && !watched.has(p));
   if (peers.length === 0) return;
@@ -293,7 +306,7 @@ async function startChat(handle) {
   const known = conversations.get(conversation.id);
   conversations.set(conversation.id, { last: null, unread: 0, ...known, conversation });
   renderConversations();
-  watchPeers();
+  watchPeers().catch(failed);
   await openConversation(conversation.id);
 }
 
@@ -372,7 +385,7 @@ function renderConversations() {
     head.append(title);
     if (unread > 0) head.append(el("span", "unread", String(unread)));
     li.append(head, el("div", "last", last ? `${nameOf(last.sender)}: ${last.text}` : "no messages yet"));
-    li.addEventListener("click", () => openConversation(conversation.id));
+    li.addEventListener("click", () => openConversation(conversation.id).catch(failed));
     ul.append(li);
   }
 }
@@ -498,7 +511,7 @@ function postNode(id) {
   const bar = el("div", "row");
   const like = el("button", liked.has(id) ? "like liked small" : "like small secondary", `♥ ${p.likes}`);
   like.type = "button";
-  like.addEventListener("click", () => toggleLike(id));
+  like.addEventListener("click", () => toggleLike(id).catch(failed));
   bar.append(like, el("span", "comments-count muted", `${p.comments} comment${p.comments === 1 ? "" : "s"}`));
   li.append(bar);
   const list = el("ul", "comments");
@@ -519,7 +532,7 @@ function postNode(id) {
   form.append(input, send);
   form.addEventListener("submit", (event) => {
     event.preventDefault();
-    comment(id, input.value.trim());
+    comment(id, input.value.trim()).catch(failed);
   });
   li.append(form);
   return li;
@@ -585,7 +598,7 @@ $("#follow").addEventListener("submit", async (event) => {
   }
 });
 
-$("#refresh-feed").addEventListener("click", () => refreshFeed().catch((e) => console.warn("timeline", e)));
+$("#refresh-feed").addEventListener("click", () => refreshFeed().catch(failed));
 
 // ---------------------------------------------------------------------------------------
 // Small things
