@@ -515,6 +515,14 @@ pub(crate) trait ChatTx {
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Message)>>;
+    /// Make `user` the conversation's owner (its `created_by`).
+    async fn set_creator(&self, id: &str, user: &str) -> Result<()>;
+    /// Up to `limit` messages `sender` sent that are not deleted, all of one conversation
+    /// (the one of the oldest such message), oldest first.
+    async fn live_messages_of(&self, sender: &str, limit: usize) -> Result<Vec<Message>>;
+    /// Up to `limit` of `user`'s reactions, as (message, its conversation, emoji), in
+    /// message order.
+    async fn reactions_of(&self, user: &str, limit: usize) -> Result<Vec<(i64, String, String)>>;
 }
 
 // ---- member checks ------------------------------------------------------------------------
@@ -855,6 +863,38 @@ pub(crate) async fn remove_member(
     }
     let events = depart(tx, id, user, caller, now).await?;
     Ok(Written::new((), events))
+}
+
+/// Take an erased user out of conversation `id`. The remaining members hear of it as of a
+/// removal (`conversation.updated`; in a large group or a channel no one does, as no actor
+/// is left to tell). An owner's conversation passes to its longest-standing remaining member;
+/// a conversation left with no member is deleted with its messages.
+pub(crate) async fn erase_membership(
+    tx: &(impl ChatTx + InboxTx),
+    id: &str,
+    user: &str,
+    now: i64,
+) -> Result<Vec<Event>> {
+    let Some(row) = tx.conversation_row(id).await? else {
+        // A membership row without its conversation: nothing to tell.
+        tx.remove_member(id, user).await?;
+        return Ok(Vec::new());
+    };
+    let before = tx.members(id).await?.len();
+    tx.remove_member(id, user).await?;
+    // In join order: the first is the longest-standing.
+    let rest = tx.members(id).await?;
+    let Some(senior) = rest.first() else {
+        tx.delete_conversation(id).await?;
+        return Ok(Vec::new());
+    };
+    if row.2 == user {
+        tx.set_creator(id, senior).await?;
+    }
+    let after = existing(tx, id).await?;
+    let mut told = told_of_change(&after, before, &[user.to_owned()], user);
+    told.retain(|u| u != user);
+    conversation_events(tx, &told, &after, now).await
 }
 
 pub(crate) async fn leave(
