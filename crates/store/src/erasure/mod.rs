@@ -23,7 +23,8 @@
 //!    blocks either way, mutes, reports the user made (reports of their messages stay, the
 //!    reporters'), their posts with the comments and likes on them, their comments and likes
 //!    (each post's counts follow), follows either way, activity, webhook presence, refresh
-//!    token families, and their inbox. (Media rows go with their bytes, by
+//!    token families, and their inbox (all of it counted as seen, so no push still due reaches
+//!    them). (Media rows go with their bytes, by
 //!    [`MediaStore::erase_owner`].)
 //!
 //! A step that finds its stage done goes to the next, so calling until [`Erasure::Done`] is

@@ -7,7 +7,7 @@ use crate::{Result, SqliteStore};
 super::impl_erasure_store!(SqliteStore);
 
 /// Stage 5 of an erasure, `?1` the user: counts first, then the rows they count.
-const ERASE_REST: [&str; 17] = [
+const ERASE_REST: [&str; 18] = [
     "DELETE FROM contacts WHERE owner = ?1 OR user_id = ?1",
     "DELETE FROM blocks WHERE blocker = ?1 OR blocked = ?1",
     "DELETE FROM conversation_mutes WHERE user_id = ?1",
@@ -28,6 +28,8 @@ const ERASE_REST: [&str; 17] = [
     "DELETE FROM refresh_tokens WHERE user_id = ?1",
     "DELETE FROM refresh_families WHERE user_id = ?1",
     "DELETE FROM inbox WHERE user_id = ?1",
+    // Everything counts as seen: the notify worker drops the pushes still due to the user.
+    "UPDATE users SET acked_seq = last_seq WHERE id = ?1",
 ];
 
 impl ErasureTx for Tx<'_> {
