@@ -866,9 +866,9 @@ pub(crate) async fn remove_member(
 }
 
 /// Take an erased user out of conversation `id`. The remaining members hear of it as of a
-/// removal (`conversation.updated`; in a large group or a channel no one does, as no actor
-/// is left to tell). An owner's conversation passes to its longest-standing remaining member;
-/// a conversation left with no member is deleted with its messages.
+/// removal (`conversation.updated`; in a large group or a channel only a new owner does, as
+/// no actor is left to tell). An owner's conversation passes to its longest-standing
+/// remaining member; a conversation left with no member is deleted with its messages.
 pub(crate) async fn erase_membership(
     tx: &(impl ChatTx + InboxTx),
     id: &str,
@@ -888,12 +888,19 @@ pub(crate) async fn erase_membership(
         tx.delete_conversation(id).await?;
         return Ok(Vec::new());
     };
-    if row.2 == user {
-        tx.set_creator(id, senior).await?;
+    let heir = (row.2 == user).then(|| senior.clone());
+    if let Some(heir) = &heir {
+        tx.set_creator(id, heir).await?;
     }
     let after = existing(tx, id).await?;
     let mut told = told_of_change(&after, before, &[user.to_owned()], user);
     told.retain(|u| u != user);
+    // In a large group or a channel the new owner hears of it all the same.
+    if let Some(heir) = heir
+        && !told.contains(&heir)
+    {
+        told.push(heir);
+    }
     conversation_events(tx, &told, &after, now).await
 }
 

@@ -11,9 +11,10 @@
 //!    every token refused): the handle is free again, the id is never given again (an app
 //!    token or `POST /v1/server/users` naming it is refused). Refresh tokens are deleted.
 //! 2. **Memberships**, up to `batch` conversations: the user leaves each; members hear of it
-//!    as of a removal; an owned conversation passes to its longest-standing member; one left
-//!    empty is deleted.
-//! 3. **Messages**, up to `batch`, of one conversation: each becomes a tombstone exactly as
+//!    as of a removal; an owned conversation passes to its longest-standing member (told even
+//!    in a large group); one left empty is deleted.
+//! 3. **Messages**, up to `batch` (fewer in a big conversation: about [`EVENT_BUDGET`]
+//!    events a step), of one conversation: each becomes a tombstone exactly as
 //!    `message.delete` makes one (text, attachments, mentions, versions and reactions gone,
 //!    unpinned, no longer found by search), and members are told so as by `message.delete`
 //!    (`message.updated` under their next seq; `channel.updated` in a channel).
@@ -42,6 +43,10 @@ use async_trait::async_trait;
 
 #[cfg(doc)]
 use crate::MediaStore;
+
+/// The most inbox events one step's tombstones append (about): a step in a group of 10,000
+/// tombstones 2 messages, not its whole batch.
+const EVENT_BUDGET: u64 = 20_000;
 
 /// Where an erasure stands after a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,9 +98,13 @@ pub(crate) async fn erase_user(
         }
         return Ok(Written::new(Erasure::More, events));
     }
-    let sent = tx.live_messages_of(user, batch).await?;
+    let mut sent = tx.live_messages_of(user, batch).await?;
     if let Some(first) = sent.first() {
         let id = first.conversation.clone();
+        // Each tombstone is told to every member: fewer of them a step in a big group.
+        let members = tx.member_count(&id).await?.max(1);
+        let fits = (EVENT_BUDGET / members).clamp(1, batch as u64);
+        sent.truncate(fits as usize);
         let written = crate::chat::messages::erase_messages(tx, &id, user, &sent, now).await?;
         return Ok(written.map(|()| Erasure::More));
     }

@@ -2455,15 +2455,16 @@ pub async fn a_member_mutes_a_conversation_for_themselves(env: &Env) {
     assert!(matches!(e, StoreError::Forbidden(_)), "{e:?}");
 }
 
-/// Erase `user` step by step until done; the events of every step.
-async fn erase(env: &Env, user: &str) -> (Erasure, Vec<Event>) {
-    let mut events = Vec::new();
+/// Erase `user` step by step until done; the events of every step, and its broadcasts.
+async fn erase(env: &Env, user: &str) -> (Erasure, Vec<Event>, Vec<Broadcast>) {
+    let (mut events, mut broadcasts) = (Vec::new(), Vec::new());
     for _ in 0..100 {
         // A batch of 2: the steps and their resumption are exercised.
         let w = env.store.erase_user(user, 2).await.expect("erase step");
         events.extend(w.events);
+        broadcasts.extend(w.broadcast);
         if w.value != Erasure::More {
-            return (w.value, events);
+            return (w.value, events, broadcasts);
         }
     }
     panic!("the erasure of {user} does not end");
@@ -2497,6 +2498,17 @@ pub async fn erasing_a_user_leaves_tombstones_and_nothing_else(env: &Env) {
         .expect("direct")
         .value
         .id;
+    let mut channel = group("er-ch", &a, &[]);
+    channel.kind = ConversationKind::Channel;
+    channel.public = true;
+    s.create_conversation(channel).await.expect("channel");
+    s.subscribe(&c, "er-ch").await.expect("subscribe");
+    s.subscribe(&b, "er-ch").await.expect("subscribe");
+    let in_channel = s
+        .send_message(send(&a, "er-ch", "c0", "zebra channel"))
+        .await
+        .expect("send")
+        .value;
     let mut sent = Vec::new();
     for (i, text) in ["zebra one", "zebra two", "zebra three"].iter().enumerate() {
         let m = s
@@ -2559,7 +2571,7 @@ pub async fn erasing_a_user_leaves_tombstones_and_nothing_else(env: &Env) {
     f.follow(&a, &c).await.expect("follow");
 
     let b_seq = s.last_seq(&b).await.expect("seq");
-    let (done, events) = erase(env, &a).await;
+    let (done, events, broadcasts) = erase(env, &a).await;
     assert_eq!(done, Erasure::Done);
 
     // The account: no read finds it, every token is refused, the handle is free, the id is
@@ -2617,6 +2629,24 @@ pub async fn erasing_a_user_leaves_tombstones_and_nothing_else(env: &Env) {
     assert!(events.iter().all(|e| e.user != a), "nothing for the erased user");
     assert!(s.last_seq(&b).await.expect("seq") > b_seq);
     assert!(s.search(&b, "zebra", None, 10).await.expect("search").is_empty());
+    // In the channel: the tombstone is broadcast to its members; it passed to its
+    // longest-standing subscriber (carol and bob may have joined in the same millisecond:
+    // either), who alone is told, a channel's membership changes being told to no one else.
+    let [told] = &broadcasts[..] else {
+        panic!("{broadcasts:?}")
+    };
+    assert!(told.users.contains(&b) && told.users.contains(&c), "{told:?}");
+    assert!(matches!(&told.frames[..], [ServerFrame::ChannelUpdated { message, .. }]
+        if message.id == in_channel.id && message.deleted));
+    let heir = s.conversation(&c, "er-ch").await.expect("channel").created_by;
+    let other = if heir == c { &b } else { &c };
+    assert!(heir == b || heir == c, "{heir}");
+    assert!(events.iter().any(|e| e.user == heir
+        && matches!(&e.frame, ServerFrame::ConversationUpdated { conversation, .. }
+            if conversation.id == "er-ch" && conversation.created_by == heir)));
+    assert!(!events.iter().any(|e| &e.user == other
+        && matches!(&e.frame, ServerFrame::ConversationUpdated { conversation, .. }
+            if conversation.id == "er-ch")));
     assert!(s.pins(&b, "er-g").await.expect("pins").is_empty());
 
     // Reactions: the summary loses the erased user's.
@@ -2656,8 +2686,11 @@ pub async fn erasing_a_user_leaves_tombstones_and_nothing_else(env: &Env) {
     assert!(replay.frames.is_empty(), "{:?}", replay.frames);
 
     // Again, and an unknown user: nothing to do.
-    let (done, events) = erase(env, &a).await;
-    assert_eq!((done, events.len()), (Erasure::Done, 0));
-    let (done, _) = erase(env, "er-nobody").await;
+    let (done, events, broadcasts) = erase(env, &a).await;
+    assert_eq!(
+        (done, events.len(), broadcasts.len()),
+        (Erasure::Done, 0, 0)
+    );
+    let (done, _, _) = erase(env, "er-nobody").await;
     assert_eq!(done, Erasure::Unknown);
 }
