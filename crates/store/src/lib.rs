@@ -215,9 +215,8 @@ pub trait Store:
 {
 }
 
-impl<
-    T: AccountStore + ChatStore + ContactStore + InboxStore + ControlStore + ErasureStore + ?Sized,
-> Store for T
+impl<T: AccountStore + ChatStore + ContactStore + InboxStore + ControlStore + ErasureStore + ?Sized>
+    Store for T
 {
 }
 

@@ -544,7 +544,11 @@ async fn erasing_a_user_tombstones_their_messages_and_removes_the_rest() {
         .expect("upload");
     assert_eq!(upload.status(), 201);
     let upload: Value = upload.json().await.expect("json");
-    let media_url = format!("{}{}", s.base, upload["media"]["url"].as_str().expect("url"));
+    let media_url = format!(
+        "{}{}",
+        s.base,
+        upload["media"]["url"].as_str().expect("url")
+    );
     let path = format!("/v1/server/users/{}", erin.id);
 
     // Auth: no key, a key without the scope.
@@ -572,7 +576,10 @@ async fn erasing_a_user_tombstones_their_messages_and_removes_the_rest() {
 
     let (st, body) = call(&s, Method::DELETE, &path, None).await;
     assert_eq!((st, &body), (204, &Value::Null));
-    assert_eq!(close_code(&mut erin_raw).await, Some(CloseCode::Library(4001)));
+    assert_eq!(
+        close_code(&mut erin_raw).await,
+        Some(CloseCode::Library(4001))
+    );
 
     // Finn is told of each tombstone, live.
     for id in &sent {
@@ -598,7 +605,10 @@ async fn erasing_a_user_tombstones_their_messages_and_removes_the_rest() {
             panic!("no history")
         };
         for m in messages.iter().filter(|m| m.sender == erin.id) {
-            assert!(m.deleted && m.text.is_empty() && m.attachments.is_empty(), "{m:?}");
+            assert!(
+                m.deleted && m.text.is_empty() && m.attachments.is_empty(),
+                "{m:?}"
+            );
         }
         assert!(messages.iter().any(|m| sent.contains(&m.id)));
     }

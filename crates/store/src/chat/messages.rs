@@ -397,7 +397,11 @@ pub fn check_emoji(emoji: &str) -> Result<()> {
 
 /// The summary after one reaction more (`add`) or less: most first, ties keeping
 /// their order (a new emoji goes after the others of its count).
-pub(crate) fn counted(mut summary: Vec<ReactionCount>, emoji: &str, add: bool) -> Vec<ReactionCount> {
+pub(crate) fn counted(
+    mut summary: Vec<ReactionCount>,
+    emoji: &str,
+    add: bool,
+) -> Vec<ReactionCount> {
     match summary.iter_mut().find(|r| r.emoji == emoji) {
         Some(r) if add => r.count += 1,
         Some(r) => r.count = r.count.saturating_sub(1),

@@ -256,7 +256,10 @@ macro_rules! impl_media_meta {
                 $crate::run!(self.read, |tx| $crate::media::media_usage(tx, &owner))
             }
 
-            async fn delete_media_of(&self, owner: &str) -> Result<Vec<String>, $crate::StoreError> {
+            async fn delete_media_of(
+                &self,
+                owner: &str,
+            ) -> Result<Vec<String>, $crate::StoreError> {
                 let owner = owner.to_owned();
                 $crate::run!(self.write, |tx| {
                     $crate::media::MediaTx::delete_media_of(tx, &owner)

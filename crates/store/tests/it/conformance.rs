@@ -2527,16 +2527,30 @@ pub async fn erasing_a_user_leaves_tombstones_and_nothing_else(env: &Env) {
         .await
         .expect("send")
         .value;
-    s.react(&a, "er-g", &by_b.id, "👍", true).await.expect("react");
-    s.react(&c, "er-g", &by_b.id, "👍", true).await.expect("react");
-    s.react(&a, "er-g", &by_b.id, "🎉", true).await.expect("react");
+    s.react(&a, "er-g", &by_b.id, "👍", true)
+        .await
+        .expect("react");
+    s.react(&c, "er-g", &by_b.id, "👍", true)
+        .await
+        .expect("react");
+    s.react(&a, "er-g", &by_b.id, "🎉", true)
+        .await
+        .expect("react");
     s.pin(&a, "er-g", &sent[0].id, true).await.expect("pin");
-    s.set_contact(&a, &b, Some("work"), None).await.expect("contact");
-    s.set_contact(&b, &a, Some("friends"), None).await.expect("contact");
+    s.set_contact(&a, &b, Some("work"), None)
+        .await
+        .expect("contact");
+    s.set_contact(&b, &a, Some("friends"), None)
+        .await
+        .expect("contact");
     s.set_contact(&b, &c, None, None).await.expect("contact");
     s.block(&a, &c).await.expect("block");
-    s.report_message(&a, "er-g", &by_b.id, "spam").await.expect("report");
-    s.report_message(&b, "er-g", &sent[1].id, "rude").await.expect("report");
+    s.report_message(&a, "er-g", &by_b.id, "spam")
+        .await
+        .expect("report");
+    s.report_message(&b, "er-g", &sent[1].id, "rude")
+        .await
+        .expect("report");
     s.revoke_tokens(&a, 1).await.expect("a revocation");
     f.create_post(NewPost {
         id: "er-p-a".into(),
@@ -2597,15 +2611,23 @@ pub async fn erasing_a_user_leaves_tombstones_and_nothing_else(env: &Env) {
     // Bob and carol joined together: either is the longest-standing.
     assert!(g.members.contains(&g.created_by), "{g:?}");
     assert!(!g.members.contains(&a));
-    assert!(s.conversation_by_id("er-alone").await.expect("read").is_none());
+    assert!(
+        s.conversation_by_id("er-alone")
+            .await
+            .expect("read")
+            .is_none()
+    );
     let d = s.conversation(&b, &direct).await.expect("direct");
-    assert_eq!(d.members, [b.clone()]);
+    assert_eq!(d.members, std::slice::from_ref(&b));
 
     // Messages: tombstones, told to the members; search finds none of them.
     let (history, _) = s.history(&b, "er-g", None, 50).await.expect("history");
     for m in &sent {
         let h = history.iter().find(|h| h.id == m.id).expect("in history");
-        assert!(h.deleted && h.text.is_empty() && h.attachments.is_empty(), "{h:?}");
+        assert!(
+            h.deleted && h.text.is_empty() && h.attachments.is_empty(),
+            "{h:?}"
+        );
     }
     let (history, _) = s.history(&b, &direct, None, 50).await.expect("history");
     assert!(history.iter().all(|m| m.deleted), "{history:?}");
@@ -2626,19 +2648,36 @@ pub async fn erasing_a_user_leaves_tombstones_and_nothing_else(env: &Env) {
         "bob is told in the direct conversation"
     );
     assert_gapless(&events, &b);
-    assert!(events.iter().all(|e| e.user != a), "nothing for the erased user");
+    assert!(
+        events.iter().all(|e| e.user != a),
+        "nothing for the erased user"
+    );
     assert!(s.last_seq(&b).await.expect("seq") > b_seq);
-    assert!(s.search(&b, "zebra", None, 10).await.expect("search").is_empty());
+    assert!(
+        s.search(&b, "zebra", None, 10)
+            .await
+            .expect("search")
+            .is_empty()
+    );
     // In the channel: the tombstone is broadcast to its members; it passed to its
     // longest-standing subscriber (carol and bob may have joined in the same millisecond:
     // either), who alone is told, a channel's membership changes being told to no one else.
     let [told] = &broadcasts[..] else {
         panic!("{broadcasts:?}")
     };
-    assert!(told.users.contains(&b) && told.users.contains(&c), "{told:?}");
-    assert!(matches!(&told.frames[..], [ServerFrame::ChannelUpdated { message, .. }]
-        if message.id == in_channel.id && message.deleted));
-    let heir = s.conversation(&c, "er-ch").await.expect("channel").created_by;
+    assert!(
+        told.users.contains(&b) && told.users.contains(&c),
+        "{told:?}"
+    );
+    assert!(
+        matches!(&told.frames[..], [ServerFrame::ChannelUpdated { message, .. }]
+        if message.id == in_channel.id && message.deleted)
+    );
+    let heir = s
+        .conversation(&c, "er-ch")
+        .await
+        .expect("channel")
+        .created_by;
     let other = if heir == c { &b } else { &c };
     assert!(heir == b || heir == c, "{heir}");
     assert!(events.iter().any(|e| e.user == heir
@@ -2668,7 +2707,7 @@ pub async fn erasing_a_user_leaves_tombstones_and_nothing_else(env: &Env) {
         .into_iter()
         .map(|c| c.user)
         .collect();
-    assert_eq!(contacts, [c.clone()]);
+    assert_eq!(contacts, std::slice::from_ref(&c));
     assert!(s.contacts(&a).await.expect("contacts").is_empty());
     let (reports, _) = s.reports(None, 10).await.expect("reports");
     let reporters: Vec<&str> = reports.iter().map(|r| r.reporter.as_str()).collect();
@@ -2679,8 +2718,14 @@ pub async fn erasing_a_user_leaves_tombstones_and_nothing_else(env: &Env) {
         .expect("posts");
     assert_eq!(posts.len(), 1, "{posts:?}");
     assert_eq!((posts[0].likes, posts[0].comments), (1, 0));
-    assert_eq!(f.followers(&a).await.expect("followers"), Vec::<String>::new());
-    assert_eq!(f.followers(&c).await.expect("followers"), Vec::<String>::new());
+    assert_eq!(
+        f.followers(&a).await.expect("followers"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        f.followers(&c).await.expect("followers"),
+        Vec::<String>::new()
+    );
     assert_eq!(s.blocks(&a).await.expect("blocks"), Vec::<String>::new());
     let replay = s.events_after(&a, 0, 100).await.expect("inbox");
     assert!(replay.frames.is_empty(), "{:?}", replay.frames);
