@@ -461,8 +461,9 @@ async fn reported_messages_are_listed_to_the_server_api() {
 }
 
 /// Erasure: the user's sessions close with 4001, their messages become tombstones that members
-/// are told of and search no longer finds, their media answers 404, their contacts and their
-/// place in others' contacts go, their login fails; a repeat, and an unknown user, are 204.
+/// are told of and search no longer finds, their posts leave timelines, their media answers
+/// 404, their contacts and their place in others' contacts go, their login fails; a repeat,
+/// and an unknown user, are 204.
 #[tokio::test]
 async fn erasing_a_user_tombstones_their_messages_and_removes_the_rest() {
     use hubbub_protocol::{ConversationKind, ReplyData, Request};
@@ -525,6 +526,13 @@ async fn erasing_a_user_tombstones_their_messages_and_removes_the_rest() {
     )
     .await;
     ok(
+        &mut f,
+        Request::Follow {
+            user: erin.id.clone(),
+        },
+    )
+    .await;
+    let ReplyData::Post { post } = ok(
         &mut e,
         Request::PostCreate {
             text: "erin posts".into(),
@@ -532,7 +540,19 @@ async fn erasing_a_user_tombstones_their_messages_and_removes_the_rest() {
             idempotency_key: None,
         },
     )
-    .await;
+    .await
+    else {
+        panic!("no post")
+    };
+    let timeline = |items: ReplyData| match items {
+        ReplyData::Timeline { items, .. } => items.into_iter().map(|p| p.id).collect::<Vec<_>>(),
+        other => panic!("not a timeline: {other:?}"),
+    };
+    let get = || Request::TimelineGet {
+        before: None,
+        limit: None,
+    };
+    assert_eq!(timeline(ok(&mut f, get()).await), [post.id.clone()]);
     let http = reqwest::Client::new();
     let upload = http
         .post(format!("{}/v1/media", s.base))
@@ -638,6 +658,9 @@ async fn erasing_a_user_tombstones_their_messages_and_removes_the_rest() {
     };
     assert!(!conversation.members.contains(&erin.id), "{conversation:?}");
     assert_ne!(conversation.created_by, erin.id, "the group passed on");
+
+    // Erin's post is gone from finn's timeline.
+    assert_eq!(timeline(ok(&mut f, get()).await), Vec::<String>::new());
 
     // The media is gone; the account cannot log in, its token is refused, its handle is
     // free but its id is not given again.
