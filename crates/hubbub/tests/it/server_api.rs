@@ -552,7 +552,10 @@ async fn erasing_a_user_tombstones_their_messages_and_removes_the_rest() {
         before: None,
         limit: None,
     };
-    assert_eq!(timeline(ok(&mut f, get()).await), [post.id.clone()]);
+    assert_eq!(
+        timeline(ok(&mut f, get()).await),
+        std::slice::from_ref(&post.id)
+    );
     let http = reqwest::Client::new();
     let upload = http
         .post(format!("{}/v1/media", s.base))
