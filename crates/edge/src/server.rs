@@ -638,7 +638,7 @@ const ERASE_BATCH: usize = 200;
     params(("id" = String, Path, description = "The user")),
     responses(
         (status = 204, description = "Erased (also for a user erased before, or unknown)"),
-        (status = 503, description = "Storage is unavailable; what was erased stays erased, retry to finish", body = HttpError)))]
+        (status = 503, description = "Storage is unavailable, or the server is shutting down: what was erased stays erased; call again to finish", body = HttpError)))]
 async fn erase_user(
     State(inner): State<Arc<Inner>>,
     headers: HeaderMap,
@@ -647,19 +647,46 @@ async fn erase_user(
     if let Err(r) = crate::admin::authorize(&inner, &headers, "server").await {
         return r;
     }
+    // Its own task, tracked: a client that gives up waiting does not stop the erasure half
+    // way; shutdown does, between two steps (a repeat finishes it).
+    let task = inner.tracker.spawn(erase(inner.clone(), id));
+    match task.await {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(response)) => response,
+        Err(e) => {
+            tracing::error!(error = %e, "server API: erasure task failed");
+            error(
+                ErrorCode::Internal,
+                "the erasure stopped; call again to finish it",
+            )
+        }
+    }
+}
+
+/// Erase user `id` step by step (the store's), pushing each step's events; after the first
+/// step (every token refused) close the user's sessions and erase their media.
+async fn erase(inner: Arc<Inner>, id: String) -> Result<(), Response> {
     let mut steps = 0u64;
     let mut closed = false;
     loop {
-        let written = match inner.deps.store.erase_user(&id, ERASE_BATCH).await {
-            Ok(w) => w,
-            Err(e) => return store_error(e),
-        };
+        if inner.cancel.is_cancelled() {
+            return Err(error(
+                ErrorCode::Unavailable,
+                "the server is shutting down; call again to finish the erasure",
+            ));
+        }
+        let written = inner
+            .deps
+            .store
+            .erase_user(&id, ERASE_BATCH)
+            .await
+            .map_err(store_error)?;
         steps += 1;
         let stage = written.value;
         deliver(&inner, written).await;
         if stage == hubbub_store::Erasure::Unknown {
             tracing::info!(user = %id, "server API: erasure of an unknown user");
-            return StatusCode::NO_CONTENT.into_response();
+            return Ok(());
         }
         if !closed {
             // The first step refused every token: no session opens again, and the open
@@ -667,18 +694,20 @@ async fn erase_user(
             inner
                 .close_user(&id, crate::CLOSE_REVOKED, "account erased")
                 .await;
-            match inner.deps.media.erase_owner(&id).await {
-                Ok(n) => tracing::info!(user = %id, media = n, "server API: media erased"),
-                Err(e) => return store_error(e),
-            }
+            let n = inner
+                .deps
+                .media
+                .erase_owner(&id)
+                .await
+                .map_err(store_error)?;
+            tracing::info!(user = %id, media = n, "server API: media erased");
             closed = true;
         }
         if stage == hubbub_store::Erasure::Done {
-            break;
+            tracing::info!(user = %id, steps, "server API: user erased");
+            return Ok(());
         }
     }
-    tracing::info!(user = %id, steps, "server API: user erased");
-    StatusCode::NO_CONTENT.into_response()
 }
 
 /// Push a write's events to the sessions of their users, and a channel's broadcast to its
