@@ -1,4 +1,5 @@
-//! The HTTP side of the edge: auth endpoints, user lookup, media, health, readiness, metrics.
+//! The HTTP side of the edge: auth endpoints, user lookup, media, health, readiness, metrics
+//! (and the demo app's files, see `demo`).
 //! Every error body is `{"error":{"code","message"}}` with the protocol's status.
 //!
 //! Login and signup are rate limited per client IP and (login) per handle, answered `429`
@@ -42,6 +43,11 @@ pub(crate) fn routes(inner: Arc<Inner>, operational: bool) -> axum::Router {
         .route("/v1/sse", get(crate::sse::stream))
         .route("/healthz", get(|| async { "ok" }))
         .merge(crate::server::routes());
+    let router = if inner.config.demo {
+        router.merge(crate::demo::routes())
+    } else {
+        router
+    };
     let router = if operational {
         router
             .route("/readyz", get(ready))

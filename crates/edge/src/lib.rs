@@ -9,6 +9,8 @@
 //!   per-session debug logging).
 //! - [`server`]: the server API (`/v1/server`, API keys of scope `server`) and its OpenAPI
 //!   document; its writes take the clients' durable path and wait for the reply.
+//! - `demo`: the demo web app at `/demo/` (the files of `examples/web`, built in), unless
+//!   turned off.
 //! - `sse`: `/v1/sse`, engagement events over server-sent events.
 //! - [`listener`]: the accept loop every HTTP listener runs: connection caps (server-wide,
 //!   per IP), header and body read timeouts.
@@ -35,6 +37,7 @@
 mod admin;
 mod admission;
 pub mod auth;
+mod demo;
 mod http;
 mod limit;
 pub mod listener;
@@ -116,6 +119,8 @@ pub struct EdgeConfig {
     /// The contact note keys: a `contact.set`'s note is sealed before it goes on the queue
     /// (without, it travels as sent).
     pub note_keys: Option<Arc<hubbub_store::NoteKeys>>,
+    /// Whether the public listener serves the demo web app at `/demo/` (`demo.enabled`).
+    pub demo: bool,
 }
 
 /// What an edge needs from the rest of the system.

@@ -3,7 +3,7 @@
 //! ([`openapi`], served at `/v1/server/openapi.json`, committed as `docs/openapi.json`).
 //!
 //! Writes (conversations, members, messages) take the clients' durable path: an
-//! [`Envelope`] on the `main` queue (marked `server`, acting as the conversation's creator
+//! [`Envelope`] on the `main` queue (marked `server`, acting as the conversation's owner
 //! or the named sender), the router, the chat service, the store; the chat service hands its
 //! reply to this edge like any reply, under a session id no socket has (`api-...`), and the
 //! handler waiting on it answers the HTTP request. Members therefore get the events exactly
@@ -380,10 +380,15 @@ async fn create_conversation(
     }
 }
 
-/// The creator of a conversation: the server API changes members in its name.
-async fn creator(inner: &Inner, id: &str) -> Result<hubbub_protocol::Conversation, Response> {
+/// The owner of a conversation (its creator, unless ownership passed on): the server API
+/// changes members in its name.
+async fn owner(inner: &Inner, id: &str) -> Result<String, Response> {
     match inner.deps.store.conversation_by_id(id).await {
-        Ok(Some(c)) => Ok(c),
+        Ok(Some(c)) => Ok(c
+            .roles
+            .iter()
+            .find(|(_, r)| **r == hubbub_protocol::Role::Owner)
+            .map_or(c.created_by, |(u, _)| u.clone())),
         Ok(None) => Err(error(ErrorCode::NotFound, format!("no conversation {id}"))),
         Err(e) => Err(store_error(e)),
     }
@@ -410,8 +415,8 @@ async fn add_members(
         Ok(r) => r,
         Err(r) => return r,
     };
-    let c = match creator(&inner, &id).await {
-        Ok(c) => c,
+    let owner = match owner(&inner, &id).await {
+        Ok(o) => o,
         Err(r) => return r,
     };
     let request = Request::ConversationAdd {
@@ -419,7 +424,7 @@ async fn add_members(
         user: None,
         users: Some(req.users),
     };
-    match forward(&inner, &c.created_by, request).await {
+    match forward(&inner, &owner, request).await {
         Ok(_) => json(StatusCode::OK, Empty {}),
         Err(r) => r,
     }
@@ -441,15 +446,15 @@ async fn remove_member(
     if let Err(r) = crate::admin::authorize(&inner, &headers, "server").await {
         return r;
     }
-    let c = match creator(&inner, &id).await {
-        Ok(c) => c,
+    let owner = match owner(&inner, &id).await {
+        Ok(o) => o,
         Err(r) => return r,
     };
     let request = Request::ConversationRemove {
         conversation: id,
         user,
     };
-    match forward(&inner, &c.created_by, request).await {
+    match forward(&inner, &owner, request).await {
         Ok(_) => json(StatusCode::OK, Empty {}),
         Err(r) => r,
     }
@@ -484,9 +489,10 @@ async fn post_message(
             format!("idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"),
         );
     }
-    let c = match creator(&inner, &id).await {
-        Ok(c) => c,
-        Err(r) => return r,
+    let c = match inner.deps.store.conversation_by_id(&id).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return error(ErrorCode::NotFound, format!("no conversation {id}")),
+        Err(e) => return store_error(e),
     };
     let sender = req.sender.unwrap_or_else(|| SYSTEM_SENDER.to_owned());
     let system = sender == SYSTEM_SENDER;

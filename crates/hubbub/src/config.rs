@@ -63,6 +63,24 @@ pub struct Config {
     pub cluster: ClusterSettings,
     /// API keys.
     pub api: ApiSettings,
+    /// The demo web app.
+    pub demo: DemoSettings,
+}
+
+/// The demo web app (issue 14, `examples/web`): a chat and feed client served at `/demo/` on
+/// the public listener, built into the binary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoSettings {
+    /// Serve it (env `HUBBUB_DEMO__ENABLED`); on by default, so a fresh `hubbub serve` shows
+    /// something. Turn it off in production: it is a demo, not a product.
+    pub enabled: bool,
+}
+
+impl Default for DemoSettings {
+    fn default() -> Self {
+        DemoSettings { enabled: true }
+    }
 }
 
 /// API keys (PROTOCOL.md 1.1): the bootstrap key, with every scope. Others are created
@@ -273,6 +291,7 @@ impl Default for Config {
             engagement: EngagementSettings::default(),
             cluster: ClusterSettings::default(),
             api: ApiSettings::default(),
+            demo: DemoSettings::default(),
         }
     }
 }

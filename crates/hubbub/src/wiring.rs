@@ -79,6 +79,7 @@ pub(crate) fn edge_config(config: &Config, edge_id: String) -> EdgeConfig {
             .iter()
             .map(|q| (*q).to_owned())
             .collect(),
+        demo: config.demo.enabled,
         note_keys: match note_keys(config) {
             Ok(keys) => Some(Arc::new(keys)),
             Err(e) => {

@@ -6,7 +6,7 @@
 //! give `bad_request`, with the frame's `id` when it could be read.
 
 use crate::error::ErrorCode;
-use crate::model::{Attachment, ConversationKind, SetPresenceStatus, TypingState};
+use crate::model::{AssignedRole, Attachment, ConversationKind, SetPresenceStatus, TypingState};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -251,6 +251,58 @@ pub enum Request {
         /// Until when (ms since the epoch); `null` lifts it.
         until_ts: Option<i64>,
     },
+    /// Make a member an admin, or an admin a plain member (the owner only).
+    #[serde(rename = "conversation.role")]
+    ConversationRole {
+        /// Conversation id.
+        conversation: String,
+        /// The member.
+        user: String,
+        /// `admin` or `member`.
+        role: AssignedRole,
+    },
+    /// Ban a user from a group or channel (owner or admin): removed if a member, and not
+    /// added again, nor subscribed, until the ban ends.
+    #[serde(rename = "conversation.ban")]
+    ConversationBan {
+        /// Conversation id.
+        conversation: String,
+        /// The user.
+        user: String,
+        /// How long, in seconds; absent: until unbanned.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_s: Option<u64>,
+    },
+    /// Lift a ban (owner or admin; idempotent).
+    #[serde(rename = "conversation.unban")]
+    ConversationUnban {
+        /// Conversation id.
+        conversation: String,
+        /// The user.
+        user: String,
+    },
+    /// Mute a member (owner or admin): their `message.send` is `forbidden` meanwhile.
+    #[serde(rename = "conversation.mute_member")]
+    ConversationMuteMember {
+        /// Conversation id.
+        conversation: String,
+        /// The member.
+        user: String,
+        /// How long, in seconds; 0 lifts the mute.
+        duration_s: u64,
+    },
+    /// Change a group's or channel's title or slow mode (owner or admin).
+    #[serde(rename = "conversation.settings")]
+    ConversationSettings {
+        /// The new title (`""` removes it); absent: unchanged.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        title: Option<String>,
+        /// Conversation id.
+        conversation: String,
+        /// Slow mode in seconds (0: off); absent: unchanged.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        slow_mode_s: Option<u64>,
+    },
     /// Page through a conversation's messages, newest first.
     #[serde(rename = "message.history")]
     MessageHistory {
@@ -463,6 +515,11 @@ impl Request {
         "message.unpin",
         "conversation.pins",
         "conversation.mute",
+        "conversation.role",
+        "conversation.ban",
+        "conversation.unban",
+        "conversation.mute_member",
+        "conversation.settings",
         "typing",
         "presence.set",
         "presence.watch",
@@ -516,6 +573,11 @@ impl Request {
             Request::MessageUnpin { .. } => "message.unpin",
             Request::ConversationPins { .. } => "conversation.pins",
             Request::ConversationMute { .. } => "conversation.mute",
+            Request::ConversationRole { .. } => "conversation.role",
+            Request::ConversationBan { .. } => "conversation.ban",
+            Request::ConversationUnban { .. } => "conversation.unban",
+            Request::ConversationMuteMember { .. } => "conversation.mute_member",
+            Request::ConversationSettings { .. } => "conversation.settings",
             Request::Typing { .. } => "typing",
             Request::PresenceSet { .. } => "presence.set",
             Request::PresenceWatch { .. } => "presence.watch",
@@ -728,6 +790,14 @@ mod tests {
             json!({"type":"message.report","id":"r1","conversation":"c1","message":"7","reason":"spam"}),
             json!({"type":"conversation.mute","id":"r1","conversation":"c1","until_ts":1}),
             json!({"type":"conversation.mute","id":"r1","conversation":"c1","until_ts":null}),
+            json!({"type":"conversation.role","id":"r1","conversation":"c1","user":"u2","role":"admin"}),
+            json!({"type":"conversation.role","id":"r1","conversation":"c1","user":"u2","role":"member"}),
+            json!({"type":"conversation.ban","id":"r1","conversation":"c1","user":"u2","duration_s":60}),
+            json!({"type":"conversation.ban","id":"r1","conversation":"c1","user":"u2"}),
+            json!({"type":"conversation.unban","id":"r1","conversation":"c1","user":"u2"}),
+            json!({"type":"conversation.mute_member","id":"r1","conversation":"c1","user":"u2","duration_s":0}),
+            json!({"type":"conversation.settings","id":"r1","conversation":"c1","title":"t","slow_mode_s":10}),
+            json!({"type":"conversation.settings","id":"r1","conversation":"c1"}),
             json!({"type":"reaction.add","id":"r1","conversation":"c1","message":"7","emoji":"👍"}),
             json!({"type":"reaction.remove","id":"r1","conversation":"c1","message":"7","emoji":"👍"}),
             json!({"type":"message.pin","id":"r1","conversation":"c1","message":"7"}),

@@ -37,6 +37,65 @@ pub enum ConversationKind {
     Channel,
 }
 
+/// A member's role in a group or channel (PROTOCOL.md 1.1, "Roles and moderation"). `C`'s
+/// `roles` lists owners and admins; members not listed are plain members.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The group's or channel's owner (its creator, or whom ownership passed to).
+    Owner,
+    /// May add, remove, ban and mute plain members, delete and pin messages, change settings.
+    Admin,
+    /// A plain member.
+    Member,
+}
+
+/// The roles `conversation.role` gives: `admin`, or `member` (back to a plain member).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AssignedRole {
+    /// An admin.
+    Admin,
+    /// A plain member.
+    Member,
+}
+
+impl From<AssignedRole> for Role {
+    fn from(r: AssignedRole) -> Role {
+        match r {
+            AssignedRole::Admin => Role::Admin,
+            AssignedRole::Member => Role::Member,
+        }
+    }
+}
+
+impl Role {
+    /// The name it is stored and sent under.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+
+    /// The role stored under this name (anything unknown is a plain member).
+    pub fn from_name(name: &str) -> Role {
+        match name {
+            "owner" => Role::Owner,
+            "admin" => Role::Admin,
+            _ => Role::Member,
+        }
+    }
+
+    /// Owner or admin: may moderate.
+    pub fn moderates(self) -> bool {
+        matches!(self, Role::Owner | Role::Admin)
+    }
+}
+
 impl ConversationKind {
     /// The wire name.
     pub fn as_str(self) -> &'static str {
@@ -90,6 +149,13 @@ pub struct Conversation {
     /// Pinned message ids, most recently pinned first.
     #[serde(default)]
     pub pinned: Vec<String>,
+    /// The owner and the admins, by user id (plain members are not listed; empty for a
+    /// direct conversation).
+    #[serde(default)]
+    pub roles: std::collections::BTreeMap<String, Role>,
+    /// Slow mode: a plain member may send one message per this many seconds (0: off).
+    #[serde(default)]
+    pub slow_mode_s: u64,
 }
 
 /// `C` with the caller's `last_message` and `unread`, as listed by `conversation.list`.
@@ -330,6 +396,8 @@ impl Conversation {
             public: self.public,
             last_offset: self.last_offset,
             pinned: self.pinned.clone(),
+            roles: self.roles.clone(),
+            slow_mode_s: self.slow_mode_s,
         }
     }
 }
@@ -339,7 +407,7 @@ impl Serialize for Conversation {
         use serde::ser::SerializeStruct;
         let omit = self.members_omitted || self.members.len() > LARGE_GROUP;
         let channel = self.kind == ConversationKind::Channel;
-        let fields = 8 + usize::from(!omit) + 2 * usize::from(channel);
+        let fields = 10 + usize::from(!omit) + 2 * usize::from(channel);
         let mut st = s.serialize_struct("Conversation", fields)?;
         st.serialize_field("id", &self.id)?;
         st.serialize_field("kind", &self.kind)?;
@@ -361,6 +429,8 @@ impl Serialize for Conversation {
             st.skip_field("last_offset")?;
         }
         st.serialize_field("pinned", &self.pinned)?;
+        st.serialize_field("roles", &self.roles)?;
+        st.serialize_field("slow_mode_s", &self.slow_mode_s)?;
         st.end()
     }
 }
@@ -383,6 +453,8 @@ mod tests {
             public: false,
             last_offset: 0,
             pinned: Vec::new(),
+            roles: [("u0".to_owned(), Role::Owner)].into(),
+            slow_mode_s: 0,
         }
     }
 

@@ -46,6 +46,8 @@ pub struct Failure {
     pub code: ErrorCode,
     /// The message for the client.
     pub message: String,
+    /// For `rate_limited`: when the client may try again.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl Failure {
@@ -54,6 +56,7 @@ impl Failure {
         Failure {
             code,
             message: message.into(),
+            retry_after_ms: None,
         }
     }
 }
@@ -68,7 +71,11 @@ impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
         // Internal details stay in the log, not on the wire (`StoreError::for_client`).
         let (code, message) = e.for_client();
-        Failure { code, message }
+        Failure {
+            code,
+            message,
+            retry_after_ms: e.retry_after_ms(),
+        }
     }
 }
 
@@ -119,7 +126,12 @@ pub fn reply_frame(
     let id = envelope.request_id.clone()?;
     Some(match outcome {
         Ok(data) => ServerFrame::Ok { id, data },
-        Err(f) => ServerFrame::error(Some(id), f.code, f.message),
+        Err(f) => ServerFrame::Error {
+            id: Some(id),
+            code: f.code,
+            message: f.message,
+            retry_after_ms: f.retry_after_ms,
+        },
     })
 }
 

@@ -91,6 +91,14 @@ pub enum StoreError {
     /// Over a limit.
     #[error("{0}")]
     TooLarge(String),
+    /// Too soon (slow mode): the caller may try again after `retry_after_ms`.
+    #[error("{message}")]
+    RateLimited {
+        /// For the client.
+        message: String,
+        /// How long to wait.
+        retry_after_ms: u64,
+    },
     /// Storage is down or full; nothing was written.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
@@ -108,8 +116,17 @@ impl StoreError {
             StoreError::NotFound(_) => ErrorCode::NotFound,
             StoreError::Conflict(_) => ErrorCode::Conflict,
             StoreError::TooLarge(_) => ErrorCode::TooLarge,
+            StoreError::RateLimited { .. } => ErrorCode::RateLimited,
             StoreError::Unavailable(_) => ErrorCode::Unavailable,
             StoreError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// How long the client should wait before trying again, for `rate_limited`.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            StoreError::RateLimited { retry_after_ms, .. } => Some(*retry_after_ms),
+            _ => None,
         }
     }
 

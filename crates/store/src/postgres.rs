@@ -27,7 +27,7 @@ use tokio_postgres::types::ToSql;
 /// version 4: API keys and the runtime config; version 5: replies, threads, edits, deletes,
 /// reactions and pins; version 6: webhooks and the server API (`006_server.sql`); version 7:
 /// contacts; version 8: reports.
-const MIGRATIONS: [&str; 9] = [
+const MIGRATIONS: [&str; 10] = [
     include_str!("../migrations/postgres/001_chat_feed_media.sql"),
     include_str!("../migrations/postgres/002_refresh_token_families.sql"),
     include_str!("../migrations/postgres/003_channels.sql"),
@@ -37,6 +37,7 @@ const MIGRATIONS: [&str; 9] = [
     include_str!("../migrations/postgres/007_contacts.sql"),
     include_str!("../migrations/postgres/008_reports.sql"),
     include_str!("../migrations/postgres/009_mutes.sql"),
+    include_str!("../migrations/postgres/010_moderation.sql"),
 ];
 
 /// The PostgreSQL store: [`Store`](crate::Store), [`FeedStore`](crate::FeedStore) and media

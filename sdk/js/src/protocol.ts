@@ -82,6 +82,11 @@ export interface ReplyMap {
   "message.unpin": G.EmptyReply;
   "conversation.pins": G.MessageSearchReply;
   "conversation.mute": G.EmptyReply;
+  "conversation.role": G.EmptyReply;
+  "conversation.ban": G.EmptyReply;
+  "conversation.unban": G.EmptyReply;
+  "conversation.mute_member": G.EmptyReply;
+  "conversation.settings": G.ConversationReply;
   typing: never;
   "presence.set": G.EmptyReply;
   "presence.watch": G.PresenceWatchReply;

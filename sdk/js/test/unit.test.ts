@@ -1,6 +1,7 @@
 /**
  * The pure parts, without a server: the seq and offset inboxes, back-off, the frame budget,
- * JWT expiry, the saved state's validation; and the generated types against docs/schema.
+ * JWT expiry, the saved state's validation; the generated types against docs/schema, and the
+ * demo's compiled copy (examples/web/sdk) against src.
  */
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
@@ -145,4 +146,10 @@ test("src/generated/protocol.ts is up to date with docs/schema", () => {
   const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
   // Exits 1, naming the fix, when the file differs from what the schemas generate.
   execFileSync(process.execPath, [join(root, "scripts", "gen.mjs"), "--check"], { stdio: "pipe" });
+});
+
+test("examples/web/sdk (the demo's copy of the SDK) is up to date with src", () => {
+  const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+  // Exits 1, naming the fix, when the committed modules differ from what src compiles to.
+  execFileSync(process.execPath, [join(root, "scripts", "demo.mjs"), "--check"], { stdio: "pipe" });
 });

@@ -198,6 +198,34 @@ pub(super) fn any_request(rng: &mut Rng) -> Request {
             conversation: s(rng),
             until_ts: rng.bool().then(|| i64::from(any_u32(rng)) * 1000 - 1),
         },
+        47 => Request::ConversationRole {
+            conversation: s(rng),
+            user: s(rng),
+            role: if rng.bool() {
+                hubbub_protocol::AssignedRole::Admin
+            } else {
+                hubbub_protocol::AssignedRole::Member
+            },
+        },
+        48 => Request::ConversationBan {
+            conversation: s(rng),
+            user: s(rng),
+            duration_s: maybe(rng, any_u64),
+        },
+        49 => Request::ConversationUnban {
+            conversation: s(rng),
+            user: s(rng),
+        },
+        50 => Request::ConversationMuteMember {
+            conversation: s(rng),
+            user: s(rng),
+            duration_s: any_u64(rng),
+        },
+        51 => Request::ConversationSettings {
+            conversation: s(rng),
+            title: maybe(rng, any_string),
+            slow_mode_s: maybe(rng, any_u64),
+        },
         _ => Request::CommentTyping {
             post: s(rng),
             words: any_u32(rng),

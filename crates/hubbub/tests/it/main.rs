@@ -8,6 +8,7 @@
 mod apart;
 mod auth;
 mod bad_input;
+mod browser;
 mod channels;
 mod chat;
 mod cli;
@@ -17,12 +18,14 @@ mod contacts;
 mod control;
 mod crash;
 mod dashboard;
+mod demo;
 mod deploy;
 mod engagement;
 mod feed;
 mod lifecycle;
 mod media;
 mod messages;
+mod moderation;
 mod notify;
 #[cfg(feature = "cluster")]
 mod outage;

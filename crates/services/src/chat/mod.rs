@@ -48,6 +48,11 @@ pub const CHAT_TYPES: &[&str] = &[
     "message.pin",
     "message.unpin",
     "conversation.mute",
+    "conversation.role",
+    "conversation.ban",
+    "conversation.unban",
+    "conversation.mute_member",
+    "conversation.settings",
     "block.add",
     "block.remove",
     "contact.set",
@@ -127,7 +132,10 @@ impl ChatService {
                 | Request::ConversationRemove { conversation, .. }
                 | Request::ConversationLeave { conversation }
                 | Request::ChannelSubscribe { conversation }
-                | Request::ChannelUnsubscribe { conversation },
+                | Request::ChannelUnsubscribe { conversation }
+                | Request::ConversationRole { conversation, .. }
+                | Request::ConversationBan { conversation, .. }
+                | Request::ConversationSettings { conversation, .. },
                 _,
             ) => {
                 if !hooks.wants("conversation.updated").await {
@@ -447,6 +455,57 @@ impl ChatService {
                     .mute_conversation(user, conversation, *until_ts)
                     .await?;
                 Ok(Written::nothing(ReplyData::Empty {}))
+            }
+            Request::ConversationRole {
+                conversation,
+                user: member,
+                role,
+            } => Ok(empty(
+                self.store
+                    .set_role(user, conversation, member, (*role).into())
+                    .await?,
+            )),
+            Request::ConversationBan {
+                conversation,
+                user: banned,
+                duration_s,
+            } => Ok(empty(
+                self.store
+                    .ban(user, conversation, banned, *duration_s)
+                    .await?,
+            )),
+            Request::ConversationUnban {
+                conversation,
+                user: banned,
+            } => Ok(empty(self.store.unban(user, conversation, banned).await?)),
+            Request::ConversationMuteMember {
+                conversation,
+                user: member,
+                duration_s,
+            } => Ok(empty(
+                self.store
+                    .mute_member(user, conversation, member, *duration_s)
+                    .await?,
+            )),
+            Request::ConversationSettings {
+                conversation,
+                title,
+                slow_mode_s,
+            } => {
+                if title
+                    .as_ref()
+                    .is_some_and(|t| t.chars().count() > MAX_TITLE_CHARS)
+                {
+                    return Err(Failure::new(
+                        ErrorCode::TooLarge,
+                        format!("title is over {MAX_TITLE_CHARS} characters"),
+                    ));
+                }
+                let w = self
+                    .store
+                    .update_settings(user, conversation, title.as_deref(), *slow_mode_s)
+                    .await?;
+                Ok(w.map(|conversation| ReplyData::Conversation { conversation }))
             }
             Request::MessageReport {
                 conversation,

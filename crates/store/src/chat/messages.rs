@@ -140,7 +140,7 @@ pub(crate) async fn links(tx: &impl ChatTx, new: &NewMessage) -> Result<Links> {
 /// Whether `id` is a channel.
 async fn is_channel(tx: &impl ChatTx, id: &str) -> Result<bool> {
     let row = tx.conversation_row(id).await?;
-    Ok(row.is_some_and(|r| r.0 == kind_name(ConversationKind::Channel)))
+    Ok(row.is_some_and(|r| r.kind == kind_name(ConversationKind::Channel)))
 }
 
 /// Add `frame` to the broadcast of a channel's change (to every member).
@@ -287,15 +287,15 @@ pub(crate) async fn versions(
     Ok(all)
 }
 
-/// Whether `caller` owns conversation `id` (its creator; roles come later): only an owner
-/// deletes others' messages and pins in a group or channel.
-async fn owns(tx: &impl ChatTx, caller: &str, id: &str) -> Result<(bool, ConversationKind)> {
+/// Whether `caller` moderates conversation `id` (its owner or an admin): only they delete
+/// others' messages and pin in a group or channel; and the conversation's kind.
+async fn moderates(tx: &impl ChatTx, caller: &str, id: &str) -> Result<(bool, ConversationKind)> {
     let row = tx
         .conversation_row(id)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("no conversation {id}")))?;
-    let c = conversation_from_row(id, row, Vec::new());
-    Ok((c.created_by == caller, c.kind))
+    let role = tx.member_state(id, caller).await?.map(|s| s.role);
+    Ok((role.is_some_and(Role::moderates), kind_of(&row.kind)))
 }
 
 pub(crate) async fn delete(
@@ -307,11 +307,13 @@ pub(crate) async fn delete(
 ) -> Result<Written<()>> {
     let mid = parse_message_id(message)?;
     check_member(tx, caller, id).await?;
-    let (owner, kind) = owns(tx, caller, id).await?;
+    let (moderator, kind) = moderates(tx, caller, id).await?;
     let first = find(tx, id, mid, false).await?;
-    if first.sender != caller && !(owner && kind != ConversationKind::Direct) {
+    if first.sender != caller && !(moderator && kind != ConversationKind::Direct) {
         return Err(StoreError::Forbidden(
-            "only its sender or the conversation's owner may delete a message".into(),
+            "only its sender, or the owner or an admin of a group or channel, may delete a \
+             message"
+                .into(),
         ));
     }
     lock_audience(tx, id, &first.sender).await?;
@@ -489,7 +491,7 @@ async fn pins_changed<T>(
         .await?
         .ok_or_else(|| StoreError::Internal(format!("conversation {id} vanished")))?;
     let users = tx.members_after(id, "", i64::MAX as usize).await?;
-    let c = if row.0 == kind_name(ConversationKind::Channel) || users.len() > LARGE_GROUP {
+    let c = if row.kind == kind_name(ConversationKind::Channel) || users.len() > LARGE_GROUP {
         brief(tx, id, row).await?
     } else {
         existing(tx, id).await?
@@ -510,10 +512,10 @@ pub(crate) async fn pin(
 ) -> Result<Written<()>> {
     let mid = parse_message_id(message)?;
     check_member(tx, caller, id).await?;
-    let (owner, kind) = owns(tx, caller, id).await?;
-    if kind != ConversationKind::Direct && !owner {
+    let (moderator, kind) = moderates(tx, caller, id).await?;
+    if kind != ConversationKind::Direct && !moderator {
         return Err(StoreError::Forbidden(
-            "only the owner of a group or channel may pin messages".into(),
+            "only the owner or an admin of a group or channel may pin messages".into(),
         ));
     }
     let users = tx.members_after(id, "", i64::MAX as usize).await?;

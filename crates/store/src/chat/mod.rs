@@ -18,8 +18,9 @@ use async_trait::async_trait;
 use hubbub_protocol::serverapi::Report;
 use hubbub_protocol::{
     Attachment, Conversation, ConversationKind, ConversationSummary, LARGE_GROUP, Message,
-    MessageVersion, ReactionCount, ServerFrame,
+    MessageVersion, ReactionCount, Role, ServerFrame,
 };
+use std::collections::BTreeMap;
 
 /// The longest search query accepted, in characters.
 pub const MAX_QUERY_CHARS: usize = 256;
@@ -242,6 +243,50 @@ pub trait ChatStore: Send + Sync {
     /// except mentions.
     async fn muted(&self, user: &str, conversation: &str, now: i64) -> Result<bool>;
 
+    /// `conversation.role` (the owner only): make a member an admin, or an admin a plain
+    /// member. Every member hears of it (`conversation.updated`; in a large group or a
+    /// channel only the actor and the member).
+    async fn set_role(
+        &self,
+        caller: &str,
+        conversation: &str,
+        user: &str,
+        role: Role,
+    ) -> Result<Written<()>>;
+
+    /// `conversation.ban` (owner or admin): the user is removed if a member, and cannot be
+    /// added again, nor subscribe, for `duration_s` seconds (`None`: until unbanned).
+    async fn ban(
+        &self,
+        caller: &str,
+        conversation: &str,
+        user: &str,
+        duration_s: Option<u64>,
+    ) -> Result<Written<()>>;
+
+    /// `conversation.unban` (owner or admin; idempotent).
+    async fn unban(&self, caller: &str, conversation: &str, user: &str) -> Result<Written<()>>;
+
+    /// `conversation.mute_member` (owner or admin): the member's sends are refused for
+    /// `duration_s` seconds (0 lifts the mute).
+    async fn mute_member(
+        &self,
+        caller: &str,
+        conversation: &str,
+        user: &str,
+        duration_s: u64,
+    ) -> Result<Written<()>>;
+
+    /// `conversation.settings` (owner or admin): the title (`""` removes it) and slow mode;
+    /// `None` leaves each as it is. The conversation after.
+    async fn update_settings(
+        &self,
+        caller: &str,
+        conversation: &str,
+        title: Option<&str>,
+        slow_mode_s: Option<u64>,
+    ) -> Result<Written<Conversation>>;
+
     /// `message.report`: a member reports a message of the conversation (not deleted); one
     /// report per reporter and message (a repeat returns the first, and false).
     async fn report_message(
@@ -344,13 +389,31 @@ pub(crate) struct Links {
     pub(crate) mentions: String,
 }
 
-/// A stored conversation's columns: kind, title, created_by, created_ms, ephemeral, public,
-/// last_offset.
-pub(crate) type ConversationRow = (String, Option<String>, String, i64, bool, bool, i64);
+/// A stored conversation's columns, in [`CONVERSATION_COLUMNS`]' order.
+#[derive(Debug, Clone)]
+pub(crate) struct ConversationRow {
+    pub(crate) kind: String,
+    pub(crate) title: Option<String>,
+    pub(crate) created_by: String,
+    pub(crate) created_ms: i64,
+    pub(crate) ephemeral: bool,
+    pub(crate) public: bool,
+    pub(crate) last_offset: i64,
+    pub(crate) slow_mode_s: i64,
+}
 
 /// [`ConversationRow`]'s columns, in its order.
 pub(crate) const CONVERSATION_COLUMNS: &str =
-    "kind, title, created_by, created_ms, ephemeral, public, last_offset";
+    "kind, title, created_by, created_ms, ephemeral, public, last_offset, slow_mode_s";
+
+/// What a member's row says of them beyond membership: their role, until when they are
+/// muted, and when they last sent (kept only while slow mode is on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MemberState {
+    pub(crate) role: Role,
+    pub(crate) muted_until_ms: Option<i64>,
+    pub(crate) last_sent_ms: Option<i64>,
+}
 
 /// The most ephemeral conversations one `expire_ephemeral` deletes.
 const EXPIRE_BATCH: usize = 1000;
@@ -371,8 +434,43 @@ pub(crate) trait ChatTx {
         let members = self.members(id).await?;
         let mut c = conversation_from_row(id, row, members);
         c.pinned = self.pinned(id).await?;
+        c.roles = self.roles(id).await?;
         Ok(Some(c))
     }
+    /// The owner and admins, by user id.
+    async fn roles(&self, id: &str) -> Result<BTreeMap<String, Role>>;
+    /// A member's role, mute and last send; `None` if not a member.
+    async fn member_state(&self, id: &str, user: &str) -> Result<Option<MemberState>>;
+    /// Set a member's role.
+    async fn set_role(&self, id: &str, user: &str, role: Role) -> Result<()>;
+    /// Mute a member until `until_ms`, or lift it (`None`).
+    async fn set_member_mute(&self, id: &str, user: &str, until_ms: Option<i64>) -> Result<()>;
+    /// Note when a member sent (slow mode).
+    async fn set_last_sent(&self, id: &str, user: &str, ms: i64) -> Result<()>;
+    /// The member ownership passes to when the owner leaves: the longest-standing admin, or
+    /// else the longest-standing member.
+    async fn successor(&self, id: &str) -> Result<Option<String>>;
+    /// Change the title (`Some`) and the slow mode (`Some`); `None` leaves each as it is.
+    async fn set_settings(
+        &self,
+        id: &str,
+        title: Option<Option<&str>>,
+        slow_mode_s: Option<i64>,
+    ) -> Result<()>;
+    /// A user's ban: `None` if not banned, `Some(None)` until unbanned, `Some(Some(ms))`
+    /// until then.
+    async fn ban_of(&self, id: &str, user: &str) -> Result<Option<Option<i64>>>;
+    /// Ban a user (a ban again replaces the first).
+    async fn insert_ban(
+        &self,
+        id: &str,
+        user: &str,
+        until_ms: Option<i64>,
+        by: &str,
+        now: i64,
+    ) -> Result<()>;
+    /// Lift a user's ban.
+    async fn delete_ban(&self, id: &str, user: &str) -> Result<()>;
     /// Whether the conversation exists, and whether `user` is in it.
     async fn membership(&self, id: &str, user: &str) -> Result<(bool, bool)>;
     /// Whether `blocker` blocks `blocked`.
@@ -515,8 +613,6 @@ pub(crate) trait ChatTx {
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Message)>>;
-    /// Make `user` the conversation's owner (its `created_by`).
-    async fn set_creator(&self, id: &str, user: &str) -> Result<()>;
     /// Up to `limit` messages `sender` sent that are not deleted, all of one conversation
     /// (the one of the oldest such message), oldest first.
     async fn live_messages_of(&self, sender: &str, limit: usize) -> Result<Vec<Message>>;
@@ -555,20 +651,23 @@ pub(crate) async fn check_member(tx: &impl ChatTx, caller: &str, id: &str) -> Re
     }
 }
 
-/// The group, if `caller` created it (only the creator adds and removes members).
-async fn creator_view(
+/// The group, and the caller's role, if `caller` moderates it (owners and admins add and
+/// remove members).
+async fn moderator_view(
     tx: &impl ChatTx,
     caller: &str,
     id: &str,
     action: &str,
-) -> Result<Conversation> {
-    let c = member_view(tx, caller, id).await?;
-    if c.kind == ConversationKind::Direct || c.created_by != caller {
-        return Err(StoreError::Forbidden(format!(
-            "only the creator of a group or channel may {action} members"
-        )));
-    }
-    Ok(c)
+) -> Result<(Conversation, Role)> {
+    let (_, role) = moderation::moderator(
+        tx,
+        caller,
+        id,
+        &format!("{action} members"),
+        StoreError::Forbidden,
+    )
+    .await?;
+    Ok((existing(tx, id).await?, role))
 }
 
 /// `Forbidden` if `user` blocks `caller`: a blocked user cannot put the blocker in a group
@@ -620,9 +719,12 @@ async fn depart(
     now: i64,
 ) -> Result<Vec<Event>> {
     let before = tx.members(id).await?.len();
+    let was = tx.member_state(id, user).await?;
     tx.remove_member(id, user).await?;
+    let mut changed = vec![user.to_owned()];
+    changed.extend(moderation::pass_ownership(tx, id, was).await?);
     let after = existing(tx, id).await?;
-    let told = told_of_change(&after, before, &[user.to_owned()], actor);
+    let told = told_of_change(&after, before, &changed, actor);
     conversation_events(tx, &told, &after, now).await
 }
 
@@ -728,6 +830,9 @@ pub(crate) async fn create_conversation(
         return rejoin(tx, &found, &pair, now).await;
     }
     tx.add_member(id, &new.creator, now).await?;
+    if new.kind != ConversationKind::Direct {
+        tx.set_role(id, &new.creator, Role::Owner).await?;
+    }
     for m in &others {
         tx.add_member(id, m, now).await?;
     }
@@ -808,7 +913,7 @@ pub(crate) async fn add_members(
             "`users` names 1 to {MAX_ADD} users"
         )));
     }
-    let c = creator_view(tx, caller, id, "add").await?;
+    let (c, _) = moderator_view(tx, caller, id, "add").await?;
     let mut new: Vec<String> = Vec::new();
     for user in users {
         require_user(tx, user).await?;
@@ -816,6 +921,7 @@ pub(crate) async fn add_members(
             continue;
         }
         refuse_if_blocked(tx, user, caller).await?;
+        moderation::refuse_if_banned(tx, id, user, now).await?;
         new.push(user.clone());
     }
     if new.is_empty() {
@@ -857,50 +963,45 @@ pub(crate) async fn remove_member(
     user: &str,
     now: i64,
 ) -> Result<Written<()>> {
-    let c = creator_view(tx, caller, id, "remove").await?;
+    let (c, mine) = moderator_view(tx, caller, id, "remove").await?;
     if !c.members.iter().any(|m| m == user) {
         return Ok(Written::nothing(()));
     }
+    let theirs = c.roles.get(user).copied().unwrap_or(Role::Member);
+    moderation::may_act_on(mine, theirs, "removed")?;
     let events = depart(tx, id, user, caller, now).await?;
     Ok(Written::new((), events))
 }
 
-/// Take an erased user out of conversation `id`. The remaining members hear of it as of a
-/// removal (`conversation.updated`; in a large group or a channel only a new owner does, as
-/// no actor is left to tell). An owner's conversation passes to its longest-standing
-/// remaining member; a conversation left with no member is deleted with its messages.
+/// Take an erased user out of conversation `id`, as if they left: ownership passes as when an
+/// owner leaves ([`moderation::pass_ownership`]: the longest-standing admin, else member), and
+/// the remaining members hear of it as of a removal (`conversation.updated`; in a large group
+/// or a channel only a new owner does, as no actor is left to tell). A conversation left with
+/// no member is deleted with its messages.
 pub(crate) async fn erase_membership(
     tx: &(impl ChatTx + InboxTx),
     id: &str,
     user: &str,
     now: i64,
 ) -> Result<Vec<Event>> {
-    let Some(row) = tx.conversation_row(id).await? else {
+    if tx.conversation_row(id).await?.is_none() {
         // A membership row without its conversation: nothing to tell.
         tx.remove_member(id, user).await?;
         return Ok(Vec::new());
-    };
+    }
     let before = tx.members(id).await?.len();
+    let was = tx.member_state(id, user).await?;
     tx.remove_member(id, user).await?;
-    // In join order: the first is the longest-standing.
-    let rest = tx.members(id).await?;
-    let Some(senior) = rest.first() else {
+    if tx.members(id).await?.is_empty() {
         tx.delete_conversation(id).await?;
         return Ok(Vec::new());
-    };
-    let heir = (row.2 == user).then(|| senior.clone());
-    if let Some(heir) = &heir {
-        tx.set_creator(id, heir).await?;
     }
+    let heir = moderation::pass_ownership(tx, id, was).await?;
     let after = existing(tx, id).await?;
-    let mut told = told_of_change(&after, before, &[user.to_owned()], user);
+    let mut changed = vec![user.to_owned()];
+    changed.extend(heir);
+    let mut told = told_of_change(&after, before, &changed, user);
     told.retain(|u| u != user);
-    // In a large group or a channel the new owner hears of it all the same.
-    if let Some(heir) = heir
-        && !told.contains(&heir)
-    {
-        told.push(heir);
-    }
     conversation_events(tx, &told, &after, now).await
 }
 
@@ -921,7 +1022,7 @@ async fn channel_row(tx: &impl ChatTx, id: &str) -> Result<ConversationRow> {
         .conversation_row(id)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("no conversation {id}")))?;
-    if row.0 != kind_name(ConversationKind::Channel) {
+    if row.kind != kind_name(ConversationKind::Channel) {
         return Err(StoreError::BadRequest(format!("{id} is not a channel")));
     }
     Ok(row)
@@ -933,6 +1034,7 @@ async fn brief(tx: &impl ChatTx, id: &str, row: ConversationRow) -> Result<Conve
     let mut c = conversation_from_row(id, row, Vec::new());
     c.member_count = tx.member_count(id).await?;
     c.pinned = tx.pinned(id).await?;
+    c.roles = tx.roles(id).await?;
     c.members_omitted = true;
     Ok(c)
 }
@@ -944,16 +1046,16 @@ pub(crate) async fn subscribe(
     now: i64,
 ) -> Result<Written<()>> {
     let row = channel_row(tx, id).await?;
-    let (owner, public) = (row.2.clone(), row.5);
     if tx.membership(id, caller).await?.1 {
         return Ok(Written::nothing(()));
     }
-    if !public {
+    if !row.public {
         return Err(StoreError::Forbidden(
             "a private channel is joined by invitation (`conversation.add`)".into(),
         ));
     }
-    refuse_if_blocked(tx, &owner, caller).await?;
+    moderation::refuse_if_banned(tx, id, caller, now).await?;
+    refuse_if_blocked(tx, &row.created_by, caller).await?;
     tx.add_member(id, caller, now).await?;
     let c = brief(tx, id, row).await?;
     let events = conversation_events(tx, &[caller.to_owned()], &c, now).await?;
@@ -967,13 +1069,13 @@ pub(crate) async fn unsubscribe(
     now: i64,
 ) -> Result<Written<()>> {
     let row = channel_row(tx, id).await?;
-    if row.2 == caller {
+    let Some(state) = tx.member_state(id, caller).await? else {
+        return Ok(Written::nothing(()));
+    };
+    if state.role == Role::Owner {
         return Err(StoreError::Forbidden(
             "the owner of a channel cannot unsubscribe from it".into(),
         ));
-    }
-    if !tx.membership(id, caller).await?.1 {
-        return Ok(Written::nothing(()));
     }
     tx.remove_member(id, caller).await?;
     let c = brief(tx, id, row).await?;
@@ -1034,18 +1136,19 @@ pub(crate) async fn store_message(tx: &impl ChatTx, new: &NewMessage, now: i64) 
     if let Some(m) = tx.message_by_key(&new.sender, &new.client_msg_id).await? {
         return Ok(repeat(m));
     }
-    if !new.system {
-        check_member(tx, &new.sender, &new.conversation).await?;
-    }
-    let (kind, _, owner, _, _, _, _) = tx
+    let row = tx
         .conversation_row(&new.conversation)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("no conversation {}", new.conversation)))?;
-    let channel = kind == kind_name(ConversationKind::Channel);
-    if channel && owner != new.sender && !new.system {
-        return Err(StoreError::Forbidden(
-            "only the channel's owner sends in a channel".into(),
-        ));
+    let channel = row.kind == kind_name(ConversationKind::Channel);
+    // Whether this send starts the sender's slow-mode wait.
+    let mut slow = false;
+    if !new.system {
+        let state = tx
+            .member_state(&new.conversation, &new.sender)
+            .await?
+            .ok_or_else(|| StoreError::Forbidden("not a member".into()))?;
+        slow = moderation::check_send(&row, &state, now)?;
     }
     let links = messages::links(tx, new).await?;
     let attachments = serde_json::to_string(&new.attachments).map_err(json_err)?;
@@ -1056,6 +1159,10 @@ pub(crate) async fn store_message(tx: &impl ChatTx, new: &NewMessage, now: i64) 
         let m = m.ok_or_else(|| StoreError::Internal("a sent message vanished".into()))?;
         return Ok(repeat(m));
     };
+    if slow {
+        tx.set_last_sent(&new.conversation, &new.sender, now)
+            .await?;
+    }
     let offset = if channel {
         let offset = tx.next_offset(&new.conversation).await?;
         tx.set_channel_offset(id, offset).await?;
@@ -1300,6 +1407,7 @@ pub(crate) async fn expire_ephemeral(
 }
 
 pub(crate) mod messages;
+pub(crate) mod moderation;
 mod rows;
 pub(crate) use rows::*;
 mod store;

@@ -4,7 +4,7 @@
 
 use super::{
     CONVERSATION_COLUMNS, ChatTx, ConversationRow, Links, M_MESSAGE_COLUMNS, MESSAGE_COLUMNS,
-    MessageRow, NewConversation, NewMessage, after_send, channel_broadcast, kind_name,
+    MemberState, MessageRow, NewConversation, NewMessage, after_send, channel_broadcast, kind_name,
     message_from_row, store_message,
 };
 use crate::inbox::message_events;
@@ -12,8 +12,9 @@ use crate::postgres::{Row, Tx, commit_err, pg, pool_err};
 use crate::{PgStore, Result, StoreError, Written};
 use deadpool_postgres::Pool;
 use hubbub_protocol::serverapi::Report;
-use hubbub_protocol::{Message, MessageVersion};
+use hubbub_protocol::{Message, MessageVersion, Role};
 use hubbub_queue::clock::now_ms;
+use std::collections::BTreeMap;
 
 super::impl_chat_store!(PgStore);
 
@@ -55,17 +56,142 @@ impl ChatTx for Tx<'_> {
                 &[&id],
             )
             .await?
-            .map(|r| {
-                (
-                    r.get(0),
-                    r.get(1),
-                    r.get(2),
-                    r.get(3),
-                    r.get(4),
-                    r.get(5),
-                    r.get(6),
-                )
+            .map(|r| ConversationRow {
+                kind: r.get(0),
+                title: r.get(1),
+                created_by: r.get(2),
+                created_ms: r.get(3),
+                ephemeral: r.get(4),
+                public: r.get(5),
+                last_offset: r.get(6),
+                slow_mode_s: r.get(7),
             }))
+    }
+
+    async fn roles(&self, id: &str) -> Result<BTreeMap<String, Role>> {
+        Ok(self
+            .rows(
+                "SELECT user_id, role FROM members WHERE conversation_id = $1 AND role <> 'member'",
+                &[&id],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), Role::from_name(r.get(1))))
+            .collect())
+    }
+
+    async fn member_state(&self, id: &str, user: &str) -> Result<Option<MemberState>> {
+        Ok(self
+            .opt(
+                "SELECT role, muted_until_ms, last_sent_ms FROM members
+                 WHERE conversation_id = $1 AND user_id = $2",
+                &[&id, &user],
+            )
+            .await?
+            .map(|r| MemberState {
+                role: Role::from_name(r.get(0)),
+                muted_until_ms: r.get(1),
+                last_sent_ms: r.get(2),
+            }))
+    }
+
+    async fn set_role(&self, id: &str, user: &str, role: Role) -> Result<()> {
+        self.exec(
+            "UPDATE members SET role = $3 WHERE conversation_id = $1 AND user_id = $2",
+            &[&id, &user, &role.as_str()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn set_member_mute(&self, id: &str, user: &str, until_ms: Option<i64>) -> Result<()> {
+        self.exec(
+            "UPDATE members SET muted_until_ms = $3 WHERE conversation_id = $1 AND user_id = $2",
+            &[&id, &user, &until_ms],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn set_last_sent(&self, id: &str, user: &str, ms: i64) -> Result<()> {
+        self.exec(
+            "UPDATE members SET last_sent_ms = $3 WHERE conversation_id = $1 AND user_id = $2",
+            &[&id, &user, &ms],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn successor(&self, id: &str) -> Result<Option<String>> {
+        Ok(self
+            .opt(
+                "SELECT user_id FROM members WHERE conversation_id = $1
+                 ORDER BY role = 'admin' DESC, joined_ms, user_id LIMIT 1",
+                &[&id],
+            )
+            .await?
+            .map(|r| r.get(0)))
+    }
+
+    async fn set_settings(
+        &self,
+        id: &str,
+        title: Option<Option<&str>>,
+        slow_mode_s: Option<i64>,
+    ) -> Result<()> {
+        if let Some(title) = title {
+            self.exec(
+                "UPDATE conversations SET title = $2 WHERE id = $1",
+                &[&id, &title],
+            )
+            .await?;
+        }
+        if let Some(slow) = slow_mode_s {
+            self.exec(
+                "UPDATE conversations SET slow_mode_s = $2 WHERE id = $1",
+                &[&id, &slow],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn ban_of(&self, id: &str, user: &str) -> Result<Option<Option<i64>>> {
+        Ok(self
+            .opt(
+                "SELECT until_ms FROM conversation_bans WHERE conversation_id = $1 AND user_id = $2",
+                &[&id, &user],
+            )
+            .await?
+            .map(|r| r.get(0)))
+    }
+
+    async fn insert_ban(
+        &self,
+        id: &str,
+        user: &str,
+        until_ms: Option<i64>,
+        by: &str,
+        now: i64,
+    ) -> Result<()> {
+        self.exec(
+            "INSERT INTO conversation_bans (conversation_id, user_id, until_ms, banned_by, ts)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (conversation_id, user_id)
+             DO UPDATE SET until_ms = $3, banned_by = $4, ts = $5",
+            &[&id, &user, &until_ms, &by, &now],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_ban(&self, id: &str, user: &str) -> Result<()> {
+        self.exec(
+            "DELETE FROM conversation_bans WHERE conversation_id = $1 AND user_id = $2",
+            &[&id, &user],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn members(&self, id: &str) -> Result<Vec<String>> {
@@ -712,15 +838,6 @@ impl ChatTx for Tx<'_> {
         ] {
             self.exec(sql, &[&id]).await?;
         }
-        Ok(())
-    }
-
-    async fn set_creator(&self, id: &str, user: &str) -> Result<()> {
-        self.exec(
-            "UPDATE conversations SET created_by = $2 WHERE id = $1",
-            &[&id, &user],
-        )
-        .await?;
         Ok(())
     }
 

@@ -32,28 +32,34 @@ pub(crate) fn kind_name(kind: ConversationKind) -> &'static str {
     }
 }
 
+/// A stored kind name's kind.
+pub(crate) fn kind_of(name: &str) -> ConversationKind {
+    [ConversationKind::Direct, ConversationKind::Channel]
+        .into_iter()
+        .find(|k| kind_name(*k) == name)
+        .unwrap_or(ConversationKind::Group)
+}
+
 pub(crate) fn conversation_from_row(
     id: &str,
-    (kind, title, created_by, created_ts, ephemeral, public, last_offset): ConversationRow,
+    row: ConversationRow,
     members: Vec<String>,
 ) -> Conversation {
-    let kind = [ConversationKind::Direct, ConversationKind::Channel]
-        .into_iter()
-        .find(|k| kind_name(*k) == kind)
-        .unwrap_or(ConversationKind::Group);
     Conversation {
         id: id.to_owned(),
-        kind,
-        title,
+        kind: kind_of(&row.kind),
+        title: row.title,
         member_count: members.len() as u64,
         members_omitted: false,
         members,
-        created_by,
-        created_ts,
-        ephemeral,
-        public,
-        last_offset: u64::try_from(last_offset).unwrap_or(0),
+        created_by: row.created_by,
+        created_ts: row.created_ms,
+        ephemeral: row.ephemeral,
+        public: row.public,
+        last_offset: u64::try_from(row.last_offset).unwrap_or(0),
         pinned: Vec::new(),
+        roles: BTreeMap::new(),
+        slow_mode_s: u64::try_from(row.slow_mode_s).unwrap_or(0),
     }
 }
 

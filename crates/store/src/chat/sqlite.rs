@@ -3,13 +3,14 @@
 
 use super::{
     CONVERSATION_COLUMNS, ChatTx, ConversationRow, Links, M_MESSAGE_COLUMNS, MESSAGE_COLUMNS,
-    MessageRow, NewConversation, NewMessage, kind_name, message_from_row,
+    MemberState, MessageRow, NewConversation, NewMessage, kind_name, message_from_row,
 };
 use crate::sqlite::Tx;
 use crate::{Result, SqliteStore, Written};
 use hubbub_protocol::serverapi::Report;
-use hubbub_protocol::{Message, MessageVersion};
+use hubbub_protocol::{Message, MessageVersion, Role};
 use rusqlite::{OptionalExtension, params};
+use std::collections::BTreeMap;
 
 super::impl_chat_store!(SqliteStore);
 
@@ -98,17 +99,134 @@ impl ChatTx for Tx<'_> {
                 "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ?1"
             ))?
             .query_row([id], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
+                Ok(ConversationRow {
+                    kind: r.get(0)?,
+                    title: r.get(1)?,
+                    created_by: r.get(2)?,
+                    created_ms: r.get(3)?,
+                    ephemeral: r.get(4)?,
+                    public: r.get(5)?,
+                    last_offset: r.get(6)?,
+                    slow_mode_s: r.get(7)?,
+                })
             })
             .optional()?)
+    }
+
+    async fn roles(&self, id: &str) -> Result<BTreeMap<String, Role>> {
+        Ok(self
+            .prepare_cached(
+                "SELECT user_id, role FROM members WHERE conversation_id = ?1 AND role <> 'member'",
+            )?
+            .query_map([id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Role::from_name(&r.get::<_, String>(1)?),
+                ))
+            })?
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn member_state(&self, id: &str, user: &str) -> Result<Option<MemberState>> {
+        Ok(self
+            .prepare_cached(
+                "SELECT role, muted_until_ms, last_sent_ms FROM members
+                 WHERE conversation_id = ?1 AND user_id = ?2",
+            )?
+            .query_row(params![id, user], |r| {
+                Ok(MemberState {
+                    role: Role::from_name(&r.get::<_, String>(0)?),
+                    muted_until_ms: r.get(1)?,
+                    last_sent_ms: r.get(2)?,
+                })
+            })
+            .optional()?)
+    }
+
+    async fn set_role(&self, id: &str, user: &str, role: Role) -> Result<()> {
+        self.prepare_cached(
+            "UPDATE members SET role = ?3 WHERE conversation_id = ?1 AND user_id = ?2",
+        )?
+        .execute(params![id, user, role.as_str()])?;
+        Ok(())
+    }
+
+    async fn set_member_mute(&self, id: &str, user: &str, until_ms: Option<i64>) -> Result<()> {
+        self.prepare_cached(
+            "UPDATE members SET muted_until_ms = ?3 WHERE conversation_id = ?1 AND user_id = ?2",
+        )?
+        .execute(params![id, user, until_ms])?;
+        Ok(())
+    }
+
+    async fn set_last_sent(&self, id: &str, user: &str, ms: i64) -> Result<()> {
+        self.prepare_cached(
+            "UPDATE members SET last_sent_ms = ?3 WHERE conversation_id = ?1 AND user_id = ?2",
+        )?
+        .execute(params![id, user, ms])?;
+        Ok(())
+    }
+
+    async fn successor(&self, id: &str) -> Result<Option<String>> {
+        Ok(self
+            .prepare_cached(
+                "SELECT user_id FROM members WHERE conversation_id = ?1
+                 ORDER BY role = 'admin' DESC, joined_ms, user_id LIMIT 1",
+            )?
+            .query_row([id], |r| r.get(0))
+            .optional()?)
+    }
+
+    async fn set_settings(
+        &self,
+        id: &str,
+        title: Option<Option<&str>>,
+        slow_mode_s: Option<i64>,
+    ) -> Result<()> {
+        if let Some(title) = title {
+            self.prepare_cached("UPDATE conversations SET title = ?2 WHERE id = ?1")?
+                .execute(params![id, title])?;
+        }
+        if let Some(slow) = slow_mode_s {
+            self.prepare_cached("UPDATE conversations SET slow_mode_s = ?2 WHERE id = ?1")?
+                .execute(params![id, slow])?;
+        }
+        Ok(())
+    }
+
+    async fn ban_of(&self, id: &str, user: &str) -> Result<Option<Option<i64>>> {
+        Ok(self
+            .prepare_cached(
+                "SELECT until_ms FROM conversation_bans WHERE conversation_id = ?1 AND user_id = ?2",
+            )?
+            .query_row(params![id, user], |r| r.get(0))
+            .optional()?)
+    }
+
+    async fn insert_ban(
+        &self,
+        id: &str,
+        user: &str,
+        until_ms: Option<i64>,
+        by: &str,
+        now: i64,
+    ) -> Result<()> {
+        self.prepare_cached(
+            "INSERT INTO conversation_bans (conversation_id, user_id, until_ms, banned_by, ts)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (conversation_id, user_id)
+             DO UPDATE SET until_ms = ?3, banned_by = ?4, ts = ?5",
+        )?
+        .execute(params![id, user, until_ms, by, now])?;
+        Ok(())
+    }
+
+    async fn delete_ban(&self, id: &str, user: &str) -> Result<()> {
+        self.prepare_cached(
+            "DELETE FROM conversation_bans WHERE conversation_id = ?1 AND user_id = ?2",
+        )?
+        .execute(params![id, user])?;
+        Ok(())
     }
 
     async fn members(&self, id: &str) -> Result<Vec<String>> {
@@ -673,12 +791,6 @@ impl ChatTx for Tx<'_> {
         ] {
             self.prepare_cached(sql)?.execute([id])?;
         }
-        Ok(())
-    }
-
-    async fn set_creator(&self, id: &str, user: &str) -> Result<()> {
-        self.prepare_cached("UPDATE conversations SET created_by = ?2 WHERE id = ?1")?
-            .execute(params![id, user])?;
         Ok(())
     }
 

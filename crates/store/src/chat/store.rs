@@ -185,6 +185,98 @@ macro_rules! impl_chat_store {
                 })
             }
 
+            async fn set_role(
+                &self,
+                caller: &str,
+                conversation: &str,
+                user: &str,
+                role: hubbub_protocol::Role,
+            ) -> Result<$crate::Written<()>, $crate::StoreError> {
+                let (caller, id, user, now) = (
+                    caller.to_owned(),
+                    conversation.to_owned(),
+                    user.to_owned(),
+                    self.now(),
+                );
+                $crate::run!(self.write, |tx| {
+                    $crate::chat::moderation::set_role(tx, &caller, &id, &user, role, now)
+                })
+            }
+
+            async fn ban(
+                &self,
+                caller: &str,
+                conversation: &str,
+                user: &str,
+                duration_s: Option<u64>,
+            ) -> Result<$crate::Written<()>, $crate::StoreError> {
+                let (caller, id, user, now) = (
+                    caller.to_owned(),
+                    conversation.to_owned(),
+                    user.to_owned(),
+                    self.now(),
+                );
+                $crate::run!(self.write, |tx| {
+                    $crate::chat::moderation::ban(tx, &caller, &id, &user, duration_s, now)
+                })
+            }
+
+            async fn unban(
+                &self,
+                caller: &str,
+                conversation: &str,
+                user: &str,
+            ) -> Result<$crate::Written<()>, $crate::StoreError> {
+                let (caller, id, user) =
+                    (caller.to_owned(), conversation.to_owned(), user.to_owned());
+                $crate::run!(self.write, |tx| {
+                    $crate::chat::moderation::unban(tx, &caller, &id, &user)
+                })
+            }
+
+            async fn mute_member(
+                &self,
+                caller: &str,
+                conversation: &str,
+                user: &str,
+                duration_s: u64,
+            ) -> Result<$crate::Written<()>, $crate::StoreError> {
+                let (caller, id, user, now) = (
+                    caller.to_owned(),
+                    conversation.to_owned(),
+                    user.to_owned(),
+                    self.now(),
+                );
+                $crate::run!(self.write, |tx| {
+                    $crate::chat::moderation::mute_member(tx, &caller, &id, &user, duration_s, now)
+                })
+            }
+
+            async fn update_settings(
+                &self,
+                caller: &str,
+                conversation: &str,
+                title: Option<&str>,
+                slow_mode_s: Option<u64>,
+            ) -> Result<$crate::Written<hubbub_protocol::Conversation>, $crate::StoreError> {
+                let (caller, id, title, now) = (
+                    caller.to_owned(),
+                    conversation.to_owned(),
+                    title.map(str::to_owned),
+                    self.now(),
+                );
+                $crate::run!(self.write, |tx| {
+                    $crate::chat::moderation::settings(
+                        tx,
+                        &caller,
+                        &id,
+                        title.as_deref(),
+                        slow_mode_s,
+                        now,
+                    )
+                })
+            }
+
             async fn thread_history(
                 &self,
                 caller: &str,

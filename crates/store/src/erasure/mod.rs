@@ -11,8 +11,8 @@
 //!    every token refused): the handle is free again, the id is never given again (an app
 //!    token or `POST /v1/server/users` naming it is refused). Refresh tokens are deleted.
 //! 2. **Memberships**, up to `batch` conversations: the user leaves each; members hear of it
-//!    as of a removal; an owned conversation passes to its longest-standing member (told even
-//!    in a large group); one left empty is deleted.
+//!    as of a removal; ownership passes as when an owner leaves (to the longest-standing
+//!    admin, else member; told even in a large group); a conversation left empty is deleted.
 //! 3. **Messages**, up to `batch` (fewer in a big conversation: about [`EVENT_BUDGET`]
 //!    events a step), of one conversation: each becomes a tombstone exactly as
 //!    `message.delete` makes one (text, attachments, mentions, versions and reactions gone,
@@ -21,7 +21,7 @@
 //! 4. **Reactions** the user put on others' messages, up to `batch`: each summary loses them,
 //!    silently.
 //! 5. **The rest**, in one transaction: contacts the user keeps and every contact naming them,
-//!    blocks either way, mutes, reports the user made (reports of their messages stay, the
+//!    blocks either way, mutes, bans of the user, reports the user made (reports of their messages stay, the
 //!    reporters'), their posts with the comments and likes on them, their comments and likes
 //!    (each post's counts follow), follows either way, activity, webhook presence, refresh
 //!    token families, and their inbox (all of it counted as seen, so no push still due reaches

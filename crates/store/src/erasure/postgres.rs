@@ -7,10 +7,11 @@ use crate::{PgStore, Result};
 super::impl_erasure_store!(PgStore);
 
 /// Stage 5 of an erasure, `$1` the user: counts first, then the rows they count.
-const ERASE_REST: [&str; 19] = [
+const ERASE_REST: [&str; 20] = [
     "DELETE FROM contacts WHERE owner = $1 OR user_id = $1",
     "DELETE FROM blocks WHERE blocker = $1 OR blocked = $1",
     "DELETE FROM conversation_mutes WHERE user_id = $1",
+    "DELETE FROM conversation_bans WHERE user_id = $1",
     "DELETE FROM reports WHERE reporter = $1",
     // Reactions left on messages that no longer exist (stage 4 took the others).
     "DELETE FROM reactions WHERE user_id = $1",

@@ -7,6 +7,8 @@ use hubbub_queue::{EmbeddedConfig, EmbeddedQueue};
 use hubbub_store::*;
 use std::sync::Arc;
 
+pub use crate::moderation::{bans_mutes_and_slow_mode, roles_decide_who_moderates};
+
 pub struct Env {
     pub store: Arc<dyn Store>,
     pub feed: Arc<dyn FeedStore>,
@@ -88,6 +90,7 @@ macro_rules! store_conformance {
             contacts_are_private_merged_and_evented, contacts_refuse_bad_input,
             rotated_note_keys_still_open_old_notes_and_reseal_them,
             reports_are_stored_once_and_listed_newest_first, a_member_mutes_a_conversation_for_themselves,
+            roles_decide_who_moderates, bans_mutes_and_slow_mode,
             erasing_a_user_leaves_tombstones_and_nothing_else);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
@@ -2608,8 +2611,15 @@ pub async fn erasing_a_user_leaves_tombstones_and_nothing_else(env: &Env) {
     // Memberships: the group passes to its longest-standing member; a group left empty is
     // gone; the direct conversation keeps bob.
     let g = s.conversation(&b, "er-g").await.expect("group");
-    // Bob and carol joined together: either is the longest-standing.
-    assert!(g.members.contains(&g.created_by), "{g:?}");
+    // Bob and carol joined together: either is the longest-standing, and owns it now.
+    let owner = |c: &hubbub_protocol::Conversation| {
+        c.roles
+            .iter()
+            .find(|(_, r)| **r == hubbub_protocol::Role::Owner)
+            .map(|(u, _)| u.clone())
+    };
+    let heir = owner(&g).expect("an owner");
+    assert!(g.members.contains(&heir) && heir != a, "{g:?}");
     assert!(!g.members.contains(&a));
     assert!(
         s.conversation_by_id("er-alone")
@@ -2673,16 +2683,12 @@ pub async fn erasing_a_user_leaves_tombstones_and_nothing_else(env: &Env) {
         matches!(&told.frames[..], [ServerFrame::ChannelUpdated { message, .. }]
         if message.id == in_channel.id && message.deleted)
     );
-    let heir = s
-        .conversation(&c, "er-ch")
-        .await
-        .expect("channel")
-        .created_by;
+    let heir = owner(&s.conversation(&c, "er-ch").await.expect("channel")).expect("an owner");
     let other = if heir == c { &b } else { &c };
     assert!(heir == b || heir == c, "{heir}");
     assert!(events.iter().any(|e| e.user == heir
         && matches!(&e.frame, ServerFrame::ConversationUpdated { conversation, .. }
-            if conversation.id == "er-ch" && conversation.created_by == heir)));
+            if conversation.id == "er-ch" && owner(conversation).as_ref() == Some(&heir))));
     assert!(!events.iter().any(|e| &e.user == other
         && matches!(&e.frame, ServerFrame::ConversationUpdated { conversation, .. }
             if conversation.id == "er-ch")));

@@ -4,5 +4,6 @@
 mod conformance;
 mod media;
 mod migrations;
+mod moderation;
 mod postgres_commit;
 mod webhooks;

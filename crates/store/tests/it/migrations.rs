@@ -81,7 +81,7 @@ async fn postgres_version_1_migrates_and_keeps_refresh_tokens() {
         .expect("version")
         .get(0);
     assert_eq!(
-        version, 9,
+        version, 10,
         "every migration applied (5: replies, threads, edits, reactions, pins; 6: webhooks; 7: \
          contacts; 8: reports)"
     );

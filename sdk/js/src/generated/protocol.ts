@@ -43,6 +43,11 @@ export type ClientRequest =
   | MessageUnpinRequest
   | ConversationPinsRequest
   | ConversationMuteRequest
+  | ConversationRoleRequest
+  | ConversationBanRequest
+  | ConversationUnbanRequest
+  | ConversationMuteMemberRequest
+  | ConversationSettingsRequest
   | MessageHistoryRequest
   | MessageSearchRequest
   | MessageReadRequest
@@ -81,6 +86,13 @@ export type IdempotencyKey = string;
  * via the `definition` "ConversationKind".
  */
 export type ConversationKind = "direct" | "group" | "channel";
+/**
+ * The roles `conversation.role` gives: `admin`, or `member` (back to a plain member).
+ *
+ * This interface was referenced by `HubbubSchemas`'s JSON-Schema
+ * via the `definition` "AssignedRole".
+ */
+export type AssignedRole = "admin" | "member";
 /**
  * Typing state.
  *
@@ -165,6 +177,14 @@ export type ReplyData =
   | MessageVersionsReply
   | ReactionsReply
   | EmptyReply;
+/**
+ * A member's role in a group or channel (PROTOCOL.md 1.1, "Roles and moderation"). `C`'s
+ * `roles` lists owners and admins; members not listed are plain members.
+ *
+ * This interface was referenced by `HubbubSchemas`'s JSON-Schema
+ * via the `definition` "Role".
+ */
+export type Role = "owner" | "admin" | "member";
 /**
  * A presence status as reported to watchers.
  *
@@ -585,6 +605,90 @@ export interface ConversationMuteRequest {
    * Until when (ms since the epoch); `null` lifts it.
    */
   until_ts?: number | null;
+}
+/**
+ * Make a member an admin, or an admin a plain member (the owner only).
+ */
+export interface ConversationRoleRequest {
+  /**
+   * Conversation id.
+   */
+  conversation: string;
+  role: AssignedRole;
+  type: "conversation.role";
+  /**
+   * The member.
+   */
+  user: string;
+}
+/**
+ * Ban a user from a group or channel (owner or admin): removed if a member, and not
+ * added again, nor subscribed, until the ban ends.
+ */
+export interface ConversationBanRequest {
+  /**
+   * Conversation id.
+   */
+  conversation: string;
+  /**
+   * How long, in seconds; absent: until unbanned.
+   */
+  duration_s?: number | null;
+  type: "conversation.ban";
+  /**
+   * The user.
+   */
+  user: string;
+}
+/**
+ * Lift a ban (owner or admin; idempotent).
+ */
+export interface ConversationUnbanRequest {
+  /**
+   * Conversation id.
+   */
+  conversation: string;
+  type: "conversation.unban";
+  /**
+   * The user.
+   */
+  user: string;
+}
+/**
+ * Mute a member (owner or admin): their `message.send` is `forbidden` meanwhile.
+ */
+export interface ConversationMuteMemberRequest {
+  /**
+   * Conversation id.
+   */
+  conversation: string;
+  /**
+   * How long, in seconds; 0 lifts the mute.
+   */
+  duration_s: number;
+  type: "conversation.mute_member";
+  /**
+   * The member.
+   */
+  user: string;
+}
+/**
+ * Change a group's or channel's title or slow mode (owner or admin).
+ */
+export interface ConversationSettingsRequest {
+  /**
+   * Conversation id.
+   */
+  conversation: string;
+  /**
+   * Slow mode in seconds (0: off); absent: unchanged.
+   */
+  slow_mode_s?: number | null;
+  /**
+   * The new title (`""` removes it); absent: unchanged.
+   */
+  title?: string | null;
+  type: "conversation.settings";
 }
 /**
  * Page through a conversation's messages, newest first.
@@ -1128,6 +1232,17 @@ export interface ConversationSummary {
    */
   public?: boolean;
   /**
+   * The owner and the admins, by user id (plain members are not listed; empty for a
+   * direct conversation).
+   */
+  roles?: {
+    [k: string]: Role;
+  };
+  /**
+   * Slow mode: a plain member may send one message per this many seconds (0: off).
+   */
+  slow_mode_s?: number;
+  /**
    * Title, if any.
    */
   title?: string | null;
@@ -1273,6 +1388,17 @@ export interface Conversation {
    * A channel anyone may subscribe to (on the wire for channels only).
    */
   public?: boolean;
+  /**
+   * The owner and the admins, by user id (plain members are not listed; empty for a
+   * direct conversation).
+   */
+  roles?: {
+    [k: string]: Role;
+  };
+  /**
+   * Slow mode: a plain member may send one message per this many seconds (0: off).
+   */
+  slow_mode_s?: number;
   /**
    * Title, if any.
    */

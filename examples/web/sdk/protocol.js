@@ -1,0 +1,3 @@
+const replyMapIsComplete = true;
+void replyMapIsComplete;
+export {};
