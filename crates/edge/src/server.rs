@@ -14,8 +14,11 @@
 //! Webhook endpoints are created and deleted here; the events are produced by the chat
 //! service and the edges' sessions, and delivered by the services crate's webhook worker.
 //!
-//! Not built yet: `DELETE /v1/server/users/{id}` (erasure) answers `404` like any unknown
-//! path (docs/protocol.md).
+//! Erasure (`DELETE /v1/server/users/{id}`) is answered here too: the store erases the user
+//! in steps ([`hubbub_store::erasure`]), this handler pushes each step's events to the
+//! members (as the chat service pushes a write's: durable events in their inboxes, a
+//! channel's changes broadcast), closes the user's sessions with 4001 once their tokens are
+//! refused, and erases their media with its bytes.
 
 // Handlers return axum responses as errors: the idiom of the framework, and cold paths.
 #![allow(clippy::result_large_err)]
@@ -75,6 +78,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/server/presence"),
     ("post", "/v1/server/users/{id}/disconnect"),
     ("post", "/v1/server/users/{id}/revoke"),
+    ("delete", "/v1/server/users/{id}"),
     ("post", "/v1/server/webhooks"),
     ("get", "/v1/server/webhooks"),
     ("delete", "/v1/server/webhooks/{id}"),
@@ -96,6 +100,7 @@ pub(crate) fn routes() -> axum::Router<Arc<Inner>> {
         .route("/v1/server/presence", post(presence))
         .route("/v1/server/users/{id}/disconnect", post(disconnect))
         .route("/v1/server/users/{id}/revoke", post(revoke))
+        .route("/v1/server/users/{id}", delete(erase_user))
         .route(
             "/v1/server/webhooks",
             post(create_webhook).get(list_webhooks),
@@ -144,6 +149,7 @@ pub(crate) fn routes() -> axum::Router<Arc<Inner>> {
         presence,
         disconnect,
         revoke,
+        erase_user,
         create_webhook,
         list_webhooks,
         delete_webhook,
@@ -297,7 +303,8 @@ async fn forward(inner: &Arc<Inner>, user: &str, request: Request) -> Result<Rep
         (status = 200, description = "The user existed", body = UserResponse),
         (status = 400, description = "A bad id", body = HttpError),
         (status = 401, description = "No or a revoked key", body = HttpError),
-        (status = 403, description = "The key lacks the `server` scope", body = HttpError)))]
+        (status = 403, description = "The key lacks the `server` scope", body = HttpError),
+        (status = 409, description = "The id is an erased user's: it is never given again", body = HttpError)))]
 async fn create_user(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(r) = crate::admin::authorize(&inner, &headers, "server").await {
         return r;
@@ -625,6 +632,107 @@ async fn revoke(
         .await;
     tracing::info!(user = %id, "server API: tokens revoked");
     json(StatusCode::OK, Empty {})
+}
+
+/// Conversations, messages or reactions one step of an erasure takes on: a transaction short
+/// enough not to hold the writer long.
+const ERASE_BATCH: usize = 200;
+
+/// Erase a user: the account (its id is never given again; its handle is free), its media
+/// and contacts; its messages become deleted tombstones (docs/protocol.md, "Erasure").
+#[utoipa::path(delete, path = "/v1/server/users/{id}", tag = "server",
+    params(("id" = String, Path, description = "The user")),
+    responses(
+        (status = 204, description = "Erased (also for a user erased before, or unknown)"),
+        (status = 503, description = "Storage is unavailable, or the server is shutting down: what was erased stays erased; call again to finish", body = HttpError)))]
+async fn erase_user(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = crate::admin::authorize(&inner, &headers, "server").await {
+        return r;
+    }
+    // Its own task, tracked: a client that gives up waiting does not stop the erasure half
+    // way; shutdown does, between two steps (a repeat finishes it).
+    let task = inner.tracker.spawn(erase(inner.clone(), id));
+    match task.await {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(response)) => response,
+        Err(e) => {
+            tracing::error!(error = %e, "server API: erasure task failed");
+            error(
+                ErrorCode::Internal,
+                "the erasure stopped; call again to finish it",
+            )
+        }
+    }
+}
+
+/// Erase user `id` step by step (the store's), pushing each step's events; after the first
+/// step (every token refused) close the user's sessions and erase their media.
+async fn erase(inner: Arc<Inner>, id: String) -> Result<(), Response> {
+    let mut steps = 0u64;
+    let mut closed = false;
+    loop {
+        if inner.cancel.is_cancelled() {
+            return Err(error(
+                ErrorCode::Unavailable,
+                "the server is shutting down; call again to finish the erasure",
+            ));
+        }
+        let written = inner
+            .deps
+            .store
+            .erase_user(&id, ERASE_BATCH)
+            .await
+            .map_err(store_error)?;
+        steps += 1;
+        let stage = written.value;
+        deliver(&inner, written).await;
+        if stage == hubbub_store::Erasure::Unknown {
+            tracing::info!(user = %id, "server API: erasure of an unknown user");
+            return Ok(());
+        }
+        if !closed {
+            // The first step refused every token: no session opens again, and the open
+            // ones close before anything else goes.
+            inner
+                .close_user(&id, crate::CLOSE_REVOKED, "account erased")
+                .await;
+            let n = inner
+                .deps
+                .media
+                .erase_owner(&id)
+                .await
+                .map_err(store_error)?;
+            tracing::info!(user = %id, media = n, "server API: media erased");
+            closed = true;
+        }
+        if stage == hubbub_store::Erasure::Done {
+            tracing::info!(user = %id, steps, "server API: user erased");
+            return Ok(());
+        }
+    }
+}
+
+/// Push a write's events to the sessions of their users, and a channel's broadcast to its
+/// members (best effort: the events are in the inboxes; a channel's changes are found by
+/// `channel.sync`).
+async fn deliver<T>(inner: &Inner, written: hubbub_store::Written<T>) {
+    if let Some(b) = written.broadcast {
+        for frame in b.frames {
+            inner.deps.delivery.broadcast(&b.users, frame, None).await;
+        }
+    }
+    if !written.events.is_empty() {
+        let frames = written
+            .events
+            .into_iter()
+            .map(|e| (e.user, e.frame))
+            .collect();
+        inner.deps.delivery.push(frames, Vec::new(), None).await;
+    }
 }
 
 /// Subscribe an endpoint to event types; the answer shows its signing secret, once.

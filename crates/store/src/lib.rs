@@ -16,10 +16,11 @@
 //! - [`webhooks`]: the producers' side of webhooks: which endpoints want an event (cached),
 //!   and the jobs put on the durable `webhooks` queue.
 //! - [`feed`]: posts, comments, likes, follows, activity ([`FeedStore`]).
+//! - [`erasure`]: erasing a user from every domain, in steps ([`ErasureStore`]).
 //! - [`media`]: uploaded media ([`MediaStore`]: its bytes in a directory, `local.rs`, or an
 //!   S3-compatible bucket, `s3.rs`) and its metadata rows ([`MediaMeta`]).
 //!
-//! [`Store`] is the union of the account, chat, inbox and control traits (what the edge and the chat
+//! [`Store`] is the union of the account, chat, contact, inbox, control and erasure traits (what the edge and the chat
 //! service hold as `Arc<dyn Store>`). The backends, each owning its connections, its
 //! transactions, its error mapping and its numbered migrations (`migrations/<backend>/`):
 //! - `sqlite` ([`SqliteStore`]): the embedded store, in the same SQLite file as the embedded
@@ -47,6 +48,7 @@ pub mod accounts;
 pub mod chat;
 pub mod contacts;
 pub mod control;
+pub mod erasure;
 pub mod feed;
 pub mod inbox;
 pub mod media;
@@ -59,6 +61,7 @@ pub use accounts::{AccountStore, Credentials, RefreshOutcome};
 pub use chat::{ChatStore, MAX_CHANNEL_SYNC, MAX_QUERY_CHARS, NewConversation, NewMessage};
 pub use contacts::{ContactStore, NoteKeys};
 pub use control::{ApiKey, ControlStore, StoredConfig, WebhookEndpoint};
+pub use erasure::{Erasure, ErasureStore};
 pub use feed::{FeedStore, NewComment, NewPost, StoredPost};
 pub use inbox::{InboxStore, Replay};
 #[cfg(feature = "s3")]
@@ -222,10 +225,17 @@ impl<T> Written<T> {
 }
 
 /// The durable state the edge and the chat service use: accounts, chat, inboxes and the
-/// control plane, contacts. Every backend that implements the five traits is a `Store`.
-pub trait Store: AccountStore + ChatStore + ContactStore + InboxStore + ControlStore {}
+/// control plane, contacts, erasure. Every backend that implements the six traits is a
+/// `Store`.
+pub trait Store:
+    AccountStore + ChatStore + ContactStore + InboxStore + ControlStore + ErasureStore
+{
+}
 
-impl<T: AccountStore + ChatStore + ContactStore + InboxStore + ControlStore + ?Sized> Store for T {}
+impl<T: AccountStore + ChatStore + ContactStore + InboxStore + ControlStore + ErasureStore + ?Sized>
+    Store for T
+{
+}
 
 /// Run a rule in one of a backend's transactions: `run!(self.write, |tx| rule(tx, &a))` (or
 /// `self.read`, `self.snapshot`). The captured values must be owned (`to_owned` them first):

@@ -63,6 +63,11 @@ impl DeliverTarget {
             public: rng.bool(),
             last_offset: any_u64(rng),
             pinned: strings(rng),
+            roles: strings(rng)
+                .into_iter()
+                .map(|u| (u, hubbub_protocol::Role::Admin))
+                .collect(),
+            slow_mode_s: any_u64(rng),
         }
     }
 

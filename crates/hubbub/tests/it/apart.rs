@@ -1,5 +1,5 @@
-//! Roles apart in this process on the real Redis and PostgreSQL: presence, engagement and
-//! contacts across edges.
+//! Roles apart in this process on the real Redis and PostgreSQL: presence, engagement,
+//! contacts and erasure across edges.
 //! A writer on one edge and a watcher on another see the same `engagement` events, because
 //! the signals go to the one worker leading the `engagement` service; when that worker stops
 //! and another takes over, the edges' renewals give it the subscriptions back.
@@ -434,6 +434,116 @@ async fn the_server_api_reaches_sessions_on_every_edge() {
     let (st, _) = server_api(&a, "/v1/server/users/ann/revoke", None).await;
     assert_eq!(st, 200);
     assert_eq!(close_code(&mut three).await, Some(4001));
+    for r in [worker, router, edge_b, edge_a] {
+        stop(r).await;
+    }
+}
+
+/// Erasure on roles apart (PostgreSQL, Redis): `DELETE /v1/server/users/{id}` sent to one edge
+/// closes the user's session on the other with 4001, and a member connected to the other edge
+/// is told of the tombstone there; history and search on PostgreSQL show it erased.
+#[tokio::test]
+async fn erasure_reaches_every_edge() {
+    let (mut config, _dir) = config().await;
+    config.auth.app_hmac_secret = Some(crate::support::APP_SECRET.into());
+    config.api.bootstrap_key = Some(crate::control::BOOT.into());
+    let edge_a = hubbub::roles::start(Role::Edge, config.clone())
+        .await
+        .expect("edge a");
+    let edge_b = hubbub::roles::start(Role::Edge, config.clone())
+        .await
+        .expect("edge b");
+    let router = hubbub::roles::start(Role::Router, config.clone())
+        .await
+        .expect("router");
+    let worker = hubbub::roles::start(Role::Worker(vec!["chat".into()]), config.clone())
+        .await
+        .expect("worker");
+    let (a, b) = (
+        format!("http://{}", edge_a.addr),
+        format!("http://{}", edge_b.addr),
+    );
+    for id in ["ida", "jon"] {
+        let (st, _) = server_api(&a, "/v1/server/users", Some(serde_json::json!({"id": id}))).await;
+        assert_eq!(st, 201);
+    }
+    let (st, body) = server_api(
+        &a,
+        "/v1/server/conversations",
+        Some(serde_json::json!({"kind":"group","members":["ida","jon"]})),
+    )
+    .await;
+    assert_eq!(st, 201, "{body}");
+    let conv = body["conversation"]["id"].as_str().expect("id").to_owned();
+    let (st, sent) = server_api(
+        &a,
+        &format!("/v1/server/conversations/{conv}/messages"),
+        Some(serde_json::json!({"sender":"ida","text":"quince jam","idempotency_key":"q1"})),
+    )
+    .await;
+    assert_eq!(st, 201, "{sent}");
+    let id = sent["message"]["id"].as_str().expect("id").to_owned();
+
+    let jon = crate::support::app_token("jon", 3600, None);
+    let (mut on_b, _) = Client::new(&b).connect(&jon).await.expect("connect");
+    let _timeline = next(&mut on_b).await;
+    let ida = crate::support::app_token("ida", 3600, None);
+    let url = format!("{}/v1/ws?access_token={ida}", b.replacen("http", "ws", 1));
+    let mut ida_on_b = tokio_tungstenite::connect_async(url.clone())
+        .await
+        .expect("connect")
+        .0;
+    assert!(matches!(
+        crate::support::next_raw(&mut ida_on_b).await,
+        Some(ServerFrame::Hello { .. })
+    ));
+
+    let erase = || async {
+        let resp = reqwest::Client::new()
+            .delete(format!("{a}/v1/server/users/ida"))
+            .bearer_auth(crate::control::BOOT)
+            .send()
+            .await
+            .expect("send");
+        resp.status().as_u16()
+    };
+    assert_eq!(erase().await, 204);
+    assert_eq!(close_code(&mut ida_on_b).await, Some(4001));
+    until(&mut on_b, "the tombstone on the other edge", |f| {
+        matches!(f, ServerFrame::MessageUpdated { message, .. }
+            if message.id == id && message.deleted && message.text.is_empty())
+    })
+    .await;
+    let ReplyData::History { messages, .. } = ok(
+        &mut on_b,
+        Request::MessageHistory {
+            conversation: conv.clone(),
+            before: None,
+            limit: None,
+            thread: None,
+        },
+    )
+    .await
+    else {
+        panic!("no history")
+    };
+    let gone = messages.iter().find(|m| m.id == id).expect("in history");
+    assert!(gone.deleted && gone.text.is_empty(), "{gone:?}");
+    let found = ok(
+        &mut on_b,
+        Request::MessageSearch {
+            query: "quince".into(),
+            conversation: None,
+        },
+    )
+    .await;
+    assert_eq!(found, ReplyData::Search { messages: vec![] });
+    assert!(
+        tokio_tungstenite::connect_async(url).await.is_err(),
+        "the erased user's token is refused on every edge"
+    );
+    assert_eq!(erase().await, 204, "again");
+    on_b.close().await;
     for r in [worker, router, edge_b, edge_a] {
         stop(r).await;
     }

@@ -1,7 +1,7 @@
 //! The server API (PROTOCOL.md 1.1, "API keys, the server API and webhooks"): users,
 //! conversations, members, idempotent messages (system ones too) that reach members exactly
-//! once through the durable path, presence, `disconnect` (4000) and `revoke` (4001), its
-//! auth by scope, and the OpenAPI document it serves.
+//! once through the durable path, presence, `disconnect` (4000) and `revoke` (4001), user
+//! erasure, its auth by scope, and the OpenAPI document it serves.
 
 use crate::control::{BOOT, admin};
 use crate::support::*;
@@ -458,4 +458,253 @@ async fn reported_messages_are_listed_to_the_server_api() {
     // A key without the `server` scope may not read them.
     let (st, _) = admin(&s, Method::GET, "/v1/server/reports", Some("nope"), None).await;
     assert_eq!(st, 401);
+}
+
+/// Erasure: the user's sessions close with 4001, their messages become tombstones that members
+/// are told of and search no longer finds, their posts leave timelines, their media answers
+/// 404, their contacts and their place in others' contacts go, their login fails; a repeat,
+/// and an unknown user, are 204.
+#[tokio::test]
+async fn erasing_a_user_tombstones_their_messages_and_removes_the_rest() {
+    use hubbub_protocol::{ConversationKind, ReplyData, Request};
+    let s = api_server().await;
+    let (erin, erin_token) = s.user("erin").await;
+    let (finn, finn_token) = s.user("finn").await;
+    let (gail, _) = s.user("gail").await;
+    let (mut e, _) = s.connect(&erin_token).await;
+    let (mut f, _) = s.connect(&finn_token).await;
+    let mut erin_raw = raw(&s, &erin_token).await;
+
+    let ReplyData::Conversation { conversation: g } =
+        ok(&mut e, group(vec![finn.id.clone(), gail.id.clone()])).await
+    else {
+        panic!("no group")
+    };
+    let ReplyData::Conversation { conversation: d } = ok(
+        &mut e,
+        Request::ConversationCreate {
+            kind: ConversationKind::Direct,
+            members: vec![finn.id.clone()],
+            title: None,
+            ephemeral: None,
+            idempotency_key: None,
+            public: None,
+        },
+    )
+    .await
+    else {
+        panic!("no direct conversation")
+    };
+    let mut sent = Vec::new();
+    for (conversation, key, text) in [
+        (&g.id, "g1", "kumquat in the group"),
+        (&g.id, "g2", "another kumquat"),
+        (&d.id, "d1", "a direct kumquat"),
+    ] {
+        let ReplyData::Message { message } = ok(&mut e, send(conversation, key, text)).await else {
+            panic!("not sent")
+        };
+        sent.push(message.id);
+    }
+    ok(&mut f, send(&g.id, "f1", "finn stays")).await;
+    ok(
+        &mut e,
+        Request::ContactSet {
+            user: finn.id.clone(),
+            group: Some("work".into()),
+            note: None,
+        },
+    )
+    .await;
+    ok(
+        &mut f,
+        Request::ContactSet {
+            user: erin.id.clone(),
+            group: None,
+            note: None,
+        },
+    )
+    .await;
+    ok(
+        &mut f,
+        Request::Follow {
+            user: erin.id.clone(),
+        },
+    )
+    .await;
+    let ReplyData::Post { post } = ok(
+        &mut e,
+        Request::PostCreate {
+            text: "erin posts".into(),
+            attachments: None,
+            idempotency_key: None,
+        },
+    )
+    .await
+    else {
+        panic!("no post")
+    };
+    let timeline = |items: ReplyData| match items {
+        ReplyData::Timeline { items, .. } => items.into_iter().map(|p| p.id).collect::<Vec<_>>(),
+        other => panic!("not a timeline: {other:?}"),
+    };
+    let get = || Request::TimelineGet {
+        before: None,
+        limit: None,
+    };
+    assert_eq!(
+        timeline(ok(&mut f, get()).await),
+        std::slice::from_ref(&post.id)
+    );
+    let http = reqwest::Client::new();
+    let upload = http
+        .post(format!("{}/v1/media", s.base))
+        .bearer_auth(&erin_token)
+        .header("content-type", "image/png")
+        .body(b"\x89PNG\r\n\x1a\nbytes".to_vec())
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(upload.status(), 201);
+    let upload: Value = upload.json().await.expect("json");
+    let media_url = format!(
+        "{}{}",
+        s.base,
+        upload["media"]["url"].as_str().expect("url")
+    );
+    let path = format!("/v1/server/users/{}", erin.id);
+
+    // Auth: no key, a key without the scope.
+    let (st, body) = admin(&s, Method::DELETE, &path, Some("nope"), None).await;
+    assert_eq!((st, code(&body)), (401, "unauthorized"));
+    let (st, key) = admin(
+        &s,
+        Method::POST,
+        "/v1/admin/apikeys",
+        Some(BOOT),
+        Some(json!({"name":"ops","scopes":["admin"]})),
+    )
+    .await;
+    assert_eq!(st, 201, "{key}");
+    let admin_only = key["key"].as_str().expect("key").to_owned();
+    let (st, body) = admin(&s, Method::DELETE, &path, Some(&admin_only), None).await;
+    assert_eq!((st, code(&body)), (403, "forbidden"));
+    let resp = http
+        .get(&media_url)
+        .bearer_auth(&finn_token)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), 200, "nothing was erased yet");
+
+    let (st, body) = call(&s, Method::DELETE, &path, None).await;
+    assert_eq!((st, &body), (204, &Value::Null));
+    assert_eq!(
+        close_code(&mut erin_raw).await,
+        Some(CloseCode::Library(4001))
+    );
+
+    // Finn is told of each tombstone, live.
+    for id in &sent {
+        until(&mut f, "a tombstone", |frame| {
+            matches!(frame, ServerFrame::MessageUpdated { message, .. }
+                if &message.id == id && message.deleted && message.text.is_empty())
+        })
+        .await;
+    }
+    // History shows tombstones; search finds none of the text.
+    for c in [&g.id, &d.id] {
+        let ReplyData::History { messages, .. } = ok(
+            &mut f,
+            Request::MessageHistory {
+                conversation: c.clone(),
+                before: None,
+                limit: None,
+                thread: None,
+            },
+        )
+        .await
+        else {
+            panic!("no history")
+        };
+        for m in messages.iter().filter(|m| m.sender == erin.id) {
+            assert!(
+                m.deleted && m.text.is_empty() && m.attachments.is_empty(),
+                "{m:?}"
+            );
+        }
+        assert!(messages.iter().any(|m| sent.contains(&m.id)));
+    }
+    let found = ok(
+        &mut f,
+        Request::MessageSearch {
+            query: "kumquat".into(),
+            conversation: None,
+        },
+    )
+    .await;
+    assert_eq!(found, ReplyData::Search { messages: vec![] });
+    // Erin is in no contact list, and no longer a member.
+    let ReplyData::Contacts { contacts } = ok(&mut f, Request::ContactList {}).await else {
+        panic!("no contacts")
+    };
+    assert!(contacts.is_empty(), "{contacts:?}");
+    let ReplyData::Conversation { conversation } = ok(
+        &mut f,
+        Request::ConversationGet {
+            conversation: g.id.clone(),
+        },
+    )
+    .await
+    else {
+        panic!("no conversation")
+    };
+    assert!(!conversation.members.contains(&erin.id), "{conversation:?}");
+    assert!(
+        !conversation.roles.contains_key(&erin.id)
+            && conversation
+                .roles
+                .values()
+                .any(|r| *r == hubbub_protocol::Role::Owner),
+        "the group passed on: {conversation:?}"
+    );
+
+    // Erin's post is gone from finn's timeline.
+    assert_eq!(timeline(ok(&mut f, get()).await), Vec::<String>::new());
+
+    // The media is gone; the account cannot log in, its token is refused, its handle is
+    // free but its id is not given again.
+    let resp = http
+        .get(&media_url)
+        .bearer_auth(&finn_token)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), 404);
+    let login = http
+        .post(format!("{}/v1/auth/login", s.base))
+        .json(&json!({"handle":"erin","password":"password123"}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(login.status(), 401);
+    let url = format!(
+        "{}/v1/ws?access_token={erin_token}",
+        s.base.replacen("http", "ws", 1)
+    );
+    assert!(tokio_tungstenite::connect_async(url).await.is_err());
+    let (st, body) = call(
+        &s,
+        Method::POST,
+        "/v1/server/users",
+        Some(json!({"id": erin.id})),
+    )
+    .await;
+    assert_eq!((st, code(&body)), (409, "conflict"));
+
+    // Again, and an unknown user: 204.
+    let (st, _) = call(&s, Method::DELETE, &path, None).await;
+    assert_eq!(st, 204);
+    let (st, _) = call(&s, Method::DELETE, "/v1/server/users/nobody", None).await;
+    assert_eq!(st, 204);
 }

@@ -152,14 +152,35 @@ pub(crate) trait AccountTx {
     async fn raise_tokens_revoked(&self, user: &str, at: i64) -> Result<bool>;
     /// Delete every refresh token of the user and mark their live families revoked.
     async fn revoke_families_of(&self, user: &str, at: i64) -> Result<()>;
+    /// Make the user's row an erased account's: the handle [`ERASED_HANDLE`] and the id, no
+    /// password or email, every token refused (`tokens_revoked_ms` the largest time).
+    async fn mark_erased(&self, user: &str) -> Result<()>;
+}
+
+/// What an erased account's handle starts with (`DELETE /v1/server/users/{id}`, see
+/// [`crate::erasure`]): its row stays so the id is never given again and every token of it is
+/// refused, but no read finds it. No valid handle starts with `!`.
+pub(crate) const ERASED_HANDLE: &str = "!erased:";
+
+/// Whether a row's handle is an erased account's.
+pub(crate) fn is_erased(handle: &str) -> bool {
+    handle.starts_with(ERASED_HANDLE)
 }
 
 pub(crate) async fn user(tx: &impl AccountTx, id: &str) -> Result<Option<UserRef>> {
-    Ok(tx.user(id).await?.map(user_from_row))
+    Ok(tx
+        .user(id)
+        .await?
+        .filter(|(_, handle)| !is_erased(handle))
+        .map(user_from_row))
 }
 
 pub(crate) async fn credentials(tx: &impl AccountTx, handle: &str) -> Result<Option<Credentials>> {
-    Ok(tx.credentials(handle).await?.map(credentials_from_row))
+    Ok(tx
+        .credentials(handle)
+        .await?
+        .filter(|(_, handle, _)| !is_erased(handle))
+        .map(credentials_from_row))
 }
 
 pub(crate) async fn user_exists(tx: &impl AccountTx, id: &str) -> Result<bool> {
@@ -196,8 +217,14 @@ pub(crate) async fn ensure_user(
     now: i64,
 ) -> Result<UserRef> {
     // Another request may have created it meanwhile: this transaction decides.
-    if let Some(u) = user(tx, id).await? {
-        return Ok(u);
+    match tx.user(id).await? {
+        Some((_, handle)) if is_erased(&handle) => {
+            return Err(StoreError::Conflict(format!(
+                "user {id} was erased; its id is not given again"
+            )));
+        }
+        Some(row) => return Ok(user_from_row(row)),
+        None => {}
     }
     let handle = match hint {
         Some(h) if valid_handle(h) && tx.credentials(h).await?.is_none() => h,

@@ -145,4 +145,14 @@ impl AccountTx for Tx<'_> {
         .await?;
         Ok(())
     }
+
+    async fn mark_erased(&self, user: &str) -> Result<()> {
+        self.exec(
+            "UPDATE users SET handle = $2 || id, password_hash = NULL, email = NULL,
+               tokens_revoked_ms = $3 WHERE id = $1",
+            &[&user, &super::ERASED_HANDLE, &i64::MAX],
+        )
+        .await?;
+        Ok(())
+    }
 }

@@ -122,4 +122,13 @@ impl AccountTx for Tx<'_> {
         .execute(params![user, at])?;
         Ok(())
     }
+
+    async fn mark_erased(&self, user: &str) -> Result<()> {
+        self.prepare_cached(
+            "UPDATE users SET handle = ?2 || id, password_hash = NULL, email = NULL,
+               tokens_revoked_ms = ?3 WHERE id = ?1",
+        )?
+        .execute(params![user, super::ERASED_HANDLE, i64::MAX])?;
+        Ok(())
+    }
 }

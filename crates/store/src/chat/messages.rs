@@ -331,6 +331,57 @@ pub(crate) async fn delete(
     Ok(written)
 }
 
+/// Tombstone messages of an erased sender, all of conversation `id`, as `message.delete`
+/// does each (the sender is no longer a member: the audience is the members who do not
+/// block them).
+pub(crate) async fn erase_messages(
+    tx: &(impl ChatTx + InboxTx),
+    id: &str,
+    sender: &str,
+    messages: &[Message],
+    now: i64,
+) -> Result<Written<()>> {
+    lock_audience(tx, id, sender).await?;
+    let mut written = Written::nothing(());
+    let mut unpinned = false;
+    for m in messages {
+        let mid = stored_message_id(&m.id)?;
+        if find(tx, id, mid, true).await?.deleted {
+            continue;
+        }
+        tx.tombstone(mid).await?;
+        let gone = find(tx, id, mid, false).await?;
+        tell_changed(tx, &gone, &mut written, now).await?;
+        unpinned |= tx.delete_pin(id, mid).await?;
+    }
+    if unpinned {
+        pins_changed(tx, id, &mut written, now).await?;
+    }
+    Ok(written)
+}
+
+/// Take an erased user's reactions off their messages: each summary loses them, silently
+/// (no `reaction.updated`; a history read shows the counts as they are).
+pub(crate) async fn erase_reactions(
+    tx: &impl ChatTx,
+    user: &str,
+    reactions: &[(i64, String, String)],
+) -> Result<()> {
+    for (mid, id, emoji) in reactions {
+        // Locked, then re-read for each: a message may carry several of them.
+        let Some(m) = tx.message_of(id, *mid, true).await? else {
+            tx.delete_reaction(*mid, user, emoji).await?;
+            continue;
+        };
+        if tx.delete_reaction(*mid, user, emoji).await? {
+            let summary = counted(m.reactions, emoji, false);
+            tx.set_reactions(*mid, &serde_json::to_string(&summary).map_err(json_err)?)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 /// Check an emoji: 1 to [`MAX_EMOJI_BYTES`] bytes, no control characters.
 pub fn check_emoji(emoji: &str) -> Result<()> {
     if emoji.is_empty() || emoji.chars().any(char::is_control) {
@@ -348,7 +399,11 @@ pub fn check_emoji(emoji: &str) -> Result<()> {
 
 /// The summary after one reaction more (`add`) or less: most first, ties keeping
 /// their order (a new emoji goes after the others of its count).
-fn counted(mut summary: Vec<ReactionCount>, emoji: &str, add: bool) -> Vec<ReactionCount> {
+pub(crate) fn counted(
+    mut summary: Vec<ReactionCount>,
+    emoji: &str,
+    add: bool,
+) -> Vec<ReactionCount> {
     match summary.iter_mut().find(|r| r.emoji == emoji) {
         Some(r) if add => r.count += 1,
         Some(r) => r.count = r.count.saturating_sub(1),

@@ -613,6 +613,12 @@ pub(crate) trait ChatTx {
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Message)>>;
+    /// Up to `limit` messages `sender` sent that are not deleted, all of one conversation
+    /// (the one of the oldest such message), oldest first.
+    async fn live_messages_of(&self, sender: &str, limit: usize) -> Result<Vec<Message>>;
+    /// Up to `limit` of `user`'s reactions, as (message, its conversation, emoji), in
+    /// message order.
+    async fn reactions_of(&self, user: &str, limit: usize) -> Result<Vec<(i64, String, String)>>;
 }
 
 // ---- member checks ------------------------------------------------------------------------
@@ -965,6 +971,38 @@ pub(crate) async fn remove_member(
     moderation::may_act_on(mine, theirs, "removed")?;
     let events = depart(tx, id, user, caller, now).await?;
     Ok(Written::new((), events))
+}
+
+/// Take an erased user out of conversation `id`, as if they left: ownership passes as when an
+/// owner leaves ([`moderation::pass_ownership`]: the longest-standing admin, else member), and
+/// the remaining members hear of it as of a removal (`conversation.updated`; in a large group
+/// or a channel only a new owner does, as no actor is left to tell). A conversation left with
+/// no member is deleted with its messages.
+pub(crate) async fn erase_membership(
+    tx: &(impl ChatTx + InboxTx),
+    id: &str,
+    user: &str,
+    now: i64,
+) -> Result<Vec<Event>> {
+    if tx.conversation_row(id).await?.is_none() {
+        // A membership row without its conversation: nothing to tell.
+        tx.remove_member(id, user).await?;
+        return Ok(Vec::new());
+    }
+    let before = tx.members(id).await?.len();
+    let was = tx.member_state(id, user).await?;
+    tx.remove_member(id, user).await?;
+    if tx.members(id).await?.is_empty() {
+        tx.delete_conversation(id).await?;
+        return Ok(Vec::new());
+    }
+    let heir = moderation::pass_ownership(tx, id, was).await?;
+    let after = existing(tx, id).await?;
+    let mut changed = vec![user.to_owned()];
+    changed.extend(heir);
+    let mut told = told_of_change(&after, before, &changed, user);
+    told.retain(|u| u != user);
+    conversation_events(tx, &told, &after, now).await
 }
 
 pub(crate) async fn leave(

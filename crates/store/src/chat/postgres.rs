@@ -840,6 +840,30 @@ impl ChatTx for Tx<'_> {
         }
         Ok(())
     }
+
+    async fn live_messages_of(&self, sender: &str, limit: usize) -> Result<Vec<Message>> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender = $1 AND NOT deleted
+             AND conversation_id = (SELECT conversation_id FROM messages
+                                    WHERE sender = $1 AND NOT deleted ORDER BY id LIMIT 1)
+             ORDER BY id LIMIT $2"
+        );
+        messages(self.rows(&sql, &[&sender, &(limit as i64)]).await?)
+    }
+
+    async fn reactions_of(&self, user: &str, limit: usize) -> Result<Vec<(i64, String, String)>> {
+        Ok(self
+            .rows(
+                "SELECT r.message_id, m.conversation_id, r.emoji FROM reactions r
+                 JOIN messages m ON m.id = r.message_id
+                 WHERE r.user_id = $1 ORDER BY r.message_id, r.emoji LIMIT $2",
+                &[&user, &(limit as i64)],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
 }
 
 // ---- group commit of message.send ------------------------------------------------------------

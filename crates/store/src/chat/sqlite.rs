@@ -793,4 +793,27 @@ impl ChatTx for Tx<'_> {
         }
         Ok(())
     }
+
+    async fn live_messages_of(&self, sender: &str, limit: usize) -> Result<Vec<Message>> {
+        let st = self.prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender = ?1 AND deleted = 0
+             AND conversation_id = (SELECT conversation_id FROM messages
+                                    WHERE sender = ?1 AND deleted = 0 ORDER BY id LIMIT 1)
+             ORDER BY id LIMIT ?2"
+        ))?;
+        messages(st, params![sender, limit as i64])
+    }
+
+    async fn reactions_of(&self, user: &str, limit: usize) -> Result<Vec<(i64, String, String)>> {
+        Ok(self
+            .prepare_cached(
+                "SELECT r.message_id, m.conversation_id, r.emoji FROM reactions r
+                 JOIN messages m ON m.id = r.message_id
+                 WHERE r.user_id = ?1 ORDER BY r.message_id, r.emoji LIMIT ?2",
+            )?
+            .query_map(params![user, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?)
+    }
 }

@@ -68,6 +68,13 @@ impl MediaBytes for LocalMedia {
     async fn read(&self, id: &str) -> Result<Vec<u8>> {
         tokio::fs::read(self.dir.join(id)).await.map_err(io)
     }
+
+    async fn remove(&self, id: &str) -> Result<()> {
+        match tokio::fs::remove_file(self.dir.join(id)).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Run file-system work on tokio's blocking pool.

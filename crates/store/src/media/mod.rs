@@ -68,6 +68,10 @@ pub trait MediaStore: Send + Sync {
     async fn missing(&self, ids: &[String]) -> Result<Vec<String>>;
     /// Bytes of media `owner` stores, in all (the upload quota).
     async fn usage(&self, owner: &str) -> Result<u64>;
+    /// Erase every medium `owner` uploaded (user erasure): the metadata rows first, so no
+    /// id is found whose bytes are gone, then the bytes (a crash between leaves only
+    /// unreachable bytes). How many were erased.
+    async fn erase_owner(&self, owner: &str) -> Result<u64>;
 }
 
 /// Where media metadata rows live: the store's database.
@@ -81,6 +85,8 @@ pub trait MediaMeta: Send + Sync {
     async fn missing_media(&self, ids: &[String]) -> Result<Vec<String>>;
     /// Bytes of media `owner` stores, in all.
     async fn media_usage(&self, owner: &str) -> Result<u64>;
+    /// Delete the rows of every medium of `owner`; their ids.
+    async fn delete_media_of(&self, owner: &str) -> Result<Vec<String>>;
 }
 
 /// Where a medium's bytes are kept, under its id: all that differs between a directory and a
@@ -95,6 +101,8 @@ pub(crate) trait MediaBytes {
     async fn write_file(&self, id: &str, file: PathBuf) -> Result<()>;
     /// The bytes kept under `id` (its metadata row exists, so they do).
     async fn read(&self, id: &str) -> Result<Vec<u8>>;
+    /// Forget the bytes kept under `id` (none kept is no error).
+    async fn remove(&self, id: &str) -> Result<()>;
 }
 
 /// [`MediaStore`] for a [`MediaBytes`]: a new medium gets a fresh id, its bytes are kept
@@ -154,6 +162,16 @@ macro_rules! impl_media_store {
                     .media_usage(owner)
                     .await
             }
+
+            async fn erase_owner(&self, owner: &str) -> Result<u64, $crate::StoreError> {
+                let ids = $crate::media::MediaBytes::meta(self)
+                    .delete_media_of(owner)
+                    .await?;
+                for id in &ids {
+                    $crate::media::MediaBytes::remove(self, id).await?;
+                }
+                Ok(ids.len() as u64)
+            }
         }
     };
 }
@@ -180,6 +198,8 @@ pub(crate) trait MediaTx {
     async fn media_found(&self, ids: &[String]) -> Result<Vec<String>>;
     /// The sum of `owner`'s media sizes (0 when none).
     async fn media_bytes(&self, owner: &str) -> Result<i64>;
+    /// Delete `owner`'s rows; their ids.
+    async fn delete_media_of(&self, owner: &str) -> Result<Vec<String>>;
 }
 
 pub(crate) async fn media(tx: &impl MediaTx, id: &str) -> Result<Option<MediaInfo>> {
@@ -234,6 +254,16 @@ macro_rules! impl_media_meta {
             async fn media_usage(&self, owner: &str) -> Result<u64, $crate::StoreError> {
                 let owner = owner.to_owned();
                 $crate::run!(self.read, |tx| $crate::media::media_usage(tx, &owner))
+            }
+
+            async fn delete_media_of(
+                &self,
+                owner: &str,
+            ) -> Result<Vec<String>, $crate::StoreError> {
+                let owner = owner.to_owned();
+                $crate::run!(self.write, |tx| {
+                    $crate::media::MediaTx::delete_media_of(tx, &owner)
+                })
             }
         }
     };

@@ -43,4 +43,13 @@ impl MediaTx for Tx<'_> {
             .await?
             .get(0))
     }
+
+    async fn delete_media_of(&self, owner: &str) -> Result<Vec<String>> {
+        Ok(self
+            .rows("DELETE FROM media WHERE owner = $1 RETURNING id", &[&owner])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
 }

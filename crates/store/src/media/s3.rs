@@ -110,4 +110,11 @@ impl MediaBytes for ObjectMedia {
         let bytes = got.bytes().await.map_err(object_err)?;
         Ok(bytes.to_vec())
     }
+
+    async fn remove(&self, id: &str) -> Result<(), StoreError> {
+        match self.objects.delete(&Path::from(id)).await {
+            Err(object_store::Error::NotFound { .. }) | Ok(()) => Ok(()),
+            Err(e) => Err(object_err(e)),
+        }
+    }
 }

@@ -41,4 +41,11 @@ impl MediaTx for Tx<'_> {
             .prepare_cached("SELECT COALESCE(SUM(size), 0) FROM media WHERE owner = ?1")?
             .query_row([owner], |r| r.get(0))?)
     }
+
+    async fn delete_media_of(&self, owner: &str) -> Result<Vec<String>> {
+        Ok(self
+            .prepare_cached("DELETE FROM media WHERE owner = ?1 RETURNING id")?
+            .query_map([owner], |r| r.get(0))?
+            .collect::<Result<_, _>>()?)
+    }
 }

@@ -90,7 +90,8 @@ macro_rules! store_conformance {
             contacts_are_private_merged_and_evented, contacts_refuse_bad_input,
             rotated_note_keys_still_open_old_notes_and_reseal_them,
             reports_are_stored_once_and_listed_newest_first, a_member_mutes_a_conversation_for_themselves,
-            roles_decide_who_moderates, bans_mutes_and_slow_mode);
+            roles_decide_who_moderates, bans_mutes_and_slow_mode,
+            erasing_a_user_leaves_tombstones_and_nothing_else);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -2455,4 +2456,292 @@ pub async fn a_member_mutes_a_conversation_for_themselves(env: &Env) {
         .await
         .expect_err("outsider");
     assert!(matches!(e, StoreError::Forbidden(_)), "{e:?}");
+}
+
+/// Erase `user` step by step until done; the events of every step, and its broadcasts.
+async fn erase(env: &Env, user: &str) -> (Erasure, Vec<Event>, Vec<Broadcast>) {
+    let (mut events, mut broadcasts) = (Vec::new(), Vec::new());
+    for _ in 0..100 {
+        // A batch of 2: the steps and their resumption are exercised.
+        let w = env.store.erase_user(user, 2).await.expect("erase step");
+        events.extend(w.events);
+        broadcasts.extend(w.broadcast);
+        if w.value != Erasure::More {
+            return (w.value, events, broadcasts);
+        }
+    }
+    panic!("the erasure of {user} does not end");
+}
+
+/// Erasure: the account stays as an erased row (no read finds it, its handle is free, its id
+/// is never given again, every token is refused); its memberships go (an owned group passes
+/// to its longest-standing member, one left empty is deleted); every message it sent becomes
+/// a tombstone that members are told of and search no longer finds; its reactions leave the
+/// summaries; its contacts, the contacts naming it, blocks, mutes, reports it made, posts,
+/// comments, likes, follows and inbox go. Unknown and repeated erasures do nothing.
+pub async fn erasing_a_user_leaves_tombstones_and_nothing_else(env: &Env) {
+    let (s, f) = (&env.store, &env.feed);
+    let a = user(env, "er-alice").await;
+    let b = user(env, "er-bob").await;
+    let c = user(env, "er-carol").await;
+    room(env, "er-g", &a, &[&b, &c]).await;
+    room(env, "er-alone", &a, &[]).await;
+    let direct = s
+        .create_conversation(NewConversation {
+            id: "er-d".into(),
+            creator: b.clone(),
+            kind: ConversationKind::Direct,
+            members: vec![a.clone()],
+            title: None,
+            ephemeral: false,
+            public: false,
+            max_members: 2,
+        })
+        .await
+        .expect("direct")
+        .value
+        .id;
+    let mut channel = group("er-ch", &a, &[]);
+    channel.kind = ConversationKind::Channel;
+    channel.public = true;
+    s.create_conversation(channel).await.expect("channel");
+    s.subscribe(&c, "er-ch").await.expect("subscribe");
+    s.subscribe(&b, "er-ch").await.expect("subscribe");
+    let in_channel = s
+        .send_message(send(&a, "er-ch", "c0", "zebra channel"))
+        .await
+        .expect("send")
+        .value;
+    let mut sent = Vec::new();
+    for (i, text) in ["zebra one", "zebra two", "zebra three"].iter().enumerate() {
+        let m = s
+            .send_message(send(&a, "er-g", &format!("g{i}"), text))
+            .await
+            .expect("send");
+        sent.push(m.value);
+    }
+    let in_direct = s
+        .send_message(send(&a, &direct, "d0", "zebra direct"))
+        .await
+        .expect("send")
+        .value;
+    let by_b = s
+        .send_message(send(&b, "er-g", "b0", "bob stays"))
+        .await
+        .expect("send")
+        .value;
+    s.react(&a, "er-g", &by_b.id, "👍", true)
+        .await
+        .expect("react");
+    s.react(&c, "er-g", &by_b.id, "👍", true)
+        .await
+        .expect("react");
+    s.react(&a, "er-g", &by_b.id, "🎉", true)
+        .await
+        .expect("react");
+    s.pin(&a, "er-g", &sent[0].id, true).await.expect("pin");
+    s.set_contact(&a, &b, Some("work"), None)
+        .await
+        .expect("contact");
+    s.set_contact(&b, &a, Some("friends"), None)
+        .await
+        .expect("contact");
+    s.set_contact(&b, &c, None, None).await.expect("contact");
+    s.block(&a, &c).await.expect("block");
+    s.report_message(&a, "er-g", &by_b.id, "spam")
+        .await
+        .expect("report");
+    s.report_message(&b, "er-g", &sent[1].id, "rude")
+        .await
+        .expect("report");
+    s.revoke_tokens(&a, 1).await.expect("a revocation");
+    f.create_post(NewPost {
+        id: "er-p-a".into(),
+        author: a.clone(),
+        text: "alice posts".into(),
+        attachments: vec![],
+    })
+    .await
+    .expect("post");
+    f.create_post(NewPost {
+        id: "er-p-b".into(),
+        author: b.clone(),
+        text: "bob posts".into(),
+        attachments: vec![],
+    })
+    .await
+    .expect("post");
+    f.like(&a, "er-p-b").await.expect("like");
+    f.like(&c, "er-p-b").await.expect("like");
+    f.like(&b, "er-p-a").await.expect("like");
+    for id in ["er-c1", "er-c2"] {
+        f.create_comment(NewComment {
+            id: id.into(),
+            post: "er-p-b".into(),
+            author: a.clone(),
+            text: "nice".into(),
+        })
+        .await
+        .expect("comment");
+    }
+    f.follow(&b, &a).await.expect("follow");
+    f.follow(&a, &c).await.expect("follow");
+
+    let b_seq = s.last_seq(&b).await.expect("seq");
+    let (done, events, broadcasts) = erase(env, &a).await;
+    assert_eq!(done, Erasure::Done);
+
+    // The account: no read finds it, every token is refused, the handle is free, the id is
+    // not given again.
+    assert_eq!(s.user(&a).await.expect("user"), None);
+    assert_eq!(s.user_by_handle("er-alice").await.expect("handle"), None);
+    assert_eq!(s.credentials("er-alice").await.expect("credentials"), None);
+    assert_eq!(s.tokens_revoked_ms(&a).await.expect("revoked"), i64::MAX);
+    let e = s
+        .ensure_user(&a, Some("again"))
+        .await
+        .expect_err("an erased id");
+    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+    let again = s
+        .create_user("er-alice", "hash", None)
+        .await
+        .expect("the handle is free");
+    assert_ne!(again.id, a);
+
+    // Memberships: the group passes to its longest-standing member; a group left empty is
+    // gone; the direct conversation keeps bob.
+    let g = s.conversation(&b, "er-g").await.expect("group");
+    // Bob and carol joined together: either is the longest-standing, and owns it now.
+    let owner = |c: &hubbub_protocol::Conversation| {
+        c.roles
+            .iter()
+            .find(|(_, r)| **r == hubbub_protocol::Role::Owner)
+            .map(|(u, _)| u.clone())
+    };
+    let heir = owner(&g).expect("an owner");
+    assert!(g.members.contains(&heir) && heir != a, "{g:?}");
+    assert!(!g.members.contains(&a));
+    assert!(
+        s.conversation_by_id("er-alone")
+            .await
+            .expect("read")
+            .is_none()
+    );
+    let d = s.conversation(&b, &direct).await.expect("direct");
+    assert_eq!(d.members, std::slice::from_ref(&b));
+
+    // Messages: tombstones, told to the members; search finds none of them.
+    let (history, _) = s.history(&b, "er-g", None, 50).await.expect("history");
+    for m in &sent {
+        let h = history.iter().find(|h| h.id == m.id).expect("in history");
+        assert!(
+            h.deleted && h.text.is_empty() && h.attachments.is_empty(),
+            "{h:?}"
+        );
+    }
+    let (history, _) = s.history(&b, &direct, None, 50).await.expect("history");
+    assert!(history.iter().all(|m| m.deleted), "{history:?}");
+    let told: Vec<&str> = events
+        .iter()
+        .filter(|e| e.user == c)
+        .filter_map(|e| match &e.frame {
+            ServerFrame::MessageUpdated { message, .. } if message.deleted => {
+                Some(message.id.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told.len(), 3, "carol is told of each tombstone: {told:?}");
+    assert!(
+        events.iter().any(|e| e.user == b
+            && matches!(&e.frame, ServerFrame::MessageUpdated { message, .. } if message.id == in_direct.id)),
+        "bob is told in the direct conversation"
+    );
+    assert_gapless(&events, &b);
+    assert!(
+        events.iter().all(|e| e.user != a),
+        "nothing for the erased user"
+    );
+    assert!(s.last_seq(&b).await.expect("seq") > b_seq);
+    assert!(
+        s.search(&b, "zebra", None, 10)
+            .await
+            .expect("search")
+            .is_empty()
+    );
+    // In the channel: the tombstone is broadcast to its members; it passed to its
+    // longest-standing subscriber (carol and bob may have joined in the same millisecond:
+    // either), who alone is told, a channel's membership changes being told to no one else.
+    let [told] = &broadcasts[..] else {
+        panic!("{broadcasts:?}")
+    };
+    assert!(
+        told.users.contains(&b) && told.users.contains(&c),
+        "{told:?}"
+    );
+    assert!(
+        matches!(&told.frames[..], [ServerFrame::ChannelUpdated { message, .. }]
+        if message.id == in_channel.id && message.deleted)
+    );
+    let heir = owner(&s.conversation(&c, "er-ch").await.expect("channel")).expect("an owner");
+    let other = if heir == c { &b } else { &c };
+    assert!(heir == b || heir == c, "{heir}");
+    assert!(events.iter().any(|e| e.user == heir
+        && matches!(&e.frame, ServerFrame::ConversationUpdated { conversation, .. }
+            if conversation.id == "er-ch" && owner(conversation).as_ref() == Some(&heir))));
+    assert!(!events.iter().any(|e| &e.user == other
+        && matches!(&e.frame, ServerFrame::ConversationUpdated { conversation, .. }
+            if conversation.id == "er-ch")));
+    assert!(s.pins(&b, "er-g").await.expect("pins").is_empty());
+
+    // Reactions: the summary loses the erased user's.
+    let (history, _) = s.history(&b, "er-g", None, 50).await.expect("history");
+    let kept = history.iter().find(|m| m.id == by_b.id).expect("bob's");
+    assert!(!kept.deleted);
+    let summary: Vec<(&str, u64)> = kept
+        .reactions
+        .iter()
+        .map(|r| (r.emoji.as_str(), r.count))
+        .collect();
+    assert_eq!(summary, [("👍", 1)]);
+
+    // Contacts, reports, the feed.
+    let contacts: Vec<String> = s
+        .contacts(&b)
+        .await
+        .expect("contacts")
+        .into_iter()
+        .map(|c| c.user)
+        .collect();
+    assert_eq!(contacts, std::slice::from_ref(&c));
+    assert!(s.contacts(&a).await.expect("contacts").is_empty());
+    let (reports, _) = s.reports(None, 10).await.expect("reports");
+    let reporters: Vec<&str> = reports.iter().map(|r| r.reporter.as_str()).collect();
+    assert_eq!(reporters, [b.as_str()], "the reports of others stay");
+    let posts = f
+        .posts(&["er-p-a".to_owned(), "er-p-b".to_owned()])
+        .await
+        .expect("posts");
+    assert_eq!(posts.len(), 1, "{posts:?}");
+    assert_eq!((posts[0].likes, posts[0].comments), (1, 0));
+    assert_eq!(
+        f.followers(&a).await.expect("followers"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        f.followers(&c).await.expect("followers"),
+        Vec::<String>::new()
+    );
+    assert_eq!(s.blocks(&a).await.expect("blocks"), Vec::<String>::new());
+    let replay = s.events_after(&a, 0, 100).await.expect("inbox");
+    assert!(replay.frames.is_empty(), "{:?}", replay.frames);
+
+    // Again, and an unknown user: nothing to do.
+    let (done, events, broadcasts) = erase(env, &a).await;
+    assert_eq!(
+        (done, events.len(), broadcasts.len()),
+        (Erasure::Done, 0, 0)
+    );
+    let (done, _, _) = erase(env, "er-nobody").await;
+    assert_eq!(done, Erasure::Unknown);
 }

@@ -62,6 +62,13 @@ async fn contract(media: &dyn MediaStore) {
         3_000_000 + 12_000_000
     );
     assert_eq!(media.usage("nobody").await.expect("usage"), 0);
+    // Erasing an owner's media (user erasure) takes its rows and its bytes, no one else's.
+    assert_eq!(media.erase_owner("u2").await.expect("erase"), 2);
+    assert!(media.get(&big.id).await.expect("get").is_none());
+    assert!(media.get(&from_file.id).await.expect("get").is_none());
+    assert_eq!(media.usage("u2").await.expect("usage"), 0);
+    assert!(media.get(&small.id).await.expect("get").is_some());
+    assert_eq!(media.erase_owner("u2").await.expect("again"), 0);
 }
 
 #[tokio::test]
@@ -77,6 +84,12 @@ async fn local_media_keeps_its_contract() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty());
+    // The erased owner's files are gone: only u1's is left.
+    let files = std::fs::read_dir(dir.path().join("media"))
+        .expect("dir")
+        .filter_map(Result::ok)
+        .count();
+    assert_eq!(files, 1);
 }
 
 #[cfg(feature = "s3")]
