@@ -834,6 +834,8 @@ impl ChatTx for Tx<'_> {
             "DELETE FROM pins WHERE conversation_id = $1",
             "DELETE FROM messages WHERE conversation_id = $1",
             "DELETE FROM members WHERE conversation_id = $1",
+            "DELETE FROM conversation_bans WHERE conversation_id = $1",
+            "DELETE FROM conversation_mutes WHERE conversation_id = $1",
             "DELETE FROM conversations WHERE id = $1",
         ] {
             self.exec(sql, &[&id]).await?;
