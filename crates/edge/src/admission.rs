@@ -8,22 +8,11 @@
 //! unless the edge has `max_inflight` writes in flight, or the average reply time is over
 //! `max_wait` while any write is in flight: then the services are behind, and what is
 //! accepted now would only wait longer. With nothing in flight the next write is always
-//! admitted, so the average learns again once the backlog is gone.
-//!
-//! A reply comes when the write is committed, before its events reach the recipients'
-//! sockets: a backlog in delivery (a big group past what the machine can push) is not in the
-//! reply time. So the edge also keeps a moving average of delivery latency, from the
-//! originating write's acceptance to the write of its events to a socket (one sample per
-//! batch a session writes), and refuses writes while that is over `max_wait` too. A delivery
-//! average with no sample in the last [`DELIVERY_FRESH`] is stale (nothing is being delivered,
-//! so nothing is behind) and does not refuse. Accepted writes keep their latency; refused
-//! ones cost the client one round trip.
+//! admitted, so the average learns again once the backlog is gone. Accepted writes keep
+//! their latency; refused ones cost the client one round trip.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
-
-/// A delivery average whose last sample is older than this says nothing of now.
-pub(crate) const DELIVERY_FRESH: Duration = Duration::from_secs(1);
 
 /// The weight of the newest reply time in the moving average (1/8, as TCP's SRTT).
 const EWMA_SHIFT: u32 = 3;
@@ -36,10 +25,6 @@ pub(crate) struct Admission {
     inflight: AtomicUsize,
     /// The moving average of reply times, in microseconds.
     average_us: AtomicU64,
-    /// The moving average of delivery latency, in microseconds.
-    delivery_us: AtomicU64,
-    /// When the last delivery sample came (ms since the epoch; 0: never).
-    delivery_at_ms: AtomicI64,
 }
 
 impl Admission {
@@ -51,20 +36,11 @@ impl Admission {
             max_wait,
             inflight: AtomicUsize::new(0),
             average_us: AtomicU64::new(0),
-            delivery_us: AtomicU64::new(0),
-            delivery_at_ms: AtomicI64::new(0),
         }
     }
 
-    /// Whether a write may be accepted now (`now_ms`: the wall clock, ms); if not, when to
-    /// try again.
-    pub(crate) fn admit(&self, now_ms: i64) -> Result<(), Duration> {
-        let delivery = Duration::from_micros(self.delivery_us.load(Ordering::Relaxed));
-        let fresh = now_ms.saturating_sub(self.delivery_at_ms.load(Ordering::Relaxed))
-            < DELIVERY_FRESH.as_millis() as i64;
-        if fresh && delivery > self.max_wait {
-            return Err(delivery.clamp(Duration::from_millis(100), Duration::from_secs(5)));
-        }
+    /// Whether a write may be accepted now; if not, when to try again.
+    pub(crate) fn admit(&self) -> Result<(), Duration> {
         let inflight = self.inflight.load(Ordering::Relaxed);
         if inflight == 0 {
             return Ok(());
@@ -96,23 +72,6 @@ impl Admission {
         self.average_us.store(new, Ordering::Relaxed);
     }
 
-    /// A session wrote events at `now_ms` whose originating write was accepted `latency`
-    /// before.
-    pub(crate) fn delivered(&self, latency: Duration, now_ms: i64) {
-        let sample = latency.as_micros().min(u128::from(u64::MAX)) as u64;
-        let old = self.delivery_us.load(Ordering::Relaxed);
-        let stale = now_ms.saturating_sub(self.delivery_at_ms.load(Ordering::Relaxed))
-            >= DELIVERY_FRESH.as_millis() as i64;
-        // A stale average starts over from this sample.
-        let new = if old == 0 || stale {
-            sample
-        } else {
-            old - (old >> EWMA_SHIFT) + (sample >> EWMA_SHIFT)
-        };
-        self.delivery_us.store(new, Ordering::Relaxed);
-        self.delivery_at_ms.store(now_ms, Ordering::Relaxed);
-    }
-
     /// `n` writes in flight will never be answered here (their session ended).
     pub(crate) fn abandoned(&self, n: usize) {
         self.settle(n);
@@ -138,19 +97,18 @@ mod tests {
     use super::*;
 
     const WAIT: Duration = Duration::from_millis(500);
-    const NOW: i64 = 1_000_000;
 
     #[test]
     fn a_cap_on_writes_in_flight() {
         let a = Admission::new(2, WAIT);
-        assert!(a.admit(NOW).is_ok());
+        assert!(a.admit().is_ok());
         a.forwarded();
-        assert!(a.admit(NOW).is_ok());
+        assert!(a.admit().is_ok());
         a.forwarded();
-        let retry = a.admit(NOW).expect_err("two in flight of two");
+        let retry = a.admit().expect_err("two in flight of two");
         assert!(retry >= Duration::from_millis(100));
         a.answered(Duration::from_millis(10));
-        assert!(a.admit(NOW).is_ok());
+        assert!(a.admit().is_ok());
         a.abandoned(5);
         assert_eq!(a.inflight(), 0, "never below zero");
     }
@@ -162,42 +120,16 @@ mod tests {
         a.forwarded();
         // Replies taking 2 s: the average passes the wait at once (the first sample sets it).
         a.answered(Duration::from_secs(2));
-        assert!(
-            a.admit(NOW).is_err(),
-            "behind: refuse while one is in flight"
-        );
+        assert!(a.admit().is_err(), "behind: refuse while one is in flight");
         // The last one answered: nothing in flight, the next write is a probe.
         a.answered(Duration::from_secs(2));
-        assert!(a.admit(NOW).is_ok());
+        assert!(a.admit().is_ok());
         // Fast replies bring the average back down under the wait.
         a.forwarded();
         for _ in 0..40 {
             a.forwarded();
             a.answered(Duration::from_millis(5));
         }
-        assert!(a.admit(NOW).is_ok(), "caught up");
-    }
-
-    #[test]
-    fn late_deliveries_shed_until_they_catch_up_or_go_stale() {
-        let a = Admission::new(1000, WAIT);
-        a.delivered(Duration::from_millis(20), NOW);
-        assert!(a.admit(NOW).is_ok(), "on time");
-        a.delivered(Duration::from_secs(3), NOW + 10);
-        assert!(a.admit(NOW + 10).is_ok(), "one late batch is not a backlog");
-        for i in 0..10 {
-            a.delivered(Duration::from_secs(3), NOW + 10 + i);
-        }
-        let retry = a.admit(NOW + 20).expect_err("deliveries are 3 s late");
-        assert!(retry >= Duration::from_millis(100), "{retry:?}");
-        // Nothing delivered for a second: nothing is behind any more.
-        assert!(a.admit(NOW + 19 + 1000).is_ok(), "stale");
-        // Late again, then on time: the average comes back under the wait.
-        a.delivered(Duration::from_secs(3), NOW + 2000);
-        assert!(a.admit(NOW + 2000).is_err());
-        for i in 0..40 {
-            a.delivered(Duration::from_millis(20), NOW + 2000 + i);
-        }
-        assert!(a.admit(NOW + 2050).is_ok(), "caught up");
+        assert!(a.admit().is_ok(), "caught up");
     }
 }

@@ -240,10 +240,8 @@ pub struct ServerSettings {
     /// Admission control: the most writes one edge has in flight (forwarded, not yet
     /// answered); past it writes are refused `rate_limited`.
     pub max_inflight_writes: usize,
-    /// Admission control: when replies take longer than this on average (while any write is
-    /// in flight), or its sessions' events arrive this long after their write was accepted
-    /// (on average, over the last second), an edge refuses new writes (`rate_limited`),
-    /// milliseconds.
+    /// Admission control: when replies take longer than this on average, an edge refuses new
+    /// writes (`rate_limited`) while any is in flight, milliseconds.
     pub admission_wait_ms: u64,
     /// WebSocket ping interval, seconds; three silent intervals close the connection.
     pub ping_interval_s: u64,
@@ -315,7 +313,7 @@ impl Default for ServerSettings {
             chat_workers: 2,
             request_timeout_ms: 10_000,
             max_inflight_writes: 20_000,
-            admission_wait_ms: 1_000,
+            admission_wait_ms: 2_000,
             ping_interval_s: 20,
             event_retention_days: 7,
             archive_retention_days: 7,

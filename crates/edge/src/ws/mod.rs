@@ -750,13 +750,9 @@ impl Conn {
                         }
                     }
                     if let Some(origin) = origin_ms {
-                        let wall = now_ms();
-                        let ms = (wall - origin).max(0);
+                        let ms = (now_ms() - origin).max(0);
                         metrics::histogram!(hubbub_protocol::metrics::DELIVERY_LATENCY)
                             .record(ms as f64 / 1000.0);
-                        self.inner
-                            .admission
-                            .delivered(Duration::from_millis(ms as u64), wall);
                         if self.inner.debugged(&self.user.id, &self.session) {
                             for f in events.iter() {
                                 tracing::debug!(target: crate::DEBUG_TARGET, user = %self.user.id,

@@ -153,9 +153,9 @@ mod tests {
         advance(TIMEOUT).await;
         assert_eq!(pending.overdue(Instant::now()).len(), 2);
         assert_eq!(a.inflight(), 0);
-        assert!(a.admit(0).is_ok(), "nothing in flight: admitted");
+        assert!(a.admit().is_ok(), "nothing in flight: admitted");
         pending.forwarded("r4".into(), Instant::now());
-        assert!(a.admit(0).is_err(), "replies took the full timeout: behind");
+        assert!(a.admit().is_err(), "replies took the full timeout: behind");
         drop(pending);
         assert_eq!(a.inflight(), 0, "the session's end settles its requests");
     }

@@ -56,9 +56,6 @@ pub async fn server_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
     // Every test client signs up from 127.0.0.1; the tests of these limits set them low.
     config.auth.attempts_per_ip_per_minute = 100_000;
     config.auth.attempts_per_ip_burst = 100_000;
-    // Tests share a loaded 2-core machine, where a second of latency is the machine, not a
-    // backlog to shed; admission control is tested on its own (`overload.rs`).
-    config.server.admission_wait_ms = 10_000;
     adjust(&mut config);
     let running = hubbub::serve::start(config.clone())
         .await
