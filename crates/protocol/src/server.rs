@@ -381,7 +381,8 @@ mod tests {
 
     fn conv() -> Value {
         json!({"id":"c1","kind":"group","title":null,"members":["u1","u2"],"member_count":2,
-               "created_by":"u1","created_ts":1,"ephemeral":false,"pinned":["m1"]})
+               "created_by":"u1","created_ts":1,"ephemeral":false,"pinned":["m1"],
+               "roles":{"u1":"owner"},"slow_mode_s":0})
     }
     fn msg() -> Value {
         json!({"id":"m1","conversation":"c1","sender":"u1","client_msg_id":"k1","text":"hi",
@@ -447,7 +448,7 @@ mod tests {
             (
                 json!({"conversations":[{"id":"c1","kind":"group","title":null,"members":["u1"],
                 "member_count":1,"created_by":"u1","created_ts":1,"ephemeral":false,
-                "pinned":[],"last_message":null,"unread":0}]}),
+                "pinned":[],"roles":{},"slow_mode_s":0,"last_message":null,"unread":0}]}),
                 "Conversations",
             ),
             (json!({"conversation":conv()}), "Conversation"),
