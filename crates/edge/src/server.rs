@@ -450,9 +450,15 @@ async fn remove_member(
         Ok(o) => o,
         Err(r) => return r,
     };
-    let request = Request::ConversationRemove {
-        conversation: id,
-        user,
+    // Removing the owner is their leaving, in their name: ownership passes on as when an
+    // owner leaves (nobody, not even the owner, removes the owner).
+    let request = if user == owner {
+        Request::ConversationLeave { conversation: id }
+    } else {
+        Request::ConversationRemove {
+            conversation: id,
+            user,
+        }
     };
     match forward(&inner, &owner, request).await {
         Ok(_) => json(StatusCode::OK, Empty {}),

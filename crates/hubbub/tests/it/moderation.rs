@@ -172,3 +172,46 @@ async fn owners_and_admins_moderate_a_group() {
         .collect();
     assert!(!texts.contains(&"muted") && !texts.contains(&"slow-2") && !texts.contains(&"banned"));
 }
+
+/// The server API acts in the current owner's name: removing the owner is their leaving (200,
+/// ownership passes on), and the next member change is made by the new owner.
+#[tokio::test]
+async fn the_server_api_removes_the_owner_and_acts_for_the_next() {
+    use crate::server_api::{api_server, call};
+    use reqwest::Method;
+    use serde_json::json;
+    let s = api_server().await;
+    for id in ["sa_owner", "sa_first", "sa_second", "sa_late"] {
+        let (st, body) = call(
+            &s,
+            Method::POST,
+            "/v1/server/users",
+            Some(json!({"id": id})),
+        )
+        .await;
+        assert_eq!(st, 201, "{body}");
+    }
+    let (st, body) = call(
+        &s,
+        Method::POST,
+        "/v1/server/conversations",
+        Some(json!({"kind":"group","members":["sa_first","sa_second"],"owner":"sa_owner"})),
+    )
+    .await;
+    assert_eq!(st, 201, "{body}");
+    assert_eq!(body["conversation"]["roles"], json!({"sa_owner":"owner"}));
+    let conv = body["conversation"]["id"].as_str().expect("id").to_owned();
+    let members = format!("/v1/server/conversations/{conv}/members");
+    let (st, body) = call(&s, Method::DELETE, &format!("{members}/sa_owner"), None).await;
+    assert_eq!(st, 200, "removing the owner: {body}");
+    let (st, body) = call(
+        &s,
+        Method::POST,
+        &members,
+        Some(json!({"users":["sa_late"]})),
+    )
+    .await;
+    assert_eq!(st, 200, "the next owner adds: {body}");
+    let (st, body) = call(&s, Method::DELETE, &format!("{members}/sa_late"), None).await;
+    assert_eq!(st, 200, "and removes: {body}");
+}

@@ -8,6 +8,16 @@ ALTER TABLE members ADD COLUMN last_sent_ms BIGINT;
 UPDATE members m SET role = 'owner'
   FROM conversations c
  WHERE c.id = m.conversation_id AND c.created_by = m.user_id AND c.kind <> 'direct';
+-- A group whose creator had left gets its longest-standing member as owner (the rule of an
+-- owner leaving).
+UPDATE members m SET role = 'owner'
+  FROM (SELECT DISTINCT ON (x.conversation_id) x.conversation_id, x.user_id
+          FROM members x JOIN conversations c ON c.id = x.conversation_id
+         WHERE c.kind <> 'direct'
+           AND NOT EXISTS (SELECT 1 FROM members o
+                            WHERE o.conversation_id = x.conversation_id AND o.role = 'owner')
+         ORDER BY x.conversation_id, x.joined_ms, x.user_id) heir
+ WHERE m.conversation_id = heir.conversation_id AND m.user_id = heir.user_id;
 -- `C.roles` reads only the owner and admins, not every member of a big group.
 CREATE INDEX members_with_roles ON members (conversation_id, user_id) WHERE role <> 'member';
 

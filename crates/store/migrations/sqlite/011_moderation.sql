@@ -9,6 +9,16 @@ UPDATE members SET role = 'owner'
  WHERE EXISTS (SELECT 1 FROM conversations c
                 WHERE c.id = members.conversation_id AND c.created_by = members.user_id
                   AND c.kind <> 'direct');
+-- A group whose creator had left gets its longest-standing member as owner (the rule of an
+-- owner leaving).
+UPDATE members SET role = 'owner'
+ WHERE (conversation_id, user_id) IN (
+       SELECT c.id, (SELECT m.user_id FROM members m WHERE m.conversation_id = c.id
+                      ORDER BY m.joined_ms, m.user_id LIMIT 1)
+         FROM conversations c
+        WHERE c.kind <> 'direct'
+          AND NOT EXISTS (SELECT 1 FROM members o
+                           WHERE o.conversation_id = c.id AND o.role = 'owner'));
 -- `C.roles` reads only the owner and admins, not every member of a big group.
 CREATE INDEX members_with_roles ON members (conversation_id, user_id) WHERE role <> 'member';
 

@@ -437,6 +437,12 @@ pub(crate) trait ChatTx {
         c.roles = self.roles(id).await?;
         Ok(Some(c))
     }
+    /// Hold conversation `id`'s membership until the commit: every write that changes who is
+    /// in it, or who owns it, or reads a ban to let someone in, takes it first, so two such
+    /// writes never decide on the same stale view (PostgreSQL: a transaction-scoped advisory
+    /// lock, which sends do not take, so it waits on nothing a send holds; a no-op on SQLite,
+    /// whose writer is alone).
+    async fn lock_membership(&self, id: &str) -> Result<()>;
     /// The owner and admins, by user id.
     async fn roles(&self, id: &str) -> Result<BTreeMap<String, Role>>;
     /// A member's role, mute and last send; `None` if not a member.
@@ -768,6 +774,11 @@ pub(crate) async fn create_conversation(
         if c.created_by != new.creator {
             return Err(StoreError::Conflict(format!("conversation {id} exists")));
         }
+        // A retried create of a group its creator has since left (or was banned from) shows
+        // them nothing of it.
+        if c.kind != ConversationKind::Direct && !c.members.contains(&new.creator) {
+            return Err(StoreError::Forbidden("not a member".into()));
+        }
         return Ok(Written::nothing(c));
     }
     require_user(tx, &new.creator).await?;
@@ -913,6 +924,7 @@ pub(crate) async fn add_members(
             "`users` names 1 to {MAX_ADD} users"
         )));
     }
+    tx.lock_membership(id).await?;
     let (c, _) = moderator_view(tx, caller, id, "add").await?;
     let mut new: Vec<String> = Vec::new();
     for user in users {
@@ -963,6 +975,7 @@ pub(crate) async fn remove_member(
     user: &str,
     now: i64,
 ) -> Result<Written<()>> {
+    tx.lock_membership(id).await?;
     let (c, mine) = moderator_view(tx, caller, id, "remove").await?;
     if !c.members.iter().any(|m| m == user) {
         return Ok(Written::nothing(()));
@@ -984,6 +997,7 @@ pub(crate) async fn erase_membership(
     user: &str,
     now: i64,
 ) -> Result<Vec<Event>> {
+    tx.lock_membership(id).await?;
     if tx.conversation_row(id).await?.is_none() {
         // A membership row without its conversation: nothing to tell.
         tx.remove_member(id, user).await?;
@@ -1011,7 +1025,22 @@ pub(crate) async fn leave(
     id: &str,
     now: i64,
 ) -> Result<Written<()>> {
+    tx.lock_membership(id).await?;
     check_member(tx, caller, id).await?;
+    // A channel's owner stays, as `channel.unsubscribe` says (a group's passes ownership on).
+    if tx
+        .member_state(id, caller)
+        .await?
+        .is_some_and(|s| s.role == Role::Owner)
+        && tx
+            .conversation_row(id)
+            .await?
+            .is_some_and(|r| r.kind == kind_name(ConversationKind::Channel))
+    {
+        return Err(StoreError::Forbidden(
+            "the owner of a channel cannot leave it".into(),
+        ));
+    }
     let events = depart(tx, id, caller, caller, now).await?;
     Ok(Written::new((), events))
 }
@@ -1045,6 +1074,7 @@ pub(crate) async fn subscribe(
     id: &str,
     now: i64,
 ) -> Result<Written<()>> {
+    tx.lock_membership(id).await?;
     let row = channel_row(tx, id).await?;
     if tx.membership(id, caller).await?.1 {
         return Ok(Written::nothing(()));
@@ -1055,7 +1085,13 @@ pub(crate) async fn subscribe(
         ));
     }
     moderation::refuse_if_banned(tx, id, caller, now).await?;
-    refuse_if_blocked(tx, &row.created_by, caller).await?;
+    // The owner now (the creator, unless ownership passed on) may block the subscriber.
+    let roles = tx.roles(id).await?;
+    let owner = roles
+        .iter()
+        .find(|(_, r)| **r == Role::Owner)
+        .map_or(row.created_by.as_str(), |(u, _)| u.as_str());
+    refuse_if_blocked(tx, owner, caller).await?;
     tx.add_member(id, caller, now).await?;
     let c = brief(tx, id, row).await?;
     let events = conversation_events(tx, &[caller.to_owned()], &c, now).await?;
@@ -1068,6 +1104,7 @@ pub(crate) async fn unsubscribe(
     id: &str,
     now: i64,
 ) -> Result<Written<()>> {
+    tx.lock_membership(id).await?;
     let row = channel_row(tx, id).await?;
     let Some(state) = tx.member_state(id, caller).await? else {
         return Ok(Written::nothing(()));

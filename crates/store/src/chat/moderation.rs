@@ -120,6 +120,7 @@ pub(crate) async fn set_role(
     role: Role,
     now: i64,
 ) -> Result<Written<()>> {
+    tx.lock_membership(id).await?;
     let (_, mine) = moderator(tx, caller, id, "change roles", StoreError::BadRequest).await?;
     if mine != Role::Owner {
         return Err(StoreError::Forbidden(
@@ -155,6 +156,7 @@ pub(crate) async fn ban(
     duration_s: Option<u64>,
     now: i64,
 ) -> Result<Written<()>> {
+    tx.lock_membership(id).await?;
     let (_, mine) = moderator(tx, caller, id, "ban", StoreError::BadRequest).await?;
     if user == caller {
         return Err(StoreError::BadRequest("you cannot ban yourself".into()));

@@ -68,6 +68,13 @@ impl ChatTx for Tx<'_> {
             }))
     }
 
+    async fn lock_membership(&self, id: &str) -> Result<()> {
+        // Two 32-bit keys: a key space of its own (the migrations' lock is a 64-bit key).
+        self.exec("SELECT pg_advisory_xact_lock(1, hashtext($1))", &[&id])
+            .await?;
+        Ok(())
+    }
+
     async fn roles(&self, id: &str) -> Result<BTreeMap<String, Role>> {
         Ok(self
             .rows(

@@ -90,7 +90,10 @@ pub(crate) async fn erase_user(
         tx.revoke_families_of(user, now).await?;
         return Ok(Written::nothing(Erasure::More));
     }
-    let joined = tx.memberships(user).await?;
+    let mut joined = tx.memberships(user).await?;
+    // In id order: each takes its conversation's membership lock, and two erasures sharing
+    // conversations take them in the same order.
+    joined.sort();
     if !joined.is_empty() {
         let mut events = Vec::new();
         for (id, _) in joined.iter().take(batch) {

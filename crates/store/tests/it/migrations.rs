@@ -95,3 +95,102 @@ async fn postgres_version_1_migrates_and_keeps_refresh_tokens() {
         "an old token is a family of its own"
     );
 }
+
+/// Conversations as the version before roles left them: a group with its creator, a group its
+/// creator had left (`b` joined before `a`), and a direct conversation.
+const BEFORE_ROLES: &str = "
+    INSERT INTO users (id, handle, created_ms) VALUES ('o', 'owner', 1), ('a', 'ann', 1), ('b', 'bea', 1);
+    INSERT INTO conversations (id, kind, title, created_by, created_ms, ephemeral, direct_key)
+      VALUES ('g1', 'group', NULL, 'o', 1, false, NULL),
+             ('g2', 'group', NULL, 'o', 1, false, NULL),
+             ('d1', 'direct', NULL, 'o', 1, false, 'a|o');
+    INSERT INTO members (conversation_id, user_id, joined_ms)
+      VALUES ('g1', 'o', 1), ('g1', 'a', 2), ('g2', 'a', 5), ('g2', 'b', 3),
+             ('d1', 'o', 1), ('d1', 'a', 1);";
+
+/// After the roles migration every group has an owner: its creator, or, when the creator had
+/// left, its longest-standing member; a direct conversation has no roles.
+async fn roles_were_given(store: &dyn Store) {
+    use hubbub_protocol::Role;
+    let roles = |id: &'static str| async move {
+        store
+            .conversation_by_id(id)
+            .await
+            .expect("read")
+            .expect("exists")
+            .roles
+    };
+    assert_eq!(roles("g1").await, [("o".to_owned(), Role::Owner)].into());
+    assert_eq!(roles("g2").await, [("b".to_owned(), Role::Owner)].into());
+    assert!(roles("d1").await.is_empty());
+}
+
+#[tokio::test]
+async fn sqlite_roles_migration_gives_every_group_an_owner() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hubbub.db");
+    {
+        let queue = EmbeddedQueue::open(&path, EmbeddedConfig::default()).expect("queue");
+        queue
+            .transact(|conn, _| {
+                for sql in [
+                    include_str!("../../migrations/sqlite/001_chat.sql"),
+                    include_str!("../../migrations/sqlite/002_feed.sql"),
+                    include_str!("../../migrations/sqlite/003_refresh_token_families.sql"),
+                    include_str!("../../migrations/sqlite/004_channels.sql"),
+                    include_str!("../../migrations/sqlite/005_control.sql"),
+                    include_str!("../../migrations/sqlite/006_messages.sql"),
+                    include_str!("../../migrations/sqlite/007_server.sql"),
+                    include_str!("../../migrations/sqlite/008_contacts.sql"),
+                    include_str!("../../migrations/sqlite/009_reports.sql"),
+                    include_str!("../../migrations/sqlite/010_mutes.sql"),
+                ] {
+                    conn.execute_batch(sql)?;
+                }
+                conn.execute_batch(
+                    "INSERT INTO hubbub_components (component, version) VALUES ('store', 10);",
+                )?;
+                conn.execute_batch(BEFORE_ROLES)
+            })
+            .await
+            .expect("a version 10 store");
+    }
+    let queue = EmbeddedQueue::open(&path, EmbeddedConfig::default()).expect("queue");
+    let store = SqliteStore::open(queue).await.expect("migrated");
+    roles_were_given(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_roles_migration_gives_every_group_an_owner() {
+    let url = fresh_database().await;
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    for sql in [
+        include_str!("../../migrations/postgres/001_chat_feed_media.sql"),
+        include_str!("../../migrations/postgres/002_refresh_token_families.sql"),
+        include_str!("../../migrations/postgres/003_channels.sql"),
+        include_str!("../../migrations/postgres/004_control.sql"),
+        include_str!("../../migrations/postgres/005_messages.sql"),
+        include_str!("../../migrations/postgres/006_server.sql"),
+        include_str!("../../migrations/postgres/007_contacts.sql"),
+        include_str!("../../migrations/postgres/008_reports.sql"),
+        include_str!("../../migrations/postgres/009_mutes.sql"),
+    ] {
+        client
+            .batch_execute(sql)
+            .await
+            .expect("an earlier migration");
+    }
+    client
+        .batch_execute(
+            "CREATE TABLE hubbub_schema (component TEXT PRIMARY KEY, version INT NOT NULL);
+             INSERT INTO hubbub_schema (component, version) VALUES ('store', 9);",
+        )
+        .await
+        .expect("version 9");
+    client.batch_execute(BEFORE_ROLES).await.expect("old rows");
+    let store = PgStore::connect(&url, 2).await.expect("migrated");
+    roles_were_given(&store).await;
+}

@@ -188,6 +188,17 @@ pub async fn roles_decide_who_moderates(env: &Env) {
     s.set_role(&a, "ro", &m, Role::Admin)
         .await
         .expect("the new owner names admins");
+
+    // The creator who left sees nothing of it by creating it again.
+    forbidden(s.create_conversation(room("ro", &o, &[&a])).await);
+
+    // No admin left: the longest-standing member owns it when the owner leaves (m and x
+    // joined at the creation, in the same millisecond: then the lower id).
+    s.set_role(&a, "ro", &m, Role::Member).await.expect("plain");
+    s.leave(&a, "ro").await.expect("owner leaves");
+    let c = s.conversation(&m, "ro").await.expect("read");
+    let heir = m.clone().min(x.clone());
+    assert_eq!(c.roles, [(heir, Role::Owner)].into(), "{c:?}");
 }
 
 /// A ban removes the user and keeps them out (added or subscribing) until lifted; admins
@@ -310,4 +321,5 @@ pub async fn bans_mutes_and_slow_mode(env: &Env) {
     s.ban(&a, "bm-ch", &m, None).await.expect("ban subscriber");
     forbidden(s.subscribe(&m, "bm-ch").await);
     forbidden(s.unsubscribe(&o, "bm-ch").await);
+    forbidden(s.leave(&o, "bm-ch").await);
 }
