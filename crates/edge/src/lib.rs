@@ -336,6 +336,8 @@ pub(crate) struct Inner {
     /// Server API requests awaiting their reply, by the session id their envelope names
     /// (no socket has it).
     api_waiters: Mutex<HashMap<String, tokio::sync::oneshot::Sender<hubbub_protocol::ServerFrame>>>,
+    /// The sessions' acks, for the edge's one ack writer ([`ws::acks::write_acks`]).
+    acks: mpsc::UnboundedSender<ws::acks::AckJob>,
 }
 
 impl Inner {
@@ -671,6 +673,7 @@ impl Edge {
             config.max_inflight_writes,
             config.admission_wait,
         ));
+        let (acks, ack_jobs) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             config,
             deps,
@@ -683,6 +686,7 @@ impl Edge {
             debug_any: std::sync::atomic::AtomicBool::new(debug_any),
             max_outgoing_bytes: AtomicUsize::new(max_outgoing_bytes),
             api_waiters: Mutex::new(HashMap::new()),
+            acks,
             auth_limits: AuthLimits {
                 per_ip: KeyedLimiter::per_minute(
                     config_auth.attempts_per_ip_per_minute,
@@ -739,6 +743,11 @@ impl Edge {
             }
         });
         inner.tracker.spawn(runtime::follow(inner.clone()));
+        inner.tracker.spawn(ws::acks::write_acks(
+            inner.deps.store.clone(),
+            ack_jobs,
+            cancel.clone(),
+        ));
         let dispatcher = inner.clone();
         inner.tracker.spawn(async move {
             loop {

@@ -23,9 +23,11 @@
 //! - [`seq`]: the exactly-once state of a session (which seqs it wrote; gaps; what a `sync`
 //!   skips), plain and unit-tested;
 //! - [`limits`]: frame counting and ack coalescing, plain and unit-tested;
+//! - [`acks`]: the edge's one ack writer, which writes the sessions' acks in batches;
 //! - [`pending`]: the requests awaiting their reply and their deadlines, plain and
 //!   unit-tested.
 
+pub(crate) mod acks;
 mod limits;
 mod pending;
 mod requests;
@@ -564,17 +566,16 @@ impl Conn {
         let Some(seq) = self.acks.flush(Instant::now()) else {
             return;
         };
-        let (store, user, writing) = (
-            self.inner.deps.store.clone(),
-            self.user.id.clone(),
-            self.acks.writing.clone(),
-        );
-        self.inner.tracker.spawn(async move {
-            if let Err(e) = store.ack(&user, seq).await {
-                tracing::debug!(error = %e, "ack not recorded");
-            }
-            writing.store(false, Ordering::Release);
-        });
+        let job = acks::AckJob {
+            user: self.user.id.clone(),
+            seq,
+            writing: self.acks.writing.clone(),
+        };
+        // The writer is gone only when the edge shuts down: the session's last ack is
+        // written by its cleanup then.
+        if let Err(gone) = self.inner.acks.send(job) {
+            gone.0.writing.store(false, Ordering::Release);
+        }
     }
 
     /// Write frames as one text frame, newline-separated.

@@ -41,6 +41,10 @@ pub trait InboxStore: Send + Sync {
     /// Record that a device of the user processed everything up to `seq`.
     async fn ack(&self, user: &str, seq: u64) -> Result<()>;
 
+    /// [`InboxStore::ack`] for several users in one transaction (an edge writes its
+    /// sessions' acks together). A user named twice keeps the higher seq.
+    async fn acks(&self, acks: &[(String, u64)]) -> Result<()>;
+
     /// Delete inbox events older than `before_ms`; returns how many.
     async fn prune_events(&self, before_ms: i64) -> Result<u64>;
 
@@ -211,6 +215,20 @@ pub(crate) async fn ack(tx: &impl InboxTx, user: &str, seq: u64) -> Result<()> {
     tx.raise_acked(user, to_i64(seq)).await
 }
 
+pub(crate) async fn acks(tx: &impl InboxTx, acks: &[(String, u64)]) -> Result<()> {
+    // In user id order, the order every write that locks users takes them in (PostgreSQL);
+    // the highest seq of each.
+    let mut highest: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for (user, seq) in acks {
+        let e = highest.entry(user.as_str()).or_insert(*seq);
+        *e = (*e).max(*seq);
+    }
+    for (user, seq) in highest {
+        tx.raise_acked(user, to_i64(seq)).await?;
+    }
+    Ok(())
+}
+
 /// [`InboxStore`] for a backend: each method runs its rule in one of the backend's
 /// transactions (see the crate's "How a use case runs").
 macro_rules! impl_inbox_store {
@@ -243,6 +261,11 @@ macro_rules! impl_inbox_store {
             async fn ack(&self, user: &str, seq: u64) -> Result<(), $crate::StoreError> {
                 let user = user.to_owned();
                 $crate::run!(self.write, |tx| $crate::inbox::ack(tx, &user, seq))
+            }
+
+            async fn acks(&self, acks: &[(String, u64)]) -> Result<(), $crate::StoreError> {
+                let acks = acks.to_vec();
+                $crate::run!(self.write, |tx| $crate::inbox::acks(tx, &acks))
             }
 
             async fn prune_events(&self, before_ms: i64) -> Result<u64, $crate::StoreError> {

@@ -758,6 +758,19 @@ pub async fn replay_and_retention(env: &Env) {
         3,
         "clamped, never backwards"
     );
+    // Several users' acks in one write (an edge's batch): each user's highest, clamped, never
+    // backwards; an unknown user changes nothing.
+    let a_last = s.last_seq(&a).await.expect("last");
+    s.acks(&[
+        (a.clone(), 1),
+        (b.clone(), 1),
+        (a.clone(), 2),
+        ("nobody".to_owned(), 5),
+    ])
+    .await
+    .expect("acks");
+    assert_eq!(s.acked_seq(&b).await.expect("acked"), 3);
+    assert_eq!(s.acked_seq(&a).await.expect("acked"), 2.min(a_last));
     assert_eq!(s.prune_events(i64::MAX).await.expect("prune"), 6);
     let r = s.events_after(&b, 0, 100).await.expect("replay");
     assert!(r.frames.is_empty() && r.truncated && r.last_seq == 3);
