@@ -11,6 +11,12 @@ use std::path::PathBuf;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// tokio's blocking threads (SQLite reads, file I/O). tokio's default, 512, let a burst of a
+/// thousand connects run a hundred hellos' store reads at once, each on a thread of its own
+/// with its own stack and allocator heap, on two cores; this many is already more than the
+/// store's read connections are kept for.
+const MAX_BLOCKING_THREADS: usize = 32;
+
 /// hubbub: a self-hostable real-time backend for chat and social apps.
 #[derive(Debug, Parser)]
 #[command(name = "hubbub", version, about)]
@@ -279,6 +285,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()?;
     match cli.command {
         Command::Serve(args) => {
