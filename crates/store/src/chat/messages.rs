@@ -287,15 +287,11 @@ pub(crate) async fn versions(
     Ok(all)
 }
 
-/// Whether `caller` moderates conversation `id` (its owner or an admin): only they delete
-/// others' messages and pin in a group or channel; and the conversation's kind.
+/// Whether `caller`, a member, moderates conversation `id` (its owner or an admin: only they
+/// delete others' messages and pin in a group or channel); and the conversation's kind.
 async fn moderates(tx: &impl ChatTx, caller: &str, id: &str) -> Result<(bool, ConversationKind)> {
-    let row = tx
-        .conversation_row(id)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("no conversation {id}")))?;
-    let role = tx.member_state(id, caller).await?.map(|s| s.role);
-    Ok((role.is_some_and(Role::moderates), kind_of(&row.kind)))
+    let (row, state) = member_row(tx, caller, id).await?;
+    Ok((state.role.moderates(), kind_of(&row.kind)))
 }
 
 pub(crate) async fn delete(
@@ -306,7 +302,6 @@ pub(crate) async fn delete(
     now: i64,
 ) -> Result<Written<()>> {
     let mid = parse_message_id(message)?;
-    check_member(tx, caller, id).await?;
     let (moderator, kind) = moderates(tx, caller, id).await?;
     let first = find(tx, id, mid, false).await?;
     if first.sender != caller && !(moderator && kind != ConversationKind::Direct) {
@@ -511,7 +506,6 @@ pub(crate) async fn pin(
     now: i64,
 ) -> Result<Written<()>> {
     let mid = parse_message_id(message)?;
-    check_member(tx, caller, id).await?;
     let (moderator, kind) = moderates(tx, caller, id).await?;
     if kind != ConversationKind::Direct && !moderator {
         return Err(StoreError::Forbidden(

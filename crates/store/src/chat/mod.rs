@@ -657,6 +657,24 @@ pub(crate) async fn check_member(tx: &impl ChatTx, caller: &str, id: &str) -> Re
     }
 }
 
+/// The conversation's row and what the caller's membership says (role, mute, last send), if
+/// the conversation exists (`NotFound`) and `caller` is in it (`Forbidden`).
+pub(crate) async fn member_row(
+    tx: &impl ChatTx,
+    caller: &str,
+    id: &str,
+) -> Result<(ConversationRow, MemberState)> {
+    let row = tx
+        .conversation_row(id)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no conversation {id}")))?;
+    let state = tx
+        .member_state(id, caller)
+        .await?
+        .ok_or_else(|| StoreError::Forbidden("not a member".into()))?;
+    Ok((row, state))
+}
+
 /// The group, and the caller's role, if `caller` moderates it (owners and admins add and
 /// remove members).
 async fn moderator_view(
@@ -1026,17 +1044,9 @@ pub(crate) async fn leave(
     now: i64,
 ) -> Result<Written<()>> {
     tx.lock_membership(id).await?;
-    check_member(tx, caller, id).await?;
+    let (row, state) = member_row(tx, caller, id).await?;
     // A channel's owner stays, as `channel.unsubscribe` says (a group's passes ownership on).
-    if tx
-        .member_state(id, caller)
-        .await?
-        .is_some_and(|s| s.role == Role::Owner)
-        && tx
-            .conversation_row(id)
-            .await?
-            .is_some_and(|r| r.kind == kind_name(ConversationKind::Channel))
-    {
+    if state.role == Role::Owner && kind_of(&row.kind) == ConversationKind::Channel {
         return Err(StoreError::Forbidden(
             "the owner of a channel cannot leave it".into(),
         ));

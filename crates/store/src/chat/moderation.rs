@@ -54,14 +54,7 @@ pub(crate) async fn moderator(
     action: &str,
     direct: fn(String) -> StoreError,
 ) -> Result<(ConversationRow, Role)> {
-    let row = tx
-        .conversation_row(id)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("no conversation {id}")))?;
-    let state = tx
-        .member_state(id, caller)
-        .await?
-        .ok_or_else(|| StoreError::Forbidden("not a member".into()))?;
+    let (row, state) = member_row(tx, caller, id).await?;
     if kind_of(&row.kind) == ConversationKind::Direct {
         return Err(direct(format!(
             "a direct conversation has no roles: no one may {action} in it"
