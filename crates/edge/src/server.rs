@@ -384,11 +384,7 @@ async fn create_conversation(
 /// changes members in its name.
 async fn owner(inner: &Inner, id: &str) -> Result<String, Response> {
     match inner.deps.store.conversation_by_id(id).await {
-        Ok(Some(c)) => Ok(c
-            .roles
-            .iter()
-            .find(|(_, r)| **r == hubbub_protocol::Role::Owner)
-            .map_or(c.created_by, |(u, _)| u.clone())),
+        Ok(Some(c)) => Ok(c.owner().to_owned()),
         Ok(None) => Err(error(ErrorCode::NotFound, format!("no conversation {id}"))),
         Err(e) => Err(store_error(e)),
     }

@@ -368,7 +368,20 @@ pub struct TopWriter {
     pub words: u32,
 }
 
+/// The owner named in a conversation's `roles`, if any.
+pub fn owner_of(roles: &std::collections::BTreeMap<String, Role>) -> Option<&str> {
+    roles
+        .iter()
+        .find(|(_, r)| **r == Role::Owner)
+        .map(|(u, _)| u.as_str())
+}
+
 impl Conversation {
+    /// Its owner: the creator, unless ownership passed on (the creator when no one owns it).
+    pub fn owner(&self) -> &str {
+        owner_of(&self.roles).unwrap_or(&self.created_by)
+    }
+
     /// This conversation as it goes to clients in events: a large group's copy leaves the
     /// member list out (it would not be serialized anyway), so that N events for N members
     /// do not hold N copies of N ids.

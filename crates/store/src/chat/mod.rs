@@ -1097,10 +1097,7 @@ pub(crate) async fn subscribe(
     moderation::refuse_if_banned(tx, id, caller, now).await?;
     // The owner now (the creator, unless ownership passed on) may block the subscriber.
     let roles = tx.roles(id).await?;
-    let owner = roles
-        .iter()
-        .find(|(_, r)| **r == Role::Owner)
-        .map_or(row.created_by.as_str(), |(u, _)| u.as_str());
+    let owner = hubbub_protocol::owner_of(&roles).unwrap_or(&row.created_by);
     refuse_if_blocked(tx, owner, caller).await?;
     tx.add_member(id, caller, now).await?;
     let c = brief(tx, id, row).await?;
