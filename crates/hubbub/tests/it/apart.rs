@@ -90,6 +90,48 @@ async fn stop(r: RoleRunning) {
     let _ = tokio::time::timeout(PATIENCE, r.wait()).await;
 }
 
+/// Two edges, a router and a chat worker on one config (the tests of chat and the server
+/// API across edges).
+struct TwoEdges {
+    edges: [RoleRunning; 2],
+    router: RoleRunning,
+    worker: RoleRunning,
+    /// The edges' base URLs.
+    a: String,
+    b: String,
+}
+
+impl TwoEdges {
+    async fn start(config: &Config) -> Self {
+        let edge_a = hubbub::roles::start(Role::Edge, config.clone())
+            .await
+            .expect("edge a");
+        let edge_b = hubbub::roles::start(Role::Edge, config.clone())
+            .await
+            .expect("edge b");
+        let router = hubbub::roles::start(Role::Router, config.clone())
+            .await
+            .expect("router");
+        let worker = hubbub::roles::start(Role::Worker(vec!["chat".into()]), config.clone())
+            .await
+            .expect("worker");
+        TwoEdges {
+            a: format!("http://{}", edge_a.addr),
+            b: format!("http://{}", edge_b.addr),
+            edges: [edge_a, edge_b],
+            router,
+            worker,
+        }
+    }
+
+    async fn stop(self) {
+        let [edge_a, edge_b] = self.edges;
+        for r in [self.worker, self.router, edge_b, edge_a] {
+            stop(r).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn engagement_reaches_watchers_on_other_edges_and_survives_a_new_leader() {
     let (config, _dir) = config().await;
@@ -247,22 +289,8 @@ async fn a_large_message_reaches_a_large_group_on_another_edge() {
     config.limits.max_text_chars = 16_000;
     config.limits.max_frame_bytes = 64 * 1024;
     config.auth.app_hmac_secret = Some(crate::support::APP_SECRET.into());
-    let edge_a = hubbub::roles::start(Role::Edge, config.clone())
-        .await
-        .expect("edge a");
-    let edge_b = hubbub::roles::start(Role::Edge, config.clone())
-        .await
-        .expect("edge b");
-    let router = hubbub::roles::start(Role::Router, config.clone())
-        .await
-        .expect("router");
-    let worker = hubbub::roles::start(Role::Worker(vec!["chat".into()]), config.clone())
-        .await
-        .expect("worker");
-    let (a, b) = (
-        format!("http://{}", edge_a.addr),
-        format!("http://{}", edge_b.addr),
-    );
+    let roles = TwoEdges::start(&config).await;
+    let (a, b) = (roles.a.clone(), roles.b.clone());
     // 150 members online on edge b: 150 events of 16 KB, about 2.5 MB for that edge.
     let mut members = Vec::new();
     for i in 0..150 {
@@ -295,9 +323,7 @@ async fn a_large_message_reaches_a_large_group_on_another_edge() {
         })
         .await;
     }
-    for r in [worker, router, edge_b, edge_a] {
-        stop(r).await;
-    }
+    roles.stop().await;
 }
 
 /// A server API call to `base` with the bootstrap key: status and JSON body.
@@ -344,22 +370,8 @@ async fn the_server_api_reaches_sessions_on_every_edge() {
     let (mut config, _dir) = config().await;
     config.auth.app_hmac_secret = Some(crate::support::APP_SECRET.into());
     config.api.bootstrap_key = Some(crate::control::BOOT.into());
-    let edge_a = hubbub::roles::start(Role::Edge, config.clone())
-        .await
-        .expect("edge a");
-    let edge_b = hubbub::roles::start(Role::Edge, config.clone())
-        .await
-        .expect("edge b");
-    let router = hubbub::roles::start(Role::Router, config.clone())
-        .await
-        .expect("router");
-    let worker = hubbub::roles::start(Role::Worker(vec!["chat".into()]), config.clone())
-        .await
-        .expect("worker");
-    let (a, b) = (
-        format!("http://{}", edge_a.addr),
-        format!("http://{}", edge_b.addr),
-    );
+    let roles = TwoEdges::start(&config).await;
+    let (a, b) = (roles.a.clone(), roles.b.clone());
     for id in ["ann", "ben"] {
         let (st, _) = server_api(&a, "/v1/server/users", Some(serde_json::json!({"id": id}))).await;
         assert_eq!(st, 201);
@@ -434,9 +446,7 @@ async fn the_server_api_reaches_sessions_on_every_edge() {
     let (st, _) = server_api(&a, "/v1/server/users/ann/revoke", None).await;
     assert_eq!(st, 200);
     assert_eq!(close_code(&mut three).await, Some(4001));
-    for r in [worker, router, edge_b, edge_a] {
-        stop(r).await;
-    }
+    roles.stop().await;
 }
 
 /// Erasure on roles apart (PostgreSQL, Redis): `DELETE /v1/server/users/{id}` sent to one edge
@@ -447,22 +457,8 @@ async fn erasure_reaches_every_edge() {
     let (mut config, _dir) = config().await;
     config.auth.app_hmac_secret = Some(crate::support::APP_SECRET.into());
     config.api.bootstrap_key = Some(crate::control::BOOT.into());
-    let edge_a = hubbub::roles::start(Role::Edge, config.clone())
-        .await
-        .expect("edge a");
-    let edge_b = hubbub::roles::start(Role::Edge, config.clone())
-        .await
-        .expect("edge b");
-    let router = hubbub::roles::start(Role::Router, config.clone())
-        .await
-        .expect("router");
-    let worker = hubbub::roles::start(Role::Worker(vec!["chat".into()]), config.clone())
-        .await
-        .expect("worker");
-    let (a, b) = (
-        format!("http://{}", edge_a.addr),
-        format!("http://{}", edge_b.addr),
-    );
+    let roles = TwoEdges::start(&config).await;
+    let (a, b) = (roles.a.clone(), roles.b.clone());
     for id in ["ida", "jon"] {
         let (st, _) = server_api(&a, "/v1/server/users", Some(serde_json::json!({"id": id}))).await;
         assert_eq!(st, 201);
@@ -544,9 +540,7 @@ async fn erasure_reaches_every_edge() {
     );
     assert_eq!(erase().await, 204, "again");
     on_b.close().await;
-    for r in [worker, router, edge_b, edge_a] {
-        stop(r).await;
-    }
+    roles.stop().await;
 }
 
 /// Contacts on roles apart (PostgreSQL, Redis): a note set through one edge reaches the
@@ -556,22 +550,8 @@ async fn erasure_reaches_every_edge() {
 #[tokio::test]
 async fn contacts_work_across_edges_with_notes_sealed_in_postgres() {
     let (config, _dir) = config().await;
-    let edge_a = hubbub::roles::start(Role::Edge, config.clone())
-        .await
-        .expect("edge a");
-    let edge_b = hubbub::roles::start(Role::Edge, config.clone())
-        .await
-        .expect("edge b");
-    let router = hubbub::roles::start(Role::Router, config.clone())
-        .await
-        .expect("router");
-    let worker = hubbub::roles::start(Role::Worker(vec!["chat".into()]), config.clone())
-        .await
-        .expect("worker");
-    let (a, b) = (
-        format!("http://{}", edge_a.addr),
-        format!("http://{}", edge_b.addr),
-    );
+    let roles = TwoEdges::start(&config).await;
+    let (a, b) = (roles.a.clone(), roles.b.clone());
     let auth = Client::new(&a)
         .signup("ct_owner", "password123")
         .await
@@ -643,7 +623,5 @@ async fn contacts_work_across_edges_with_notes_sealed_in_postgres() {
         .collect();
     assert!(!frames.is_empty());
     assert!(frames.iter().all(|f| !f.contains(secret)), "{frames:?}");
-    for r in [edge_a, edge_b, router, worker] {
-        stop(r).await;
-    }
+    roles.stop().await;
 }
