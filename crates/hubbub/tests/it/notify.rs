@@ -128,14 +128,9 @@ async fn dead_letter(s: &TestServer, what: &str) {
     assert!(!got.is_empty(), "{what}");
 }
 
-#[tokio::test]
-async fn unacked_events_are_pushed_once_after_failures_and_acked_ones_never() {
-    let (url, rx) = receiver(Receiver {
-        fail_first: 3,
-        ..Default::default()
-    })
-    .await;
-    let s = server_with(|c| {
+/// A server pushing to the webhook at `url` after 1 s, retrying every 50 ms.
+async fn push_server(url: String) -> TestServer {
+    server_with(|c| {
         c.notify.delay_s = 1;
         c.notify.backoff_ms = 50;
         c.notify.webhook = Some(WebhookConfig {
@@ -146,7 +141,17 @@ async fn unacked_events_are_pushed_once_after_failures_and_acked_ones_never() {
             timeout_ms: 2000,
         });
     })
+    .await
+}
+
+#[tokio::test]
+async fn unacked_events_are_pushed_once_after_failures_and_acked_ones_never() {
+    let (url, rx) = receiver(Receiver {
+        fail_first: 3,
+        ..Default::default()
+    })
     .await;
+    let s = push_server(url).await;
     let (alice, at) = s.user("alice").await;
     let (bob, _) = s.user("bob").await;
     let (carol, ct) = s.user("carol").await;
@@ -328,18 +333,7 @@ async fn a_refused_notification_goes_to_the_dead_letter_queue_at_once() {
 #[tokio::test]
 async fn a_muted_conversation_pushes_only_mentions() {
     let (url, rx) = receiver(Receiver::default()).await;
-    let s = server_with(|c| {
-        c.notify.delay_s = 1;
-        c.notify.backoff_ms = 50;
-        c.notify.webhook = Some(WebhookConfig {
-            url,
-            secret: "webhook-secret".into(),
-            rate_per_s: 100,
-            burst: 100,
-            timeout_ms: 2000,
-        });
-    })
-    .await;
+    let s = push_server(url).await;
     let (_, at) = s.user("mu_alice").await;
     let (bob, bt) = s.user("mu_bob").await;
     let (mut a, _) = s.connect(&at).await;
