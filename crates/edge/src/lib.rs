@@ -109,6 +109,9 @@ pub struct EdgeConfig {
     /// Admission control: past this average reply time, writes are refused while any is in
     /// flight.
     pub admission_wait: Duration,
+    /// Admission control: writes are refused while most of this edge's sessions receive
+    /// events of its writes later than this after acceptance (`None`: not watched).
+    pub admission_delivery: Option<Duration>,
     /// The bootstrap API key (`api.bootstrap_key`): every scope.
     pub bootstrap_key: Option<String>,
     /// Users active within this are the ones whose timelines are precomputed (the cost of a
@@ -190,7 +193,7 @@ pub(crate) enum Out {
     Reply(Box<(Option<String>, Frame)>),
     /// Events for the user, durable ones in seq order, and when the write causing them was
     /// accepted.
-    Events(Box<(Arc<[Frame]>, Option<i64>)>),
+    Events(Box<(Arc<[Frame]>, Option<Accepted>)>),
     /// Ephemeral frames serialized once and shared by every session that gets them.
     // Boxed on purpose: a `Vec` is three words, a `Box` one (see the enum's doc).
     #[allow(clippy::box_collection)]
@@ -205,6 +208,24 @@ impl Out {
             Out::Events(events) => events.0.iter().map(|f| f.json.len() + 1).sum(),
             Out::Shared(list) => list.iter().map(|j| j.len() + 1).sum(),
         }
+    }
+}
+
+/// When the write behind pushed events was accepted (ms since the epoch, by the accepting
+/// edge's clock), and whether this edge accepted it (then the time is on this edge's clock,
+/// and their lateness counts for its admission control).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Accepted {
+    pub(crate) ms: i64,
+    pub(crate) here: bool,
+}
+
+impl Accepted {
+    fn new(edge: &str, ms: Option<i64>, origin_edge: Option<&str>) -> Option<Accepted> {
+        ms.map(|ms| Accepted {
+            ms,
+            here: origin_edge == Some(edge),
+        })
     }
 }
 
@@ -543,13 +564,16 @@ impl Inner {
                     user,
                     frames,
                     origin_ms,
+                    origin_edge,
                 } => {
+                    let accepted =
+                        Accepted::new(&self.config.edge_id, origin_ms, origin_edge.as_deref());
                     if let Some(ids) = sessions.by_user.get(&user) {
                         // Serialized once for every session of the user on this edge.
                         let frames: Arc<[Frame]> = frames.iter().map(Frame::new).collect();
                         for id in ids {
                             if let Some(h) = sessions.by_id.get(id) {
-                                self.offer(h, Out::Events(Box::new((frames.clone(), origin_ms))));
+                                self.offer(h, Out::Events(Box::new((frames.clone(), accepted))));
                             }
                         }
                     }
@@ -558,13 +582,16 @@ impl Inner {
                     users,
                     frame,
                     origin_ms,
+                    origin_edge,
                 } => {
+                    let accepted =
+                        Accepted::new(&self.config.edge_id, origin_ms, origin_edge.as_deref());
                     // Serialized once for every session of every member on this edge.
                     let frame: Arc<[Frame]> = Arc::new([Frame::new(&frame)]);
                     for user in &users {
                         for id in sessions.by_user.get(user).into_iter().flatten() {
                             if let Some(h) = sessions.by_id.get(id) {
-                                self.offer(h, Out::Events(Box::new((frame.clone(), origin_ms))));
+                                self.offer(h, Out::Events(Box::new((frame.clone(), accepted))));
                             }
                         }
                     }
@@ -672,6 +699,7 @@ impl Edge {
         let admission = Arc::new(admission::Admission::new(
             config.max_inflight_writes,
             config.admission_wait,
+            config.admission_delivery,
         ));
         let (acks, ack_jobs) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {

@@ -243,6 +243,10 @@ pub struct ServerSettings {
     /// Admission control: when replies take longer than this on average, an edge refuses new
     /// writes (`rate_limited`) while any is in flight, milliseconds.
     pub admission_wait_ms: u64,
+    /// Admission control: while most of an edge's sessions receive the events of writes it
+    /// accepted later than this after acceptance, the edge refuses new writes
+    /// (`rate_limited`), milliseconds; 0 turns this check off.
+    pub admission_delivery_ms: u64,
     /// WebSocket ping interval, seconds; three silent intervals close the connection.
     pub ping_interval_s: u64,
     /// Durable events older than this are pruned (sync then reports `truncated`), days.
@@ -314,6 +318,7 @@ impl Default for ServerSettings {
             request_timeout_ms: 10_000,
             max_inflight_writes: 20_000,
             admission_wait_ms: 2_000,
+            admission_delivery_ms: 500,
             ping_interval_s: 20,
             event_retention_days: 7,
             archive_retention_days: 7,

@@ -73,6 +73,8 @@ pub(crate) fn edge_config(config: &Config, edge_id: String) -> EdgeConfig {
         client_ip_header: config.server.client_ip_header.clone(),
         max_inflight_writes: config.server.max_inflight_writes.max(1),
         admission_wait: Duration::from_millis(config.server.admission_wait_ms.max(1)),
+        admission_delivery: (config.server.admission_delivery_ms > 0)
+            .then(|| Duration::from_millis(config.server.admission_delivery_ms)),
         bootstrap_key: config.api.bootstrap_key.clone(),
         active_window: Duration::from_secs(config.feed.active_window_s),
         queues: crate::scheduler::QUEUES

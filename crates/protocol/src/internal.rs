@@ -118,6 +118,10 @@ pub enum ToEdge {
         frames: Vec<ServerFrame>,
         /// When the originating request was accepted by its edge, for latency metrics.
         origin_ms: Option<i64>,
+        /// The edge that accepted the originating request: that edge compares `origin_ms`
+        /// with its own clock for admission control (another edge's clock may differ).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin_edge: Option<String>,
     },
     /// One frame for every session of each of `users` on this edge (a channel's message):
     /// serialized once, shared by every session.
@@ -128,6 +132,10 @@ pub enum ToEdge {
         frame: ServerFrame,
         /// When the originating request was accepted by its edge, for latency metrics.
         origin_ms: Option<i64>,
+        /// The edge that accepted the originating request: that edge compares `origin_ms`
+        /// with its own clock for admission control (another edge's clock may differ).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin_edge: Option<String>,
     },
     /// `engagement` frames for every session of this edge watching their posts (the edge
     /// subscribed to those posts; it knows which of its sessions watch which).

@@ -232,11 +232,13 @@ pub mod edge_link {
                 user: "bob".into(),
                 frames: vec![typing.clone(), typing.clone()],
                 origin_ms: Some(1_700_000_000_123),
+                origin_edge: Some("e0".into()),
             },
             ToEdge::Events {
                 user: "bob".into(),
                 frames: vec![typing],
                 origin_ms: None,
+                origin_edge: None,
             },
         ];
         let second = vec![
@@ -356,6 +358,7 @@ pub mod edge_link {
                     state: TypingState::Stop,
                 }],
                 origin_ms: Some(i),
+                origin_edge: None,
             })
             .collect();
         env.link

@@ -356,6 +356,25 @@ pub trait EdgeLink: Send + Sync {
     async fn deliver(&self, edge: &str, batch: Vec<ToEdge>) -> Result<(), RegistryError>;
 }
 
+/// Where pushed events came from: the edge that accepted the write producing them, and when
+/// (its clock, ms since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin<'a> {
+    /// The accepting edge's id.
+    pub edge: &'a str,
+    /// When it accepted the write.
+    pub accepted_ms: i64,
+}
+
+impl Origin<'_> {
+    fn split(origin: Option<Origin<'_>>) -> (Option<i64>, Option<String>) {
+        match origin {
+            Some(o) => (Some(o.accepted_ms), Some(o.edge.to_owned())),
+            None => (None, None),
+        }
+    }
+}
+
 /// In-process edges: each edge of this process registers the sending half of its inbox.
 #[derive(Debug, Default)]
 pub struct LocalEdges {
@@ -455,8 +474,9 @@ impl Delivery {
         &self,
         frames: Vec<(String, ServerFrame)>,
         replies: Vec<(String, String, ServerFrame)>,
-        origin_ms: Option<i64>,
+        origin: Option<Origin<'_>>,
     ) {
+        let (origin_ms, origin_edge) = Origin::split(origin);
         let mut per_edge: HashMap<String, Vec<ToEdge>> = HashMap::new();
         for (edge, session, frame) in replies {
             per_edge
@@ -497,6 +517,7 @@ impl Delivery {
                         user: user.clone(),
                         frames: frames.clone(),
                         origin_ms,
+                        origin_edge: origin_edge.clone(),
                     });
             }
         }
@@ -510,7 +531,13 @@ impl Delivery {
     /// Push one frame to every session of each of `users` (a channel's message), one batch
     /// per edge naming the users it holds; the edge serializes the frame once. Best effort,
     /// as [`Delivery::push`]: a member who misses it finds it with `channel.sync`.
-    pub async fn broadcast(&self, users: &[String], frame: ServerFrame, origin_ms: Option<i64>) {
+    pub async fn broadcast(
+        &self,
+        users: &[String],
+        frame: ServerFrame,
+        origin: Option<Origin<'_>>,
+    ) {
+        let (origin_ms, origin_edge) = Origin::split(origin);
         let all_sessions = match self.registry.sessions_of(users).await {
             Ok(s) => s,
             Err(e) => {
@@ -533,6 +560,7 @@ impl Delivery {
                 users,
                 frame: frame.clone(),
                 origin_ms,
+                origin_edge: origin_edge.clone(),
             }];
             if let Err(e) = self.link.deliver(edge, batch).await {
                 tracing::debug!(%edge, error = %e, "edge delivery failed");

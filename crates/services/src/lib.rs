@@ -33,7 +33,7 @@ use futures_util::future::join_all;
 use hubbub_protocol::internal::Envelope;
 use hubbub_protocol::{ErrorCode, ReplyData, ServerFrame};
 use hubbub_queue::{Queue, ReceiveOptions};
-use hubbub_registry::Delivery;
+use hubbub_registry::{Delivery, Origin};
 use hubbub_store::{StoreError, Written};
 use std::sync::Arc;
 use std::time::Duration;
@@ -162,6 +162,15 @@ const RUN_BYTES: usize = 32 * 1024;
 
 /// Split a batch into runs of one key, in the batch's order; an unkeyed delivery is a run of
 /// its own.
+/// Where the events of `envelope`'s write come from (its edge compares the time with its own
+/// clock).
+fn origin(envelope: &Envelope) -> Origin<'_> {
+    Origin {
+        edge: &envelope.edge,
+        accepted_ms: envelope.accepted_ms,
+    }
+}
+
 fn runs_of(deliveries: &[hubbub_queue::Delivery]) -> Vec<Vec<&hubbub_queue::Delivery>> {
     let mut runs: Vec<Vec<&hubbub_queue::Delivery>> = Vec::new();
     let mut by_key: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
@@ -288,7 +297,7 @@ impl Worker {
                 if let Some(b) = broadcast {
                     for frame in b.frames {
                         self.delivery
-                            .broadcast(&b.users, frame, Some(envelope.accepted_ms))
+                            .broadcast(&b.users, frame, Some(origin(envelope)))
                             .await;
                     }
                 }
@@ -333,7 +342,7 @@ impl Worker {
             }
         }
         self.delivery
-            .push(frames, replies, Some(envelope.accepted_ms))
+            .push(frames, replies, Some(origin(envelope)))
             .await;
     }
 }

@@ -35,6 +35,7 @@ mod seq;
 
 pub(crate) use requests::{MAX_POST_ID_BYTES, MAX_WATCHED_POSTS};
 
+use crate::admission::LateMark;
 use crate::http::{authenticate, error};
 use crate::limit::TokenBucket;
 use crate::{CloseSignal, Frame, Inner, Out, SessionHandle};
@@ -203,6 +204,8 @@ struct Conn {
     accepted: Vec<(Option<String>, Vec<u8>)>,
     /// The commit of earlier accepted writes under way, if any.
     committing: Option<Commit>,
+    /// This session's part in admission control's count of late sessions.
+    late: LateMark,
 }
 
 /// A commit of accepted writes to `main`: their request ids, and the queue's refusal if any.
@@ -264,6 +267,7 @@ async fn run(inner: Arc<Inner>, user: UserRef, expires_ms: i64, socket: WebSocke
         last_write: Instant::now(),
         accepted: Vec::new(),
         committing: None,
+        late: LateMark::default(),
     };
     let flow = conn.start(rx).await;
     Box::pin(conn.commit_the_rest()).await;
@@ -718,6 +722,8 @@ impl Conn {
     async fn on_outgoing(&mut self, batch: Vec<Out>) -> Flow {
         let mut frames: Vec<Frame> = Vec::new();
         let mut shared = Vec::new();
+        // The oldest acceptance (this edge's clock) among the events of this edge's writes.
+        let mut oldest_here: Option<i64> = None;
         for out in batch {
             match out {
                 Out::Shared(list) => shared.extend(*list),
@@ -727,7 +733,7 @@ impl Conn {
                     (_, frame) => frames.push(frame),
                 },
                 Out::Events(batch) => {
-                    let (events, origin_ms) = *batch;
+                    let (events, accepted) = *batch;
                     let now = Instant::now();
                     for frame in events.iter() {
                         let Some(seq) = frame.seq else {
@@ -750,7 +756,11 @@ impl Conn {
                             }
                         }
                     }
-                    if let Some(origin) = origin_ms {
+                    if let Some(accepted) = accepted {
+                        let origin = accepted.ms;
+                        if accepted.here {
+                            oldest_here = Some(oldest_here.map_or(origin, |o| o.min(origin)));
+                        }
                         let ms = (now_ms() - origin).max(0);
                         metrics::histogram!(hubbub_protocol::metrics::DELIVERY_LATENCY)
                             .record(ms as f64 / 1000.0);
@@ -764,6 +774,12 @@ impl Conn {
                     }
                 }
             }
+        }
+        if let Some(origin) = oldest_here {
+            let age = Duration::from_millis((now_ms() - origin).max(0) as u64);
+            self.inner
+                .admission
+                .delivered(&mut self.late, age, std::time::Instant::now());
         }
         self.write_raw(&frames, &shared).await
     }

@@ -93,7 +93,7 @@ mod tests {
     const TIMEOUT: Duration = Duration::from_secs(10);
 
     fn admission() -> Arc<Admission> {
-        Arc::new(Admission::new(1000, Duration::from_secs(1)))
+        Arc::new(Admission::new(1000, Duration::from_secs(1), None))
     }
 
     /// A request with no reply is overdue when the timeout has passed, not before, and
@@ -153,9 +153,15 @@ mod tests {
         advance(TIMEOUT).await;
         assert_eq!(pending.overdue(Instant::now()).len(), 2);
         assert_eq!(a.inflight(), 0);
-        assert!(a.admit().is_ok(), "nothing in flight: admitted");
+        assert!(
+            a.admit(std::time::Instant::now()).is_ok(),
+            "nothing in flight: admitted"
+        );
         pending.forwarded("r4".into(), Instant::now());
-        assert!(a.admit().is_err(), "replies took the full timeout: behind");
+        assert!(
+            a.admit(std::time::Instant::now()).is_err(),
+            "replies took the full timeout: behind"
+        );
         drop(pending);
         assert_eq!(a.inflight(), 0, "the session's end settles its requests");
     }

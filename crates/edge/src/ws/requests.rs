@@ -492,7 +492,7 @@ impl Conn {
 
     /// Put a write on the `main` queue; the reply comes back through the dispatcher.
     async fn forward(&mut self, id: Option<String>, request: Request) -> Flow {
-        if let Err(retry) = self.inner.admission.admit() {
+        if let Err(retry) = self.inner.admission.admit(std::time::Instant::now()) {
             metrics::counter!(hubbub_protocol::metrics::WRITES_SHED).increment(1);
             let e = ServerFrame::Error {
                 id,

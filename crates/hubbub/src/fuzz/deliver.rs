@@ -308,6 +308,7 @@ impl DeliverTarget {
                 user: any_string(rng),
                 frames: Self::frames(rng),
                 origin_ms: maybe(rng, any_i64),
+                origin_edge: maybe(rng, any_string),
             },
             2 => ToEdge::Engagement {
                 frames: Self::frames(rng),

@@ -238,6 +238,7 @@ pub(super) fn field_name(rng: &mut Rng) -> String {
         "code",
         "reason",
         "origin_ms",
+        "origin_edge",
         "message",
         "status",
         "items",

@@ -49,6 +49,7 @@ impl Cluster {
             // `main`. Admission control (tested in overload.rs) would refuse them instead
             // once replies had been slow, which the kills before make them.
             .env("HUBBUB_SERVER__ADMISSION_WAIT_MS", "600000")
+            .env("HUBBUB_SERVER__ADMISSION_DELIVERY_MS", "0")
             .env("HUBBUB_LOG", "warn")
             // For the webhook test (harmless to the others): the server API's key, app
             // tokens, a short offline grace.

@@ -3,8 +3,10 @@
 //! stored exactly once; no request is left to time out into `internal`.
 
 use crate::support::*;
+use hubbub::client::Socket;
 use hubbub_protocol::{ErrorCode, ReplyData, Request, ServerFrame};
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 #[tokio::test]
 async fn a_burst_past_capacity_is_refused_fast_and_what_was_accepted_is_stored() {
@@ -86,4 +88,110 @@ async fn a_burst_past_capacity_is_refused_fast_and_what_was_accepted_is_stored()
 
     // Once the edge has caught up, writes are accepted again.
     ok(&mut a, send(&c.id, "after", "after the burst")).await;
+}
+
+/// `message.send` with request id `id`: `Ok` when accepted, `Err(retry_after_ms)` when
+/// refused by admission control (any other reply fails the test). Skips events meanwhile.
+async fn attempt(socket: &mut Socket, id: &str, request: Request) -> Result<ReplyData, u64> {
+    let frame = hubbub_protocol::ClientFrame {
+        id: Some(id.to_owned()),
+        request,
+    };
+    socket.send_text(&frame.to_json()).await.expect("send");
+    loop {
+        match next(socket).await {
+            ServerFrame::Ok { id: got, data } if got == id => return Ok(data),
+            ServerFrame::Error {
+                id: Some(got),
+                code,
+                retry_after_ms,
+                message,
+            } if got == id => {
+                assert_eq!(code, ErrorCode::RateLimited, "{message}");
+                return Err(retry_after_ms.expect("refusals say when to retry"));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn late_delivery_to_most_sessions_refuses_writes_until_it_clears() {
+    // Every event reaching a socket more than 1 ms after its write was accepted is late
+    // (the path through two queues and the store takes longer): after each message, most of
+    // the edge's sessions are late, and the next write is refused until a window passes.
+    let s = server_with(|c| c.server.admission_delivery_ms = 1).await;
+    let (_, at) = s.user("alice").await;
+    let mut others = Vec::new();
+    for name in ["bob", "carol", "dave"] {
+        let (u, t) = s.user(name).await;
+        let (socket, _) = s.connect(&t).await;
+        others.push((u, socket));
+    }
+    let (mut a, _) = s.connect(&at).await;
+    let members: Vec<String> = others.iter().map(|(u, _)| u.id.clone()).collect();
+    let conversation = loop {
+        match attempt(&mut a, "create", group(members.clone())).await {
+            Ok(ReplyData::Conversation { conversation: c }) => break c.id,
+            Ok(other) => panic!("{other:?}"),
+            Err(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+        }
+    };
+
+    const MESSAGES: usize = 5;
+    let mut refusals = Vec::new();
+    for i in 0..MESSAGES {
+        // The same client_msg_id on every retry, as a client does after `rate_limited`.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            assert!(tries <= 20, "message {i} never admitted");
+            let request = send(&conversation, &format!("k{i}"), &format!("m{i}"));
+            match attempt(&mut a, &format!("s{i}-{tries}"), request).await {
+                Ok(_) => break,
+                Err(ms) => {
+                    refusals.push(ms);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+            }
+        }
+    }
+    assert!(
+        !refusals.is_empty(),
+        "late delivery to every session refused some write"
+    );
+    assert!(
+        refusals.iter().all(|&ms| (100..=1_000).contains(&ms)),
+        "retry within the window and the next: {refusals:?}"
+    );
+
+    // Every member got each message exactly once, in order; history holds each once.
+    for (_, socket) in &mut others {
+        let mut got = Vec::new();
+        while got.len() < MESSAGES {
+            if let ServerFrame::MessageNew { message, .. } = next(socket).await {
+                got.push(message.text);
+            }
+        }
+        let want: Vec<String> = (0..MESSAGES).map(|i| format!("m{i}")).collect();
+        assert_eq!(got, want);
+    }
+    let ReplyData::History { messages, .. } = ok(
+        &mut a,
+        Request::MessageHistory {
+            conversation,
+            before: None,
+            limit: Some(100),
+            thread: None,
+        },
+    )
+    .await
+    else {
+        panic!("history")
+    };
+    assert_eq!(
+        messages.len(),
+        MESSAGES,
+        "each accepted message stored once"
+    );
 }
