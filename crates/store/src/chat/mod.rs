@@ -1291,6 +1291,50 @@ pub(crate) async fn send_message(
     Ok(written)
 }
 
+/// The outcome of a batch of sends stored one by one ([`store_message`], each in its own
+/// savepoint): the new messages' `message.new` events written together (one fan-out for the
+/// batch, so a run of sends to one group writes each member's rows side by side), then each
+/// channel message's broadcast and what [`after_send`] adds, after every message's own events.
+pub(crate) async fn sends_written(
+    tx: &(impl ChatTx + InboxTx),
+    stored: Vec<Result<Stored>>,
+    now: i64,
+) -> Result<Vec<Result<Written<Message>>>> {
+    let fresh: Vec<&Message> = stored
+        .iter()
+        .filter_map(|r| match r {
+            Ok(s) if s.fresh && s.offset.is_none() => Some(&s.message),
+            _ => None,
+        })
+        .collect();
+    let mut events = message_events(tx, &fresh, now).await?.into_iter();
+    let mut written = Vec::with_capacity(stored.len());
+    for r in stored {
+        let s = match r {
+            Ok(s) if !s.fresh => {
+                written.push(Ok(Written::nothing(s.message)));
+                continue;
+            }
+            Ok(s) => s,
+            Err(e) => {
+                written.push(Err(e));
+                continue;
+            }
+        };
+        let mut w = match s.offset {
+            Some(offset) => Written {
+                value: s.message.clone(),
+                events: Vec::new(),
+                broadcast: Some(channel_broadcast(tx, &s.message, offset).await?),
+            },
+            None => Written::new(s.message.clone(), events.next().unwrap_or_default()),
+        };
+        after_send(tx, &s, &mut w, now).await?;
+        written.push(Ok(w));
+    }
+    Ok(written)
+}
+
 /// What a new message adds after its own events: the thread root's `message.updated` (its
 /// `replies` grew; `channel.updated` in a channel) and a `mention` notification to each
 /// member mentioned.

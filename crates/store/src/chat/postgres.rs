@@ -4,10 +4,9 @@
 
 use super::{
     CONVERSATION_COLUMNS, ChatTx, ConversationRow, Links, M_MESSAGE_COLUMNS, MESSAGE_COLUMNS,
-    MemberState, MessageRow, NewConversation, NewMessage, after_send, channel_broadcast, kind_name,
-    message_from_row, store_message,
+    MemberState, MessageRow, NewConversation, NewMessage, kind_name, message_from_row,
+    sends_written, store_message,
 };
-use crate::inbox::message_events;
 use crate::postgres::{Row, Tx, commit_err, pg, pool_err};
 use crate::{PgStore, Result, StoreError, Written};
 use deadpool_postgres::Pool;
@@ -1007,40 +1006,7 @@ async fn send_batch(
             }
         }
     }
-    // Inbox events for new messages, none for channel messages (broadcast instead).
-    let fresh: Vec<&Message> = stored
-        .iter()
-        .filter_map(|r| match r {
-            Ok(s) if s.fresh && s.offset.is_none() => Some(&s.message),
-            _ => None,
-        })
-        .collect();
-    let mut events = message_events(&Tx::Tx(&tx), &fresh, now).await?.into_iter();
-    let mut written = Vec::with_capacity(stored.len());
-    for r in stored {
-        let s = match r {
-            Ok(s) if !s.fresh => {
-                written.push(Ok(Written::nothing(s.message)));
-                continue;
-            }
-            Ok(s) => s,
-            Err(e) => {
-                written.push(Err(e));
-                continue;
-            }
-        };
-        let mut w = match s.offset {
-            Some(offset) => Written {
-                value: s.message.clone(),
-                events: Vec::new(),
-                broadcast: Some(channel_broadcast(&Tx::Tx(&tx), &s.message, offset).await?),
-            },
-            None => Written::new(s.message.clone(), events.next().unwrap_or_default()),
-        };
-        // A thread root's update and the mentions: after every message's own events.
-        after_send(&Tx::Tx(&tx), &s, &mut w, now).await?;
-        written.push(Ok(w));
-    }
+    let written = sends_written(&Tx::Tx(&tx), stored, now).await?;
     tx.commit().await.map_err(commit_err)?;
     Ok(written)
 }

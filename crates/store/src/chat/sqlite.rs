@@ -21,24 +21,24 @@ impl SqliteStore {
         crate::run!(self.write, |tx| super::send_message(tx, new, now))
     }
 
-    /// Several sends in one transaction of the writer, each in its own savepoint (one send's
-    /// failure leaves the others).
+    /// Several sends in one transaction of the writer, each stored in its own savepoint (one
+    /// send's failure leaves the others), then fanned out together ([`super::sends_written`]).
     async fn send_many(&self, news: Vec<NewMessage>) -> Result<Vec<Result<Written<Message>>>> {
         let now = self.now();
         crate::run!(self.write, |tx| async move {
-            let mut out = Vec::with_capacity(news.len());
-            for new in news {
+            let mut stored = Vec::with_capacity(news.len());
+            for new in &news {
                 tx.execute_batch("SAVEPOINT hubbub_send")?;
-                let sent = super::send_message(tx, new, now).await;
-                let end = if sent.is_ok() {
+                let one = super::store_message(tx, new, now).await;
+                let end = if one.is_ok() {
                     "RELEASE hubbub_send"
                 } else {
                     "ROLLBACK TO hubbub_send; RELEASE hubbub_send"
                 };
                 tx.execute_batch(end)?;
-                out.push(sent);
+                stored.push(one);
             }
-            Ok(out)
+            super::sends_written(tx, stored, now).await
         })
     }
 }

@@ -29,29 +29,50 @@ impl InboxTx for Tx<'_> {
 
     async fn fan_out(&self, messages: &[&Message], now: i64) -> Result<Vec<(usize, String, u64)>> {
         let mut out = Vec::new();
-        // Per message, one statement takes the next seq of every recipient and one more
-        // writes their rows (the writer thread serialises messages anyway).
-        for (i, message) in messages.iter().enumerate() {
-            let id = stored_message_id(&message.id)?;
-            let seqs = self
+        // Consecutive messages of one sender to one conversation (a run of sends) have the
+        // same recipients: one statement takes each recipient's next k seqs, one more writes
+        // their k rows, a recipient's side by side in the inbox's key order (one visit to the
+        // page where they go, not k). The order is the members index's own (no sort); within
+        // a recipient, json_each's (placement is by key either way).
+        let mut start = 0;
+        while let Some(first) = messages.get(start) {
+            let k = messages[start..]
+                .iter()
+                .take_while(|m| m.conversation == first.conversation && m.sender == first.sender)
+                .count();
+            let ids = messages[start..start + k]
+                .iter()
+                .map(|m| stored_message_id(&m.id))
+                .collect::<Result<Vec<i64>>>()?;
+            let ids = serde_json::to_string(&ids).map_err(crate::json_err)?;
+            let k64 = k as i64;
+            let lasts = self
                 .prepare_cached(
-                    "UPDATE users SET last_seq = last_seq + 1
+                    "UPDATE users SET last_seq = last_seq + ?3
                      WHERE id IN (SELECT user_id FROM members WHERE conversation_id = ?1)
                        AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = users.id AND blocked = ?2)
                      RETURNING id, last_seq",
                 )?
-                .query_map([&message.conversation, &message.sender], |r| {
-                    Ok((i, r.get(0)?, r.get::<_, i64>(1)? as u64))
+                .query_map(params![first.conversation, first.sender, k64], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             self.prepare_cached(
                 "INSERT INTO inbox (user_id, seq, ts, message_id)
-                 SELECT u.id, u.last_seq, ?2, ?3 FROM members m JOIN users u ON u.id = m.user_id
+                 SELECT u.id, u.last_seq - ?5 + 1 + j.key, ?2, j.value
+                 FROM members m JOIN users u ON u.id = m.user_id, json_each(?3) j
                  WHERE m.conversation_id = ?1
-                   AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = m.user_id AND blocked = ?4)",
+                   AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = m.user_id AND blocked = ?4)
+                 ORDER BY m.user_id",
             )?
-            .execute(params![message.conversation, now, id, message.sender])?;
-            out.extend(seqs);
+            .execute(params![first.conversation, now, ids, first.sender, k64])?;
+            for (user, last) in lasts {
+                for j in 0..k {
+                    let seq = (last - k64 + 1 + j as i64) as u64;
+                    out.push((start + j, user.clone(), seq));
+                }
+            }
+            start += k;
         }
         Ok(out)
     }

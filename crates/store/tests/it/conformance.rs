@@ -86,6 +86,7 @@ macro_rules! store_conformance {
             reactions_keep_a_summary, pins_change_the_conversation,
             channel_changes_are_broadcast, concurrent_changes_keep_summaries_and_seqs,
             a_run_of_sends_commits_in_order_each_on_its_own,
+            a_run_to_one_group_numbers_each_member_in_order,
             system_messages_and_server_reads, webhooks_and_announced_presence,
             contacts_are_private_merged_and_evented, contacts_refuse_bad_input,
             rotated_note_keys_still_open_old_notes_and_reseal_them,
@@ -523,6 +524,68 @@ pub async fn a_run_of_sends_commits_in_order_each_on_its_own(env: &Env) {
         "nothing of the refused send"
     );
     assert_eq!(s.last_seq(&b).await.expect("seq"), 4);
+}
+
+/// `send_messages` with runs to one group between sends elsewhere: every member's seqs follow
+/// the messages' order without gaps, replay finds each message under its seq, and a member
+/// who blocks the sender gets none of them.
+pub async fn a_run_to_one_group_numbers_each_member_in_order(env: &Env) {
+    let s = &env.store;
+    let (a, b, d) = (
+        user(env, "alice").await,
+        user(env, "bob").await,
+        user(env, "dave").await,
+    );
+    s.create_conversation(group("g", &a, &[&b, &d]))
+        .await
+        .expect("create");
+    s.create_conversation(group("h", &a, &[&b]))
+        .await
+        .expect("create");
+    s.block(&d, &a).await.expect("block");
+    let before = s.last_seq(&b).await.expect("seq");
+    let texts = ["g1", "g2", "g3", "h1", "g4", "g5"];
+    let out = s
+        .send_messages(
+            texts
+                .iter()
+                .map(|t| send(&a, &t[..1], &format!("k{t}"), t))
+                .collect(),
+        )
+        .await
+        .expect("runs");
+    let written: Vec<_> = out.into_iter().map(|r| r.expect("sent")).collect();
+    // Bob is in both groups: one seq per message, in the order sent.
+    let bobs: Vec<u64> = written.iter().flat_map(|w| seqs(&w.events, &b)).collect();
+    assert_eq!(bobs, (before + 1..=before + 6).collect::<Vec<_>>());
+    // Alice herself: five in g, one in h, in order; Dave blocks Alice: none.
+    let alices: Vec<u64> = written.iter().flat_map(|w| seqs(&w.events, &a)).collect();
+    assert_eq!(alices.len(), 6);
+    assert!(alices.windows(2).all(|p| p[1] == p[0] + 1), "{alices:?}");
+    assert!(written.iter().all(|w| seqs(&w.events, &d).is_empty()));
+    // Replay: each seq holds its own message.
+    let alice_before = alices[0] - 1;
+    for (who, after) in [(&b, before), (&a, alice_before)] {
+        let r = s.events_after(who, after, 100).await.expect("replay");
+        let got: Vec<String> = r
+            .frames
+            .iter()
+            .filter_map(|f| match f {
+                ServerFrame::MessageNew { message, .. } => Some(message.text.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got, texts, "{who}'s replay");
+        assert_eq!(r.last_seq, s.last_seq(who).await.expect("seq"));
+    }
+    let dave = s.events_after(&d, 0, 100).await.expect("replay");
+    assert!(
+        !dave
+            .frames
+            .iter()
+            .any(|f| matches!(f, ServerFrame::MessageNew { .. })),
+        "the blocker got no message"
+    );
 }
 
 pub async fn reads_and_unread(env: &Env) {
