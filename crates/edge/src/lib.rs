@@ -184,6 +184,38 @@ impl Frame {
     }
 }
 
+/// Serializes the frames of one batch from the services, each `message.new`'s message once
+/// for all its recipients in the batch: a group's message is the same message under each
+/// member's seq, and serializing it per member was most of the dispatcher's work.
+#[derive(Default)]
+struct BatchSerializer {
+    /// A message's JSON, by message id.
+    messages: HashMap<String, String>,
+}
+
+impl BatchSerializer {
+    fn frame(&mut self, frame: &hubbub_protocol::ServerFrame) -> Frame {
+        let hubbub_protocol::ServerFrame::MessageNew { seq, message } = frame else {
+            return Frame::new(frame);
+        };
+        if !self.messages.contains_key(&message.id) {
+            let json = serde_json::to_string(message).unwrap_or_default();
+            self.messages.insert(message.id.clone(), json);
+        }
+        let body = self
+            .messages
+            .get(&message.id)
+            .map(String::as_str)
+            .unwrap_or_default();
+        // The shape serde gives the frame: the tag, then the fields in declaration order.
+        Frame {
+            seq: Some(*seq),
+            kind: frame.type_name(),
+            json: format!(r#"{{"type":"message.new","seq":{seq},"message":{body}}}"#).into(),
+        }
+    }
+}
+
 /// What the connection tasks receive from the dispatcher. Every variant is one pointer:
 /// each session's channel holds a block of 32 slots from its start, idle or not, each the
 /// size of this enum (16 bytes; unboxed it was 40, 1.3 KiB per connection).
@@ -536,6 +568,7 @@ impl Inner {
 
     fn dispatch(&self, batch: Vec<ToEdge>) {
         let mut sessions = self.sessions();
+        let mut serializer = BatchSerializer::default();
         for item in batch {
             match item {
                 ToEdge::Reply { session, frame } => {
@@ -570,7 +603,8 @@ impl Inner {
                         Accepted::new(&self.config.edge_id, origin_ms, origin_edge.as_deref());
                     if let Some(ids) = sessions.by_user.get(&user) {
                         // Serialized once for every session of the user on this edge.
-                        let frames: Arc<[Frame]> = frames.iter().map(Frame::new).collect();
+                        let frames: Arc<[Frame]> =
+                            frames.iter().map(|f| serializer.frame(f)).collect();
                         for id in ids {
                             if let Some(h) = sessions.by_id.get(id) {
                                 self.offer(h, Out::Events(Box::new((frames.clone(), accepted))));
@@ -856,5 +890,32 @@ mod tests {
             "{}",
             std::mem::size_of::<Out>()
         );
+    }
+
+    /// A `message.new` serialized from the batch's cached message is byte for byte what
+    /// serde gives the whole frame, whatever the message holds.
+    #[test]
+    fn a_cached_message_new_is_the_frame_serde_writes() {
+        use hubbub_protocol::{Message, ServerFrame};
+        let full: Message = serde_json::from_value(serde_json::json!({
+            "id": "42", "conversation": "c_1", "sender": "u_\"q\"", "client_msg_id": "k\u{e9}",
+            "text": "line\nbreak \u{2028} \"quoted\"", "ts": 1_700_000_000_000_i64,
+            "attachments": [{"media": "m_1"}], "reply_to": "41", "thread": "40",
+            "mentions": ["u_2"], "replies": 3, "edited_ts": 5, "deleted": false,
+        }))
+        .expect("a message");
+        let mut serializer = BatchSerializer::default();
+        for (seq, message) in [(7, Message::default()), (8, full.clone()), (9, full)] {
+            let frame = ServerFrame::MessageNew { seq, message };
+            let cached = serializer.frame(&frame);
+            assert_eq!(&*cached.json, frame.to_json().as_str());
+            assert_eq!((cached.seq, cached.kind), (Some(seq), "message.new"));
+        }
+        let other = ServerFrame::Typing {
+            conversation: "c".into(),
+            user: "u".into(),
+            state: hubbub_protocol::TypingState::Start,
+        };
+        assert_eq!(&*serializer.frame(&other).json, other.to_json().as_str());
     }
 }

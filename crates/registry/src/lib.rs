@@ -509,13 +509,20 @@ impl Delivery {
             let mut edges: Vec<&str> = sessions.iter().map(|s| s.edge.as_str()).collect();
             edges.sort_unstable();
             edges.dedup();
-            for edge in edges {
+            // Moved to the last edge, cloned for the others (a user is nearly always on one).
+            let mut frames = Some(frames);
+            for (i, edge) in edges.iter().enumerate() {
+                let frames = if i + 1 == edges.len() {
+                    frames.take().unwrap_or_default()
+                } else {
+                    frames.clone().unwrap_or_default()
+                };
                 per_edge
-                    .entry(edge.to_owned())
+                    .entry((*edge).to_owned())
                     .or_default()
                     .push(ToEdge::Events {
                         user: user.clone(),
-                        frames: frames.clone(),
+                        frames,
                         origin_ms,
                         origin_edge: origin_edge.clone(),
                     });
