@@ -674,6 +674,20 @@ impl Inner {
         sessions: &mut Sessions,
         frames: Vec<hubbub_protocol::ServerFrame>,
     ) {
+        // One post's event (the common case): each watcher gets it as it is, with no
+        // per-session gathering.
+        if let [frame @ hubbub_protocol::ServerFrame::Engagement { post, .. }] = frames.as_slice() {
+            if let Some(watchers) = sessions.watching.get(post) {
+                let json: Arc<str> = frame.to_json().into();
+                for id in watchers {
+                    if let Some(h) = sessions.by_id.get(id) {
+                        self.offer(h, Out::Shared(Box::new(vec![json.clone()])));
+                    }
+                }
+                sessions.last.insert(post.clone(), json);
+            }
+            return;
+        }
         let mut per_session: HashMap<String, Vec<Arc<str>>> = HashMap::new();
         for frame in frames {
             let hubbub_protocol::ServerFrame::Engagement { post, .. } = &frame else {

@@ -4,12 +4,15 @@
 //! watches all of them); they live in child processes of `--per-process` sockets each (one
 //! process may not hold 20,000 sockets here, and the server already holds one end of each).
 //! `--writers` sockets in this process send `comment.typing` `--typing-per-s` times a second
-//! each, spread over the posts. Once a second a probe writer types a marked word count on a
-//! post of its own that every watcher also watches; each watcher notes when it first sees it,
+//! each, spread over the posts. Once a round (`--probe-every-ms`, a second by default) a probe
+//! writer types a marked word count on a post of its own that every watcher also watches, at
+//! a random phase (300–700 ms into the round); each watcher notes when it first sees it,
 //! which gives the lag from a `comment.typing` to the watchers' event through the whole path
 //! (edge, partition and its 25 ms tick, the edge's fan-out, the sockets). On a post that
 //! already had an event in the last second, add the wait for the next second (at most one
-//! event per post per second). Reported: deliveries per second (engagement events received by all
+//! event per post per second): with rounds of a second, a probe typed earlier in its round
+//! than the one before waits up to 400 ms for it. With rounds of 1,500 ms probes are at least
+//! 1,100 ms apart, so nothing waits and the lag is the path alone. Reported: deliveries per second (engagement events received by all
 //! watchers during the measured window) and the lag's p50, p99 and max.
 //!
 //! `--aggregator-only` measures the aggregator alone instead: `comment.typing` events per
@@ -49,6 +52,10 @@ pub struct EngagementBenchArgs {
     /// Measured seconds.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// One probe per this many milliseconds (at least 1,000; 1,500 keeps the once-a-second
+    /// publication limit out of the lag).
+    #[arg(long, default_value_t = 1000)]
+    probe_every_ms: u64,
     /// Watching sockets per child process.
     #[arg(long, default_value_t = 5000)]
     per_process: usize,
@@ -170,14 +177,22 @@ pub async fn run(args: EngagementBenchArgs) -> anyhow::Result<()> {
             "{ws_base}?access_token={}",
             token(SECRET, &format!("bench-writer-{i}"))?
         );
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
-            .await
-            .context("writer connect")?;
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(
+            url,
+            Some(crate::bench::client_config()),
+            true,
+        )
+        .await
+        .context("writer connect")?;
         writers.push(ws);
     }
     let probe_url = format!("{ws_base}?access_token={}", token(SECRET, PROBE)?);
-    let (mut probe, _) =
-        tokio_tungstenite::connect_async_with_config(probe_url, None, true).await?;
+    let (mut probe, _) = tokio_tungstenite::connect_async_with_config(
+        probe_url,
+        Some(crate::bench::client_config()),
+        true,
+    )
+    .await?;
     let stop = tokio_util::sync::CancellationToken::new();
     let mut tasks = Vec::new();
     for (i, ws) in writers.into_iter().enumerate() {
@@ -207,11 +222,12 @@ pub async fn run(args: EngagementBenchArgs) -> anyhow::Result<()> {
         stdin.write_all(b"go\n").await?;
     }
     let started = Instant::now();
-    for round in 0..args.seconds {
+    let every = args.probe_every_ms.max(1000);
+    for round in 0..(args.seconds * 1000 / every) {
         tokio::time::sleep_until(
             // A random phase, so the samples do not all meet the partition's tick alike.
             tokio::time::Instant::from_std(started)
-                + Duration::from_millis(round * 1000 + 300 + fastrand::u64(0..400)),
+                + Duration::from_millis(round * every + 300 + fastrand::u64(0..400)),
         )
         .await;
         let words = PROBE_BASE + round as u32;
@@ -315,9 +331,13 @@ async fn watcher_process(url: &str, args: &EngagementBenchArgs) -> anyhow::Resul
     for i in 0..args.watchers {
         let user = format!("bench-watcher-{}", args.watcher_from + i);
         let full = format!("{url}?access_token={}", token(SECRET, &user)?);
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(full, None, true)
-            .await
-            .context("watcher connect")?;
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(
+            full,
+            Some(crate::bench::client_config()),
+            true,
+        )
+        .await
+        .context("watcher connect")?;
         let (mut sink, mut stream) = ws.split();
         let watch = serde_json::json!({"type": "post.watch", "id": "w", "posts": posts});
         sink.send(Message::Text(watch.to_string().into())).await?;

@@ -133,9 +133,7 @@ pub async fn run(args: IdleBenchArgs) -> anyhow::Result<()> {
 /// A client process: open `count` connections, say "ready", hold them until stdin closes.
 async fn client_process(url: &str, from: usize, count: usize, users: usize) -> anyhow::Result<()> {
     let mut sockets = Vec::with_capacity(count);
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
+    let config = crate::bench::client_config();
     for i in from..from + count {
         let full = format!(
             "{url}?access_token={}",

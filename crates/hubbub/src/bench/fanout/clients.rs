@@ -29,9 +29,7 @@ pub(super) fn user_of(role: Role, i: usize) -> String {
 /// Open a connection and get it to where it receives (hubbub: `hello` read; Socket.IO: the
 /// namespace connected; NATS: `CONNECT` (and `SUB`) answered by a `PONG`).
 pub(super) async fn open(peer: Peer, role: Role, url: &str) -> anyhow::Result<(Ws, NatsParser)> {
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
+    let config = crate::bench::client_config();
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
         .await
         .context("WebSocket handshake")?;
