@@ -1,4 +1,10 @@
 //! The inbox's SQL on SQLite.
+//!
+//! A group's `message.new` events are kept as runs (`inbox_runs`, see `012_inbox_runs.sql`):
+//! while a member's events all come from one group, their seqs follow the group's message
+//! positions, and a message to the group writes nothing per member. Every other event, and a
+//! direct conversation's messages, take a row of `inbox` as before. A user's effective last
+//! seq is `users.last_seq`, or the end of their open run when they have one.
 
 use super::{InboxRow, InboxTx};
 use crate::chat::M_MESSAGE_COLUMNS;
@@ -11,8 +17,133 @@ use rusqlite::{OptionalExtension, params};
 
 super::impl_inbox_store!(SqliteStore);
 
+/// A user's open run: its first seq and first position, and its group's newest position.
+struct OpenRun {
+    first_seq: i64,
+    first_pos: i64,
+    last_pos: i64,
+}
+
+impl OpenRun {
+    /// The seq of the group's newest message in this run.
+    fn last_seq(&self) -> i64 {
+        self.first_seq + self.last_pos - self.first_pos
+    }
+}
+
+impl Tx<'_> {
+    fn open_run(&self, user: &str) -> Result<Option<OpenRun>> {
+        Ok(self
+            .prepare_cached(
+                "SELECT r.first_seq, r.first_pos, c.last_pos
+                 FROM inbox_runs r JOIN conversations c ON c.id = r.conversation_id
+                 WHERE r.user_id = ?1 AND r.count IS NULL",
+            )?
+            .query_row([user], |r| {
+                Ok(OpenRun {
+                    first_seq: r.get(0)?,
+                    first_pos: r.get(1)?,
+                    last_pos: r.get(2)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// Close `user`'s open run, if any, after its group's newest message: `users.last_seq`
+    /// moves to the run's end.
+    fn close_run(&self, user: &str) -> Result<()> {
+        let Some(run) = self.open_run(user)? else {
+            return Ok(());
+        };
+        self.prepare_cached(
+            "UPDATE inbox_runs SET count = ?3,
+                 ts = COALESCE((SELECT m.ts FROM messages m
+                                WHERE m.conversation_id = inbox_runs.conversation_id
+                                  AND m.pos = inbox_runs.first_pos + ?3 - 1), ts)
+             WHERE user_id = ?1 AND first_seq = ?2",
+        )?
+        .execute(params![
+            user,
+            run.first_seq,
+            run.last_pos - run.first_pos + 1
+        ])?;
+        self.prepare_cached("UPDATE users SET last_seq = ?2 WHERE id = ?1")?
+            .execute(params![user, run.last_seq()])?;
+        Ok(())
+    }
+
+    /// The `message.new` of one message to a group: give it the group's next position, close
+    /// the open runs on the group of members who block the sender (they skip it), and give
+    /// each other member the seq their run on the group gives it, opening a run for those
+    /// whose last event came from elsewhere.
+    fn fan_out_group(
+        &self,
+        i: usize,
+        message: &Message,
+        now: i64,
+        out: &mut Vec<(usize, String, u64)>,
+    ) -> Result<()> {
+        let blockers_in_runs: Vec<String> = self
+            .prepare_cached(
+                "SELECT r.user_id FROM inbox_runs r
+                 WHERE r.conversation_id = ?1 AND r.count IS NULL
+                   AND EXISTS (SELECT 1 FROM blocks WHERE blocker = r.user_id AND blocked = ?2)",
+            )?
+            .query_map([&message.conversation, &message.sender], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for user in &blockers_in_runs {
+            self.close_run(user)?;
+        }
+        let pos: i64 = self
+            .prepare_cached(
+                "UPDATE conversations SET last_pos = last_pos + 1 WHERE id = ?1
+                 RETURNING last_pos",
+            )?
+            .query_row([&message.conversation], |r| r.get(0))?;
+        self.prepare_cached("UPDATE messages SET pos = ?2 WHERE id = ?1")?
+            .execute(params![stored_message_id(&message.id)?, pos])?;
+        // Members whose open run is on this group: the run reaches the new message.
+        let in_runs = self
+            .prepare_cached(
+                "SELECT user_id, first_seq + ?2 - first_pos FROM inbox_runs
+                 WHERE conversation_id = ?1 AND count IS NULL",
+            )?
+            .query_map(params![message.conversation, pos], |r| {
+                Ok((i, r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        out.extend(in_runs);
+        // The others (not blocking the sender): a new run starting at their next seq.
+        let others: Vec<String> = self
+            .prepare_cached(
+                "SELECT m.user_id FROM members m
+                 WHERE m.conversation_id = ?1
+                   AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = m.user_id AND blocked = ?2)
+                   AND NOT EXISTS (SELECT 1 FROM inbox_runs r
+                                   WHERE r.user_id = m.user_id AND r.count IS NULL
+                                     AND r.conversation_id = ?1)",
+            )?
+            .query_map([&message.conversation, &message.sender], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for user in others {
+            self.close_run(&user)?;
+            let last: i64 = self
+                .prepare_cached("SELECT last_seq FROM users WHERE id = ?1")?
+                .query_row([&user], |r| r.get(0))?;
+            self.prepare_cached(
+                "INSERT INTO inbox_runs (user_id, first_seq, conversation_id, first_pos, ts)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![user, last + 1, message.conversation, pos, now])?;
+            out.push((i, user, (last + 1) as u64));
+        }
+        Ok(())
+    }
+}
+
 impl InboxTx for Tx<'_> {
     async fn next_seq(&self, user: &str) -> Result<u64> {
+        self.close_run(user)?;
         let seq: i64 = self
             .prepare_cached(
                 "UPDATE users SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq",
@@ -29,72 +160,75 @@ impl InboxTx for Tx<'_> {
 
     async fn fan_out(&self, messages: &[&Message], now: i64) -> Result<Vec<(usize, String, u64)>> {
         let mut out = Vec::new();
-        // Consecutive messages of one sender to one conversation (a run of sends) have the
-        // same recipients: one statement takes each recipient's next k seqs, one more writes
-        // their k rows, a recipient's side by side in the inbox's key order (one visit to the
-        // page where they go, not k). The order is the members index's own (no sort); within
-        // a recipient, json_each's (placement is by key either way).
-        let mut start = 0;
-        while let Some(first) = messages.get(start) {
-            let k = messages[start..]
-                .iter()
-                .take_while(|m| m.conversation == first.conversation && m.sender == first.sender)
-                .count();
-            let ids = messages[start..start + k]
-                .iter()
-                .map(|m| stored_message_id(&m.id))
-                .collect::<Result<Vec<i64>>>()?;
-            let ids = serde_json::to_string(&ids).map_err(crate::json_err)?;
-            let k64 = k as i64;
-            let lasts = self
-                .prepare_cached(
-                    "UPDATE users SET last_seq = last_seq + ?3
-                     WHERE id IN (SELECT user_id FROM members WHERE conversation_id = ?1)
-                       AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = users.id AND blocked = ?2)
-                     RETURNING id, last_seq",
-                )?
-                .query_map(params![first.conversation, first.sender, k64], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            self.prepare_cached(
-                "INSERT INTO inbox (user_id, seq, ts, message_id)
-                 SELECT u.id, u.last_seq - ?5 + 1 + j.key, ?2, j.value
-                 FROM members m JOIN users u ON u.id = m.user_id, json_each(?3) j
-                 WHERE m.conversation_id = ?1
-                   AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = m.user_id AND blocked = ?4)
-                 ORDER BY m.user_id",
-            )?
-            .execute(params![first.conversation, now, ids, first.sender, k64])?;
-            for (user, last) in lasts {
-                for j in 0..k {
-                    let seq = (last - k64 + 1 + j as i64) as u64;
-                    out.push((start + j, user.clone(), seq));
-                }
+        for (i, message) in messages.iter().enumerate() {
+            let kind: Option<String> = self
+                .prepare_cached("SELECT kind FROM conversations WHERE id = ?1")?
+                .query_row([&message.conversation], |r| r.get(0))
+                .optional()?;
+            if kind.as_deref() == Some("group") {
+                self.fan_out_group(i, message, now, &mut out)?;
+                continue;
             }
-            start += k;
+            // A direct conversation: a row per member, each at the member's next seq.
+            let users: Vec<String> = self
+                .prepare_cached(
+                    "SELECT m.user_id FROM members m
+                     WHERE m.conversation_id = ?1
+                       AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = m.user_id AND blocked = ?2)",
+                )?
+                .query_map([&message.conversation, &message.sender], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let id = stored_message_id(&message.id)?;
+            for user in users {
+                let seq = self.next_seq(&user).await?;
+                self.prepare_cached(
+                    "INSERT INTO inbox (user_id, seq, ts, message_id) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![user, seq as i64, now, id])?;
+                out.push((i, user, seq));
+            }
         }
         Ok(out)
     }
 
     async fn counters(&self, user: &str) -> Result<Option<(u64, u64)>> {
-        Ok(self
+        let Some((last, acked)) = self
             .prepare_cached("SELECT last_seq, acked_seq FROM users WHERE id = ?1")?
-            .query_row([user], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-            })
-            .optional()?)
+            .query_row([user], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let last = self.open_run(user)?.map_or(last, |run| run.last_seq());
+        Ok(Some((last as u64, acked as u64)))
     }
 
     async fn first_seq(&self, user: &str) -> Result<Option<u64>> {
-        let first: Option<i64> = self
+        let row: Option<i64> = self
             .prepare_cached("SELECT MIN(seq) FROM inbox WHERE user_id = ?1")?
             .query_row([user], |r| r.get(0))?;
-        Ok(first.map(|f| f as u64))
+        // The first run with a message left: the seq of its first one.
+        let run: Option<i64> = self
+            .prepare_cached(
+                "SELECT s FROM (
+                   SELECT r.first_seq - r.first_pos +
+                          (SELECT MIN(m.pos) FROM messages m
+                           WHERE m.conversation_id = r.conversation_id
+                             AND m.pos >= r.first_pos
+                             AND (r.count IS NULL OR m.pos < r.first_pos + r.count)) AS s
+                   FROM inbox_runs r WHERE r.user_id = ?1 ORDER BY r.first_seq)
+                 WHERE s IS NOT NULL LIMIT 1",
+            )?
+            .query_row([user], |r| r.get(0))
+            .optional()?;
+        Ok(match (row, run) {
+            (Some(a), Some(b)) => Some(a.min(b) as u64),
+            (a, b) => a.or(b).map(|f| f as u64),
+        })
     }
 
     async fn inbox_rows(&self, user: &str, after: i64, limit: usize) -> Result<Vec<InboxRow>> {
-        Ok(self
+        let mut rows: Vec<InboxRow> = self
             .prepare_cached(&format!(
                 "SELECT i.seq, i.frame, {M_MESSAGE_COLUMNS}
                  FROM inbox i LEFT JOIN messages m ON m.id = i.message_id
@@ -107,21 +241,131 @@ impl InboxTx for Tx<'_> {
                 };
                 Ok((r.get(0)?, r.get(1)?, message))
             })?
-            .collect::<Result<_, _>>()?)
+            .collect::<Result<_, _>>()?;
+        // Runs reaching past `after`, each read from its group's messages by position.
+        let runs: Vec<(i64, String, i64, Option<i64>)> = self
+            .prepare_cached(
+                "SELECT r.first_seq, r.conversation_id, r.first_pos,
+                        COALESCE(r.count, c.last_pos - r.first_pos + 1)
+                 FROM inbox_runs r JOIN conversations c ON c.id = r.conversation_id
+                 WHERE r.user_id = ?1
+                   AND (r.first_seq > ?2
+                        OR r.first_seq = (SELECT MAX(first_seq) FROM inbox_runs
+                                          WHERE user_id = ?1 AND first_seq <= ?2))
+                   AND r.first_seq + COALESCE(r.count, c.last_pos - r.first_pos + 1) - 1 > ?2
+                 ORDER BY r.first_seq",
+            )?
+            .query_map(params![user, after], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        for (first_seq, conversation, first_pos, count) in runs {
+            let count = count.unwrap_or(0);
+            let from = first_pos + (after + 1 - first_seq).max(0);
+            let to = first_pos + count - 1;
+            let found = self
+                .prepare_cached(&format!(
+                    "SELECT m.pos, {M_MESSAGE_COLUMNS} FROM messages m
+                     WHERE m.conversation_id = ?1 AND m.pos BETWEEN ?2 AND ?3
+                     ORDER BY m.pos LIMIT ?4"
+                ))?
+                .query_map(params![conversation, from, to, limit as i64], |r| {
+                    let pos: i64 = r.get(0)?;
+                    Ok((first_seq + pos - first_pos, None, Some(message_row(r, 1)?)))
+                })?
+                .collect::<Result<Vec<InboxRow>, _>>()?;
+            rows.extend(found);
+        }
+        rows.sort_by_key(|r| r.0);
+        rows.truncate(limit);
+        Ok(rows)
     }
 
     async fn raise_acked(&self, user: &str, seq: i64) -> Result<()> {
+        let Some((last, _)) = self.counters(user).await? else {
+            return Ok(());
+        };
         self.prepare_cached(
-            "UPDATE users SET acked_seq = MIN(MAX(acked_seq, ?2), last_seq) WHERE id = ?1",
+            "UPDATE users SET acked_seq = MIN(MAX(acked_seq, ?2), ?3) WHERE id = ?1",
         )?
-        .execute(params![user, seq])?;
+        .execute(params![user, seq, last as i64])?;
         Ok(())
     }
 
     async fn prune(&self, before_ms: i64) -> Result<u64> {
-        Ok(self
+        let rows = self
             .prepare_cached("DELETE FROM inbox WHERE ts < ?1")?
-            .execute([before_ms])? as u64)
+            .execute([before_ms])? as u64;
+        // Runs lose their events older than `before_ms` from their start: the run then
+        // starts at its first newer message (a closed run left with none goes; an open one
+        // stays, empty, reaching the group's next message).
+        let runs: Vec<(String, i64, String, i64, i64, bool)> = self
+            .prepare_cached(
+                "SELECT r.user_id, r.first_seq, r.conversation_id, r.first_pos,
+                        COALESCE(r.count, c.last_pos - r.first_pos + 1), r.count IS NULL
+                 FROM inbox_runs r JOIN conversations c ON c.id = r.conversation_id
+                 WHERE EXISTS (SELECT 1 FROM messages m
+                               WHERE m.conversation_id = r.conversation_id
+                                 AND m.pos >= r.first_pos
+                                 AND (r.count IS NULL OR m.pos < r.first_pos + r.count)
+                                 AND m.ts < ?1)",
+            )?
+            .query_map([before_ms], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut events = 0u64;
+        for (user, first_seq, conversation, first_pos, count, open) in runs {
+            let end = first_pos + count; // one past the run's last position
+            let cut: Option<i64> = self
+                .prepare_cached(
+                    "SELECT MIN(pos) FROM messages
+                     WHERE conversation_id = ?1 AND pos >= ?2 AND pos < ?3 AND ts >= ?4",
+                )?
+                .query_row(params![conversation, first_pos, end, before_ms], |r| {
+                    r.get(0)
+                })?;
+            let cut = cut.unwrap_or(end);
+            let gone: i64 = self
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM messages
+                     WHERE conversation_id = ?1 AND pos >= ?2 AND pos < ?3",
+                )?
+                .query_row(params![conversation, first_pos, cut], |r| r.get(0))?;
+            events += gone as u64;
+            if cut == end && !open {
+                self.prepare_cached(
+                    "DELETE FROM inbox_runs WHERE user_id = ?1 AND first_seq = ?2",
+                )?
+                .execute(params![user, first_seq])?;
+                continue;
+            }
+            let skipped = cut - first_pos;
+            self.prepare_cached(
+                "UPDATE inbox_runs SET first_seq = first_seq + ?3, first_pos = first_pos + ?3,
+                                       count = count - ?3
+                 WHERE user_id = ?1 AND first_seq = ?2",
+            )?
+            .execute(params![user, first_seq, skipped])?;
+        }
+        // Closed runs older than that whose messages are all gone (a deleted group).
+        self.prepare_cached(
+            "DELETE FROM inbox_runs
+             WHERE count IS NOT NULL AND ts < ?1
+               AND NOT EXISTS (SELECT 1 FROM messages m
+                               WHERE m.conversation_id = inbox_runs.conversation_id
+                                 AND m.pos >= inbox_runs.first_pos
+                                 AND m.pos < inbox_runs.first_pos + inbox_runs.count)",
+        )?
+        .execute([before_ms])?;
+        Ok(rows + events)
     }
 
     async fn ping(&self) -> Result<()> {

@@ -87,6 +87,7 @@ macro_rules! store_conformance {
             channel_changes_are_broadcast, concurrent_changes_keep_summaries_and_seqs,
             a_run_of_sends_commits_in_order_each_on_its_own,
             a_run_to_one_group_numbers_each_member_in_order,
+            a_stream_from_many_places_replays_in_order,
             system_messages_and_server_reads, webhooks_and_announced_presence,
             contacts_are_private_merged_and_evented, contacts_refuse_bad_input,
             rotated_note_keys_still_open_old_notes_and_reseal_them,
@@ -585,6 +586,93 @@ pub async fn a_run_to_one_group_numbers_each_member_in_order(env: &Env) {
             .iter()
             .any(|f| matches!(f, ServerFrame::MessageNew { .. })),
         "the blocker got no message"
+    );
+}
+
+/// A member's stream switching between groups, a direct conversation and other events,
+/// skipping a blocked sender's messages and ending in a group they left: every event once,
+/// seqs gapless, replay from any point the same suffix, acks clamped to the last seq.
+pub async fn a_stream_from_many_places_replays_in_order(env: &Env) {
+    let s = &env.store;
+    let (a, b, c) = (
+        user(env, "alice").await,
+        user(env, "bob").await,
+        user(env, "carol").await,
+    );
+    s.create_conversation(group("g1", &a, &[&b, &c]))
+        .await
+        .expect("create");
+    s.create_conversation(group("g2", &a, &[&b]))
+        .await
+        .expect("create");
+    let d = s
+        .create_conversation(NewConversation {
+            kind: ConversationKind::Direct,
+            ..group("d", &a, &[&b])
+        })
+        .await
+        .expect("direct")
+        .value
+        .id;
+    let say = |from: &str, to: &str, text: &str| send(from, to, &format!("k-{text}"), text);
+    for (from, to, text) in [
+        (&a, "g1", "m1"),
+        (&a, "g1", "m2"),
+        (&a, "g2", "n1"),
+        (&a, "g1", "m3"),
+        (&a, d.as_str(), "x1"),
+        (&a, "g1", "m4"),
+        (&c, "g1", "k1"),
+    ] {
+        s.send_message(say(from, to, text)).await.expect("send");
+    }
+    s.block(&b, &c).await.expect("block");
+    s.send_message(say(&c, "g1", "k2")).await.expect("send");
+    s.send_message(say(&a, "g1", "m5")).await.expect("send");
+    s.leave(&b, "g1").await.expect("leave");
+    s.send_message(say(&a, "g1", "m6")).await.expect("send");
+    s.send_message(say(&a, "g2", "n2")).await.expect("send");
+
+    let all = s.events_after(&b, 0, 1000).await.expect("replay");
+    let seqs: Vec<u64> = all.frames.iter().filter_map(ServerFrame::seq).collect();
+    assert_eq!(seqs, (1..=all.last_seq).collect::<Vec<_>>(), "gapless");
+    assert_eq!(all.last_seq, s.last_seq(&b).await.expect("last"));
+    let texts = |frames: &[ServerFrame]| -> Vec<String> {
+        frames
+            .iter()
+            .filter_map(|f| match f {
+                ServerFrame::MessageNew { message, .. } => Some(message.text.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        texts(&all.frames),
+        ["m1", "m2", "n1", "m3", "x1", "m4", "k1", "m5", "n2"]
+    );
+    // From every point, and in pages of two, the same suffix.
+    for after in 0..all.last_seq {
+        let r = s.events_after(&b, after, 1000).await.expect("replay");
+        assert_eq!(r.frames, all.frames[after as usize..], "after {after}");
+        let page = s.events_after(&b, after, 2).await.expect("page");
+        let end = (after as usize + 2).min(all.frames.len());
+        assert_eq!(
+            page.frames,
+            all.frames[after as usize..end],
+            "page after {after}"
+        );
+    }
+    s.ack(&b, all.last_seq + 5).await.expect("ack");
+    assert_eq!(s.acked_seq(&b).await.expect("acked"), all.last_seq);
+    // Alice got all she sent, and Carol's, in order, gapless.
+    let alice = s.events_after(&a, 0, 1000).await.expect("replay");
+    let seqs: Vec<u64> = alice.frames.iter().filter_map(ServerFrame::seq).collect();
+    assert_eq!(seqs, (1..=alice.last_seq).collect::<Vec<_>>());
+    assert_eq!(
+        texts(&alice.frames),
+        [
+            "m1", "m2", "n1", "m3", "x1", "m4", "k1", "k2", "m5", "m6", "n2"
+        ]
     );
 }
 
