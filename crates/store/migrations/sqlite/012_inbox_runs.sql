@@ -26,6 +26,8 @@ CREATE UNIQUE INDEX inbox_runs_open ON inbox_runs (user_id) WHERE count IS NULL;
 CREATE INDEX inbox_runs_open_by_conversation ON inbox_runs (conversation_id, user_id)
     WHERE count IS NULL;
 CREATE INDEX inbox_runs_by_time ON inbox_runs (ts) WHERE count IS NOT NULL;
+-- A deleted group's runs go with it (its id may be created again).
+CREATE INDEX inbox_runs_by_conversation ON inbox_runs (conversation_id);
 
 -- Leaving a group (however: leave, removal, ban, erasure, the group's deletion) closes the
 -- member's open run on it at the group's newest message.
@@ -46,4 +48,5 @@ BEGIN
                          ON c.id = m.conversation_id AND m.pos = c.last_pos
                        WHERE c.id = OLD.conversation_id), ts)
       WHERE user_id = OLD.user_id AND count IS NULL;
+    DELETE FROM inbox_runs WHERE user_id = OLD.user_id AND count = 0;
 END;

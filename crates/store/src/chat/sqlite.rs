@@ -792,6 +792,9 @@ impl ChatTx for Tx<'_> {
             "DELETE FROM pins WHERE conversation_id = ?1",
             "DELETE FROM messages WHERE conversation_id = ?1",
             "DELETE FROM members WHERE conversation_id = ?1",
+            // After the members (the trigger closed their runs): a reused id must not find
+            // them.
+            "DELETE FROM inbox_runs WHERE conversation_id = ?1",
             "DELETE FROM conversation_bans WHERE conversation_id = ?1",
             "DELETE FROM conversation_mutes WHERE conversation_id = ?1",
             "DELETE FROM conversations WHERE id = ?1",

@@ -55,6 +55,12 @@ impl Tx<'_> {
         let Some(run) = self.open_run(user)? else {
             return Ok(());
         };
+        if run.last_pos < run.first_pos {
+            // Empty (pruned whole): nothing to keep; `users.last_seq` is already its end.
+            self.prepare_cached("DELETE FROM inbox_runs WHERE user_id = ?1 AND first_seq = ?2")?
+                .execute(params![user, run.first_seq])?;
+            return Ok(());
+        }
         self.prepare_cached(
             "UPDATE inbox_runs SET count = ?3,
                  ts = COALESCE((SELECT m.ts FROM messages m
@@ -192,15 +198,20 @@ impl InboxTx for Tx<'_> {
     }
 
     async fn counters(&self, user: &str) -> Result<Option<(u64, u64)>> {
-        let Some((last, acked)) = self
-            .prepare_cached("SELECT last_seq, acked_seq FROM users WHERE id = ?1")?
-            .query_row([user], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
-            .optional()?
-        else {
-            return Ok(None);
-        };
-        let last = self.open_run(user)?.map_or(last, |run| run.last_seq());
-        Ok(Some((last as u64, acked as u64)))
+        // One statement: a read between a run's close and the next seq sees either both or
+        // neither.
+        Ok(self
+            .prepare_cached(
+                "SELECT COALESCE((SELECT r.first_seq + c.last_pos - r.first_pos
+                                  FROM inbox_runs r JOIN conversations c ON c.id = r.conversation_id
+                                  WHERE r.user_id = u.id AND r.count IS NULL), u.last_seq),
+                        u.acked_seq
+                 FROM users u WHERE u.id = ?1",
+            )?
+            .query_row([user], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })
+            .optional()?)
     }
 
     async fn first_seq(&self, user: &str) -> Result<Option<u64>> {
@@ -242,25 +253,38 @@ impl InboxTx for Tx<'_> {
                 Ok((r.get(0)?, r.get(1)?, message))
             })?
             .collect::<Result<_, _>>()?;
-        // Runs reaching past `after`, each read from its group's messages by position.
-        let runs: Vec<(i64, String, i64, Option<i64>)> = self
+        // Runs reaching past `after`: the one holding `after + 1`, then those after it in
+        // seq order, each read from its group's messages by position, until `limit` events
+        // are found and the next run starts past them.
+        let runs: Vec<(i64, String, i64, i64)> = self
             .prepare_cached(
-                "SELECT r.first_seq, r.conversation_id, r.first_pos,
-                        COALESCE(r.count, c.last_pos - r.first_pos + 1)
-                 FROM inbox_runs r JOIN conversations c ON c.id = r.conversation_id
-                 WHERE r.user_id = ?1
-                   AND (r.first_seq > ?2
-                        OR r.first_seq = (SELECT MAX(first_seq) FROM inbox_runs
-                                          WHERE user_id = ?1 AND first_seq <= ?2))
-                   AND r.first_seq + COALESCE(r.count, c.last_pos - r.first_pos + 1) - 1 > ?2
-                 ORDER BY r.first_seq",
+                "SELECT * FROM (
+                   SELECT r.first_seq, r.conversation_id, r.first_pos,
+                          COALESCE(r.count, c.last_pos - r.first_pos + 1)
+                   FROM inbox_runs r JOIN conversations c ON c.id = r.conversation_id
+                   WHERE r.user_id = ?1 AND r.first_seq <= ?2
+                   ORDER BY r.first_seq DESC LIMIT 1)
+                 UNION ALL
+                 SELECT * FROM (
+                   SELECT r.first_seq, r.conversation_id, r.first_pos,
+                          COALESCE(r.count, c.last_pos - r.first_pos + 1)
+                   FROM inbox_runs r JOIN conversations c ON c.id = r.conversation_id
+                   WHERE r.user_id = ?1 AND r.first_seq > ?2
+                   ORDER BY r.first_seq LIMIT ?3)",
             )?
-            .query_map(params![user, after], |r| {
+            .query_map(params![user, after, limit as i64], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })?
             .collect::<Result<_, _>>()?;
         for (first_seq, conversation, first_pos, count) in runs {
-            let count = count.unwrap_or(0);
+            if first_seq + count - 1 <= after {
+                continue; // ends at or before `after`
+            }
+            // `limit` events found before this run: it and those after cannot be among the
+            // first `limit`.
+            if rows.iter().filter(|r| r.0 < first_seq).count() >= limit {
+                break;
+            }
             let from = first_pos + (after + 1 - first_seq).max(0);
             let to = first_pos + count - 1;
             let found = self
@@ -296,29 +320,20 @@ impl InboxTx for Tx<'_> {
         let rows = self
             .prepare_cached("DELETE FROM inbox WHERE ts < ?1")?
             .execute([before_ms])? as u64;
-        // Runs lose their events older than `before_ms` from their start: the run then
-        // starts at its first newer message (a closed run left with none goes; an open one
-        // stays, empty, reaching the group's next message).
+        // Runs whose first message left is older than `before_ms` lose their events before
+        // the first newer one (a run left with none goes).
         let runs: Vec<(String, i64, String, i64, i64, bool)> = self
             .prepare_cached(
                 "SELECT r.user_id, r.first_seq, r.conversation_id, r.first_pos,
                         COALESCE(r.count, c.last_pos - r.first_pos + 1), r.count IS NULL
                  FROM inbox_runs r JOIN conversations c ON c.id = r.conversation_id
-                 WHERE EXISTS (SELECT 1 FROM messages m
-                               WHERE m.conversation_id = r.conversation_id
-                                 AND m.pos >= r.first_pos
-                                 AND (r.count IS NULL OR m.pos < r.first_pos + r.count)
-                                 AND m.ts < ?1)",
+                 WHERE (SELECT m.ts FROM messages m
+                        WHERE m.conversation_id = r.conversation_id AND m.pos >= r.first_pos
+                          AND (r.count IS NULL OR m.pos < r.first_pos + r.count)
+                        ORDER BY m.pos LIMIT 1) < ?1",
             )?
             .query_map([before_ms], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
             })?
             .collect::<Result<_, _>>()?;
         let mut events = 0u64;
@@ -340,11 +355,14 @@ impl InboxTx for Tx<'_> {
                 )?
                 .query_row(params![conversation, first_pos, cut], |r| r.get(0))?;
             events += gone as u64;
-            if cut == end && !open {
-                self.prepare_cached(
-                    "DELETE FROM inbox_runs WHERE user_id = ?1 AND first_seq = ?2",
-                )?
-                .execute(params![user, first_seq])?;
+            if cut == end {
+                // Nothing left: the run goes (an open one's end becomes the user's last seq).
+                if open {
+                    self.prepare_cached("UPDATE users SET last_seq = ?2 WHERE id = ?1")?
+                        .execute(params![user, first_seq + count - 1])?;
+                }
+                self.prepare_cached("DELETE FROM inbox_runs WHERE user_id = ?1 AND first_seq = ?2")?
+                    .execute(params![user, first_seq])?;
                 continue;
             }
             let skipped = cut - first_pos;

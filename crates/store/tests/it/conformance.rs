@@ -88,6 +88,7 @@ macro_rules! store_conformance {
             a_run_of_sends_commits_in_order_each_on_its_own,
             a_run_to_one_group_numbers_each_member_in_order,
             a_stream_from_many_places_replays_in_order,
+            a_stream_goes_on_after_everything_is_pruned,
             system_messages_and_server_reads, webhooks_and_announced_presence,
             contacts_are_private_merged_and_evented, contacts_refuse_bad_input,
             rotated_note_keys_still_open_old_notes_and_reseal_them,
@@ -676,6 +677,41 @@ pub async fn a_stream_from_many_places_replays_in_order(env: &Env) {
     );
 }
 
+/// Everything pruned, then messages in another group and the first: the stream goes on
+/// from where it was, gapless, and replays them.
+pub async fn a_stream_goes_on_after_everything_is_pruned(env: &Env) {
+    let s = &env.store;
+    let (a, b) = (user(env, "alice").await, user(env, "bob").await);
+    for g in ["g1", "g2"] {
+        s.create_conversation(group(g, &a, &[&b]))
+            .await
+            .expect("create");
+    }
+    s.send_message(send(&a, "g1", "1", "m1"))
+        .await
+        .expect("send");
+    let last = s.last_seq(&b).await.expect("last");
+    s.prune_events(i64::MAX).await.expect("prune");
+    assert_eq!(s.last_seq(&b).await.expect("last"), last);
+    s.send_message(send(&a, "g2", "2", "n1"))
+        .await
+        .expect("a send to the other group");
+    s.send_message(send(&a, "g1", "3", "m2"))
+        .await
+        .expect("a send to the first");
+    let r = s.events_after(&b, last, 100).await.expect("replay");
+    let got: Vec<(u64, String)> = r
+        .frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::MessageNew { seq, message } => Some((*seq, message.text.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, [(last + 1, "n1".into()), (last + 2, "m2".into())]);
+    assert_eq!((r.last_seq, r.truncated), (last + 2, false));
+}
+
 pub async fn reads_and_unread(env: &Env) {
     let s = &env.store;
     let (a, b) = (user(env, "alice").await, user(env, "bob").await);
@@ -926,6 +962,22 @@ pub async fn replay_and_retention(env: &Env) {
     let r = s.events_after(&b, 0, 100).await.expect("replay");
     assert!(r.frames.is_empty() && r.truncated && r.last_seq == 3);
     assert!(!s.events_after(&b, 3, 100).await.expect("replay").truncated);
+    // After everything was pruned, the stream goes on from where it was.
+    s.send_message(send(&a, "g", "3", "three"))
+        .await
+        .expect("send after prune");
+    s.send_message(send(&a, "g", "4", "four"))
+        .await
+        .expect("send after prune");
+    let r = s.events_after(&b, 3, 100).await.expect("replay");
+    assert_eq!(
+        r.frames
+            .iter()
+            .filter_map(ServerFrame::seq)
+            .collect::<Vec<_>>(),
+        [4, 5]
+    );
+    assert_eq!((r.last_seq, r.truncated), (5, false));
 }
 
 pub async fn ephemeral_conversations_expire(env: &Env) {
@@ -959,6 +1011,22 @@ pub async fn ephemeral_conversations_expire(env: &Env) {
             .value
             .is_empty()
     );
+    // The id made again, without Bob: nothing of the new group reaches Bob's stream, and his
+    // replay is what it was.
+    let bob_before = s.events_after(&b, 0, 1000).await.expect("replay");
+    let c = user(env, "carol").await;
+    s.create_conversation(group("e", &a, &[&c]))
+        .await
+        .expect("the id again");
+    s.send_message(send(&a, "e", "2", "new group"))
+        .await
+        .expect("send");
+    s.send_message(send(&a, "e", "3", "new group again"))
+        .await
+        .expect("send");
+    let bob_after = s.events_after(&b, 0, 1000).await.expect("replay");
+    assert_eq!(bob_after.frames, bob_before.frames);
+    assert_eq!(bob_after.last_seq, bob_before.last_seq);
 }
 
 fn notification_kind(e: &Event) -> Option<NotificationKind> {
