@@ -36,14 +36,14 @@ WHEN EXISTS (SELECT 1 FROM inbox_runs
              WHERE user_id = OLD.user_id AND count IS NULL
                AND conversation_id = OLD.conversation_id)
 BEGIN
-    UPDATE users SET last_seq =
+    UPDATE users SET last_seq = COALESCE(
         (SELECT r.first_seq + c.last_pos - r.first_pos
          FROM inbox_runs r JOIN conversations c ON c.id = r.conversation_id
-         WHERE r.user_id = OLD.user_id AND r.count IS NULL)
+         WHERE r.user_id = OLD.user_id AND r.count IS NULL), last_seq)
       WHERE id = OLD.user_id;
     UPDATE inbox_runs SET
-        count = (SELECT last_pos FROM conversations WHERE id = OLD.conversation_id)
-                - first_pos + 1,
+        count = COALESCE((SELECT last_pos FROM conversations WHERE id = OLD.conversation_id),
+                         first_pos - 1) - first_pos + 1,
         ts = COALESCE((SELECT m.ts FROM messages m JOIN conversations c
                          ON c.id = m.conversation_id AND m.pos = c.last_pos
                        WHERE c.id = OLD.conversation_id), ts)
