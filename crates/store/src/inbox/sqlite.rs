@@ -333,7 +333,14 @@ impl InboxTx for Tx<'_> {
                         ORDER BY m.pos LIMIT 1) < ?1",
             )?
             .query_map([before_ms], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })?
             .collect::<Result<_, _>>()?;
         let mut events = 0u64;
@@ -361,8 +368,10 @@ impl InboxTx for Tx<'_> {
                     self.prepare_cached("UPDATE users SET last_seq = ?2 WHERE id = ?1")?
                         .execute(params![user, first_seq + count - 1])?;
                 }
-                self.prepare_cached("DELETE FROM inbox_runs WHERE user_id = ?1 AND first_seq = ?2")?
-                    .execute(params![user, first_seq])?;
+                self.prepare_cached(
+                    "DELETE FROM inbox_runs WHERE user_id = ?1 AND first_seq = ?2",
+                )?
+                .execute(params![user, first_seq])?;
                 continue;
             }
             let skipped = cut - first_pos;
