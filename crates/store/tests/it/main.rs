@@ -6,4 +6,5 @@ mod media;
 mod migrations;
 mod moderation;
 mod postgres_commit;
+mod runs;
 mod webhooks;
