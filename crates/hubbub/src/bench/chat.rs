@@ -195,12 +195,7 @@ pub async fn run(args: ChatBenchArgs) -> anyhow::Result<()> {
                 "{}/v1/ws?access_token={token}",
                 edge.replacen("http", "ws", 1)
             );
-            let (ws, _) = tokio_tungstenite::connect_async_with_config(
-                url,
-                Some(crate::bench::client_config()),
-                true,
-            )
-            .await?;
+            let ws = crate::bench::connect(url).await?;
             let (sink, mut stream) = ws.split();
             sinks.push(Arc::new(AsyncMutex::new(sink)));
             let (hist, deliveries, acked) = (hist.clone(), deliveries.clone(), acked.clone());

@@ -177,22 +177,11 @@ pub async fn run(args: EngagementBenchArgs) -> anyhow::Result<()> {
             "{ws_base}?access_token={}",
             token(SECRET, &format!("bench-writer-{i}"))?
         );
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(
-            url,
-            Some(crate::bench::client_config()),
-            true,
-        )
-        .await
-        .context("writer connect")?;
+        let ws = crate::bench::connect(url).await.context("writer connect")?;
         writers.push(ws);
     }
     let probe_url = format!("{ws_base}?access_token={}", token(SECRET, PROBE)?);
-    let (mut probe, _) = tokio_tungstenite::connect_async_with_config(
-        probe_url,
-        Some(crate::bench::client_config()),
-        true,
-    )
-    .await?;
+    let mut probe = crate::bench::connect(probe_url).await?;
     let stop = tokio_util::sync::CancellationToken::new();
     let mut tasks = Vec::new();
     for (i, ws) in writers.into_iter().enumerate() {
@@ -331,13 +320,9 @@ async fn watcher_process(url: &str, args: &EngagementBenchArgs) -> anyhow::Resul
     for i in 0..args.watchers {
         let user = format!("bench-watcher-{}", args.watcher_from + i);
         let full = format!("{url}?access_token={}", token(SECRET, &user)?);
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(
-            full,
-            Some(crate::bench::client_config()),
-            true,
-        )
-        .await
-        .context("watcher connect")?;
+        let ws = crate::bench::connect(full)
+            .await
+            .context("watcher connect")?;
         let (mut sink, mut stream) = ws.split();
         let watch = serde_json::json!({"type": "post.watch", "id": "w", "posts": posts});
         sink.send(Message::Text(watch.to_string().into())).await?;

@@ -133,7 +133,6 @@ pub async fn run(args: IdleBenchArgs) -> anyhow::Result<()> {
 /// A client process: open `count` connections, say "ready", hold them until stdin closes.
 async fn client_process(url: &str, from: usize, count: usize, users: usize) -> anyhow::Result<()> {
     let mut sockets = Vec::with_capacity(count);
-    let config = crate::bench::client_config();
     for i in from..from + count {
         let full = format!(
             "{url}?access_token={}",
@@ -142,7 +141,7 @@ async fn client_process(url: &str, from: usize, count: usize, users: usize) -> a
                 &format!("bench-idle-{}", if users == 0 { i } else { i % users })
             )?
         );
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(full, Some(config), true)
+        let mut ws = crate::bench::connect(full)
             .await
             .with_context(|| format!("connection {i}"))?;
         // hello, then the timeline.

@@ -58,13 +58,24 @@ pub async fn run(which: Bench) -> anyhow::Result<()> {
 }
 
 /// Milliseconds of a histogram value recorded in microseconds.
-/// The load generator's WebSocket settings: a 4 KiB read buffer and no write buffering.
+/// A load generator's WebSocket.
+pub(crate) type ClientWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Open a load generator's WebSocket: a 4 KiB read buffer and no write buffering.
 /// tungstenite's default 128 KiB read buffer is zeroed as it grows on reads, which cost the
 /// engagement bench's clients about a seventh of the machine, taken from the server.
-pub(crate) fn client_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+pub(crate) async fn connect<R>(
+    request: R,
+) -> Result<ClientWs, tokio_tungstenite::tungstenite::Error>
+where
+    R: tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+{
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(4096)
-        .write_buffer_size(0)
+        .write_buffer_size(0);
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true).await?;
+    Ok(ws)
 }
 
 pub(crate) fn ms(us: u64) -> f64 {

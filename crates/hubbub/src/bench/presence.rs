@@ -65,13 +65,9 @@ pub async fn run(args: PresenceBenchArgs) -> anyhow::Result<()> {
             "{ws_base}?access_token={}",
             token(&secret, &format!("bench-watcher-{i}"))?
         );
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(
-            url,
-            Some(crate::bench::client_config()),
-            true,
-        )
-        .await
-        .context("watcher connect")?;
+        let ws = crate::bench::connect(url)
+            .await
+            .context("watcher connect")?;
         let (mut sink, mut stream) = ws.split();
         let watch =
             serde_json::json!({"type": "presence.watch", "id": "w", "users": [target]}).to_string();
@@ -115,12 +111,7 @@ pub async fn run(args: PresenceBenchArgs) -> anyhow::Result<()> {
         };
         let start = epoch.elapsed().as_micros() as u64;
         if round == 0 {
-            let (ws, _) = tokio_tungstenite::connect_async_with_config(
-                url.clone(),
-                Some(crate::bench::client_config()),
-                true,
-            )
-            .await?;
+            let ws = crate::bench::connect(url.clone()).await?;
             target_ws = Some(ws);
         } else if let Some(ws) = target_ws.as_mut() {
             let set = serde_json::json!({"type": "presence.set", "id": format!("p{round}"), "status": expected}).to_string();

@@ -61,8 +61,7 @@ struct Report {
     p99_ratio: f64,
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use crate::bench::ClientWs as Ws;
 
 /// Send a `timeline.get` and wait for its reply; returns the number of items.
 async fn fetch(ws: &mut Ws, id: &str) -> anyhow::Result<usize> {
@@ -84,13 +83,7 @@ async fn fetch(ws: &mut Ws, id: &str) -> anyhow::Result<usize> {
 /// Connect and read `hello` and the pushed timeline; returns the socket and how long the
 /// timeline took to arrive after `hello` (the first computation).
 async fn connect(url: &str) -> anyhow::Result<(Ws, f64)> {
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
-        url,
-        Some(crate::bench::client_config()),
-        true,
-    )
-    .await
-    .context("connect")?;
+    let mut ws = crate::bench::connect(url).await.context("connect")?;
     let mut hello_at = None;
     while let Some(msg) = ws.next().await {
         let Message::Text(text) = msg? else { continue };

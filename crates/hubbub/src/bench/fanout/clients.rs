@@ -3,8 +3,7 @@
 
 use super::*;
 
-pub(super) type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub(super) use crate::bench::ClientWs as Ws;
 
 /// The WebSocket URL of connection `i` of a client process.
 pub(super) fn conn_url(peer: Peer, role: Role, base: &str, i: usize) -> anyhow::Result<String> {
@@ -29,8 +28,7 @@ pub(super) fn user_of(role: Role, i: usize) -> String {
 /// Open a connection and get it to where it receives (hubbub: `hello` read; Socket.IO: the
 /// namespace connected; NATS: `CONNECT` (and `SUB`) answered by a `PONG`).
 pub(super) async fn open(peer: Peer, role: Role, url: &str) -> anyhow::Result<(Ws, NatsParser)> {
-    let config = crate::bench::client_config();
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+    let mut ws = crate::bench::connect(url)
         .await
         .context("WebSocket handshake")?;
     let mut nats = NatsParser::default();
