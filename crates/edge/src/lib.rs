@@ -674,23 +674,11 @@ impl Inner {
         sessions: &mut Sessions,
         frames: Vec<hubbub_protocol::ServerFrame>,
     ) {
-        // One post's event (the common case): each watcher gets it as it is, with no
-        // per-session gathering.
-        if let [frame @ hubbub_protocol::ServerFrame::Engagement { post, .. }] = frames.as_slice() {
-            if let Some(watchers) = sessions.watching.get(post) {
-                let json: Arc<str> = frame.to_json().into();
-                for id in watchers {
-                    if let Some(h) = sessions.by_id.get(id) {
-                        self.offer(h, Out::Shared(Box::new(vec![json.clone()])));
-                    }
-                }
-                sessions.last.insert(post.clone(), json);
-            }
-            return;
-        }
-        let mut per_session: HashMap<String, Vec<Arc<str>>> = HashMap::new();
-        for frame in frames {
-            let hubbub_protocol::ServerFrame::Engagement { post, .. } = &frame else {
+        // Session ids are borrowed from the watch lists: a post watched by 10,000 sessions
+        // copies no id.
+        let mut per_session: HashMap<&str, Vec<Arc<str>>> = HashMap::new();
+        for frame in &frames {
+            let hubbub_protocol::ServerFrame::Engagement { post, .. } = frame else {
                 continue;
             };
             let Some(watchers) = sessions.watching.get(post) else {
@@ -698,15 +686,12 @@ impl Inner {
             };
             let json: Arc<str> = frame.to_json().into();
             for id in watchers {
-                per_session
-                    .entry(id.clone())
-                    .or_default()
-                    .push(json.clone());
+                per_session.entry(id).or_default().push(json.clone());
             }
             sessions.last.insert(post.clone(), json);
         }
         for (id, list) in per_session {
-            if let Some(h) = sessions.by_id.get(&id) {
+            if let Some(h) = sessions.by_id.get(id) {
                 self.offer(h, Out::Shared(Box::new(list)));
             }
         }
