@@ -7,7 +7,7 @@ use crate::{Result, SqliteStore};
 super::impl_erasure_store!(SqliteStore);
 
 /// Stage 5 of an erasure, `?1` the user: counts first, then the rows they count.
-const ERASE_REST: [&str; 22] = [
+const ERASE_REST: [&str; 21] = [
     "DELETE FROM contacts WHERE owner = ?1 OR user_id = ?1",
     "DELETE FROM blocks WHERE blocker = ?1 OR blocked = ?1",
     "DELETE FROM conversation_mutes WHERE user_id = ?1",
@@ -31,12 +31,7 @@ const ERASE_REST: [&str; 22] = [
     "DELETE FROM refresh_tokens WHERE user_id = ?1",
     "DELETE FROM refresh_families WHERE user_id = ?1",
     "DELETE FROM inbox WHERE user_id = ?1",
-    // An open run's end becomes the user's last seq before the runs go.
-    "UPDATE users SET last_seq = COALESCE(
-         (SELECT r.first_seq + c.last_pos - r.first_pos
-          FROM inbox_runs r JOIN conversations c ON c.id = r.conversation_id
-          WHERE r.user_id = ?1 AND r.count IS NULL), last_seq)
-       WHERE id = ?1",
+    // After `erase_rest` closed the open run: its end is the user's last seq.
     "DELETE FROM inbox_runs WHERE user_id = ?1",
     // Everything counts as seen: the notify worker drops the pushes still due to the user.
     "UPDATE users SET acked_seq = last_seq WHERE id = ?1",
@@ -44,6 +39,7 @@ const ERASE_REST: [&str; 22] = [
 
 impl ErasureTx for Tx<'_> {
     async fn erase_rest(&self, user: &str) -> Result<()> {
+        self.close_run(user)?;
         for sql in ERASE_REST {
             self.prepare_cached(sql)?.execute([user])?;
         }

@@ -50,16 +50,16 @@ impl Tx<'_> {
     }
 
     /// Close `user`'s open run, if any, after its group's newest message: `users.last_seq`
-    /// moves to the run's end.
-    fn close_run(&self, user: &str) -> Result<()> {
+    /// moves to the run's end, which it returns (`None`: no run was open).
+    pub(crate) fn close_run(&self, user: &str) -> Result<Option<i64>> {
         let Some(run) = self.open_run(user)? else {
-            return Ok(());
+            return Ok(None);
         };
         if run.last_pos < run.first_pos {
             // Empty (pruned whole): nothing to keep; `users.last_seq` is already its end.
             self.prepare_cached("DELETE FROM inbox_runs WHERE user_id = ?1 AND first_seq = ?2")?
                 .execute(params![user, run.first_seq])?;
-            return Ok(());
+            return Ok(Some(run.last_seq()));
         }
         self.prepare_cached(
             "UPDATE inbox_runs SET count = ?3,
@@ -75,7 +75,7 @@ impl Tx<'_> {
         ])?;
         self.prepare_cached("UPDATE users SET last_seq = ?2 WHERE id = ?1")?
             .execute(params![user, run.last_seq()])?;
-        Ok(())
+        Ok(Some(run.last_seq()))
     }
 
     /// The `message.new` of one message to a group: give it the group's next position, close
@@ -132,10 +132,12 @@ impl Tx<'_> {
             .query_map([&message.conversation, &message.sender], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         for user in others {
-            self.close_run(&user)?;
-            let last: i64 = self
-                .prepare_cached("SELECT last_seq FROM users WHERE id = ?1")?
-                .query_row([&user], |r| r.get(0))?;
+            let last: i64 = match self.close_run(&user)? {
+                Some(last) => last,
+                None => self
+                    .prepare_cached("SELECT last_seq FROM users WHERE id = ?1")?
+                    .query_row([&user], |r| r.get(0))?,
+            };
             self.prepare_cached(
                 "INSERT INTO inbox_runs (user_id, first_seq, conversation_id, first_pos, ts)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
