@@ -509,16 +509,13 @@ impl Delivery {
             let mut edges: Vec<&str> = sessions.iter().map(|s| s.edge.as_str()).collect();
             edges.sort_unstable();
             edges.dedup();
-            // Moved to the last edge, cloned for the others (a user is nearly always on one).
-            let mut frames = Some(frames);
-            for (i, edge) in edges.iter().enumerate() {
-                let frames = if i + 1 == edges.len() {
-                    frames.take().unwrap_or_default()
-                } else {
-                    frames.clone().unwrap_or_default()
-                };
+            // Cloned for all edges but the last, moved to it (a user is nearly always on one).
+            let Some((last, rest)) = edges.split_last() else {
+                continue;
+            };
+            let mut events = |edge: &str, frames: Vec<ServerFrame>| {
                 per_edge
-                    .entry((*edge).to_owned())
+                    .entry(edge.to_owned())
                     .or_default()
                     .push(ToEdge::Events {
                         user: user.clone(),
@@ -526,7 +523,11 @@ impl Delivery {
                         origin_ms,
                         origin_edge: origin_edge.clone(),
                     });
+            };
+            for edge in rest {
+                events(edge, frames.clone());
             }
+            events(last, frames);
         }
         for (edge, batch) in per_edge {
             if let Err(e) = self.link.deliver(&edge, batch).await {
