@@ -9,10 +9,10 @@
 use super::{InboxRow, InboxTx};
 use crate::chat::M_MESSAGE_COLUMNS;
 use crate::chat::sqlite::message_row;
-use crate::chat::stored_message_id;
+use crate::chat::{kind_name, stored_message_id};
 use crate::sqlite::Tx;
 use crate::{Result, SqliteStore};
-use hubbub_protocol::Message;
+use hubbub_protocol::{ConversationKind, Message};
 use rusqlite::{OptionalExtension, params};
 
 super::impl_inbox_store!(SqliteStore);
@@ -173,7 +173,7 @@ impl InboxTx for Tx<'_> {
                 .prepare_cached("SELECT kind FROM conversations WHERE id = ?1")?
                 .query_row([&message.conversation], |r| r.get(0))
                 .optional()?;
-            if kind.as_deref() == Some("group") {
+            if kind.as_deref() == Some(kind_name(ConversationKind::Group)) {
                 self.fan_out_group(i, message, now, &mut out)?;
                 continue;
             }
