@@ -90,28 +90,25 @@ async fn a_burst_past_capacity_is_refused_fast_and_what_was_accepted_is_stored()
     ok(&mut a, send(&c.id, "after", "after the burst")).await;
 }
 
-/// `message.send` with request id `id`: `Ok` when accepted, `Err(retry_after_ms)` when
-/// refused by admission control (any other reply fails the test). Skips events meanwhile.
-async fn attempt(socket: &mut Socket, id: &str, request: Request) -> Result<ReplyData, u64> {
-    let frame = hubbub_protocol::ClientFrame {
-        id: Some(id.to_owned()),
-        request,
-    };
-    socket.send_text(&frame.to_json()).await.expect("send");
-    loop {
-        match next(socket).await {
-            ServerFrame::Ok { id: got, data } if got == id => return Ok(data),
-            ServerFrame::Error {
-                id: Some(got),
-                code,
-                retry_after_ms,
-                message,
-            } if got == id => {
-                assert_eq!(code, ErrorCode::RateLimited, "{message}");
-                return Err(retry_after_ms.expect("refusals say when to retry"));
-            }
-            _ => {}
+/// A write: `Ok` when accepted, `Err(retry_after_ms)` when refused by admission control
+/// (any other reply fails the test).
+async fn attempt(socket: &mut Socket, request: Request) -> Result<ReplyData, u64> {
+    let reply = tokio::time::timeout(PATIENCE, socket.request(request))
+        .await
+        .expect("reply in time")
+        .expect("request");
+    match reply {
+        ServerFrame::Ok { data, .. } => Ok(data),
+        ServerFrame::Error {
+            code,
+            retry_after_ms,
+            message,
+            ..
+        } => {
+            assert_eq!(code, ErrorCode::RateLimited, "{message}");
+            Err(retry_after_ms.expect("refusals say when to retry"))
         }
+        other => panic!("expected a reply, got {other:?}"),
     }
 }
 
@@ -131,7 +128,7 @@ async fn late_delivery_to_most_sessions_refuses_writes_until_it_clears() {
     let (mut a, _) = s.connect(&at).await;
     let members: Vec<String> = others.iter().map(|(u, _)| u.id.clone()).collect();
     let conversation = loop {
-        match attempt(&mut a, "create", group(members.clone())).await {
+        match attempt(&mut a, group(members.clone())).await {
             Ok(ReplyData::Conversation { conversation: c }) => break c.id,
             Ok(other) => panic!("{other:?}"),
             Err(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
@@ -147,7 +144,7 @@ async fn late_delivery_to_most_sessions_refuses_writes_until_it_clears() {
             tries += 1;
             assert!(tries <= 20, "message {i} never admitted");
             let request = send(&conversation, &format!("k{i}"), &format!("m{i}"));
-            match attempt(&mut a, &format!("s{i}-{tries}"), request).await {
+            match attempt(&mut a, request).await {
                 Ok(_) => break,
                 Err(ms) => {
                     refusals.push(ms);
