@@ -11,6 +11,7 @@
 //! `hubbub_protocol::internal`), never the request itself: it knows queue names and request
 //! types, nothing of what services do.
 
+use futures_util::future::try_join_all;
 use hubbub_protocol::internal::{Envelope, Route};
 use hubbub_protocol::{ErrorCode, ServerFrame};
 use hubbub_queue::{Log, Outgoing, Queue, ReceiveOptions, SendOptions};
@@ -121,12 +122,6 @@ impl Router {
         &self,
         deliveries: &[hubbub_queue::Delivery],
     ) -> Result<(), hubbub_queue::QueueError> {
-        self.log
-            .append(
-                ARCHIVE_LOG,
-                deliveries.iter().map(|d| d.body.clone()).collect(),
-            )
-            .await?;
         let mut per_queue: HashMap<&'static str, Vec<Outgoing>> = HashMap::new();
         let mut unroutable = Vec::new();
         for d in deliveries {
@@ -153,9 +148,19 @@ impl Router {
                 });
             }
         }
-        for (q, msgs) in per_queue {
-            self.queue.send_batch(q, msgs).await?;
-        }
+        // The archive entries and every service queue's copies are written at once, not one
+        // after the other: on the embedded backend they share one commit (one fsync), on
+        // Redis the round trips overlap. The batch is acked only after all of them.
+        let archived = self.log.append(
+            ARCHIVE_LOG,
+            deliveries.iter().map(|d| d.body.clone()).collect(),
+        );
+        let sent = try_join_all(
+            per_queue
+                .into_iter()
+                .map(|(q, msgs)| self.queue.send_batch(q, msgs)),
+        );
+        tokio::try_join!(archived, sent)?;
         if !unroutable.is_empty() {
             // Rare (a type no service here takes): the whole envelope is read to answer it.
             let replies = unroutable

@@ -11,6 +11,7 @@
 //! (each recipient's `last_seq` incremented and the frame stored under that seq).
 
 use crate::{Result, StoreError, pending_migrations};
+use hubbub_queue::embedded::exec_cached;
 use hubbub_queue::{Clock, EmbeddedQueue, QueueError, SystemClock, TransactError};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::future::Future;
@@ -109,6 +110,7 @@ impl ReadPool {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 c.busy_timeout(std::time::Duration::from_secs(5))?;
+                hubbub_queue::embedded::for_prepared_statements(&c)?;
                 c
             }
         };
@@ -201,10 +203,10 @@ impl SqliteStore {
         let pool = self.readers.clone();
         tokio::task::spawn_blocking(move || {
             pool.with(|conn| {
-                conn.execute_batch("BEGIN")?;
+                exec_cached(conn, "BEGIN")?;
                 let out = finish(rule(&Tx { conn }));
                 // A read transaction wrote nothing: ending it is all COMMIT does here.
-                conn.execute_batch("COMMIT")?;
+                exec_cached(conn, "COMMIT")?;
                 out
             })
         })

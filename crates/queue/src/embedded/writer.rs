@@ -5,8 +5,11 @@
 //! is waiting (up to [`MAX_JOBS_PER_COMMIT`]), runs each inside its own savepoint (so a job that
 //! fails is rolled back alone), commits once, and only then answers each caller. A caller is
 //! therefore never told "done" before its change is on disk, and one fsync serves everyone who
-//! arrived while the previous commit was running.
+//! arrived while the previous commit was running. A commit of only non-durable jobs (leases,
+//! acks) is not fsynced (`synchronous=NORMAL` for that commit): the next fsynced commit, or a
+//! checkpoint, makes it durable with everything before it, since the WAL is written in order.
 
+use super::exec_cached;
 use super::ops::map_sql;
 use crate::{Clock, QueueConfig, QueueError};
 use rusqlite::Connection;
@@ -22,7 +25,13 @@ pub(crate) const MAX_JOBS_PER_COMMIT: usize = 1024;
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// Work for the writer: runs in the transaction, returns what to do once the commit is known.
-pub(crate) type Job = Box<dyn FnOnce(&mut Ctx<'_>) -> Reply + Send>;
+pub(crate) struct Job {
+    pub(crate) work: Box<dyn FnOnce(&mut Ctx<'_>) -> Reply + Send>,
+    /// Whether its caller must not be answered before the commit is fsynced. A job whose
+    /// loss in a power failure can only bring a message back (a lease, an ack) is not: see
+    /// the module doc of `embedded` ("Durability and recovery").
+    pub(crate) durable: bool,
+}
 /// Called after the commit with its outcome.
 pub(crate) type Reply = Box<dyn FnOnce(Result<(), &CommitError>) + Send>;
 
@@ -122,7 +131,7 @@ impl Ctx<'_> {
         if let Some(e) = &self.broken {
             return Err(e.to_queue_error());
         }
-        if let Err(e) = self.conn.execute_batch("SAVEPOINT job") {
+        if let Err(e) = exec_cached(self.conn, "SAVEPOINT job") {
             return Err(self.sql_err(e));
         }
         let touched = self.touched.len();
@@ -130,12 +139,12 @@ impl Ctx<'_> {
         if result.is_err() {
             self.touched.truncate(touched);
         }
-        let end = if result.is_ok() {
-            "RELEASE job"
+        let ended = if result.is_ok() {
+            exec_cached(self.conn, "RELEASE job")
         } else {
-            "ROLLBACK TO job; RELEASE job"
+            exec_cached(self.conn, "ROLLBACK TO job")
+                .and_then(|()| exec_cached(self.conn, "RELEASE job"))
         };
-        let ended = self.conn.execute_batch(end);
         if self.conn.is_autocommit() {
             // SQLite rolled back the whole transaction by itself (it does so on a full disk):
             // the work of every job before this one is gone too, so all of them must fail.
@@ -168,9 +177,26 @@ impl Ctx<'_> {
     }
 }
 
+/// Make the next commit fsync (`FULL`) or not (`NORMAL`: in WAL mode the log is still synced
+/// before each checkpoint), if it is not so already.
+fn set_sync(conn: &Connection, synced: &mut bool, durable: bool) -> rusqlite::Result<()> {
+    if *synced != durable {
+        let sql = if durable {
+            "PRAGMA synchronous = FULL"
+        } else {
+            "PRAGMA synchronous = NORMAL"
+        };
+        exec_cached(conn, sql)?;
+        *synced = durable;
+    }
+    Ok(())
+}
+
 /// The writer thread's loop; returns when every handle is dropped.
 pub(crate) fn run(conn: Connection, jobs: Receiver<Job>, shared: Arc<Shared>) {
     let mut last_sweep = Instant::now();
+    // The connection opens with `synchronous=FULL`.
+    let mut synced = true;
     while let Ok(first) = jobs.recv() {
         let mut batch = Vec::with_capacity(16);
         batch.push(first);
@@ -180,7 +206,11 @@ pub(crate) fn run(conn: Connection, jobs: Receiver<Job>, shared: Arc<Shared>) {
                 Err(_) => break,
             }
         }
-        let begun = conn.execute_batch("BEGIN IMMEDIATE");
+        // One fsync for the commit if any caller needs it, none otherwise; switched only
+        // between transactions, where SQLite allows it.
+        let durable = batch.iter().any(|j| j.durable);
+        let begun = set_sync(&conn, &mut synced, durable)
+            .and_then(|()| exec_cached(&conn, "BEGIN IMMEDIATE"));
         let mut ctx = Ctx {
             conn: &conn,
             shared: &shared,
@@ -197,18 +227,18 @@ pub(crate) fn run(conn: Connection, jobs: Receiver<Job>, shared: Arc<Shared>) {
                 tracing::warn!(error = %e, "dedupe sweep failed");
             }
         }
-        let replies: Vec<Reply> = batch.into_iter().map(|job| job(&mut ctx)).collect();
+        let replies: Vec<Reply> = batch.into_iter().map(|job| (job.work)(&mut ctx)).collect();
         let outcome = match ctx.broken.take() {
             Some(e) => {
                 if !conn.is_autocommit() {
-                    let _ = conn.execute_batch("ROLLBACK");
+                    let _ = exec_cached(&conn, "ROLLBACK");
                 }
                 Err(e)
             }
-            None => match conn.execute_batch("COMMIT") {
+            None => match exec_cached(&conn, "COMMIT") {
                 Ok(()) => Ok(()),
                 Err(e) => {
-                    let _ = conn.execute_batch("ROLLBACK");
+                    let _ = exec_cached(&conn, "ROLLBACK");
                     Err(CommitError::from_queue_error(map_sql(&shared.path, e)))
                 }
             },

@@ -9,6 +9,7 @@ use crate::sqlite::Tx;
 use crate::{Result, SqliteStore, Written};
 use hubbub_protocol::serverapi::Report;
 use hubbub_protocol::{Message, MessageVersion, Role};
+use hubbub_queue::embedded::exec_cached;
 use rusqlite::{OptionalExtension, params};
 use std::collections::BTreeMap;
 
@@ -28,14 +29,12 @@ impl SqliteStore {
         crate::run!(self.write, |tx| async move {
             let mut stored = Vec::with_capacity(news.len());
             for new in &news {
-                tx.execute_batch("SAVEPOINT hubbub_send")?;
+                exec_cached(tx, "SAVEPOINT hubbub_send")?;
                 let one = super::store_message(tx, new, now).await;
-                let end = if one.is_ok() {
-                    "RELEASE hubbub_send"
-                } else {
-                    "ROLLBACK TO hubbub_send; RELEASE hubbub_send"
-                };
-                tx.execute_batch(end)?;
+                if one.is_err() {
+                    exec_cached(tx, "ROLLBACK TO hubbub_send")?;
+                }
+                exec_cached(tx, "RELEASE hubbub_send")?;
                 stored.push(one);
             }
             super::sends_written(tx, stored, now).await
