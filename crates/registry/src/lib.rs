@@ -84,6 +84,54 @@ pub trait Registry: Send + Sync {
         }
         Ok(out)
     }
+
+    /// The edges holding a session of any of `users`, each with the indexes (into `users`,
+    /// ascending, each once) of the users it holds: what a push needs, without a list of
+    /// sessions per user (a message to a group of 1,000 looks up 1,000 users).
+    async fn users_by_edge(&self, users: &[&str]) -> Result<UsersByEdge, RegistryError> {
+        let owned: Vec<String> = users.iter().map(|u| (*u).to_owned()).collect();
+        let sessions = self.sessions_of(&owned).await?;
+        let mut out = UsersByEdge::default();
+        for (i, list) in sessions.iter().enumerate() {
+            for s in list {
+                out.add(&s.edge, i);
+            }
+        }
+        Ok(out.done())
+    }
+}
+
+/// The answer of [`Registry::users_by_edge`]: per edge, the indexes of the users it holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsersByEdge {
+    /// (edge id, indexes into the users asked about, ascending, each once).
+    pub edges: Vec<(String, Vec<usize>)>,
+    /// Where each edge is in `edges` while they are collected.
+    index: HashMap<String, usize>,
+}
+
+impl UsersByEdge {
+    /// Note that `edge` holds a session of user `i`; users are added in ascending order.
+    pub fn add(&mut self, edge: &str, i: usize) {
+        let slot = match self.index.get(edge) {
+            Some(&slot) => slot,
+            None => {
+                self.index.insert(edge.to_owned(), self.edges.len());
+                self.edges.push((edge.to_owned(), Vec::new()));
+                self.edges.len() - 1
+            }
+        };
+        let users = &mut self.edges[slot].1;
+        if users.last() != Some(&i) {
+            users.push(i);
+        }
+    }
+
+    /// The collected answer (the index is dropped).
+    pub fn done(mut self) -> Self {
+        self.index = HashMap::new();
+        self
+    }
 }
 
 /// A refused signal: its protocol code and message.
@@ -347,6 +395,18 @@ impl Registry for LocalRegistry {
             })
             .unwrap_or_default())
     }
+
+    /// One read lock for all of them, and no copy of a session id.
+    async fn users_by_edge(&self, users: &[&str]) -> Result<UsersByEdge, RegistryError> {
+        let map = self.users.read().unwrap_or_else(|p| p.into_inner());
+        let mut out = UsersByEdge::default();
+        for (i, user) in users.iter().enumerate() {
+            for (_, edge) in map.get(*user).into_iter().flatten() {
+                out.add(edge, i);
+            }
+        }
+        Ok(out.done())
+    }
 }
 
 /// Hands batches to edges.
@@ -485,49 +545,72 @@ impl Delivery {
                 .push(ToEdge::Reply { session, frame });
         }
         // Group frames by user, keeping their order (an index per user: a message to a
-        // group of N members is N frames, and a search per frame would cost N² steps).
-        let mut by_user: Vec<(String, Vec<ServerFrame>)> = Vec::new();
-        let mut index: HashMap<String, usize> = HashMap::with_capacity(frames.len());
-        for (user, frame) in frames {
-            match index.get(&user) {
-                Some(&i) => by_user[i].1.push(frame),
-                None => {
-                    index.insert(user.clone(), by_user.len());
-                    by_user.push((user, vec![frame]));
+        // group of N members is N frames, and a search per frame would cost N² steps). Users
+        // are numbered by first appearance, borrowing their ids; nothing is copied per user.
+        let mut group_of = Vec::with_capacity(frames.len());
+        let found = {
+            let mut index: HashMap<&str, usize> = HashMap::with_capacity(frames.len());
+            let mut users: Vec<&str> = Vec::new();
+            for (user, _) in &frames {
+                let next = users.len();
+                let g = *index.entry(user.as_str()).or_insert(next);
+                if g == next {
+                    users.push(user);
+                }
+                group_of.push(g);
+            }
+            self.registry.users_by_edge(&users).await
+        };
+        let found = match found {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "registry lookup failed; events wait for sync");
+                UsersByEdge::default()
+            }
+        };
+        let mut by_user: Vec<Option<(String, Vec<ServerFrame>)>> = Vec::new();
+        for ((user, frame), g) in frames.into_iter().zip(group_of) {
+            match by_user.get_mut(g) {
+                Some(Some((_, list))) => list.push(frame),
+                _ => by_user.push(Some((user, vec![frame]))),
+            }
+        }
+        // How many edges each user is on: cloned for all but the last, moved to it (a user
+        // is nearly always on one).
+        let mut edges_left = vec![0usize; by_user.len()];
+        for (_, users) in &found.edges {
+            for &i in users {
+                if let Some(n) = edges_left.get_mut(i) {
+                    *n += 1;
                 }
             }
         }
-        let users: Vec<String> = by_user.iter().map(|(u, _)| u.clone()).collect();
-        let all_sessions = match self.registry.sessions_of(&users).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "registry lookup failed; events wait for sync");
-                vec![Vec::new(); users.len()]
+        for (edge, users) in found.edges {
+            let batch = per_edge.entry(edge).or_default();
+            batch.reserve(users.len());
+            for i in users {
+                let (Some(left), Some(slot)) = (edges_left.get_mut(i), by_user.get_mut(i)) else {
+                    continue;
+                };
+                *left -= 1;
+                let (user, frames) = if *left == 0 {
+                    match slot.take() {
+                        Some(uf) => uf,
+                        None => continue,
+                    }
+                } else {
+                    match slot.as_ref() {
+                        Some((u, f)) => (u.clone(), f.clone()),
+                        None => continue,
+                    }
+                };
+                batch.push(ToEdge::Events {
+                    user,
+                    frames,
+                    origin_ms,
+                    origin_edge: origin_edge.clone(),
+                });
             }
-        };
-        for ((user, frames), sessions) in by_user.into_iter().zip(all_sessions) {
-            let mut edges: Vec<&str> = sessions.iter().map(|s| s.edge.as_str()).collect();
-            edges.sort_unstable();
-            edges.dedup();
-            // Cloned for all edges but the last, moved to it (a user is nearly always on one).
-            let Some((last, rest)) = edges.split_last() else {
-                continue;
-            };
-            let mut events = |edge: &str, frames: Vec<ServerFrame>| {
-                per_edge
-                    .entry(edge.to_owned())
-                    .or_default()
-                    .push(ToEdge::Events {
-                        user: user.clone(),
-                        frames,
-                        origin_ms,
-                        origin_edge: origin_edge.clone(),
-                    });
-            };
-            for edge in rest {
-                events(edge, frames.clone());
-            }
-            events(last, frames);
         }
         for (edge, batch) in per_edge {
             if let Err(e) = self.link.deliver(&edge, batch).await {

@@ -25,7 +25,7 @@ use std::task::{Context, Poll, Waker};
 /// version 5: API keys and the runtime config; version 6: replies, threads, edits, deletes,
 /// reactions and pins; version 7: webhooks and the server API; version 8: contacts; version 9:
 /// reports.
-const MIGRATIONS: [&str; 12] = [
+const MIGRATIONS: [&str; 13] = [
     include_str!("../migrations/sqlite/001_chat.sql"),
     include_str!("../migrations/sqlite/002_feed.sql"),
     include_str!("../migrations/sqlite/003_refresh_token_families.sql"),
@@ -38,6 +38,7 @@ const MIGRATIONS: [&str; 12] = [
     include_str!("../migrations/sqlite/010_mutes.sql"),
     include_str!("../migrations/sqlite/011_moderation.sql"),
     include_str!("../migrations/sqlite/012_inbox_runs.sql"),
+    include_str!("../migrations/sqlite/013_fan_out_indexes.sql"),
 ];
 /// Read connections kept open for reuse.
 const MAX_IDLE_READERS: usize = 8;

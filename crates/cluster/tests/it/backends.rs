@@ -42,6 +42,19 @@ async fn registry_contract(r: &dyn Registry) {
         [1, 0, 2],
         "in order"
     );
+    // Per edge, the users it holds (by index), each once however many sessions.
+    r.register("bob", "s4", "e1").await.expect("register");
+    let mut by_edge = r
+        .users_by_edge(&["bob", "nobody", "alice"])
+        .await
+        .expect("by edge")
+        .edges;
+    by_edge.sort();
+    assert_eq!(
+        by_edge,
+        [("e1".to_owned(), vec![0, 2]), ("e2".to_owned(), vec![2])]
+    );
+    r.unregister("bob", "s4").await.expect("unregister");
     r.unregister("alice", "s1").await.expect("unregister");
     r.unregister("alice", "s1").await.expect("twice is fine");
     assert_eq!(r.sessions("alice").await.expect("sessions").len(), 1);

@@ -384,6 +384,8 @@ pub(super) struct PubReplies {
     pub(super) ok: AtomicU64,
     pub(super) errors: AtomicU64,
     pub(super) first_error: Mutex<Option<String>>,
+    /// Send → `ok` (hubbub: the write committed and its events handed to the edges), µs.
+    pub(super) ok_us: Mutex<Option<Histogram<u64>>>,
 }
 
 impl PubReplies {
@@ -410,6 +412,8 @@ pub(super) struct PubReport {
     pub(super) replies_ok: u64,
     pub(super) replies_error: u64,
     pub(super) first_error: Option<String>,
+    /// Send → `ok`, p50 and p99 in ms (hubbub only; none without replies).
+    pub(super) ok_ms: Option<(f64, f64)>,
 }
 
 /// Read a publisher's connection: answer pings, count replies, remember the highest seq.
@@ -428,6 +432,15 @@ pub(super) async fn publisher_reader(
                 for line in text.split('\n') {
                     if line.starts_with(r#"{"type":"ok""#) {
                         replies.ok.fetch_add(1, Ordering::Relaxed);
+                        if let Some(sent) = sent_us(line.as_bytes())
+                            && let Ok(mut h) = replies.ok_us.lock()
+                        {
+                            let h = h.get_or_insert_with(|| {
+                                Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+                                    .expect("static histogram bounds")
+                            });
+                            h.saturating_record(now_us().saturating_sub(sent).max(1));
+                        }
                     } else if line.starts_with(r#"{"type":"error""#) {
                         replies.error(line);
                     } else if let Some(s) = durable_seq(line) {
@@ -547,6 +560,11 @@ pub(super) async fn publisher_process(peer: Peer, base: &str, count: usize) -> a
                     replies_ok: replies.ok.load(Ordering::Relaxed),
                     replies_error: replies.errors.load(Ordering::Relaxed),
                     first_error: replies.first_error.lock().ok().and_then(|e| e.clone()),
+                    ok_ms: replies.ok_us.lock().ok().and_then(|h| {
+                        h.as_ref()
+                            .filter(|h| !h.is_empty())
+                            .map(|h| (ms(h.value_at_quantile(0.5)), ms(h.value_at_quantile(0.99))))
+                    }),
                 };
                 say(&serde_json::to_string(&report)?).await?;
             }

@@ -360,6 +360,7 @@ async fn run_target(
             report.replies_ok = pr.replies_ok;
             report.replies_error = pr.replies_error;
             report.first_error = pr.first_error;
+            report.ok_ms = pr.ok_ms;
         }
         if let Some(d) = &done
             && report.sent > 0
@@ -570,6 +571,9 @@ fn print_table(args: &FanoutBenchArgs, reports: &[Report]) {
                 "worst receiver got {:.2}% of the messages",
                 r.worst_receiver_pct
             ));
+        }
+        if let Some((p50, p99)) = r.ok_ms {
+            notes.push(format!("send -> ok p50 {p50:.1} ms, p99 {p99:.1} ms"));
         }
         if r.closed_connections > 0 {
             notes.push(format!("{} connections closed", r.closed_connections));

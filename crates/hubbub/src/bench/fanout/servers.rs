@@ -43,6 +43,8 @@ pub(super) struct Report {
     pub(super) closed_connections: u64,
     pub(super) publish_send_errors: u64,
     pub(super) replies_ok: u64,
+    /// Send → `ok` p50 and p99, ms (hubbub).
+    pub(super) ok_ms: Option<(f64, f64)>,
     pub(super) replies_error: u64,
     pub(super) first_error: Option<String>,
     /// hubbub's figures over this target's (on hubbub's object: one entry per peer).
