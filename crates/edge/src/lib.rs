@@ -905,7 +905,10 @@ mod tests {
         .expect("a message");
         let mut serializer = BatchSerializer::default();
         for (seq, message) in [(7, Message::default()), (8, full.clone()), (9, full)] {
-            let frame = ServerFrame::MessageNew { seq, message };
+            let frame = ServerFrame::MessageNew {
+                seq,
+                message: message.into(),
+            };
             let cached = serializer.frame(&frame);
             assert_eq!(&*cached.json, frame.to_json().as_str());
             assert_eq!((cached.seq, cached.kind), (Some(seq), "message.new"));

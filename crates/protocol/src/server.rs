@@ -58,7 +58,8 @@ pub enum ServerFrame {
         /// The user's event seq.
         seq: u64,
         /// The message.
-        message: Message,
+        // Shared: a message to a group of N members is N of these frames, one copy of it.
+        message: std::sync::Arc<Message>,
     },
     /// A message was edited or deleted, or its `replies` changed (durable).
     #[serde(rename = "message.updated")]

@@ -275,9 +275,8 @@ pub async fn enqueue(
 /// no conversation and for `notification`s (mentions reach a muted conversation's members).
 fn conversation_of(event: &ServerFrame) -> Option<&str> {
     match event {
-        ServerFrame::MessageNew { message, .. } | ServerFrame::MessageUpdated { message, .. } => {
-            Some(&message.conversation)
-        }
+        ServerFrame::MessageNew { message, .. } => Some(&message.conversation),
+        ServerFrame::MessageUpdated { message, .. } => Some(&message.conversation),
         ServerFrame::ReactionUpdated { conversation, .. }
         | ServerFrame::ReceiptRead { conversation, .. } => Some(conversation),
         ServerFrame::ConversationUpdated { conversation, .. } => Some(&conversation.id),

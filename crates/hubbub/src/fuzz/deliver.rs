@@ -238,7 +238,7 @@ impl DeliverTarget {
             },
             3 => ServerFrame::MessageNew {
                 seq: any_u64(rng),
-                message: Self::message(rng),
+                message: Self::message(rng).into(),
             },
             4 => ServerFrame::ConversationUpdated {
                 seq: any_u64(rng),

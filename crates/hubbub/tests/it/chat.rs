@@ -50,7 +50,7 @@ async fn group_chat_reaches_every_session_exactly_once() {
         let ServerFrame::MessageNew { message, .. } = f else {
             panic!()
         };
-        assert_eq!(message, m);
+        assert_eq!(*message, m);
     }
     // Idempotent: the same client_msg_id returns the first message and delivers nothing.
     let ReplyData::Message { message: again } =
@@ -648,7 +648,7 @@ async fn one_sender_pipelining_keeps_its_order() {
     let mut seqs = Vec::with_capacity(N);
     while seen.len() < N {
         if let ServerFrame::MessageNew { seq, message, .. } = next(&mut b).await {
-            seen.push(message.text);
+            seen.push(message.text.clone());
             seqs.push(seq);
         }
     }

@@ -360,7 +360,7 @@ async fn kill_9_during_traffic_loses_and_repeats_nothing() {
                 ServerFrame::Ok { id, .. } if id == "all" => break,
                 ServerFrame::MessageNew { seq, message } => {
                     seqs.push(seq);
-                    keys.push(message.client_msg_id);
+                    keys.push(message.client_msg_id.clone());
                 }
                 ServerFrame::ReactionUpdated { seq, message, .. } => {
                     seqs.push(seq);

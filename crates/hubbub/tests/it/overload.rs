@@ -167,7 +167,7 @@ async fn late_delivery_to_most_sessions_refuses_writes_until_it_clears() {
         let mut got = Vec::new();
         while got.len() < MESSAGES {
             if let ServerFrame::MessageNew { message, .. } = next(socket).await {
-                got.push(message.text);
+                got.push(message.text.clone());
             }
         }
         let want: Vec<String> = (0..MESSAGES).map(|i| format!("m{i}")).collect();

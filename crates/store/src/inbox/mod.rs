@@ -154,13 +154,18 @@ pub(crate) async fn message_events(
     let mut seqs = tx.fan_out(messages, now).await?;
     seqs.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     let mut out: Vec<Vec<Event>> = messages.iter().map(|_| Vec::new()).collect();
+    // One copy of each message, shared by its recipients' frames.
+    let shared: Vec<std::sync::Arc<Message>> = messages
+        .iter()
+        .map(|m| std::sync::Arc::new((*m).clone()))
+        .collect();
     for (i, user, seq) in seqs {
-        if let (Some(list), Some(m)) = (out.get_mut(i), messages.get(i)) {
+        if let (Some(list), Some(m)) = (out.get_mut(i), shared.get(i)) {
             list.push(Event {
                 user,
                 frame: ServerFrame::MessageNew {
                     seq,
-                    message: (*m).clone(),
+                    message: m.clone(),
                 },
             });
         }
@@ -187,7 +192,7 @@ pub(crate) async fn replay(
         .map(|(seq, frame, message)| match (frame, message) {
             (_, Some(message)) => Ok(ServerFrame::MessageNew {
                 seq: seq as u64,
-                message: message_from_row(message)?,
+                message: message_from_row(message)?.into(),
             }),
             (Some(json), None) if crate::contacts::is_sealed_row(&json) => {
                 crate::contacts::open_row(keys, user, seq as u64, &json)
