@@ -271,6 +271,15 @@ pub(crate) struct CloseSignal {
 }
 
 impl CloseSignal {
+    /// A signal that also fires when `token` is cancelled by its parent (the server shutting
+    /// down: code 1001).
+    pub(crate) fn new(token: CancellationToken) -> Self {
+        CloseSignal {
+            token,
+            ..CloseSignal::default()
+        }
+    }
+
     /// Ask the session to write what waits for it now.
     pub(crate) fn flush_now(&self) {
         self.flush.notify_one();
@@ -297,12 +306,13 @@ impl CloseSignal {
         self.token.is_cancelled()
     }
 
-    /// The code and reason given.
+    /// The code and reason given; none given (the token's parent cancelled it): the server
+    /// is shutting down.
     pub(crate) fn why(&self) -> (u16, String) {
         self.why
             .get()
             .cloned()
-            .unwrap_or((1013, "too slow: reconnect and sync".into()))
+            .unwrap_or((1001, "server shutting down".into()))
     }
 }
 

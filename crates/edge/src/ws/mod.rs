@@ -232,7 +232,7 @@ async fn run(inner: Arc<Inner>, user: UserRef, expires_ms: i64, socket: WebSocke
         Err(_) => return,
     };
     let (tx, rx) = mpsc::channel(inner.runtime().config.limits.max_outgoing_frames.max(16));
-    let close_signal = Arc::new(CloseSignal::default());
+    let close_signal = Arc::new(CloseSignal::new(inner.cancel.child_token()));
     let queued = Arc::new(AtomicUsize::new(0));
     inner.add_session(
         &session,
@@ -364,13 +364,20 @@ impl Conn {
             Duration::from_secs(self.inner.runtime().config.intervals.ping_interval_s.max(1));
         let mut ping = tokio::time::interval(ping_every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let cancel = self.inner.cancel.clone();
         let signal = self.close.clone();
-        // One timer for the session's deadlines, moved only when the next one changes.
+        // Futures made once and polled by reference: `select!` polls every branch on every
+        // wake-up, and one made afresh each time registers (and drops) a waiter each time,
+        // on a lock the edge's sessions share. The session's close signal is a child of the
+        // server's shutdown, so one future hears both.
+        let closed = signal.closed();
+        tokio::pin!(closed);
+        let flush_wanted = signal.flush_wanted();
+        tokio::pin!(flush_wanted);
+        // One timer for the session's deadlines (acks included), moved only when the next
+        // one changes.
         let timer = tokio::time::sleep_until(self.next_due());
         tokio::pin!(timer);
         loop {
-            let ack_due = self.acks.due;
             let due = self.next_due();
             if timer.deadline() != due {
                 timer.as_mut().reset(due);
@@ -378,13 +385,13 @@ impl Conn {
             let flow = tokio::select! {
                 // Unbiased: among ready branches one is picked at random, so neither a client
                 // that never stops sending nor a flood of events starves the other direction.
-                _ = cancel.cancelled() => close(1001, "server shutting down"),
-                _ = signal.closed() => {
+                _ = &mut closed => {
                     let (code, reason) = signal.why();
                     Flow::Close(code, reason)
                 }
                 // Its buffer is half full: the coalescing window ends now.
-                _ = signal.flush_wanted(), if self.flush_at.is_some() => {
+                _ = &mut flush_wanted, if self.flush_at.is_some() => {
+                    flush_wanted.set(signal.flush_wanted());
                     self.flush_at = None;
                     self.last_write = Instant::now();
                     let mut batch = std::mem::take(&mut self.coalesced);
@@ -439,19 +446,23 @@ impl Conn {
                 // No timer per second per session: it wakes when a reply is overdue or its
                 // token lapses (19,000 idle sessions cost 19,000 wake-ups a second otherwise).
                 _ = &mut timer => {
-                    if self.flush_at.is_some_and(|at| at <= Instant::now()) {
+                    let now = Instant::now();
+                    let acked = self.acks.due.is_some_and(|at| at <= now);
+                    if acked {
+                        self.flush_acks();
+                    }
+                    if self.flush_at.is_some_and(|at| at <= now) {
                         self.flush_at = None;
-                        self.last_write = Instant::now();
+                        self.last_write = now;
                         let mut batch = std::mem::take(&mut self.coalesced);
                         self.take_waiting(&mut rx, &mut batch);
                         Box::pin(self.on_outgoing(batch)).await
+                    } else if acked && self.next_due() > now {
+                        // Only the ack was due.
+                        Flow::Continue
                     } else {
                         Box::pin(self.on_tick()).await
                     }
-                }
-                _ = sleep_until_some(ack_due) => {
-                    self.flush_acks();
-                    Flow::Continue
                 }
             };
             match flow {
@@ -486,10 +497,15 @@ impl Conn {
             .clamp(0, MAX_SLEEP.as_millis() as i64) as u64;
         // One millisecond past the lapse, so the check in `on_tick` sees it passed.
         let lapse = Instant::now() + Duration::from_millis(lapse_in + 1);
-        [self.pending.next_deadline(), self.held.due(), self.flush_at]
-            .into_iter()
-            .flatten()
-            .fold(lapse, Instant::min)
+        [
+            self.pending.next_deadline(),
+            self.held.due(),
+            self.flush_at,
+            self.acks.due,
+        ]
+        .into_iter()
+        .flatten()
+        .fold(lapse, Instant::min)
     }
 
     /// Read the events missing before the held ones from the store, then queue what is to
@@ -782,13 +798,5 @@ impl Conn {
                 .delivered(&mut self.late, age, std::time::Instant::now());
         }
         self.write_raw(&frames, &shared).await
-    }
-}
-
-/// Sleep until `at`, or forever when there is nothing to wait for.
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
