@@ -44,6 +44,11 @@ use tokio_util::task::TaskTracker;
 pub const TICK: Duration = Duration::from_millis(25);
 /// At most one event per post per this long.
 const PUBLISH_EVERY_MS: i64 = 1000;
+/// How long a loaded post is kept for the request that loaded it. A caller loads a post (one
+/// command to the partition), then subscribes or types (another): a tick between the two used
+/// to drop the post again, having neither watchers nor writers yet, and the subscription was
+/// then refused as unknown and lost (seen under load in CI).
+const LOAD_GRACE_MS: i64 = 10_000;
 /// How long a partition remembers that a post does not exist.
 const TOMBSTONE_MS: i64 = 10 * 60 * 1000;
 /// Most tombstones (deleted or unknown posts) one partition keeps: typing on made-up ids
@@ -104,6 +109,9 @@ struct PostState {
     dirty: bool,
     /// When its last event was published; `None`: never.
     last_published: Option<i64>,
+    /// When it was last loaded from the store: kept at least [`LOAD_GRACE_MS`] after, with no
+    /// one watching and no one writing, for the subscription or typing that loaded it.
+    loaded_ms: i64,
 }
 
 /// What a partition knows of a post.
@@ -153,7 +161,9 @@ impl Aggregator {
         match comments {
             Some(c) => {
                 self.gone.remove(post);
-                self.posts.entry(post.to_owned()).or_default().comments = c;
+                let state = self.posts.entry(post.to_owned()).or_default();
+                state.comments = c;
+                state.loaded_ms = now;
             }
             None => {
                 self.posts.remove(post);
@@ -262,9 +272,10 @@ impl Aggregator {
             }
             state.subs.retain(|_, until| *until > now);
             if state.subs.is_empty() {
-                // No one to tell; keep the window only while it has writers.
+                // No one to tell; keep the window only while it has writers (or was just
+                // loaded for someone about to subscribe or type).
                 state.dirty = false;
-                return !state.writers.is_empty();
+                return !state.writers.is_empty() || now - state.loaded_ms < LOAD_GRACE_MS;
             }
             let due = state
                 .last_published

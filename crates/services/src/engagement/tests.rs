@@ -95,6 +95,23 @@ fn subscriptions_lapse_unless_renewed_and_gone_edges_are_dropped() {
 }
 
 #[test]
+fn a_tick_between_loading_a_post_and_subscribing_to_it_keeps_it() {
+    let mut agg = Aggregator::new(config());
+    agg.load("p", Some(0), 0);
+    // The partition ticks before the caller's subscription arrives.
+    assert!(agg.tick(25).is_empty());
+    assert!(agg.subscribe("e1", "p", 30), "still known");
+    agg.typing("p", &user(1), 1, 40);
+    assert_eq!(only(&agg.tick(1000), "e1").0, 1);
+    // Loaded and never watched nor written: forgotten once the grace is over.
+    agg.load("q", Some(0), 1000);
+    agg.tick(1000 + LOAD_GRACE_MS - 1);
+    assert_eq!(agg.known("q"), Known::Live);
+    agg.tick(1000 + LOAD_GRACE_MS);
+    assert_eq!(agg.known("q"), Known::Unknown);
+}
+
+#[test]
 fn comments_and_deletion() {
     let mut agg = Aggregator::new(config());
     agg.load("p", Some(1), 0);
