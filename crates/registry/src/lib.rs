@@ -629,31 +629,27 @@ impl Delivery {
         origin: Option<Origin<'_>>,
     ) {
         let (origin_ms, origin_edge) = Origin::split(origin);
-        let all_sessions = match self.registry.sessions_of(users).await {
-            Ok(s) => s,
+        let names: Vec<&str> = users.iter().map(String::as_str).collect();
+        // Per edge, the members it holds (a user's sessions on one edge are reached by naming
+        // the user once), without a list of sessions per member.
+        let found = match self.registry.users_by_edge(&names).await {
+            Ok(f) => f,
             Err(e) => {
                 tracing::warn!(error = %e, "registry lookup failed; members catch up by channel.sync");
                 return;
             }
         };
-        let mut per_edge: HashMap<&str, Vec<String>> = HashMap::new();
-        for (user, sessions) in users.iter().zip(&all_sessions) {
-            for s in sessions {
-                let list = per_edge.entry(s.edge.as_str()).or_default();
-                // A user's sessions on one edge are reached once by naming the user once.
-                if list.last() != Some(user) {
-                    list.push(user.clone());
-                }
-            }
-        }
-        for (edge, users) in per_edge {
+        for (edge, held) in found.edges {
             let batch = vec![ToEdge::Broadcast {
-                users,
+                users: held
+                    .into_iter()
+                    .filter_map(|i| users.get(i).cloned())
+                    .collect(),
                 frame: frame.clone(),
                 origin_ms,
                 origin_edge: origin_edge.clone(),
             }];
-            if let Err(e) = self.link.deliver(edge, batch).await {
+            if let Err(e) = self.link.deliver(&edge, batch).await {
                 tracing::debug!(%edge, error = %e, "edge delivery failed");
             }
         }
