@@ -97,7 +97,7 @@ pub trait Registry: Send + Sync {
                 out.add(&s.edge, i);
             }
         }
-        Ok(out.done())
+        Ok(out)
     }
 }
 
@@ -106,7 +106,7 @@ pub trait Registry: Send + Sync {
 pub struct UsersByEdge {
     /// (edge id, indexes into the users asked about, ascending, each once).
     pub edges: Vec<(String, Vec<usize>)>,
-    /// Where each edge is in `edges` while they are collected.
+    /// Where each edge is in `edges`.
     index: HashMap<String, usize>,
 }
 
@@ -125,12 +125,6 @@ impl UsersByEdge {
         if users.last() != Some(&i) {
             users.push(i);
         }
-    }
-
-    /// The collected answer (the index is dropped).
-    pub fn done(mut self) -> Self {
-        self.index = HashMap::new();
-        self
     }
 }
 
@@ -405,7 +399,7 @@ impl Registry for LocalRegistry {
                 out.add(edge, i);
             }
         }
-        Ok(out.done())
+        Ok(out)
     }
 }
 

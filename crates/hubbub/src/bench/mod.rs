@@ -57,7 +57,6 @@ pub async fn run(which: Bench) -> anyhow::Result<()> {
     }
 }
 
-/// Milliseconds of a histogram value recorded in microseconds.
 /// A load generator's WebSocket.
 pub(crate) type ClientWs =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -78,6 +77,7 @@ where
     Ok(ws)
 }
 
+/// Milliseconds of a histogram value recorded in microseconds.
 pub(crate) fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }

@@ -17,6 +17,22 @@ use rusqlite::{OptionalExtension, params};
 
 super::impl_inbox_store!(SqliteStore);
 
+/// A run's length in SQL over `inbox_runs r JOIN conversations c`: its count, or, open, up to
+/// its group's newest message.
+macro_rules! run_len {
+    () => {
+        "COALESCE(r.count, c.last_pos - r.first_pos + 1)"
+    };
+}
+
+/// Whether message `m` is one of run `r`'s (the condition, in SQL).
+macro_rules! in_run {
+    () => {
+        "m.conversation_id = r.conversation_id AND m.pos >= r.first_pos
+         AND (r.count IS NULL OR m.pos < r.first_pos + r.count)"
+    };
+}
+
 /// A user's open run: its first seq and first position, and its group's newest position.
 struct OpenRun {
     first_seq: i64,
@@ -100,9 +116,7 @@ impl Tx<'_> {
                    ON m.conversation_id = ?1 AND m.user_id = b.blocker
                  WHERE b.blocked = ?2",
             )?
-            .query_map([&message.conversation, &message.sender], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?
+            .query_map([&message.conversation, &message.sender], |r| r.try_into())?
             .collect::<Result<_, _>>()?;
         for (user, in_run) in &blockers {
             if *in_run {
@@ -240,16 +254,15 @@ impl InboxTx for Tx<'_> {
             .query_row([user], |r| r.get(0))?;
         // The first run with a message left: the seq of its first one.
         let run: Option<i64> = self
-            .prepare_cached(
+            .prepare_cached(concat!(
                 "SELECT s FROM (
-                   SELECT r.first_seq - r.first_pos +
-                          (SELECT MIN(m.pos) FROM messages m
-                           WHERE m.conversation_id = r.conversation_id
-                             AND m.pos >= r.first_pos
-                             AND (r.count IS NULL OR m.pos < r.first_pos + r.count)) AS s
-                   FROM inbox_runs r WHERE r.user_id = ?1 ORDER BY r.first_seq)
-                 WHERE s IS NOT NULL LIMIT 1",
-            )?
+                       SELECT r.first_seq - r.first_pos +
+                              (SELECT MIN(m.pos) FROM messages m WHERE ",
+                in_run!(),
+                ") AS s
+                       FROM inbox_runs r WHERE r.user_id = ?1 ORDER BY r.first_seq)
+                     WHERE s IS NOT NULL LIMIT 1"
+            ))?
             .query_row([user], |r| r.get(0))
             .optional()?;
         Ok(match (row, run) {
@@ -277,24 +290,22 @@ impl InboxTx for Tx<'_> {
         // seq order, each read from its group's messages by position, until `limit` events
         // are found and the next run starts past them.
         let runs: Vec<(i64, String, i64, i64)> = self
-            .prepare_cached(
+            .prepare_cached(concat!(
                 "SELECT * FROM (
-                   SELECT r.first_seq, r.conversation_id, r.first_pos,
-                          COALESCE(r.count, c.last_pos - r.first_pos + 1)
-                   FROM inbox_runs r JOIN conversations c ON c.id = r.conversation_id
-                   WHERE r.user_id = ?1 AND r.first_seq <= ?2
-                   ORDER BY r.first_seq DESC LIMIT 1)
-                 UNION ALL
-                 SELECT * FROM (
-                   SELECT r.first_seq, r.conversation_id, r.first_pos,
-                          COALESCE(r.count, c.last_pos - r.first_pos + 1)
-                   FROM inbox_runs r JOIN conversations c ON c.id = r.conversation_id
-                   WHERE r.user_id = ?1 AND r.first_seq > ?2
-                   ORDER BY r.first_seq LIMIT ?3)",
-            )?
-            .query_map(params![user, after, limit as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?
+                       SELECT r.first_seq, r.conversation_id, r.first_pos, ",
+                run_len!(),
+                " FROM inbox_runs r JOIN conversations c ON c.id = r.conversation_id
+                       WHERE r.user_id = ?1 AND r.first_seq <= ?2
+                       ORDER BY r.first_seq DESC LIMIT 1)
+                     UNION ALL
+                     SELECT * FROM (
+                       SELECT r.first_seq, r.conversation_id, r.first_pos, ",
+                run_len!(),
+                " FROM inbox_runs r JOIN conversations c ON c.id = r.conversation_id
+                       WHERE r.user_id = ?1 AND r.first_seq > ?2
+                       ORDER BY r.first_seq LIMIT ?3)"
+            ))?
+            .query_map(params![user, after, limit as i64], |r| r.try_into())?
             .collect::<Result<_, _>>()?;
         for (first_seq, conversation, first_pos, count) in runs {
             if first_seq + count - 1 <= after {
@@ -343,25 +354,16 @@ impl InboxTx for Tx<'_> {
         // Runs whose first message left is older than `before_ms` lose their events before
         // the first newer one (a run left with none goes).
         let runs: Vec<(String, i64, String, i64, i64, bool)> = self
-            .prepare_cached(
-                "SELECT r.user_id, r.first_seq, r.conversation_id, r.first_pos,
-                        COALESCE(r.count, c.last_pos - r.first_pos + 1), r.count IS NULL
-                 FROM inbox_runs r JOIN conversations c ON c.id = r.conversation_id
-                 WHERE (SELECT m.ts FROM messages m
-                        WHERE m.conversation_id = r.conversation_id AND m.pos >= r.first_pos
-                          AND (r.count IS NULL OR m.pos < r.first_pos + r.count)
-                        ORDER BY m.pos LIMIT 1) < ?1",
-            )?
-            .query_map([before_ms], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })?
+            .prepare_cached(concat!(
+                "SELECT r.user_id, r.first_seq, r.conversation_id, r.first_pos, ",
+                run_len!(),
+                ", r.count IS NULL
+                     FROM inbox_runs r JOIN conversations c ON c.id = r.conversation_id
+                     WHERE (SELECT m.ts FROM messages m WHERE ",
+                in_run!(),
+                " ORDER BY m.pos LIMIT 1) < ?1"
+            ))?
+            .query_map([before_ms], |r| r.try_into())?
             .collect::<Result<_, _>>()?;
         let mut events = 0u64;
         for (user, first_seq, conversation, first_pos, count, open) in runs {
