@@ -162,7 +162,7 @@ impl ControlTx for Tx<'_> {
         Ok(self
             .rows(
                 "SELECT id, name, scopes, created_ms FROM api_keys
-                 WHERE revoked_ms IS NULL ORDER BY created_ms, id",
+                 WHERE revoked_ms IS NULL ORDER BY created_ms, created_seq",
                 &[],
             )
             .await?

@@ -49,7 +49,7 @@ impl ControlTx for Tx<'_> {
         Ok(self
             .prepare_cached(
                 "SELECT id, name, scopes, created_ms FROM api_keys
-                 WHERE revoked_ms IS NULL ORDER BY created_ms, id",
+                 WHERE revoked_ms IS NULL ORDER BY created_ms, rowid",
             )?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<Result<Vec<_>, _>>()?)
