@@ -17,7 +17,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hubbub_protocol::internal::ToEdge;
-use hubbub_registry::{EdgeLink, RegistryError};
+use hubbub_registry::{EdgeLink, Registry, RegistryError};
 use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::Duration;
@@ -62,7 +62,13 @@ pub struct HttpEdges {
     client: reqwest::Client,
     secret: String,
     addresses: RwLock<HashMap<String, String>>,
+    /// The live edges and when they were read ([`EDGES_FRESH_FOR`]).
+    live: tokio::sync::Mutex<Option<(tokio::time::Instant, Vec<String>)>>,
 }
+
+/// How long the list of live edges a channel's messages go to is reused: a channel message
+/// reaches an edge that started less than this ago by `channel.sync` only.
+pub const EDGES_FRESH_FOR: Duration = Duration::from_millis(500);
 
 impl std::fmt::Debug for HttpEdges {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -84,6 +90,7 @@ impl HttpEdges {
             client,
             secret: secret.to_owned(),
             addresses: RwLock::new(HashMap::new()),
+            live: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -154,6 +161,25 @@ impl EdgeLink for HttpEdges {
                 .map_err(|_| RegistryError::EdgeGone(edge.to_owned()))?;
         }
         Ok(())
+    }
+
+    async fn edges(&self) -> Result<Vec<String>, RegistryError> {
+        // One lookup at a time refreshes the list; the others wait for it and reuse it.
+        let mut live = self.live.lock().await;
+        if let Some((at, edges)) = live.as_ref()
+            && at.elapsed() < EDGES_FRESH_FOR
+        {
+            return Ok(edges.clone());
+        }
+        let edges: Vec<String> = self
+            .registry
+            .edges()
+            .await?
+            .into_iter()
+            .map(|l| l.edge)
+            .collect();
+        *live = Some((tokio::time::Instant::now(), edges.clone()));
+        Ok(edges)
     }
 }
 

@@ -16,6 +16,8 @@
 //!   per IP), header and body read timeouts.
 //! - [`media_type`]: the strict parser of upload types and how media is served back.
 //! - `limit`: token buckets, and keyed buckets of bounded memory (login attempts).
+//! - `channels`: which of this edge's users are members of which channels (a channel's
+//!   message names the channel; the edge finds its recipients).
 //! - `ws`: `/v1/ws`, one task per connection: parse, rate-limit, answer reads (through the
 //!   chat service's query side, `ChatReads`),
 //!   put writes on the `main` queue, and write replies and events to the socket in seq order.
@@ -37,6 +39,7 @@
 mod admin;
 mod admission;
 pub mod auth;
+mod channels;
 mod demo;
 mod http;
 mod limit;
@@ -166,6 +169,9 @@ pub(crate) struct Frame {
     pub(crate) seq: Option<u64>,
     /// Its `type`, for metrics.
     pub(crate) kind: &'static str,
+    /// Whether it tells its user of a change to a channel: the session loads the user's
+    /// channels again before writing it (see the `channels` module).
+    pub(crate) changes_channels: bool,
     /// The JSON.
     pub(crate) json: Arc<str>,
 }
@@ -179,6 +185,7 @@ impl Frame {
         Frame {
             seq: frame.seq(),
             kind: frame.type_name(),
+            changes_channels: channel_changed(frame),
             json: frame.to_json().into(),
         }
     }
@@ -211,6 +218,7 @@ impl BatchSerializer {
         Frame {
             seq: Some(*seq),
             kind: frame.type_name(),
+            changes_channels: false,
             json: format!(r#"{{"type":"message.new","seq":{seq},"message":{body}}}"#).into(),
         }
     }
@@ -363,6 +371,8 @@ pub(crate) struct Sessions {
     watching: HashMap<String, HashSet<String>>,
     /// The latest engagement frame of each watched post, for a session that starts watching.
     last: HashMap<String, Arc<str>>,
+    /// The channels of the users with a session here.
+    channels: channels::Channels,
     /// Sessions opened so far (orders them).
     opened: u64,
 }
@@ -437,6 +447,7 @@ impl Inner {
         handle.opened = s.opened;
         let user = handle.user.clone();
         s.by_id.insert(session.to_owned(), handle);
+        s.channels.track(&user);
         let ids = s.by_user.entry(user).or_default();
         ids.insert(session.to_owned());
         let cap = self.config.max_sessions_per_user.max(1);
@@ -469,6 +480,7 @@ impl Inner {
                 set.remove(session);
                 if set.is_empty() {
                     s.by_user.remove(&h.user);
+                    s.channels.forget(&h.user);
                 }
             }
             unwatched = Self::unwatch_locked(&mut s, session, h.posts.iter());
@@ -550,6 +562,22 @@ impl Inner {
         self.sessions().watching.keys().cloned().collect()
     }
 
+    /// Load `user`'s channels from the store (see the `channels` module), unless the user
+    /// has no session here.
+    pub(crate) async fn load_channels(&self, user: &str) {
+        let Some(generation) = self.sessions().channels.begin_load(user) else {
+            return;
+        };
+        match self.deps.store.channels_of(user).await {
+            Ok(list) => {
+                self.sessions().channels.loaded(user, generation, list);
+            }
+            Err(e) => {
+                tracing::warn!(%user, error = %e, "channels not loaded; their messages wait for channel.sync")
+            }
+        }
+    }
+
     /// Hand an item to a session without waiting. A buffer past its bound, in items or in
     /// bytes, cuts the session off (1013): a slow reader never grows memory without bound.
     fn offer(&self, handle: &SessionHandle, out: Out) {
@@ -576,6 +604,7 @@ impl Inner {
         }
     }
 
+    /// Route a batch from the services to the sessions.
     fn dispatch(&self, batch: Vec<ToEdge>) {
         let mut sessions = self.sessions();
         let mut serializer = BatchSerializer::default();
@@ -622,8 +651,8 @@ impl Inner {
                         }
                     }
                 }
-                ToEdge::Broadcast {
-                    users,
+                ToEdge::Channel {
+                    conversation,
                     frame,
                     origin_ms,
                     origin_edge,
@@ -632,7 +661,8 @@ impl Inner {
                         Accepted::new(&self.config.edge_id, origin_ms, origin_edge.as_deref());
                     // Serialized once for every session of every member on this edge.
                     let frame: Arc<[Frame]> = Arc::new([Frame::new(&frame)]);
-                    for user in &users {
+                    let sessions = &*sessions;
+                    for user in sessions.channels.members(&conversation) {
                         for id in sessions.by_user.get(user).into_iter().flatten() {
                             if let Some(h) = sessions.by_id.get(id) {
                                 self.offer(h, Out::Events(Box::new((frame.clone(), accepted))));
@@ -706,6 +736,12 @@ impl Inner {
             }
         }
     }
+}
+
+/// Whether a frame tells its user of a change to a channel (they may have joined or left it).
+pub(crate) fn channel_changed(frame: &hubbub_protocol::ServerFrame) -> bool {
+    matches!(frame, hubbub_protocol::ServerFrame::ConversationUpdated { conversation, .. }
+        if conversation.kind == hubbub_protocol::ConversationKind::Channel)
 }
 
 /// A running edge.

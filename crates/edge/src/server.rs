@@ -724,7 +724,11 @@ async fn erase(inner: Arc<Inner>, id: String) -> Result<(), Response> {
 async fn deliver<T>(inner: &Inner, written: hubbub_store::Written<T>) {
     if let Some(b) = written.broadcast {
         for frame in b.frames {
-            inner.deps.delivery.broadcast(&b.users, frame, None).await;
+            inner
+                .deps
+                .delivery
+                .broadcast(&b.conversation, frame, None)
+                .await;
         }
     }
     if !written.events.is_empty() {

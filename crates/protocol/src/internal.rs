@@ -123,11 +123,12 @@ pub enum ToEdge {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         origin_edge: Option<String>,
     },
-    /// One frame for every session of each of `users` on this edge (a channel's message):
-    /// serialized once, shared by every session.
-    Broadcast {
-        /// The recipients (those with a session on this edge).
-        users: Vec<String>,
+    /// One frame for every session on this edge of each member of `conversation` (a
+    /// channel's message or change): the edge knows its users' channels, so the services
+    /// name no member. Serialized once, shared by every session.
+    Channel {
+        /// The channel.
+        conversation: String,
         /// The frame.
         frame: ServerFrame,
         /// When the originating request was accepted by its edge, for latency metrics.

@@ -408,6 +408,10 @@ impl Registry for LocalRegistry {
 pub trait EdgeLink: Send + Sync {
     /// Deliver a batch to one edge.
     async fn deliver(&self, edge: &str, batch: Vec<ToEdge>) -> Result<(), RegistryError>;
+
+    /// The edges running now: where a channel's message goes (each edge knows which of its
+    /// users are members). A backend may answer from a cache of a second or so.
+    async fn edges(&self) -> Result<Vec<String>, RegistryError>;
 }
 
 /// Where pushed events came from: the edge that accepted the write producing them, and when
@@ -464,6 +468,11 @@ impl EdgeLink for LocalEdges {
             .ok_or_else(|| RegistryError::EdgeGone(edge.to_owned()))?;
         tx.send(batch)
             .map_err(|_| RegistryError::EdgeGone(edge.to_owned()))
+    }
+
+    async fn edges(&self) -> Result<Vec<String>, RegistryError> {
+        let edges = self.edges.read().unwrap_or_else(|p| p.into_inner());
+        Ok(edges.keys().cloned().collect())
     }
 }
 
@@ -613,32 +622,26 @@ impl Delivery {
         }
     }
 
-    /// Push one frame to every session of each of `users` (a channel's message), one batch
-    /// per edge naming the users it holds; the edge serializes the frame once. Best effort,
-    /// as [`Delivery::push`]: a member who misses it finds it with `channel.sync`.
+    /// Push one frame of a channel (its message, or a change to one) to every edge: each
+    /// hands it to the sessions of its users who are members. Best effort, as
+    /// [`Delivery::push`]: a member who misses it finds it with `channel.sync`.
     pub async fn broadcast(
         &self,
-        users: &[String],
+        conversation: &str,
         frame: ServerFrame,
         origin: Option<Origin<'_>>,
     ) {
         let (origin_ms, origin_edge) = Origin::split(origin);
-        let names: Vec<&str> = users.iter().map(String::as_str).collect();
-        // Per edge, the members it holds (a user's sessions on one edge are reached by naming
-        // the user once), without a list of sessions per member.
-        let found = match self.registry.users_by_edge(&names).await {
-            Ok(f) => f,
+        let edges = match self.link.edges().await {
+            Ok(e) => e,
             Err(e) => {
-                tracing::warn!(error = %e, "registry lookup failed; members catch up by channel.sync");
+                tracing::warn!(error = %e, "no edge list; members catch up by channel.sync");
                 return;
             }
         };
-        for (edge, held) in found.edges {
-            let batch = vec![ToEdge::Broadcast {
-                users: held
-                    .into_iter()
-                    .filter_map(|i| users.get(i).cloned())
-                    .collect(),
+        for edge in edges {
+            let batch = vec![ToEdge::Channel {
+                conversation: conversation.to_owned(),
                 frame: frame.clone(),
                 origin_ms,
                 origin_edge: origin_edge.clone(),

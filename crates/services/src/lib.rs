@@ -297,7 +297,7 @@ impl Worker {
                 if let Some(b) = broadcast {
                     for frame in b.frames {
                         self.delivery
-                            .broadcast(&b.users, frame, Some(origin(envelope)))
+                            .broadcast(&b.conversation, frame, Some(origin(envelope)))
                             .await;
                     }
                 }

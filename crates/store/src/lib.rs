@@ -177,13 +177,14 @@ impl Event {
     }
 }
 
-/// Frames for every session of many users that are in no inbox: a channel's message, or a
-/// change to one, which clients recover by the channel's offset (`channel.sync`, history),
-/// not by their seq.
+/// Frames for every session of a channel's members that are in no inbox: a channel's message,
+/// or a change to one, which clients recover by the channel's offset (`channel.sync`,
+/// history), not by their seq. It names the channel, not its members: each edge knows which
+/// of its users are members (a message to 10,000 subscribers reads no member list).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Broadcast {
-    /// The recipients.
-    pub users: Vec<String>,
+    /// The channel.
+    pub conversation: String,
     /// The frames (`channel.message`, `channel.updated`), in order.
     pub frames: Vec<ServerFrame>,
 }

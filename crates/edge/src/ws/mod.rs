@@ -206,7 +206,14 @@ struct Conn {
     committing: Option<Commit>,
     /// This session's part in admission control's count of late sessions.
     late: LateMark,
+    /// Requests awaiting their reply that may change the user's channels (their `ok` loads
+    /// them again before it is written; see the `channels` module). At most
+    /// [`MAX_CHANNEL_OPS`]: an older one is forgotten, and events load its change anyway.
+    channel_ops: Vec<String>,
 }
+
+/// The most channel-changing requests a session tracks at once.
+const MAX_CHANNEL_OPS: usize = 16;
 
 /// A commit of accepted writes to `main`: their request ids, and the queue's refusal if any.
 type Commit = std::pin::Pin<
@@ -268,6 +275,7 @@ async fn run(inner: Arc<Inner>, user: UserRef, expires_ms: i64, socket: WebSocke
         accepted: Vec::new(),
         committing: None,
         late: LateMark::default(),
+        channel_ops: Vec::new(),
     };
     let flow = conn.start(rx).await;
     Box::pin(conn.commit_the_rest()).await;
@@ -332,6 +340,8 @@ impl Conn {
             Err(_) => return close(1011, "storage unavailable"),
         };
         self.seq = SeqState::new(last_seq);
+        // A client that has its `hello` gets its channels' messages.
+        self.inner.load_channels(&self.user.id).await;
         let hello = ServerFrame::Hello {
             user: self.user.clone(),
             session: self.session.clone(),
@@ -523,6 +533,9 @@ impl Conn {
             .await
         {
             Ok(r) => {
+                if r.frames.iter().any(crate::channel_changed) {
+                    self.inner.load_channels(&self.user.id).await;
+                }
                 for f in r.frames {
                     if let Some(s) = f.seq() {
                         self.seq.filled(s);
@@ -743,13 +756,30 @@ impl Conn {
         for out in batch {
             match out {
                 Out::Shared(list) => shared.extend(*list),
-                Out::Reply(reply) => match *reply {
+                Out::Reply(reply) => {
+                    let (id, frame) = *reply;
+                    let op = id
+                        .as_ref()
+                        .and_then(|id| self.channel_ops.iter().position(|o| o == id));
+                    if let Some(i) = op {
+                        self.channel_ops.swap_remove(i);
+                    }
                     // Already answered (timed out): drop the late reply.
-                    (Some(id), _) if !self.pending.answered(&id) => {}
-                    (_, frame) => frames.push(frame),
-                },
+                    if id.as_ref().is_some_and(|id| !self.pending.answered(id)) {
+                        continue;
+                    }
+                    if op.is_some() && frame.kind == "ok" {
+                        Box::pin(self.inner.load_channels(&self.user.id)).await;
+                    }
+                    frames.push(frame);
+                }
                 Out::Events(batch) => {
                     let (events, accepted) = *batch;
+                    // A client told of a channel's change gets its messages (or no more of
+                    // them) from then on.
+                    if events.iter().any(|f| f.changes_channels) {
+                        Box::pin(self.inner.load_channels(&self.user.id)).await;
+                    }
                     let now = Instant::now();
                     for frame in events.iter() {
                         let Some(seq) = frame.seq else {

@@ -518,6 +518,14 @@ impl Conn {
             Ok(r) => r,
             Err(e) => return self.written(&[ServerFrame::error(id, e.0, e.1)]).await,
         };
+        // The user's own requests that may change their channels.
+        let changes_channels = matches!(
+            request,
+            Request::ChannelSubscribe { .. }
+                | Request::ChannelUnsubscribe { .. }
+                | Request::ConversationLeave { .. }
+                | Request::ConversationCreate { .. }
+        );
         let envelope_id = match hubbub_store::new_id("e") {
             Ok(e) => e,
             Err(e) => return self.reply(id, Err(e)).await,
@@ -544,6 +552,12 @@ impl Conn {
         // write counts against admission from when it is read).
         if let Some(id) = &id {
             self.pending.forwarded(id.clone(), Instant::now());
+            if changes_channels {
+                if self.channel_ops.len() >= super::MAX_CHANNEL_OPS {
+                    self.channel_ops.remove(0);
+                }
+                self.channel_ops.push(id.clone());
+            }
         }
         self.accepted.push((id, body));
         self.start_commit();

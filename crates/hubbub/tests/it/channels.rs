@@ -128,3 +128,87 @@ async fn channel_messages_are_broadcast_and_recovered_by_offset() {
     let f = until(&mut bob, "channel.message 4", |f| offset_of(f).is_some()).await;
     assert_eq!(offset_of(&f).map(|o| o.1), Some(4));
 }
+
+/// Each edge knows which of its users are members of which channels (a channel's message
+/// names the channel, not its members): a member added or removed by someone else, and a
+/// second session of a member, get exactly the messages of their membership, from the moment
+/// they are told of it.
+#[tokio::test]
+async fn the_edge_follows_membership_changes_made_by_others() {
+    let s = server().await;
+    let (_, ot) = s.user("chm_owner").await;
+    let (dave, dt) = s.user("chm_dave").await;
+    let (mut owner, _) = s.connect(&ot).await;
+    let ReplyData::Conversation { conversation: c } = ok(
+        &mut owner,
+        Request::ConversationCreate {
+            kind: ConversationKind::Channel,
+            members: vec![],
+            title: Some("private".into()),
+            ephemeral: None,
+            idempotency_key: None,
+            public: Some(false),
+        },
+    )
+    .await
+    else {
+        panic!("a conversation")
+    };
+    let id = c.id.clone();
+    let (mut d1, _) = s.connect(&dt).await;
+    let told = |f: &ServerFrame| matches!(f, ServerFrame::ConversationUpdated { conversation, .. } if conversation.id == id);
+
+    // Added by the owner: told, then the channel's messages come.
+    ok(
+        &mut owner,
+        Request::ConversationAdd {
+            conversation: id.clone(),
+            user: Some(dave.id.clone()),
+            users: None,
+        },
+    )
+    .await;
+    until(&mut d1, "told of the add", told).await;
+    ok(&mut owner, send(&id, "m1", "one")).await;
+    let f = until(&mut d1, "channel.message 1", |f| offset_of(f).is_some()).await;
+    assert_eq!(offset_of(&f).map(|o| o.1), Some(1));
+
+    // A second session gets them from its hello on.
+    let (mut d2, _) = s.connect(&dt).await;
+    ok(&mut owner, send(&id, "m2", "two")).await;
+    for d in [&mut d1, &mut d2] {
+        let f = until(d, "channel.message 2", |f| offset_of(f).is_some()).await;
+        assert_eq!(offset_of(&f).map(|o| o.1), Some(2));
+    }
+
+    // Removed by the owner: told, then nothing more. The owner's own copy of m3 and Dave's
+    // (if he were still a member) leave the edge in one dispatch, so a request Dave sends after
+    // the owner has m3 is answered after any copy of it.
+    ok(
+        &mut owner,
+        Request::ConversationRemove {
+            conversation: id.clone(),
+            user: dave.id.clone(),
+        },
+    )
+    .await;
+    for d in [&mut d1, &mut d2] {
+        until(d, "told of the removal", told).await;
+    }
+    ok(&mut owner, send(&id, "m3", "three")).await;
+    until(&mut owner, "the owner's m3", |f| {
+        offset_of(f).is_some_and(|o| o.1 == 3)
+    })
+    .await;
+    for d in [&mut d1, &mut d2] {
+        d.send_text(r#"{"type":"conversation.list","id":"after"}"#)
+            .await
+            .expect("send");
+        loop {
+            match next(d).await {
+                ServerFrame::Ok { id: r, .. } if r == "after" => break,
+                f => assert!(offset_of(&f).is_none(), "a removed member got {f:?}"),
+            }
+        }
+    }
+}

@@ -5,7 +5,7 @@
 //! exactly once and reached every member exactly once across `sync`; the clients of the
 //! killed edge reconnect to the other one and resume with no gap and no duplicate.
 
-use crate::support::PATIENCE;
+use crate::support::{PATIENCE, send};
 use hubbub::client::{Client, Socket};
 use hubbub_protocol::{ConversationKind, ReplyData, Request, ServerFrame};
 use std::collections::{BTreeMap, BTreeSet};
@@ -339,6 +339,70 @@ async fn roles_apart_survive_kill_9_of_a_worker_an_edge_and_the_router() {
             other => panic!("group not created: {other:?}"),
         }
         s.close().await;
+    }
+
+    // A channel across edges: its message names the channel, and the other edge finds its
+    // subscriber (it loaded the subscriber's channels when the subscription was answered).
+    {
+        let (mut owner, _) = Client::new(&edges[0])
+            .connect(&users[0].1)
+            .await
+            .expect("connect");
+        let (mut sub, _) = Client::new(&edges[1])
+            .connect(&users[1].1)
+            .await
+            .expect("connect");
+        let create = Request::ConversationCreate {
+            kind: ConversationKind::Channel,
+            members: vec![],
+            title: Some("across".into()),
+            ephemeral: None,
+            idempotency_key: None,
+            public: Some(true),
+        };
+        let channel = match tokio::time::timeout(PATIENCE, owner.request(create))
+            .await
+            .expect("in time")
+            .expect("reply")
+        {
+            ServerFrame::Ok {
+                data: ReplyData::Conversation { conversation },
+                ..
+            } => conversation.id,
+            other => panic!("channel not created: {other:?}"),
+        };
+        let subscribe = Request::ChannelSubscribe {
+            conversation: channel.clone(),
+        };
+        let reply = tokio::time::timeout(PATIENCE, sub.request(subscribe))
+            .await
+            .expect("in time")
+            .expect("reply");
+        assert!(matches!(reply, ServerFrame::Ok { .. }), "{reply:?}");
+        let reply = tokio::time::timeout(PATIENCE, owner.request(send(&channel, "x1", "hi")))
+            .await
+            .expect("in time")
+            .expect("reply");
+        assert!(matches!(reply, ServerFrame::Ok { .. }), "{reply:?}");
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let f = tokio::time::timeout_at(deadline, sub.next_frame())
+                .await
+                .expect("the channel's message on the other edge")
+                .expect("read")
+                .expect("open");
+            if let ServerFrame::ChannelMessage {
+                conversation,
+                offset,
+                ..
+            } = f
+            {
+                assert_eq!((conversation.as_str(), offset), (channel.as_str(), 1));
+                break;
+            }
+        }
+        owner.close().await;
+        sub.close().await;
     }
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -144,23 +144,16 @@ async fn is_channel(tx: &impl ChatTx, id: &str) -> Result<bool> {
 }
 
 /// Add `frame` to the broadcast of a channel's change (to every member).
-async fn broadcast(
-    tx: &impl ChatTx,
-    id: &str,
-    written: &mut Option<Broadcast>,
-    frame: ServerFrame,
-) -> Result<()> {
+fn broadcast(id: &str, written: &mut Option<Broadcast>, frame: ServerFrame) {
     match written {
         Some(b) => b.frames.push(frame),
         None => {
-            let users = tx.members_after(id, "", i64::MAX as usize).await?;
             *written = Some(Broadcast {
-                users,
+                conversation: id.to_owned(),
                 frames: vec![frame],
             });
         }
     }
-    Ok(())
 }
 
 /// Tell the members that `message` changed: `message.updated` to each who does not block its
@@ -179,7 +172,8 @@ pub(crate) async fn tell_changed<T>(
             offset: offset.unwrap_or(0),
             message: message.clone(),
         };
-        return broadcast(tx, id, &mut written.broadcast, frame).await;
+        broadcast(id, &mut written.broadcast, frame);
+        return Ok(());
     }
     let users = tx.audience(id, &message.sender).await?;
     let frame = |seq| ServerFrame::MessageUpdated {

@@ -135,6 +135,10 @@ pub trait ChatStore: Send + Sync {
     /// `channel.unsubscribe`: leave a channel (idempotent; not its owner).
     async fn unsubscribe(&self, caller: &str, channel: &str) -> Result<Written<()>>;
 
+    /// The channels `user` is a member of: what an edge holding the user's sessions loads to
+    /// route channel messages (a channel's [`Broadcast`] names the channel, not its members).
+    async fn channels_of(&self, user: &str) -> Result<Vec<String>>;
+
     /// `channel.sync`: the channel's messages with offset above `after`, at most `limit`,
     /// as `channel.message` frames in offset order; the last offset replayed (`after` when
     /// none); whether more remain. Members only.
@@ -496,6 +500,8 @@ pub(crate) trait ChatTx {
     async fn remove_member(&self, id: &str, user: &str) -> Result<()>;
     /// The conversations `user` is in, with the id of the last message they read.
     async fn memberships(&self, user: &str) -> Result<Vec<(String, i64)>>;
+    /// The channels `user` is a member of.
+    async fn channel_memberships(&self, user: &str) -> Result<Vec<String>>;
     /// The conversation's newest message `viewer` sees (none from users `viewer` blocks).
     async fn last_message(&self, id: &str, viewer: &str) -> Result<Option<Message>>;
     /// Messages after `read` that `viewer` did not send and sees.
@@ -1243,23 +1249,15 @@ pub(crate) async fn store_message(tx: &impl ChatTx, new: &NewMessage, now: i64) 
 }
 
 /// The broadcast of a new channel message: `channel.message` to every member.
-pub(crate) async fn channel_broadcast(
-    tx: &impl ChatTx,
-    message: &Message,
-    offset: u64,
-) -> Result<Broadcast> {
-    // In the members' key order (no sort of a big channel's members per message).
-    let users = tx
-        .members_after(&message.conversation, "", i64::MAX as usize)
-        .await?;
-    Ok(Broadcast {
-        users,
+pub(crate) fn channel_broadcast(message: &Message, offset: u64) -> Broadcast {
+    Broadcast {
+        conversation: message.conversation.clone(),
         frames: vec![ServerFrame::ChannelMessage {
             conversation: message.conversation.clone(),
             offset,
             message: message.clone(),
         }],
-    })
+    }
 }
 
 /// `message.send` on its own: the message, its `message.new` events (or its broadcast in a
@@ -1277,7 +1275,7 @@ pub(crate) async fn send_message(
         Some(offset) => Written {
             value: stored.message.clone(),
             events: Vec::new(),
-            broadcast: Some(channel_broadcast(tx, &stored.message, offset).await?),
+            broadcast: Some(channel_broadcast(&stored.message, offset)),
         },
         None => {
             let events = message_events(tx, &[&stored.message], now).await?;
@@ -1325,7 +1323,7 @@ pub(crate) async fn sends_written(
             Some(offset) => Written {
                 value: s.message.clone(),
                 events: Vec::new(),
-                broadcast: Some(channel_broadcast(tx, &s.message, offset).await?),
+                broadcast: Some(channel_broadcast(&s.message, offset)),
             },
             None => Written::new(s.message.clone(), events.next().unwrap_or_default()),
         };

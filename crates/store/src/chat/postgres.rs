@@ -307,6 +307,18 @@ impl ChatTx for Tx<'_> {
             .collect())
     }
 
+    async fn channel_memberships(&self, user: &str) -> Result<Vec<String>> {
+        let rows = self
+            .rows(
+                "SELECT m.conversation_id FROM members m
+                 JOIN conversations c ON c.id = m.conversation_id
+                 WHERE m.user_id = $1 AND c.kind = 'channel'",
+                &[&user],
+            )
+            .await?;
+        Ok(strings(rows))
+    }
+
     async fn last_message(&self, id: &str, viewer: &str) -> Result<Option<Message>> {
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1

@@ -320,6 +320,17 @@ impl ChatTx for Tx<'_> {
             .collect::<Result<_, _>>()?)
     }
 
+    async fn channel_memberships(&self, user: &str) -> Result<Vec<String>> {
+        strings(
+            self.prepare_cached(
+                "SELECT m.conversation_id FROM members m
+                 JOIN conversations c ON c.id = m.conversation_id
+                 WHERE m.user_id = ?1 AND c.kind = 'channel'",
+            )?,
+            [user],
+        )
+    }
+
     async fn last_message(&self, id: &str, viewer: &str) -> Result<Option<Message>> {
         let st = self.prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1

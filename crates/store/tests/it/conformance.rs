@@ -1454,11 +1454,11 @@ pub async fn channels_number_messages_by_offset(env: &Env) {
             .expect("send");
         assert!(w.events.is_empty(), "a channel message is no inbox event");
         let b = w.broadcast.expect("a broadcast");
-        let mut users = b.users.clone();
-        users.sort();
-        let mut expected = vec![owner.clone(), bob.clone()];
-        expected.sort();
-        assert_eq!(users, expected);
+        // It names the channel; its members are whoever `channels_of` names it for.
+        assert_eq!(b.conversation, "ch");
+        for u in [&owner, &bob] {
+            assert_eq!(s.channels_of(u).await.expect("channels"), ["ch"], "{u}");
+        }
         let [
             ServerFrame::ChannelMessage {
                 offset, message, ..
@@ -1561,7 +1561,13 @@ pub async fn channels_number_messages_by_offset(env: &Env) {
         .send_message(send(&owner, "ch", "m4", "after"))
         .await
         .expect("send");
-    assert_eq!(w.broadcast.expect("broadcast").users, [owner]);
+    assert_eq!(w.broadcast.expect("broadcast").conversation, "ch");
+    let of = |u: &str| {
+        let u = u.to_owned();
+        async move { s.channels_of(&u).await.expect("channels") }
+    };
+    assert!(of(&owner).await.contains(&"ch".to_owned()));
+    assert!(!of(&bob).await.contains(&"ch".to_owned()));
 }
 
 /// API keys: shown once, found by the key, scoped, listed without the key, revoked at once.
@@ -2907,10 +2913,10 @@ pub async fn erasing_a_user_leaves_tombstones_and_nothing_else(env: &Env) {
     let [told] = &broadcasts[..] else {
         panic!("{broadcasts:?}")
     };
-    assert!(
-        told.users.contains(&b) && told.users.contains(&c),
-        "{told:?}"
-    );
+    assert_eq!(told.conversation, "er-ch", "{told:?}");
+    for u in [&b, &c] {
+        assert_eq!(s.channels_of(u).await.expect("channels"), ["er-ch"], "{u}");
+    }
     assert!(
         matches!(&told.frames[..], [ServerFrame::ChannelUpdated { message, .. }]
         if message.id == in_channel.id && message.deleted)
