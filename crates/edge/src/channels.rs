@@ -69,30 +69,42 @@ impl Channels {
     }
 
     /// A load finished with `channels`: applied unless the user left, or a load started
-    /// after it was applied already.
-    pub(crate) fn loaded(&mut self, user: &str, generation: u64, channels: Vec<String>) -> bool {
-        let Some(u) = self.users.get_mut(user) else {
-            return false;
-        };
+    /// after it was applied already. Returns the channels the user joined or left, when
+    /// applied.
+    pub(crate) fn loaded(
+        &mut self,
+        user: &str,
+        generation: u64,
+        channels: Vec<String>,
+    ) -> Option<Vec<String>> {
+        let u = self.users.get_mut(user)?;
         if generation <= u.applied {
-            return false;
+            return None;
         }
         u.applied = generation;
         let now: HashSet<String> = channels.into_iter().collect();
         let before = std::mem::take(&mut u.of);
+        let mut changed = Vec::new();
         for c in now.difference(&before) {
             self.members
                 .entry(c.clone())
                 .or_default()
                 .insert(user.to_owned());
+            changed.push(c.clone());
         }
         for c in before.difference(&now) {
             self.leave(c, user);
+            changed.push(c.clone());
         }
         if let Some(u) = self.users.get_mut(user) {
             u.of = now;
         }
-        true
+        Some(changed)
+    }
+
+    /// The user's channels, as last loaded.
+    pub(crate) fn of(&self, user: &str) -> impl Iterator<Item = &String> {
+        self.users.get(user).into_iter().flat_map(|u| u.of.iter())
     }
 
     /// The channel's members with a session here.
@@ -130,13 +142,16 @@ mod tests {
         c.track("u1");
         c.track("u2");
         let g = c.begin_load("u1").expect("tracked");
-        assert!(c.loaded("u1", g, list(&["a", "b"])));
+        assert!(c.loaded("u1", g, list(&["a", "b"])).is_some());
         let g = c.begin_load("u2").expect("tracked");
-        assert!(c.loaded("u2", g, list(&["b"])));
+        assert!(c.loaded("u2", g, list(&["b"])).is_some());
         assert_eq!(members(&c, "a"), ["u1"]);
         assert_eq!(members(&c, "b"), ["u1", "u2"]);
         let g = c.begin_load("u1").expect("tracked");
-        assert!(c.loaded("u1", g, list(&["b", "c"])));
+        let mut changed = c.loaded("u1", g, list(&["b", "c"])).expect("applied");
+        changed.sort();
+        assert_eq!(changed, ["a", "c"], "what the user joined or left");
+        assert_eq!(c.of("u1").count(), 2);
         assert!(members(&c, "a").is_empty());
         assert_eq!(members(&c, "b"), ["u1", "u2"]);
         assert_eq!(members(&c, "c"), ["u1"]);
@@ -149,15 +164,15 @@ mod tests {
         c.track("u");
         let old = c.begin_load("u").expect("tracked");
         let new = c.begin_load("u").expect("tracked");
-        assert!(c.loaded("u", new, list(&[])));
+        assert!(c.loaded("u", new, list(&[])).is_some());
         // The older load read the state before the user left "a": it must not bring it back.
-        assert!(!c.loaded("u", old, list(&["a"])));
+        assert!(c.loaded("u", old, list(&["a"])).is_none());
         assert!(members(&c, "a").is_empty());
         // In order, both land.
         let first = c.begin_load("u").expect("tracked");
-        assert!(c.loaded("u", first, list(&["a"])));
+        assert!(c.loaded("u", first, list(&["a"])).is_some());
         let second = c.begin_load("u").expect("tracked");
-        assert!(c.loaded("u", second, list(&["a", "b"])));
+        assert!(c.loaded("u", second, list(&["a", "b"])).is_some());
         assert_eq!(members(&c, "b"), ["u"]);
     }
 
@@ -169,13 +184,13 @@ mod tests {
         let g = c.begin_load("u").expect("tracked");
         c.forget("u");
         assert!(
-            !c.loaded("u", g, list(&["a"])),
+            c.loaded("u", g, list(&["a"])).is_none(),
             "gone before the load landed"
         );
         assert!(members(&c, "a").is_empty());
         c.track("u");
         let g = c.begin_load("u").expect("tracked");
-        assert!(c.loaded("u", g, list(&["a"])));
+        assert!(c.loaded("u", g, list(&["a"])).is_some());
         c.forget("u");
         assert!(c.members.is_empty() && c.users.is_empty());
     }

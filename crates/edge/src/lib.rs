@@ -233,7 +233,8 @@ pub(crate) enum Out {
     Reply(Box<(Option<String>, Frame)>),
     /// Events for the user, durable ones in seq order, and when the write causing them was
     /// accepted.
-    Events(Box<(Arc<[Frame]>, Option<Accepted>)>),
+    /// Shared, not boxed: a channel's message is one item for all its sessions.
+    Events(Arc<(Arc<[Frame]>, Option<Accepted>)>),
     /// Ephemeral frames serialized once and shared by every session that gets them.
     // Boxed on purpose: a `Vec` is three words, a `Box` one (see the enum's doc).
     #[allow(clippy::box_collection)]
@@ -274,6 +275,9 @@ impl Accepted {
 #[derive(Debug, Default)]
 pub(crate) struct CloseSignal {
     token: CancellationToken,
+    /// Set by [`CloseSignal::close`]: what the dispatcher reads for every item it hands over
+    /// (reading the token takes its lock).
+    asked: std::sync::atomic::AtomicBool,
     why: std::sync::OnceLock<(u16, String)>,
     flush: tokio::sync::Notify,
 }
@@ -301,6 +305,7 @@ impl CloseSignal {
     /// Ask the session to close (the first reason given wins).
     pub(crate) fn close(&self, code: u16, reason: &str) {
         let _ = self.why.set((code, reason.to_owned()));
+        self.asked.store(true, Ordering::Relaxed);
         self.token.cancel();
     }
 
@@ -333,12 +338,8 @@ pub const CLOSE_REVOKED: u16 = 4001;
 
 pub(crate) struct SessionHandle {
     user: String,
-    tx: mpsc::Sender<Out>,
-    /// Tells the session to close (a slow reader, a revoked user, a newer session past the
-    /// per-user cap).
-    close: Arc<CloseSignal>,
-    /// Bytes handed to the session and not yet taken by its task.
-    queued: Arc<AtomicUsize>,
+    /// Where items for it go (shared with the channels' lists of recipients).
+    out: Arc<Target>,
     /// When it opened, in this edge's order (the oldest of a user is closed first).
     opened: u64,
     /// Posts whose engagement this session watches.
@@ -354,13 +355,21 @@ impl SessionHandle {
     ) -> Self {
         SessionHandle {
             user,
-            tx,
-            close,
-            queued,
+            out: Arc::new(Target { tx, close, queued }),
             opened: 0,
             posts: HashSet::new(),
         }
     }
+}
+
+/// Where the items for one session go.
+pub(crate) struct Target {
+    tx: mpsc::Sender<Out>,
+    /// Tells the session to close (a slow reader, a revoked user, a newer session past the
+    /// per-user cap).
+    close: Arc<CloseSignal>,
+    /// Bytes handed to the session and not yet taken by its task.
+    queued: Arc<AtomicUsize>,
 }
 
 #[derive(Default)]
@@ -373,8 +382,41 @@ pub(crate) struct Sessions {
     last: HashMap<String, Arc<str>>,
     /// The channels of the users with a session here.
     channels: channels::Channels,
+    /// Each channel's sessions here, as last listed (a channel's message to 10,000 sessions
+    /// looks up none); dropped when a member's sessions or a membership change.
+    recipients: HashMap<String, Arc<[Arc<Target>]>>,
     /// Sessions opened so far (orders them).
     opened: u64,
+}
+
+impl Sessions {
+    /// The sessions here of a channel's members (listed once, then kept until a member's
+    /// sessions or a membership change).
+    fn recipients(&mut self, channel: &str) -> Arc<[Arc<Target>]> {
+        if let Some(r) = self.recipients.get(channel) {
+            return r.clone();
+        }
+        let list: Arc<[Arc<Target>]> = self
+            .channels
+            .members(channel)
+            .flat_map(|user| self.by_user.get(user).into_iter().flatten())
+            .filter_map(|id| self.by_id.get(id).map(|h| h.out.clone()))
+            .collect();
+        self.recipients.insert(channel.to_owned(), list.clone());
+        list
+    }
+
+    /// The user's sessions changed: their channels' lists of recipients are made again.
+    fn forget_recipients_of(&mut self, user: &str) {
+        let Sessions {
+            channels,
+            recipients,
+            ..
+        } = self;
+        for c in channels.of(user) {
+            recipients.remove(c);
+        }
+    }
 }
 
 /// Login and signup attempts, per client IP and per handle.
@@ -448,6 +490,7 @@ impl Inner {
         let user = handle.user.clone();
         s.by_id.insert(session.to_owned(), handle);
         s.channels.track(&user);
+        s.forget_recipients_of(&user);
         let ids = s.by_user.entry(user).or_default();
         ids.insert(session.to_owned());
         let cap = self.config.max_sessions_per_user.max(1);
@@ -455,14 +498,14 @@ impl Inner {
         let mut open: Vec<(u64, &SessionHandle)> = ids
             .iter()
             .filter_map(|id| s.by_id.get(id))
-            .filter(|h| !h.close.is_closed())
+            .filter(|h| !h.out.close.is_closed())
             .map(|h| (h.opened, h))
             .collect();
         if open.len() > cap {
             open.sort_unstable_by_key(|(opened, _)| *opened);
             for (_, h) in &open[..open.len() - cap] {
                 metrics::counter!(hubbub_protocol::metrics::SESSIONS_EVICTED).increment(1);
-                h.close.close(
+                h.out.close.close(
                     CLOSE_DISCONNECTED,
                     "session limit: a newer session of this user opened",
                 );
@@ -480,8 +523,11 @@ impl Inner {
                 set.remove(session);
                 if set.is_empty() {
                     s.by_user.remove(&h.user);
-                    s.channels.forget(&h.user);
                 }
+            }
+            s.forget_recipients_of(&h.user);
+            if !s.by_user.contains_key(&h.user) {
+                s.channels.forget(&h.user);
             }
             unwatched = Self::unwatch_locked(&mut s, session, h.posts.iter());
         }
@@ -570,7 +616,14 @@ impl Inner {
         };
         match self.deps.store.channels_of(user).await {
             Ok(list) => {
-                self.sessions().channels.loaded(user, generation, list);
+                let mut s = self.sessions();
+                for c in s
+                    .channels
+                    .loaded(user, generation, list)
+                    .unwrap_or_default()
+                {
+                    s.recipients.remove(&c);
+                }
             }
             Err(e) => {
                 tracing::warn!(%user, error = %e, "channels not loaded; their messages wait for channel.sync")
@@ -580,8 +633,8 @@ impl Inner {
 
     /// Hand an item to a session without waiting. A buffer past its bound, in items or in
     /// bytes, cuts the session off (1013): a slow reader never grows memory without bound.
-    fn offer(&self, handle: &SessionHandle, out: Out) {
-        if handle.close.is_closed() {
+    fn offer(&self, handle: &Target, out: Out) {
+        if handle.close.asked.load(Ordering::Relaxed) {
             return;
         }
         let bytes = out.bytes();
@@ -629,7 +682,7 @@ impl Inner {
                             _ => None,
                         };
                         let frame = Frame::new(&frame);
-                        self.offer(h, Out::Reply(Box::new((id, frame))));
+                        self.offer(&h.out, Out::Reply(Box::new((id, frame))));
                     }
                 }
                 ToEdge::Events {
@@ -646,7 +699,10 @@ impl Inner {
                             frames.iter().map(|f| serializer.frame(f)).collect();
                         for id in ids {
                             if let Some(h) = sessions.by_id.get(id) {
-                                self.offer(h, Out::Events(Box::new((frames.clone(), accepted))));
+                                self.offer(
+                                    &h.out,
+                                    Out::Events(Arc::new((frames.clone(), accepted))),
+                                );
                             }
                         }
                     }
@@ -659,15 +715,10 @@ impl Inner {
                 } => {
                     let accepted =
                         Accepted::new(&self.config.edge_id, origin_ms, origin_edge.as_deref());
-                    // Serialized once for every session of every member on this edge.
-                    let frame: Arc<[Frame]> = Arc::new([Frame::new(&frame)]);
-                    let sessions = &*sessions;
-                    for user in sessions.channels.members(&conversation) {
-                        for id in sessions.by_user.get(user).into_iter().flatten() {
-                            if let Some(h) = sessions.by_id.get(id) {
-                                self.offer(h, Out::Events(Box::new((frame.clone(), accepted))));
-                            }
-                        }
+                    // Serialized once, one item for every session of every member here.
+                    let item = Arc::new((Arc::from([Frame::new(&frame)]), accepted));
+                    for target in sessions.recipients(&conversation).iter() {
+                        self.offer(target, Out::Events(item.clone()));
                     }
                 }
                 ToEdge::Engagement { frames } => self.dispatch_engagement(&mut sessions, frames),
@@ -682,7 +733,7 @@ impl Inner {
                             if session.as_ref().is_none_or(|s| s == id)
                                 && let Some(h) = sessions.by_id.get(id)
                             {
-                                h.close.close(code, &reason);
+                                h.out.close.close(code, &reason);
                             }
                         }
                     }
@@ -732,7 +783,7 @@ impl Inner {
         }
         for (id, list) in per_session {
             if let Some(h) = sessions.by_id.get(id) {
-                self.offer(h, Out::Shared(Box::new(list)));
+                self.offer(&h.out, Out::Shared(Box::new(list)));
             }
         }
     }

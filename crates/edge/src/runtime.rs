@@ -71,7 +71,7 @@ impl Inner {
             let frames: Arc<[Frame]> = Arc::from([frame]);
             for id in ids {
                 if let Some(h) = sessions.by_id.get(id) {
-                    self.offer(h, Out::Events(Box::new((frames.clone(), None))));
+                    self.offer(&h.out, Out::Events(Arc::new((frames.clone(), None))));
                     pushed += 1;
                 }
             }

@@ -774,7 +774,7 @@ impl Conn {
                     frames.push(frame);
                 }
                 Out::Events(batch) => {
-                    let (events, accepted) = *batch;
+                    let (events, accepted) = (batch.0.clone(), batch.1);
                     // A client told of a channel's change gets its messages (or no more of
                     // them) from then on.
                     if events.iter().any(|f| f.changes_channels) {
