@@ -72,6 +72,10 @@ use tokio_util::task::TaskTracker;
 
 pub use metrics_exporter_prometheus::PrometheusHandle;
 
+/// How long after a failed load of a user's channels it is tried again, and how many times.
+const CHANNELS_RETRY: Duration = Duration::from_secs(1);
+const CHANNELS_RETRIES: usize = 60;
+
 /// How often the edge probes the store (its gate on writes).
 const STORE_PROBE_EVERY: Duration = Duration::from_millis(500);
 
@@ -609,25 +613,58 @@ impl Inner {
     }
 
     /// Load `user`'s channels from the store (see the `channels` module), unless the user
-    /// has no session here.
-    pub(crate) async fn load_channels(&self, user: &str) {
+    /// has no session here. When the store does not answer, the user is taken out of every
+    /// channel here (a member removed meanwhile must not go on receiving), and the load is
+    /// tried again every [`CHANNELS_RETRY`] in the background, at most [`CHANNELS_RETRIES`]
+    /// times; the error is returned.
+    pub(crate) async fn load_channels(
+        self: &Arc<Self>,
+        user: &str,
+    ) -> Result<(), hubbub_store::StoreError> {
         let Some(generation) = self.sessions().channels.begin_load(user) else {
-            return;
+            return Ok(());
         };
-        match self.deps.store.channels_of(user).await {
-            Ok(list) => {
-                let mut s = self.sessions();
-                for c in s
-                    .channels
-                    .loaded(user, generation, list)
-                    .unwrap_or_default()
-                {
-                    s.recipients.remove(&c);
-                }
-            }
+        let result = self.deps.store.channels_of(user).await;
+        let failed = result.is_err();
+        let (list, outcome) = match result {
+            Ok(list) => (list, Ok(())),
             Err(e) => {
-                tracing::warn!(%user, error = %e, "channels not loaded; their messages wait for channel.sync")
+                tracing::warn!(%user, error = %e, "channels not loaded; out of them until loaded");
+                (Vec::new(), Err(e))
             }
+        };
+        self.apply_channels(user, generation, list);
+        if failed {
+            let inner = self.clone();
+            let user = user.to_owned();
+            self.tracker.spawn(async move {
+                for _ in 0..CHANNELS_RETRIES {
+                    tokio::select! {
+                        _ = tokio::time::sleep(CHANNELS_RETRY) => {}
+                        _ = inner.cancel.cancelled() => return,
+                    }
+                    let Some(generation) = inner.sessions().channels.begin_load(&user) else {
+                        return;
+                    };
+                    if let Ok(list) = inner.deps.store.channels_of(&user).await {
+                        inner.apply_channels(&user, generation, list);
+                        return;
+                    }
+                }
+            });
+        }
+        outcome
+    }
+
+    /// A load of `user`'s channels finished: its changes, and the recipient lists they touch.
+    fn apply_channels(&self, user: &str, generation: u64, list: Vec<String>) {
+        let mut s = self.sessions();
+        for c in s
+            .channels
+            .loaded(user, generation, list)
+            .unwrap_or_default()
+        {
+            s.recipients.remove(&c);
         }
     }
 
@@ -694,15 +731,13 @@ impl Inner {
                     let accepted =
                         Accepted::new(&self.config.edge_id, origin_ms, origin_edge.as_deref());
                     if let Some(ids) = sessions.by_user.get(&user) {
-                        // Serialized once for every session of the user on this edge.
+                        // Serialized once, one item for every session of the user on this edge.
                         let frames: Arc<[Frame]> =
                             frames.iter().map(|f| serializer.frame(f)).collect();
+                        let item = Arc::new((frames, accepted));
                         for id in ids {
                             if let Some(h) = sessions.by_id.get(id) {
-                                self.offer(
-                                    &h.out,
-                                    Out::Events(Arc::new((frames.clone(), accepted))),
-                                );
+                                self.offer(&h.out, Out::Events(item.clone()));
                             }
                         }
                     }

@@ -341,7 +341,9 @@ impl Conn {
         };
         self.seq = SeqState::new(last_seq);
         // A client that has its `hello` gets its channels' messages.
-        self.inner.load_channels(&self.user.id).await;
+        if self.inner.load_channels(&self.user.id).await.is_err() {
+            return close(1011, "storage unavailable");
+        }
         let hello = ServerFrame::Hello {
             user: self.user.clone(),
             session: self.session.clone(),
@@ -534,7 +536,7 @@ impl Conn {
         {
             Ok(r) => {
                 if r.frames.iter().any(crate::channel_changed) {
-                    self.inner.load_channels(&self.user.id).await;
+                    let _ = self.inner.load_channels(&self.user.id).await;
                 }
                 for f in r.frames {
                     if let Some(s) = f.seq() {
@@ -769,7 +771,7 @@ impl Conn {
                         continue;
                     }
                     if op.is_some() && frame.kind == "ok" {
-                        Box::pin(self.inner.load_channels(&self.user.id)).await;
+                        let _ = Box::pin(self.inner.load_channels(&self.user.id)).await;
                     }
                     frames.push(frame);
                 }
@@ -778,7 +780,7 @@ impl Conn {
                     // A client told of a channel's change gets its messages (or no more of
                     // them) from then on.
                     if events.iter().any(|f| f.changes_channels) {
-                        Box::pin(self.inner.load_channels(&self.user.id)).await;
+                        let _ = Box::pin(self.inner.load_channels(&self.user.id)).await;
                     }
                     let now = Instant::now();
                     for frame in events.iter() {

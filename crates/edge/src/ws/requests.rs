@@ -524,7 +524,10 @@ impl Conn {
             Request::ChannelSubscribe { .. }
                 | Request::ChannelUnsubscribe { .. }
                 | Request::ConversationLeave { .. }
-                | Request::ConversationCreate { .. }
+                | Request::ConversationCreate {
+                    kind: hubbub_protocol::ConversationKind::Channel,
+                    ..
+                }
         );
         let envelope_id = match hubbub_store::new_id("e") {
             Ok(e) => e,
