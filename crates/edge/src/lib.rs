@@ -239,11 +239,10 @@ pub(crate) enum Out {
     /// accepted.
     /// Shared, not boxed: a channel's message is one item for all its sessions.
     Events(Arc<(Arc<[Frame]>, Option<Accepted>)>),
-    /// Ephemeral frames serialized once and shared by every session that gets them (one
-    /// post's `engagement`: one item for all its watchers).
-    // An `Arc` of a `Vec`: one pointer wide (see the enum's doc).
-    #[allow(clippy::rc_buffer)]
-    Shared(Arc<Vec<Arc<str>>>),
+    /// Ephemeral frames serialized once and shared by every session that gets them.
+    // Boxed on purpose: a `Vec` is three words, a `Box` one (see the enum's doc).
+    #[allow(clippy::box_collection)]
+    Shared(Box<Vec<Arc<str>>>),
 }
 
 impl Out {
@@ -383,9 +382,6 @@ pub(crate) struct Sessions {
     by_user: HashMap<String, HashSet<String>>,
     /// post → sessions of this edge watching it.
     watching: HashMap<String, HashSet<String>>,
-    /// Each watched post's sessions, as last listed (a post watched by 10,000 sessions looks
-    /// none up per round); dropped when a session starts or stops watching it.
-    watchers: HashMap<String, Arc<[Arc<Target>]>>,
     /// The latest engagement frame of each watched post, for a session that starts watching.
     last: HashMap<String, Arc<str>>,
     /// The channels of the users with a session here.
@@ -398,22 +394,6 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
-    /// The sessions watching a post (listed once, then kept until one starts or stops).
-    fn watchers(&mut self, post: &str) -> Arc<[Arc<Target>]> {
-        if let Some(w) = self.watchers.get(post) {
-            return w.clone();
-        }
-        let list: Arc<[Arc<Target>]> = self
-            .watching
-            .get(post)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.by_id.get(id).map(|h| h.out.clone()))
-            .collect();
-        self.watchers.insert(post.to_owned(), list.clone());
-        list
-    }
-
     /// The sessions here of a channel's members (listed once, then kept until a member's
     /// sessions or a membership change).
     fn recipients(&mut self, channel: &str) -> Arc<[Arc<Target>]> {
@@ -581,7 +561,6 @@ impl Inner {
                 .entry(p.clone())
                 .or_default()
                 .insert(session.to_owned());
-            s.watchers.remove(p);
         }
         Ok(posts
             .iter()
@@ -616,7 +595,6 @@ impl Inner {
     ) -> Vec<String> {
         let mut gone = Vec::new();
         for p in posts {
-            s.watchers.remove(p);
             if let Some(set) = s.watching.get_mut(p) {
                 set.remove(session);
                 if set.is_empty() {
@@ -815,25 +793,32 @@ impl Inner {
         }]);
     }
 
-    /// Each frame is serialized once and handed to every session watching its post as one
-    /// shared item (a session watching several takes them in one write).
+    /// Each frame is serialized once; each watching session gets its posts' frames as one
+    /// write.
     fn dispatch_engagement(
         &self,
         sessions: &mut Sessions,
         frames: Vec<hubbub_protocol::ServerFrame>,
     ) {
+        // Session ids are borrowed from the watch lists: a post watched by 10,000 sessions
+        // copies no id.
+        let mut per_session: HashMap<&str, Vec<Arc<str>>> = HashMap::new();
         for frame in &frames {
             let hubbub_protocol::ServerFrame::Engagement { post, .. } = frame else {
                 continue;
             };
-            if !sessions.watching.contains_key(post) {
+            let Some(watchers) = sessions.watching.get(post) else {
                 continue;
-            }
+            };
             let json: Arc<str> = frame.to_json().into();
-            sessions.last.insert(post.clone(), json.clone());
-            let item = Arc::new(vec![json]);
-            for target in sessions.watchers(post).iter() {
-                self.offer(target, Out::Shared(item.clone()));
+            for id in watchers {
+                per_session.entry(id).or_default().push(json.clone());
+            }
+            sessions.last.insert(post.clone(), json);
+        }
+        for (id, list) in per_session {
+            if let Some(h) = sessions.by_id.get(id) {
+                self.offer(&h.out, Out::Shared(Box::new(list)));
             }
         }
     }

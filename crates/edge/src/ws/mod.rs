@@ -757,7 +757,7 @@ impl Conn {
         let mut oldest_here: Option<i64> = None;
         for out in batch {
             match out {
-                Out::Shared(list) => shared.extend(list.iter().cloned()),
+                Out::Shared(list) => shared.extend(*list),
                 Out::Reply(reply) => {
                     let (id, frame) = *reply;
                     let op = id
