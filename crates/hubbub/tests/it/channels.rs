@@ -3,7 +3,7 @@
 //! recovers exactly what it missed with `channel.sync`.
 
 use crate::support::*;
-use hubbub_protocol::{ConversationKind, ReplyData, Request, ServerFrame};
+use hubbub_protocol::{ReplyData, Request, ServerFrame};
 
 fn offset_of(f: &ServerFrame) -> Option<(String, u64, String)> {
     match f {
@@ -23,23 +23,7 @@ async fn channel_messages_are_broadcast_and_recovered_by_offset() {
     let (_, bt) = s.user("ch_bob").await;
     let (_, ct) = s.user("ch_carol").await;
     let (mut owner, _) = s.connect(&ot).await;
-    let ReplyData::Conversation { conversation: c } = ok(
-        &mut owner,
-        Request::ConversationCreate {
-            kind: ConversationKind::Channel,
-            members: vec![],
-            title: Some("news".into()),
-            ephemeral: None,
-            idempotency_key: None,
-            public: Some(true),
-        },
-    )
-    .await
-    else {
-        panic!("a conversation")
-    };
-    assert_eq!(c.kind, ConversationKind::Channel);
-    let id = c.id.clone();
+    let id = create_channel(&mut owner, "news", true).await;
     let (mut bob, bob_seq) = s.connect(&bt).await;
     let (mut carol, _) = s.connect(&ct).await;
     for sock in [&mut bob, &mut carol] {
@@ -139,22 +123,7 @@ async fn the_edge_follows_membership_changes_made_by_others() {
     let (_, ot) = s.user("chm_owner").await;
     let (dave, dt) = s.user("chm_dave").await;
     let (mut owner, _) = s.connect(&ot).await;
-    let ReplyData::Conversation { conversation: c } = ok(
-        &mut owner,
-        Request::ConversationCreate {
-            kind: ConversationKind::Channel,
-            members: vec![],
-            title: Some("private".into()),
-            ephemeral: None,
-            idempotency_key: None,
-            public: Some(false),
-        },
-    )
-    .await
-    else {
-        panic!("a conversation")
-    };
-    let id = c.id.clone();
+    let id = create_channel(&mut owner, "private", false).await;
     let (mut d1, _) = s.connect(&dt).await;
     let told = |f: &ServerFrame| matches!(f, ServerFrame::ConversationUpdated { conversation, .. } if conversation.id == id);
 

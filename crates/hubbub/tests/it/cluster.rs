@@ -5,7 +5,7 @@
 //! exactly once and reached every member exactly once across `sync`; the clients of the
 //! killed edge reconnect to the other one and resume with no gap and no duplicate.
 
-use crate::support::{PATIENCE, send};
+use crate::support::{PATIENCE, create_channel, ok, send, until};
 use hubbub::client::{Client, Socket};
 use hubbub_protocol::{ConversationKind, ReplyData, Request, ServerFrame};
 use std::collections::{BTreeMap, BTreeSet};
@@ -352,55 +352,25 @@ async fn roles_apart_survive_kill_9_of_a_worker_an_edge_and_the_router() {
             .connect(&users[1].1)
             .await
             .expect("connect");
-        let create = Request::ConversationCreate {
-            kind: ConversationKind::Channel,
-            members: vec![],
-            title: Some("across".into()),
-            ephemeral: None,
-            idempotency_key: None,
-            public: Some(true),
-        };
-        let channel = match tokio::time::timeout(PATIENCE, owner.request(create))
-            .await
-            .expect("in time")
-            .expect("reply")
-        {
-            ServerFrame::Ok {
-                data: ReplyData::Conversation { conversation },
-                ..
-            } => conversation.id,
-            other => panic!("channel not created: {other:?}"),
-        };
+        let channel = create_channel(&mut owner, "across", true).await;
         let subscribe = Request::ChannelSubscribe {
             conversation: channel.clone(),
         };
-        let reply = tokio::time::timeout(PATIENCE, sub.request(subscribe))
-            .await
-            .expect("in time")
-            .expect("reply");
-        assert!(matches!(reply, ServerFrame::Ok { .. }), "{reply:?}");
-        let reply = tokio::time::timeout(PATIENCE, owner.request(send(&channel, "x1", "hi")))
-            .await
-            .expect("in time")
-            .expect("reply");
-        assert!(matches!(reply, ServerFrame::Ok { .. }), "{reply:?}");
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let f = tokio::time::timeout_at(deadline, sub.next_frame())
-                .await
-                .expect("the channel's message on the other edge")
-                .expect("read")
-                .expect("open");
-            if let ServerFrame::ChannelMessage {
-                conversation,
-                offset,
-                ..
-            } = f
-            {
-                assert_eq!((conversation.as_str(), offset), (channel.as_str(), 1));
-                break;
-            }
-        }
+        assert_eq!(ok(&mut sub, subscribe).await, ReplyData::Empty {});
+        ok(&mut owner, send(&channel, "x1", "hi")).await;
+        let f = until(&mut sub, "the channel's message on the other edge", |f| {
+            matches!(f, ServerFrame::ChannelMessage { .. })
+        })
+        .await;
+        let ServerFrame::ChannelMessage {
+            conversation,
+            offset,
+            ..
+        } = f
+        else {
+            panic!("{f:?}")
+        };
+        assert_eq!((conversation.as_str(), offset), (channel.as_str(), 1));
         owner.close().await;
         sub.close().await;
     }

@@ -154,6 +154,25 @@ pub async fn ok(socket: &mut Socket, request: Request) -> ReplyData {
     }
 }
 
+/// Create a channel (its creator owns it); returns its id.
+pub async fn create_channel(socket: &mut Socket, title: &str, public: bool) -> String {
+    let request = Request::ConversationCreate {
+        kind: ConversationKind::Channel,
+        members: vec![],
+        title: Some(title.into()),
+        ephemeral: None,
+        idempotency_key: None,
+        public: Some(public),
+    };
+    match ok(socket, request).await {
+        ReplyData::Conversation { conversation } => {
+            assert_eq!(conversation.kind, ConversationKind::Channel);
+            conversation.id
+        }
+        other => panic!("a conversation, got {other:?}"),
+    }
+}
+
 /// A request that must fail with `code`; returns the message.
 pub async fn err(socket: &mut Socket, request: Request, code: &str) -> String {
     match tokio::time::timeout(PATIENCE, socket.request(request))
