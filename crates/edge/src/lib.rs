@@ -279,9 +279,8 @@ impl Accepted {
 #[derive(Debug, Default)]
 pub(crate) struct CloseSignal {
     token: CancellationToken,
-    /// Set by [`CloseSignal::close`]: what the dispatcher reads for every item it hands over
-    /// (reading the token takes its lock).
-    asked: std::sync::atomic::AtomicBool,
+    /// The code and reason given; set also tells that a close was asked for (the
+    /// dispatcher reads it for every item it hands over: reading the token takes its lock).
     why: std::sync::OnceLock<(u16, String)>,
     flush: tokio::sync::Notify,
 }
@@ -309,7 +308,6 @@ impl CloseSignal {
     /// Ask the session to close (the first reason given wins).
     pub(crate) fn close(&self, code: u16, reason: &str) {
         let _ = self.why.set((code, reason.to_owned()));
-        self.asked.store(true, Ordering::Relaxed);
         self.token.cancel();
     }
 
@@ -621,39 +619,41 @@ impl Inner {
         self: &Arc<Self>,
         user: &str,
     ) -> Result<(), hubbub_store::StoreError> {
+        let Err((generation, e)) = self.load_channels_once(user).await else {
+            return Ok(());
+        };
+        tracing::warn!(%user, error = %e, "channels not loaded; out of them until loaded");
+        self.apply_channels(user, generation, Vec::new());
+        let inner = self.clone();
+        let user = user.to_owned();
+        self.tracker.spawn(async move {
+            for _ in 0..CHANNELS_RETRIES {
+                tokio::select! {
+                    _ = tokio::time::sleep(CHANNELS_RETRY) => {}
+                    _ = inner.cancel.cancelled() => return,
+                }
+                if inner.load_channels_once(&user).await.is_ok() {
+                    return;
+                }
+            }
+        });
+        Err(e)
+    }
+
+    /// One load of `user`'s channels, applied (nothing to do when the user has no session
+    /// here); the load's generation and the error when the store did not answer.
+    async fn load_channels_once(&self, user: &str) -> Result<(), (u64, hubbub_store::StoreError)> {
         let Some(generation) = self.sessions().channels.begin_load(user) else {
             return Ok(());
         };
-        let result = self.deps.store.channels_of(user).await;
-        let failed = result.is_err();
-        let (list, outcome) = match result {
-            Ok(list) => (list, Ok(())),
-            Err(e) => {
-                tracing::warn!(%user, error = %e, "channels not loaded; out of them until loaded");
-                (Vec::new(), Err(e))
-            }
-        };
+        let list = self
+            .deps
+            .store
+            .channels_of(user)
+            .await
+            .map_err(|e| (generation, e))?;
         self.apply_channels(user, generation, list);
-        if failed {
-            let inner = self.clone();
-            let user = user.to_owned();
-            self.tracker.spawn(async move {
-                for _ in 0..CHANNELS_RETRIES {
-                    tokio::select! {
-                        _ = tokio::time::sleep(CHANNELS_RETRY) => {}
-                        _ = inner.cancel.cancelled() => return,
-                    }
-                    let Some(generation) = inner.sessions().channels.begin_load(&user) else {
-                        return;
-                    };
-                    if let Ok(list) = inner.deps.store.channels_of(&user).await {
-                        inner.apply_channels(&user, generation, list);
-                        return;
-                    }
-                }
-            });
-        }
-        outcome
+        Ok(())
     }
 
     /// A load of `user`'s channels finished: its changes, and the recipient lists they touch.
@@ -671,7 +671,7 @@ impl Inner {
     /// Hand an item to a session without waiting. A buffer past its bound, in items or in
     /// bytes, cuts the session off (1013): a slow reader never grows memory without bound.
     fn offer(&self, handle: &Target, out: Out) {
-        if handle.close.asked.load(Ordering::Relaxed) {
+        if handle.close.why.get().is_some() {
             return;
         }
         let bytes = out.bytes();
