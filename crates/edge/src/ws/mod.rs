@@ -207,8 +207,10 @@ struct Conn {
     /// This session's part in admission control's count of late sessions.
     late: LateMark,
     /// Requests awaiting their reply that may change the user's channels (their `ok` loads
-    /// them again before it is written; see the `channels` module). At most
-    /// [`MAX_CHANNEL_OPS`]: an older one is forgotten, and events load its change anyway.
+    /// them again before it is written; see the `channels` module). The change's own
+    /// `conversation.updated` loads them too, but a batch from the services carries the reply
+    /// before the events, so the `ok` could be written first. At most [`MAX_CHANNEL_OPS`]: an
+    /// older one is forgotten, and its event loads the change anyway.
     channel_ops: Vec<String>,
 }
 
