@@ -991,7 +991,7 @@ async fn send_batch(
     news: &[NewMessage],
 ) -> Result<Vec<Result<Written<Message>, StoreError>>> {
     let mut client = pool.get().await.map_err(pool_err)?;
-    let mut tx = client.transaction().await.map_err(pg)?;
+    let tx = client.transaction().await.map_err(pg)?;
     let conversations: Vec<&str> = news.iter().map(|n| n.conversation.as_str()).collect();
     Tx::Tx(&tx)
         .exec(
@@ -1004,16 +1004,20 @@ async fn send_batch(
         .await?;
     let now = now_ms();
     let mut stored = Vec::with_capacity(news.len());
+    // Each send in a savepoint of its own, all named alike: setting the next releases the
+    // one before in the same round trip (releasing commits nothing yet), and the last is
+    // released by the commit. These round trips are taken holding the recipients' locks.
+    let mut savepoint = "SAVEPOINT send";
     for new in news {
-        let sp = tx.transaction().await.map_err(pg)?;
-        match store_message(&Tx::Tx(&sp), new, now).await {
-            Ok(sent) => {
-                // Releasing a savepoint commits nothing yet: a lost connection here is plain.
-                sp.commit().await.map_err(pg)?;
-                stored.push(Ok(sent));
-            }
+        tx.batch_execute(savepoint).await.map_err(pg)?;
+        savepoint = "RELEASE SAVEPOINT send; SAVEPOINT send";
+        match store_message(&Tx::Tx(&tx), new, now).await {
+            Ok(sent) => stored.push(Ok(sent)),
             Err(e) => {
-                sp.rollback().await.map_err(pg)?;
+                // The savepoint stays (ROLLBACK TO keeps it); the next send releases it.
+                tx.batch_execute("ROLLBACK TO SAVEPOINT send")
+                    .await
+                    .map_err(pg)?;
                 stored.push(Err(e));
             }
         }

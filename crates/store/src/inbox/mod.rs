@@ -93,6 +93,15 @@ pub(crate) trait InboxTx {
     async fn inbox_rows(&self, user: &str, after: i64, limit: usize) -> Result<Vec<InboxRow>>;
     /// Move `acked_seq` up to `seq`, never past `last_seq`.
     async fn raise_acked(&self, user: &str, seq: i64) -> Result<()>;
+    /// [`InboxTx::raise_acked`] for several users, given in id order (each once): the order
+    /// every write that locks users takes them in. A backend where each statement is a
+    /// round trip does them all at once.
+    async fn raise_acked_all(&self, acks: &[(&str, i64)]) -> Result<()> {
+        for (user, seq) in acks {
+            self.raise_acked(user, *seq).await?;
+        }
+        Ok(())
+    }
     /// Delete rows older than `before_ms`; how many.
     async fn prune(&self, before_ms: i64) -> Result<u64>;
     /// One trivial statement.
@@ -230,10 +239,11 @@ pub(crate) async fn acks(tx: &impl InboxTx, acks: &[(String, u64)]) -> Result<()
         let e = highest.entry(user.as_str()).or_insert(*seq);
         *e = (*e).max(*seq);
     }
-    for (user, seq) in highest {
-        tx.raise_acked(user, to_i64(seq)).await?;
-    }
-    Ok(())
+    let highest: Vec<(&str, i64)> = highest
+        .into_iter()
+        .map(|(user, seq)| (user, to_i64(seq)))
+        .collect();
+    tx.raise_acked_all(&highest).await
 }
 
 /// [`InboxStore`] for a backend: each method runs its rule in one of the backend's

@@ -153,6 +153,30 @@ impl InboxTx for Tx<'_> {
         Ok(())
     }
 
+    async fn raise_acked_all(&self, acks: &[(&str, i64)]) -> Result<()> {
+        if acks.is_empty() {
+            return Ok(());
+        }
+        let users: Vec<&str> = acks.iter().map(|a| a.0).collect();
+        let seqs: Vec<i64> = acks.iter().map(|a| a.1).collect();
+        // Two round trips for any number of users (one each held every lock taken so far
+        // while the next went out, and a send to these users waited for all of them): the
+        // rows are locked in id order first, as a send's fan-out takes them, so the two
+        // never deadlock; then one statement raises them all.
+        self.exec(
+            "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            &[&users],
+        )
+        .await?;
+        self.exec(
+            "UPDATE users SET acked_seq = LEAST(GREATEST(users.acked_seq, t.s), users.last_seq)
+             FROM UNNEST($1::text[], $2::bigint[]) AS t(u, s) WHERE users.id = t.u",
+            &[&users, &seqs],
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn prune(&self, before_ms: i64) -> Result<u64> {
         self.exec("DELETE FROM inbox WHERE ts < $1", &[&before_ms])
             .await
