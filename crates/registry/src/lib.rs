@@ -8,7 +8,7 @@
 //!   in-process channel; the distributed one (`hubbub-cluster`) is a batched HTTP POST to the
 //!   edge's internal address.
 //! - [`Delivery`]: what services use: "deliver these frames to these users" becomes one batch
-//!   per edge holding any of their sessions, plus frames for single sessions (replies, and
+//!   per edge holding any of their sessions (every edge at once), plus frames for single sessions (replies, and
 //!   presence events for a watcher).
 //! - [`Signals`]: the ephemeral path (presence, typing) as the edge sees it: in memory, never
 //!   on disk or on a durable queue. Implemented by the services crate.
@@ -517,17 +517,28 @@ impl Delivery {
         let mut edges: Vec<&str> = sessions.iter().map(|s| s.edge.as_str()).collect();
         edges.sort_unstable();
         edges.dedup();
-        for edge in edges {
+        self.deliver_all(edges.into_iter().map(|edge| {
             let close = ToEdge::Close {
                 user: user.to_owned(),
                 session: None,
                 code,
                 reason: reason.to_owned(),
             };
-            if let Err(e) = self.link.deliver(edge, vec![close]).await {
+            (edge.to_owned(), vec![close])
+        }))
+        .await;
+    }
+
+    /// Hand each edge its batch, every edge at once: a slow or distant edge does not hold up
+    /// the others (a group spread over ten edges waited for ten requests one after the
+    /// other), and each edge's batch keeps its order. Failures are logged, never returned.
+    async fn deliver_all(&self, batches: impl IntoIterator<Item = (String, Vec<ToEdge>)>) {
+        let sends = batches.into_iter().map(|(edge, batch)| async move {
+            if let Err(e) = self.link.deliver(&edge, batch).await {
                 tracing::debug!(%edge, error = %e, "edge delivery failed");
             }
-        }
+        });
+        futures_util::future::join_all(sends).await;
     }
 
     /// Push frames to users (every session of each) and frames to single sessions (`(edge,
@@ -615,11 +626,7 @@ impl Delivery {
                 });
             }
         }
-        for (edge, batch) in per_edge {
-            if let Err(e) = self.link.deliver(&edge, batch).await {
-                tracing::debug!(%edge, error = %e, "edge delivery failed");
-            }
-        }
+        self.deliver_all(per_edge).await;
     }
 
     /// Push one frame of a channel (its message, or a change to one) to every edge: each
@@ -639,17 +646,16 @@ impl Delivery {
                 return;
             }
         };
-        for edge in edges {
+        self.deliver_all(edges.into_iter().map(|edge| {
             let batch = vec![ToEdge::Channel {
                 conversation: conversation.to_owned(),
                 frame: frame.clone(),
                 origin_ms,
                 origin_edge: origin_edge.clone(),
             }];
-            if let Err(e) = self.link.deliver(&edge, batch).await {
-                tracing::debug!(%edge, error = %e, "edge delivery failed");
-            }
-        }
+            (edge, batch)
+        }))
+        .await;
     }
 }
 
@@ -768,5 +774,45 @@ mod tests {
                 ("bob".to_owned(), vec!["2".to_owned(), "4".to_owned()]),
             ]
         );
+    }
+
+    /// A link whose every delivery waits until a delivery to the other edge has begun too:
+    /// it completes only if the edges are delivered to at once, not one after the other.
+    struct Meeting(tokio::sync::Barrier);
+
+    #[async_trait]
+    impl EdgeLink for Meeting {
+        async fn deliver(&self, _edge: &str, _batch: Vec<ToEdge>) -> Result<(), RegistryError> {
+            self.0.wait().await;
+            Ok(())
+        }
+
+        async fn edges(&self) -> Result<Vec<String>, RegistryError> {
+            Ok(vec!["e1".into(), "e2".into()])
+        }
+    }
+
+    #[tokio::test]
+    async fn every_edge_is_delivered_to_at_once() {
+        let registry = Arc::new(LocalRegistry::default());
+        registry.register("alice", "s1", "e1").await.expect("reg");
+        registry.register("bob", "s2", "e2").await.expect("reg");
+        let d = Delivery::new(registry, Arc::new(Meeting(tokio::sync::Barrier::new(2))));
+        // Bounded: one edge after the other would wait forever.
+        let bound = std::time::Duration::from_secs(30);
+        let frames = vec![("alice".into(), typing("x")), ("bob".into(), typing("y"))];
+        tokio::time::timeout(bound, d.push(frames, Vec::new(), None))
+            .await
+            .expect("a push to two edges reaches both at once");
+        tokio::time::timeout(bound, d.broadcast("c", typing("z"), None))
+            .await
+            .expect("a channel's message reaches every edge at once");
+        let replies = vec![
+            ("e1".into(), "s1".into(), typing("r")),
+            ("e2".into(), "s2".into(), typing("r")),
+        ];
+        tokio::time::timeout(bound, d.push(Vec::new(), replies, None))
+            .await
+            .expect("replies to two edges reach both at once");
     }
 }
