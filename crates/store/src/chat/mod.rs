@@ -1173,18 +1173,20 @@ pub(crate) struct Stored {
     pub(crate) root: Option<Message>,
 }
 
-/// Store one `message.send`. A new message's inbox events are the caller's to write
-/// ([`message_events`], none for a channel's, then [`after_send`]), so a backend may fan out
-/// a batch of sends at once.
-pub(crate) async fn store_message(tx: &impl ChatTx, new: &NewMessage, now: i64) -> Result<Stored> {
-    let repeat = |message| Stored {
-        message,
-        fresh: false,
-        offset: None,
-        root: None,
-    };
-    // The three reads do not depend on each other: they are asked together (on PostgreSQL
-    // one round trip instead of three, inside a batch that holds its recipients' locks).
+/// What a `message.send` reads before it writes: the sender's earlier message under the same
+/// `client_msg_id`, the conversation, and the sender's membership (`None` for a system
+/// message, which needs none).
+#[derive(Debug)]
+pub(crate) struct SendReads {
+    pub(crate) existing: Option<Message>,
+    row: Option<ConversationRow>,
+    pub(crate) state: Option<MemberState>,
+}
+
+/// The reads of a send ([`SendReads`]). They do not depend on each other and are asked
+/// together: on PostgreSQL one round trip instead of three, and a batch asks every send's
+/// at once.
+pub(crate) async fn send_reads(tx: &impl ChatTx, new: &NewMessage) -> Result<SendReads> {
     let member = async {
         match new.system {
             true => Ok(None),
@@ -1196,6 +1198,42 @@ pub(crate) async fn store_message(tx: &impl ChatTx, new: &NewMessage, now: i64) 
         tx.conversation_row(&new.conversation),
         member,
     )?;
+    Ok(SendReads {
+        existing,
+        row,
+        state,
+    })
+}
+
+/// Store one `message.send`. A new message's inbox events are the caller's to write
+/// ([`message_events`], none for a channel's, then [`after_send`]), so a backend may fan out
+/// a batch of sends at once.
+pub(crate) async fn store_message(tx: &impl ChatTx, new: &NewMessage, now: i64) -> Result<Stored> {
+    let reads = send_reads(tx, new).await?;
+    store_read(tx, new, reads, now).await
+}
+
+/// [`store_message`] with its reads done. A batch that read before earlier sends of the
+/// batch were written gives the reads as they would be now: a repeated `client_msg_id` is
+/// still answered by the unique key (below), and the sender's slow-mode time is the
+/// caller's to carry over ([`MemberState::last_sent_ms`]).
+pub(crate) async fn store_read(
+    tx: &impl ChatTx,
+    new: &NewMessage,
+    reads: SendReads,
+    now: i64,
+) -> Result<Stored> {
+    let repeat = |message| Stored {
+        message,
+        fresh: false,
+        offset: None,
+        root: None,
+    };
+    let SendReads {
+        existing,
+        row,
+        state,
+    } = reads;
     if let Some(m) = existing {
         return Ok(repeat(m));
     }

@@ -4,8 +4,8 @@
 
 use super::{
     CONVERSATION_COLUMNS, ChatTx, ConversationRow, Links, M_MESSAGE_COLUMNS, MESSAGE_COLUMNS,
-    MemberState, MessageRow, NewConversation, NewMessage, kind_name, message_from_row,
-    sends_written, store_message,
+    MemberState, MessageRow, NewConversation, NewMessage, kind_name, message_from_row, send_reads,
+    sends_written, store_read,
 };
 use crate::postgres::{Row, Tx, commit_err, pg, pool_err};
 use crate::{PgStore, Result, StoreError, Written};
@@ -13,7 +13,7 @@ use deadpool_postgres::Pool;
 use hubbub_protocol::serverapi::Report;
 use hubbub_protocol::{Message, MessageVersion, Role};
 use hubbub_queue::clock::now_ms;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 super::impl_chat_store!(PgStore);
 
@@ -1004,15 +1004,42 @@ async fn send_batch(
         .await?;
     let now = now_ms();
     let mut stored = Vec::with_capacity(news.len());
+    // Every round trip from here to the commit is taken holding the recipients' locks. The
+    // reads of every send go out together, pipelined on the connection (one round trip for
+    // the batch); a read that fails fails the batch (nothing of it is written). What a send
+    // of the batch changes that a later one's reads cannot see: its message (a repeated
+    // `client_msg_id` is answered by the unique key) and its sender's slow-mode time,
+    // carried over here.
+    let on = Tx::Tx(&tx);
+    let reads = futures_util::future::join_all(news.iter().map(|n| send_reads(&on, n)))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
+    let mut sent_at: HashMap<(&str, &str), i64> = HashMap::new();
+    let mut sent_by_key: HashMap<(&str, &str), Message> = HashMap::new();
     // Each send in a savepoint of its own, all named alike: setting the next releases the
     // one before in the same round trip (releasing commits nothing yet), and the last is
-    // released by the commit. These round trips are taken holding the recipients' locks.
+    // released by the commit.
     let mut savepoint = "SAVEPOINT send";
-    for new in news {
+    for (new, mut reads) in news.iter().zip(reads) {
+        let key = (new.conversation.as_str(), new.sender.as_str());
+        let id_key = (new.sender.as_str(), new.client_msg_id.as_str());
+        if reads.existing.is_none() {
+            reads.existing = sent_by_key.get(&id_key).cloned();
+        }
+        if let (Some(state), Some(at)) = (reads.state.as_mut(), sent_at.get(&key)) {
+            state.last_sent_ms = Some(*at);
+        }
         tx.batch_execute(savepoint).await.map_err(pg)?;
         savepoint = "RELEASE SAVEPOINT send; SAVEPOINT send";
-        match store_message(&Tx::Tx(&tx), new, now).await {
-            Ok(sent) => stored.push(Ok(sent)),
+        match store_read(&Tx::Tx(&tx), new, reads, now).await {
+            Ok(sent) => {
+                if sent.fresh {
+                    sent_at.insert(key, now);
+                    sent_by_key.insert(id_key, sent.message.clone());
+                }
+                stored.push(Ok(sent));
+            }
             Err(e) => {
                 // The savepoint stays (ROLLBACK TO keeps it); the next send releases it.
                 tx.batch_execute("ROLLBACK TO SAVEPOINT send")

@@ -294,6 +294,26 @@ pub async fn bans_mutes_and_slow_mode(env: &Env) {
             .await
             .expect("admins are not slowed");
     }
+    // The same within one batch of sends (on PostgreSQL one group commit, which reads for
+    // every send before writing any): a repeat in the batch is the batch's own first message,
+    // and a second new send is too soon.
+    let out = s
+        .send_messages(vec![
+            send(&m, "bm", "batch-1"),
+            send(&m, "bm", "batch-1"),
+            send(&m, "bm", "batch-2"),
+        ])
+        .await
+        .expect("a batch");
+    let first = out[0].as_ref().expect("the batch's first send");
+    let again = out[1].as_ref().expect("a repeat is not a new send");
+    assert_eq!(again.value.id, first.value.id);
+    assert!(again.events.is_empty());
+    assert!(
+        matches!(out[2], Err(StoreError::RateLimited { .. })),
+        "{:?}",
+        out[2]
+    );
     s.update_settings(&o, "bm", None, Some(0))
         .await
         .expect("off");
