@@ -8,8 +8,8 @@
 //!   in-process channel; the distributed one (`hubbub-cluster`) is a batched HTTP POST to the
 //!   edge's internal address.
 //! - [`Delivery`]: what services use: "deliver these frames to these users" becomes one batch
-//!   per edge holding any of their sessions (every edge at once), plus frames for single sessions (replies, and
-//!   presence events for a watcher).
+//!   per edge holding any of their sessions (every edge at once), plus frames for single
+//!   sessions (replies, and presence events for a watcher).
 //! - [`Signals`]: the ephemeral path (presence, typing) as the edge sees it: in memory, never
 //!   on disk or on a durable queue. Implemented by the services crate.
 //!

@@ -1213,10 +1213,11 @@ pub(crate) async fn store_message(tx: &impl ChatTx, new: &NewMessage, now: i64) 
     store_read(tx, new, reads, now).await
 }
 
-/// [`store_message`] with its reads done. A batch that read before earlier sends of the
-/// batch were written gives the reads as they would be now: a repeated `client_msg_id` is
-/// still answered by the unique key (below), and the sender's slow-mode time is the
-/// caller's to carry over ([`MemberState::last_sent_ms`]).
+/// [`store_message`] with its reads done. A batch that read before its earlier sends were
+/// written gives the reads as they would be now: an earlier send's message as `existing`
+/// for a repeat of its `client_msg_id`, and the sender's slow-mode time
+/// ([`MemberState::last_sent_ms`]). A repeat sent concurrently elsewhere is still answered
+/// by the unique key (below).
 pub(crate) async fn store_read(
     tx: &impl ChatTx,
     new: &NewMessage,

@@ -1007,9 +1007,9 @@ async fn send_batch(
     // Every round trip from here to the commit is taken holding the recipients' locks. The
     // reads of every send go out together, pipelined on the connection (one round trip for
     // the batch); a read that fails fails the batch (nothing of it is written). What a send
-    // of the batch changes that a later one's reads cannot see: its message (a repeated
-    // `client_msg_id` is answered by the unique key) and its sender's slow-mode time,
-    // carried over here.
+    // of the batch changes that a later one's reads cannot see is carried over here: its
+    // message (a repeat of its `client_msg_id` later in the batch returns it before any
+    // check, as the read would have) and its sender's slow-mode time.
     let on = Tx::Tx(&tx);
     let reads = futures_util::future::join_all(news.iter().map(|n| send_reads(&on, n)))
         .await
