@@ -17,9 +17,9 @@
 //! Loads may finish out of order; each has a generation, and only one newer than the last
 //! applied lands (a load started later read a state at least as new). A load the store does
 //! not answer fails closed: the user is out of every channel here until a retry succeeds
-//! (`Inner::load_channels`), so a member removed meanwhile receives nothing more. A member who misses a
-//! live message (a load under way, an edge that started a moment ago) finds it with
-//! `channel.sync`, as after any disconnect.
+//! (`Inner::load_channels`), so a member removed meanwhile receives nothing more. A member
+//! who misses a live message (a load under way, an edge that started a moment ago) finds it
+//! with `channel.sync`, as after any disconnect.
 //!
 //! Plain state, unit-tested here; the loading is in [`crate::Inner`].
 

@@ -13,7 +13,7 @@ use deadpool_postgres::Pool;
 use hubbub_protocol::serverapi::Report;
 use hubbub_protocol::{Message, MessageVersion, Role};
 use hubbub_queue::clock::now_ms;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 super::impl_chat_store!(PgStore);
 
@@ -1015,7 +1015,8 @@ async fn send_batch(
         .await
         .into_iter()
         .collect::<Result<Vec<_>>>()?;
-    let mut sent_at: HashMap<(&str, &str), i64> = HashMap::new();
+    // Who sent in which conversation so far in this batch (at the batch's `now`).
+    let mut sent_in: HashSet<(&str, &str)> = HashSet::new();
     let mut sent_by_key: HashMap<(&str, &str), Message> = HashMap::new();
     // Each send in a savepoint of its own, all named alike: setting the next releases the
     // one before in the same round trip (releasing commits nothing yet), and the last is
@@ -1027,15 +1028,17 @@ async fn send_batch(
         if reads.existing.is_none() {
             reads.existing = sent_by_key.get(&id_key).cloned();
         }
-        if let (Some(state), Some(at)) = (reads.state.as_mut(), sent_at.get(&key)) {
-            state.last_sent_ms = Some(*at);
+        if let Some(state) = reads.state.as_mut()
+            && sent_in.contains(&key)
+        {
+            state.last_sent_ms = Some(now);
         }
         tx.batch_execute(savepoint).await.map_err(pg)?;
         savepoint = "RELEASE SAVEPOINT send; SAVEPOINT send";
         match store_read(&Tx::Tx(&tx), new, reads, now).await {
             Ok(sent) => {
                 if sent.fresh {
-                    sent_at.insert(key, now);
+                    sent_in.insert(key);
                     sent_by_key.insert(id_key, sent.message.clone());
                 }
                 stored.push(Ok(sent));
