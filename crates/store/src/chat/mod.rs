@@ -718,13 +718,15 @@ async fn require_user(tx: &impl AccountTx, id: &str) -> Result<()> {
 
 // ---- events -------------------------------------------------------------------------------
 
-/// `conversation.updated` to each of `users`.
+/// `conversation.updated` to each of `users` (locked first, in id order: see
+/// [`ChatTx::lock_users`]).
 async fn conversation_events(
-    tx: &impl InboxTx,
+    tx: &(impl ChatTx + InboxTx),
     users: &[String],
     c: &Conversation,
     now: i64,
 ) -> Result<Vec<Event>> {
+    tx.lock_users(users).await?;
     let mut events = Vec::with_capacity(users.len());
     // A large group's member list is not on the wire: its events do not carry it either.
     let c = c.for_event();
@@ -748,7 +750,11 @@ async fn depart(
     actor: &str,
     now: i64,
 ) -> Result<Vec<Event>> {
-    let before = tx.members(id).await?.len();
+    // Everyone who may hear of it is locked before the leaver's run closes (which locks the
+    // leaver), all in id order.
+    let members = tx.members(id).await?;
+    tx.lock_users(&members).await?;
+    let before = members.len();
     let was = tx.member_state(id, user).await?;
     tx.remove_member(id, user).await?;
     let mut changed = vec![user.to_owned()];
@@ -1027,7 +1033,10 @@ pub(crate) async fn erase_membership(
         tx.remove_member(id, user).await?;
         return Ok(Vec::new());
     }
-    let before = tx.members(id).await?.len();
+    // As in `depart`: everyone who may hear of it first, in id order.
+    let members = tx.members(id).await?;
+    tx.lock_users(&members).await?;
+    let before = members.len();
     let was = tx.member_state(id, user).await?;
     tx.remove_member(id, user).await?;
     if tx.members(id).await?.is_empty() {
@@ -1455,6 +1464,7 @@ pub(crate) async fn mark_read(
     }
     // Every member, the reader included, so each of the reader's sessions sees it too and
     // seqs stay gapless.
+    tx.lock_users(&c.members).await?;
     let mut events = Vec::with_capacity(c.members.len());
     for u in &c.members {
         let frame = |seq| ServerFrame::ReceiptRead {

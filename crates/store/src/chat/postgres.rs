@@ -852,6 +852,10 @@ impl ChatTx for Tx<'_> {
             "DELETE FROM pins WHERE conversation_id = $1",
             "DELETE FROM messages WHERE conversation_id = $1",
             "DELETE FROM members WHERE conversation_id = $1",
+            // After the members (the trigger closed their runs): a reused id must not find
+            // them, nor the group's positions.
+            "DELETE FROM inbox_runs WHERE conversation_id = $1",
+            "DELETE FROM group_positions WHERE conversation_id = $1",
             "DELETE FROM conversation_bans WHERE conversation_id = $1",
             "DELETE FROM conversation_mutes WHERE conversation_id = $1",
             "DELETE FROM conversations WHERE id = $1",

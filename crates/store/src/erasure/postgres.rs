@@ -7,7 +7,7 @@ use crate::{PgStore, Result};
 super::impl_erasure_store!(PgStore);
 
 /// Stage 5 of an erasure, `$1` the user: counts first, then the rows they count.
-const ERASE_REST: [&str; 20] = [
+const ERASE_REST: [&str; 21] = [
     "DELETE FROM contacts WHERE owner = $1 OR user_id = $1",
     "DELETE FROM blocks WHERE blocker = $1 OR blocked = $1",
     "DELETE FROM conversation_mutes WHERE user_id = $1",
@@ -31,12 +31,15 @@ const ERASE_REST: [&str; 20] = [
     "DELETE FROM refresh_tokens WHERE user_id = $1",
     "DELETE FROM refresh_families WHERE user_id = $1",
     "DELETE FROM inbox WHERE user_id = $1",
+    // After `erase_rest` closed the open run: its end is the user's last seq.
+    "DELETE FROM inbox_runs WHERE user_id = $1",
     // Everything counts as seen: the notify worker drops the pushes still due to the user.
     "UPDATE users SET acked_seq = last_seq WHERE id = $1",
 ];
 
 impl ErasureTx for Tx<'_> {
     async fn erase_rest(&self, user: &str) -> Result<()> {
+        self.exec("SELECT hubbub_close_run($1)", &[&user]).await?;
         for sql in ERASE_REST {
             self.exec(sql, &[&user]).await?;
         }

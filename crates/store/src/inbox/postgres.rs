@@ -1,4 +1,12 @@
 //! The inbox's SQL on PostgreSQL.
+//!
+//! A group's `message.new` events are kept as runs, as on SQLite (`sqlite.rs`, and
+//! `012_inbox_runs.sql` of each backend): a message to a group writes nothing for members
+//! whose open run is on it. The rules that write runs are PL/pgSQL functions of that
+//! migration (`hubbub_fan_out`, `hubbub_next_seq`, `hubbub_close_run` and the trigger that
+//! closes a leaver's run), so a batch's fan-out is one round trip; the migration also says
+//! which locks keep a run's end where concurrent writers agree on it. The reads here follow
+//! `sqlite.rs` statement for statement.
 
 use super::{InboxRow, InboxTx};
 use crate::chat::M_MESSAGE_COLUMNS;
@@ -10,16 +18,53 @@ use hubbub_protocol::Message;
 
 super::impl_inbox_store!(PgStore);
 
+/// A group's newest position over `inbox_runs r LEFT JOIN group_positions p` (a run whose
+/// group is gone ends before its first position).
+macro_rules! last_pos {
+    () => {
+        "COALESCE(p.last_pos, r.first_pos - 1)"
+    };
+}
+
+/// A run's length in SQL over `inbox_runs r LEFT JOIN group_positions p`: its count, or, open,
+/// up to its group's newest message.
+macro_rules! run_len {
+    () => {
+        concat!("COALESCE(r.count, ", last_pos!(), " - r.first_pos + 1)")
+    };
+}
+
+/// Whether message `m` is one of run `r`'s (the condition, in SQL).
+macro_rules! in_run {
+    () => {
+        "m.conversation_id = r.conversation_id AND m.pos >= r.first_pos
+         AND (r.count IS NULL OR m.pos < r.first_pos + r.count)"
+    };
+}
+
+/// The effective last seq of the user `users` row in SQL: the end of their open run, if any,
+/// else `users.last_seq`.
+macro_rules! effective_last_seq {
+    () => {
+        concat!(
+            "COALESCE((SELECT r.first_seq + ",
+            last_pos!(),
+            " - r.first_pos
+                       FROM inbox_runs r
+                       LEFT JOIN group_positions p ON p.conversation_id = r.conversation_id
+                       WHERE r.user_id = users.id AND r.count IS NULL), users.last_seq)"
+        )
+    };
+}
+
 impl InboxTx for Tx<'_> {
     async fn next_seq(&self, user: &str) -> Result<u64> {
-        let seq: i64 = self
-            .one(
-                "UPDATE users SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
-                &[&user],
-            )
+        let seq: Option<i64> = self
+            .one("SELECT hubbub_next_seq($1)", &[&user])
             .await?
             .get(0);
-        Ok(seq as u64)
+        seq.map(|s| s as u64)
+            .ok_or_else(|| StoreError::NotFound(format!("no user {user}")))
     }
 
     async fn insert_event(&self, user: &str, seq: u64, now: i64, frame: &str) -> Result<()> {
@@ -33,11 +78,12 @@ impl InboxTx for Tx<'_> {
 
     async fn next_seqs(&self, users: &[String]) -> Result<Vec<(String, u64)>> {
         // Callers lock these rows in id order first (`ChatTx::lock_users`), so this one
-        // statement waits for no one.
+        // statement waits for no one. An unknown user takes no seq.
         Ok(self
             .rows(
-                "UPDATE users SET last_seq = last_seq + 1 WHERE id = ANY($1)
-                 RETURNING id, last_seq",
+                "SELECT u, s FROM (SELECT u, hubbub_next_seq(u) AS s
+                                   FROM UNNEST($1::text[]) AS t(u)) n
+                 WHERE s IS NOT NULL",
                 &[&users],
             )
             .await?
@@ -69,47 +115,37 @@ impl InboxTx for Tx<'_> {
             .collect::<Result<Vec<i64>, _>>()?;
         let convs: Vec<&str> = messages.iter().map(|m| m.conversation.as_str()).collect();
         let senders: Vec<&str> = messages.iter().map(|m| m.sender.as_str()).collect();
-        // Every message's fan-out in one statement: each recipient's seq goes up by the
-        // number of messages it gets, and its rows take those seqs in the order given.
+        // Every message's fan-out in one round trip (`hubbub_fan_out`, in the order given).
         let got = self
             .rows(
-                "WITH msgs AS (
-                   SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[])
-                     WITH ORDINALITY AS m(mid, conv, sender, ord)),
-                 recips AS (
-                   SELECT m.ord, m.mid, mb.user_id FROM msgs m
-                   JOIN members mb ON mb.conversation_id = m.conv
-                   WHERE NOT EXISTS (SELECT 1 FROM blocks WHERE blocker = mb.user_id AND blocked = m.sender)),
-                 counts AS (SELECT user_id, COUNT(*) AS n FROM recips GROUP BY user_id),
-                 upd AS (
-                   UPDATE users SET last_seq = users.last_seq + counts.n FROM counts
-                   WHERE users.id = counts.user_id
-                   RETURNING users.id, users.last_seq AS top, counts.n),
-                 numbered AS (
-                   SELECT r.user_id, r.mid,
-                          upd.top - upd.n + ROW_NUMBER() OVER (PARTITION BY r.user_id ORDER BY r.ord) AS seq
-                   FROM recips r JOIN upd ON upd.id = r.user_id)
-                 INSERT INTO inbox (user_id, seq, ts, message_id)
-                 SELECT user_id, seq, $4, mid FROM numbered
-                 RETURNING user_id, seq, message_id",
+                "SELECT ord, user_id, seq FROM hubbub_fan_out($1, $2, $3, $4)",
                 &[&ids, &convs, &senders, &now],
             )
             .await?;
         got.iter()
             .map(|r| {
-                let mid: i64 = r.get(2);
-                let i = ids.iter().position(|id| *id == mid).ok_or_else(|| {
-                    StoreError::Internal(format!("fan-out of an unknown message {mid}"))
-                })?;
-                Ok((i, r.get(0), r.get::<_, i64>(1) as u64))
+                let ord: i32 = r.get(0);
+                let i = usize::try_from(ord - 1)
+                    .ok()
+                    .filter(|i| *i < messages.len())
+                    .ok_or_else(|| {
+                        StoreError::Internal(format!("fan-out of an unknown message {ord}"))
+                    })?;
+                Ok((i, r.get(1), r.get::<_, i64>(2) as u64))
             })
             .collect()
     }
 
     async fn counters(&self, user: &str) -> Result<Option<(u64, u64)>> {
+        // One statement: a read between a run's close and the next seq sees either both or
+        // neither.
         Ok(self
             .opt(
-                "SELECT last_seq, acked_seq FROM users WHERE id = $1",
+                concat!(
+                    "SELECT ",
+                    effective_last_seq!(),
+                    ", users.acked_seq FROM users WHERE users.id = $1"
+                ),
                 &[&user],
             )
             .await?
@@ -117,40 +153,109 @@ impl InboxTx for Tx<'_> {
     }
 
     async fn first_seq(&self, user: &str) -> Result<Option<u64>> {
-        let first: Option<i64> = self
+        let row: Option<i64> = self
             .one("SELECT MIN(seq) FROM inbox WHERE user_id = $1", &[&user])
             .await?
             .get(0);
-        Ok(first.map(|f| f as u64))
+        // The first run with a message left: the seq of its first one.
+        let run: Option<i64> = self
+            .opt(
+                concat!(
+                    "SELECT s FROM (
+                       SELECT r.first_seq, r.first_seq - r.first_pos +
+                              (SELECT MIN(m.pos) FROM messages m WHERE ",
+                    in_run!(),
+                    ") AS s
+                       FROM inbox_runs r WHERE r.user_id = $1) x
+                     WHERE s IS NOT NULL ORDER BY first_seq LIMIT 1"
+                ),
+                &[&user],
+            )
+            .await?
+            .map(|r| r.get(0));
+        Ok(match (row, run) {
+            (Some(a), Some(b)) => Some(a.min(b) as u64),
+            (a, b) => a.or(b).map(|f| f as u64),
+        })
     }
 
     async fn inbox_rows(&self, user: &str, after: i64, limit: usize) -> Result<Vec<InboxRow>> {
-        let rows = self
+        let limit_i = limit as i64;
+        let mut rows: Vec<InboxRow> = self
             .rows(
                 &format!(
                     "SELECT i.seq, i.frame, {M_MESSAGE_COLUMNS}
-                 FROM inbox i LEFT JOIN messages m ON m.id = i.message_id
-                 WHERE i.user_id = $1 AND i.seq > $2 ORDER BY i.seq LIMIT $3"
+                     FROM inbox i LEFT JOIN messages m ON m.id = i.message_id
+                     WHERE i.user_id = $1 AND i.seq > $2 ORDER BY i.seq LIMIT $3"
                 ),
-                &[&user, &after, &(limit as i64)],
+                &[&user, &after, &limit_i],
             )
-            .await?;
-        Ok(rows
+            .await?
             .iter()
             .map(|r| {
                 let message = r.get::<_, Option<i64>>(2).map(|_| message_row(r, 2));
                 (r.get(0), r.get(1), message)
             })
-            .collect())
+            .collect();
+        // Runs reaching past `after`: the one holding `after + 1`, then those after it in
+        // seq order, each read from its group's messages by position, until `limit` events
+        // are found and the next run starts past them.
+        let runs: Vec<(i64, String, i64, i64)> = self
+            .rows(
+                concat!(
+                    "(SELECT r.first_seq, r.conversation_id, r.first_pos, ",
+                    run_len!(),
+                    " FROM inbox_runs r
+                       LEFT JOIN group_positions p ON p.conversation_id = r.conversation_id
+                       WHERE r.user_id = $1 AND r.first_seq <= $2
+                       ORDER BY r.first_seq DESC LIMIT 1)
+                     UNION ALL
+                     (SELECT r.first_seq, r.conversation_id, r.first_pos, ",
+                    run_len!(),
+                    " FROM inbox_runs r
+                       LEFT JOIN group_positions p ON p.conversation_id = r.conversation_id
+                       WHERE r.user_id = $1 AND r.first_seq > $2
+                       ORDER BY r.first_seq LIMIT $3)"
+                ),
+                &[&user, &after, &limit_i],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect();
+        for (first_seq, conversation, first_pos, count) in runs {
+            if first_seq + count - 1 <= after {
+                continue; // ends at or before `after`
+            }
+            // `limit` events found before this run: it and those after cannot be among the
+            // first `limit`.
+            if rows.iter().filter(|r| r.0 < first_seq).count() >= limit {
+                break;
+            }
+            let from = first_pos + (after + 1 - first_seq).max(0);
+            let to = first_pos + count - 1;
+            let found = self
+                .rows(
+                    &format!(
+                        "SELECT m.pos, {M_MESSAGE_COLUMNS} FROM messages m
+                         WHERE m.conversation_id = $1 AND m.pos BETWEEN $2 AND $3
+                         ORDER BY m.pos LIMIT $4"
+                    ),
+                    &[&conversation, &from, &to, &limit_i],
+                )
+                .await?;
+            rows.extend(found.iter().map(|r| {
+                let pos: i64 = r.get(0);
+                (first_seq + pos - first_pos, None, Some(message_row(r, 1)))
+            }));
+        }
+        rows.sort_by_key(|r| r.0);
+        rows.truncate(limit);
+        Ok(rows)
     }
 
     async fn raise_acked(&self, user: &str, seq: i64) -> Result<()> {
-        self.exec(
-            "UPDATE users SET acked_seq = LEAST(GREATEST(acked_seq, $2), last_seq) WHERE id = $1",
-            &[&user, &seq],
-        )
-        .await?;
-        Ok(())
+        self.raise_acked_all(&[(user, seq)]).await
     }
 
     async fn raise_acked_all(&self, acks: &[(&str, i64)]) -> Result<()> {
@@ -159,18 +264,21 @@ impl InboxTx for Tx<'_> {
         }
         let users: Vec<&str> = acks.iter().map(|a| a.0).collect();
         let seqs: Vec<i64> = acks.iter().map(|a| a.1).collect();
-        // Two round trips for any number of users (one each held every lock taken so far
-        // while the next went out, and a send to these users waited for all of them): the
-        // rows are locked in id order first, as a send's fan-out takes them, so the two
-        // never deadlock; then one statement raises them all.
+        // Two round trips for any number of users: the rows are locked in id order first,
+        // as a send's fan-out takes them (the two never deadlock, and no send in flight can
+        // move the end of these users' runs), then one statement raises them all, each up to
+        // their last seq as of after the lock.
         self.exec(
             "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE",
             &[&users],
         )
         .await?;
         self.exec(
-            "UPDATE users SET acked_seq = LEAST(GREATEST(users.acked_seq, t.s), users.last_seq)
-             FROM UNNEST($1::text[], $2::bigint[]) AS t(u, s) WHERE users.id = t.u",
+            concat!(
+                "UPDATE users SET acked_seq = LEAST(GREATEST(users.acked_seq, t.s), ",
+                effective_last_seq!(),
+                ") FROM UNNEST($1::text[], $2::bigint[]) AS t(u, s) WHERE users.id = t.u"
+            ),
             &[&users, &seqs],
         )
         .await?;
@@ -178,8 +286,106 @@ impl InboxTx for Tx<'_> {
     }
 
     async fn prune(&self, before_ms: i64) -> Result<u64> {
-        self.exec("DELETE FROM inbox WHERE ts < $1", &[&before_ms])
-            .await
+        let rows = self
+            .exec("DELETE FROM inbox WHERE ts < $1", &[&before_ms])
+            .await?;
+        // Runs whose first message left is older than `before_ms` lose their events before
+        // the first newer one (a run left with none goes). Their users are locked first (in
+        // id order), so an open run's end stays put; the runs are read again after.
+        let stale = concat!(
+            "FROM inbox_runs r
+             LEFT JOIN group_positions p ON p.conversation_id = r.conversation_id
+             WHERE (SELECT m.ts FROM messages m WHERE ",
+            in_run!(),
+            " ORDER BY m.pos LIMIT 1) < $1"
+        );
+        let users: Vec<String> = self
+            .rows(&format!("SELECT DISTINCT r.user_id {stale}"), &[&before_ms])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !users.is_empty() {
+            self.exec(
+                "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                &[&users],
+            )
+            .await?;
+        }
+        let runs: Vec<(String, i64, String, i64, i64, bool)> = self
+            .rows(
+                &format!(
+                    concat!(
+                        "SELECT r.user_id, r.first_seq, r.conversation_id, r.first_pos, ",
+                        run_len!(),
+                        ", r.count IS NULL {}"
+                    ),
+                    stale
+                ),
+                &[&before_ms],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+            .collect();
+        let mut events = 0u64;
+        for (user, first_seq, conversation, first_pos, count, open) in runs {
+            let end = first_pos + count; // one past the run's last position
+            let cut: Option<i64> = self
+                .one(
+                    "SELECT MIN(pos) FROM messages
+                     WHERE conversation_id = $1 AND pos >= $2 AND pos < $3 AND ts >= $4",
+                    &[&conversation, &first_pos, &end, &before_ms],
+                )
+                .await?
+                .get(0);
+            let cut = cut.unwrap_or(end);
+            let gone: i64 = self
+                .one(
+                    "SELECT COUNT(*) FROM messages
+                     WHERE conversation_id = $1 AND pos >= $2 AND pos < $3",
+                    &[&conversation, &first_pos, &cut],
+                )
+                .await?
+                .get(0);
+            events += gone as u64;
+            if cut == end {
+                // Nothing left: the run goes (an open one's end becomes the user's last seq).
+                if open {
+                    self.exec(
+                        "UPDATE users SET last_seq = $2 WHERE id = $1",
+                        &[&user, &(first_seq + count - 1)],
+                    )
+                    .await?;
+                }
+                self.exec(
+                    "DELETE FROM inbox_runs WHERE user_id = $1 AND first_seq = $2",
+                    &[&user, &first_seq],
+                )
+                .await?;
+                continue;
+            }
+            let skipped = cut - first_pos;
+            self.exec(
+                "UPDATE inbox_runs SET first_seq = first_seq + $3, first_pos = first_pos + $3,
+                                       count = count - $3
+                 WHERE user_id = $1 AND first_seq = $2",
+                &[&user, &first_seq, &skipped],
+            )
+            .await?;
+        }
+        // Closed runs older than that whose messages are all gone (a deleted group).
+        self.exec(
+            "DELETE FROM inbox_runs
+             WHERE count IS NOT NULL AND ts < $1
+               AND NOT EXISTS (SELECT 1 FROM messages m
+                               WHERE m.conversation_id = inbox_runs.conversation_id
+                                 AND m.pos >= inbox_runs.first_pos
+                                 AND m.pos < inbox_runs.first_pos + inbox_runs.count)",
+            &[&before_ms],
+        )
+        .await?;
+        Ok(rows + events)
     }
 
     async fn ping(&self) -> Result<()> {

@@ -77,14 +77,16 @@ async fn a_session_terminated_in_commit_is_internal_not_unavailable() {
         .create_conversation(group("g", &a, &[&b]))
         .await
         .expect("create");
-    // From now on, every transaction that wrote an inbox row terminates its own session
-    // while it commits (test-only: the trigger lives in this throwaway database).
+    // From now on, every transaction that wrote an inbox row or opened a run (a group's
+    // first message to a member) terminates its own session while it commits (test-only: the trigger lives in this throwaway database).
     admin(&url)
         .await
         .batch_execute(
             "CREATE FUNCTION hubbub_test_die() RETURNS trigger LANGUAGE plpgsql AS $$
              BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NULL; END $$;
              CREATE CONSTRAINT TRIGGER die_in_commit AFTER INSERT ON inbox
+               DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION hubbub_test_die();
+             CREATE CONSTRAINT TRIGGER die_in_commit AFTER INSERT ON inbox_runs
                DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION hubbub_test_die();
              CREATE CONSTRAINT TRIGGER die_in_commit AFTER INSERT ON posts
                DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION hubbub_test_die();",

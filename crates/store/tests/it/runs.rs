@@ -1,7 +1,9 @@
-//! SQLite keeps a group's `message.new` events as runs (`inbox/sqlite.rs`), PostgreSQL as a
-//! row per event: random sequences of sends, runs of sends, blocks, leaves, acks and prunes
-//! applied to both must leave every user the same stream (seqs, event types, message texts
-//! and senders), the same last seq and the same acked seq.
+//! Both stores keep a group's `message.new` events as runs, written twice over: SQLite's in
+//! Rust for its one writer (`inbox/sqlite.rs`), PostgreSQL's as PL/pgSQL functions that
+//! concurrent writers run under row locks (`012_inbox_runs.sql`). Random sequences of sends,
+//! runs of sends, blocks, leaves, acks and prunes applied to both must leave every user the
+//! same stream (seqs, event types, message texts and senders), the same last seq and the same
+//! acked seq; and PostgreSQL's must hold under writers running side by side.
 
 use crate::conformance::{Env, postgres_env, sqlite_env};
 use hubbub_protocol::{Attachment, ConversationKind, ServerFrame};
@@ -175,7 +177,7 @@ impl World {
 }
 
 #[tokio::test]
-async fn runs_on_sqlite_show_what_rows_on_postgres_show() {
+async fn runs_on_sqlite_show_what_runs_on_postgres_show() {
     for seed in 0..12u64 {
         let mut rng = fastrand::Rng::with_seed(seed);
         let ops = ops(&mut rng, 40);
@@ -212,6 +214,231 @@ async fn runs_on_sqlite_show_what_rows_on_postgres_show() {
                 pg.env.store.acked_seq(&pg.users[u]).await.expect("acked"),
             );
             assert_eq!(l, p, "seed {seed}: user {u}'s acked seq");
+        }
+    }
+}
+
+/// What a concurrent write said it appended: (user, seq, type, message id if a
+/// `message.new`).
+type Told = Vec<(String, u64, &'static str, Option<String>)>;
+
+fn told(events: &[Event]) -> Told {
+    events
+        .iter()
+        .map(|e| {
+            let id = match &e.frame {
+                ServerFrame::MessageNew { message, .. } => Some(message.id.clone()),
+                _ => None,
+            };
+            (
+                e.user.clone(),
+                e.frame.seq().unwrap_or(0),
+                e.frame.type_name(),
+                id,
+            )
+        })
+        .collect()
+}
+
+/// PostgreSQL runs under concurrent writers (two stores, as two worker processes, each with
+/// its own group commit; a third changing a group's membership, reacting and acking): every
+/// user's stream is gapless, holds each group message once, and says at each seq what the
+/// write that took the seq said it was. A run closed while a send to its group is in flight
+/// would hand one seq to two events, or skip one.
+#[tokio::test]
+async fn runs_on_postgres_agree_under_concurrent_writers() {
+    let url = crate::conformance::fresh_database().await;
+    let stores: Vec<PgStore> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(PgStore::connect(&url, 4).await.expect("pg store"));
+        }
+        v
+    };
+    let s = &stores[0];
+    let mut users = Vec::new();
+    for i in 0..8 {
+        users.push(
+            s.create_user(&format!("c{i}"), "h", None)
+                .await
+                .expect("user")
+                .id,
+        );
+    }
+    // g0: everyone; g1: users 0..6; g2: users 3..8. User 7 leaves g0 and is added back.
+    let groups: [(&str, std::ops::Range<usize>); 3] = [("g0", 0..8), ("g1", 0..6), ("g2", 3..8)];
+    for (id, range) in &groups {
+        let creator = users[range.start].clone();
+        s.create_conversation(NewConversation {
+            id: (*id).into(),
+            creator,
+            kind: ConversationKind::Group,
+            members: users[range.start + 1..range.end].to_vec(),
+            title: None,
+            ephemeral: false,
+            public: false,
+            max_members: 100,
+        })
+        .await
+        .expect("group");
+    }
+    let direct = s
+        .create_conversation(NewConversation {
+            id: "d".into(),
+            creator: users[0].clone(),
+            kind: ConversationKind::Direct,
+            members: vec![users[3].clone()],
+            title: None,
+            ephemeral: false,
+            public: false,
+            max_members: 100,
+        })
+        .await
+        .expect("direct")
+        .value
+        .id;
+    let all_told = std::sync::Arc::new(std::sync::Mutex::new(Told::new()));
+    // Each sender sends only where it stays a member (users 0..7; user 7 churns).
+    let targets: Vec<(usize, String)> = {
+        let mut t = Vec::new();
+        for (id, range) in &groups {
+            for u in range.clone().filter(|u| *u != 7) {
+                t.push((u, (*id).to_owned()));
+            }
+        }
+        t.push((0, direct.clone()));
+        t.push((3, direct.clone()));
+        t
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for (w, store) in stores.iter().take(2).enumerate() {
+        let (store, users, targets, all_told) = (
+            store.clone(),
+            users.clone(),
+            targets.clone(),
+            all_told.clone(),
+        );
+        tasks.spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(w as u64);
+            for n in 0..40 {
+                let news: Vec<NewMessage> = (0..rng.usize(1..5))
+                    .map(|k| {
+                        let (u, c) = &targets[rng.usize(0..targets.len())];
+                        NewMessage {
+                            sender: users[*u].clone(),
+                            conversation: c.clone(),
+                            client_msg_id: format!("w{w}-{n}-{k}"),
+                            text: "hi".into(),
+                            ..NewMessage::default()
+                        }
+                    })
+                    .collect();
+                for r in store.send_messages(news).await.expect("a batch") {
+                    let written = r.expect("a send of a member");
+                    all_told.lock().unwrap().extend(told(&written.events));
+                }
+            }
+        });
+    }
+    {
+        let (store, users, all_told) = (stores[2].clone(), users.clone(), all_told.clone());
+        tasks.spawn(async move {
+            for n in 0..12 {
+                let w = store.leave(&users[7], "g0").await.expect("leave");
+                all_told.lock().unwrap().extend(told(&w.events));
+                let w = store
+                    .add_members(&users[0], "g0", &[users[7].clone()], 100)
+                    .await
+                    .expect("add back");
+                all_told.lock().unwrap().extend(told(&w.events));
+                // A reaction tells every member of g1 (a seq each, closing their runs).
+                let m = store
+                    .send_message(NewMessage {
+                        sender: users[1].clone(),
+                        conversation: "g1".into(),
+                        client_msg_id: format!("r{n}"),
+                        text: "react to me".into(),
+                        ..NewMessage::default()
+                    })
+                    .await
+                    .expect("send");
+                all_told.lock().unwrap().extend(told(&m.events));
+                let w = store
+                    .react(&users[2], "g1", &m.value.id, "👍", true)
+                    .await
+                    .expect("react");
+                all_told.lock().unwrap().extend(told(&w.events));
+                for u in &users {
+                    store.ack(u, 1 + n as u64 * 3).await.expect("ack");
+                }
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("a writer");
+    }
+    let all_told = all_told.lock().unwrap().clone();
+    for u in &users {
+        let r = s.events_after(u, 0, 100_000).await.expect("replay");
+        let seqs: Vec<u64> = r.frames.iter().filter_map(ServerFrame::seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=r.last_seq).collect::<Vec<_>>(),
+            "{u}'s stream is gapless and ends at its last seq"
+        );
+        let mut ids = std::collections::HashSet::new();
+        for f in &r.frames {
+            if let ServerFrame::MessageNew { message, .. } = f {
+                assert!(
+                    ids.insert(message.id.clone()),
+                    "{u} got {} twice",
+                    message.id
+                );
+            }
+        }
+        for (_, seq, kind, id) in all_told.iter().filter(|t| t.0 == *u) {
+            let f = &r.frames[(*seq - 1) as usize];
+            let at = match f {
+                ServerFrame::MessageNew { message, .. } => Some(message.id.clone()),
+                _ => None,
+            };
+            assert_eq!(
+                (f.type_name(), at),
+                (*kind, id.clone()),
+                "{u}'s seq {seq} is what the write said"
+            );
+        }
+        assert!(s.acked_seq(u).await.expect("acked") <= r.last_seq);
+    }
+    // Every user but the one who churned got every message of their groups once.
+    let sent: Vec<(String, String)> = all_told
+        .iter()
+        .filter_map(|t| t.3.clone().map(|id| (t.0.clone(), id)))
+        .collect();
+    for (id, range) in &groups {
+        let mut messages = Vec::new();
+        loop {
+            let before = messages
+                .last()
+                .map(|m: &hubbub_protocol::Message| m.id.clone());
+            let (page, more) = s
+                .history(&users[range.start], id, before.as_deref(), 50)
+                .await
+                .expect("history");
+            messages.extend(page);
+            if !more {
+                break;
+            }
+        }
+        assert!(messages.len() > 20, "{id} got messages");
+        for u in range.clone().filter(|u| *u != 7) {
+            for m in &messages {
+                assert!(
+                    sent.contains(&(users[u].clone(), m.id.clone())),
+                    "user {u} was told of {id}'s message {}",
+                    m.id
+                );
+            }
         }
     }
 }
