@@ -4,9 +4,9 @@
 //! The rules here are the only way an event enters an inbox: [`append_event`] (one frame for
 //! one user, stored as JSON) and [`message_events`] over a backend's fan-out (a `message.new`
 //! row only points at its message: the frame is rebuilt on replay, so a message to a big group
-//! writes small rows; on SQLite a group's messages are runs of seqs that follow the group's
-//! message positions, and a message writes nothing for members already in a run on the
-//! group: see `sqlite.rs`).
+//! writes small rows; a group's messages are runs of seqs that follow the group's message
+//! positions, and a message writes nothing for members already in a run on the group: see
+//! `sqlite.rs` and `postgres.rs`).
 
 #[cfg(feature = "postgres")]
 mod postgres;
