@@ -1,12 +1,12 @@
 -- Runs of a user's `message.new` events from one group (PostgreSQL's, with its locking rules,
 -- are in postgres/012_inbox_runs.sql). A run says: the user's seqs first_seq, first_seq + 1,
 -- ... are the group's messages at positions first_pos, first_pos + 1, ... (`messages.pos`; a
--- message gone since leaves its seq empty, as a deleted inbox row does). An open run (count NULL) reaches the
--- group's newest message (`conversations.last_pos`): while a user's events all come from one
--- group, a message to it costs that user no write, where a row per member per message made
--- a message to a big group touch a page per member. `users.last_seq` counts up to an open
--- run's start; a run is closed (count and `ts` set, `users.last_seq` brought up to its end)
--- before any other event takes the user's next seq, when a message skips the user (they
+-- message gone since leaves its seq empty, as a deleted inbox row does). An open run (count
+-- NULL) reaches the group's newest message (`conversations.last_pos`): while a user's events
+-- all come from one group, a message to it costs that user no write, where a row per member per
+-- message made a message to a big group touch a page per member. `users.last_seq` counts up to
+-- an open run's start; a run is closed (count and `ts` set, `users.last_seq` brought up to its
+-- end) before any other event takes the user's next seq, when a message skips the user (they
 -- block its sender) and when the user leaves the group (the trigger below).
 ALTER TABLE conversations ADD COLUMN last_pos INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE messages ADD COLUMN pos INTEGER;
