@@ -3,13 +3,16 @@
 -- writes nothing per member. A row and a counter per member per message, written while every
 -- send to the group waited on the members' locks, held a group near 600 sends a second here.
 --
--- Concurrency (SQLite has one writer; here transactions run side by side):
--- * A user's runs, and their `users.last_seq`, change only while their `users` row is locked
---   (`hubbub_close_run` takes the lock itself).
--- * A group's position (`group_positions`) moves only in a transaction that holds the lock of
---   every member of the group: the send batch locks every recipient in id order before
---   anything else. So a transaction holding one member's lock sees the group's newest
---   position stay put, and closes that member's run where no send in flight can add to it.
+-- Concurrency (SQLite has one writer; here transactions run side by side). Two kinds of lock,
+-- always taken in this order: users' rows (in id order), then groups' positions (the rows of
+-- `group_positions`, in id order).
+-- * A user's runs, and their `users.last_seq`, change only while their `users` row is locked.
+-- * A group's position moves only while its `group_positions` row is locked FOR UPDATE (the
+--   send batch, `hubbub_lock_positions`), and a run is closed only while its group's row is
+--   locked at least FOR SHARE (`hubbub_close_run` takes both locks itself). So a closed run
+--   ends where no send in flight can add to it, and while a batch holds a group's position,
+--   the group's open runs stay as they are: a member who has one needs no lock at all, and a
+--   busy group's send locks one row, not a row per member.
 -- * The position is a row of its own, not a column of `conversations`: a change to a
 --   conversation's settings locks that row and then its members, the opposite order.
 CREATE TABLE group_positions (
@@ -38,7 +41,8 @@ CREATE INDEX inbox_runs_by_conversation ON inbox_runs (conversation_id);
 CREATE INDEX blocks_by_blocked ON blocks (blocked);
 
 -- Close `u`'s open run, if any, after its group's newest message: `users.last_seq` moves to
--- the run's end, which it returns (NULL: no run was open). Locks `u` first.
+-- the run's end, which it returns (NULL: no run was open). Locks `u`, then the run's group's
+-- position (FOR SHARE: no send to the group is in flight when it reads the position).
 CREATE FUNCTION hubbub_close_run(u TEXT) RETURNS BIGINT LANGUAGE plpgsql AS $$
 DECLARE
     v_first_seq BIGINT;
@@ -48,13 +52,16 @@ DECLARE
     v_last      BIGINT;
 BEGIN
     PERFORM 1 FROM users WHERE id = u FOR UPDATE;
-    SELECT r.first_seq, r.first_pos, r.conversation_id, COALESCE(p.last_pos, r.first_pos - 1)
-      INTO v_first_seq, v_first_pos, v_conv, v_last_pos
-      FROM inbox_runs r LEFT JOIN group_positions p ON p.conversation_id = r.conversation_id
+    SELECT r.conversation_id INTO v_conv FROM inbox_runs r
      WHERE r.user_id = u AND r.count IS NULL;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
+    PERFORM 1 FROM group_positions p WHERE p.conversation_id = v_conv FOR SHARE;
+    SELECT r.first_seq, r.first_pos, COALESCE(p.last_pos, r.first_pos - 1)
+      INTO v_first_seq, v_first_pos, v_last_pos
+      FROM inbox_runs r LEFT JOIN group_positions p ON p.conversation_id = r.conversation_id
+     WHERE r.user_id = u AND r.count IS NULL;
     v_last := v_first_seq + v_last_pos - v_first_pos;
     IF v_last_pos < v_first_pos THEN
         -- Empty (pruned whole, or its group is gone): nothing to keep; `users.last_seq` is
@@ -70,6 +77,41 @@ BEGIN
     RETURN v_last;
 END $$;
 
+-- The send batch's second lock (its first locked, in id order, the users `locked` its
+-- fan-out will write as far as it could tell: see `chat/postgres.rs`): the positions of the
+-- batch's groups, and of the groups where the locked users' open runs are (closing one reads
+-- its group's position), FOR UPDATE in id order.
+CREATE FUNCTION hubbub_lock_positions(convs TEXT[], locked TEXT[])
+RETURNS VOID LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO group_positions (conversation_id, last_pos)
+        SELECT DISTINCT c.id, 0 FROM conversations c
+         WHERE c.id = ANY(convs) AND c.kind = 'group' ORDER BY c.id
+        ON CONFLICT DO NOTHING;
+    PERFORM 1 FROM group_positions p
+     WHERE p.conversation_id = ANY(convs)
+        OR p.conversation_id IN (SELECT r.conversation_id FROM inbox_runs r
+                                 WHERE r.user_id = ANY(locked) AND r.count IS NULL)
+     ORDER BY p.conversation_id FOR UPDATE;
+END $$;
+
+-- Before the fan-out writes `u`: lock `u` and their open run's position now, or fail. The
+-- batch locked everyone it could foresee in order; someone else (whose run on the group
+-- closed, who joined, or who blocked the sender since) is locked here out of order, which
+-- is safe only without waiting: if another transaction holds the lock, the batch fails as a
+-- serialization failure (nothing written) and is tried again, locking every member first.
+CREATE FUNCTION hubbub_lock_now(u TEXT) RETURNS VOID LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM users WHERE id = u FOR UPDATE NOWAIT;
+    PERFORM 1 FROM group_positions p
+     WHERE p.conversation_id = (SELECT r.conversation_id FROM inbox_runs r
+                                WHERE r.user_id = u AND r.count IS NULL)
+       FOR SHARE NOWAIT;
+EXCEPTION WHEN lock_not_available THEN
+    RAISE EXCEPTION 'a fan-out would wait for a lock out of order'
+        USING ERRCODE = 'serialization_failure';
+END $$;
+
 -- Take `u`'s next seq for an event of its own (closing the open run first); NULL for an
 -- unknown user.
 CREATE FUNCTION hubbub_next_seq(u TEXT) RETURNS BIGINT LANGUAGE plpgsql AS $$
@@ -81,7 +123,8 @@ BEGIN
     RETURN v_seq;
 END $$;
 
--- The `message.new` events of new messages, in the order given (`ord` counts from 1): for a
+-- The `message.new` events of new messages, in the order given (`ord` counts from 1), after
+-- `hubbub_lock_positions` (the locks it relies on) in the same transaction: for a
 -- group, the message takes the group's next position, members who block the sender close
 -- their open run on it (they skip it), members with an open run on the group get the seq it
 -- gives the message, and everyone else opens a run at their next seq; for a direct
@@ -115,6 +158,7 @@ BEGIN
                                    WHERE b.blocker = mb.user_id AND b.blocked = v_sender)
                  ORDER BY mb.user_id
             LOOP
+                PERFORM hubbub_lock_now(v_user);
                 v_last := hubbub_next_seq(v_user);
                 INSERT INTO inbox (user_id, seq, ts, message_id)
                      VALUES (v_user, v_last, now, v_mid);
@@ -134,6 +178,7 @@ BEGIN
             v_blocks := v_blocks + 1;
             IF EXISTS (SELECT 1 FROM inbox_runs r WHERE r.user_id = v_user
                          AND r.count IS NULL AND r.conversation_id = v_conv) THEN
+                PERFORM hubbub_lock_now(v_user);
                 PERFORM hubbub_close_run(v_user);
             END IF;
         END LOOP;
@@ -162,6 +207,7 @@ BEGIN
                                  AND r.conversation_id = v_conv)
              ORDER BY mb.user_id
         LOOP
+            PERFORM hubbub_lock_now(v_user);
             v_last := hubbub_close_run(v_user);
             IF v_last IS NULL THEN
                 SELECT u.last_seq INTO v_last FROM users u WHERE u.id = v_user;

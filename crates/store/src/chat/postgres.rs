@@ -429,12 +429,7 @@ impl ChatTx for Tx<'_> {
     }
 
     async fn lock_users(&self, users: &[String]) -> Result<()> {
-        self.exec(
-            "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-            &[&users],
-        )
-        .await?;
-        Ok(())
+        self.lock_users_and_runs(users).await
     }
 
     async fn audience(&self, id: &str, actor: &str) -> Result<Vec<String>> {
@@ -957,10 +952,11 @@ impl PgStore {
     }
 }
 
-/// Group commit for `message.send`: take whatever sends wait, lock every recipient once (in
-/// id order, so two batches never deadlock on each other), run each send in its own savepoint
-/// (one send's failure leaves the others), fan them all out in one statement, and commit
-/// once. Sends to one busy group no longer queue up behind each other's row locks and fsyncs.
+/// Group commit for `message.send`: take whatever sends wait, lock the recipients it may
+/// write (in id order, so two batches never deadlock on each other), run each send in its own
+/// savepoint (one send's failure leaves the others), lock the groups' positions, fan them all
+/// out in one statement, and commit once. Sends to one busy group no longer queue up behind
+/// each other's row locks and fsyncs.
 async fn run_sends(pool: Pool, mut jobs: tokio::sync::mpsc::Receiver<SendJob>) {
     while let Some(first) = jobs.recv().await {
         let mut batch = vec![first];
@@ -990,25 +986,71 @@ async fn run_sends(pool: Pool, mut jobs: tokio::sync::mpsc::Receiver<SendJob>) {
     }
 }
 
+/// How many times a batch is tried (see [`send_batch`]).
+const SEND_TRIES: usize = 4;
+
+/// [`send_locked`], and again, up to [`SEND_TRIES`] in all, while nothing was written for a
+/// reason that another try may not meet (a deadlock, a serialization failure such as a lock
+/// the fan-out would have waited for out of order, a lost connection). Every try after the
+/// first locks every member of every conversation of the batch first.
 async fn send_batch(
     pool: &Pool,
     news: &[NewMessage],
 ) -> Result<Vec<Result<Written<Message>, StoreError>>> {
+    let mut tried = 0;
+    loop {
+        tried += 1;
+        match send_locked(pool, news, tried > 1).await {
+            Err(StoreError::Unavailable(_)) if tried < SEND_TRIES => continue,
+            other => return other,
+        }
+    }
+}
+
+/// One try of a batch. Its locks (`012_inbox_runs.sql` says why these suffice): first the
+/// users its fan-out may write, in id order: every member of a direct conversation, of a
+/// group where a send starts a thread reply or mentions someone (those tell members outside
+/// the fan-out), and, of the other groups, only members without an open run on the group and
+/// members who block a sender; with `every`, every member. Then, after the sends are stored,
+/// the groups' positions (`hubbub_lock_positions`). Whoever the fan-out must write that the
+/// first lock did not foresee (a run closed, a member joined, in between) it locks without
+/// waiting, or fails the try (`hubbub_lock_now`). A busy group's members all have their run
+/// on it, so its sends lock one row, not one per member.
+async fn send_locked(
+    pool: &Pool,
+    news: &[NewMessage],
+    every: bool,
+) -> Result<Vec<Result<Written<Message>, StoreError>>> {
     let mut client = pool.get().await.map_err(pool_err)?;
     let tx = client.transaction().await.map_err(pg)?;
     let conversations: Vec<&str> = news.iter().map(|n| n.conversation.as_str()).collect();
-    Tx::Tx(&tx)
-        .exec(
-            "SELECT 1 FROM users WHERE id IN
-               (SELECT m.user_id FROM members m JOIN conversations c ON c.id = m.conversation_id
-                WHERE m.conversation_id = ANY($1) AND c.kind <> 'channel')
+    let senders: Vec<&str> = news.iter().map(|n| n.sender.as_str()).collect();
+    let whole: Vec<&str> = news
+        .iter()
+        .filter(|n| every || n.thread.is_some() || !n.mentions.is_empty())
+        .map(|n| n.conversation.as_str())
+        .collect();
+    let locked: Vec<String> = Tx::Tx(&tx)
+        .rows(
+            "SELECT id FROM users WHERE id IN
+               (SELECT mb.user_id FROM members mb JOIN conversations c ON c.id = mb.conversation_id
+                WHERE mb.conversation_id = ANY($1) AND c.kind <> 'channel'
+                  AND (c.kind <> 'group' OR mb.conversation_id = ANY($2)
+                       OR NOT EXISTS (SELECT 1 FROM inbox_runs r
+                                      WHERE r.user_id = mb.user_id AND r.count IS NULL
+                                        AND r.conversation_id = mb.conversation_id)
+                       OR EXISTS (SELECT 1 FROM blocks b
+                                  WHERE b.blocker = mb.user_id AND b.blocked = ANY($3))))
              ORDER BY id FOR UPDATE",
-            &[&conversations],
+            &[&conversations, &whole, &senders],
         )
-        .await?;
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let now = now_ms();
     let mut stored = Vec::with_capacity(news.len());
-    // Every round trip from here to the commit is taken holding the recipients' locks. The
+    // Every round trip from here to the commit is taken holding the locks above. The
     // reads of every send go out together, pipelined on the connection (one round trip for
     // the batch); a read that fails fails the batch (nothing of it is written). What a send
     // of the batch changes that a later one's reads cannot see is carried over here: its
@@ -1056,6 +1098,12 @@ async fn send_batch(
             }
         }
     }
+    Tx::Tx(&tx)
+        .exec(
+            "SELECT hubbub_lock_positions($1, $2)",
+            &[&conversations, &locked],
+        )
+        .await?;
     let written = sends_written(&Tx::Tx(&tx), stored, now).await?;
     tx.commit().await.map_err(commit_err)?;
     Ok(written)

@@ -57,6 +57,29 @@ macro_rules! effective_last_seq {
     };
 }
 
+impl Tx<'_> {
+    /// Lock `users`, then the positions of the groups their open runs are on (FOR SHARE:
+    /// closing a run reads its group's position), each in id order, the order every write
+    /// takes them in (`012_inbox_runs.sql`). Two statements in one round trip (pipelined).
+    pub(crate) async fn lock_users_and_runs(&self, users: &[String]) -> Result<()> {
+        let p: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&users];
+        tokio::try_join!(
+            self.exec(
+                "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                &p,
+            ),
+            self.exec(
+                "SELECT 1 FROM group_positions WHERE conversation_id IN
+                   (SELECT conversation_id FROM inbox_runs
+                    WHERE user_id = ANY($1) AND count IS NULL)
+                 ORDER BY conversation_id FOR SHARE",
+                &p,
+            ),
+        )?;
+        Ok(())
+    }
+}
+
 impl InboxTx for Tx<'_> {
     async fn next_seq(&self, user: &str) -> Result<u64> {
         let seq: Option<i64> = self
@@ -77,8 +100,8 @@ impl InboxTx for Tx<'_> {
     }
 
     async fn next_seqs(&self, users: &[String]) -> Result<Vec<(String, u64)>> {
-        // Callers lock these rows in id order first (`ChatTx::lock_users`), so this one
-        // statement waits for no one. An unknown user takes no seq.
+        // Callers lock these users and their runs' positions first (`ChatTx::lock_users`), so
+        // this one statement waits for no one. An unknown user takes no seq.
         Ok(self
             .rows(
                 "SELECT u, s FROM (SELECT u, hubbub_next_seq(u) AS s
@@ -265,9 +288,8 @@ impl InboxTx for Tx<'_> {
         let users: Vec<&str> = acks.iter().map(|a| a.0).collect();
         let seqs: Vec<i64> = acks.iter().map(|a| a.1).collect();
         // Two round trips for any number of users: the rows are locked in id order first,
-        // as a send's fan-out takes them (the two never deadlock, and no send in flight can
-        // move the end of these users' runs), then one statement raises them all, each up to
-        // their last seq as of after the lock.
+        // as every write takes them (the two never deadlock), then one statement raises them
+        // all, each up to their last seq as committed (a send in flight is not yet theirs).
         self.exec(
             "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE",
             &[&users],
@@ -290,8 +312,9 @@ impl InboxTx for Tx<'_> {
             .exec("DELETE FROM inbox WHERE ts < $1", &[&before_ms])
             .await?;
         // Runs whose first message left is older than `before_ms` lose their events before
-        // the first newer one (a run left with none goes). Their users are locked first (in
-        // id order), so an open run's end stays put; the runs are read again after.
+        // the first newer one (a run left with none goes). Their users and their groups'
+        // positions are locked first, so an open run's end stays put; the runs are read
+        // again after.
         let stale = concat!(
             "FROM inbox_runs r
              LEFT JOIN group_positions p ON p.conversation_id = r.conversation_id
@@ -306,11 +329,7 @@ impl InboxTx for Tx<'_> {
             .map(|r| r.get(0))
             .collect();
         if !users.is_empty() {
-            self.exec(
-                "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-                &[&users],
-            )
-            .await?;
+            self.lock_users_and_runs(&users).await?;
         }
         let runs: Vec<(String, i64, String, i64, i64, bool)> = self
             .rows(
