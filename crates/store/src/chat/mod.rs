@@ -530,9 +530,10 @@ pub(crate) trait ChatTx {
     async fn message_of(&self, id: &str, message: i64, lock: bool) -> Result<Option<Message>>;
     /// A channel message's offset.
     async fn offset_of(&self, message: i64) -> Result<Option<u64>>;
-    /// Lock these users' counter rows, in id order (PostgreSQL: every write that appends
-    /// events and changes a message takes the users first, then the message, so two such
-    /// writes never wait on each other in a circle; a no-op on SQLite).
+    /// Lock these users' counter rows, in id order, then the positions of the groups their
+    /// open runs are on (PostgreSQL: every write that appends events and changes a message
+    /// takes the users first, then the message, so two such writes never wait on each other
+    /// in a circle; `012_inbox_runs.sql` says why the positions; a no-op on SQLite).
     async fn lock_users(&self, users: &[String]) -> Result<()>;
     /// The members less those who block `actor`, by id (`actor` included when a member).
     async fn audience(&self, id: &str, actor: &str) -> Result<Vec<String>>;
