@@ -1079,9 +1079,15 @@ async fn send_locked(
         {
             state.last_sent_ms = Some(now);
         }
-        tx.batch_execute(savepoint).await.map_err(pg)?;
+        // The savepoint and the send's statements go out together (pipelined, in order on
+        // the connection): one round trip for a plain send, not two.
+        let (set, sent) = tokio::join!(
+            tx.batch_execute(savepoint),
+            store_read(&on, new, reads, now)
+        );
+        set.map_err(pg)?;
         savepoint = "RELEASE SAVEPOINT send; SAVEPOINT send";
-        match store_read(&Tx::Tx(&tx), new, reads, now).await {
+        match sent {
             Ok(sent) => {
                 if sent.fresh {
                     sent_in.insert(key);
