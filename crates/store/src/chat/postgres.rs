@@ -890,9 +890,16 @@ impl ChatTx for Tx<'_> {
 /// The most sends one transaction takes.
 const SEND_BATCH: usize = 64;
 
+/// How many send batches one process commits at once. A batch spends most of its time
+/// waiting on round trips; others overlap it, and they meet only at a group's position (the
+/// fan-out and the commit).
+const SEND_CONCURRENCY: usize = 3;
+
+/// A run of sends (one user's, in order, or a single send) and where their outcomes go. A
+/// run is never split between batches: batches commit concurrently, in any order.
 pub(crate) type SendJob = (
-    NewMessage,
-    tokio::sync::oneshot::Sender<Result<Written<Message>>>,
+    Vec<NewMessage>,
+    tokio::sync::oneshot::Sender<Vec<Result<Written<Message>>>>,
 );
 
 /// A report from a row of `reports` (id, conversation, message, reporter, reason, ts).
@@ -917,72 +924,74 @@ pub(crate) fn start_sends(pool: Pool) -> tokio::sync::mpsc::Sender<SendJob> {
 impl PgStore {
     /// `message.send`, through the group commit (see [`run_sends`]).
     async fn send(&self, new: NewMessage) -> Result<Written<Message>> {
+        self.send_many(vec![new])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Internal("a send lost its outcome".into())))
+    }
+
+    /// Several sends, handed to the group commit as one job: they commit together, in that
+    /// order, in one batch.
+    async fn send_many(&self, news: Vec<NewMessage>) -> Result<Vec<Result<Written<Message>>>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.sends
-            .send((new, tx))
+            .send((news, tx))
             .await
             .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
         rx.await
-            .map_err(|_| StoreError::Internal("the send batcher stopped".into()))?
-    }
-
-    /// Several sends, handed to the group commit together and in order: the batcher takes
-    /// them in that order, so they commit together (up to its batch size) in that order.
-    async fn send_many(&self, news: Vec<NewMessage>) -> Result<Vec<Result<Written<Message>>>> {
-        let mut waits = Vec::with_capacity(news.len());
-        for new in news {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            // Once one cannot be handed over, neither can the rest: they are refused, and
-            // the ones handed over are still awaited.
-            let handed = waits.last().is_none_or(Option::is_some)
-                && self.sends.send((new, tx)).await.is_ok();
-            waits.push(handed.then_some(rx));
-        }
-        let mut out = Vec::with_capacity(waits.len());
-        for rx in waits {
-            out.push(match rx {
-                Some(rx) => rx
-                    .await
-                    .map_err(|_| StoreError::Internal("the send batcher stopped".into()))
-                    .and_then(|r| r),
-                None => Err(StoreError::Unavailable("the store is shutting down".into())),
-            });
-        }
-        Ok(out)
+            .map_err(|_| StoreError::Internal("the send batcher stopped".into()))
     }
 }
 
-/// Group commit for `message.send`: take whatever sends wait, lock the recipients it may
-/// write (in id order, so two batches never deadlock on each other), run each send in its own
-/// savepoint (one send's failure leaves the others), lock the groups' positions, fan them all
-/// out in one statement, and commit once. Sends to one busy group no longer queue up behind
-/// each other's row locks and fsyncs.
+/// Group commit for `message.send`: take whatever sends wait (whole runs, up to
+/// [`SEND_BATCH`] sends unless one run is longer), lock the recipients it may write (in id
+/// order, so two batches never deadlock on each other), run each send in its own savepoint
+/// (one send's failure leaves the others), lock the groups' positions, fan them all out in one
+/// statement, and commit once. Up to [`SEND_CONCURRENCY`] batches run at once; while all are
+/// busy, sends wait and the next batch is bigger.
 async fn run_sends(pool: Pool, mut jobs: tokio::sync::mpsc::Receiver<SendJob>) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(SEND_CONCURRENCY));
     while let Some(first) = jobs.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let mut batch = vec![first];
-        while batch.len() < SEND_BATCH {
+        let mut sends = batch[0].0.len();
+        while sends < SEND_BATCH {
             match jobs.try_recv() {
-                Ok(j) => batch.push(j),
+                Ok(j) => {
+                    sends += j.0.len();
+                    batch.push(j);
+                }
                 Err(_) => break,
             }
         }
-        let (news, replies): (Vec<NewMessage>, Vec<_>) = batch.into_iter().unzip();
-        match send_batch(&pool, &news).await {
-            Ok(results) => {
-                for (reply, r) in replies.into_iter().zip(results) {
-                    let _ = reply.send(r);
-                }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut runs = Vec::with_capacity(batch.len());
+            let mut news = Vec::with_capacity(sends);
+            for (run, reply) in batch {
+                runs.push((run.len(), reply));
+                news.extend(run);
             }
-            Err(e) => {
-                for reply in replies {
-                    let _ = reply.send(Err(match &e {
-                        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-                        StoreError::Internal(m) => StoreError::Internal(m.clone()),
-                        other => StoreError::Internal(other.to_string()),
-                    }));
+            let mut results = match send_batch(&pool, &news).await {
+                Ok(results) => results.into_iter(),
+                Err(e) => {
+                    let failed = |_| {
+                        Err(match &e {
+                            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+                            StoreError::Internal(m) => StoreError::Internal(m.clone()),
+                            other => StoreError::Internal(other.to_string()),
+                        })
+                    };
+                    (0..news.len()).map(failed).collect::<Vec<_>>().into_iter()
                 }
+            };
+            for (n, reply) in runs {
+                let _ = reply.send(results.by_ref().take(n).collect());
             }
-        }
+        });
     }
 }
 
