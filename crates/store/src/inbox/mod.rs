@@ -108,6 +108,37 @@ pub(crate) trait InboxTx {
     async fn ping(&self) -> Result<()>;
 }
 
+/// What a replay after `after` reads of one run (its first seq, first position and length),
+/// given the rows it found so far.
+pub(crate) enum RunRead {
+    /// The run ends at or before `after`.
+    Skip,
+    /// `limit` events were found before the run: neither it nor a later one is among the
+    /// first `limit`.
+    Stop,
+    /// Its group's messages at these positions (inclusive).
+    Positions(i64, i64),
+}
+
+/// [`RunRead`] for a run, the same on every backend.
+pub(crate) fn run_read(
+    found: &[InboxRow],
+    limit: usize,
+    after: i64,
+    (first_seq, first_pos, count): (i64, i64, i64),
+) -> RunRead {
+    if first_seq + count - 1 <= after {
+        return RunRead::Skip;
+    }
+    if found.iter().filter(|r| r.0 < first_seq).count() >= limit {
+        return RunRead::Stop;
+    }
+    RunRead::Positions(
+        first_pos + (after + 1 - first_seq).max(0),
+        first_pos + count - 1,
+    )
+}
+
 /// Append one durable event to `user`'s inbox under their next seq.
 pub(crate) async fn append_event(
     tx: &impl InboxTx,

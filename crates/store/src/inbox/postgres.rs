@@ -8,7 +8,7 @@
 //! which locks keep a run's end where concurrent writers agree on it. The reads here follow
 //! `sqlite.rs` statement for statement.
 
-use super::{InboxRow, InboxTx};
+use super::{InboxRow, InboxTx, RunRead, run_read};
 use crate::chat::M_MESSAGE_COLUMNS;
 use crate::chat::postgres::message_row;
 use crate::chat::stored_message_id;
@@ -247,16 +247,11 @@ impl InboxTx for Tx<'_> {
             .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
             .collect();
         for (first_seq, conversation, first_pos, count) in runs {
-            if first_seq + count - 1 <= after {
-                continue; // ends at or before `after`
-            }
-            // `limit` events found before this run: it and those after cannot be among the
-            // first `limit`.
-            if rows.iter().filter(|r| r.0 < first_seq).count() >= limit {
-                break;
-            }
-            let from = first_pos + (after + 1 - first_seq).max(0);
-            let to = first_pos + count - 1;
+            let (from, to) = match run_read(&rows, limit, after, (first_seq, first_pos, count)) {
+                RunRead::Skip => continue,
+                RunRead::Stop => break,
+                RunRead::Positions(from, to) => (from, to),
+            };
             let found = self
                 .rows(
                     &format!(

@@ -6,7 +6,7 @@
 //! direct conversation's messages, take a row of `inbox` as before. A user's effective last
 //! seq is `users.last_seq`, or the end of their open run when they have one.
 
-use super::{InboxRow, InboxTx};
+use super::{InboxRow, InboxTx, RunRead, run_read};
 use crate::chat::M_MESSAGE_COLUMNS;
 use crate::chat::sqlite::message_row;
 use crate::chat::{kind_name, stored_message_id};
@@ -308,16 +308,11 @@ impl InboxTx for Tx<'_> {
             .query_map(params![user, after, limit as i64], |r| r.try_into())?
             .collect::<Result<_, _>>()?;
         for (first_seq, conversation, first_pos, count) in runs {
-            if first_seq + count - 1 <= after {
-                continue; // ends at or before `after`
-            }
-            // `limit` events found before this run: it and those after cannot be among the
-            // first `limit`.
-            if rows.iter().filter(|r| r.0 < first_seq).count() >= limit {
-                break;
-            }
-            let from = first_pos + (after + 1 - first_seq).max(0);
-            let to = first_pos + count - 1;
+            let (from, to) = match run_read(&rows, limit, after, (first_seq, first_pos, count)) {
+                RunRead::Skip => continue,
+                RunRead::Stop => break,
+                RunRead::Positions(from, to) => (from, to),
+            };
             let found = self
                 .prepare_cached(&format!(
                     "SELECT m.pos, {M_MESSAGE_COLUMNS} FROM messages m

@@ -51,6 +51,25 @@ fn conversation(c: usize, direct: &str) -> String {
     }
 }
 
+/// A conversation `id` of `kind` that `creator` creates with `members`.
+fn new_conversation(
+    id: &str,
+    kind: ConversationKind,
+    creator: &str,
+    members: Vec<String>,
+) -> NewConversation {
+    NewConversation {
+        id: id.into(),
+        creator: creator.into(),
+        kind,
+        members,
+        title: None,
+        ephemeral: false,
+        public: false,
+        max_members: 100,
+    }
+}
+
 /// What a user's stream shows, independent of the backend's ids: per event its seq, type,
 /// and for a message its text and sender (as an index).
 type Stream = Vec<(u64, &'static str, Option<(String, usize)>)>;
@@ -81,31 +100,23 @@ impl World {
                 .map(|i| users[i].clone())
                 .collect();
             env.store
-                .create_conversation(NewConversation {
-                    id: format!("g{g}"),
-                    creator: users[0].clone(),
-                    kind: ConversationKind::Group,
+                .create_conversation(new_conversation(
+                    &format!("g{g}"),
+                    ConversationKind::Group,
+                    &users[0],
                     members,
-                    title: None,
-                    ephemeral: false,
-                    public: false,
-                    max_members: 100,
-                })
+                ))
                 .await
                 .expect("group");
         }
         let direct = env
             .store
-            .create_conversation(NewConversation {
-                id: "d".into(),
-                creator: users[0].clone(),
-                kind: ConversationKind::Direct,
-                members: vec![users[1].clone()],
-                title: None,
-                ephemeral: false,
-                public: false,
-                max_members: 100,
-            })
+            .create_conversation(new_conversation(
+                "d",
+                ConversationKind::Direct,
+                &users[0],
+                vec![users[1].clone()],
+            ))
             .await
             .expect("direct")
             .value
@@ -268,31 +279,22 @@ async fn runs_on_postgres_agree_under_concurrent_writers() {
     // g0: everyone; g1: users 0..6; g2: users 3..8. User 7 leaves g0 and is added back.
     let groups: [(&str, std::ops::Range<usize>); 3] = [("g0", 0..8), ("g1", 0..6), ("g2", 3..8)];
     for (id, range) in &groups {
-        let creator = users[range.start].clone();
-        s.create_conversation(NewConversation {
-            id: (*id).into(),
-            creator,
-            kind: ConversationKind::Group,
-            members: users[range.start + 1..range.end].to_vec(),
-            title: None,
-            ephemeral: false,
-            public: false,
-            max_members: 100,
-        })
+        s.create_conversation(new_conversation(
+            id,
+            ConversationKind::Group,
+            &users[range.start],
+            users[range.start + 1..range.end].to_vec(),
+        ))
         .await
         .expect("group");
     }
     let direct = s
-        .create_conversation(NewConversation {
-            id: "d".into(),
-            creator: users[0].clone(),
-            kind: ConversationKind::Direct,
-            members: vec![users[3].clone()],
-            title: None,
-            ephemeral: false,
-            public: false,
-            max_members: 100,
-        })
+        .create_conversation(new_conversation(
+            "d",
+            ConversationKind::Direct,
+            &users[0],
+            vec![users[3].clone()],
+        ))
         .await
         .expect("direct")
         .value
