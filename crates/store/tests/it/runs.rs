@@ -322,7 +322,7 @@ async fn runs_on_postgres_agree_under_concurrent_writers() {
         );
         tasks.spawn(async move {
             let mut rng = fastrand::Rng::with_seed(w as u64);
-            for n in 0..40 {
+            for n in 0..80 {
                 let news: Vec<NewMessage> = (0..rng.usize(1..5))
                     .map(|k| {
                         let (u, c) = &targets[rng.usize(0..targets.len())];
@@ -345,7 +345,7 @@ async fn runs_on_postgres_agree_under_concurrent_writers() {
     {
         let (store, users, all_told) = (stores[2].clone(), users.clone(), all_told.clone());
         tasks.spawn(async move {
-            for n in 0..12 {
+            for n in 0..30 {
                 let w = store.leave(&users[7], "g0").await.expect("leave");
                 all_told.lock().unwrap().extend(told(&w.events));
                 let w = store
