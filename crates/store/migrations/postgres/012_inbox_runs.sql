@@ -52,16 +52,17 @@ DECLARE
     v_last      BIGINT;
 BEGIN
     PERFORM 1 FROM users WHERE id = u FOR UPDATE;
-    SELECT r.conversation_id INTO v_conv FROM inbox_runs r
-     WHERE r.user_id = u AND r.count IS NULL;
+    -- The run stays as it is under the user's lock; its group's position is read with the
+    -- lock that keeps it so.
+    SELECT r.first_seq, r.first_pos, r.conversation_id
+      INTO v_first_seq, v_first_pos, v_conv
+      FROM inbox_runs r WHERE r.user_id = u AND r.count IS NULL;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    PERFORM 1 FROM group_positions p WHERE p.conversation_id = v_conv FOR SHARE;
-    SELECT r.first_seq, r.first_pos, COALESCE(p.last_pos, r.first_pos - 1)
-      INTO v_first_seq, v_first_pos, v_last_pos
-      FROM inbox_runs r LEFT JOIN group_positions p ON p.conversation_id = r.conversation_id
-     WHERE r.user_id = u AND r.count IS NULL;
+    SELECT p.last_pos INTO v_last_pos FROM group_positions p
+     WHERE p.conversation_id = v_conv FOR SHARE;
+    v_last_pos := COALESCE(v_last_pos, v_first_pos - 1);
     v_last := v_first_seq + v_last_pos - v_first_pos;
     IF v_last_pos < v_first_pos THEN
         -- Empty (pruned whole, or its group is gone): nothing to keep; `users.last_seq` is

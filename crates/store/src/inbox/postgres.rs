@@ -57,6 +57,9 @@ macro_rules! effective_last_seq {
     };
 }
 
+/// Lock the `users` rows of `$1`, in id order (the order every write takes them in).
+const LOCK_USERS: &str = "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+
 impl Tx<'_> {
     /// Lock `users`, then the positions of the groups their open runs are on (FOR SHARE:
     /// closing a run reads its group's position), each in id order, the order every write
@@ -64,10 +67,7 @@ impl Tx<'_> {
     pub(crate) async fn lock_users_and_runs(&self, users: &[String]) -> Result<()> {
         let p: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&users];
         tokio::try_join!(
-            self.exec(
-                "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-                &p,
-            ),
+            self.exec(LOCK_USERS, &p),
             self.exec(
                 "SELECT 1 FROM group_positions WHERE conversation_id IN
                    (SELECT conversation_id FROM inbox_runs
@@ -285,11 +285,7 @@ impl InboxTx for Tx<'_> {
         // Two round trips for any number of users: the rows are locked in id order first,
         // as every write takes them (the two never deadlock), then one statement raises them
         // all, each up to their last seq as committed (a send in flight is not yet theirs).
-        self.exec(
-            "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-            &[&users],
-        )
-        .await?;
+        self.exec(LOCK_USERS, &[&users]).await?;
         self.exec(
             concat!(
                 "UPDATE users SET acked_seq = LEAST(GREATEST(users.acked_seq, t.s), ",
