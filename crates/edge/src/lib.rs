@@ -39,6 +39,7 @@
 mod admin;
 mod admission;
 pub mod auth;
+mod batch;
 mod channels;
 mod demo;
 mod http;
@@ -387,6 +388,8 @@ pub(crate) struct Sessions {
     /// Each channel's sessions here, as last listed (a channel's message to 10,000 sessions
     /// looks up none); dropped when a member's sessions or a membership change.
     recipients: HashMap<String, Arc<[Arc<Target>]>>,
+    /// Busy channels' frames held for a moment, to go to their sessions together.
+    batches: batch::Batches,
     /// Sessions opened so far (orders them).
     opened: u64,
 }
@@ -694,8 +697,9 @@ impl Inner {
         }
     }
 
-    /// Route a batch from the services to the sessions.
-    fn dispatch(&self, batch: Vec<ToEdge>) {
+    /// Route a batch from the services to the sessions. Returns when the next busy
+    /// channel's held frames are due ([`Inner::dispatch_due`]).
+    fn dispatch(&self, batch: Vec<ToEdge>) -> Option<tokio::time::Instant> {
         let mut sessions = self.sessions();
         let mut serializer = BatchSerializer::default();
         for item in batch {
@@ -730,6 +734,11 @@ impl Inner {
                 } => {
                     let accepted =
                         Accepted::new(&self.config.edge_id, origin_ms, origin_edge.as_deref());
+                    // What a channel held goes first: a session told it is out of a channel
+                    // gets none of its messages after that (the `batch` module).
+                    if frames.iter().any(channel_changed) {
+                        self.hand_out_held(&mut sessions, None);
+                    }
                     if let Some(ids) = sessions.by_user.get(&user) {
                         // Serialized once, one item for every session of the user on this edge.
                         let frames: Arc<[Frame]> =
@@ -750,10 +759,15 @@ impl Inner {
                 } => {
                     let accepted =
                         Accepted::new(&self.config.edge_id, origin_ms, origin_edge.as_deref());
-                    // Serialized once, one item for every session of every member here.
-                    let item = Arc::new((Arc::from([Frame::new(&frame)]), accepted));
-                    for target in sessions.recipients(&conversation).iter() {
-                        self.offer(target, Out::Events(item.clone()));
+                    // Serialized once, one item for every session of every member here; a
+                    // busy channel's frames are held a moment and go together.
+                    let now = tokio::time::Instant::now();
+                    if let Some((frame, accepted)) =
+                        sessions
+                            .batches
+                            .offer(&conversation, Frame::new(&frame), accepted, now)
+                    {
+                        self.hand_out(&mut sessions, &conversation, Arc::from([frame]), accepted);
                     }
                 }
                 ToEdge::Engagement { frames } => self.dispatch_engagement(&mut sessions, frames),
@@ -763,6 +777,7 @@ impl Inner {
                     code,
                     reason,
                 } => {
+                    self.hand_out_held(&mut sessions, None);
                     if let Some(ids) = sessions.by_user.get(&user) {
                         for id in ids {
                             if session.as_ref().is_none_or(|s| s == id)
@@ -775,6 +790,39 @@ impl Inner {
                 }
             }
         }
+        sessions.batches.next_due()
+    }
+
+    /// Hand a channel's frames to the sessions of its members here, as one shared item.
+    fn hand_out(
+        &self,
+        sessions: &mut Sessions,
+        channel: &str,
+        frames: Arc<[Frame]>,
+        accepted: Option<Accepted>,
+    ) {
+        let item = Arc::new((frames, accepted));
+        for target in sessions.recipients(channel).iter() {
+            self.offer(target, Out::Events(item.clone()));
+        }
+    }
+
+    /// Hand out the busy channels' held frames: those due at `now`, or all of them (`None`).
+    fn hand_out_held(&self, sessions: &mut Sessions, now: Option<tokio::time::Instant>) {
+        let held = match now {
+            Some(now) => sessions.batches.due(now),
+            None => sessions.batches.all(),
+        };
+        for (channel, h) in held {
+            self.hand_out(sessions, &channel, h.frames.into(), h.accepted);
+        }
+    }
+
+    /// Hand out the held frames now due; returns when the next are.
+    fn dispatch_due(&self) -> Option<tokio::time::Instant> {
+        let mut sessions = self.sessions();
+        self.hand_out_held(&mut sessions, Some(tokio::time::Instant::now()));
+        sessions.batches.next_due()
     }
 
     /// Close every session of `user`, on this edge and every other, with `code`.
@@ -785,7 +833,7 @@ impl Inner {
 
     /// Close every session of `user` on this edge with `code`.
     fn close_user_here(&self, user: &str, code: u16, reason: &str) {
-        self.dispatch(vec![ToEdge::Close {
+        let _due = self.dispatch(vec![ToEdge::Close {
             user: user.to_owned(),
             session: None,
             code,
@@ -943,12 +991,22 @@ impl Edge {
         ));
         let dispatcher = inner.clone();
         inner.tracker.spawn(async move {
+            // When the next busy channel's held frames are due (the `batch` module).
+            let mut due: Option<tokio::time::Instant> = None;
+            let timer = tokio::time::sleep(Duration::ZERO);
+            tokio::pin!(timer);
             loop {
+                if let Some(at) = due
+                    && timer.deadline() != at
+                {
+                    timer.as_mut().reset(at);
+                }
                 tokio::select! {
                     batch = inbox.recv() => match batch {
-                        Some(batch) => dispatcher.dispatch(batch),
+                        Some(batch) => due = dispatcher.dispatch(batch),
                         None => break,
                     },
+                    _ = &mut timer, if due.is_some() => due = dispatcher.dispatch_due(),
                     _ = dispatcher.cancel.cancelled() => break,
                 }
             }

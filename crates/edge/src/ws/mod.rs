@@ -653,12 +653,26 @@ impl Conn {
             self.log_out(frames, shared);
         }
         let mut text = String::with_capacity(len);
+        // Counted by runs of one type (a channel's batch is a run of `channel.message`): the
+        // counter's lookup by label is most of what counting costs.
+        let mut run: Option<(&'static str, u64)> = None;
         for f in frames {
             if !text.is_empty() {
                 text.push('\n');
             }
             text.push_str(&f.json);
-            metrics::counter!(hubbub_protocol::metrics::FRAMES_OUT, "type" => f.kind).increment(1);
+            match run.as_mut() {
+                Some((kind, n)) if *kind == f.kind => *n += 1,
+                _ => {
+                    if let Some((kind, n)) = run.replace((f.kind, 1)) {
+                        metrics::counter!(hubbub_protocol::metrics::FRAMES_OUT, "type" => kind)
+                            .increment(n);
+                    }
+                }
+            }
+        }
+        if let Some((kind, n)) = run {
+            metrics::counter!(hubbub_protocol::metrics::FRAMES_OUT, "type" => kind).increment(n);
         }
         for raw in shared {
             if !text.is_empty() {
