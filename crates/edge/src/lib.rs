@@ -375,6 +375,20 @@ pub(crate) struct Target {
     queued: Arc<AtomicUsize>,
 }
 
+/// Sessions handed to at most this many at a time before the dispatcher lets the runtime run
+/// the others' tasks ([`Inner::hand_over`]).
+const HANDOVER_CHUNK: usize = 128;
+
+/// What the dispatcher hands a session, decided under the sessions' lock.
+pub(crate) enum Handover {
+    /// One item to one session.
+    One(Arc<Target>, Out),
+    /// One shared item (a channel's frames) to each of many sessions.
+    Shared(Arc<[Arc<Target>]>, Arc<(Arc<[Frame]>, Option<Accepted>)>),
+    /// Close a session with this code and reason.
+    Close(Arc<Target>, u16, String),
+}
+
 #[derive(Default)]
 pub(crate) struct Sessions {
     by_id: HashMap<String, SessionHandle>,
@@ -697,9 +711,14 @@ impl Inner {
         }
     }
 
-    /// Route a batch from the services to the sessions. Returns when the next busy
-    /// channel's held frames are due ([`Inner::dispatch_due`]).
-    fn dispatch(&self, batch: Vec<ToEdge>) -> Option<tokio::time::Instant> {
+    /// Route a batch from the services to the sessions: decide, under the sessions' lock,
+    /// what each session gets, onto `out` (handed over after the lock, [`Inner::hand_over`]).
+    /// Returns when the next busy channel's held frames are due ([`Inner::dispatch_due`]).
+    fn dispatch(
+        &self,
+        batch: Vec<ToEdge>,
+        out: &mut Vec<Handover>,
+    ) -> Option<tokio::time::Instant> {
         let mut sessions = self.sessions();
         let mut serializer = BatchSerializer::default();
         for item in batch {
@@ -723,7 +742,10 @@ impl Inner {
                             _ => None,
                         };
                         let frame = Frame::new(&frame);
-                        self.offer(&h.out, Out::Reply(Box::new((id, frame))));
+                        out.push(Handover::One(
+                            h.out.clone(),
+                            Out::Reply(Box::new((id, frame))),
+                        ));
                     }
                 }
                 ToEdge::Events {
@@ -737,7 +759,7 @@ impl Inner {
                     // What a channel held goes first: a session told it is out of a channel
                     // gets none of its messages after that (the `batch` module).
                     if frames.iter().any(channel_changed) {
-                        self.hand_out_held(&mut sessions, None);
+                        self.hand_out_held(&mut sessions, None, out);
                     }
                     if let Some(ids) = sessions.by_user.get(&user) {
                         // Serialized once, one item for every session of the user on this edge.
@@ -746,7 +768,7 @@ impl Inner {
                         let item = Arc::new((frames, accepted));
                         for id in ids {
                             if let Some(h) = sessions.by_id.get(id) {
-                                self.offer(&h.out, Out::Events(item.clone()));
+                                out.push(Handover::One(h.out.clone(), Out::Events(item.clone())));
                             }
                         }
                     }
@@ -767,23 +789,29 @@ impl Inner {
                             .batches
                             .offer(&conversation, Frame::new(&frame), accepted, now)
                     {
-                        self.hand_out(&mut sessions, &conversation, Arc::from([frame]), accepted);
+                        let targets = sessions.recipients(&conversation);
+                        out.push(Handover::Shared(
+                            targets,
+                            Arc::new((Arc::from([frame]), accepted)),
+                        ));
                     }
                 }
-                ToEdge::Engagement { frames } => self.dispatch_engagement(&mut sessions, frames),
+                ToEdge::Engagement { frames } => {
+                    self.dispatch_engagement(&mut sessions, frames, out)
+                }
                 ToEdge::Close {
                     user,
                     session,
                     code,
                     reason,
                 } => {
-                    self.hand_out_held(&mut sessions, None);
+                    self.hand_out_held(&mut sessions, None, out);
                     if let Some(ids) = sessions.by_user.get(&user) {
                         for id in ids {
                             if session.as_ref().is_none_or(|s| s == id)
                                 && let Some(h) = sessions.by_id.get(id)
                             {
-                                h.out.close.close(code, &reason);
+                                out.push(Handover::Close(h.out.clone(), code, reason.clone()));
                             }
                         }
                     }
@@ -793,36 +821,64 @@ impl Inner {
         sessions.batches.next_due()
     }
 
-    /// Hand a channel's frames to the sessions of its members here, as one shared item.
-    fn hand_out(
+    /// The busy channels' held frames onto `out`: those due at `now`, or all of them
+    /// (`None`).
+    fn hand_out_held(
         &self,
         sessions: &mut Sessions,
-        channel: &str,
-        frames: Arc<[Frame]>,
-        accepted: Option<Accepted>,
+        now: Option<tokio::time::Instant>,
+        out: &mut Vec<Handover>,
     ) {
-        let item = Arc::new((frames, accepted));
-        for target in sessions.recipients(channel).iter() {
-            self.offer(target, Out::Events(item.clone()));
-        }
-    }
-
-    /// Hand out the busy channels' held frames: those due at `now`, or all of them (`None`).
-    fn hand_out_held(&self, sessions: &mut Sessions, now: Option<tokio::time::Instant>) {
         let held = match now {
             Some(now) => sessions.batches.due(now),
             None => sessions.batches.all(),
         };
         for (channel, h) in held {
-            self.hand_out(sessions, &channel, h.frames.into(), h.accepted);
+            let targets = sessions.recipients(&channel);
+            out.push(Handover::Shared(
+                targets,
+                Arc::new((h.frames.into(), h.accepted)),
+            ));
         }
     }
 
-    /// Hand out the held frames now due; returns when the next are.
-    fn dispatch_due(&self) -> Option<tokio::time::Instant> {
+    /// The held frames now due onto `out`; returns when the next are.
+    fn dispatch_due(&self, out: &mut Vec<Handover>) -> Option<tokio::time::Instant> {
         let mut sessions = self.sessions();
-        self.hand_out_held(&mut sessions, Some(tokio::time::Instant::now()));
+        self.hand_out_held(&mut sessions, Some(tokio::time::Instant::now()), out);
         sessions.batches.next_due()
+    }
+
+    /// Hand what [`Inner::dispatch`] decided to the sessions, in order, letting the runtime
+    /// run other tasks every [`HANDOVER_CHUNK`] sessions. Each hand-over may wake a session,
+    /// and a woken session runs after every task already queued: handing a channel's message
+    /// to 10,000 sessions at once put 10,000 socket writes ahead of everything else on the
+    /// sessions' runtime, the next step of the publisher's own message included.
+    async fn hand_over(&self, list: Vec<Handover>) {
+        let mut since_yield = 0;
+        for h in list {
+            match h {
+                Handover::One(target, item) => {
+                    self.offer(&target, item);
+                    since_yield += 1;
+                }
+                Handover::Shared(targets, item) => {
+                    for target in targets.iter() {
+                        self.offer(target, Out::Events(item.clone()));
+                        since_yield += 1;
+                        if since_yield >= HANDOVER_CHUNK {
+                            since_yield = 0;
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                }
+                Handover::Close(target, code, reason) => target.close.close(code, &reason),
+            }
+            if since_yield >= HANDOVER_CHUNK {
+                since_yield = 0;
+                tokio::task::yield_now().await;
+            }
+        }
     }
 
     /// Close every session of `user`, on this edge and every other, with `code`.
@@ -833,12 +889,14 @@ impl Inner {
 
     /// Close every session of `user` on this edge with `code`.
     fn close_user_here(&self, user: &str, code: u16, reason: &str) {
-        let _due = self.dispatch(vec![ToEdge::Close {
-            user: user.to_owned(),
-            session: None,
-            code,
-            reason: reason.to_owned(),
-        }]);
+        let sessions = self.sessions();
+        if let Some(ids) = sessions.by_user.get(user) {
+            for id in ids {
+                if let Some(h) = sessions.by_id.get(id) {
+                    h.out.close.close(code, reason);
+                }
+            }
+        }
     }
 
     /// Each frame is serialized once; each watching session gets its posts' frames as one
@@ -847,6 +905,7 @@ impl Inner {
         &self,
         sessions: &mut Sessions,
         frames: Vec<hubbub_protocol::ServerFrame>,
+        out: &mut Vec<Handover>,
     ) {
         // Session ids are borrowed from the watch lists: a post watched by 10,000 sessions
         // copies no id.
@@ -866,7 +925,7 @@ impl Inner {
         }
         for (id, list) in per_session {
             if let Some(h) = sessions.by_id.get(id) {
-                self.offer(&h.out, Out::Shared(Box::new(list)));
+                out.push(Handover::One(h.out.clone(), Out::Shared(Box::new(list))));
             }
         }
     }
@@ -1001,14 +1060,18 @@ impl Edge {
                 {
                     timer.as_mut().reset(at);
                 }
+                let mut handovers = Vec::new();
                 tokio::select! {
                     batch = inbox.recv() => match batch {
-                        Some(batch) => due = dispatcher.dispatch(batch),
+                        Some(batch) => due = dispatcher.dispatch(batch, &mut handovers),
                         None => break,
                     },
-                    _ = &mut timer, if due.is_some() => due = dispatcher.dispatch_due(),
+                    _ = &mut timer, if due.is_some() => {
+                        due = dispatcher.dispatch_due(&mut handovers);
+                    }
                     _ = dispatcher.cancel.cancelled() => break,
                 }
+                dispatcher.hand_over(handovers).await;
             }
         });
         Ok(Edge { inner })
