@@ -375,9 +375,8 @@ pub(crate) struct Target {
     queued: Arc<AtomicUsize>,
 }
 
-/// Sessions handed to at most this many at a time before the dispatcher lets the runtime run
-/// the others' tasks ([`Inner::hand_over`]).
-const HANDOVER_CHUNK: usize = 128;
+/// A channel's sessions here, in [`batch::SLICES`] slices (by [`batch::slice_of`]).
+type Recipients = Arc<[Arc<[Arc<Target>]>]>;
 
 /// What the dispatcher hands a session, decided under the sessions' lock.
 pub(crate) enum Handover {
@@ -399,9 +398,10 @@ pub(crate) struct Sessions {
     last: HashMap<String, Arc<str>>,
     /// The channels of the users with a session here.
     channels: channels::Channels,
-    /// Each channel's sessions here, as last listed (a channel's message to 10,000 sessions
-    /// looks up none); dropped when a member's sessions or a membership change.
-    recipients: HashMap<String, Arc<[Arc<Target>]>>,
+    /// Each channel's sessions here, as last listed, in the slices its held frames go to
+    /// ([`batch::SLICES`]; a channel's message to 10,000 sessions looks up none); dropped
+    /// when a member's sessions or a membership change.
+    recipients: HashMap<String, Recipients>,
     /// Busy channels' frames held for a moment, to go to their sessions together.
     batches: batch::Batches,
     /// Sessions opened so far (orders them).
@@ -411,16 +411,20 @@ pub(crate) struct Sessions {
 impl Sessions {
     /// The sessions here of a channel's members (listed once, then kept until a member's
     /// sessions or a membership change).
-    fn recipients(&mut self, channel: &str) -> Arc<[Arc<Target>]> {
+    fn recipients(&mut self, channel: &str) -> Recipients {
         if let Some(r) = self.recipients.get(channel) {
             return r.clone();
         }
-        let list: Arc<[Arc<Target>]> = self
+        let mut slices: Vec<Vec<Arc<Target>>> = vec![Vec::new(); batch::SLICES];
+        for h in self
             .channels
             .members(channel)
             .flat_map(|user| self.by_user.get(user).into_iter().flatten())
-            .filter_map(|id| self.by_id.get(id).map(|h| h.out.clone()))
-            .collect();
+            .filter_map(|id| self.by_id.get(id))
+        {
+            slices[batch::slice_of(h.opened)].push(h.out.clone());
+        }
+        let list: Recipients = slices.into_iter().map(Arc::from).collect();
         self.recipients.insert(channel.to_owned(), list.clone());
         list
     }
@@ -789,11 +793,10 @@ impl Inner {
                             .batches
                             .offer(&conversation, Frame::new(&frame), accepted, now)
                     {
-                        let targets = sessions.recipients(&conversation);
-                        out.push(Handover::Shared(
-                            targets,
-                            Arc::new((Arc::from([frame]), accepted)),
-                        ));
+                        let item = Arc::new((Arc::from([frame]), accepted));
+                        for slice in sessions.recipients(&conversation).iter() {
+                            out.push(Handover::Shared(slice.clone(), item.clone()));
+                        }
                     }
                 }
                 ToEdge::Engagement { frames } => {
@@ -834,11 +837,12 @@ impl Inner {
             None => sessions.batches.all(),
         };
         for (channel, h) in held {
-            let targets = sessions.recipients(&channel);
-            out.push(Handover::Shared(
-                targets,
-                Arc::new((h.frames.into(), h.accepted)),
-            ));
+            if let Some(slice) = sessions.recipients(&channel).get(h.slice) {
+                out.push(Handover::Shared(
+                    slice.clone(),
+                    Arc::new((h.frames.into(), h.accepted)),
+                ));
+            }
         }
     }
 
@@ -849,34 +853,18 @@ impl Inner {
         sessions.batches.next_due()
     }
 
-    /// Hand what [`Inner::dispatch`] decided to the sessions, in order, letting the runtime
-    /// run other tasks every [`HANDOVER_CHUNK`] sessions. Each hand-over may wake a session,
-    /// and a woken session runs after every task already queued: handing a channel's message
-    /// to 10,000 sessions at once put 10,000 socket writes ahead of everything else on the
-    /// sessions' runtime, the next step of the publisher's own message included.
-    async fn hand_over(&self, list: Vec<Handover>) {
-        let mut since_yield = 0;
+    /// Hand what [`Inner::dispatch`] decided to the sessions, in order (after the sessions'
+    /// lock is let go).
+    fn hand_over(&self, list: Vec<Handover>) {
         for h in list {
             match h {
-                Handover::One(target, item) => {
-                    self.offer(&target, item);
-                    since_yield += 1;
-                }
+                Handover::One(target, item) => self.offer(&target, item),
                 Handover::Shared(targets, item) => {
                     for target in targets.iter() {
                         self.offer(target, Out::Events(item.clone()));
-                        since_yield += 1;
-                        if since_yield >= HANDOVER_CHUNK {
-                            since_yield = 0;
-                            tokio::task::yield_now().await;
-                        }
                     }
                 }
                 Handover::Close(target, code, reason) => target.close.close(code, &reason),
-            }
-            if since_yield >= HANDOVER_CHUNK {
-                since_yield = 0;
-                tokio::task::yield_now().await;
             }
         }
     }
@@ -1071,7 +1059,7 @@ impl Edge {
                     }
                     _ = dispatcher.cancel.cancelled() => break,
                 }
-                dispatcher.hand_over(handovers).await;
+                dispatcher.hand_over(handovers);
             }
         });
         Ok(Edge { inner })
