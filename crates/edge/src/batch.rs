@@ -45,8 +45,8 @@ pub(crate) const TICK: Duration = Duration::from_millis(WINDOW.as_millis() as u6
 /// A busy channel: its frames not yet handed to every slice, and where each slice is.
 #[derive(Debug)]
 struct Busy {
-    /// Frames numbered from `base`, with their acceptance.
-    frames: VecDeque<(Frame, Option<Accepted>)>,
+    /// Frames numbered from `base`, with their acceptance and their mark.
+    frames: VecDeque<(Frame, Option<Accepted>, u64)>,
     base: u64,
     /// The number of the first frame each slice has not been handed.
     next: [u64; SLICES],
@@ -78,12 +78,14 @@ impl Busy {
         self.next[j] = end;
         let skip = usize::try_from(from - self.base).unwrap_or(usize::MAX);
         let mut accepted = None;
+        let mut marks = Vec::new();
         let frames = self
             .frames
             .iter()
             .skip(skip)
-            .map(|(f, a)| {
+            .map(|(f, a, m)| {
                 accepted = earliest(accepted, *a);
+                marks.push(*m);
                 f.clone()
             })
             .collect();
@@ -91,6 +93,7 @@ impl Busy {
             slice: j,
             frames,
             accepted,
+            marks,
         })
     }
 
@@ -110,6 +113,8 @@ pub(crate) struct Held {
     pub(crate) slice: usize,
     pub(crate) frames: Vec<Frame>,
     pub(crate) accepted: Option<Accepted>,
+    /// Each frame's mark (see [`Batches::offer`]), never decreasing.
+    pub(crate) marks: Vec<u64>,
 }
 
 /// The busy channels.
@@ -120,17 +125,20 @@ pub(crate) struct Batches {
 
 impl Batches {
     /// A frame for `channel` at `now`: `Some` (with the frame) to hand to all the channel's
-    /// sessions now, `None` if it is held.
+    /// sessions now, `None` if it is held. `mark` is the edge's count of sessions opened so
+    /// far: a session opened later did not exist when the frame came, and is not handed it
+    /// (it finds it with `channel.sync`, as it would have without batching).
     pub(crate) fn offer(
         &mut self,
         channel: &str,
         frame: Frame,
         accepted: Option<Accepted>,
+        mark: u64,
         now: Instant,
     ) -> Option<(Frame, Option<Accepted>)> {
         match self.busy.get_mut(channel) {
             Some(b) if b.pending() || now < b.last + WINDOW => {
-                b.frames.push_back((frame, accepted));
+                b.frames.push_back((frame, accepted, mark));
                 b.last = now;
                 None
             }
@@ -259,9 +267,9 @@ mod tests {
     fn a_quiet_channel_is_not_held() {
         let mut b = Batches::default();
         let t = Instant::now();
-        assert!(b.offer("c", frame(1), None, t).is_some());
+        assert!(b.offer("c", frame(1), None, 0, t).is_some());
         assert_eq!(b.next_due(), None);
-        assert!(b.offer("c", frame(2), None, t + WINDOW).is_some());
+        assert!(b.offer("c", frame(2), None, 0, t + WINDOW).is_some());
         // Quiet for a window: forgotten when due times are taken.
         assert!(b.due(t + WINDOW * 3).is_empty());
         assert!(b.busy.is_empty());
@@ -271,7 +279,7 @@ mod tests {
     fn a_busy_channel_hands_each_slice_every_frame_once_in_order_one_slice_a_tick() {
         let mut b = Batches::default();
         let t = Instant::now();
-        assert!(b.offer("c", frame(1), None, t).is_some());
+        assert!(b.offer("c", frame(1), None, 0, t).is_some());
         let mut out = Vec::new();
         // 100 frames a second for half a second, the dispatcher taking what is due each ms.
         for n in 2..=50u64 {
@@ -279,7 +287,7 @@ mod tests {
             for step in 0..10 {
                 out.extend(b.due(at + Duration::from_millis(step)));
             }
-            assert!(b.offer("c", frame(n), None, at).is_none());
+            assert!(b.offer("c", frame(n), None, 0, at).is_none());
         }
         // Never more than one slice in a turn.
         for step in 0..=200 {
@@ -301,8 +309,8 @@ mod tests {
     fn every_slice_waits_at_most_a_window() {
         let mut b = Batches::default();
         let t = Instant::now();
-        b.offer("c", frame(1), None, t);
-        assert!(b.offer("c", frame(2), None, ms(t, 1)).is_none());
+        b.offer("c", frame(1), None, 0, t);
+        assert!(b.offer("c", frame(2), None, 0, ms(t, 1)).is_none());
         let mut got = vec![None; SLICES];
         for step in 0..=100 {
             for (_, h) in b.due(ms(t, step)) {
@@ -316,11 +324,11 @@ mod tests {
     fn all_hands_out_everything_held() {
         let mut b = Batches::default();
         let t = Instant::now();
-        b.offer("c", frame(1), None, t);
-        b.offer("c", frame(2), None, ms(t, 1));
+        b.offer("c", frame(1), None, 0, t);
+        b.offer("c", frame(2), None, 0, ms(t, 1));
         // Slice 0's turn: it has frame 2.
         assert_eq!(by_slice(&b.due(ms(t, 10)))[0], [2]);
-        b.offer("c", frame(3), None, ms(t, 11));
+        b.offer("c", frame(3), None, 0, ms(t, 11));
         let got = by_slice(&b.all());
         assert_eq!(got[0], [3]);
         for g in &got[1..] {
@@ -334,8 +342,8 @@ mod tests {
     fn a_late_dispatcher_catches_up_one_round_at_most() {
         let mut b = Batches::default();
         let t = Instant::now();
-        b.offer("c", frame(1), None, t);
-        b.offer("c", frame(2), None, ms(t, 1));
+        b.offer("c", frame(1), None, 0, t);
+        b.offer("c", frame(2), None, 0, ms(t, 1));
         let out = b.due(ms(t, 10_000));
         assert_eq!(out.len(), SLICES);
         assert_eq!(b.next_due(), None);
@@ -346,11 +354,11 @@ mod tests {
         let mut b = Batches::default();
         let t = Instant::now();
         let acc = |ms| Some(Accepted { ms, here: true });
-        b.offer("a", frame(1), acc(5), t);
-        b.offer("b", frame(1), acc(5), t);
-        b.offer("a", frame(2), acc(9), ms(t, 1));
-        b.offer("a", frame(3), acc(7), ms(t, 2));
-        b.offer("b", frame(2), None, ms(t, 2));
+        b.offer("a", frame(1), acc(5), 0, t);
+        b.offer("b", frame(1), acc(5), 0, t);
+        b.offer("a", frame(2), acc(9), 0, ms(t, 1));
+        b.offer("a", frame(3), acc(7), 0, ms(t, 2));
+        b.offer("b", frame(2), None, 0, ms(t, 2));
         let out = b.all();
         for (channel, h) in &out {
             match channel.as_str() {
@@ -365,6 +373,19 @@ mod tests {
             }
         }
         assert_eq!(out.len(), 2 * SLICES);
+    }
+
+    #[test]
+    fn held_frames_keep_their_marks() {
+        let mut b = Batches::default();
+        let t = Instant::now();
+        b.offer("c", frame(1), None, 3, t);
+        b.offer("c", frame(2), None, 3, ms(t, 1));
+        b.offer("c", frame(3), None, 5, ms(t, 2));
+        for (_, h) in b.all() {
+            assert_eq!(h.marks, [3, 5]);
+            assert_eq!(numbers(&h), [2, 3]);
+        }
     }
 
     #[test]

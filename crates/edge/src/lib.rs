@@ -358,7 +358,12 @@ impl SessionHandle {
     ) -> Self {
         SessionHandle {
             user,
-            out: Arc::new(Target { tx, close, queued }),
+            out: Arc::new(Target {
+                tx,
+                close,
+                queued,
+                opened: 0,
+            }),
             opened: 0,
             posts: HashSet::new(),
         }
@@ -373,6 +378,8 @@ pub(crate) struct Target {
     close: Arc<CloseSignal>,
     /// Bytes handed to the session and not yet taken by its task.
     queued: Arc<AtomicUsize>,
+    /// When it opened, in this edge's order (as its handle's).
+    opened: u64,
 }
 
 /// A channel's sessions here, in [`batch::SLICES`] slices (by [`batch::slice_of`]).
@@ -382,8 +389,14 @@ type Recipients = Arc<[Arc<[Arc<Target>]>]>;
 pub(crate) enum Handover {
     /// One item to one session.
     One(Arc<Target>, Out),
-    /// One shared item (a channel's frames) to each of many sessions.
-    Shared(Arc<[Arc<Target>]>, Arc<(Arc<[Frame]>, Option<Accepted>)>),
+    /// One shared item (a channel's frames) to each of many sessions; with the frames' marks
+    /// when they were held (a session opened after a frame's mark does not get it: the
+    /// `batch` module).
+    Shared(
+        Arc<[Arc<Target>]>,
+        Arc<(Arc<[Frame]>, Option<Accepted>)>,
+        Option<Arc<[u64]>>,
+    ),
     /// Close a session with this code and reason.
     Close(Arc<Target>, u16, String),
 }
@@ -510,6 +523,10 @@ impl Inner {
         let mut s = self.sessions();
         s.opened += 1;
         handle.opened = s.opened;
+        // Not shared yet (the channels' lists take it from the table).
+        if let Some(target) = Arc::get_mut(&mut handle.out) {
+            target.opened = s.opened;
+        }
         let user = handle.user.clone();
         s.by_id.insert(session.to_owned(), handle);
         s.channels.track(&user);
@@ -788,14 +805,17 @@ impl Inner {
                     // Serialized once, one item for every session of every member here; a
                     // busy channel's frames are held a moment and go together.
                     let now = tokio::time::Instant::now();
-                    if let Some((frame, accepted)) =
-                        sessions
-                            .batches
-                            .offer(&conversation, Frame::new(&frame), accepted, now)
-                    {
+                    let mark = sessions.opened;
+                    if let Some((frame, accepted)) = sessions.batches.offer(
+                        &conversation,
+                        Frame::new(&frame),
+                        accepted,
+                        mark,
+                        now,
+                    ) {
                         let item = Arc::new((Arc::from([frame]), accepted));
                         for slice in sessions.recipients(&conversation).iter() {
-                            out.push(Handover::Shared(slice.clone(), item.clone()));
+                            out.push(Handover::Shared(slice.clone(), item.clone(), None));
                         }
                     }
                 }
@@ -841,6 +861,7 @@ impl Inner {
                 out.push(Handover::Shared(
                     slice.clone(),
                     Arc::new((h.frames.into(), h.accepted)),
+                    Some(h.marks.into()),
                 ));
             }
         }
@@ -859,9 +880,19 @@ impl Inner {
         for h in list {
             match h {
                 Handover::One(target, item) => self.offer(&target, item),
-                Handover::Shared(targets, item) => {
+                Handover::Shared(targets, item, marks) => {
                     for target in targets.iter() {
-                        self.offer(target, Out::Events(item.clone()));
+                        match marks.as_deref() {
+                            // Opened after some of the frames came: only those after.
+                            Some(marks) if marks.first().is_some_and(|m| target.opened > *m) => {
+                                let from = marks.partition_point(|m| *m < target.opened);
+                                if let Some(later) = item.0.get(from..).filter(|l| !l.is_empty()) {
+                                    let later = Arc::new((Arc::from(later), item.1));
+                                    self.offer(target, Out::Events(later));
+                                }
+                            }
+                            _ => self.offer(target, Out::Events(item.clone())),
+                        }
                     }
                 }
                 Handover::Close(target, code, reason) => target.close.close(code, &reason),
