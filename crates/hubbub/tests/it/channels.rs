@@ -181,3 +181,40 @@ async fn the_edge_follows_membership_changes_made_by_others() {
         }
     }
 }
+
+/// A busy channel's messages are held a moment by the edge and handed over together (the
+/// edge's `batch` module): every subscriber still gets each one once, in offset order.
+#[tokio::test]
+async fn a_busy_channel_delivers_each_message_once_in_order() {
+    let s = server().await;
+    let (_, ot) = s.user("chb_owner").await;
+    let (_, bt) = s.user("chb_bob").await;
+    let (_, ct) = s.user("chb_carol").await;
+    let (mut owner, _) = s.connect(&ot).await;
+    let id = create_channel(&mut owner, "busy", true).await;
+    let (mut bob, _) = s.connect(&bt).await;
+    let (mut carol, _) = s.connect(&ct).await;
+    for sock in [&mut bob, &mut carol] {
+        let sub = Request::ChannelSubscribe {
+            conversation: id.clone(),
+        };
+        ok(sock, sub).await;
+    }
+    const N: u64 = 40;
+    for n in 1..=N {
+        ok(&mut owner, send(&id, &format!("b{n}"), &format!("m{n}"))).await;
+    }
+    for sock in [&mut bob, &mut carol] {
+        let mut got = Vec::new();
+        while got.last() != Some(&N) {
+            let f = until(sock, "a channel message", |f| offset_of(f).is_some()).await;
+            let (conversation, offset, text) = offset_of(&f).expect("a channel message");
+            assert_eq!(
+                (conversation.as_str(), text),
+                (id.as_str(), format!("m{offset}"))
+            );
+            got.push(offset);
+        }
+        assert_eq!(got, (1..=N).collect::<Vec<_>>(), "each once, in order");
+    }
+}
