@@ -343,8 +343,6 @@ pub(crate) struct SessionHandle {
     user: String,
     /// Where items for it go (shared with the channels' lists of recipients).
     out: Arc<Target>,
-    /// When it opened, in this edge's order (the oldest of a user is closed first).
-    opened: u64,
     /// Posts whose engagement this session watches.
     posts: HashSet<String>,
 }
@@ -364,13 +362,13 @@ impl SessionHandle {
                 queued,
                 opened: 0,
             }),
-            opened: 0,
             posts: HashSet::new(),
         }
     }
 }
 
 /// Where the items for one session go.
+#[derive(Clone)]
 pub(crate) struct Target {
     tx: mpsc::Sender<Out>,
     /// Tells the session to close (a slow reader, a revoked user, a newer session past the
@@ -378,7 +376,8 @@ pub(crate) struct Target {
     close: Arc<CloseSignal>,
     /// Bytes handed to the session and not yet taken by its task.
     queued: Arc<AtomicUsize>,
-    /// When it opened, in this edge's order (as its handle's).
+    /// When it opened, in this edge's order (the oldest of a user is closed first; the slice
+    /// of a channel's sessions it is in; which held frames it gets).
     opened: u64,
 }
 
@@ -435,7 +434,7 @@ impl Sessions {
             .flat_map(|user| self.by_user.get(user).into_iter().flatten())
             .filter_map(|id| self.by_id.get(id))
         {
-            slices[batch::slice_of(h.opened)].push(h.out.clone());
+            slices[batch::slice_of(h.out.opened)].push(h.out.clone());
         }
         let list: Recipients = slices.into_iter().map(Arc::from).collect();
         self.recipients.insert(channel.to_owned(), list.clone());
@@ -522,11 +521,9 @@ impl Inner {
     fn add_session(&self, session: &str, mut handle: SessionHandle) {
         let mut s = self.sessions();
         s.opened += 1;
-        handle.opened = s.opened;
-        // Not shared yet (the channels' lists take it from the table).
-        if let Some(target) = Arc::get_mut(&mut handle.out) {
-            target.opened = s.opened;
-        }
+        let mut target = Arc::unwrap_or_clone(handle.out);
+        target.opened = s.opened;
+        handle.out = Arc::new(target);
         let user = handle.user.clone();
         s.by_id.insert(session.to_owned(), handle);
         s.channels.track(&user);
@@ -539,7 +536,7 @@ impl Inner {
             .iter()
             .filter_map(|id| s.by_id.get(id))
             .filter(|h| !h.out.close.is_closed())
-            .map(|h| (h.opened, h))
+            .map(|h| (h.out.opened, h))
             .collect();
         if open.len() > cap {
             open.sort_unstable_by_key(|(opened, _)| *opened);
