@@ -114,6 +114,10 @@ pub struct EdgeConfig {
     pub client_ip_header: Option<String>,
     /// Admission control: the most writes in flight on this edge (forwarded, not answered).
     pub max_inflight_writes: usize,
+    /// The largest write the `main` queue takes (`queue.max_body_bytes`): a request whose
+    /// envelope is bigger (the runtime config's `max_frame_bytes` may let such a frame in) is
+    /// answered `too_large`, alone, instead of failing the commit it would share.
+    pub max_envelope_bytes: usize,
     /// Admission control: past this average reply time, writes are refused while any is in
     /// flight.
     pub admission_wait: Duration,
@@ -951,6 +955,23 @@ impl Inner {
 pub(crate) fn channel_changed(frame: &hubbub_protocol::ServerFrame) -> bool {
     matches!(frame, hubbub_protocol::ServerFrame::ConversationUpdated { conversation, .. }
         if conversation.kind == hubbub_protocol::ConversationKind::Channel)
+}
+
+/// `too_large` for a write whose envelope (`len` bytes) is bigger than the `main` queue takes;
+/// `None` when it fits.
+pub(crate) fn too_large_for_queue(
+    len: usize,
+    config: &EdgeConfig,
+) -> Option<(hubbub_protocol::ErrorCode, String)> {
+    (len > config.max_envelope_bytes).then(|| {
+        (
+            hubbub_protocol::ErrorCode::TooLarge,
+            format!(
+                "the request is {len} bytes once addressed, over the {} bytes this server's queue takes (queue.max_body_bytes); nothing was accepted",
+                config.max_envelope_bytes
+            ),
+        )
+    })
 }
 
 /// A running edge.

