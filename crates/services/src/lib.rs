@@ -226,10 +226,19 @@ impl Worker {
             // The batch holds runs: one key's (a user's) consecutive requests, in order
             // (`max_run`). Runs are handled concurrently, each run in order (the handler may
             // commit a run's writes together), so no one's requests are reordered.
-            let handled = join_all(
-                runs_of(&deliveries)
-                    .into_iter()
-                    .map(|run| self.handle_run(handler, run)),
+            // A batch that takes longer than its visibility (a channel made with 100,000
+            // members takes tens of seconds) keeps its leases: another loop would otherwise
+            // receive the same envelopes and handle them a second time, concurrently.
+            let handled = keep_leased(
+                self.queue.as_ref(),
+                self.name,
+                &deliveries,
+                opts.visibility,
+                join_all(
+                    runs_of(&deliveries)
+                        .into_iter()
+                        .map(|run| self.handle_run(handler, run)),
+                ),
             )
             .await;
             let receipts: Vec<_> = handled.into_iter().flatten().collect();
@@ -389,6 +398,39 @@ impl LiveLimits {
     }
 }
 
+/// Run `work` on received `deliveries`, extending their leases by `visibility` every third
+/// of it while `work` runs, so that none becomes visible (and is handled again elsewhere)
+/// before `work` is done with it. A failed extension is logged: the worst it brings is the
+/// redelivery the queue promises anyway.
+pub(crate) async fn keep_leased<T>(
+    queue: &dyn Queue,
+    name: &str,
+    deliveries: &[hubbub_queue::Delivery],
+    visibility: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let every = (visibility / 3).max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = tick.tick() => {
+                let extended = join_all(
+                    deliveries
+                        .iter()
+                        .map(|d| queue.extend(name, &d.receipt, visibility)),
+                )
+                .await;
+                if let Some(Err(e)) = extended.into_iter().find(Result::is_err) {
+                    tracing::warn!(error = %e, queue = name, "could not extend a lease; its envelope may be handled again");
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::runs_of;
@@ -423,5 +465,56 @@ mod tests {
             runs,
             [vec!["a1", "a2", "a3"], vec!["x"], vec!["b1"], vec!["y"]]
         );
+    }
+
+    /// Work that outlasts the visibility several times over keeps its deliveries invisible
+    /// to every other receiver until it is done (and without the leases kept, they would
+    /// come back after the first visibility: checked first, so the test can fail).
+    #[tokio::test]
+    async fn work_longer_than_the_visibility_keeps_its_leases() {
+        use hubbub_queue::embedded::{EmbeddedConfig, EmbeddedQueue};
+        use hubbub_queue::{Queue, ReceiveOptions, SendOptions};
+        use std::time::Duration;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let queue =
+            EmbeddedQueue::open(dir.path().join("q.db"), EmbeddedConfig::default()).expect("queue");
+        let visibility = Duration::from_secs(2);
+        let opts = ReceiveOptions {
+            max: 10,
+            visibility,
+            ..ReceiveOptions::default()
+        };
+        for body in [b"a", b"b"] {
+            queue
+                .send("work", body.to_vec(), SendOptions::default())
+                .await
+                .expect("send");
+        }
+        // Unkept: back once the visibility ends.
+        let got = queue.receive("work", opts).await.expect("receive");
+        assert_eq!(got.len(), 2);
+        tokio::time::sleep(visibility + Duration::from_millis(500)).await;
+        let again = queue.receive("work", opts).await.expect("receive");
+        assert_eq!(again.len(), 2, "the unkept leases ended");
+        // Kept for 2.75 visibilities of work: nobody else gets them meanwhile.
+        let others = async {
+            let mut seen = 0;
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                seen += queue.receive("work", opts).await.expect("receive").len();
+            }
+            seen
+        };
+        let (seen, ()) = super::keep_leased(&queue, "work", &again, visibility, async {
+            tokio::join!(others, tokio::time::sleep(Duration::from_millis(5_500)))
+        })
+        .await;
+        assert_eq!(seen, 0, "a kept delivery was handed out again");
+        for d in &again {
+            queue
+                .ack("work", &d.receipt)
+                .await
+                .expect("ack of a kept lease");
+        }
     }
 }

@@ -124,6 +124,16 @@ fn credentials_from_row((id, handle, password_hash): CredentialsRow) -> Credenti
 /// What the account rules need of a transaction; each backend implements it with its SQL.
 pub(crate) trait AccountTx {
     async fn user(&self, id: &str) -> Result<Option<UserRow>>;
+    /// Which of `ids` name no user, in the order given.
+    async fn missing_users(&self, ids: &[String]) -> Result<Vec<String>> {
+        let mut missing = Vec::new();
+        for id in ids {
+            if self.user(id).await?.is_none() {
+                missing.push(id.clone());
+            }
+        }
+        Ok(missing)
+    }
     async fn credentials(&self, handle: &str) -> Result<Option<CredentialsRow>>;
     /// Insert a user unless its id or its handle is taken; whether it was inserted.
     async fn insert_user(&self, user: &Credentials, email: Option<&str>, now: i64) -> Result<bool>;

@@ -20,7 +20,7 @@ use hubbub_protocol::{
     Attachment, Conversation, ConversationKind, ConversationSummary, LARGE_GROUP, Message,
     MessageVersion, ReactionCount, Role, ServerFrame,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 /// The longest search query accepted, in characters.
 pub const MAX_QUERY_CHARS: usize = 256;
@@ -497,6 +497,13 @@ pub(crate) trait ChatTx {
     async fn direct_conversation(&self, direct_key: &str) -> Result<Option<String>>;
     /// Add a member (a member already is one).
     async fn add_member(&self, id: &str, user: &str, now: i64) -> Result<()>;
+    /// Add each of `users` as [`ChatTx::add_member`] does.
+    async fn add_members(&self, id: &str, users: &[String], now: i64) -> Result<()> {
+        for u in users {
+            self.add_member(id, u, now).await?;
+        }
+        Ok(())
+    }
     async fn remove_member(&self, id: &str, user: &str) -> Result<()>;
     /// The conversations `user` is in, with the id of the last message they read.
     async fn memberships(&self, user: &str) -> Result<Vec<(String, i64)>>;
@@ -719,8 +726,8 @@ async fn require_user(tx: &impl AccountTx, id: &str) -> Result<()> {
 
 // ---- events -------------------------------------------------------------------------------
 
-/// `conversation.updated` to each of `users` (locked first, in id order: see
-/// [`ChatTx::lock_users`]).
+/// `conversation.updated` to each of `users` (ids once each; locked first, in id order: see
+/// [`ChatTx::lock_users`]), in two statements for all of them where the backend can.
 async fn conversation_events(
     tx: &(impl ChatTx + InboxTx),
     users: &[String],
@@ -728,17 +735,13 @@ async fn conversation_events(
     now: i64,
 ) -> Result<Vec<Event>> {
     tx.lock_users(users).await?;
-    let mut events = Vec::with_capacity(users.len());
     // A large group's member list is not on the wire: its events do not carry it either.
     let c = c.for_event();
-    for u in users {
-        let frame = |seq| ServerFrame::ConversationUpdated {
-            seq,
-            conversation: c.clone(),
-        };
-        events.push(append_event(tx, u, now, frame).await?);
-    }
-    Ok(events)
+    crate::inbox::append_to_all(tx, users, now, |seq| ServerFrame::ConversationUpdated {
+        seq,
+        conversation: c.clone(),
+    })
+    .await
 }
 
 /// Take `user` out of a conversation (`actor` removes them, or is them, leaving): the
@@ -813,14 +816,17 @@ pub(crate) async fn create_conversation(
         return Ok(Written::nothing(c));
     }
     require_user(tx, &new.creator).await?;
-    let mut others: Vec<String> = Vec::new();
-    for m in &new.members {
-        if *m != new.creator && !others.contains(m) {
-            others.push(m.clone());
-        }
-    }
-    for m in &others {
-        require_user(tx, m).await?;
+    // Each check and write below is one statement for all the members, not one per member
+    // (a channel may be made with 100,000).
+    let mut seen = HashSet::new();
+    let others: Vec<String> = new
+        .members
+        .iter()
+        .filter(|m| **m != new.creator && seen.insert(m.as_str()))
+        .cloned()
+        .collect();
+    if let Some(m) = tx.missing_users(&others).await?.first() {
+        return Err(StoreError::NotFound(format!("no user {m}")));
     }
     if new.public && new.kind != ConversationKind::Channel {
         return Err(StoreError::BadRequest(
@@ -850,8 +856,8 @@ pub(crate) async fn create_conversation(
                     new.max_members
                 )));
             }
-            for m in &others {
-                refuse_if_blocked(tx, m, &new.creator).await?;
+            if !tx.blockers_among(&new.creator, &others).await?.is_empty() {
+                return Err(StoreError::Forbidden("you cannot add this user".into()));
             }
             None
         }
@@ -875,9 +881,7 @@ pub(crate) async fn create_conversation(
     if new.kind != ConversationKind::Direct {
         tx.set_role(id, &new.creator, Role::Owner).await?;
     }
-    for m in &others {
-        tx.add_member(id, m, now).await?;
-    }
+    tx.add_members(id, &others, now).await?;
     let c = existing(tx, id).await?;
     let events = conversation_events(tx, &c.members, &c, now).await?;
     Ok(Written::new(c, events))

@@ -286,6 +286,17 @@ impl ChatTx for Tx<'_> {
         Ok(())
     }
 
+    async fn add_members(&self, id: &str, users: &[String], now: i64) -> Result<()> {
+        self.exec(
+            "INSERT INTO members (conversation_id, user_id, joined_ms)
+             SELECT $1, u, $3 FROM unnest($2::text[]) AS u
+             ON CONFLICT DO NOTHING",
+            &[&id, &users, &now],
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn remove_member(&self, id: &str, user: &str) -> Result<()> {
         self.exec(
             "DELETE FROM members WHERE conversation_id = $1 AND user_id = $2",

@@ -478,11 +478,25 @@ pub async fn run(args: FanoutBenchArgs) -> anyhow::Result<()> {
             payload_bytes: args.payload,
             ..Default::default()
         };
-        if let Err(e) = run_target(peer, &args, &peers, &tmp, &mut report).await {
-            eprintln!("fanout: {}: failed: {e:#}", peer.arg());
-            report.error = Some(format!("{e:#}"));
+        match run_target(peer, &args, &peers, &tmp, &mut report).await {
+            Ok(()) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+            Err(e) => {
+                // The servers' logs stay for a look (not the data directories).
+                eprintln!(
+                    "fanout: {}: failed: {e:#}; the servers' logs are in {}",
+                    peer.arg(),
+                    tmp.display()
+                );
+                for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+                    if entry.path().is_dir() {
+                        let _ = std::fs::remove_dir_all(entry.path());
+                    }
+                }
+                report.error = Some(format!("{e:#}"));
+            }
         }
-        let _ = std::fs::remove_dir_all(&tmp);
         reports.push(report);
     }
     add_ratios(&mut reports);
