@@ -469,15 +469,23 @@ mod tests {
 
     /// Work that outlasts the visibility several times over keeps its deliveries invisible
     /// to every other receiver until it is done (and without the leases kept, they would
-    /// come back after the first visibility: checked first, so the test can fail).
-    #[tokio::test]
+    /// come back after the first visibility: checked first, so the test can fail). The queue
+    /// runs on a manual clock and the ticks on tokio's paused one: nothing waits on real time.
+    #[tokio::test(start_paused = true)]
     async fn work_longer_than_the_visibility_keeps_its_leases() {
+        use hubbub_queue::clock::ManualClock;
         use hubbub_queue::embedded::{EmbeddedConfig, EmbeddedQueue};
         use hubbub_queue::{Queue, ReceiveOptions, SendOptions};
+        use std::sync::Arc;
         use std::time::Duration;
         let dir = tempfile::tempdir().expect("tempdir");
-        let queue =
-            EmbeddedQueue::open(dir.path().join("q.db"), EmbeddedConfig::default()).expect("queue");
+        let clock = ManualClock::new(1_000_000);
+        let queue = EmbeddedQueue::open_with_clock(
+            dir.path().join("q.db"),
+            EmbeddedConfig::default(),
+            Arc::new(clock.clone()),
+        )
+        .expect("queue");
         let visibility = Duration::from_secs(2);
         let opts = ReceiveOptions {
             max: 10,
@@ -493,22 +501,21 @@ mod tests {
         // Unkept: back once the visibility ends.
         let got = queue.receive("work", opts).await.expect("receive");
         assert_eq!(got.len(), 2);
-        tokio::time::sleep(visibility + Duration::from_millis(500)).await;
+        clock.advance(visibility + Duration::from_millis(1));
         let again = queue.receive("work", opts).await.expect("receive");
         assert_eq!(again.len(), 2, "the unkept leases ended");
-        // Kept for 2.75 visibilities of work: nobody else gets them meanwhile.
-        let others = async {
+        // Kept through 2.5 visibilities of work (the queue's clock moving with tokio's):
+        // nobody else gets them meanwhile.
+        let work = async {
             let mut seen = 0;
             for _ in 0..5 {
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                clock.advance(Duration::from_secs(1));
                 seen += queue.receive("work", opts).await.expect("receive").len();
             }
             seen
         };
-        let (seen, ()) = super::keep_leased(&queue, "work", &again, visibility, async {
-            tokio::join!(others, tokio::time::sleep(Duration::from_millis(5_500)))
-        })
-        .await;
+        let seen = super::keep_leased(&queue, "work", &again, visibility, work).await;
         assert_eq!(seen, 0, "a kept delivery was handed out again");
         for d in &again {
             queue

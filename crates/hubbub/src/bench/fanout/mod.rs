@@ -311,7 +311,7 @@ async fn run_target(
             / connections;
 
         // Publish (or idle), sampling the server's RSS meanwhile.
-        let pids = deployment.sampled();
+        let pids = deployment.edge_pids();
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let sampler = tokio::spawn(async move {
             let mut peak = 0;

@@ -230,7 +230,8 @@ pub(super) struct Deployment {
 }
 
 impl Deployment {
-    fn edge_pids(&self) -> Vec<u32> {
+    /// The edges' pids (they hold the connections: the RSS sampler reads these).
+    pub(super) fn edge_pids(&self) -> Vec<u32> {
         self.servers[..self.ports.len()]
             .iter()
             .map(|s| s.pid)
@@ -245,11 +246,6 @@ impl Deployment {
     /// utime + stime of every process of the deployment, clock ticks.
     pub(super) fn cpu_ticks(&self) -> anyhow::Result<u64> {
         self.servers.iter().map(|s| cpu_ticks(s.pid)).sum()
-    }
-
-    /// The edges' pids, for the RSS sampler.
-    pub(super) fn sampled(&self) -> Vec<u32> {
-        self.edge_pids()
     }
 
     /// Stop every process (saying which had exited before the end) and, with `--edges`, drop
