@@ -2,6 +2,11 @@
 //! edge holding its internal address with a TTL that the edge's heartbeat renews. A session
 //! whose edge key has expired belongs to a dead edge: lookups skip it (and drop it), so a
 //! crashed edge's sessions vanish within one TTL without anyone cleaning up after it.
+//!
+//! The edges that ever beat are also members of one set (`reg:edges`), so listing the live
+//! edges (every channel message does, [`Registry::edges`]) reads that set and their keys: two
+//! round trips whatever the number of users, where a `SCAN` for the edge keys walked every
+//! key of the namespace (one round trip per ten keys: ~2 s with 30,000 users online).
 
 use async_trait::async_trait;
 use hubbub_registry::{EdgeLoad, Registry, RegistryError, SessionInfo};
@@ -56,6 +61,11 @@ impl RedisRegistry {
         format!("{}:reg:e:{edge}", self.namespace)
     }
 
+    /// The set of every edge that beat and has not said it is gone (some may have expired).
+    fn edges_key(&self) -> String {
+        format!("{}:reg:edges", self.namespace)
+    }
+
     /// The edge is alive at `address` for the next `ttl` (its heartbeat).
     pub async fn edge_alive(
         &self,
@@ -69,6 +79,8 @@ impl RedisRegistry {
         let _: () = redis::pipe()
             .pset_ex(self.edge_key(edge), address, ttl_ms)
             .pset_ex(self.load_key(edge), sessions, ttl_ms)
+            .sadd(self.edges_key(), edge)
+            .ignore()
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -78,8 +90,12 @@ impl RedisRegistry {
     /// The edge is shutting down: its sessions go with it at once.
     pub async fn edge_gone(&self, edge: &str) -> Result<(), RegistryError> {
         let mut conn = self.conn.clone();
-        let _: () = conn
+        let _: () = redis::pipe()
             .del(&[self.edge_key(edge), self.load_key(edge)])
+            .ignore()
+            .srem(self.edges_key(), edge)
+            .ignore()
+            .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -119,39 +135,36 @@ impl Registry for RedisRegistry {
     }
 
     async fn edges(&self) -> Result<Vec<EdgeLoad>, RegistryError> {
-        // The live edges are the keys their heartbeats renew; a dashboard's question, so a
-        // SCAN over the few edge keys is fine.
+        // The edges that beat, then which of them are still alive (their key has not
+        // expired) and their session counts, in one MGET.
         let mut conn = self.conn.clone();
-        let prefix = self.edge_key("");
-        let keys: Vec<String> = {
-            let mut iter: redis::AsyncIter<String> = conn
-                .scan_match(format!("{prefix}*"))
-                .await
-                .map_err(unavailable)?;
-            let mut keys = Vec::new();
-            while let Some(k) = iter.next_item().await {
-                keys.push(k.map_err(unavailable)?);
-            }
-            keys
-        };
-        let mut edges: Vec<String> = keys
-            .iter()
-            .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
-            .collect();
-        edges.sort();
+        let mut edges: Vec<String> = conn.smembers(self.edges_key()).await.map_err(unavailable)?;
         if edges.is_empty() {
             return Ok(Vec::new());
         }
-        let loads: Vec<String> = edges.iter().map(|e| self.load_key(e)).collect();
-        let counts: Vec<Option<u64>> = conn.mget(&loads).await.map_err(unavailable)?;
-        Ok(edges
-            .into_iter()
-            .zip(counts)
-            .map(|(edge, sessions)| EdgeLoad {
-                edge,
-                sessions: sessions.unwrap_or(0),
-            })
-            .collect())
+        edges.sort();
+        let keys: Vec<String> = edges
+            .iter()
+            .flat_map(|e| [self.edge_key(e), self.load_key(e)])
+            .collect();
+        let values: Vec<Option<String>> = conn.mget(&keys).await.map_err(unavailable)?;
+        let mut live = Vec::with_capacity(edges.len());
+        let mut dead = Vec::new();
+        for (edge, pair) in edges.into_iter().zip(values.chunks(2)) {
+            match pair {
+                [Some(_), load] => live.push(EdgeLoad {
+                    edge,
+                    sessions: load.as_deref().and_then(|n| n.parse().ok()).unwrap_or(0),
+                }),
+                _ => dead.push(edge),
+            }
+        }
+        if !dead.is_empty() {
+            // Expired without saying so (crashed): forgotten (best effort; a heartbeat that
+            // comes back adds it again).
+            let _: Result<(), _> = conn.srem(self.edges_key(), dead).await;
+        }
+        Ok(live)
     }
 
     async fn sessions(&self, user: &str) -> Result<Vec<SessionInfo>, RegistryError> {

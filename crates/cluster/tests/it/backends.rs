@@ -86,8 +86,23 @@ async fn redis_registry_keeps_the_contract_and_forgets_dead_edges() {
         .expect("alive");
     r.register("carol", "s9", "short").await.expect("register");
     assert_eq!(r.sessions("carol").await.expect("sessions").len(), 1);
+    assert!(
+        r.edges()
+            .await
+            .expect("edges")
+            .iter()
+            .any(|l| l.edge == "short")
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(r.sessions("carol").await.expect("sessions").is_empty());
+    assert!(
+        !r.edges()
+            .await
+            .expect("edges")
+            .iter()
+            .any(|l| l.edge == "short"),
+        "an edge whose key expired is not listed"
+    );
     // An edge shutting down says so: its sessions go at once.
     r.register("dave", "s10", "e2").await.expect("register");
     r.edge_gone("e2").await.expect("gone");
