@@ -3,7 +3,7 @@
 //! no member list and ask the registry nothing per message, however big the channel.
 //!
 //! The store is the truth; the edge holds a copy per user with a session here, loaded
-//! (`ChatStore::channels_of`):
+//! (`ChatStore::channels_of_users`, in batches: the `channel_loads` module):
 //! - when a session opens, before its `hello` (a client that has its `hello` gets its
 //!   channels' messages);
 //! - when the user's own `channel.subscribe`, `channel.unsubscribe`, `conversation.leave` or

@@ -40,6 +40,7 @@ mod admin;
 mod admission;
 pub mod auth;
 mod batch;
+mod channel_loads;
 mod channels;
 mod demo;
 mod http;
@@ -492,6 +493,9 @@ pub(crate) struct Inner {
     api_waiters: Mutex<HashMap<String, tokio::sync::oneshot::Sender<hubbub_protocol::ServerFrame>>>,
     /// The sessions' acks, for the edge's one ack writer ([`ws::acks::write_acks`]).
     acks: mpsc::UnboundedSender<ws::acks::AckJob>,
+    /// Loads of users' channel lists, for the edge's one loader
+    /// ([`channel_loads::load_channels`]).
+    channel_loads: mpsc::UnboundedSender<channel_loads::LoadJob>,
 }
 
 impl Inner {
@@ -682,15 +686,28 @@ impl Inner {
     /// One load of `user`'s channels, applied (nothing to do when the user has no session
     /// here); the load's generation and the error when the store did not answer.
     async fn load_channels_once(&self, user: &str) -> Result<(), (u64, hubbub_store::StoreError)> {
-        let Some(generation) = self.sessions().channels.begin_load(user) else {
-            return Ok(());
+        // Numbered and handed to the loader under one lock: the loader reads loads in the
+        // order of their generations (the `channel_loads` module).
+        let (generation, answer) = {
+            let mut s = self.sessions();
+            let Some(generation) = s.channels.begin_load(user) else {
+                return Ok(());
+            };
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let job = channel_loads::LoadJob {
+                user: user.to_owned(),
+                reply,
+            };
+            if self.channel_loads.send(job).is_err() {
+                return Err((generation, stopping()));
+            }
+            (generation, answer)
         };
-        let list = self
-            .deps
-            .store
-            .channels_of(user)
-            .await
-            .map_err(|e| (generation, e))?;
+        let list = match answer.await {
+            Ok(Ok(list)) => list,
+            Ok(Err(e)) => return Err((generation, e)),
+            Err(_) => return Err((generation, stopping())),
+        };
         self.apply_channels(user, generation, list);
         Ok(())
     }
@@ -1011,6 +1028,7 @@ impl Edge {
             config.admission_delivery,
         ));
         let (acks, ack_jobs) = mpsc::unbounded_channel();
+        let (channel_loads, load_jobs) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             config,
             deps,
@@ -1024,6 +1042,7 @@ impl Edge {
             max_outgoing_bytes: AtomicUsize::new(max_outgoing_bytes),
             api_waiters: Mutex::new(HashMap::new()),
             acks,
+            channel_loads,
             auth_limits: AuthLimits {
                 per_ip: KeyedLimiter::per_minute(
                     config_auth.attempts_per_ip_per_minute,
@@ -1083,6 +1102,11 @@ impl Edge {
         inner.tracker.spawn(ws::acks::write_acks(
             inner.deps.store.clone(),
             ack_jobs,
+            cancel.clone(),
+        ));
+        inner.tracker.spawn(channel_loads::load_channels(
+            inner.deps.store.clone(),
+            load_jobs,
             cancel.clone(),
         ));
         let dispatcher = inner.clone();
@@ -1165,6 +1189,11 @@ impl Edge {
     pub fn connections(&self) -> usize {
         self.inner.sessions().by_id.len()
     }
+}
+
+/// The error of a channel load the edge's loader will not answer (it stopped).
+fn stopping() -> hubbub_store::StoreError {
+    hubbub_store::StoreError::Unavailable("the edge is stopping".into())
 }
 
 #[cfg(test)]

@@ -139,6 +139,10 @@ pub trait ChatStore: Send + Sync {
     /// route channel messages (a channel's [`Broadcast`] names the channel, not its members).
     async fn channels_of(&self, user: &str) -> Result<Vec<String>>;
 
+    /// [`ChatStore::channels_of`] for many users at once, in the order given (an edge loads
+    /// the lists of everyone a 100,000-member channel's create told, in batches).
+    async fn channels_of_users(&self, users: &[String]) -> Result<Vec<Vec<String>>>;
+
     /// `channel.sync`: the channel's messages with offset above `after`, at most `limit`,
     /// as `channel.message` frames in offset order; the last offset replayed (`after` when
     /// none); whether more remain. Members only.
@@ -485,8 +489,9 @@ pub(crate) trait ChatTx {
     async fn membership(&self, id: &str, user: &str) -> Result<(bool, bool)>;
     /// Whether `blocker` blocks `blocked`.
     async fn blocks(&self, blocker: &str, blocked: &str) -> Result<bool>;
-    /// Insert the conversation's row (`direct_key` set for a direct one), unless its
-    /// `direct_key` is taken (the pair has a direct conversation); whether it was inserted.
+    /// Insert the conversation's row (`direct_key` set for a direct one), unless its id or
+    /// its `direct_key` is taken (by a concurrent create of the same id, or the pair's direct
+    /// conversation); whether it was inserted.
     async fn insert_conversation(
         &self,
         new: &NewConversation,
@@ -509,6 +514,14 @@ pub(crate) trait ChatTx {
     async fn memberships(&self, user: &str) -> Result<Vec<(String, i64)>>;
     /// The channels `user` is a member of.
     async fn channel_memberships(&self, user: &str) -> Result<Vec<String>>;
+    /// The channels each of `users` is a member of, in the order given.
+    async fn channel_memberships_of(&self, users: &[String]) -> Result<Vec<Vec<String>>> {
+        let mut all = Vec::with_capacity(users.len());
+        for u in users {
+            all.push(self.channel_memberships(u).await?);
+        }
+        Ok(all)
+    }
     /// The conversation's newest message `viewer` sees (none from users `viewer` blocks).
     async fn last_message(&self, id: &str, viewer: &str) -> Result<Option<Message>>;
     /// Messages after `read` that `viewer` did not send and sees.
@@ -805,15 +818,7 @@ pub(crate) async fn create_conversation(
 ) -> Result<Written<Conversation>> {
     let id = new.id.as_str();
     if let Some(c) = tx.conversation(id).await? {
-        if c.created_by != new.creator {
-            return Err(StoreError::Conflict(format!("conversation {id} exists")));
-        }
-        // A retried create of a group its creator has since left (or was banned from) shows
-        // them nothing of it.
-        if c.kind != ConversationKind::Direct && !c.members.contains(&new.creator) {
-            return Err(StoreError::Forbidden("not a member".into()));
-        }
-        return Ok(Written::nothing(c));
+        return created_before(c, &new);
     }
     require_user(tx, &new.creator).await?;
     // Each check and write below is one statement for all the members, not one per member
@@ -865,17 +870,21 @@ pub(crate) async fn create_conversation(
     // A direct conversation is unique per pair, whatever id the caller chose: the pair's
     // existing one (made earlier, or by a concurrent create on another machine: the unique
     // key decides) is returned instead.
+    // The same create handled twice at once (a redelivery while the first still ran) meets
+    // the first one's row: it answers as a repeat would, not with the key's violation.
     let key = pair.as_ref().map(|p| p.join("|"));
     if !tx.insert_conversation(&new, key.as_deref(), now).await? {
-        let (Some(key), Some(pair)) = (key, pair) else {
-            return Err(StoreError::Internal(format!(
+        if let (Some(key), Some(pair)) = (&key, &pair)
+            && let Some(found) = tx.direct_conversation(key).await?
+        {
+            return rejoin(tx, &found, pair, now).await;
+        }
+        return match tx.conversation(id).await? {
+            Some(c) => created_before(c, &new),
+            None => Err(StoreError::Internal(format!(
                 "conversation {id} not created"
-            )));
+            ))),
         };
-        let found = tx.direct_conversation(&key).await?;
-        let found = found
-            .ok_or_else(|| StoreError::Internal(format!("direct conversation {key} vanished")))?;
-        return rejoin(tx, &found, &pair, now).await;
     }
     tx.add_member(id, &new.creator, now).await?;
     if new.kind != ConversationKind::Direct {
@@ -885,6 +894,22 @@ pub(crate) async fn create_conversation(
     let c = existing(tx, id).await?;
     let events = conversation_events(tx, &c.members, &c, now).await?;
     Ok(Written::new(c, events))
+}
+
+/// A create whose id is taken: the same creator's repeat gets the conversation as it is (no
+/// events); anyone else's is a conflict, and a creator who has since left a group sees
+/// nothing of it.
+fn created_before(c: Conversation, new: &NewConversation) -> Result<Written<Conversation>> {
+    if c.created_by != new.creator {
+        return Err(StoreError::Conflict(format!(
+            "conversation {} exists",
+            c.id
+        )));
+    }
+    if c.kind != ConversationKind::Direct && !c.members.contains(&new.creator) {
+        return Err(StoreError::Forbidden("not a member".into()));
+    }
+    Ok(Written::nothing(c))
 }
 
 /// A direct conversation asked for again: it is returned, bringing back whichever of the

@@ -250,7 +250,7 @@ impl ChatTx for Tx<'_> {
             .exec(
                 "INSERT INTO conversations
                    (id, kind, title, created_by, created_ms, ephemeral, direct_key, public)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (direct_key) DO NOTHING",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
                 &[
                     &new.id,
                     &kind_name(new.kind),
@@ -328,6 +328,27 @@ impl ChatTx for Tx<'_> {
             )
             .await?;
         Ok(strings(rows))
+    }
+
+    async fn channel_memberships_of(&self, users: &[String]) -> Result<Vec<Vec<String>>> {
+        // One statement for any number of users.
+        let rows = self
+            .rows(
+                "SELECT m.user_id, m.conversation_id FROM members m
+                 JOIN conversations c ON c.id = m.conversation_id
+                 WHERE m.user_id = ANY($1) AND c.kind = 'channel'",
+                &[&users],
+            )
+            .await?;
+        let mut of: std::collections::HashMap<String, Vec<String>> =
+            std::collections::HashMap::new();
+        for r in &rows {
+            of.entry(r.get(0)).or_default().push(r.get(1));
+        }
+        Ok(users
+            .iter()
+            .map(|u| of.get(u).cloned().unwrap_or_default())
+            .collect())
     }
 
     async fn last_message(&self, id: &str, viewer: &str) -> Result<Option<Message>> {

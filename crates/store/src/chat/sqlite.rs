@@ -277,7 +277,7 @@ impl ChatTx for Tx<'_> {
             .prepare_cached(
                 "INSERT INTO conversations
                    (id, kind, title, created_by, created_ms, ephemeral, direct_key, public)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (direct_key) DO NOTHING",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
             )?
             .execute(params![
                 new.id,

@@ -129,6 +129,17 @@ macro_rules! impl_chat_store {
                 ))
             }
 
+            async fn channels_of_users(
+                &self,
+                users: &[String],
+            ) -> Result<Vec<Vec<String>>, $crate::StoreError> {
+                let users = users.to_vec();
+                $crate::run!(
+                    self.read,
+                    |tx| $crate::chat::ChatTx::channel_memberships_of(tx, &users)
+                )
+            }
+
             async fn channel_messages(
                 &self,
                 caller: &str,

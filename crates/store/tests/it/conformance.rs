@@ -1139,6 +1139,28 @@ pub async fn keyed_creates_return_the_first_object(env: &Env) {
         .await
         .expect_err("another creator");
     assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+    // The same create twice at once (a redelivery while the first still runs): both answer
+    // the one conversation, whichever inserts it, and its events are written once.
+    for round in 0..10 {
+        let id = format!("race{round}");
+        let (x, y) = tokio::join!(
+            s.create_conversation(group(&id, &a, &[&b])),
+            s.create_conversation(group(&id, &a, &[&b]))
+        );
+        let (x, y) = (x.expect("first"), y.expect("second"));
+        assert_eq!(x.value.id, y.value.id);
+        assert_eq!(x.value.members, y.value.members);
+        assert_eq!(
+            x.events.is_empty(),
+            !y.events.is_empty(),
+            "one of them made it"
+        );
+    }
+    assert_eq!(
+        s.last_seq(&b).await.expect("seq"),
+        11,
+        "one event per create"
+    );
 
     let post = |author: &str, text: &str| NewPost {
         id: "p1".into(),
@@ -1456,6 +1478,13 @@ pub async fn channels_number_messages_by_offset(env: &Env) {
         let b = w.broadcast.expect("a broadcast");
         // It names the channel; its members are whoever `channels_of` names it for.
         assert_eq!(b.conversation, "ch");
+        assert_eq!(
+            s.channels_of_users(&[bob.clone(), "nobody".into(), owner.clone()])
+                .await
+                .expect("channels"),
+            [vec!["ch".to_owned()], vec![], vec!["ch".to_owned()]],
+            "in the order asked, none for a user in no channel"
+        );
         for u in [&owner, &bob] {
             assert_eq!(s.channels_of(u).await.expect("channels"), ["ch"], "{u}");
         }

@@ -165,6 +165,10 @@ pub struct FanoutBenchArgs {
     /// One JSON object per target (one a line) instead of the table.
     #[arg(long)]
     json: bool,
+    /// Keep the servers' logs after a run that worked too (a failed run always keeps them);
+    /// their folder is printed.
+    #[arg(long)]
+    keep_logs: bool,
     /// hubbub's roles apart instead of `hubbub serve`: this many edges (the receivers' client
     /// processes spread over them in turn), one router and one chat worker, on the Redis and
     /// PostgreSQL below (a fresh database and namespace per run, removed at the end). Builds
@@ -478,24 +482,31 @@ pub async fn run(args: FanoutBenchArgs) -> anyhow::Result<()> {
             payload_bytes: args.payload,
             ..Default::default()
         };
-        match run_target(peer, &args, &peers, &tmp, &mut report).await {
-            Ok(()) => {
-                let _ = std::fs::remove_dir_all(&tmp);
+        let outcome = run_target(peer, &args, &peers, &tmp, &mut report).await;
+        if outcome.is_ok() && !args.keep_logs {
+            let _ = std::fs::remove_dir_all(&tmp);
+        } else {
+            // The servers' logs stay for a look (not the data directories).
+            for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+                if entry.path().is_dir() {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
             }
-            Err(e) => {
-                // The servers' logs stay for a look (not the data directories).
-                eprintln!(
+            match &outcome {
+                Ok(()) => eprintln!(
+                    "fanout: {}: the servers' logs are in {}",
+                    peer.arg(),
+                    tmp.display()
+                ),
+                Err(e) => eprintln!(
                     "fanout: {}: failed: {e:#}; the servers' logs are in {}",
                     peer.arg(),
                     tmp.display()
-                );
-                for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
-                    if entry.path().is_dir() {
-                        let _ = std::fs::remove_dir_all(entry.path());
-                    }
-                }
-                report.error = Some(format!("{e:#}"));
+                ),
             }
+        }
+        if let Err(e) = outcome {
+            report.error = Some(format!("{e:#}"));
         }
         reports.push(report);
     }
