@@ -17,6 +17,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// Remove an edge (ARGV[1]) from the edges' set (KEYS[2]) only if its address key (KEYS[1])
+/// does not exist: atomic, so a heartbeat that renews the key is never undone.
+static FORGET_EXPIRED: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('EXISTS', KEYS[1]) == 0 then return redis.call('SREM', KEYS[2], ARGV[1]) end return 0",
+    )
+});
+
 fn unavailable(e: redis::RedisError) -> RegistryError {
     RegistryError::Unavailable(e.to_string())
 }
@@ -159,10 +167,15 @@ impl Registry for RedisRegistry {
                 _ => dead.push(edge),
             }
         }
-        if !dead.is_empty() {
-            // Expired without saying so (crashed): forgotten (best effort; a heartbeat that
-            // comes back adds it again).
-            let _: Result<(), _> = conn.srem(self.edges_key(), dead).await;
+        for edge in dead {
+            // Expired without saying so (crashed): forgotten (best effort), unless its key
+            // is back by now (a heartbeat between the MGET and here, which added it again).
+            let _: Result<i64, _> = FORGET_EXPIRED
+                .key(self.edge_key(&edge))
+                .key(self.edges_key())
+                .arg(&edge)
+                .invoke_async(&mut conn)
+                .await;
         }
         Ok(live)
     }

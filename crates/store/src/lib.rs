@@ -74,7 +74,7 @@ pub use sqlite::SqliteStore;
 use hubbub_protocol::{ErrorCode, ServerFrame};
 
 /// Why a store operation failed; each variant is one protocol error code.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Invalid input.
     #[error("{0}")]

@@ -103,6 +103,17 @@ async fn redis_registry_keeps_the_contract_and_forgets_dead_edges() {
             .any(|l| l.edge == "short"),
         "an edge whose key expired is not listed"
     );
+    // Forgotten from the set by that listing; its next heartbeat brings it back.
+    r.edge_alive("short", "127.0.0.1:2", Duration::from_secs(60))
+        .await
+        .expect("alive");
+    assert!(
+        r.edges()
+            .await
+            .expect("edges")
+            .iter()
+            .any(|l| l.edge == "short")
+    );
     // An edge shutting down says so: its sessions go at once.
     r.register("dave", "s10", "e2").await.expect("register");
     r.edge_gone("e2").await.expect("gone");

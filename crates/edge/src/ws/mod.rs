@@ -347,6 +347,10 @@ impl Conn {
         self.seq = SeqState::new(last_seq);
         // A client that has its `hello` gets its channels' messages.
         if self.inner.load_channels(&self.user.id).await.is_err() {
+            // Cut off by shutdown is going away, not a failed store.
+            if self.inner.cancel.is_cancelled() {
+                return close(1001, "server shutting down");
+            }
             return close(1011, "storage unavailable");
         }
         let hello = ServerFrame::Hello {
