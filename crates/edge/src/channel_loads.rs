@@ -49,12 +49,7 @@ pub(crate) async fn load_channels(
         };
         let Some(first) = first else { break };
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+        crate::take_waiting(&mut jobs, &mut batch, MAX_BATCH);
         let users: Vec<String> = batch.iter().map(|j| j.user.clone()).collect();
         let read = tokio::select! {
             biased;

@@ -1191,6 +1191,21 @@ impl Edge {
     }
 }
 
+/// Add to `batch` what is waiting in `jobs` without waiting, until it holds `max` (the edge's
+/// batchers: the ack writer, the channel loader).
+pub(crate) fn take_waiting<T>(
+    jobs: &mut mpsc::UnboundedReceiver<T>,
+    batch: &mut Vec<T>,
+    max: usize,
+) {
+    while batch.len() < max {
+        match jobs.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+}
+
 /// The error of a channel load the edge's loader will not answer (it stopped).
 fn stopping() -> hubbub_store::StoreError {
     hubbub_store::StoreError::Unavailable("the edge is stopping".into())

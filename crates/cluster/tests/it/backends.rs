@@ -66,6 +66,15 @@ async fn local_registry_keeps_the_contract() {
     registry_contract(&LocalRegistry::default()).await;
 }
 
+/// Whether `edge` is among the live edges `r` lists.
+async fn listed(r: &RedisRegistry, edge: &str) -> bool {
+    r.edges()
+        .await
+        .expect("edges")
+        .iter()
+        .any(|l| l.edge == edge)
+}
+
 #[tokio::test]
 async fn redis_registry_keeps_the_contract_and_forgets_dead_edges() {
     let (conn, ns) = redis();
@@ -86,34 +95,18 @@ async fn redis_registry_keeps_the_contract_and_forgets_dead_edges() {
         .expect("alive");
     r.register("carol", "s9", "short").await.expect("register");
     assert_eq!(r.sessions("carol").await.expect("sessions").len(), 1);
-    assert!(
-        r.edges()
-            .await
-            .expect("edges")
-            .iter()
-            .any(|l| l.edge == "short")
-    );
+    assert!(listed(&r, "short").await);
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(r.sessions("carol").await.expect("sessions").is_empty());
     assert!(
-        !r.edges()
-            .await
-            .expect("edges")
-            .iter()
-            .any(|l| l.edge == "short"),
+        !listed(&r, "short").await,
         "an edge whose key expired is not listed"
     );
     // Forgotten from the set by that listing; its next heartbeat brings it back.
     r.edge_alive("short", "127.0.0.1:2", Duration::from_secs(60))
         .await
         .expect("alive");
-    assert!(
-        r.edges()
-            .await
-            .expect("edges")
-            .iter()
-            .any(|l| l.edge == "short")
-    );
+    assert!(listed(&r, "short").await);
     // An edge shutting down says so: its sessions go at once.
     r.register("dave", "s10", "e2").await.expect("register");
     r.edge_gone("e2").await.expect("gone");

@@ -37,23 +37,14 @@ pub(crate) async fn write_acks(
         };
         let Some(first) = first else { break };
         let mut batch = vec![first];
-        take_waiting(&mut jobs, &mut batch);
+        crate::take_waiting(&mut jobs, &mut batch, MAX_BATCH);
         write(&*store, batch).await;
     }
     // Shutting down: what the sessions handed over last.
     let mut rest = Vec::new();
-    take_waiting(&mut jobs, &mut rest);
+    crate::take_waiting(&mut jobs, &mut rest, MAX_BATCH);
     if !rest.is_empty() {
         write(&*store, rest).await;
-    }
-}
-
-fn take_waiting(jobs: &mut mpsc::UnboundedReceiver<AckJob>, batch: &mut Vec<AckJob>) {
-    while batch.len() < MAX_BATCH {
-        match jobs.try_recv() {
-            Ok(job) => batch.push(job),
-            Err(_) => break,
-        }
     }
 }
 

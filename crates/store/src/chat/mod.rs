@@ -137,10 +137,13 @@ pub trait ChatStore: Send + Sync {
 
     /// The channels `user` is a member of: what an edge holding the user's sessions loads to
     /// route channel messages (a channel's [`Broadcast`] names the channel, not its members).
-    async fn channels_of(&self, user: &str) -> Result<Vec<String>>;
+    async fn channels_of(&self, user: &str) -> Result<Vec<String>> {
+        let mut lists = self.channels_of_users(&[user.to_owned()]).await?;
+        Ok(lists.pop().unwrap_or_default())
+    }
 
     /// [`ChatStore::channels_of`] for many users at once, in the order given (an edge loads
-    /// the lists of everyone a 100,000-member channel's create told, in batches).
+    /// its users' lists in batches: a 100,000-member channel's create tells every member).
     async fn channels_of_users(&self, users: &[String]) -> Result<Vec<Vec<String>>>;
 
     /// `channel.sync`: the channel's messages with offset above `after`, at most `limit`,
@@ -867,11 +870,11 @@ pub(crate) async fn create_conversation(
             None
         }
     };
-    // A direct conversation is unique per pair, whatever id the caller chose: the pair's
-    // existing one (made earlier, or by a concurrent create on another machine: the unique
-    // key decides) is returned instead.
-    // The same create handled twice at once (a redelivery while the first still ran) meets
-    // the first one's row: it answers as a repeat would, not with the key's violation.
+    // Not inserted: a direct conversation is unique per pair, whatever id the caller chose,
+    // so the pair's existing one (made earlier, or by a concurrent create on another machine:
+    // the unique key decides) is returned instead; and the same create handled twice at once
+    // (a redelivery while the first still ran) meets the first one's row and answers as a
+    // repeat would, not with the key's violation.
     let key = pair.as_ref().map(|p| p.join("|"));
     if !tx.insert_conversation(&new, key.as_deref(), now).await? {
         if let (Some(key), Some(pair)) = (&key, &pair)

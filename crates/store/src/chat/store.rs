@@ -122,13 +122,6 @@ macro_rules! impl_chat_store {
                 ))
             }
 
-            async fn channels_of(&self, user: &str) -> Result<Vec<String>, $crate::StoreError> {
-                let user = user.to_owned();
-                $crate::run!(self.read, |tx| $crate::chat::ChatTx::channel_memberships(
-                    tx, &user
-                ))
-            }
-
             async fn channels_of_users(
                 &self,
                 users: &[String],
