@@ -86,8 +86,8 @@ macro_rules! queue_conformance_tests {
             nack_returns_message, dead_letter_and_redrive, per_key_fifo, per_key_runs,
             a_lapsed_run_comes_back_in_order, dead_letters_are_purged, ttl_expiry_is_counted,
             stats_count_each_state, bad_input_is_typed, long_poll_wakes_on_send,
-            long_poll_times_out_empty, log_append_and_read, log_consumer_groups,
-            log_retention, log_bad_input);
+            long_poll_times_out_empty, relayed_sends_and_appends, log_append_and_read,
+            log_consumer_groups, log_retention, log_bad_input);
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(
@@ -778,6 +778,60 @@ fn log_bodies(entries: &[LogEntry]) -> Vec<(u64, String)> {
         .iter()
         .map(|e| (e.offset, String::from_utf8_lossy(&e.body).into_owned()))
         .collect()
+}
+
+/// A relayed send is a send in every way a receiver sees (order, dedupe, keys), and a
+/// relayed append an append; only when the backend answers may differ.
+pub async fn relayed_sends_and_appends(env: &ConformanceEnv) {
+    let q = "conf-relayed";
+    let relayed = |body: &str, dedupe: &str| Outgoing {
+        body: body.as_bytes().to_vec(),
+        opts: SendOptions::default().dedupe(dedupe).key("k").relayed(),
+    };
+    let out = env
+        .queue
+        .send_batch(q, vec![relayed("a", "d1"), relayed("b", "d2")])
+        .await
+        .expect("relayed send");
+    let again = env
+        .queue
+        .send_batch(q, vec![relayed("a again", "d1")])
+        .await
+        .expect("relayed repeat");
+    assert!(!out[0].duplicate && !out[1].duplicate && again[0].duplicate);
+    assert_eq!(again[0].id, out[0].id);
+    let got = env
+        .queue
+        .receive(q, env.recv(10, 30))
+        .await
+        .expect("receive");
+    // One key: one at a time, in order.
+    assert_eq!(bodies(&got), ["a"]);
+    env.queue.ack(q, &got[0].receipt).await.expect("ack");
+    let got = env
+        .queue
+        .receive(q, env.recv(10, 30))
+        .await
+        .expect("receive");
+    assert_eq!(bodies(&got), ["b"]);
+    let l = "conf-relayed-log";
+    let offs = env
+        .log
+        .append_relayed(l, vec![b"x".to_vec(), b"y".to_vec()])
+        .await
+        .expect("relayed append");
+    assert_eq!(offs, [0, 1]);
+    assert_eq!(
+        env.log
+            .append(l, vec![b"z".to_vec()])
+            .await
+            .expect("append"),
+        [2]
+    );
+    assert_eq!(
+        log_bodies(&env.log.read(l, 0, 10).await.expect("read")),
+        [(0, "x".into()), (1, "y".into()), (2, "z".into())]
+    );
 }
 
 pub async fn log_append_and_read(env: &ConformanceEnv) {

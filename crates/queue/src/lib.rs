@@ -158,6 +158,17 @@ pub trait Log: Send + Sync {
     /// Append entries atomically; returns the offset of each.
     async fn append(&self, log: &str, bodies: Vec<Vec<u8>>) -> Result<Vec<u64>, QueueError>;
 
+    /// Append entries its caller can append again if they are lost (a router archiving the
+    /// envelopes it acks on `main` only after): as [`SendOptions::relay`], a backend may
+    /// answer before they are on stable storage. By default, [`Log::append`].
+    async fn append_relayed(
+        &self,
+        log: &str,
+        bodies: Vec<Vec<u8>>,
+    ) -> Result<Vec<u64>, QueueError> {
+        self.append(log, bodies).await
+    }
+
     /// Read up to `max` entries with offset ≥ `from` (entries removed by retention are skipped).
     async fn read(&self, log: &str, from: u64, max: usize) -> Result<Vec<LogEntry>, QueueError>;
 

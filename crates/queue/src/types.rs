@@ -69,6 +69,16 @@ pub struct SendOptions {
     pub ttl: Option<Duration>,
     /// Messages sharing a key are handed out one at a time, in send order.
     pub key: Option<String>,
+    /// A relayed message: its sender can hand it on again if it is lost, because it still
+    /// holds it durably elsewhere (a router moving an envelope off `main`, acked only after)
+    /// or has told no one of it yet (an edge putting a client's write on `main`: the client's
+    /// `ok` comes only from the service's durable write). A backend may then answer before the
+    /// message is on stable storage: it survives a crash of any process all the same, and is
+    /// durable with the backend's next durable write; only a power failure before that can
+    /// lose it, and then its sender's copy (or the client's retry) brings it back. The
+    /// embedded backend commits a batch of only relayed sends without an fsync; the others
+    /// treat it as any send.
+    pub relay: bool,
 }
 
 impl SendOptions {
@@ -90,6 +100,11 @@ impl SendOptions {
     /// With an ordering key.
     pub fn key(mut self, key: impl Into<String>) -> Self {
         self.key = Some(key.into());
+        self
+    }
+    /// Relayed (see [`SendOptions::relay`]).
+    pub fn relayed(mut self) -> Self {
+        self.relay = true;
         self
     }
 }

@@ -89,11 +89,17 @@ impl Router {
             visibility: Duration::from_secs(30),
             max_run: 1,
         };
+        // The forwarded batch's receipts, acked together with the next receive (one round
+        // trip of the loop instead of two; on the embedded backend often one commit).
+        let mut forwarded: Vec<hubbub_queue::Receipt> = Vec::new();
         while !cancel.is_cancelled() {
-            let got = tokio::select! {
-                got = self.queue.receive(MAIN_QUEUE, opts) => got,
-                _ = cancel.cancelled() => break,
-            };
+            let (_, got) = tokio::join!(self.ack(&mut forwarded), async {
+                tokio::select! {
+                    got = self.queue.receive(MAIN_QUEUE, opts) => Some(got),
+                    _ = cancel.cancelled() => None,
+                }
+            });
+            let Some(got) = got else { break };
             let deliveries = match got {
                 Ok(d) => d,
                 Err(e) => {
@@ -111,11 +117,20 @@ impl Router {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
-            let receipts: Vec<_> = deliveries.iter().map(|d| d.receipt.clone()).collect();
-            if let Err(e) = self.queue.ack_batch(MAIN_QUEUE, &receipts).await {
-                tracing::warn!(error = %e, "router: ack failed; the batch will be forwarded again (deduped)");
-            }
+            forwarded = deliveries.into_iter().map(|d| d.receipt).collect();
         }
+        self.ack(&mut forwarded).await;
+    }
+
+    /// Ack (and forget) forwarded envelopes, if any.
+    async fn ack(&self, receipts: &mut Vec<hubbub_queue::Receipt>) {
+        if receipts.is_empty() {
+            return;
+        }
+        if let Err(e) = self.queue.ack_batch(MAIN_QUEUE, receipts).await {
+            tracing::warn!(error = %e, "router: ack failed; the batch will be forwarded again (deduped)");
+        }
+        receipts.clear();
     }
 
     async fn forward(
@@ -142,16 +157,20 @@ impl Router {
             for q in targets {
                 per_queue.entry(q).or_default().push(Outgoing {
                     body: d.body.clone(),
+                    // Relayed: `main` keeps the envelope until the ack below, so a copy
+                    // lost in a power failure is forwarded again (no fsync of its own on the
+                    // embedded backend; the service's durable write covers it).
                     opts: SendOptions::default()
                         .dedupe(format!("main:{}", d.id))
-                        .key(route.user.as_ref()),
+                        .key(route.user.as_ref())
+                        .relayed(),
                 });
             }
         }
         // The archive entries and every service queue's copies are written at once, not one
         // after the other: on the embedded backend they share one commit (one fsync), on
         // Redis the round trips overlap. The batch is acked only after all of them.
-        let archived = self.log.append(
+        let archived = self.log.append_relayed(
             ARCHIVE_LOG,
             deliveries.iter().map(|d| d.body.clone()).collect(),
         );

@@ -210,11 +210,17 @@ impl Worker {
             visibility: Duration::from_secs(30),
             max_run: MAX_RUN,
         };
+        // The handled batch's receipts, acked together with the next receive (one round trip
+        // of the loop instead of two; on the embedded backend often one commit).
+        let mut handled: Vec<hubbub_queue::Receipt> = Vec::new();
         while !cancel.is_cancelled() {
-            let got = tokio::select! {
-                got = self.queue.receive(self.name, opts) => got,
-                _ = cancel.cancelled() => break,
-            };
+            let (_, got) = tokio::join!(self.ack(&mut handled), async {
+                tokio::select! {
+                    got = self.queue.receive(self.name, opts) => Some(got),
+                    _ = cancel.cancelled() => None,
+                }
+            });
+            let Some(got) = got else { break };
             let deliveries = match got {
                 Ok(d) => d,
                 Err(e) => {
@@ -229,7 +235,7 @@ impl Worker {
             // A batch that takes longer than its visibility (a channel made with 100,000
             // members takes tens of seconds) keeps its leases: another loop would otherwise
             // receive the same envelopes and handle them a second time, concurrently.
-            let handled = keep_leased(
+            let done = keep_leased(
                 self.queue.as_ref(),
                 self.name,
                 &deliveries,
@@ -241,11 +247,20 @@ impl Worker {
                 ),
             )
             .await;
-            let receipts: Vec<_> = handled.into_iter().flatten().collect();
-            if let Err(e) = self.queue.ack_batch(self.name, &receipts).await {
-                tracing::warn!(error = %e, queue = self.name, "ack failed; the envelopes will be handled again");
-            }
+            handled = done.into_iter().flatten().collect();
         }
+        self.ack(&mut handled).await;
+    }
+
+    /// Ack (and forget) handled envelopes, if any.
+    async fn ack(&self, receipts: &mut Vec<hubbub_queue::Receipt>) {
+        if receipts.is_empty() {
+            return;
+        }
+        if let Err(e) = self.queue.ack_batch(self.name, receipts).await {
+            tracing::warn!(error = %e, queue = self.name, "ack failed; the envelopes will be handled again");
+        }
+        receipts.clear();
     }
 
     /// Handle a run of deliveries; returns the receipts of those done with (to ack): all of

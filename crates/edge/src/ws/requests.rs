@@ -581,9 +581,12 @@ impl Conn {
         let (ids, messages): (Vec<_>, Vec<_>) = accepted
             .into_iter()
             .map(|(id, body)| {
+                // Relayed: the client hears nothing of it before the service's durable
+                // write (its `ok`), so one lost in a power failure is re-sent by the client,
+                // and the embedded backend answers without an fsync of its own.
                 let out = Outgoing {
                     body,
-                    opts: SendOptions::default(),
+                    opts: SendOptions::default().relayed(),
                 };
                 (id, out)
             })

@@ -44,8 +44,13 @@
 //! retention) is not fsynced: lost, a message is received again (at-least-once, as after a
 //! lapsed lease), never lost, and a receive count may be one lower. Since the WAL is written
 //! in order, the next fsynced commit (or a checkpoint) makes it durable with everything
-//! before it. This takes the fsyncs of a message's path through the router and a service
-//! from seven to three.
+//! before it. The same holds for relayed sends and appends ([`SendOptions::relay`],
+//! [`Log::append_relayed`]): their sender holds the message durably elsewhere (the router
+//! acks `main` only after its relayed forward), or has answered no one yet (an edge putting
+//! a client's write on `main`: the `ok` waits for the service's fsynced store write, which
+//! makes everything before it durable too); lost in a power failure, the message is sent
+//! again from that copy, or by the client, which had no `ok`. This takes the fsyncs of a
+//! chat message's path from seven to one: the service's store write.
 //!
 //! # Bad files
 //! Opening a file that is not SQLite, or a SQLite file of another application, or one written
@@ -64,7 +69,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, mpsc};
 use std::time::Duration;
-use writer::{Ctx, Job, Reply, Shared};
+use writer::{Ctx, Job, Msg, Parked, Reply, Shared};
 
 /// The `application_id` of hubbub database files ("Hubb").
 pub const APPLICATION_ID: i32 = 0x4875_6262;
@@ -102,7 +107,7 @@ impl Default for EmbeddedConfig {
 /// The embedded [`Queue`] and [`Log`] backend. Cheap to clone; all clones share one writer.
 #[derive(Clone, Debug)]
 pub struct EmbeddedQueue {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Msg>,
     shared: Arc<Shared>,
     max_body_bytes: usize,
 }
@@ -124,10 +129,10 @@ impl EmbeddedQueue {
         let shared = Arc::new(Shared {
             path,
             clock,
-            notifiers: Default::default(),
             queue_configs: RwLock::new(HashMap::new()),
             default_queue: config.default_queue,
             dedupe_window: config.dedupe_window,
+            fsynced: Default::default(),
         });
         let (tx, rx) = mpsc::channel();
         // Dropped when the writer has closed its connection: tells the checkpointer to stop.
@@ -156,6 +161,14 @@ impl EmbeddedQueue {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// Commits fsynced since the queue was opened (those someone waited on for durability;
+    /// see "Durability and recovery").
+    pub fn fsynced_commits(&self) -> u64 {
+        self.shared
+            .fsynced
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Make every in-flight message receivable now; returns how many were in flight.
@@ -216,7 +229,7 @@ impl EmbeddedQueue {
             })
         });
         self.jobs
-            .send(Job { work, durable })
+            .send(Msg::Job(Job { work, durable }))
             .map_err(|_| QueueError::Closed)?;
         rx.await.map_err(|_| QueueError::Closed)?
     }
@@ -469,8 +482,10 @@ impl Queue for EmbeddedQueue {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
+        // A batch of only relayed messages needs no fsync: see "Durability and recovery".
+        let durable = messages.iter().any(|m| !m.opts.relay);
         let queue = queue.to_owned();
-        self.run(move |ctx| ops::send_batch(ctx, &queue, messages))
+        self.run_as(durable, move |ctx| ops::send_batch(ctx, &queue, messages))
             .await
     }
 
@@ -481,31 +496,34 @@ impl Queue for EmbeddedQueue {
     ) -> Result<Vec<Delivery>, QueueError> {
         validate_name(queue)?;
         check_max(opts.max)?;
-        let deadline = tokio::time::Instant::now() + opts.wait;
-        let notify = self.shared.notifiers.get(queue);
+        let deadline = std::time::Instant::now() + opts.wait;
+        // The first look is at once; later ones at most MAX_POLL_SLEEP apart (or when the
+        // next delayed message is due), and whenever a commit makes messages visible.
+        let mut until = std::time::Instant::now();
         loop {
-            // Register for wake-ups before looking, so a send between the look and the wait
-            // is not missed.
-            let notified = notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let q = queue.to_owned();
-            let (found, next_visible) = self
-                .run_lazy(move |ctx| ops::receive(ctx, &q, opts.max, opts.max_run, opts.visibility))
-                .await?;
-            let now = tokio::time::Instant::now();
+            // The receive waits in the writer (see `writer`): a send's commit answers it.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.jobs
+                .send(Msg::Park(Parked {
+                    queue: queue.to_owned(),
+                    max: opts.max,
+                    max_run: opts.max_run,
+                    visibility: opts.visibility,
+                    until,
+                    reply: tx,
+                }))
+                .map_err(|_| QueueError::Closed)?;
+            let (found, next_visible) = rx.await.map_err(|_| QueueError::Closed)??;
+            let now = std::time::Instant::now();
             if !found.is_empty() || now >= deadline {
                 return Ok(found);
             }
             let mut sleep = (deadline - now).min(MAX_POLL_SLEEP);
             if let Some(at) = next_visible {
-                let until = (at - self.shared.clock.now_ms()).max(1) as u64;
-                sleep = sleep.min(Duration::from_millis(until));
+                let due_in = (at - self.shared.clock.now_ms()).max(1) as u64;
+                sleep = sleep.min(Duration::from_millis(due_in));
             }
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep(sleep) => {}
-            }
+            until = now + sleep;
         }
     }
 
@@ -575,6 +593,20 @@ impl Log for EmbeddedQueue {
         }
         let log = log.to_owned();
         self.run(move |ctx| ops::log_append(ctx, &log, bodies))
+            .await
+    }
+
+    async fn append_relayed(
+        &self,
+        log: &str,
+        bodies: Vec<Vec<u8>>,
+    ) -> Result<Vec<u64>, QueueError> {
+        validate_name(log)?;
+        for b in &bodies {
+            check_body(b.len(), self.max_body_bytes)?;
+        }
+        let log = log.to_owned();
+        self.run_lazy(move |ctx| ops::log_append(ctx, &log, bodies))
             .await
     }
 
@@ -711,5 +743,116 @@ mod tests {
         let q = EmbeddedQueue::open(dir.path().join("q.db"), EmbeddedConfig::default())
             .expect("reopen");
         assert_eq!(q.stats("jobs").await.expect("stats").visible, 0);
+    }
+
+    fn long_poll(max: usize) -> ReceiveOptions {
+        ReceiveOptions {
+            max,
+            wait: Duration::from_secs(20),
+            visibility: Duration::from_secs(30),
+            max_run: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn parked_receives_are_handed_a_send_in_the_order_they_came() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let q =
+            EmbeddedQueue::open(dir.path().join("q.db"), EmbeddedConfig::default()).expect("open");
+        let mut waiters = Vec::new();
+        for _ in 0..3 {
+            let q = q.clone();
+            waiters.push(tokio::spawn(async move {
+                q.receive("work", long_poll(1)).await
+            }));
+        }
+        // Let every receive reach the writer and find the queue empty.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let batch = (0..3)
+            .map(|i| Outgoing {
+                body: format!("m{i}").into_bytes(),
+                opts: SendOptions::default(),
+            })
+            .collect();
+        q.send_batch("work", batch).await.expect("send");
+        let mut got = Vec::new();
+        for w in waiters {
+            let d = w.await.expect("join").expect("receive");
+            got.extend(
+                d.into_iter()
+                    .map(|d| String::from_utf8_lossy(&d.body).into_owned()),
+            );
+        }
+        // Every message to exactly one receiver, in one commit.
+        got.sort();
+        assert_eq!(got, ["m0", "m1", "m2"]);
+        assert_eq!(q.stats("work").await.expect("stats").in_flight, 3);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_receive_leases_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let q =
+            EmbeddedQueue::open(dir.path().join("q.db"), EmbeddedConfig::default()).expect("open");
+        let parked = {
+            let q = q.clone();
+            tokio::spawn(async move { q.receive("work", long_poll(10)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        parked.abort();
+        let _ = parked.await;
+        q.send("work", b"x".to_vec(), SendOptions::default())
+            .await
+            .expect("send");
+        let st = q.stats("work").await.expect("stats");
+        assert_eq!((st.visible, st.in_flight), (1, 0));
+        let got = q
+            .receive(
+                "work",
+                ReceiveOptions {
+                    wait: Duration::ZERO,
+                    ..long_poll(10)
+                },
+            )
+            .await
+            .expect("receive");
+        assert_eq!(got.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn relayed_sends_and_appends_are_committed_without_an_fsync() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.db");
+        let q = EmbeddedQueue::open(&path, EmbeddedConfig::default()).expect("open");
+        let relayed = || Outgoing {
+            body: b"r".to_vec(),
+            opts: SendOptions::default().relayed(),
+        };
+        let before = q.fsynced_commits();
+        q.send_batch("jobs", vec![relayed(), relayed()])
+            .await
+            .expect("relayed send");
+        q.append_relayed("archive", vec![b"a".to_vec()])
+            .await
+            .expect("relayed append");
+        assert_eq!(q.fsynced_commits(), before, "nothing waited on an fsync");
+        // One plain message in the batch: the batch is fsynced.
+        let plain = Outgoing {
+            body: b"p".to_vec(),
+            opts: SendOptions::default(),
+        };
+        q.send_batch("jobs", vec![relayed(), plain])
+            .await
+            .expect("mixed send");
+        assert_eq!(q.fsynced_commits(), before + 1);
+        q.append("archive", vec![b"b".to_vec()])
+            .await
+            .expect("append");
+        assert_eq!(q.fsynced_commits(), before + 2);
+        // Committed all the same: a crash of the process (the file reopened) keeps them.
+        drop(q);
+        let q = EmbeddedQueue::open(&path, EmbeddedConfig::default()).expect("reopen");
+        assert_eq!(q.stats("jobs").await.expect("stats").visible, 4);
+        assert_eq!(q.read("archive", 0, 10).await.expect("read").len(), 2);
     }
 }

@@ -8,17 +8,25 @@
 //! arrived while the previous commit was running. A commit of only non-durable jobs (leases,
 //! acks) is not fsynced (`synchronous=NORMAL` for that commit): the next fsynced commit, or a
 //! checkpoint, makes it durable with everything before it, since the WAL is written in order.
+//!
+//! Receives wait here too ([`Parked`]): a receive looks at once, in the next transaction, and
+//! if it finds nothing it stays with the writer, which looks for it again in every transaction
+//! that made messages of its queue visible (a send, a nack, a promoted key), in the order the
+//! receivers came, and answers it with that commit. A long poll thus costs no round trip of its
+//! own after a send: the send's commit hands its messages over. A parked receive is answered
+//! empty at its time (the receiver's wait, or a moment to look again for leases that lapsed);
+//! one whose receiver went away is dropped, and what was leased to a receiver that went away
+//! meanwhile is given back in the next transaction.
 
 use super::exec_cached;
-use super::ops::map_sql;
-use crate::{Clock, QueueConfig, QueueError};
+use super::ops::{self, map_sql};
+use crate::{Clock, Delivery, QueueConfig, QueueError, Receipt};
 use rusqlite::Connection;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 
 /// The most jobs one transaction takes; bounds the latency one commit adds.
 pub(crate) const MAX_JOBS_PER_COMMIT: usize = 1024;
@@ -34,6 +42,28 @@ pub(crate) struct Job {
 }
 /// Called after the commit with its outcome.
 pub(crate) type Reply = Box<dyn FnOnce(Result<(), &CommitError>) + Send>;
+
+/// What the writer is handed.
+pub(crate) enum Msg {
+    /// Work for the next transaction.
+    Job(Job),
+    /// A receive: answered with the first transaction that finds messages, or at its time.
+    Park(Parked),
+}
+
+/// What a receive finds: the deliveries, and when the next message becomes visible by time.
+pub(crate) type Found = Result<(Vec<Delivery>, Option<i64>), QueueError>;
+
+/// A receive waiting in the writer (see the module doc).
+pub(crate) struct Parked {
+    pub(crate) queue: String,
+    pub(crate) max: usize,
+    pub(crate) max_run: usize,
+    pub(crate) visibility: Duration,
+    /// Answered by then even if nothing came.
+    pub(crate) until: Instant,
+    pub(crate) reply: tokio::sync::oneshot::Sender<Found>,
+}
 
 /// Why a commit (or the transaction's start) failed; every job of it gets this error.
 #[derive(Debug, Clone)]
@@ -63,41 +93,24 @@ impl CommitError {
     }
 }
 
-/// Long-poll wake-ups: one [`Notify`] per queue that someone waits on.
-#[derive(Debug, Default)]
-pub(crate) struct Notifiers(Mutex<HashMap<String, Arc<Notify>>>);
-
-impl Notifiers {
-    pub(crate) fn get(&self, queue: &str) -> Arc<Notify> {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(queue.to_owned()).or_default().clone()
-    }
-    fn wake(&self, queues: &[String]) {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        for q in queues {
-            if let Some(n) = map.get(q) {
-                n.notify_waiters();
-            }
-        }
-    }
-}
-
 /// What the writer shares with the async handles.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) path: PathBuf,
     pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) notifiers: Notifiers,
     pub(crate) queue_configs: RwLock<HashMap<String, QueueConfig>>,
     pub(crate) default_queue: QueueConfig,
     pub(crate) dedupe_window: Duration,
+    /// Commits fsynced so far.
+    pub(crate) fsynced: std::sync::atomic::AtomicU64,
 }
 
 /// What a job sees: the connection inside the open transaction, and the time.
 pub(crate) struct Ctx<'c> {
     pub(crate) conn: &'c Connection,
     pub(crate) shared: &'c Shared,
-    /// Queues that got new visible messages in this transaction (woken after the commit).
+    /// Queues that got new visible messages in this transaction (their parked receives look
+    /// again before the commit).
     pub(crate) touched: Vec<String>,
     /// Set when the transaction could not start: every job fails with it.
     broken: Option<CommitError>,
@@ -193,18 +206,54 @@ fn set_sync(conn: &Connection, synced: &mut bool, durable: bool) -> rusqlite::Re
 }
 
 /// The writer thread's loop; returns when every handle is dropped.
-pub(crate) fn run(conn: Connection, jobs: Receiver<Job>, shared: Arc<Shared>) {
+pub(crate) fn run(conn: Connection, jobs: Receiver<Msg>, shared: Arc<Shared>) {
     let mut last_sweep = Instant::now();
     // The connection opens with `synchronous=FULL`.
     let mut synced = true;
-    while let Ok(first) = jobs.recv() {
-        let mut batch = Vec::with_capacity(16);
-        batch.push(first);
-        while batch.len() < MAX_JOBS_PER_COMMIT {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
+    // Receives waiting for messages, in the order they came.
+    let mut parked: Vec<Parked> = Vec::new();
+    // Leases whose receiver went away before it was answered: given back next time.
+    let mut unclaimed: Vec<(String, Vec<Receipt>)> = Vec::new();
+    loop {
+        // Wait for work, or for the first parked receive's time.
+        let first = if !unclaimed.is_empty() {
+            jobs.try_recv().ok()
+        } else if let Some(at) = parked.iter().map(|p| p.until).min() {
+            match jobs.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match jobs.recv() {
+                Ok(m) => Some(m),
                 Err(_) => break,
             }
+        };
+        let mut batch = Vec::with_capacity(16);
+        let mut arrived = Vec::new();
+        let mut next = first;
+        while let Some(m) = next {
+            match m {
+                Msg::Job(j) => batch.push(j),
+                Msg::Park(p) => arrived.push(p),
+            }
+            next = if batch.len() + arrived.len() < MAX_JOBS_PER_COMMIT {
+                jobs.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        // Nobody waits for these any more (the receive was cancelled).
+        parked.retain(|p| !p.reply.is_closed());
+        arrived.retain(|p| !p.reply.is_closed());
+        let now = Instant::now();
+        if batch.is_empty()
+            && arrived.is_empty()
+            && unclaimed.is_empty()
+            && !parked.iter().any(|p| p.until <= now)
+        {
+            continue;
         }
         // One fsync for the commit if any caller needs it, none otherwise; switched only
         // between transactions, where SQLite allows it.
@@ -227,7 +276,33 @@ pub(crate) fn run(conn: Connection, jobs: Receiver<Job>, shared: Arc<Shared>) {
                 tracing::warn!(error = %e, "dedupe sweep failed");
             }
         }
+        for (queue, receipts) in std::mem::take(&mut unclaimed) {
+            for r in &receipts {
+                // A lease lost in a failed release only lapses later, as any lease does.
+                let _ =
+                    ctx.atomically(|ctx| ops::set_visibility(ctx, &queue, r, Duration::ZERO, true));
+            }
+        }
         let replies: Vec<Reply> = batch.into_iter().map(|job| (job.work)(&mut ctx)).collect();
+        // Receives: those that just came, those whose queue got messages, those whose time
+        // is up; the rest wait on.
+        let mut answers: Vec<(Parked, Found)> = Vec::new();
+        let mut waiting = Vec::with_capacity(parked.len());
+        let arrived_from = parked.len();
+        for (i, p) in parked.drain(..).chain(arrived).enumerate() {
+            let due = p.until <= now;
+            if i < arrived_from && !due && !ctx.touched.contains(&p.queue) {
+                waiting.push(p);
+                continue;
+            }
+            let found =
+                ctx.atomically(|ctx| ops::receive(ctx, &p.queue, p.max, p.max_run, p.visibility));
+            match found {
+                Ok((d, _)) if d.is_empty() && !due => waiting.push(p),
+                found => answers.push((p, found)),
+            }
+        }
+        parked = waiting;
         let outcome = match ctx.broken.take() {
             Some(e) => {
                 if !conn.is_autocommit() {
@@ -243,13 +318,28 @@ pub(crate) fn run(conn: Connection, jobs: Receiver<Job>, shared: Arc<Shared>) {
                 }
             },
         };
-        if outcome.is_ok() {
-            shared.notifiers.wake(&ctx.touched);
-        } else if let Err(e) = &outcome {
-            tracing::error!(error = ?e, "queue commit failed");
+        match &outcome {
+            Ok(()) if durable => {
+                shared
+                    .fsynced
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(()) => {}
+            Err(e) => tracing::error!(error = ?e, "queue commit failed"),
         }
         for reply in replies {
             reply(outcome.as_ref().map(|_| ()));
+        }
+        for (p, found) in answers {
+            let found = match &outcome {
+                Ok(()) => found,
+                Err(e) => Err(e.to_queue_error()),
+            };
+            if let Err(Ok((leased, _))) = p.reply.send(found)
+                && !leased.is_empty()
+            {
+                unclaimed.push((p.queue, leased.into_iter().map(|d| d.receipt).collect()));
+            }
         }
     }
 }
