@@ -584,20 +584,11 @@ impl Queue for EmbeddedQueue {
     }
 }
 
-#[async_trait]
-impl Log for EmbeddedQueue {
-    async fn append(&self, log: &str, bodies: Vec<Vec<u8>>) -> Result<Vec<u64>, QueueError> {
-        validate_name(log)?;
-        for b in &bodies {
-            check_body(b.len(), self.max_body_bytes)?;
-        }
-        let log = log.to_owned();
-        self.run(move |ctx| ops::log_append(ctx, &log, bodies))
-            .await
-    }
-
-    async fn append_relayed(
+impl EmbeddedQueue {
+    /// Append, fsynced before the answer or not (relayed; see "Durability and recovery").
+    async fn append_as(
         &self,
+        durable: bool,
         log: &str,
         bodies: Vec<Vec<u8>>,
     ) -> Result<Vec<u64>, QueueError> {
@@ -606,8 +597,23 @@ impl Log for EmbeddedQueue {
             check_body(b.len(), self.max_body_bytes)?;
         }
         let log = log.to_owned();
-        self.run_lazy(move |ctx| ops::log_append(ctx, &log, bodies))
+        self.run_as(durable, move |ctx| ops::log_append(ctx, &log, bodies))
             .await
+    }
+}
+
+#[async_trait]
+impl Log for EmbeddedQueue {
+    async fn append(&self, log: &str, bodies: Vec<Vec<u8>>) -> Result<Vec<u64>, QueueError> {
+        self.append_as(true, log, bodies).await
+    }
+
+    async fn append_relayed(
+        &self,
+        log: &str,
+        bodies: Vec<Vec<u8>>,
+    ) -> Result<Vec<u64>, QueueError> {
+        self.append_as(false, log, bodies).await
     }
 
     async fn read(&self, log: &str, from: u64, max: usize) -> Result<Vec<LogEntry>, QueueError> {
