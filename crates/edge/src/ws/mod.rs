@@ -65,13 +65,14 @@ const MAX_SLEEP: Duration = Duration::from_secs(3600);
 const MAX_FRAMES_PER_WRITE: usize = 256;
 /// Events arriving within this long of the session's last write wait out the rest of it and
 /// go in one write with whatever else arrives meanwhile. A session flooded with events (a
-/// group at 2,000 messages a second) makes at most 200 writes a second instead of one per
+/// group at 2,000 messages a second) makes at most 500 writes a second instead of one per
 /// event, and each write is a system call and a wake-up of the reader; a quiet one writes at
 /// once. A reply never starts a wait (one that arrives during one waits at most its end).
 /// Short, because the wait is added to delivery latency (20 ms gave a 100-member group at
-/// 2,000 sends/s a p50 of ~18 ms, 5 ms ~10 ms); a busy channel's frames are batched before
-/// they reach the session instead (the `batch` module).
-const COALESCE: Duration = Duration::from_millis(5);
+/// 2,000 sends/s a p50 of ~18 ms, 5 ms ~10 ms; 2 ms took ~1.5 ms more off the p50 at no CPU
+/// measurable at 1,000 × 100, see docs/benchmarks.md); a busy channel's frames are batched
+/// before they reach the session instead (the `batch` module).
+const COALESCE: Duration = Duration::from_millis(2);
 /// Most writes a session holds while a commit of its earlier writes to `main` is under way;
 /// they then go in one commit. A client that pipelines is not held to one request per
 /// commit, and past this the session stops reading its socket until the commit ends.
