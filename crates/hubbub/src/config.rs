@@ -231,7 +231,8 @@ pub struct QueueSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSettings {
-    /// Router loops.
+    /// Router loops. Keep 1: with more, two consecutive requests of one user can be
+    /// forwarded at once and reach their service in the other order (`main` is not keyed).
     pub routers: usize,
     /// Chat service loops.
     pub chat_workers: usize,
