@@ -497,11 +497,11 @@ impl Queue for EmbeddedQueue {
         validate_name(queue)?;
         check_max(opts.max)?;
         let deadline = std::time::Instant::now() + opts.wait;
-        // The first look is at once; later ones at most MAX_POLL_SLEEP apart (or when the
-        // next delayed message is due), and whenever a commit makes messages visible.
-        let mut until = std::time::Instant::now();
         loop {
-            // The receive waits in the writer (see `writer`): a send's commit answers it.
+            // The receive waits in the writer (see `writer`): a commit that makes messages of
+            // the queue visible answers it, and it looks again at least every MAX_POLL_SLEEP
+            // (for lapsed leases) or when a delayed message is due.
+            let now = std::time::Instant::now();
             let (tx, rx) = tokio::sync::oneshot::channel();
             self.jobs
                 .send(Msg::Park(Parked {
@@ -509,21 +509,14 @@ impl Queue for EmbeddedQueue {
                     max: opts.max,
                     max_run: opts.max_run,
                     visibility: opts.visibility,
-                    until,
+                    until: now + deadline.saturating_duration_since(now).min(MAX_POLL_SLEEP),
                     reply: tx,
                 }))
                 .map_err(|_| QueueError::Closed)?;
-            let (found, next_visible) = rx.await.map_err(|_| QueueError::Closed)??;
-            let now = std::time::Instant::now();
-            if !found.is_empty() || now >= deadline {
+            let found = rx.await.map_err(|_| QueueError::Closed)??;
+            if !found.is_empty() || std::time::Instant::now() >= deadline {
                 return Ok(found);
             }
-            let mut sleep = (deadline - now).min(MAX_POLL_SLEEP);
-            if let Some(at) = next_visible {
-                let due_in = (at - self.shared.clock.now_ms()).max(1) as u64;
-                sleep = sleep.min(Duration::from_millis(due_in));
-            }
-            until = now + sleep;
         }
     }
 

@@ -51,8 +51,8 @@ pub(crate) enum Msg {
     Park(Parked),
 }
 
-/// What a receive finds: the deliveries, and when the next message becomes visible by time.
-pub(crate) type Found = Result<(Vec<Delivery>, Option<i64>), QueueError>;
+/// What a receive finds.
+pub(crate) type Found = Result<Vec<Delivery>, QueueError>;
 
 /// A receive waiting in the writer (see the module doc).
 pub(crate) struct Parked {
@@ -60,7 +60,8 @@ pub(crate) struct Parked {
     pub(crate) max: usize,
     pub(crate) max_run: usize,
     pub(crate) visibility: Duration,
-    /// Answered by then even if nothing came.
+    /// Answered by then even if nothing came; brought forward to when a delayed message of
+    /// its queue is due.
     pub(crate) until: Instant,
     pub(crate) reply: tokio::sync::oneshot::Sender<Found>,
 }
@@ -289,7 +290,7 @@ pub(crate) fn run(conn: Connection, jobs: Receiver<Msg>, shared: Arc<Shared>) {
         let mut answers: Vec<(Parked, Found)> = Vec::new();
         let mut waiting = Vec::with_capacity(parked.len());
         let arrived_from = parked.len();
-        for (i, p) in parked.drain(..).chain(arrived).enumerate() {
+        for (i, mut p) in parked.drain(..).chain(arrived).enumerate() {
             let due = p.until <= now;
             if i < arrived_from && !due && !ctx.touched.contains(&p.queue) {
                 waiting.push(p);
@@ -298,8 +299,14 @@ pub(crate) fn run(conn: Connection, jobs: Receiver<Msg>, shared: Arc<Shared>) {
             let found =
                 ctx.atomically(|ctx| ops::receive(ctx, &p.queue, p.max, p.max_run, p.visibility));
             match found {
-                Ok((d, _)) if d.is_empty() && !due => waiting.push(p),
-                found => answers.push((p, found)),
+                Ok((d, next_visible)) if d.is_empty() && !due => {
+                    if let Some(at) = next_visible {
+                        let due_in = Duration::from_millis((at - ctx.now()).max(1) as u64);
+                        p.until = p.until.min(Instant::now() + due_in);
+                    }
+                    waiting.push(p);
+                }
+                found => answers.push((p, found.map(|(d, _)| d))),
             }
         }
         parked = waiting;
@@ -335,7 +342,7 @@ pub(crate) fn run(conn: Connection, jobs: Receiver<Msg>, shared: Arc<Shared>) {
                 Ok(()) => found,
                 Err(e) => Err(e.to_queue_error()),
             };
-            if let Err(Ok((leased, _))) = p.reply.send(found)
+            if let Err(Ok(leased)) = p.reply.send(found)
                 && !leased.is_empty()
             {
                 unclaimed.push((p.queue, leased.into_iter().map(|d| d.receipt).collect()));
