@@ -177,6 +177,23 @@ impl PgStore {
         Ok(value)
     }
 
+    /// [`Self::write`] without waiting for the WAL to reach the disk
+    /// (`synchronous_commit = off` for this transaction): for writes a crash of the database
+    /// may lose at no cost to a promise made to a client (a session's acks).
+    pub(crate) async fn write_lazy<T>(
+        &self,
+        rule: impl for<'c> FnOnce(&'c Tx<'c>) -> Fut<'c, T> + Send,
+    ) -> Result<T, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .await
+            .map_err(pg)?;
+        let value = rule(&Tx::Tx(&tx)).await?;
+        tx.commit().await.map_err(commit_err)?;
+        Ok(value)
+    }
+
     /// Run `rule` on a pooled connection, each statement on its own.
     pub(crate) async fn read<T>(
         &self,

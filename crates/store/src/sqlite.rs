@@ -185,6 +185,21 @@ impl SqliteStore {
         self.transact(move |conn| finish(rule(&Tx { conn }))).await
     }
 
+    /// [`Self::write`], answered once committed without waiting for an fsync: for writes a
+    /// power failure may lose at no cost to a promise made to a client (a session's acks).
+    pub(crate) async fn write_lazy<T: Send + 'static>(
+        &self,
+        rule: impl for<'c> FnOnce(&'c Tx<'c>) -> Fut<'c, T> + Send + 'static,
+    ) -> Result<T> {
+        self.queue
+            .transact_lazy(move |conn, _| finish(rule(&Tx { conn })))
+            .await
+            .map_err(|e| match e {
+                TransactError::Caller(e) => e,
+                TransactError::Queue(e) => e.into(),
+            })
+    }
+
     /// Run `rule` on a read connection; each statement sees the latest commit.
     pub(crate) async fn read<T: Send + 'static>(
         &self,

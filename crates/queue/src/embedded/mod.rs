@@ -287,13 +287,41 @@ impl EmbeddedQueue {
         T: Send + 'static,
         E: Send + 'static,
     {
+        self.transact_as(true, f).await
+    }
+
+    /// [`Self::transact`], answered once committed, fsynced or not: for writes whose loss in
+    /// a power failure costs nothing a client was promised (a session's acks, whose loss at
+    /// worst sends a push notification for an event already seen). A crash of the process
+    /// loses nothing either way, and a later fsynced commit makes it durable with the rest
+    /// of the WAL (see "Durability and recovery").
+    pub async fn transact_lazy<T, E>(
+        &self,
+        f: impl FnOnce(&Connection, &mut Outbox<'_, '_>) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, TransactError<E>>
+    where
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        self.transact_as(false, f).await
+    }
+
+    async fn transact_as<T, E>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&Connection, &mut Outbox<'_, '_>) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, TransactError<E>>
+    where
+        T: Send + 'static,
+        E: Send + 'static,
+    {
         let max_body_bytes = self.max_body_bytes;
         // The caller's error must roll its savepoint back, so the job fails with a queue error
         // and the caller's own error travels back beside it, in this slot.
         let slot: Arc<std::sync::Mutex<Option<E>>> = Arc::new(std::sync::Mutex::new(None));
         let job_slot = slot.clone();
         let result = self
-            .run(move |ctx| {
+            .run_as(durable, move |ctx| {
                 let conn = ctx.conn;
                 let mut outbox = Outbox {
                     ctx,
@@ -853,5 +881,45 @@ mod tests {
         let q = EmbeddedQueue::open(&path, EmbeddedConfig::default()).expect("reopen");
         assert_eq!(q.stats("jobs").await.expect("stats").visible, 4);
         assert_eq!(q.read("archive", 0, 10).await.expect("read").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_lazy_transaction_is_committed_without_an_fsync() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.db");
+        let q = EmbeddedQueue::open(&path, EmbeddedConfig::default()).expect("open");
+        let write = |sql: &'static str| {
+            move |conn: &Connection, _: &mut Outbox<'_, '_>| conn.execute_batch(sql)
+        };
+        q.transact(write("CREATE TABLE t (v INTEGER)"))
+            .await
+            .expect("create");
+        let before = q.fsynced_commits();
+        q.transact_lazy(write("INSERT INTO t VALUES (1)"))
+            .await
+            .expect("lazy insert");
+        assert_eq!(q.fsynced_commits(), before, "nothing waited on an fsync");
+        q.transact(write("INSERT INTO t VALUES (2)"))
+            .await
+            .expect("insert");
+        assert_eq!(q.fsynced_commits(), before + 1);
+        // A caller's error keeps nothing, lazy or not.
+        let failed = q
+            .transact_lazy(|conn: &Connection, _: &mut Outbox<'_, '_>| {
+                conn.execute_batch("INSERT INTO t VALUES (3)")?;
+                Err::<(), _>(rusqlite::Error::InvalidQuery)
+            })
+            .await;
+        assert!(matches!(failed, Err(TransactError::Caller(_))));
+        drop(q);
+        let conn = Connection::open(&path).expect("reopen");
+        let rows: Vec<i64> = conn
+            .prepare("SELECT v FROM t ORDER BY v")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(rows, vec![1, 2]);
     }
 }

@@ -40,7 +40,10 @@ pub trait InboxStore: Send + Sync {
     /// The highest seq any device of the user acknowledged.
     async fn acked_seq(&self, user: &str) -> Result<u64>;
 
-    /// Record that a device of the user processed everything up to `seq`.
+    /// Record that a device of the user processed everything up to `seq`. Committed, but not
+    /// necessarily on disk when this returns (no fsync, no synchronous commit): a power
+    /// failure may lose the latest acks, and losing one at worst sends a push notification
+    /// for an event the user saw. No client waits on an ack (the frame has no reply).
     async fn ack(&self, user: &str, seq: u64) -> Result<()>;
 
     /// [`InboxStore::ack`] for several users in one transaction (an edge writes its
@@ -308,12 +311,12 @@ macro_rules! impl_inbox_store {
 
             async fn ack(&self, user: &str, seq: u64) -> Result<(), $crate::StoreError> {
                 let user = user.to_owned();
-                $crate::run!(self.write, |tx| $crate::inbox::ack(tx, &user, seq))
+                $crate::run!(self.write_lazy, |tx| $crate::inbox::ack(tx, &user, seq))
             }
 
             async fn acks(&self, acks: &[(String, u64)]) -> Result<(), $crate::StoreError> {
                 let acks = acks.to_vec();
-                $crate::run!(self.write, |tx| $crate::inbox::acks(tx, &acks))
+                $crate::run!(self.write_lazy, |tx| $crate::inbox::acks(tx, &acks))
             }
 
             async fn prune_events(&self, before_ms: i64) -> Result<u64, $crate::StoreError> {
