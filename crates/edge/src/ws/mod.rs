@@ -197,6 +197,10 @@ struct Conn {
     queued: Arc<AtomicUsize>,
     /// When the session's token expires (ms since the epoch); `auth` moves it.
     expires_ms: i64,
+    /// When the token lapses past its grace on tokio's clock ([`Conn::set_expiry`]): kept,
+    /// not recomputed on each turn of the loop, so the session's timer is not moved (a lock
+    /// on the timer wheel) each time it wakes.
+    lapse_at: Instant,
     /// Users this session watches the presence of.
     presence: HashSet<String>,
     /// Events waiting for the coalescing window to end ([`COALESCE`]), and when it ends.
@@ -274,6 +278,7 @@ async fn run(inner: Arc<Inner>, user: UserRef, expires_ms: i64, socket: WebSocke
         close: close_signal,
         queued,
         expires_ms,
+        lapse_at: Instant::now(),
         presence: HashSet::new(),
         coalesced: Vec::new(),
         flush_at: None,
@@ -283,6 +288,7 @@ async fn run(inner: Arc<Inner>, user: UserRef, expires_ms: i64, socket: WebSocke
         late: LateMark::default(),
         channel_ops: Vec::new(),
     };
+    conn.set_expiry(expires_ms);
     let flow = conn.start(rx).await;
     Box::pin(conn.commit_the_rest()).await;
     match flow {
@@ -506,19 +512,23 @@ impl Conn {
         self.queued.fetch_sub(bytes, Ordering::Relaxed);
     }
 
-    /// When the session next has something to do on its own: answer an overdue request, or
-    /// close for a token that lapsed past its grace. At most an hour ahead (the wall clock
-    /// may be moved; it is read again then).
-    fn next_due(&self) -> Instant {
+    /// Move the token's expiry, and when the session closes for it: one millisecond past its
+    /// lapse (so the check in `on_tick` sees it passed), at most an hour ahead (the wall clock
+    /// may be moved; `on_tick` reads it again then).
+    pub(super) fn set_expiry(&mut self, expires_ms: i64) {
+        self.expires_ms = expires_ms;
         let grace_ms = i64::try_from(self.inner.config.auth.expiry_grace_s.saturating_mul(1000))
             .unwrap_or(i64::MAX);
-        let lapse_in = self
-            .expires_ms
+        let lapse_in = expires_ms
             .saturating_add(grace_ms)
             .saturating_sub(now_ms())
             .clamp(0, MAX_SLEEP.as_millis() as i64) as u64;
-        // One millisecond past the lapse, so the check in `on_tick` sees it passed.
-        let lapse = Instant::now() + Duration::from_millis(lapse_in + 1);
+        self.lapse_at = Instant::now() + Duration::from_millis(lapse_in + 1);
+    }
+
+    /// When the session next has something to do on its own: answer an overdue request, or
+    /// close for a token that lapsed past its grace.
+    fn next_due(&self) -> Instant {
         [
             self.pending.next_deadline(),
             self.held.due(),
@@ -527,7 +537,7 @@ impl Conn {
         ]
         .into_iter()
         .flatten()
-        .fold(lapse, Instant::min)
+        .fold(self.lapse_at, Instant::min)
     }
 
     /// Read the events missing before the held ones from the store, then queue what is to
@@ -572,6 +582,10 @@ impl Conn {
                 crate::CLOSE_REVOKED,
                 "token expired: refresh it and reconnect (send `auth` before expiry)",
             );
+        }
+        if self.lapse_at <= Instant::now() {
+            // Not lapsed by the wall clock (it was moved back, or an hour went by): look again.
+            self.set_expiry(self.expires_ms);
         }
         if self.held.due().is_some_and(|d| d <= Instant::now()) {
             let mut frames = Vec::new();

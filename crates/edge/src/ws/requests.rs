@@ -112,7 +112,7 @@ impl Conn {
     async fn on_auth(&mut self, id: Option<String>, token: &str) -> Flow {
         match self.inner.auth.authenticate(token).await {
             Ok(a) if a.user.id == self.user.id => {
-                self.expires_ms = a.expires_ms;
+                self.set_expiry(a.expires_ms);
                 self.reply(
                     id,
                     Ok(ReplyData::Auth {
