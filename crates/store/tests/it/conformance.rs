@@ -86,6 +86,7 @@ macro_rules! store_conformance {
             reactions_keep_a_summary, pins_change_the_conversation,
             channel_changes_are_broadcast, concurrent_changes_keep_summaries_and_seqs,
             a_run_of_sends_commits_in_order_each_on_its_own,
+            a_send_the_database_refuses_fails_alone,
             a_run_to_one_group_numbers_each_member_in_order,
             a_stream_from_many_places_replays_in_order,
             a_stream_goes_on_after_everything_is_pruned,
@@ -526,6 +527,50 @@ pub async fn a_run_of_sends_commits_in_order_each_on_its_own(env: &Env) {
         "nothing of the refused send"
     );
     assert_eq!(s.last_seq(&b).await.expect("seq"), 4);
+}
+
+/// `send_messages`: a send the database itself refuses (PostgreSQL takes no NUL in text;
+/// SQLite does) fails on its own, and the sends around it are stored, in order, with their
+/// seqs (each send of a batch has a savepoint of its own: a failed statement would abort the
+/// others' transaction).
+pub async fn a_send_the_database_refuses_fails_alone(env: &Env) {
+    let s = &env.store;
+    let (a, b) = (user(env, "alice").await, user(env, "bob").await);
+    s.create_conversation(group("g", &a, &[&b]))
+        .await
+        .expect("create");
+    let before = s.last_seq(&b).await.expect("seq");
+    let out = s
+        .send_messages(vec![
+            send(&a, "g", "k1", "one"),
+            send(&a, "g", "k2", "two"),
+            send(&a, "g", "k3", "bad\u{0}text"),
+            send(&a, "g", "k4", "four"),
+        ])
+        .await
+        .expect("a run");
+    assert_eq!(out.len(), 4);
+    let refused = out[2].is_err();
+    if let Err(e) = &out[2] {
+        assert!(matches!(e, StoreError::Internal(_)), "{e:?}");
+    }
+    let mut want = vec!["one", "two", "bad\u{0}text", "four"];
+    if refused {
+        want.remove(2);
+    }
+    let bobs: Vec<u64> = out
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .flat_map(|w| seqs(&w.events, &b))
+        .collect();
+    assert_eq!(
+        bobs,
+        (before + 1..=before + want.len() as u64).collect::<Vec<_>>()
+    );
+    let (page, _) = s.history(&b, "g", None, 10).await.expect("history");
+    let mut got: Vec<&str> = page.iter().map(|m| m.text.as_str()).collect();
+    got.reverse();
+    assert_eq!(got, want);
 }
 
 /// `send_messages` with runs to one group between sends elsewhere: every member's seqs follow
