@@ -170,11 +170,7 @@ impl PgStore {
         &self,
         rule: impl for<'c> FnOnce(&'c Tx<'c>) -> Fut<'c, T> + Send,
     ) -> Result<T, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg)?;
-        let value = rule(&Tx::Tx(&tx)).await?;
-        tx.commit().await.map_err(commit_err)?;
-        Ok(value)
+        self.write_as(true, rule).await
     }
 
     /// [`Self::write`] without waiting for the WAL to reach the disk
@@ -184,11 +180,21 @@ impl PgStore {
         &self,
         rule: impl for<'c> FnOnce(&'c Tx<'c>) -> Fut<'c, T> + Send,
     ) -> Result<T, StoreError> {
+        self.write_as(false, rule).await
+    }
+
+    async fn write_as<T>(
+        &self,
+        synchronous: bool,
+        rule: impl for<'c> FnOnce(&'c Tx<'c>) -> Fut<'c, T> + Send,
+    ) -> Result<T, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
-        tx.batch_execute("SET LOCAL synchronous_commit = off")
-            .await
-            .map_err(pg)?;
+        if !synchronous {
+            tx.batch_execute("SET LOCAL synchronous_commit = off")
+                .await
+                .map_err(pg)?;
+        }
         let value = rule(&Tx::Tx(&tx)).await?;
         tx.commit().await.map_err(commit_err)?;
         Ok(value)

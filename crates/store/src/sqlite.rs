@@ -191,13 +191,8 @@ impl SqliteStore {
         &self,
         rule: impl for<'c> FnOnce(&'c Tx<'c>) -> Fut<'c, T> + Send + 'static,
     ) -> Result<T> {
-        self.queue
-            .transact_lazy(move |conn, _| finish(rule(&Tx { conn })))
+        self.transact_as(false, move |conn| finish(rule(&Tx { conn })))
             .await
-            .map_err(|e| match e {
-                TransactError::Caller(e) => e,
-                TransactError::Queue(e) => e.into(),
-            })
     }
 
     /// Run `rule` on a read connection; each statement sees the latest commit.
@@ -234,13 +229,25 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.queue
-            .transact(move |conn, _| f(conn))
-            .await
-            .map_err(|e| match e {
-                TransactError::Caller(e) => e,
-                TransactError::Queue(e) => e.into(),
-            })
+        self.transact_as(true, f).await
+    }
+
+    /// Run `f` in the writer thread, answered once committed and, if `durable`, fsynced.
+    async fn transact_as<T: Send + 'static>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let f = move |conn: &Connection, _: &mut hubbub_queue::Outbox<'_, '_>| f(conn);
+        let done = if durable {
+            self.queue.transact(f).await
+        } else {
+            self.queue.transact_lazy(f).await
+        };
+        done.map_err(|e| match e {
+            TransactError::Caller(e) => e,
+            TransactError::Queue(e) => e.into(),
+        })
     }
 }
 
