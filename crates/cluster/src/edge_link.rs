@@ -3,8 +3,9 @@
 //! shared secret (`x-hubbub-secret`); the edge's internal listener takes it into the edge's
 //! inbox.
 //!
-//! - [`HttpEdges`] (the sending end, an [`EdgeLink`]): splits a batch into bodies of at most
-//!   [`DELIVER_CHUNK_BYTES`], in order. An edge that is gone or does not answer is
+//! - [`HttpEdges`] (the sending end, an [`EdgeLink`]): one request in flight per edge, the
+//!   batches handed over meanwhile going together in the next, in order; a batch is split
+//!   into bodies of at most [`DELIVER_CHUNK_BYTES`], in order. An edge that is gone or does not answer is
 //!   `EdgeGone`; an edge that moved is looked up again once.
 //! - [`receiver`] and [`accept`] (the receiving end): check the secret in constant time,
 //!   decode the batch, hand it on. Nothing else is served on that listener.
@@ -16,10 +17,12 @@ use async_trait::async_trait;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::future::BoxFuture;
 use hubbub_protocol::internal::ToEdge;
+use hubbub_registry::coalesce::Merged;
 use hubbub_registry::{EdgeLink, Registry, RegistryError};
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -58,12 +61,24 @@ pub fn deliver_bodies(batch: &[ToEdge], chunk: usize) -> Result<Vec<Vec<u8>>, se
 
 /// Batches to edges over HTTP.
 pub struct HttpEdges {
+    posts: Arc<Posts>,
+    /// Per edge, its batches: those handed over while a request to it is in flight go
+    /// together in the next, in order (a worker handing over the events of dozens of
+    /// envelopes at once made as many requests to each edge).
+    outboxes: Mutex<HashMap<String, Arc<Outbox>>>,
+    /// The live edges and when they were read ([`EDGES_FRESH_FOR`]).
+    live: tokio::sync::Mutex<Option<(tokio::time::Instant, Vec<String>)>>,
+}
+
+/// An edge's batches, merged while one is in flight.
+type Outbox = Merged<Vec<ToEdge>, Result<(), RegistryError>>;
+
+/// What posting a batch to an edge takes.
+struct Posts {
     registry: RedisRegistry,
     client: reqwest::Client,
     secret: String,
     addresses: RwLock<HashMap<String, String>>,
-    /// The live edges and when they were read ([`EDGES_FRESH_FOR`]).
-    live: tokio::sync::Mutex<Option<(tokio::time::Instant, Vec<String>)>>,
 }
 
 /// How long the list of live edges a channel's messages go to is reused: a channel message
@@ -86,14 +101,38 @@ impl HttpEdges {
             .build()
             .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
         Ok(HttpEdges {
-            registry,
-            client,
-            secret: secret.to_owned(),
-            addresses: RwLock::new(HashMap::new()),
+            posts: Arc::new(Posts {
+                registry,
+                client,
+                secret: secret.to_owned(),
+                addresses: RwLock::new(HashMap::new()),
+            }),
+            outboxes: Mutex::new(HashMap::new()),
             live: tokio::sync::Mutex::new(None),
         })
     }
 
+    /// The outbox of `edge`: its batches, merged while one is in flight.
+    fn outbox(&self, edge: &str) -> Arc<Outbox> {
+        let mut outboxes = self.outboxes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(o) = outboxes.get(edge) {
+            return o.clone();
+        }
+        let (posts, id) = (self.posts.clone(), edge.to_owned());
+        let outbox = Merged::new(Arc::new(move |batches: Vec<Vec<ToEdge>>| {
+            let (posts, id) = (posts.clone(), id.clone());
+            Box::pin(async move {
+                let n = batches.len();
+                let result = posts.deliver(&id, batches.concat()).await;
+                vec![result; n]
+            }) as BoxFuture<'static, _>
+        }));
+        outboxes.insert(edge.to_owned(), outbox.clone());
+        outbox
+    }
+}
+
+impl Posts {
     async fn address(&self, edge: &str, fresh: bool) -> Result<String, RegistryError> {
         if !fresh
             && let Some(a) = self
@@ -135,10 +174,8 @@ impl HttpEdges {
             )))
         }
     }
-}
 
-#[async_trait]
-impl EdgeLink for HttpEdges {
+    /// Post a batch to `edge`, as bodies under the edge's limit, in order.
     async fn deliver(&self, edge: &str, batch: Vec<ToEdge>) -> Result<(), RegistryError> {
         // A big message to a big online group makes a big batch: it goes as several bodies
         // under the edge's limit, in order, rather than one the edge would refuse.
@@ -162,6 +199,16 @@ impl EdgeLink for HttpEdges {
         }
         Ok(())
     }
+}
+
+#[async_trait]
+impl EdgeLink for HttpEdges {
+    async fn deliver(&self, edge: &str, batch: Vec<ToEdge>) -> Result<(), RegistryError> {
+        self.outbox(edge)
+            .call(batch)
+            .await
+            .unwrap_or_else(|| Err(RegistryError::EdgeGone(edge.to_owned())))
+    }
 
     async fn edges(&self) -> Result<Vec<String>, RegistryError> {
         // One lookup at a time refreshes the list; the others wait for it and reuse it.
@@ -172,6 +219,7 @@ impl EdgeLink for HttpEdges {
             return Ok(edges.clone());
         }
         let edges: Vec<String> = self
+            .posts
             .registry
             .edges()
             .await?

@@ -35,7 +35,7 @@ use hubbub_cluster::{
 };
 use hubbub_protocol::internal::ToEdge;
 use hubbub_queue::{Queue, QueueConfig};
-use hubbub_registry::Delivery;
+use hubbub_registry::{Coalescing, Delivery};
 use hubbub_router::MAIN_QUEUE;
 use hubbub_services::signals::SignalService;
 use hubbub_services::timeline::{RecencyEngagement, Timeline, TimelineConfig};
@@ -207,7 +207,12 @@ impl Cluster {
         }
         let registry = RedisRegistry::new(queue.connection(), &c.namespace);
         let link = Arc::new(HttpEdges::new(registry.clone(), &secret)?);
-        let delivery = Delivery::new(Arc::new(registry.clone()), link.clone());
+        // A worker pushes dozens of envelopes' events at once, mostly to the same members:
+        // their lookups go to Redis merged (one `HGETALL` per distinct user per round trip).
+        let delivery = Delivery::new(
+            Arc::new(Coalescing::new(Arc::new(registry.clone()))),
+            link.clone(),
+        );
         let seat = if edge {
             let (tx, inbox) = mpsc::unbounded_channel();
             let id = hubbub_store::new_id("edge-")?;

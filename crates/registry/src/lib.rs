@@ -10,6 +10,8 @@
 //! - [`Delivery`]: what services use: "deliver these frames to these users" becomes one batch
 //!   per edge holding any of their sessions (every edge at once), plus frames for single
 //!   sessions (replies, and presence events for a watcher).
+//! - [`Coalescing`]: a registry in front of a remote one that merges the lookups asked for
+//!   while one is in flight into one (roles apart, a worker's concurrent pushes).
 //! - [`Signals`]: the ephemeral path (presence, typing) as the edge sees it: in memory, never
 //!   on disk or on a durable queue. Implemented by the services crate.
 //!
@@ -21,8 +23,11 @@
 //!
 //! This crate knows nothing of storage or of what the frames mean.
 
+pub mod coalesce;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+
+pub use coalesce::Coalescing;
 
 use async_trait::async_trait;
 use hubbub_protocol::internal::ToEdge;
@@ -34,7 +39,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
 
 /// Why a registry or edge link operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RegistryError {
     /// The registry's backend cannot be reached.
     #[error("registry unavailable: {0}")]

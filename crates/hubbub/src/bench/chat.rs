@@ -63,6 +63,8 @@ struct Report {
     duration_s: u64,
     sends: u64,
     acked_sends: u64,
+    /// Sends answered with an error (`unavailable` past capacity, say), by code.
+    refused: std::collections::BTreeMap<String, u64>,
     deliveries: u64,
     expected_deliveries: u64,
     deliveries_per_s: f64,
@@ -128,6 +130,7 @@ pub async fn run(args: ChatBenchArgs) -> anyhow::Result<()> {
     )?));
     let deliveries = Arc::new(AtomicU64::new(0));
     let acked = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(Mutex::new(std::collections::BTreeMap::<String, u64>::new()));
 
     // Users, sockets and groups.
     // Per group: its id, the message reacted to (`--reactions`), the members' sockets.
@@ -199,6 +202,7 @@ pub async fn run(args: ChatBenchArgs) -> anyhow::Result<()> {
             let (sink, mut stream) = ws.split();
             sinks.push(Arc::new(AsyncMutex::new(sink)));
             let (hist, deliveries, acked) = (hist.clone(), deliveries.clone(), acked.clone());
+            let refused = refused.clone();
             readers.push(tokio::spawn(async move {
                 let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
                 while let Some(Ok(msg)) = stream.next().await {
@@ -227,6 +231,14 @@ pub async fn run(args: ChatBenchArgs) -> anyhow::Result<()> {
                             && line.contains(r#""data":{"message""#)
                         {
                             acked.fetch_add(1, Ordering::Relaxed);
+                        } else if line.starts_with(r#"{"type":"error""#) {
+                            let code = serde_json::from_str::<serde_json::Value>(line)
+                                .ok()
+                                .and_then(|v| v["code"].as_str().map(str::to_owned))
+                                .unwrap_or_else(|| "?".into());
+                            if let Ok(mut r) = refused.lock() {
+                                *r.entry(code).or_default() += 1;
+                            }
                         }
                     }
                 }
@@ -332,6 +344,10 @@ pub async fn run(args: ChatBenchArgs) -> anyhow::Result<()> {
         duration_s: args.duration,
         sends: sent,
         acked_sends: acked.load(Ordering::Relaxed),
+        refused: refused
+            .lock()
+            .map_err(|_| anyhow::anyhow!("refused lock"))?
+            .clone(),
         deliveries: delivered,
         expected_deliveries: expected,
         deliveries_per_s: delivered as f64 / elapsed,
@@ -343,13 +359,14 @@ pub async fn run(args: ChatBenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "chat: {} groups x {} members, {} sends/s for {} s: {} sends ({} acked), {}/{} deliveries, {:.0} deliveries/s",
+            "chat: {} groups x {} members, {} sends/s for {} s: {} sends ({} acked, refused {:?}), {}/{} deliveries, {:.0} deliveries/s",
             report.groups,
             report.members,
             report.rate,
             report.duration_s,
             report.sends,
             report.acked_sends,
+            report.refused,
             report.deliveries,
             report.expected_deliveries,
             report.deliveries_per_s
