@@ -212,9 +212,16 @@ struct BatchSerializer {
 
 impl BatchSerializer {
     fn frame(&mut self, frame: &hubbub_protocol::ServerFrame) -> Frame {
-        let hubbub_protocol::ServerFrame::MessageNew { seq, message } = frame else {
-            return Frame::new(frame);
-        };
+        match frame {
+            hubbub_protocol::ServerFrame::MessageNew { seq, message } => {
+                self.message_new(*seq, message)
+            }
+            _ => Frame::new(frame),
+        }
+    }
+
+    /// The `message.new` of `message` at `seq`.
+    fn message_new(&mut self, seq: u64, message: &hubbub_protocol::Message) -> Frame {
         if !self.messages.contains_key(&message.id) {
             let json = serde_json::to_string(message).unwrap_or_default();
             self.messages.insert(message.id.clone(), json);
@@ -226,8 +233,8 @@ impl BatchSerializer {
             .unwrap_or_default();
         // The shape serde gives the frame: the tag, then the fields in declaration order.
         Frame {
-            seq: Some(*seq),
-            kind: frame.type_name(),
+            seq: Some(seq),
+            kind: "message.new",
             changes_channels: false,
             json: format!(r#"{{"type":"message.new","seq":{seq},"message":{body}}}"#).into(),
         }
@@ -805,6 +812,27 @@ impl Inner {
                         let frames: Arc<[Frame]> =
                             frames.iter().map(|f| serializer.frame(f)).collect();
                         let item = Arc::new((frames, accepted));
+                        for id in ids {
+                            if let Some(h) = sessions.by_id.get(id) {
+                                out.push(Handover::One(h.out.clone(), Out::Events(item.clone())));
+                            }
+                        }
+                    }
+                }
+                ToEdge::Message {
+                    message,
+                    users,
+                    origin_ms,
+                    origin_edge,
+                } => {
+                    let accepted =
+                        Accepted::new(&self.config.edge_id, origin_ms, origin_edge.as_deref());
+                    for (user, seq) in users {
+                        let Some(ids) = sessions.by_user.get(&user) else {
+                            continue;
+                        };
+                        let frame = serializer.message_new(seq, &message);
+                        let item = Arc::new((Arc::from([frame]), accepted));
                         for id in ids {
                             if let Some(h) = sessions.by_id.get(id) {
                                 out.push(Handover::One(h.out.clone(), Out::Events(item.clone())));

@@ -123,6 +123,21 @@ pub enum ToEdge {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         origin_edge: Option<String>,
     },
+    /// One message's `message.new` for several users of this edge, each with its own seq:
+    /// what a message to a group is, the message carried (and, over HTTP, encoded and
+    /// decoded) once instead of once per member. Equivalent to an [`ToEdge::Events`] of
+    /// that one frame per user, in this order.
+    Message {
+        /// The message.
+        message: std::sync::Arc<crate::Message>,
+        /// Each user and the seq of the message in its events.
+        users: Vec<(String, u64)>,
+        /// When the originating request was accepted by its edge, for latency metrics.
+        origin_ms: Option<i64>,
+        /// The edge that accepted the originating request (as in [`ToEdge::Events`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin_edge: Option<String>,
+    },
     /// One frame for every session on this edge of each member of `conversation` (a
     /// channel's message or change): the edge knows its users' channels, so the services
     /// name no member. Serialized once, shared by every session.

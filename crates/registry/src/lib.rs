@@ -481,6 +481,47 @@ impl EdgeLink for LocalEdges {
     }
 }
 
+/// Messages whose `message.new` goes to several users of a push.
+type Fanned = Vec<Arc<hubbub_protocol::Message>>;
+
+/// The users (indexes into `by_user`) whose only frame of a push is the `message.new` of a
+/// message other users of it also get (the very same shared message): they go as one
+/// [`ToEdge::Message`] per edge, the message encoded once. Returns, per user, the index of
+/// its message in the second list, if it is one of those.
+fn fanned_messages(by_user: &[Option<(String, Vec<ServerFrame>)>]) -> (Vec<Option<usize>>, Fanned) {
+    let mut messages: Vec<(Arc<hubbub_protocol::Message>, usize)> = Vec::new();
+    let mut index: HashMap<*const hubbub_protocol::Message, usize> = HashMap::new();
+    let mut of: Vec<Option<usize>> = by_user
+        .iter()
+        .map(|u| match u.as_ref().map(|(_, f)| f.as_slice()) {
+            Some([ServerFrame::MessageNew { message, .. }]) => {
+                let g = *index.entry(Arc::as_ptr(message)).or_insert_with(|| {
+                    messages.push((message.clone(), 0));
+                    messages.len() - 1
+                });
+                if let Some(m) = messages.get_mut(g) {
+                    m.1 += 1;
+                }
+                Some(g)
+            }
+            _ => None,
+        })
+        .collect();
+    // A message only one user gets goes as that user's events; the others are renumbered.
+    let mut renumber = vec![None; messages.len()];
+    let mut kept = Vec::new();
+    for (g, (message, users)) in messages.into_iter().enumerate() {
+        if users > 1 {
+            renumber[g] = Some(kept.len());
+            kept.push(message);
+        }
+    }
+    for o in &mut of {
+        *o = o.and_then(|g| renumber.get(g).copied().flatten());
+    }
+    (of, kept)
+}
+
 /// What services use to push frames: registry lookups plus one batch per edge.
 #[derive(Clone)]
 pub struct Delivery {
@@ -604,10 +645,20 @@ impl Delivery {
                 }
             }
         }
+        let (fan_of, fanned) = fanned_messages(&by_user);
         for (edge, users) in found.edges {
             let batch = per_edge.entry(edge).or_default();
             batch.reserve(users.len());
+            // Per fanned message, its users on this edge and their seqs.
+            let mut fans: Vec<Vec<(String, u64)>> = vec![Vec::new(); fanned.len()];
             for i in users {
+                if let (Some(Some(g)), Some(Some((user, frames)))) = (fan_of.get(i), by_user.get(i))
+                    && let (Some(fan), Some(seq)) =
+                        (fans.get_mut(*g), frames.first().and_then(ServerFrame::seq))
+                {
+                    fan.push((user.clone(), seq));
+                    continue;
+                }
                 let (Some(left), Some(slot)) = (edges_left.get_mut(i), by_user.get_mut(i)) else {
                     continue;
                 };
@@ -629,6 +680,16 @@ impl Delivery {
                     origin_ms,
                     origin_edge: origin_edge.clone(),
                 });
+            }
+            for (message, users) in fanned.iter().zip(fans) {
+                if !users.is_empty() {
+                    batch.push(ToEdge::Message {
+                        message: message.clone(),
+                        users,
+                        origin_ms,
+                        origin_edge: origin_edge.clone(),
+                    });
+                }
             }
         }
         self.deliver_all(per_edge).await;
@@ -691,6 +752,93 @@ mod tests {
                 edge: "e1".into(),
                 sessions: 2
             }]
+        );
+    }
+
+    /// A message to several users goes to each edge once, with each user's seq; a user with
+    /// other frames in the same push, and a message only one user gets, go as events.
+    #[tokio::test]
+    async fn a_message_to_several_users_goes_once_per_edge() {
+        let registry = Arc::new(LocalRegistry::default());
+        let edges = Arc::new(LocalEdges::default());
+        let mut e1 = edges.attach("e1");
+        let mut e2 = edges.attach("e2");
+        for (user, session, edge) in [
+            ("ann", "s1", "e1"),
+            ("bob", "s2", "e1"),
+            ("cat", "s3", "e2"),
+            ("dan", "s4", "e1"),
+            ("eve", "s5", "e2"),
+        ] {
+            registry.register(user, session, edge).await.expect("reg");
+        }
+        let message = |id: &str| -> Arc<hubbub_protocol::Message> {
+            Arc::new(
+                serde_json::from_value(
+                    serde_json::json!({"id":id,"conversation":"c","sender":"ann",
+                    "client_msg_id":"k","text":"hi","ts":5}),
+                )
+                .expect("message"),
+            )
+        };
+        let (shared, alone) = (message("m1"), message("m2"));
+        let new = |seq: u64, message: &Arc<hubbub_protocol::Message>| ServerFrame::MessageNew {
+            seq,
+            message: message.clone(),
+        };
+        Delivery::new(registry.clone(), edges.clone())
+            .push(
+                vec![
+                    ("ann".into(), new(7, &shared)),
+                    ("bob".into(), new(3, &shared)),
+                    ("cat".into(), new(9, &shared)),
+                    // dan gets the shared message and another frame: his own events.
+                    ("dan".into(), new(1, &shared)),
+                    ("dan".into(), typing("ann")),
+                    ("nobody".into(), new(4, &shared)),
+                    ("bob".into(), new(4, &alone)),
+                    // Only eve gets m3: her events.
+                    ("eve".into(), new(2, &message("m3"))),
+                ],
+                Vec::new(),
+                None,
+            )
+            .await;
+        let b1 = e1.recv().await.expect("e1 batch");
+        let b2 = e2.recv().await.expect("e2 batch");
+        let users_of = |batch: &[ToEdge]| -> Vec<(String, u64)> {
+            batch
+                .iter()
+                .find_map(|i| match i {
+                    ToEdge::Message { message, users, .. } if message.id == "m1" => {
+                        Some(users.clone())
+                    }
+                    _ => None,
+                })
+                .unwrap_or_default()
+        };
+        // bob has two frames (m1 and m2): his own events, in order.
+        assert_eq!(users_of(&b1), [("ann".to_owned(), 7)]);
+        assert_eq!(users_of(&b2), [("cat".to_owned(), 9)]);
+        let events: Vec<(&str, Vec<Option<u64>>)> = b1
+            .iter()
+            .filter_map(|i| match i {
+                ToEdge::Events { user, frames, .. } => {
+                    Some((user.as_str(), frames.iter().map(ServerFrame::seq).collect()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            events,
+            [
+                ("bob", vec![Some(3), Some(4)]),
+                ("dan", vec![Some(1), None])
+            ]
+        );
+        assert_eq!(b1.len(), 3);
+        assert!(
+            matches!(&b2[..], [ToEdge::Events { user, .. }, ToEdge::Message { .. }] if user == "eve")
         );
     }
 

@@ -299,7 +299,7 @@ impl DeliverTarget {
     }
 
     fn to_edge(rng: &mut Rng) -> ToEdge {
-        match rng.u8(0..4) {
+        match rng.u8(0..5) {
             0 => ToEdge::Reply {
                 session: any_string(rng),
                 frame: Self::frame(rng),
@@ -312,6 +312,14 @@ impl DeliverTarget {
             },
             2 => ToEdge::Engagement {
                 frames: Self::frames(rng),
+            },
+            3 => ToEdge::Message {
+                message: Self::message(rng).into(),
+                users: (0..rng.usize(0..4))
+                    .map(|_| (any_string(rng), any_u64(rng)))
+                    .collect(),
+                origin_ms: maybe(rng, any_i64),
+                origin_edge: maybe(rng, any_string),
             },
             _ => ToEdge::Close {
                 user: any_string(rng),
