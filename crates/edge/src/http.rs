@@ -159,7 +159,12 @@ impl IntoResponse for AuthError {
     }
 }
 
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
+/// A request body as `T`: `bad_request` when it is not one, or when a string in it holds
+/// U+0000 (as a WebSocket frame would be answered: [`hubbub_protocol::holds_nul`]).
+pub(crate) fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
+    if hubbub_protocol::json_holds_nul(body) {
+        return Err(error(ErrorCode::BadRequest, hubbub_protocol::NUL_REFUSED));
+    }
     serde_json::from_slice(body)
         .map_err(|e| error(ErrorCode::BadRequest, format!("invalid body: {e}")))
 }

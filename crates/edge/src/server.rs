@@ -24,7 +24,7 @@
 #![allow(clippy::result_large_err)]
 
 use crate::Inner;
-use crate::http::error;
+use crate::http::{error, parse};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -41,7 +41,6 @@ use hubbub_protocol::serverapi::{
 use hubbub_protocol::{ErrorCode, IdempotencyKey, ReplyData, Request, ServerFrame};
 use hubbub_queue::SendOptions;
 use hubbub_queue::clock::now_ms;
-use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use utoipa::OpenApi;
 
@@ -227,10 +226,6 @@ async fn openapi_json() -> Response {
 }
 
 /// A body of type `T`, or `400` naming what is wrong.
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
-    serde_json::from_slice(body)
-        .map_err(|e| error(ErrorCode::BadRequest, format!("invalid body: {e}")))
-}
 
 fn store_error(e: hubbub_store::StoreError) -> Response {
     let (code, message) = e.for_client();

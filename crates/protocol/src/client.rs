@@ -712,7 +712,11 @@ impl ClientFrame {
         if !Request::TYPES.contains(&ty.as_str()) {
             return Err(FrameError::bad(id, format!("unknown type `{ty}`")));
         }
-        match serde_json::from_value::<Request>(Value::Object(map)) {
+        let value = Value::Object(map);
+        if crate::holds_nul(&value) {
+            return Err(FrameError::bad(id, crate::NUL_REFUSED));
+        }
+        match serde_json::from_value::<Request>(value) {
             Ok(request) => Ok(ClientFrame { id, request }),
             Err(e) => Err(FrameError::bad(id, format!("invalid `{ty}`: {e}"))),
         }
@@ -729,6 +733,29 @@ impl ClientFrame {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// U+0000 anywhere in a frame's strings is `bad_request` with the frame's id; the
+    /// six characters `\u0000` written with an escaped backslash are plain text.
+    #[test]
+    fn a_nul_in_any_string_is_refused() {
+        let nul = r#"{"type":"message.send","id":"n","conversation":"c","client_msg_id":"k","text":"a\u0000"}"#;
+        let e = ClientFrame::parse(nul).expect_err("refused");
+        assert_eq!(
+            (e.id.as_deref(), e.code),
+            (Some("n"), crate::ErrorCode::BadRequest)
+        );
+        let in_a_list =
+            r#"{"type":"conversation.create","id":"g","kind":"group","members":["a","b\u0000"]}"#;
+        assert!(ClientFrame::parse(in_a_list).is_err());
+        let text = r#"{"type":"message.send","id":"t","conversation":"c","client_msg_id":"k","text":"a\\u0000"}"#;
+        match ClientFrame::parse(text).expect("parses").request {
+            Request::MessageSend { text, .. } => assert_eq!(text, "a\\u0000"),
+            other => panic!("{other:?}"),
+        }
+        assert!(crate::json_holds_nul(nul.as_bytes()));
+        assert!(!crate::json_holds_nul(text.as_bytes()));
+        assert!(!crate::json_holds_nul(b"{not json \\u0000"));
+    }
 
     /// Every example request of PROTOCOL.md parses, names its type, and serializes back to
     /// the same JSON.

@@ -45,3 +45,26 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// The protocol version `hello` announces (PROTOCOL.md 1.1).
 pub const PROTOCOL_VERSION_STRING: &str = "1.1";
+
+/// Why a request holding U+0000 in a string is refused (`bad_request`).
+pub const NUL_REFUSED: &str = "strings must not contain U+0000 (NUL)";
+
+/// Whether any string (or object key) in `value` holds U+0000. Such a request is refused
+/// with `bad_request` wherever it comes in (a frame, a server API body): PostgreSQL cannot
+/// store the character, so one backend would answer `internal` where the other stored it.
+pub fn holds_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+/// Whether a JSON text holds U+0000 in a string (JSON writes it only as the escape
+/// `\u0000`, so a text without that escape is answered without parsing it).
+pub fn json_holds_nul(text: &[u8]) -> bool {
+    text.windows(6).any(|w| w == br"\u0000")
+        && serde_json::from_slice::<serde_json::Value>(text).is_ok_and(|v| holds_nul(&v))
+}

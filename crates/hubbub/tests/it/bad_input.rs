@@ -61,6 +61,25 @@ async fn malformed_unknown_binary_and_oversize_frames() {
     ws.send(Message::Text(big.into())).await.expect("send");
     assert_eq!(error_of(next_raw(&mut ws).await).1, ErrorCode::TooLarge);
 
+    // U+0000 in any string (PostgreSQL cannot store it): refused before anything is written;
+    // an escaped backslash followed by `u0000` is text like any other.
+    ws.send(Message::Text(
+        r#"{"type":"message.send","id":"nul","conversation":"c","client_msg_id":"k","text":"a\u0000b"}"#
+            .into(),
+    ))
+    .await
+    .expect("send");
+    assert_eq!(
+        error_of(next_raw(&mut ws).await),
+        (Some("nul".into()), ErrorCode::BadRequest, None)
+    );
+    ws.send(Message::Text(
+        r#"{"type":"sync","id":"not-nul","after_seq":0,"x":"\\u0000"}"#.into(),
+    ))
+    .await
+    .expect("send");
+    assert!(matches!(next_raw(&mut ws).await, Some(ServerFrame::Ok { id, .. }) if id == "not-nul"));
+
     // Still open and working after all of that.
     ws.send(Message::Text(
         r#"{"type":"sync","id":"alive","after_seq":0}"#.into(),

@@ -220,6 +220,15 @@ async fn the_server_api_creates_users_conversations_and_posts_messages_once() {
     )
     .await;
     assert_eq!((st, code(&body)), (404, "not_found"));
+    // U+0000 in a string: 400 before anything is written (as on the socket).
+    let (st, body) = call(
+        &s,
+        Method::POST,
+        &path,
+        Some(json!({"text":"a\u{0}b","idempotency_key":"z1"})),
+    )
+    .await;
+    assert_eq!((st, code(&body)), (400, "bad_request"));
     // A key a sender used in another conversation is a conflict, not a silent repeat.
     let (st, other) = call(
         &s,
