@@ -225,8 +225,6 @@ async fn openapi_json() -> Response {
         .into_response()
 }
 
-/// A body of type `T`, or `400` naming what is wrong.
-
 fn store_error(e: hubbub_store::StoreError) -> Response {
     let (code, message) = e.for_client();
     error(code, message)
