@@ -433,6 +433,26 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
+    /// Hand every session of `user` on this edge the frames `make` gives (called only if the
+    /// user has a session here: serialized once, one item for all of them).
+    fn to_user(
+        &self,
+        user: &str,
+        accepted: Option<Accepted>,
+        out: &mut Vec<Handover>,
+        make: impl FnOnce() -> Arc<[Frame]>,
+    ) {
+        let Some(ids) = self.by_user.get(user) else {
+            return;
+        };
+        let item = Arc::new((make(), accepted));
+        for id in ids {
+            if let Some(h) = self.by_id.get(id) {
+                out.push(Handover::One(h.out.clone(), Out::Events(item.clone())));
+            }
+        }
+    }
+
     /// The sessions here of a channel's members (listed once, then kept until a member's
     /// sessions or a membership change).
     fn recipients(&mut self, channel: &str) -> Recipients {
@@ -807,17 +827,9 @@ impl Inner {
                     if frames.iter().any(channel_changed) {
                         self.hand_out_held(&mut sessions, None, out);
                     }
-                    if let Some(ids) = sessions.by_user.get(&user) {
-                        // Serialized once, one item for every session of the user on this edge.
-                        let frames: Arc<[Frame]> =
-                            frames.iter().map(|f| serializer.frame(f)).collect();
-                        let item = Arc::new((frames, accepted));
-                        for id in ids {
-                            if let Some(h) = sessions.by_id.get(id) {
-                                out.push(Handover::One(h.out.clone(), Out::Events(item.clone())));
-                            }
-                        }
-                    }
+                    sessions.to_user(&user, accepted, out, || {
+                        frames.iter().map(|f| serializer.frame(f)).collect()
+                    });
                 }
                 ToEdge::Message {
                     message,
@@ -828,16 +840,9 @@ impl Inner {
                     let accepted =
                         Accepted::new(&self.config.edge_id, origin_ms, origin_edge.as_deref());
                     for (user, seq) in users {
-                        let Some(ids) = sessions.by_user.get(&user) else {
-                            continue;
-                        };
-                        let frame = serializer.message_new(seq, &message);
-                        let item = Arc::new((Arc::from([frame]), accepted));
-                        for id in ids {
-                            if let Some(h) = sessions.by_id.get(id) {
-                                out.push(Handover::One(h.out.clone(), Out::Events(item.clone())));
-                            }
-                        }
+                        sessions.to_user(&user, accepted, out, || {
+                            Arc::from([serializer.message_new(seq, &message)])
+                        });
                     }
                 }
                 ToEdge::Channel {
