@@ -488,13 +488,13 @@ type Fanned = Vec<Arc<hubbub_protocol::Message>>;
 /// message other users of it also get (the very same shared message): they go as one
 /// [`ToEdge::Message`] per edge, the message encoded once. Returns, per user, the index of
 /// its message in the second list, if it is one of those.
-fn fanned_messages(by_user: &[Option<(String, Vec<ServerFrame>)>]) -> (Vec<Option<usize>>, Fanned) {
+fn fanned_messages(by_user: &[(usize, String, Vec<ServerFrame>)]) -> (Vec<Option<usize>>, Fanned) {
     let mut messages: Vec<(Arc<hubbub_protocol::Message>, usize)> = Vec::new();
     let mut index: HashMap<*const hubbub_protocol::Message, usize> = HashMap::new();
     let mut of: Vec<Option<usize>> = by_user
         .iter()
-        .map(|u| match u.as_ref().map(|(_, f)| f.as_slice()) {
-            Some([ServerFrame::MessageNew { message, .. }]) => {
+        .map(|(_, _, frames)| match frames.as_slice() {
+            [ServerFrame::MessageNew { message, .. }] => {
                 let g = *index.entry(Arc::as_ptr(message)).or_insert_with(|| {
                     messages.push((message.clone(), 0));
                     messages.len() - 1
@@ -520,6 +520,18 @@ fn fanned_messages(by_user: &[Option<(String, Vec<ServerFrame>)>]) -> (Vec<Optio
         *o = o.and_then(|g| renumber.get(g).copied().flatten());
     }
     (of, kept)
+}
+
+/// One push of [`Delivery::push_all`]: frames for users, frames for single sessions, and
+/// where they came from.
+#[derive(Debug)]
+pub struct Push<'a> {
+    /// `(user, frame)`: for every session of the user.
+    pub frames: Vec<(String, ServerFrame)>,
+    /// `(edge, session, frame)`: for one session.
+    pub replies: Vec<(String, String, ServerFrame)>,
+    /// The write the frames come from.
+    pub origin: Option<Origin<'a>>,
 }
 
 /// What services use to push frames: registry lookups plus one batch per edge.
@@ -588,38 +600,53 @@ impl Delivery {
     }
 
     /// Push frames to users (every session of each) and frames to single sessions (`(edge,
-    /// session, frame)`: replies, presence events), one batch per edge. Best effort: a user who misses a durable event gets it on `sync`; failures are
-    /// logged, never returned, so a dead edge cannot fail the write that produced the event.
+    /// session, frame)`: replies, presence events), one batch per edge. Best effort: a user
+    /// who misses a durable event gets it on `sync`; failures are logged, never returned, so a
+    /// dead edge cannot fail the write that produced the event.
     pub async fn push(
         &self,
         frames: Vec<(String, ServerFrame)>,
         replies: Vec<(String, String, ServerFrame)>,
         origin: Option<Origin<'_>>,
     ) {
-        let (origin_ms, origin_edge) = Origin::split(origin);
-        let mut per_edge: HashMap<String, Vec<ToEdge>> = HashMap::new();
-        for (edge, session, frame) in replies {
-            per_edge
-                .entry(edge)
-                .or_default()
-                .push(ToEdge::Reply { session, frame });
-        }
-        // Group frames by user, keeping their order (an index per user: a message to a
-        // group of N members is N frames, and a search per frame would cost N² steps). Users
-        // are numbered by first appearance, borrowing their ids; nothing is copied per user.
-        let mut group_of = Vec::with_capacity(frames.len());
-        let found = {
-            let mut index: HashMap<&str, usize> = HashMap::with_capacity(frames.len());
+        self.push_all(vec![Push {
+            frames,
+            replies,
+            origin,
+        }])
+        .await;
+    }
+
+    /// Several pushes as one: one registry lookup for the users of all of them, one batch per
+    /// edge holding each push's items in turn (its replies, then its events), so every user's
+    /// frames keep the pushes' order. What a worker's run of envelopes hands over together.
+    pub async fn push_all(&self, pushes: Vec<Push<'_>>) {
+        // Every user of every push, numbered by first appearance (an index per user: a
+        // message to a group of N members is N frames, and a search per frame would cost N²
+        // steps), and the number of each frame's user.
+        let (user_of, n_users, found) = {
+            let mut index: HashMap<&str, usize> = HashMap::new();
             let mut users: Vec<&str> = Vec::new();
-            for (user, _) in &frames {
-                let next = users.len();
-                let g = *index.entry(user.as_str()).or_insert(next);
-                if g == next {
-                    users.push(user);
-                }
-                group_of.push(g);
-            }
-            self.registry.users_by_edge(&users).await
+            let user_of: Vec<Vec<usize>> = pushes
+                .iter()
+                .map(|p| {
+                    p.frames
+                        .iter()
+                        .map(|(user, _)| {
+                            *index.entry(user.as_str()).or_insert_with(|| {
+                                users.push(user);
+                                users.len() - 1
+                            })
+                        })
+                        .collect()
+                })
+                .collect();
+            let found = if users.is_empty() {
+                Ok(UsersByEdge::default())
+            } else {
+                self.registry.users_by_edge(&users).await
+            };
+            (user_of, users.len(), found)
         };
         let found = match found {
             Ok(f) => f,
@@ -628,68 +655,91 @@ impl Delivery {
                 UsersByEdge::default()
             }
         };
-        let mut by_user: Vec<Option<(String, Vec<ServerFrame>)>> = Vec::new();
-        for ((user, frame), g) in frames.into_iter().zip(group_of) {
-            match by_user.get_mut(g) {
-                Some(Some((_, list))) => list.push(frame),
-                _ => by_user.push(Some((user, vec![frame]))),
-            }
-        }
-        // How many edges each user is on: cloned for all but the last, moved to it (a user
-        // is nearly always on one).
-        let mut edges_left = vec![0usize; by_user.len()];
-        for (_, users) in &found.edges {
+        // The edges (indexes into `found.edges`) of each user.
+        let mut edges_of: Vec<Vec<usize>> = vec![Vec::new(); n_users];
+        for (slot, (_, users)) in found.edges.iter().enumerate() {
             for &i in users {
-                if let Some(n) = edges_left.get_mut(i) {
-                    *n += 1;
+                if let Some(e) = edges_of.get_mut(i) {
+                    e.push(slot);
                 }
             }
         }
-        let (fan_of, fanned) = fanned_messages(&by_user);
-        for (edge, users) in found.edges {
-            let batch = per_edge.entry(edge).or_default();
-            batch.reserve(users.len());
-            // Per fanned message, its users on this edge and their seqs.
-            let mut fans: Vec<Vec<(String, u64)>> = vec![Vec::new(); fanned.len()];
-            for i in users {
-                if let (Some(Some(g)), Some(Some((user, frames)))) = (fan_of.get(i), by_user.get(i))
-                    && let (Some(fan), Some(seq)) =
-                        (fans.get_mut(*g), frames.first().and_then(ServerFrame::seq))
-                {
-                    fan.push((user.clone(), seq));
+        let mut batches: Vec<Vec<ToEdge>> = vec![Vec::new(); found.edges.len()];
+        let mut per_edge: HashMap<String, Vec<ToEdge>> = HashMap::new();
+        for (push, user_of) in pushes.into_iter().zip(user_of) {
+            let (origin_ms, origin_edge) = Origin::split(push.origin);
+            for (edge, session, frame) in push.replies {
+                // Replies go to the session's edge whether or not it holds one of the users.
+                match found.edges.iter().position(|(e, _)| *e == edge) {
+                    Some(slot) => batches[slot].push(ToEdge::Reply { session, frame }),
+                    None => per_edge
+                        .entry(edge)
+                        .or_default()
+                        .push(ToEdge::Reply { session, frame }),
+                }
+            }
+            // This push's frames by user, in order of first appearance.
+            let mut by_user: Vec<(usize, String, Vec<ServerFrame>)> = Vec::new();
+            let mut slot_of: HashMap<usize, usize> = HashMap::new();
+            for ((user, frame), g) in push.frames.into_iter().zip(user_of) {
+                match slot_of.get(&g) {
+                    Some(&i) => by_user[i].2.push(frame),
+                    None => {
+                        slot_of.insert(g, by_user.len());
+                        by_user.push((g, user, vec![frame]));
+                    }
+                }
+            }
+            let (fan_of, fanned) = fanned_messages(&by_user);
+            // Per edge and fanned message, its users on that edge and their seqs.
+            let mut fans: Vec<Vec<Vec<(String, u64)>>> = Vec::new();
+            for ((g, user, frames), fan) in by_user.into_iter().zip(fan_of) {
+                let edges = edges_of.get(g).map(Vec::as_slice).unwrap_or_default();
+                if let (Some(m), Some(seq)) = (fan, frames.first().and_then(ServerFrame::seq)) {
+                    for &slot in edges {
+                        if fans.len() <= slot {
+                            fans.resize_with(slot + 1, || vec![Vec::new(); fanned.len()]);
+                        }
+                        fans[slot][m].push((user.clone(), seq));
+                    }
                     continue;
                 }
-                let (Some(left), Some(slot)) = (edges_left.get_mut(i), by_user.get_mut(i)) else {
+                // Cloned for all but the last edge, moved to it (a user is nearly always
+                // on one).
+                let Some((&last, rest)) = edges.split_last() else {
                     continue;
                 };
-                *left -= 1;
-                let (user, frames) = if *left == 0 {
-                    match slot.take() {
-                        Some(uf) => uf,
-                        None => continue,
-                    }
-                } else {
-                    match slot.as_ref() {
-                        Some((u, f)) => (u.clone(), f.clone()),
-                        None => continue,
-                    }
-                };
-                batch.push(ToEdge::Events {
+                for &slot in rest {
+                    batches[slot].push(ToEdge::Events {
+                        user: user.clone(),
+                        frames: frames.clone(),
+                        origin_ms,
+                        origin_edge: origin_edge.clone(),
+                    });
+                }
+                batches[last].push(ToEdge::Events {
                     user,
                     frames,
                     origin_ms,
                     origin_edge: origin_edge.clone(),
                 });
             }
-            for (message, users) in fanned.iter().zip(fans) {
-                if !users.is_empty() {
-                    batch.push(ToEdge::Message {
-                        message: message.clone(),
-                        users,
-                        origin_ms,
-                        origin_edge: origin_edge.clone(),
-                    });
+            for (slot, per_message) in fans.into_iter().enumerate() {
+                for (message, users) in fanned.iter().zip(per_message) {
+                    if !users.is_empty() {
+                        batches[slot].push(ToEdge::Message {
+                            message: message.clone(),
+                            users,
+                            origin_ms,
+                            origin_edge: origin_edge.clone(),
+                        });
+                    }
                 }
+            }
+        }
+        for ((edge, _), batch) in found.edges.into_iter().zip(batches) {
+            if !batch.is_empty() {
+                per_edge.entry(edge).or_default().extend(batch);
             }
         }
         self.deliver_all(per_edge).await;
@@ -840,6 +890,88 @@ mod tests {
         assert!(
             matches!(&b2[..], [ToEdge::Events { user, .. }, ToEdge::Message { .. }] if user == "eve")
         );
+    }
+
+    /// Several pushes go as one batch per edge, each push's items (its replies, then its
+    /// events) after the one before, so a user's frames keep the pushes' order.
+    #[tokio::test]
+    async fn pushes_together_keep_their_order_per_edge() {
+        let registry = Arc::new(LocalRegistry::default());
+        let edges = Arc::new(LocalEdges::default());
+        let mut e1 = edges.attach("e1");
+        let mut e2 = edges.attach("e2");
+        for (user, session, edge) in [
+            ("ann", "s1", "e1"),
+            ("bob", "s2", "e1"),
+            ("cat", "s3", "e2"),
+        ] {
+            registry.register(user, session, edge).await.expect("reg");
+        }
+        let m: Arc<hubbub_protocol::Message> = Arc::new(
+            serde_json::from_value(
+                serde_json::json!({"id":"m1","conversation":"c","sender":"ann",
+                "client_msg_id":"k","text":"hi","ts":5}),
+            )
+            .expect("message"),
+        );
+        let new = |seq| ServerFrame::MessageNew {
+            seq,
+            message: m.clone(),
+        };
+        let ok = |id: &str| ServerFrame::Ok {
+            id: id.into(),
+            data: hubbub_protocol::ReplyData::Empty {},
+        };
+        Delivery::new(registry.clone(), edges.clone())
+            .push_all(vec![
+                Push {
+                    frames: vec![
+                        ("ann".into(), new(1)),
+                        ("bob".into(), new(5)),
+                        ("cat".into(), new(2)),
+                    ],
+                    replies: vec![
+                        ("e1".into(), "s1".into(), ok("r1")),
+                        ("e9".into(), "sx".into(), ok("lost")),
+                    ],
+                    origin: None,
+                },
+                Push {
+                    frames: vec![
+                        ("bob".into(), typing("ann")),
+                        ("nobody".into(), typing("ann")),
+                    ],
+                    replies: vec![("e1".into(), "s1".into(), ok("r2"))],
+                    origin: None,
+                },
+            ])
+            .await;
+        let b1 = e1.recv().await.expect("e1 batch");
+        let shape: Vec<String> = b1
+            .iter()
+            .map(|i| match i {
+                ToEdge::Reply {
+                    frame: ServerFrame::Ok { id, .. },
+                    ..
+                } => format!("reply {id}"),
+                ToEdge::Message { users, .. } => format!("message {users:?}"),
+                ToEdge::Events { user, .. } => format!("events {user}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                "reply r1",
+                r#"message [("ann", 1), ("bob", 5)]"#,
+                "reply r2",
+                "events bob"
+            ]
+        );
+        assert!(
+            matches!(&e2.recv().await.expect("e2 batch")[..], [ToEdge::Message { users, .. }] if users == &[("cat".to_owned(), 2)])
+        );
+        assert!(e1.try_recv().is_err(), "one batch per edge");
     }
 
     #[tokio::test]

@@ -33,7 +33,7 @@ use futures_util::future::join_all;
 use hubbub_protocol::internal::Envelope;
 use hubbub_protocol::{ErrorCode, ReplyData, ServerFrame};
 use hubbub_queue::{Queue, ReceiveOptions};
-use hubbub_registry::{Delivery, Origin};
+use hubbub_registry::{Delivery, Origin, Push};
 use hubbub_store::{StoreError, Written};
 use std::sync::Arc;
 use std::time::Duration;
@@ -300,16 +300,27 @@ impl Worker {
             } else {
                 handler.handle_run(piece).await
             };
+            // The piece's events and replies go out together (one registry lookup, one
+            // batch per edge), each envelope's after the one before.
+            let mut pushes = Vec::with_capacity(piece.len());
             for (envelope, outcome) in piece.iter().zip(outcomes) {
-                self.finish(envelope, outcome).await;
+                self.finish(envelope, outcome, &mut pushes).await;
             }
+            self.delivery.push_all(pushes).await;
             start = end;
         }
         run.into_iter().map(|d| d.receipt.clone()).collect()
     }
 
-    /// After an envelope's outcome: the broadcast, the notify jobs, the events and the reply.
-    async fn finish(&self, envelope: &Envelope, outcome: Result<Written<ReplyData>, Failure>) {
+    /// After an envelope's outcome: the broadcast, the notify jobs, and its events and reply
+    /// added to `pushes` (pushed with the rest of its piece; a broadcast first pushes those
+    /// already there, so what came before it arrives before it).
+    async fn finish<'e>(
+        &self,
+        envelope: &'e Envelope,
+        outcome: Result<Written<ReplyData>, Failure>,
+        pushes: &mut Vec<Push<'e>>,
+    ) {
         let (data, events) = match outcome {
             Ok(Written {
                 value,
@@ -319,6 +330,9 @@ impl Worker {
                 // A channel's message (or change) reaches its members' sessions before the
                 // sender's reply.
                 if let Some(b) = broadcast {
+                    if !pushes.is_empty() {
+                        self.delivery.push_all(std::mem::take(pushes)).await;
+                    }
                     for frame in b.frames {
                         self.delivery
                             .broadcast(&b.conversation, frame, Some(origin(envelope)))
@@ -365,9 +379,11 @@ impl Worker {
                 tracing::warn!(error = %e, "notify job not enqueued");
             }
         }
-        self.delivery
-            .push(frames, replies, Some(origin(envelope)))
-            .await;
+        pushes.push(Push {
+            frames,
+            replies,
+            origin: Some(origin(envelope)),
+        });
     }
 }
 
