@@ -198,31 +198,42 @@ impl Registry for Coalescing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::LocalRegistry;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::sync::Semaphore;
 
-    /// The in-process registry, counting the lookups that reach it and holding each until
-    /// the test lets it go.
+    /// A registry of a table, counting the lookups that reach it and holding each until the
+    /// test lets it go.
     struct Gated {
-        inner: LocalRegistry,
+        table: Mutex<HashMap<String, Vec<SessionInfo>>>,
         lookups: AtomicUsize,
         gate: Semaphore,
+    }
+
+    impl Gated {
+        fn of(&self, user: &str) -> Vec<SessionInfo> {
+            let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+            table.get(user).cloned().unwrap_or_default()
+        }
     }
 
     #[async_trait]
     impl Registry for Gated {
         async fn register(&self, u: &str, s: &str, e: &str) -> Result<(), RegistryError> {
-            self.inner.register(u, s, e).await
+            let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+            table.entry(u.to_owned()).or_default().push(SessionInfo {
+                session: s.to_owned(),
+                edge: e.to_owned(),
+            });
+            Ok(())
         }
-        async fn unregister(&self, u: &str, s: &str) -> Result<(), RegistryError> {
-            self.inner.unregister(u, s).await
+        async fn unregister(&self, _: &str, _: &str) -> Result<(), RegistryError> {
+            Err(RegistryError::Unavailable("not in these tests".into()))
         }
         async fn sessions(&self, u: &str) -> Result<Vec<SessionInfo>, RegistryError> {
-            self.inner.sessions(u).await
+            Ok(self.of(u))
         }
         async fn edges(&self) -> Result<Vec<EdgeLoad>, RegistryError> {
-            self.inner.edges().await
+            Err(RegistryError::Unavailable("not in these tests".into()))
         }
         async fn sessions_of(&self, users: &[String]) -> Answer {
             self.lookups.fetch_add(1, Ordering::SeqCst);
@@ -231,16 +242,22 @@ mod tests {
                 .await
                 .map_err(|_| RegistryError::Unavailable("closed".into()))?
                 .forget();
-            self.inner.sessions_of(users).await
+            Ok(users.iter().map(|u| self.of(u)).collect())
         }
     }
 
     fn gated() -> Arc<Gated> {
         Arc::new(Gated {
-            inner: LocalRegistry::default(),
+            table: Mutex::new(HashMap::new()),
             lookups: AtomicUsize::new(0),
             gate: Semaphore::new(0),
         })
+    }
+
+    /// A lookup of `user`'s sessions, started on a task of its own.
+    fn ask(r: &Coalescing, user: &str) -> tokio::task::JoinHandle<Answer> {
+        let (r, users) = (r.clone(), vec![user.to_owned()]);
+        tokio::spawn(async move { r.sessions_of(&users).await })
     }
 
     async fn wait_for_lookups(g: &Gated, n: usize) {
@@ -301,10 +318,7 @@ mod tests {
         }
         let r = Coalescing::new(g.clone());
         // The first lookup starts and is held.
-        let first = tokio::spawn({
-            let r = r.clone();
-            async move { r.sessions_of(&["ann".into()]).await }
-        });
+        let first = ask(&r, "ann");
         wait_for_lookups(&g, 1).await;
         // Twenty more are asked for meanwhile, of overlapping users (one unknown).
         let mut later = Vec::new();
@@ -332,7 +346,7 @@ mod tests {
             let got = got.expect("lookup");
             assert_eq!(got.len(), users.len());
             for (u, sessions) in users.iter().zip(&got) {
-                let want = g.inner.sessions(u).await.expect("sessions");
+                let want = g.of(u);
                 assert_eq!(sessions, &want, "{u}");
             }
         }
@@ -347,18 +361,12 @@ mod tests {
     async fn a_lookup_sees_what_was_registered_before_it_was_asked_for() {
         let g = gated();
         let r = Coalescing::new(g.clone());
-        let first = tokio::spawn({
-            let r = r.clone();
-            async move { r.sessions_of(&["ann".into()]).await }
-        });
+        let first = ask(&r, "ann");
         wait_for_lookups(&g, 1).await;
         // Registered while a lookup is in flight, then asked about: the answer is not the
         // one in flight (read before the session was there) but a new lookup's.
         r.register("ann", "s1", "e1").await.expect("register");
-        let second = tokio::spawn({
-            let r = r.clone();
-            async move { r.sessions_of(&["ann".into()]).await }
-        });
+        let second = ask(&r, "ann");
         g.gate.add_permits(2);
         let _ = first.await.expect("join").expect("lookup");
         let got = second.await.expect("join").expect("lookup");
@@ -375,15 +383,9 @@ mod tests {
     async fn a_failed_lookup_fails_every_waiter_and_the_next_one_runs() {
         let g = gated();
         let r = Coalescing::new(g.clone());
-        let first = tokio::spawn({
-            let r = r.clone();
-            async move { r.sessions_of(&["ann".into()]).await }
-        });
+        let first = ask(&r, "ann");
         wait_for_lookups(&g, 1).await;
-        let second = tokio::spawn({
-            let r = r.clone();
-            async move { r.sessions_of(&["bob".into()]).await }
-        });
+        let second = ask(&r, "bob");
         for _ in 0..100 {
             tokio::task::yield_now().await;
         }

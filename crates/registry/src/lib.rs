@@ -780,6 +780,34 @@ mod tests {
     use super::*;
     use hubbub_protocol::TypingState;
 
+    /// A delivery over two in-process edges, `e1` and `e2`, with these `(user, session,
+    /// edge)` registered; and the edges' inboxes.
+    async fn two_edges(
+        sessions: &[(&str, &str, &str)],
+    ) -> (
+        Delivery,
+        mpsc::UnboundedReceiver<Vec<ToEdge>>,
+        mpsc::UnboundedReceiver<Vec<ToEdge>>,
+    ) {
+        let registry = Arc::new(LocalRegistry::default());
+        let edges = Arc::new(LocalEdges::default());
+        let (e1, e2) = (edges.attach("e1"), edges.attach("e2"));
+        for (user, session, edge) in sessions {
+            registry.register(user, session, edge).await.expect("reg");
+        }
+        (Delivery::new(registry, edges), e1, e2)
+    }
+
+    fn message(id: &str) -> Arc<hubbub_protocol::Message> {
+        Arc::new(
+            serde_json::from_value(
+                serde_json::json!({"id":id,"conversation":"c","sender":"ann",
+                "client_msg_id":"k","text":"hi","ts":5}),
+            )
+            .expect("message"),
+        )
+    }
+
     fn typing(user: &str) -> ServerFrame {
         ServerFrame::Typing {
             conversation: "c".into(),
@@ -809,34 +837,20 @@ mod tests {
     /// other frames in the same push, and a message only one user gets, go as events.
     #[tokio::test]
     async fn a_message_to_several_users_goes_once_per_edge() {
-        let registry = Arc::new(LocalRegistry::default());
-        let edges = Arc::new(LocalEdges::default());
-        let mut e1 = edges.attach("e1");
-        let mut e2 = edges.attach("e2");
-        for (user, session, edge) in [
+        let (delivery, mut e1, mut e2) = two_edges(&[
             ("ann", "s1", "e1"),
             ("bob", "s2", "e1"),
             ("cat", "s3", "e2"),
             ("dan", "s4", "e1"),
             ("eve", "s5", "e2"),
-        ] {
-            registry.register(user, session, edge).await.expect("reg");
-        }
-        let message = |id: &str| -> Arc<hubbub_protocol::Message> {
-            Arc::new(
-                serde_json::from_value(
-                    serde_json::json!({"id":id,"conversation":"c","sender":"ann",
-                    "client_msg_id":"k","text":"hi","ts":5}),
-                )
-                .expect("message"),
-            )
-        };
+        ])
+        .await;
         let (shared, alone) = (message("m1"), message("m2"));
         let new = |seq: u64, message: &Arc<hubbub_protocol::Message>| ServerFrame::MessageNew {
             seq,
             message: message.clone(),
         };
-        Delivery::new(registry.clone(), edges.clone())
+        delivery
             .push(
                 vec![
                     ("ann".into(), new(7, &shared)),
@@ -896,24 +910,13 @@ mod tests {
     /// events) after the one before, so a user's frames keep the pushes' order.
     #[tokio::test]
     async fn pushes_together_keep_their_order_per_edge() {
-        let registry = Arc::new(LocalRegistry::default());
-        let edges = Arc::new(LocalEdges::default());
-        let mut e1 = edges.attach("e1");
-        let mut e2 = edges.attach("e2");
-        for (user, session, edge) in [
+        let (delivery, mut e1, mut e2) = two_edges(&[
             ("ann", "s1", "e1"),
             ("bob", "s2", "e1"),
             ("cat", "s3", "e2"),
-        ] {
-            registry.register(user, session, edge).await.expect("reg");
-        }
-        let m: Arc<hubbub_protocol::Message> = Arc::new(
-            serde_json::from_value(
-                serde_json::json!({"id":"m1","conversation":"c","sender":"ann",
-                "client_msg_id":"k","text":"hi","ts":5}),
-            )
-            .expect("message"),
-        );
+        ])
+        .await;
+        let m = message("m1");
         let new = |seq| ServerFrame::MessageNew {
             seq,
             message: m.clone(),
@@ -922,7 +925,7 @@ mod tests {
             id: id.into(),
             data: hubbub_protocol::ReplyData::Empty {},
         };
-        Delivery::new(registry.clone(), edges.clone())
+        delivery
             .push_all(vec![
                 Push {
                     frames: vec![
