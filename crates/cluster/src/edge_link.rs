@@ -204,10 +204,26 @@ impl Posts {
 #[async_trait]
 impl EdgeLink for HttpEdges {
     async fn deliver(&self, edge: &str, batch: Vec<ToEdge>) -> Result<(), RegistryError> {
-        self.outbox(edge)
+        let result = self
+            .outbox(edge)
             .call(batch)
             .await
-            .unwrap_or_else(|| Err(RegistryError::EdgeGone(edge.to_owned())))
+            .unwrap_or_else(|| Err(RegistryError::EdgeGone(edge.to_owned())));
+        if let Err(RegistryError::EdgeGone(_)) = &result {
+            // Edges get a new id each start: a gone one's outbox and address are dropped (a
+            // later batch for it makes them again), so a long-lived worker does not keep one
+            // of each for every edge that ever ran.
+            self.outboxes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(edge);
+            self.posts
+                .addresses
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(edge);
+        }
+        result
     }
 
     async fn edges(&self) -> Result<Vec<String>, RegistryError> {
