@@ -489,37 +489,35 @@ type Fanned = Vec<Arc<hubbub_protocol::Message>>;
 /// [`ToEdge::Message`] per edge, the message encoded once. Returns, per user, the index of
 /// its message in the second list, if it is one of those.
 fn fanned_messages(by_user: &[(usize, String, Vec<ServerFrame>)]) -> (Vec<Option<usize>>, Fanned) {
-    let mut messages: Vec<(Arc<hubbub_protocol::Message>, usize)> = Vec::new();
-    let mut index: HashMap<*const hubbub_protocol::Message, usize> = HashMap::new();
-    let mut of: Vec<Option<usize>> = by_user
-        .iter()
-        .map(|(_, _, frames)| match frames.as_slice() {
-            [ServerFrame::MessageNew { message, .. }] => {
-                let g = *index.entry(Arc::as_ptr(message)).or_insert_with(|| {
-                    messages.push((message.clone(), 0));
-                    messages.len() - 1
-                });
-                if let Some(m) = messages.get_mut(g) {
-                    m.1 += 1;
-                }
-                Some(g)
-            }
+    fn only_message(frames: &[ServerFrame]) -> Option<&Arc<hubbub_protocol::Message>> {
+        match frames {
+            [ServerFrame::MessageNew { message, .. }] => Some(message),
             _ => None,
-        })
-        .collect();
-    // A message only one user gets goes as that user's events; the others are renumbered.
-    let mut renumber = vec![None; messages.len()];
-    let mut kept = Vec::new();
-    for (g, (message, users)) in messages.into_iter().enumerate() {
-        if users > 1 {
-            renumber[g] = Some(kept.len());
-            kept.push(message);
         }
     }
-    for o in &mut of {
-        *o = o.and_then(|g| renumber.get(g).copied().flatten());
+    let mut users_of: HashMap<*const hubbub_protocol::Message, usize> = HashMap::new();
+    for (_, _, frames) in by_user {
+        if let Some(m) = only_message(frames) {
+            *users_of.entry(Arc::as_ptr(m)).or_default() += 1;
+        }
     }
-    (of, kept)
+    // A message only one user gets goes as that user's events.
+    let mut index: HashMap<*const hubbub_protocol::Message, usize> = HashMap::new();
+    let mut fanned = Vec::new();
+    let of = by_user
+        .iter()
+        .map(|(_, _, frames)| {
+            let m = only_message(frames)?;
+            let key = Arc::as_ptr(m);
+            (users_of.get(&key).copied().unwrap_or(0) > 1).then(|| {
+                *index.entry(key).or_insert_with(|| {
+                    fanned.push(m.clone());
+                    fanned.len() - 1
+                })
+            })
+        })
+        .collect();
+    (of, fanned)
 }
 
 /// One push of [`Delivery::push_all`]: frames for users, frames for single sessions, and
@@ -664,19 +662,22 @@ impl Delivery {
                 }
             }
         }
-        let mut batches: Vec<Vec<ToEdge>> = vec![Vec::new(); found.edges.len()];
-        let mut per_edge: HashMap<String, Vec<ToEdge>> = HashMap::new();
+        // One batch per edge: the users' edges first (their slots are `found.edges`' indexes),
+        // then any other edge a reply goes to.
+        let mut slot_of: HashMap<String, usize> = HashMap::new();
+        let mut batches: Vec<(String, Vec<ToEdge>)> = Vec::with_capacity(found.edges.len());
+        for (slot, (edge, _)) in found.edges.into_iter().enumerate() {
+            slot_of.insert(edge.clone(), slot);
+            batches.push((edge, Vec::new()));
+        }
         for (push, user_of) in pushes.into_iter().zip(user_of) {
             let (origin_ms, origin_edge) = Origin::split(push.origin);
             for (edge, session, frame) in push.replies {
-                // Replies go to the session's edge whether or not it holds one of the users.
-                match found.edges.iter().position(|(e, _)| *e == edge) {
-                    Some(slot) => batches[slot].push(ToEdge::Reply { session, frame }),
-                    None => per_edge
-                        .entry(edge)
-                        .or_default()
-                        .push(ToEdge::Reply { session, frame }),
-                }
+                let slot = *slot_of.entry(edge.clone()).or_insert_with(|| {
+                    batches.push((edge, Vec::new()));
+                    batches.len() - 1
+                });
+                batches[slot].1.push(ToEdge::Reply { session, frame });
             }
             // This push's frames by user, in order of first appearance.
             let mut by_user: Vec<(usize, String, Vec<ServerFrame>)> = Vec::new();
@@ -710,14 +711,14 @@ impl Delivery {
                     continue;
                 };
                 for &slot in rest {
-                    batches[slot].push(ToEdge::Events {
+                    batches[slot].1.push(ToEdge::Events {
                         user: user.clone(),
                         frames: frames.clone(),
                         origin_ms,
                         origin_edge: origin_edge.clone(),
                     });
                 }
-                batches[last].push(ToEdge::Events {
+                batches[last].1.push(ToEdge::Events {
                     user,
                     frames,
                     origin_ms,
@@ -727,7 +728,7 @@ impl Delivery {
             for (slot, per_message) in fans.into_iter().enumerate() {
                 for (message, users) in fanned.iter().zip(per_message) {
                     if !users.is_empty() {
-                        batches[slot].push(ToEdge::Message {
+                        batches[slot].1.push(ToEdge::Message {
                             message: message.clone(),
                             users,
                             origin_ms,
@@ -737,12 +738,8 @@ impl Delivery {
                 }
             }
         }
-        for ((edge, _), batch) in found.edges.into_iter().zip(batches) {
-            if !batch.is_empty() {
-                per_edge.entry(edge).or_default().extend(batch);
-            }
-        }
-        self.deliver_all(per_edge).await;
+        self.deliver_all(batches.into_iter().filter(|(_, b)| !b.is_empty()))
+            .await;
     }
 
     /// Push one frame of a channel (its message, or a change to one) to every edge: each
