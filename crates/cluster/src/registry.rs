@@ -9,10 +9,10 @@
 //! key of the namespace (one round trip per ten keys: ~2 s with 30,000 users online).
 
 use async_trait::async_trait;
-use hubbub_registry::{EdgeLoad, Registry, RegistryError, SessionInfo};
+use hubbub_registry::{EdgeLoad, Registry, RegistryError, SessionInfo, UsersByEdge};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -201,27 +201,18 @@ impl Registry for RedisRegistry {
         let mut conn = self.conn.clone();
         let all: Vec<HashMap<String, String>> =
             pipe.query_async(&mut conn).await.map_err(unavailable)?;
-        let mut edges: Vec<String> = all.iter().flat_map(|m| m.values().cloned()).collect();
-        edges.sort_unstable();
-        edges.dedup();
-        let live: Vec<String> = if edges.is_empty() {
-            Vec::new()
-        } else {
-            let keys: Vec<String> = edges.iter().map(|e| self.edge_key(e)).collect();
-            let alive: Vec<Option<String>> = conn.mget(&keys).await.map_err(unavailable)?;
-            edges
-                .into_iter()
-                .zip(alive)
-                .filter(|(_, a)| a.is_some())
-                .map(|(e, _)| e)
-                .collect()
-        };
+        let edges: Vec<&str> = all
+            .iter()
+            .flat_map(|m| m.values())
+            .map(String::as_str)
+            .collect();
+        let live = self.alive(&mut conn, edges).await?;
         Ok(all
             .into_iter()
             .map(|m| {
                 let mut s: Vec<SessionInfo> = m
                     .into_iter()
-                    .filter(|(_, e)| live.contains(e))
+                    .filter(|(_, e)| live.contains(e.as_str()))
                     .map(|(session, edge)| SessionInfo { session, edge })
                     .collect();
                 s.sort_by(|a, b| a.session.cmp(&b.session));
@@ -229,9 +220,61 @@ impl Registry for RedisRegistry {
             })
             .collect())
     }
+
+    /// Only the edges of each user's sessions (`HVALS`, not the session ids beside them),
+    /// and no list of sessions per user: a worker asks this for every member of every
+    /// message it pushes.
+    async fn users_by_edge(&self, users: &[&str]) -> Result<UsersByEdge, RegistryError> {
+        if users.is_empty() {
+            return Ok(UsersByEdge::default());
+        }
+        let mut pipe = redis::pipe();
+        for u in users {
+            pipe.hvals(self.user_key(u));
+        }
+        let mut conn = self.conn.clone();
+        let all: Vec<Vec<String>> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        let live = self
+            .alive(
+                &mut conn,
+                all.iter().flatten().map(String::as_str).collect(),
+            )
+            .await?;
+        let mut out = UsersByEdge::default();
+        for (i, edges) in all.iter().enumerate() {
+            for edge in edges {
+                if live.contains(edge.as_str()) {
+                    out.add(edge, i);
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl RedisRegistry {
+    /// Which of `edges` (repeats allowed) are alive: their address key has not expired
+    /// (one `MGET`).
+    async fn alive(
+        &self,
+        conn: &mut ConnectionManager,
+        mut edges: Vec<&str>,
+    ) -> Result<HashSet<String>, RegistryError> {
+        edges.sort_unstable();
+        edges.dedup();
+        if edges.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let keys: Vec<String> = edges.iter().map(|e| self.edge_key(e)).collect();
+        let alive: Vec<Option<String>> = conn.mget(&keys).await.map_err(unavailable)?;
+        Ok(edges
+            .into_iter()
+            .zip(alive)
+            .filter(|(_, a)| a.is_some())
+            .map(|(e, _)| e.to_owned())
+            .collect())
+    }
+
     /// The sessions whose edge is alive; the others are forgotten (best effort).
     async fn live_sessions(
         &self,

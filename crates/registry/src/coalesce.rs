@@ -14,7 +14,7 @@
 //! its answer, as with the registry behind. When nothing else is in flight, a lookup starts
 //! at once. Writes and the other reads go straight through.
 
-use crate::{EdgeLoad, Registry, RegistryError, SessionInfo};
+use crate::{EdgeLoad, Registry, RegistryError, SessionInfo, UsersByEdge};
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 use std::collections::HashMap;
@@ -23,6 +23,10 @@ use tokio::sync::oneshot;
 
 /// What a waiting lookup gets: the sessions of each of its users, in its order.
 type Answer = Result<Vec<Vec<SessionInfo>>, RegistryError>;
+
+/// What a waiting [`Registry::users_by_edge`] gets: its users by edge (indexes into its own
+/// list).
+type EdgesAnswer = Result<UsersByEdge, RegistryError>;
 
 /// The work a [`Merged`] runs: the requests pending, in the order they were made, to their
 /// answers, one each in that order.
@@ -109,12 +113,13 @@ impl<R: Send + 'static, A: Send + 'static> Merged<R, A> {
     }
 }
 
-/// A registry merging concurrent [`Registry::sessions_of`] (and so
-/// [`Registry::users_by_edge`]) lookups into one of the registry behind.
+/// A registry merging concurrent [`Registry::sessions_of`] lookups into one of the registry
+/// behind, and concurrent [`Registry::users_by_edge`] lookups (a push's) into another.
 #[derive(Clone)]
 pub struct Coalescing {
     inner: Arc<dyn Registry>,
     lookups: Arc<Merged<Vec<String>, Answer>>,
+    edge_lookups: Arc<Merged<Vec<String>, EdgesAnswer>>,
 }
 
 impl std::fmt::Debug for Coalescing {
@@ -131,28 +136,45 @@ impl Coalescing {
             let registry = registry.clone();
             Box::pin(async move { lookup_merged(&*registry, asked).await }) as BoxFuture<'static, _>
         }));
-        Coalescing { inner, lookups }
+        let registry = inner.clone();
+        let edge_lookups = Merged::new(Arc::new(move |asked: Vec<Vec<String>>| {
+            let registry = registry.clone();
+            Box::pin(async move { edges_merged(&*registry, asked).await }) as BoxFuture<'static, _>
+        }));
+        Coalescing {
+            inner,
+            lookups,
+            edge_lookups,
+        }
     }
 }
 
-/// One lookup of every distinct user of `asked`, answered to each request.
-async fn lookup_merged(registry: &dyn Registry, asked: Vec<Vec<String>>) -> Vec<Answer> {
-    let mut users: Vec<String> = Vec::new();
+/// The distinct users of `asked` in order of first appearance, and each request's users as
+/// indexes into them.
+fn distinct(asked: &[Vec<String>]) -> (Vec<&str>, Vec<Vec<usize>>) {
+    let mut users: Vec<&str> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
-    let wanted: Vec<Vec<usize>> = asked
+    let wanted = asked
         .iter()
         .map(|request| {
             request
                 .iter()
                 .map(|u| {
                     *index.entry(u.as_str()).or_insert_with(|| {
-                        users.push(u.clone());
+                        users.push(u);
                         users.len() - 1
                     })
                 })
                 .collect()
         })
         .collect();
+    (users, wanted)
+}
+
+/// One lookup of every distinct user of `asked`, answered to each request.
+async fn lookup_merged(registry: &dyn Registry, asked: Vec<Vec<String>>) -> Vec<Answer> {
+    let (users, wanted) = distinct(&asked);
+    let users: Vec<String> = users.into_iter().map(str::to_owned).collect();
     let found = registry.sessions_of(&users).await;
     wanted
         .into_iter()
@@ -162,6 +184,37 @@ async fn lookup_merged(registry: &dyn Registry, asked: Vec<Vec<String>>) -> Vec<
                 .map(|&i| all.get(i).cloned().unwrap_or_default())
                 .collect()),
             Err(e) => Err(e.clone()),
+        })
+        .collect()
+}
+
+/// One [`Registry::users_by_edge`] of every distinct user of `asked`, each request answered
+/// with its own users' indexes.
+async fn edges_merged(registry: &dyn Registry, asked: Vec<Vec<String>>) -> Vec<EdgesAnswer> {
+    let (users, wanted) = distinct(&asked);
+    let found = match registry.users_by_edge(&users).await {
+        Ok(found) => found,
+        Err(e) => return wanted.iter().map(|_| Err(e.clone())).collect(),
+    };
+    // The edges (indexes into `found.edges`) of each distinct user.
+    let mut edges_of: Vec<Vec<usize>> = vec![Vec::new(); users.len()];
+    for (slot, (_, holds)) in found.edges.iter().enumerate() {
+        for &g in holds {
+            if let Some(e) = edges_of.get_mut(g) {
+                e.push(slot);
+            }
+        }
+    }
+    wanted
+        .into_iter()
+        .map(|w| {
+            let mut out = UsersByEdge::default();
+            for (i, g) in w.into_iter().enumerate() {
+                for &slot in edges_of.get(g).map(Vec::as_slice).unwrap_or_default() {
+                    out.add(&found.edges[slot].0, i);
+                }
+            }
+            Ok(out)
         })
         .collect()
 }
@@ -190,6 +243,16 @@ impl Registry for Coalescing {
         }
         self.lookups
             .call(users.to_vec())
+            .await
+            .unwrap_or_else(|| Err(RegistryError::Unavailable("the lookup failed".into())))
+    }
+
+    async fn users_by_edge(&self, users: &[&str]) -> EdgesAnswer {
+        if users.is_empty() {
+            return Ok(UsersByEdge::default());
+        }
+        self.edge_lookups
+            .call(users.iter().map(|u| (*u).to_owned()).collect())
             .await
             .unwrap_or_else(|| Err(RegistryError::Unavailable("the lookup failed".into())))
     }
@@ -354,6 +417,65 @@ mod tests {
             g.lookups.load(Ordering::SeqCst),
             2,
             "the twenty went as one lookup"
+        );
+    }
+
+    #[tokio::test]
+    async fn users_by_edge_asked_during_one_go_as_one_with_each_its_own_indexes() {
+        let g = gated();
+        for (u, e) in [("ann", "e1"), ("bob", "e2"), ("cat", "e1"), ("cat", "e2")] {
+            g.register(u, &format!("s-{u}-{e}"), e)
+                .await
+                .expect("register");
+        }
+        let r = Coalescing::new(g.clone());
+        let first = {
+            let r = r.clone();
+            tokio::spawn(async move { r.users_by_edge(&["ann"]).await })
+        };
+        wait_for_lookups(&g, 1).await;
+        let mut later = Vec::new();
+        for i in 0..12 {
+            let r = r.clone();
+            let users: Vec<&'static str> = match i % 3 {
+                0 => vec!["bob", "ann"],
+                1 => vec!["nobody", "cat", "cat"],
+                _ => vec!["cat", "bob"],
+            };
+            later.push(tokio::spawn(async move {
+                let got = r.users_by_edge(&users).await;
+                (users, got)
+            }));
+        }
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(g.lookups.load(Ordering::SeqCst), 1, "the others wait");
+        g.gate.add_permits(2);
+        let got = first.await.expect("join").expect("lookup");
+        assert_eq!(got.edges, vec![("e1".to_owned(), vec![0])]);
+        for t in later {
+            let (users, got) = t.await.expect("join");
+            // What the registry behind answers for this request alone.
+            let want = {
+                let mut want = UsersByEdge::default();
+                for (i, u) in users.iter().enumerate() {
+                    for s in g.of(u) {
+                        want.add(&s.edge, i);
+                    }
+                }
+                want
+            };
+            let mut got = got.expect("lookup").edges;
+            let mut want = want.edges;
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "{users:?}");
+        }
+        assert_eq!(
+            g.lookups.load(Ordering::SeqCst),
+            2,
+            "the twelve went as one lookup"
         );
     }
 

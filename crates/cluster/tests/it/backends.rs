@@ -96,7 +96,22 @@ async fn redis_registry_keeps_the_contract_and_forgets_dead_edges() {
     r.register("carol", "s9", "short").await.expect("register");
     assert_eq!(r.sessions("carol").await.expect("sessions").len(), 1);
     assert!(listed(&r, "short").await);
+    r.register("carol", "s10", "e1").await.expect("register");
+    assert_eq!(
+        r.users_by_edge(&["carol"])
+            .await
+            .expect("by edge")
+            .edges
+            .len(),
+        2
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        r.users_by_edge(&["carol"]).await.expect("by edge").edges,
+        [("e1".to_owned(), vec![0])],
+        "a dead edge holds no one"
+    );
+    r.unregister("carol", "s10").await.expect("unregister");
     assert!(r.sessions("carol").await.expect("sessions").is_empty());
     assert!(
         !listed(&r, "short").await,
