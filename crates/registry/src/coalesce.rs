@@ -2,12 +2,15 @@
 //! same time into one; [`Merged`], the general form (requests made while one batch is in
 //! flight go together as the next), which the HTTP edge link also uses.
 //!
-//! Roles apart, every envelope a worker handles looks up the sessions of its recipients: a
-//! message to a 100-member group is 100 `HGETALL`s in Redis, and at 1,000 sends/s that is
+//! Roles apart, every envelope a worker handles looks up the edges of its recipients: a
+//! message to a 100-member group is 100 hash reads in Redis, and at 1,000 sends/s that is
 //! 100,000 a second, past what one Redis answers (~44,000 here). The worker handles dozens of
 //! envelopes at once, mostly for the same members. Here, while one lookup is in flight, the
 //! lookups asked for meanwhile wait and then go as one, each user asked once: the next
-//! batch of a busy worker costs one round trip and one `HGETALL` per distinct member.
+//! batch of a busy worker costs one round trip and one read per distinct member.
+//! [`Registry::users_by_edge`] (a push's) and [`Registry::sessions_of`] are merged apart, so
+//! each reaches the registry behind as itself (the Redis one answers the first from the
+//! edges alone).
 //!
 //! Nothing is cached: every answer was read after it was asked for (a lookup joins only one
 //! that has not started yet), so a session registered before a lookup is asked for is in
