@@ -336,6 +336,16 @@ mod tests {
         panic!("{n} lookups never started");
     }
 
+    /// With one lookup held and others asked for meanwhile: only the held one reached the
+    /// registry; then it and the next (the others together) are let through.
+    async fn let_the_held_one_go(g: &Gated) {
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(g.lookups.load(Ordering::SeqCst), 1, "the others wait");
+        g.gate.add_permits(2);
+    }
+
     #[tokio::test]
     async fn requests_made_during_a_batch_go_together_in_order() {
         let gate = Arc::new(Semaphore::new(0));
@@ -400,11 +410,7 @@ mod tests {
                 (users, got)
             }));
         }
-        for _ in 0..100 {
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(g.lookups.load(Ordering::SeqCst), 1, "the others wait");
-        g.gate.add_permits(2);
+        let_the_held_one_go(&g).await;
         let got = first.await.expect("join").expect("lookup");
         assert_eq!(got[0][0].edge, "e1");
         for t in later {
@@ -450,11 +456,7 @@ mod tests {
                 (users, got)
             }));
         }
-        for _ in 0..100 {
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(g.lookups.load(Ordering::SeqCst), 1, "the others wait");
-        g.gate.add_permits(2);
+        let_the_held_one_go(&g).await;
         let got = first.await.expect("join").expect("lookup");
         assert_eq!(got.edges, vec![("e1".to_owned(), vec![0])]);
         for t in later {

@@ -16,11 +16,6 @@ use std::time::Duration;
 
 const SECRET: &str = "cluster-test-secret";
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 struct Cluster {
     dir: tempfile::TempDir,
     redis: String,
@@ -265,7 +260,7 @@ async fn roles_apart_survive_kill_9_of_a_worker_an_edge_and_the_router() {
         postgres: crate::support::fresh_database().await,
         namespace: format!("hbcluster{:08x}", fastrand::u32(..)),
     };
-    let ports: Vec<u16> = (0..9).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..9).map(|_| crate::support::free_port()).collect();
     let listen = |i: usize| format!("127.0.0.1:{}", ports[i]);
     let edge_args = |i: usize| {
         vec![
@@ -585,7 +580,7 @@ async fn presence_webhooks_follow_sessions_across_edges_and_an_edge_killed() {
         postgres: crate::support::fresh_database().await,
         namespace: format!("hbhooks{:08x}", fastrand::u32(..)),
     };
-    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..5).map(|_| crate::support::free_port()).collect();
     let listen = |i: usize| format!("127.0.0.1:{}", ports[i]);
     let e1 = [
         "edge",

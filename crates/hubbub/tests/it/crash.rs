@@ -15,11 +15,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 fn spawn_server(dir: &std::path::Path, port: u16) -> Child {
     // The server's log goes to a file beside its data, shown if it does not come up.
     let log = std::fs::OpenOptions::new()
@@ -162,7 +157,7 @@ async fn sender(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_traffic_loses_and_repeats_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+    let port = crate::support::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut child = spawn_server(dir.path(), port);
     wait_ready(&mut child, dir.path()).await;

@@ -9,6 +9,32 @@ use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+/// A port for a process started by a test, which it may bind again after being killed:
+/// picked below the kernel's ephemeral range (32768 and up), so that no outgoing connection
+/// of a test running beside it takes it as its source port in between (a role restarted
+/// after `kill -9` once failed to bind its port again for that reason). Ports are handed
+/// out in turn from a start that differs per test process, each checked free when picked.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        fastrand::u32(..SPAN),
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = u16::try_from(LOW + n % SPAN).expect("below 32000");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOW} and {}", LOW + SPAN);
+}
+
 /// An app token secret of the length the server requires (32 bytes or more).
 pub const APP_SECRET: &str = "app-secret-app-secret-app-secret";
 
