@@ -696,20 +696,24 @@ impl Delivery {
             let mut fans: Vec<Vec<Vec<(String, u64)>>> = Vec::new();
             for ((g, user, frames), fan) in by_user.into_iter().zip(fan_of) {
                 let edges = edges_of.get(g).map(Vec::as_slice).unwrap_or_default();
-                if let (Some(m), Some(seq)) = (fan, frames.first().and_then(ServerFrame::seq)) {
-                    for &slot in edges {
-                        if fans.len() <= slot {
-                            fans.resize_with(slot + 1, || vec![Vec::new(); fanned.len()]);
-                        }
-                        fans[slot][m].push((user.clone(), seq));
-                    }
-                    continue;
-                }
                 // Cloned for all but the last edge, moved to it (a user is nearly always
                 // on one).
                 let Some((&last, rest)) = edges.split_last() else {
                     continue;
                 };
+                if let (Some(m), Some(seq)) = (fan, frames.first().and_then(ServerFrame::seq)) {
+                    let mut add = |slot: usize, user: String| {
+                        if fans.len() <= slot {
+                            fans.resize_with(slot + 1, || vec![Vec::new(); fanned.len()]);
+                        }
+                        fans[slot][m].push((user, seq));
+                    };
+                    for &slot in rest {
+                        add(slot, user.clone());
+                    }
+                    add(last, user);
+                    continue;
+                }
                 for &slot in rest {
                     batches[slot].1.push(ToEdge::Events {
                         user: user.clone(),
@@ -900,6 +904,43 @@ mod tests {
         assert_eq!(b1.len(), 3);
         assert!(
             matches!(&b2[..], [ToEdge::Events { user, .. }, ToEdge::Message { .. }] if user == "eve")
+        );
+    }
+
+    /// A member with sessions on two edges is among the message's users on both.
+    #[tokio::test]
+    async fn a_member_on_two_edges_gets_the_message_on_both() {
+        let (delivery, mut e1, mut e2) = two_edges(&[
+            ("ann", "s1", "e1"),
+            ("ann", "s2", "e2"),
+            ("bob", "s3", "e1"),
+        ])
+        .await;
+        let m = message("m1");
+        let new = |seq: u64| ServerFrame::MessageNew {
+            seq,
+            message: m.clone(),
+        };
+        delivery
+            .push(
+                vec![("ann".into(), new(5)), ("bob".into(), new(6))],
+                Vec::new(),
+                None,
+            )
+            .await;
+        let users = |batch: Vec<ToEdge>| -> Vec<(String, u64)> {
+            match &batch[..] {
+                [ToEdge::Message { users, .. }] => users.clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            users(e1.recv().await.expect("e1 batch")),
+            [("ann".to_owned(), 5), ("bob".to_owned(), 6)]
+        );
+        assert_eq!(
+            users(e2.recv().await.expect("e2 batch")),
+            [("ann".to_owned(), 5)]
         );
     }
 
