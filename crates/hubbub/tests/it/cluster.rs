@@ -5,6 +5,7 @@
 //! exactly once and reached every member exactly once across `sync`; the clients of the
 //! killed edge reconnect to the other one and resume with no gap and no duplicate.
 
+use crate::support::ChildGuard;
 use crate::support::{PATIENCE, create_channel, ok, send, until};
 use hubbub::client::{Client, Socket};
 use hubbub_protocol::{ConversationKind, ReplyData, Request, ServerFrame};
@@ -62,8 +63,8 @@ impl Cluster {
     }
 
     /// Start a role and wait until it is up.
-    async fn start(&self, name: &str, args: &[&str]) -> Child {
-        let mut child = self.spawn(name, args);
+    async fn start(&self, name: &str, args: &[&str]) -> ChildGuard {
+        let mut child = ChildGuard(self.spawn(name, args));
         crate::support::wait_up(&mut child, || self.log(name)).await;
         child
     }

@@ -7,6 +7,7 @@
 //! in history and reached each member exactly once (one `reaction.updated` or
 //! `message.updated` per changed message).
 
+use crate::support::ChildGuard;
 use crate::support::PATIENCE;
 use hubbub::client::Client;
 use hubbub_protocol::{ConversationKind, ReplyData, Request, ServerFrame};
@@ -15,28 +16,30 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-fn spawn_server(dir: &std::path::Path, port: u16) -> Child {
+fn spawn_server(dir: &std::path::Path, port: u16) -> ChildGuard {
     // The server's log goes to a file beside its data, shown if it does not come up.
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("server.log"))
         .expect("log");
-    Command::new(env!("CARGO_BIN_EXE_hubbub"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(dir)
-        .env("HUBBUB_LIMITS__FRAMES_PER_S", "10000")
-        .env("HUBBUB_LIMITS__BURST", "10000")
-        .env("HUBBUB_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .expect("spawn hubbub serve")
+    ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_hubbub"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(dir)
+            .env("HUBBUB_LIMITS__FRAMES_PER_S", "10000")
+            .env("HUBBUB_LIMITS__BURST", "10000")
+            .env("HUBBUB_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn hubbub serve"),
+    )
 }
 
 /// Wait until the server is up; if it does not come up, show its log.

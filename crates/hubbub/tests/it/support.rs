@@ -9,6 +9,31 @@ use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+/// A process started by a test, killed (SIGKILL) and reaped when dropped: a test that fails
+/// half-way leaves no server running behind it (a failed kill -9 test once left two edges
+/// running after the suite).
+pub struct ChildGuard(pub std::process::Child);
+
+impl std::ops::Deref for ChildGuard {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A port for a process started by a test, which it may bind again after being killed:
 /// picked below the kernel's ephemeral range (32768 and up), so that no outgoing connection
 /// of a test running beside it takes it as its source port in between (a role restarted
