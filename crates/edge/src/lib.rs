@@ -1176,7 +1176,23 @@ impl Edge {
                     }
                     _ = dispatcher.cancel.cancelled() => break,
                 }
-                dispatcher.hand_over(handovers);
+                // The replies a batch starts with (the sender's `ok`) are handed over, and
+                // their sessions given a turn to write them, before the events behind them
+                // wake every member's session: otherwise the sender's session waits in the
+                // run queue behind a group's fan-out (a 1,000-member group's `ok` came
+                // half-way through it).
+                let replies = handovers
+                    .iter()
+                    .take_while(|h| matches!(h, Handover::One(_, Out::Reply(_))))
+                    .count();
+                if replies > 0 && replies < handovers.len() {
+                    let rest = handovers.split_off(replies);
+                    dispatcher.hand_over(handovers);
+                    tokio::task::yield_now().await;
+                    dispatcher.hand_over(rest);
+                } else {
+                    dispatcher.hand_over(handovers);
+                }
             }
         });
         Ok(Edge { inner })
