@@ -206,7 +206,12 @@ impl Registry for RedisRegistry {
             .flat_map(|m| m.values())
             .map(String::as_str)
             .collect();
-        let live = self.alive(&mut conn, edges).await?;
+        let live: HashSet<String> = self
+            .alive(&mut conn, edges)
+            .await?
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         Ok(all
             .into_iter()
             .map(|m| {
@@ -255,11 +260,11 @@ impl Registry for RedisRegistry {
 impl RedisRegistry {
     /// Which of `edges` (repeats allowed) are alive: their address key has not expired
     /// (one `MGET`).
-    async fn alive(
+    async fn alive<'a>(
         &self,
         conn: &mut ConnectionManager,
-        mut edges: Vec<&str>,
-    ) -> Result<HashSet<String>, RegistryError> {
+        mut edges: Vec<&'a str>,
+    ) -> Result<HashSet<&'a str>, RegistryError> {
         edges.sort_unstable();
         edges.dedup();
         if edges.is_empty() {
@@ -271,7 +276,7 @@ impl RedisRegistry {
             .into_iter()
             .zip(alive)
             .filter(|(_, a)| a.is_some())
-            .map(|(e, _)| e.to_owned())
+            .map(|(e, _)| e)
             .collect())
     }
 

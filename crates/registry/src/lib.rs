@@ -681,12 +681,13 @@ impl Delivery {
             }
             // This push's frames by user, in order of first appearance.
             let mut by_user: Vec<(usize, String, Vec<ServerFrame>)> = Vec::new();
-            let mut slot_of: HashMap<usize, usize> = HashMap::new();
+            // Where each user (by number) is in `by_user`.
+            let mut row_of: HashMap<usize, usize> = HashMap::new();
             for ((user, frame), g) in push.frames.into_iter().zip(user_of) {
-                match slot_of.get(&g) {
+                match row_of.get(&g) {
                     Some(&i) => by_user[i].2.push(frame),
                     None => {
-                        slot_of.insert(g, by_user.len());
+                        row_of.insert(g, by_user.len());
                         by_user.push((g, user, vec![frame]));
                     }
                 }
