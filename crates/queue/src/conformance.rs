@@ -84,6 +84,7 @@ macro_rules! queue_conformance_tests {
             send_receive_ack, send_batch_is_ordered, dedupe_ignores_repeats,
             delay_hides_until_due, visibility_timeout_redelivers, extend_keeps_invisible,
             nack_returns_message, dead_letter_and_redrive, per_key_fifo, per_key_runs,
+            batches_act_as_their_calls_in_order,
             a_lapsed_run_comes_back_in_order, dead_letters_are_purged, ttl_expiry_is_counted,
             stats_count_each_state, bad_input_is_typed, long_poll_wakes_on_send,
             long_poll_times_out_empty, relayed_sends_and_appends, log_append_and_read,
@@ -511,6 +512,76 @@ pub async fn per_key_runs(env: &ConformanceEnv) {
         .await
         .expect("receive");
     assert_eq!(bodies(&capped), ["c4"]);
+}
+
+/// One batch of sends and one batch of acks hold what separate calls would: a dedupe id
+/// repeated in the batch is a duplicate of its first use; a run acked out of order in one
+/// batch frees its key for the next message; a receipt given twice in one batch acks once
+/// (the second finds no message); a stale receipt beside valid ones fails alone.
+pub async fn batches_act_as_their_calls_in_order(env: &ConformanceEnv) {
+    let q = "conf-batches";
+    let k = |key: &str| SendOptions::default().key(key);
+    let out = |body: &str, opts: SendOptions| Outgoing {
+        body: body.into(),
+        opts,
+    };
+    let sent = env
+        .queue
+        .send_batch(
+            q,
+            vec![
+                out("r1", k("r").dedupe("x")),
+                out("r1 again", k("r").dedupe("x")),
+                out("r2", k("r")),
+                Outgoing::new("free"),
+                out("r3", k("r")),
+            ],
+        )
+        .await
+        .expect("send batch");
+    let dup: Vec<bool> = sent.iter().map(|s| s.duplicate).collect();
+    assert_eq!(dup, [false, true, false, false, false]);
+    assert_eq!(sent[0].id, sent[1].id);
+    let got = env
+        .queue
+        .receive(q, env.runs(10, 10, 30))
+        .await
+        .expect("receive");
+    assert_eq!(bodies(&got), ["r1", "r2", "r3", "free"]);
+    send(env, q, "r4", k("r")).await;
+    let stale = Receipt(format!("{}x", got[3].receipt.0));
+    let acks = env
+        .queue
+        .ack_batch(
+            q,
+            &[
+                got[2].receipt.clone(),
+                got[0].receipt.clone(),
+                got[0].receipt.clone(),
+                stale,
+                got[1].receipt.clone(),
+            ],
+        )
+        .await
+        .expect("ack batch");
+    assert!(
+        acks[0].is_ok() && acks[1].is_ok() && acks[4].is_ok(),
+        "{acks:?}"
+    );
+    assert_eq!(
+        acks[2],
+        Err(ReceiptError::Unknown),
+        "a repeat finds no message"
+    );
+    assert!(acks[3].is_err(), "a stale receipt fails");
+    let next = env
+        .queue
+        .receive(q, env.runs(10, 10, 30))
+        .await
+        .expect("receive");
+    assert_eq!(bodies(&next), ["r4"], "the run's key is free");
+    let st = env.queue.stats(q).await.expect("stats");
+    assert_eq!((st.in_flight, st.waiting_on_key), (2, 0));
 }
 
 pub async fn a_lapsed_run_comes_back_in_order(env: &ConformanceEnv) {

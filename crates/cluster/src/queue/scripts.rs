@@ -31,22 +31,28 @@ impl Scripts {
                 r#"
 local p = ARGV[1]; local window = tonumber(ARGV[2])
 local now = now_ms(); local out = {}
+local acc = new_batch()
+local n = (#ARGV - 2) / 5
+local next_id = take_ids(p, n)
 local i = 3
 while i <= #ARGV do
   local body, key, delay, ttl, dd = ARGV[i], ARGV[i+1], tonumber(ARGV[i+2]), tonumber(ARGV[i+3]), ARGV[i+4]
   i = i + 5
-  local id = nil
-  if dd ~= '' then id = redis.call('GET', p .. ':dd:' .. dd) end
-  if id then
-    out[#out+1] = id; out[#out+1] = 1
+  next_id = next_id + 1
+  local id = id_of(next_id)
+  -- A repeat of a dedupe id answers the message it named (its id then goes unused).
+  local dup = false
+  if dd ~= '' then dup = redis.call('SET', p .. ':dd:' .. dd, id, 'NX', 'PX', window, 'GET') end
+  if dup then
+    out[#out+1] = dup; out[#out+1] = 1
   else
     local exp = 0
     if ttl > 0 then exp = now + ttl end
-    id = enqueue(p, body, key, delay, exp, now, now)
-    if dd ~= '' then redis.call('SET', p .. ':dd:' .. dd, id, 'PX', window) end
+    enqueue(p, acc, id, body, key, delay, exp, now, now)
     out[#out+1] = id; out[#out+1] = 0
   end
 end
+flush(p, acc)
 redis.call('LPUSH', p .. ':wake', 1)
 redis.call('LTRIM', p .. ':wake', 0, 0)
 return out
@@ -73,12 +79,16 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', p .. ':inflight', '-inf', now)) 
   end
 end
 local out = {}; local got = 0
+local lease_until = now + vis
+-- The leases' entries in `inflight`, added together at the end.
+local leased = {}
+-- Lease a message whose hash `m` read `f` (e, k, b, f, c): its token is its receive count,
+-- which no earlier lease of it had.
 local function lease(id, m, f)
-  local c = redis.call('HINCRBY', m, 'c', 1)
-  local tok = redis.call('INCR', p .. ':lease')
-  redis.call('HSET', m, 'l', tok, 'lu', now + vis)
-  redis.call('ZADD', p .. ':inflight', now + vis, id)
-  out[#out+1] = id; out[#out+1] = tostring(tok); out[#out+1] = f[3]
+  local c = tonumber(f[5]) + 1
+  redis.call('HSET', m, 'c', c, 'l', c, 'lu', lease_until)
+  leased[#leased+1] = lease_until; leased[#leased+1] = id
+  out[#out+1] = id; out[#out+1] = tostring(c); out[#out+1] = f[3]
   out[#out+1] = f[2]; out[#out+1] = c; out[#out+1] = f[4]
   got = got + 1
 end
@@ -86,48 +96,62 @@ end
 local function run(key)
   local kl, kr = p .. ':k:' .. key, p .. ':kr:' .. key
   if redis.call('LLEN', kr) > 0 then return end
-  local n = 0
-  while n < maxrun - 1 and got < max do
-    local id = redis.call('LINDEX', kl, 0)
-    if not id then break end
-    local m = p .. ':m:' .. id
-    local f = redis.call('HMGET', m, 'e', 'k', 'b', 'f', 'v', 'c')
-    if tonumber(f[5]) > now then break end
-    redis.call('LPOP', kl)
-    redis.call('HINCRBY', p .. ':st', 'waiting', -1)
-    local e = tonumber(f[1])
-    if e > 0 and e <= now then
-      redis.call('HINCRBY', p .. ':st', 'expired', 1)
-      remove_msg(p, id)
-    elseif tonumber(f[6]) >= maxr then
-      redis.call('RPUSH', kr, id)
-      dead_letter(p, d, id, now)
-    else
-      redis.call('RPUSH', kr, id)
-      lease(id, m, f)
-      n = n + 1
+  local n, taken, joined, more = 0, 0, {}, true
+  while more and n < maxrun - 1 and got < max do
+    local ids = redis.call('LRANGE', kl, taken, taken + math.min(maxrun - 1 - n, max - got) - 1)
+    if #ids == 0 then break end
+    for _, id in ipairs(ids) do
+      if n >= maxrun - 1 or got >= max then more = false; break end
+      local m = p .. ':m:' .. id
+      local f = redis.call('HMGET', m, 'e', 'k', 'b', 'f', 'c', 'v')
+      if tonumber(f[6]) > now then more = false; break end
+      taken = taken + 1
+      local e = tonumber(f[1])
+      if e > 0 and e <= now then
+        redis.call('HINCRBY', p .. ':st', 'expired', 1)
+        remove_msg(p, id)
+      elseif tonumber(f[5]) >= maxr then
+        dead_letter(p, d, id, now)
+      else
+        joined[#joined+1] = id
+        lease(id, m, f)
+        n = n + 1
+      end
     end
   end
+  if taken > 0 then
+    redis.call('LTRIM', kl, taken, -1)
+    redis.call('HINCRBY', p .. ':st', 'waiting', -taken)
+  end
+  many('RPUSH', kr, joined)
 end
 while got < max do
-  local ids = redis.call('ZRANGEBYSCORE', p .. ':vis', '-inf', now, 'LIMIT', 0, max - got)
+  local want = max - got
+  local ids = redis.call('ZRANGEBYSCORE', p .. ':vis', '-inf', now, 'LIMIT', 0, want)
   if #ids == 0 then break end
+  -- Fewer than asked for: no more are due, unless an expiry below makes a key's next one so.
+  local again = #ids >= want
+  local taken = {}
   for _, id in ipairs(ids) do
     if got >= max then break end
+    taken[#taken+1] = id
     local m = p .. ':m:' .. id
-    local f = redis.call('HMGET', m, 'e', 'k', 'b', 'f')
+    local f = redis.call('HMGET', m, 'e', 'k', 'b', 'f', 'c')
     local e = tonumber(f[1])
-    redis.call('ZREM', p .. ':vis', id)
     if e > 0 and e <= now then
       redis.call('HINCRBY', p .. ':st', 'expired', 1)
       remove_msg(p, id)
       leave_key(p, f[2], id, now)
+      again = true
     else
       lease(id, m, f)
       if maxrun > 1 and f[2] ~= '' then run(f[2]) end
     end
   end
+  many('ZREM', p .. ':vis', taken)
+  if not again then break end
 end
+many('ZADD', p .. ':inflight', leased)
 return out
 "#,
             ),
@@ -135,18 +159,26 @@ return out
             ack: script(
                 r#"
 local p = ARGV[1]; local now = now_ms(); local out = {}
+-- The acked messages, removed together at the end (a receipt repeated in the batch is
+-- unknown the second time, as if it came after).
+local gone, hashes, seen = {}, {}, {}
 local i = 2
 while i <= #ARGV do
   local id, tok = ARGV[i], ARGV[i+1]
   i = i + 2
-  local code = check(p, id, tok, now)
+  local code, key = 1, nil
+  if not seen[id] then code, key = check(p, id, tok, now) end
   if code == 0 then
-    local key = redis.call('HGET', p .. ':m:' .. id, 'k')
-    remove_msg(p, id)
+    seen[id] = true
+    gone[#gone+1] = id
+    hashes[#hashes+1] = p .. ':m:' .. id
     leave_key(p, key, id, now)
   end
   out[#out+1] = code
 end
+many('ZREM', p .. ':inflight', gone)
+many('ZREM', p .. ':all', gone)
+many('DEL', nil, hashes)
 return out
 "#,
             ),
@@ -169,11 +201,10 @@ return code
                 r#"
 local p, id, tok, d = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now = now_ms()
-local code = check(p, id, tok, now)
+local code, key = check(p, id, tok, now)
 if code == 0 then
   local m = p .. ':m:' .. id
   redis.call('ZREM', p .. ':inflight', id)
-  local key = redis.call('HGET', m, 'k')
   if tonumber(redis.call('HGET', m, 'c')) >= max_receives(p, tonumber(ARGV[6])) then
     dead_letter(p, d, id, now)
   elseif in_run(p, key, id) then
@@ -222,12 +253,18 @@ return out
                 r#"
 local p, d = ARGV[1], ARGV[2]
 local now = now_ms(); local moved = 0
-for _, id in ipairs(redis.call('ZRANGE', d .. ':all', 0, tonumber(ARGV[3]) - 1)) do
+local ids = redis.call('ZRANGE', d .. ':all', 0, tonumber(ARGV[3]) - 1)
+if #ids == 0 then return 0 end
+local acc = new_batch()
+local next_id = take_ids(p, #ids)
+for _, id in ipairs(ids) do
   local f = redis.call('HMGET', d .. ':m:' .. id, 'b', 'ok', 'f')
-  enqueue(p, f[1], f[2] or '', 0, 0, tonumber(f[3]), now)
+  next_id = next_id + 1
+  enqueue(p, acc, id_of(next_id), f[1], f[2] or '', 0, 0, tonumber(f[3]), now)
   remove_msg(d, id)
   moved = moved + 1
 end
+flush(p, acc)
 return moved
 "#,
             ),
