@@ -458,6 +458,29 @@ pub(crate) trait ChatTx {
     async fn roles(&self, id: &str) -> Result<BTreeMap<String, Role>>;
     /// A member's role, mute and last send; `None` if not a member.
     async fn member_state(&self, id: &str, user: &str) -> Result<Option<MemberState>>;
+    /// What a send reads before it writes ([`SendReads`]): the sender's message under the
+    /// same `client_msg_id`, the conversation, and (not for a system message) the sender's
+    /// membership. They do not depend on each other: by default they are asked together (on
+    /// PostgreSQL one statement answers all three: one reply instead of three, and a batch
+    /// asks every send's at once).
+    async fn send_reads(&self, new: &NewMessage) -> Result<SendReads> {
+        let member = async {
+            match new.system {
+                true => Ok(None),
+                false => self.member_state(&new.conversation, &new.sender).await,
+            }
+        };
+        let (existing, row, state) = tokio::try_join!(
+            self.message_by_key(&new.sender, &new.client_msg_id),
+            self.conversation_row(&new.conversation),
+            member,
+        )?;
+        Ok(SendReads {
+            existing,
+            row,
+            state,
+        })
+    }
     /// Set a member's role.
     async fn set_role(&self, id: &str, user: &str, role: Role) -> Result<()>;
     /// Mute a member until `until_ms`, or lift it (`None`).
@@ -1221,37 +1244,15 @@ pub(crate) struct Stored {
 #[derive(Debug)]
 pub(crate) struct SendReads {
     pub(crate) existing: Option<Message>,
-    row: Option<ConversationRow>,
+    pub(crate) row: Option<ConversationRow>,
     pub(crate) state: Option<MemberState>,
-}
-
-/// The reads of a send ([`SendReads`]). They do not depend on each other and are asked
-/// together: on PostgreSQL one round trip instead of three, and a batch asks every send's
-/// at once.
-pub(crate) async fn send_reads(tx: &impl ChatTx, new: &NewMessage) -> Result<SendReads> {
-    let member = async {
-        match new.system {
-            true => Ok(None),
-            false => tx.member_state(&new.conversation, &new.sender).await,
-        }
-    };
-    let (existing, row, state) = tokio::try_join!(
-        tx.message_by_key(&new.sender, &new.client_msg_id),
-        tx.conversation_row(&new.conversation),
-        member,
-    )?;
-    Ok(SendReads {
-        existing,
-        row,
-        state,
-    })
 }
 
 /// Store one `message.send`. A new message's inbox events are the caller's to write
 /// ([`message_events`], none for a channel's, then [`after_send`]), so a backend may fan out
 /// a batch of sends at once.
 pub(crate) async fn store_message(tx: &impl ChatTx, new: &NewMessage, now: i64) -> Result<Stored> {
-    let reads = send_reads(tx, new).await?;
+    let reads = tx.send_reads(new).await?;
     store_read(tx, new, reads, now).await
 }
 

@@ -4,7 +4,7 @@
 
 use super::{
     CONVERSATION_COLUMNS, ChatTx, ConversationRow, Links, M_MESSAGE_COLUMNS, MESSAGE_COLUMNS,
-    MemberState, MessageRow, NewConversation, NewMessage, kind_name, message_from_row, send_reads,
+    MemberState, MessageRow, NewConversation, NewMessage, SendReads, kind_name, message_from_row,
     sends_written, store_read,
 };
 use crate::postgres::{Row, Tx, commit_err, pg, pool_err};
@@ -99,6 +99,60 @@ impl ChatTx for Tx<'_> {
                 muted_until_ms: r.get(1),
                 last_sent_ms: r.get(2),
             }))
+    }
+
+    async fn send_reads(&self, new: &NewMessage) -> Result<SendReads> {
+        // One row: each read is a left join that finds at most one row (the conversation by
+        // id, the membership by its key, the message by the unique (sender, client_msg_id)).
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            let c: Vec<String> = CONVERSATION_COLUMNS
+                .split(", ")
+                .map(|col| format!("c.{col}"))
+                .collect();
+            format!(
+                "SELECT {}, mb.role, mb.muted_until_ms, mb.last_sent_ms, {M_MESSAGE_COLUMNS}
+                 FROM (VALUES (1)) AS one(x)
+                 LEFT JOIN conversations c ON c.id = $1
+                 LEFT JOIN members mb ON NOT $4 AND mb.conversation_id = $1 AND mb.user_id = $2
+                 LEFT JOIN messages m ON m.sender = $2 AND m.client_msg_id = $3",
+                c.join(", ")
+            )
+        });
+        let r = self
+            .one(
+                &SQL,
+                &[
+                    &new.conversation,
+                    &new.sender,
+                    &new.client_msg_id,
+                    &new.system,
+                ],
+            )
+            .await?;
+        let row = r.get::<_, Option<String>>(0).map(|kind| ConversationRow {
+            kind,
+            title: r.get(1),
+            created_by: r.get(2),
+            created_ms: r.get(3),
+            ephemeral: r.get(4),
+            public: r.get(5),
+            last_offset: r.get(6),
+            slow_mode_s: r.get(7),
+        });
+        let state = r.get::<_, Option<&str>>(8).map(|role| MemberState {
+            role: Role::from_name(role),
+            muted_until_ms: r.get(9),
+            last_sent_ms: r.get(10),
+        });
+        let existing = match r.get::<_, Option<i64>>(11) {
+            Some(_) => Some(message_from_row(message_row(&r, 11))?),
+            None => None,
+        };
+        Ok(SendReads {
+            existing,
+            row,
+            state,
+        })
     }
 
     async fn set_role(&self, id: &str, user: &str, role: Role) -> Result<()> {
@@ -1098,7 +1152,7 @@ async fn send_locked(
     // message (a repeat of its `client_msg_id` later in the batch returns it before any
     // check, as the read would have) and its sender's slow-mode time.
     let on = Tx::Tx(&tx);
-    let reads = futures_util::future::join_all(news.iter().map(|n| send_reads(&on, n)))
+    let reads = futures_util::future::join_all(news.iter().map(|n| on.send_reads(n)))
         .await
         .into_iter()
         .collect::<Result<Vec<_>>>()?;
