@@ -1161,7 +1161,10 @@ async fn send_locked(
     let mut sent_by_key: HashMap<(&str, &str), Message> = HashMap::new();
     // Each send in a savepoint of its own, all named alike: setting the next releases the
     // one before in the same round trip (releasing commits nothing yet), and the last is
-    // released by the commit.
+    // released by the commit. A batch of one takes none: if its send fails, the transaction
+    // holds nothing else and is rolled back whole (a savepoint is a statement, a reply and
+    // a subtransaction on the server).
+    let single = news.len() == 1;
     let mut savepoint = "SAVEPOINT send";
     for (new, mut reads) in news.iter().zip(reads) {
         let key = (new.conversation.as_str(), new.sender.as_str());
@@ -1174,14 +1177,19 @@ async fn send_locked(
         {
             state.last_sent_ms = Some(now);
         }
-        // The savepoint and the send's statements go out together (pipelined, in order on
-        // the connection): one round trip for a plain send, not two.
-        let (set, sent) = tokio::join!(
-            tx.batch_execute(savepoint),
-            store_read(&on, new, reads, now)
-        );
-        set.map_err(pg)?;
-        savepoint = "RELEASE SAVEPOINT send; SAVEPOINT send";
+        let sent = if single {
+            store_read(&on, new, reads, now).await
+        } else {
+            // The savepoint and the send's statements go out together (pipelined, in order
+            // on the connection): one round trip for a plain send, not two.
+            let (set, sent) = tokio::join!(
+                tx.batch_execute(savepoint),
+                store_read(&on, new, reads, now)
+            );
+            set.map_err(pg)?;
+            savepoint = "RELEASE SAVEPOINT send; SAVEPOINT send";
+            sent
+        };
         match sent {
             Ok(sent) => {
                 if sent.fresh {
@@ -1189,6 +1197,10 @@ async fn send_locked(
                     sent_by_key.insert(id_key, sent.message.clone());
                 }
                 stored.push(Ok(sent));
+            }
+            Err(e) if single => {
+                tx.rollback().await.map_err(pg)?;
+                return Ok(vec![Err(e)]);
             }
             Err(e) => {
                 // The savepoint stays (ROLLBACK TO keeps it); the next send releases it.
