@@ -293,8 +293,9 @@ impl EngagementWorker {
         format!("{}:eng:leader", self.namespace)
     }
 
-    /// Take or keep the lease; true while this worker leads.
-    async fn lead(&self) -> bool {
+    /// Take or keep the lease: true while this worker leads, false while another does; an
+    /// error when Redis did not answer (the lease may be either's).
+    async fn lead(&self) -> Result<bool, redis::RedisError> {
         let script = redis::Script::new(
             r"
 local cur = redis.call('GET', KEYS[1])
@@ -306,19 +307,20 @@ end
 return 0",
         );
         let mut conn = self.conn.clone();
-        let got: Result<i64, _> = script
+        let got: i64 = script
             .key(self.lease_key())
             .arg(&self.id)
             .arg(LEASE.as_millis() as u64)
             .invoke_async(&mut conn)
-            .await;
-        matches!(got, Ok(1))
+            .await?;
+        Ok(got == 1)
     }
 
     /// Lead when possible, until cancelled.
     pub async fn run(self, cancel: CancellationToken) {
         while !cancel.is_cancelled() {
-            if !self.lead().await {
+            let asked = Instant::now();
+            if !matches!(self.lead().await, Ok(true)) {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                     _ = cancel.cancelled() => break,
@@ -329,7 +331,7 @@ return 0",
             // The aggregator's partitions of this term: stopped and awaited before the next
             // term (or the end of `run`), so none outlives its lease.
             let partitions = tokio_util::task::TaskTracker::new();
-            if let Err(e) = self.serve(&term, &partitions).await {
+            if let Err(e) = self.serve(&term, &partitions, asked).await {
                 tracing::warn!(error = %e, "engagement channel lost; will lead again if possible");
             }
             term.cancel();
@@ -352,11 +354,12 @@ return 0",
             .await;
     }
 
-    /// Consume the channel while the lease holds.
+    /// Consume the channel while the lease (taken by the call asked at `leased`) holds.
     async fn serve(
         &self,
         term: &CancellationToken,
         partitions: &tokio_util::task::TaskTracker,
+        leased: Instant,
     ) -> Result<(), redis::RedisError> {
         let client = redis::Client::open(self.url.as_str())?;
         let mut pubsub = client.get_async_pubsub().await?;
@@ -390,13 +393,31 @@ return 0",
             service.renew(&edge, &posts).await;
         }
         let mut renew = tokio::time::interval(RENEW_EVERY);
+        // When the last renewal that Redis confirmed was asked for: the lease holds until
+        // `LEASE` after it. A renewal Redis does not answer (a slow moment) keeps the term
+        // while the lease surely holds past the next try; the term's state (who is writing
+        // where) would otherwise be lost to a hiccup, and no frame would tell the watchers
+        // that those writers left.
+        let mut renewed = leased;
         loop {
             tokio::select! {
                 _ = term.cancelled() => return Ok(()),
                 _ = renew.tick() => {
-                    if !self.lead().await {
-                        tracing::warn!(worker = %self.id, "engagement lease lost");
-                        return Ok(());
+                    let asked = Instant::now();
+                    match self.lead().await {
+                        Ok(true) => renewed = asked,
+                        Ok(false) => {
+                            tracing::warn!(worker = %self.id, "engagement lease taken by another worker");
+                            return Ok(());
+                        }
+                        Err(e) if renewed.elapsed() + RENEW_EVERY < LEASE => {
+                            tracing::debug!(error = %e, "engagement lease not renewed; trying again");
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(worker = %self.id, error = %e, "engagement lease lost");
+                            return Ok(());
+                        }
                     }
                     // Lapsed subscriptions leave the record too.
                     let _: Result<i64, _> = conn.zrembyscore(&key, "-inf", now_ms()).await;
