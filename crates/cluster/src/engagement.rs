@@ -35,6 +35,8 @@ const MAX_KNOWN: usize = 100_000;
 /// The leader's lease, and how often it is renewed.
 const LEASE: Duration = Duration::from_secs(5);
 const RENEW_EVERY: Duration = Duration::from_millis(1500);
+/// How soon a renewal that failed is tried again.
+const RETRY_EVERY: Duration = Duration::from_millis(250);
 
 /// A signal on the channel.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -394,10 +396,10 @@ return 0",
         }
         let mut renew = tokio::time::interval(RENEW_EVERY);
         // When the last renewal that Redis confirmed was asked for: the lease holds until
-        // `LEASE` after it. A renewal Redis does not answer (a slow moment) keeps the term
-        // while the lease surely holds past the next try; the term's state (who is writing
-        // where) would otherwise be lost to a hiccup, and no frame would tell the watchers
-        // that those writers left.
+        // `LEASE` after it. A renewal Redis does not answer (a slow moment, a dropped
+        // connection) is tried again every `RETRY_EVERY` while the lease surely holds past
+        // the next try; the term's state (who is writing where) would otherwise be lost to a
+        // hiccup, and no frame would tell the watchers that those writers left.
         let mut renewed = leased;
         loop {
             tokio::select! {
@@ -410,8 +412,10 @@ return 0",
                             tracing::warn!(worker = %self.id, "engagement lease taken by another worker");
                             return Ok(());
                         }
-                        Err(e) if renewed.elapsed() + RENEW_EVERY < LEASE => {
+                        Err(e) if renewed.elapsed() + RETRY_EVERY < LEASE => {
+                            // Soon: the connection may need a few tries to come back.
                             tracing::debug!(error = %e, "engagement lease not renewed; trying again");
+                            renew.reset_after(RETRY_EVERY);
                             continue;
                         }
                         Err(e) => {
