@@ -37,6 +37,21 @@ pub(crate) fn message_row(r: &Row, from: usize) -> MessageRow {
     }
 }
 
+/// A conversation's columns, from column `from` of a row (in [`CONVERSATION_COLUMNS`]'
+/// order); `None` when its `kind` is NULL (a left join that found no conversation).
+fn conversation_at(r: &Row, from: usize) -> Option<ConversationRow> {
+    Some(ConversationRow {
+        kind: r.get::<_, Option<String>>(from)?,
+        title: r.get(from + 1),
+        created_by: r.get(from + 2),
+        created_ms: r.get(from + 3),
+        ephemeral: r.get(from + 4),
+        public: r.get(from + 5),
+        last_offset: r.get(from + 6),
+        slow_mode_s: r.get(from + 7),
+    })
+}
+
 fn messages(rows: Vec<Row>) -> Result<Vec<Message>> {
     rows.iter()
         .map(|r| message_from_row(message_row(r, 0)))
@@ -55,16 +70,7 @@ impl ChatTx for Tx<'_> {
                 &[&id],
             )
             .await?
-            .map(|r| ConversationRow {
-                kind: r.get(0),
-                title: r.get(1),
-                created_by: r.get(2),
-                created_ms: r.get(3),
-                ephemeral: r.get(4),
-                public: r.get(5),
-                last_offset: r.get(6),
-                slow_mode_s: r.get(7),
-            }))
+            .and_then(|r| conversation_at(&r, 0)))
     }
 
     async fn lock_membership(&self, id: &str) -> Result<()> {
@@ -129,16 +135,7 @@ impl ChatTx for Tx<'_> {
                 ],
             )
             .await?;
-        let row = r.get::<_, Option<String>>(0).map(|kind| ConversationRow {
-            kind,
-            title: r.get(1),
-            created_by: r.get(2),
-            created_ms: r.get(3),
-            ephemeral: r.get(4),
-            public: r.get(5),
-            last_offset: r.get(6),
-            slow_mode_s: r.get(7),
-        });
+        let row = conversation_at(&r, 0);
         let state = r.get::<_, Option<&str>>(8).map(|role| MemberState {
             role: Role::from_name(role),
             muted_until_ms: r.get(9),

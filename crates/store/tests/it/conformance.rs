@@ -574,36 +574,36 @@ pub async fn a_send_the_database_refuses_fails_alone(env: &Env) {
     // Alone in its batch, a refused send fails the same way and leaves nothing behind: the
     // next send numbers on without a gap.
     let seq = s.last_seq(&b).await.expect("seq");
-    let out = s
-        .send_messages(vec![send(&a, "g", "k5", "bad\u{0}again")])
-        .await
-        .expect("a batch of one");
-    if let Err(e) = &out[0] {
+    let refused = alone(env, send(&a, "g", "k5", "bad\u{0}again")).await;
+    if let Err(e) = &refused {
         assert!(matches!(e, StoreError::Internal(_)), "{e:?}");
     }
-    let stored = usize::from(out[0].is_ok());
-    let out = s
-        .send_messages(vec![send(&a, "g", "k6", "six")])
-        .await
-        .expect("the next");
-    let w = out[0].as_ref().expect("six is sent");
-    assert_eq!(seqs(&w.events, &b), [seq + 1 + stored as u64]);
+    let stored = u64::from(refused.is_ok());
+    let six = alone(env, send(&a, "g", "k6", "six")).await.expect("six");
+    assert_eq!(seqs(&six.events, &b), [seq + 1 + stored]);
     let outsider = user(env, "carol").await;
-    let out = s
-        .send_messages(vec![send(&outsider, "g", "k7", "not a member")])
+    let forbidden = alone(env, send(&outsider, "g", "k7", "not a member")).await;
+    assert!(
+        matches!(forbidden, Err(StoreError::Forbidden(_))),
+        "{forbidden:?}"
+    );
+    let eight = alone(env, send(&a, "g", "k8", "eight"))
+        .await
+        .expect("eight");
+    assert_eq!(seqs(&eight.events, &b), [seq + 2 + stored]);
+}
+
+/// One send, alone in its batch.
+async fn alone(
+    env: &Env,
+    new: NewMessage,
+) -> Result<Written<hubbub_protocol::Message>, StoreError> {
+    let mut out = env
+        .store
+        .send_messages(vec![new])
         .await
         .expect("a batch of one");
-    assert!(
-        matches!(out[0], Err(StoreError::Forbidden(_))),
-        "{:?}",
-        out[0]
-    );
-    let out = s
-        .send_messages(vec![send(&a, "g", "k8", "eight")])
-        .await
-        .expect("the next");
-    let w = out[0].as_ref().expect("eight is sent");
-    assert_eq!(seqs(&w.events, &b), [seq + 2 + stored as u64]);
+    out.remove(0)
 }
 
 /// `send_messages` with runs to one group between sends elsewhere: every member's seqs follow
