@@ -93,6 +93,11 @@ pub trait Registry: Send + Sync {
     /// The edges holding a session of any of `users`, each with the indexes (into `users`,
     /// ascending, each once) of the users it holds: what a push needs, without a list of
     /// sessions per user (a message to a group of 1,000 looks up 1,000 users).
+    ///
+    /// An answer may list an edge for a user it holds no session of (a backend may answer a
+    /// lookup of many users with every live edge holding all of them, cheaper than reading
+    /// each user): an edge hands a user's events only to its own sessions of that user and
+    /// drops the rest. It never leaves out a live edge that holds a session of a user.
     async fn users_by_edge(&self, users: &[&str]) -> Result<UsersByEdge, RegistryError> {
         let owned: Vec<String> = users.iter().map(|u| (*u).to_owned()).collect();
         let sessions = self.sessions_of(&owned).await?;

@@ -128,6 +128,56 @@ async fn redis_registry_keeps_the_contract_and_forgets_dead_edges() {
     assert!(r.sessions("dave").await.expect("sessions").is_empty());
 }
 
+/// A lookup of many users (here from 3, and twice the edges last seen) lists every live
+/// edge holding every user, never a dead edge; a smaller one reads each user.
+#[tokio::test]
+async fn redis_registry_answers_a_big_lookup_with_every_live_edge() {
+    let (conn, ns) = redis();
+    let r = RedisRegistry::new(conn, &ns).every_edge_from(3);
+    for (e, ttl) in [("e1", 60_000), ("e2", 60_000), ("dead", 100)] {
+        r.edge_alive(e, "127.0.0.1:1", Duration::from_millis(ttl))
+            .await
+            .expect("alive");
+    }
+    r.register("ann", "s1", "e1").await.expect("register");
+    r.register("cat", "s2", "dead").await.expect("register");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let by_edge = |u: &[&str]| {
+        let r = r.clone();
+        let u: Vec<String> = u.iter().map(|u| (*u).to_owned()).collect();
+        async move {
+            let u: Vec<&str> = u.iter().map(String::as_str).collect();
+            let mut e = r.users_by_edge(&u).await.expect("by edge").edges;
+            e.sort();
+            e
+        }
+    };
+    // No edge seen yet: three users are enough.
+    assert_eq!(
+        by_edge(&["ann", "bob", "cat"]).await,
+        [("e1".to_owned(), vec![0, 1, 2]), ("e2".to_owned(), vec![0, 1, 2])],
+        "every live edge, every user; the dead edge left out"
+    );
+    // Two edges seen: three users are now read one by one (exactly where they are).
+    assert_eq!(
+        by_edge(&["ann", "bob", "cat"]).await,
+        [("e1".to_owned(), vec![0])]
+    );
+    assert_eq!(by_edge(&["ann", "bob", "cat", "dan"]).await.len(), 2);
+    // A listing that finds fewer edges lowers the bar again.
+    r.edge_gone("e2").await.expect("gone");
+    r.edges().await.expect("edges");
+    assert_eq!(
+        by_edge(&["ann", "bob"]).await,
+        [("e1".to_owned(), vec![0])],
+        "below the floor of three: read one by one"
+    );
+    assert_eq!(
+        by_edge(&["ann", "bob", "cat"]).await,
+        [("e1".to_owned(), vec![0, 1, 2])]
+    );
+}
+
 /// Each edge's heartbeat publishes how many sessions it registered; `edges` lists the live
 /// edges with those counts, and forgets an edge that says it is gone.
 #[tokio::test]

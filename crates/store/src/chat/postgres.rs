@@ -10,6 +10,7 @@ use super::{
 use crate::postgres::{Row, Tx, commit_err, pg, pool_err};
 use crate::{PgStore, Result, StoreError, Written};
 use deadpool_postgres::Pool;
+use tokio_postgres::types::ToSql;
 use hubbub_protocol::serverapi::Report;
 use hubbub_protocol::{Message, MessageVersion, Role};
 use hubbub_queue::clock::now_ms;
@@ -1099,6 +1100,21 @@ async fn send_batch(
     }
 }
 
+/// The users a batch's fan-out may write, locked in id order ([`send_locked`] says which).
+const LOCK_USERS: &str = "SELECT id FROM users WHERE id IN
+   (SELECT mb.user_id FROM members mb JOIN conversations c ON c.id = mb.conversation_id
+    WHERE mb.conversation_id = ANY($1) AND c.kind <> 'channel'
+      AND (c.kind <> 'group' OR mb.conversation_id = ANY($2)
+           OR NOT EXISTS (SELECT 1 FROM inbox_runs r
+                          WHERE r.user_id = mb.user_id AND r.count IS NULL
+                            AND r.conversation_id = mb.conversation_id)
+           OR EXISTS (SELECT 1 FROM blocks b
+                      WHERE b.blocker = mb.user_id AND b.blocked = ANY($3))))
+ ORDER BY id FOR UPDATE";
+
+/// The positions of a batch's groups, locked after its sends are stored.
+const LOCK_POSITIONS: &str = "SELECT hubbub_lock_positions($1, $2)";
+
 /// One try of a batch. Its locks (`012_inbox_runs.sql` says why these suffice): first the
 /// users its fan-out may write, in id order: every member of a direct conversation, of a
 /// group where a send starts a thread reply or mentions someone (those tell members outside
@@ -1122,37 +1138,26 @@ async fn send_locked(
         .filter(|n| every || n.thread.is_some() || !n.mentions.is_empty())
         .map(|n| n.conversation.as_str())
         .collect();
-    let locked: Vec<String> = Tx::Tx(&tx)
-        .rows(
-            "SELECT id FROM users WHERE id IN
-               (SELECT mb.user_id FROM members mb JOIN conversations c ON c.id = mb.conversation_id
-                WHERE mb.conversation_id = ANY($1) AND c.kind <> 'channel'
-                  AND (c.kind <> 'group' OR mb.conversation_id = ANY($2)
-                       OR NOT EXISTS (SELECT 1 FROM inbox_runs r
-                                      WHERE r.user_id = mb.user_id AND r.count IS NULL
-                                        AND r.conversation_id = mb.conversation_id)
-                       OR EXISTS (SELECT 1 FROM blocks b
-                                  WHERE b.blocker = mb.user_id AND b.blocked = ANY($3))))
-             ORDER BY id FOR UPDATE",
-            &[&conversations, &whole, &senders],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    // The users' lock and every send's reads go out together, pipelined on the connection
+    // (one round trip for the batch, where the lock and then the reads were two): the lock's
+    // statement is prepared first, so its request is sent at the first poll, before any
+    // read's, and the server runs the reads after the lock is held, as before. A read that
+    // fails fails the batch (nothing of it is written). Every round trip from here to the
+    // commit is taken holding the locks. What a send of the batch changes that a later one's
+    // reads cannot see is carried over here: its message (a repeat of its `client_msg_id`
+    // later in the batch returns it before any check, as the read would have) and its
+    // sender's slow-mode time.
+    let lock_users = tx.prepare_cached(LOCK_USERS).await.map_err(pg)?;
+    let on = Tx::Tx(&tx);
+    let params: [&(dyn ToSql + Sync); 3] = [&conversations, &whole, &senders];
+    let (locked, reads) = tokio::join!(
+        tx.query(&lock_users, &params),
+        futures_util::future::join_all(news.iter().map(|n| on.send_reads(n)))
+    );
+    let locked: Vec<String> = locked.map_err(pg)?.iter().map(|r| r.get(0)).collect();
+    let reads = reads.into_iter().collect::<Result<Vec<_>>>()?;
     let now = now_ms();
     let mut stored = Vec::with_capacity(news.len());
-    // Every round trip from here to the commit is taken holding the locks above. The
-    // reads of every send go out together, pipelined on the connection (one round trip for
-    // the batch); a read that fails fails the batch (nothing of it is written). What a send
-    // of the batch changes that a later one's reads cannot see is carried over here: its
-    // message (a repeat of its `client_msg_id` later in the batch returns it before any
-    // check, as the read would have) and its sender's slow-mode time.
-    let on = Tx::Tx(&tx);
-    let reads = futures_util::future::join_all(news.iter().map(|n| on.send_reads(n)))
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>>>()?;
     // Who sent in which conversation so far in this batch (at the batch's `now`).
     let mut sent_in: HashSet<(&str, &str)> = HashSet::new();
     let mut sent_by_key: HashMap<(&str, &str), Message> = HashMap::new();
@@ -1208,13 +1213,18 @@ async fn send_locked(
             }
         }
     }
-    Tx::Tx(&tx)
-        .exec(
-            "SELECT hubbub_lock_positions($1, $2)",
-            &[&conversations, &locked],
-        )
-        .await?;
-    let written = sends_written(&Tx::Tx(&tx), stored, now).await?;
+    // The groups' positions are locked and the fan-out runs in one round trip: the lock's
+    // request goes first (its statement prepared before), so the server holds the lock
+    // before the fan-out's first statement runs; if the lock fails, so does the fan-out
+    // after it (the transaction is aborted), and the lock's error is the one returned.
+    let lock_positions = tx.prepare_cached(LOCK_POSITIONS).await.map_err(pg)?;
+    let params: [&(dyn ToSql + Sync); 2] = [&conversations, &locked];
+    let (positions, written) = tokio::join!(
+        tx.execute(&lock_positions, &params),
+        sends_written(&on, stored, now)
+    );
+    positions.map_err(pg)?;
+    let written = written?;
     tx.commit().await.map_err(commit_err)?;
     Ok(written)
 }
