@@ -155,7 +155,10 @@ async fn redis_registry_answers_a_big_lookup_with_every_live_edge() {
     // No edge seen yet: three users are enough.
     assert_eq!(
         by_edge(&["ann", "bob", "cat"]).await,
-        [("e1".to_owned(), vec![0, 1, 2]), ("e2".to_owned(), vec![0, 1, 2])],
+        [
+            ("e1".to_owned(), vec![0, 1, 2]),
+            ("e2".to_owned(), vec![0, 1, 2])
+        ],
         "every live edge, every user; the dead edge left out"
     );
     // Two edges seen: three users are now read one by one (exactly where they are).

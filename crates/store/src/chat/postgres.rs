@@ -10,11 +10,11 @@ use super::{
 use crate::postgres::{Row, Tx, commit_err, pg, pool_err};
 use crate::{PgStore, Result, StoreError, Written};
 use deadpool_postgres::Pool;
-use tokio_postgres::types::ToSql;
 use hubbub_protocol::serverapi::Report;
 use hubbub_protocol::{Message, MessageVersion, Role};
 use hubbub_queue::clock::now_ms;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use tokio_postgres::types::ToSql;
 
 super::impl_chat_store!(PgStore);
 
