@@ -84,7 +84,7 @@ macro_rules! queue_conformance_tests {
             send_receive_ack, send_batch_is_ordered, dedupe_ignores_repeats,
             delay_hides_until_due, visibility_timeout_redelivers, extend_keeps_invisible,
             nack_returns_message, dead_letter_and_redrive, per_key_fifo, per_key_runs,
-            batches_act_as_their_calls_in_order, ack_and_receive_acks_and_receives,
+            batches_act_as_their_calls_in_order,
             a_lapsed_run_comes_back_in_order, dead_letters_are_purged, ttl_expiry_is_counted,
             stats_count_each_state, bad_input_is_typed, long_poll_wakes_on_send,
             long_poll_times_out_empty, relayed_sends_and_appends, log_append_and_read,
@@ -582,54 +582,6 @@ pub async fn batches_act_as_their_calls_in_order(env: &ConformanceEnv) {
     assert_eq!(bodies(&next), ["r4"], "the run's key is free");
     let st = env.queue.stats(q).await.expect("stats");
     assert_eq!((st.in_flight, st.waiting_on_key), (2, 0));
-}
-
-/// `ack_and_receive` acks as `ack_batch` and receives as `receive`: without receipts it is
-/// a plain receive; a valid receipt is acked and its key's next message follows (in the same
-/// call or the next), a stale one fails alone, and nothing is received twice or lost.
-pub async fn ack_and_receive_acks_and_receives(env: &ConformanceEnv) {
-    let q = "conf-ack-receive";
-    let k = || SendOptions::default().key("a");
-    send(env, q, "a1", k()).await;
-    send(env, q, "a2", k()).await;
-    let (acks, first) = env.queue.ack_and_receive(q, &[], env.recv(10, 30)).await;
-    assert!(acks.expect("no acks").is_empty());
-    let first = first.expect("receive");
-    assert_eq!(bodies(&first), ["a1"]);
-    send(env, q, "free", SendOptions::default()).await;
-    let stale = Receipt(format!("{}x", first[0].receipt.0));
-    let (acks, got) = env
-        .queue
-        .ack_and_receive(
-            q,
-            &[stale.clone(), first[0].receipt.clone()],
-            env.recv(10, 30),
-        )
-        .await;
-    let acks = acks.expect("acks");
-    assert!(acks[0].is_err() && acks[1].is_ok(), "{acks:?}");
-    let mut seen = bodies(&got.expect("receive"));
-    if !seen.iter().any(|b| b == "a2") {
-        // A backend that receives beside the ack may look before the key is free.
-        let more = env
-            .queue
-            .receive(q, env.recv(10, 30))
-            .await
-            .expect("receive");
-        seen.extend(bodies(&more));
-    }
-    seen.sort();
-    assert_eq!(seen, ["a2", "free"], "each once");
-    let st = env.queue.stats(q).await.expect("stats");
-    assert_eq!((st.in_flight, st.waiting_on_key), (2, 0), "a1 is gone");
-    // Only bad receipts: each fails, the receive goes on.
-    send(env, q, "late", SendOptions::default()).await;
-    let (acks, got) = env
-        .queue
-        .ack_and_receive(q, &[stale], env.recv(10, 30))
-        .await;
-    assert!(acks.expect("acks")[0].is_err());
-    assert_eq!(bodies(&got.expect("receive")), ["late"]);
 }
 
 pub async fn a_lapsed_run_comes_back_in_order(env: &ConformanceEnv) {

@@ -94,28 +94,6 @@ pub trait Queue: Send + Sync {
         receipts: &[Receipt],
     ) -> Result<Vec<Result<(), ReceiptError>>, QueueError>;
 
-    /// Acknowledge `receipts` of `queue` and receive its next messages: what a consumer's
-    /// loop does between two batches. The default runs [`Queue::ack_batch`] and
-    /// [`Queue::receive`] at once (on the embedded backend they often share a commit). A
-    /// backend may instead ack first and receive in the same round trip (Redis: one script
-    /// instead of two), so that a key whose run was acked is received by this very call.
-    /// Either way the acks' outcomes are those of `ack_batch` and the receive's those of
-    /// `receive`; no receipt means a plain receive.
-    async fn ack_and_receive(
-        &self,
-        queue: &str,
-        receipts: &[Receipt],
-        opts: ReceiveOptions,
-    ) -> (
-        Result<Vec<Result<(), ReceiptError>>, QueueError>,
-        Result<Vec<Delivery>, QueueError>,
-    ) {
-        if receipts.is_empty() {
-            return (Ok(Vec::new()), self.receive(queue, opts).await);
-        }
-        tokio::join!(self.ack_batch(queue, receipts), self.receive(queue, opts))
-    }
-
     /// Extend a received message's invisibility to `visibility` from now.
     async fn extend(
         &self,

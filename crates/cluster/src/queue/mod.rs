@@ -225,98 +225,51 @@ impl RedisQueue {
         }
     }
 
-    /// A receive's arguments (the `receive` script's ARGV) on an invocation.
-    fn receive_args(
-        &self,
-        inv: &mut redis::ScriptInvocation<'_>,
-        queue: &str,
-        opts: ReceiveOptions,
-    ) {
-        inv.arg(self.prefix(queue))
-            .arg(self.prefix(&dlq_name(queue)))
-            .arg(opts.max)
-            .arg(opts.visibility.as_millis() as u64)
-            .arg(self.config.default_queue.max_receives)
-            .arg(opts.max_run.max(1));
-    }
-
     async fn receive_once(
         &self,
         queue: &str,
         opts: ReceiveOptions,
     ) -> Result<Vec<Delivery>, QueueError> {
-        let mut inv = self.scripts.receive.prepare_invoke();
-        self.receive_args(&mut inv, queue, opts);
         let mut conn = self.conn.clone();
-        let raw: Vec<redis::Value> = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
-        deliveries(&raw)
-    }
-
-    /// Wait for sends until one of them is received or `deadline` passes (the rest of a
-    /// long poll whose first look found nothing).
-    async fn receive_until(
-        &self,
-        queue: &str,
-        opts: ReceiveOptions,
-        deadline: tokio::time::Instant,
-    ) -> Result<Vec<Delivery>, QueueError> {
-        loop {
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(Vec::new());
-            }
-            self.wait_for_send(queue, deadline - tokio::time::Instant::now())
-                .await;
-            let got = self.receive_once(queue, opts).await?;
-            if !got.is_empty() {
-                return Ok(got);
-            }
+        let raw: Vec<redis::Value> = self
+            .scripts
+            .receive
+            .arg(self.prefix(queue))
+            .arg(self.prefix(&dlq_name(queue)))
+            .arg(opts.max)
+            .arg(opts.visibility.as_millis() as u64)
+            .arg(self.config.default_queue.max_receives)
+            .arg(opts.max_run.max(1))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let mut out = Vec::with_capacity(raw.len() / 6);
+        for chunk in raw.chunks_exact(6) {
+            let s = |v: &redis::Value| -> Result<String, QueueError> {
+                redis::from_redis_value_ref::<String>(v)
+                    .map_err(|e| QueueError::Storage(e.to_string()))
+            };
+            let id = s(&chunk[0])?;
+            let token = s(&chunk[1])?;
+            let body: Vec<u8> = redis::from_redis_value_ref(&chunk[2])
+                .map_err(|e| QueueError::Storage(e.to_string()))?;
+            let key = s(&chunk[3])?;
+            let count: u32 = redis::from_redis_value_ref(&chunk[4])
+                .map_err(|e| QueueError::Storage(e.to_string()))?;
+            let first: i64 = s(&chunk[5])?
+                .parse()
+                .map_err(|_| QueueError::Storage("first enqueued time".into()))?;
+            out.push(Delivery {
+                receipt: Receipt(format!("{id}.{token}")),
+                id,
+                body,
+                key: (!key.is_empty()).then_some(key),
+                receive_count: count,
+                first_enqueued_ms: first,
+            });
         }
+        Ok(out)
     }
-}
-
-/// What the `receive` script returns: six values per leased message.
-fn deliveries(raw: &[redis::Value]) -> Result<Vec<Delivery>, QueueError> {
-    let mut out = Vec::with_capacity(raw.len() / 6);
-    for chunk in raw.chunks_exact(6) {
-        let s = |v: &redis::Value| -> Result<String, QueueError> {
-            redis::from_redis_value_ref::<String>(v).map_err(|e| QueueError::Storage(e.to_string()))
-        };
-        let id = s(&chunk[0])?;
-        let token = s(&chunk[1])?;
-        let body: Vec<u8> = redis::from_redis_value_ref(&chunk[2])
-            .map_err(|e| QueueError::Storage(e.to_string()))?;
-        let key = s(&chunk[3])?;
-        let count: u32 = redis::from_redis_value_ref(&chunk[4])
-            .map_err(|e| QueueError::Storage(e.to_string()))?;
-        let first: i64 = s(&chunk[5])?
-            .parse()
-            .map_err(|_| QueueError::Storage("first enqueued time".into()))?;
-        out.push(Delivery {
-            receipt: Receipt(format!("{id}.{token}")),
-            id,
-            body,
-            key: (!key.is_empty()).then_some(key),
-            receive_count: count,
-            first_enqueued_ms: first,
-        });
-    }
-    Ok(out)
-}
-
-/// Each receipt's outcome from the codes the script gave the well-formed ones, in order (a
-/// malformed receipt names no message).
-fn ack_outcomes(
-    parsed: &[Option<(String, String)>],
-    codes: Vec<i64>,
-) -> Vec<Result<(), ReceiptError>> {
-    let mut codes = codes.into_iter();
-    parsed
-        .iter()
-        .map(|p| match p {
-            Some(_) => receipt_code(codes.next().unwrap_or(1)),
-            None => Err(ReceiptError::Unknown),
-        })
-        .collect()
 }
 
 #[async_trait]
@@ -376,63 +329,14 @@ impl Queue for RedisQueue {
         validate_name(queue)?;
         check_max(opts.max)?;
         let deadline = tokio::time::Instant::now() + opts.wait;
-        let got = self.receive_once(queue, opts).await?;
-        if !got.is_empty() {
-            return Ok(got);
-        }
-        self.receive_until(queue, opts, deadline).await
-    }
-
-    /// The acks and the receive's first look in one script (acks first, so a key whose run
-    /// is acked here is received here); then, if nothing was due, the rest of the long poll
-    /// as [`Queue::receive`] waits.
-    async fn ack_and_receive(
-        &self,
-        queue: &str,
-        receipts: &[Receipt],
-        opts: ReceiveOptions,
-    ) -> (
-        Result<Vec<Result<(), ReceiptError>>, QueueError>,
-        Result<Vec<Delivery>, QueueError>,
-    ) {
-        let parsed: Vec<Option<(String, String)>> = receipts.iter().map(parse_receipt).collect();
-        if parsed.iter().all(Option::is_none) {
-            let acks = ack_outcomes(&parsed, Vec::new());
-            return (Ok(acks), self.receive(queue, opts).await);
-        }
-        if validate_name(queue)
-            .and_then(|()| check_max(opts.max))
-            .is_err()
-        {
-            // Each call answers its own error, as when made apart.
-            return tokio::join!(self.ack_batch(queue, receipts), self.receive(queue, opts));
-        }
-        let deadline = tokio::time::Instant::now() + opts.wait;
-        let mut inv = self.scripts.ack_receive.prepare_invoke();
-        self.receive_args(&mut inv, queue, opts);
-        for (id, tok) in parsed.iter().flatten() {
-            inv.arg(id).arg(tok);
-        }
-        let mut conn = self.conn.clone();
-        let raw: Result<(Vec<i64>, Vec<redis::Value>), _> = inv.invoke_async(&mut conn).await;
-        let (codes, raw) = match raw {
-            Ok(r) => r,
-            Err(e) => {
-                let e = unavailable(e);
-                let again = match &e {
-                    QueueError::Unavailable(m) => QueueError::Unavailable(m.clone()),
-                    QueueError::Storage(m) => QueueError::Storage(m.clone()),
-                    other => QueueError::Storage(other.to_string()),
-                };
-                return (Err(e), Err(again));
+        loop {
+            let got = self.receive_once(queue, opts).await?;
+            if !got.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(got);
             }
-        };
-        let acks = Ok(ack_outcomes(&parsed, codes));
-        let got = match deliveries(&raw) {
-            Ok(got) if got.is_empty() => self.receive_until(queue, opts, deadline).await,
-            other => other,
-        };
-        (acks, got)
+            self.wait_for_send(queue, deadline - tokio::time::Instant::now())
+                .await;
+        }
     }
 
     async fn ack_batch(
@@ -455,7 +359,14 @@ impl Queue for RedisQueue {
         } else {
             Vec::new()
         };
-        Ok(ack_outcomes(&parsed, codes))
+        let mut codes = codes.into_iter();
+        Ok(parsed
+            .iter()
+            .map(|p| match p {
+                Some(_) => receipt_code(codes.next().unwrap_or(1)),
+                None => Err(ReceiptError::Unknown),
+            })
+            .collect())
     }
 
     async fn extend(

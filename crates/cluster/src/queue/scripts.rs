@@ -8,7 +8,6 @@ pub(super) struct Scripts {
     pub(super) send: Script,
     pub(super) receive: Script,
     pub(super) ack: Script,
-    pub(super) ack_receive: Script,
     pub(super) extend: Script,
     pub(super) nack: Script,
     pub(super) stats: Script,
@@ -19,134 +18,6 @@ pub(super) struct Scripts {
 }
 
 const HELPERS: &str = include_str!("scripts.lua");
-
-/// Ack the receipts given as id, token pairs in ARGV from index `first`, under prefix `p`:
-/// one code per receipt (0 acked; otherwise `check`'s).
-const ACK: &str = r#"
-local function ack_receipts(p, now, first)
-  local out = {}
-  -- The acked messages, removed together at the end (a receipt repeated in the batch is
-  -- unknown the second time, as if it came after).
-  local gone, hashes, seen = {}, {}, {}
-  local i = first
-  while i <= #ARGV do
-    local id, tok = ARGV[i], ARGV[i+1]
-    i = i + 2
-    local code, key = 1, nil
-    if not seen[id] then code, key = check(p, id, tok, now) end
-    if code == 0 then
-      seen[id] = true
-      gone[#gone+1] = id
-      hashes[#hashes+1] = p .. ':m:' .. id
-      leave_key(p, key, id, now)
-    end
-    out[#out+1] = code
-  end
-  many('ZREM', p .. ':inflight', gone)
-  many('ZREM', p .. ':all', gone)
-  many('DEL', nil, hashes)
-  return out
-end
-"#;
-
-/// Lease up to `max` due messages (with the runs of their keys, up to `maxrun` each) for
-/// `vis` ms, first taking back the lapsed leases: id, token, body, key, receive count and
-/// first enqueued time of each.
-const RECEIVE: &str = r#"
-local function receive_batch(p, d, max, vis, maxr, maxrun, now)
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', p .. ':inflight', '-inf', now)) do
-    redis.call('ZREM', p .. ':inflight', id)
-    local f = redis.call('HMGET', p .. ':m:' .. id, 'c', 'lu', 'k')
-    if tonumber(f[1]) >= maxr then
-      dead_letter(p, d, id, now)
-    elseif in_run(p, f[3], id) then
-      rewait(p, f[3], id)
-    else
-      redis.call('HSET', p .. ':m:' .. id, 'l', 0)
-      redis.call('ZADD', p .. ':vis', tonumber(f[2]), id)
-    end
-  end
-  local out = {}; local got = 0
-  local lease_until = now + vis
-  -- The leases' entries in `inflight`, added together at the end.
-  local leased = {}
-  -- Lease a message whose hash `m` read `f` (e, k, b, f, c): its token is its receive count,
-  -- which no earlier lease of it had.
-  local function lease(id, m, f)
-    local c = tonumber(f[5]) + 1
-    redis.call('HSET', m, 'c', c, 'l', c, 'lu', lease_until)
-    leased[#leased+1] = lease_until; leased[#leased+1] = id
-    out[#out+1] = id; out[#out+1] = tostring(c); out[#out+1] = f[3]
-    out[#out+1] = f[2]; out[#out+1] = c; out[#out+1] = f[4]
-    got = got + 1
-  end
-  -- The run after a leased head of `key`: its next waiting messages, while due.
-  local function run(key)
-    local kl, kr = p .. ':k:' .. key, p .. ':kr:' .. key
-    if redis.call('LLEN', kr) > 0 then return end
-    local n, taken, joined, more = 0, 0, {}, true
-    while more and n < maxrun - 1 and got < max do
-      local ids = redis.call('LRANGE', kl, taken, taken + math.min(maxrun - 1 - n, max - got) - 1)
-      if #ids == 0 then break end
-      for _, id in ipairs(ids) do
-        if n >= maxrun - 1 or got >= max then more = false; break end
-        local m = p .. ':m:' .. id
-        local f = redis.call('HMGET', m, 'e', 'k', 'b', 'f', 'c', 'v')
-        if tonumber(f[6]) > now then more = false; break end
-        taken = taken + 1
-        local e = tonumber(f[1])
-        if e > 0 and e <= now then
-          redis.call('HINCRBY', p .. ':st', 'expired', 1)
-          remove_msg(p, id)
-        elseif tonumber(f[5]) >= maxr then
-          dead_letter(p, d, id, now)
-        else
-          joined[#joined+1] = id
-          lease(id, m, f)
-          n = n + 1
-        end
-      end
-    end
-    if taken > 0 then
-      redis.call('LTRIM', kl, taken, -1)
-      redis.call('HINCRBY', p .. ':st', 'waiting', -taken)
-    end
-    many('RPUSH', kr, joined)
-  end
-  while got < max do
-    local want = max - got
-    local ids = redis.call('ZRANGEBYSCORE', p .. ':vis', '-inf', now, 'LIMIT', 0, want)
-    if #ids == 0 then break end
-    -- Fewer than asked for: no more are due, unless an expiry below makes a key's next one so.
-    local again = #ids >= want
-    local taken = {}
-    for _, id in ipairs(ids) do
-      if got >= max then break end
-      taken[#taken+1] = id
-      local m = p .. ':m:' .. id
-      local f = redis.call('HMGET', m, 'e', 'k', 'b', 'f', 'c')
-      local e = tonumber(f[1])
-      if e > 0 and e <= now then
-        redis.call('HINCRBY', p .. ':st', 'expired', 1)
-        remove_msg(p, id)
-        leave_key(p, f[2], id, now)
-        again = true
-      else
-        lease(id, m, f)
-        if maxrun > 1 and f[2] ~= '' then run(f[2]) end
-      end
-    end
-    many('ZREM', p .. ':vis', taken)
-    if not again then break end
-  end
-  many('ZADD', p .. ':inflight', leased)
-  return out
-end
-"#;
-
-/// `receive_batch`'s arguments from a receive's ARGV (all but `now`).
-const RECEIVE_ARGS: &str = "ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), \
-     max_receives(ARGV[1], tonumber(ARGV[5])), tonumber(ARGV[6])";
 
 fn script(body: &str) -> Script {
     Script::new(&format!("{HELPERS}\n{body}"))
@@ -188,18 +59,129 @@ return out
 "#,
             ),
             // ARGV: prefix, dlq prefix, max, visibility ms, default max receives, max run.
-            receive: script(&format!(
-                "{RECEIVE}\nreturn receive_batch({RECEIVE_ARGS}, now_ms())"
-            )),
+            receive: script(
+                r#"
+local p, d = ARGV[1], ARGV[2]
+local max, vis = tonumber(ARGV[3]), tonumber(ARGV[4])
+local maxr = max_receives(p, tonumber(ARGV[5]))
+local maxrun = tonumber(ARGV[6])
+local now = now_ms()
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', p .. ':inflight', '-inf', now)) do
+  redis.call('ZREM', p .. ':inflight', id)
+  local f = redis.call('HMGET', p .. ':m:' .. id, 'c', 'lu', 'k')
+  if tonumber(f[1]) >= maxr then
+    dead_letter(p, d, id, now)
+  elseif in_run(p, f[3], id) then
+    rewait(p, f[3], id)
+  else
+    redis.call('HSET', p .. ':m:' .. id, 'l', 0)
+    redis.call('ZADD', p .. ':vis', tonumber(f[2]), id)
+  end
+end
+local out = {}; local got = 0
+local lease_until = now + vis
+-- The leases' entries in `inflight`, added together at the end.
+local leased = {}
+-- Lease a message whose hash `m` read `f` (e, k, b, f, c): its token is its receive count,
+-- which no earlier lease of it had.
+local function lease(id, m, f)
+  local c = tonumber(f[5]) + 1
+  redis.call('HSET', m, 'c', c, 'l', c, 'lu', lease_until)
+  leased[#leased+1] = lease_until; leased[#leased+1] = id
+  out[#out+1] = id; out[#out+1] = tostring(c); out[#out+1] = f[3]
+  out[#out+1] = f[2]; out[#out+1] = c; out[#out+1] = f[4]
+  got = got + 1
+end
+-- The run after a leased head of `key`: its next waiting messages, while due.
+local function run(key)
+  local kl, kr = p .. ':k:' .. key, p .. ':kr:' .. key
+  if redis.call('LLEN', kr) > 0 then return end
+  local n, taken, joined, more = 0, 0, {}, true
+  while more and n < maxrun - 1 and got < max do
+    local ids = redis.call('LRANGE', kl, taken, taken + math.min(maxrun - 1 - n, max - got) - 1)
+    if #ids == 0 then break end
+    for _, id in ipairs(ids) do
+      if n >= maxrun - 1 or got >= max then more = false; break end
+      local m = p .. ':m:' .. id
+      local f = redis.call('HMGET', m, 'e', 'k', 'b', 'f', 'c', 'v')
+      if tonumber(f[6]) > now then more = false; break end
+      taken = taken + 1
+      local e = tonumber(f[1])
+      if e > 0 and e <= now then
+        redis.call('HINCRBY', p .. ':st', 'expired', 1)
+        remove_msg(p, id)
+      elseif tonumber(f[5]) >= maxr then
+        dead_letter(p, d, id, now)
+      else
+        joined[#joined+1] = id
+        lease(id, m, f)
+        n = n + 1
+      end
+    end
+  end
+  if taken > 0 then
+    redis.call('LTRIM', kl, taken, -1)
+    redis.call('HINCRBY', p .. ':st', 'waiting', -taken)
+  end
+  many('RPUSH', kr, joined)
+end
+while got < max do
+  local want = max - got
+  local ids = redis.call('ZRANGEBYSCORE', p .. ':vis', '-inf', now, 'LIMIT', 0, want)
+  if #ids == 0 then break end
+  -- Fewer than asked for: no more are due, unless an expiry below makes a key's next one so.
+  local again = #ids >= want
+  local taken = {}
+  for _, id in ipairs(ids) do
+    if got >= max then break end
+    taken[#taken+1] = id
+    local m = p .. ':m:' .. id
+    local f = redis.call('HMGET', m, 'e', 'k', 'b', 'f', 'c')
+    local e = tonumber(f[1])
+    if e > 0 and e <= now then
+      redis.call('HINCRBY', p .. ':st', 'expired', 1)
+      remove_msg(p, id)
+      leave_key(p, f[2], id, now)
+      again = true
+    else
+      lease(id, m, f)
+      if maxrun > 1 and f[2] ~= '' then run(f[2]) end
+    end
+  end
+  many('ZREM', p .. ':vis', taken)
+  if not again then break end
+end
+many('ZADD', p .. ':inflight', leased)
+return out
+"#,
+            ),
             // ARGV: prefix, then id, token pairs. One code per receipt.
-            ack: script(&format!("{ACK}\nreturn ack_receipts(ARGV[1], now_ms(), 2)")),
-            // ARGV: those of `receive`, then id, token pairs to ack first. Returns the acks'
-            // codes and what `receive` returns.
-            ack_receive: script(&format!(
-                "{ACK}\n{RECEIVE}\nlocal now = now_ms()\n\
-                 local acked = ack_receipts(ARGV[1], now, 7)\n\
-                 return {{acked, receive_batch({RECEIVE_ARGS}, now)}}"
-            )),
+            ack: script(
+                r#"
+local p = ARGV[1]; local now = now_ms(); local out = {}
+-- The acked messages, removed together at the end (a receipt repeated in the batch is
+-- unknown the second time, as if it came after).
+local gone, hashes, seen = {}, {}, {}
+local i = 2
+while i <= #ARGV do
+  local id, tok = ARGV[i], ARGV[i+1]
+  i = i + 2
+  local code, key = 1, nil
+  if not seen[id] then code, key = check(p, id, tok, now) end
+  if code == 0 then
+    seen[id] = true
+    gone[#gone+1] = id
+    hashes[#hashes+1] = p .. ':m:' .. id
+    leave_key(p, key, id, now)
+  end
+  out[#out+1] = code
+end
+many('ZREM', p .. ':inflight', gone)
+many('ZREM', p .. ':all', gone)
+many('DEL', nil, hashes)
+return out
+"#,
+            ),
             // ARGV: prefix, id, token, visibility ms.
             extend: script(
                 r#"
