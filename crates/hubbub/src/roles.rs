@@ -198,6 +198,7 @@ impl Cluster {
             },
             dedupe_window: Duration::from_secs(config.queue.dedupe_window_s.max(1)),
             timeout: Duration::from_secs(2),
+            wake_every: hubbub_cluster::queue::WAKE_EVERY,
         })?;
         let mut store = PgStore::connect(&pg_url, c.postgres_max_connections)
             .await

@@ -12,10 +12,14 @@
 //! all of them with the same guarantees. Logs, which are append-only, do use Streams.
 //!
 //! Time is the Redis server's clock, so clients on several machines agree on visibility.
-//! A long poll that finds nothing waits on the queue's wake-up list (every send pushes a
-//! token; a blocking pop on a connection of its own, since a blocking command would hold
-//! the shared one) for at most [`WAKE_EVERY`], then looks again (delays and lapsed leases
-//! wake no one).
+//! A long poll that finds nothing waits on the queue's wake-up list (a blocking pop on a
+//! connection of its own, since a blocking command would hold the shared one). A token is
+//! pushed whenever a message becomes visible that no clock foresaw: a send, an ack that frees
+//! a key's next message, a nack, a redrive, a dead letter (on the DLQ). What a clock decides
+//! (a delay coming due, a lease lapsing) wakes no one, so the receive that found nothing
+//! says when the first of those is, and the poll waits at most until then, and never longer
+//! than [`WAKE_EVERY`] (a safety net: an idle queue's consumers look twice a second, not
+//! twenty times).
 //!
 //! # Logs
 //! A log is a stream whose entry ids are `0-<offset + 1>`, with a hash of its next offset,
@@ -40,7 +44,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a long poll waits for a wake-up before it looks again anyway.
-pub const WAKE_EVERY: Duration = Duration::from_millis(50);
+pub const WAKE_EVERY: Duration = Duration::from_millis(500);
 /// How long to wait before looking again when the wake-up list cannot be used.
 const POLL_EVERY: Duration = Duration::from_millis(10);
 
@@ -59,6 +63,9 @@ pub struct RedisConfig {
     pub dedupe_window: Duration,
     /// How long an operation may take before it fails as `Unavailable`.
     pub timeout: Duration,
+    /// The longest a long poll waits before it looks again without being woken
+    /// ([`WAKE_EVERY`]; tests raise it to show that every wake-up comes).
+    pub wake_every: Duration,
 }
 
 impl RedisConfig {
@@ -71,6 +78,7 @@ impl RedisConfig {
             default_queue: QueueConfig::default(),
             dedupe_window: Duration::from_secs(300),
             timeout: Duration::from_secs(2),
+            wake_every: WAKE_EVERY,
         }
     }
 }
@@ -197,7 +205,7 @@ impl RedisQueue {
             None => {
                 let config = redis::AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(self.config.timeout))
-                    .set_response_timeout(Some(WAKE_EVERY + self.config.timeout));
+                    .set_response_timeout(Some(self.config.wake_every + self.config.timeout));
                 self.client
                     .get_multiplexed_async_connection_with_config(&config)
                     .await
@@ -208,7 +216,7 @@ impl RedisQueue {
             tokio::time::sleep(POLL_EVERY.min(max)).await;
             return;
         };
-        let wait = max.min(WAKE_EVERY).as_secs_f64().max(0.001);
+        let wait = max.as_secs_f64().max(0.001);
         let popped: Result<Option<(String, String)>, _> = redis::cmd("BLPOP")
             .arg(format!("{}:wake", self.prefix(queue)))
             .arg(wait)
@@ -225,11 +233,13 @@ impl RedisQueue {
         }
     }
 
+    /// One look: the messages leased, or with none, how soon something may be due (a delayed
+    /// message, a lease that lapses; `None`: nothing is scheduled).
     async fn receive_once(
         &self,
         queue: &str,
         opts: ReceiveOptions,
-    ) -> Result<Vec<Delivery>, QueueError> {
+    ) -> Result<(Vec<Delivery>, Option<Duration>), QueueError> {
         let mut conn = self.conn.clone();
         let raw: Vec<redis::Value> = self
             .scripts
@@ -243,6 +253,11 @@ impl RedisQueue {
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
+        if let [due] = raw.as_slice() {
+            let ms: i64 =
+                redis::from_redis_value_ref(due).map_err(|e| QueueError::Storage(e.to_string()))?;
+            return Ok((Vec::new(), u64::try_from(ms).ok().map(Duration::from_millis)));
+        }
         let mut out = Vec::with_capacity(raw.len() / 6);
         for chunk in raw.chunks_exact(6) {
             let s = |v: &redis::Value| -> Result<String, QueueError> {
@@ -268,7 +283,7 @@ impl RedisQueue {
                 first_enqueued_ms: first,
             });
         }
-        Ok(out)
+        Ok((out, None))
     }
 }
 
@@ -330,11 +345,13 @@ impl Queue for RedisQueue {
         check_max(opts.max)?;
         let deadline = tokio::time::Instant::now() + opts.wait;
         loop {
-            let got = self.receive_once(queue, opts).await?;
-            if !got.is_empty() || tokio::time::Instant::now() >= deadline {
+            let (got, due_in) = self.receive_once(queue, opts).await?;
+            let now = tokio::time::Instant::now();
+            if !got.is_empty() || now >= deadline {
                 return Ok(got);
             }
-            self.wait_for_send(queue, deadline - tokio::time::Instant::now())
+            let wait = (deadline - now).min(self.config.wake_every);
+            self.wait_for_send(queue, due_in.map_or(wait, |d| wait.min(d)))
                 .await;
         }
     }

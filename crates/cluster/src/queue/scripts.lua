@@ -14,6 +14,7 @@
 --   p:k:<key>     list of the key's waiting messages, in send order
 --   p:dd:<id>     dedupe id -> message id, expiring with the dedupe window
 --   p:st          hash: waiting, expired, dead (counters)
+--   p:wake        list of at most one token: a receiver waiting for work blocks on it
 --   p:cfg         hash: maxr (max receives, set by declare)
 -- Time is the Redis server's clock (TIME), so every client agrees.
 --
@@ -43,6 +44,14 @@ local function many(cmd, key, args)
   end
 end
 
+-- Wake one waiting receiver of the queue (a long poll blocked on `p:wake`): a message became
+-- visible that no clock foresaw (a send, a key freed by an ack, a nack, a redrive). The list
+-- holds at most one token.
+local function wake(p)
+  redis.call('LPUSH', p .. ':wake', 1)
+  redis.call('LTRIM', p .. ':wake', 0, 0)
+end
+
 local function remove_msg(p, id)
   redis.call('DEL', p .. ':m:' .. id)
   redis.call('ZREM', p .. ':all', id)
@@ -60,6 +69,7 @@ local function release_key(p, key, now)
     local v = tonumber(redis.call('HGET', p .. ':m:' .. nxt, 'v') or '0')
     if v < now then v = now end
     redis.call('ZADD', p .. ':vis', v, nxt)
+    wake(p)
   else
     redis.call('HDEL', p .. ':kh', key)
   end
@@ -155,6 +165,7 @@ local function dead_letter(p, d, id, now)
   redis.call('HSET', d .. ':m:' .. did, 'b', f[1], 'k', '', 'ok', f[2], 'c', 0, 'dc', f[3],
     'f', f[4], 'e', 0, 'v', now, 'l', 0, 'lu', 0)
   redis.call('ZADD', d .. ':vis', now, did)
+  wake(d)
   redis.call('ZADD', d .. ':all', tonumber(f[4]), did)
   redis.call('HINCRBY', p .. ':st', 'dead', 1)
   remove_msg(p, id)

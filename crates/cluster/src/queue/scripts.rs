@@ -53,12 +53,13 @@ while i <= #ARGV do
   end
 end
 flush(p, acc)
-redis.call('LPUSH', p .. ':wake', 1)
-redis.call('LTRIM', p .. ':wake', 0, 0)
+wake(p)
 return out
 "#,
             ),
             // ARGV: prefix, dlq prefix, max, visibility ms, default max receives, max run.
+            // Returns six values per message leased; with none, one: when something may be
+            // due (ms from now, -1: nothing scheduled).
             receive: script(
                 r#"
 local p, d = ARGV[1], ARGV[2]
@@ -152,6 +153,18 @@ while got < max do
   if not again then break end
 end
 many('ZADD', p .. ':inflight', leased)
+if got == 0 then
+  -- Nothing was due: in how many ms something may be (a delayed message, a lease that
+  -- lapses), -1 if nothing is scheduled; what a long poll sleeps for at most when no send
+  -- wakes it.
+  local due = -1
+  local v = redis.call('ZRANGE', p .. ':vis', 0, 0, 'WITHSCORES')
+  if #v > 0 then due = tonumber(v[2]) end
+  local l = redis.call('ZRANGE', p .. ':inflight', 0, 0, 'WITHSCORES')
+  if #l > 0 and (due < 0 or tonumber(l[2]) < due) then due = tonumber(l[2]) end
+  if due >= 0 then due = math.max(due - now, 0) end
+  out[1] = due
+end
 return out
 "#,
             ),
@@ -215,6 +228,7 @@ if code == 0 then
     redis.call('HSET', m, 'l', 0, 'lu', 0)
     redis.call('ZADD', p .. ':vis', now + tonumber(ARGV[5]), id)
   end
+  wake(p)
 end
 return code
 "#,
@@ -265,6 +279,7 @@ for _, id in ipairs(ids) do
   moved = moved + 1
 end
 flush(p, acc)
+wake(p)
 return moved
 "#,
             ),
