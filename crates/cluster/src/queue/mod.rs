@@ -256,7 +256,10 @@ impl RedisQueue {
         if let [due] = raw.as_slice() {
             let ms: i64 =
                 redis::from_redis_value_ref(due).map_err(|e| QueueError::Storage(e.to_string()))?;
-            return Ok((Vec::new(), u64::try_from(ms).ok().map(Duration::from_millis)));
+            return Ok((
+                Vec::new(),
+                u64::try_from(ms).ok().map(Duration::from_millis),
+            ));
         }
         let mut out = Vec::with_capacity(raw.len() / 6);
         for chunk in raw.chunks_exact(6) {

@@ -99,10 +99,21 @@ async fn a_long_poll_is_woken_by_whatever_makes_a_message_receivable() {
     };
 
     // A send.
-    let got = polled(&q, "w-send", long, send("w-send", "s", SendOptions::default())).await;
+    let got = polled(
+        &q,
+        "w-send",
+        long,
+        send("w-send", "s", SendOptions::default()),
+    )
+    .await;
     assert_eq!(body(&got), ["s"]);
     // A delay coming due (sent before the poll: nothing wakes it but its own foresight).
-    send("w-delay", "d", SendOptions::default().delay(Duration::from_millis(500))).await;
+    send(
+        "w-delay",
+        "d",
+        SendOptions::default().delay(Duration::from_millis(500)),
+    )
+    .await;
     let got = polled(&q, "w-delay", long, async {}).await;
     assert_eq!(body(&got), ["d"]);
     // A lease lapsing.
@@ -130,7 +141,9 @@ async fn a_long_poll_is_woken_by_whatever_makes_a_message_receivable() {
     let leased = q.receive("w-nack", long).await.expect("receive");
     let receipt = leased[0].receipt.clone();
     let got = polled(&q, "w-nack", long, async {
-        q.nack("w-nack", &receipt, Duration::ZERO).await.expect("nack");
+        q.nack("w-nack", &receipt, Duration::ZERO)
+            .await
+            .expect("nack");
     })
     .await;
     assert_eq!(body(&got), ["n"]);
