@@ -141,7 +141,14 @@ async fn redis_registry_answers_a_big_lookup_with_every_live_edge() {
     }
     r.register("ann", "s1", "e1").await.expect("register");
     r.register("cat", "s2", "dead").await.expect("register");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Until the dead edge's key has expired (bounded: its TTL is 100 ms).
+    for _ in 0..500 {
+        if r.edge_address("dead").await.expect("address").is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(r.edge_address("dead").await.expect("address"), None);
     let by_edge = |u: &[&str]| {
         let r = r.clone();
         let u: Vec<String> = u.iter().map(|u| (*u).to_owned()).collect();

@@ -72,19 +72,50 @@ async fn a_long_poll_is_woken_by_whatever_makes_a_message_receivable() {
             .map(|m| String::from_utf8_lossy(&m.body).into_owned())
             .collect()
     };
-    // A long poll started now, handed back after `act`.
+    // Clients blocked in `BLPOP` on the server (long polls waiting for a wake-up).
+    async fn blocked(admin: &mut redis::aio::MultiplexedConnection) -> usize {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(admin)
+            .await
+            .expect("client list");
+        // `flags` holds `b` while a client is blocked (`cmd` is only its last command).
+        list.lines()
+            .filter(|l| {
+                l.contains(" cmd=blpop ")
+                    && l.split(' ')
+                        .any(|f| f.strip_prefix("flags=").is_some_and(|v| v.contains('b')))
+            })
+            .count()
+    }
+    // A long poll started now and, once it waits for a wake-up, `act`; the poll's answer.
+    // (Other tests' polls on the same server may be counted too: then `act` may come before
+    // this poll blocks, and the case shows less, never a false failure.)
     async fn polled<F: std::future::Future<Output = ()>>(
         q: &RedisQueue,
         queue: &str,
         opts: hubbub_queue::ReceiveOptions,
-        act: F,
+        act: Option<F>,
     ) -> Vec<hubbub_queue::Delivery> {
+        let mut admin = redis::Client::open(redis_url())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("admin connection");
+        let before = blocked(&mut admin).await;
         let poll = {
             let (q, queue) = (q.clone(), queue.to_owned());
             tokio::spawn(async move { q.receive(&queue, opts).await })
         };
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        act.await;
+        if let Some(act) = act {
+            for _ in 0..500 {
+                if blocked(&mut admin).await > before {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            act.await;
+        }
         tokio::time::timeout(Duration::from_secs(10), poll)
             .await
             .expect("woken long before the poll's wait or its safety net")
@@ -103,7 +134,7 @@ async fn a_long_poll_is_woken_by_whatever_makes_a_message_receivable() {
         &q,
         "w-send",
         long,
-        send("w-send", "s", SendOptions::default()),
+        Some(send("w-send", "s", SendOptions::default())),
     )
     .await;
     assert_eq!(body(&got), ["s"]);
@@ -114,7 +145,7 @@ async fn a_long_poll_is_woken_by_whatever_makes_a_message_receivable() {
         SendOptions::default().delay(Duration::from_millis(500)),
     )
     .await;
-    let got = polled(&q, "w-delay", long, async {}).await;
+    let got = polled(&q, "w-delay", long, None::<std::future::Ready<()>>).await;
     assert_eq!(body(&got), ["d"]);
     // A lease lapsing.
     send("w-lapse", "l", SendOptions::default()).await;
@@ -123,7 +154,7 @@ async fn a_long_poll_is_woken_by_whatever_makes_a_message_receivable() {
         .await
         .expect("receive");
     assert_eq!(body(&leased), ["l"]);
-    let got = polled(&q, "w-lapse", long, async {}).await;
+    let got = polled(&q, "w-lapse", long, None::<std::future::Ready<()>>).await;
     assert_eq!(body(&got), ["l"], "back after its lease lapsed");
     // An ack that frees a key's next message.
     send("w-key", "k1", SendOptions::default().key("k")).await;
@@ -131,20 +162,30 @@ async fn a_long_poll_is_woken_by_whatever_makes_a_message_receivable() {
     let first = q.receive("w-key", long).await.expect("receive");
     assert_eq!(body(&first), ["k1"]);
     let receipt = first[0].receipt.clone();
-    let got = polled(&q, "w-key", long, async {
-        q.ack("w-key", &receipt).await.expect("ack");
-    })
+    let got = polled(
+        &q,
+        "w-key",
+        long,
+        Some(async {
+            q.ack("w-key", &receipt).await.expect("ack");
+        }),
+    )
     .await;
     assert_eq!(body(&got), ["k2"]);
     // A nack.
     send("w-nack", "n", SendOptions::default()).await;
     let leased = q.receive("w-nack", long).await.expect("receive");
     let receipt = leased[0].receipt.clone();
-    let got = polled(&q, "w-nack", long, async {
-        q.nack("w-nack", &receipt, Duration::ZERO)
-            .await
-            .expect("nack");
-    })
+    let got = polled(
+        &q,
+        "w-nack",
+        long,
+        Some(async {
+            q.nack("w-nack", &receipt, Duration::ZERO)
+                .await
+                .expect("nack");
+        }),
+    )
     .await;
     assert_eq!(body(&got), ["n"]);
     // A redrive out of the dead-letter queue.
@@ -156,9 +197,14 @@ async fn a_long_poll_is_woken_by_whatever_makes_a_message_receivable() {
     q.nack("w-dlq", &leased[0].receipt, Duration::ZERO)
         .await
         .expect("nack: dead-lettered");
-    let got = polled(&q, "w-dlq", long, async {
-        assert_eq!(q.redrive("w-dlq", 10).await.expect("redrive"), 1);
-    })
+    let got = polled(
+        &q,
+        "w-dlq",
+        long,
+        Some(async {
+            assert_eq!(q.redrive("w-dlq", 10).await.expect("redrive"), 1);
+        }),
+    )
     .await;
     assert_eq!(body(&got), ["r"]);
 }
