@@ -40,27 +40,21 @@ pub const DELIVER_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Encode a batch as JSON arrays of at most `chunk` bytes each (an item larger than that
 /// goes alone), keeping the items' order.
-pub fn deliver_bodies(batch: &[ToEdge], chunk: usize) -> Result<Vec<Bytes>, serde_json::Error> {
+pub fn deliver_bodies(batch: &[ToEdge], chunk: usize) -> Result<Vec<Vec<u8>>, serde_json::Error> {
     let mut bodies = Vec::new();
     let mut body: Vec<u8> = Vec::new();
     for item in batch {
-        // Each item is written in place; one that takes the body over `chunk` (with items
-        // before it) starts the next body instead.
-        let start = body.len();
-        body.push(if start == 0 { b'[' } else { b',' });
-        serde_json::to_writer(&mut body, item)?;
-        if start > 0 && body.len() + 1 > chunk {
-            let item = body.split_off(start + 1);
-            body.truncate(start);
+        let encoded = serde_json::to_vec(item)?;
+        if !body.is_empty() && body.len() + encoded.len() + 2 > chunk {
             body.push(b']');
-            bodies.push(Bytes::from(std::mem::take(&mut body)));
-            body.push(b'[');
-            body.extend_from_slice(&item);
+            bodies.push(std::mem::take(&mut body));
         }
+        body.push(if body.is_empty() { b'[' } else { b',' });
+        body.extend_from_slice(&encoded);
     }
     if !body.is_empty() {
         body.push(b']');
-        bodies.push(Bytes::from(body));
+        bodies.push(body);
     }
     Ok(bodies)
 }
@@ -129,9 +123,7 @@ impl HttpEdges {
             let (posts, id) = (posts.clone(), id.clone());
             Box::pin(async move {
                 let n = batches.len();
-                let result = posts
-                    .deliver(&id, batches.into_iter().flatten().collect())
-                    .await;
+                let result = posts.deliver(&id, batches.concat()).await;
                 vec![result; n]
             }) as BoxFuture<'static, _>
         }));
@@ -163,13 +155,13 @@ impl Posts {
         Ok(a)
     }
 
-    async fn post(&self, address: &str, body: Bytes) -> Result<(), RegistryError> {
+    async fn post(&self, address: &str, body: &[u8]) -> Result<(), RegistryError> {
         let resp = self
             .client
             .post(format!("http://{address}{DELIVER_PATH}"))
             .header(SECRET_HEADER, &self.secret)
             .header("content-type", "application/json")
-            .body(body)
+            .body(body.to_vec())
             .send()
             .await
             .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
@@ -191,9 +183,8 @@ impl Posts {
             .map_err(|e| RegistryError::Unavailable(format!("encoding a batch: {e}")))?;
         let mut address = self.address(edge, false).await?;
         let mut looked_again = false;
-        for body in bodies {
-            // A retry sends the same bytes (`Bytes` clones share them).
-            if self.post(&address, body.clone()).await.is_ok() {
+        for body in &bodies {
+            if self.post(&address, body).await.is_ok() {
                 continue;
             }
             if looked_again {
