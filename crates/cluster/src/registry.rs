@@ -293,13 +293,8 @@ impl Registry for RedisRegistry {
         let mut conn = self.conn.clone();
         let seen = self.edges_seen.load(Ordering::Relaxed);
         if users.len() >= self.every_edge_from.max(2 * seen) {
-            let mut out = UsersByEdge::default();
-            for edge in self.live_edges(&mut conn).await? {
-                for i in 0..users.len() {
-                    out.add(&edge, i);
-                }
-            }
-            return Ok(out);
+            let live = self.live_edges(&mut conn).await?;
+            return Ok(UsersByEdge::every_user_on(live, users.len()));
         }
         let mut pipe = redis::pipe();
         for u in users {

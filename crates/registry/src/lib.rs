@@ -121,6 +121,23 @@ pub struct UsersByEdge {
 }
 
 impl UsersByEdge {
+    /// Every one of `users` users on each of `edges` (distinct): what a lookup answered from
+    /// the live edges alone is.
+    pub fn every_user_on(edges: Vec<String>, users: usize) -> Self {
+        let index = edges
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.clone(), i))
+            .collect();
+        UsersByEdge {
+            edges: edges
+                .into_iter()
+                .map(|e| (e, (0..users).collect()))
+                .collect(),
+            index,
+        }
+    }
+
     /// Note that `edge` holds a session of user `i`; users are added in ascending order.
     pub fn add(&mut self, edge: &str, i: usize) {
         let slot = match self.index.get(edge) {
