@@ -123,7 +123,9 @@ impl HttpEdges {
             let (posts, id) = (posts.clone(), id.clone());
             Box::pin(async move {
                 let n = batches.len();
-                let result = posts.deliver(&id, batches.concat()).await;
+                // Moved, not copied: a group's message holds every member.
+                let batch: Vec<ToEdge> = batches.into_iter().flatten().collect();
+                let result = posts.deliver(&id, batch).await;
                 vec![result; n]
             }) as BoxFuture<'static, _>
         }));
@@ -155,13 +157,13 @@ impl Posts {
         Ok(a)
     }
 
-    async fn post(&self, address: &str, body: &[u8]) -> Result<(), RegistryError> {
+    async fn post(&self, address: &str, body: &Bytes) -> Result<(), RegistryError> {
         let resp = self
             .client
             .post(format!("http://{address}{DELIVER_PATH}"))
             .header(SECRET_HEADER, &self.secret)
             .header("content-type", "application/json")
-            .body(body.to_vec())
+            .body(body.clone())
             .send()
             .await
             .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
@@ -181,6 +183,9 @@ impl Posts {
         // under the edge's limit, in order, rather than one the edge would refuse.
         let bodies = deliver_bodies(&batch, DELIVER_CHUNK_BYTES)
             .map_err(|e| RegistryError::Unavailable(format!("encoding a batch: {e}")))?;
+        drop(batch);
+        // Shared with the request (a second try posts the same bytes), not copied into it.
+        let bodies: Vec<Bytes> = bodies.into_iter().map(Bytes::from).collect();
         let mut address = self.address(edge, false).await?;
         let mut looked_again = false;
         for body in &bodies {
@@ -275,7 +280,7 @@ pub fn accept(
     if secret.is_empty() || !constant_time_eq(given.as_bytes(), secret.as_bytes()) {
         return (StatusCode::UNAUTHORIZED, "bad internal secret").into_response();
     }
-    let batch: Vec<ToEdge> = match serde_json::from_slice(body) {
+    let batch = match hubbub_protocol::internal::decode_to_edge_batch(body) {
         Ok(b) => b,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("bad batch: {e}")).into_response(),
     };

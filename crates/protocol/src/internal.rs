@@ -174,6 +174,88 @@ pub enum ToEdge {
     },
 }
 
+/// Decode a batch of [`ToEdge`] (a JSON array, as services post it to an edge): the same
+/// result as `serde_json::from_slice::<Vec<ToEdge>>`, quicker for the item that carries a
+/// group's message. serde decodes an internally tagged enum by first copying the item into
+/// a buffer of its own (every string of the message and every member's id allocated twice);
+/// an item whose `kind` comes first, as the encoder writes it, is read here into its fields
+/// at once when it is a `message`. Any other item goes through the derived decoder.
+pub fn decode_to_edge_batch(body: &[u8]) -> Result<Vec<ToEdge>, serde_json::Error> {
+    let items: Vec<FastToEdge> = serde_json::from_slice(body)?;
+    Ok(items.into_iter().map(|i| i.0).collect())
+}
+
+/// A [`ToEdge`] decoded as [`decode_to_edge_batch`] says.
+struct FastToEdge(ToEdge);
+
+impl<'de> Deserialize<'de> for FastToEdge {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(FastToEdgeVisitor)
+    }
+}
+
+struct FastToEdgeVisitor;
+
+impl<'de> serde::de::Visitor<'de> for FastToEdgeVisitor {
+    type Value = FastToEdge;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an item for an edge")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<FastToEdge, A::Error> {
+        use serde::de::Error;
+        let mut rest = serde_json::Map::new();
+        let first: Option<std::borrow::Cow<'de, str>> = map.next_key()?;
+        if let Some(key) = first {
+            if key == "kind" {
+                let kind: std::borrow::Cow<'de, str> = map.next_value()?;
+                if kind == "message" {
+                    return message_fields(map).map(FastToEdge);
+                }
+                rest.insert("kind".into(), serde_json::Value::String(kind.into_owned()));
+            } else {
+                rest.insert(key.into_owned(), map.next_value()?);
+            }
+            while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
+                rest.insert(k, v);
+            }
+        }
+        serde_json::from_value(serde_json::Value::Object(rest))
+            .map(FastToEdge)
+            .map_err(A::Error::custom)
+    }
+}
+
+/// The fields of a [`ToEdge::Message`] after its `kind`, in any order; others are ignored,
+/// as the derived decoder does.
+fn message_fields<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<ToEdge, A::Error> {
+    use serde::de::Error;
+    let mut message: Option<std::sync::Arc<crate::Message>> = None;
+    let mut users: Option<Vec<(String, u64)>> = None;
+    let mut origin_ms: Option<Option<i64>> = None;
+    let mut origin_edge: Option<Option<String>> = None;
+    while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        match &*key {
+            "message" => message = Some(map.next_value()?),
+            "users" => users = Some(map.next_value()?),
+            "origin_ms" => origin_ms = Some(map.next_value()?),
+            "origin_edge" => origin_edge = Some(map.next_value()?),
+            "kind" => return Err(A::Error::duplicate_field("kind")),
+            _ => {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+    }
+    Ok(ToEdge::Message {
+        message: message.ok_or_else(|| A::Error::missing_field("message"))?,
+        users: users.ok_or_else(|| A::Error::missing_field("users"))?,
+        // As the derived decoder: an `Option` field may be left out.
+        origin_ms: origin_ms.flatten(),
+        origin_edge: origin_edge.flatten(),
+    })
+}
+
 /// A job on the `webhooks` queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "job", rename_all = "snake_case")]
@@ -240,5 +322,81 @@ mod tests {
         assert_eq!(Envelope::decode(&old).expect("decode"), e);
         assert!(Route::of(b"not json").is_err());
         assert!(Envelope::decode(b"{\"t\":\"sync\",\"u\":\"x\"}\nnot json").is_err());
+    }
+
+    #[test]
+    fn a_batch_for_an_edge_decodes_as_the_derived_decoder_does() {
+        let message: crate::Message = serde_json::from_value(serde_json::json!({
+            "id": "m1", "conversation": "g\"1", "sender": "u1", "client_msg_id": "c1",
+            "text": "hi \u{2028} there", "ts": 5, "mentions": ["u2"]
+        }))
+        .expect("a message");
+        let frame = ServerFrame::error(Some("r1".into()), crate::ErrorCode::NotFound, "no such");
+        let batch = vec![
+            ToEdge::Message {
+                message: std::sync::Arc::new(message.clone()),
+                users: vec![("u1".into(), 3), ("u\n2".into(), u64::MAX)],
+                origin_ms: Some(-1),
+                origin_edge: Some("e1".into()),
+            },
+            ToEdge::Message {
+                message: std::sync::Arc::new(message),
+                users: Vec::new(),
+                origin_ms: None,
+                origin_edge: None,
+            },
+            ToEdge::Reply {
+                session: "s1".into(),
+                frame: frame.clone(),
+            },
+            ToEdge::Events {
+                user: "u1".into(),
+                frames: vec![frame.clone(), frame.clone()],
+                origin_ms: Some(9),
+                origin_edge: None,
+            },
+            ToEdge::Channel {
+                conversation: "c1".into(),
+                frame: frame.clone(),
+                origin_ms: None,
+                origin_edge: Some("e2".into()),
+            },
+            ToEdge::Engagement {
+                frames: vec![frame],
+            },
+            ToEdge::Close {
+                user: "u1".into(),
+                session: None,
+                code: 4000,
+                reason: "bye".into(),
+            },
+        ];
+        let body = serde_json::to_vec(&batch).expect("encode");
+        assert_eq!(decode_to_edge_batch(&body).expect("decode"), batch);
+        // `kind` elsewhere than first, fields left out or unknown: as the derived decoder.
+        let odd = br#"[{"users":[["u1",1]],"kind":"message","message":{"id":"m","conversation":"g",
+            "sender":"u","client_msg_id":"c","text":"t","ts":1}},
+            {"kind":"message","new":[1,{"a":2}],"message":{"id":"m","conversation":"g",
+            "sender":"u","client_msg_id":"c","text":"t","ts":1},"users":[]},
+            {"kind":"close","user":"u","code":4001,"reason":""}]"#;
+        let derived: Vec<ToEdge> = serde_json::from_slice(odd).expect("derived");
+        assert_eq!(decode_to_edge_batch(odd).expect("decode"), derived);
+        // What the derived decoder refuses, this refuses too.
+        for bad in [
+            &br#"[{"kind":"message","users":[]}]"#[..],
+            br#"[{"kind":"message","message":{},"users":[]}]"#,
+            br#"[{"kind":"nope"}]"#,
+            br#"[{"kind":"message","kind":"close"}]"#,
+            br#"[{}]"#,
+            br#"{"kind":"close"}"#,
+            b"not json",
+        ] {
+            assert!(serde_json::from_slice::<Vec<ToEdge>>(bad).is_err());
+            assert!(
+                decode_to_edge_batch(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

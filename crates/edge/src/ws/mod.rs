@@ -220,6 +220,47 @@ struct Conn {
     /// before the events, so the `ok` could be written first. At most [`MAX_CHANNEL_OPS`]: an
     /// older one is forgotten, and its event loads the change anyway.
     channel_ops: Vec<String>,
+    /// The handles of the metrics each write counts, looked up once per session.
+    metrics: SessionMetrics,
+}
+
+/// A session's handles on the metrics its writes count: looking a metric up by name and
+/// labels in the recorder (hashing the key, building the labels) cost more than counting,
+/// once or twice per frame written.
+#[derive(Default)]
+struct SessionMetrics {
+    /// Counters by name and `type` label, in the order first counted.
+    counters: Vec<(&'static str, &'static str, metrics::Counter)>,
+    delivery_latency: Option<metrics::Histogram>,
+}
+
+impl SessionMetrics {
+    /// Add `n` to the counter `name` with the label `type` = `kind`.
+    fn count(&mut self, name: &'static str, kind: &'static str, n: u64) {
+        let i = match self
+            .counters
+            .iter()
+            .position(|(m, k, _)| *m == name && *k == kind)
+        {
+            Some(i) => i,
+            None => {
+                self.counters
+                    .push((name, kind, metrics::counter!(name, "type" => kind)));
+                self.counters.len() - 1
+            }
+        };
+        self.counters[i].2.increment(n);
+    }
+
+    fn frames_out(&mut self, kind: &'static str, n: u64) {
+        self.count(hubbub_protocol::metrics::FRAMES_OUT, kind, n);
+    }
+
+    fn delivery_latency(&mut self, seconds: f64) {
+        self.delivery_latency
+            .get_or_insert_with(|| metrics::histogram!(hubbub_protocol::metrics::DELIVERY_LATENCY))
+            .record(seconds);
+    }
 }
 
 /// The most channel-changing requests a session tracks at once.
@@ -287,6 +328,7 @@ async fn run(inner: Arc<Inner>, user: UserRef, expires_ms: i64, socket: WebSocke
         committing: None,
         late: LateMark::default(),
         channel_ops: Vec::new(),
+        metrics: SessionMetrics::default(),
     };
     conn.set_expiry(expires_ms);
     let flow = conn.start(rx).await;
@@ -687,14 +729,13 @@ impl Conn {
                 Some((kind, n)) if *kind == f.kind => *n += 1,
                 _ => {
                     if let Some((kind, n)) = run.replace((f.kind, 1)) {
-                        metrics::counter!(hubbub_protocol::metrics::FRAMES_OUT, "type" => kind)
-                            .increment(n);
+                        self.metrics.frames_out(kind, n);
                     }
                 }
             }
         }
         if let Some((kind, n)) = run {
-            metrics::counter!(hubbub_protocol::metrics::FRAMES_OUT, "type" => kind).increment(n);
+            self.metrics.frames_out(kind, n);
         }
         for raw in shared {
             if !text.is_empty() {
@@ -703,8 +744,7 @@ impl Conn {
             text.push_str(raw);
         }
         if !shared.is_empty() {
-            metrics::counter!(hubbub_protocol::metrics::FRAMES_OUT, "type" => "engagement")
-                .increment(shared.len() as u64);
+            self.metrics.frames_out("engagement", shared.len() as u64);
         }
         // A session told to close (a slow reader cut off) abandons the write at once, not
         // after the send timeout.
@@ -848,8 +888,7 @@ impl Conn {
                             oldest_here = Some(oldest_here.map_or(origin, |o| o.min(origin)));
                         }
                         let ms = (now_ms() - origin).max(0);
-                        metrics::histogram!(hubbub_protocol::metrics::DELIVERY_LATENCY)
-                            .record(ms as f64 / 1000.0);
+                        self.metrics.delivery_latency(ms as f64 / 1000.0);
                         if self.inner.debugged(&self.user.id, &self.session) {
                             for f in events.iter() {
                                 tracing::debug!(target: crate::DEBUG_TARGET, user = %self.user.id,

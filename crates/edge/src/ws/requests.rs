@@ -52,7 +52,8 @@ impl Conn {
             };
             return self.written(&[e]).await;
         }
-        metrics::counter!(hubbub_protocol::metrics::FRAMES_IN, "type" => "ack").increment(1);
+        self.metrics
+            .count(hubbub_protocol::metrics::FRAMES_IN, "ack", 1);
         self.acks.record(seq, Instant::now());
         self.reply(id, Ok(ReplyData::Empty {})).await
     }
@@ -103,8 +104,11 @@ impl Conn {
                     .await;
             }
         };
-        metrics::counter!(hubbub_protocol::metrics::FRAMES_IN, "type" => frame.request.type_name())
-            .increment(1);
+        self.metrics.count(
+            hubbub_protocol::metrics::FRAMES_IN,
+            frame.request.type_name(),
+            1,
+        );
         self.on_request(frame).await
     }
 

@@ -66,6 +66,20 @@ async fn health_readiness_and_documented_metrics() {
         .text()
         .await
         .expect("text");
+    // The frames written and read are counted by type (each session keeps its handles on
+    // the counters), and the deliveries' latency recorded.
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} on /metrics"))
+    };
+    assert!(value("hubbub_frames_out_total{type=\"message.new\"}") >= 1.0);
+    assert!(value("hubbub_frames_out_total{type=\"ok\"}") >= 4.0);
+    assert!(value("hubbub_frames_in_total{type=\"message.send\"}") >= 1.0);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("hubbub_delivery_latency_seconds"))
+    );
     // Every series on /metrics belongs to a registered metric.
     use hubbub_protocol::metrics::{ALL, Kind, of_series};
     let mut emitted = std::collections::BTreeSet::new();
