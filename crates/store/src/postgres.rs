@@ -28,7 +28,7 @@ use tokio_postgres::types::ToSql;
 /// reactions and pins; version 6: webhooks and the server API (`006_server.sql`); version 7:
 /// contacts; version 8: reports; version 9: mutes; version 10: moderation; version 11: API
 /// keys listed in creation order; version 12: a group's `message.new` events as runs.
-const MIGRATIONS: [&str; 12] = [
+const MIGRATIONS: [&str; 13] = [
     include_str!("../migrations/postgres/001_chat_feed_media.sql"),
     include_str!("../migrations/postgres/002_refresh_token_families.sql"),
     include_str!("../migrations/postgres/003_channels.sql"),
@@ -41,6 +41,7 @@ const MIGRATIONS: [&str; 12] = [
     include_str!("../migrations/postgres/010_moderation.sql"),
     include_str!("../migrations/postgres/011_api_key_order.sql"),
     include_str!("../migrations/postgres/012_inbox_runs.sql"),
+    include_str!("../migrations/postgres/013_fan_out_arrays.sql"),
 ];
 
 /// The PostgreSQL store: [`Store`](crate::Store), [`FeedStore`](crate::FeedStore) and media

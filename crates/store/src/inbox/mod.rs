@@ -85,9 +85,9 @@ pub(crate) trait InboxTx {
     }
     /// `message.new` rows for new messages: every member of each message's conversation,
     /// except those who block its sender, takes their next seq (one per message, in the order
-    /// given) and gets a row under it pointing at the message. Returns (index in `messages`,
-    /// recipient, seq), in any order.
-    async fn fan_out(&self, messages: &[&Message], now: i64) -> Result<Vec<(usize, String, u64)>>;
+    /// given) and gets a row under it pointing at the message. Returns each message's
+    /// recipients with their seqs, in any order, one list per message in the order given.
+    async fn fan_out(&self, messages: &[&Message], now: i64) -> Result<Vec<Vec<(String, u64)>>>;
     /// The user's `last_seq` and `acked_seq` (`None` for an unknown user).
     async fn counters(&self, user: &str) -> Result<Option<(u64, u64)>>;
     /// The oldest seq still in `user`'s inbox.
@@ -194,26 +194,33 @@ pub(crate) async fn message_events(
     messages: &[&Message],
     now: i64,
 ) -> Result<Vec<Vec<Event>>> {
-    let mut seqs = tx.fan_out(messages, now).await?;
-    seqs.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-    let mut out: Vec<Vec<Event>> = messages.iter().map(|_| Vec::new()).collect();
-    // One copy of each message, shared by its recipients' frames.
-    let shared: Vec<std::sync::Arc<Message>> = messages
-        .iter()
-        .map(|m| std::sync::Arc::new((*m).clone()))
-        .collect();
-    for (i, user, seq) in seqs {
-        if let (Some(list), Some(m)) = (out.get_mut(i), shared.get(i)) {
-            list.push(Event {
-                user,
-                frame: ServerFrame::MessageNew {
-                    seq,
-                    message: m.clone(),
-                },
-            });
-        }
+    let lists = tx.fan_out(messages, now).await?;
+    if lists.len() != messages.len() {
+        return Err(StoreError::Internal(format!(
+            "a fan-out of {} messages answered {}",
+            messages.len(),
+            lists.len()
+        )));
     }
-    Ok(out)
+    Ok(lists
+        .into_iter()
+        .zip(messages)
+        .map(|(mut list, m)| {
+            // In the recipients' order, whatever the backend's.
+            list.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            // One copy of each message, shared by its recipients' frames.
+            let message = std::sync::Arc::new((*m).clone());
+            list.into_iter()
+                .map(|(user, seq)| Event {
+                    user,
+                    frame: ServerFrame::MessageNew {
+                        seq,
+                        message: message.clone(),
+                    },
+                })
+                .collect()
+        })
+        .collect())
 }
 
 /// `events_after`: the frames after `after`, and whether some the client needed are gone.

@@ -3,8 +3,9 @@
 //! A group's `message.new` events are kept as runs, as on SQLite (`sqlite.rs`, and
 //! `012_inbox_runs.sql` of each backend): a message to a group writes nothing for members
 //! whose open run is on it. The rules that write runs are PL/pgSQL functions of that
-//! migration (`hubbub_fan_out`, `hubbub_next_seq`, `hubbub_close_run` and the trigger that
-//! closes a leaver's run), so a batch's fan-out is one round trip; the migration also says
+//! migration (`hubbub_next_seq`, `hubbub_close_run` and the trigger that closes a leaver's
+//! run) and of `013_fan_out_arrays.sql` (`hubbub_fan_out_arrays`, which answers a row per
+//! message), so a batch's fan-out is one round trip; the 012 migration also says
 //! which locks keep a run's end where concurrent writers agree on it. The reads here follow
 //! `sqlite.rs` statement for statement.
 
@@ -128,7 +129,7 @@ impl InboxTx for Tx<'_> {
         Ok(())
     }
 
-    async fn fan_out(&self, messages: &[&Message], now: i64) -> Result<Vec<(usize, String, u64)>> {
+    async fn fan_out(&self, messages: &[&Message], now: i64) -> Result<Vec<Vec<(String, u64)>>> {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
@@ -138,25 +139,35 @@ impl InboxTx for Tx<'_> {
             .collect::<Result<Vec<i64>, _>>()?;
         let convs: Vec<&str> = messages.iter().map(|m| m.conversation.as_str()).collect();
         let senders: Vec<&str> = messages.iter().map(|m| m.sender.as_str()).collect();
-        // Every message's fan-out in one round trip (`hubbub_fan_out`, in the order given).
+        // Every message's fan-out in one round trip (`hubbub_fan_out_arrays`): a row per
+        // message, in the order given, its recipients and their seqs side by side.
         let got = self
             .rows(
-                "SELECT ord, user_id, seq FROM hubbub_fan_out($1, $2, $3, $4)",
+                "SELECT ord, user_ids, seqs FROM hubbub_fan_out_arrays($1, $2, $3, $4)",
                 &[&ids, &convs, &senders, &now],
             )
             .await?;
-        got.iter()
-            .map(|r| {
-                let ord: i32 = r.get(0);
-                let i = usize::try_from(ord - 1)
-                    .ok()
-                    .filter(|i| *i < messages.len())
-                    .ok_or_else(|| {
-                        StoreError::Internal(format!("fan-out of an unknown message {ord}"))
-                    })?;
-                Ok((i, r.get(1), r.get::<_, i64>(2) as u64))
-            })
-            .collect()
+        let mut lists: Vec<Vec<(String, u64)>> = messages.iter().map(|_| Vec::new()).collect();
+        for r in &got {
+            let ord: i32 = r.get(0);
+            let list = usize::try_from(ord - 1)
+                .ok()
+                .and_then(|i| lists.get_mut(i))
+                .ok_or_else(|| {
+                    StoreError::Internal(format!("fan-out of an unknown message {ord}"))
+                })?;
+            let users: Vec<String> = r.get(1);
+            let seqs: Vec<i64> = r.get(2);
+            if users.len() != seqs.len() {
+                return Err(StoreError::Internal(format!(
+                    "fan-out of message {ord}: {} recipients, {} seqs",
+                    users.len(),
+                    seqs.len()
+                )));
+            }
+            list.extend(users.into_iter().zip(seqs.into_iter().map(|s| s as u64)));
+        }
+        Ok(lists)
     }
 
     async fn counters(&self, user: &str) -> Result<Option<(u64, u64)>> {

@@ -198,7 +198,7 @@ impl InboxTx for Tx<'_> {
         Ok(())
     }
 
-    async fn fan_out(&self, messages: &[&Message], now: i64) -> Result<Vec<(usize, String, u64)>> {
+    async fn fan_out(&self, messages: &[&Message], now: i64) -> Result<Vec<Vec<(String, u64)>>> {
         let mut out = Vec::new();
         for (i, message) in messages.iter().enumerate() {
             let kind: Option<String> = self
@@ -228,7 +228,13 @@ impl InboxTx for Tx<'_> {
                 out.push((i, user, seq));
             }
         }
-        Ok(out)
+        let mut lists: Vec<Vec<(String, u64)>> = messages.iter().map(|_| Vec::new()).collect();
+        for (i, user, seq) in out {
+            if let Some(list) = lists.get_mut(i) {
+                list.push((user, seq));
+            }
+        }
+        Ok(lists)
     }
 
     async fn counters(&self, user: &str) -> Result<Option<(u64, u64)>> {

@@ -81,9 +81,10 @@ async fn postgres_version_1_migrates_and_keeps_refresh_tokens() {
         .expect("version")
         .get(0);
     assert_eq!(
-        version, 12,
+        version, 13,
         "every migration applied (5: replies, threads, edits, reactions, pins; 6: webhooks; 7: \
-         contacts; 8: reports; 9: mutes; 10: moderation; 11: API keys' creation order; 12: inbox runs)"
+         contacts; 8: reports; 9: mutes; 10: moderation; 11: API keys' creation order; 12: inbox \
+         runs; 13: the fan-out's answer as arrays)"
     );
     assert_eq!(store.tokens_revoked_ms("u1").await.expect("read"), 0);
     assert_eq!(
