@@ -3,7 +3,8 @@
 -- answers a row per recipient: a message to a group of N members was N rows through the
 -- function's result buffer, over the wire and through the client's decoding, all while the
 -- group's position is locked. What it writes and locks is the same, statement for statement.
--- `hubbub_fan_out` stays, for a process of an older version still running.
+-- `hubbub_fan_out` stays, for a process of an older version still running: it answers from
+-- the new function (at the end).
 CREATE FUNCTION hubbub_fan_out_arrays(mids BIGINT[], convs TEXT[], senders TEXT[], now BIGINT)
 RETURNS TABLE (ord INT, user_ids TEXT[], seqs BIGINT[]) LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -103,3 +104,11 @@ BEGIN
         RETURN NEXT;
     END LOOP;
 END $$;
+
+-- The older function answers as before, a row per recipient, from the new one.
+CREATE OR REPLACE FUNCTION hubbub_fan_out(mids BIGINT[], convs TEXT[], senders TEXT[], now BIGINT)
+RETURNS TABLE (ord INT, user_id TEXT, seq BIGINT) LANGUAGE sql AS $$
+    SELECT f.ord, r.user_id, r.seq
+      FROM hubbub_fan_out_arrays(mids, convs, senders, now) AS f,
+           UNNEST(f.user_ids, f.seqs) AS r(user_id, seq)
+$$;

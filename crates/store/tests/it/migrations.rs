@@ -195,3 +195,60 @@ async fn postgres_roles_migration_gives_every_group_an_owner() {
     let store = PgStore::connect(&url, 2).await.expect("migrated");
     roles_were_given(&store).await;
 }
+
+/// A process of the version before `013_fan_out_arrays.sql` still calls `hubbub_fan_out`,
+/// which answers a row per recipient, now from `hubbub_fan_out_arrays`: the same recipients
+/// and seqs, and the same writes (the second message takes the members' next seqs).
+#[tokio::test]
+async fn postgres_the_older_fan_out_answers_a_row_per_recipient() {
+    let url = fresh_database().await;
+    PgStore::connect(&url, 1).await.expect("migrated");
+    let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+        .batch_execute(
+            "INSERT INTO users (id, handle, created_ms) VALUES ('o', 'o', 1), ('a', 'a', 1), ('b', 'b', 1);
+             INSERT INTO conversations (id, kind, created_by, created_ms) VALUES ('g', 'group', 'o', 1);
+             INSERT INTO members (conversation_id, user_id, joined_ms)
+               VALUES ('g', 'o', 1), ('g', 'a', 1), ('g', 'b', 1);
+             INSERT INTO messages (conversation_id, sender, client_msg_id, text, ts)
+               VALUES ('g', 'o', 'c1', 'one', 1), ('g', 'o', 'c2', 'two', 2);",
+        )
+        .await
+        .expect("a group and two messages");
+    let ids: Vec<i64> = client
+        .query("SELECT id FROM messages ORDER BY id", &[])
+        .await
+        .expect("ids")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let tx = client.transaction().await.expect("begin");
+    let convs = vec!["g"; 2];
+    let senders = vec!["o"; 2];
+    tx.execute(
+        "SELECT hubbub_lock_positions($1, $2)",
+        &[&convs, &vec!["a", "b", "o"]],
+    )
+    .await
+    .expect("locks");
+    let mut old: Vec<(i32, String, i64)> = tx
+        .query(
+            "SELECT ord, user_id, seq FROM hubbub_fan_out($1, $2, $3, $4)",
+            &[&ids, &convs, &senders, &3i64],
+        )
+        .await
+        .expect("the older fan-out")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    old.sort();
+    let expected: Vec<(i32, String, i64)> = [1, 2]
+        .into_iter()
+        .flat_map(|ord| ["a", "b", "o"].map(|u| (ord, u.to_owned(), i64::from(ord))))
+        .collect();
+    assert_eq!(old, expected);
+    tx.commit().await.expect("commit");
+}
