@@ -27,7 +27,8 @@ use tokio_postgres::types::ToSql;
 /// version 4: API keys and the runtime config; version 5: replies, threads, edits, deletes,
 /// reactions and pins; version 6: webhooks and the server API (`006_server.sql`); version 7:
 /// contacts; version 8: reports; version 9: mutes; version 10: moderation; version 11: API
-/// keys listed in creation order; version 12: a group's `message.new` events as runs.
+/// keys listed in creation order; version 12: a group's `message.new` events as runs; version
+/// 13: the fan-out's answer as a row per message.
 const MIGRATIONS: [&str; 13] = [
     include_str!("../migrations/postgres/001_chat_feed_media.sql"),
     include_str!("../migrations/postgres/002_refresh_token_families.sql"),
