@@ -1115,6 +1115,56 @@ const LOCK_USERS: &str = "SELECT id FROM users WHERE id IN
 /// The positions of a batch's groups, locked after its sends are stored.
 const LOCK_POSITIONS: &str = "SELECT hubbub_lock_positions($1, $2)";
 
+/// A send batch's transaction, on a pooled connection of its own. Not tokio-postgres's
+/// `Transaction`, which commits only by value (so no COMMIT can go out behind statements
+/// still borrowing it) and, ended by a COMMIT of one's own, would send a ROLLBACK when
+/// dropped. Begun by [`BatchTx::begin`]; whoever sends the COMMIT or ROLLBACK that ends it
+/// calls [`BatchTx::ended`]. Dropped before that (a failed round trip, the batch's future
+/// dropped midway), its connection leaves the pool and is closed: the server rolls the
+/// transaction back, and no one is handed a connection with a transaction open.
+struct BatchTx {
+    client: Option<deadpool_postgres::Client>,
+    ended: std::sync::atomic::AtomicBool,
+}
+
+impl BatchTx {
+    async fn begin(pool: &Pool) -> Result<BatchTx> {
+        let batch = BatchTx {
+            client: Some(pool.get().await.map_err(pool_err)?),
+            ended: std::sync::atomic::AtomicBool::new(false),
+        };
+        batch.client()?.batch_execute("BEGIN").await.map_err(pg)?;
+        Ok(batch)
+    }
+
+    fn client(&self) -> Result<&deadpool_postgres::Client> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| StoreError::Internal("a send batch's connection is gone".into()))
+    }
+
+    /// The transaction ended (committed or rolled back): the connection goes back to the
+    /// pool.
+    fn ended(&self) {
+        self.ended.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn is_ended(&self) -> bool {
+        self.ended.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for BatchTx {
+    fn drop(&mut self) {
+        if !self.is_ended()
+            && let Some(client) = self.client.take()
+        {
+            // Out of the pool and dropped: the connection closes.
+            drop(deadpool_postgres::Client::take(client));
+        }
+    }
+}
+
 /// One try of a batch. Its locks (`012_inbox_runs.sql` says why these suffice): first the
 /// users its fan-out may write, in id order: every member of a direct conversation, of a
 /// group where a send starts a thread reply or mentions someone (those tell members outside
@@ -1129,8 +1179,24 @@ async fn send_locked(
     news: &[NewMessage],
     every: bool,
 ) -> Result<Vec<Result<Written<Message>, StoreError>>> {
-    let mut client = pool.get().await.map_err(pool_err)?;
-    let tx = client.transaction().await.map_err(pg)?;
+    let batch = BatchTx::begin(pool).await?;
+    let sent = send_in(&batch, news, every).await;
+    // What did not end the transaction (an error on the way, a single send refused) leaves
+    // it to be rolled back here; if even that fails, dropping the batch closes the
+    // connection.
+    if !batch.is_ended() && batch.client()?.batch_execute("ROLLBACK").await.is_ok() {
+        batch.ended();
+    }
+    sent
+}
+
+/// The body of [`send_locked`], in `batch`'s transaction: ends it when it commits.
+async fn send_in(
+    batch: &BatchTx,
+    news: &[NewMessage],
+    every: bool,
+) -> Result<Vec<Result<Written<Message>, StoreError>>> {
+    let tx = batch.client()?;
     let conversations: Vec<&str> = news.iter().map(|n| n.conversation.as_str()).collect();
     let senders: Vec<&str> = news.iter().map(|n| n.sender.as_str()).collect();
     let whole: Vec<&str> = news
@@ -1148,7 +1214,7 @@ async fn send_locked(
     // later in the batch returns it before any check, as the read would have) and its
     // sender's slow-mode time.
     let lock_users = tx.prepare_cached(LOCK_USERS).await.map_err(pg)?;
-    let on = Tx::Tx(&tx);
+    let on = Tx::Client(tx);
     let params: [&(dyn ToSql + Sync); 3] = [&conversations, &whole, &senders];
     let (locked, reads) = tokio::join!(
         tx.query(&lock_users, &params),
@@ -1200,10 +1266,8 @@ async fn send_locked(
                 }
                 stored.push(Ok(sent));
             }
-            Err(e) if single => {
-                tx.rollback().await.map_err(pg)?;
-                return Ok(vec![Err(e)]);
-            }
+            // Rolled back by the caller: the transaction holds nothing else.
+            Err(e) if single => return Ok(vec![Err(e)]),
             Err(e) => {
                 // The savepoint stays (ROLLBACK TO keeps it); the next send releases it.
                 tx.batch_execute("ROLLBACK TO SAVEPOINT send")
@@ -1217,14 +1281,51 @@ async fn send_locked(
     // request goes first (its statement prepared before), so the server holds the lock
     // before the fan-out's first statement runs; if the lock fails, so does the fan-out
     // after it (the transaction is aborted), and the lock's error is the one returned.
+    // When nothing follows the fan-out (no thread reply, no mention: `after_send` has
+    // nothing to write), the COMMIT goes out right behind it, in the same round trip: the
+    // group's position is then held for the fan-out and the commit's flush only, not also
+    // while the answer travels to this process and the COMMIT back. The fan-out's statement
+    // is prepared first for that, so its request is written at the first poll, before the
+    // COMMIT's. If the lock or the fan-out fails, the transaction is aborted and the COMMIT
+    // rolls it back; their error is returned.
     let lock_positions = tx.prepare_cached(LOCK_POSITIONS).await.map_err(pg)?;
+    let commit_behind = stored.iter().all(|r| match r {
+        Ok(s) => !s.fresh || (s.root.is_none() && s.message.mentions.is_empty()),
+        Err(_) => true,
+    });
+    if commit_behind {
+        tx.prepare_cached(crate::inbox::postgres::FAN_OUT)
+            .await
+            .map_err(pg)?;
+    }
     let params: [&(dyn ToSql + Sync); 2] = [&conversations, &locked];
-    let (positions, written) = tokio::join!(
+    let (positions, written, committed) = tokio::join!(
         tx.execute(&lock_positions, &params),
-        sends_written(&on, stored, now)
+        sends_written(&on, stored, now),
+        async {
+            if commit_behind {
+                Some(tx.batch_execute("COMMIT").await)
+            } else {
+                None
+            }
+        }
     );
+    match committed {
+        // Over however it ended: a COMMIT after a failed statement rolls back, and their
+        // error is the one returned below.
+        Some(Ok(())) => batch.ended(),
+        // The COMMIT went out behind the statements, so its failure decides: with the
+        // connection lost, the server may have committed whatever they answered (outcome
+        // unknown, never `Unavailable`); a statement that failed on the server would have
+        // left the COMMIT nothing to fail on.
+        Some(Err(e)) => return Err(commit_err(e)),
+        None => {}
+    }
     positions.map_err(pg)?;
     let written = written?;
-    tx.commit().await.map_err(commit_err)?;
+    if !commit_behind {
+        tx.batch_execute("COMMIT").await.map_err(commit_err)?;
+        batch.ended();
+    }
     Ok(written)
 }

@@ -9,7 +9,7 @@
 //! `sqlite.rs` and `postgres.rs`).
 
 #[cfg(feature = "postgres")]
-mod postgres;
+pub(crate) mod postgres;
 mod sqlite;
 
 use crate::chat::{MessageRow, message_from_row};

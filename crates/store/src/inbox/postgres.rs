@@ -10,6 +10,10 @@
 //! `sqlite.rs` statement for statement.
 
 use super::{InboxRow, InboxTx, RunRead, run_read};
+
+/// A batch's fan-out: a row per message, its recipients and their seqs.
+pub(crate) const FAN_OUT: &str =
+    "SELECT ord, user_ids, seqs FROM hubbub_fan_out_arrays($1, $2, $3, $4)";
 use crate::chat::M_MESSAGE_COLUMNS;
 use crate::chat::postgres::message_row;
 use crate::chat::stored_message_id;
@@ -141,12 +145,7 @@ impl InboxTx for Tx<'_> {
         let senders: Vec<&str> = messages.iter().map(|m| m.sender.as_str()).collect();
         // Every message's fan-out in one round trip (`hubbub_fan_out_arrays`): a row per
         // message, in the order given, its recipients and their seqs side by side.
-        let got = self
-            .rows(
-                "SELECT ord, user_ids, seqs FROM hubbub_fan_out_arrays($1, $2, $3, $4)",
-                &[&ids, &convs, &senders, &now],
-            )
-            .await?;
+        let got = self.rows(FAN_OUT, &[&ids, &convs, &senders, &now]).await?;
         let mut lists: Vec<Vec<(String, u64)>> = messages.iter().map(|_| Vec::new()).collect();
         for r in &got {
             let ord: i32 = r.get(0);
