@@ -1289,8 +1289,16 @@ async fn send_in(
     // COMMIT's. If the lock or the fan-out fails, the transaction is aborted and the COMMIT
     // rolls it back; their error is returned.
     let lock_positions = tx.prepare_cached(LOCK_POSITIONS).await.map_err(pg)?;
+    // Nothing may fail in this process once the COMMIT is on its way, or the COMMIT would
+    // keep what the fan-out never wrote: the one thing the fan-out checks before its
+    // request goes out, the messages' ids, is checked here.
     let commit_behind = stored.iter().all(|r| match r {
-        Ok(s) => !s.fresh || (s.root.is_none() && s.message.mentions.is_empty()),
+        Ok(s) => {
+            !s.fresh
+                || (s.root.is_none()
+                    && s.message.mentions.is_empty()
+                    && super::stored_message_id(&s.message.id).is_ok())
+        }
         Err(_) => true,
     });
     if commit_behind {
