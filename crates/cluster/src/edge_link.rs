@@ -40,21 +40,21 @@ pub const DELIVER_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Encode a batch as JSON arrays of at most `chunk` bytes each (an item larger than that
 /// goes alone), keeping the items' order.
-pub fn deliver_bodies(batch: &[ToEdge], chunk: usize) -> Result<Vec<Vec<u8>>, serde_json::Error> {
+pub fn deliver_bodies(batch: &[ToEdge], chunk: usize) -> Result<Vec<Bytes>, serde_json::Error> {
     let mut bodies = Vec::new();
     let mut body: Vec<u8> = Vec::new();
     for item in batch {
         let encoded = serde_json::to_vec(item)?;
         if !body.is_empty() && body.len() + encoded.len() + 2 > chunk {
             body.push(b']');
-            bodies.push(std::mem::take(&mut body));
+            bodies.push(Bytes::from(std::mem::take(&mut body)));
         }
         body.push(if body.is_empty() { b'[' } else { b',' });
         body.extend_from_slice(&encoded);
     }
     if !body.is_empty() {
         body.push(b']');
-        bodies.push(body);
+        bodies.push(Bytes::from(body));
     }
     Ok(bodies)
 }
@@ -163,6 +163,7 @@ impl Posts {
             .post(format!("http://{address}{DELIVER_PATH}"))
             .header(SECRET_HEADER, &self.secret)
             .header("content-type", "application/json")
+            // Shared with the request (a second try posts the same bytes), not copied.
             .body(body.clone())
             .send()
             .await
@@ -184,8 +185,6 @@ impl Posts {
         let bodies = deliver_bodies(&batch, DELIVER_CHUNK_BYTES)
             .map_err(|e| RegistryError::Unavailable(format!("encoding a batch: {e}")))?;
         drop(batch);
-        // Shared with the request (a second try posts the same bytes), not copied into it.
-        let bodies: Vec<Bytes> = bodies.into_iter().map(Bytes::from).collect();
         let mut address = self.address(edge, false).await?;
         let mut looked_again = false;
         for body in &bodies {

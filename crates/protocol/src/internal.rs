@@ -206,16 +206,16 @@ impl<'de> serde::de::Visitor<'de> for FastToEdgeVisitor {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<FastToEdge, A::Error> {
         use serde::de::Error;
         let mut rest = serde_json::Map::new();
-        let first: Option<std::borrow::Cow<'de, str>> = map.next_key()?;
+        let first: Option<String> = map.next_key()?;
         if let Some(key) = first {
             if key == "kind" {
-                let kind: std::borrow::Cow<'de, str> = map.next_value()?;
+                let kind: String = map.next_value()?;
                 if kind == "message" {
                     return message_fields(map).map(FastToEdge);
                 }
-                rest.insert("kind".into(), serde_json::Value::String(kind.into_owned()));
+                rest.insert("kind".into(), serde_json::Value::String(kind));
             } else {
-                rest.insert(key.into_owned(), map.next_value()?);
+                rest.insert(key, map.next_value()?);
             }
             while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
                 rest.insert(k, v);
@@ -235,8 +235,8 @@ fn message_fields<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<ToEdg
     let mut users: Option<Vec<(String, u64)>> = None;
     let mut origin_ms: Option<Option<i64>> = None;
     let mut origin_edge: Option<Option<String>> = None;
-    while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-        match &*key {
+    while let Some(key) = map.next_key::<String>()? {
+        match key.as_str() {
             "message" => message = Some(map.next_value()?),
             "users" => users = Some(map.next_value()?),
             "origin_ms" => origin_ms = Some(map.next_value()?),
