@@ -1256,6 +1256,25 @@ pub(crate) async fn store_message(tx: &impl ChatTx, new: &NewMessage, now: i64) 
     store_read(tx, new, reads, now).await
 }
 
+/// Whether [`store_read`] of `new` will pass every check and write with one statement, its
+/// insert (no repeat, no reply or thread to look up, no mention, not a channel, no slow-mode
+/// time to set), so a backend may send the inserts of a batch of such sends together.
+pub(crate) fn one_insert(new: &NewMessage, reads: &SendReads, now: i64) -> bool {
+    let Some(row) = &reads.row else {
+        return false;
+    };
+    reads.existing.is_none()
+        && new.reply_to.is_none()
+        && new.thread.is_none()
+        && new.mentions.is_empty()
+        && row.kind != kind_name(ConversationKind::Channel)
+        && (new.system
+            || reads
+                .state
+                .as_ref()
+                .is_some_and(|state| matches!(moderation::check_send(row, state, now), Ok(false))))
+}
+
 /// [`store_message`] with its reads done. A batch that read before its earlier sends were
 /// written gives the reads as they would be now: an earlier send's message as `existing`
 /// for a repeat of its `client_msg_id`, and the sender's slow-mode time

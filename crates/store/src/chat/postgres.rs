@@ -441,11 +441,7 @@ impl ChatTx for Tx<'_> {
     ) -> Result<Option<i64>> {
         Ok(self
             .opt(
-                "INSERT INTO messages (conversation_id, sender, client_msg_id, text, attachments, ts,
-                                       reply_to, thread, mentions)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                 ON CONFLICT (sender, client_msg_id) DO NOTHING
-                 RETURNING id",
+                INSERT_MESSAGE,
                 &[
                     &new.conversation,
                     &new.sender,
@@ -1112,29 +1108,37 @@ const LOCK_USERS: &str = "SELECT id FROM users WHERE id IN
                       WHERE b.blocker = mb.user_id AND b.blocked = ANY($3))))
  ORDER BY id FOR UPDATE";
 
+/// A message's insert (a repeated `client_msg_id` inserts nothing).
+const INSERT_MESSAGE: &str =
+    "INSERT INTO messages (conversation_id, sender, client_msg_id, text, attachments, ts,
+                           reply_to, thread, mentions)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+     ON CONFLICT (sender, client_msg_id) DO NOTHING
+     RETURNING id";
+
 /// The positions of a batch's groups, locked after its sends are stored.
 const LOCK_POSITIONS: &str = "SELECT hubbub_lock_positions($1, $2)";
 
 /// A send batch's transaction, on a pooled connection of its own. Not tokio-postgres's
 /// `Transaction`, which commits only by value (so no COMMIT can go out behind statements
 /// still borrowing it) and, ended by a COMMIT of one's own, would send a ROLLBACK when
-/// dropped. Begun by [`BatchTx::begin`]; whoever sends the COMMIT or ROLLBACK that ends it
-/// calls [`BatchTx::ended`]. Dropped before that (a failed round trip, the batch's future
-/// dropped midway), its connection leaves the pool and is closed: the server rolls the
-/// transaction back, and no one is handed a connection with a transaction open.
+/// dropped. Taken by [`BatchTx::take`], begun by the `BEGIN` that [`send_in`] sends with
+/// its first statements; whoever sends the COMMIT or ROLLBACK that ends it calls
+/// [`BatchTx::ended`]. Dropped before that (a failed round trip, the batch's future dropped
+/// midway), its connection leaves the pool and is closed: the server rolls the transaction
+/// back, and no one is handed a connection with a transaction open.
 struct BatchTx {
     client: Option<deadpool_postgres::Client>,
     ended: std::sync::atomic::AtomicBool,
 }
 
 impl BatchTx {
-    async fn begin(pool: &Pool) -> Result<BatchTx> {
-        let batch = BatchTx {
+    /// A pooled connection for a batch, its transaction not begun yet.
+    async fn take(pool: &Pool) -> Result<BatchTx> {
+        Ok(BatchTx {
             client: Some(pool.get().await.map_err(pool_err)?),
             ended: std::sync::atomic::AtomicBool::new(false),
-        };
-        batch.client()?.batch_execute("BEGIN").await.map_err(pg)?;
-        Ok(batch)
+        })
     }
 
     fn client(&self) -> Result<&deadpool_postgres::Client> {
@@ -1173,29 +1177,53 @@ impl Drop for BatchTx {
 /// the groups' positions (`hubbub_lock_positions`). Whoever the fan-out must write that the
 /// first lock did not foresee (a run closed, a member joined, in between) it locks without
 /// waiting, or fails the try (`hubbub_lock_now`). A busy group's members all have their run
-/// on it, so its sends lock one row, not one per member.
+/// on it, so its sends lock one row, not one per member. A try whose inserts went out
+/// together and failed ([`send_in`]) is rolled back and made again with each send in a
+/// savepoint of its own.
 async fn send_locked(
     pool: &Pool,
     news: &[NewMessage],
     every: bool,
 ) -> Result<Vec<Result<Written<Message>, StoreError>>> {
-    let batch = BatchTx::begin(pool).await?;
-    let sent = send_in(&batch, news, every).await;
-    // What did not end the transaction (an error on the way, a single send refused) leaves
-    // it to be rolled back here; if even that fails, dropping the batch closes the
-    // connection.
-    if !batch.is_ended() && batch.client()?.batch_execute("ROLLBACK").await.is_ok() {
-        batch.ended();
+    let mut together = true;
+    loop {
+        let batch = BatchTx::take(pool).await?;
+        let sent = send_in(&batch, news, every, together).await;
+        // What did not end the transaction (an error on the way, a single send refused, the
+        // inserts sent together failing) leaves it to be rolled back here (a ROLLBACK before
+        // the BEGIN went out only warns); if even that fails, dropping the batch closes the
+        // connection.
+        if !batch.is_ended() && batch.client()?.batch_execute("ROLLBACK").await.is_ok() {
+            batch.ended();
+        }
+        match sent {
+            Ok(Some(written)) => return Ok(written),
+            // Tried again, each send in a savepoint of its own: the one that failed is
+            // refused alone.
+            Ok(None) if together => {
+                tracing::debug!(sends = news.len(), "a batch's inserts failed together");
+                together = false;
+            }
+            Ok(None) => {
+                return Err(StoreError::Internal(
+                    "a send batch asked twice to be sent one by one".into(),
+                ));
+            }
+            Err(e) => return Err(e),
+        }
     }
-    sent
 }
 
-/// The body of [`send_locked`], in `batch`'s transaction: ends it when it commits.
+/// The body of [`send_locked`]: begins `batch`'s transaction, and ends it when it commits.
+/// With `together`, a batch of sends that each write one row and cannot be refused
+/// ([`super::one_insert`]) sends their inserts together; if one fails, `None` asks the caller
+/// to roll back and try again without `together`.
 async fn send_in(
     batch: &BatchTx,
     news: &[NewMessage],
     every: bool,
-) -> Result<Vec<Result<Written<Message>, StoreError>>> {
+    together: bool,
+) -> Result<Option<Vec<Result<Written<Message>, StoreError>>>> {
     let tx = batch.client()?;
     let conversations: Vec<&str> = news.iter().map(|n| n.conversation.as_str()).collect();
     let senders: Vec<&str> = news.iter().map(|n| n.sender.as_str()).collect();
@@ -1204,11 +1232,14 @@ async fn send_in(
         .filter(|n| every || n.thread.is_some() || !n.mentions.is_empty())
         .map(|n| n.conversation.as_str())
         .collect();
-    // The users' lock and every send's reads go out together, pipelined on the connection
-    // (one round trip for the batch, where the lock and then the reads were two): the lock's
-    // statement is prepared first, so its request is sent at the first poll, before any
-    // read's, and the server runs the reads after the lock is held, as before. A read that
-    // fails fails the batch (nothing of it is written). Every round trip from here to the
+    // The BEGIN, the users' lock and every send's reads go out together, pipelined on the
+    // connection (one round trip for the batch, where the BEGIN, the lock and then the reads
+    // were three): the BEGIN is a simple query and the lock's statement is prepared first,
+    // so both requests are sent at the first poll, in that order, before any read's; the
+    // server runs the lock and the reads in the transaction, the reads after the lock is
+    // held, as before. A BEGIN that fails fails the batch (and what ran after it ran outside
+    // any transaction: a lock released at once, reads); so does a read that fails (nothing
+    // of the batch is written). Every round trip from here to the
     // commit is taken holding the locks. What a send of the batch changes that a later one's
     // reads cannot see is carried over here: its message (a repeat of its `client_msg_id`
     // later in the batch returns it before any check, as the read would have) and its
@@ -1216,10 +1247,12 @@ async fn send_in(
     let lock_users = tx.prepare_cached(LOCK_USERS).await.map_err(pg)?;
     let on = Tx::Client(tx);
     let params: [&(dyn ToSql + Sync); 3] = [&conversations, &whole, &senders];
-    let (locked, reads) = tokio::join!(
+    let (begun, locked, reads) = tokio::join!(
+        tx.batch_execute("BEGIN"),
         tx.query(&lock_users, &params),
         futures_util::future::join_all(news.iter().map(|n| on.send_reads(n)))
     );
+    begun.map_err(pg)?;
     let locked: Vec<String> = locked.map_err(pg)?.iter().map(|r| r.get(0)).collect();
     let reads = reads.into_iter().collect::<Result<Vec<_>>>()?;
     let now = now_ms();
@@ -1233,6 +1266,35 @@ async fn send_in(
     // holds nothing else and is rolled back whole (a savepoint is a statement, a reply and
     // a subtransaction on the server).
     let single = news.len() == 1;
+    // Sends that each write one row (a plain message, no repeat: their checks pass on these
+    // reads) go out together: every insert in one round trip, in the batch's order (their
+    // statement is prepared first, so each request is written at its future's first poll,
+    // and ids follow that order), with no savepoints. Two sends under one `client_msg_id`
+    // go one by one (the second returns the first's message). Should an insert fail on the
+    // server, the transaction is aborted: the batch is rolled back and tried again one send
+    // at a time, so that only the failing send is refused.
+    let mut keys = HashSet::new();
+    let together = together
+        && !single
+        && news.iter().zip(&reads).all(|(n, r)| {
+            super::one_insert(n, r, now) && keys.insert((&n.sender, &n.client_msg_id))
+        });
+    let reads = if together {
+        tx.prepare_cached(INSERT_MESSAGE).await.map_err(pg)?;
+        let sent = futures_util::future::join_all(
+            news.iter()
+                .zip(reads)
+                .map(|(new, reads)| store_read(&on, new, reads, now)),
+        )
+        .await;
+        if sent.iter().any(Result::is_err) {
+            return Ok(None);
+        }
+        stored = sent;
+        Vec::new()
+    } else {
+        reads
+    };
     let mut savepoint = "SAVEPOINT send";
     for (new, mut reads) in news.iter().zip(reads) {
         let key = (new.conversation.as_str(), new.sender.as_str());
@@ -1267,7 +1329,7 @@ async fn send_in(
                 stored.push(Ok(sent));
             }
             // Rolled back by the caller: the transaction holds nothing else.
-            Err(e) if single => return Ok(vec![Err(e)]),
+            Err(e) if single => return Ok(Some(vec![Err(e)])),
             Err(e) => {
                 // The savepoint stays (ROLLBACK TO keeps it); the next send releases it.
                 tx.batch_execute("ROLLBACK TO SAVEPOINT send")
@@ -1335,5 +1397,5 @@ async fn send_in(
         tx.batch_execute("COMMIT").await.map_err(commit_err)?;
         batch.ended();
     }
-    Ok(written)
+    Ok(Some(written))
 }

@@ -531,8 +531,8 @@ pub async fn a_run_of_sends_commits_in_order_each_on_its_own(env: &Env) {
 
 /// `send_messages`: a send the database itself refuses (PostgreSQL takes no NUL in text;
 /// SQLite does) fails on its own, and the sends around it are stored, in order, with their
-/// seqs (each send of a batch has a savepoint of its own: a failed statement would abort the
-/// others' transaction).
+/// seqs (a failed statement would abort the others' transaction: on PostgreSQL the batch's
+/// inserts, sent together, are then tried again one by one, each in a savepoint of its own).
 pub async fn a_send_the_database_refuses_fails_alone(env: &Env) {
     let s = &env.store;
     let (a, b) = (user(env, "alice").await, user(env, "bob").await);
