@@ -1259,6 +1259,7 @@ pub(crate) async fn store_message(tx: &impl ChatTx, new: &NewMessage, now: i64) 
 /// Whether [`store_read`] of `new` will pass every check and write with one statement, its
 /// insert (no repeat, no reply or thread to look up, no mention, not a channel, no slow-mode
 /// time to set), so a backend may send the inserts of a batch of such sends together.
+#[cfg(feature = "postgres")]
 pub(crate) fn one_insert(new: &NewMessage, reads: &SendReads, now: i64) -> bool {
     let Some(row) = &reads.row else {
         return false;
