@@ -239,14 +239,14 @@ mod tests {
             seq: None,
             kind: "channel.message",
             changes_channels: false,
-            json: Arc::from(n.to_string()),
+            json: crate::FrameJson::Whole(Arc::from(n.to_string())),
         }
     }
 
     fn numbers(h: &Held) -> Vec<u64> {
         h.frames
             .iter()
-            .map(|f| f.json.parse().unwrap_or(0))
+            .map(|f| f.json.to_string().parse().unwrap_or(0))
             .collect()
     }
 

@@ -183,7 +183,63 @@ pub(crate) struct Frame {
     /// channels again before writing it (see the `channels` module).
     pub(crate) changes_channels: bool,
     /// The JSON.
-    pub(crate) json: Arc<str>,
+    pub(crate) json: FrameJson,
+}
+
+/// A frame's JSON: whole, or a `message.new` kept as its seq and its message's JSON, which
+/// every recipient of the message in a batch shares, and written out only into the socket's
+/// text (a group's message was copied twice per member, into a buffer and then an `Arc`).
+#[derive(Debug, Clone)]
+pub(crate) enum FrameJson {
+    /// Serialized whole.
+    Whole(Arc<str>),
+    /// `{"type":"message.new","seq":<seq>,"message":<message>}`: the shape serde gives the
+    /// frame (the tag, then the fields in declaration order).
+    MessageNew {
+        /// The recipient's seq.
+        seq: u64,
+        /// The message's JSON.
+        message: Arc<str>,
+    },
+}
+
+const MESSAGE_NEW_HEAD: &str = r#"{"type":"message.new","seq":"#;
+const MESSAGE_NEW_MIDDLE: &str = r#","message":"#;
+
+impl FrameJson {
+    /// Its length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            FrameJson::Whole(json) => json.len(),
+            FrameJson::MessageNew { seq, message } => {
+                let digits = seq.checked_ilog10().map_or(1, |d| d as usize + 1);
+                MESSAGE_NEW_HEAD.len() + digits + MESSAGE_NEW_MIDDLE.len() + message.len() + 1
+            }
+        }
+    }
+
+    /// Append it to `out`.
+    pub(crate) fn write_to(&self, out: &mut String) {
+        match self {
+            FrameJson::Whole(json) => out.push_str(json),
+            FrameJson::MessageNew { seq, message } => {
+                out.push_str(MESSAGE_NEW_HEAD);
+                // Writing to a `String` cannot fail.
+                let _ = std::fmt::Write::write_fmt(out, format_args!("{seq}"));
+                out.push_str(MESSAGE_NEW_MIDDLE);
+                out.push_str(message);
+                out.push('}');
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for FrameJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = String::with_capacity(self.len());
+        self.write_to(&mut out);
+        f.write_str(&out)
+    }
 }
 
 impl Frame {
@@ -196,7 +252,7 @@ impl Frame {
             seq: frame.seq(),
             kind: frame.type_name(),
             changes_channels: channel_changed(frame),
-            json: frame.to_json().into(),
+            json: FrameJson::Whole(frame.to_json().into()),
         }
     }
 }
@@ -207,7 +263,7 @@ impl Frame {
 #[derive(Default)]
 struct BatchSerializer {
     /// A message's JSON, by message id.
-    messages: HashMap<String, String>,
+    messages: HashMap<String, Arc<str>>,
 }
 
 impl BatchSerializer {
@@ -222,32 +278,19 @@ impl BatchSerializer {
 
     /// The `message.new` of `message` at `seq`.
     fn message_new(&mut self, seq: u64, message: &hubbub_protocol::Message) -> Frame {
-        if !self.messages.contains_key(&message.id) {
-            let json = serde_json::to_string(message).unwrap_or_default();
-            self.messages.insert(message.id.clone(), json);
-        }
-        let body = self
-            .messages
-            .get(&message.id)
-            .map(String::as_str)
-            .unwrap_or_default();
-        // The shape serde gives the frame: the tag, then the fields in declaration order.
-        // Built in one allocation of the right size: this runs once per member of every
-        // group message an edge hands out.
-        const HEAD: &str = r#"{"type":"message.new","seq":"#;
-        const MIDDLE: &str = r#","message":"#;
-        let mut json = String::with_capacity(HEAD.len() + 20 + MIDDLE.len() + body.len() + 1);
-        json.push_str(HEAD);
-        // Writing to a `String` cannot fail.
-        let _ = std::fmt::Write::write_fmt(&mut json, format_args!("{seq}"));
-        json.push_str(MIDDLE);
-        json.push_str(body);
-        json.push('}');
+        let json = match self.messages.get(&message.id) {
+            Some(json) => json.clone(),
+            None => {
+                let json: Arc<str> = serde_json::to_string(message).unwrap_or_default().into();
+                self.messages.insert(message.id.clone(), json.clone());
+                json
+            }
+        };
         Frame {
             seq: Some(seq),
             kind: "message.new",
             changes_channels: false,
-            json: json.into(),
+            json: FrameJson::MessageNew { seq, message: json },
         }
     }
 }
@@ -1304,7 +1347,7 @@ mod tests {
                 message: message.into(),
             };
             let cached = serializer.frame(&frame);
-            assert_eq!(&*cached.json, frame.to_json().as_str());
+            assert_eq!(cached.json.to_string(), frame.to_json());
             assert_eq!((cached.seq, cached.kind), (Some(seq), "message.new"));
         }
         let other = ServerFrame::Typing {
@@ -1312,6 +1355,6 @@ mod tests {
             user: "u".into(),
             state: hubbub_protocol::TypingState::Start,
         };
-        assert_eq!(&*serializer.frame(&other).json, other.to_json().as_str());
+        assert_eq!(serializer.frame(&other).json.to_string(), other.to_json());
     }
 }

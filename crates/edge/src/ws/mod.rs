@@ -697,8 +697,8 @@ impl Conn {
     fn log_out(&self, frames: &[Frame], shared: &[Arc<str>]) {
         let jsons = frames
             .iter()
-            .map(|f| &*f.json)
-            .chain(shared.iter().map(|j| &**j));
+            .map(|f| f.json.to_string())
+            .chain(shared.iter().map(|j| j.to_string()));
         for json in jsons {
             metrics::counter!(hubbub_protocol::metrics::DEBUG_LOGGED).increment(1);
             tracing::debug!(target: crate::DEBUG_TARGET, user = %self.user.id,
@@ -724,7 +724,7 @@ impl Conn {
             if !text.is_empty() {
                 text.push('\n');
             }
-            text.push_str(&f.json);
+            f.json.write_to(&mut text);
             match run.as_mut() {
                 Some((kind, n)) if *kind == f.kind => *n += 1,
                 _ => {
