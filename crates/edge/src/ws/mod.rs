@@ -697,8 +697,8 @@ impl Conn {
     fn log_out(&self, frames: &[Frame], shared: &[Arc<str>]) {
         let jsons = frames
             .iter()
-            .map(|f| f.json.to_string())
-            .chain(shared.iter().map(|j| j.to_string()));
+            .map(|f| &f.json as &dyn std::fmt::Display)
+            .chain(shared.iter().map(|j| j as &dyn std::fmt::Display));
         for json in jsons {
             metrics::counter!(hubbub_protocol::metrics::DEBUG_LOGGED).increment(1);
             tracing::debug!(target: crate::DEBUG_TARGET, user = %self.user.id,

@@ -1185,33 +1185,35 @@ async fn send_locked(
     news: &[NewMessage],
     every: bool,
 ) -> Result<Vec<Result<Written<Message>, StoreError>>> {
-    let mut together = true;
-    loop {
-        let batch = BatchTx::take(pool).await?;
-        let sent = send_in(&batch, news, every, together).await;
-        // What did not end the transaction (an error on the way, a single send refused, the
-        // inserts sent together failing) leaves it to be rolled back here (a ROLLBACK before
-        // the BEGIN went out only warns); if even that fails, dropping the batch closes the
-        // connection.
-        if !batch.is_ended() && batch.client()?.batch_execute("ROLLBACK").await.is_ok() {
-            batch.ended();
-        }
-        match sent {
-            Ok(Some(written)) => return Ok(written),
-            // Tried again, each send in a savepoint of its own: the one that failed is
-            // refused alone.
-            Ok(None) if together => {
-                tracing::debug!(sends = news.len(), "a batch's inserts failed together");
-                together = false;
-            }
-            Ok(None) => {
-                return Err(StoreError::Internal(
-                    "a send batch asked twice to be sent one by one".into(),
-                ));
-            }
-            Err(e) => return Err(e),
-        }
+    if let Some(written) = send_try(pool, news, every, true).await? {
+        return Ok(written);
     }
+    // Tried again, each send in a savepoint of its own: the one that failed is refused
+    // alone.
+    tracing::debug!(sends = news.len(), "a batch's inserts failed together");
+    send_try(pool, news, every, false)
+        .await?
+        .ok_or_else(|| StoreError::Internal("a batch sent one by one asked to be again".into()))
+}
+
+/// One try of [`send_locked`] on a connection of its own ([`send_in`] says what `together`
+/// does and what `None` means).
+async fn send_try(
+    pool: &Pool,
+    news: &[NewMessage],
+    every: bool,
+    together: bool,
+) -> Result<Option<Vec<Result<Written<Message>, StoreError>>>> {
+    let batch = BatchTx::take(pool).await?;
+    let sent = send_in(&batch, news, every, together).await;
+    // What did not end the transaction (an error on the way, a single send refused, the
+    // inserts sent together failing) leaves it to be rolled back here (a ROLLBACK before the
+    // BEGIN went out only warns); if even that fails, dropping the batch closes the
+    // connection.
+    if !batch.is_ended() && batch.client()?.batch_execute("ROLLBACK").await.is_ok() {
+        batch.ended();
+    }
+    sent
 }
 
 /// The body of [`send_locked`]: begins `batch`'s transaction, and ends it when it commits.
